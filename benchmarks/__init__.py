@@ -1,0 +1,1 @@
+"""Benchmarks and workload generators for casreg (not part of the installed package)."""

@@ -1,0 +1,52 @@
+"""casreg: a model registry built as a content-addressed, immutable artifact store.
+
+``casreg.Registry`` is the entry point; see README.md for a tour.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from casreg.errors import (  # noqa: E402
+    AlreadyExistsError,
+    AmbiguousReferenceError,
+    CasregError,
+    ConflictError,
+    IntegrityError,
+    InvalidInputError,
+    InvalidNameError,
+    InvalidReferenceError,
+    NotFoundError,
+    StorageError,
+    UnknownReferenceError,
+    UnsafePathError,
+)
+from casreg.records import AliasEvent, AliasPointer, FileInfo, Lineage, PullResult, Version  # noqa: E402
+from casreg.refs import Ref, parse_ref  # noqa: E402
+from casreg.registry import Registry, Resolved  # noqa: E402
+
+__all__ = [
+    "Registry",
+    "Resolved",
+    "Ref",
+    "parse_ref",
+    "Version",
+    "Lineage",
+    "AliasEvent",
+    "AliasPointer",
+    "FileInfo",
+    "PullResult",
+    "CasregError",
+    "InvalidInputError",
+    "InvalidNameError",
+    "InvalidReferenceError",
+    "NotFoundError",
+    "UnknownReferenceError",
+    "AmbiguousReferenceError",
+    "AlreadyExistsError",
+    "ConflictError",
+    "IntegrityError",
+    "UnsafePathError",
+    "StorageError",
+    "__version__",
+]

@@ -1,0 +1,60 @@
+"""Chunk codecs. Each stored chunk carries its codec id, so a better codec (for example
+byte-grouping bf16/fp32 weights before zstd) can be added later without touching old data.
+
+Ids are part of the on-disk format (docs/FORMAT.md) and are never reused.
+"""
+
+from __future__ import annotations
+
+import threading
+from enum import IntEnum
+
+import zstandard
+
+from casreg.errors import IntegrityError
+
+__all__ = ["Codec", "encode", "decode", "DEFAULT_ZSTD_LEVEL"]
+
+DEFAULT_ZSTD_LEVEL = 3
+
+
+class Codec(IntEnum):
+    RAW = 0  # stored as is: zstd would not have saved anything
+    ZSTD = 1  # one zstd frame holding the whole chunk, content size in the frame header
+
+
+_local = threading.local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    cache: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("c", {})
+    if level not in cache:
+        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return cache[level]
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "d", None)
+    if d is None:
+        d = _local.d = zstandard.ZstdDecompressor()
+    return d
+
+
+def encode(raw: bytes, level: int = DEFAULT_ZSTD_LEVEL) -> tuple[Codec, bytes]:
+    """Compress with zstd; keep the raw bytes when compression saves under 1%."""
+    packed = _compressor(level).compress(raw)
+    if len(packed) >= len(raw) - len(raw) // 100:
+        return Codec.RAW, raw
+    return Codec.ZSTD, packed
+
+
+def decode(codec: int, stored: bytes, raw_size: int) -> bytes:
+    """Invert :func:`encode`; a malformed payload raises :class:`IntegrityError`."""
+    if codec == Codec.RAW:
+        return stored
+    if codec == Codec.ZSTD:
+        try:
+            return _decompressor().decompress(stored, max_output_size=raw_size)
+        except zstandard.ZstdError as err:
+            raise IntegrityError(f"zstd payload does not decode: {err}") from err
+    raise IntegrityError(f"unknown codec id {codec}")

@@ -1,0 +1,103 @@
+"""Every error casreg raises on purpose.
+
+Expected failures (bad input, missing things, conflicts, corruption) are subclasses of
+:class:`CasregError` and also of the builtin exception a caller would naturally catch, so
+``except FileNotFoundError`` works on an unknown reference. The CLI turns any
+``CasregError`` into one line on stderr and a non-zero exit; anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CasregError",
+    "InvalidInputError",
+    "InvalidNameError",
+    "InvalidReferenceError",
+    "NotFoundError",
+    "UnknownReferenceError",
+    "AmbiguousReferenceError",
+    "AlreadyExistsError",
+    "ConflictError",
+    "IntegrityError",
+    "UnsafePathError",
+    "StorageError",
+    "UnsupportedBackendError",
+]
+
+
+class CasregError(Exception):
+    """Base of every expected casreg failure; its message is one line meant for a human."""
+
+    exit_code: int = 1
+
+
+class InvalidInputError(CasregError, ValueError):
+    """The caller passed something malformed (a flag, a path, a value)."""
+
+    exit_code = 2
+
+
+class InvalidNameError(InvalidInputError):
+    """A model or alias name breaks the naming rules."""
+
+
+class InvalidReferenceError(InvalidInputError):
+    """A reference string does not follow the reference grammar."""
+
+
+class NotFoundError(CasregError, FileNotFoundError):
+    """Something that was asked for does not exist (a path, an object, a version)."""
+
+    exit_code = 3
+
+    def __str__(self) -> str:  # FileNotFoundError's str() would show an errno tuple
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownReferenceError(NotFoundError):
+    """A well-formed reference names no version in this registry."""
+
+
+class AmbiguousReferenceError(CasregError, LookupError):
+    """A digest prefix matches more than one version."""
+
+    exit_code = 2
+
+
+class AlreadyExistsError(CasregError, FileExistsError):
+    """A create-if-absent write found the key already there, or a destination exists."""
+
+    exit_code = 4
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ConflictError(CasregError):
+    """A compare-and-swap lost a race: someone else changed the state first."""
+
+    exit_code = 5
+
+
+class IntegrityError(CasregError):
+    """Stored bytes do not match their digest; the data is refused, never returned."""
+
+    exit_code = 6
+
+
+class UnsafePathError(IntegrityError):
+    """A manifest entry would write outside the destination (absolute, ``..``, symlink)."""
+
+
+class StorageError(CasregError, OSError):
+    """The registry's storage failed (unreachable, read-only, permission denied)."""
+
+    exit_code = 7
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UnsupportedBackendError(StorageError):
+    """The storage URL names a filesystem that cannot offer the atomic operations we need."""

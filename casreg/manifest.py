@@ -1,0 +1,207 @@
+"""Version manifests: what a version contains, and how its digest is computed.
+
+A version is one file or a directory tree. Its digest (the tree digest) is the BLAKE3 of
+a canonical byte encoding of its entries, each naming a relative path, a type, a size
+and the BLAKE3 of the file's bytes (exactly what ``b3sum`` prints). Where the chunks live
+(packs, offsets, codecs) is recorded beside the entries but is *not* part of the digest:
+the same content always has the same digest, however and wherever it is stored.
+docs/FORMAT.md specifies all of this for independent implementations.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import zstandard
+from blake3 import blake3
+
+from casreg.errors import IntegrityError, UnsafePathError
+
+__all__ = [
+    "ChunkRef",
+    "Entry",
+    "Manifest",
+    "tree_digest",
+    "validate_relpath",
+    "MANIFEST_FORMAT",
+]
+
+MANIFEST_FORMAT = "casreg-manifest/1"
+TREE_MAGIC = b"casreg-tree-v1\x00"
+EntryType = Literal["f", "x", "d"]  # regular file, executable file, (empty) directory
+VersionKind = Literal["file", "dir"]
+MAX_PATH_BYTES = 4096
+
+
+def validate_relpath(path: str) -> str:
+    """Refuse any path that could escape a destination directory or is not portable
+    enough to be a registry entry: absolute paths, ``.``/``..``/empty components,
+    backslashes, NUL and other control characters."""
+    if not isinstance(path, str) or not path:
+        raise UnsafePathError("manifest entry has an empty path")
+    if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
+        raise UnsafePathError(f"unsafe path {path!r}: absolute paths are not allowed")
+    if "\\" in path:
+        raise UnsafePathError(f"unsafe path {path!r}: backslashes are not allowed")
+    if any(unicodedata.category(c) == "Cc" for c in path):
+        raise UnsafePathError(f"unsafe path {path!r}: control characters are not allowed")
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            raise UnsafePathError(f"unsafe path {path!r}: '{part or '//'}' components are not allowed")
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise UnsafePathError(f"path {path[:60]!r}... is longer than {MAX_PATH_BYTES} bytes")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnsafePathError(f"path {path!r} is not valid UTF-8") from None
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRef:
+    """One chunk of a file and where its stored form lives."""
+
+    digest: bytes  # BLAKE3 of the raw chunk bytes, 32 bytes
+    pack: str  # hex id of the pack holding it
+    offset: int  # of the stored payload inside the pack
+    stored_size: int
+    raw_size: int
+    codec: int
+
+
+@dataclass(slots=True)
+class Entry:
+    path: str
+    type: EntryType
+    size: int = 0
+    digest: bytes = b""  # BLAKE3 of the file's bytes; empty for directories
+    chunks: list[ChunkRef] = field(default_factory=list)
+
+    def canonical(self) -> bytes:
+        p = self.path.encode("utf-8")
+        if self.type == "d":
+            return b"d " + p + b"\x00"
+        return b"%s %d %s %s\x00" % (self.type.encode(), self.size, self.digest.hex().encode(), p)
+
+
+def _sort_key(e: Entry) -> bytes:
+    return e.path.encode("utf-8")
+
+
+def tree_digest(kind: VersionKind, entries: list[Entry]) -> bytes:
+    """BLAKE3 of ``"casreg-tree-v1\\0" kind "\\0"`` followed by every entry's canonical
+    record, entries sorted by the UTF-8 bytes of their paths."""
+    h = blake3(TREE_MAGIC)
+    h.update(kind.encode() + b"\x00")
+    for e in sorted(entries, key=_sort_key):
+        h.update(e.canonical())
+    return h.digest()
+
+
+@dataclass(slots=True)
+class Manifest:
+    kind: VersionKind
+    entries: list[Entry]
+    chunking: dict[str, Any]
+    digest: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.entries.sort(key=_sort_key)
+        if not self.digest:
+            self.digest = tree_digest(self.kind, self.entries)
+
+    @property
+    def hexdigest(self) -> str:
+        return self.digest.hex()
+
+    @property
+    def size(self) -> int:
+        return sum(e.size for e in self.entries)
+
+    @property
+    def files(self) -> list[Entry]:
+        return [e for e in self.entries if e.type != "d"]
+
+    # -- serialisation ---------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """zstd-compressed JSON. Packs are listed once and chunks refer to them by
+        position, which keeps a 100 GB file's manifest near 100 bytes per chunk."""
+        packs: dict[str, int] = {}
+        entries = []
+        for e in self.entries:
+            item: dict[str, Any] = {"path": e.path, "type": e.type}
+            if e.type != "d":
+                item["size"] = e.size
+                item["digest"] = e.digest.hex()
+                item["chunks"] = [
+                    [c.digest.hex(), packs.setdefault(c.pack, len(packs)), c.offset,
+                     c.stored_size, c.raw_size, c.codec]
+                    for c in e.chunks
+                ]
+            entries.append(item)
+        doc = {
+            "format": MANIFEST_FORMAT,
+            "digest": "blake3:" + self.hexdigest,
+            "kind": self.kind,
+            "chunking": self.chunking,
+            "packs": list(packs),
+            "entries": entries,
+        }
+        raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        return zstandard.ZstdCompressor(level=3).compress(raw)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, expected: bytes, where: str) -> Manifest:
+        """Decode and *verify* a stored manifest: every path is safe, every field has the
+        right shape, sizes add up, and the recomputed tree digest equals ``expected``.
+        Anything else is an :class:`IntegrityError` naming ``where``."""
+        try:
+            doc = json.loads(zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 31))
+            if doc.get("format") != MANIFEST_FORMAT:
+                raise ValueError(f"unknown format {doc.get('format')!r}")
+            kind = doc["kind"]
+            if kind not in ("file", "dir"):
+                raise ValueError(f"unknown kind {kind!r}")
+            packs = [str(p) for p in doc["packs"]]
+            entries: list[Entry] = []
+            for item in doc["entries"]:
+                path = validate_relpath(item["path"])
+                etype = item["type"]
+                if etype == "d":
+                    entries.append(Entry(path, "d"))
+                    continue
+                if etype not in ("f", "x"):
+                    raise ValueError(f"entry {path!r} has unsupported type {etype!r}")
+                chunks = [
+                    ChunkRef(bytes.fromhex(c[0]), packs[c[1]], int(c[2]), int(c[3]), int(c[4]), int(c[5]))
+                    for c in item["chunks"]
+                ]
+                size = int(item["size"])
+                if sum(c.raw_size for c in chunks) != size:
+                    raise ValueError(f"entry {path!r}: chunk sizes do not add up to {size}")
+                entries.append(Entry(path, etype, size, bytes.fromhex(item["digest"]), chunks))
+        except UnsafePathError as err:
+            raise UnsafePathError(f"manifest {where} is hostile: {err}") from None
+        except (ValueError, KeyError, TypeError, IndexError, zstandard.ZstdError) as err:
+            raise IntegrityError(f"manifest {where} is corrupt: {err}") from None
+        if kind == "file" and (len(entries) != 1 or entries[0].type == "d" or "/" in entries[0].path):
+            raise IntegrityError(f"manifest {where} is corrupt: a file version must hold exactly one file")
+        types = {e.path: e.type for e in entries}
+        if len(types) != len(entries):
+            raise IntegrityError(f"manifest {where} is corrupt: duplicate paths")
+        for e in entries:  # a file may not also be the parent directory of another entry
+            parent = e.path.rpartition("/")[0]
+            while parent:
+                if types.get(parent, "d") != "d":
+                    raise UnsafePathError(f"manifest {where} is hostile: {parent!r} is both a file and a directory")
+                parent = parent.rpartition("/")[0]
+        manifest = cls(kind, entries, dict(doc.get("chunking") or {}))
+        if manifest.digest != expected:
+            raise IntegrityError(
+                f"manifest {where} is corrupt: its entries hash to blake3:{manifest.hexdigest}, "
+                f"not blake3:{expected.hex()}"
+            )
+        return manifest

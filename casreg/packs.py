@@ -1,0 +1,148 @@
+"""Packs: many stored chunks in one immutable object, so request counts stay low.
+
+A 10 GB model cut into ~1 MiB chunks is ~10,000 chunks; one object per chunk would cost
+10,000 PUTs. Chunks are appended to a pack until it reaches ``PACK_TARGET`` bytes, then the
+pack is written once, named by the BLAKE3 of its bytes (about 32 PUTs per GB). Each pack
+ends with a trailer listing its chunks, and the same list is written as a small index
+object, so a pusher learns which chunks exist by reading indexes, never packs.
+
+Layout (docs/FORMAT.md): ``packs/<aa>/<id>.pack`` and ``index/<aa>/<id>.idx``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from blake3 import blake3
+
+from casreg.errors import IntegrityError, NotFoundError
+from casreg.manifest import ChunkRef
+from casreg.storage import ObjectStore
+
+__all__ = [
+    "PACK_TARGET",
+    "PackBuilder",
+    "ChunkIndex",
+    "pack_key",
+    "index_key",
+    "encode_index",
+    "decode_index",
+]
+
+PACK_TARGET = 32 << 20
+PACK_MAGIC = b"CASRPACK\x01\x00\x00\x00\x00\x00\x00\x00"  # 16 bytes
+INDEX_MAGIC = b"CASRIDX\x01"
+_ENTRY = struct.Struct("<32sQIIB3x")  # digest, offset, stored size, raw size, codec
+_TAIL = struct.Struct("<Q8s")  # entry count, INDEX_MAGIC
+
+
+def pack_key(pack_id: str) -> str:
+    return f"packs/{pack_id[:2]}/{pack_id}.pack"
+
+
+def index_key(pack_id: str) -> str:
+    return f"index/{pack_id[:2]}/{pack_id}.idx"
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    digest: bytes
+    offset: int
+    stored_size: int
+    raw_size: int
+    codec: int
+
+
+def encode_index(slots: Iterable[_Slot]) -> bytes:
+    """Entries then ``<count u64><"CASRIDX\\1">``; the same bytes end every pack."""
+    slots = list(slots)
+    body = b"".join(_ENTRY.pack(s.digest, s.offset, s.stored_size, s.raw_size, s.codec) for s in slots)
+    return body + _TAIL.pack(len(slots), INDEX_MAGIC)
+
+
+def decode_index(data: bytes, where: str) -> list[_Slot]:
+    if len(data) < _TAIL.size:
+        raise IntegrityError(f"index {where} is truncated")
+    count, magic = _TAIL.unpack_from(data, len(data) - _TAIL.size)
+    if magic != INDEX_MAGIC or len(data) != count * _ENTRY.size + _TAIL.size:
+        raise IntegrityError(f"index {where} is corrupt")
+    return [_Slot(*_ENTRY.unpack_from(data, i * _ENTRY.size)) for i in range(count)]
+
+
+class PackBuilder:
+    """Accumulates stored chunk payloads into one pack; :meth:`seal` returns its bytes."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = [PACK_MAGIC]
+        self._size = len(PACK_MAGIC)
+        self.slots: list[_Slot] = []
+        self.raw_bytes = 0
+        self.pack_id: str | None = None  # known once sealed
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def add(self, digest: bytes, codec: int, stored: bytes, raw_size: int) -> int:
+        """Append a payload; return its offset in the pack."""
+        offset = self._size
+        self._parts.append(stored)
+        self._size += len(stored)
+        self.slots.append(_Slot(digest, offset, len(stored), raw_size, codec))
+        self.raw_bytes += raw_size
+        return offset
+
+    def seal(self) -> tuple[str, bytes, bytes]:
+        """Return (pack id, pack bytes, index bytes)."""
+        index = encode_index(self.slots)
+        self._parts.append(index)
+        data = b"".join(self._parts)
+        self._parts = []
+        self.pack_id = blake3(data).hexdigest()
+        return self.pack_id, data, index
+
+
+class ChunkIndex:
+    """Which chunks the registry already holds, and where (digest → :class:`ChunkRef`).
+
+    Built by reading every ``index/`` object. Memory is about 200 bytes per chunk, so a
+    store of a million chunks costs ~200 MB here; consolidating indexes is future work
+    (see docs/FORMAT.md, "Limits").
+    """
+
+    def __init__(self) -> None:
+        self._refs: dict[bytes, ChunkRef] = {}
+
+    def __contains__(self, digest: bytes) -> bool:
+        return digest in self._refs
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def get(self, digest: bytes) -> ChunkRef | None:
+        return self._refs.get(digest)
+
+    def add_pack(self, pack_id: str, slots: Iterable[_Slot]) -> None:
+        for s in slots:
+            self._refs.setdefault(s.digest, ChunkRef(s.digest, pack_id, s.offset, s.stored_size, s.raw_size, s.codec))
+
+    @classmethod
+    def load(cls, store: ObjectStore) -> ChunkIndex:
+        index = cls()
+        for key in store.list("index"):
+            if not key.endswith(".idx"):
+                continue
+            pack_id = key.rsplit("/", 1)[-1][: -len(".idx")]
+            try:
+                index.add_pack(pack_id, decode_index(store.read(key), key))
+            except (IntegrityError, NotFoundError):
+                continue  # a bad index only costs dedup; verify reports it
+        return index
+
+    def __iter__(self) -> Iterator[ChunkRef]:
+        return iter(self._refs.values())

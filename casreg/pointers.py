@@ -1,0 +1,124 @@
+"""Deployment pointers: ``name@alias`` → digest, one small JSON object per alias at
+``pointers/<name>/<alias>.json``.
+
+A pointer changes only by compare-and-swap, so two racing moves end with one winner and
+one :class:`ConflictError`. The pointer holds the complete event of its last move; the
+same event is appended to the ledger right after the swap. If a crash falls between the
+two, the next move (or ``repair``) appends the missing event first, because it is
+already in the pointer: the log never disagrees with the pointers for long, and never
+loses a move. One object per alias keeps resolving to a single small read and lets
+storage access control guard production pointers by key pattern.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from casreg.errors import ConflictError, NotFoundError
+from casreg.ledger import append_event, event_key
+from casreg.lineage import current_author, hostname
+from casreg.records import AliasEvent, AliasPointer, utcnow
+from casreg.storage import ObjectStore
+
+__all__ = ["pointer_key", "read_pointer", "move_alias", "list_pointers"]
+
+
+def pointer_key(name: str, alias: str) -> str:
+    return f"pointers/{name}/{alias}.json"
+
+
+def _decode(data: bytes) -> AliasEvent:
+    return AliasEvent.from_dict(json.loads(data))
+
+
+def _as_pointer(event: AliasEvent) -> AliasPointer | None:
+    if event.to_digest is None or event.to_version is None:
+        return None  # removed
+    return AliasPointer(event.name, event.alias, event.to_digest, event.to_version, event)
+
+
+def read_pointer(store: ObjectStore, name: str, alias: str) -> AliasPointer | None:
+    """Where ``name@alias`` points, or ``None``: exactly one small read."""
+    try:
+        data = store.read(pointer_key(name, alias))
+    except NotFoundError:
+        return None
+    return _as_pointer(_decode(data))
+
+
+def list_pointers(store: ObjectStore, name: str | None = None) -> list[AliasPointer]:
+    out = []
+    for key in sorted(store.list(f"pointers/{name}" if name else "pointers")):
+        if not key.endswith(".json"):
+            continue
+        try:
+            pointer = _as_pointer(_decode(store.read(key)))
+        except NotFoundError:
+            continue
+        if pointer is not None:
+            out.append(pointer)
+    return out
+
+
+def _ensure_logged(store: ObjectStore, event: AliasEvent) -> None:
+    if not store.exists(event_key(event)):
+        append_event(store, event)
+
+
+def move_alias(
+    store: ObjectStore,
+    name: str,
+    alias: str,
+    target: tuple[str, int] | None,
+    *,
+    reason: str | None = None,
+    expected: AliasPointer | None | bool = True,
+) -> AliasEvent:
+    """Point ``name@alias`` at ``target`` = (digest, version), or remove it (``None``).
+
+    ``expected=True`` means "whatever is there now" (read, then swap against it); passing
+    the pointer a caller saw earlier (or ``None`` for "unset") makes the move fail with
+    :class:`ConflictError` if anyone moved it since.
+    """
+    key = pointer_key(name, alias)
+    current = store.read_versioned(key)
+    current_event = _decode(current.data) if current else None
+    if current_event is not None:
+        _ensure_logged(store, current_event)
+    current_pointer = _as_pointer(current_event) if current_event else None
+    if expected is not True:
+        seen = expected.event.event_id if isinstance(expected, AliasPointer) else None
+        now = current_pointer.event.event_id if current_pointer else None
+        if seen != now:
+            raise _conflict(name, alias, current_pointer)
+    event = AliasEvent(
+        event_id=uuid.uuid4().hex,
+        time=utcnow(),
+        kind="alias.set" if target else "alias.remove",
+        name=name,
+        alias=alias,
+        from_digest=current_pointer.digest if current_pointer else None,
+        to_digest=target[0] if target else None,
+        from_version=current_pointer.version if current_pointer else None,
+        to_version=target[1] if target else None,
+        author=current_author(),
+        host=hostname(),
+        reason=reason,
+    )
+    try:
+        store.swap(key, json.dumps(event.to_dict()).encode(), current.token if current else None)
+    except ConflictError:
+        raise _conflict(name, alias, read_pointer(store, name, alias)) from None
+    append_event(store, event)
+    return event
+
+
+def _conflict(name: str, alias: str, winner: AliasPointer | None) -> ConflictError:
+    if winner is None:
+        return ConflictError(f"{name}@{alias} was changed by someone else meanwhile (it is now unset); nothing was changed")
+    e = winner.event
+    return ConflictError(
+        f"{name}@{alias} was moved to {name}:{winner.version} by {e.author} at "
+        f"{e.time.isoformat(timespec='seconds')} meanwhile; nothing was changed"
+    )

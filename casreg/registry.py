@@ -1,0 +1,337 @@
+"""``casreg.Registry``: the one public entry point.
+
+Every method resolves its reference once, to a digest, and then works by digest only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from casreg import __version__
+from casreg.chunking import DEFAULT_CHUNK_PARAMS, ChunkParams
+from casreg.codec import DEFAULT_ZSTD_LEVEL
+from casreg.errors import (
+    AmbiguousReferenceError,
+    CasregError,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    UnknownReferenceError,
+)
+from casreg.ledger import commit_version, latest_number, read_version, version_numbers
+from casreg.lineage import current_author, git_state, hostname
+from casreg.manifest import Manifest
+from casreg.pointers import list_pointers, move_alias, read_pointer
+from casreg.progress import Progress
+from casreg.push import manifest_key, store_source
+from casreg.records import AliasEvent, AliasPointer, FileInfo, Lineage, PullResult, Version, utcnow
+from casreg.refs import FULL_HEX, Ref, RefKind, parse_ref, validate_alias, validate_name
+from casreg.source import scan_source
+from casreg.storage import ObjectStore, open_store
+
+__all__ = ["Registry", "Resolved"]
+
+CONFIG_KEY = "casreg.json"
+REGISTRY_FORMAT = "casreg/1"
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """What a reference pointed at when it was resolved."""
+
+    digest: str  # "blake3:<64 hex>"
+    name: str | None = None  # None for a bare digest reference
+    version: int | None = None
+
+    @property
+    def hexdigest(self) -> str:
+        return self.digest.removeprefix("blake3:")
+
+
+def _check_keys(kind: str, mapping: Mapping[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in (mapping or {}).items():
+        if not isinstance(k, str) or not k or any(c.isspace() for c in k) or len(k) > 128:
+            raise InvalidInputError(f"invalid {kind} name {k!r}: non-empty, no spaces, at most 128 characters")
+        out[k] = v
+    return out
+
+
+def _metrics(mapping: Mapping[str, Any] | None) -> dict[str, float]:
+    out = {}
+    for k, v in _check_keys("metric", mapping).items():
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"metric {k}={v!r} is not a number") from None
+        if math.isnan(f):
+            raise InvalidInputError(f"metric {k} is NaN")
+        out[k] = f
+    return out
+
+
+class Registry:
+    """A model registry at ``url``: a local directory (default ``~/.casreg`` or
+    ``$CASREG_REGISTRY``) or ``memory://NAME``.
+
+    >>> reg = Registry("memory://demo")
+    >>> v = reg.push("fraud-detector", "model.onnx", metrics={"auc": 0.98})   # doctest: +SKIP
+    >>> reg.set_alias("fraud-detector", "production", v.ref)                 # doctest: +SKIP
+    >>> reg.pull("fraud-detector@production", "serving/")                     # doctest: +SKIP
+    """
+
+    def __init__(self, url: str | os.PathLike[str] | None = None, *, zstd_level: int | None = None,
+                 threads: int | None = None) -> None:
+        self.store: ObjectStore = open_store(os.fspath(url) if url is not None else None)
+        self.zstd_level = zstd_level
+        self.threads = threads
+        self._config: dict[str, Any] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.store.url
+
+    def __repr__(self) -> str:
+        return f"Registry({self.url!r})"
+
+    # -- configuration -------------------------------------------------------------------
+    def _read_config(self) -> dict[str, Any] | None:
+        if self._config is None:
+            try:
+                self._config = json.loads(self.store.read(CONFIG_KEY))
+            except NotFoundError:
+                return None
+            except ValueError:
+                raise IntegrityError(f"{CONFIG_KEY} in {self.url} is corrupt") from None
+            if self._config.get("format") != REGISTRY_FORMAT:
+                raise CasregError(f"{self.url} holds a registry of format {self._config.get('format')!r}; "
+                                  f"this casreg reads {REGISTRY_FORMAT}")
+        return self._config
+
+    def _init(self, chunking: ChunkParams) -> dict[str, Any]:
+        config = self._read_config()
+        if config is None:
+            self.store.check_writable()
+            doc = {"format": REGISTRY_FORMAT, "created_at": utcnow().isoformat(),
+                   "chunking": chunking.to_dict(), "zstd_level": DEFAULT_ZSTD_LEVEL}
+            self.store.create(CONFIG_KEY, json.dumps(doc, indent=2).encode())
+            config = self._read_config()
+            assert config is not None
+        return config
+
+    def _unknown(self, message: str) -> UnknownReferenceError:
+        if self._read_config() is None:
+            return UnknownReferenceError(f"{message}: there is no registry at {self.url} yet (push a model first)")
+        return UnknownReferenceError(message)
+
+    # -- resolving -------------------------------------------------------------------------
+    def resolve(self, ref: str | Ref) -> Resolved:
+        """Resolve a reference (see :mod:`casreg.refs`) to a digest, once."""
+        r = parse_ref(ref) if isinstance(ref, str) else ref
+        if r.kind is RefKind.DIGEST and r.name is None:
+            return Resolved("blake3:" + self._find_digest(r))
+        assert r.name is not None
+        if r.kind is RefKind.ALIAS:
+            assert r.alias is not None
+            p = read_pointer(self.store, r.name, r.alias)
+            if p is None:
+                raise self._unknown(f"{r} is not set")
+            return Resolved(p.digest, r.name, p.version)
+        if r.kind is RefKind.DIGEST:
+            for v in self._versions(r.name):
+                if v.digest.removeprefix("blake3:").startswith(r.digest or ""):
+                    return Resolved(v.digest, v.name, v.version)
+            raise self._unknown(f"{r.name} has no version with digest {r.digest}")
+        if r.kind is RefKind.NUMBER:
+            assert r.number is not None
+            try:
+                v = read_version(self.store, r.name, r.number)
+            except NotFoundError:
+                latest = latest_number(self.store, r.name)
+                hint = f" (latest is {r.name}:{latest})" if latest else f" ({r.name} has no versions)"
+                raise self._unknown(f"{r} does not exist{hint}") from None
+            return Resolved(v.digest, v.name, v.version)
+        latest = latest_number(self.store, r.name)
+        if latest is None:
+            raise self._unknown(f"model {r.name!r} has no versions in {self.url}")
+        v = read_version(self.store, r.name, latest)
+        return Resolved(v.digest, v.name, v.version)
+
+    def _find_digest(self, r: Ref) -> str:
+        hexd = r.digest or ""
+        if len(hexd) == FULL_HEX:
+            if self.store.exists(manifest_key(hexd)):
+                return hexd
+            raise self._unknown(f"no version has digest blake3:{hexd}")
+        found = sorted({
+            key.rsplit("/", 1)[-1].removesuffix(".manifest")
+            for key in self.store.list(f"manifests/{hexd[:2]}")
+            if key.rsplit("/", 1)[-1].startswith(hexd)
+        })
+        if not found:
+            raise self._unknown(f"no version has a digest starting with {hexd}")
+        if len(found) > 1:
+            raise AmbiguousReferenceError(
+                f"digest prefix {hexd} matches {len(found)} versions ({', '.join(f[:16] for f in found[:4])}...); give more digits"
+            )
+        return found[0]
+
+    def _versions(self, name: str) -> list[Version]:
+        return [read_version(self.store, name, n) for n in version_numbers(self.store, name)]
+
+    def manifest(self, ref: str | Ref | Resolved) -> Manifest:
+        """The verified manifest of a version (its recomputed digest must match)."""
+        resolved = ref if isinstance(ref, Resolved) else self.resolve(ref)
+        key = manifest_key(resolved.hexdigest)
+        try:
+            data = self.store.read(key)
+        except NotFoundError:
+            raise IntegrityError(f"object {key} is missing: the registry is damaged (run casreg verify)") from None
+        return Manifest.from_bytes(data, expected=bytes.fromhex(resolved.hexdigest), where=key)
+
+    # -- push --------------------------------------------------------------------------------
+    def push(
+        self,
+        name: str,
+        path: str | os.PathLike[str],
+        *,
+        metrics: Mapping[str, float] | None = None,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        framework: str | None = None,
+        description: str | None = None,
+        alias: str | None = None,
+        parent: str | None = None,
+        run_id: str | None = None,
+        dataset: str | None = None,
+        progress: Progress | None = None,
+    ) -> Version:
+        """Store ``path`` (a file or directory) as the next version of ``name``."""
+        validate_name(name)
+        if alias is not None:
+            validate_alias(alias)
+        clean_metrics = _metrics(metrics)
+        clean_params = {k: str(v) for k, v in _check_keys("param", params).items()}
+        clean_tags = {k: str(v) for k, v in _check_keys("tag", tags).items()}
+        source = scan_source(path)
+        parent_digest = self.resolve(parent).digest if parent else None
+        config = self._init(DEFAULT_CHUNK_PARAMS)
+        chunking = ChunkParams.from_dict(config["chunking"])
+        level = self.zstd_level if self.zstd_level is not None else int(config.get("zstd_level", DEFAULT_ZSTD_LEVEL))
+
+        from casreg.packs import ChunkIndex
+
+        index = ChunkIndex.load(self.store)
+        manifest, stats = store_source(self.store, source, params=chunking, level=level, index=index,
+                                       progress=progress, threads=self.threads)
+        git = git_state(os.fspath(path))
+        record = Version(
+            name=name, version=0, digest="blake3:" + manifest.hexdigest, kind=manifest.kind,
+            size=stats.size, stored_bytes=stats.stored_bytes, new_bytes=stats.new_raw_bytes,
+            file_count=len(source.files), chunk_count=stats.chunks, created_at=utcnow(),
+            author=current_author(), framework=framework, description=description,
+            metrics=clean_metrics, params=clean_params, tags=clean_tags,
+            lineage=Lineage(git_commit=git.commit, git_dirty=git.dirty, hostname=hostname(),
+                            python_version=platform.python_version(), casreg_version=__version__,
+                            parent=parent_digest, run_id=run_id, dataset=dataset),
+        )
+        files = [{"path": e.path, "type": e.type, "size": e.size, "digest": e.digest.hex() if e.digest else None}
+                 for e in manifest.entries]
+        version = commit_version(self.store, record, files)
+        if alias is not None:
+            move_alias(self.store, name, alias, (version.digest, version.version), reason=f"push {version.ref} --alias")
+        return version
+
+    # -- reading -----------------------------------------------------------------------------
+    def show(self, ref: str | Ref) -> Version:
+        """The ledger record of a version. A bare digest shows the newest version holding it."""
+        resolved = self.resolve(ref)
+        if resolved.name is not None and resolved.version is not None:
+            return read_version(self.store, resolved.name, resolved.version)
+        rows = self.sql(f"SELECT name, version FROM versions WHERE digest = '{resolved.digest}' "
+                        "ORDER BY created_at DESC LIMIT 1")
+        if not rows:
+            raise self._unknown(f"{resolved.digest} is stored but no version records it")
+        return read_version(self.store, rows[0]["name"], rows[0]["version"])
+
+    def files(self, ref: str | Ref) -> list[FileInfo]:
+        m = self.manifest(ref)
+        return [FileInfo(e.path, e.type, e.size, e.digest.hex() if e.digest else None) for e in m.entries]
+
+    def ls(self, name: str | None = None) -> list[Version]:
+        """Every version of ``name``, oldest first; without a name, the latest version of
+        every model."""
+        if name is not None:
+            validate_name(name)
+            versions = self._versions(name)
+            if not versions:
+                raise self._unknown(f"model {name!r} has no versions in {self.url}")
+            return versions
+        names = sorted({k.split("/")[2] for k in self.store.list("ledger/versions") if k.count("/") >= 3})
+        out = []
+        for n in names:
+            latest = latest_number(self.store, n)
+            if latest is not None:
+                out.append(read_version(self.store, n, latest))
+        return out
+
+    def pull(self, ref: str | Ref, dest: str | os.PathLike[str] | None = None, *, force: bool = False,
+             progress: Progress | None = None) -> PullResult:
+        """Write a version to ``dest`` (default: ``./<file name>`` for a file version,
+        ``./<model name>`` for a directory), verified before it appears there."""
+        from casreg.pull import materialize
+
+        resolved = self.resolve(ref)
+        manifest = self.manifest(resolved)
+        if dest is None:
+            dest = manifest.entries[0].path if manifest.kind == "file" else (resolved.name or resolved.hexdigest[:12])
+        stats = materialize(self.store, manifest, dest, force=force, progress=progress, threads=self.threads)
+        return PullResult(resolved.name, resolved.version, resolved.digest, str(Path(dest).absolute()),
+                          stats.size, stats.files, stats.fetched_bytes, stats.up_to_date)
+
+    def sql(self, query: str) -> list[dict[str, Any]]:
+        """Run SQL over the ledger views ``versions``, ``files``, ``events``, ``aliases``."""
+        from casreg.sql import query as run
+
+        return run(self.store, query)
+
+    # -- aliases -----------------------------------------------------------------------------
+    def _target(self, name: str, ref: str | int) -> Resolved:
+        text = str(ref)
+        if text.isdigit():
+            text = f"{name}:{text}"
+        r = parse_ref(text)
+        if r.name is None:  # a bare digest must be a version of this model
+            assert r.digest is not None
+            r = Ref(name=name, digest=r.digest)
+        resolved = self.resolve(r)
+        if resolved.name != name:
+            raise InvalidInputError(f"{text} is a version of {resolved.name}, not of {name}")
+        return resolved
+
+    def set_alias(self, name: str, alias: str, ref: str | int, *, reason: str | None = None) -> AliasEvent:
+        """Point ``name@alias`` at a version of ``name`` (a number, a reference or a
+        digest), by compare-and-swap; the move is recorded with its author and reason."""
+        validate_name(name)
+        validate_alias(alias)
+        target = self._target(name, ref)
+        assert target.version is not None
+        return move_alias(self.store, name, alias, (target.digest, target.version), reason=reason)
+
+    def remove_alias(self, name: str, alias: str, *, reason: str | None = None) -> AliasEvent:
+        validate_name(name)
+        validate_alias(alias)
+        if read_pointer(self.store, name, alias) is None:
+            raise self._unknown(f"{name}@{alias} is not set")
+        return move_alias(self.store, name, alias, None, reason=reason)
+
+    def aliases(self, name: str | None = None) -> list[AliasPointer]:
+        if name is not None:
+            validate_name(name)
+        return list_pointers(self.store, name)

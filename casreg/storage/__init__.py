@@ -1,0 +1,37 @@
+"""Storage backends and :func:`open_store`, which picks one from a registry URL."""
+
+from __future__ import annotations
+
+import os
+
+from casreg.errors import UnsupportedBackendError
+from casreg.storage.base import ByteRange, ObjectStore, Versioned
+
+__all__ = ["ByteRange", "ObjectStore", "Versioned", "open_store", "default_registry_url"]
+
+DEFAULT_REGISTRY = "~/.casreg"
+
+
+def default_registry_url() -> str:
+    """``CASREG_REGISTRY`` if set, else ``~/.casreg``."""
+    return os.environ.get("CASREG_REGISTRY") or DEFAULT_REGISTRY
+
+
+def open_store(url: str | None = None) -> ObjectStore:
+    """Open the store behind a registry URL: a local path or ``file://`` URL, or
+    ``memory://NAME``. Imports of remote filesystems happen only when their URL is used,
+    so a local ``casreg resolve`` stays light."""
+    url = url or default_registry_url()
+    if "://" not in url or url.startswith("file://"):
+        from casreg.storage.local import LocalStore
+
+        return LocalStore(url.removeprefix("file://"))
+    if url.startswith("memory://"):
+        from casreg.storage.memory import MemoryStore
+
+        return MemoryStore(url)
+    scheme = url.split("://", 1)[0]
+    raise UnsupportedBackendError(
+        f"registry URL {url!r}: the {scheme}:// backend is not supported yet "
+        "(it needs atomic create-if-absent and compare-and-swap); use a local path or memory://"
+    )

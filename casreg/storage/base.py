@@ -1,0 +1,92 @@
+"""The storage interface: a bytes-only key/value store with two atomic primitives.
+
+The store knows nothing of chunks, packs, manifests or ledgers; keys are ``/``-separated
+strings relative to the registry root. Shared state changes only through
+:meth:`ObjectStore.create` (create-if-absent) and :meth:`ObjectStore.swap`
+(compare-and-swap); a backend that cannot offer both atomically must not exist.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+__all__ = ["ByteRange", "ObjectStore", "Versioned"]
+
+
+@dataclass(frozen=True, slots=True)
+class ByteRange:
+    """Half-open byte range ``[start, end)`` of one object."""
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if self.start < 0 or self.end < self.start:
+            raise ValueError(f"invalid byte range [{self.start}, {self.end})")
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class Versioned:
+    """An object's bytes plus the opaque token a compare-and-swap must present."""
+
+    data: bytes
+    token: str
+
+
+class ObjectStore(ABC):
+    """Contract every backend honours (checked by tests/test_storage_conformance.py):
+
+    - ``create`` never overwrites: of N concurrent creators of one key exactly one gets
+      ``True``; the object is never visible partially written.
+    - ``swap`` replaces an object only if its current token equals ``expected``
+      (``None`` meaning "must not exist"), otherwise raises ``ConflictError``.
+    - ``read`` raises ``NotFoundError`` for a missing key; other failures raise
+      ``StorageError`` with the backend's error as ``__cause__``.
+    """
+
+    url: str
+
+    @abstractmethod
+    def read(self, key: str, byte_range: ByteRange | None = None) -> bytes: ...
+
+    def read_ranges(self, key: str, ranges: Sequence[ByteRange]) -> list[bytes]:
+        """Read several ranges of one object; backends may coalesce them."""
+        return [self.read(key, r) for r in ranges]
+
+    @abstractmethod
+    def create(self, key: str, data: bytes) -> bool:
+        """Write ``data`` at ``key`` unless it exists; return whether this call created it."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def size(self, key: str) -> int: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[str]:
+        """Every key under ``prefix`` (recursively), in no particular order."""
+
+    @abstractmethod
+    def read_versioned(self, key: str) -> Versioned | None:
+        """Current bytes and swap token of ``key``, or ``None`` if it does not exist."""
+
+    @abstractmethod
+    def swap(self, key: str, data: bytes, expected: str | None) -> str:
+        """Replace ``key`` with ``data`` if its token is still ``expected``; return the new token."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (used only by gc and tests); missing keys are not an error."""
+
+    def check_writable(self) -> None:
+        """Raise ``StorageError`` early if writes cannot succeed (read-only, unreachable)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"

@@ -1,0 +1,158 @@
+"""A registry in a local directory (the default).
+
+Create-if-absent: the bytes go to a temporary file in the target directory, are fsynced,
+and are hard-linked into place; ``link`` fails if the name exists, so a reader never sees
+a partial object and two writers never both win (``open(..., "x")`` would expose a
+half-written file). Compare-and-swap: an ``flock`` on a sibling lock file serialises
+swappers, and ``os.replace`` publishes the new bytes atomically. Tokens are the BLAKE3 of
+the current bytes, so they need no extra state.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from blake3 import blake3
+
+from casreg.errors import ConflictError, NotFoundError, StorageError
+from casreg.storage.base import ByteRange, ObjectStore, Versioned
+
+__all__ = ["LocalStore"]
+
+_TMP_PREFIX = ".tmp-"
+
+
+def _token(data: bytes) -> str:
+    return blake3(data).hexdigest()[:32]
+
+
+class LocalStore(ObjectStore):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.url = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def _fail(self, err: OSError, action: str, key: str) -> StorageError:
+        if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return StorageError(f"registry {self.url} is read-only: cannot {action} {key} ({err.strerror})")
+        if err.errno == errno.ENOSPC:
+            return StorageError(f"registry {self.url} is out of space while trying to {action} {key}")
+        return StorageError(f"registry {self.url}: cannot {action} {key}: {err.strerror or err}")
+
+    def read(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                if byte_range is None:
+                    return f.read()
+                return os.pread(f.fileno(), byte_range.length, byte_range.start)
+        except FileNotFoundError:
+            raise NotFoundError(f"object {key} not found in {self.url}") from None
+        except NotADirectoryError:
+            raise NotFoundError(f"object {key} not found in {self.url}") from None
+        except OSError as err:
+            raise self._fail(err, "read", key) from err
+
+    def read_ranges(self, key: str, ranges: list[ByteRange]) -> list[bytes]:  # type: ignore[override]
+        try:
+            with open(self._path(key), "rb") as f:
+                fd = f.fileno()
+                return [os.pread(fd, r.length, r.start) for r in ranges]
+        except FileNotFoundError:
+            raise NotFoundError(f"object {key} not found in {self.url}") from None
+        except OSError as err:
+            raise self._fail(err, "read", key) from err
+
+    def _write_temp(self, path: Path, data: bytes) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
+    def create(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        if path.exists():
+            return False
+        try:
+            tmp = self._write_temp(path, data)
+            try:
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink(missing_ok=True)
+        except OSError as err:
+            raise self._fail(err, "write", key) from err
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"object {key} not found in {self.url}") from None
+
+    def list(self, prefix: str) -> Iterator[str]:
+        base = self._path(prefix)
+        if base.is_file():
+            yield prefix
+            return
+        if not base.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(base):
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for f in files:
+                if f.startswith(_TMP_PREFIX) or f.endswith(".lock"):
+                    continue
+                yield f"{rel}/{f}" if rel != "." else f
+
+    def read_versioned(self, key: str) -> Versioned | None:
+        try:
+            data = self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise self._fail(err, "read", key) from err
+        return Versioned(data, _token(data))
+
+    def swap(self, key: str, data: bytes, expected: str | None) -> str:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path.parent / f"{path.name}.lock", "a+b") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+                current = self.read_versioned(key)
+                current_token = current.token if current else None
+                if current_token != expected:
+                    raise ConflictError(f"{key} changed since it was read (someone else wrote it first)")
+                tmp = self._write_temp(path, data)
+                os.replace(tmp, path)
+                return _token(data)
+        except OSError as err:
+            raise self._fail(err, "write", key) from err
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as err:
+            raise self._fail(err, "delete", key) from err
+
+    def check_writable(self) -> None:
+        probe = self.root
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise StorageError(f"registry {self.url} is not a directory ({probe} is a file)")
+        if not os.access(probe, os.W_OK):
+            raise StorageError(f"registry {self.url} is read-only (no write permission on {probe})")
