@@ -1,0 +1,1 @@
+"""The casreg command-line interface (typer); it only renders what casreg returns."""

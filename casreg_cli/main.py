@@ -1,0 +1,309 @@
+"""The ``casreg`` command. Each command validates its flags, calls the library once and
+renders the result; expected failures become one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from typing import Annotated, Any, Optional
+
+import typer
+
+from casreg import CasregError, Registry
+from casreg.refs import parse_ref
+from casreg_cli.output import Output, human_bytes
+
+app = typer.Typer(
+    name="casreg",
+    help="A model registry built as a content-addressed, immutable artifact store.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+alias_app = typer.Typer(help="Deployment pointers: NAME@ALIAS -> a version.", no_args_is_help=True)
+app.add_typer(alias_app, name="alias")
+
+RegistryOpt = Annotated[
+    Optional[str],
+    typer.Option("--registry", "-r", envvar="CASREG_REGISTRY", show_envvar=True,
+                 help="Registry URL: a directory or memory://NAME (default ~/.casreg)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+
+
+def _pairs(kind: str, items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=f"--{kind}")
+        out[key] = value
+    return out
+
+
+def _name_alias(text: str) -> tuple[str, str]:
+    ref = parse_ref(text)
+    if ref.alias is None or ref.name is None:
+        raise typer.BadParameter(f"expected NAME@ALIAS, got {text!r}")
+    return ref.name, ref.alias
+
+
+@app.command()
+def push(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    path: Annotated[str, typer.Argument(help="A model file or directory.")],
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="KEY=NUMBER, repeatable.")] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="KEY=VALUE, repeatable.")] = None,
+    tag: Annotated[Optional[list[str]], typer.Option("--tag", "-t", help="KEY=VALUE, repeatable.")] = None,
+    framework: Annotated[Optional[str], typer.Option(help="e.g. pytorch, onnx, sklearn.")] = None,
+    description: Annotated[Optional[str], typer.Option("--description", "-d")] = None,
+    alias: Annotated[Optional[str], typer.Option("--alias", "-a", help="Point NAME@ALIAS at the new version.")] = None,
+    parent: Annotated[Optional[str], typer.Option(help="Reference of the version this one derives from.")] = None,
+    run_id: Annotated[Optional[str], typer.Option(help="Training run id.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Digest or URI of the training data.")] = None,
+    level: Annotated[Optional[int], typer.Option(min=1, max=22, help="zstd level (default 3).")] = None,
+    registry: RegistryOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Store a model file or directory as the next version of NAME."""
+    out = Output(json_, quiet)
+    metrics = _pairs("metric", metric)
+    v = Registry(registry, zstd_level=level).push(
+        name, path, metrics=metrics, params=_pairs("param", param), tags=_pairs("tag", tag),
+        framework=framework, description=description, alias=alias, parent=parent, run_id=run_id,
+        dataset=dataset, progress=out.progress(),
+    )
+    if out.as_json:
+        out.json(v.to_dict() | {"dedup_ratio": round(v.dedup_ratio, 6)})
+        return
+    out.line(f"pushed {v.ref}  {v.digest}")
+    out.line(f"  size {human_bytes(v.size)} in {v.file_count} file{'s' if v.file_count != 1 else ''}, "
+             f"new bytes stored {human_bytes(v.stored_bytes)}, dedup {100 * v.dedup_ratio:.1f}%")
+    if alias:
+        out.line(f"  {name}@{alias} -> {v.ref}")
+
+
+@app.command()
+def pull(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:N, NAME@ALIAS or a digest.")],
+    dest: Annotated[Optional[str], typer.Argument(help="Where to write it (default: ./FILE or ./NAME).")] = None,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Replace an existing destination.")] = False,
+    registry: RegistryOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write a version to DEST, verified byte for byte before it appears."""
+    out = Output(json_, quiet)
+    res = Registry(registry).pull(ref, dest, force=force, progress=out.progress())
+    if out.as_json:
+        out.json(res.to_dict())
+        return
+    label = f"{res.name}:{res.version}" if res.name else res.digest
+    if res.up_to_date:
+        out.line(f"{res.dest} already holds {label}; nothing rewritten")
+    else:
+        out.line(f"pulled {label} to {res.dest} ({human_bytes(res.size)}, {res.files} file{"s" if res.files != 1 else ""}, verified)")
+
+
+@app.command()
+def resolve(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:N, NAME@ALIAS or a digest.")],
+    registry: RegistryOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Print the digest a reference points at (--json: the whole record)."""
+    out = Output(json_, quiet)
+    reg = Registry(registry)
+    resolved = reg.resolve(ref)
+    if not out.as_json:
+        out.line(resolved.digest)
+        return
+    if resolved.name is None:
+        m = reg.manifest(resolved)
+        out.json({"digest": resolved.digest, "kind": m.kind, "size": m.size, "file_count": len(m.files)})
+        return
+    out.json(reg.show(f"{resolved.name}:{resolved.version}").to_dict() | {"ref": ref})
+
+
+@app.command()
+def show(
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:N, NAME@ALIAS or a digest.")],
+    registry: RegistryOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Show a version's record, files and aliases."""
+    out = Output(json_, quiet)
+    reg = Registry(registry)
+    v = reg.show(ref)
+    files = reg.files(v.digest)
+    aliases = [p.alias for p in reg.aliases(v.name) if p.version == v.version]
+    if out.as_json:
+        out.json(v.to_dict() | {"aliases": aliases, "files": [asdict(f) for f in files]})
+        return
+    out.line(f"{v.ref}  {v.digest}")
+    out.line(f"  created   {v.created_at.isoformat(timespec='seconds')} by {v.author}")
+    out.line(f"  size      {human_bytes(v.size)} in {v.file_count} files ({v.kind}); "
+             f"stored {human_bytes(v.stored_bytes)} new, dedup {100 * v.dedup_ratio:.1f}%")
+    for label, value in (("framework", v.framework), ("desc", v.description)):
+        if value:
+            out.line(f"  {label:<9} {value}")
+    for label, mapping in (("metrics", v.metrics), ("params", v.params), ("tags", v.tags)):
+        if mapping:
+            out.line(f"  {label:<9} " + ", ".join(f"{k}={val}" for k, val in sorted(mapping.items())))
+    ln = v.lineage
+    parts = [f"{k}={getattr(ln, k)}" for k in ("git_commit", "git_dirty", "parent", "run_id", "dataset", "hostname")
+             if getattr(ln, k) is not None]
+    if parts:
+        out.line("  lineage   " + ", ".join(parts))
+    if aliases:
+        out.line("  aliases   " + ", ".join(f"{v.name}@{a}" for a in aliases))
+    out.line("  files")
+    for f in files:
+        kind = "dir " if f.type == "d" else ("exec" if f.type == "x" else "    ")
+        out.line(f"    {kind} {human_bytes(f.size):>10}  {f.path}")
+
+
+@app.command("ls")
+def ls_(
+    name: Annotated[Optional[str], typer.Argument(help="Model name (default: every model).")] = None,
+    registry: RegistryOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """List the versions of NAME, or the latest version of every model."""
+    out = Output(json_, quiet)
+    reg = Registry(registry)
+    versions = reg.ls(name)
+    pointers = reg.aliases(name)
+    by_version: dict[tuple[str, int], list[str]] = {}
+    for p in pointers:
+        by_version.setdefault((p.name, p.version), []).append(p.alias)
+    if out.as_json:
+        out.json([v.to_dict() | {"aliases": by_version.get((v.name, v.version), [])} for v in versions])
+        return
+    rows = [{
+        "ref": v.ref, "digest": v.digest[:19], "size": human_bytes(v.size),
+        "created": v.created_at.strftime("%Y-%m-%d %H:%M:%S"), "author": v.author,
+        "aliases": ",".join(by_version.get((v.name, v.version), [])),
+    } for v in versions]
+    out.table(rows)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL over the views versions, files, events, aliases.")],
+    registry: RegistryOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Query the ledger with DuckDB SQL."""
+    out = Output(json_, quiet)
+    rows = Registry(registry).sql(query)
+    if out.as_json:
+        out.json(rows)
+    else:
+        out.table(rows)
+
+
+@alias_app.command("set")
+def alias_set(
+    target: Annotated[str, typer.Argument(metavar="NAME@ALIAS")],
+    ref: Annotated[str, typer.Argument(help="A version of NAME: N, NAME:N, NAME@ALIAS or a digest.")],
+    reason: Annotated[Optional[str], typer.Option("--reason", help="Why (recorded in the log).")] = None,
+    registry: RegistryOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Point NAME@ALIAS at a version (compare-and-swap; the move is logged)."""
+    out = Output(json_, quiet)
+    name, alias = _name_alias(target)
+    ev = Registry(registry).set_alias(name, alias, ref, reason=reason)
+    if out.as_json:
+        out.json(ev.to_dict())
+        return
+    was = f" (was {name}:{ev.from_version})" if ev.from_version else ""
+    out.line(f"{name}@{alias} -> {name}:{ev.to_version}  {ev.to_digest}{was}")
+
+
+@alias_app.command("rm")
+def alias_rm(
+    target: Annotated[str, typer.Argument(metavar="NAME@ALIAS")],
+    reason: Annotated[Optional[str], typer.Option("--reason", help="Why (recorded in the log).")] = None,
+    registry: RegistryOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Remove NAME@ALIAS (the removal is logged; versions are untouched)."""
+    out = Output(json_, quiet)
+    name, alias = _name_alias(target)
+    ev = Registry(registry).remove_alias(name, alias, reason=reason)
+    if out.as_json:
+        out.json(ev.to_dict())
+    else:
+        out.line(f"removed {name}@{alias} (was {name}:{ev.from_version})")
+
+
+@alias_app.command("ls")
+def alias_ls(
+    name: Annotated[Optional[str], typer.Argument(help="Model name (default: every model).")] = None,
+    registry: RegistryOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """List aliases and where they point."""
+    out = Output(json_, quiet)
+    pointers = Registry(registry).aliases(name)
+    if out.as_json:
+        out.json([p.to_dict() for p in pointers])
+        return
+    out.table([{"alias": f"{p.name}@{p.alias}", "version": f"{p.name}:{p.version}", "digest": p.digest[:19],
+                "updated": p.event.time.strftime("%Y-%m-%d %H:%M:%S"), "by": p.event.author,
+                "reason": p.event.reason or ""} for p in pointers])
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"casreg: error: {message}\n")
+    return code
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code; expected failures never show a traceback."""
+    try:
+        app(args=argv, prog_name="casreg", standalone_mode=False)
+    except CasregError as err:
+        return _fail(str(err), err.exit_code)
+    except typer.Exit as err:
+        return err.exit_code
+    except typer.TyperException as err:  # usage errors: typer prints them like click does
+        show = getattr(err, "show", None)
+        if show is not None:
+            show()
+        else:
+            sys.stderr.write(f"casreg: error: {err.format_message()}\n")
+        return err.exit_code
+    except typer.Abort:
+        return _fail("aborted", 130)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except BrokenPipeError:
+        return 0
+    except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as err:
+        return _fail(f"{err.strerror or err}: {err.filename}" if err.filename else str(err), 1)
+    except OSError as err:
+        if err.errno is not None:  # the OS refused (disk full, I/O error): not a casreg bug
+            return _fail(f"{err.strerror}{': ' + str(err.filename) if err.filename else ''}", 1)
+        raise
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()
