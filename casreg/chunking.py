@@ -13,7 +13,12 @@ from typing import BinaryIO
 
 from pyfastcdc.cy import FastCDC
 
-__all__ = ["ChunkParams", "DEFAULT_CHUNK_PARAMS", "iter_chunks", "chunk_bytes"]
+__all__ = ["ChunkParams", "DEFAULT_CHUNK_PARAMS", "BLOCK_SIZE", "iter_chunks", "chunk_bytes"]
+
+# Bytes read per block. Measured on 512 MiB: 32 MiB blocks cost 0.33 s of kernel time
+# (glibc maps each fresh block and the kernel zero-fills it), 8 MiB blocks 0.09 s,
+# since blocks that size are recycled from the heap. It must exceed max_size.
+BLOCK_SIZE = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,14 +53,47 @@ class ChunkParams:
 DEFAULT_CHUNK_PARAMS = ChunkParams()
 
 
-def iter_chunks(stream: BinaryIO, params: ChunkParams = DEFAULT_CHUNK_PARAMS) -> Iterator[bytes]:
-    """Yield the chunks of a binary stream as independent ``bytes`` objects.
+def _fill(stream: BinaryIO, view: memoryview) -> int:
+    """Read until ``view`` is full or the stream ends; return the bytes read."""
+    got = 0
+    while got < len(view):
+        n = stream.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
 
-    pyfastcdc's stream chunker reuses its buffer, so each chunk is copied out before the
-    next is cut; memory stays bounded by a few ``max_size`` buffers whatever the file size.
+
+def iter_chunks(
+    stream: BinaryIO, params: ChunkParams = DEFAULT_CHUNK_PARAMS, block_size: int = BLOCK_SIZE
+) -> Iterator[memoryview]:
+    """Yield the chunks of a binary stream as read-only views, without copying them.
+
+    The stream is read in fresh blocks of ``block_size`` bytes and cut with FastCDC. Every
+    chunk but a block's last is final (its cut point was found inside the block); the
+    last may have been cut short by the block's end, so its bytes are carried into the
+    next block and cut again. The result equals cutting the whole stream at once
+    (tests/test_chunking.py checks this), while memory stays bounded by the blocks that
+    in-flight chunks still reference.
     """
-    for chunk in params.chunker().cut_stream(stream):
-        yield bytes(chunk.data)
+    if block_size <= params.max_size:
+        raise ValueError(f"block_size {block_size} must exceed max_size {params.max_size}")
+    chunker = params.chunker()
+    carry = b""
+    while True:
+        buf = bytearray(len(carry) + block_size)
+        buf[: len(carry)] = carry
+        n = _fill(stream, memoryview(buf)[len(carry):])
+        view = memoryview(buf)[: len(carry) + n].toreadonly()
+        at_end = n < block_size
+        chunks = list(chunker.cut_buf(view))
+        if not at_end and chunks:
+            last = chunks.pop()
+            carry = bytes(view[last.offset:])
+        for c in chunks:
+            yield c.data
+        if at_end:
+            return
 
 
 def chunk_bytes(data: bytes, params: ChunkParams = DEFAULT_CHUNK_PARAMS) -> list[tuple[int, int]]:

@@ -114,40 +114,54 @@ def _entry_matches(e: Entry, path: Path) -> bool:
     return file_digest(path) == e.digest
 
 
+class _OpenFile:
+    """A file being written: its descriptor, its entry, and the running hash of the
+    chunks that have landed, fed in order."""
+
+    __slots__ = ("fd", "path", "entry", "remaining", "hasher")
+
+    def __init__(self, fd: int, path: Path, entry: Entry) -> None:
+        self.fd, self.path, self.entry = fd, path, entry
+        self.remaining = len(entry.chunks)
+        self.hasher = blake3()
+
+
 class _Writer:
     def __init__(self, store: ObjectStore, progress: Progress, workers: ThreadPoolExecutor) -> None:
         self.store, self.progress, self.workers = store, progress, workers
-        self.inflight: deque[tuple[Future[int], list[object]]] = deque()
+        self.inflight: deque[tuple[Future[bytes], _OpenFile, ChunkRef]] = deque()
+        self.open: list[_OpenFile] = []
         self.stats = PullStats()
         self.mask = _umask()
 
-    def _write_chunk(self, fd: int, ref: ChunkRef, offset: int) -> int:
+    def _write_chunk(self, fd: int, ref: ChunkRef, offset: int) -> bytes:
         raw = read_chunk(self.store, ref)
         view = memoryview(raw)
         while view:
             n = os.pwrite(fd, view, offset)
             view, offset = view[n:], offset + n
-        return ref.stored_size
+        return raw
 
-    def _complete(self, state: list[object]) -> None:
-        """Called when the last chunk of a file landed: close, verify, set the mode."""
-        fd, path, entry = state[0], state[1], state[2]
-        assert isinstance(fd, int) and isinstance(path, Path) and isinstance(entry, Entry)
-        os.close(fd)
-        state[0] = -1
-        if file_digest(path) != entry.digest:
-            raise IntegrityError(f"file {entry.path!r} does not match its digest blake3:{entry.digest.hex()} after writing")
-        os.chmod(path, (0o777 if entry.type == "x" else 0o666) & ~self.mask)
+    def _complete(self, f: _OpenFile) -> None:
+        """The last chunk of a file landed: close it, check the whole-file digest, set the mode."""
+        os.close(f.fd)
+        f.fd = -1
+        if f.hasher.digest() != f.entry.digest:
+            raise IntegrityError(
+                f"file {f.entry.path!r} does not match its digest blake3:{f.entry.digest.hex()} after writing"
+            )
+        os.chmod(f.path, (0o777 if f.entry.type == "x" else 0o666) & ~self.mask)
         self.stats.files += 1
 
     def _drain_one(self) -> None:
-        fut, state = self.inflight.popleft()
-        self.stats.fetched_bytes += fut.result()
-        remaining = state[3]
-        assert isinstance(remaining, int)
-        state[3] = remaining - 1
-        if state[3] == 0:
-            self._complete(state)
+        fut, f, ref = self.inflight.popleft()
+        raw = fut.result()
+        f.hasher.update(raw)
+        self.stats.fetched_bytes += ref.stored_size
+        self.progress.advance(ref.raw_size)
+        f.remaining -= 1
+        if f.remaining == 0:
+            self._complete(f)
 
     def write_tree(self, manifest: Manifest, root: Path) -> None:
         for e in manifest.entries:
@@ -157,34 +171,35 @@ class _Writer:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            state: list[object] = [fd, target, e, len(e.chunks)]
+            f = _OpenFile(fd, target, e)
+            self.open.append(f)
             if not e.chunks:
-                self._complete(state)
+                self._complete(f)
                 continue
             offset = 0
             for ref in e.chunks:
-                self.inflight.append((self.workers.submit(self._write_chunk, fd, ref, offset), state))
+                self.inflight.append((self.workers.submit(self._write_chunk, fd, ref, offset), f, ref))
                 offset += ref.raw_size
                 if len(self.inflight) >= MAX_INFLIGHT:
                     self._drain_one()
-                self.progress.advance(ref.raw_size)
         while self.inflight:
             self._drain_one()
 
     def abort(self) -> None:
-        for fut, state in self.inflight:
+        for fut, _, _ in self.inflight:
             fut.cancel()
-        for fut, state in self.inflight:
+        for fut, _, _ in self.inflight:
             try:
                 fut.result()
             except BaseException:
                 pass
-            if isinstance(state[0], int) and state[0] >= 0:
+        for f in self.open:
+            if f.fd >= 0:
                 try:
-                    os.close(state[0])
+                    os.close(f.fd)
                 except OSError:
                     pass
-                state[0] = -1
+                f.fd = -1
 
 
 def _remove(path: Path) -> None:

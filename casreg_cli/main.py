@@ -105,7 +105,7 @@ def pull(
     if res.up_to_date:
         out.line(f"{res.dest} already holds {label}; nothing rewritten")
     else:
-        out.line(f"pulled {label} to {res.dest} ({human_bytes(res.size)}, {res.files} file{"s" if res.files != 1 else ""}, verified)")
+        out.line(f"pulled {label} to {res.dest} ({human_bytes(res.size)}, {res.files} file{'s' if res.files != 1 else ''}, verified)")
 
 
 @app.command()

@@ -1,0 +1,60 @@
+# casreg: the two set-up commands are `make demo` and `make test`.
+# Both create .venv with the Python found as $(PYTHON) (3.11+) and install from PyPI.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   := demo-out
+SIZE   ?= 64M
+
+.PHONY: demo test test-fast bench venv clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "casreg needs Python 3.11+ (set PYTHON=...)"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@touch $@
+
+venv: $(STAMP)
+
+## A short tour on the default local registry (~/.casreg, or $CASREG_REGISTRY).
+demo: $(STAMP)
+	@rm -rf $(DEMO) && mkdir -p $(DEMO)
+	@echo "== generate a $(SIZE) safetensors model (bf16 + fp32) and a head-only fine-tune of it"
+	@mkdir -p $(DEMO)/gen
+	$(BIN)/python -c "from benchmarks.workloads import base_model, head_finetune, parse_size; \
+	    b = base_model('$(DEMO)/gen/base.safetensors', parse_size('$(SIZE)')); \
+	    head_finetune(b, '$(DEMO)/gen/head.safetensors')"
+	@echo "== push the model, then the fine-tune (only the changed tensor's chunks are stored)"
+	$(BIN)/casreg push casreg-demo $(DEMO)/gen/base.safetensors --metric auc=0.951 --param lr=3e-4 \
+	    --framework pytorch --description "demo base model" --tag team=demo
+	$(BIN)/casreg push casreg-demo $(DEMO)/gen/head.safetensors --metric auc=0.968 --param lr=1e-4 \
+	    --framework pytorch --description "demo head fine-tune" --parent casreg-demo --tag team=demo
+	@echo "== point casreg-demo@production at the fine-tune, then resolve it"
+	$(BIN)/casreg alias set casreg-demo@production casreg-demo --reason "demo: fine-tune beats base"
+	$(BIN)/casreg resolve casreg-demo@production
+	@echo "== pull it back, verified byte for byte"
+	$(BIN)/casreg pull casreg-demo@production $(DEMO)/serving.safetensors
+	cmp $(DEMO)/gen/head.safetensors $(DEMO)/serving.safetensors && echo "pulled copy is identical"
+	@echo "== versions and what each really cost after dedup"
+	$(BIN)/casreg ls casreg-demo
+	$(BIN)/casreg sql "SELECT version, size, new_bytes, stored_bytes, round(100 * (1 - new_bytes / size), 1) AS dedup_pct, metrics['auc'] AS auc FROM versions WHERE name = 'casreg-demo' ORDER BY version"
+	@echo "== audit: who moved which alias, when and why"
+	$(BIN)/casreg sql "SELECT time, author, name, alias, from_version, to_version, reason FROM events WHERE kind LIKE 'alias.%' AND name = 'casreg-demo' ORDER BY time"
+	@rm -rf $(DEMO)
+
+## The whole suite, slow (GB-sized) cases included, as CI runs it.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## Everything except the slow group, for quick local iterations.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+## Benchmarks (see docs/benchmarks.md); needs zstd and b3sum on PATH for the baselines.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache .hypothesis

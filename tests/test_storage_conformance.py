@@ -1,0 +1,535 @@
+"""One conformance suite for every ObjectStore backend (see casreg/storage/base.py).
+
+Every test here takes the ``store`` / ``store_factory`` fixture, so it runs once per
+backend in ``conftest.BACKENDS``; only the tests at the end (multi-process races, crash
+leftovers) are specific to the local directory backend.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+
+from casreg.errors import ConflictError, NotFoundError
+from casreg.storage import ByteRange, ObjectStore, Versioned
+from casreg.storage.local import LocalStore
+
+N_THREADS = 16
+N_PROCS = 8
+SPAWN = multiprocessing.get_context("spawn")
+
+# Hypothesis tests below reuse the function-scoped store across examples; every example
+# writes under its own fresh key, so examples cannot see each other.
+fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+
+
+def fresh_key(prefix: str = "t") -> str:
+    return f"{prefix}/{uuid.uuid4().hex}"
+
+
+def payload(i: int, size: int = 64 * 1024) -> bytes:
+    """Distinct, non-repeating bytes per writer, large enough to span several writes."""
+    head = f"writer-{i:04d}|".encode()
+    return (head * (size // len(head) + 1))[:size]
+
+
+# -- reads of missing keys ----------------------------------------------------------------
+def test_read_missing_raises_not_found(store: ObjectStore) -> None:
+    for call in (
+        lambda: store.read("missing/key"),
+        lambda: store.read("missing/key", ByteRange(0, 1)),
+        lambda: store.read_ranges("missing/key", [ByteRange(0, 1)]),
+        lambda: store.size("missing/key"),
+        lambda: store.read("top-level-missing"),
+    ):
+        with pytest.raises(NotFoundError) as info:
+            call()
+        assert isinstance(info.value, FileNotFoundError)
+        assert "missing" in str(info.value)
+    assert store.exists("missing/key") is False
+    assert store.read_versioned("missing/key") is None
+    assert sorted(store.list("missing")) == []
+
+
+# LocalStore results that break the flat-keyspace contract (see the xfail reasons).
+_LOCAL_FLAT_KEY_BUGS = {
+    ("below", "read_ranges"): "read_ranges raises StorageError (NotADirectoryError not mapped)",
+    ("below", "size"): "size raises a raw NotADirectoryError (not NotFoundError/StorageError)",
+    ("below", "read_versioned"): "read_versioned raises StorageError instead of returning None",
+    ("prefix", "read"): "read of a directory raises StorageError (IsADirectoryError), not NotFoundError",
+    ("prefix", "read_ranges"): "read_ranges of a directory raises StorageError, not NotFoundError",
+    ("prefix", "size"): "size of a directory returns the directory's st_size (e.g. 4096)",
+    ("prefix", "read_versioned"): "read_versioned of a directory raises StorageError instead of None",
+    ("prefix", "exists"): "exists() is True for a directory that is only a key prefix",
+}
+
+
+@pytest.mark.parametrize("where", ["below", "prefix"])
+@pytest.mark.parametrize("op", ["read", "read_ranges", "size", "read_versioned", "exists"])
+def test_non_key_paths_are_just_missing(
+    store: ObjectStore, backend: str, where: str, op: str, request: pytest.FixtureRequest
+) -> None:
+    """Keys are flat strings: with only ``f`` and ``a/b/c`` stored, ``f/g`` (below a key)
+    and ``a/b`` (a prefix of a key) are simply absent."""
+    if backend == "local" and (where, op) in _LOCAL_FLAT_KEY_BUGS:
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="BUG: LocalStore " + _LOCAL_FLAT_KEY_BUGS[(where, op)]))
+    assert store.create("f", b"abc")
+    assert store.create("a/b/c", b"xyz")
+    key = {"below": "f/g", "prefix": "a/b"}[where]
+    if op == "exists":
+        assert store.exists(key) is False
+    elif op == "read_versioned":
+        assert store.read_versioned(key) is None
+    else:
+        call: Callable[[], object] = {
+            "read": lambda: store.read(key),
+            "read_ranges": lambda: store.read_ranges(key, [ByteRange(0, 1)]),
+            "size": lambda: store.size(key),
+        }[op]
+        with pytest.raises(NotFoundError):
+            call()
+    assert store.read("f") == b"abc" and store.read("a/b/c") == b"xyz"
+
+
+# -- create ---------------------------------------------------------------------------------
+def test_create_then_never_overwrite(store: ObjectStore) -> None:
+    assert store.create("a/b/c.bin", b"first") is True
+    assert store.exists("a/b/c.bin")
+    assert store.create("a/b/c.bin", b"second, longer bytes") is False
+    assert store.create("a/b/c.bin", b"") is False
+    assert store.read("a/b/c.bin") == b"first"
+    assert store.size("a/b/c.bin") == 5
+
+
+def test_create_empty_and_binary_objects(store: ObjectStore) -> None:
+    blob = bytes(range(256)) * 3
+    assert store.create("empty", b"")
+    assert store.create("bin/all-bytes", blob)
+    assert store.read("empty") == b""
+    assert store.size("empty") == 0
+    assert store.read("bin/all-bytes") == blob
+    assert store.size("bin/all-bytes") == len(blob)
+    v = store.read_versioned("bin/all-bytes")
+    assert isinstance(v, Versioned) and v.data == blob and isinstance(v.token, str) and v.token
+
+
+@fixture_ok
+@given(data=st.binary(max_size=3000),
+       ranges=st.lists(st.tuples(st.integers(0, 3100), st.integers(0, 400)), min_size=1, max_size=8))
+def test_read_ranges_equal_slices(store: ObjectStore, data: bytes, ranges: list[tuple[int, int]]) -> None:
+    key = fresh_key("ranges")
+    assert store.create(key, data)
+    brs = [ByteRange(start, start + length) for start, length in ranges]
+    for br in brs:
+        assert store.read(key, br) == data[br.start:br.end]
+    assert store.read_ranges(key, brs) == [data[br.start:br.end] for br in brs]
+    assert store.read(key) == data
+    assert store.size(key) == len(data)
+
+
+def test_byte_range_rejects_bad_bounds() -> None:
+    with pytest.raises(ValueError):
+        ByteRange(-1, 3)
+    with pytest.raises(ValueError):
+        ByteRange(5, 4)
+    assert ByteRange(4, 4).length == 0
+
+
+# -- list -----------------------------------------------------------------------------------
+def test_list_is_recursive_and_exact(store: ObjectStore) -> None:
+    inside = {"m/a", "m/b/c", "m/b/d/e.json", "m/b/d/f.parquet"}
+    outside = {"mx/a", "m.json", "other/m/a", "top"}
+    for k in inside | outside:
+        assert store.create(k, k.encode())
+    # a swapped key is listed too (and, for local, its lock file is not)
+    assert store.swap("m/s", b"swapped", None)
+    inside.add("m/s")
+
+    assert sorted(store.list("m")) == sorted(inside)
+    assert sorted(store.list("m/")) == sorted(inside)
+    assert sorted(store.list("m/b")) == sorted(k for k in inside if k.startswith("m/b/"))
+    assert sorted(store.list("m/b/d")) == ["m/b/d/e.json", "m/b/d/f.parquet"]
+    assert sorted(store.list("other")) == ["other/m/a"]
+    assert sorted(store.list("nothing")) == []
+    assert sorted(store.list("m/b/d/e")) == []  # a string prefix is not a key prefix
+    assert sorted(store.list("")) == sorted(inside | outside)
+    for k in store.list(""):
+        assert store.read(k) == (b"swapped" if k == "m/s" else k.encode())
+
+
+def test_list_after_delete(store: ObjectStore) -> None:
+    for k in ("p/a", "p/b", "p/c/d"):
+        store.create(k, b"x")
+    store.delete("p/b")
+    store.delete("p/c/d")
+    assert sorted(store.list("p")) == ["p/a"]
+
+
+def test_key_named_like_a_lock_file_is_an_ordinary_key(
+    store: ObjectStore, backend: str, request: pytest.FixtureRequest
+) -> None:
+    if backend == "local":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "BUG: LocalStore.swap keeps its lock in '<key>.lock' beside the key and list() hides "
+            "every '*.lock' file, so key 'k.lock' collides with the lock of 'k' and is never listed")))
+    store.swap("k", b"v1", None)
+    assert store.create("k.lock", b"payload") is True
+    assert store.read("k.lock") == b"payload"
+    assert sorted(store.list("")) == ["k", "k.lock"]
+
+
+# -- versioned reads and compare-and-swap -----------------------------------------------------
+def test_swap_protocol(store: ObjectStore) -> None:
+    key = "pointers/m/prod.json"
+    assert store.read_versioned(key) is None
+
+    t1 = store.swap(key, b"one", None)  # expected=None: must not exist, creates
+    assert isinstance(t1, str) and t1
+    v1 = store.read_versioned(key)
+    assert v1 == Versioned(b"one", t1)
+
+    with pytest.raises(ConflictError):
+        store.swap(key, b"clobber", None)  # exists now
+    with pytest.raises(ConflictError):
+        store.swap(key, b"clobber", "not-a-token")
+    assert store.read(key) == b"one"
+
+    t2 = store.swap(key, b"two", t1)
+    assert t2 != t1
+    assert store.read_versioned(key) == Versioned(b"two", t2)
+    with pytest.raises(ConflictError):
+        store.swap(key, b"stale", t1)  # the old token is spent
+    assert store.read(key) == b"two"
+
+    store.delete(key)
+    with pytest.raises(ConflictError):
+        store.swap(key, b"after delete", t2)
+    assert store.exists(key) is False
+    t3 = store.swap(key, b"three", None)
+    assert store.read_versioned(key) == Versioned(b"three", t3)
+
+
+def test_swap_on_created_key_uses_read_token(store: ObjectStore) -> None:
+    assert store.create("k", b"created")
+    v = store.read_versioned("k")
+    assert v is not None and v.data == b"created"
+    t = store.swap("k", b"replaced", v.token)
+    assert store.read("k") == b"replaced"
+    assert store.read_versioned("k") == Versioned(b"replaced", t)
+    assert store.create("k", b"again") is False
+    assert store.read("k") == b"replaced"
+
+
+def test_delete(store: ObjectStore) -> None:
+    store.delete("never/existed")  # not an error
+    assert store.create("d/k", b"x")
+    store.delete("d/k")
+    assert store.exists("d/k") is False
+    with pytest.raises(NotFoundError):
+        store.read("d/k")
+    store.delete("d/k")  # twice is fine
+    assert store.create("d/k", b"y") is True
+    assert store.read("d/k") == b"y"
+
+
+# -- thread races -----------------------------------------------------------------------------
+def _run_threads(n: int, fn: Callable[[int], object]) -> list[object]:
+    barrier = threading.Barrier(n)
+    results: list[object] = [None] * n
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = fn(i)
+        except Exception as err:  # noqa: BLE001 - recorded and asserted on below
+            results[i] = err
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+        assert not t.is_alive()
+    return results
+
+
+def test_threads_racing_create_have_one_winner(store: ObjectStore) -> None:
+    for rnd in range(3):
+        key = f"race/create-{rnd}"
+        results = _run_threads(N_THREADS, lambda i: store.create(key, payload(i)))
+        assert all(isinstance(r, bool) for r in results), results
+        winners = [i for i, r in enumerate(results) if r is True]
+        assert len(winners) == 1
+        assert store.read(key) == payload(winners[0])
+        assert sorted(store.list("race")) == [f"race/create-{r}" for r in range(rnd + 1)]
+
+
+def test_threads_racing_swap_have_one_winner(store: ObjectStore) -> None:
+    key = "race/swap"
+    token = store.swap(key, b"start", None)
+    for rnd in range(3):
+        # every writer's bytes differ from the current ones (content-derived tokens
+        # cannot see a rewrite of identical bytes, which is fine for a CAS)
+        results = _run_threads(N_THREADS, lambda i: store.swap(key, payload(100 * rnd + i), token))
+        winners = [i for i, r in enumerate(results) if isinstance(r, str)]
+        losers = [r for r in results if not isinstance(r, str)]
+        assert len(winners) == 1, results
+        assert all(isinstance(r, ConflictError) for r in losers), losers
+        assert store.read_versioned(key) == Versioned(payload(100 * rnd + winners[0]), results[winners[0]])
+        token = results[winners[0]]  # next round races from the winner's token
+
+
+def test_threads_racing_swap_from_unset(store: ObjectStore) -> None:
+    results = _run_threads(N_THREADS, lambda i: store.swap("race/unset", payload(i), None))
+    winners = [i for i, r in enumerate(results) if isinstance(r, str)]
+    assert len(winners) == 1
+    assert all(isinstance(r, ConflictError) for i, r in enumerate(results) if i not in winners)
+    assert store.read("race/unset") == payload(winners[0])
+
+
+def test_readers_never_see_partial_objects(store: ObjectStore) -> None:
+    """Concurrent readers only ever see a complete version of a swapped/created key."""
+    big = [payload(i, 512 * 1024) for i in range(6)]
+    allowed = set(big)
+    token = store.swap("hot", big[0], None)
+    stop = threading.Event()
+    bad: list[int] = []
+    seen = 0
+
+    def reader() -> None:
+        nonlocal seen
+        while not stop.is_set():
+            v = store.read_versioned("hot")
+            if v is None or v.data not in allowed:
+                bad.append(-1 if v is None else len(v.data))
+            seen += 1
+            try:
+                data = store.read("created")
+            except NotFoundError:
+                continue
+            if data != big[-1]:
+                bad.append(len(data))
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    for t in readers:
+        t.start()
+    try:
+        for data in big[1:]:
+            token = store.swap("hot", data, token)
+        store.create("created", big[-1])
+        for data in big[:3]:
+            token = store.swap("hot", data, token)
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(timeout=30)
+    assert bad == []
+    assert seen > 0
+
+
+# -- stateful model check ------------------------------------------------------------------------
+KEYS = ["a", "b/c", "b/d", "e/f/g"]  # no key is a "directory" of another
+PREFIXES = ["", "a", "b", "b/", "e", "e/f", "zz"]
+
+
+class StoreModel(RuleBasedStateMachine):
+    """The store against a dict. Tokens are opaque: a token read from a key stays valid
+    until that key changes; if it changed back to the same bytes (ABA) either outcome
+    of a swap is accepted, since content-derived tokens (ETags, hashes) legitimately
+    cannot tell."""
+
+    make_store: Callable[[], ObjectStore]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = self.make_store()
+        self.model: dict[str, bytes] = {}
+        # key -> (token, bytes when the token was obtained, changed since?)
+        self.seen: dict[str, tuple[str, bytes, bool]] = {}
+
+    def _changed(self, key: str) -> None:
+        if key in self.seen:
+            token, data, _ = self.seen[key]
+            self.seen[key] = (token, data, True)
+
+    @rule(key=st.sampled_from(KEYS), data=st.binary(max_size=40))
+    def create(self, key: str, data: bytes) -> None:
+        created = self.store.create(key, data)
+        assert created == (key not in self.model)
+        if created:
+            self.model[key] = data
+            self._changed(key)
+
+    @rule(key=st.sampled_from(KEYS))
+    def read_versioned(self, key: str) -> None:
+        v = self.store.read_versioned(key)
+        if key not in self.model:
+            assert v is None
+            return
+        assert v is not None and v.data == self.model[key]
+        self.seen[key] = (v.token, v.data, False)
+
+    @rule(key=st.sampled_from(KEYS), data=st.binary(max_size=40), use_seen=st.booleans())
+    def swap(self, key: str, data: bytes, use_seen: bool) -> None:
+        if use_seen and key in self.seen:
+            token, then, changed = self.seen[key]
+            if not changed:
+                must: bool | None = key in self.model
+            elif key in self.model and self.model[key] == then:
+                must = None  # ABA: either outcome is correct
+            else:
+                must = False
+            expected: str | None = token
+        else:
+            must, expected = key not in self.model, None
+        try:
+            new = self.store.swap(key, data, expected)
+        except ConflictError:
+            assert must in (False, None), f"swap of {key} with a valid token conflicted"
+            if key in self.model:
+                assert self.store.read(key) == self.model[key]
+            else:
+                assert not self.store.exists(key)
+            return
+        assert must in (True, None), f"swap of {key} with a stale token succeeded"
+        self.model[key] = data
+        self.seen[key] = (new, data, False)
+        assert self.store.read_versioned(key) == Versioned(data, new)
+
+    @rule(key=st.sampled_from(KEYS))
+    def delete(self, key: str) -> None:
+        self.store.delete(key)
+        if self.model.pop(key, None) is not None:
+            self._changed(key)
+
+    @rule(key=st.sampled_from(KEYS), start=st.integers(0, 45), length=st.integers(0, 45))
+    def read(self, key: str, start: int, length: int) -> None:
+        if key not in self.model:
+            with pytest.raises(NotFoundError):
+                self.store.read(key)
+            return
+        assert self.store.read(key) == self.model[key]
+        assert self.store.read(key, ByteRange(start, start + length)) == self.model[key][start:start + length]
+
+    @rule(prefix=st.sampled_from(PREFIXES))
+    def list(self, prefix: str) -> None:
+        p = prefix.rstrip("/")
+        want = sorted(k for k in self.model if not p or k == p or k.startswith(p + "/"))
+        assert sorted(self.store.list(prefix)) == want
+
+    @invariant()
+    def exists_and_size_agree(self) -> None:
+        for key in KEYS:
+            assert self.store.exists(key) == (key in self.model)
+            if key in self.model:
+                assert self.store.size(key) == len(self.model[key])
+
+
+def test_store_matches_dict_model(store_factory: Callable[[], ObjectStore]) -> None:
+    machine = type("Machine", (StoreModel,), {"make_store": staticmethod(store_factory)})
+    run_state_machine_as_test(
+        machine,
+        settings=settings(max_examples=25, stateful_step_count=30, deadline=None,
+                          suppress_health_check=list(HealthCheck)),
+    )
+
+
+# -- local backend: real processes, crash leftovers --------------------------------------------
+def _proc_create(root: str, key: str, i: int, barrier: object, out: object) -> None:
+    store = LocalStore(root)
+    barrier.wait(timeout=60)  # type: ignore[attr-defined]
+    out.put((i, store.create(key, payload(i, 256 * 1024))))  # type: ignore[attr-defined]
+
+
+def _proc_swap(root: str, key: str, token: str, i: int, barrier: object, out: object) -> None:
+    store = LocalStore(root)
+    barrier.wait(timeout=60)  # type: ignore[attr-defined]
+    try:
+        result: object = store.swap(key, payload(i, 256 * 1024), token)
+    except ConflictError as err:
+        result = f"conflict: {err}"
+    out.put((i, result))  # type: ignore[attr-defined]
+
+
+def _race(target: Callable[..., None], args: tuple[object, ...]) -> dict[int, object]:
+    barrier = SPAWN.Barrier(N_PROCS)
+    out = SPAWN.Queue()
+    procs = [SPAWN.Process(target=target, args=(*args, i, barrier, out)) for i in range(N_PROCS)]
+    for p in procs:
+        p.start()
+    results = dict(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return results
+
+
+def test_local_processes_racing_create(tmp_path: Path) -> None:
+    root = str(tmp_path / "reg")
+    results = _race(_proc_create, (root, "race/obj"))
+    assert sorted(results) == list(range(N_PROCS))
+    winners = [i for i, r in results.items() if r is True]
+    assert len(winners) == 1 and all(r is False for i, r in results.items() if i != winners[0])
+    store = LocalStore(root)
+    assert store.read("race/obj") == payload(winners[0], 256 * 1024)
+    assert sorted(store.list("")) == ["race/obj"]
+    assert [f for f in os.listdir(tmp_path / "reg" / "race") if f.startswith(".tmp-")] == []
+
+
+def test_local_processes_racing_swap(tmp_path: Path) -> None:
+    root = str(tmp_path / "reg")
+    store = LocalStore(root)
+    token = store.swap("race/ptr", b"start", None)
+    results = _race(_proc_swap, (root, "race/ptr", token))
+    winners = [i for i, r in results.items() if not str(r).startswith("conflict: ")]
+    assert len(winners) == 1, results
+    assert store.read_versioned("race/ptr") == Versioned(payload(winners[0], 256 * 1024), results[winners[0]])
+    assert sorted(store.list("race")) == ["race/ptr"]
+
+
+def test_local_interrupted_create_leaves_no_visible_key(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "reg")
+    assert store.create("packs/ab/keep.pack", b"complete")
+    # what a writer killed between writing its temp file and linking it leaves behind
+    leftovers = [
+        tmp_path / "reg" / "packs" / "ab" / f".tmp-{uuid.uuid4().hex}",
+        tmp_path / "reg" / "packs" / "cd" / f".tmp-{uuid.uuid4().hex}",
+        tmp_path / "reg" / f".tmp-{uuid.uuid4().hex}",
+    ]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half-writ")
+    assert sorted(store.list("")) == ["packs/ab/keep.pack"]
+    assert sorted(store.list("packs")) == ["packs/ab/keep.pack"]
+    assert sorted(store.list("packs/cd")) == []
+    assert store.exists("packs/cd/lost.pack") is False
+    with pytest.raises(NotFoundError):
+        store.read("packs/cd/lost.pack")
+    # a retry of the interrupted create succeeds with the full bytes
+    assert store.create("packs/cd/lost.pack", b"complete again") is True
+    assert store.read("packs/cd/lost.pack") == b"complete again"
+    assert sorted(store.list("packs")) == ["packs/ab/keep.pack", "packs/cd/lost.pack"]
+
+
+def test_local_create_leaves_no_temp_files(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "reg")
+    store.create("a/b", b"1")
+    store.create("a/b", b"2")
+    store.swap("a/c", b"3", None)
+    names = [n for _, _, files in os.walk(tmp_path / "reg") for n in files]
+    assert not [n for n in names if n.startswith(".tmp-")]
