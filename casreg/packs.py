@@ -75,7 +75,7 @@ class PackBuilder:
     """Accumulates stored chunk payloads into one pack; :meth:`seal` returns its bytes."""
 
     def __init__(self) -> None:
-        self._parts: list[bytes] = [PACK_MAGIC]
+        self._parts: list[bytes | memoryview] = [PACK_MAGIC]
         self._size = len(PACK_MAGIC)
         self.slots: list[_Slot] = []
         self.raw_bytes = 0
@@ -88,7 +88,7 @@ class PackBuilder:
     def size(self) -> int:
         return self._size
 
-    def add(self, digest: bytes, codec: int, stored: bytes, raw_size: int) -> int:
+    def add(self, digest: bytes, codec: int, stored: bytes | memoryview, raw_size: int) -> int:
         """Append a payload; return its offset in the pack."""
         offset = self._size
         self._parts.append(stored)
@@ -97,12 +97,11 @@ class PackBuilder:
         self.raw_bytes += raw_size
         return offset
 
-    def seal(self) -> tuple[str, bytes, bytes]:
-        """Return (pack id, pack bytes, index bytes)."""
+    def seal(self) -> tuple[str, list[bytes | memoryview], bytes]:
+        """Return (pack id, the pack's parts in order, index bytes)."""
         index = encode_index(self.slots)
         self._parts.append(index)
-        data = b"".join(self._parts)
-        self._parts = []
+        data, self._parts = self._parts, []
         # Named by the hash of the index, which lists every chunk's BLAKE3, offset, sizes
         # and codec: it identifies the content as well as hashing all the bytes would,
         # at a fraction of the cost (each payload is verified by its chunk digest).

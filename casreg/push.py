@@ -89,10 +89,10 @@ class _Pusher:
         codec, stored = encode(raw, self.level)
         return digest, int(codec), stored
 
-    def _upload(self, pack_id: str, data: bytes, index: bytes) -> int:
+    def _upload(self, pack_id: str, parts: list[bytes | memoryview], index: bytes) -> int:
         written = 0
-        if self.store.create(pack_key(pack_id), data):
-            written += len(data)
+        if self.store.create(pack_key(pack_id), parts):
+            written += sum(len(p) for p in parts)
         if self.store.create(index_key(pack_id), index):  # only after the pack exists
             written += len(index)
         return written

@@ -417,14 +417,17 @@ class StoreModel(RuleBasedStateMachine):
         if self.model.pop(key, None) is not None:
             self._changed(key)
 
-    @rule(key=st.sampled_from(KEYS), start=st.integers(0, 45), length=st.integers(0, 45))
-    def read(self, key: str, start: int, length: int) -> None:
+    @rule(key=st.sampled_from(KEYS), draw=st.data())
+    def read(self, key: str, draw: st.DataObject) -> None:
         if key not in self.model:
             with pytest.raises(NotFoundError):
                 self.store.read(key)
             return
-        assert self.store.read(key) == self.model[key]
-        assert self.store.read(key, ByteRange(start, start + length)) == self.model[key][start:start + length]
+        data = self.model[key]
+        assert self.store.read(key) == data
+        start = draw.draw(st.integers(0, len(data) + 2), label="start")
+        end = draw.draw(st.integers(start, len(data) + 3), label="end")
+        assert self.store.read(key, ByteRange(start, end)) == data[start:end]
 
     @rule(prefix=st.sampled_from(PREFIXES))
     def list(self, prefix: str) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 from casreg.errors import UnsupportedBackendError
-from casreg.storage.base import ByteRange, ObjectStore, Versioned
+from casreg.storage.base import ByteRange, ObjectStore, Payload, Versioned, join_payload
 
-__all__ = ["ByteRange", "ObjectStore", "Versioned", "open_store", "default_registry_url"]
+__all__ = ["ByteRange", "ObjectStore", "Payload", "Versioned", "join_payload", "open_store", "default_registry_url"]
 
 DEFAULT_REGISTRY = "~/.casreg"
 

@@ -12,7 +12,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["ByteRange", "ObjectStore", "Versioned"]
+__all__ = ["ByteRange", "ObjectStore", "Payload", "Versioned", "join_payload"]
+
+Buffer = bytes | bytearray | memoryview
+#: What ``create`` accepts: one buffer, or several to be stored back to back (a pack's
+#: payloads are handed over as written, so no 32 MiB join is needed on a local disk).
+Payload = Buffer | Sequence[Buffer]
+
+
+def join_payload(data: Payload) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    return b"".join(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +73,7 @@ class ObjectStore(ABC):
         return [self.read(key, r) for r in ranges]
 
     @abstractmethod
-    def create(self, key: str, data: bytes) -> bool:
+    def create(self, key: str, data: Payload) -> bool:
         """Write ``data`` at ``key`` unless it exists; return whether this call created it."""
 
     @abstractmethod

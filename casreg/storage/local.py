@@ -20,11 +20,24 @@ from pathlib import Path
 from blake3 import blake3
 
 from casreg.errors import ConflictError, NotFoundError, StorageError
-from casreg.storage.base import ByteRange, ObjectStore, Versioned
+from casreg.storage.base import ByteRange, ObjectStore, Payload, Versioned
 
 __all__ = ["LocalStore"]
 
 _TMP_PREFIX = ".tmp-"
+
+
+def _write_all(fd: int, parts: list[bytes | bytearray | memoryview]) -> None:
+    """``writev`` every part, resuming after short writes, at most IOV_MAX at a time."""
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    limit = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+    while views:
+        n = os.writev(fd, views[:limit])
+        while n and views:
+            if n >= len(views[0]):
+                n -= len(views.pop(0))
+            else:
+                views[0], n = views[0][n:], 0
 
 
 def _token(data: bytes) -> str:
@@ -69,16 +82,16 @@ class LocalStore(ObjectStore):
         except OSError as err:
             raise self._fail(err, "read", key) from err
 
-    def _write_temp(self, path: Path, data: bytes) -> Path:
+    def _write_temp(self, path: Path, data: Payload) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+        parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
         with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
+            _write_all(f.fileno(), parts)
             os.fsync(f.fileno())
         return tmp
 
-    def create(self, key: str, data: bytes) -> bool:
+    def create(self, key: str, data: Payload) -> bool:
         path = self._path(key)
         if path.exists():
             return False

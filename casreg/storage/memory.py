@@ -13,7 +13,7 @@ from typing import ClassVar
 from blake3 import blake3
 
 from casreg.errors import ConflictError, NotFoundError
-from casreg.storage.base import ByteRange, ObjectStore, Versioned
+from casreg.storage.base import ByteRange, ObjectStore, Payload, Versioned, join_payload
 
 __all__ = ["MemoryStore"]
 
@@ -40,11 +40,12 @@ class MemoryStore(ObjectStore):
             raise NotFoundError(f"object {key} not found in {self.url}") from None
         return data if byte_range is None else data[byte_range.start:byte_range.end]
 
-    def create(self, key: str, data: bytes) -> bool:
+    def create(self, key: str, data: Payload) -> bool:
+        data = join_payload(data)
         with self._lock:
             if key in self._objects:
                 return False
-            self._objects[key] = bytes(data)
+            self._objects[key] = data
             return True
 
     def exists(self, key: str) -> bool:
