@@ -5,50 +5,13 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from casreg import CasregError, Registry
-from casreg.refs import parse_ref
+from casreg_cli.common import JsonOpt, QuietOpt, RegistryOpt, alias_app, app, name_alias, pairs
 from casreg_cli.output import Output, human_bytes
-
-app = typer.Typer(
-    name="casreg",
-    help="A model registry built as a content-addressed, immutable artifact store.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-alias_app = typer.Typer(help="Deployment pointers: NAME@ALIAS -> a version.", no_args_is_help=True)
-app.add_typer(alias_app, name="alias")
-
-RegistryOpt = Annotated[
-    Optional[str],
-    typer.Option("--registry", "-r", envvar="CASREG_REGISTRY", show_envvar=True,
-                 help="Registry URL: a directory or memory://NAME (default ~/.casreg)."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
-
-
-def _pairs(kind: str, items: list[str] | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=f"--{kind}")
-        out[key] = value
-    return out
-
-
-def _name_alias(text: str) -> tuple[str, str]:
-    ref = parse_ref(text)
-    if ref.alias is None or ref.name is None:
-        raise typer.BadParameter(f"expected NAME@ALIAS, got {text!r}")
-    return ref.name, ref.alias
-
 
 @app.command()
 def push(
@@ -70,9 +33,9 @@ def push(
 ) -> None:
     """Store a model file or directory as the next version of NAME."""
     out = Output(json_, quiet)
-    metrics = _pairs("metric", metric)
+    metrics = pairs("metric", metric)
     v = Registry(registry, zstd_level=level).push(
-        name, path, metrics=metrics, params=_pairs("param", param), tags=_pairs("tag", tag),
+        name, path, metrics=metrics, params=pairs("param", param), tags=pairs("tag", tag),
         framework=framework, description=description, alias=alias, parent=parent, run_id=run_id,
         dataset=dataset, progress=out.progress(),
     )
@@ -221,7 +184,7 @@ def alias_set(
 ) -> None:
     """Point NAME@ALIAS at a version (compare-and-swap; the move is logged)."""
     out = Output(json_, quiet)
-    name, alias = _name_alias(target)
+    name, alias = name_alias(target)
     ev = Registry(registry).set_alias(name, alias, ref, reason=reason)
     if out.as_json:
         out.json(ev.to_dict())
@@ -240,7 +203,7 @@ def alias_rm(
 ) -> None:
     """Remove NAME@ALIAS (the removal is logged; versions are untouched)."""
     out = Output(json_, quiet)
-    name, alias = _name_alias(target)
+    name, alias = name_alias(target)
     ev = Registry(registry).remove_alias(name, alias, reason=reason)
     if out.as_json:
         out.json(ev.to_dict())

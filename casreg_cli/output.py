@@ -55,7 +55,8 @@ class Output:
         return BarProgress()
 
     def json(self, value: Any) -> None:
-        if not self.quiet:
+        """JSON is printed even with ``--quiet``: asking for it is asking for output."""
+        if self.as_json:
             self.stream.write(json.dumps(value, indent=2, default=str, ensure_ascii=False) + "\n")
 
     def line(self, text: str = "") -> None:

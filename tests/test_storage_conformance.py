@@ -128,6 +128,42 @@ def test_create_empty_and_binary_objects(store: ObjectStore) -> None:
     assert isinstance(v, Versioned) and v.data == blob and isinstance(v.token, str) and v.token
 
 
+def _as_buffer(kind: str, b: bytes) -> bytes | bytearray | memoryview:
+    if kind == "bytearray":
+        return bytearray(b)
+    if kind == "memoryview":
+        return memoryview(b"__" + b + b"__")[2:2 + len(b)]  # a view into a larger buffer
+    return b
+
+
+buffers = st.tuples(st.sampled_from(["bytes", "bytearray", "memoryview"]), st.binary(max_size=300)).map(
+    lambda t: _as_buffer(*t))
+
+
+@fixture_ok
+@given(parts=st.lists(buffers, max_size=12), as_tuple=st.booleans())
+def test_create_accepts_payload_parts(store: ObjectStore, parts: list[bytes], as_tuple: bool) -> None:
+    """``create`` takes one buffer or a sequence of buffers stored back to back."""
+    key = fresh_key("parts")
+    joined = b"".join(bytes(p) for p in parts)
+    assert store.create(key, tuple(parts) if as_tuple else parts) is True
+    assert store.read(key) == joined
+    assert store.size(key) == len(joined)
+    assert store.create(key, [b"other"]) is False
+    assert store.read(key) == joined
+    single = fresh_key("single")
+    buf = parts[0] if parts else memoryview(b"")
+    assert store.create(single, buf) is True
+    assert store.read(single) == bytes(buf)
+
+
+def test_create_with_more_parts_than_iov_max(store: ObjectStore) -> None:
+    parts = [i.to_bytes(3, "little") for i in range(5000)] + [b""] * 10 + [memoryview(b"tail")]
+    assert store.create("many/parts", parts)
+    assert store.read("many/parts") == b"".join(bytes(p) for p in parts)
+    assert store.size("many/parts") == 3 * 5000 + 4
+
+
 @fixture_ok
 @given(data=st.binary(max_size=3000),
        ranges=st.lists(st.tuples(st.integers(0, 3100), st.integers(0, 400)), min_size=1, max_size=8))
