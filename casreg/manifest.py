@@ -11,6 +11,7 @@ docs/FORMAT.md specifies all of this for independent implementations.
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -58,6 +59,41 @@ def validate_relpath(path: str) -> str:
     except UnicodeEncodeError:
         raise UnsafePathError(f"path {path!r} is not valid UTF-8") from None
     return path
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_KNOWN_CODECS = frozenset({0, 1})  # casreg.codec.Codec; kept here to avoid importing zstd twice
+
+
+def _hex32(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        raise ValueError(f"{what} {str(value)[:80]!r} is not 64 lowercase hex digits")
+    return value
+
+
+def _count(value: object, what: str, limit: int = 1 << 62) -> int:
+    if type(value) is not int or not 0 <= value <= limit:
+        raise ValueError(f"{what} {str(value)[:40]!r} is not a non-negative integer")
+    return value
+
+
+def _list(value: object, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{what} is not a list")
+    return value
+
+
+def _chunk(c: object, packs: list[str]) -> ChunkRef:
+    if not isinstance(c, list) or len(c) != 6:
+        raise ValueError("a chunk is not a list of 6 fields")
+    pack = _count(c[1], "pack number")
+    if pack >= len(packs):
+        raise ValueError(f"pack number {pack} is out of range")
+    codec = _count(c[5], "codec")
+    if codec not in _KNOWN_CODECS:
+        raise ValueError(f"unknown codec {codec}")
+    return ChunkRef(bytes.fromhex(_hex32(c[0], "chunk digest")), packs[pack], _count(c[2], "offset"),
+                    _count(c[3], "stored size", 1 << 32), _count(c[4], "raw size", 1 << 32), codec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,19 +191,26 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, expected: bytes, where: str) -> Manifest:
-        """Decode and *verify* a stored manifest: every path is safe, every field has the
-        right shape, sizes add up, and the recomputed tree digest equals ``expected``.
-        Anything else is an :class:`IntegrityError` naming ``where``."""
+        """Decode and *verify* a stored manifest: every field has the right type and range,
+        every path is safe, sizes add up, and the recomputed tree digest equals
+        ``expected``. Anything else is an :class:`IntegrityError` naming ``where``."""
         try:
             doc = json.loads(zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 31))
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
             if doc.get("format") != MANIFEST_FORMAT:
                 raise ValueError(f"unknown format {doc.get('format')!r}")
             kind = doc["kind"]
             if kind not in ("file", "dir"):
                 raise ValueError(f"unknown kind {kind!r}")
-            packs = [str(p) for p in doc["packs"]]
+            chunking = doc.get("chunking") or {}
+            if not isinstance(chunking, dict):
+                raise ValueError("chunking is not an object")
+            packs = [_hex32(p, "pack id") for p in _list(doc["packs"], "packs")]
             entries: list[Entry] = []
-            for item in doc["entries"]:
+            for item in _list(doc["entries"], "entries"):
+                if not isinstance(item, dict):
+                    raise ValueError("an entry is not an object")
                 path = validate_relpath(item["path"])
                 etype = item["type"]
                 if etype == "d":
@@ -175,17 +218,14 @@ class Manifest:
                     continue
                 if etype not in ("f", "x"):
                     raise ValueError(f"entry {path!r} has unsupported type {etype!r}")
-                chunks = [
-                    ChunkRef(bytes.fromhex(c[0]), packs[c[1]], int(c[2]), int(c[3]), int(c[4]), int(c[5]))
-                    for c in item["chunks"]
-                ]
-                size = int(item["size"])
+                chunks = [_chunk(c, packs) for c in _list(item["chunks"], "chunks")]
+                size = _count(item["size"], "size")
                 if sum(c.raw_size for c in chunks) != size:
                     raise ValueError(f"entry {path!r}: chunk sizes do not add up to {size}")
-                entries.append(Entry(path, etype, size, bytes.fromhex(item["digest"]), chunks))
+                entries.append(Entry(path, etype, size, bytes.fromhex(_hex32(item["digest"], "file digest")), chunks))
         except UnsafePathError as err:
             raise UnsafePathError(f"manifest {where} is hostile: {err}") from None
-        except (ValueError, KeyError, TypeError, IndexError, zstandard.ZstdError) as err:
+        except (ValueError, KeyError, TypeError, IndexError, OverflowError, zstandard.ZstdError) as err:
             raise IntegrityError(f"manifest {where} is corrupt: {err}") from None
         if kind == "file" and (len(entries) != 1 or entries[0].type == "d" or "/" in entries[0].path):
             raise IntegrityError(f"manifest {where} is corrupt: a file version must hold exactly one file")
@@ -198,7 +238,7 @@ class Manifest:
                 if types.get(parent, "d") != "d":
                     raise UnsafePathError(f"manifest {where} is hostile: {parent!r} is both a file and a directory")
                 parent = parent.rpartition("/")[0]
-        manifest = cls(kind, entries, dict(doc.get("chunking") or {}))
+        manifest = cls(kind, entries, chunking)
         if manifest.digest != expected:
             raise IntegrityError(
                 f"manifest {where} is corrupt: its entries hash to blake3:{manifest.hexdigest}, "

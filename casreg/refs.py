@@ -12,9 +12,12 @@ Grammar (also in docs/FORMAT.md)::
                 | name "@" digest           that content, which must be a version of name
                 | digest                    content by digest, any model
     digest      = "blake3:" hex{12,64} | hex{12,64}      (a shorter hex is a unique prefix)
-    name        = [A-Za-z0-9][A-Za-z0-9._-]{0,127}, no "..", not 12+ hex digits only
+    name        = [A-Za-z0-9][A-Za-z0-9._-]{0,127}, no "..", not 12 or more hex digits only
     alias       = [a-z][a-z0-9_-]{0,63}, not "latest" or "blake3"
-    number      = [1-9][0-9]*
+    number      = [1-9][0-9]{0,17}
+
+After ``name@`` a digest needs its ``blake3:`` prefix (``name@<hex>`` would read as an
+alias).
 
 Names carry no ``/`` so that ``casreg://name@alias/dir/file`` splits unambiguously at the
 first slash.
@@ -51,6 +54,7 @@ RESERVED_ALIASES = frozenset({"latest", "blake3"})
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _ALIAS_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 _HEX_RE = re.compile(r"[0-9a-fA-F]{12,64}")
+_ALL_HEX_RE = re.compile(r"[0-9a-fA-F]{12,}")
 _NUMBER_RE = re.compile(r"[1-9][0-9]{0,17}")
 
 
@@ -114,7 +118,7 @@ def validate_name(name: str) -> str:
             f"invalid model name {name!r}: use letters, digits, '.', '_' and '-', "
             "starting with a letter or digit (no spaces, '/', ':' or '@')"
         )
-    if _HEX_RE.fullmatch(name):
+    if _ALL_HEX_RE.fullmatch(name):
         raise InvalidNameError(
             f"invalid model name {name!r}: 12 or more hex digits alone read as a digest prefix"
         )
@@ -158,7 +162,7 @@ def parse_ref(text: str) -> Ref:
         raise InvalidReferenceError("empty reference")
     if text != text.strip() or any(c.isspace() for c in text):
         raise InvalidReferenceError(f"invalid reference {text!r}: whitespace is not allowed")
-    if text.startswith(DIGEST_PREFIX) or _HEX_RE.fullmatch(text):
+    if text.startswith(DIGEST_PREFIX) or _ALL_HEX_RE.fullmatch(text):
         return Ref(digest=parse_digest(text))
     if "@" in text:
         name, _, target = text.partition("@")

@@ -207,8 +207,8 @@ def test_a_bad_character_in_a_name_is_refused(name: str, bad: str, where: int) -
 
 
 def test_name_limits() -> None:
-    assert validate_name("a" * 128) == "a" * 128
-    assert parse_ref("a" * 128 + ":1") == Ref(name="a" * 128, number=1)
+    assert validate_name("m" * 128) == "m" * 128
+    assert parse_ref("m" * 128 + ":1") == Ref(name="m" * 128, number=1)
     with pytest.raises(InvalidNameError):
         validate_name("a" * 129)
     assert validate_name("f" * 11) == "f" * 11
@@ -229,9 +229,6 @@ def test_alias_limits() -> None:
             validate_alias(bad)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: refs.py checks 'not 12+ hex digits only' with _HEX_RE = [0-9a-fA-F]{12,64}, so a "
-    "name of 65+ hex digits is accepted, and a bare 65-hex 'digest' parses as a model name"))
 @pytest.mark.parametrize("text", ["0" * 65, "a" * 65, HEX64 + "f", "ab" * 40])
 def test_overlong_bare_hex_is_neither_a_digest_nor_a_name(text: str) -> None:
     with pytest.raises(InvalidNameError):

@@ -65,19 +65,6 @@ def test_read_missing_raises_not_found(store: ObjectStore) -> None:
     assert sorted(store.list("missing")) == []
 
 
-# LocalStore results that break the flat-keyspace contract (see the xfail reasons).
-_LOCAL_FLAT_KEY_BUGS = {
-    ("below", "read_ranges"): "read_ranges raises StorageError (NotADirectoryError not mapped)",
-    ("below", "size"): "size raises a raw NotADirectoryError (not NotFoundError/StorageError)",
-    ("below", "read_versioned"): "read_versioned raises StorageError instead of returning None",
-    ("prefix", "read"): "read of a directory raises StorageError (IsADirectoryError), not NotFoundError",
-    ("prefix", "read_ranges"): "read_ranges of a directory raises StorageError, not NotFoundError",
-    ("prefix", "size"): "size of a directory returns the directory's st_size (e.g. 4096)",
-    ("prefix", "read_versioned"): "read_versioned of a directory raises StorageError instead of None",
-    ("prefix", "exists"): "exists() is True for a directory that is only a key prefix",
-}
-
-
 @pytest.mark.parametrize("where", ["below", "prefix"])
 @pytest.mark.parametrize("op", ["read", "read_ranges", "size", "read_versioned", "exists"])
 def test_non_key_paths_are_just_missing(
@@ -85,9 +72,6 @@ def test_non_key_paths_are_just_missing(
 ) -> None:
     """Keys are flat strings: with only ``f`` and ``a/b/c`` stored, ``f/g`` (below a key)
     and ``a/b`` (a prefix of a key) are simply absent."""
-    if backend == "local" and (where, op) in _LOCAL_FLAT_KEY_BUGS:
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="BUG: LocalStore " + _LOCAL_FLAT_KEY_BUGS[(where, op)]))
     assert store.create("f", b"abc")
     assert store.create("a/b/c", b"xyz")
     key = {"below": "f/g", "prefix": "a/b"}[where]
@@ -219,10 +203,6 @@ def test_list_after_delete(store: ObjectStore) -> None:
 def test_key_named_like_a_lock_file_is_an_ordinary_key(
     store: ObjectStore, backend: str, request: pytest.FixtureRequest
 ) -> None:
-    if backend == "local":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "BUG: LocalStore.swap keeps its lock in '<key>.lock' beside the key and list() hides "
-            "every '*.lock' file, so key 'k.lock' collides with the lock of 'k' and is never listed")))
     store.swap("k", b"v1", None)
     assert store.create("k.lock", b"payload") is True
     assert store.read("k.lock") == b"payload"

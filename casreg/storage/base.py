@@ -12,12 +12,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = ["ByteRange", "ObjectStore", "Payload", "Versioned", "join_payload"]
+__all__ = ["ByteRange", "ObjectStore", "Payload", "Versioned", "check_key", "join_payload"]
 
 Buffer = bytes | bytearray | memoryview
 #: What ``create`` accepts: one buffer, or several to be stored back to back (a pack's
 #: payloads are handed over as written, so no 32 MiB join is needed on a local disk).
 Payload = Buffer | Sequence[Buffer]
+
+
+def check_key(key: str) -> str:
+    """Keys are ``/``-separated names; no component may be empty, start with ``.`` (the
+    local backend keeps its temporary and lock files under such names) or be ``..``."""
+    if not key or any(not part or part.startswith(".") for part in key.split("/")):
+        raise ValueError(f"invalid storage key {key!r}")
+    return key
 
 
 def join_payload(data: Payload) -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +21,13 @@ from pathlib import Path
 from blake3 import blake3
 
 from casreg.errors import ConflictError, NotFoundError, StorageError
-from casreg.storage.base import ByteRange, ObjectStore, Payload, Versioned
+from casreg.storage.base import ByteRange, ObjectStore, Payload, Versioned, check_key
 
 __all__ = ["LocalStore"]
 
 _TMP_PREFIX = ".tmp-"
+_LOCKS = ".locks"  # swap locks live in their own tree, so no lock name can shadow a key
+_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
 def _write_all(fd: int, parts: list[bytes | bytearray | memoryview]) -> None:
@@ -50,7 +53,10 @@ class LocalStore(ObjectStore):
         self.url = str(self.root)
 
     def _path(self, key: str) -> Path:
-        return self.root / key
+        return self.root / check_key(key)
+
+    def _missing(self, key: str) -> NotFoundError:
+        return NotFoundError(f"object {key} not found in {self.url}")
 
     def _fail(self, err: OSError, action: str, key: str) -> StorageError:
         if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
@@ -65,10 +71,8 @@ class LocalStore(ObjectStore):
                 if byte_range is None:
                     return f.read()
                 return os.pread(f.fileno(), byte_range.length, byte_range.start)
-        except FileNotFoundError:
-            raise NotFoundError(f"object {key} not found in {self.url}") from None
-        except NotADirectoryError:
-            raise NotFoundError(f"object {key} not found in {self.url}") from None
+        except _MISSING:
+            raise self._missing(key) from None
         except OSError as err:
             raise self._fail(err, "read", key) from err
 
@@ -77,8 +81,8 @@ class LocalStore(ObjectStore):
             with open(self._path(key), "rb") as f:
                 fd = f.fileno()
                 return [os.pread(fd, r.length, r.start) for r in ranges]
-        except FileNotFoundError:
-            raise NotFoundError(f"object {key} not found in {self.url}") from None
+        except _MISSING:
+            raise self._missing(key) from None
         except OSError as err:
             raise self._fail(err, "read", key) from err
 
@@ -93,7 +97,7 @@ class LocalStore(ObjectStore):
 
     def create(self, key: str, data: Payload) -> bool:
         path = self._path(key)
-        if path.exists():
+        if path.is_file():
             return False
         try:
             tmp = self._write_temp(path, data)
@@ -108,32 +112,37 @@ class LocalStore(ObjectStore):
             raise self._fail(err, "write", key) from err
 
     def exists(self, key: str) -> bool:
-        return self._path(key).exists()
+        return self._path(key).is_file()
 
     def size(self, key: str) -> int:
         try:
-            return self._path(key).stat().st_size
-        except FileNotFoundError:
-            raise NotFoundError(f"object {key} not found in {self.url}") from None
+            st = self._path(key).stat()
+        except _MISSING:
+            raise self._missing(key) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise self._missing(key)
+        return st.st_size
 
     def list(self, prefix: str) -> Iterator[str]:
-        base = self._path(prefix)
+        prefix = prefix.strip("/")
+        base = self._path(prefix) if prefix else self.root
         if base.is_file():
             yield prefix
             return
         if not base.is_dir():
             return
-        for dirpath, _dirs, files in os.walk(base):
+        for dirpath, dirs, files in os.walk(base):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
             rel = Path(dirpath).relative_to(self.root).as_posix()
             for f in files:
-                if f.startswith(_TMP_PREFIX) or f.endswith(".lock"):
+                if f.startswith("."):
                     continue
                 yield f"{rel}/{f}" if rel != "." else f
 
     def read_versioned(self, key: str) -> Versioned | None:
         try:
             data = self._path(key).read_bytes()
-        except FileNotFoundError:
+        except _MISSING:
             return None
         except OSError as err:
             raise self._fail(err, "read", key) from err
@@ -142,8 +151,9 @@ class LocalStore(ObjectStore):
     def swap(self, key: str, data: bytes, expected: str | None) -> str:
         path = self._path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path.parent / f"{path.name}.lock", "a+b") as lock:
+            lock_path = self.root / _LOCKS / f"{key}.lock"
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(lock_path, "a+b") as lock:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
                 current = self.read_versioned(key)
                 current_token = current.token if current else None

@@ -13,7 +13,7 @@ from typing import ClassVar
 from blake3 import blake3
 
 from casreg.errors import ConflictError, NotFoundError
-from casreg.storage.base import ByteRange, ObjectStore, Payload, Versioned, join_payload
+from casreg.storage.base import ByteRange, ObjectStore, Payload, Versioned, check_key, join_payload
 
 __all__ = ["MemoryStore"]
 
@@ -41,6 +41,7 @@ class MemoryStore(ObjectStore):
         return data if byte_range is None else data[byte_range.start:byte_range.end]
 
     def create(self, key: str, data: Payload) -> bool:
+        check_key(key)
         data = join_payload(data)
         with self._lock:
             if key in self._objects:
@@ -65,6 +66,7 @@ class MemoryStore(ObjectStore):
         return None if data is None else Versioned(data, blake3(data).hexdigest()[:32])
 
     def swap(self, key: str, data: bytes, expected: str | None) -> str:
+        check_key(key)
         with self._lock:
             current = self.read_versioned(key)
             if (current.token if current else None) != expected:
