@@ -13,7 +13,7 @@ import zstandard
 
 from casreg.errors import IntegrityError
 
-__all__ = ["Codec", "encode", "decode", "DEFAULT_ZSTD_LEVEL"]
+__all__ = ["Codec", "encode", "decode", "zstd_decode", "DEFAULT_ZSTD_LEVEL"]
 
 DEFAULT_ZSTD_LEVEL = 3
 
@@ -48,13 +48,24 @@ def encode(raw: bytes, level: int = DEFAULT_ZSTD_LEVEL) -> tuple[Codec, bytes]:
     return Codec.ZSTD, packed
 
 
+def zstd_decode(stored: bytes, limit: int) -> bytes:
+    """Decompress one zstd frame of at most ``limit`` bytes. The size the frame header
+    claims is checked first: a corrupt header must not make us allocate gigabytes."""
+    try:
+        claimed = zstandard.frame_content_size(stored)
+        if claimed > limit:  # -1 means "not recorded"
+            raise IntegrityError(f"zstd frame claims {claimed} bytes, more than the {limit} expected")
+        return _decompressor().decompress(stored, max_output_size=limit)
+    except zstandard.ZstdError as err:
+        raise IntegrityError(f"zstd payload does not decode: {err}") from None
+    except MemoryError:
+        raise IntegrityError("zstd payload does not decode: it expands beyond memory") from None
+
+
 def decode(codec: int, stored: bytes, raw_size: int) -> bytes:
     """Invert :func:`encode`; a malformed payload raises :class:`IntegrityError`."""
     if codec == Codec.RAW:
         return stored
     if codec == Codec.ZSTD:
-        try:
-            return _decompressor().decompress(stored, max_output_size=raw_size)
-        except zstandard.ZstdError as err:
-            raise IntegrityError(f"zstd payload does not decode: {err}") from err
+        return zstd_decode(stored, raw_size)
     raise IntegrityError(f"unknown codec id {codec}")

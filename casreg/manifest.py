@@ -19,6 +19,7 @@ from typing import Any, Literal
 import zstandard
 from blake3 import blake3
 
+from casreg.codec import zstd_decode
 from casreg.errors import IntegrityError, UnsafePathError
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Manifest",
     "tree_digest",
     "validate_relpath",
+    "seal_manifest",
     "MANIFEST_FORMAT",
 ]
 
@@ -35,6 +37,17 @@ TREE_MAGIC = b"casreg-tree-v1\x00"
 EntryType = Literal["f", "x", "d"]  # regular file, executable file, (empty) directory
 VersionKind = Literal["file", "dir"]
 MAX_PATH_BYTES = 4096
+MAX_MANIFEST_BYTES = 1 << 31  # ~20 M chunks: a 20 TB version
+
+
+def seal_manifest(json_bytes: bytes) -> bytes:
+    """The stored form of a manifest: zstd of its JSON, then the BLAKE3 of that frame.
+
+    The version digest covers what a version *is*, not where its chunks are stored; the
+    trailer covers every byte, so damage to a chunk location is reported as a corrupt
+    manifest rather than as a bad pack."""
+    frame = zstandard.ZstdCompressor(level=3).compress(json_bytes)
+    return frame + blake3(frame).digest()
 
 
 def validate_relpath(path: str) -> str:
@@ -43,7 +56,7 @@ def validate_relpath(path: str) -> str:
     backslashes, NUL and other control characters."""
     if not isinstance(path, str) or not path:
         raise UnsafePathError("manifest entry has an empty path")
-    if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
+    if path.startswith("/") or re.match(r"[A-Za-z]:", path):  # also Windows drive syntax
         raise UnsafePathError(f"unsafe path {path!r}: absolute paths are not allowed")
     if "\\" in path:
         raise UnsafePathError(f"unsafe path {path!r}: backslashes are not allowed")
@@ -187,15 +200,18 @@ class Manifest:
             "entries": entries,
         }
         raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-        return zstandard.ZstdCompressor(level=3).compress(raw)
+        return seal_manifest(raw)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, expected: bytes, where: str) -> Manifest:
         """Decode and *verify* a stored manifest: every field has the right type and range,
         every path is safe, sizes add up, and the recomputed tree digest equals
         ``expected``. Anything else is an :class:`IntegrityError` naming ``where``."""
+        body, trailer = data[:-32], data[-32:]
+        if len(data) < 32 or blake3(body).digest() != trailer:
+            raise IntegrityError(f"manifest {where} is corrupt: its checksum does not match its bytes")
         try:
-            doc = json.loads(zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 31))
+            doc = json.loads(zstd_decode(body, MAX_MANIFEST_BYTES))
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
             if doc.get("format") != MANIFEST_FORMAT:
@@ -225,7 +241,9 @@ class Manifest:
                 entries.append(Entry(path, etype, size, bytes.fromhex(_hex32(item["digest"], "file digest")), chunks))
         except UnsafePathError as err:
             raise UnsafePathError(f"manifest {where} is hostile: {err}") from None
-        except (ValueError, KeyError, TypeError, IndexError, OverflowError, zstandard.ZstdError) as err:
+        except IntegrityError as err:
+            raise IntegrityError(f"manifest {where} is corrupt: {err}") from None
+        except (ValueError, KeyError, TypeError, IndexError, OverflowError, RecursionError) as err:
             raise IntegrityError(f"manifest {where} is corrupt: {err}") from None
         if kind == "file" and (len(entries) != 1 or entries[0].type == "d" or "/" in entries[0].path):
             raise IntegrityError(f"manifest {where} is corrupt: a file version must hold exactly one file")

@@ -141,7 +141,10 @@ class ChunkIndex:
                 continue
             pack_id = key.rsplit("/", 1)[-1][: -len(".idx")]
             try:
-                index.add_pack(pack_id, decode_index(store.read(key), key))
+                data = store.read(key)
+                if blake3(data).hexdigest() != pack_id:
+                    continue  # damaged: trusting it would make new versions point at wrong bytes
+                index.add_pack(pack_id, decode_index(data, key))
             except (IntegrityError, NotFoundError):
                 continue  # a bad index only costs dedup; verify reports it
         return index

@@ -228,10 +228,7 @@ def materialize(
             raise AlreadyExistsError(f"destination {dest} already exists (use --force to replace it)")
         if matches(manifest, dest):
             return PullStats(size=manifest.size, files=len(manifest.files), up_to_date=True)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise InvalidInputError(f"cannot pull to {dest}: {dest.parent} is not a directory") from None
+    created = _make_parents(dest)
     tmp = dest.parent / f".{dest.name}.casreg-{uuid.uuid4().hex[:12]}.tmp"
     if manifest.kind == "dir":
         tmp.mkdir()
@@ -248,11 +245,37 @@ def materialize(
         _publish(tmp, dest)
     except BaseException:
         _remove(tmp)
+        for d in reversed(created):  # leave no trace of a refused pull
+            try:
+                d.rmdir()
+            except OSError:
+                break
         raise
     finally:
         progress.finish()
     writer.stats.size = manifest.size
     return writer.stats
+
+
+def _make_parents(dest: Path) -> list[Path]:
+    """Create the missing parents of ``dest``, returning those created, outermost first."""
+    missing = []
+    parent = dest.parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InvalidInputError(f"cannot pull to {dest}: {parent} is not a directory")
+    created = []
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue
+        except NotADirectoryError:
+            raise InvalidInputError(f"cannot pull to {dest}: {d.parent} is not a directory") from None
+        created.append(d)
+    return created
 
 
 def _publish(tmp: Path, dest: Path) -> None:

@@ -70,8 +70,9 @@ def _metrics(mapping: Mapping[str, Any] | None) -> dict[str, float]:
             f = float(v)
         except (TypeError, ValueError):
             raise InvalidInputError(f"metric {k}={v!r} is not a number") from None
-        if math.isnan(f):
-            raise InvalidInputError(f"metric {k} is NaN")
+        if not math.isfinite(f):
+            what = "NaN" if math.isnan(f) else "infinite"
+            raise InvalidInputError(f"metric {k}={v!r} is {what}; metrics must be finite numbers")
         out[k] = f
     return out
 
@@ -144,10 +145,15 @@ class Registry:
                 raise self._unknown(f"{r} is not set")
             return Resolved(p.digest, r.name, p.version)
         if r.kind is RefKind.DIGEST:
-            for v in self._versions(r.name):
-                if v.digest.removeprefix("blake3:").startswith(r.digest or ""):
-                    return Resolved(v.digest, v.name, v.version)
-            raise self._unknown(f"{r.name} has no version with digest {r.digest}")
+            matches = [v for v in self._versions(r.name) if v.digest.removeprefix("blake3:").startswith(r.digest or "")]
+            digests = sorted({v.digest for v in matches})
+            if not digests:
+                raise self._unknown(f"{r.name} has no version with digest {r.digest}")
+            if len(digests) > 1:
+                raise AmbiguousReferenceError(
+                    f"{r} matches {len(digests)} versions of {r.name} with different digests; give more digits")
+            v = matches[-1]  # the same content pushed more than once: its newest version
+            return Resolved(v.digest, v.name, v.version)
         if r.kind is RefKind.NUMBER:
             assert r.number is not None
             try:

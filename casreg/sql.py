@@ -94,8 +94,9 @@ def _plain(value: Any, typ: Any) -> Any:
         return value.isoformat()
     if isinstance(value, _dt.timedelta):
         return value.total_seconds()
-    if isinstance(value, decimal.Decimal):
-        return float(value)
+    if isinstance(value, decimal.Decimal):  # DuckDB's SUM of integers is a DECIMAL/HUGEINT
+        exponent = value.as_tuple().exponent
+        return int(value) if isinstance(exponent, int) and exponent >= 0 else float(value)
     if isinstance(value, bytes):
         return value.hex()
     return value
@@ -114,7 +115,10 @@ def query(store: ObjectStore, sql: str) -> list[dict[str, Any]]:
     except duckdb.Error as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InvalidInputError(f"SQL error: {first}") from None
-    columns = [(f.name, f.type, table.column(i).to_pylist()) for i, f in enumerate(table.schema)]
+    try:
+        columns = [(f.name, f.type, table.column(i).to_pylist()) for i, f in enumerate(table.schema)]
+    except (OverflowError, ValueError) as err:
+        raise InvalidInputError(f"SQL result holds a value Python cannot represent ({err}); cast it to VARCHAR") from None
     return [
         {name: _plain(values[i], typ) for name, typ, values in columns}
         for i in range(table.num_rows)

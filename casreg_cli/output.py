@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any, TextIO
 
@@ -57,7 +58,8 @@ class Output:
     def json(self, value: Any) -> None:
         """JSON is printed even with ``--quiet``: asking for it is asking for output."""
         if self.as_json:
-            self.stream.write(json.dumps(value, indent=2, default=str, ensure_ascii=False) + "\n")
+            text = json.dumps(_finite(value), indent=2, default=str, ensure_ascii=False, allow_nan=False)
+            self.stream.write(text + "\n")
 
     def line(self, text: str = "") -> None:
         if not self.quiet:
@@ -76,6 +78,17 @@ class Output:
         self.line("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
         for row in cells:
             self.line("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity (SQL can produce them): they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _cell(value: Any) -> str:

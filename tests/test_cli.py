@@ -227,14 +227,18 @@ def test_pull(cli, pushed: dict, model: Path, tmp_path: Path) -> None:
 
 
 def test_quiet_prints_nothing(cli, model: Path, tmp_path: Path) -> None:
-    for args in (("push", "q", str(model), "-q"), ("push", "q", str(model), "--quiet", "--json"),
-                 ("alias", "set", "q@prod", "1", "-q"), ("resolve", "q@prod", "-q"), ("ls", "-q"),
+    for args in (("push", "q", str(model), "-q"), ("push", "q", str(model), "--quiet"),
+                 ("alias", "set", "q@prod", "1", "-q"), ("resolve", "q@prod", "-q"), ("ls", "-q"), ("ls", "q", "-q"),
                  ("show", "q", "-q"), ("sql", "SELECT 1", "-q"), ("pull", "q", str(tmp_path / "qout"), "-q"),
-                 ("alias", "ls", "-q"), ("alias", "rm", "q@prod", "-q")):
+                 ("pull", "q", str(tmp_path / "qout"), "-q", "--force"), ("alias", "ls", "-q"),
+                 ("alias", "rm", "q@prod", "-q")):
         p = ok(cli(*args))
         assert p.stdout == "" and p.stderr == "", args
     assert (tmp_path / "qout" / "weights.bin").is_file()
-    assert json.loads(ok(cli("ls", "q", "--json")).stdout)[1]["version"] == 2
+    assert [r["version"] for r in json.loads(ok(cli("ls", "q", "--json")).stdout)] == [1, 2]
+    # asking for --json is asking for output: it survives --quiet (casreg_cli/output.py)
+    v = json.loads(ok(cli("push", "q", str(model), "--quiet", "--json")).stdout)
+    assert v["version"] == 3
 
 
 def test_registry_flag_overrides_env(cli, model: Path, tmp_path: Path) -> None:
@@ -249,26 +253,30 @@ def test_registry_flag_overrides_env(cli, model: Path, tmp_path: Path) -> None:
 
 
 # -- bad input: one line, non-zero exit, nothing written ---------------------------------------------
-@pytest.mark.parametrize("args, fragment", [
-    (["push", "m", "{tmp}/does-not-exist"], "does not exist"),
-    (["push", "m", "{tmp}/empty-dir"], "empty"),
-    (["push", "my model", "{model}"], "invalid model name"),
-    (["push", "..", "{model}"], "invalid model name"),
-    (["push", "/abs", "{model}"], "invalid model name"),
-    (["push", "a/b", "{model}"], "invalid model name"),
-    (["push", "m", "{model}", "--metric", "auc=high"], "not a number"),
-    (["push", "m", "{model}", "-m", "auc=nan"], "NaN"),
-    (["push", "m", "{model}", "-m", "a b=1"], "invalid metric name"),
-    (["push", "m", "{model}", "--alias", "Prod"], "invalid alias"),
-    (["push", "m", "{model}", "--parent", "m:9"], "m:9"),
-    (["push", "m", "{model}", "--parent", "nosuch"], "nosuch"),
+@pytest.mark.parametrize("args, fragment, code", [
+    (["push", "m", "{tmp}/does-not-exist"], "does not exist", 3),
+    (["push", "m", "{tmp}/empty-dir"], "empty", 2),
+    (["push", "my model", "{model}"], "invalid model name", 2),
+    (["push", "..", "{model}"], "invalid model name", 2),
+    (["push", "/abs", "{model}"], "invalid model name", 2),
+    (["push", "a/b", "{model}"], "invalid model name", 2),
+    (["push", "m", "{model}", "--metric", "auc=high"], "not a number", 2),
+    (["push", "m", "{model}", "-m", "auc=nan"], "NaN", 2),
+    (["push", "m", "{model}", "-m", "a b=1"], "invalid metric name", 2),
+    (["push", "m", "{model}", "--alias", "Prod"], "invalid alias", 2),
+    (["push", "m", "{model}", "--parent", "m:9"], "m:9", 3),
+    (["push", "m", "{model}", "--parent", "nosuch"], "nosuch", 3),
+    (["push", "m", "{model}/weights.bin/x"], "does not exist", 3),
 ])
-def test_push_failures(cli, pushed: dict, model: Path, tmp_path: Path, args: list[str], fragment: str) -> None:
+def test_push_failures(cli, pushed: dict, model: Path, tmp_path: Path, args: list[str], fragment: str,
+                       code: int) -> None:
     (tmp_path / "empty-dir").mkdir()
     (model / "new.bin").write_bytes(b"content that would be new")
     before = listing(tmp_path / "registry")
     argv = [a.format(tmp=tmp_path, model=model) for a in args]
-    one_line_error(cli(*argv), fragment)
+    p = cli(*argv)
+    one_line_error(p, fragment)
+    assert p.returncode == code
     assert listing(tmp_path / "registry") == before
 
 
@@ -310,7 +318,9 @@ def test_alias_to_version_of_another_model_is_refused(cli, pushed: dict, tmp_pat
     (tmp_path / "o.bin").write_bytes(b"other")
     ok(cli("push", "other", str(tmp_path / "o.bin")))
     before = listing(tmp_path / "registry")
-    one_line_error(cli("alias", "set", "m@prod", "other:1"), "version of other")
+    p = cli("alias", "set", "m@prod", "other:1")
+    one_line_error(p, "version of other")
+    assert p.returncode == 2
     assert listing(tmp_path / "registry") == before
     assert ok(cli("resolve", "m@prod")).stdout == pushed["v1"]["digest"] + "\n"
 
@@ -360,13 +370,33 @@ def test_registry_path_that_is_a_regular_file(cli, model: Path, tmp_path: Path) 
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: read-only commands (ls, sql, alias ls) on a registry path that is a regular "
-                                       "file exit 0 as if it were an empty registry instead of reporting an error")
 @pytest.mark.parametrize("args", [["ls"], ["sql", "SELECT count(*) FROM versions"], ["alias", "ls"]])
 def test_listing_a_registry_that_is_a_regular_file_fails(cli, tmp_path: Path, args: list[str]) -> None:
     regfile = tmp_path / "regfile"
     regfile.write_text("not a registry")
     one_line_error(cli(*args, "--registry", str(regfile)))
+
+
+def _strict_json(text: str):
+    def refuse(const: str):
+        raise ValueError(f"{const} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_push_json_output_is_strict_json_even_for_infinite_metrics(cli, model: Path) -> None:
+    p = cli("push", "inf", str(model), "-m", "loss=inf", "-m", "big=1e400", "--json")
+    if p.returncode != 0:  # refusing infinite metrics would be fine too
+        one_line_error(p)
+        return
+    v = _strict_json(p.stdout)
+    assert set(v["metrics"]) == {"loss", "big"}
+
+
+def test_sql_out_of_range_date_is_not_a_traceback(cli, pushed: dict) -> None:
+    p = cli("sql", "SELECT DATE '9999-12-31' + INTERVAL 1 DAY AS d", "--json")
+    assert "Traceback" not in p.stderr
+    if p.returncode != 0:
+        one_line_error(p, "SQL")
 
 
 # -- lazy imports -----------------------------------------------------------------------------------------

@@ -214,16 +214,28 @@ def test_ambiguous_digest_prefix(reg: Registry, three) -> None:
     assert reg.resolve("blake3:" + a).digest == "blake3:" + a
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason="BUG: NAME@blake3:<prefix> returns the first version whose digest starts "
-                                       "with the prefix instead of raising AmbiguousReferenceError "
-                                       "(casreg/registry.py Registry.resolve, RefKind.DIGEST branch)")
 def test_ambiguous_prefix_within_a_model(reg: Registry, three) -> None:
+    """NAME@blake3:<prefix> must match one digest among NAME's versions (it once silently
+    returned the oldest match)."""
     (v1, _, _), _ = three
     prefix = "abcdef012345"
-    for tail in ("0" * 52, "1" * 52):  # two ledger records whose digests share 12 hex digits
+    for tail in ("0" * 52, "1" * 52):  # two ledger records whose digests share 12 hex digits (planted)
         commit_version(reg.store, dataclasses.replace(v1, digest=f"blake3:{prefix}{tail}"), [])
-    with pytest.raises(AmbiguousReferenceError):
+    with pytest.raises(AmbiguousReferenceError, match="more digits"):
         reg.resolve("m@blake3:" + prefix)
+    assert reg.resolve("m@blake3:" + prefix + "1").version == 5
+    assert reg.resolve("m@blake3:" + prefix + "0").version == 4
+
+
+def test_name_at_digest_of_content_pushed_twice(reg: Registry, three, tmp_path: Path) -> None:
+    """The same content pushed as m:1 and m:4 is not ambiguous: NAME@digest gives its newest version."""
+    (v1, _, _), _ = three
+    f = write(tmp_path / "model.bin", "model contents 0" * 100)
+    v4 = reg.push("m", f)
+    assert (v4.version, v4.digest) == (4, v1.digest)
+    for ref in ("m@" + v1.digest, "m@" + v1.digest[:19]):
+        r = reg.resolve(ref)
+        assert (r.name, r.version, r.digest) == ("m", 4, v1.digest)
 
 
 # -- metadata and lineage ----------------------------------------------------------------------
@@ -403,6 +415,27 @@ def test_sql_errors_are_invalid_input(reg: Registry, tmp_path: Path) -> None:
     for bad in ("SELEC 1", "SELECT nope FROM versions", "SELECT * FROM no_such_table"):
         with pytest.raises(InvalidInputError, match="^SQL error: "):
             reg.sql(bad)
+
+
+@pytest.mark.parametrize("query", ["SELECT DATE '9999-12-31' + INTERVAL 1 DAY AS d", "SELECT 'infinity'::DATE AS d",
+                                   "SELECT 'infinity'::TIMESTAMP AS d"])
+def test_sql_values_outside_python_datetime_range(reg: Registry, tmp_path: Path, query: str) -> None:
+    reg.push("m", write(tmp_path / "f", "x"))
+    try:
+        rows = reg.sql(query)
+    except InvalidInputError:
+        return
+    assert len(rows) == 1 and list(rows[0]) == ["d"]
+
+
+def test_sql_integer_sums_stay_integers(reg: Registry, tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    for i in range(3):
+        write(f, "x" * (i + 1))
+        reg.push("m", f)
+    [row] = reg.sql("SELECT sum(size) AS total, sum(file_count) AS files, count(*) AS n FROM versions")
+    assert row == {"total": 6, "files": 3, "n": 3}
+    assert all(type(v) is int for v in row.values()), row
 
 
 # -- aliases -----------------------------------------------------------------------------------------
@@ -588,3 +621,144 @@ def test_files_lists_entries(reg: Registry, tmp_path: Path) -> None:
     assert files == {"weights.bin": ("f", 200_000), "config.json": ("f", 8), "bin/serve.sh": ("x", 10),
                      "empty": ("d", 0)}
     assert reg.files(v.digest) == reg.files("m")
+
+
+def test_lost_ledger_sidecar_is_restored_from_parquet(reg: Registry, tmp_path: Path) -> None:
+    v = reg.push("m", write(tmp_path / "f", "x"), metrics={"auc": 0.5}, params={"p": 1}, tags={"t": "x"},
+                 framework="fw", description="d", run_id="r", dataset="ds")
+    key = "refs/m/0000000001.json"
+    assert reg.store.exists(key)
+    reg.store.delete(key)
+    assert reg.show("m:1") == v
+    assert reg.resolve("m").digest == v.digest
+    assert reg.store.exists(key)  # restored
+
+
+# -- what push accepts ---------------------------------------------------------------------------------
+def test_symlinks_in_the_source_are_followed(reg: Registry, tmp_path: Path) -> None:
+    outside = tmp_path / "blobs"
+    write(outside / "blob", b"weights via symlink")
+    write(outside / "dir" / "inner.txt", "inner")
+    src = tmp_path / "snapshot"
+    src.mkdir()
+    (src / "model.bin").symlink_to(outside / "blob")
+    (src / "linked-dir").symlink_to(outside / "dir")
+    write(src / "plain.txt", "plain")
+    v = reg.push("hf", src)
+    assert {f.path: f.type for f in reg.files(v.ref)} == {"model.bin": "f", "linked-dir/inner.txt": "f",
+                                                           "plain.txt": "f"}
+    dest = tmp_path / "pulled"
+    reg.pull(v.ref, dest)
+    assert not any(p.is_symlink() for p in dest.rglob("*"))
+    assert (dest / "model.bin").read_bytes() == b"weights via symlink"
+    assert (dest / "linked-dir" / "inner.txt").read_text() == "inner"
+
+
+def _dangling(src: Path) -> None:
+    (src / "gone").symlink_to(src / "does-not-exist")
+
+
+def _cycle(src: Path) -> None:
+    (src / "sub").mkdir()
+    (src / "sub" / "loop").symlink_to(src)
+
+
+def _fifo(src: Path) -> None:
+    os.mkfifo(src / "pipe")
+
+
+def _not_utf8(src: Path) -> None:
+    fd = os.open(os.fsencode(src) + b"/bad-\xff-name", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.close(fd)
+
+
+def _control_char(src: Path) -> None:
+    write(src / "line\nbreak", "x")
+
+
+def _backslash(src: Path) -> None:
+    write(src / "back\\slash", "x")
+
+
+@pytest.mark.parametrize("spoil", [_dangling, _cycle, _fifo, _not_utf8, _control_char, _backslash])
+def test_unpushable_sources_are_refused_and_write_nothing(reg: Registry, tmp_path: Path, spoil) -> None:
+    reg.push("m", write(tmp_path / "first.bin", "first"))
+    before = store_listing(reg)
+    src = tmp_path / "src"
+    write(src / "ok.bin", "fine")
+    spoil(src)
+    with pytest.raises(InvalidInputError, match="cannot push"):
+        reg.push("m", src)
+    assert store_listing(reg) == before
+
+
+def test_dangling_symlink_as_the_path(reg: Registry, tmp_path: Path) -> None:
+    link = tmp_path / "model.bin"
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(InvalidInputError, match="dangling"):
+        reg.push("m", link)
+    with pytest.raises(FileNotFoundError):
+        reg.push("m", tmp_path / "nothing-here")
+    empty = tmp_path / "empty"
+    (empty / "only" / "dirs").mkdir(parents=True)
+    with pytest.raises(InvalidInputError, match="no files"):
+        reg.push("m", empty)
+    assert list(reg.store.list("")) == []
+
+
+@pytest.mark.parametrize("threads, level", [(1, 1), (1, 19), (4, 3)])
+def test_threads_and_level_do_not_change_the_digest(reg: Registry, tmp_path: Path, threads: int,
+                                                    level: int) -> None:
+    src = make_tree(tmp_path / "src")
+    write(src / "text.txt", "".join(f"row {i}\n" for i in range(100_000)))
+    base = reg.push("m", src)
+    other = Registry(reg.url, threads=threads, zstd_level=level)
+    fresh = Registry(tmp_path / f"fresh-{threads}-{level}", threads=threads, zstd_level=level)
+    v = fresh.push("m", src)
+    assert v.digest == base.digest == other.push("m", src).digest
+    dest = tmp_path / "dest"
+    fresh.pull("m", dest)
+    assert snapshot(dest) == snapshot(src)
+
+
+# -- pull destinations ----------------------------------------------------------------------------------
+def test_pull_under_a_file_is_refused(reg: Registry, tmp_path: Path) -> None:
+    reg.push("m", make_tree(tmp_path / "src"))
+    work = tmp_path / "work"
+    write(work / "a-file", "x")
+    before = snapshot(work)
+    for dest in (work / "a-file" / "dest", work / "a-file" / "deeper" / "dest"):
+        with pytest.raises(InvalidInputError, match="not a directory"):
+            reg.pull("m", dest)
+    assert snapshot(work) == before
+
+
+@pytest.mark.parametrize("kind", ["dir", "file"])
+def test_pull_force_onto_a_symlink_replaces_the_link_not_its_target(reg: Registry, tmp_path: Path,
+                                                                   kind: str) -> None:
+    src = make_tree(tmp_path / "src") if kind == "dir" else write(tmp_path / "w.bin", os.urandom(5000))
+    reg.push("m", src)
+    target = tmp_path / "precious"
+    if kind == "dir":
+        write(target / "keep.txt", "keep")
+    else:
+        write(target, "keep")
+    before = snapshot(target)
+    dest = tmp_path / "dest"
+    dest.symlink_to(target)
+    with pytest.raises(AlreadyExistsError):
+        reg.pull("m", dest)
+    assert dest.is_symlink()
+    res = reg.pull("m", dest, force=True)
+    assert not res.up_to_date
+    assert not dest.is_symlink()
+    assert snapshot(dest) == snapshot(src)
+    assert snapshot(target) == before
+
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(AlreadyExistsError):
+        reg.pull("m", dangling)
+    reg.pull("m", dangling, force=True)
+    assert not dangling.is_symlink() and snapshot(dangling) == snapshot(src)
+    assert not (tmp_path / "nowhere").exists()

@@ -5,6 +5,7 @@ Every test runs on a local directory registry and on a ``memory://`` registry.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from casreg import Registry
-from casreg.chunking import DEFAULT_CHUNK_PARAMS
+from casreg.chunking import BLOCK_SIZE, DEFAULT_CHUNK_PARAMS, chunk_bytes
 from casreg.storage.memory import MemoryStore
 
 MIN = DEFAULT_CHUNK_PARAMS.min_size
@@ -33,6 +34,7 @@ MAX = DEFAULT_CHUNK_PARAMS.max_size
 def reg(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "local":
         yield Registry(tmp_path / "registry")
+        shutil.rmtree(tmp_path / "registry", ignore_errors=True)  # up to ~100 MB per test: do not keep it
     else:
         url = f"memory://roundtrip-{uuid.uuid4().hex}"
         yield Registry(url)
@@ -75,6 +77,9 @@ SIZES = sorted({
     MAX - 1, MAX, MAX + 1,
     2 * MAX - 1, 2 * MAX, 2 * MAX + 1,
     3 * MAX - 1, 3 * MAX, 3 * MAX + 1,
+    # push reads files in blocks of BLOCK_SIZE bytes and re-cuts each block's last chunk
+    BLOCK_SIZE - 1, BLOCK_SIZE, BLOCK_SIZE + 1,
+    2 * BLOCK_SIZE - 1, 2 * BLOCK_SIZE, 2 * BLOCK_SIZE + 1,
 })
 
 
@@ -96,6 +101,8 @@ def test_file_roundtrip_at_chunk_bounds(reg: Registry, tmp_path: Path, size: int
     assert entry.digest == blake3(data).digest()
     assert all(0 < s <= MAX for s in sizes)
     assert all(s >= MIN for s in sizes[:-1])  # only a file's last chunk may be short
+    # the streamed, block-wise cut equals cutting the whole file at once
+    assert sizes == [length for _, length in chunk_bytes(data)]
     if content == "periodic":  # no content cut points: cuts exactly every max_size bytes
         assert v.chunk_count == len(sizes) == math.ceil(size / MAX)
         assert sizes[:-1] == [MAX] * (len(sizes) - 1)
@@ -105,6 +112,8 @@ def test_file_roundtrip_at_chunk_bounds(reg: Registry, tmp_path: Path, size: int
     assert res.size == size and res.files == 1 and not res.up_to_date
     assert dest.read_bytes() == data
     assert sorted(os.listdir(dest.parent)) == ["weights.bin"]  # no temp files left beside it
+    dest.unlink()
+    src.unlink()
 
 
 def test_periodic_chunks_dedup_within_a_file(reg: Registry, tmp_path: Path) -> None:
@@ -312,3 +321,41 @@ def test_digest_is_the_same_on_both_backends(tmp_path: Path) -> None:
         MemoryStore.wipe(url)
     dl = Registry(tmp_path / "r").push("m", src).digest
     assert dm == dl
+
+
+def test_worked_examples_of_docs_format(reg: Registry, tmp_path: Path) -> None:
+    """The two worked examples of docs/FORMAT.md §5, end to end through push."""
+    hello = tmp_path / "hello.txt"
+    hello.write_bytes(b"hello\n")
+    assert reg.push("hello", hello).digest == \
+        "blake3:8a6aa4815a96ca56f0c28a5a19ee401d4a2b4eb866a84ea06622784760bcf488"
+    d = tmp_path / "example"
+    materialize_tree(d, {"a.txt": (b"a", False), "bin": {"run.sh": (b"#!/bin/sh\n", True)}, "empty": {}})
+    assert reg.push("example", d).digest == \
+        "blake3:46d89a0fd04b858c16e334d7f4f8260de07a7ad3c5dd0bc7e9ad010b19802f3d"
+
+
+def test_digest_does_not_depend_on_chunking_parameters(reg: Registry, tmp_path: Path) -> None:
+    """A registry created with other chunking parameters (casreg.json written first) cuts
+    differently but gives the same version digest, and round-trips."""
+    small = {"avg_size": 64 << 10, "min_size": 16 << 10, "max_size": 256 << 10, "normalization": 1,
+             "algorithm": "fastcdc2020"}
+    config = {"format": "casreg/1", "created_at": "2026-01-01T00:00:00Z", "chunking": small, "zstd_level": 3}
+    assert reg.store.create("casreg.json", json.dumps(config).encode())
+    src = tmp_path / "s"
+    data = random_bytes(2 * MAX + 99, seed=11)
+    materialize_tree(src, {"w.bin": (data, False), "p.bin": (periodic(MAX + 5), True)})
+    v = reg.push("m", src)
+    sizes = [c.raw_size for e in reg.manifest(v.ref).entries for c in e.chunks]
+    assert max(sizes) <= small["max_size"] and len(sizes) > (2 * MAX) // small["max_size"]
+
+    url = f"memory://roundtrip-{uuid.uuid4().hex}"
+    try:
+        default = Registry(url).push("m", src)
+        assert default.chunk_count < v.chunk_count
+        assert default.digest == v.digest
+    finally:
+        MemoryStore.wipe(url)
+    dest = tmp_path / "d"
+    reg.pull(v.ref, dest)
+    assert snapshot(dest) == snapshot(src)

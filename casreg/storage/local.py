@@ -51,6 +51,8 @@ class LocalStore(ObjectStore):
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser().absolute()
         self.url = str(self.root)
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageError(f"registry {self.url} is not a directory")
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
