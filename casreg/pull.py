@@ -1,9 +1,9 @@
 """Materialising a version on local disk, verified before anything is exposed.
 
 Everything is written under a temporary name beside the destination. Worker threads read
-each chunk's stored bytes, decode them, check their BLAKE3 against the manifest and
-``pwrite`` them in place; when a file is complete its bytes are read back and checked
-against the file digest. Only then is the result renamed to the destination; on any
+each chunk's stored bytes, decode them and check their BLAKE3 against the manifest; the
+main thread writes the chunks in order and feeds each file's BLAKE3, which must equal the
+file digest when the file is complete. Only then is the result renamed to the destination; on any
 error the temporary tree is removed and the destination is untouched.
 """
 
@@ -134,13 +134,14 @@ class _Writer:
         self.stats = PullStats()
         self.mask = _umask()
 
-    def _write_chunk(self, fd: int, ref: ChunkRef, offset: int) -> bytes:
-        raw = read_chunk(self.store, ref)
+    def _fetch(self, ref: ChunkRef) -> bytes:
+        return read_chunk(self.store, ref)
+
+    @staticmethod
+    def _write(fd: int, raw: bytes) -> None:
         view = memoryview(raw)
         while view:
-            n = os.pwrite(fd, view, offset)
-            view, offset = view[n:], offset + n
-        return raw
+            view = view[os.write(fd, view):]
 
     def _complete(self, f: _OpenFile) -> None:
         """The last chunk of a file landed: close it, check the whole-file digest, set the mode."""
@@ -154,8 +155,12 @@ class _Writer:
         self.stats.files += 1
 
     def _drain_one(self) -> None:
+        """Consume the oldest chunk: one thread writes every file sequentially, in order
+        (measured: two threads writing one file doubled the kernel time), while the
+        workers fetch, decode and verify the chunks ahead of it."""
         fut, f, ref = self.inflight.popleft()
         raw = fut.result()
+        self._write(f.fd, raw)
         f.hasher.update(raw)
         self.stats.fetched_bytes += ref.stored_size
         self.progress.advance(ref.raw_size)
@@ -176,10 +181,8 @@ class _Writer:
             if not e.chunks:
                 self._complete(f)
                 continue
-            offset = 0
             for ref in e.chunks:
-                self.inflight.append((self.workers.submit(self._write_chunk, fd, ref, offset), f, ref))
-                offset += ref.raw_size
+                self.inflight.append((self.workers.submit(self._fetch, ref), f, ref))
                 if len(self.inflight) >= MAX_INFLIGHT:
                     self._drain_one()
         while self.inflight:

@@ -54,6 +54,16 @@ class Resolved:
         return self.digest.removeprefix("blake3:")
 
 
+def _preload(module: str) -> None:
+    """Import ``module`` on a background thread; a later ``import`` waits for it."""
+    import importlib
+    import sys
+    import threading
+
+    if module not in sys.modules:
+        threading.Thread(target=importlib.import_module, args=(module,), daemon=True).start()
+
+
 def _check_keys(kind: str, mapping: Mapping[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in (mapping or {}).items():
@@ -226,6 +236,7 @@ class Registry:
         clean_params = {k: str(v) for k, v in _check_keys("param", params).items()}
         clean_tags = {k: str(v) for k, v in _check_keys("tag", tags).items()}
         source = scan_source(path)
+        _preload("pyarrow.parquet")  # needed at commit; importing it now overlaps the chunking
         parent_digest = self.resolve(parent).digest if parent else None
         config = self._init(DEFAULT_CHUNK_PARAMS)
         chunking = ChunkParams.from_dict(config["chunking"])
