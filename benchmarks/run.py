@@ -178,6 +178,7 @@ class Stat:
     size: int | None  # bytes processed, None when throughput is meaningless
     walls: list[float] = field(default_factory=list)
     rss: list[int] = field(default_factory=list)
+    stored: int | None = None  # bytes the registry holds afterwards (push rows)
 
     def add(self, r: Run) -> None:
         self.walls.append(r.wall)
@@ -221,6 +222,7 @@ def bench_single_file(base: Path, work: Path, casreg: str, repeat: int, cold: bo
     q = shlex.quote
     zst, zst2, unz, cpd = work / "x.zst", work / "x-synced.zst", work / "y", work / "cp.dst"
     reg, pulled = work / "reg-single", work / "pull-single" / base.name
+    reg1, reg3 = work / "reg-level1", work / "reg-level3"
     stats: dict[str, Stat] = {}
     steps: list[tuple[str, str, int | None, Callable[[], list[str]]]] = [
         ("cp", "cp base dst", size, lambda: ["cp", str(base), str(cpd)]),
@@ -234,17 +236,31 @@ def bench_single_file(base: Path, work: Path, casreg: str, repeat: int, cold: bo
          lambda: [casreg, "push", MODEL, str(base), "-q", "-r", str(reg)]),
         ("casreg pull", "casreg pull NAME:1 DEST -q -r REG  (fresh DEST)", size,
          lambda: [casreg, "pull", f"{MODEL}:1", str(pulled), "-q", "-r", str(reg)]),
+        ("casreg push --level 1", "casreg push NAME base -q -r REG1 --level 1", size,
+         lambda: [casreg, "push", MODEL, str(base), "-q", "-r", str(reg1), "--level", "1"]),
+        ("casreg push --level 3", "casreg push NAME base -q -r REG3 --level 3", size,
+         lambda: [casreg, "push", MODEL, str(base), "-q", "-r", str(reg3), "--level", "3"]),
         ("casreg --help", "casreg --help  (CLI start-up only)", None, lambda: [casreg, "--help"]),
     ]
     for label, shown, nbytes, _ in steps:
         stats[label] = Stat(label, shown, nbytes)
     stats["_pull_identical"] = Stat("pull identical", "", None)  # walls: 1.0 / 0.0 flags
+    # Each step deletes its own previous output just before it runs. On this kind of VM
+    # the first write to a never-used page of guest memory costs ~10 us of kernel time
+    # (measured: 512 MiB into fresh pages 1.0-1.5 s, into just-freed pages 0.14 s), and
+    # freed pages are handed out again first. Deleting every output at the start of a
+    # round let the first tools of the round use up the recycled pages and charged the
+    # fresh ones to whichever tool ran last; this way every tool recycles its own.
+    outputs: dict[str, list[Path]] = {
+        "cp": [cpd], "zstd -3 -T0": [zst], "zstd -3 -T0 + sync": [zst2], "zstd -d": [unz],
+        "casreg push": [reg], "casreg pull": [pulled.parent],
+        "casreg push --level 1": [reg1], "casreg push --level 3": [reg3],
+    }
     for r in range(repeat):
-        # Fresh outputs every round: nothing from round r-1 is reused or overwritten in place.
-        rm(cpd, zst, zst2, unz, reg, pulled.parent)
         if not cold:
             warm(base)
         for label, _, nbytes, make in steps:
+            rm(*outputs.get(label, []))
             if label == "casreg pull":
                 pulled.parent.mkdir(parents=True, exist_ok=True)
             res = run_timed(make(), cold=cold)
@@ -255,7 +271,9 @@ def bench_single_file(base: Path, work: Path, casreg: str, repeat: int, cold: bo
         unz_ok = files_identical(base, unz)
         if not unz_ok:
             raise RuntimeError("zstd round trip differs from the input: the benchmark setup is broken")
-    rm(cpd, zst, zst2, unz, reg, pulled.parent)
+    for label, r in (("casreg push --level 1", reg1), ("casreg push --level 3", reg3)):
+        stats[label].stored = tree_bytes(r)
+    rm(cpd, zst, zst2, unz, reg, reg1, reg3, pulled.parent)
     return stats
 
 
@@ -493,6 +511,11 @@ def render(*, args: argparse.Namespace, command: str, env: dict[str, str], start
         add(f"- (reference, no target) push vs zstd -3 -T0 *with its output fsynced*, as casreg fsyncs its packs: "
             f"{push.mbps:,.0f} / {zs.mbps:,.0f} MB/s = {push.mbps / zs.mbps:.2f}")
     add(f"- pulled copies identical to the input in {sum(single['_pull_identical'].walls):.0f} of {n} rounds")
+    l1, l3 = single.get("casreg push --level 1"), single.get("casreg push --level 3")
+    if l1 and l3 and l1.mbps and l3.mbps and l1.stored and l3.stored:
+        add(f"- (zstd level, no target) `--level 1`: {l1.mbps:,.0f} MB/s = {l1.mbps / z3.mbps:.2f} x zstd -3 -T0, "
+            f"registry {l1.stored:,} B; `--level 3`: {l3.mbps:,.0f} MB/s = {l3.mbps / z3.mbps:.2f} x, "
+            f"registry {l3.stored:,} B ({100 * (l3.stored / l1.stored - 1):+.2f}% vs level 1)")
     add("")
 
     if cold:
@@ -592,8 +615,14 @@ def render(*, args: argparse.Namespace, command: str, env: dict[str, str], start
         f"MB/s = bytes of the logical file / median wall time, MB = 10^6 B; MiB = 2^20 B.")
     add(f"- **Medians of {n}**: the single-file section runs {n} round{'s' if n != 1 else ''}; each round runs every command once, in "
         "table order, so a busy phase of the machine hits all tools rather than one. Min and max show the spread. "
-        "Each round starts from nothing: a fresh empty registry for push, a fresh destination for pull, and "
-        "`zstd -d` / `casreg pull` read what this round's `zstd -3` / `casreg push` wrote.")
+        "Each command starts from nothing: its previous output is deleted just before it runs (a fresh empty "
+        "registry for push, a fresh destination for pull), and `zstd -d` / `casreg pull` read what this round's "
+        "`zstd -3` / `casreg push` wrote.")
+    add("- **Fresh memory pages on this VM**: the first write to a never-used page of guest memory is slow here "
+        "(measured: writing 512 MiB into fresh pages took 1.0-1.5 s of kernel time, into just-freed pages 0.14 s), "
+        "and the kernel hands freed pages out again first. Deleting each command's own previous output right "
+        "before it runs lets every tool recycle its own pages; deleting all outputs at the start of a round "
+        "charged the fresh pages to whichever tool ran last (casreg pull: 1.8 s instead of 0.8 s).")
     add("- **Warm input**: the input file is read once before each round (and each dedup push), so every tool "
         "reads it from the page cache; the comparison is CPU and write bound for all tools alike. `sync` runs "
         "before every timed command so one step's dirty-page writeback is not charged to the next; no command "
