@@ -1,10 +1,17 @@
 """Materialising a version on local disk, verified before anything is exposed.
 
-Everything is written under a temporary name beside the destination. Worker threads read
-each chunk's stored bytes, decode them and check their BLAKE3 against the manifest; the
-main thread writes the chunks in order and feeds each file's BLAKE3, which must equal the
-file digest when the file is complete. Only then is the result renamed to the destination; on any
-error the temporary tree is removed and the destination is untouched.
+Everything is written into a *partial* tree beside the destination, named after the
+version's digest. Worker threads fetch runs of chunks that sit next to each other in a
+pack with one ranged read each, decode them and check every chunk's BLAKE3 against the
+manifest; the main thread writes the chunks in order (one writer per file is measurably
+cheaper than several) and feeds each file's BLAKE3, which must equal the file digest when
+the file is complete. Only then is the result renamed to the destination.
+
+If a pull stops half way (a network error, a kill), the partial tree stays beside the
+destination, never at it, and the next pull of the same version resumes: complete files
+and the verified leading chunks of an interrupted file are kept, and only the rest is
+fetched. Corrupt data in the registry is different: the partial tree is removed and
+nothing of it is kept.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import os
 import shutil
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +34,9 @@ from casreg.packs import pack_key
 from casreg.progress import NullProgress, Progress
 from casreg.storage import ByteRange, ObjectStore
 
-__all__ = ["PullStats", "materialize", "matches", "read_chunk", "file_digest"]
+__all__ = ["PullStats", "materialize", "matches", "read_chunk", "read_span", "file_digest", "spans"]
 
-MAX_INFLIGHT = 12
+SPAN_BYTES = 4 << 20  # stored bytes fetched by one ranged read at most
 _READ_BLOCK = 8 << 20
 
 
@@ -37,16 +45,12 @@ class PullStats:
     size: int = 0
     files: int = 0
     fetched_bytes: int = 0  # stored bytes read from the registry
+    requests: int = 0  # ranged reads made
+    resumed_bytes: int = 0  # bytes kept from an interrupted earlier pull
     up_to_date: bool = False  # the destination already held exactly this version
 
 
-def read_chunk(store: ObjectStore, ref: ChunkRef) -> bytes:
-    """Fetch, decode and verify one chunk; never return bytes that fail their digest."""
-    key = pack_key(ref.pack)
-    try:
-        stored = store.read(key, ByteRange(ref.offset, ref.offset + ref.stored_size))
-    except NotFoundError:
-        raise IntegrityError(f"object {key} is missing (needed for chunk blake3:{ref.digest.hex()}); run casreg verify") from None
+def _check_chunk(ref: ChunkRef, stored: bytes | memoryview, key: str) -> bytes:
     where = f"chunk blake3:{ref.digest.hex()} in {key} at offset {ref.offset}"
     if len(stored) != ref.stored_size:
         raise IntegrityError(f"{where} is truncated ({len(stored)} of {ref.stored_size} bytes)")
@@ -56,7 +60,46 @@ def read_chunk(store: ObjectStore, ref: ChunkRef) -> bytes:
         raise IntegrityError(f"{where} is corrupt: {err}") from None
     if len(raw) != ref.raw_size or blake3(raw).digest() != ref.digest:
         raise IntegrityError(f"{where} is corrupt: its bytes do not match the digest")
-    return raw
+    return raw if isinstance(raw, bytes) else bytes(raw)
+
+
+def read_span(store: ObjectStore, refs: list[ChunkRef]) -> list[bytes]:
+    """Fetch chunks stored back to back in one pack with a single ranged read; decode and
+    verify each. Never returns bytes that fail their digest."""
+    first, last = refs[0], refs[-1]
+    key = pack_key(first.pack)
+    start, end = first.offset, last.offset + last.stored_size
+    try:
+        data = store.read(key, ByteRange(start, end))
+    except NotFoundError:
+        raise IntegrityError(
+            f"object {key} is missing (needed for chunk blake3:{first.digest.hex()}); run casreg verify") from None
+    view = memoryview(data)
+    if len(data) != end - start:
+        raise IntegrityError(f"object {key} is truncated: {len(data)} of {end - start} bytes at offset {start}")
+    return [_check_chunk(r, view[r.offset - start:r.offset - start + r.stored_size], key) for r in refs]
+
+
+def read_chunk(store: ObjectStore, ref: ChunkRef) -> bytes:
+    """Fetch, decode and verify one chunk."""
+    return read_span(store, [ref])[0]
+
+
+def spans(chunks: list[ChunkRef], limit: int | None = None) -> Iterator[list[ChunkRef]]:
+    """Group a file's chunks into runs that are contiguous in one pack (push writes a
+    file's new chunks in order, so runs are long), each at most ``limit`` stored bytes."""
+    limit = limit or SPAN_BYTES
+    run: list[ChunkRef] = []
+    size = 0
+    for ref in chunks:
+        if run and (ref.pack != run[-1].pack or ref.offset != run[-1].offset + run[-1].stored_size
+                    or size + ref.stored_size > limit):
+            yield run
+            run, size = [], 0
+        run.append(ref)
+        size += ref.stored_size
+    if run:
+        yield run
 
 
 def file_digest(path: str | os.PathLike[str]) -> bytes:
@@ -116,26 +159,25 @@ def _entry_matches(e: Entry, path: Path) -> bool:
 
 class _OpenFile:
     """A file being written: its descriptor, its entry, and the running hash of the
-    chunks that have landed, fed in order."""
+    chunks written so far, fed in order."""
 
     __slots__ = ("fd", "path", "entry", "remaining", "hasher")
 
-    def __init__(self, fd: int, path: Path, entry: Entry) -> None:
+    def __init__(self, fd: int, path: Path, entry: Entry, remaining: int, hasher: blake3) -> None:
         self.fd, self.path, self.entry = fd, path, entry
-        self.remaining = len(entry.chunks)
-        self.hasher = blake3()
+        self.remaining = remaining
+        self.hasher = hasher
 
 
 class _Writer:
-    def __init__(self, store: ObjectStore, progress: Progress, workers: ThreadPoolExecutor) -> None:
+    def __init__(self, store: ObjectStore, progress: Progress, workers: ThreadPoolExecutor,
+                 max_inflight: int) -> None:
         self.store, self.progress, self.workers = store, progress, workers
-        self.inflight: deque[tuple[Future[bytes], _OpenFile, ChunkRef]] = deque()
+        self.max_inflight = max_inflight
+        self.inflight: deque[tuple[Future[list[bytes]], _OpenFile, list[ChunkRef]]] = deque()
         self.open: list[_OpenFile] = []
         self.stats = PullStats()
         self.mask = _umask()
-
-    def _fetch(self, ref: ChunkRef) -> bytes:
-        return read_chunk(self.store, ref)
 
     @staticmethod
     def _write(fd: int, raw: bytes) -> None:
@@ -155,18 +197,48 @@ class _Writer:
         self.stats.files += 1
 
     def _drain_one(self) -> None:
-        """Consume the oldest chunk: one thread writes every file sequentially, in order
-        (measured: two threads writing one file doubled the kernel time), while the
-        workers fetch, decode and verify the chunks ahead of it."""
-        fut, f, ref = self.inflight.popleft()
-        raw = fut.result()
-        self._write(f.fd, raw)
-        f.hasher.update(raw)
-        self.stats.fetched_bytes += ref.stored_size
-        self.progress.advance(ref.raw_size)
-        f.remaining -= 1
+        """Consume the oldest span: one thread writes every file sequentially, in order,
+        while the workers fetch, decode and verify the spans ahead of it."""
+        fut, f, refs = self.inflight.popleft()
+        for ref, raw in zip(refs, fut.result()):
+            self._write(f.fd, raw)
+            f.hasher.update(raw)
+            self.stats.fetched_bytes += ref.stored_size
+            self.progress.advance(ref.raw_size)
+        self.stats.requests += 1
+        f.remaining -= len(refs)
         if f.remaining == 0:
             self._complete(f)
+
+    def _resume(self, target: Path, e: Entry) -> tuple[int, int, blake3]:
+        """Open ``target`` for writing after the longest prefix of whole chunks it already
+        holds correctly (an interrupted pull wrote them in order); return (fd, chunks kept,
+        hasher fed with them)."""
+        hasher = blake3()
+        kept = 0
+        offset = 0
+        try:
+            st = target.lstat()
+        except FileNotFoundError:
+            st = None
+        if st is not None and not target.is_file():
+            _remove(target)
+            st = None
+        if st is not None:
+            with open(target, "rb") as fh:
+                for ref in e.chunks:
+                    data = fh.read(ref.raw_size)
+                    if len(data) != ref.raw_size or blake3(data).digest() != ref.digest:
+                        break
+                    hasher.update(data)
+                    kept += 1
+                    offset += ref.raw_size
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        os.ftruncate(fd, offset)
+        os.lseek(fd, offset, os.SEEK_SET)
+        self.stats.resumed_bytes += offset
+        self.progress.advance(offset)
+        return fd, kept, hasher
 
     def write_tree(self, manifest: Manifest, root: Path) -> None:
         for e in manifest.entries:
@@ -175,15 +247,16 @@ class _Writer:
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            f = _OpenFile(fd, target, e)
+            fd, kept, hasher = self._resume(target, e)
+            todo = e.chunks[kept:]
+            f = _OpenFile(fd, target, e, len(todo), hasher)
             self.open.append(f)
-            if not e.chunks:
+            if not todo:
                 self._complete(f)
                 continue
-            for ref in e.chunks:
-                self.inflight.append((self.workers.submit(self._fetch, ref), f, ref))
-                if len(self.inflight) >= MAX_INFLIGHT:
+            for run in spans(todo):
+                self.inflight.append((self.workers.submit(read_span, self.store, run), f, run))
+                if len(self.inflight) >= self.max_inflight:
                     self._drain_one()
         while self.inflight:
             self._drain_one()
@@ -212,6 +285,12 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def partial_path(dest: Path, manifest: Manifest) -> Path:
+    """Where a pull of ``manifest`` to ``dest`` builds its result: beside the
+    destination, named after the version, so a rerun finds and resumes it."""
+    return dest.parent / f".{dest.name}.casreg-{manifest.hexdigest[:16]}.partial"
+
+
 def materialize(
     store: ObjectStore,
     manifest: Manifest,
@@ -232,32 +311,67 @@ def materialize(
         if matches(manifest, dest):
             return PullStats(size=manifest.size, files=len(manifest.files), up_to_date=True)
     created = _make_parents(dest)
-    tmp = dest.parent / f".{dest.name}.casreg-{uuid.uuid4().hex[:12]}.tmp"
-    if manifest.kind == "dir":
-        tmp.mkdir()
-    nthreads = threads or os.cpu_count() or 2
+    tmp = partial_path(dest, manifest)
+    cores = os.cpu_count() or 2
+    nthreads = threads or (cores if store.io_concurrency == 1 else max(cores, 2 * store.io_concurrency))
     progress.start("pull", manifest.size)
     try:
+        if manifest.kind == "dir":
+            if tmp.exists() and not tmp.is_dir():
+                _remove(tmp)
+            tmp.mkdir(exist_ok=True)
         with ThreadPoolExecutor(nthreads, thread_name_prefix="casreg-pull") as workers:
-            writer = _Writer(store, progress, workers)
+            writer = _Writer(store, progress, workers, max_inflight=nthreads + 2)
             try:
                 writer.write_tree(manifest, tmp)
             except BaseException:
                 writer.abort()
                 raise
+        if manifest.kind == "dir":
+            _drop_extras(tmp, manifest)
         _publish(tmp, dest)
-    except BaseException:
-        _remove(tmp)
-        for d in reversed(created):  # leave no trace of a refused pull
-            try:
-                d.rmdir()
-            except OSError:
-                break
+    except IntegrityError:
+        _remove(tmp)  # the registry is damaged: keep nothing built from it
+        _remove_created(created)
         raise
+    except BaseException:
+        if not tmp.exists():
+            _remove_created(created)
+        raise  # the partial tree stays beside dest; a rerun resumes from it
     finally:
         progress.finish()
     writer.stats.size = manifest.size
     return writer.stats
+
+
+def _remove_created(created: list[Path]) -> None:
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
+def _drop_extras(tmp: Path, manifest: Manifest) -> None:
+    """A resumed partial tree may hold files an older manifest had; keep exactly ours."""
+    wanted = {e.path for e in manifest.entries}
+    parents = {p for e in manifest.entries for p in _parents(e.path)}
+    for dirpath, dirs, files in os.walk(tmp, topdown=False):
+        rel = Path(dirpath).relative_to(tmp).as_posix()
+        prefix = "" if rel == "." else rel + "/"
+        for name in files:
+            if prefix + name not in wanted:
+                os.unlink(os.path.join(dirpath, name))
+        for name in dirs:
+            path = prefix + name
+            if path not in wanted and path not in parents:
+                shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
+
+
+def _parents(path: str) -> Iterator[str]:
+    while "/" in path:
+        path = path.rpartition("/")[0]
+        yield path
 
 
 def _make_parents(dest: Path) -> list[Path]:

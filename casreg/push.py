@@ -3,9 +3,10 @@
 The main thread reads and cuts each file (FastCDC releases the GIL) and feeds the
 whole-file BLAKE3; a small pool of worker threads hashes each chunk and, only if the
 registry lacks it, compresses it (BLAKE3 and zstd release the GIL too, so both cores
-work). Results are consumed in order; new payloads go into a pack, and a sealed pack is
-written by an uploader thread while the next one fills. At most ``MAX_INFLIGHT`` chunks
-and two packs are in memory at once, whatever the file size.
+work). Results are consumed in order; new payloads go into a pack, and sealed packs are
+written by uploader threads (as many as the store's ``io_concurrency``) while the next one
+fills. At most ``MAX_INFLIGHT`` chunks and ``io_concurrency + 1`` sealed packs are in
+memory at once, whatever the file size.
 
 Write order gives atomic visibility: packs, then their indexes, then the manifest. The
 caller commits the version by writing its ledger record last; a crash before that
@@ -33,7 +34,6 @@ from casreg.storage import ObjectStore
 __all__ = ["PushStats", "store_source", "manifest_key"]
 
 MAX_INFLIGHT = 12  # chunks queued or being processed; ~12 x 4 MiB at worst
-MAX_PENDING_PACKS = 2
 
 
 def manifest_key(hexdigest: str) -> str:
@@ -103,7 +103,7 @@ class _Pusher:
             return
         pack_id, data, index = self.pack.seal()
         self.stats.packs += 1
-        while len(self.uploads) >= MAX_PENDING_PACKS:
+        while len(self.uploads) > self.store.io_concurrency:  # bounds packs held in memory
             self.stats.stored_bytes += self.uploads.popleft().result()
         self.uploads.append(self.uploader.submit(self._upload, pack_id, data, index))
         self.pack = PackBuilder()
@@ -184,7 +184,7 @@ def store_source(
     progress = progress or NullProgress()
     nthreads = threads or os.cpu_count() or 2
     with ThreadPoolExecutor(nthreads, thread_name_prefix="casreg-chunk") as workers, \
-         ThreadPoolExecutor(1, thread_name_prefix="casreg-upload") as uploader:
+         ThreadPoolExecutor(store.io_concurrency, thread_name_prefix="casreg-upload") as uploader:
         pusher = _Pusher(store, index, level, progress, workers, uploader)
         progress.start("push", source.size)
         try:

@@ -141,6 +141,8 @@ class PullResult:
     files: int
     fetched_bytes: int
     up_to_date: bool
+    requests: int = 0  # ranged reads made
+    resumed_bytes: int = 0  # bytes kept from an interrupted earlier pull of this version
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

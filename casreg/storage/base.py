@@ -72,6 +72,9 @@ class ObjectStore(ABC):
     """
 
     url: str
+    #: How many requests are worth having in flight at once. A local disk gains nothing
+    #: from more than one writer; an object store hides its latency behind many.
+    io_concurrency: int = 1
 
     @abstractmethod
     def read(self, key: str, byte_range: ByteRange | None = None) -> bytes: ...
