@@ -104,6 +104,14 @@ class Registry:
         self.threads = threads
         self._config: dict[str, Any] | None = None
 
+    @classmethod
+    def from_store(cls, store: ObjectStore, *, zstd_level: int | None = None, threads: int | None = None) -> Registry:
+        """A registry over an already opened store (for example one wrapped for retries,
+        caching or counting requests)."""
+        reg = cls.__new__(cls)
+        reg.store, reg.zstd_level, reg.threads, reg._config = store, zstd_level, threads, None
+        return reg
+
     @property
     def url(self) -> str:
         return self.store.url
@@ -310,7 +318,8 @@ class Registry:
             dest = manifest.entries[0].path if manifest.kind == "file" else (resolved.name or resolved.hexdigest[:12])
         stats = materialize(self.store, manifest, dest, force=force, progress=progress, threads=self.threads)
         return PullResult(resolved.name, resolved.version, resolved.digest, str(Path(dest).absolute()),
-                          stats.size, stats.files, stats.fetched_bytes, stats.up_to_date)
+                          stats.size, stats.files, stats.fetched_bytes, stats.up_to_date,
+                          stats.requests, stats.resumed_bytes)
 
     def sql(self, query: str) -> list[dict[str, Any]]:
         """Run SQL over the ledger views ``versions``, ``files``, ``events``, ``aliases``."""
