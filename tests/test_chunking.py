@@ -70,3 +70,13 @@ def test_invalid_params_are_refused() -> None:
         ChunkParams(avg_size=100)
     with pytest.raises(ValueError):
         ChunkParams(algorithm="rabin")
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.binary(min_size=0, max_size=50_000), block=st.integers(SMALL.max_size + 1, 20_000),
+       step=st.integers(1, 30_000))
+def test_on_read_sees_every_byte_once_in_order(data: bytes, block: int, step: int) -> None:
+    seen: list[bytes] = []
+    chunks = list(iter_chunks(TrickleReader(data, step), SMALL, block_size=block,
+                              on_read=lambda view: seen.append(bytes(view))))
+    assert b"".join(seen) == data == b"".join(chunks)
