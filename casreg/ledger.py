@@ -1,4 +1,5 @@
-"""The append-only ledger: one immutable Parquet segment per version and per event.
+"""The append-only ledger: one immutable Parquet segment per version and per event, plus
+compacted copies of many segments (see :mod:`casreg.compact`).
 
 Version numbers are allocated by the commit itself: the segment for version N of a model
 lives at ``ledger/versions/<name>/<N:010d>.parquet`` and is written with
@@ -8,18 +9,34 @@ rewritten or deleted. After the commit a small JSON copy of the record is writte
 ``refs/<name>/<N:010d>.json`` so that resolving needs neither pyarrow nor duckdb; if a
 crash loses that copy, readers fall back to the Parquet segment and restore it.
 
-pyarrow is imported only where Parquet is read or written.
+**Reading rule** (docs/FORMAT.md §6.1). ``ledger/compacted/HEAD.json`` names the current
+compacted files and what they cover: for versions, per model the highest number N such
+that versions 1..N are all in the compacted versions files (numbers are gap-free, so a
+number is enough); for events, the exact set of event segment keys, stored as the
+``segment`` column of the compacted events files. A reader reads HEAD once, then the
+files it lists (checked against the size and BLAKE3 that HEAD records), then lists the
+segment keys and reads only those not covered. Covered segments are never read, and no
+row is counted twice: a compacted file holds exactly the rows of the segments HEAD says
+it covers. A compacted file that disappears (a newer HEAD superseded it) makes the reader
+start again from the newer HEAD; one that is missing or damaged while HEAD still lists it
+makes the reader ignore compaction altogether and read every segment (correct, slower).
+
+pyarrow is imported only where Parquet is read or written; HEAD is JSON.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+import logging
+import re
+from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from casreg.errors import NotFoundError
-from casreg.records import AliasEvent, Version
+from casreg.records import AliasEvent, Lineage, Version
 from casreg.storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -30,19 +47,36 @@ __all__ = [
     "version_numbers",
     "latest_number",
     "read_version",
+    "list_versions",
     "append_event",
     "event_key",
     "version_schema",
     "event_schema",
     "versions_table",
+    "versions_parts",
     "events_table",
+    "HEAD_KEY",
+    "CompactedFile",
+    "LedgerHead",
+    "read_head",
 ]
 
+log = logging.getLogger("casreg.ledger")
+
 _WIDTH = 10
+VERSIONS_PREFIX = "ledger/versions"
+EVENTS_PREFIX = "ledger/events"
+COMPACTED_PREFIX = "ledger/compacted"
+HEAD_KEY = f"{COMPACTED_PREFIX}/HEAD.json"
+HEAD_FORMAT = "casreg-ledger-head/1"
+#: The extra column of compacted events files: the key of the segment each row came from.
+SEGMENT_COLUMN = "segment"
+
+T = TypeVar("T")
 
 
 def segment_key(name: str, number: int) -> str:
-    return f"ledger/versions/{name}/{number:0{_WIDTH}d}.parquet"
+    return f"{VERSIONS_PREFIX}/{name}/{number:0{_WIDTH}d}.parquet"
 
 
 def sidecar_key(name: str, number: int) -> str:
@@ -51,13 +85,29 @@ def sidecar_key(name: str, number: int) -> str:
 
 def event_key(event: AliasEvent) -> str:
     stamp = event.time.strftime("%Y%m%dT%H%M%S%fZ")
-    return f"ledger/events/{event.name}/{stamp}-{event.event_id}.parquet"
+    return f"{EVENTS_PREFIX}/{event.name}/{stamp}-{event.event_id}.parquet"
+
+
+def parse_segment_key(key: str) -> tuple[str, int] | None:
+    """``ledger/versions/<name>/<N>.parquet`` → (name, N); anything else → None."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] != "ledger" or parts[1] != "versions":
+        return None
+    stem = parts[3]
+    if not stem.endswith(".parquet") or not stem[:-8].isdigit():
+        return None
+    return parts[2], int(stem[:-8])
+
+
+def is_event_key(key: str) -> bool:
+    parts = key.split("/")
+    return len(parts) == 4 and parts[0] == "ledger" and parts[1] == "events" and parts[3].endswith(".parquet")
 
 
 def version_numbers(store: ObjectStore, name: str) -> list[int]:
     """Committed version numbers of ``name``, ascending (one listing, no reads)."""
     numbers = []
-    for key in store.list(f"ledger/versions/{name}"):
+    for key in store.list(f"{VERSIONS_PREFIX}/{name}"):
         stem = key.rsplit("/", 1)[-1]
         if stem.endswith(".parquet") and stem[:-8].isdigit():
             numbers.append(int(stem[:-8]))
@@ -67,6 +117,22 @@ def version_numbers(store: ObjectStore, name: str) -> list[int]:
 def latest_number(store: ObjectStore, name: str) -> int | None:
     numbers = version_numbers(store, name)
     return numbers[-1] if numbers else None
+
+
+def read_many(store: ObjectStore, keys: Sequence[str], *, threads: int = 16) -> list[bytes]:
+    """``store.read`` of every key, in order; concurrently when there are several (on a
+    remote store each read is a round trip)."""
+    return map_concurrently(store.read, keys, threads=threads)
+
+
+def map_concurrently(fn: Callable[[Any], T], items: Sequence[Any], *, threads: int = 16) -> list[T]:
+    """``[fn(i) for i in items]``, on a thread pool when there are several."""
+    if len(items) <= 4:
+        return [fn(i) for i in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
+        return list(pool.map(fn, items))
 
 
 # -- schemas -------------------------------------------------------------------------------
@@ -105,11 +171,17 @@ def event_schema() -> pa.Schema:
     ])
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
+def compacted_event_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return event_schema().append(pa.field(SEGMENT_COLUMN, pa.string()))
+
+
+def _parquet_bytes(table: pa.Table, **options: Any) -> bytes:
     import pyarrow.parquet as pq
 
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, compression="zstd", **options)
     return buf.getvalue()
 
 
@@ -120,6 +192,23 @@ def _version_row(v: Version, files: list[dict[str, Any]]) -> dict[str, Any]:
         d[k] = list(d[k].items())
     d["files"] = files
     return d
+
+
+def _project(schema: pa.Schema, columns: Sequence[str] | None) -> pa.Schema:
+    import pyarrow as pa
+
+    if columns is None:
+        return schema
+    return pa.schema([schema.field(c) for c in columns])
+
+
+def _read_segment(data: bytes, schema: pa.Schema) -> pa.Table:
+    """One segment's rows, with exactly ``schema``'s columns and types."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(pa.BufferReader(data)).read(columns=schema.names)
+    return table if table.schema == schema else table.select(schema.names).cast(schema)
 
 
 # -- versions --------------------------------------------------------------------------------
@@ -165,6 +254,69 @@ def read_version(store: ObjectStore, name: str, number: int) -> Version:
     return rec
 
 
+#: What ``Registry.ls`` needs: every column but ``files``.
+RECORD_COLUMNS = ("name", "version", "digest", "kind", "size", "stored_bytes", "new_bytes", "file_count",
+                  "chunk_count", "created_at", "author", "framework", "description", "metrics", "params",
+                  "tags", "lineage")
+
+
+def versions_from_table(table: pa.Table) -> list[Version]:
+    """Arrow rows (with at least :data:`RECORD_COLUMNS`) → :class:`Version` records, equal
+    to those :func:`read_version` returns for the same versions. Column by column (maps
+    from their flat keys and items, times from integers): about twice as fast as
+    ``to_pylist`` row by row, which matters at 100,000 versions."""
+    import pyarrow as pa
+
+    def plain(c: str) -> list[Any]:
+        return table.column(c).to_pylist()
+
+    def times(c: str) -> list[Any]:
+        epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+        us = table.column(c).cast(pa.int64()).to_pylist()
+        return [None if x is None else epoch + timedelta(microseconds=x) for x in us]
+
+    def dicts(c: str) -> list[dict[Any, Any]]:
+        arr = table.column(c).combine_chunks()
+        offsets, keys, items = arr.offsets.to_pylist(), arr.keys.to_pylist(), arr.items.to_pylist()
+        valid = arr.is_valid().to_pylist()
+        return [dict(zip(keys[offsets[i]:offsets[i + 1]], items[offsets[i]:offsets[i + 1]])) if valid[i] else {}
+                for i in range(len(arr))]
+
+    lin = table.column("lineage").combine_chunks()
+    names = [f.name for f in lin.type]
+    fields = [lin.field(i).to_pylist() for i in range(lin.type.num_fields)]
+    lineages = [Lineage(**dict(zip(names, vals))) if ok else Lineage()
+                for ok, *vals in zip(lin.is_valid().to_pylist(), *fields)]
+    rows = zip(
+        plain("name"), plain("version"), plain("digest"), plain("kind"), plain("size"), plain("stored_bytes"),
+        plain("new_bytes"), plain("file_count"), plain("chunk_count"), times("created_at"), plain("author"),
+        plain("framework"), plain("description"), dicts("metrics"), dicts("params"), dicts("tags"), lineages,
+    )
+    if tuple(Version.__dataclass_fields__) == RECORD_COLUMNS:  # positional: the fast way
+        return [Version(*row) for row in rows]
+    return [Version(**dict(zip(RECORD_COLUMNS, row))) for row in rows]
+
+
+def list_versions(store: ObjectStore, name: str) -> list[Version]:
+    """Every version of ``name``, oldest first: the covered ones from the compacted files
+    (one read), the others from their JSON copies (one small read each, concurrently).
+    pyarrow is imported only if the compacted files cover ``name``."""
+
+    def run(head: LedgerHead | None) -> list[Version]:
+        covered = head.covered.get(name, 0) if head else 0
+        out: list[Version] = []
+        if covered:
+            assert head is not None
+            table = _read_compacted_versions(store, head, name=name, columns=RECORD_COLUMNS)
+            out = versions_from_table(table)
+        rest = [n for n in version_numbers(store, name) if n > covered]
+        out.extend(map_concurrently(lambda n: read_version(store, name, n), rest))
+        out.sort(key=lambda v: v.version)
+        return out
+
+    return with_head(store, run)
+
+
 # -- events ----------------------------------------------------------------------------------
 def append_event(store: ObjectStore, event: AliasEvent) -> bool:
     """Record an event; idempotent (the key is derived from the event), so a repair that
@@ -177,25 +329,278 @@ def append_event(store: ObjectStore, event: AliasEvent) -> bool:
     return store.create(event_key(event), _parquet_bytes(table))
 
 
-# -- whole tables (for SQL) ------------------------------------------------------------------
-def _read_segments(store: ObjectStore, prefix: str, schema: pa.Schema) -> pa.Table:
+# -- the compacted ledger's HEAD -------------------------------------------------------------
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True, slots=True)
+class CompactedFile:
+    """One immutable compacted Parquet file, as HEAD lists it."""
+
+    key: str
+    rows: int
+    size: int
+    blake3: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "rows": self.rows, "size": self.size, "blake3": self.blake3}
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerHead:
+    """The content of ``ledger/compacted/HEAD.json`` (docs/FORMAT.md §6.1)."""
+
+    id: str  # unique per HEAD written, so a swap token never comes back (no ABA)
+    generation: int
+    created_at: str
+    covered: dict[str, int] = field(default_factory=dict)
+    versions: tuple[CompactedFile, ...] = ()
+    events: tuple[CompactedFile, ...] = ()
+
+    @property
+    def files(self) -> tuple[CompactedFile, ...]:
+        return self.versions + self.events
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "format": HEAD_FORMAT, "id": self.id, "generation": self.generation, "created_at": self.created_at,
+            "versions": [f.to_dict() for f in self.versions], "events": [f.to_dict() for f in self.events],
+            "covered": dict(sorted(self.covered.items())),
+        }, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> LedgerHead:
+        """Parse and check a HEAD; ``ValueError`` if anything is off."""
+        from casreg.refs import validate_name
+
+        try:
+            doc = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"not JSON ({err})") from None
+        if not isinstance(doc, dict) or doc.get("format") != HEAD_FORMAT:
+            raise ValueError(f"format is not {HEAD_FORMAT!r}")
+        ident, gen, created = doc.get("id"), doc.get("generation"), doc.get("created_at")
+        if not isinstance(ident, str) or not _ID.fullmatch(ident):
+            raise ValueError("bad id")
+        if not isinstance(gen, int) or isinstance(gen, bool) or gen < 1:
+            raise ValueError("bad generation")
+        if not isinstance(created, str):
+            raise ValueError("bad created_at")
+        covered = doc.get("covered")
+        if not isinstance(covered, dict):
+            raise ValueError("bad covered")
+        for name, n in covered.items():
+            try:
+                validate_name(name)
+            except Exception:
+                raise ValueError(f"bad model name {name!r} in covered") from None
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ValueError(f"bad covered number for {name!r}")
+
+        def files(kind: str) -> tuple[CompactedFile, ...]:
+            items = doc.get(kind)
+            if not isinstance(items, list):
+                raise ValueError(f"bad {kind} list")
+            out = []
+            for item in items:
+                if not isinstance(item, dict):
+                    raise ValueError(f"bad {kind} entry")
+                key, rows, size, digest = item.get("key"), item.get("rows"), item.get("size"), item.get("blake3")
+                if (not isinstance(key, str) or not key.startswith(f"{COMPACTED_PREFIX}/{kind}/")
+                        or not key.endswith(".parquet") or key.count("/") != 3 or "/." in key or "/../" in key):
+                    raise ValueError(f"bad {kind} key {key!r}")
+                for v in (rows, size):
+                    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                        raise ValueError(f"bad {kind} entry for {key}")
+                if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+                    raise ValueError(f"bad digest for {key}")
+                out.append(CompactedFile(key, rows, size, digest))
+            return tuple(out)
+
+        return cls(ident, gen, created, dict(covered), files("versions"), files("events"))
+
+
+def read_head(store: ObjectStore) -> LedgerHead | None:
+    """The current HEAD, or ``None`` if there is none (or it is unreadable: then readers
+    use the segments alone, which is always correct)."""
+    try:
+        data = store.read(HEAD_KEY)
+    except NotFoundError:
+        return None
+    try:
+        return LedgerHead.from_json(data)
+    except ValueError as err:
+        log.warning("casreg: ignoring %s in %s (%s); reading the ledger segments instead "
+                    "(run casreg compact to rebuild it)", HEAD_KEY, store.url, err)
+        return None
+
+
+class CompactedUnavailable(Exception):
+    """A compacted file HEAD lists is missing or does not match its recorded digest."""
+
+    def __init__(self, key: str, damaged: bool) -> None:
+        super().__init__(f"{key} is {'damaged' if damaged else 'missing'}")
+        self.key = key
+        self.damaged = damaged
+
+
+def read_compacted(store: ObjectStore, f: CompactedFile) -> bytes:
+    """The bytes of a compacted file, checked against the size and BLAKE3 HEAD records."""
+    from blake3 import blake3
+
+    try:
+        data = store.read(f.key)
+    except NotFoundError:
+        raise CompactedUnavailable(f.key, damaged=False) from None
+    if len(data) != f.size or blake3(data).hexdigest() != f.blake3:
+        raise CompactedUnavailable(f.key, damaged=True)
+    return data
+
+
+def with_head(store: ObjectStore, run: Callable[[LedgerHead | None], T], *, attempts: int = 5) -> T:
+    """``run(head)`` for the current HEAD. If a compacted file it lists has gone, a newer
+    HEAD superseded it: start again from that one. If HEAD has not changed, the file is
+    missing or damaged for another reason: warn and ``run(None)`` (segments only)."""
+    head = read_head(store)
+    for _ in range(attempts):
+        if head is None:
+            return run(None)
+        try:
+            return run(head)
+        except CompactedUnavailable as err:
+            newer = read_head(store)
+            if newer is not None and newer.id != head.id and not err.damaged:
+                head = newer
+                continue
+            log.warning("casreg: compacted ledger file %s; reading the ledger segments instead "
+                        "(run casreg compact --full to rebuild it)", err)
+            return run(None)
+    return run(None)
+
+
+def _load_compacted(data: bytes, schema: pa.Schema, name: str | None = None) -> pa.Table:
+    """A compacted file's rows with ``schema``'s columns; only the rows of model ``name``
+    if given (row groups whose statistics exclude it are not decoded)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    tables = [
-        pq.read_table(io.BytesIO(store.read(key))).cast(schema)
-        for key in sorted(store.list(prefix))
-        if key.endswith(".parquet")
-    ]
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+    pf = pq.ParquetFile(pa.BufferReader(data))
+    if name is None:
+        table = pf.read(columns=schema.names)
+    else:
+        col = pf.schema_arrow.get_field_index("name")
+        groups = []
+        for i in range(pf.metadata.num_row_groups):
+            stats = pf.metadata.row_group(i).column(col).statistics
+            if stats is None or not stats.has_min_max or stats.min <= name <= stats.max:
+                groups.append(i)
+        table = pf.read_row_groups(groups, columns=schema.names) if groups else schema.empty_table()
+        table = table.filter(pc.equal(table.column("name"), name))
+    return table if table.schema == schema else table.select(schema.names).cast(schema)
 
 
-def versions_table(store: ObjectStore) -> pa.Table:
-    return _read_segments(store, "ledger/versions", version_schema())
+def _read_compacted_versions(store: ObjectStore, head: LedgerHead, *, name: str | None = None,
+                             columns: Sequence[str] | None = None) -> pa.Table:
+    import pyarrow as pa
+
+    schema = _project(version_schema(), columns)
+    parts = [_load_compacted(read_compacted(store, f), schema, name) for f in head.versions]
+    return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
-def events_table(store: ObjectStore) -> pa.Table:
-    return _read_segments(store, "ledger/events", event_schema())
+def _read_compacted_events(store: ObjectStore, head: LedgerHead) -> pa.Table:
+    import pyarrow as pa
+
+    schema = compacted_event_schema()
+    parts = [_load_compacted(read_compacted(store, f), schema) for f in head.events]
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def segments_table(keys: Sequence[str], blobs: Iterable[bytes], schema: pa.Schema, *,
+                   with_key: bool = False) -> pa.Table:
+    """Concatenate one-row segments (``with_key``: plus a ``segment`` column)."""
+    import pyarrow as pa
+
+    tables = []
+    for key, data in zip(keys, blobs):
+        t = _read_segment(data, schema)
+        if with_key:
+            t = t.append_column(SEGMENT_COLUMN, pa.array([key] * t.num_rows, pa.string()))
+        tables.append(t)
+    if not tables:
+        out_schema = schema.append(pa.field(SEGMENT_COLUMN, pa.string())) if with_key else schema
+        return out_schema.empty_table()
+    return pa.concat_tables(tables)
+
+
+def sort_versions(table: pa.Table) -> pa.Table:
+    return table.sort_by([("name", "ascending"), ("version", "ascending")]) if table.num_rows > 1 else table
+
+
+def sort_events(table: pa.Table) -> pa.Table:
+    return table.sort_by([(SEGMENT_COLUMN, "ascending")]) if table.num_rows > 1 else table
+
+
+# -- whole tables (for SQL) ------------------------------------------------------------------
+def versions_table(store: ObjectStore, *, name: str | None = None,
+                   columns: Sequence[str] | None = None) -> pa.Table:
+    """Every version record (of model ``name`` only, if given), sorted by (name, version):
+    compacted rows plus the segments HEAD does not cover."""
+    import pyarrow as pa
+
+    schema = _project(version_schema(), columns)
+    if "name" not in schema.names or "version" not in schema.names:
+        raise ValueError("columns must include name and version")
+
+    def run(head: LedgerHead | None) -> pa.Table:
+        parts = [_read_compacted_versions(store, head, name=name, columns=schema.names)] if head else []
+        keys = _uncovered_version_keys(store, head, name)
+        parts.append(segments_table(keys, read_many(store, keys), schema))
+        return sort_versions(pa.concat_tables(parts))
+
+    return with_head(store, run)
+
+
+def versions_parts(store: ObjectStore) -> tuple[list[bytes], pa.Table]:
+    """The same records as :func:`versions_table`, in two parts: the bytes of the
+    compacted versions files (checked against HEAD; for an engine that reads Parquet
+    itself) and the rows of the segments they do not cover, sorted."""
+
+    def run(head: LedgerHead | None) -> tuple[list[bytes], pa.Table]:
+        blobs = [read_compacted(store, f) for f in head.versions] if head else []
+        keys = _uncovered_version_keys(store, head, None)
+        return blobs, sort_versions(segments_table(keys, read_many(store, keys), version_schema()))
+
+    return with_head(store, run)
+
+
+def _uncovered_version_keys(store: ObjectStore, head: LedgerHead | None, name: str | None) -> list[str]:
+    covered = head.covered if head else {}
+    keys = []
+    for key in store.list(f"{VERSIONS_PREFIX}/{name}" if name else VERSIONS_PREFIX):
+        parsed = parse_segment_key(key)
+        if parsed is not None and parsed[1] > covered.get(parsed[0], 0):
+            keys.append(key)
+    keys.sort()
+    return keys
+
+
+def events_table(store: ObjectStore, *, with_segment: bool = False) -> pa.Table:
+    """Every alias event, sorted by segment key: compacted rows plus the event segments
+    HEAD does not cover."""
+    import pyarrow as pa
+
+    def run(head: LedgerHead | None) -> pa.Table:
+        compacted = _read_compacted_events(store, head) if head else compacted_event_schema().empty_table()
+        covered = set(compacted.column(SEGMENT_COLUMN).to_pylist())
+        keys = sorted(k for k in store.list(EVENTS_PREFIX) if is_event_key(k) and k not in covered)
+        fresh = segments_table(keys, read_many(store, keys), event_schema(), with_key=True)
+        table = sort_events(pa.concat_tables([compacted, fresh]))
+        return table if with_segment else table.drop_columns([SEGMENT_COLUMN])
+
+    return with_head(store, run)
 
 
 def iter_sidecars(store: ObjectStore, name: str) -> Iterator[Version]:

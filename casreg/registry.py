@@ -24,7 +24,7 @@ from casreg.errors import (
     NotFoundError,
     UnknownReferenceError,
 )
-from casreg.ledger import commit_version, latest_number, read_version, version_numbers
+from casreg.ledger import commit_version, latest_number, list_versions, parse_segment_key, read_version
 from casreg.lineage import current_author, git_state, hostname
 from casreg.manifest import Manifest
 from casreg.pointers import list_pointers, move_alias, read_pointer
@@ -207,7 +207,7 @@ class Registry:
         return found[0]
 
     def _versions(self, name: str) -> list[Version]:
-        return [read_version(self.store, name, n) for n in version_numbers(self.store, name)]
+        return list_versions(self.store, name)
 
     def manifest(self, ref: str | Ref | Resolved) -> Manifest:
         """The verified manifest of a version (its recomputed digest must match)."""
@@ -268,10 +268,38 @@ class Registry:
         )
         files = [{"path": e.path, "type": e.type, "size": e.size, "digest": e.digest.hex() if e.digest else None}
                  for e in manifest.entries]
+        self._check_before_commit(manifest)  # gc protocol (docs/gc.md): right before the commit
         version = commit_version(self.store, record, files)
         if alias is not None:
             move_alias(self.store, name, alias, (version.digest, version.version), reason=f"push {version.ref} --alias")
+        self._auto_compact(version)
         return version
+
+    #: Compact the ledger after a push once the model has more uncompacted versions than
+    #: this; ``None``: ``$CASREG_COMPACT_THRESHOLD``, else 256; 0: never.
+    compact_threshold: int | None = None
+
+    def _auto_compact(self, version: Version) -> None:
+        """Best effort: the version is committed, so nothing here may fail the push."""
+        try:
+            from casreg.compact import maybe_compact, threshold_from_env
+
+            threshold = self.compact_threshold if self.compact_threshold is not None else threshold_from_env()
+            maybe_compact(self.store, version.name, version.version, threshold)
+        except Exception as err:  # noqa: BLE001
+            import logging
+
+            logging.getLogger("casreg.compact").warning(
+                "casreg: automatic ledger compaction failed (%s); %s is committed, run casreg compact later",
+                err, version.ref)
+
+    def compact(self, **options: Any) -> Any:
+        """Merge the ledger's one-row segments into compacted files (see
+        :func:`casreg.compact.compact`); safe while others push or compact. Returns a
+        :class:`casreg.compact.CompactResult`."""
+        from casreg.compact import compact
+
+        return compact(self.store, **options)
 
     # -- reading -----------------------------------------------------------------------------
     def show(self, ref: str | Ref) -> Version:
@@ -298,13 +326,12 @@ class Registry:
             if not versions:
                 raise self._unknown(f"model {name!r} has no versions in {self.url}")
             return versions
-        names = sorted({k.split("/")[2] for k in self.store.list("ledger/versions") if k.count("/") >= 3})
-        out = []
-        for n in names:
-            latest = latest_number(self.store, n)
-            if latest is not None:
-                out.append(read_version(self.store, n, latest))
-        return out
+        latest: dict[str, int] = {}
+        for key in self.store.list("ledger/versions"):  # one listing for every model
+            parsed = parse_segment_key(key)
+            if parsed is not None and parsed[1] > latest.get(parsed[0], 0):
+                latest[parsed[0]] = parsed[1]
+        return [read_version(self.store, n, latest[n]) for n in sorted(latest)]
 
     def pull(self, ref: str | Ref, dest: str | os.PathLike[str] | None = None, *, force: bool = False,
              progress: Progress | None = None) -> PullResult:
@@ -361,3 +388,29 @@ class Registry:
         if name is not None:
             validate_name(name)
         return list_pointers(self.store, name)
+
+    # -- maintenance: verify and gc (casreg/verify.py, casreg/gc.py, docs/gc.md) -----------
+    def verify(self, ref: str | Ref | None = None, progress: Progress | None = None) -> Any:
+        """Re-read and re-hash everything reachable from every version (or from ``ref``);
+        returns a :class:`casreg.verify.VerifyReport` naming every bad or missing object."""
+        from casreg.verify import verify_registry, verify_version
+
+        if ref is None:
+            return verify_registry(self.store, progress=progress, threads=self.threads)
+        resolved = self.resolve(ref)
+        label = f"{resolved.name}:{resolved.version}" if resolved.name else resolved.digest
+        return verify_version(self.store, resolved.hexdigest, label=label, progress=progress, threads=self.threads)
+
+    def gc(self, *, dry_run: bool = False, grace: Any = None, delay: Any = None) -> Any:
+        """Reclaim objects no version references (two phases, safe against concurrent
+        pushes: docs/gc.md); returns a :class:`casreg.gc.GcReport`. ``grace`` (default
+        24 h) and ``delay`` (default 1 h) take seconds, a ``timedelta`` or ``"24h"``."""
+        from casreg.gc import DEFAULT_DELAY, DEFAULT_GRACE, collect
+
+        return collect(self.store, dry_run=dry_run, grace=DEFAULT_GRACE if grace is None else grace,
+                       delay=DEFAULT_DELAY if delay is None else delay, threads=self.threads)
+
+    def _check_before_commit(self, manifest: Manifest) -> None:
+        from casreg.gc import check_before_commit
+
+        check_before_commit(self.store, manifest, threads=self.threads)

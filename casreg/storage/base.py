@@ -11,8 +11,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
-__all__ = ["ByteRange", "ObjectStore", "Payload", "Versioned", "check_key", "join_payload"]
+from casreg.errors import NotFoundError
+
+__all__ = ["ByteRange", "ObjectInfo", "ObjectStore", "Payload", "Versioned", "check_key", "join_payload", "utc"]
+
+
+def utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, timezone.utc)
+
 
 Buffer = bytes | bytearray | memoryview
 #: What ``create`` accepts: one buffer, or several to be stored back to back (a pack's
@@ -50,6 +58,14 @@ class ByteRange:
     @property
     def length(self) -> int:
         return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What a backend knows of one object without reading it."""
+
+    size: int
+    modified: datetime | None  # UTC; None where the backend keeps no times (memory://)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +108,14 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def size(self, key: str) -> int: ...
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Size and last-modified time of ``key``, or ``None`` if it does not exist
+        (gc's grace period needs the time; backends that keep one must report it)."""
+        try:
+            return ObjectInfo(self.size(key), None)
+        except NotFoundError:
+            return None
 
     @abstractmethod
     def list(self, prefix: str) -> Iterator[str]:

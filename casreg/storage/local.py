@@ -21,7 +21,7 @@ from pathlib import Path
 from blake3 import blake3
 
 from casreg.errors import ConflictError, NotFoundError, StorageError
-from casreg.storage.base import ByteRange, ObjectStore, Payload, Versioned, check_key
+from casreg.storage.base import ByteRange, ObjectInfo, ObjectStore, Payload, Versioned, check_key, utc
 
 __all__ = ["LocalStore"]
 
@@ -124,6 +124,13 @@ class LocalStore(ObjectStore):
         if not stat.S_ISREG(st.st_mode):
             raise self._missing(key)
         return st.st_size
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            st = self._path(key).stat()
+        except _MISSING:
+            return None
+        return ObjectInfo(st.st_size, utc(st.st_mtime)) if stat.S_ISREG(st.st_mode) else None
 
     def list(self, prefix: str) -> Iterator[str]:
         prefix = prefix.strip("/")

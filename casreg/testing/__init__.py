@@ -1,0 +1,1 @@
+"""Helpers for testing casreg and code built on it (not imported by casreg itself)."""

@@ -1,0 +1,616 @@
+"""``verify``: re-read and re-hash everything reachable, report what is bad or missing.
+
+One version (``verify(ref)``): its manifest (trailer, fields, recomputed tree digest) and
+every chunk it references, each decoded and checked against its BLAKE3, exactly as a
+pull would, but without writing anything.
+
+The whole registry (``verify()``): every ledger record, every alias pointer, every
+manifest a version references, and every pack, whole: its magic, every chunk its index
+lists (decoded and hashed, referenced or not, since pushes dedup against any indexed
+chunk), its trailer, its size, and its index object (``BLAKE3(index) == pack id`` and
+equal to the trailer). Each chunk a manifest references must then be one of the verified
+chunks of its pack (same offset, sizes, codec and digest).
+
+Packs are read with a few large ranged reads each (up to ``SPAN`` bytes, several chunks
+per request), never one request per chunk; at most ``threads`` spans are in memory. For
+the whole registry the verified indexes are kept for the manifest checks: 52 bytes per
+stored chunk (the same order as a pusher's chunk index, docs/FORMAT.md §10).
+
+Bad and missing objects are reported by key with the reason; unreferenced leftovers of
+interrupted pushes are not problems (``gc`` reclaims them) and are only counted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Any
+
+from blake3 import blake3
+
+from casreg.codec import decode
+from casreg.errors import CasregError, IntegrityError, NotFoundError
+from casreg.gc import VersionRef, bounded_map, ledger_versions, parse_object_key
+from casreg.manifest import ChunkRef, Manifest
+from casreg.packs import INDEX_MAGIC, PACK_MAGIC, _ENTRY, _TAIL, decode_index, index_key, pack_key
+from casreg.progress import NullProgress, Progress
+from casreg.push import manifest_key
+from casreg.storage import ByteRange, ObjectStore
+
+__all__ = ["Problem", "VerifyReport", "verify_registry", "verify_version"]
+
+SPAN = 16 << 20  # bytes per ranged read
+GAP = 1 << 20  # unreferenced bytes a single-version read may skip over instead of splitting
+MAX_AFFECTED = 20  # version refs listed per problem
+
+
+@dataclass(slots=True)
+class Problem:
+    """One bad or missing object."""
+
+    key: str  # the object's key (or a ledger/pointer key)
+    kind: str  # "missing" or "corrupt"
+    reason: str  # one line
+    versions: list[str] = field(default_factory=list)  # versions that rely on it, when known
+
+    def affect(self, ref: str) -> None:
+        if ref not in self.versions and len(self.versions) < MAX_AFFECTED:
+            self.versions.append(ref)
+
+    def line(self) -> str:
+        affects = f" (needed by {', '.join(self.versions)}{', ...' if len(self.versions) >= MAX_AFFECTED else ''})" \
+            if self.versions else ""
+        return f"{self.kind} {self.key}: {self.reason}{affects}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "kind": self.kind, "reason": self.reason, "versions": list(self.versions)}
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """What ``verify`` checked and found. ``ok`` means no problem (warnings allowed)."""
+
+    url: str
+    ref: str | None = None  # None: the whole registry
+    digest: str | None = None  # the version verified, for ``verify(ref)``
+    versions: int = 0
+    manifests: int = 0
+    packs: int = 0
+    indexes: int = 0
+    chunks: int = 0
+    bytes_read: int = 0
+    unreferenced_manifests: int = 0  # leftovers of interrupted pushes: not problems
+    unreferenced_packs: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url, "ref": self.ref, "digest": self.digest, "ok": self.ok,
+            "versions": self.versions, "manifests": self.manifests, "packs": self.packs,
+            "indexes": self.indexes, "chunks": self.chunks, "bytes_read": self.bytes_read,
+            "unreferenced_manifests": self.unreferenced_manifests, "unreferenced_packs": self.unreferenced_packs,
+            "problem_count": len(self.problems), "problems": [p.to_dict() for p in self.problems],
+            "warnings": list(self.warnings),
+        }
+
+
+# -- checking chunks -------------------------------------------------------------------------------
+def _check_chunk(payload: memoryview, codec: int, raw_size: int, digest: bytes) -> str | None:
+    """``None`` if the stored payload decodes to ``raw_size`` bytes hashing to ``digest``,
+    else why not (as :func:`casreg.pull.read_chunk` would refuse it)."""
+    try:
+        raw = decode(codec, payload if codec == 0 else bytes(payload), raw_size)
+    except IntegrityError as err:
+        return str(err)
+    if len(raw) != raw_size or blake3(raw).digest() != digest:
+        return "its bytes do not match the digest"
+    return None
+
+
+class _Bad:
+    """Chunk failures of one pack, folded into one problem line."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: str | None = None
+        self.offsets: set[int] = set()
+
+    def add(self, offset: int, digest: bytes, why: str) -> None:
+        self.count += 1
+        self.offsets.add(offset)
+        if self.first is None:
+            self.first = f"chunk blake3:{digest.hex()} at offset {offset} {why}"
+
+    def problem(self, key: str, total: int) -> Problem | None:
+        if not self.count:
+            return None
+        kind = "corrupt"
+        return Problem(key, kind, f"{self.count} of {total} chunk(s) bad, first: {self.first}")
+
+
+def _spans(items: list[tuple[int, int]], gap: int) -> list[tuple[int, int, int, int]]:
+    """Group ``(offset, length)`` items sorted by offset into reads ``(start, end, i, j)``
+    covering items ``i..j-1``, each at most ``SPAN`` bytes (unless one item is larger),
+    skipping gaps wider than ``gap``."""
+    out = []
+    i = 0
+    while i < len(items):
+        start, end = items[i][0], items[i][0] + items[i][1]
+        j = i + 1
+        while j < len(items):
+            o, n = items[j]
+            if o - end > gap or max(end, o + n) - start > SPAN:
+                break
+            end = max(end, o + n)
+            j += 1
+        out.append((start, end, i, j))
+        i = j
+    return out
+
+
+# -- one version ----------------------------------------------------------------------------------
+def _verify_refs(store: ObjectStore, pack: str, refs: list[ChunkRef]) -> tuple[Problem | None, int, int]:
+    """Read the referenced chunks of one pack with coalesced ranged reads and check each.
+    Returns (problem, chunks checked, bytes read)."""
+    key = pack_key(pack)
+    bad = _Bad()
+    nbytes = 0
+    items = [(r.offset, r.stored_size) for r in refs]
+    for start, end, i, j in _spans(items, GAP):
+        try:
+            data = store.read(key, ByteRange(start, end))
+        except NotFoundError:
+            return Problem(key, "missing", f"the pack is missing ({len(refs)} referenced chunk(s))"), len(refs), nbytes
+        nbytes += len(data)
+        view = memoryview(data)
+        for r in refs[i:j]:
+            lo = r.offset - start
+            if lo + r.stored_size > len(view):
+                bad.add(r.offset, r.digest, f"is truncated (the pack ends at {start + len(view)})")
+                continue
+            why = _check_chunk(view[lo:lo + r.stored_size], r.codec, r.raw_size, r.digest)
+            if why:
+                bad.add(r.offset, r.digest, f"is corrupt: {why}")
+    return bad.problem(key, len(refs)), len(refs), nbytes
+
+
+def verify_version(store: ObjectStore, hexdigest: str, *, label: str, progress: Progress | None = None,
+                   threads: int | None = None) -> VerifyReport:
+    """Verify one version: its manifest and every chunk it references."""
+    progress = progress or NullProgress()
+    report = VerifyReport(store.url, label, "blake3:" + hexdigest, versions=1)
+    key = manifest_key(hexdigest)
+    try:
+        data = store.read(key)
+    except NotFoundError:
+        report.problems.append(Problem(key, "missing", "the version's manifest is missing", [label]))
+        return report
+    report.bytes_read += len(data)
+    try:
+        manifest = Manifest.from_bytes(data, expected=bytes.fromhex(hexdigest), where=key)
+    except IntegrityError as err:
+        report.problems.append(Problem(key, "corrupt", _reason(str(err), key), [label]))
+        return report
+    report.manifests = 1
+    by_pack: dict[str, dict[tuple[int, int], ChunkRef]] = {}
+    for e in manifest.entries:
+        for c in e.chunks:
+            by_pack.setdefault(c.pack, {})[(c.offset, c.stored_size)] = c
+    report.packs = len(by_pack)
+    total = sum(c.stored_size for refs in by_pack.values() for c in refs.values())
+    jobs = [(p, sorted(refs.values(), key=lambda c: c.offset)) for p, refs in sorted(by_pack.items())]
+    progress.start("verify", total)
+    try:
+        for (pack, refs), (problem, n, nbytes) in zip(
+                jobs, bounded_map(lambda job: _verify_refs(store, *job), jobs, _threads(threads), 2)):
+            report.chunks += n
+            report.bytes_read += nbytes
+            progress.advance(sum(c.stored_size for c in refs))
+            if problem is not None:
+                problem.affect(label)
+                report.problems.append(problem)
+    finally:
+        progress.finish()
+    return report
+
+
+def _version_order(ref: str) -> tuple[str, int]:
+    name, _, number = ref.rpartition(":")
+    return (name, int(number)) if number.isdigit() else (ref, 0)
+
+
+def _threads(threads: int | None) -> int:
+    return threads or os.cpu_count() or 2
+
+
+def _reason(message: str, key: str) -> str:
+    """``"manifest K is corrupt: why"`` → ``"why"`` (the key is printed once, in front)."""
+    for prefix in (f"manifest {key} is corrupt: ", f"manifest {key} is hostile: ", f"index {key} is "):
+        if message.startswith(prefix):
+            return message[len(prefix):]
+    return message
+
+
+# -- whole packs ------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class _PackResult:
+    index: bytes | None = None  # the verified trailer: what manifest references are checked against
+    bad_offsets: set[int] = field(default_factory=set)
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    chunks: int = 0
+    bytes_read: int = 0
+    size: int = 0
+    missing: bool = False
+
+
+def _pack_trailer(store: ObjectStore, key: str, size: int) -> bytes:
+    if size < len(PACK_MAGIC) + _TAIL.size:
+        raise IntegrityError(f"is truncated ({size} bytes)")
+    count, magic = _TAIL.unpack(store.read(key, ByteRange(size - _TAIL.size, size)))
+    length = count * _ENTRY.size + _TAIL.size
+    if magic != INDEX_MAGIC or length > size - len(PACK_MAGIC):
+        raise IntegrityError("does not end with an index")
+    return store.read(key, ByteRange(size - length, size))
+
+
+def _verify_pack(store: ObjectStore, pack_id: str, index: bytes | None) -> _PackResult:
+    """Read one pack in a few ranged reads and check all of it (see the module docstring).
+    ``index`` is the pack's verified index object, or ``None`` if it has none."""
+    key = pack_key(pack_id)
+    res = _PackResult()
+    try:
+        size = res.size = store.size(key)
+        trailer_known = index is not None
+        if index is None:
+            index = _pack_trailer(store, key, size)
+            res.bytes_read += len(index) + _TAIL.size
+            if blake3(index).hexdigest() != pack_id:
+                raise IntegrityError("its trailing index does not hash to its name")
+        try:
+            slots = sorted(decode_index(index, key), key=lambda s: s.offset)
+        except IntegrityError:
+            raise IntegrityError("its trailing index is malformed") from None
+    except NotFoundError:
+        res.missing = True  # a problem if a version needs it or its index remains (decided later)
+        return res
+    except IntegrityError as err:
+        res.problems.append(Problem(key, "corrupt", str(err)))
+        return res
+    reasons: list[str] = []
+    expected = len(PACK_MAGIC)
+    for s in slots:
+        if s.offset != expected:
+            res.problems.append(Problem(key, "corrupt", f"its index does not lay chunks end to end "
+                                                        f"(offset {s.offset}, expected {expected})"))
+            return res
+        expected += s.stored_size
+    expected += len(index)
+    res.chunks = len(slots)
+    if size != expected:
+        reasons.append(f"it has {size} bytes, its index says {expected}")
+
+    bad = _Bad()
+    items = [(0, len(PACK_MAGIC))] + [(s.offset, s.stored_size) for s in slots] + [(expected - len(index), len(index))]
+    for start, end, i, j in _spans(items, 0):
+        data = store.read(key, ByteRange(start, end)) if start < size else b""
+        res.bytes_read += len(data)
+        view = memoryview(data)
+        for n in range(i, j):
+            lo = items[n][0] - start
+            part = view[lo:lo + items[n][1]]
+            if n == 0:
+                if part != PACK_MAGIC:
+                    reasons.append("it does not start with the pack magic")
+            elif n == len(items) - 1:
+                if trailer_known and part != index:
+                    reasons.append("it does not end with its index (the index object differs)")
+            else:
+                s = slots[n - 1]
+                if len(part) < s.stored_size:
+                    bad.add(s.offset, s.digest, f"is truncated (the pack ends at {start + len(view)})")
+                    continue
+                why = _check_chunk(part, s.codec, s.raw_size, s.digest)
+                if why:
+                    bad.add(s.offset, s.digest, f"is corrupt: {why}")
+    if bad.count:
+        reasons.append(f"{bad.count} of {len(slots)} chunk(s) bad, first: {bad.first}")
+    if reasons:
+        res.problems.append(Problem(key, "corrupt", "; ".join(reasons)))
+    res.bad_offsets = bad.offsets
+    res.index = index
+    return res
+
+
+def _index_pack_size(index: bytes) -> int:
+    """The size of the pack an index describes (entries are written in offset order)."""
+    count = (len(index) - _TAIL.size) // _ENTRY.size
+    if not count:
+        return len(PACK_MAGIC) + len(index)
+    _, offset, stored, _, _ = _ENTRY.unpack_from(index, (count - 1) * _ENTRY.size)
+    return offset + stored + len(index)
+
+
+class _Slots:
+    """A verified index, searched by offset without unpacking it (52 bytes per chunk)."""
+
+    __slots__ = ("data", "offsets")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.offsets = _OffsetView(data, (len(data) - _TAIL.size) // _ENTRY.size)
+
+    def find(self, ref: ChunkRef) -> bool | None:
+        """True if ``ref`` is exactly one of the pack's chunks, False if a different chunk
+        starts there, None if none does."""
+        i = bisect_left(self.offsets, ref.offset)
+        if i >= len(self.offsets) or self.offsets[i] != ref.offset:
+            return None
+        digest, offset, stored, raw, codec = _ENTRY.unpack_from(self.data, i * _ENTRY.size)
+        return (digest, stored, raw, codec) == (ref.digest, ref.stored_size, ref.raw_size, ref.codec)
+
+
+class _OffsetView:
+    """Offsets of an index's entries as a sequence, read on demand (for bisect)."""
+
+    __slots__ = ("data", "count")
+
+    def __init__(self, data: bytes, count: int) -> None:
+        self.data, self.count = data, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> int:
+        return struct.unpack_from("<Q", self.data, i * _ENTRY.size + 32)[0]
+
+
+# -- the whole registry -----------------------------------------------------------------------------
+def _ledger(store: ObjectStore, report: VerifyReport) -> list[VersionRef]:
+    try:
+        return ledger_versions(store)
+    except IntegrityError as err:
+        first = str(err)
+    # find the damaged segment(s) and carry on with the readable ones
+    import pyarrow.parquet as pq
+
+    out: list[VersionRef] = []
+    bad = 0
+    for key in sorted(store.list("ledger/versions")):
+        if not key.endswith(".parquet"):
+            continue
+        try:
+            rows = pq.read_table(io.BytesIO(store.read(key)), columns=["name", "version", "digest"]).to_pylist()
+            for row in rows:
+                out.append(VersionRef(row["name"], int(row["version"]), str(row["digest"]).removeprefix("blake3:")))
+        except NotFoundError:
+            continue
+        except Exception as err:  # noqa: BLE001 - whatever pyarrow says about a damaged file
+            bad += 1
+            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            report.problems.append(Problem(key, "corrupt", f"the ledger segment does not read: {msg[:200]}"))
+    if not bad:
+        report.problems.append(Problem("ledger/versions", "corrupt", first))
+    return out
+
+
+def _read_pointers(store: ObjectStore, report: VerifyReport) -> list[tuple[str, str]]:
+    """``(key, digest)`` of every alias that is set. Read before the ledger: an alias can
+    only point at a version committed before it moved."""
+    out = []
+    for key in sorted(store.list("pointers")):
+        if not key.endswith(".json"):
+            continue
+        try:
+            to = json.loads(store.read(key)).get("to_digest")
+        except NotFoundError:
+            continue
+        except (ValueError, AttributeError):
+            report.problems.append(Problem(key, "corrupt", "the alias pointer is not valid JSON"))
+            continue
+        if to is not None:
+            out.append((key, str(to)))
+    return out
+
+
+def _sidecars(store: ObjectStore, keys: list[str], versions: list[VersionRef], report: VerifyReport,
+              threads: int) -> None:
+    """``resolve NAME:N`` reads ``refs/<name>/<N>.json``: it must agree with the ledger.
+    ``keys`` were listed before the ledger was read (a copy is written after its record)."""
+    ledger = {(v.name, v.version): v.hexdigest for v in versions}
+    damaged = set()
+    for p in report.problems:
+        parts = p.key.split("/")
+        if p.key.startswith("ledger/versions/") and len(parts) == 4 and parts[3].removesuffix(".parquet").isdigit():
+            damaged.add((parts[2], int(parts[3].removesuffix(".parquet"))))
+
+    def check(key: str) -> Problem | None:
+        parts = key.split("/")
+        stem = parts[-1].removesuffix(".json")
+        if len(parts) != 3 or not stem.isdigit():
+            return None
+        try:
+            doc = json.loads(store.read(key))
+            digest = str(doc["digest"]).removeprefix("blake3:")
+            same_id = (doc["name"], doc["version"]) == (parts[1], int(stem))
+        except NotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return Problem(key, "corrupt", "the version's JSON copy does not parse")
+        want = ledger.get((parts[1], int(stem)))
+        if (parts[1], int(stem)) in damaged:
+            return None  # its ledger segment is already reported
+        if want is None:
+            return Problem(key, "corrupt", "a JSON copy of a version the ledger does not record")
+        if not same_id or digest != want:
+            return Problem(key, "corrupt", f"the JSON copy says {doc.get('name')}:{doc.get('version')} is "
+                                           f"blake3:{digest[:64]}, the ledger says blake3:{want}", [f"{parts[1]}:{int(stem)}"])
+        return None
+
+    for p in bounded_map(check, keys, threads):
+        if p is not None:
+            report.problems.append(p)
+
+
+def verify_registry(store: ObjectStore, *, progress: Progress | None = None,
+                    threads: int | None = None) -> VerifyReport:
+    progress = progress or NullProgress()
+    report = VerifyReport(store.url)
+    # Order matters while others push: JSON copies and pointers are read before the ledger
+    # (each is written after the record it names), objects are listed after it (every
+    # object of a recorded version was written before its record).
+    sidecars = sorted(k for k in store.list("refs") if k.endswith(".json"))
+    pointers = _read_pointers(store, report)
+    versions = _ledger(store, report)
+    report.versions = len(versions)
+    packs: dict[str, str] = {}
+    indexes: dict[str, str] = {}
+    manifests: dict[str, str] = {}
+    for prefix, target in (("packs", packs), ("index", indexes), ("manifests", manifests)):
+        for key in store.list(prefix):
+            parsed = parse_object_key(key)
+            if parsed is None or parsed[0] != prefix:
+                report.warnings.append(f"unexpected object {key} (not written by casreg; ignored)")
+            else:
+                target[parsed[1]] = key
+    digests = {v.hexdigest for v in versions}
+    for key, to in pointers:
+        if to.removeprefix("blake3:") not in digests:
+            report.problems.append(Problem(key, "corrupt", f"the alias points at {to}, which no version records"))
+    nthreads = _threads(threads)
+    _sidecars(store, sidecars, versions, report, 2 * nthreads)
+
+    # indexes: each must hash to its name
+    good_index: dict[str, bytes] = {}
+    ids = sorted(indexes)
+
+    def read_index(pid: str) -> bytes | Problem | None:
+        key = indexes[pid]
+        try:
+            data = store.read(key)
+        except NotFoundError:
+            return None  # deleted since the listing (gc): nothing to check
+        if blake3(data).hexdigest() != pid:
+            return Problem(key, "corrupt", "its bytes do not hash to its name")
+        try:
+            decode_index(data, key)
+        except IntegrityError as err:
+            return Problem(key, "corrupt", _reason(str(err), key))
+        return data
+
+    for pid, got in zip(ids, bounded_map(read_index, ids, 2 * nthreads)):
+        if got is None:
+            continue
+        report.indexes += 1
+        if isinstance(got, Problem):
+            report.problems.append(got)
+        else:
+            good_index[pid] = got
+
+    # packs, whole; an index without its pack is a missing pack
+    pack_ids = sorted(set(packs) | set(good_index))
+    total = sum(_index_pack_size(good_index[pid]) for pid in pack_ids if pid in good_index)
+    tables: dict[str, _Slots] = {}
+    pack_problem: dict[str, Problem] = {}
+    vanished: list[str] = []
+    progress.start("verify", total)
+    try:
+        for pid, res in zip(pack_ids, bounded_map(lambda p: _verify_pack(store, p, good_index.get(p)),
+                                                  pack_ids, nthreads, nthreads)):
+            if res.missing:
+                vanished.append(pid)
+                continue
+            report.packs += int(pid in packs)
+            report.chunks += res.chunks
+            report.bytes_read += res.bytes_read
+            progress.advance(res.size if pid in good_index else 0)
+            for p in res.problems:
+                report.problems.append(p)
+                pack_problem.setdefault(pid, p)
+            if res.index is not None:
+                tables[pid] = _Slots(res.index)
+            if pid in packs and pid not in indexes:
+                report.warnings.append(f"{pack_key(pid)} has no index object (left by an interrupted push, "
+                                       "or removed): pushes cannot dedup against its chunks")
+    finally:
+        progress.finish()
+
+    # manifests of every version, and each chunk they reference
+    by_digest: dict[str, list[str]] = {}
+    for v in versions:
+        by_digest.setdefault(v.hexdigest, []).append(v.ref)
+    order = sorted(by_digest)
+    referenced_packs: set[str] = set()
+
+    def read_manifest(hexd: str) -> tuple[Manifest | Problem, int]:
+        key = manifest_key(hexd)
+        try:
+            data = store.read(key)
+        except NotFoundError:
+            return Problem(key, "missing", "the version's manifest is missing"), 0
+        try:
+            return Manifest.from_bytes(data, expected=bytes.fromhex(hexd), where=key), len(data)
+        except IntegrityError as err:
+            return Problem(key, "corrupt", _reason(str(err), key)), len(data)
+
+    for hexd, (m, nbytes) in zip(order, bounded_map(read_manifest, order, 2 * nthreads)):
+        refs = by_digest[hexd]
+        report.bytes_read += nbytes
+        if isinstance(m, Problem):
+            for r in refs:
+                m.affect(r)
+            report.problems.append(m)
+            continue
+        report.manifests += 1
+        wrong: list[str] = []
+        for e in m.entries:
+            for c in e.chunks:
+                referenced_packs.add(c.pack)
+                table = tables.get(c.pack)
+                found = table.find(c) if table is not None else None
+                if table is None:
+                    p = pack_problem.get(c.pack)
+                    if p is None:
+                        key = pack_key(c.pack)
+                        p = pack_problem[c.pack] = Problem(key, "missing", "the pack is missing")
+                        report.problems.append(p)
+                    for r in refs:
+                        p.affect(r)
+                elif found:
+                    if c.pack in pack_problem:  # a good chunk of a damaged pack, or a bad one
+                        for r in refs:
+                            pack_problem[c.pack].affect(r)
+                else:  # not one of the pack's chunks: check the bytes themselves, as a pull would
+                    from casreg.pull import read_chunk
+
+                    try:
+                        read_chunk(store, c)
+                        report.chunks += 1
+                    except CasregError as err:
+                        wrong.append(str(err))
+        if wrong:
+            p = Problem(manifest_key(hexd), "corrupt",
+                        f"{len(wrong)} chunk reference(s) do not lead to their bytes, first: {wrong[0]}")
+            for r in refs:
+                p.affect(r)
+            report.problems.append(p)
+
+    for pid in vanished:  # gone since the listing, and no version needs it: gc at work, unless
+        if pid not in referenced_packs and store.exists(index_key(pid)):  # its index is still there
+            report.problems.append(Problem(pack_key(pid), "missing",
+                                           "the pack is missing but its index exists (pushes dedup against it)"))
+    for p in report.problems:
+        p.versions.sort(key=_version_order)
+    report.unreferenced_manifests = len(set(manifests) - set(by_digest))
+    report.unreferenced_packs = len(set(packs) - referenced_packs - set(vanished))
+    return report
+

@@ -1,0 +1,45 @@
+"""``casreg compact``: merge the ledger's one-row segments into a few compacted files."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+
+from casreg import Registry
+from casreg_cli.common import JsonOpt, QuietOpt, RegistryOpt, app
+from casreg_cli.output import Output
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+@app.command()
+def compact(
+    full: Annotated[bool, typer.Option("--full", help="Merge everything into one file per table.")] = False,
+    grace: Annotated[float, typer.Option(min=0, help="Keep superseded compacted files younger than this many "
+                                                    "minutes (a concurrent compaction may still need them).")] = 60,
+    registry: RegistryOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Compact the ledger: safe while others push, move aliases or compact; the
+    per-version segments are kept (they allocate the version numbers)."""
+    out = Output(json_, quiet)
+    res = Registry(registry).compact(full=full, grace=timedelta(minutes=grace))
+    if out.as_json:
+        out.json(res.to_dict())
+        return
+    if res.changed:
+        out.line(f"compacted {_n(res.versions_added, 'new version record')} and {_n(res.events_added, 'new event')}; "
+                 f"the compacted ledger holds {_n(res.versions_total, 'version')} and {_n(res.events_total, 'event')} "
+                 f"(generation {res.generation}, {res.seconds:.2f} s)")
+    elif res.generation:
+        out.line(f"nothing to compact: the compacted ledger already holds every segment "
+                 f"({_n(res.versions_total, 'version')}, {_n(res.events_total, 'event')})")
+    else:
+        out.line("nothing to compact: the ledger is empty")
+    if res.removed:
+        out.line(f"removed {_n(len(res.removed), 'superseded compacted file')}")

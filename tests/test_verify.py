@@ -1,0 +1,358 @@
+"""``verify``: what it checks, how it reads, and how it reports. (Flipped bytes in packs,
+manifests and indexes are in test_faults.py; pull's own refusals in test_integrity.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import casreg.lineage
+from casreg import Registry, UnknownReferenceError
+from casreg.manifest import ChunkRef, Entry, Manifest
+from casreg.packs import decode_index, index_key, pack_key
+from casreg.pointers import move_alias, pointer_key
+from casreg.push import manifest_key
+from casreg.storage import ObjectStore
+from casreg.storage.base import ByteRange, Payload, Versioned
+
+SCRIPT = Path(sys.executable).with_name("casreg")
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    monkeypatch.setenv("CASREG_USER", "verify@example.test")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    monkeypatch.setenv("CASREG_COMPACT_THRESHOLD", "0")
+    casreg.lineage.current_author.cache_clear()
+    yield
+    casreg.lineage.current_author.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("verify-src")
+    rnd = random.Random(11)
+    v1, v2 = root / "v1", root / "v2"
+    shared = rnd.randbytes(4_000_000)  # several chunks, shared by both versions
+    for d in (v1, v2):
+        (d / "sub").mkdir(parents=True)
+        (d / "shared.bin").write_bytes(shared)
+    (v1 / "sub" / "a.txt").write_bytes(b"".join(b"v1 line %d\n" % i for i in range(20_000)))
+    (v2 / "sub" / "a.txt").write_bytes(b"".join(b"v2 line %d\n" % i for i in range(20_000)))
+    (v2 / "extra.bin").write_bytes(rnd.randbytes(1_500_000))
+    (v2 / "empty").mkdir()
+    return v1, v2
+
+
+@pytest.fixture
+def reg2(registry: Registry, sources: tuple[Path, Path]) -> Registry:
+    registry.push("m", sources[0])
+    registry.push("m", sources[1])
+    return registry
+
+
+def packs_of(store: ObjectStore) -> list[str]:
+    return sorted(k for k in store.list("packs"))
+
+
+def index_entries(store: ObjectStore) -> int:
+    return sum(len(decode_index(store.read(k), k)) for k in store.list("index"))
+
+
+def refs(m: Manifest) -> set[tuple[str, int]]:
+    return {(c.pack, c.offset) for e in m.entries for c in e.chunks}
+
+
+def leftover(reg: Registry, d: Path) -> Manifest:
+    """What a push killed before its commit leaves (unreferenced pack, index, manifest)."""
+    from casreg.chunking import DEFAULT_CHUNK_PARAMS
+    from casreg.packs import ChunkIndex
+    from casreg.push import store_source
+    from casreg.source import scan_source
+
+    if not d.exists():
+        d.mkdir()
+        (d / "left.bin").write_bytes(random.Random(12).randbytes(500_000))
+    m, _ = store_source(reg.store, scan_source(d), params=DEFAULT_CHUNK_PARAMS, level=3,
+                        index=ChunkIndex.load(reg.store))
+    return m
+
+
+def replace(store: ObjectStore, key: str, data: bytes) -> None:
+    store.delete(key)
+    assert store.create(key, data)
+
+
+class Counting(ObjectStore):
+    """The real store, counting the requests made to it."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner, self.url = inner, inner.url
+        self.calls: Counter[tuple[str, str]] = Counter()
+
+    def read(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        self.calls["read", key] += 1
+        return self.inner.read(key, byte_range)
+
+    def read_ranges(self, key: str, ranges: list[ByteRange]) -> list[bytes]:  # type: ignore[override]
+        self.calls["read", key] += 1
+        return self.inner.read_ranges(key, ranges)
+
+    def size(self, key: str) -> int:
+        self.calls["size", key] += 1
+        return self.inner.size(key)
+
+    def create(self, key: str, data: Payload) -> bool:
+        return self.inner.create(key, data)
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    def list(self, prefix: str) -> Iterator[str]:
+        return self.inner.list(prefix)
+
+    def read_versioned(self, key: str) -> Versioned | None:
+        return self.inner.read_versioned(key)
+
+    def swap(self, key: str, data: bytes, expected: str | None) -> str:
+        return self.inner.swap(key, data, expected)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+
+class Recording:
+    def __init__(self) -> None:
+        self.started: list[tuple[str, int]] = []
+        self.advanced = 0
+        self.finished = 0
+
+    def start(self, label: str, total_bytes: int) -> None:
+        self.started.append((label, total_bytes))
+
+    def advance(self, nbytes: int) -> None:
+        self.advanced += nbytes
+
+    def finish(self) -> None:
+        self.finished += 1
+
+
+# -- a sound registry ------------------------------------------------------------------------------
+def test_everything_verifies(reg2: Registry) -> None:
+    store = reg2.store
+    r = reg2.verify()
+    assert r.ok and r.problems == [] and r.warnings == []
+    assert (r.versions, r.manifests) == (2, 2)
+    assert r.packs == r.indexes == len(packs_of(store))
+    assert r.chunks == index_entries(store)
+    assert r.bytes_read >= sum(store.size(k) for k in packs_of(store))
+    assert (r.unreferenced_packs, r.unreferenced_manifests) == (0, 0)
+    assert r.to_dict()["ok"] is True and r.to_dict()["problem_count"] == 0
+    for ref in ("m:1", "m:2", "m@blake3:" + reg2.resolve("m:1").hexdigest[:16]):
+        one = reg2.verify(ref)
+        m = reg2.manifest(ref)
+        assert one.ok and one.manifests == 1 and one.chunks == len(refs(m))
+        assert one.digest == "blake3:" + m.hexdigest
+
+
+def test_empty_registry_verifies(registry: Registry) -> None:
+    r = registry.verify()
+    assert r.ok and r.versions == 0 and r.packs == 0
+
+
+def test_unknown_reference(reg2: Registry) -> None:
+    with pytest.raises(UnknownReferenceError):
+        reg2.verify("m:9")
+
+
+def test_progress_counts_bytes(reg2: Registry) -> None:
+    p = Recording()
+    reg2.verify(progress=p)
+    total = sum(reg2.store.size(k) for k in packs_of(reg2.store))
+    assert p.started == [("verify", total)] and p.advanced == total and p.finished == 1
+    p = Recording()
+    reg2.verify("m:2", progress=p)
+    m = reg2.manifest("m:2")
+    total = sum({(c.pack, c.offset): c.stored_size for e in m.entries for c in e.chunks}.values())
+    assert p.started == [("verify", total)] and p.advanced == total and p.finished == 1
+
+
+def test_packs_are_read_in_few_requests(reg2: Registry) -> None:
+    """Several chunks per request: a pack under 16 MiB is one ranged read, plus its size."""
+    counting = reg2.store = Counting(reg2.store)
+    reg2.verify()
+    for key in packs_of(counting.inner):
+        chunks = len(decode_index(counting.inner.read(index_key(key.rsplit("/", 1)[-1][:-5])), key))
+        assert chunks >= 2
+        assert counting.calls["read", key] == 1 and counting.calls["size", key] == 1
+    counting.calls.clear()
+    reg2.verify("m:1")
+    for key in packs_of(counting.inner):
+        assert counting.calls["read", key] <= 1
+
+
+# -- missing objects ----------------------------------------------------------------------------------
+def test_missing_pack_names_it_and_the_versions(reg2: Registry) -> None:
+    m1 = reg2.manifest("m:1")
+    shared = next(c.pack for e in m1.entries if e.path == "shared.bin" for c in e.chunks)
+    key = pack_key(shared)
+    reg2.store.delete(key)
+    (p,) = reg2.verify().problems
+    assert (p.key, p.kind) == (key, "missing") and p.versions == ["m:1", "m:2"]
+    (p,) = reg2.verify("m:1").problems
+    assert (p.key, p.kind, p.versions) == (key, "missing", ["m:1"])
+
+
+def test_missing_manifest(reg2: Registry) -> None:
+    key = manifest_key(reg2.resolve("m:2").hexdigest)
+    reg2.store.delete(key)
+    (p,) = reg2.verify().problems
+    assert (p.key, p.kind, p.versions) == (key, "missing", ["m:2"])
+    assert reg2.verify("m:1").ok
+
+
+def test_missing_index_is_only_a_warning(reg2: Registry) -> None:
+    packid = packs_of(reg2.store)[0].rsplit("/", 1)[-1][:-5]
+    chunks = index_entries(reg2.store)
+    reg2.store.delete(index_key(packid))
+    r = reg2.verify()
+    assert r.ok and any(pack_key(packid) in w and "no index" in w for w in r.warnings)
+    assert r.chunks == chunks and r.indexes == r.packs - 1  # its chunks were checked by the pack's trailer
+
+
+def test_index_without_its_pack(reg2: Registry, sources: tuple[Path, Path]) -> None:
+    """Pushes dedup against any index: one whose pack is gone is a problem even if no
+    version uses the pack yet."""
+    left = leftover(reg2, sources[0].parent / "left")
+    packid = next(c.pack for e in left.entries for c in e.chunks)
+    reg2.store.delete(pack_key(packid))
+    (p,) = reg2.verify().problems
+    assert (p.key, p.kind) == (pack_key(packid), "missing") and "index exists" in p.reason
+
+
+def test_leftovers_deleted_by_gc_during_verify_are_not_problems(reg2: Registry, sources: tuple[Path, Path]) -> None:
+    """gc deletes a leftover (index first, then pack, then its manifest) after verify
+    listed it and before verify reads it."""
+    left = leftover(reg2, sources[0].parent / "left")
+    packid = next(c.pack for e in left.entries for c in e.chunks)
+    inner = reg2.store
+
+    class GcMeanwhile(Counting):
+        def read(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+            if key.startswith("index/") and inner.exists(index_key(packid)):
+                for k in (index_key(packid), pack_key(packid), manifest_key(left.hexdigest)):
+                    inner.delete(k)
+            return super().read(key, byte_range)
+
+    reg2.store = GcMeanwhile(inner)
+    r = reg2.verify()
+    assert r.ok, [p.line() for p in r.problems]
+    assert r.unreferenced_packs == 0
+
+
+# -- damaged packs ---------------------------------------------------------------------------------
+def test_truncated_pack(reg2: Registry) -> None:
+    key = packs_of(reg2.store)[0]
+    data = reg2.store.read(key)
+    replace(reg2.store, key, data[: len(data) // 2])
+    (p,) = reg2.verify().problems
+    assert p.key == key and "its index says" in p.reason and "truncated" in p.reason
+
+
+def test_pack_with_trailing_bytes(reg2: Registry) -> None:
+    key = packs_of(reg2.store)[0]
+    data = reg2.store.read(key)
+    replace(reg2.store, key, data + b"\0" * 10)
+    (p,) = reg2.verify().problems
+    assert p.key == key and f"it has {len(data) + 10} bytes, its index says {len(data)}" in p.reason
+
+
+def test_pack_without_index_object_is_checked_by_its_trailer(reg2: Registry) -> None:
+    key = packs_of(reg2.store)[0]
+    packid = key.rsplit("/", 1)[-1][:-5]
+    reg2.store.delete(index_key(packid))
+    data = bytearray(reg2.store.read(key))
+    data[-60] ^= 1  # the trailer no longer hashes to the pack's name
+    replace(reg2.store, key, bytes(data))
+    (p,) = reg2.verify().problems
+    assert p.key == key and "does not hash to its name" in p.reason
+
+
+def test_manifest_pointing_at_the_wrong_chunk(reg2: Registry) -> None:
+    """A manifest whose trailer is sound and whose entries hash right (chunk locations are
+    not part of the version digest) but that sends a chunk to another chunk's bytes."""
+    m = reg2.manifest("m:2")
+    f = next(e for e in m.entries if len(e.chunks) > 1)
+    c0, c1 = f.chunks[0], f.chunks[1]
+    wrong = ChunkRef(c0.digest, c1.pack, c1.offset, c0.stored_size, c0.raw_size, c0.codec)
+    entries = [Entry(e.path, e.type, e.size, e.digest, [wrong, *e.chunks[1:]] if e is f else list(e.chunks))
+               for e in m.entries]
+    bad = Manifest(m.kind, entries, dict(m.chunking))
+    assert bad.digest == m.digest
+    key = manifest_key(m.hexdigest)
+    replace(reg2.store, key, bad.to_bytes())
+    (p,) = reg2.verify().problems
+    assert (p.key, p.versions) == (key, ["m:2"]) and "do not lead to their bytes" in p.reason
+    assert not reg2.verify("m:2").ok
+
+
+# -- ledger and pointers -----------------------------------------------------------------------------
+def test_alias_to_a_digest_no_version_records(reg2: Registry) -> None:
+    move_alias(reg2.store, "m", "prod", ("blake3:" + "ab" * 32, 7), reason="hand-made")
+    (p,) = reg2.verify().problems
+    assert p.key == pointer_key("m", "prod") and "no version records" in p.reason
+
+
+def test_json_copy_that_disagrees_with_the_ledger(reg2: Registry) -> None:
+    """``resolve m:1`` reads the JSON copy: one saying m:1 is m:2's digest would quietly
+    serve the wrong model (every byte of it verified), so verify compares them."""
+    key = "refs/m/0000000001.json"
+    doc = json.loads(reg2.store.read(key))
+    doc["digest"] = reg2.resolve("m:2").digest
+    replace(reg2.store, key, json.dumps(doc).encode())
+    assert reg2.resolve("m:1").digest == reg2.resolve("m:2").digest  # what a reader would get
+    (p,) = reg2.verify().problems
+    assert (p.key, p.versions) == (key, ["m:1"]) and "the ledger says" in p.reason
+
+
+def test_unreadable_ledger_segment(reg2: Registry) -> None:
+    key = "ledger/versions/m/0000000001.parquet"
+    replace(reg2.store, key, b"PAR1 not really parquet PAR1")
+    r = reg2.verify()
+    (p,) = r.problems
+    assert (p.key, p.kind) == (key, "corrupt")
+    assert r.versions == 1 and r.manifests == 1  # the readable version was still verified
+
+
+# -- CLI ---------------------------------------------------------------------------------------------
+def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SCRIPT), "verify", *args, "--registry", url], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ))
+
+
+def test_cli(reg2: Registry) -> None:
+    if reg2.url.startswith("memory://"):
+        pytest.skip("memory:// is private to one process")
+    p = cli(reg2.url)
+    assert p.returncode == 0 and p.stderr == ""
+    assert p.stdout.startswith(f"verified {reg2.url}: 2 versions, 2 manifests") and "all good" in p.stdout
+
+    key = manifest_key(reg2.resolve("m:1").hexdigest)
+    reg2.store.delete(key)
+    p = cli(reg2.url, "--json")
+    assert p.returncode == 6
+    doc = json.loads(p.stdout)
+    assert doc["ok"] is False and doc["problem_count"] == 1 and doc["problems"][0]["key"] == key
+    assert p.stderr == f"casreg: error: verify found 1 bad or missing object in {reg2.url}\n"
+    p = cli(reg2.url, "m:1", "--quiet")
+    assert p.returncode == 6 and p.stdout == ""
+    assert p.stderr.splitlines() == [f"casreg: missing {key}: the version's manifest is missing (needed by m:1)",
+                                     "casreg: error: verify found 1 bad or missing object in m:1"]
