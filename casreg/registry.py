@@ -317,13 +317,14 @@ class Registry:
         m = self.manifest(ref)
         return [FileInfo(e.path, e.type, e.size, e.digest.hex() if e.digest else None) for e in m.entries]
 
-    def ls(self, name: str | None = None) -> list[Version]:
-        """Every version of ``name``, oldest first; without a name, the latest version of
-        every model."""
+    def ls(self, name: str | None = None, *, newest: int | None = None) -> list[Version]:
+        """Every version of ``name`` (or only its ``newest`` ones), oldest first; without a
+        name, the latest version of every model. Numbers are gap-free, so
+        ``result[0].version - 1`` older versions exist."""
         if name is not None:
             validate_name(name)
-            versions = self._versions(name)
-            if not versions:
+            versions = list_versions(self.store, name, newest)
+            if not versions and newest != 0:
                 raise self._unknown(f"model {name!r} has no versions in {self.url}")
             return versions
         latest: dict[str, int] = {}

@@ -136,14 +136,17 @@ def show(
 @app.command("ls")
 def ls_(
     name: Annotated[Optional[str], typer.Argument(help="Model name (default: every model).")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Show the newest N versions.")] = 100,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Show every version.")] = False,
     registry: RegistryOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """List the versions of NAME, or the latest version of every model."""
+    """List the versions of NAME (the newest 100 unless --all / --limit), or the latest version of every model."""
     out = Output(json_, quiet)
     reg = Registry(registry)
-    versions = reg.ls(name)
+    versions = reg.ls(name, newest=None if all_ or name is None else limit)
+    older = versions[0].version - 1 if name is not None and versions else 0
     pointers = reg.aliases(name)
     by_version: dict[tuple[str, int], list[str]] = {}
     for p in pointers:
@@ -156,6 +159,8 @@ def ls_(
         "created": v.created_at.strftime("%Y-%m-%d %H:%M:%S"), "author": v.author,
         "aliases": ",".join(by_version.get((v.name, v.version), [])),
     } for v in versions]
+    if older:
+        out.line(f"({older:,} older version{'s' if older != 1 else ''} not shown; --all or --limit N)")
     out.table(rows)
 
 
