@@ -419,7 +419,7 @@ def report(results: dict[str, Any]) -> str:
             cells.append("-" if r is None else
                          f"{r['reads']} reads ({r['read_bytes']:,} B), {r['lists']} listings ({r['listed_keys']:,} keys)")
         lines.append(f"| {k.removeprefix('requests: ')} | " + " | ".join(cells) + " |")
-    lines += ["", f"Filtered count (auc > 0.9): " + ", ".join(f"{p}: {phases[p]['filtered_count']}" for p in names), ""]
+    lines += ["", "Filtered count (auc > 0.9): " + ", ".join(f"{p}: {phases[p]['filtered_count']}" for p in names), ""]
     c = results["compact"]
     lines += ["### Compaction", "",
               f"- first `casreg compact` ({results['versions']:,} segments): {c['first_seconds']:.1f} s wall "

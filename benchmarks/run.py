@@ -610,9 +610,9 @@ def render(*, args: argparse.Namespace, command: str, env: dict[str, str], start
     # -- how to read
     add("## How to read this")
     add("")
-    add(f"- **What is timed**: the wall time of one subprocess, from spawn to exit, including process start-up "
-        f"(the `casreg --help` row shows how much of a casreg command is interpreter and import time). "
-        f"MB/s = bytes of the logical file / median wall time, MB = 10^6 B; MiB = 2^20 B.")
+    add("- **What is timed**: the wall time of one subprocess, from spawn to exit, including process start-up "
+        "(the `casreg --help` row shows how much of a casreg command is interpreter and import time). "
+        "MB/s = bytes of the logical file / median wall time, MB = 10^6 B; MiB = 2^20 B.")
     add(f"- **Medians of {n}**: the single-file section runs {n} round{'s' if n != 1 else ''}; each round runs every command once, in "
         "table order, so a busy phase of the machine hits all tools rather than one. Min and max show the spread. "
         "Each command starts from nothing: its previous output is deleted just before it runs (a fresh empty "

@@ -8,7 +8,7 @@ import typer
 
 from casreg.refs import parse_ref
 
-__all__ = ["app", "alias_app", "RegistryOpt", "JsonOpt", "QuietOpt", "pairs", "name_alias"]
+__all__ = ["app", "alias_app", "RegistryOpt", "JsonOpt", "QuietOpt", "RefArg", "pairs", "name_alias"]
 
 app = typer.Typer(
     name="casreg",
@@ -27,6 +27,7 @@ RegistryOpt = Annotated[
                  help="Registry URL: a directory, s3://BUCKET/PREFIX or memory://NAME (default ~/.casreg)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+RefArg = Annotated[str, typer.Argument(help="NAME, NAME:N, NAME@ALIAS or a digest.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (and the JSON --json asks for).")]
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from casreg import CasregError, Registry
-from casreg_cli.common import JsonOpt, QuietOpt, RegistryOpt, alias_app, app, name_alias, pairs
+from casreg_cli.common import JsonOpt, QuietOpt, RefArg, RegistryOpt, alias_app, app, name_alias, pairs
 from casreg_cli.output import Output, human_bytes
 import casreg_cli.ledger_cmds  # noqa: F401,E402  (registers `casreg compact`)
 import casreg_cli.ops  # noqa: F401,E402  (registers `casreg verify` and `casreg gc`)
@@ -53,7 +53,7 @@ def push(
 
 @app.command()
 def pull(
-    ref: Annotated[str, typer.Argument(help="NAME, NAME:N, NAME@ALIAS or a digest.")],
+    ref: RefArg,
     dest: Annotated[Optional[str], typer.Argument(help="Where to write it (default: ./FILE or ./NAME).")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace an existing destination.")] = False,
     registry: RegistryOpt = None,
@@ -75,7 +75,7 @@ def pull(
 
 @app.command()
 def resolve(
-    ref: Annotated[str, typer.Argument(help="NAME, NAME:N, NAME@ALIAS or a digest.")],
+    ref: RefArg,
     registry: RegistryOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -96,7 +96,7 @@ def resolve(
 
 @app.command()
 def show(
-    ref: Annotated[str, typer.Argument(help="NAME, NAME:N, NAME@ALIAS or a digest.")],
+    ref: RefArg,
     registry: RegistryOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
