@@ -228,6 +228,8 @@ def measure_phase(work: Path, versions_expected: int, runs: int) -> dict[str, An
     cli = {
         "casreg ls NAME --json": [CASREG, "ls", MODEL, "--json"],
         "casreg ls NAME": [CASREG, "ls", MODEL],
+        "casreg ls NAME --all --json": [CASREG, "ls", MODEL, "--all", "--json"],
+        "casreg ls NAME --all": [CASREG, "ls", MODEL, "--all"],
         "casreg sql (filtered count)": [CASREG, "sql", SQL_FILTERED],
         "casreg resolve NAME": [CASREG, "resolve", MODEL],
         "casreg resolve NAME@production": [CASREG, "resolve", f"{MODEL}@production"],
@@ -239,6 +241,8 @@ def measure_phase(work: Path, versions_expected: int, runs: int) -> dict[str, An
     reg = Registry(work)
     out["Registry.ls(NAME)"] = time_py(lambda: len(reg.ls(MODEL)), runs)
     assert out["Registry.ls(NAME)"].pop("result") == versions_expected
+    out["Registry.ls(NAME, newest=100)"] = time_py(lambda: reg.ls(MODEL, newest=100)[0].version, runs)
+    assert out["Registry.ls(NAME, newest=100)"].pop("result") == versions_expected - 99
     out["Registry.sql(filtered count)"] = time_py(lambda: reg.sql(SQL_FILTERED), runs, max_total=30)
     [row] = out["Registry.sql(filtered count)"].pop("result")
     out["filtered_count"] = row["n"]
@@ -408,7 +412,8 @@ def report(results: dict[str, Any]) -> str:
         lines.append(f"| `{k}` | " + " | ".join(fmt_s(phases[p][k]) if k in phases[p] else "-" for p in names) + " |")
     lines += ["", "### In-process (read path without interpreter start-up and output rendering)", "",
               "| call | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for k in ("Registry.ls(NAME)", "Registry.sql(filtered count)", "ledger.versions_table(store)"):
+    for k in ("Registry.ls(NAME)", "Registry.ls(NAME, newest=100)", "Registry.sql(filtered count)",
+              "ledger.versions_table(store)"):
         lines.append(f"| `{k}` | " + " | ".join(fmt_s(phases[p][k]) if k in phases[p] else "-" for p in names) + " |")
     lines += ["", "### Store requests (counted by wrapping the store)", "",
               "| operation | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]

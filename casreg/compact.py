@@ -226,7 +226,9 @@ def compact(
     """Compact every segment HEAD does not cover yet; safe to run while others push,
     move aliases or compact. New rows go to a new file that also absorbs the smaller
     recent compacted files (see :func:`_plan`); ``full`` merges everything into one file
-    per table. ``until(head)`` returning True for the HEAD in force stops early without
+    per table (re-reading, and so checking, every compacted file). A listed file found
+    missing or damaged while HEAD stays the same makes it rebuild from the segments.
+    ``until(head)`` returning True for the HEAD in force stops early without
     work (used by the automatic trigger: someone else compacted meanwhile)."""
     import pyarrow as pa
 

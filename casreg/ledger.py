@@ -104,19 +104,33 @@ def is_event_key(key: str) -> bool:
     return len(parts) == 4 and parts[0] == "ledger" and parts[1] == "events" and parts[3].endswith(".parquet")
 
 
-def version_numbers(store: ObjectStore, name: str) -> list[int]:
-    """Committed version numbers of ``name``, ascending (one listing, no reads)."""
+def _list(store: ObjectStore, prefix: str, after: str | None) -> Iterable[str]:
+    """Keys under ``prefix``; only those sorting after ``after`` if the store can list
+    from a key on (``list_after``, S3's ``StartAfter``), else all of them."""
+    list_after = getattr(store, "list_after", None) if after else None
+    return list_after(prefix, after) if list_after is not None else store.list(prefix)
+
+
+def version_numbers(store: ObjectStore, name: str, *, after: int = 0) -> list[int]:
+    """Committed version numbers of ``name`` above ``after``, ascending (one listing, no
+    reads; on a store with ``list_after``, a listing of those keys only)."""
     numbers = []
-    for key in store.list(f"{VERSIONS_PREFIX}/{name}"):
+    for key in _list(store, f"{VERSIONS_PREFIX}/{name}", segment_key(name, after) if after else None):
         stem = key.rsplit("/", 1)[-1]
-        if stem.endswith(".parquet") and stem[:-8].isdigit():
+        if stem.endswith(".parquet") and stem[:-8].isdigit() and int(stem[:-8]) > after:
             numbers.append(int(stem[:-8]))
     return sorted(numbers)
 
 
 def latest_number(store: ObjectStore, name: str) -> int | None:
-    numbers = version_numbers(store, name)
-    return numbers[-1] if numbers else None
+    """The highest committed number of ``name``. On a store that can list from a key on,
+    HEAD's coverage (numbers are gap-free: covered ones exist) saves listing them."""
+    after = 0
+    if getattr(store, "list_after", None) is not None:
+        head = read_head(store)
+        after = head.covered.get(name, 0) if head else 0
+    numbers = version_numbers(store, name, after=after)
+    return numbers[-1] if numbers else (after or None)
 
 
 def read_many(store: ObjectStore, keys: Sequence[str], *, threads: int = 16) -> list[bytes]:
@@ -304,13 +318,15 @@ def list_versions(store: ObjectStore, name: str, newest: int | None = None) -> l
     if the compacted files cover ``name``."""
 
     def run(head: LedgerHead | None) -> list[Version]:
-        numbers = version_numbers(store, name)
-        if newest is not None:
-            numbers = numbers[-newest:] if newest > 0 else []
-        first = numbers[0] if numbers else 0
         covered = head.covered.get(name, 0) if head else 0
+        numbers = version_numbers(store, name, after=covered)  # the uncovered ones
+        latest = numbers[-1] if numbers else covered
+        if newest is not None and newest <= 0:
+            return []
+        first = 1 if newest is None else max(1, latest - newest + 1)  # numbers are gap-free
+        numbers = [n for n in numbers if n >= first]
         out: list[Version] = []
-        if covered and first and first <= covered:
+        if covered and first <= covered:
             assert head is not None
             import pyarrow.compute as pc
 
@@ -587,7 +603,8 @@ def versions_parts(store: ObjectStore) -> tuple[list[bytes], pa.Table]:
 def _uncovered_version_keys(store: ObjectStore, head: LedgerHead | None, name: str | None) -> list[str]:
     covered = head.covered if head else {}
     keys = []
-    for key in store.list(f"{VERSIONS_PREFIX}/{name}" if name else VERSIONS_PREFIX):
+    after = segment_key(name, covered[name]) if name and covered.get(name) else None
+    for key in _list(store, f"{VERSIONS_PREFIX}/{name}" if name else VERSIONS_PREFIX, after):
         parsed = parse_segment_key(key)
         if parsed is not None and parsed[1] > covered.get(parsed[0], 0):
             keys.append(key)

@@ -859,3 +859,54 @@ def test_both_sql_paths_and_both_record_paths_agree(store: ObjectStore) -> None:
         assert listed == [read_version(store, name, v.version) for v in listed]
         assert [v.to_dict() for v in listed] == [read_version(store, name, v.version).to_dict() for v in listed]
     model.check(store)
+
+
+class ListsAfter(Hooked):
+    """A store that can list from a key on (what S3's ``StartAfter`` offers); counts the
+    keys every listing returns."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        super().__init__(inner)
+        self.listed: list[str] = []
+
+    def list(self, prefix):  # type: ignore[no-untyped-def]
+        keys = list(super().list(prefix))
+        self.listed += keys
+        return iter(keys)
+
+    def list_after(self, prefix: str, start_after: str):  # type: ignore[no-untyped-def]
+        keys = sorted(k for k in super().list(prefix) if k > start_after)
+        self.listed += keys
+        return iter(keys)
+
+
+def test_readers_list_only_uncovered_keys_where_the_store_can(store: ObjectStore) -> None:
+    model = Model()
+    for i in range(12):
+        v = commit(store, "alpha", i / 100)
+        model.versions[(v.name, v.version)] = v
+    compact(store)
+    for i in range(3):
+        v = commit(store, "alpha", 0.5 + i / 100)
+        model.versions[(v.name, v.version)] = v
+    plain = Hooked(store)
+    smart = ListsAfter(store)
+    reg_plain, reg_smart = Registry.from_store(plain), Registry.from_store(smart)
+    assert reg_smart.ls("alpha") == reg_plain.ls("alpha") and len(reg_smart.ls("alpha")) == 15
+    assert reg_smart.ls("alpha", newest=4) == reg_plain.ls("alpha", newest=4) == reg_plain.ls("alpha")[-4:]
+    assert reg_smart.ls("alpha", newest=2)[0].version == 14
+    assert reg_smart.resolve("alpha") == reg_plain.resolve("alpha")
+    assert reg_smart.resolve("alpha").version == 15
+    assert versions_table(smart, name="alpha").equals(versions_table(plain, name="alpha"))
+    smart.listed.clear()
+    reg_smart.ls("alpha")
+    reg_smart.resolve("alpha")
+    versions_table(smart, name="alpha")
+    assert sorted(set(smart.listed)) == [segment_key("alpha", n) for n in (13, 14, 15)]  # never the covered ones
+    compact(store)  # everything covered: the latest number comes from HEAD, nothing is listed
+    smart.listed.clear()
+    assert reg_smart.resolve("alpha").version == 15 and reg_smart.ls("alpha", newest=1)[0].version == 15
+    assert smart.listed == []
+    with pytest.raises(FileNotFoundError):
+        reg_smart.resolve("beta")
+    model.check(store)

@@ -552,3 +552,27 @@ def test_local_create_leaves_no_temp_files(tmp_path: Path) -> None:
     store.swap("a/c", b"3", None)
     names = [n for _, _, files in os.walk(tmp_path / "reg") for n in files]
     assert not [n for n in names if n.startswith(".tmp-")]
+
+
+def test_list_after_skips_keys_up_to_the_start_key_where_offered(store: ObjectStore) -> None:
+    """``list_after`` is optional (readers fall back to ``list``); where a store offers it,
+    it returns exactly the keys under the prefix that sort after the start key, even when
+    they span several listing pages."""
+    list_after = getattr(store, "list_after", None)
+    if list_after is None:
+        pytest.skip(f"{type(store).__name__} offers no list_after (readers use list)")
+    keys = [f"seg/m/{i:010d}.parquet" for i in range(1, 26)] + ["seg/n/0000000001.parquet", "segx/a"]
+    for k in keys:
+        assert store.create(k, b"x")
+    page = getattr(store, "list_page_size", None)
+    if page is not None:
+        store.list_page_size = 7  # type: ignore[attr-defined]
+    try:
+        got = list(list_after("seg/m", "seg/m/0000000009.parquet"))
+        assert got == [f"seg/m/{i:010d}.parquet" for i in range(10, 26)]
+        assert list(list_after("seg/m", "seg/m/0000000025.parquet")) == []
+        assert sorted(list_after("seg", "seg/m/0000000024.parquet")) == [
+            "seg/m/0000000025.parquet", "seg/n/0000000001.parquet"]
+    finally:
+        if page is not None:
+            store.list_page_size = page  # type: ignore[attr-defined]

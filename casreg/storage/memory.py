@@ -61,6 +61,11 @@ class MemoryStore(ObjectStore):
         p = prefix.rstrip("/")
         return iter([k for k in keys if k == p or k.startswith(p + "/") or not p])
 
+    def list_after(self, prefix: str, start_after: str) -> Iterator[str]:
+        """Keys under ``prefix`` sorting after ``start_after``, like S3's ``StartAfter``
+        (so tests on memory:// exercise the readers' list-from-a-key path)."""
+        return iter(sorted(k for k in self.list(prefix) if k > start_after))
+
     def read_versioned(self, key: str) -> Versioned | None:
         data = self._objects.get(key)
         return None if data is None else Versioned(data, blake3(data).hexdigest()[:32])

@@ -471,8 +471,10 @@ class S3Store(ObjectStore):
                                "it cannot be used for compare-and-swap")
         return Versioned(data, etag)
 
-    async def _list_page(self, prefix: str, token: str | None) -> dict[str, Any]:
+    async def _list_page(self, prefix: str, token: str | None, start_after: str | None = None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"ContinuationToken": token} if token else {}
+        if start_after and not token:
+            kwargs["StartAfter"] = start_after
         return await self._call("list_objects_v2", Prefix=prefix, MaxKeys=self.list_page_size, **kwargs)
 
     async def _delete(self, key: str) -> None:
@@ -526,12 +528,21 @@ class S3Store(ObjectStore):
         return ObjectInfo(int(head["ContentLength"]), modified)
 
     def list(self, prefix: str) -> Iterator[str]:
+        return self._list(prefix, None)
+
+    def list_after(self, prefix: str, start_after: str) -> Iterator[str]:
+        """Keys under ``prefix`` that sort after ``start_after`` (S3's ``StartAfter``):
+        readers skip the ledger segments a compacted file already covers."""
+        return self._list(prefix, start_after)
+
+    def _list(self, prefix: str, start_after: str | None) -> Iterator[str]:
         p = prefix.strip("/")
         where = self._root + p + "/" if p else self._root
+        after = self._root + start_after if start_after else None
         token: str | None = None
         found = False
         while True:
-            page = self._run("list", p or "the registry", self._list_page, where, token)
+            page = self._run("list", p or "the registry", self._list_page, where, token, after)
             for obj in page.get("Contents", ()):
                 name = obj["Key"]
                 if name.endswith("/") or not name.startswith(self._root):
@@ -541,7 +552,7 @@ class S3Store(ObjectStore):
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 break
-        if p and not found and self.exists(p):  # the prefix is a key itself
+        if p and not found and after is None and self.exists(p):  # the prefix is a key itself
             yield p
 
     def read_versioned(self, key: str) -> Versioned | None:
