@@ -48,5 +48,21 @@ __all__ = [
     "IntegrityError",
     "UnsafePathError",
     "StorageError",
+    "open_safetensors",
+    "CasregFileSystem",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``open_safetensors`` and ``CasregFileSystem`` load on first use: ``import casreg``
+    (and so ``casreg resolve``) must not pay for fsspec or numpy."""
+    if name == "open_safetensors":
+        from casreg.lazy import open_safetensors
+
+        return open_safetensors
+    if name == "CasregFileSystem":
+        from casreg.fs import CasregFileSystem
+
+        return CasregFileSystem
+    raise AttributeError(f"module 'casreg' has no attribute {name!r}")
