@@ -415,3 +415,18 @@ class Registry:
         from casreg.gc import check_before_commit
 
         check_before_commit(self.store, manifest, threads=self.threads)
+
+    # -- reading in place: casreg:// and lazy tensors (casreg/fs.py, casreg/lazy.py) --------
+    def fs(self) -> Any:
+        """A ``casreg://`` fsspec filesystem over this registry (:mod:`casreg.fs`)."""
+        from casreg.fs import CasregFileSystem
+
+        return CasregFileSystem(registry=self)
+
+    def open_safetensors(self, ref: str, path: str = "", *, bf16: Any = "auto") -> Any:
+        """Open a safetensors file of ``ref`` for lazy tensor reads
+        (:func:`casreg.lazy.open_safetensors`): the header now, each tensor's bytes only
+        when asked for."""
+        from casreg.lazy import open_safetensors
+
+        return open_safetensors(ref, path, registry=self, bf16=bf16)
