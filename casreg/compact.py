@@ -60,6 +60,7 @@ from casreg.ledger import (
     CompactedFile,
     CompactedUnavailable,
     LedgerHead,
+    _load_compacted,
     _parquet_bytes,
     compacted_event_schema,
     event_schema,
@@ -155,12 +156,8 @@ def _write(store: ObjectStore, kind: str, table: pa.Table, now: datetime) -> Com
 
 def _load(store: ObjectStore, files: tuple[CompactedFile, ...], schema: pa.Schema) -> pa.Table:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    parts = []
-    for f in files:
-        t = pq.ParquetFile(pa.BufferReader(read_compacted(store, f))).read(columns=schema.names)
-        parts.append(t if t.schema == schema else t.select(schema.names).cast(schema))
+    parts = [_load_compacted(read_compacted(store, f), schema) for f in files]
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 

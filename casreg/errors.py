@@ -23,6 +23,8 @@ __all__ = [
     "UnsafePathError",
     "StorageError",
     "UnsupportedBackendError",
+    "PolicyError",
+    "InvalidPolicyError",
 ]
 
 
@@ -101,3 +103,17 @@ class StorageError(CasregError, OSError):
 
 class UnsupportedBackendError(StorageError):
     """The storage URL names a filesystem that cannot offer the atomic operations we need."""
+
+
+class PolicyError(CasregError, PermissionError):
+    """The registry's policy refuses the action (a missing permission, a failed gate,
+    missing metadata); the message names the rule and what would satisfy it."""
+
+    exit_code = 8
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidPolicyError(InvalidInputError):
+    """A policy file is malformed (the message gives the line and column, or the key)."""

@@ -182,6 +182,7 @@ def event_schema() -> pa.Schema:
         ("from_digest", pa.string()), ("to_digest", pa.string()),
         ("from_version", pa.int64()), ("to_version", pa.int64()),
         ("author", pa.string()), ("host", pa.string()), ("reason", pa.string()),
+        ("details", pa.string()),  # JSON object; absent from segments written before it existed
     ])
 
 
@@ -216,13 +217,31 @@ def _project(schema: pa.Schema, columns: Sequence[str] | None) -> pa.Schema:
     return pa.schema([schema.field(c) for c in columns])
 
 
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns and types; a column added to the format
+    later (absent from older files) reads as nulls."""
+    import pyarrow as pa
+
+    if table.schema == schema:
+        return table
+    for f in schema:
+        if f.name not in table.column_names:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table.select(schema.names).cast(schema)
+
+
+def _present(pf: Any, schema: pa.Schema) -> list[str]:
+    have = set(pf.schema_arrow.names)
+    return [n for n in schema.names if n in have]
+
+
 def _read_segment(data: bytes, schema: pa.Schema) -> pa.Table:
     """One segment's rows, with exactly ``schema``'s columns and types."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.ParquetFile(pa.BufferReader(data)).read(columns=schema.names)
-    return table if table.schema == schema else table.select(schema.names).cast(schema)
+    pf = pq.ParquetFile(pa.BufferReader(data))
+    return _conform(pf.read(columns=_present(pf, schema)), schema)
 
 
 # -- versions --------------------------------------------------------------------------------
@@ -349,6 +368,7 @@ def append_event(store: ObjectStore, event: AliasEvent) -> bool:
 
     row = event.to_dict()
     row["time"] = event.time
+    row["details"] = json.dumps(event.details, sort_keys=True) if event.details else None
     table = pa.Table.from_pylist([row], schema=event_schema())
     return store.create(event_key(event), _parquet_bytes(table))
 
@@ -511,8 +531,9 @@ def _load_compacted(data: bytes, schema: pa.Schema, name: str | None = None) -> 
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(pa.BufferReader(data))
+    names = _present(pf, schema)
     if name is None:
-        table = pf.read(columns=schema.names)
+        table = pf.read(columns=names)
     else:
         col = pf.schema_arrow.get_field_index("name")
         groups = []
@@ -520,9 +541,9 @@ def _load_compacted(data: bytes, schema: pa.Schema, name: str | None = None) -> 
             stats = pf.metadata.row_group(i).column(col).statistics
             if stats is None or not stats.has_min_max or stats.min <= name <= stats.max:
                 groups.append(i)
-        table = pf.read_row_groups(groups, columns=schema.names) if groups else schema.empty_table()
+        table = pf.read_row_groups(groups, columns=names) if groups else schema.empty_table()
         table = table.filter(pc.equal(table.column("name"), name))
-    return table if table.schema == schema else table.select(schema.names).cast(schema)
+    return _conform(table, schema)
 
 
 def _read_compacted_versions(store: ObjectStore, head: LedgerHead, *, name: str | None = None,
@@ -534,11 +555,11 @@ def _read_compacted_versions(store: ObjectStore, head: LedgerHead, *, name: str 
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
-def _read_compacted_events(store: ObjectStore, head: LedgerHead) -> pa.Table:
+def _read_compacted_events(store: ObjectStore, head: LedgerHead, name: str | None = None) -> pa.Table:
     import pyarrow as pa
 
     schema = compacted_event_schema()
-    parts = [_load_compacted(read_compacted(store, f), schema) for f in head.events]
+    parts = [_load_compacted(read_compacted(store, f), schema, name) for f in head.events]
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
@@ -612,15 +633,16 @@ def _uncovered_version_keys(store: ObjectStore, head: LedgerHead | None, name: s
     return keys
 
 
-def events_table(store: ObjectStore, *, with_segment: bool = False) -> pa.Table:
-    """Every alias event, sorted by segment key: compacted rows plus the event segments
-    HEAD does not cover."""
+def events_table(store: ObjectStore, *, with_segment: bool = False, name: str | None = None) -> pa.Table:
+    """Every event (of model ``name`` only, if given), sorted by segment key: compacted
+    rows plus the event segments HEAD does not cover."""
     import pyarrow as pa
 
     def run(head: LedgerHead | None) -> pa.Table:
-        compacted = _read_compacted_events(store, head) if head else compacted_event_schema().empty_table()
+        compacted = _read_compacted_events(store, head, name) if head else compacted_event_schema().empty_table()
         covered = set(compacted.column(SEGMENT_COLUMN).to_pylist())
-        keys = sorted(k for k in store.list(EVENTS_PREFIX) if is_event_key(k) and k not in covered)
+        prefix = f"{EVENTS_PREFIX}/{name}" if name else EVENTS_PREFIX
+        keys = sorted(k for k in store.list(prefix) if is_event_key(k) and k not in covered)
         fresh = segments_table(keys, read_many(store, keys), event_schema(), with_key=True)
         table = sort_events(pa.concat_tables([compacted, fresh]))
         return table if with_segment else table.drop_columns([SEGMENT_COLUMN])

@@ -21,12 +21,17 @@ def _git(args: list[str], cwd: str | None = None) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-@lru_cache(maxsize=1)
 def current_author() -> str:
-    """``CASREG_USER``, else git's ``user.email``, else the OS user."""
-    user = os.environ.get("CASREG_USER")
+    """``CASREG_USER``, else git's ``user.email``, else the OS user (read on every call,
+    so a process that changes ``CASREG_USER`` acts as the new user)."""
+    user = os.environ.get("CASREG_USER", "").strip()
     if user:
         return user
+    return _fallback_author()
+
+
+@lru_cache(maxsize=1)
+def _fallback_author() -> str:
     email = _git(["config", "user.email"])
     if email:
         return email

@@ -13,15 +13,16 @@ storage access control guard production pointers by key pattern.
 from __future__ import annotations
 
 import json
-import uuid
+from collections.abc import Mapping
+from typing import Any
 
 from casreg.errors import ConflictError, NotFoundError
 from casreg.ledger import append_event, event_key
-from casreg.lineage import current_author, hostname
-from casreg.records import AliasEvent, AliasPointer, utcnow
+from casreg.records import AliasEvent, AliasPointer
 from casreg.storage import ObjectStore
 
-__all__ = ["pointer_key", "read_pointer", "move_alias", "list_pointers"]
+__all__ = ["pointer_key", "read_pointer", "read_pointer_event", "read_pointer_events", "move_alias",
+           "list_pointers"]
 
 
 def pointer_key(name: str, alias: str) -> str:
@@ -47,6 +48,27 @@ def read_pointer(store: ObjectStore, name: str, alias: str) -> AliasPointer | No
     return _as_pointer(_decode(data))
 
 
+def read_pointer_event(store: ObjectStore, name: str, alias: str) -> AliasEvent | None:
+    """The last move of ``name@alias`` (also when that move removed it), or ``None`` if
+    it was never set."""
+    try:
+        return _decode(store.read(pointer_key(name, alias)))
+    except NotFoundError:
+        return None
+
+
+def read_pointer_events(store: ObjectStore, name: str) -> list[AliasEvent]:
+    """The last move of every alias of ``name``, removed ones included."""
+    out = []
+    for key in sorted(store.list(f"pointers/{name}")):
+        if key.endswith(".json"):
+            try:
+                out.append(_decode(store.read(key)))
+            except NotFoundError:
+                continue
+    return out
+
+
 def list_pointers(store: ObjectStore, name: str | None = None) -> list[AliasPointer]:
     out = []
     for key in sorted(store.list(f"pointers/{name}" if name else "pointers")):
@@ -61,9 +83,18 @@ def list_pointers(store: ObjectStore, name: str | None = None) -> list[AliasPoin
     return out
 
 
+def _log(store: ObjectStore, event: AliasEvent) -> None:
+    """Append a move and the events it implies (idempotent: keys derive from the event)."""
+    from casreg.events import implied_events
+
+    append_event(store, event)
+    for implied in implied_events(event):
+        append_event(store, implied)
+
+
 def _ensure_logged(store: ObjectStore, event: AliasEvent) -> None:
     if not store.exists(event_key(event)):
-        append_event(store, event)
+        _log(store, event)
 
 
 def move_alias(
@@ -74,43 +105,44 @@ def move_alias(
     *,
     reason: str | None = None,
     expected: AliasPointer | None | bool = True,
+    kind: str | None = None,
+    details: Mapping[str, Any] | None = None,
+    seen: AliasEvent | None | bool = False,
 ) -> AliasEvent:
     """Point ``name@alias`` at ``target`` = (digest, version), or remove it (``None``).
 
     ``expected=True`` means "whatever is there now" (read, then swap against it); passing
     the pointer a caller saw earlier (or ``None`` for "unset") makes the move fail with
-    :class:`ConflictError` if anyone moved it since.
+    :class:`ConflictError` if anyone moved it since. ``seen`` (an event, or ``None`` for
+    "never set") is the stricter form used after checking gates: the move must replace
+    exactly that last move, removals included. ``kind`` defaults to ``alias.set`` /
+    ``alias.remove``; ``details`` go into the event (annotations, the archived version).
     """
+    from casreg.events import new_event
+
     key = pointer_key(name, alias)
     current = store.read_versioned(key)
     current_event = _decode(current.data) if current else None
     if current_event is not None:
         _ensure_logged(store, current_event)
     current_pointer = _as_pointer(current_event) if current_event else None
-    if expected is not True:
-        seen = expected.event.event_id if isinstance(expected, AliasPointer) else None
-        now = current_pointer.event.event_id if current_pointer else None
-        if seen != now:
+    if seen is not False:
+        last = seen.event_id if isinstance(seen, AliasEvent) else None
+        if last != (current_event.event_id if current_event else None):
             raise _conflict(name, alias, current_pointer)
-    event = AliasEvent(
-        event_id=uuid.uuid4().hex,
-        time=utcnow(),
-        kind="alias.set" if target else "alias.remove",
-        name=name,
-        alias=alias,
-        from_digest=current_pointer.digest if current_pointer else None,
-        to_digest=target[0] if target else None,
-        from_version=current_pointer.version if current_pointer else None,
-        to_version=target[1] if target else None,
-        author=current_author(),
-        host=hostname(),
-        reason=reason,
-    )
+    elif expected is not True:
+        was = expected.event.event_id if isinstance(expected, AliasPointer) else None
+        now = current_pointer.event.event_id if current_pointer else None
+        if was != now:
+            raise _conflict(name, alias, current_pointer)
+    source = (current_pointer.digest, current_pointer.version) if current_pointer else None
+    event = new_event(kind or ("alias.set" if target else "alias.remove"), name, alias=alias, to=target,
+                      source=source, reason=reason, details=details)
     try:
         store.swap(key, json.dumps(event.to_dict()).encode(), current.token if current else None)
     except ConflictError:
         raise _conflict(name, alias, read_pointer(store, name, alias)) from None
-    append_event(store, event)
+    _log(store, event)
     return event
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["Lineage", "Version", "AliasPointer", "AliasEvent", "PullResult", "FileInfo", "utcnow"]
+__all__ = ["Lineage", "Version", "AliasPointer", "AliasEvent", "Event", "PullResult", "FileInfo", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -95,6 +96,14 @@ class AliasEvent:
     author: str
     host: str
     reason: str | None
+    #: What a kind needs beyond the common fields: an alias's annotations, the stage of
+    #: an approval, the policy version of a policy change, a hook's failure. JSON object.
+    details: dict[str, Any] | None = None
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        """An alias's annotations (for example a canary's traffic weight)."""
+        return dict((self.details or {}).get("annotations") or {})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -105,7 +114,14 @@ class AliasEvent:
     def from_dict(cls, d: dict[str, Any]) -> AliasEvent:
         d = dict(d)
         d["time"] = parse_time(d["time"]) if isinstance(d["time"], str) else d["time"]
+        if isinstance(d.get("details"), str):
+            d["details"] = json.loads(d["details"]) if d["details"] else None
         return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
+
+
+#: Every ledger event (pushes excepted, which are version records) is an AliasEvent row;
+#: the name stays for compatibility, ``Event`` reads better where no alias is involved.
+Event = AliasEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +134,14 @@ class AliasPointer:
     version: int
     event: AliasEvent
 
+    @property
+    def annotations(self) -> dict[str, str]:
+        return self.event.annotations
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "alias": self.alias, "digest": self.digest, "version": self.version,
-                "updated_at": _iso(self.event.time), "author": self.event.author, "reason": self.event.reason}
+                "updated_at": _iso(self.event.time), "author": self.event.author, "reason": self.event.reason,
+                "annotations": self.annotations}
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from casreg.errors import (
     CasregError,
     IntegrityError,
     InvalidInputError,
+    PolicyError,
     NotFoundError,
     UnknownReferenceError,
 )
@@ -243,6 +244,9 @@ class Registry:
         clean_metrics = _metrics(metrics)
         clean_params = {k: str(v) for k, v in _check_keys("param", params).items()}
         clean_tags = {k: str(v) for k, v in _check_keys("tag", tags).items()}
+        git = git_state(os.fspath(path))
+        self._check_push_policy(name, clean_metrics, clean_params, clean_tags, framework, description,
+                                run_id=run_id, dataset=dataset, parent=parent, git_commit=git.commit)
         source = scan_source(path)
         _preload("pyarrow.parquet")  # needed at commit; importing it now overlaps the chunking
         parent_digest = self.resolve(parent).digest if parent else None
@@ -255,7 +259,6 @@ class Registry:
         index = ChunkIndex.load(self.store)
         manifest, stats = store_source(self.store, source, params=chunking, level=level, index=index,
                                        progress=progress, threads=self.threads)
-        git = git_state(os.fspath(path))
         record = Version(
             name=name, version=0, digest="blake3:" + manifest.hexdigest, kind=manifest.kind,
             size=stats.size, stored_bytes=stats.stored_bytes, new_bytes=stats.new_raw_bytes,
@@ -270,10 +273,41 @@ class Registry:
                  for e in manifest.entries]
         self._check_before_commit(manifest)  # gc protocol (docs/gc.md): right before the commit
         version = commit_version(self.store, record, files)
+        push_event = {"kind": "push", **version.to_dict()}
+        push_event.pop("lineage", None)
+        push_event["lineage"] = dict(version.to_dict()["lineage"])
+        self._notify(push_event)
         if alias is not None:
-            move_alias(self.store, name, alias, (version.digest, version.version), reason=f"push {version.ref} --alias")
+            self.set_alias(name, alias, version.version, reason=f"push {version.ref} --alias")
         self._auto_compact(version)
         return version
+
+    def _check_push_policy(self, name: str, metrics: dict[str, float], params: dict[str, str],
+                           tags: dict[str, str], framework: str | None, description: str | None, *,
+                           run_id: str | None, dataset: str | None, parent: str | None,
+                           git_commit: str | None) -> None:
+        """Refuse a push the policy forbids or that lacks required metadata, before any
+        byte is stored."""
+        from casreg.policy import read_policy
+
+        current = read_policy(self.store)
+        if current is None:
+            return
+        policy = current.for_model(name)
+        policy.require_permission(current_author(), "push", None, what=f"pushing {name}")
+        if not policy.require:
+            return
+        probe = Version(name=name, version=0, digest="", kind="file", size=0, stored_bytes=0, new_bytes=0,
+                        file_count=0, chunk_count=0, created_at=utcnow(), author=current_author(),
+                        framework=framework, description=description, metrics=metrics, params=params,
+                        tags=tags, lineage=Lineage(run_id=run_id, dataset=dataset, parent=parent or None,
+                                                   hostname=hostname(), python_version=platform.python_version(),
+                                                   casreg_version=__version__, git_commit=git_commit))
+        missing = policy.missing_metadata(probe)
+        if missing:
+            raise PolicyError(f"push of {name} refused by policy version {policy.version}: missing "
+                              f"{', '.join(missing)} (pass them with --metric/--param/--tag/--framework/"
+                              "--description/--dataset/--run-id/--parent)")
 
     #: Compact the ledger after a push once the model has more uncompacted versions than
     #: this; ``None``: ``$CASREG_COMPACT_THRESHOLD``, else 256; 0: never.
@@ -369,26 +403,127 @@ class Registry:
             raise InvalidInputError(f"{text} is a version of {resolved.name}, not of {name}")
         return resolved
 
-    def set_alias(self, name: str, alias: str, ref: str | int, *, reason: str | None = None) -> AliasEvent:
+    def set_alias(self, name: str, alias: str, ref: str | int, *, reason: str | None = None,
+                  annotations: Mapping[str, Any] | None = None) -> AliasEvent:
         """Point ``name@alias`` at a version of ``name`` (a number, a reference or a
-        digest), by compare-and-swap; the move is recorded with its author and reason."""
-        validate_name(name)
+        digest), by compare-and-swap; the move is recorded with its author and reason.
+        The policy's permissions and the alias's gates apply (a stage moved this way
+        keeps its previous version unarchived; :meth:`promote` archives it)."""
+        from casreg.lifecycle import promote
+
         validate_alias(alias)
-        target = self._target(name, ref)
-        assert target.version is not None
-        return move_alias(self.store, name, alias, (target.digest, target.version), reason=reason)
+        if alias == "archived":
+            raise InvalidInputError("archived is a state of versions, not an alias: use casreg archive NAME REF")
+        event = promote(self, name, ref, alias, reason=reason, annotations=annotations, kind="alias.set").event
+        assert event is not None
+        return event
 
     def remove_alias(self, name: str, alias: str, *, reason: str | None = None) -> AliasEvent:
+        from casreg.lifecycle import _policy
+
         validate_name(name)
         validate_alias(alias)
         if read_pointer(self.store, name, alias) is None:
             raise self._unknown(f"{name}@{alias} is not set")
-        return move_alias(self.store, name, alias, None, reason=reason)
+        _policy(self, name).require_permission(current_author(), "promote", alias, what=f"removing {name}@{alias}")
+        event = move_alias(self.store, name, alias, None, reason=reason)
+        self._notify(event.to_dict())
+        return event
 
     def aliases(self, name: str | None = None) -> list[AliasPointer]:
         if name is not None:
             validate_name(name)
         return list_pointers(self.store, name)
+
+    # -- lifecycle: stages, approvals, history, policy (casreg/lifecycle.py) --------------
+    def promote(self, name: str, ref: str | int, stage: str, *, reason: str | None = None,
+                keep_previous: bool = False, dry_run: bool = False,
+                annotations: Mapping[str, Any] | None = None, if_current: str | int | None = None) -> Any:
+        """Move ``name@stage`` to a version once the policy's gates pass; promoting to
+        production archives the version it replaces unless ``keep_previous``. ``dry_run``
+        evaluates the gates and changes nothing; ``if_current`` makes the move conditional
+        on the stage still pointing at that version. Returns a
+        :class:`casreg.lifecycle.Promotion`."""
+        from casreg.lifecycle import promote
+
+        return promote(self, name, ref, stage, reason=reason, keep_previous=keep_previous, dry_run=dry_run,
+                       annotations=annotations, if_current=if_current)
+
+    def archive(self, name: str, ref: str | int, *, reason: str | None = None) -> AliasEvent:
+        from casreg.lifecycle import archive
+
+        return archive(self, name, ref, reason=reason)
+
+    def rollback(self, name: str, alias: str, *, reason: str | None = None, keep_previous: bool = False) -> AliasEvent:
+        """Move ``name@alias`` back to its previous target, as a new recorded event."""
+        from casreg.lifecycle import rollback
+
+        return rollback(self, name, alias, reason=reason, keep_previous=keep_previous)
+
+    def approve(self, name: str, ref: str | int, *, stage: str, comment: str | None = None) -> AliasEvent:
+        from casreg.lifecycle import decide
+
+        return decide(self, name, ref, stage, approve=True, comment=comment)
+
+    def reject(self, name: str, ref: str | int, *, stage: str, comment: str | None = None) -> AliasEvent:
+        from casreg.lifecycle import decide
+
+        return decide(self, name, ref, stage, approve=False, comment=comment)
+
+    def log(self, name: str, *, alias: str | None = None, kinds: Any = None, since: Any = None,
+            until: Any = None) -> list[Any]:
+        """Every push and event of ``name``, oldest first (:class:`casreg.lifecycle.LogEntry`)."""
+        from casreg.lifecycle import history, parse_when
+
+        def when(t: Any) -> Any:
+            return parse_when(t) if isinstance(t, str) else t
+
+        return history(self, name, alias=alias, kinds=kinds, since=when(since), until=when(until))
+
+    def resolve_at(self, ref: str, at: Any) -> Resolved:
+        """What ``ref`` pointed at at time ``at`` (a datetime or ISO 8601 text)."""
+        from casreg.lifecycle import parse_when, resolve_at
+
+        return resolve_at(self, ref, parse_when(at) if isinstance(at, str) else at)
+
+    def set_policy(self, text: str, *, reason: str | None = None) -> int:
+        """Store a new version of the registry's policy (TOML; docs/lifecycle.md) and
+        return its number."""
+        from casreg.lifecycle import set_policy
+
+        return set_policy(self, text, reason=reason)[0]
+
+    def policy(self, version: int | None = None) -> Any:
+        """The policy in force (or version ``version``) as a
+        :class:`casreg.policy.PolicyFile`, or ``None``."""
+        from casreg.policy import read_policy
+
+        return read_policy(self.store, version)
+
+    def diff(self, a: str | Ref, b: str | Ref) -> Any:
+        """Compare two versions: metrics, params, tags, files and shared bytes
+        (:class:`casreg.diff.VersionDiff`)."""
+        from casreg.diff import diff_versions
+
+        return diff_versions(self, a, b)
+
+    def search(self, name: str, *, where: str | None = None, stage: str | None = None,
+               alias: str | None = None, sort: str | None = None, descending: bool = False,
+               limit: int | None = None) -> list[Version]:
+        """Versions of ``name`` matching a filter (``metrics.auc > 0.9 AND tags.team =
+        'fraud'``), a stage or an alias, optionally sorted by a field."""
+        from casreg.search import search
+
+        return search(self, name, where=where, stage=stage, alias=alias, sort=sort, descending=descending,
+                      limit=limit)
+
+    def _notify(self, event: dict[str, Any]) -> None:
+        """Run the registry's hooks for an event; never fails the event (casreg/hooks.py)."""
+        try:
+            from casreg.hooks import dispatch
+        except ImportError:  # hooks not part of this build
+            return
+        dispatch(self.store, event)
 
     # -- maintenance: verify and gc (casreg/verify.py, casreg/gc.py, docs/gc.md) -----------
     def verify(self, ref: str | Ref | None = None, progress: Progress | None = None) -> Any:

@@ -5,8 +5,14 @@ Views (documented in docs/FORMAT.md):
 - ``versions``: one row per version (maps ``metrics``, ``params``, ``tags``; struct
   ``lineage``; list ``files``).
 - ``files``: one row per file of every version.
-- ``events``: every push and alias move (``kind`` = ``push``, ``alias.set``, ``alias.remove``).
-- ``aliases``: where each alias points now.
+- ``events``: every push and recorded event (``kind``: ``push``, ``alias.set``,
+  ``alias.remove``, ``promote``, ``rollback``, ``archive``, ``approve``, ``reject``,
+  ``policy.set``, ``hook.failed``; ``details`` is a JSON object).
+- ``aliases``: where each alias points now (with its ``annotations`` map).
+- ``approvals``: approvals and rejections (``stage``, ``decision``, ``comment``).
+- ``alias_history``: intervals: which version each alias pointed at from ``from_time`` to
+  ``to_time`` (NULL while current).
+- ``lineage``: parent → child, from each push's ``--parent``.
 
 Ledger files are read through the store (compacted files plus the segments they do not
 cover, see :mod:`casreg.ledger`), so the same views work on every backend, and registered
@@ -44,17 +50,43 @@ CREATE VIEW events AS
   SELECT 'push-' || name || '-' || version AS event_id, created_at AS time, 'push' AS kind,
          name, NULL::VARCHAR AS alias, lineage.parent AS from_digest, digest AS to_digest,
          NULL::BIGINT AS from_version, version AS to_version, author,
-         lineage.hostname AS host, description AS reason
+         lineage.hostname AS host, description AS reason, NULL::VARCHAR AS details
   FROM _versions
   UNION ALL
   SELECT event_id, time, kind, name, alias, from_digest, to_digest, from_version,
-         to_version, author, host, reason FROM _events;
+         to_version, author, host, reason, details FROM _events;
 CREATE VIEW aliases AS SELECT * FROM _aliases;
+CREATE VIEW approvals AS
+  SELECT time, name, to_version AS version, to_digest AS digest, alias AS stage,
+         kind AS decision, author, host, reason AS comment, event_id
+  FROM _events WHERE kind IN ('approve', 'reject');
+CREATE VIEW alias_history AS
+  SELECT name, alias, version, digest, from_time, to_time, kind, author, reason, event_id
+  FROM (
+    SELECT name, alias, to_version AS version, to_digest AS digest, time AS from_time,
+           LEAD(time) OVER (PARTITION BY name, alias ORDER BY time, event_id) AS to_time,
+           kind, author, reason, event_id
+    FROM _events WHERE kind IN ('alias.set', 'alias.remove', 'promote', 'rollback')
+  ) WHERE version IS NOT NULL;
+CREATE VIEW lineage AS
+  SELECT p.name AS parent_name, p.version AS parent_version, c.lineage.parent AS parent_digest,
+         c.name AS child_name, c.version AS child_version, c.digest AS child_digest,
+         c.created_at AS created_at
+  FROM _versions c
+  LEFT JOIN (SELECT name, version, digest,
+                    row_number() OVER (PARTITION BY digest ORDER BY created_at, name, version) AS rn
+             FROM _versions) p
+    ON p.digest = c.lineage.parent AND p.rn = 1
+  WHERE c.lineage.parent IS NOT NULL;
 """
 
 
 #: The underlying tables, and the views that read each.
-_SOURCES = {"_versions": ("versions", "files", "events"), "_events": ("events",), "_aliases": ("aliases",)}
+_SOURCES = {
+    "_versions": ("versions", "files", "events", "lineage"),
+    "_events": ("events", "approvals", "alias_history"),
+    "_aliases": ("aliases",),
+}
 _WORD = re.compile(r"[a-z_][a-z0-9_]*")
 
 
@@ -72,6 +104,7 @@ def _aliases_schema() -> Any:
     return pa.schema([
         ("name", pa.string()), ("alias", pa.string()), ("digest", pa.string()), ("version", pa.int64()),
         ("updated_at", pa.timestamp("us", tz="UTC")), ("author", pa.string()), ("reason", pa.string()),
+        ("annotations", pa.map_(pa.string(), pa.string())),
     ])
 
 
@@ -92,7 +125,8 @@ def _aliases_table(store: ObjectStore) -> Any:
         if e is None or e.to_digest is None or e.to_version is None:
             continue  # removed
         rows.append({"name": e.name, "alias": e.alias, "digest": e.to_digest, "version": e.to_version,
-                     "updated_at": e.time, "author": e.author, "reason": e.reason})
+                     "updated_at": e.time, "author": e.author, "reason": e.reason,
+                     "annotations": list(e.annotations.items())})
     return pa.Table.from_pylist(rows, schema=_aliases_schema())
 
 

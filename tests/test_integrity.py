@@ -40,9 +40,9 @@ SCRIPT = Path(sys.executable).with_name("casreg")
 def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("CASREG_USER", "integrity@example.test")
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
-    casreg.lineage.current_author.cache_clear()
+    casreg.lineage._fallback_author.cache_clear()
     yield
-    casreg.lineage.current_author.cache_clear()
+    casreg.lineage._fallback_author.cache_clear()
 
 
 @pytest.fixture(params=["local", "memory"])

@@ -38,9 +38,9 @@ def _author(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("CASREG_USER", AUTHOR)
     # tmp_path is not inside any git repository unless a test makes one
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
-    casreg.lineage.current_author.cache_clear()
+    casreg.lineage._fallback_author.cache_clear()
     yield
-    casreg.lineage.current_author.cache_clear()
+    casreg.lineage._fallback_author.cache_clear()
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -372,7 +372,7 @@ def test_sql_events_and_aliases(reg: Registry, tmp_path: Path, monkeypatch: pyte
     v2 = reg.push("svc", f)
     reg.set_alias("svc", "prod", 1, reason="initial rollout")
     monkeypatch.setenv("CASREG_USER", "bob@example.test")
-    casreg.lineage.current_author.cache_clear()
+    casreg.lineage._fallback_author.cache_clear()
     ev = reg.set_alias("svc", "prod", "svc:2", reason="better auc")
     assert (ev.kind, ev.from_version, ev.to_version, ev.from_digest, ev.to_digest) == \
         ("alias.set", 1, 2, v1.digest, v2.digest)

@@ -40,9 +40,9 @@ MiB = 1 << 20
 def _author(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("CASREG_USER", "s3@example.test")
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
-    casreg.lineage.current_author.cache_clear()
+    casreg.lineage._fallback_author.cache_clear()
     yield
-    casreg.lineage.current_author.cache_clear()
+    casreg.lineage._fallback_author.cache_clear()
 
 
 @pytest.fixture

@@ -1,0 +1,70 @@
+"""``casreg diff A B``: what changed between two versions, in the terms a reviewer asks
+about: metrics (with deltas), params and tags, files, and how many bytes they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from casreg.records import Version
+
+if TYPE_CHECKING:
+    from casreg.refs import Ref
+    from casreg.registry import Registry
+
+__all__ = ["VersionDiff", "diff_versions"]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionDiff:
+    a: Version
+    b: Version
+    metrics: dict[str, tuple[float | None, float | None, float | None]]  # name -> (a, b, b - a)
+    params: dict[str, tuple[str | None, str | None]]  # changed only
+    tags: dict[str, tuple[str | None, str | None]]  # changed only
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+    unchanged: int
+    shared_bytes: int  # logical bytes of b held in chunks a also has
+    b_size: int
+
+    @property
+    def shared_fraction(self) -> float:
+        return self.shared_bytes / self.b_size if self.b_size else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "a": {"name": self.a.name, "version": self.a.version, "digest": self.a.digest},
+            "b": {"name": self.b.name, "version": self.b.version, "digest": self.b.digest},
+            "metrics": {k: {"a": x, "b": y, "delta": d} for k, (x, y, d) in self.metrics.items()},
+            "params": {k: {"a": x, "b": y} for k, (x, y) in self.params.items()},
+            "tags": {k: {"a": x, "b": y} for k, (x, y) in self.tags.items()},
+            "files": {"added": self.added, "removed": self.removed, "changed": self.changed,
+                      "unchanged": self.unchanged},
+            "shared_bytes": self.shared_bytes, "b_size": self.b_size,
+            "shared_fraction": round(self.shared_fraction, 6),
+        }
+
+
+def _changed(a: dict[str, str], b: dict[str, str]) -> dict[str, tuple[str | None, str | None]]:
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def diff_versions(reg: Registry, ref_a: str | Ref, ref_b: str | Ref) -> VersionDiff:
+    a, b = reg.show(ref_a), reg.show(ref_b)
+    ma, mb = reg.manifest(a.digest), reg.manifest(b.digest)
+    metrics = {}
+    for k in sorted(set(a.metrics) | set(b.metrics)):
+        x, y = a.metrics.get(k), b.metrics.get(k)
+        metrics[k] = (x, y, (y - x) if x is not None and y is not None else None)
+    fa = {e.path: e for e in ma.entries}
+    fb = {e.path: e for e in mb.entries}
+    added = sorted(set(fb) - set(fa))
+    removed = sorted(set(fa) - set(fb))
+    changed = sorted(p for p in set(fa) & set(fb) if (fa[p].type, fa[p].digest) != (fb[p].type, fb[p].digest))
+    unchanged = len(set(fa) & set(fb)) - len(changed)
+    have = {c.digest for e in ma.entries for c in e.chunks}
+    shared = sum(c.raw_size for e in mb.entries for c in e.chunks if c.digest in have)
+    return VersionDiff(a, b, metrics, _changed(a.params, b.params), _changed(a.tags, b.tags),
+                       added, removed, changed, unchanged, shared, mb.size)

@@ -1,0 +1,144 @@
+"""Recording and reading ledger events (everything except pushes, which are the version
+records themselves).
+
+Every event is one immutable Parquet segment under ``ledger/events/<name>/`` whose key is
+derived from the event, so appending is create-if-absent and repairing a crash by
+appending again is a no-op. Events that concern the whole registry (policy changes,
+hooks configuration) are filed under the reserved name :data:`REGISTRY_EVENTS`, which no
+model can take (model names start with a letter or digit).
+
+Event kinds (``kind`` column; docs/lifecycle.md):
+
+=================  ==========================================================
+``alias.set``      an alias was pointed at a version (``alias set``)
+``alias.remove``   an alias was removed
+``promote``        a version was promoted to a stage or alias (gates checked)
+``rollback``       an alias went back to its previous target
+``archive``        a version was archived (by hand, or by a production promotion)
+``approve``        an approval of a version for a stage (``alias`` = the stage)
+``reject``         a rejection of a version for a stage
+``policy.set``     the registry's policy changed (``details.policy_version``)
+``hook.failed``    a hook delivery failed after its retries (the event stands)
+=================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from blake3 import blake3
+
+from casreg.ledger import append_event, events_table
+from casreg.lineage import current_author, hostname
+from casreg.records import AliasEvent, utcnow
+from casreg.storage import ObjectStore
+
+__all__ = [
+    "REGISTRY_EVENTS",
+    "POINTER_KINDS",
+    "new_event",
+    "derived_id",
+    "record_event",
+    "read_events",
+]
+
+REGISTRY_EVENTS = "_registry"
+#: Kinds that move a pointer (their ``to_*`` fields are where the alias points after).
+POINTER_KINDS = frozenset({"alias.set", "alias.remove", "promote", "rollback"})
+
+
+def new_event(
+    kind: str,
+    name: str,
+    *,
+    alias: str | None = None,
+    to: tuple[str, int] | None = None,
+    source: tuple[str, int] | None = None,
+    reason: str | None = None,
+    details: Mapping[str, Any] | None = None,
+    event_id: str | None = None,
+    time: datetime | None = None,
+) -> AliasEvent:
+    """An event by the current author on this host; ``to``/``source`` are (digest,
+    version) pairs: what the event is about and, for moves, what it replaced."""
+    return AliasEvent(
+        event_id=event_id or uuid.uuid4().hex,
+        time=time or utcnow(),
+        kind=kind,
+        name=name,
+        alias=alias,
+        from_digest=source[0] if source else None,
+        to_digest=to[0] if to else None,
+        from_version=source[1] if source else None,
+        to_version=to[1] if to else None,
+        author=current_author(),
+        host=hostname(),
+        reason=reason,
+        details=dict(details) if details else None,
+    )
+
+
+def derived_id(event_id: str, role: str) -> str:
+    """The id of an event implied by another (the archive a production promotion
+    causes): deterministic, so whoever repairs a crash writes the very same event."""
+    return blake3(f"{event_id}/{role}".encode()).hexdigest()[:32]
+
+
+def record_event(
+    store: ObjectStore,
+    *,
+    name: str,
+    kind: str,
+    alias: str | None = None,
+    to: tuple[str, int] | None = None,
+    source: tuple[str, int] | None = None,
+    reason: str | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> AliasEvent:
+    """Append an event that moves no pointer (approval, archive, policy change, failed
+    hook) and return it."""
+    event = new_event(kind, name, alias=alias, to=to, source=source, reason=reason, details=details)
+    append_event(store, event)
+    return event
+
+
+def _rows_to_events(rows: Iterable[dict[str, Any]]) -> list[AliasEvent]:
+    return [AliasEvent.from_dict(r) for r in rows]
+
+
+def read_events(store: ObjectStore, name: str, *, pointers: bool = True,
+                registry_wide: bool = False) -> list[AliasEvent]:
+    """Every event of model ``name``, oldest first (ties broken by id). ``pointers``: also
+    the moves held by the model's pointers whose ledger append a crash may have cut off
+    (each pointer holds its last move), so history never misses the current state.
+    ``registry_wide``: interleave the registry's own events (policy changes)."""
+    events = _rows_to_events(events_table(store, name=name).to_pylist())
+    if registry_wide:
+        events += _rows_to_events(events_table(store, name=REGISTRY_EVENTS).to_pylist())
+    if pointers:
+        from casreg.pointers import read_pointer_events
+
+        seen = {e.event_id for e in events}
+        for e in read_pointer_events(store, name):
+            if e.event_id not in seen:
+                events.append(e)
+                events.extend(implied_events(e))
+    events.sort(key=lambda e: (e.time, e.event_id))
+    return events
+
+
+def implied_events(event: AliasEvent) -> list[AliasEvent]:
+    """Events a pointer move implies and that are appended right after it: the archive
+    of the version a production promotion (or rollback) replaced."""
+    archived = (event.details or {}).get("archived")
+    if not archived:
+        return []
+    return [AliasEvent(
+        event_id=derived_id(event.event_id, "archive"), time=event.time, kind="archive", name=event.name,
+        alias=None, from_digest=None, to_digest=archived["digest"], from_version=None,
+        to_version=int(archived["version"]), author=event.author, host=event.host,
+        reason=f"replaced in {event.alias} by {event.name}:{event.to_version}",
+        details={"cause": event.event_id})]

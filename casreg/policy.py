@@ -1,0 +1,391 @@
+"""The registry's policy: required metadata, promotion gates, approvals and roles.
+
+A policy is a TOML file kept in the registry and versioned: ``policy set`` writes
+``policy/versions/<N>.toml`` by create-if-absent (so two writers never share a number)
+and records a ``policy.set`` event; the highest number is in force. docs/lifecycle.md
+documents the format; in short::
+
+    [push]
+    require = ["metrics.auc", "lineage.dataset", "params.lr", "framework"]
+
+    [gates.production]
+    rules = ["metrics.auc >= 0.95", "metrics.auc > @production"]
+    after = ["staging"]        # must have been in staging first
+    approvals = 2              # distinct approvers, none rejecting
+    self_approval = false      # the pusher's approval does not count
+
+    [roles]
+    admin = ["alice@example.com"]
+    release = ["bob@example.com", "*@release.example.com"]
+
+    [permissions]
+    push = ["*"]
+    promote = { production = ["release"], "*" = ["*"] }
+    approve = ["release", "admin"]
+    policy = ["admin"]
+
+    [models."fraud-detector".gates.production]   # per-model override
+    rules = ["metrics.auc >= 0.97"]
+
+The client enforces this; storage access control enforces what must not depend on every
+client being honest (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from blake3 import blake3
+
+from casreg.errors import InvalidPolicyError, NotFoundError, PolicyError
+from casreg.records import Version
+from casreg.refs import validate_alias
+from casreg.storage import ObjectStore
+
+__all__ = [
+    "Policy",
+    "Rule",
+    "Gate",
+    "GateResult",
+    "PolicyFile",
+    "parse_policy",
+    "read_policy",
+    "write_policy",
+    "field_value",
+    "STAGES",
+    "POLICY_PREFIX",
+]
+
+STAGES = ("staging", "production", "archived")
+POLICY_PREFIX = "policy/versions"
+_WIDTH = 6
+MAX_POLICY_BYTES = 1 << 20
+_ACTIONS = ("push", "promote", "archive", "approve", "policy", "alias")
+_FIELD = r"(?:metrics|params|tags|lineage)\.[A-Za-z0-9_.\-]+|framework|description|author|size|file_count|version"
+_RULE = re.compile(
+    rf"^\s*(?P<field>{_FIELD})\s*(?P<op>>=|<=|==|!=|>|<)\s*"
+    r"(?P<value>@[a-z][a-z0-9_-]*|'[^']*'|\"[^\"]*\"|[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
+)
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
+}
+_MISSING = object()
+
+
+def field_value(version: Version, path: str) -> Any:
+    """The value of ``metrics.auc``, ``lineage.dataset``, ``framework``, ... on a version
+    (``_MISSING`` if it has none)."""
+    head, _, rest = path.partition(".")
+    if head in ("metrics", "params", "tags"):
+        return getattr(version, head).get(rest, _MISSING)
+    if head == "lineage":
+        value = getattr(version.lineage, rest, None)
+        return _MISSING if value is None else value
+    value = getattr(version, head, None)
+    return _MISSING if value in (None, "") else value
+
+
+def has_field(version: Version, path: str) -> bool:
+    return field_value(version, path) is not _MISSING
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """``FIELD OP VALUE``; VALUE is a number, a quoted string, or ``@alias``: the same
+    field of the version that alias points at now (the rule passes when it is unset)."""
+
+    text: str
+    field: str
+    op: str
+    value: float | str | None
+    alias: str | None  # compare against NAME@alias
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> Rule:
+        if not isinstance(text, str):
+            raise InvalidPolicyError(f"{where}: a rule must be a string like \"metrics.auc >= 0.95\"")
+        m = _RULE.match(text)
+        if not m:
+            raise InvalidPolicyError(
+                f"{where}: cannot read rule {text!r}; write FIELD OP VALUE, e.g. \"metrics.auc >= 0.95\", "
+                "\"tags.team == 'fraud'\" or \"metrics.auc > @production\"")
+        raw = m["value"]
+        if raw.startswith("@"):
+            return cls(text.strip(), m["field"], m["op"], None, raw[1:])
+        if raw[0] in "'\"":
+            if m["op"] not in ("==", "!="):
+                raise InvalidPolicyError(f"{where}: rule {text!r} compares a string with {m['op']}; use == or !=")
+            return cls(text.strip(), m["field"], m["op"], raw[1:-1], None)
+        return cls(text.strip(), m["field"], m["op"], float(raw), None)
+
+    def check(self, version: Version, current: Version | None) -> tuple[bool, str]:
+        """(passed, explanation naming the actual value and what would satisfy it)."""
+        have = field_value(version, self.field)
+        if have is _MISSING:
+            return False, f"{version.ref} has no {self.field} (the rule needs one)"
+        if self.alias is not None:
+            if current is None:
+                return True, f"no version is at @{self.alias} yet"
+            want = field_value(current, self.field)
+            if want is _MISSING:
+                return True, f"{current.ref} (@{self.alias}) has no {self.field} to compare with"
+            target = f"{want} ({current.ref} @{self.alias})"
+        else:
+            want = self.value
+            target = repr(want) if isinstance(want, str) else f"{want:g}"
+        try:
+            a, b = (float(have), float(want)) if not isinstance(want, str) else (str(have), want)
+        except (TypeError, ValueError):
+            return False, f"{version.ref} has {self.field} = {have!r}, not a number"
+        ok = _OPS[self.op](a, b)
+        shown = f"{a:g}" if isinstance(a, float) else repr(a)
+        return ok, f"{version.ref} has {self.field} = {shown}; needs {self.op} {target}"
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """What a version needs before it may be moved to one stage or alias."""
+
+    rules: tuple[Rule, ...] = ()
+    after: tuple[str, ...] = ()  # stages it must have been in before
+    approvals: int = 0
+    self_approval: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    rule: str
+    passed: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "passed": self.passed, "detail": self.detail}
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The effective policy for one model (top level merged with its ``[models.NAME]``)."""
+
+    require: tuple[str, ...] = ()
+    gates: Mapping[str, Gate] = field(default_factory=dict)
+    roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    permissions: Mapping[str, Any] = field(default_factory=dict)
+    version: int = 0  # 0: no policy in force
+
+    def missing_metadata(self, version: Version) -> list[str]:
+        return [f for f in self.require if not has_field(version, f)]
+
+    def roles_of(self, user: str) -> set[str]:
+        held = {"*"}
+        for role, patterns in self.roles.items():
+            if any(fnmatch.fnmatchcase(user, p) for p in patterns):
+                held.add(role)
+        return held
+
+    def allowed(self, user: str, action: str, target: str | None = None) -> tuple[bool, tuple[str, ...] | None]:
+        """(may ``user`` do ``action`` [to ``target`` stage/alias], the roles that may);
+        an action the policy does not mention is open to everyone."""
+        spec = self.permissions.get(action)
+        if spec is None:
+            return True, None
+        if isinstance(spec, Mapping):
+            roles = spec.get(target) if target is not None and target in spec else spec.get("*")
+            if roles is None:
+                return True, None
+        else:
+            roles = spec
+        roles = tuple(roles)
+        return bool(self.roles_of(user) & set(roles)), roles
+
+    def require_permission(self, user: str, action: str, target: str | None = None, what: str = "") -> None:
+        ok, roles = self.allowed(user, action, target)
+        if not ok:
+            label = f"{action} {target}" if target else action
+            assert roles is not None
+            raise PolicyError(
+                f"{what or label} refused: {user} holds none of the roles allowed to {label} "
+                f"({', '.join(roles)}) under policy version {self.version}")
+
+    def gate(self, stage: str) -> Gate | None:
+        return self.gates.get(stage)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyFile:
+    """One stored policy version: its number, text and the parsed document."""
+
+    version: int
+    text: str
+    doc: Mapping[str, Any]
+    digest: str
+
+    def for_model(self, name: str) -> Policy:
+        return _effective(self.doc, name, self.version)
+
+
+def _line_of(text: str, needle: str) -> str:
+    for i, line in enumerate(text.splitlines(), 1):
+        if needle and needle in line:
+            return f"line {i}: "
+    return ""
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise InvalidPolicyError(f"{where}: expected a list of strings")
+    return tuple(value)
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def _gate(spec: Any, where: str) -> Gate:
+    if not isinstance(spec, Mapping):
+        raise InvalidPolicyError(f"{where}: expected a table")
+    unknown = set(spec) - {"rules", "after", "approvals", "self_approval"}
+    if unknown:
+        raise InvalidPolicyError(f"{where}: unknown key {sorted(unknown)[0]!r} "
+                                 "(known: rules, after, approvals, self_approval)")
+    rules = tuple(Rule.parse(r, f"{where}.rules[{i}]") for i, r in enumerate(spec.get("rules", [])))
+    after = _strings(spec.get("after", []), f"{where}.after")
+    for stage in after:
+        try:
+            validate_alias(stage)
+        except Exception as err:  # noqa: BLE001
+            raise InvalidPolicyError(f"{where}.after: {err}") from None
+    approvals = spec.get("approvals", 0)
+    if not isinstance(approvals, int) or isinstance(approvals, bool) or not 0 <= approvals <= 100:
+        raise InvalidPolicyError(f"{where}.approvals: expected a whole number from 0 to 100")
+    self_approval = spec.get("self_approval", True)
+    if not isinstance(self_approval, bool):
+        raise InvalidPolicyError(f"{where}.self_approval: expected true or false")
+    return Gate(rules, after, approvals, self_approval)
+
+
+def _effective(doc: Mapping[str, Any], name: str | None, version: int) -> Policy:
+    base = {k: v for k, v in doc.items() if k != "models"}
+    if name is not None:
+        base = _merge(base, (doc.get("models") or {}).get(name) or {})
+    push = base.get("push") or {}
+    if not isinstance(push, Mapping):
+        raise InvalidPolicyError("push: expected a table")
+    require = _strings(push.get("require", []), "push.require")
+    for f in require:
+        if not re.fullmatch(_FIELD, f):
+            raise InvalidPolicyError(f"push.require: unknown field {f!r} (metrics.X, params.X, tags.X, "
+                                     "lineage.X, framework, description)")
+    gates_doc = base.get("gates") or {}
+    if not isinstance(gates_doc, Mapping):
+        raise InvalidPolicyError("gates: expected a table of stages")
+    gates = {}
+    for stage, spec in gates_doc.items():
+        if stage == "archived":
+            raise InvalidPolicyError("gates.archived: archiving is not gated (use permissions.archive)")
+        try:
+            validate_alias(stage)
+        except Exception as err:  # noqa: BLE001
+            raise InvalidPolicyError(f"gates.{stage}: {err}") from None
+        gates[stage] = _gate(spec, f"gates.{stage}")
+    roles_doc = base.get("roles") or {}
+    if not isinstance(roles_doc, Mapping):
+        raise InvalidPolicyError("roles: expected a table of role = [users or patterns]")
+    roles = {role: _strings(users, f"roles.{role}") for role, users in roles_doc.items()}
+    perms_doc = base.get("permissions") or {}
+    if not isinstance(perms_doc, Mapping):
+        raise InvalidPolicyError("permissions: expected a table")
+    perms: dict[str, Any] = {}
+    for action, spec in perms_doc.items():
+        if action not in _ACTIONS:
+            raise InvalidPolicyError(f"permissions.{action}: unknown action (known: {', '.join(_ACTIONS)})")
+        if isinstance(spec, Mapping):
+            perms[action] = {t: _strings(r, f"permissions.{action}.{t}") for t, r in spec.items()}
+            granted = {r for rs in perms[action].values() for r in rs}
+        else:
+            perms[action] = _strings(spec, f"permissions.{action}")
+            granted = set(perms[action])
+        undefined = granted - set(roles) - {"*"}
+        if undefined:
+            raise InvalidPolicyError(f"permissions.{action}: role {sorted(undefined)[0]!r} is not defined in [roles]")
+    return Policy(require, gates, roles, perms, version)
+
+
+def parse_policy(text: str) -> dict[str, Any]:
+    """Parse and validate a policy document; errors name the line and column (TOML
+    syntax) or the key and line (meaning)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise InvalidPolicyError(f"policy is not valid TOML: {err}") from None
+    unknown = set(doc) - {"push", "gates", "roles", "permissions", "models"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise InvalidPolicyError(f"policy: {_line_of(text, key)}unknown table {key!r} "
+                                 "(known: push, gates, roles, permissions, models)")
+    try:
+        _effective(doc, None, 0)
+        models = doc.get("models") or {}
+        if not isinstance(models, Mapping):
+            raise InvalidPolicyError("models: expected a table of model names")
+        for name in models:
+            _effective(doc, name, 0)
+    except InvalidPolicyError as err:
+        msg = str(err)
+        needle = re.findall(r"'([^']+)'", msg)
+        hint = _line_of(text, needle[0]) if needle else ""
+        raise InvalidPolicyError(f"policy: {hint}{msg}") from None
+    return doc
+
+
+def _key(number: int) -> str:
+    return f"{POLICY_PREFIX}/{number:0{_WIDTH}d}.toml"
+
+
+def policy_numbers(store: ObjectStore) -> list[int]:
+    out = []
+    for key in store.list(POLICY_PREFIX):
+        stem = key.rsplit("/", 1)[-1]
+        if stem.endswith(".toml") and stem[:-5].isdigit():
+            out.append(int(stem[:-5]))
+    return sorted(out)
+
+
+def read_policy(store: ObjectStore, number: int | None = None) -> PolicyFile | None:
+    """The policy in force (or version ``number``), or ``None`` if the registry has none:
+    one listing and one small read."""
+    if number is None:
+        numbers = policy_numbers(store)
+        if not numbers:
+            return None
+        number = numbers[-1]
+    try:
+        data = store.read(_key(number))
+    except NotFoundError:
+        return None
+    text = data.decode("utf-8")
+    return PolicyFile(number, text, parse_policy(text), "blake3:" + blake3(data).hexdigest())
+
+
+def write_policy(store: ObjectStore, text: str) -> PolicyFile:
+    """Store ``text`` as the next policy version (validated first)."""
+    data = text.encode("utf-8")
+    if len(data) > MAX_POLICY_BYTES:
+        raise InvalidPolicyError(f"policy is {len(data):,} bytes; at most {MAX_POLICY_BYTES:,}")
+    doc = parse_policy(text)
+    numbers = policy_numbers(store)
+    number = (numbers[-1] if numbers else 0) + 1
+    while not store.create(_key(number), data):
+        number += 1
+    return PolicyFile(number, text, doc, "blake3:" + blake3(data).hexdigest())
+
