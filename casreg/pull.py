@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
 
 from blake3 import blake3
 
@@ -34,7 +35,11 @@ from casreg.packs import pack_key
 from casreg.progress import NullProgress, Progress
 from casreg.storage import ByteRange, ObjectStore
 
-__all__ = ["PullStats", "materialize", "matches", "read_chunk", "read_span", "file_digest", "spans"]
+if TYPE_CHECKING:
+    from casreg.cache import ChunkCache
+
+__all__ = ["AUTO", "PullStats", "SpanRead", "materialize", "matches", "read_chunk", "read_span", "read_span_stats",
+           "file_digest", "spans"]
 
 SPAN_BYTES = 4 << 20  # stored bytes fetched by one ranged read at most
 _READ_BLOCK = 8 << 20
@@ -46,6 +51,7 @@ class PullStats:
     files: int = 0
     fetched_bytes: int = 0  # stored bytes read from the registry
     requests: int = 0  # ranged reads made
+    cached_bytes: int = 0  # raw bytes taken from the local chunk cache (docs/cache.md)
     resumed_bytes: int = 0  # bytes kept from an interrupted earlier pull
     up_to_date: bool = False  # the destination already held exactly this version
 
@@ -63,26 +69,104 @@ def _check_chunk(ref: ChunkRef, stored: bytes | memoryview, key: str) -> bytes:
     return raw if isinstance(raw, bytes) else bytes(raw)
 
 
-def read_span(store: ObjectStore, refs: list[ChunkRef]) -> list[bytes]:
-    """Fetch chunks stored back to back in one pack with a single ranged read; decode and
-    verify each. Never returns bytes that fail their digest."""
-    first, last = refs[0], refs[-1]
-    key = pack_key(first.pack)
-    start, end = first.offset, last.offset + last.stored_size
+class _Auto:
+    """Type of :data:`AUTO`: "the cache :func:`casreg.cache.cache_for` picks for the store"."""
+
+    def __repr__(self) -> str:
+        return "AUTO"
+
+
+#: Default of every ``cache=`` argument: the cache ``CASREG_CACHE`` selects for the store
+#: (remote registries only, by default; docs/cache.md). ``None`` reads the registry only.
+AUTO: Any = _Auto()
+CacheArg = Union["ChunkCache", None, _Auto]
+
+
+def resolve_cache(store: ObjectStore, cache: CacheArg = AUTO) -> ChunkCache | None:
+    if isinstance(cache, _Auto):
+        from casreg.cache import cache_for
+
+        return cache_for(store)
+    return cache
+
+
+@dataclass(slots=True)
+class SpanRead:
+    """What one :func:`read_span` call returned and what it cost."""
+
+    chunks: list[bytes]
+    fetched_bytes: int = 0  # stored bytes read from the registry
+    requests: int = 0  # ranged reads asked of the registry
+    cached_bytes: int = 0  # raw bytes served by the local cache
+
+
+def _fetch(store: ObjectStore, key: str, runs: list[list[ChunkRef]]) -> list[bytes]:
+    """One ranged read per run (several runs of one pack in one ``read_ranges`` call, which
+    S3 coalesces and issues concurrently)."""
+    ranges = [ByteRange(run[0].offset, run[-1].offset + run[-1].stored_size) for run in runs]
     try:
-        data = store.read(key, ByteRange(start, end))
+        if len(ranges) == 1:
+            blobs = [store.read(key, ranges[0])]
+        else:
+            blobs = store.read_ranges(key, ranges)
     except NotFoundError:
         raise IntegrityError(
-            f"object {key} is missing (needed for chunk blake3:{first.digest.hex()}); run casreg verify") from None
-    view = memoryview(data)
-    if len(data) != end - start:
-        raise IntegrityError(f"object {key} is truncated: {len(data)} of {end - start} bytes at offset {start}")
-    return [_check_chunk(r, view[r.offset - start:r.offset - start + r.stored_size], key) for r in refs]
+            f"object {key} is missing (needed for chunk blake3:{runs[0][0].digest.hex()}); run casreg verify") from None
+    for r, data in zip(ranges, blobs):
+        if len(data) != r.length:
+            raise IntegrityError(f"object {key} is truncated: {len(data)} of {r.length} bytes at offset {r.start}")
+    return blobs
 
 
-def read_chunk(store: ObjectStore, ref: ChunkRef) -> bytes:
-    """Fetch, decode and verify one chunk."""
-    return read_span(store, [ref])[0]
+def read_span_stats(store: ObjectStore, refs: list[ChunkRef], cache: CacheArg = AUTO) -> SpanRead:
+    """:func:`read_span`, also saying how many bytes and requests it took. With a cache,
+    chunks it holds are taken from it (each re-verified) and only the missing ones are
+    fetched, each run of adjacent missing chunks with one ranged read; every fetched chunk
+    is verified, then stored in the cache."""
+    cache = resolve_cache(store, cache)
+    key = pack_key(refs[0].pack)
+    if cache is None:
+        runs = [refs]
+        out: list[bytes | None] = [None] * len(refs)
+    else:
+        out = [cache.get(r.digest, r.raw_size) for r in refs]
+        runs, run = [], []
+        for r, got in zip(refs, out):
+            if got is None:
+                run.append(r)
+            elif run:
+                runs.append(run)
+                run = []
+        if run:
+            runs.append(run)
+    res = SpanRead([], requests=len(runs))
+    if runs:
+        missing = iter(i for i, got in enumerate(out) if got is None)
+        for run, data in zip(runs, _fetch(store, key, runs)):
+            view = memoryview(data)
+            start = run[0].offset
+            for r in run:
+                raw = _check_chunk(r, view[r.offset - start:r.offset - start + r.stored_size], key)
+                out[next(missing)] = raw
+                res.fetched_bytes += r.stored_size
+                if cache is not None:
+                    cache.put_verified(r.digest, raw)
+    res.chunks = out  # type: ignore[assignment]  # every slot is filled now
+    res.cached_bytes = sum(r.raw_size for r in refs) - sum(r.raw_size for run in runs for r in run)
+    return res
+
+
+def read_span(store: ObjectStore, refs: list[ChunkRef], cache: CacheArg = AUTO) -> list[bytes]:
+    """Fetch chunks stored back to back in one pack with a single ranged read; decode and
+    verify each. Never returns bytes that fail their digest. Reads go through the local
+    chunk cache when ``cache`` (default: the one ``CASREG_CACHE`` picks for the store,
+    docs/cache.md) is not ``None``."""
+    return read_span_stats(store, refs, cache).chunks
+
+
+def read_chunk(store: ObjectStore, ref: ChunkRef, cache: CacheArg = AUTO) -> bytes:
+    """Fetch, decode and verify one chunk (through the cache, as :func:`read_span`)."""
+    return read_span(store, [ref], cache)[0]
 
 
 def spans(chunks: list[ChunkRef], limit: int | None = None) -> Iterator[list[ChunkRef]]:
@@ -171,10 +255,11 @@ class _OpenFile:
 
 class _Writer:
     def __init__(self, store: ObjectStore, progress: Progress, workers: ThreadPoolExecutor,
-                 max_inflight: int) -> None:
+                 max_inflight: int, cache: ChunkCache | None = None) -> None:
         self.store, self.progress, self.workers = store, progress, workers
         self.max_inflight = max_inflight
-        self.inflight: deque[tuple[Future[list[bytes]], _OpenFile, list[ChunkRef]]] = deque()
+        self.cache = cache
+        self.inflight: deque[tuple[Future[SpanRead], _OpenFile, list[ChunkRef]]] = deque()
         self.open: list[_OpenFile] = []
         self.stats = PullStats()
         self.mask = _umask()
@@ -200,12 +285,14 @@ class _Writer:
         """Consume the oldest span: one thread writes every file sequentially, in order,
         while the workers fetch, decode and verify the spans ahead of it."""
         fut, f, refs = self.inflight.popleft()
-        for ref, raw in zip(refs, fut.result()):
+        got = fut.result()
+        for ref, raw in zip(refs, got.chunks):
             self._write(f.fd, raw)
             f.hasher.update(raw)
-            self.stats.fetched_bytes += ref.stored_size
             self.progress.advance(ref.raw_size)
-        self.stats.requests += 1
+        self.stats.fetched_bytes += got.fetched_bytes
+        self.stats.requests += got.requests
+        self.stats.cached_bytes += got.cached_bytes
         f.remaining -= len(refs)
         if f.remaining == 0:
             self._complete(f)
@@ -255,7 +342,7 @@ class _Writer:
                 self._complete(f)
                 continue
             for run in spans(todo):
-                self.inflight.append((self.workers.submit(read_span, self.store, run), f, run))
+                self.inflight.append((self.workers.submit(read_span_stats, self.store, run, self.cache), f, run))
                 if len(self.inflight) >= self.max_inflight:
                     self._drain_one()
         while self.inflight:
@@ -299,10 +386,12 @@ def materialize(
     force: bool = False,
     progress: Progress | None = None,
     threads: int | None = None,
+    cache: CacheArg = AUTO,
 ) -> PullStats:
     """Write ``manifest``'s version at ``dest`` (a file path for a file version, a
     directory for a tree). An existing ``dest`` is refused unless ``force``; with
-    ``force``, a destination that already holds exactly this version is left untouched."""
+    ``force``, a destination that already holds exactly this version is left untouched.
+    Chunks come from the local cache where it has them (``cache``, docs/cache.md)."""
     progress = progress or NullProgress()
     dest = Path(dest).absolute()
     if dest.exists() or dest.is_symlink():
@@ -321,7 +410,7 @@ def materialize(
                 _remove(tmp)
             tmp.mkdir(exist_ok=True)
         with ThreadPoolExecutor(nthreads, thread_name_prefix="casreg-pull") as workers:
-            writer = _Writer(store, progress, workers, max_inflight=nthreads + 2)
+            writer = _Writer(store, progress, workers, max_inflight=nthreads + 2, cache=resolve_cache(store, cache))
             try:
                 writer.write_tree(manifest, tmp)
             except BaseException:

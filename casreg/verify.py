@@ -593,7 +593,7 @@ def verify_registry(store: ObjectStore, *, progress: Progress | None = None,
                     from casreg.pull import read_chunk
 
                     try:
-                        read_chunk(store, c)
+                        read_chunk(store, c, cache=None)  # the registry's bytes, not a cached copy
                         report.chunks += 1
                     except CasregError as err:
                         wrong.append(str(err))

@@ -14,6 +14,7 @@ from casreg_cli.common import JsonOpt, QuietOpt, RefArg, RegistryOpt, alias_app,
 from casreg_cli.output import Output, human_bytes
 import casreg_cli.ledger_cmds  # noqa: F401,E402  (registers `casreg compact`)
 import casreg_cli.ops  # noqa: F401,E402  (registers `casreg verify` and `casreg gc`)
+import casreg_cli.cache_cmds  # noqa: F401,E402  (registers `casreg cache`)
 
 @app.command()
 def push(

@@ -66,6 +66,37 @@ BACKENDS: dict[str, BackendFactory] = {
 BACKEND_FIXTURES: dict[str, str] = {"s3": "s3_env"}
 
 
+# -- the local chunk cache (docs/cache.md): never the user's real ~/.cache ---------------------
+_CACHE_ROOT: Path | None = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_chunk_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point ``CASREG_CACHE_DIR`` at a session temporary directory for the whole run (and
+    so for every subprocess a test starts), restoring the caller's setting afterwards."""
+    global _CACHE_ROOT
+    _CACHE_ROOT = tmp_path_factory.mktemp("chunk-cache")
+    saved = {k: os.environ.get(k) for k in ("CASREG_CACHE_DIR", "CASREG_CACHE", "CASREG_CACHE_MAX_SIZE")}
+    os.environ["CASREG_CACHE_DIR"] = str(_CACHE_ROOT / "session")
+    os.environ.pop("CASREG_CACHE", None)  # the default (auto) unless a test says otherwise
+    os.environ.pop("CASREG_CACHE_MAX_SIZE", None)
+    try:
+        yield _CACHE_ROOT
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(autouse=True)
+def _own_chunk_cache(_session_chunk_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test gets a cache directory of its own (made only if used), so one test's
+    pulls never turn into another's cache hits and request counts stay exact."""
+    monkeypatch.setenv("CASREG_CACHE_DIR", str(_session_chunk_cache / uuid.uuid4().hex))
+
+
 @pytest.fixture(params=list(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> str:
     """Name of the backend under test (a key of ``BACKENDS``)."""

@@ -1,0 +1,73 @@
+"""``casreg cache info|prune|clear``: the local chunk cache (docs/cache.md)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from casreg_cli.common import JsonOpt, QuietOpt, app
+from casreg_cli.output import Output, human_bytes
+
+cache_app = typer.Typer(help="The local chunk cache of remote registries (docs/cache.md).", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+DirOpt = Annotated[
+    Optional[str],
+    typer.Option("--dir", envvar="CASREG_CACHE_DIR", show_envvar=True,
+                 help="Cache directory (default $XDG_CACHE_HOME/casreg, else ~/.cache/casreg)."),
+]
+
+
+def _cache(directory: str | None, max_size: str | None = None):  # noqa: ANN202 - casreg.cache.ChunkCache
+    from casreg.cache import ChunkCache
+
+    return ChunkCache(directory or None, max_size=max_size)
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+@cache_app.command("info")
+def info(directory: DirOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False) -> None:
+    """Where the cache is, how many chunks and bytes it holds, and its size bound."""
+    out = Output(json_, quiet)
+    res = _cache(directory).info()
+    if out.as_json:
+        out.json(res.to_dict())
+        return
+    out.line(f"cache     {res.path}")
+    out.line(f"entries   {res.entries:,} chunks, {human_bytes(res.bytes)}")
+    out.line(f"max size  {human_bytes(res.max_size)} (CASREG_CACHE_MAX_SIZE)")
+    used = {"auto": "remote registries (s3://)", "on": "every registry", "off": "no registry"}[res.mode]
+    out.line(f"used by   {used} (CASREG_CACHE={res.mode})")
+
+
+@cache_app.command("prune")
+def prune(
+    max_size: Annotated[Optional[str], typer.Option(
+        "--max-size", help="Keep at most this much, e.g. 10GB or 500MiB (default: CASREG_CACHE_MAX_SIZE or 20GiB).")] = None,
+    directory: DirOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Delete least recently used chunks until the cache fits in --max-size."""
+    out = Output(json_, quiet)
+    res = _cache(directory).prune(max_size)
+    if out.as_json:
+        out.json(res.to_dict())
+        return
+    out.line(f"removed {_n(res.removed_entries, 'chunk')} ({human_bytes(res.removed_bytes)}); "
+             f"{_n(res.entries, 'chunk')} ({human_bytes(res.bytes)}) remain, limit {human_bytes(res.max_size)}")
+
+
+@cache_app.command("clear")
+def clear(directory: DirOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False) -> None:
+    """Delete every cached chunk (they are fetched again when next needed)."""
+    out = Output(json_, quiet)
+    res = _cache(directory).clear()
+    if out.as_json:
+        out.json(res.to_dict())
+        return
+    out.line(f"removed {_n(res.removed_entries, 'chunk')} ({human_bytes(res.removed_bytes)})")
