@@ -60,6 +60,10 @@ def diff_versions(reg: Registry, ref_a: str | Ref, ref_b: str | Ref) -> VersionD
         metrics[k] = (x, y, (y - x) if x is not None and y is not None else None)
     fa = {e.path: e for e in ma.entries}
     fb = {e.path: e for e in mb.entries}
+    if ma.kind == mb.kind == "file":  # one file each: the same logical file, whatever its name
+        [ea], [eb] = ma.entries, mb.entries
+        label = ea.path if ea.path == eb.path else f"{ea.path} -> {eb.path}"
+        fa, fb = {label: ea}, {label: eb}
     added = sorted(set(fb) - set(fa))
     removed = sorted(set(fa) - set(fb))
     changed = sorted(p for p in set(fa) & set(fb) if (fa[p].type, fa[p].digest) != (fb[p].type, fb[p].digest))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from blake3 import blake3
@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 REGISTRY_EVENTS = "_registry"
+_AFTER = timedelta(microseconds=1)  # an implied event sorts right after its cause
 #: Kinds that move a pointer (their ``to_*`` fields are where the alias points after).
 POINTER_KINDS = frozenset({"alias.set", "alias.remove", "promote", "rollback"})
 
@@ -137,7 +138,7 @@ def implied_events(event: AliasEvent) -> list[AliasEvent]:
     if not archived:
         return []
     return [AliasEvent(
-        event_id=derived_id(event.event_id, "archive"), time=event.time, kind="archive", name=event.name,
+        event_id=derived_id(event.event_id, "archive"), time=event.time + _AFTER, kind="archive", name=event.name,
         alias=None, from_digest=None, to_digest=archived["digest"], from_version=None,
         to_version=int(archived["version"]), author=event.author, host=event.host,
         reason=f"replaced in {event.alias} by {event.name}:{event.to_version}",

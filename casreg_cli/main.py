@@ -10,10 +10,12 @@ from typing import Annotated, Optional
 import typer
 
 from casreg import CasregError, Registry
+from casreg.refs import parse_ref
 from casreg_cli.common import JsonOpt, QuietOpt, RefArg, RegistryOpt, alias_app, app, name_alias, pairs
 from casreg_cli.output import Output, human_bytes
 import casreg_cli.ledger_cmds  # noqa: F401,E402  (registers `casreg compact`)
 import casreg_cli.ops  # noqa: F401,E402  (registers `casreg verify` and `casreg gc`)
+import casreg_cli.lifecycle_cmds  # noqa: F401,E402  (promote, archive, rollback, approve, reject, log, diff, policy)
 import casreg_cli.cache_cmds  # noqa: F401,E402  (registers `casreg cache`)
 
 @app.command()
@@ -77,6 +79,8 @@ def pull(
 @app.command()
 def resolve(
     ref: RefArg,
+    at: Annotated[Optional[str], typer.Option("--at", help="What REF pointed at at this time "
+                                              "(ISO 8601, e.g. 2026-10-01T12:00:00Z).")] = None,
     registry: RegistryOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -84,7 +88,7 @@ def resolve(
     """Print the digest a reference points at (--json: the whole record)."""
     out = Output(json_, quiet)
     reg = Registry(registry)
-    resolved = reg.resolve(ref)
+    resolved = reg.resolve_at(ref, at) if at is not None else reg.resolve(ref)
     if not out.as_json:
         out.line(resolved.digest)
         return
@@ -92,7 +96,12 @@ def resolve(
         m = reg.manifest(resolved)
         out.json({"digest": resolved.digest, "kind": m.kind, "size": m.size, "file_count": len(m.files)})
         return
-    out.json(reg.show(f"{resolved.name}:{resolved.version}").to_dict() | {"ref": ref})
+    extra: dict[str, object] = {"ref": ref}
+    r = parse_ref(ref)
+    if r.alias is not None and at is None:
+        pointer = next((p for p in reg.aliases(resolved.name) if p.alias == r.alias), None)
+        extra["annotations"] = pointer.annotations if pointer else {}
+    out.json(reg.show(f"{resolved.name}:{resolved.version}").to_dict() | extra)
 
 
 @app.command()
@@ -139,6 +148,12 @@ def ls_(
     name: Annotated[Optional[str], typer.Argument(help="Model name (default: every model).")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Show the newest N versions.")] = 100,
     all_: Annotated[bool, typer.Option("--all", "-a", help="Show every version.")] = False,
+    where: Annotated[Optional[str], typer.Option("--where", help="Filter, e.g. \"metrics.auc > 0.9 AND "
+                                                 "tags.team = 'fraud'\" (needs NAME).")] = None,
+    stage: Annotated[Optional[str], typer.Option("--stage", help="staging, production or archived.")] = None,
+    alias: Annotated[Optional[str], typer.Option("--alias", help="Only the version at NAME@ALIAS.")] = None,
+    sort: Annotated[Optional[str], typer.Option("--sort", help="Sort by a field, e.g. metrics.auc.")] = None,
+    desc: Annotated[bool, typer.Option("--desc", help="Sort descending.")] = False,
     registry: RegistryOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -146,8 +161,17 @@ def ls_(
     """List the versions of NAME (the newest 100 unless --all / --limit), or the latest version of every model."""
     out = Output(json_, quiet)
     reg = Registry(registry)
-    versions = reg.ls(name, newest=None if all_ or name is None else limit)
-    older = versions[0].version - 1 if name is not None and versions else 0
+    filtered = any(x is not None for x in (where, stage, alias, sort)) or desc
+    if filtered and name is None:
+        raise typer.BadParameter("--where, --stage, --alias, --sort and --desc need a model NAME")
+    if filtered:
+        assert name is not None
+        versions = reg.search(name, where=where, stage=stage, alias=alias, sort=sort, descending=desc,
+                              limit=None if all_ else limit)
+        older = 0
+    else:
+        versions = reg.ls(name, newest=None if all_ or name is None else limit)
+        older = versions[0].version - 1 if name is not None and versions else 0
     pointers = reg.aliases(name)
     by_version: dict[tuple[str, int], list[str]] = {}
     for p in pointers:
@@ -186,6 +210,8 @@ def alias_set(
     target: Annotated[str, typer.Argument(metavar="NAME@ALIAS")],
     ref: Annotated[str, typer.Argument(help="A version of NAME: N, NAME:N, NAME@ALIAS or a digest.")],
     reason: Annotated[Optional[str], typer.Option("--reason", help="Why (recorded in the log).")] = None,
+    annotate: Annotated[Optional[list[str]], typer.Option("--annotate", help="KEY=VALUE kept on the alias "
+                                                          "(repeatable), e.g. weight=0.1 for a canary.")] = None,
     registry: RegistryOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -193,7 +219,7 @@ def alias_set(
     """Point NAME@ALIAS at a version (compare-and-swap; the move is logged)."""
     out = Output(json_, quiet)
     name, alias = name_alias(target)
-    ev = Registry(registry).set_alias(name, alias, ref, reason=reason)
+    ev = Registry(registry).set_alias(name, alias, ref, reason=reason, annotations=pairs("annotate", annotate))
     if out.as_json:
         out.json(ev.to_dict())
         return
@@ -234,7 +260,8 @@ def alias_ls(
         return
     out.table([{"alias": f"{p.name}@{p.alias}", "version": f"{p.name}:{p.version}", "digest": p.digest[:19],
                 "updated": p.event.time.strftime("%Y-%m-%d %H:%M:%S"), "by": p.event.author,
-                "reason": p.event.reason or ""} for p in pointers])
+                "reason": p.event.reason or "",
+                "annotations": ",".join(f"{k}={v}" for k, v in sorted(p.annotations.items()))} for p in pointers])
 
 
 def _fail(message: str, code: int) -> int:
