@@ -3,7 +3,7 @@
 Why: a serving job that needs one tensor of a 20 GB checkpoint must not download 20 GB.
 A version's manifest already says where every chunk of a file lives (pack, offset,
 sizes), so a byte range ``[start, end)`` maps to the few chunks that cover it; those are
-fetched with :func:`casreg.pull.read_span` (one ranged read per run of chunks lying back
+fetched with :func:`casreg.pull.read_span` (through ``read_span_stats``; one ranged read per run of chunks lying back
 to back in a pack), which decodes and checks every chunk's BLAKE3 before handing it
 over. A read therefore transfers at most one chunk beyond each end of the range, and a
 corrupt chunk raises :class:`~casreg.errors.IntegrityError`, never wrong bytes.
@@ -34,7 +34,7 @@ from blake3 import blake3
 
 from casreg.errors import IntegrityError, InvalidInputError, NotFoundError
 from casreg.manifest import ChunkRef, Entry, Manifest
-from casreg.pull import SPAN_BYTES, read_span
+from casreg.pull import SPAN_BYTES, read_span_stats
 
 if TYPE_CHECKING:
     import numpy as np
@@ -81,8 +81,9 @@ class PinnedFile:
     Reads that proceed sequentially from offset 0 also feed a BLAKE3 of the whole file,
     checked against the entry's file digest when they reach the end: a whole-file read
     is verified exactly like a pull. ``fetched_bytes`` and ``requests`` count the stored
-    bytes and ranged reads this object made (a chunk served from its small cache of
-    recent chunks costs nothing).
+    bytes and ranged reads this object asked of the registry; ``cached_bytes`` the raw
+    bytes the local chunk cache (:mod:`casreg.cache`, consulted inside ``read_span``)
+    served instead. A chunk served from this object's own few recent chunks costs nothing.
     """
 
     def __init__(self, store: Any, entry: Entry, *, where: str = "", cache_chunks: int = DEFAULT_CHUNK_CACHE,
@@ -100,6 +101,7 @@ class PinnedFile:
         self._hasher = blake3()
         self._hashed = 0
         self.fetched_bytes = 0
+        self.cached_bytes = 0
         self.requests = 0
 
     def __repr__(self) -> str:
@@ -169,14 +171,16 @@ class PinnedFile:
             if len(runs) > 1 and concurrency > 1:
                 workers = min(len(runs), self._threads or 2 * concurrency)
                 with ThreadPoolExecutor(workers, thread_name_prefix="casreg-read") as pool:
-                    results = list(pool.map(lambda run: read_span(self.store, [self._chunks[j] for j in run]), runs))
+                    results = list(pool.map(lambda run: read_span_stats(self.store, [self._chunks[j] for j in run]),
+                                            runs))
             else:
-                results = [read_span(self.store, [self._chunks[j] for j in run]) for run in runs]
+                results = [read_span_stats(self.store, [self._chunks[j] for j in run]) for run in runs]
             with self._lock:
-                for run, raws in zip(runs, results):
-                    self.requests += 1
-                    for j, raw in zip(run, raws):
-                        self.fetched_bytes += self._chunks[j].stored_size
+                for run, res in zip(runs, results):
+                    self.requests += res.requests
+                    self.fetched_bytes += res.fetched_bytes
+                    self.cached_bytes += res.cached_bytes
+                    for j, raw in zip(run, res.chunks):
                         got[j] = raw
                 for j in range(i0, i1):  # keep the last chunks of this read
                     if j in got and self._cache_chunks:
@@ -349,6 +353,11 @@ class SafetensorsFile:
     def fetched_bytes(self) -> int:
         """Stored bytes fetched from the registry so far (header included)."""
         return self.file.fetched_bytes
+
+    @property
+    def cached_bytes(self) -> int:
+        """Raw bytes the local chunk cache served so far instead of the registry."""
+        return self.file.cached_bytes
 
     def get_tensor(self, name: str) -> np.ndarray:
         """The tensor ``name`` as a writable numpy array, reading only its byte range."""
