@@ -17,6 +17,8 @@ import casreg_cli.ledger_cmds  # noqa: F401,E402  (registers `casreg compact`)
 import casreg_cli.ops  # noqa: F401,E402  (registers `casreg verify` and `casreg gc`)
 import casreg_cli.lifecycle_cmds  # noqa: F401,E402  (promote, archive, rollback, approve, reject, log, diff, policy)
 import casreg_cli.cache_cmds  # noqa: F401,E402  (registers `casreg cache`)
+import casreg_cli.hooks_cmds  # noqa: F401,E402  (registers `casreg hooks`)
+import casreg_cli.watch_cmds  # noqa: F401,E402  (registers `casreg watch`)
 
 @app.command()
 def push(

@@ -1,0 +1,539 @@
+"""Hooks: tell other systems when a model is pushed, moved or promoted.
+
+Why in the registry: every writer (a CI job, a laptop, the Python API) pushes and promotes
+through the same store, so a hook configured there fires whoever made the change, with
+no server of our own. The configuration is one small TOML object, ``config/hooks.toml``,
+replaced only by compare-and-swap (two admins editing it at once: one wins, the other
+gets a conflict, nobody's edit is silently lost). docs/hooks.md has the format.
+
+A hook is either a **webhook** (an HTTP POST of a JSON payload, signed with HMAC-SHA256
+so receivers can check it came from someone holding the secret and was not altered) or a
+**command** (run with the same JSON on stdin and the event in ``CASREG_*`` variables).
+
+Delivery contract (:func:`dispatch`):
+
+- It runs *after* the event is committed and **never undoes or fails it**: it never
+  raises. Each delivery is tried ``1 + retries`` times with exponential backoff; the
+  outcome of each hook is returned as a :class:`DeliveryResult` and logged
+  (logger ``casreg.hooks``).
+- A delivery that still fails is recorded in the ledger as a ``hook.failed`` event of
+  the model (``casreg log NAME`` shows it), so a missed notification is visible.
+- Secrets never enter the registry: the config names an environment variable
+  (``secret_env``) of the process that fires the hook; a config with a literal secret is
+  refused. Recorded failures name the webhook's scheme and host only (webhook URLs often
+  carry tokens in their path).
+- Deliveries are synchronous: the pushing process waits at most about
+  ``attempts * timeout + backoff * (2**retries - 1)`` seconds per hook (hooks run in
+  parallel). ``CASREG_HOOKS=off`` skips dispatching in one process (bulk imports, tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import shlex
+import subprocess
+import time
+import tomllib
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from fnmatch import fnmatchcase
+from typing import Any
+from urllib.parse import urlsplit
+
+from blake3 import blake3
+
+from casreg.errors import ConflictError, InvalidInputError
+from casreg.storage import ObjectStore
+
+__all__ = [
+    "HOOKS_KEY",
+    "Hook",
+    "HooksConfig",
+    "DeliveryResult",
+    "InvalidHooksError",
+    "dispatch",
+    "deliver",
+    "parse_hooks",
+    "read_hooks",
+    "write_hooks",
+    "sign",
+    "verify_signature",
+    "record_failure",
+]
+
+log = logging.getLogger("casreg.hooks")
+
+HOOKS_KEY = "config/hooks.toml"
+SIGNATURE_HEADER = "X-Casreg-Signature"
+MAX_CONFIG_BYTES = 256 << 10
+_DEFAULTS = {"retries": 3, "backoff": 0.5, "timeout": 10.0}
+_TOP_KEYS = {"retries", "backoff", "timeout", "hooks"}
+_HOOK_KEYS = {"name", "events", "models", "aliases", "url", "command", "secret_env", "headers",
+              "retries", "backoff", "timeout", "enabled"}
+_SECRET_WORDS = ("secret", "token", "password", "key")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+class InvalidHooksError(InvalidInputError):
+    """The hooks configuration is malformed (the message names the line where it can)."""
+
+
+# -- configuration ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Hook:
+    """One configured hook and when it fires."""
+
+    name: str
+    url: str | None = None
+    command: str | tuple[str, ...] | None = None
+    events: tuple[str, ...] = ("*",)  # event kinds; fnmatch patterns ("alias.*", "*")
+    models: tuple[str, ...] = ("*",)  # model name patterns
+    aliases: tuple[str, ...] | None = None  # only events about these aliases/stages
+    secret_env: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    retries: int = 3
+    backoff: float = 0.5
+    timeout: float = 10.0
+    enabled: bool = True
+
+    def matches(self, event: Mapping[str, Any]) -> bool:
+        kind, name, alias = str(event.get("kind", "")), str(event.get("name") or ""), event.get("alias")
+        if not self.enabled:
+            return False
+        if not any(fnmatchcase(kind, p) for p in self.events):
+            return False
+        if not any(fnmatchcase(name, p) for p in self.models):
+            return False
+        if self.aliases is not None and not (alias and any(fnmatchcase(str(alias), p) for p in self.aliases)):
+            return False
+        return True
+
+    @property
+    def target(self) -> str:
+        """What the hook reaches, safe to log and record: a webhook's scheme and host only
+        (paths of webhook URLs often hold tokens), a command's program."""
+        if self.url:
+            u = urlsplit(self.url)
+            return f"{u.scheme}://{u.hostname}{f':{u.port}' if u.port else ''}"
+        if isinstance(self.command, tuple):
+            return f"command {self.command[0]}"
+        return f"command {(shlex.split(self.command or '') or [''])[0]}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["headers"] = dict(self.headers)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class HooksConfig:
+    hooks: tuple[Hook, ...]
+    text: str
+    digest: str  # blake3 of the stored bytes
+    token: str | None = None  # the store's swap token (None: not stored)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": HOOKS_KEY, "digest": self.digest, "hooks": [h.to_dict() for h in self.hooks]}
+
+
+def _line_of(text: str, needle: str) -> str:
+    for i, line in enumerate(text.splitlines(), 1):
+        if needle and needle in line:
+            return f" (line {i})"
+    return ""
+
+
+def _patterns(value: Any, where: str, text: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise InvalidHooksError(f"hooks: {where}{_line_of(text, where.rsplit('.', 1)[-1])}: "
+                                "expected a string or a non-empty list of strings")
+    return tuple(value)
+
+
+def _number(value: Any, where: str, text: str, lo: float, hi: float, integer: bool = False) -> Any:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or not lo <= value <= hi:
+        kind = "an integer" if integer else "a number"
+        raise InvalidHooksError(f"hooks: {where}{_line_of(text, where.rsplit('.', 1)[-1])}: "
+                                f"expected {kind} from {lo:g} to {hi:g}, got {value!r}")
+    return value
+
+
+def parse_hooks(text: str, *, source: str = HOOKS_KEY) -> tuple[Hook, ...]:
+    """Parse and validate a hooks document. TOML syntax errors name the line and column
+    (``tomllib``'s message); other errors name the key and, where found, its line."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise InvalidHooksError(f"{source} is not valid TOML: {err}") from None
+    unknown = sorted(set(doc) - _TOP_KEYS)
+    if unknown:
+        raise InvalidHooksError(f"hooks: unknown key {unknown[0]!r}{_line_of(text, unknown[0])} "
+                                f"(known: {', '.join(sorted(_TOP_KEYS))}; each hook is a [[hooks]] table)")
+    defaults = dict(_DEFAULTS)
+    for k in ("retries", "backoff", "timeout"):
+        if k in doc:
+            defaults[k] = _check_tuning(k, doc[k], k, text)
+    raw_hooks = doc.get("hooks", [])
+    if not isinstance(raw_hooks, list) or not all(isinstance(h, dict) for h in raw_hooks):
+        raise InvalidHooksError(f"hooks: 'hooks'{_line_of(text, 'hooks')} must be an array of tables ([[hooks]])")
+    out: list[Hook] = []
+    seen: set[str] = set()
+    for i, h in enumerate(raw_hooks):
+        where = f"hooks[{i}]"
+        name = h.get("name")
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise InvalidHooksError(f"hooks: {where}: 'name' must be 1-64 letters, digits, '_', '.' or '-' "
+                                    f"(got {name!r})")
+        where = f"hook {name!r}"
+        if name in seen:
+            raise InvalidHooksError(f"hooks: two hooks are named {name!r}")
+        seen.add(name)
+        bad = sorted(set(h) - _HOOK_KEYS)
+        if bad:
+            secretish = next((k for k in bad if any(w in k.lower() for w in _SECRET_WORDS)), None)
+            if secretish:
+                raise InvalidHooksError(
+                    f"hooks: {where}: {secretish!r}{_line_of(text, secretish)}: secrets are never stored in the "
+                    "registry; put it in an environment variable and name that with secret_env = \"VAR\"")
+            raise InvalidHooksError(f"hooks: {where}: unknown key {bad[0]!r}{_line_of(text, bad[0])} "
+                                    f"(known: {', '.join(sorted(_HOOK_KEYS))})")
+        url, command = h.get("url"), h.get("command")
+        if (url is None) == (command is None):
+            raise InvalidHooksError(f"hooks: {where}: give exactly one of url = \"https://...\" or command = ...")
+        if url is not None:
+            parts = urlsplit(url) if isinstance(url, str) else None
+            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+                raise InvalidHooksError(f"hooks: {where}: url{_line_of(text, str(url))} must be an http:// or "
+                                        f"https:// URL, got {url!r}")
+        if command is not None:
+            if isinstance(command, list) and command and all(isinstance(c, str) and c for c in command):
+                command = tuple(command)
+            elif not (isinstance(command, str) and command.strip()):
+                raise InvalidHooksError(f"hooks: {where}: command must be a string (run by /bin/sh) or a "
+                                        "non-empty list of strings (argv)")
+        secret_env = h.get("secret_env")
+        if secret_env is not None and not (isinstance(secret_env, str) and _ENV.fullmatch(secret_env)):
+            raise InvalidHooksError(f"hooks: {where}: secret_env must name an environment variable, got {secret_env!r}")
+        headers = h.get("headers", {})
+        if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+            raise InvalidHooksError(f"hooks: {where}: headers must be a table of strings")
+        enabled = h.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise InvalidHooksError(f"hooks: {where}: enabled must be true or false")
+        tuning = {k: _check_tuning(f"{where}.{k}", h[k], k, text) if k in h else defaults[k]
+                  for k in ("retries", "backoff", "timeout")}
+        out.append(Hook(
+            name=name, url=url, command=command,
+            events=_patterns(h.get("events", "*"), f"{where}.events", text),
+            models=_patterns(h.get("models", "*"), f"{where}.models", text),
+            aliases=_patterns(h["aliases"], f"{where}.aliases", text) if "aliases" in h else None,
+            secret_env=secret_env, headers=dict(headers), enabled=enabled,
+            retries=int(tuning["retries"]), backoff=float(tuning["backoff"]), timeout=float(tuning["timeout"]),
+        ))
+    return tuple(out)
+
+
+def _check_tuning(where: str, value: Any, key: str, text: str) -> Any:
+    if key == "retries":
+        return _number(value, where, text, 0, 10, integer=True)
+    if key == "backoff":
+        return _number(value, where, text, 0, 300)
+    return _number(value, where, text, 0.001, 600)
+
+
+def read_hooks(store: ObjectStore) -> HooksConfig | None:
+    """The registry's hooks configuration, or ``None`` if it has none (one small read)."""
+    current = store.read_versioned(HOOKS_KEY)
+    if current is None:
+        return None
+    text = current.data.decode("utf-8", errors="replace")
+    return HooksConfig(parse_hooks(text), text, "blake3:" + blake3(current.data).hexdigest(), current.token)
+
+
+def write_hooks(store: ObjectStore, text: str, *, expected_digest: str | None | bool = True) -> HooksConfig:
+    """Validate ``text`` and make it the registry's hooks configuration, by compare-and-swap.
+
+    ``expected_digest=True``: replace whatever is there now (its token is read first, so a
+    change by someone else in between is still a conflict, never silently overwritten);
+    a digest string (``casreg hooks show``'s) or ``None`` (no config yet): replace only
+    that. The change is recorded as a ``hooks.set`` event of the registry."""
+    data = text.encode()
+    if len(data) > MAX_CONFIG_BYTES:
+        raise InvalidHooksError(f"hooks config is {len(data):,} bytes; at most {MAX_CONFIG_BYTES:,}")
+    hooks = parse_hooks(text, source="the hooks config")
+    current = store.read_versioned(HOOKS_KEY)
+    current_digest = "blake3:" + blake3(current.data).hexdigest() if current else None
+    if expected_digest is not True and expected_digest != current_digest:
+        raise ConflictError(f"the hooks config changed meanwhile (it is now {current_digest or 'unset'}, "
+                            f"expected {expected_digest or 'unset'}); nothing was changed")
+    try:
+        token = store.swap(HOOKS_KEY, data, current.token if current else None)
+    except ConflictError:
+        raise ConflictError("the hooks config was changed by someone else meanwhile; nothing was changed "
+                            "(run casreg hooks show and try again)") from None
+    digest = "blake3:" + blake3(data).hexdigest()
+    try:
+        from casreg.events import REGISTRY_EVENTS, record_event
+
+        record_event(store, name=REGISTRY_EVENTS, kind="hooks.set", reason=f"{len(hooks)} hook(s)",
+                     details={"digest": digest, "previous": current_digest, "hooks": [h.name for h in hooks]})
+    except Exception as err:  # the change is made; a missing audit row must not undo it
+        log.warning("hooks config written but its hooks.set event was not recorded: %s", _one_line(err))
+    return HooksConfig(hooks, text, digest, token)
+
+
+# -- signing -----------------------------------------------------------------------------------
+def sign(secret: str | bytes, body: bytes) -> str:
+    """The ``X-Casreg-Signature`` value for ``body``: ``sha256=`` + hex HMAC-SHA256."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: str | bytes, body: bytes, header: str | None) -> bool:
+    """What a receiver does (docs/hooks.md): recompute over the exact bytes received and
+    compare in constant time."""
+    return bool(header) and hmac.compare_digest(sign(secret, body), str(header))
+
+
+# -- delivery ----------------------------------------------------------------------------------
+@dataclass(slots=True)
+class DeliveryResult:
+    """The outcome of one hook for one event."""
+
+    hook: str
+    target: str
+    ok: bool
+    attempts: int
+    delivery_id: str
+    status: int | None = None  # HTTP status, or the command's exit code
+    error: str | None = None  # one line, when not ok
+    seconds: float = 0.0
+    recorded: bool = False  # a hook.failed event was written
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _one_line(err: BaseException | str) -> str:
+    text = str(err) or type(err).__name__ if isinstance(err, BaseException) else err
+    return " ".join(str(text).split())[:500]
+
+
+def _payload(hook: Hook, event: Mapping[str, Any], delivery_id: str, registry: str) -> bytes:
+    doc = {"delivery": delivery_id, "hook": hook.name, "registry": registry,
+           "sent_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "event": dict(event)}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False).encode()
+
+
+@functools.cache
+def _opener() -> Any:
+    """urllib without redirects (a redirected POST would be re-sent as a GET without its
+    body: a 3xx counts as a failure) and with the environment's proxy settings."""
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    return urllib.request.build_opener(NoRedirect())
+
+
+def _post(hook: Hook, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
+    """One POST: (status, error or None); 2xx is success, status 0 means no answer."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(hook.url or "", data=body, headers=headers, method="POST")
+    try:
+        with _opener().open(req, timeout=hook.timeout) as resp:
+            resp.read(1 << 16)
+            status = resp.status
+    except urllib.error.HTTPError as err:
+        return err.code, f"{hook.target} answered HTTP {err.code} {err.reason}"
+    except urllib.error.URLError as err:
+        return 0, f"cannot reach {hook.target}: {_one_line(err.reason)}"
+    except (TimeoutError, OSError) as err:
+        return 0, f"{hook.target}: {_one_line(err) or 'timed out'}"
+    if 200 <= status < 300:
+        return status, None
+    return status, f"{hook.target} answered HTTP {status}"
+
+
+def _event_env(event: Mapping[str, Any], delivery_id: str, registry: str) -> dict[str, str]:
+    digest = event.get("to_digest") or event.get("digest") or ""
+    version = event.get("to_version") if event.get("to_version") is not None else event.get("version")
+    return {
+        "CASREG_EVENT": str(event.get("kind") or ""),
+        "CASREG_EVENT_ID": str(event.get("event_id") or ""),
+        "CASREG_NAME": str(event.get("name") or ""),
+        "CASREG_ALIAS": str(event.get("alias") or ""),
+        "CASREG_DIGEST": str(digest),
+        "CASREG_VERSION": "" if version is None else str(version),
+        "CASREG_PREVIOUS_DIGEST": str(event.get("from_digest") or ""),
+        "CASREG_DELIVERY": delivery_id,
+        "CASREG_REGISTRY": registry,
+    }
+
+
+def _run(hook: Hook, body: bytes, env: dict[str, str]) -> tuple[int, str | None]:
+    cmd = hook.command
+    try:
+        p = subprocess.run(list(cmd) if isinstance(cmd, tuple) else cmd, shell=isinstance(cmd, str), input=body,
+                           env={**os.environ, **env}, capture_output=True, timeout=hook.timeout)
+    except subprocess.TimeoutExpired:
+        return -1, f"{hook.target} timed out after {hook.timeout:g} s"
+    except OSError as err:
+        return -1, f"{hook.target} cannot run: {_one_line(err)}"
+    if p.returncode == 0:
+        return 0, None
+    tail = _one_line(p.stderr.decode(errors="replace").strip().splitlines()[-1]) if p.stderr.strip() else ""
+    return p.returncode, f"{hook.target} exited with {p.returncode}" + (f": {tail}" if tail else "")
+
+
+def deliver(hook: Hook, event: Mapping[str, Any], *, registry: str = "",
+            sleep: Any = time.sleep) -> DeliveryResult:
+    """Deliver one event to one hook with bounded retries; never raises."""
+    delivery_id = uuid.uuid4().hex
+    t0 = time.monotonic()
+    res = DeliveryResult(hook.name, hook.target, False, 0, delivery_id)
+    try:
+        body = _payload(hook, event, delivery_id, registry)
+        env = _event_env(event, delivery_id, registry)
+        headers = {"Content-Type": "application/json", "User-Agent": _user_agent(),
+                   "X-Casreg-Event": env["CASREG_EVENT"], "X-Casreg-Delivery": delivery_id,
+                   **dict(hook.headers)}
+        if hook.url and hook.secret_env:
+            secret = os.environ.get(hook.secret_env)
+            if not secret:
+                res.error = (f"environment variable {hook.secret_env} (secret_env) is not set here; "
+                             "refusing to send an unsigned delivery")
+                return res
+            headers[SIGNATURE_HEADER] = sign(secret, body)
+        for attempt in range(hook.retries + 1):
+            res.attempts = attempt + 1
+            headers["X-Casreg-Attempt"] = str(attempt + 1)
+            headers["X-Casreg-Timestamp"] = str(int(time.time()))
+            if hook.url:
+                status, error = _post(hook, body, headers)
+                retry = status == 0 or status in _RETRY_STATUS or 300 <= status < 400
+            else:
+                status, error = _run(hook, body, env)
+                retry = True
+            res.status, res.error = status, error
+            if error is None:
+                res.ok = True
+                return res
+            if not retry or attempt == hook.retries:
+                break
+            delay = min(hook.backoff * 2 ** attempt, 60.0)
+            log.info("hook %s: attempt %d failed (%s); retrying in %.2f s", hook.name, attempt + 1, error, delay)
+            sleep(delay)
+        return res
+    except Exception as err:  # a bug here must not fail the event either
+        res.error = f"hook {hook.name} failed: {_one_line(err)}"
+        return res
+    finally:
+        res.seconds = round(time.monotonic() - t0, 3)
+
+
+def _user_agent() -> str:
+    try:
+        from casreg import __version__
+    except ImportError:  # pragma: no cover
+        __version__ = "?"
+    return f"casreg-hooks/{__version__}"
+
+
+def record_failure(store: ObjectStore, event: Mapping[str, Any], result: DeliveryResult) -> bool:
+    """Record a failed delivery as a ``hook.failed`` event of the event's model (the
+    registry's own events for registry-wide ones), visible in ``casreg log``. One small
+    function so the recording path is easy to change; returns whether it was written."""
+    try:
+        from casreg.events import REGISTRY_EVENTS, record_event
+
+        digest = event.get("to_digest") or event.get("digest")
+        version = event.get("to_version") if event.get("to_version") is not None else event.get("version")
+        to = (str(digest), int(version)) if digest and version is not None else None
+        record_event(
+            store, name=str(event.get("name") or REGISTRY_EVENTS), kind="hook.failed",
+            alias=event.get("alias") or None, to=to,
+            reason=f"hook {result.hook} ({event.get('kind')}) failed after {result.attempts} attempt(s): {result.error}",
+            details={"hook": result.hook, "target": result.target, "delivery": result.delivery_id,
+                     "attempts": result.attempts, "status": result.status,
+                     "event_kind": event.get("kind"), "event_id": event.get("event_id")},
+        )
+        return True
+    except Exception as err:
+        log.warning("hook %s failed and its failure could not be recorded: %s", result.hook, _one_line(err))
+        return False
+
+
+def _off() -> bool:
+    return os.environ.get("CASREG_HOOKS", "").strip().lower() in ("off", "0", "false", "no")
+
+
+def dispatch(store: ObjectStore, event: Mapping[str, Any], *, config: HooksConfig | None = None,
+             sleep: Any = time.sleep) -> list[DeliveryResult]:
+    """Deliver ``event`` (a committed push, alias move, promotion, archive, rollback...) to
+    every matching hook, in parallel; record and log failures. Never raises: the event
+    has happened, whatever its hooks do. Events about hooks themselves fire nothing."""
+    kind = str(event.get("kind", "")) if isinstance(event, Mapping) else ""
+    if not kind or kind.startswith("hook") or _off():
+        return []
+    try:
+        cfg = config if config is not None else read_hooks(store)
+    except Exception as err:
+        res = DeliveryResult("(config)", HOOKS_KEY, False, 0, uuid.uuid4().hex,
+                             error=f"cannot read the hooks config: {_one_line(err)}")
+        log.warning("hooks not run for %s of %s: %s", kind, event.get("name"), res.error)
+        res.recorded = record_failure(store, event, res)
+        return [res]
+    if cfg is None:
+        return []
+    hooks = [h for h in cfg.hooks if h.matches(event)]
+    if not hooks:
+        return []
+    if len(hooks) == 1:
+        results = [deliver(hooks[0], event, registry=store.url, sleep=sleep)]
+    else:
+        with ThreadPoolExecutor(min(len(hooks), 8), thread_name_prefix="casreg-hook") as pool:
+            results = list(pool.map(lambda h: deliver(h, event, registry=store.url, sleep=sleep), hooks))
+    for res in results:
+        if res.ok:
+            log.debug("hook %s delivered %s in %d attempt(s)", res.hook, kind, res.attempts)
+            continue
+        log.warning("hook %s: %s of %s not delivered after %d attempt(s): %s", res.hook, kind,
+                    event.get("name"), res.attempts, res.error)
+        res.recorded = record_failure(store, event, res)
+    return results
+
+
+def sample_event(name: str = "casreg-test") -> dict[str, Any]:
+    """A harmless event for ``casreg hooks test``."""
+    return {"kind": "test", "name": name, "event_id": uuid.uuid4().hex,
+            "time": datetime.now(timezone.utc).isoformat(), "reason": "casreg hooks test"}
+
+
+def select(hooks: Sequence[Hook], names: Sequence[str] | None) -> list[Hook]:
+    """The hooks named ``names`` (all when empty); an unknown name is a clear error."""
+    if not names:
+        return list(hooks)
+    known = {h.name: h for h in hooks}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise InvalidInputError(f"no hook named {missing[0]!r} (configured: {', '.join(known) or 'none'})")
+    return [known[n] for n in names]

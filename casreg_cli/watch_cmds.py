@@ -1,0 +1,57 @@
+"""``casreg watch NAME@ALIAS``: run a command and/or swap a served directory when the
+pointer moves (docs/watch.md)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from casreg import Registry
+from casreg_cli.common import JsonOpt, QuietOpt, RegistryOpt, app, name_alias
+from casreg_cli.output import Output
+
+
+@app.command()
+def watch(
+    target: Annotated[str, typer.Argument(help="NAME@ALIAS to follow.")],
+    exec_: Annotated[Optional[str], typer.Option(
+        "--exec", "-e", help="Shell command run after each move, with CASREG_NAME, CASREG_ALIAS, CASREG_DIGEST, "
+                             "CASREG_PREVIOUS_DIGEST, CASREG_VERSION (and CASREG_PATH with --pull) set.")] = None,
+    pull: Annotated[Optional[str], typer.Option(
+        "--pull", help="Keep DEST (a symlink) pointing at the alias's version, pulled into DEST.versions/ "
+                       "and switched atomically.")] = None,
+    interval: Annotated[float, typer.Option("--interval", "-i", min=0.05,
+                                            help="Seconds between polls (one small read each).")] = 5.0,
+    keep: Annotated[int, typer.Option("--keep", min=1, help="Versions kept in DEST.versions/ (with --pull).")] = 3,
+    once: Annotated[bool, typer.Option("--once", help="Exit after the first change.")] = False,
+    max_polls: Annotated[Optional[int], typer.Option("--max-polls", min=1, help="Exit after N polls.")] = None,
+    registry: RegistryOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Follow NAME@ALIAS: when it moves, pull the new version (--pull) and run a command
+    (--exec). Runs until interrupted (or --once / --max-polls)."""
+    from casreg.watch import Change, Watcher
+
+    out = Output(json_, quiet)
+    name, alias = name_alias(target)
+    if not quiet and not logging.getLogger().handlers:
+        logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="casreg watch: %(message)s")
+
+    def report(c: Change) -> None:
+        if out.as_json:
+            sys.stdout.write(__import__("json").dumps(c.to_dict()) + "\n")  # one JSON object per line
+            sys.stdout.flush()
+            return
+        prev = c.previous_digest[:19] if c.previous_digest else "(nothing)"
+        where = f"  {pull} -> {c.path}" if c.path else ""
+        ran = f"  exec exit {c.exit_code}" if c.exit_code is not None else ""
+        out.line(f"{c.time}  {name}@{alias} -> {name}:{c.version} {c.digest[:19]} (was {prev}){where}{ran}")
+        out.stream.flush()
+
+    w = Watcher(Registry(registry), name, alias, interval=interval, exec_cmd=exec_, pull_dest=pull, keep=keep,
+                on_change=report)
+    w.run(once=once, max_polls=max_polls)
