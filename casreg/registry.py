@@ -273,7 +273,8 @@ class Registry:
                  for e in manifest.entries]
         self._check_before_commit(manifest)  # gc protocol (docs/gc.md): right before the commit
         version = commit_version(self.store, record, files)
-        push_event = {"kind": "push", **version.to_dict()}
+        # "kind" is the event's (push); the version's own kind (file/dir) goes under version_kind
+        push_event = {**version.to_dict(), "kind": "push", "version_kind": version.kind}
         push_event.pop("lineage", None)
         push_event["lineage"] = dict(version.to_dict()["lineage"])
         self._notify(push_event)
