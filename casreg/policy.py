@@ -327,7 +327,12 @@ def parse_policy(text: str) -> dict[str, Any]:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise InvalidPolicyError(f"policy is not valid TOML: {err}") from None
+        msg = str(err)
+        if "(at end of document)" in msg:  # tomllib gives no line here; the end is the last line
+            lines = text.split("\n")
+            msg = msg.replace("(at end of document)",
+                              f"(at line {len(lines)}, column {len(lines[-1]) + 1}: end of document)")
+        raise InvalidPolicyError(f"policy is not valid TOML: {msg}") from None
     unknown = set(doc) - {"push", "gates", "roles", "permissions", "models"}
     if unknown:
         key = sorted(unknown)[0]
