@@ -94,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             rows += measure("local", open_store(str(work / "registry")), source)
         if "s3" in backends:
             from casreg.storage.s3 import S3Store
-            from casreg.testing.seaweedfs import AWS_UNSET, launch_weed, stop_weed, weed_binary
+            from casreg.testing.seaweedfs import (
+                AWS_UNSET,
+                launch_weed,
+                stop_weed,
+                weed_binary,
+            )
 
             weed = weed_binary()
             if weed is None:
@@ -141,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += [
         "",
         f"Bound held for every row: {ok} (fetched <= covering chunks <= tensor bytes + its first and last "
-        f"chunk). Reading one tensor fetched at most {worst:.2f} MiB beyond its own bytes, plus the header's "
+        f"chunk). The chunks read for one tensor reached at most {worst:.2f} MiB beyond its own bytes "
+        "(raw; zstd then shrinks what is transferred), plus the header's "
         "chunk and the version's metadata (pointer, version record, and the manifest that lists every chunk). "
         f"A full pull of the same version transfers the whole {size / MB:,.0f} MB.",
         "",

@@ -37,7 +37,12 @@ from typing import Any
 
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
-from casreg.errors import CasregError, InvalidInputError, NotFoundError, UnknownReferenceError
+from casreg.errors import (
+    CasregError,
+    InvalidInputError,
+    NotFoundError,
+    UnknownReferenceError,
+)
 from casreg.lazy import DEFAULT_CHUNK_CACHE, PinnedFile, file_entry
 from casreg.manifest import Entry, Manifest
 from casreg.refs import Ref, split_ref_path

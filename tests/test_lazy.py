@@ -4,7 +4,6 @@ verified, pinned to one resolution, and defensive against hostile headers."""
 from __future__ import annotations
 
 import json
-import os
 import struct
 import uuid
 from pathlib import Path
