@@ -14,7 +14,7 @@ against: if someone else moves the alias in between, this move fails with a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -158,11 +158,13 @@ def archived_versions(events: Iterable[AliasEvent]) -> dict[int, AliasEvent]:
 
 
 def evaluate(reg: Registry, policy: Policy, version: Version, stage: str,
-             events: list[AliasEvent]) -> list[GateResult]:
-    """Every check of ``stage``'s gate on ``version``, passed or not."""
+             load_events: Callable[[], list[AliasEvent]]) -> list[GateResult]:
+    """Every check of ``stage``'s gate on ``version``, passed or not (the model's events
+    are read only if the gate needs them)."""
     gate = policy.gate(stage)
     if gate is None:
         return []
+    events = load_events()  # approvals, rejections and stage history
     results: list[GateResult] = []
     currents: dict[str, Version | None] = {}
     for rule in gate.rules:
@@ -233,8 +235,7 @@ def promote(reg: Registry, name: str, ref: str | int, stage: str, *, reason: str
             by = f" (moved by {seen.author} at {_iso(seen.time)})" if seen is not None else ""
             where = f"{name}:{current_version}" if current_version else "unset"
             raise ConflictError(f"{name}@{stage} is at {where}{by}, not {name}:{expected}; nothing was changed")
-    events = read_events(reg.store, name)
-    checks = evaluate(reg, policy, version, stage, events)
+    checks = evaluate(reg, policy, version, stage, lambda: read_events(reg.store, name))
     archive_previous = (stage == "production" and kind == "promote" and not keep_previous
                         and current_version is not None and current_version != version.version)
     archived = current_version if archive_previous else None
