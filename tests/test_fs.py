@@ -320,3 +320,25 @@ def test_a_registry_object_over_a_wrapped_store_is_used_as_given(store: ObjectSt
     fs = CasregFileSystem(registry=Registry.from_store(counting))
     assert fs.cat_file("a") == b"abc"
     assert counting.reads["packs"] == 1 and counting.bytes_read["packs"] == 3
+
+
+def test_pickles_by_its_registry_url(fs: CasregFileSystem) -> None:
+    """Dask and friends ship filesystems to workers by pickling them."""
+    import pickle
+
+    again = pickle.loads(pickle.dumps(fs))
+    assert again.registry.url == fs.registry.url
+    assert again.cat_file("m:1/config.json") == b'{"hidden": 1}'
+
+
+def test_filecache_with_check_files_follows_a_moved_alias(pushed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """ukey() is the file's BLAKE3, so fsspec's filecache notices when an alias moved
+    (docs/loaders.md warns that simplecache, keyed by URL, does not)."""
+    reg, v1, v2, _ = pushed
+    url = "filecache::casreg://m@production/config.json"
+    opts = {"casreg": {"registry": reg.url}, "filecache": {"cache_storage": str(tmp_path / "fc"), "check_files": True}}
+    with fsspec.open(url, **opts) as f:
+        assert f.read() == v1["config.json"]
+    reg.set_alias("m", "production", 2)
+    with fsspec.open(url, **opts) as f:
+        assert f.read() == v2["config.json"]
