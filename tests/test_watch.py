@@ -80,7 +80,7 @@ def test_watch_pull_swaps_the_served_directory_atomically(tmp_path: Path) -> Non
            f'$CASREG_PREVIOUS_DIGEST $CASREG_PATH" >> {log}')
     env = dict(os.environ, CASREG_REGISTRY=reg_url)
     proc = subprocess.Popen([str(CLI), "watch", "m@prod", "--pull", str(dest), "--exec", cmd, "--interval", "0.05",
-                             "--keep", "2", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--keep", "2", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True, start_new_session=True)
     seen: list[int] = []
     errors: list[BaseException] = []
@@ -107,12 +107,15 @@ def test_watch_pull_swaps_the_served_directory_atomically(tmp_path: Path) -> Non
 
     t = threading.Thread(target=reader, daemon=True)
     t.start()
+    printed: list[str] = []  # the watcher's --json lines, as they come
+    lines_thread = threading.Thread(target=lambda: printed.extend(iter(proc.stdout.readline, "")), daemon=True)
+    lines_thread.start()
 
     def wait_for(k: int) -> None:
         deadline = time.monotonic() + 60
         while (not seen or seen[-1] != k) and not errors:
             assert time.monotonic() < deadline, f"version {k} never served (seen {seen})"
-            assert proc.poll() is None, proc.communicate()
+            assert proc.poll() is None, f"watch exited early with {proc.returncode}"
             time.sleep(0.01)
 
     try:
@@ -120,14 +123,18 @@ def test_watch_pull_swaps_the_served_directory_atomically(tmp_path: Path) -> Non
         for k in (1, 2, 3):
             reg.set_alias("m", "prod", versions[k].version)
             wait_for(k)
+        deadline = time.monotonic() + 30  # the switch comes first, then the command and its line
+        while len(printed) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         stop.set()
         t.join(10)
         os.killpg(proc.pid, signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        lines_thread.join(10)
     assert not errors, errors[0]
     assert seen == [0, 1, 2, 3] and reads > 4
-    changes = [json.loads(line) for line in out.splitlines()]
+    changes = [json.loads(line) for line in printed]
     assert [c["version"] for c in changes] == [1, 2, 3, 4]
     assert [c["exit_code"] for c in changes] == [0, 0, 0, 0]
     lines = [line.split() for line in log.read_text().splitlines()]
