@@ -56,6 +56,9 @@ MAX_HEADER_BYTES = 100_000_000
 #: Decoded chunks a :class:`PinnedFile` keeps, so small reads in a row (a header parsed in
 #: pieces, ``readline``) do not fetch the same chunk again. At most 4 MiB each.
 DEFAULT_CHUNK_CACHE = 8
+#: Raw bytes fetched per step of a long read (spans in a step are fetched in parallel on
+#: object stores); bounds a read's memory beyond its own output.
+WINDOW_BYTES = 64 << 20
 
 
 def file_entry(manifest: Manifest, path: str, where: str) -> Entry:
@@ -137,12 +140,20 @@ class PinnedFile:
         return pos
 
     def _pieces(self, start: int, end: int) -> Iterator[memoryview]:
+        """The bytes of ``[start, end)`` as slices of decoded chunks, fetched a window of
+        at most ``WINDOW_BYTES`` at a time: a 10 GB tensor needs its output buffer, not a
+        second copy of itself in chunks."""
         i0, i1 = self._chunk_indices(start, end)
-        chunks = self._fetch(i0, i1)
-        for i in range(i0, i1):
-            raw = memoryview(chunks[i])
-            base = self._starts[i]
-            yield raw[max(start - base, 0):min(end - base, len(raw))]
+        w0 = i0
+        while w0 < i1:
+            w1 = max(bisect_right(self._starts, self._starts[w0] + WINDOW_BYTES, w0 + 1, i1 + 1) - 1, w0 + 1)
+            chunks = self._fetch(w0, w1)
+            for i in range(w0, w1):
+                raw = memoryview(chunks[i])
+                base = self._starts[i]
+                yield raw[max(start - base, 0):min(end - base, len(raw))]
+            del chunks
+            w0 = w1
 
     def _fetch(self, i0: int, i1: int) -> dict[int, bytes]:
         """Chunks ``i0 .. i1-1``, decoded and verified: from the small cache, else with one
@@ -385,11 +396,16 @@ class SafetensorsFile:
 def open_safetensors(ref: str, path: str = "", *, registry: Registry | str | os.PathLike[str] | None = None,
                      bf16: BF16Mode = "auto") -> SafetensorsFile:
     """Open the safetensors file ``path`` of version ``ref`` (``path`` may be omitted for
-    a file version) for lazy tensor reads. ``ref`` is resolved once, here; every later
-    read goes to that digest. ``registry`` is a :class:`~casreg.Registry` or its URL
-    (default ``$CASREG_REGISTRY``, else ``~/.casreg``)."""
+    a file version) for lazy tensor reads; ``ref`` may also be a whole
+    ``casreg://REF/PATH`` URL. ``ref`` is resolved once, here; every later read goes to
+    that digest. ``registry`` is a :class:`~casreg.Registry` or its URL (default
+    ``$CASREG_REGISTRY``, else ``~/.casreg``)."""
+    from casreg.refs import split_ref_path
     from casreg.registry import Registry
 
+    if "/" in ref:  # references never contain "/": this is REF/PATH or a casreg:// URL
+        head, inner = split_ref_path(ref)
+        ref, path = str(head), "/".join(p for p in (inner, path.strip("/")) if p)
     reg = registry if isinstance(registry, Registry) else Registry(registry)
     resolved = reg.resolve(ref)
     manifest = reg.manifest(resolved)

@@ -145,6 +145,7 @@ def test_a_file_inside_a_directory_version(tmp_path: Path) -> None:
     reg = memory_registry()
     reg.push("dir", d)
     assert reg.open_safetensors("dir", "model.safetensors").get_tensor("a").tolist() == [0, 1, 2, 3, 4]
+    assert casreg.open_safetensors("casreg://dir:1/model.safetensors", registry=reg).keys() == ["a"]
     with pytest.raises(FileNotFoundError, match="casreg://dir/nope.safetensors"):
         reg.open_safetensors("dir", "nope.safetensors")
     with pytest.raises(IsADirectoryError):
@@ -219,3 +220,19 @@ def test_hostile_headers_are_refused_with_one_clear_line(name: str, message: str
         Registry.from_store(counting).open_safetensors("h")
     assert "\n" not in str(err.value) and "casreg://h" in str(err.value)
     assert counting.bytes_read["packs"] < 1 << 20  # a lying length never makes us fetch it
+
+
+def test_long_reads_go_in_windows_and_stay_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read longer than WINDOW_BYTES is fetched a window at a time (bounded memory);
+    the bytes must not change at window edges."""
+    import casreg.lazy
+
+    monkeypatch.setattr(casreg.lazy, "WINDOW_BYTES", 200_000)
+    reg = memory_registry()
+    reg._init(SMALL)
+    big = np.random.default_rng(3).standard_normal(600_000).astype("<f4")  # 2.4 MB: a dozen windows
+    path = write_safetensors(tmp_path / "w.safetensors", {"small": ("I8", np.arange(3, dtype="i1")), "big": ("F32", big)})
+    reg.push("w", path)
+    st = reg.open_safetensors("w")
+    assert np.array_equal(st.get_tensor("big"), big)
+    assert reg.fs().cat_file("w") == path.read_bytes()  # whole file, digest checked at the end
