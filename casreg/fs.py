@@ -260,8 +260,10 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
         return out if detail else list(out)
 
     def ukey(self, path: str) -> str:
-        """The file's BLAKE3: content addressed, so a cache keyed on it is never stale."""
-        return self.info(path)["digest"]
+        """The file's BLAKE3 (a directory's: its version digest and path): content
+        addressed, so a cache keyed on it is never stale."""
+        info = self.info(path)
+        return info.get("digest") or f"{info.get('version_digest')}/{info['name']}"
 
     def checksum(self, path: str) -> int:
         info = self.info(path)
