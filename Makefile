@@ -42,6 +42,8 @@ demo: $(STAMP)
 	$(BIN)/casreg sql "SELECT version, size, new_bytes, stored_bytes, round(100 * (1 - new_bytes / size), 1) AS dedup_pct, metrics['auc'] AS auc FROM versions WHERE name = 'casreg-demo' ORDER BY version"
 	@echo "== audit: who moved which alias, when and why"
 	$(BIN)/casreg sql "SELECT time, author, name, alias, from_version, to_version, reason FROM events WHERE kind LIKE 'alias.%' AND name = 'casreg-demo' ORDER BY time"
+	@echo "== the model's history: pushes, alias moves, promotions, approvals (docs/lifecycle.md)"
+	$(BIN)/casreg log casreg-demo
 	@rm -rf $(DEMO)
 
 ## The whole suite, slow (GB-sized) cases included, as CI runs it.
