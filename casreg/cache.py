@@ -240,19 +240,27 @@ class ChunkCache:
             return False
         path = self.path(digest)
         tmp = self._tmp / f"{digest.hex()[:16]}-{uuid.uuid4().hex}"
-        try:
-            self._setup()
-            path.parent.mkdir(exist_ok=True)
-            with open(tmp, "xb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except OSError as err:
+        for attempt in (1, 2):
             try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-            self._disable(err)
-            return False
+                self._setup()
+                path.parent.mkdir(exist_ok=True)
+                with open(tmp, "xb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+                break
+            except FileNotFoundError as err:
+                if attempt == 1 and self._ready:  # `cache clear` elsewhere removed our directories
+                    self._ready = False
+                    continue
+                self._disable(err)
+                return False
+            except OSError as err:
+                try:
+                    tmp.unlink(missing_ok=True)
+                except OSError:
+                    pass
+                self._disable(err)
+                return False
         size = len(data)
         with self._lock:
             self._added += size

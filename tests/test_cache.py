@@ -343,3 +343,15 @@ def test_cli_cache_info_prune_clear(tmp_path: Path) -> None:
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "'lots'" in p.stderr
     assert run_cli("cache", "clear", "-q", env=env).stdout == ""
     assert json.loads(run_cli("cache", "info", "--json", env=env).stdout)["entries"] == 0
+
+
+def test_a_cache_cleared_by_another_process_keeps_working(mem: CountingMemory, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    reg, v, src = push_random(mem, tmp_path, 1 * MiB)
+    refs = chunk_refs(reg, v.ref)
+    cache = ChunkCache(tmp_path / "cache")
+    assert _read_all_through(cache, mem, refs) == src.read_bytes()
+    ChunkCache(tmp_path / "cache").clear()  # another instance (another process) clears it
+    with caplog.at_level(logging.WARNING, logger="casreg.cache"):
+        assert _read_all_through(cache, mem, refs) == src.read_bytes()
+    assert caplog.text == "" and cache.info().entries == len(refs)
