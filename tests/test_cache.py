@@ -355,3 +355,25 @@ def test_a_cache_cleared_by_another_process_keeps_working(mem: CountingMemory, t
     with caplog.at_level(logging.WARNING, logger="casreg.cache"):
         assert _read_all_through(cache, mem, refs) == src.read_bytes()
     assert caplog.text == "" and cache.info().entries == len(refs)
+
+
+def test_casreg_fsspec_reads_over_s3_come_from_the_cache_the_second_time(s3_env, tmp_path: Path) -> None:  # noqa: ANN001
+    """casreg:// reads go through read_span too: once read, a file is served from the
+    cache even with every pack object gone from the bucket."""
+    import fsspec
+
+    url = s3_env.url()
+    reg = Registry(url)
+    src = tmp_path / "w.bin"
+    src.write_bytes(random_bytes(3 * MiB, 9))
+    reg.push("w", src)
+    with fsspec.open("casreg://w/w.bin", "rb", registry=url) as f:
+        f.seek(MiB)
+        assert f.read(MiB) == src.read_bytes()[MiB:2 * MiB]  # a range: only its chunks are cached
+    partial = ChunkCache().info().entries
+    assert 0 < partial < len(chunk_refs(reg, "w"))
+    assert fsspec.filesystem("casreg", registry=url).cat_file("w/w.bin") == src.read_bytes()
+    for key in [k for k in reg.store.list("packs")]:
+        reg.store.delete(key)  # the data is gone from the registry...
+    fs = fsspec.filesystem("casreg", registry=url, skip_instance_cache=True)
+    assert fs.cat_file("w/w.bin") == src.read_bytes()  # ...and still read, verified, from the cache
