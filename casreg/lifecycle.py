@@ -106,8 +106,23 @@ def _policy(reg: Registry, name: str | None) -> Policy:
     return current.for_model(name) if current is not None else Policy()
 
 
-def _check_stage_name(stage: str) -> None:
+def _check_stage_name(stage: str, policy: Policy | None = None) -> None:
+    """A valid alias name that is not a likely typo of a stage (``stagign``), and, if the
+    policy lists the aliases it allows, one of those."""
+    import difflib
+
     validate_alias(stage)
+    if stage in STAGES:
+        return
+    close = difflib.get_close_matches(stage, STAGES, n=1, cutoff=0.75)
+    if close and stage.startswith(close[0]) and stage[len(close[0])] in "-_0123456789":
+        close = []  # a deliberate variant: production-eu, staging2
+    if close:
+        raise InvalidInputError(f"unknown stage {stage!r}: did you mean {close[0]!r}? (stages: {', '.join(STAGES)}; "
+                                "other aliases must not look like one)")
+    if policy is not None and policy.aliases is not None and stage not in policy.aliases:
+        raise InvalidInputError(f"alias {stage!r} is not allowed by policy version {policy.version} "
+                                f"(stages: {', '.join(STAGES)}; aliases: {', '.join(policy.aliases) or 'none'})")
 
 
 def _version(reg: Registry, name: str, ref: str | int) -> Version:
@@ -226,6 +241,7 @@ def promote(reg: Registry, name: str, ref: str | int, stage: str, *, reason: str
     version = _version(reg, name, ref)
     user = current_author()
     policy = _policy(reg, name)
+    _check_stage_name(stage, policy)
     policy.require_permission(user, "promote", stage, what=f"moving {name}@{stage}")
     seen = read_pointer_event(reg.store, name, stage)  # the state the checks are made against
     current_version = seen.to_version if seen is not None and seen.to_digest is not None else None
@@ -316,6 +332,7 @@ def decide(reg: Registry, name: str, ref: str | int, stage: str, *, approve: boo
     version = _version(reg, name, ref)
     user = current_author()
     policy = _policy(reg, name)
+    _check_stage_name(stage, policy)
     word = "approve" if approve else "reject"
     policy.require_permission(user, "approve", stage, what=f"{word} {version.ref} for {stage}")
     gate = policy.gate(stage)

@@ -24,6 +24,9 @@ documents the format; in short::
     approve = ["release", "admin"]
     policy = ["admin"]
 
+    [aliases]
+    allowed = ["champion", "canary"]   # free-form aliases allowed besides the stages
+
     [models."fraud-detector".gates.production]   # per-model override
     rules = ["metrics.auc >= 0.97"]
 
@@ -177,6 +180,7 @@ class Policy:
     roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     permissions: Mapping[str, Any] = field(default_factory=dict)
     version: int = 0  # 0: no policy in force
+    aliases: tuple[str, ...] | None = None  # free-form aliases allowed besides the stages; None: any
 
     def missing_metadata(self, version: Version) -> list[str]:
         return [f for f in self.require if not has_field(version, f)]
@@ -318,7 +322,18 @@ def _effective(doc: Mapping[str, Any], name: str | None, version: int) -> Policy
         undefined = granted - set(roles) - {"*"}
         if undefined:
             raise InvalidPolicyError(f"permissions.{action}: role {sorted(undefined)[0]!r} is not defined in [roles]")
-    return Policy(require, gates, roles, perms, version)
+    aliases_doc = base.get("aliases")
+    allowed: tuple[str, ...] | None = None
+    if aliases_doc is not None:
+        if not isinstance(aliases_doc, Mapping) or set(aliases_doc) - {"allowed"}:
+            raise InvalidPolicyError("aliases: expected a table with allowed = [alias names]")
+        allowed = _strings(aliases_doc.get("allowed", []), "aliases.allowed") if aliases_doc.get("allowed") else ()
+        for a in allowed:
+            try:
+                validate_alias(a)
+            except Exception as err:  # noqa: BLE001
+                raise InvalidPolicyError(f"aliases.allowed: {err}") from None
+    return Policy(require, gates, roles, perms, version, allowed)
 
 
 def parse_policy(text: str) -> dict[str, Any]:
@@ -333,11 +348,11 @@ def parse_policy(text: str) -> dict[str, Any]:
             msg = msg.replace("(at end of document)",
                               f"(at line {len(lines)}, column {len(lines[-1]) + 1}: end of document)")
         raise InvalidPolicyError(f"policy is not valid TOML: {msg}") from None
-    unknown = set(doc) - {"push", "gates", "roles", "permissions", "models"}
+    unknown = set(doc) - {"push", "gates", "roles", "permissions", "models", "aliases"}
     if unknown:
         key = sorted(unknown)[0]
         raise InvalidPolicyError(f"policy: {_line_of(text, key)}unknown table {key!r} "
-                                 "(known: push, gates, roles, permissions, models)")
+                                 "(known: push, gates, roles, permissions, aliases, models)")
     try:
         _effective(doc, None, 0)
         models = doc.get("models") or {}

@@ -439,3 +439,22 @@ def test_history_survives_a_crash_between_pointer_and_ledger(registry: casreg.Re
     reg.rollback("m", "production")
     assert reg.store.exists(event_key(p.event))
     assert [e.kind for e in reg.log("m")] == ["push", "push", "promote", "promote", "archive", "rollback", "archive"]
+
+
+def test_stage_typos_and_disallowed_aliases_are_refused(registry: casreg.Registry, tmp_path: Path, as_user) -> None:  # type: ignore[no-untyped-def]
+    reg = registry
+    reg.push("m", model_file(tmp_path, 1))
+    before = snapshot(reg.store)
+    for typo, meant in (("stagign", "staging"), ("prodution", "production"), ("archive", "archived")):
+        with pytest.raises(InvalidInputError, match=f"unknown stage '{typo}': did you mean '{meant}'"):
+            reg.promote("m", 1, typo)
+    with pytest.raises(InvalidInputError, match="did you mean 'production'"):
+        reg.approve("m", 1, stage="productoin")
+    assert snapshot(reg.store) == before
+    reg.set_alias("m", "champion", 1)  # free-form aliases are fine without a policy
+    reg.set_alias("m", "production-eu", 1)  # and so are deliberate variants of a stage
+    reg.set_policy('[aliases]\nallowed = ["champion", "canary"]\n')
+    reg.set_alias("m", "canary", 1, annotations={"weight": "0.05"})
+    with pytest.raises(InvalidInputError, match="alias 'shadow' is not allowed by policy version 1"):
+        reg.set_alias("m", "shadow", 1)
+    assert reg.promote("m", 1, "staging").version == 1  # stages are always allowed
