@@ -5,7 +5,6 @@ line, non-zero and changing nothing."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from datetime import timedelta
