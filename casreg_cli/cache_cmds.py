@@ -19,7 +19,7 @@ DirOpt = Annotated[
 ]
 
 
-def _cache(directory: str | None, max_size: str | None = None):  # noqa: ANN202 - casreg.cache.ChunkCache
+def _cache(directory: str | None, max_size: str | None = None):
     from casreg.cache import ChunkCache
 
     return ChunkCache(directory or None, max_size=max_size)

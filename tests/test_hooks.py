@@ -21,8 +21,16 @@ from typing import Any
 import pytest
 
 from casreg import ConflictError, Registry
-from casreg.hooks import (HOOKS_KEY, InvalidHooksError, dispatch, parse_hooks, read_hooks, sign, verify_signature,
-                          write_hooks)
+from casreg.hooks import (
+    HOOKS_KEY,
+    InvalidHooksError,
+    dispatch,
+    parse_hooks,
+    read_hooks,
+    sign,
+    verify_signature,
+    write_hooks,
+)
 
 CLI = Path(sys.executable).with_name("casreg")
 SECRET = "s3cr3t-for-tests"
@@ -49,7 +57,7 @@ class Receiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 header = self.headers.get("X-Casreg-Signature", "")
                 expected = "sha256=" + hmac.new(outer.secret, body, hashlib.sha256).hexdigest()

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -92,7 +91,7 @@ def test_watch_pull_swaps_the_served_directory_atomically(tmp_path: Path) -> Non
         while not stop.is_set():
             try:
                 got = read_served(dest)
-            except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            except BaseException as err:
                 errors.append(err)
                 return
             if got is None:
@@ -190,7 +189,7 @@ def test_each_poll_is_one_small_read_and_the_command_sees_the_move(tmp_path: Pat
     MemoryStore.wipe(url)
 
 
-def test_poll_over_s3_is_one_get(s3_env, tmp_path: Path) -> None:  # noqa: ANN001
+def test_poll_over_s3_is_one_get(s3_env, tmp_path: Path) -> None:
     from casreg.storage.s3 import S3Store
 
     store = S3Store(s3_env.url())
