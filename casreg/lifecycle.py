@@ -380,12 +380,16 @@ def history(reg: Registry, name: str, *, alias: str | None = None, kinds: Iterab
             since: datetime | None = None, until: datetime | None = None) -> list[LogEntry]:
     """Every push and event of ``name`` (and the registry's policy changes), oldest
     first; ``alias`` keeps only that alias's moves and approvals (and the archives its
-    moves caused)."""
-    validate_name(name)
+    moves caused). ``name`` may be :data:`~casreg.events.REGISTRY_EVENTS` (``_registry``)
+    for the registry's own events: policy and hooks changes and their failed deliveries."""
+    registry_only = name == REGISTRY_EVENTS
+    if not registry_only:
+        validate_name(name)
     if alias is not None:
         _check_stage_name(alias)
-    events = read_events(reg.store, name, registry_wide=alias is None)
-    versions = list_versions(reg.store, name) if alias is None else []
+    events = read_events(reg.store, name, registry_wide=alias is None and not registry_only,
+                         pointers=not registry_only)
+    versions = list_versions(reg.store, name) if alias is None and not registry_only else []
     if not versions and not events and alias is None:
         raise UnknownReferenceError(f"model {name!r} has no versions in {reg.url}")
     if alias is not None:

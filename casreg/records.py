@@ -164,6 +164,7 @@ class PullResult:
     up_to_date: bool
     requests: int = 0  # ranged reads made
     resumed_bytes: int = 0  # bytes kept from an interrupted earlier pull of this version
+    cached_bytes: int = 0  # chunk bytes taken from the local chunk cache instead of the registry
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -382,7 +382,7 @@ class Registry:
         stats = materialize(self.store, manifest, dest, force=force, progress=progress, threads=self.threads)
         return PullResult(resolved.name, resolved.version, resolved.digest, str(Path(dest).absolute()),
                           stats.size, stats.files, stats.fetched_bytes, stats.up_to_date,
-                          stats.requests, stats.resumed_bytes)
+                          stats.requests, stats.resumed_bytes, stats.cached_bytes)
 
     def sql(self, query: str) -> list[dict[str, Any]]:
         """Run SQL over the ledger views ``versions``, ``files``, ``events``, ``aliases``."""

@@ -17,6 +17,7 @@ policy_app = typer.Typer(help="The registry's policy: required metadata, gates, 
 app.add_typer(policy_app, name="policy")
 
 NameArg = Annotated[str, typer.Argument(help="Model name.")]
+LogNameArg = Annotated[str, typer.Argument(help="Model name, or _registry for policy and hooks changes.")]
 VersionArg = Annotated[str, typer.Argument(metavar="REF", help="A version of NAME: N, NAME:N, NAME@ALIAS or a digest.")]
 ReasonOpt = Annotated[Optional[str], typer.Option("--reason", help="Why (recorded in the log).")]
 
@@ -140,7 +141,7 @@ def _ver(n: int | None, name: str) -> str:
 
 @app.command("log")
 def log_(
-    name: NameArg,
+    name: LogNameArg,
     alias: Annotated[Optional[str], typer.Option("--alias", help="Only this alias's moves and approvals.")] = None,
     kind: Annotated[Optional[list[str]], typer.Option("--kind", help="Only these kinds (push, promote, "
                                                       "alias.set, rollback, archive, approve, ...).")] = None,

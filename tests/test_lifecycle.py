@@ -457,3 +457,13 @@ def test_stage_typos_and_disallowed_aliases_are_refused(registry: casreg.Registr
     with pytest.raises(InvalidInputError, match="alias 'shadow' is not allowed by policy version 1"):
         reg.set_alias("m", "shadow", 1)
     assert reg.promote("m", 1, "staging").version == 1  # stages are always allowed
+
+
+def test_log_of_the_registry_itself(registry: casreg.Registry, tmp_path: Path, as_user) -> None:  # type: ignore[no-untyped-def]
+    registry.set_policy("", reason="open")
+    registry.set_policy("[gates.production]\napprovals = 1\n", reason="one approval")
+    entries = registry.log("_registry")
+    assert [(e.kind, e.reason, e.details["policy_version"]) for e in entries] == [
+        ("policy.set", "open", 1), ("policy.set", "one approval", 2)]
+    with pytest.raises(InvalidNameError):
+        registry.log("_other")
