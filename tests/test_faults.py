@@ -108,9 +108,9 @@ def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
     monkeypatch.setenv("CASREG_COMPACT_THRESHOLD", "0")
     monkeypatch.setattr(casreg.push, "PACK_TARGET", PACK)  # in-process pushes pack like the runner
-    casreg.lineage.current_author.cache_clear()
+    casreg.lineage._fallback_author.cache_clear()
     yield
-    casreg.lineage.current_author.cache_clear()
+    casreg.lineage._fallback_author.cache_clear()
 
 
 # -- content and helpers -------------------------------------------------------------------------------

@@ -45,9 +45,9 @@ def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     monkeypatch.setenv("CASREG_USER", "gc@example.test")
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
     monkeypatch.setenv("CASREG_COMPACT_THRESHOLD", "0")
-    casreg.lineage.current_author.cache_clear()
+    casreg.lineage._fallback_author.cache_clear()
     yield
-    casreg.lineage.current_author.cache_clear()
+    casreg.lineage._fallback_author.cache_clear()
 
 
 # -- helpers --------------------------------------------------------------------------------------
