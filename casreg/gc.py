@@ -42,7 +42,7 @@ from blake3 import blake3
 from casreg.errors import CasregError, ConflictError, IntegrityError, InvalidInputError, NotFoundError
 from casreg.manifest import Manifest
 from casreg.packs import decode_index, index_key, pack_key
-from casreg.push import manifest_key
+from casreg.manifest import manifest_key
 from casreg.records import utcnow
 from casreg.storage import ObjectStore
 

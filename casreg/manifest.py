@@ -29,6 +29,7 @@ __all__ = [
     "tree_digest",
     "validate_relpath",
     "seal_manifest",
+    "manifest_key",
     "MANIFEST_FORMAT",
 ]
 
@@ -38,6 +39,11 @@ EntryType = Literal["f", "x", "d"]  # regular file, executable file, (empty) dir
 VersionKind = Literal["file", "dir"]
 MAX_PATH_BYTES = 4096
 MAX_MANIFEST_BYTES = 1 << 31  # ~20 M chunks: a 20 TB version
+
+
+def manifest_key(hexdigest: str) -> str:
+    """Where the manifest of version ``hexdigest`` is stored."""
+    return f"manifests/{hexdigest[:2]}/{hexdigest}.manifest"
 
 
 def seal_manifest(json_bytes: bytes) -> bytes:

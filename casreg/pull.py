@@ -320,9 +320,17 @@ class _Writer:
                     hasher.update(data)
                     kept += 1
                     offset += ref.raw_size
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        os.ftruncate(fd, offset)
-        os.lseek(fd, offset, os.SEEK_SET)
+        if st is not None and offset == 0:
+            _remove(target)  # nothing to keep: start a new file rather than truncate to 0
+            st = None
+        if st is None:
+            # A new file, never truncated: ext4 (auto_da_alloc) flushes a file truncated to
+            # zero and rewritten when it is closed, which cost 0.2 s per 512 MiB here.
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        else:
+            fd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW)
+            os.ftruncate(fd, offset)
+            os.lseek(fd, offset, os.SEEK_SET)
         self.stats.resumed_bytes += offset
         self.progress.advance(offset)
         return fd, kept, hasher

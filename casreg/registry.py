@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from casreg import __version__
-from casreg.chunking import DEFAULT_CHUNK_PARAMS, ChunkParams
 from casreg.codec import DEFAULT_ZSTD_LEVEL
 from casreg.errors import (
     AmbiguousReferenceError,
@@ -27,13 +26,11 @@ from casreg.errors import (
 )
 from casreg.ledger import commit_version, latest_number, list_versions, parse_segment_key, read_version
 from casreg.lineage import current_author, git_state, hostname
-from casreg.manifest import Manifest
+from casreg.manifest import Manifest, manifest_key
 from casreg.pointers import list_pointers, move_alias, read_pointer
 from casreg.progress import Progress
-from casreg.push import manifest_key, store_source
 from casreg.records import AliasEvent, AliasPointer, FileInfo, Lineage, PullResult, Version, utcnow
 from casreg.refs import FULL_HEX, Ref, RefKind, parse_ref, validate_alias, validate_name
-from casreg.source import scan_source
 from casreg.storage import ObjectStore, open_store
 
 __all__ = ["Registry", "Resolved"]
@@ -134,7 +131,7 @@ class Registry:
                                   f"this casreg reads {REGISTRY_FORMAT}")
         return self._config
 
-    def _init(self, chunking: ChunkParams) -> dict[str, Any]:
+    def _init(self, chunking: Any) -> dict[str, Any]:
         config = self._read_config()
         if config is None:
             self.store.check_writable()
@@ -247,6 +244,10 @@ class Registry:
         git = git_state(os.fspath(path))
         self._check_push_policy(name, clean_metrics, clean_params, clean_tags, framework, description,
                                 run_id=run_id, dataset=dataset, parent=parent, git_commit=git.commit)
+        from casreg.chunking import DEFAULT_CHUNK_PARAMS, ChunkParams  # push-only: kept off resolve/pull start-up
+        from casreg.push import store_source
+        from casreg.source import scan_source
+
         source = scan_source(path)
         _preload("pyarrow.parquet")  # needed at commit; importing it now overlaps the chunking
         parent_digest = self.resolve(parent).digest if parent else None

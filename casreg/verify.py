@@ -38,7 +38,7 @@ from casreg.gc import VersionRef, bounded_map, ledger_versions, parse_object_key
 from casreg.manifest import ChunkRef, Manifest
 from casreg.packs import INDEX_MAGIC, PACK_MAGIC, _ENTRY, _TAIL, decode_index, index_key, pack_key
 from casreg.progress import NullProgress, Progress
-from casreg.push import manifest_key
+from casreg.manifest import manifest_key
 from casreg.storage import ByteRange, ObjectStore
 
 __all__ = ["Problem", "VerifyReport", "verify_registry", "verify_version"]
