@@ -8,7 +8,8 @@ import typer
 
 from casreg.refs import parse_ref
 
-__all__ = ["app", "alias_app", "RegistryOpt", "JsonOpt", "QuietOpt", "RefArg", "pairs", "name_alias"]
+__all__ = ["app", "alias_app", "RegistryOpt", "JsonOpt", "QuietOpt", "RefArg", "ReasonOpt", "AnnotateOpt", "pairs",
+           "name_alias"]
 
 app = typer.Typer(
     name="casreg",
@@ -28,6 +29,9 @@ RegistryOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 RefArg = Annotated[str, typer.Argument(help="NAME, NAME:N, NAME@ALIAS or a digest.")]
+ReasonOpt = Annotated[Optional[str], typer.Option("--reason", help="Why (recorded in the log).")]
+AnnotateOpt = Annotated[Optional[list[str]], typer.Option("--annotate", help="KEY=VALUE kept on the alias "
+                                                          "(repeatable), e.g. weight=0.1 for a canary.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (and the JSON --json asks for).")]
 
 

@@ -9,7 +9,7 @@ import typer
 
 from casreg import Registry
 from casreg.errors import InvalidInputError, NotFoundError
-from casreg_cli.common import JsonOpt, QuietOpt, RefArg, RegistryOpt, app, name_alias, pairs
+from casreg_cli.common import AnnotateOpt, JsonOpt, QuietOpt, ReasonOpt, RefArg, RegistryOpt, app, name_alias, pairs
 from casreg_cli.output import Output, human_bytes
 
 policy_app = typer.Typer(help="The registry's policy: required metadata, gates, approvals, roles.",
@@ -19,7 +19,6 @@ app.add_typer(policy_app, name="policy")
 NameArg = Annotated[str, typer.Argument(help="Model name.")]
 LogNameArg = Annotated[str, typer.Argument(help="Model name, or _registry for policy and hooks changes.")]
 VersionArg = Annotated[str, typer.Argument(metavar="REF", help="A version of NAME: N, NAME:N, NAME@ALIAS or a digest.")]
-ReasonOpt = Annotated[Optional[str], typer.Option("--reason", help="Why (recorded in the log).")]
 
 
 def _when(t: object) -> str:
@@ -35,8 +34,7 @@ def promote(
     keep_previous: Annotated[bool, typer.Option("--keep-previous", help="Promoting to production: do not "
                                                 "archive the version it replaces.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Evaluate the gates; change nothing.")] = False,
-    annotate: Annotated[Optional[list[str]], typer.Option("--annotate", help="KEY=VALUE on the alias (repeatable), "
-                                                          "e.g. weight=0.1 for a canary.")] = None,
+    annotate: AnnotateOpt = None,
     if_current: Annotated[Optional[str], typer.Option("--if-current", metavar="REF", help="Only if STAGE still "
                                                       "points at this version (else a conflict error).")] = None,
     registry: RegistryOpt = None,

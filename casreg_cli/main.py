@@ -11,7 +11,8 @@ import typer
 
 from casreg import CasregError, Registry
 from casreg.refs import parse_ref
-from casreg_cli.common import JsonOpt, QuietOpt, RefArg, RegistryOpt, alias_app, app, name_alias, pairs
+from casreg_cli.common import (AnnotateOpt, JsonOpt, QuietOpt, ReasonOpt, RefArg, RegistryOpt, alias_app, app,
+                               name_alias, pairs)
 from casreg_cli.output import Output, human_bytes
 import casreg_cli.ledger_cmds  # noqa: F401,E402  (registers `casreg compact`)
 import casreg_cli.ops  # noqa: F401,E402  (registers `casreg verify` and `casreg gc`)
@@ -211,9 +212,8 @@ def sql(
 def alias_set(
     target: Annotated[str, typer.Argument(metavar="NAME@ALIAS")],
     ref: Annotated[str, typer.Argument(help="A version of NAME: N, NAME:N, NAME@ALIAS or a digest.")],
-    reason: Annotated[Optional[str], typer.Option("--reason", help="Why (recorded in the log).")] = None,
-    annotate: Annotated[Optional[list[str]], typer.Option("--annotate", help="KEY=VALUE kept on the alias "
-                                                          "(repeatable), e.g. weight=0.1 for a canary.")] = None,
+    reason: ReasonOpt = None,
+    annotate: AnnotateOpt = None,
     registry: RegistryOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -232,7 +232,7 @@ def alias_set(
 @alias_app.command("rm")
 def alias_rm(
     target: Annotated[str, typer.Argument(metavar="NAME@ALIAS")],
-    reason: Annotated[Optional[str], typer.Option("--reason", help="Why (recorded in the log).")] = None,
+    reason: ReasonOpt = None,
     registry: RegistryOpt = None,
     json_: JsonOpt = False,
     quiet: QuietOpt = False,

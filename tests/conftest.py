@@ -123,6 +123,15 @@ def store_factory(backend: str, tmp_path: Path, request: pytest.FixtureRequest) 
         cleanup()
 
 
+@pytest.fixture(params=["local", "s3"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh registry URL that several processes can share: a local directory, or S3
+    (the spawned processes find the endpoint and credentials in the environment)."""
+    if request.param == "s3":
+        return request.getfixturevalue("s3_env").url()
+    return str(tmp_path / "reg")
+
+
 @pytest.fixture
 def store(store_factory: Callable[[], ObjectStore]) -> ObjectStore:
     return store_factory()

@@ -23,12 +23,9 @@ SPAWN = multiprocessing.get_context("spawn")
 TIMEOUT = 120
 
 
-@pytest.fixture(params=["local", "s3"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh registry URL on each backend the racing tests cover."""
-    if request.param == "s3":
-        return request.getfixturevalue("s3_env").url()
-    return str(tmp_path / "reg")
+@pytest.fixture
+def url(shared_url: str) -> str:
+    return shared_url
 
 
 def content(i: int) -> bytes:

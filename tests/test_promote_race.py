@@ -26,11 +26,9 @@ approvals = 1
 """
 
 
-@pytest.fixture(params=["local", "s3"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "s3":
-        return request.getfixturevalue("s3_env").url()
-    return str(tmp_path / "reg")
+@pytest.fixture
+def url(shared_url: str) -> str:
+    return shared_url
 
 
 def start(url: str, version: int, replacing: int, user: str) -> subprocess.Popen[str]:
