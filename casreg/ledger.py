@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from casreg.errors import NotFoundError
+from casreg.errors import ConflictError, NotFoundError, StorageError
 from casreg.records import AliasEvent, Lineage, Version
 from casreg.storage import ObjectStore
 
@@ -64,6 +64,7 @@ __all__ = [
 log = logging.getLogger("casreg.ledger")
 
 _WIDTH = 10
+MAX_NUMBER_ATTEMPTS = 10_000
 VERSIONS_PREFIX = "ledger/versions"
 EVENTS_PREFIX = "ledger/events"
 COMPACTED_PREFIX = "ledger/compacted"
@@ -256,12 +257,21 @@ def commit_version(store: ObjectStore, record: Version, files: list[dict[str, An
 
     schema = version_schema()
     number = (latest_number(store, record.name) or 0) + 1
-    while True:
+    for attempt in range(1, MAX_NUMBER_ATTEMPTS + 1):
         rec = dataclasses.replace(record, version=number)
         data = _parquet_bytes(pa.Table.from_pylist([_version_row(rec, files)], schema=schema))
-        if store.create(segment_key(rec.name, number), data):
+        key = segment_key(rec.name, number)
+        if store.create(key, data):
             break
+        if not store.exists(key):  # "already there" for a key that is not: never loop on it
+            raise StorageError(f"registry {store.url}: creating {key} was refused as existing, but it does not "
+                               "exist; the store does not honour create-if-absent, nothing was committed")
+        if attempt % 64 == 0:  # a crowd of pushers: jump to the newest number rather than climb one by one
+            number = max(number, latest_number(store, record.name) or 0)
         number += 1
+    else:
+        raise ConflictError(f"could not allocate a version number for {record.name} after {MAX_NUMBER_ATTEMPTS:,} "
+                            "attempts (other pushers took every one); nothing was committed, push again")
     store.create(sidecar_key(rec.name, number), json.dumps(rec.to_dict()).encode())
     return rec
 

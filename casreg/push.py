@@ -15,8 +15,10 @@ leaves only unreferenced objects for ``gc``.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,12 +26,14 @@ from blake3 import blake3
 
 from casreg.chunking import ChunkParams, iter_chunks
 from casreg.codec import encode
-from casreg.errors import InvalidInputError
+from casreg.errors import IntegrityError, InvalidInputError, NotFoundError
 from casreg.manifest import ChunkRef, Entry, Manifest, manifest_key
 from casreg.packs import PACK_TARGET, ChunkIndex, PackBuilder, index_key, pack_key
 from casreg.progress import NullProgress, Progress
 from casreg.source import Source, SourceFile
 from casreg.storage import ObjectStore
+
+log = logging.getLogger("casreg.push")
 
 __all__ = ["PushStats", "store_source", "manifest_key"]
 
@@ -66,6 +70,26 @@ class _Pending:
         return ChunkRef(self.digest, pack_id, self.offset, self.stored_size, self.raw_size, self.codec)
 
 
+def _replace_damaged(store: ObjectStore, key: str, parts: list[bytes | memoryview], intact: Callable[[], bool]) -> bool:
+    """``key`` already exists: the same pack (or index) pushed before, which is fine, or
+    the remains of a writer killed mid-upload (an S3 server may keep an empty object when a
+    client dies after sending the headers). Its name fixes its size and bytes, so anything
+    else is damage: replace it rather than trust it, or this push would record chunks that
+    cannot be read back. Returns True if it wrote the object."""
+    try:
+        if intact():
+            return False
+    except NotFoundError:  # gone meanwhile (gc of an unreferenced leftover): write it again
+        return store.create(key, parts)
+    log.warning("casreg: %s in %s is damaged (a killed upload?); writing it again", key, store.url)
+    store.delete(key)
+    if store.create(key, parts):
+        return True
+    if not intact():  # someone else wrote it meanwhile; theirs must be right too
+        raise IntegrityError(f"{key} in {store.url} is damaged and could not be replaced; nothing was committed")
+    return False
+
+
 class _Pusher:
     def __init__(self, store: ObjectStore, index: ChunkIndex, level: int, progress: Progress,
                  workers: ThreadPoolExecutor, uploader: ThreadPoolExecutor) -> None:
@@ -87,9 +111,12 @@ class _Pusher:
 
     def _upload(self, pack_id: str, parts: list[bytes | memoryview], index: bytes) -> int:
         written = 0
-        if self.store.create(pack_key(pack_id), parts):
-            written += sum(len(p) for p in parts)
-        if self.store.create(index_key(pack_id), index):  # only after the pack exists
+        size = sum(len(p) for p in parts)
+        if self.store.create(pack_key(pack_id), parts) or _replace_damaged(
+                self.store, pack_key(pack_id), parts, lambda: self.store.size(pack_key(pack_id)) == size):
+            written += size
+        if self.store.create(index_key(pack_id), index) or _replace_damaged(  # only after the pack exists
+                self.store, index_key(pack_id), [index], lambda: self.store.read(index_key(pack_id)) == index):
             written += len(index)
         return written
 

@@ -362,6 +362,32 @@ def test_flipped_index_byte(registry: Registry, pushed: Manifest, sources: tuple
     registry.push("again", sources[1])
     registry.pull("again", tmp_path / "again")
     same_tree(tmp_path / "again", sources[1])
+    assert registry.verify().problems == []  # the push rewrote the damaged index
+
+
+def test_leftover_empty_pack_is_replaced_not_trusted(registry: Registry, sources: tuple[Path, Path],
+                                                      tmp_path: Path) -> None:
+    """A writer killed after an S3 server accepted the headers can leave an empty object
+    under a pack's name, with no index. A later push of the same content makes the very
+    same pack id: it must replace the leftover, not take it for the pack."""
+    import uuid
+
+    scratch = Registry(f"memory://leftover-{uuid.uuid4().hex}")
+    scratch.push("m", sources[0])
+    packs = sorted(scratch.store.list("packs"))
+    assert packs
+    for key in packs:
+        assert registry.store.create(key, b"")  # the remains of killed uploads
+    truncated = packs[0]
+    registry.store.delete(truncated)
+    full = scratch.store.read(truncated)
+    assert registry.store.create(truncated, full[: len(full) // 2])  # and one cut in the middle
+    v = registry.push("m", sources[0])
+    for key in packs:
+        assert registry.store.read(key) == scratch.store.read(key)
+    registry.pull(v.ref, tmp_path / "out")
+    same_tree(tmp_path / "out", sources[0])
+    assert registry.verify().problems == []
 
 
 def test_flipped_pack_trailer_byte(registry: Registry, pushed: Manifest) -> None:
@@ -392,3 +418,22 @@ def test_flipped_byte_in_an_unreferenced_pack(registry: Registry, pushed: Manife
     flip(registry.store, pack_key(c.pack), c.offset + 10)
     (p,) = registry.verify().problems
     assert p.key == pack_key(c.pack) and p.versions == []
+
+
+def test_a_store_that_lies_about_create_cannot_hang_a_push(tmp_path: Path, sources: tuple[Path, Path]) -> None:
+    """Version numbers are allocated by create-if-absent; a store answering "exists" for a
+    key that does not exist would make the allocation climb forever. It stops at once with
+    a one-line storage error and commits nothing."""
+    import uuid
+
+    from casreg.errors import StorageError
+    from casreg.storage.memory import MemoryStore
+
+    class Liar(MemoryStore):
+        def create(self, key, data):  # type: ignore[no-untyped-def]
+            return False if key.startswith("ledger/versions/") else super().create(key, data)
+
+    store = Liar(f"memory://liar-{uuid.uuid4().hex}")
+    with pytest.raises(StorageError, match="does not honour create-if-absent, nothing was committed"):
+        Registry.from_store(store).push("m", sources[0])
+    assert list(store.list("ledger/versions")) == [] and list(store.list("refs")) == []
