@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m compileall -q casreg casreg_cli  # as an installed package is (PYTHONDONTWRITEBYTECODE may be set)
 	@touch $@
 
 venv: $(STAMP)
