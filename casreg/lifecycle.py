@@ -203,10 +203,10 @@ def evaluate(reg: Registry, policy: Policy, version: Version, stage: str,
         rejected = [e for e in decided.values() if e.kind == "reject"]
         approvers = sorted(a for a, e in decided.items() if e.kind == "approve"
                            and (gate.self_approval or a != version.author))
-        rule = f"approvals >= {gate.approvals}"
+        label = f"approvals >= {gate.approvals}"
         if rejected:
             r = rejected[-1]
-            results.append(GateResult(rule, False, f"{version.ref} was rejected for {stage} by {r.author} at "
+            results.append(GateResult(label, False, f"{version.ref} was rejected for {stage} by {r.author} at "
                                                    f"{_iso(r.time)}" + (f": {r.reason}" if r.reason else "")))
         else:
             ok = len(approvers) >= gate.approvals
@@ -214,7 +214,7 @@ def evaluate(reg: Registry, policy: Policy, version: Version, stage: str,
             more = "" if ok else (f"; needs {gate.approvals - len(approvers)} more: casreg approve "
                                   f"{version.name} {version.version} --stage {stage}")
             own = "" if gate.self_approval else " (the pusher's own approval does not count)"
-            results.append(GateResult(rule, ok, f"{len(approvers)} approval(s){who} of {gate.approvals}{own}{more}"))
+            results.append(GateResult(label, ok, f"{len(approvers)} approval(s){who} of {gate.approvals}{own}{more}"))
     return results
 
 

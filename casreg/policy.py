@@ -229,7 +229,7 @@ class PolicyFile:
     doc: Mapping[str, Any]
     digest: str
 
-    def for_model(self, name: str) -> Policy:
+    def for_model(self, name: str | None) -> Policy:
         return _effective(self.doc, name, self.version)
 
 

@@ -86,9 +86,9 @@ class AliasEvent:
 
     event_id: str
     time: datetime
-    kind: str  # "alias.set" or "alias.remove"
+    kind: str  # "alias.set", "alias.remove", "promote", ... (casreg/events.py)
     name: str
-    alias: str
+    alias: str | None  # None for events about a version, not an alias (archive, policy.set)
     from_digest: str | None
     to_digest: str | None
     from_version: int | None
