@@ -628,6 +628,11 @@ def render(*, args: argparse.Namespace, command: str, env: dict[str, str], start
         "before every timed command so one step's dirty-page writeback is not charged to the next; no command "
         "is charged for writeback *after* it exits, except that `casreg push` fsyncs every pack it writes (it is "
         "a durable store) and `zstd`/`cp` do not -- the `zstd ... && sync x2.zst` row is that fairer reference.")
+    add("- **Not the same work**: `zstd -3 -T0` compresses; `casreg push` also cuts content-defined chunks "
+        "(serial, ~1 GB/s), hashes every chunk and the whole file with BLAKE3 (the file digest equals `b3sum`), "
+        "and fsyncs its packs; `casreg pull` decodes *and* verifies every chunk and file digest while `zstd -d` "
+        "only decodes. On 2 CPUs, with `zstd -T0` already using both, those extra CPU seconds show up one for "
+        "one in wall time (profiles: `python -m cProfile -m casreg_cli.main push ...`).")
     if GNU_TIME:
         add("- **Peak RSS** is the largest resident set of the command (GNU `time` `%M`, i.e. `ru_maxrss` of a child "
             "forked from the ~1 MB `time` process, so it is not inflated by the benchmark's own Python process), "
