@@ -451,6 +451,37 @@ def resolve_at(reg: Registry, ref: str, at: datetime) -> Resolved:
     return resolved
 
 
+@dataclass(frozen=True, slots=True)
+class VersionState:
+    """Where a version stands in the lifecycle: archived or not, and the standing
+    approvals and rejections per stage (each author's latest decision)."""
+
+    archived: AliasEvent | None
+    approvals: dict[str, list[str]]
+    rejections: dict[str, list[str]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"archived": self.archived is not None,
+                "archived_at": _iso(self.archived.time) if self.archived else None,
+                "archived_by": self.archived.author if self.archived else None,
+                "approvals": self.approvals, "rejections": self.rejections}
+
+
+def version_state(reg: Registry, name: str, version: int) -> VersionState:
+    events = read_events(reg.store, name)
+    stages = sorted({e.alias for e in events if e.kind in ("approve", "reject") and e.to_version == version
+                     and e.alias is not None})
+    approvals: dict[str, list[str]] = {}
+    rejections: dict[str, list[str]] = {}
+    for stage in stages:
+        decided = decisions(events, version, stage)
+        if yes := sorted(a for a, e in decided.items() if e.kind == "approve"):
+            approvals[stage] = yes
+        if no := sorted(a for a, e in decided.items() if e.kind == "reject"):
+            rejections[stage] = no
+    return VersionState(archived_versions(events).get(version), approvals, rejections)
+
+
 def stage_members(reg: Registry, name: str, stage: str) -> list[int]:
     """Version numbers in ``stage``: the one an alias points at, or every archived one."""
     if stage == "archived":

@@ -482,6 +482,14 @@ class Registry:
 
         return history(self, name, alias=alias, kinds=kinds, since=when(since), until=when(until))
 
+    def state(self, ref: str | Ref) -> Any:
+        """Lifecycle state of a version: archived or not, standing approvals and
+        rejections per stage (:class:`casreg.lifecycle.VersionState`)."""
+        from casreg.lifecycle import version_state
+
+        v = self.show(ref)
+        return version_state(self, v.name, v.version)
+
     def resolve_at(self, ref: str, at: Any) -> Resolved:
         """What ``ref`` pointed at at time ``at`` (a datetime or ISO 8601 text)."""
         from casreg.lifecycle import parse_when, resolve_at

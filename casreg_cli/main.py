@@ -120,8 +120,10 @@ def show(
     v = reg.show(ref)
     files = reg.files(v.digest)
     aliases = [p.alias for p in reg.aliases(v.name) if p.version == v.version]
+    state = reg.state(v.ref)
     if out.as_json:
-        out.json(v.to_dict() | {"aliases": aliases, "files": [asdict(f) for f in files]})
+        out.json(v.to_dict() | {"aliases": aliases, "lifecycle": state.to_dict(),
+                                "files": [asdict(f) for f in files]})
         return
     out.line(f"{v.ref}  {v.digest}")
     out.line(f"  created   {v.created_at.isoformat(timespec='seconds')} by {v.author}")
@@ -140,6 +142,12 @@ def show(
         out.line("  lineage   " + ", ".join(parts))
     if aliases:
         out.line("  aliases   " + ", ".join(f"{v.name}@{a}" for a in aliases))
+    if state.archived is not None:
+        out.line(f"  archived  {state.archived.time.isoformat(timespec='seconds')} by {state.archived.author}"
+                 + (f" ({state.archived.reason})" if state.archived.reason else ""))
+    for label, table in (("approved", state.approvals), ("rejected", state.rejections)):
+        for stage, authors in table.items():
+            out.line(f"  {label:<9} for {stage} by {', '.join(authors)}")
     out.line("  files")
     for f in files:
         kind = "dir " if f.type == "d" else ("exec" if f.type == "x" else "    ")

@@ -325,8 +325,10 @@ def test_keep_previous_annotations_and_archive(registry: casreg.Registry, tmp_pa
     with pytest.raises(InvalidInputError, match="already archived"):
         reg.archive("m", 1)
     assert [v.version for v in reg.search("m", stage="archived")] == [1]
+    archived = reg.state("m:1").archived
+    assert archived is not None and archived.reason == "superseded"
     reg.promote("m", 1, "staging")  # bringing a version back un-archives it
-    assert reg.search("m", stage="archived") == []
+    assert reg.search("m", stage="archived") == [] and reg.state("m:1").archived is None
     assert reg.pull("m:1", tmp_path / "out.bin").size > 0  # nothing was deleted
 
 
@@ -340,8 +342,11 @@ def test_rejection_blocks_until_withdrawn(registry: casreg.Registry, tmp_path: P
     reg.reject("m", 1, stage="production", comment="bias audit pending")
     with pytest.raises(PolicyError, match="rejected for production by carol at .*: bias audit pending"):
         reg.promote("m", 1, "production")
+    state = reg.state("m:1")
+    assert (state.approvals, state.rejections) == ({"production": ["bob"]}, {"production": ["carol"]})
     reg.approve("m", 1, stage="production", comment="audit done")  # carol changes her mind
     assert reg.promote("m", 1, "production").version == 1
+    assert reg.state("m:1").to_dict()["approvals"] == {"production": ["bob", "carol"]}
     rows = reg.sql("SELECT author, decision, comment FROM approvals ORDER BY time")
     assert rows == [{"author": "bob", "decision": "approve", "comment": None},
                     {"author": "carol", "decision": "reject", "comment": "bias audit pending"},
