@@ -40,13 +40,19 @@ SCRIPT = Path(sys.executable).with_name("casreg")
 def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("CASREG_USER", "integrity@example.test")
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    # These tests damage the registry's objects; on S3 the local chunk cache would serve
+    # the verified copies of an earlier pull instead (tests/test_cache.py covers that path).
+    monkeypatch.setenv("CASREG_CACHE", "off")
     casreg.lineage._fallback_author.cache_clear()
     yield
     casreg.lineage._fallback_author.cache_clear()
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def reg(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "s3":  # SeaweedFS (tests/conftest.py), a fresh prefix per test
+        yield Registry(request.getfixturevalue("s3_env").url())
+        return
     if request.param == "local":
         yield Registry(tmp_path / "registry")
     else:

@@ -43,8 +43,11 @@ def _author(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     casreg.lineage._fallback_author.cache_clear()
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def reg(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "s3":  # SeaweedFS (tests/conftest.py), a fresh prefix per test
+        yield Registry(request.getfixturevalue("s3_env").url())
+        return
     if request.param == "local":
         yield Registry(tmp_path / "registry")
     else:
