@@ -49,6 +49,7 @@ from casreg.sql import connect, query, tables_for
 from casreg.storage import ObjectStore
 from casreg.storage.local import LocalStore
 from casreg.storage.memory import MemoryStore
+from casreg.testing.wrapper import StoreWrapper
 
 NAMES = ("alpha", "beta", "alpha-b")  # "alpha-b" sorts before "alpha/" as a key: order must not matter
 ALIASES = ("prod", "staging")
@@ -116,13 +117,12 @@ def compacted_keys(store: ObjectStore) -> set[str]:
     return {k for k in store.list("ledger/compacted") if k.endswith(".parquet")}
 
 
-class Hooked(ObjectStore):
+class Hooked(StoreWrapper):
     """A real store with hooks run before chosen operations (to interleave another actor
     exactly there); everything else passes straight through."""
 
     def __init__(self, inner: ObjectStore) -> None:
-        self.inner = inner
-        self.url = inner.url
+        super().__init__(inner)
         self.before_swap: Callable[[str], None] | None = None
         self.after_swap: Callable[[str], None] | None = None
         self.before_read: Callable[[str], None] | None = None
@@ -139,15 +139,6 @@ class Hooked(ObjectStore):
         self.reads.append(key)
         return self.inner.read_versioned(key)
 
-    def create(self, key, data):  # type: ignore[no-untyped-def]
-        return self.inner.create(key, data)
-
-    def exists(self, key):  # type: ignore[no-untyped-def]
-        return self.inner.exists(key)
-
-    def size(self, key):  # type: ignore[no-untyped-def]
-        return self.inner.size(key)
-
     def list(self, prefix):  # type: ignore[no-untyped-def]
         return iter([k for k in self.inner.list(prefix) if k not in self.hide])
 
@@ -158,9 +149,6 @@ class Hooked(ObjectStore):
         if self.after_swap:
             self.after_swap(key)
         return token
-
-    def delete(self, key):  # type: ignore[no-untyped-def]
-        return self.inner.delete(key)
 
 
 def populate(store: ObjectStore, model: Model, n: int = 6) -> None:

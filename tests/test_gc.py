@@ -33,8 +33,9 @@ from casreg.packs import ChunkIndex, index_key, pack_key
 from casreg.push import manifest_key, store_source
 from casreg.source import scan_source
 from casreg.storage import ObjectStore
-from casreg.storage.base import ByteRange, Payload, Versioned
+from casreg.storage.base import Payload
 from casreg.storage.local import LocalStore
+from casreg.testing.wrapper import StoreWrapper
 
 SCRIPT = Path(sys.executable).with_name("casreg")
 HOUR = 3600
@@ -95,12 +96,13 @@ def has_times(store: ObjectStore) -> bool:
     return not store.url.startswith("memory://")
 
 
-class CommitHook(ObjectStore):
+class CommitHook(StoreWrapper):
     """The registry's real store, with ``hook()`` run once right before the first ledger
     segment is created: between a push's pre-commit check and its commit."""
 
     def __init__(self, inner: ObjectStore, hook: Callable[[], None]) -> None:
-        self.inner, self.hook, self.url = inner, hook, inner.url
+        super().__init__(inner)
+        self.hook = hook
         self.fired = False
 
     def create(self, key: str, data: Payload) -> bool:
@@ -108,27 +110,6 @@ class CommitHook(ObjectStore):
             self.fired = True
             self.hook()
         return self.inner.create(key, data)
-
-    def read(self, key: str, byte_range: ByteRange | None = None) -> bytes:
-        return self.inner.read(key, byte_range)
-
-    def exists(self, key: str) -> bool:
-        return self.inner.exists(key)
-
-    def size(self, key: str) -> int:
-        return self.inner.size(key)
-
-    def list(self, prefix: str) -> Iterator[str]:
-        return self.inner.list(prefix)
-
-    def read_versioned(self, key: str) -> Versioned | None:
-        return self.inner.read_versioned(key)
-
-    def swap(self, key: str, data: bytes, expected: str | None) -> str:
-        return self.inner.swap(key, data, expected)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
 
 
 class AfterStoring:

@@ -15,17 +15,18 @@ from casreg.chunking import ChunkParams
 from casreg.manifest import ChunkRef
 from casreg.pull import partial_path, spans
 from casreg.storage import ByteRange, ObjectStore
+from casreg.testing.wrapper import StoreWrapper
 
 SMALL = ChunkParams(avg_size=16 << 10, min_size=4 << 10, max_size=64 << 10)
 
 
-class FailingStore(ObjectStore):
+class FailingStore(StoreWrapper):
     """A real store whose reads start failing after ``budget`` ranged reads, the way a
     connection dies mid-pull; it also counts the reads it served."""
 
     def __init__(self, inner: ObjectStore, budget: int | None = None) -> None:
-        self.inner, self.budget, self.reads = inner, budget, 0
-        self.url = inner.url
+        super().__init__(inner)
+        self.budget, self.reads = budget, 0
         self.io_concurrency = inner.io_concurrency
 
     def read(self, key: str, byte_range: ByteRange | None = None) -> bytes:
@@ -34,27 +35,6 @@ class FailingStore(ObjectStore):
                 raise StorageError(f"registry {self.url}: connection lost")
             self.reads += 1
         return self.inner.read(key, byte_range)
-
-    def create(self, key, data):  # type: ignore[no-untyped-def]
-        return self.inner.create(key, data)
-
-    def exists(self, key: str) -> bool:
-        return self.inner.exists(key)
-
-    def size(self, key: str) -> int:
-        return self.inner.size(key)
-
-    def list(self, prefix: str):  # type: ignore[no-untyped-def]
-        return self.inner.list(prefix)
-
-    def read_versioned(self, key: str):  # type: ignore[no-untyped-def]
-        return self.inner.read_versioned(key)
-
-    def swap(self, key: str, data: bytes, expected: str | None) -> str:
-        return self.inner.swap(key, data, expected)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,8 @@ from casreg.packs import decode_index, index_key, pack_key
 from casreg.pointers import move_alias, pointer_key
 from casreg.push import manifest_key
 from casreg.storage import ObjectStore
-from casreg.storage.base import ByteRange, Payload, Versioned
+from casreg.storage.base import ByteRange
+from casreg.testing.wrapper import StoreWrapper
 
 SCRIPT = Path(sys.executable).with_name("casreg")
 
@@ -91,11 +92,11 @@ def replace(store: ObjectStore, key: str, data: bytes) -> None:
     assert store.create(key, data)
 
 
-class Counting(ObjectStore):
+class Counting(StoreWrapper):
     """The real store, counting the requests made to it."""
 
     def __init__(self, inner: ObjectStore) -> None:
-        self.inner, self.url = inner, inner.url
+        super().__init__(inner)
         self.calls: Counter[tuple[str, str]] = Counter()
 
     def read(self, key: str, byte_range: ByteRange | None = None) -> bytes:
@@ -109,24 +110,6 @@ class Counting(ObjectStore):
     def size(self, key: str) -> int:
         self.calls["size", key] += 1
         return self.inner.size(key)
-
-    def create(self, key: str, data: Payload) -> bool:
-        return self.inner.create(key, data)
-
-    def exists(self, key: str) -> bool:
-        return self.inner.exists(key)
-
-    def list(self, prefix: str) -> Iterator[str]:
-        return self.inner.list(prefix)
-
-    def read_versioned(self, key: str) -> Versioned | None:
-        return self.inner.read_versioned(key)
-
-    def swap(self, key: str, data: bytes, expected: str | None) -> str:
-        return self.inner.swap(key, data, expected)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
 
 
 class Recording:

@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
-from casreg.storage.base import ByteRange, ObjectStore, Payload, Versioned
+from casreg.storage.base import ByteRange, ObjectStore, Versioned
+from casreg.testing.wrapper import StoreWrapper
 
 __all__ = ["CountingStore"]
 
 
-class CountingStore(ObjectStore):
+class CountingStore(StoreWrapper):
     """Delegates every call to ``inner``; counts reads (``reads``) and bytes returned
     (``bytes_read``) per top-level key prefix (``packs``, ``manifests``, ``refs``, ...)."""
 
     def __init__(self, inner: ObjectStore) -> None:
-        self.inner = inner
-        self.url = inner.url
+        super().__init__(inner)
         self.io_concurrency = inner.io_concurrency
         self.reads: Counter[str] = Counter()
         self.bytes_read: Counter[str] = Counter()
@@ -46,32 +46,14 @@ class CountingStore(ObjectStore):
         self._count(key, sum(len(d) for d in out))
         return out
 
-    def create(self, key: str, data: Payload) -> bool:
-        return self.inner.create(key, data)
-
-    def exists(self, key: str) -> bool:
-        return self.inner.exists(key)
-
-    def size(self, key: str) -> int:
-        return self.inner.size(key)
-
     def stat(self, key: str):  # type: ignore[no-untyped-def]
         return self.inner.stat(key)
-
-    def list(self, prefix: str) -> Iterator[str]:
-        return self.inner.list(prefix)
 
     def read_versioned(self, key: str) -> Versioned | None:
         got = self.inner.read_versioned(key)
         if got is not None:
             self._count(key, len(got.data))
         return got
-
-    def swap(self, key: str, data: bytes, expected: str | None) -> str:
-        return self.inner.swap(key, data, expected)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
 
     def check_writable(self) -> None:
         self.inner.check_writable()
