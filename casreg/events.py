@@ -25,7 +25,7 @@ Event kinds (``kind`` column; docs/lifecycle.md):
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -110,20 +110,23 @@ def _rows_to_events(rows: Iterable[dict[str, Any]]) -> list[AliasEvent]:
     return [AliasEvent.from_dict(r) for r in rows]
 
 
-def read_events(store: ObjectStore, name: str, *, pointers: bool = True,
+def read_events(store: ObjectStore, name: str, *, pointers: bool | Sequence[AliasEvent] = True,
                 registry_wide: bool = False) -> list[AliasEvent]:
     """Every event of model ``name``, oldest first (ties broken by id). ``pointers``: also
     the moves held by the model's pointers whose ledger append a crash may have cut off
-    (each pointer holds its last move), so history never misses the current state.
-    ``registry_wide``: interleave the registry's own events (policy changes)."""
+    (each pointer holds its last move), so history never misses the current state; a
+    caller that has just read them (:func:`~casreg.pointers.read_pointer_events`) passes
+    them instead. ``registry_wide``: interleave the registry's own events (policy changes)."""
     events = _rows_to_events(events_table(store, name=name).to_pylist())
     if registry_wide:
         events += _rows_to_events(events_table(store, name=REGISTRY_EVENTS).to_pylist())
-    if pointers:
+    if pointers is True:
         from casreg.pointers import read_pointer_events
 
+        pointers = read_pointer_events(store, name)
+    if pointers:
         seen = {e.event_id for e in events}
-        for e in read_pointer_events(store, name):
+        for e in pointers:
             if e.event_id not in seen:
                 events.append(e)
                 events.extend(implied_events(e))

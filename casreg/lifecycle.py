@@ -23,7 +23,7 @@ from casreg.errors import ConflictError, InvalidInputError, PolicyError, Unknown
 from casreg.events import POINTER_KINDS, REGISTRY_EVENTS, read_events, record_event
 from casreg.ledger import list_versions, read_version
 from casreg.lineage import current_author
-from casreg.pointers import move_alias, read_pointer, read_pointer_event
+from casreg.pointers import move_alias, read_pointer, read_pointer_event, read_pointer_events
 from casreg.policy import STAGES, GateResult, Policy, read_policy, write_policy
 from casreg.records import AliasEvent, Version, _iso, utcnow
 from casreg.refs import validate_alias, validate_name
@@ -230,7 +230,7 @@ def promote(reg: Registry, name: str, ref: str | int, stage: str, *, reason: str
             if_current: str | int | None = None, kind: str = "promote") -> Promotion:
     """Move ``name@stage`` to a version after checking the policy; see the module doc."""
     validate_name(name)
-    _check_stage_name(stage)
+    validate_alias(stage)  # the grammar now; typos and the policy's alias list once the policy is read
     if stage == "archived":
         if dry_run or annotations:
             raise InvalidInputError("archived is a state, not an alias: use casreg archive NAME REF")
@@ -309,11 +309,12 @@ def archive(reg: Registry, name: str, ref: str | int, *, reason: str | None = No
     validate_name(name)
     version = _version(reg, name, ref)
     _policy(reg, name).require_permission(current_author(), "archive", None, what=f"archiving {version.ref}")
-    holding = sorted(p.alias for p in reg.aliases(name) if p.version == version.version)
+    moves = read_pointer_events(reg.store, name)  # each alias's last move: read once, used twice
+    holding = sorted(str(e.alias) for e in moves if e.to_digest is not None and e.to_version == version.version)
     if holding:
         raise InvalidInputError(f"{version.ref} is at {', '.join(f'{name}@{a}' for a in holding)}; "
                                 "move those first (casreg promote or casreg alias rm), then archive it")
-    events = read_events(reg.store, name)
+    events = read_events(reg.store, name, pointers=moves)
     already = archived_versions(events).get(version.version)
     if already is not None:
         raise InvalidInputError(f"{version.ref} is already archived (by {already.author} at {_iso(already.time)})")
@@ -326,7 +327,7 @@ def decide(reg: Registry, name: str, ref: str | int, stage: str, *, approve: boo
            comment: str | None = None) -> AliasEvent:
     """Record the current author's approval (or rejection) of a version for ``stage``."""
     validate_name(name)
-    _check_stage_name(stage)
+    validate_alias(stage)  # the grammar now; typos and the policy's alias list once the policy is read
     if stage == "archived":
         raise InvalidInputError("archiving takes no approvals; approve for staging, production or an alias")
     version = _version(reg, name, ref)
