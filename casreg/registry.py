@@ -9,7 +9,7 @@ import json
 import math
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -46,6 +46,9 @@ class Resolved:
     digest: str  # "blake3:<64 hex>"
     name: str | None = None  # None for a bare digest reference
     version: int | None = None
+    #: The alias's annotations when the reference was NAME@ALIAS (from the same pointer
+    #: read that gave the digest); not part of equality.
+    annotations: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def hexdigest(self) -> str:
@@ -159,7 +162,7 @@ class Registry:
             p = read_pointer(self.store, r.name, r.alias)
             if p is None:
                 raise self._unknown(f"{r} is not set")
-            return Resolved(p.digest, r.name, p.version)
+            return Resolved(p.digest, r.name, p.version, p.annotations)
         if r.kind is RefKind.DIGEST:
             matches = [v for v in self._versions(r.name) if v.digest.removeprefix("blake3:").startswith(r.digest or "")]
             digests = sorted({v.digest for v in matches})
@@ -275,10 +278,7 @@ class Registry:
         self._check_before_commit(manifest)  # gc protocol (docs/gc.md): right before the commit
         version = commit_version(self.store, record, files)
         # "kind" is the event's (push); the version's own kind (file/dir) goes under version_kind
-        push_event = {**version.to_dict(), "kind": "push", "version_kind": version.kind}
-        push_event.pop("lineage", None)
-        push_event["lineage"] = dict(version.to_dict()["lineage"])
-        self._notify(push_event)
+        self._notify({**version.to_dict(), "kind": "push", "version_kind": version.kind})
         if alias is not None:
             self.set_alias(name, alias, version.version, reason=f"push {version.ref} --alias")
         self._auto_compact(version)

@@ -100,10 +100,8 @@ def resolve(
         out.json({"digest": resolved.digest, "kind": m.kind, "size": m.size, "file_count": len(m.files)})
         return
     extra: dict[str, object] = {"ref": ref}
-    r = parse_ref(ref)
-    if r.alias is not None and at is None:
-        pointer = next((p for p in reg.aliases(resolved.name) if p.alias == r.alias), None)
-        extra["annotations"] = pointer.annotations if pointer else {}
+    if parse_ref(ref).alias is not None and at is None:
+        extra["annotations"] = dict(resolved.annotations)
     out.json(reg.show(f"{resolved.name}:{resolved.version}").to_dict() | extra)
 
 

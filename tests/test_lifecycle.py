@@ -224,6 +224,10 @@ def test_cli_session_one_line_errors(tmp_path: Path, monkeypatch: pytest.MonkeyP
     code, out, _ = cli("log", "fraud", "--json")
     kinds = [e["kind"] for e in json.loads(out)]
     assert kinds == ["policy.set", "push", "push", "promote", "approve", "approve", "promote"]
+    monkeypatch.setenv("CASREG_USER", "alice")
+    assert cli("alias", "set", "fraud@canary", "2", "--annotate", "weight=0.2", "-q")[0] == 0
+    code, out, _ = cli("resolve", "fraud@canary", "--json")
+    assert code == 0 and json.loads(out)["annotations"] == {"weight": "0.2"} and json.loads(out)["version"] == 2
     code, out, _ = cli("resolve", "fraud@production", "--at", "2000-01-01")
     assert code == 3
     code, out, err = cli("resolve", "fraud@production", "--at", "yesterday-ish")
@@ -318,6 +322,7 @@ def test_keep_previous_annotations_and_archive(registry: casreg.Registry, tmp_pa
     reg.set_alias("m", "canary", 3, annotations={"weight": "0.1"}, reason="10% canary")
     [canary] = [a for a in reg.aliases("m") if a.alias == "canary"]
     assert canary.annotations == {"weight": "0.1"} and canary.version == 3
+    assert reg.resolve("m@canary").annotations == {"weight": "0.1"}
     assert reg.sql("SELECT annotations['weight'] AS w FROM aliases WHERE alias = 'canary'") == [{"w": "0.1"}]
     with pytest.raises(InvalidInputError, match="m:3 is at m@canary"):
         reg.archive("m", 3)
