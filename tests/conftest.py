@@ -123,6 +123,19 @@ def store_factory(backend: str, tmp_path: Path, request: pytest.FixtureRequest) 
         cleanup()
 
 
+@pytest.fixture
+def author(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[str], None]:
+    """``author(user)`` makes this test act as ``user`` (``CASREG_USER`` is read on every
+    event); ``tmp_path`` is outside any git repository, so pushes from it record no commit
+    unless a test makes one."""
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+
+    def act_as(user: str) -> None:
+        monkeypatch.setenv("CASREG_USER", user)
+
+    return act_as
+
+
 @pytest.fixture(params=["local", "s3"])
 def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh registry URL that several processes can share: a local directory, or S3

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -103,14 +103,10 @@ main()
 
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    monkeypatch.setenv("CASREG_USER", "faults@example.test")
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+def _env(author: Callable[[str], None], monkeypatch: pytest.MonkeyPatch) -> None:
+    author("faults@example.test")
     monkeypatch.setenv("CASREG_COMPACT_THRESHOLD", "0")
     monkeypatch.setattr(casreg.push, "PACK_TARGET", PACK)  # in-process pushes pack like the runner
-    casreg.lineage._fallback_author.cache_clear()
-    yield
-    casreg.lineage._fallback_author.cache_clear()
 
 
 # -- content and helpers -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -42,13 +42,9 @@ HOUR = 3600
 
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    monkeypatch.setenv("CASREG_USER", "gc@example.test")
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+def _env(author: Callable[[str], None], monkeypatch: pytest.MonkeyPatch) -> None:
+    author("gc@example.test")
     monkeypatch.setenv("CASREG_COMPACT_THRESHOLD", "0")
-    casreg.lineage._fallback_author.cache_clear()
-    yield
-    casreg.lineage._fallback_author.cache_clear()
 
 
 # -- helpers --------------------------------------------------------------------------------------

@@ -9,12 +9,12 @@ import random
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import zstandard
 
-import casreg.lineage
 from casreg import IntegrityError, Registry, UnsafePathError
 from casreg.manifest import Entry, Manifest, seal_manifest
 from casreg.packs import pack_key
@@ -37,15 +37,11 @@ SCRIPT = Path(sys.executable).with_name("casreg")
 
 # -- fixtures and helpers ------------------------------------------------------------------
 @pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setenv("CASREG_USER", "integrity@example.test")
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+def _env(author: Callable[[str], None], monkeypatch: pytest.MonkeyPatch) -> None:
+    author("integrity@example.test")
     # These tests damage the registry's objects; on S3 the local chunk cache would serve
     # the verified copies of an earlier pull instead (tests/test_cache.py covers that path).
     monkeypatch.setenv("CASREG_CACHE", "off")
-    casreg.lineage._fallback_author.cache_clear()
-    yield
-    casreg.lineage._fallback_author.cache_clear()
 
 
 @pytest.fixture(params=["local", "memory", "s3"])

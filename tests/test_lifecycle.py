@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -54,12 +54,9 @@ policy = ["admin"]
 
 
 @pytest.fixture
-def as_user(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    def switch(user: str) -> None:
-        monkeypatch.setenv("CASREG_USER", user)
-
-    switch("alice")
-    yield switch
+def as_user(author: Callable[[str], None]) -> Callable[[str], None]:
+    author("alice")
+    return author
 
 
 def model_file(tmp_path: Path, i: int) -> Path:

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,6 @@ from blake3 import blake3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import casreg.lineage
 from casreg import (
     AlreadyExistsError,
     AmbiguousReferenceError,
@@ -34,13 +34,8 @@ AUTHOR = "alice@example.test"
 
 # -- fixtures and helpers ------------------------------------------------------------------
 @pytest.fixture(autouse=True)
-def _author(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setenv("CASREG_USER", AUTHOR)
-    # tmp_path is not inside any git repository unless a test makes one
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
-    casreg.lineage._fallback_author.cache_clear()
-    yield
-    casreg.lineage._fallback_author.cache_clear()
+def _author(author: Callable[[str], None]) -> None:
+    author(AUTHOR)
 
 
 @pytest.fixture(params=["local", "memory", "s3"])
@@ -375,7 +370,6 @@ def test_sql_events_and_aliases(reg: Registry, tmp_path: Path, monkeypatch: pyte
     v2 = reg.push("svc", f)
     reg.set_alias("svc", "prod", 1, reason="initial rollout")
     monkeypatch.setenv("CASREG_USER", "bob@example.test")
-    casreg.lineage._fallback_author.cache_clear()
     ev = reg.set_alias("svc", "prod", "svc:2", reason="better auc")
     assert (ev.kind, ev.from_version, ev.to_version, ev.from_digest, ev.to_digest) == \
         ("alias.set", 1, 2, v1.digest, v2.digest)

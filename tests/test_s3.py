@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-import casreg.lineage
 from casreg import ConflictError, Registry, StorageError
 from casreg.errors import InvalidInputError, NotFoundError, UnsupportedBackendError
 from casreg.pointers import move_alias, read_pointer
@@ -37,12 +36,8 @@ MiB = 1 << 20
 
 
 @pytest.fixture(autouse=True)
-def _author(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setenv("CASREG_USER", "s3@example.test")
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
-    casreg.lineage._fallback_author.cache_clear()
-    yield
-    casreg.lineage._fallback_author.cache_clear()
+def _author(author: Callable[[str], None]) -> None:
+    author("s3@example.test")
 
 
 @pytest.fixture

@@ -9,12 +9,11 @@ import random
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-import casreg.lineage
 from casreg import Registry, UnknownReferenceError
 from casreg.manifest import ChunkRef, Entry, Manifest
 from casreg.packs import decode_index, index_key, pack_key
@@ -28,13 +27,9 @@ SCRIPT = Path(sys.executable).with_name("casreg")
 
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    monkeypatch.setenv("CASREG_USER", "verify@example.test")
-    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+def _env(author: Callable[[str], None], monkeypatch: pytest.MonkeyPatch) -> None:
+    author("verify@example.test")
     monkeypatch.setenv("CASREG_COMPACT_THRESHOLD", "0")
-    casreg.lineage._fallback_author.cache_clear()
-    yield
-    casreg.lineage._fallback_author.cache_clear()
 
 
 @pytest.fixture(scope="module")
