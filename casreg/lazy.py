@@ -18,6 +18,7 @@ numpy is imported only when a tensor is materialised, so ``import casreg`` stays
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import struct
@@ -34,7 +35,7 @@ from blake3 import blake3
 
 from casreg.errors import IntegrityError, InvalidInputError, NotFoundError
 from casreg.manifest import ChunkRef, Entry, Manifest
-from casreg.pull import SPAN_BYTES, read_span_stats
+from casreg.pull import read_span_stats, spans
 
 if TYPE_CHECKING:
     import numpy as np
@@ -165,18 +166,12 @@ class PinnedFile:
                     self._cache.move_to_end(i)
                     got[i] = self._cache[i]
         runs: list[list[int]] = []
-        for i in range(i0, i1):
-            if i in got:
-                continue
-            prev = runs[-1][-1] if runs else None
-            ref = self._chunks[i]
-            if prev is not None and prev == i - 1:
-                p = self._chunks[prev]
-                size = sum(self._chunks[j].stored_size for j in runs[-1])
-                if p.pack == ref.pack and p.offset + p.stored_size == ref.offset and size + ref.stored_size <= SPAN_BYTES:
-                    runs[-1].append(i)
-                    continue
-            runs.append([i])
+        missing = [i for i in range(i0, i1) if i not in got]
+        for _, stretch in itertools.groupby(enumerate(missing), key=lambda t: t[1] - t[0]):  # consecutive indices
+            indices = [i for _, i in stretch]
+            for span in spans([self._chunks[i] for i in indices]):  # the same runs a pull reads
+                runs.append(indices[:len(span)])
+                indices = indices[len(span):]
         if runs:
             concurrency = getattr(self.store, "io_concurrency", 1)
             if len(runs) > 1 and concurrency > 1:
