@@ -40,8 +40,8 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
-def encode(raw: bytes, level: int = DEFAULT_ZSTD_LEVEL) -> tuple[Codec, bytes]:
-    """Compress with zstd; keep the raw bytes when compression saves under 1%."""
+def encode(raw: bytes | memoryview, level: int = DEFAULT_ZSTD_LEVEL) -> tuple[Codec, bytes | memoryview]:
+    """Compress with zstd; keep the raw bytes (``raw`` itself) when compression saves under 1%."""
     packed = _compressor(level).compress(raw)
     if len(packed) >= len(raw) - len(raw) // 100:
         return Codec.RAW, raw

@@ -19,7 +19,7 @@ from blake3 import blake3
 
 from casreg.errors import IntegrityError, NotFoundError
 from casreg.manifest import ChunkRef
-from casreg.storage import ObjectStore
+from casreg.storage import ObjectStore, ObjectWriter
 
 __all__ = [
     "PACK_TARGET",
@@ -72,11 +72,13 @@ def decode_index(data: bytes, where: str) -> list[_Slot]:
 
 
 class PackBuilder:
-    """Accumulates stored chunk payloads into one pack; :meth:`seal` returns its bytes."""
+    """Streams stored chunk payloads into one pack (an :class:`ObjectWriter`: a temporary
+    file on a local disk, memory for an object store); :meth:`seal` appends the index."""
 
-    def __init__(self) -> None:
-        self._parts: list[bytes | memoryview] = [PACK_MAGIC]
-        self._size = len(PACK_MAGIC)
+    def __init__(self, writer: ObjectWriter) -> None:
+        self.writer = writer
+        writer.write(PACK_MAGIC)
+        self._size = len(PACK_MAGIC)  # counted here: a writer may land its writes later
         self.slots: list[_Slot] = []
         self.raw_bytes = 0
         self.pack_id: str | None = None  # known once sealed
@@ -91,22 +93,23 @@ class PackBuilder:
     def add(self, digest: bytes, codec: int, stored: bytes | memoryview, raw_size: int) -> int:
         """Append a payload; return its offset in the pack."""
         offset = self._size
-        self._parts.append(stored)
+        self.writer.write(stored)
         self._size += len(stored)
         self.slots.append(_Slot(digest, offset, len(stored), raw_size, codec))
         self.raw_bytes += raw_size
         return offset
 
-    def seal(self) -> tuple[str, list[bytes | memoryview], bytes]:
-        """Return (pack id, the pack's parts in order, index bytes)."""
+    def seal(self) -> tuple[str, bytes]:
+        """Append the index; return (pack id, index bytes). The pack's bytes are the
+        writer's, to be published under :func:`pack_key` of the id."""
         index = encode_index(self.slots)
-        self._parts.append(index)
-        data, self._parts = self._parts, []
+        self.writer.write(index)
+        self._size += len(index)
         # Named by the hash of the index, which lists every chunk's BLAKE3, offset, sizes
         # and codec: it identifies the content as well as hashing all the bytes would,
         # at a fraction of the cost (each payload is verified by its chunk digest).
         self.pack_id = blake3(index).hexdigest()
-        return self.pack_id, data, index
+        return self.pack_id, index
 
 
 class ChunkIndex:

@@ -1,12 +1,14 @@
 """Storing a version's content: chunk, hash, compress, pack, and write the manifest.
 
-The main thread reads and cuts each file (FastCDC releases the GIL) and feeds the
-whole-file BLAKE3; a small pool of worker threads hashes each chunk and, only if the
-registry lacks it, compresses it (BLAKE3 and zstd release the GIL too, so both cores
-work). Results are consumed in order; new payloads go into a pack, and sealed packs are
-written by uploader threads (as many as the store's ``io_concurrency``) while the next one
-fills. At most ``MAX_INFLIGHT`` chunks and ``io_concurrency + 1`` sealed packs are in
-memory at once, whatever the file size.
+The main thread reads each file into a few recycled buffers, cuts it (FastCDC releases
+the GIL) and feeds the whole-file BLAKE3; a small pool of worker threads hashes each chunk
+(a view into the buffer, never a copy) and, only if the registry lacks it, compresses it
+(BLAKE3 and zstd release the GIL too, so both cores work). Results are consumed in order;
+new payloads are appended to the open pack's writer (on a local disk a temporary file, so
+a payload's memory is reused at once), and sealed packs are published by uploader threads
+(as many as the store's ``io_concurrency``) while the next one fills. At most
+``MAX_INFLIGHT`` chunks, ``READ_BUFFERS`` read buffers and, on an object store,
+``io_concurrency + 1`` sealed packs are in memory at once, whatever the file size.
 
 Write order gives atomic visibility: packs, then their indexes, then the manifest. The
 caller commits the version by writing its ledger record last; a crash before that
@@ -24,20 +26,22 @@ from dataclasses import dataclass
 
 from blake3 import blake3
 
-from casreg.chunking import ChunkParams, iter_chunks
+from casreg.chunking import BLOCK_SIZE, ChunkParams, iter_chunk_views
 from casreg.codec import encode
 from casreg.errors import IntegrityError, InvalidInputError, NotFoundError
 from casreg.manifest import ChunkRef, Entry, Manifest, manifest_key
 from casreg.packs import PACK_TARGET, ChunkIndex, PackBuilder, index_key, pack_key
 from casreg.progress import NullProgress, Progress
 from casreg.source import Source, SourceFile
-from casreg.storage import ObjectStore
+from casreg.storage import ObjectStore, ObjectWriter
+from casreg.storage.base import Buffer
 
 log = logging.getLogger("casreg.push")
 
 __all__ = ["PushStats", "store_source", "manifest_key"]
 
-MAX_INFLIGHT = 12  # chunks queued or being processed; ~12 x 4 MiB at worst
+MAX_INFLIGHT = 12  # chunks queued or being processed
+READ_BUFFERS = 3  # one being cut, the others' chunks still being hashed and compressed
 
 
 @dataclass(slots=True)
@@ -70,7 +74,7 @@ class _Pending:
         return ChunkRef(self.digest, pack_id, self.offset, self.stored_size, self.raw_size, self.codec)
 
 
-def _replace_damaged(store: ObjectStore, key: str, parts: list[bytes | memoryview], intact: Callable[[], bool]) -> bool:
+def _replace_damaged(store: ObjectStore, key: str, write: Callable[[], bool], intact: Callable[[], bool]) -> bool:
     """``key`` already exists: the same pack (or index) pushed before, which is fine, or
     the remains of a writer killed mid-upload (an S3 server may keep an empty object when a
     client dies after sending the headers). Its name fixes its size and bytes, so anything
@@ -80,60 +84,149 @@ def _replace_damaged(store: ObjectStore, key: str, parts: list[bytes | memoryvie
         if intact():
             return False
     except NotFoundError:  # gone meanwhile (gc of an unreferenced leftover): write it again
-        return store.create(key, parts)
+        return write()
     log.warning("casreg: %s in %s is damaged (a killed upload?); writing it again", key, store.url)
     store.delete(key)
-    if store.create(key, parts):
+    if write():
         return True
     if not intact():  # someone else wrote it meanwhile; theirs must be right too
         raise IntegrityError(f"{key} in {store.url} is damaged and could not be replaced; nothing was committed")
     return False
 
 
+class _ReadBuffers:
+    """The buffers files are read into. Chunks are handed to the workers as views, and
+    each block to the whole-file hash on the ordered thread, so a buffer is lent again
+    only once every chunk cut from it has been consumed and its block hashed; until then
+    ``acquire`` drains the oldest results. Buffers are allocated on first use and sized to
+    the need (a push of small files never allocates 12 MiB blocks)."""
+
+    SMALL = 1 << 20  # needs up to this get a buffer their size; larger ones a full block
+
+    def __init__(self, count: int, drain: Callable[[], None]) -> None:
+        self.bufs: list[memoryview | None] = [None] * count
+        self.users = [0] * count  # chunks cut from each buffer and not consumed yet
+        self.hashing: list[Future[object] | None] = [None] * count  # the last hash update given a view of it
+        self.next = 0
+        self.drain = drain
+        self.full = 0  # a whole block plus the largest carried chunk: set per file
+
+    def acquire(self, need: int) -> tuple[int, memoryview]:
+        i = self.next
+        self.next = (i + 1) % len(self.bufs)
+        while self.users[i]:
+            self.drain()
+        if (hashing := self.hashing[i]) is not None:
+            hashing.result()
+            self.hashing[i] = None
+        buf = self.bufs[i]
+        if buf is None or len(buf) < need:
+            buf = self.bufs[i] = memoryview(bytearray(need if need <= self.SMALL else max(need, self.full)))
+        return i, buf
+
+
+class _OrderedWriter(ObjectWriter):
+    """A pack's writer whose writes run on the ordered thread (in submission order), so
+    the main thread, which cuts chunks and is the push's critical path, does not also
+    copy every stored byte into the kernel. Publishing waits for the writes to land; the
+    first failed write fails the publish."""
+
+    MAX_PENDING = 64 << 20  # bytes submitted and not written yet, at most
+
+    def __init__(self, inner: ObjectWriter, ordered: ThreadPoolExecutor) -> None:
+        super().__init__(inner.store)
+        self.inner, self.ordered = inner, ordered
+        self.pending: deque[tuple[Future[None], int]] = deque()
+        self.pending_bytes = 0
+        self.error: BaseException | None = None
+
+    def _write(self, data: Buffer) -> None:
+        if self.error is None:
+            try:
+                self.inner.write(data)
+            except BaseException as err:
+                self.error = err
+
+    def write(self, data: Buffer) -> None:
+        self.pending.append((self.ordered.submit(self._write, data), len(data)))
+        self.pending_bytes += len(data)
+        self.size += len(data)
+        while self.pending_bytes > self.MAX_PENDING:
+            self._land_one()
+
+    def _land_one(self) -> None:
+        fut, n = self.pending.popleft()
+        fut.result()
+        self.pending_bytes -= n
+
+    def wait(self) -> None:
+        while self.pending:
+            self._land_one()
+        if self.error is not None:
+            raise self.error
+
+    def publish(self, key: str) -> bool:
+        self.wait()
+        return self.inner.publish(key)
+
+    def close(self) -> None:
+        try:
+            while self.pending:  # never close a file a queued write still targets
+                self._land_one()
+        finally:
+            self.inner.close()
+
+
 class _Pusher:
     def __init__(self, store: ObjectStore, index: ChunkIndex, level: int, progress: Progress,
-                 workers: ThreadPoolExecutor, uploader: ThreadPoolExecutor) -> None:
+                 workers: ThreadPoolExecutor, uploader: ThreadPoolExecutor, ordered: ThreadPoolExecutor) -> None:
         self.store, self.index, self.level, self.progress = store, index, level, progress
-        self.workers, self.uploader = workers, uploader
+        self.workers, self.uploader, self.ordered = workers, uploader, ordered
         self.claimed: dict[bytes, _Pending] = {}
-        self.pack = PackBuilder()
+        self.pack: PackBuilder | None = None  # opened on the first new chunk
         self.uploads: deque[Future[int]] = deque()
-        self.inflight: deque[tuple[list[object], Future[tuple[bytes, int, bytes | None]], int]] = deque()
+        self.inflight: deque[tuple[list[object], Future[tuple[bytes, int, bytes | None]], int, int]] = deque()
+        self.buffers = _ReadBuffers(READ_BUFFERS, self._drain_one)
         self.stats = PushStats()
 
     # -- worker side -------------------------------------------------------------------
-    def _process(self, raw: bytes) -> tuple[bytes, int, bytes | None]:
+    def _process(self, raw: memoryview) -> tuple[bytes, int, bytes | None]:
         digest = blake3(raw).digest()
         if digest in self.index or digest in self.claimed:
             return digest, 0, None
         codec, stored = encode(raw, self.level)
+        if not isinstance(stored, bytes):  # kept raw: a view of a read buffer that will be reused
+            stored = bytes(stored)
         return digest, int(codec), stored
 
-    def _upload(self, pack_id: str, parts: list[bytes | memoryview], index: bytes) -> int:
+    def _upload(self, pack_id: str, writer: ObjectWriter, index: bytes) -> int:
         written = 0
-        size = sum(len(p) for p in parts)
-        if self.store.create(pack_key(pack_id), parts) or _replace_damaged(
-                self.store, pack_key(pack_id), parts, lambda: self.store.size(pack_key(pack_id)) == size):
-            written += size
-        if self.store.create(index_key(pack_id), index) or _replace_damaged(  # only after the pack exists
-                self.store, index_key(pack_id), [index], lambda: self.store.read(index_key(pack_id)) == index):
+        with writer:
+            key = pack_key(pack_id)
+            if writer.publish(key) or _replace_damaged(
+                    self.store, key, lambda: writer.publish(key), lambda: self.store.size(key) == writer.size):
+                written += writer.size
+        ikey = index_key(pack_id)
+        if self.store.create(ikey, index) or _replace_damaged(  # only after the pack exists
+                self.store, ikey, lambda: self.store.create(ikey, index), lambda: self.store.read(ikey) == index):
             written += len(index)
         return written
 
     # -- main thread ---------------------------------------------------------------------
     def _seal(self) -> None:
-        if not len(self.pack):
+        pack, self.pack = self.pack, None
+        if pack is None:
             return
-        pack_id, data, index = self.pack.seal()
+        pack_id, index = pack.seal()
         self.stats.packs += 1
         while len(self.uploads) > self.store.io_concurrency:  # bounds packs held in memory
             self.stats.stored_bytes += self.uploads.popleft().result()
-        self.uploads.append(self.uploader.submit(self._upload, pack_id, data, index))
-        self.pack = PackBuilder()
+        self.uploads.append(self.uploader.submit(self._upload, pack_id, pack.writer, index))
 
     def _drain_one(self) -> None:
-        chunks, fut, raw_size = self.inflight.popleft()
+        chunks, fut, raw_size, buf_id = self.inflight.popleft()
         digest, codec, stored = fut.result()
+        self.buffers.users[buf_id] -= 1
         self.stats.chunks += 1
         ref: object
         if digest in self.claimed:
@@ -142,6 +235,8 @@ class _Pusher:
             ref = known
         else:
             assert stored is not None
+            if self.pack is None:
+                self.pack = PackBuilder(_OrderedWriter(self.store.open_writer("packs"), self.ordered))
             offset = self.pack.add(digest, codec, stored, raw_size)
             ref = self.claimed[digest] = _Pending(digest, self.pack, offset, len(stored), raw_size, codec)
             self.stats.new_chunks += 1
@@ -154,12 +249,20 @@ class _Pusher:
     def add_file(self, f: SourceFile, params: ChunkParams) -> Entry:
         chunks: list[object] = []
         hasher = blake3()  # one thread: ~4.6 GB/s here; AUTO threading of 8 MiB blocks cost 3x the CPU on 2 busy cores
+
+        def hash_block(view: memoryview, buf_id: int) -> None:  # on the ordered thread, off the critical path
+            self.buffers.hashing[buf_id] = self.ordered.submit(hasher.update, view)
+
         size = 0
+        block = max(BLOCK_SIZE, 2 * params.max_size)  # read per block, beside up to max_size carried
+        self.buffers.full = params.max_size + block
         try:
-            with open(f.abspath, "rb") as fh:
-                for raw in iter_chunks(fh, params, on_read=hasher.update):
+            with open(f.abspath, "rb", buffering=0) as fh:
+                for raw, buf_id in iter_chunk_views(fh, params, self.buffers.acquire, size_hint=f.size,
+                                                    block_size=block, on_read=hash_block):
                     size += len(raw)
-                    self.inflight.append((chunks, self.workers.submit(self._process, raw), len(raw)))
+                    self.buffers.users[buf_id] += 1
+                    self.inflight.append((chunks, self.workers.submit(self._process, raw), len(raw), buf_id))
                     if len(self.inflight) >= MAX_INFLIGHT:
                         self._drain_one()
                 st = os.fstat(fh.fileno())
@@ -170,7 +273,8 @@ class _Pusher:
         if size != f.size or st.st_size != size or st.st_mtime_ns != f.mtime_ns:
             raise InvalidInputError(f"{f.abspath} changed while it was being pushed; push again when it is stable")
         self.stats.size += size
-        return Entry(f.relpath, "x" if f.executable else "f", size, hasher.digest(), chunks)  # type: ignore[arg-type]
+        digest = self.ordered.submit(hasher.digest).result()  # after every update of this file
+        return Entry(f.relpath, "x" if f.executable else "f", size, digest, chunks)  # type: ignore[arg-type]
 
     def finish(self, entries: list[Entry]) -> None:
         while self.inflight:
@@ -182,13 +286,15 @@ class _Pusher:
             e.chunks = [c.resolve() if isinstance(c, _Pending) else c for c in e.chunks]  # type: ignore[union-attr]
 
     def abort(self) -> None:
-        for _, fut, _ in self.inflight:
+        for _, fut, _, _ in self.inflight:
             fut.cancel()
         for up in self.uploads:
             try:
                 up.result()
             except Exception:
                 pass
+        if self.pack is not None:
+            self.pack.writer.close()
 
 
 def store_source(
@@ -206,8 +312,9 @@ def store_source(
     progress = progress or NullProgress()
     nthreads = threads or os.cpu_count() or 2
     with ThreadPoolExecutor(nthreads, thread_name_prefix="casreg-chunk") as workers, \
-         ThreadPoolExecutor(store.io_concurrency, thread_name_prefix="casreg-upload") as uploader:
-        pusher = _Pusher(store, index, level, progress, workers, uploader)
+         ThreadPoolExecutor(store.io_concurrency, thread_name_prefix="casreg-upload") as uploader, \
+         ThreadPoolExecutor(1, thread_name_prefix="casreg-ordered") as ordered:
+        pusher = _Pusher(store, index, level, progress, workers, uploader, ordered)
         progress.start("push", source.size)
         try:
             entries = [pusher.add_file(f, params) for f in source.files]

@@ -358,6 +358,27 @@ def test_pull_onto_existing_destination(cli, pushed: dict, tmp_path: Path) -> No
     assert listing(f) == fb
 
 
+def test_push_onto_a_full_disk_fails_cleanly(env: dict[str, str], pushed: dict, tmp_path: Path) -> None:
+    """A real write failure while a pack is streamed to disk: the push process may not
+    write files past 2 MiB (RLIMIT_FSIZE, so write(2) fails with EFBIG as on a full disk),
+    and the model is 12 MiB of incompressible bytes. One line on stderr, exit 7, no new
+    version, and no staged pack file left behind."""
+    (tmp_path / "big.bin").write_bytes(os.urandom(12 << 20))
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 20, 2 << 20)); "
+            "sys.argv = ['casreg', *sys.argv[1:]]; from casreg_cli.main import main; main()")
+    before = listing(tmp_path / "registry")
+    p = subprocess.run([sys.executable, "-c", code, "push", "m", "big.bin"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    one_line_error(p, "File too large")
+    assert p.returncode == 7  # StorageError
+    after = listing(tmp_path / "registry")
+    assert {k for k in after if ".tmp-" in k} == set()
+    assert not [k for k in after if k not in before and k.startswith(("ledger/versions", "manifests"))]
+    assert ok(subprocess.run([str(SCRIPT), "ls", "m", "--json"], env=env, cwd=tmp_path, capture_output=True,
+                             text=True)).stdout.count('"version"') == 2
+
+
 def test_registry_path_that_is_a_regular_file(cli, model: Path, tmp_path: Path) -> None:
     regfile = tmp_path / "regfile"
     regfile.write_text("not a registry")
@@ -400,6 +421,24 @@ def test_sql_out_of_range_date_is_not_a_traceback(cli, pushed: dict) -> None:
 
 
 # -- lazy imports -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("args", [
+    ["push", "m", "model", "-m", "auc=0.95", "--json"],
+    ["sql", "SELECT name, version, created_at, metrics, [1, 2] AS l, 1.5::DECIMAL(4, 2) AS d FROM versions", "--json"],
+    ["ls", "m", "--json"], ["show", "m:1", "--json"], ["log", "m", "--json"], ["diff", "m:1", "m:2", "--json"],
+    ["pull", "m:1", "out"], ["verify"], ["gc", "--dry-run"],
+], ids=lambda a: a[0])
+def test_cli_never_loads_numpy_or_pandas(env: dict[str, str], pushed: dict, model: Path, tmp_path: Path,
+                                         args: list[str]) -> None:
+    """pyarrow and duckdb work without them; numpy alone cost ~0.17 s of CPU per push
+    (import plus OpenBLAS threads spinning), pandas 0.3-0.5 s (casreg_cli/main.py)."""
+    code = ("import atexit, sys; atexit.register(lambda: print('LOADED', sorted(m for m in ('numpy', 'pandas') "
+            "if m in sys.modules))); sys.argv = ['casreg', *sys.argv[1:]]; from casreg_cli.main import main; main()")
+    p = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-1] == "LOADED []"
+
+
 @pytest.mark.parametrize("ref", ["m@prod", "m", "m:1", "m:2"])
 def test_resolve_does_not_import_heavy_modules(env: dict[str, str], pushed: dict, tmp_path: Path, ref: str) -> None:
     code = ("import sys; from casreg_cli.main import run; rc = run(['resolve', %r]); "

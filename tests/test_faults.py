@@ -2,9 +2,10 @@
 random times, and bytes flipped in stored objects.
 
 The kill harness is ``RUNNER`` below: it runs the real ``casreg`` CLI in a subprocess after
-wrapping the store's ``create``/``swap`` with a write counter, and SIGKILLs its own process
-right after write number ``FAULT_KILL_AFTER`` (the environment variables are understood
-only by this script, never by casreg). It also makes packs small (``FAULT_PACK_TARGET``) so
+wrapping the store's ``create``/``swap`` (and the publishing of a local disk's staged
+pack files) with a write counter, and SIGKILLs its own process right after write number
+``FAULT_KILL_AFTER`` (the environment variables are understood only by this script, never
+by casreg). It also makes packs small (``FAULT_PACK_TARGET``) so
 that a few MB of data give a long write sequence: pack, index, pack, index, ...,
 manifest, ledger segment, JSON sidecar.
 
@@ -41,6 +42,7 @@ SCRIPT = Path(sys.executable).with_name("casreg")
 RUNNER = r"""
 import os, signal, sys, threading
 import casreg.push, casreg.registry
+from casreg.storage import ObjectWriter
 
 casreg.push.PACK_TARGET = int(os.environ["FAULT_PACK_TARGET"])
 KILL_AFTER = int(os.environ.get("FAULT_KILL_AFTER") or 0)  # 0: never
@@ -82,7 +84,21 @@ def patch(cls):
         wrote(key)
         return token
 
-    cls.create, cls.swap, cls._fault_counted = counted_create, counted_swap, True
+    def counted_open_writer(self, prefix, _open=cls.open_writer):
+        writer = _open(self, prefix)
+        if type(writer).publish is not ObjectWriter.publish:  # the default publishes with create (counted)
+            publish = writer.publish
+
+            def counted_publish(key):
+                made = publish(key)
+                if made:
+                    wrote(key)
+                return made
+
+            writer.publish = counted_publish
+        return writer
+
+    cls.create, cls.swap, cls.open_writer, cls._fault_counted = counted_create, counted_swap, counted_open_writer, True
 
 
 opened = casreg.registry.open_store

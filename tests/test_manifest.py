@@ -25,7 +25,8 @@ import casreg
 from casreg.chunking import DEFAULT_CHUNK_PARAMS, ChunkParams, chunk_bytes, iter_chunks
 from casreg.errors import IntegrityError, UnsafePathError
 from casreg.manifest import MANIFEST_FORMAT, ChunkRef, Entry, Manifest, seal_manifest, tree_digest, validate_relpath
-from casreg.packs import PACK_MAGIC, PackBuilder, _Slot, decode_index, encode_index
+from casreg.packs import PACK_MAGIC, PackBuilder, _Slot, decode_index, encode_index, pack_key
+from casreg.storage import open_store
 
 WHERE = "manifests/ab/abcdef.manifest"
 PACK = "ab" * 32
@@ -543,13 +544,19 @@ def test_corrupt_index_is_refused(data: bytes) -> None:
         decode_index(data, "index/x.idx")
 
 
-def test_pack_builder_layout() -> None:
+@pytest.mark.parametrize("backend", ["local", "memory"])
+def test_pack_builder_layout(backend: str, tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "reg") if backend == "local" else f"memory://packs-{tmp_path.name}")
     payloads = [b"alpha", b"", b"gamma" * 100]
-    pb = PackBuilder()
+    pb = PackBuilder(store.open_writer("packs"))
     offsets = [pb.add(bytes([i]) * 32, 1, p, len(p) * 2) for i, p in enumerate(payloads)]
     assert len(pb) == 3 and pb.size == len(PACK_MAGIC) + sum(map(len, payloads))
-    pack_id, parts, index = pb.seal()
-    data = b"".join(bytes(p) for p in parts)
+    pack_id, index = pb.seal()
+    with pb.writer:
+        assert list(store.list("packs")) == []  # staged, not visible before it is published
+        assert pb.writer.publish(pack_key(pack_id)) and not pb.writer.publish(pack_key(pack_id))
+    assert list(store.list("packs")) == [pack_key(pack_id)]  # and the staging is gone
+    data = store.read(pack_key(pack_id))
     assert pack_id == b3(index) and pb.pack_id == pack_id  # a pack is named by its index
     assert data.startswith(PACK_MAGIC) and data.endswith(index)
     assert len(data) == len(PACK_MAGIC) + sum(map(len, payloads)) + len(index)

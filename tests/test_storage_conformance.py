@@ -284,6 +284,60 @@ def _run_threads(n: int, fn: Callable[[int], object]) -> list[object]:
     return results
 
 
+# -- writers: an object written piece by piece, published under a key chosen at the end ----
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pieces=st.lists(st.binary(max_size=3000), max_size=8))
+def test_writer_publishes_its_pieces_once(store: ObjectStore, pieces: list[bytes]) -> None:
+    """Nothing is visible before ``publish``; publishing creates the key with the pieces
+    back to back (buffers may be reused once ``write`` returns); a second publish, or one
+    onto an existing key, changes nothing; ``close`` leaves only published objects."""
+    prefix, key, taken = fresh_key("w"), fresh_key("w"), fresh_key("w")
+    assert store.create(taken, b"first")
+    before = sorted(store.list("w"))
+    with store.open_writer(prefix) as writer:
+        scratch = bytearray()
+        for p in pieces:
+            scratch[:] = p
+            writer.write(memoryview(scratch))
+            scratch[:] = b"\xff" * len(p)  # the caller reuses its buffer
+        assert writer.size == sum(map(len, pieces))
+        assert sorted(store.list("w")) == before
+        assert writer.publish(key) is True and writer.publish(key) is False
+        assert writer.publish(taken) is False
+    assert store.read(key) == b"".join(pieces) and store.read(taken) == b"first"
+    assert sorted(store.list("w")) == sorted(before + [key])
+
+
+def test_writer_republishes_after_a_delete_and_close_discards(store: ObjectStore) -> None:
+    """A writer can publish again until closed (push replaces a damaged pack that way);
+    a writer closed unpublished leaves nothing behind."""
+    key = fresh_key("packs")
+    with store.open_writer("packs") as writer:
+        writer.write(b"pack bytes")
+        assert writer.publish(key)
+        store.delete(key)
+        assert writer.publish(key) and store.read(key) == b"pack bytes"
+    with store.open_writer("packs") as dropped:
+        dropped.write(b"never published")
+    assert sorted(store.list("packs")) == [key]
+    if isinstance(store, LocalStore):
+        assert not [n for _, _, files in os.walk(store.root) for n in files if n.startswith(".tmp-")]
+
+
+def test_threads_racing_publish_have_one_winner(store: ObjectStore) -> None:
+    key = fresh_key("race")
+
+    def publish(i: int) -> bool:
+        with store.open_writer("race") as writer:
+            writer.write(payload(i)[:1000])
+            writer.write(payload(i)[1000:])
+            return writer.publish(key)
+
+    results = _run_threads(N_THREADS, publish)
+    winners = [i for i, r in enumerate(results) if r is True]
+    assert len(winners) == 1 and store.read(key) == payload(winners[0])
+
+
 def test_threads_racing_create_have_one_winner(store: ObjectStore) -> None:
     for rnd in range(3):
         key = f"race/create-{rnd}"

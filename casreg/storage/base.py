@@ -15,7 +15,8 @@ from datetime import datetime, timezone
 
 from casreg.errors import NotFoundError
 
-__all__ = ["ByteRange", "ObjectInfo", "ObjectStore", "Payload", "Versioned", "check_key", "join_payload", "utc"]
+__all__ = ["ByteRange", "ObjectInfo", "ObjectStore", "ObjectWriter", "Payload", "Versioned", "check_key", "join_payload",
+           "utc"]
 
 
 def utc(timestamp: float) -> datetime:
@@ -76,6 +77,43 @@ class Versioned:
     token: str
 
 
+class ObjectWriter:
+    """An object written piece by piece and published under a key chosen at the end (a
+    pack is named by the hash of its index, known only once it is full).
+
+    This default keeps the pieces in memory and publishes them with one
+    :meth:`ObjectStore.create`, which is what an object store needs for a single PUT. A
+    backend that can stage bytes more cheaply (a local disk: straight into a temporary
+    file, so a push holds a few chunks in memory instead of whole packs) overrides
+    :meth:`ObjectStore.open_writer`."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.parts: list[Buffer] = []
+        self.size = 0
+
+    def write(self, data: Buffer) -> None:
+        """Append ``data``; the caller may reuse its buffer as soon as this returns."""
+        self.parts.append(data if isinstance(data, bytes) else bytes(data))
+        self.size += len(data)
+
+    def publish(self, key: str) -> bool:
+        """Create ``key`` with the bytes written so far unless it exists; return whether
+        this call created it. May be called again (after the caller deleted a damaged
+        object under that key, say) until :meth:`close`."""
+        return self.store.create(key, self.parts)
+
+    def close(self) -> None:
+        """Drop the staged bytes (published objects stay)."""
+        self.parts = []
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class ObjectStore(ABC):
     """Contract every backend honours (checked by tests/test_storage_conformance.py):
 
@@ -132,6 +170,11 @@ class ObjectStore(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key`` (used only by gc and tests); missing keys are not an error."""
+
+    def open_writer(self, prefix: str) -> ObjectWriter:
+        """A writer whose object will be published under a key starting with ``prefix``
+        (a local disk stages the bytes in that directory, so publishing is a link)."""
+        return ObjectWriter(self)
 
     def check_writable(self) -> None:
         """Raise ``StorageError`` early if writes cannot succeed (read-only, unreachable)."""

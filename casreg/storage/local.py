@@ -21,7 +21,17 @@ from pathlib import Path
 from blake3 import blake3
 
 from casreg.errors import ConflictError, NotFoundError, StorageError
-from casreg.storage.base import ByteRange, ObjectInfo, ObjectStore, Payload, Versioned, check_key, utc
+from casreg.storage.base import (
+    Buffer,
+    ByteRange,
+    ObjectInfo,
+    ObjectStore,
+    ObjectWriter,
+    Payload,
+    Versioned,
+    check_key,
+    utc,
+)
 
 __all__ = ["LocalStore"]
 
@@ -45,6 +55,53 @@ def _write_all(fd: int, parts: list[bytes | bytearray | memoryview]) -> None:
 
 def _token(data: bytes) -> str:
     return blake3(data).hexdigest()[:32]
+
+
+class _StagedFile(ObjectWriter):
+    """Writes go straight to a temporary file in the target directory tree; publishing is
+    fsync + ``link`` (create-if-absent, as :meth:`LocalStore.create`). Nothing is held in
+    memory, so a push's resident set does not grow with the pack size."""
+
+    def __init__(self, store: LocalStore, directory: Path) -> None:
+        super().__init__(store)
+        self.local = store
+        self.fd = -1
+        self.synced = False
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.path = directory / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as err:
+            raise store._fail(err, "write", str(directory.relative_to(store.root))) from err
+
+    def write(self, data: Buffer) -> None:
+        try:
+            _write_all(self.fd, [data])
+        except OSError as err:
+            raise self.local._fail(err, "write", self.path.relative_to(self.local.root).as_posix()) from err
+        self.size += len(data)
+
+    def publish(self, key: str) -> bool:
+        path = self.local._path(key)
+        if path.is_file():
+            return False
+        try:
+            if not self.synced:
+                os.fsync(self.fd)
+                self.synced = True
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.link(self.path, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as err:
+            raise self.local._fail(err, "write", key) from err
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+            self.path.unlink(missing_ok=True)
 
 
 class LocalStore(ObjectStore):
@@ -179,6 +236,9 @@ class LocalStore(ObjectStore):
             self._path(key).unlink(missing_ok=True)
         except OSError as err:
             raise self._fail(err, "delete", key) from err
+
+    def open_writer(self, prefix: str) -> ObjectWriter:
+        return _StagedFile(self, self._path(prefix.strip("/")))
 
     def check_writable(self) -> None:
         probe = self.root
