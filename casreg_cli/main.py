@@ -3,6 +3,7 @@ renders the result; expected failures become one line on stderr and a non-zero e
 
 from __future__ import annotations
 
+import copy
 import sys
 from dataclasses import asdict
 from typing import Annotated, Optional
@@ -277,10 +278,30 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _narrowed(argv: list[str]) -> typer.Typer:
+    """The app with only the command (or command group) ``argv`` names. typer turns every
+    registered command into a click command on each run, inspecting every signature:
+    22 ms of each invocation's start-up here, for ~45 commands when one is used. The
+    global options are flags, so the first argument not starting with ``-`` is the
+    command; anything else (no command, a typo, a bare ``--help``) gets the whole app,
+    with its listing and suggestions. Help and errors of a command are the same either
+    way (tests/test_cli.py compares them for every command)."""
+    name = next((a for a in argv if not a.startswith("-")), None)
+    commands = [c for c in app.registered_commands
+                if (c.name or (c.callback.__name__.lower().replace("_", "-") if c.callback else None)) == name]
+    groups = [g for g in app.registered_groups if g.name == name]
+    if name is None or len(commands) + len(groups) != 1:
+        return app
+    narrow = copy.copy(app)  # same settings and global callback, so still a group: same usage lines
+    narrow.registered_commands, narrow.registered_groups = commands, groups
+    return narrow
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; expected failures never show a traceback."""
+    args = sys.argv[1:] if argv is None else argv
     try:
-        code = app(args=argv, prog_name="casreg", standalone_mode=False)
+        code = _narrowed(args)(args=args, prog_name="casreg", standalone_mode=False)
         if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value here
             return code
     except CasregError as err:

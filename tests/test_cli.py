@@ -420,6 +420,38 @@ def test_sql_out_of_range_date_is_not_a_traceback(cli, pushed: dict) -> None:
         one_line_error(p, "SQL")
 
 
+def _invoke(app, args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[str, str, str]:
+    try:
+        outcome = repr(app(args=args, prog_name="casreg", standalone_mode=False))
+    except BaseException as err:  # usage errors, Exit: compare what they would print and return
+        outcome = f"{type(err).__name__} {getattr(err, 'exit_code', '')} {getattr(err, 'format_message', str)()}"
+    captured = capsys.readouterr()
+    return outcome, captured.out, captured.err
+
+
+@pytest.mark.parametrize("tail", [["--help"], ["--no-such-flag"], ["x", "y", "z", "w", "v", "u"]],
+                         ids=["help", "bad-flag", "extra-args"])
+def test_each_command_behaves_the_same_without_the_rest_of_the_app(
+        tail: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """run() hands typer only the command argv names (casreg_cli/main.py: _narrowed); its
+    help, usage errors and exit codes must equal those of the whole app, for every
+    command and command group (none of these arguments gets as far as running one; the
+    registry is a missing directory in case one did)."""
+    from casreg_cli.main import _narrowed, app
+
+    monkeypatch.setenv("CASREG_REGISTRY", str(tmp_path / "no-registry"))
+
+    names = [c.name or c.callback.__name__.lower().replace("_", "-") for c in app.registered_commands]
+    names += [g.name for g in app.registered_groups]
+    assert len(names) > 20 and "push" in names and "alias" in names
+    for name in names:
+        narrow = _narrowed([name, *tail])
+        assert narrow is not app and len(narrow.registered_commands) + len(narrow.registered_groups) == 1
+        assert _invoke(narrow, [name, *tail], capsys) == _invoke(app, [name, *tail], capsys), name
+    for argv in ([], ["--help"], ["pussh", "m"], ["--version"]):
+        assert _narrowed(argv) is app
+
+
 # -- lazy imports -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args", [
     ["push", "m", "model", "-m", "auc=0.95", "--json"],
