@@ -13,7 +13,8 @@ What it does:
    head, full, insert, ckpt-1..5) at ``--size`` into a temporary directory;
 2. times, on the base file, ``cp``, ``b3sum``, ``zstd -3 -T0``, ``zstd -d`` and the
    ``casreg push`` / ``casreg pull`` subprocesses (fresh registry / destination each
-   time), ``--repeat`` rounds interleaved, input warm in the page cache, ``sync``
+   time), ``--warmup`` untimed rounds then ``--repeat`` timed rounds interleaved, input warm
+   in the page cache, ``sync``
    before every timed command; medians, min/max and peak RSS (``wait4``);
 3. pushes every workload into one registry, pulls each version back, checks it
    byte for byte, and reports stored/new bytes, dedup and chunk reuse;
@@ -22,7 +23,7 @@ What it does:
 
 Usage::
 
-    python -m benchmarks.run [--size 512M] [--repeat 3] [--workdir DIR]
+    python -m benchmarks.run [--size 512M] [--repeat 3] [--warmup 1] [--workdir DIR]
                              [--out docs/benchmarks.md] [--rss-4g] [--cold]
 
 Everything generated lives in ``DIR/casreg-bench-*`` (default under ``/tmp``) and is
@@ -212,8 +213,9 @@ def fmt_rss(n: int) -> str:
 # --------------------------------------------------------------------------- section 2: baselines
 
 
-def bench_single_file(base: Path, work: Path, casreg: str, repeat: int, cold: bool) -> dict[str, Stat]:
-    """Each tool on the base file, ``repeat`` interleaved rounds (round r runs every tool once).
+def bench_single_file(base: Path, work: Path, casreg: str, repeat: int, cold: bool, warmup: int = 0) -> dict[str, Stat]:
+    """Each tool on the base file, ``repeat`` interleaved rounds (round r runs every tool once),
+    after ``warmup`` rounds that run the same commands untimed.
 
     Interleaving spreads slow phases of a busy machine over all tools instead of
     penalising whichever tool happened to run during them.
@@ -256,7 +258,7 @@ def bench_single_file(base: Path, work: Path, casreg: str, repeat: int, cold: bo
         "casreg push": [reg], "casreg pull": [pulled.parent],
         "casreg push --level 1": [reg1], "casreg push --level 3": [reg3],
     }
-    for r in range(repeat):
+    for r in range(-warmup, repeat):
         if not cold:
             warm(base)
         for label, _, nbytes, make in steps:
@@ -264,9 +266,13 @@ def bench_single_file(base: Path, work: Path, casreg: str, repeat: int, cold: bo
             if label == "casreg pull":
                 pulled.parent.mkdir(parents=True, exist_ok=True)
             res = run_timed(make(), cold=cold)
-            stats[label].add(res)
-            print(f"  round {r + 1}/{repeat}  {label:<26} {res.wall:7.3f} s  "
+            name = f"round {r + 1}/{repeat}" if r >= 0 else f"warm-up {r + warmup + 1}/{warmup}"
+            print(f"  {name}  {label:<26} {res.wall:7.3f} s  "
                   f"{(size / res.wall / MB) if nbytes else 0:8.1f} MB/s  rss {fmt_rss(res.maxrss)}", flush=True)
+            if r >= 0:
+                stats[label].add(res)
+        if r < 0:
+            continue
         stats["_pull_identical"].walls.append(1.0 if files_identical(base, pulled) else 0.0)
         unz_ok = files_identical(base, unz)
         if not unz_ok:
@@ -617,7 +623,11 @@ def render(*, args: argparse.Namespace, command: str, env: dict[str, str], start
         "table order, so a busy phase of the machine hits all tools rather than one. Min and max show the spread. "
         "Each command starts from nothing: its previous output is deleted just before it runs (a fresh empty "
         "registry for push, a fresh destination for pull), and `zstd -d` / `casreg pull` read what this round's "
-        "`zstd -3` / `casreg push` wrote.")
+        "`zstd -3` / `casreg push` wrote. "
+        + (f"Before the timed rounds, {args.warmup} untimed round{'s' if args.warmup != 1 else ''} ran every "
+           "command the same way, so that no tool's first timed run writes into never-used memory (below) "
+           "while the others recycle theirs; the first rounds after generating the workloads were the slowest "
+           "for every tool in earlier runs." if args.warmup else "There was no untimed warm-up round."))
     add("- **Fresh memory pages on this VM**: the first write to a never-used page of guest memory is slow here "
         "(measured: writing 512 MiB into fresh pages took 1.0-1.5 s of kernel time, into just-freed pages 0.14 s), "
         "and the kernel hands freed pages out again first. Deleting each command's own previous output right "
@@ -693,6 +703,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     p.add_argument("--size", type=parse_size, default=512 * MIB, help="base model size (default 512M)")
     p.add_argument("--repeat", type=int, default=3, help="rounds of the single-file timings (default 3)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed rounds of the single-file commands before the timed ones (default 1)")
     p.add_argument("--workdir", default=None, help="parent of the temporary work directory (default: system tmp)")
     p.add_argument("--out", default="docs/benchmarks.md", help="markdown report path ('-' to only print)")
     p.add_argument("--json", dest="json_out", default=None, help="also write raw measurements as JSON here")
@@ -705,6 +717,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.repeat < 1:
         p.error("--repeat must be >= 1")
+    if a.warmup < 0:
+        p.error("--warmup must be >= 0")
     for tool in ("zstd", "b3sum", "cp", "cmp", "sync"):
         if not shutil.which(tool):
             p.error(f"{tool} not found on PATH")
@@ -735,11 +749,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"   {len(files)} files in {gen_s:.0f} s", flush=True)
 
         print(f"== single file, warm input, {a.repeat} rounds", flush=True)
-        single = bench_single_file(files["base"].path, work, casreg, a.repeat, cold=False)
+        single = bench_single_file(files["base"].path, work, casreg, a.repeat, cold=False, warmup=a.warmup)
         cold = None
         if a.cold:
             print(f"== single file, cold cache, {a.repeat} rounds", flush=True)
-            cold = bench_single_file(files["base"].path, work, casreg, a.repeat, cold=True)
+            cold = bench_single_file(files["base"].path, work, casreg, a.repeat, cold=True, warmup=a.warmup)
 
         print("== dedup series in one registry", flush=True)
         rows, extra = bench_series(files, work, casreg)
