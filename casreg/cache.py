@@ -134,11 +134,13 @@ def is_remote(url: str) -> bool:
 @dataclass(frozen=True, slots=True)
 class CacheInfo:
     path: str
-    entries: int
-    bytes: int
+    entries: int  # chunks
+    bytes: int  # of chunks
     max_size: int
     mode: str  # auto | on | off (CASREG_CACHE)
     temporary: int  # entries being written (or left by a crashed writer)
+    indexes: int = 0  # pack indexes (a push's list of what a registry holds)
+    index_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,6 +165,7 @@ class ChunkCache:
         self.root = Path(root).expanduser().absolute() if root is not None else default_cache_dir()
         self.max_size = parse_size(max_size) if max_size is not None else default_max_size()
         self._chunks = self.root / "chunks"
+        self._indexes = self.root / "indexes"  # pack indexes, named by their BLAKE3 like chunks
         self._tmp = self.root / "tmp"
         self._lock = threading.Lock()
         self._ready = False  # directories made
@@ -177,9 +180,9 @@ class ChunkCache:
         return f"ChunkCache({str(self.root)!r}, max_size={self.max_size})"
 
     # -- paths ------------------------------------------------------------------------------
-    def path(self, digest: bytes) -> Path:
+    def path(self, digest: bytes, *, index: bool = False) -> Path:
         h = digest.hex()
-        return self._chunks / h[:2] / h
+        return (self._indexes if index else self._chunks) / h[:2] / h
 
     def _warn_once(self, kind: str, message: str) -> None:
         with self._lock:
@@ -189,10 +192,11 @@ class ChunkCache:
         log.warning("%s", message)
 
     # -- reads --------------------------------------------------------------------------------
-    def get(self, digest: bytes, size: int | None = None) -> bytes | None:
+    def get(self, digest: bytes, size: int | None = None, *, index: bool = False) -> bytes | None:
         """The chunk's bytes if cached and intact, else ``None``. A damaged entry (wrong
-        length or hash) is deleted, so the caller's refetch replaces it."""
-        path = self.path(digest)
+        length or hash) is deleted, so the caller's refetch replaces it. ``index=True``:
+        the pack index named ``digest`` (casreg.packs.ChunkIndex.load) instead."""
+        path = self.path(digest, index=index)
         try:
             with open(path, "rb") as f:
                 data = f.read()
@@ -224,6 +228,9 @@ class ChunkCache:
     def __contains__(self, digest: bytes) -> bool:
         return self.path(digest).is_file()
 
+    def has_index(self, digest: bytes) -> bool:
+        return self.path(digest, index=True).is_file()
+
     # -- writes -------------------------------------------------------------------------------
     def put(self, digest: bytes, data: bytes | memoryview) -> bool:
         """Store ``data`` as the chunk ``digest`` after checking that it is; raises
@@ -233,12 +240,13 @@ class ChunkCache:
             raise ValueError(f"refusing to cache bytes under blake3:{digest.hex()}: they do not match that digest")
         return self.put_verified(digest, data)
 
-    def put_verified(self, digest: bytes, data: bytes | memoryview) -> bool:
+    def put_verified(self, digest: bytes, data: bytes | memoryview, *, index: bool = False) -> bool:
         """Store bytes the caller has *just* verified against ``digest`` (``read_span``
-        hashes every chunk it fetches; hashing again here would cost a second pass)."""
+        hashes every chunk it fetches; hashing again here would cost a second pass).
+        ``index=True``: a pack index, kept apart from the chunks."""
         if not self._writable:
             return False
-        path = self.path(digest)
+        path = self.path(digest, index=index)
         tmp = self._tmp / f"{digest.hex()[:16]}-{uuid.uuid4().hex}"
         for attempt in (1, 2):
             try:
@@ -278,6 +286,7 @@ class ChunkCache:
         if self._ready:
             return
         self._chunks.mkdir(parents=True, exist_ok=True)
+        self._indexes.mkdir(exist_ok=True)
         self._tmp.mkdir(exist_ok=True)
         tag = self.root / "CACHEDIR.TAG"
         if not tag.exists():
@@ -298,11 +307,11 @@ class ChunkCache:
                                  f"without caching (set {DIR_ENV} to another directory, or {MODE_ENV}=off)")
 
     # -- maintenance --------------------------------------------------------------------------
-    def _entries(self) -> list[tuple[float, int, Path]]:
-        """(mtime, size, path) of every entry."""
-        out = []
+    def _entries(self, *, index: bool = False) -> list[tuple[float, int, Path]]:
+        """(mtime, size, path) of every chunk entry (``index=True``: every index entry)."""
+        out: list[tuple[float, int, Path]] = []
         try:
-            subdirs = list(os.scandir(self._chunks))
+            subdirs = list(os.scandir(self._indexes if index else self._chunks))
         except (FileNotFoundError, NotADirectoryError):
             return out
         for sub in subdirs:
@@ -328,9 +337,9 @@ class ChunkCache:
 
     def info(self) -> CacheInfo:
         """Location, entry count and bytes (a scan of the directory; no locking needed)."""
-        entries = self._entries()
+        entries, indexes = self._entries(), self._entries(index=True)
         return CacheInfo(str(self.root), len(entries), sum(s for _, s, _ in entries), self.max_size,
-                         cache_mode(), len(self._temporaries()))
+                         cache_mode(), len(self._temporaries()), len(indexes), sum(s for _, s, _ in indexes))
 
     def prune(self, max_size: int | str | None = None) -> PruneResult:
         """Delete least recently used entries until at most ``max_size`` bytes remain
@@ -344,7 +353,7 @@ class ChunkCache:
                     tmp.unlink()
             except OSError:
                 pass
-        entries = sorted(self._entries(), key=lambda e: e[0])
+        entries = sorted(self._entries() + self._entries(index=True), key=lambda e: e[0])
         total = sum(s for _, s, _ in entries)
         removed = removed_bytes = 0
         for _, size, path in entries:
@@ -368,6 +377,7 @@ class ChunkCache:
             except OSError:
                 pass
         shutil.rmtree(self._chunks, ignore_errors=True)
+        shutil.rmtree(self._indexes, ignore_errors=True)
         self._ready = False
         return result
 

@@ -13,13 +13,20 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from blake3 import blake3
 
 from casreg.errors import IntegrityError, NotFoundError
 from casreg.manifest import ChunkRef
 from casreg.storage import ObjectStore, ObjectWriter
+
+if TYPE_CHECKING:
+    from casreg.cache import ChunkCache
+
+_PICK: object = object()  # ChunkIndex.load's default: casreg.pull.AUTO (pull imports this module)
 
 __all__ = [
     "PACK_TARGET",
@@ -122,6 +129,14 @@ class ChunkIndex:
 
     def __init__(self) -> None:
         self._refs: dict[bytes, ChunkRef] = {}
+        self.cache: ChunkCache | None = None  # where load() found and kept index objects
+
+    def remember(self, pack_id: str, index: bytes) -> None:
+        """A push wrote this pack's index: keep it in the cache too, so the next push
+        from this machine does not fetch what it wrote itself. ``pack_id`` is the index's
+        BLAKE3 by construction (:meth:`PackBuilder.seal`)."""
+        if self.cache is not None:
+            self.cache.put_verified(bytes.fromhex(pack_id), index, index=True)
 
     def __contains__(self, digest: bytes) -> bool:
         return digest in self._refs
@@ -137,18 +152,57 @@ class ChunkIndex:
             self._refs.setdefault(s.digest, ChunkRef(s.digest, pack_id, s.offset, s.stored_size, s.raw_size, s.codec))
 
     @classmethod
-    def load(cls, store: ObjectStore) -> ChunkIndex:
-        index = cls()
+    def load(cls, store: ObjectStore, cache: ChunkCache | None | object = _PICK) -> ChunkIndex:
+        """Read every ``index/`` object (one listing, one read each).
+
+        An index is immutable and named by its own BLAKE3 (the pack id), so it can live in
+        the local chunk cache like a chunk, checked on every read: with a cache (``cache``,
+        by default the one ``CASREG_CACHE`` picks, i.e. for remote registries only,
+        docs/cache.md) a push reads only the indexes it has not seen before, instead of
+        one per pack in the registry. Only indexes the listing shows are used, so a pack
+        gc removed is forgotten even while its index is still cached. Reads that do go to
+        the store run ``io_concurrency`` at a time."""
+        from casreg.pull import AUTO, resolve_cache  # pull imports this module
+
+        cache = resolve_cache(store, AUTO if cache is _PICK else cache)  # type: ignore[arg-type]
+        wanted: list[tuple[str, str]] = []
         for key in store.list("index"):
-            if not key.endswith(".idx"):
-                continue
             pack_id = key.rsplit("/", 1)[-1][: -len(".idx")]
+            if key.endswith(".idx") and len(pack_id) == 64 and all(c in "0123456789abcdef" for c in pack_id):
+                wanted.append((key, pack_id))
+        found: dict[str, bytes | None] = {}
+        if cache is not None:
+            for _, pack_id in wanted:
+                found[pack_id] = cache.get(bytes.fromhex(pack_id), index=True)
+        missing = [(key, pack_id) for key, pack_id in wanted if found.get(pack_id) is None]
+
+        def fetch(item: tuple[str, str]) -> bytes | None:
+            key, pack_id = item
             try:
                 data = store.read(key)
-                if blake3(data).hexdigest() != pack_id:
-                    continue  # damaged: trusting it would make new versions point at wrong bytes
+            except NotFoundError:
+                return None  # removed since the listing (gc of an unreferenced pack)
+            if blake3(data).hexdigest() != pack_id:
+                return None  # damaged: trusting it would make new versions point at wrong bytes
+            if cache is not None:
+                cache.put_verified(bytes.fromhex(pack_id), data, index=True)
+            return data
+
+        if store.io_concurrency > 1 and len(missing) > 1:
+            with ThreadPoolExecutor(min(store.io_concurrency, len(missing)), thread_name_prefix="casreg-index") as pool:
+                fetched = list(pool.map(fetch, missing))
+        else:
+            fetched = [fetch(item) for item in missing]
+        found.update((pack_id, data) for (_, pack_id), data in zip(missing, fetched))
+        index = cls()
+        index.cache = cache
+        for key, pack_id in wanted:  # listing order, as before: the first pack holding a chunk wins
+            data = found.get(pack_id)
+            if data is None:
+                continue
+            try:
                 index.add_pack(pack_id, decode_index(data, key))
-            except (IntegrityError, NotFoundError):
+            except IntegrityError:
                 continue  # a bad index only costs dedup; verify reports it
         return index
 

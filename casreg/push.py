@@ -210,6 +210,7 @@ class _Pusher:
         if self.store.create(ikey, index) or _replace_damaged(  # only after the pack exists
                 self.store, ikey, lambda: self.store.create(ikey, index), lambda: self.store.read(ikey) == index):
             written += len(index)
+        self.index.remember(pack_id, index)
         return written
 
     # -- main thread ---------------------------------------------------------------------

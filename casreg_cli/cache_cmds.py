@@ -26,7 +26,8 @@ def _cache(directory: str | None, max_size: str | None = None):
 
 
 def _n(count: int, noun: str) -> str:
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+    plural = {"entry": "entries", "pack index": "pack indexes"}.get(noun, noun + "s")
+    return f"{count:,} {noun if count == 1 else plural}"
 
 
 @cache_app.command("info")
@@ -39,6 +40,7 @@ def info(directory: DirOpt = None, json_: JsonOpt = False, quiet: QuietOpt = Fal
         return
     out.line(f"cache     {res.path}")
     out.line(f"entries   {res.entries:,} chunks, {human_bytes(res.bytes)}")
+    out.line(f"indexes   {_n(res.indexes, 'pack index')} of the registries pushed to, {human_bytes(res.index_bytes)}")
     out.line(f"max size  {human_bytes(res.max_size)} (CASREG_CACHE_MAX_SIZE)")
     used = {"auto": "remote registries (s3://)", "on": "every registry", "off": "no registry"}[res.mode]
     out.line(f"used by   {used} (CASREG_CACHE={res.mode})")
@@ -52,22 +54,22 @@ def prune(
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Delete least recently used chunks until the cache fits in --max-size."""
+    """Delete least recently used entries (chunks, pack indexes) until the cache fits in --max-size."""
     out = Output(json_, quiet)
     res = _cache(directory).prune(max_size)
     if out.as_json:
         out.json(res.to_dict())
         return
-    out.line(f"removed {_n(res.removed_entries, 'chunk')} ({human_bytes(res.removed_bytes)}); "
-             f"{_n(res.entries, 'chunk')} ({human_bytes(res.bytes)}) remain, limit {human_bytes(res.max_size)}")
+    out.line(f"removed {_n(res.removed_entries, 'entry')} ({human_bytes(res.removed_bytes)}); "
+             f"{_n(res.entries, 'entry')} ({human_bytes(res.bytes)}) remain, limit {human_bytes(res.max_size)}")
 
 
 @cache_app.command("clear")
 def clear(directory: DirOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False) -> None:
-    """Delete every cached chunk (they are fetched again when next needed)."""
+    """Delete every cached chunk and pack index (they are fetched again when next needed)."""
     out = Output(json_, quiet)
     res = _cache(directory).clear()
     if out.as_json:
         out.json(res.to_dict())
         return
-    out.line(f"removed {_n(res.removed_entries, 'chunk')} ({human_bytes(res.removed_bytes)})")
+    out.line(f"removed {_n(res.removed_entries, 'entry')} ({human_bytes(res.removed_bytes)})")

@@ -120,6 +120,84 @@ def test_second_pull_over_s3_makes_no_data_gets(s3_env, tmp_path: Path) -> None:
     assert Counting.pack_gets == first_pack_gets and third.fetched_bytes == first.fetched_bytes
 
 
+# -- pack indexes: a push reads only the ones it has not seen ---------------------------------------
+def _index_keys(store) -> list[str]:  # type: ignore[no-untyped-def]
+    return sorted(store.list("index"))
+
+
+def test_push_over_s3_reads_only_the_pack_indexes_it_has_not_seen(s3_env, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Index objects are immutable and named by their BLAKE3, so they live in the chunk
+    cache: a push GETs only the indexes this machine has neither read nor written before
+    (with the cache off: every index in the registry, every time). Two "machines" are two
+    cache directories."""
+    import casreg.push
+    from casreg.storage.s3 import S3Store
+    from casreg.testing.counting import CountingStore
+
+    monkeypatch.setattr(casreg.push, "PACK_TARGET", 256 << 10)  # many packs from a few MiB
+    store = CountingStore(S3Store(s3_env.url()))
+    machine = lambda name: monkeypatch.setenv("CASREG_CACHE_DIR", str(tmp_path / f"cache-{name}"))  # noqa: E731
+    machine("a")
+    reg, _, _ = push_random(store, tmp_path, 3 * MiB, seed=21)
+    assert len(_index_keys(store)) >= 8
+
+    def push(seed: int) -> tuple[int, int]:
+        """(index GETs during the push, bytes it stored)"""
+        src = tmp_path / f"p{seed}.bin"
+        if not src.exists():
+            src.write_bytes(random_bytes(3 * MiB, seed))
+        store.reset()
+        v = reg.push("m", src)
+        return store.reads["index"], v.stored_bytes
+
+    assert push(22)[0] == 0  # machine a wrote every index there is: none fetched
+    machine("b")
+    before_b = len(_index_keys(store))
+    assert push(23)[0] == before_b  # a new machine reads each index once ...
+    assert push(24)[0] == 0  # ... and never again
+    machine("a")
+    written_by_b = len(_index_keys(store)) - before_b
+    assert written_by_b > 0 and push(25)[0] == written_by_b  # only what machine b wrote
+    gets, stored = push(25)  # the same content again: nothing fetched, nothing new stored
+    assert gets == 0 and stored < 64 << 10
+    monkeypatch.setenv("CASREG_CACHE", "off")
+    everything = len(_index_keys(store))
+    assert push(26)[0] == everything  # without the cache: every index in the registry
+
+
+def test_cached_indexes_of_removed_packs_are_not_used_and_damaged_ones_are_refetched(
+        mem: CountingMemory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only indexes the listing shows count: once gc removed a pack (and its index), its
+    chunks are not claimed from a cached copy (a push would otherwise point a new version
+    at bytes that are gone). A damaged cached index is dropped and read again."""
+    import casreg.push
+    from casreg.packs import ChunkIndex, index_key, pack_key
+
+    monkeypatch.setattr(casreg.push, "PACK_TARGET", 256 << 10)
+    cache = ChunkCache(tmp_path / "cache")
+    reg, va, _ = push_random(mem, tmp_path, 2 * MiB, seed=31)
+    (tmp_path / "b.bin").write_bytes(random_bytes(2 * MiB, 32))
+    vb = reg.push("m", tmp_path / "b.bin")
+    full = ChunkIndex.load(mem, cache)
+    b_packs = {c.pack for c in chunk_refs(reg, vb.ref)}
+    b_chunks = [c.digest for c in chunk_refs(reg, vb.ref)]
+    assert all(d in full for d in b_chunks)
+    for pack in b_packs:  # what gc does to an unreferenced pack
+        mem.delete(index_key(pack))
+        mem.delete(pack_key(pack))
+    assert all(cache.has_index(bytes.fromhex(p)) for p in b_packs)  # still cached ...
+    after = ChunkIndex.load(mem, cache)
+    assert not any(d in after for d in b_chunks)  # ... but not used
+    assert all(c.digest in after for c in chunk_refs(reg, va.ref))
+    a_pack = chunk_refs(reg, va.ref)[0].pack
+    cache.path(bytes.fromhex(a_pack), index=True).write_bytes(b"not the index")
+    again = ChunkIndex.load(mem, cache)
+    assert sorted(c.digest for c in again) == sorted(c.digest for c in after) and cache.dropped == 1
+    assert cache.get(bytes.fromhex(a_pack), index=True) == mem.read(index_key(a_pack))  # refetched and kept
+    assert cache.info().indexes == len(_index_keys(mem)) + len(b_packs)  # b's stay until pruned
+
+
 # -- what read_span fetches ---------------------------------------------------------------------
 def test_read_span_fetches_only_the_missing_runs(mem: CountingMemory, tmp_path: Path) -> None:
     reg, v, _ = push_random(mem, tmp_path, 2 * MiB)
