@@ -48,7 +48,7 @@ def encode(raw: bytes | memoryview, level: int = DEFAULT_ZSTD_LEVEL) -> tuple[Co
     return Codec.ZSTD, packed
 
 
-def zstd_decode(stored: bytes, limit: int) -> bytes:
+def zstd_decode(stored: bytes | memoryview, limit: int) -> bytes:
     """Decompress one zstd frame of at most ``limit`` bytes. The size the frame header
     claims is checked first: a corrupt header must not make us allocate gigabytes."""
     try:
@@ -62,8 +62,9 @@ def zstd_decode(stored: bytes, limit: int) -> bytes:
         raise IntegrityError("zstd payload does not decode: it expands beyond memory") from None
 
 
-def decode(codec: int, stored: bytes, raw_size: int) -> bytes:
-    """Invert :func:`encode`; a malformed payload raises :class:`IntegrityError`."""
+def decode(codec: int, stored: bytes | memoryview, raw_size: int) -> bytes | memoryview:
+    """Invert :func:`encode`; a malformed payload raises :class:`IntegrityError`. A raw
+    chunk comes back as given (a view stays a view)."""
     if codec == Codec.RAW:
         return stored
     if codec == Codec.ZSTD:

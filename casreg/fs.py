@@ -189,9 +189,9 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
             if inner not in ("", e.path):
                 raise NotFoundError(f"casreg://{t.name(inner)}: no such file (this version is the single file {e.path!r})")
             return self._file_info(t.name(inner), e, common)
-        e = t.tree.files.get(inner)
-        if e is not None:
-            return self._file_info(t.name(inner), e, common)
+        entry = t.tree.files.get(inner)
+        if entry is not None:
+            return self._file_info(t.name(inner), entry, common)
         if inner in t.tree.dirs:
             return {"name": t.name(inner), "size": 0, "type": "directory", **common}
         raise NotFoundError(f"casreg://{t.name(inner)}: no such file or directory in "

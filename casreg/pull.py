@@ -207,8 +207,7 @@ def matches(manifest: Manifest, dest: Path) -> bool:
     """True if ``dest`` already holds exactly this version (same files, sizes, modes,
     digests, empty directories, and nothing else), without following symlinks."""
     if manifest.kind == "file":
-        e = manifest.entries[0]
-        return _entry_matches(e, dest)
+        return _entry_matches(manifest.entries[0], dest)
     if dest.is_symlink() or not dest.is_dir():
         return False
     expected = {e.path: e for e in manifest.entries}
@@ -222,8 +221,8 @@ def matches(manifest: Manifest, dest: Path) -> bool:
                 return False
             seen += 1
         for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
-            e = expected.get(prefix + name)
-            if e is None or e.type == "d" or not _entry_matches(e, Path(dirpath, name)):
+            f = expected.get(prefix + name)
+            if f is None or f.type == "d" or not _entry_matches(f, Path(dirpath, name)):
                 return False
             seen += 1
     return seen == len(expected)

@@ -226,7 +226,7 @@ class Registry:
         name: str,
         path: str | os.PathLike[str],
         *,
-        metrics: Mapping[str, float] | None = None,
+        metrics: Mapping[str, float | str] | None = None,
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, Any] | None = None,
         framework: str | None = None,

@@ -456,9 +456,9 @@ def _sidecars(store: ObjectStore, keys: list[str], versions: list[VersionRef], r
                                            f"blake3:{digest[:64]}, the ledger says blake3:{want}", [f"{parts[1]}:{int(stem)}"])
         return None
 
-    for p in bounded_map(check, keys, threads):
-        if p is not None:
-            report.problems.append(p)
+    for problem in bounded_map(check, keys, threads):
+        if problem is not None:
+            report.problems.append(problem)
 
 
 def verify_registry(store: ObjectStore, *, progress: Progress | None = None,
