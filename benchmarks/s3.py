@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             f"- Pulled copies byte-identical: {sum(x['identical'] for x in rows)} of {len(rows)}",
             f"- Push operations (last round): {dict(sorted(last['push'].items()))}",
             f"- Pull operations (last round): {dict(sorted(last['pull'].items()))}; the same pull again, "
-            f"from the local chunk cache: {dict(sorted(last['warm'].items()))} (resolving the reference; the manifest is cached too)",
+            f"from the local chunk cache: {dict(sorted(last['warm'].items()))} (resolve and manifest only)",
             "- A push reads the pack indexes of the registry that this machine has not read or written before",
             "  (kept in the local chunk cache, docs/cache.md); a machine with an empty cache reads each once.",
         ]

@@ -141,8 +141,6 @@ class CacheInfo:
     temporary: int  # entries being written (or left by a crashed writer)
     indexes: int = 0  # pack indexes (a push's list of what a registry holds)
     index_bytes: int = 0
-    manifests: int = 0  # version manifests (which chunks make which file)
-    manifest_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,7 +166,6 @@ class ChunkCache:
         self.max_size = parse_size(max_size) if max_size is not None else default_max_size()
         self._chunks = self.root / "chunks"
         self._indexes = self.root / "indexes"  # pack indexes, named by their BLAKE3 like chunks
-        self._manifests = self.root / "manifests"  # named by their version digest, checked by the reader
         self._tmp = self.root / "tmp"
         self._lock = threading.Lock()
         self._ready = False  # directories made
@@ -234,48 +231,6 @@ class ChunkCache:
     def has_index(self, digest: bytes) -> bool:
         return self.path(digest, index=True).is_file()
 
-    def manifest_path(self, hexdigest: str) -> Path:
-        return self._manifests / hexdigest[:2] / hexdigest
-
-    def get_manifest(self, hexdigest: str) -> bytes | None:
-        """The cached manifest of version ``blake3:<hexdigest>``, or ``None``. Its name is
-        the version digest, a Merkle root rather than the hash of these bytes, so the
-        caller checks it (``Manifest.from_bytes(..., expected=)``) and calls
-        :meth:`drop_manifest` if it fails, as :meth:`get` does itself for chunks."""
-        path = self.manifest_path(hexdigest)
-        try:
-            data = path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            self.misses += 1
-            return None
-        except OSError as err:
-            self._warn_once("read", f"casreg cache {self.root}: cannot read entries ({err.strerror or err}); "
-                                    "reading from the registry instead")
-            self.misses += 1
-            return None
-        try:
-            os.utime(path)
-        except OSError:
-            pass
-        self.hits += 1
-        return data
-
-    def drop_manifest(self, hexdigest: str) -> None:
-        """A cached manifest failed its check: delete it (it is fetched again)."""
-        self.dropped += 1
-        self.hits -= 1
-        self.misses += 1
-        self._warn_once("damaged", f"casreg cache {self.root}: dropped damaged entry {hexdigest} "
-                                   "(it will be fetched again from the registry)")
-        try:
-            self.manifest_path(hexdigest).unlink()
-        except OSError:
-            pass
-
-    def put_manifest(self, hexdigest: str, data: bytes) -> bool:
-        """Keep a manifest the caller has just verified against its version digest."""
-        return self._store(self.manifest_path(hexdigest), hexdigest, data)
-
     # -- writes -------------------------------------------------------------------------------
     def put(self, digest: bytes, data: bytes | memoryview) -> bool:
         """Store ``data`` as the chunk ``digest`` after checking that it is; raises
@@ -289,12 +244,10 @@ class ChunkCache:
         """Store bytes the caller has *just* verified against ``digest`` (``read_span``
         hashes every chunk it fetches; hashing again here would cost a second pass).
         ``index=True``: a pack index, kept apart from the chunks."""
-        return self._store(self.path(digest, index=index), digest.hex(), data)
-
-    def _store(self, path: Path, name: str, data: bytes | memoryview) -> bool:
         if not self._writable:
             return False
-        tmp = self._tmp / f"{name[:16]}-{uuid.uuid4().hex}"
+        path = self.path(digest, index=index)
+        tmp = self._tmp / f"{digest.hex()[:16]}-{uuid.uuid4().hex}"
         for attempt in (1, 2):
             try:
                 self._setup()
@@ -334,7 +287,6 @@ class ChunkCache:
             return
         self._chunks.mkdir(parents=True, exist_ok=True)
         self._indexes.mkdir(exist_ok=True)
-        self._manifests.mkdir(exist_ok=True)
         self._tmp.mkdir(exist_ok=True)
         tag = self.root / "CACHEDIR.TAG"
         if not tag.exists():
@@ -355,11 +307,11 @@ class ChunkCache:
                                  f"without caching (set {DIR_ENV} to another directory, or {MODE_ENV}=off)")
 
     # -- maintenance --------------------------------------------------------------------------
-    def _entries(self, *, index: bool = False, manifest: bool = False) -> list[tuple[float, int, Path]]:
-        """(mtime, size, path) of every chunk entry (or every index, or manifest, entry)."""
+    def _entries(self, *, index: bool = False) -> list[tuple[float, int, Path]]:
+        """(mtime, size, path) of every chunk entry (``index=True``: every index entry)."""
         out: list[tuple[float, int, Path]] = []
         try:
-            subdirs = list(os.scandir(self._manifests if manifest else self._indexes if index else self._chunks))
+            subdirs = list(os.scandir(self._indexes if index else self._chunks))
         except (FileNotFoundError, NotADirectoryError):
             return out
         for sub in subdirs:
@@ -385,10 +337,9 @@ class ChunkCache:
 
     def info(self) -> CacheInfo:
         """Location, entry count and bytes (a scan of the directory; no locking needed)."""
-        entries, indexes, manifests = self._entries(), self._entries(index=True), self._entries(manifest=True)
+        entries, indexes = self._entries(), self._entries(index=True)
         return CacheInfo(str(self.root), len(entries), sum(s for _, s, _ in entries), self.max_size,
-                         cache_mode(), len(self._temporaries()), len(indexes), sum(s for _, s, _ in indexes),
-                         len(manifests), sum(s for _, s, _ in manifests))
+                         cache_mode(), len(self._temporaries()), len(indexes), sum(s for _, s, _ in indexes))
 
     def prune(self, max_size: int | str | None = None) -> PruneResult:
         """Delete least recently used entries until at most ``max_size`` bytes remain
@@ -402,8 +353,7 @@ class ChunkCache:
                     tmp.unlink()
             except OSError:
                 pass
-        entries = sorted(self._entries() + self._entries(index=True) + self._entries(manifest=True),
-                         key=lambda e: e[0])
+        entries = sorted(self._entries() + self._entries(index=True), key=lambda e: e[0])
         total = sum(s for _, s, _ in entries)
         removed = removed_bytes = 0
         for _, size, path in entries:
@@ -428,7 +378,6 @@ class ChunkCache:
                 pass
         shutil.rmtree(self._chunks, ignore_errors=True)
         shutil.rmtree(self._indexes, ignore_errors=True)
-        shutil.rmtree(self._manifests, ignore_errors=True)
         self._ready = False
         return result
 

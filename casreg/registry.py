@@ -211,28 +211,14 @@ class Registry:
         return list_versions(self.store, name)
 
     def manifest(self, ref: str | Ref | Resolved) -> Manifest:
-        """The verified manifest of a version (its recomputed digest must match). A
-        manifest never changes, so with a local cache (remote registries, docs/cache.md)
-        it is read from the registry once per machine and checked again on every use."""
+        """The verified manifest of a version (its recomputed digest must match)."""
         resolved = ref if isinstance(ref, Resolved) else self.resolve(ref)
         key = manifest_key(resolved.hexdigest)
-        expected = bytes.fromhex(resolved.hexdigest)
-        from casreg.cache import cache_for
-
-        cache = cache_for(self.store)
-        if cache is not None and (cached := cache.get_manifest(resolved.hexdigest)) is not None:
-            try:
-                return Manifest.from_bytes(cached, expected=expected, where=str(cache.manifest_path(resolved.hexdigest)))
-            except IntegrityError:
-                cache.drop_manifest(resolved.hexdigest)
         try:
             data = self.store.read(key)
         except NotFoundError:
             raise IntegrityError(f"object {key} is missing: the registry is damaged (run casreg verify)") from None
-        manifest = Manifest.from_bytes(data, expected=expected, where=key)
-        if cache is not None:
-            cache.put_manifest(resolved.hexdigest, data)
-        return manifest
+        return Manifest.from_bytes(data, expected=bytes.fromhex(resolved.hexdigest), where=key)
 
     # -- push --------------------------------------------------------------------------------
     def push(

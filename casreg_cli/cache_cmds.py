@@ -41,7 +41,6 @@ def info(directory: DirOpt = None, json_: JsonOpt = False, quiet: QuietOpt = Fal
     out.line(f"cache     {res.path}")
     out.line(f"entries   {res.entries:,} chunks, {human_bytes(res.bytes)}")
     out.line(f"indexes   {_n(res.indexes, 'pack index')} of the registries pushed to, {human_bytes(res.index_bytes)}")
-    out.line(f"manifests {_n(res.manifests, 'version manifest')}, {human_bytes(res.manifest_bytes)}")
     out.line(f"max size  {human_bytes(res.max_size)} (CASREG_CACHE_MAX_SIZE)")
     used = {"auto": "remote registries (s3://)", "on": "every registry", "off": "no registry"}[res.mode]
     out.line(f"used by   {used} (CASREG_CACHE={res.mode})")
@@ -55,7 +54,7 @@ def prune(
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Delete least recently used entries (chunks, pack indexes, manifests) until the cache fits in --max-size."""
+    """Delete least recently used entries (chunks, pack indexes) until the cache fits in --max-size."""
     out = Output(json_, quiet)
     res = _cache(directory).prune(max_size)
     if out.as_json:
@@ -67,7 +66,7 @@ def prune(
 
 @cache_app.command("clear")
 def clear(directory: DirOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False) -> None:
-    """Delete every cached chunk, pack index and manifest (they are fetched again when next needed)."""
+    """Delete every cached chunk and pack index (they are fetched again when next needed)."""
     out = Output(json_, quiet)
     res = _cache(directory).clear()
     if out.as_json:
