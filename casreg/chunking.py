@@ -85,39 +85,14 @@ def iter_chunks(
     ``on_read`` sees every byte of the stream exactly once, in order, in large pieces
     (for hashing the whole file without a second pass).
     """
-    _check_block_size(block_size, params)
-    chunker = params.chunker()
-    buf = bytearray(params.max_size + block_size)
-    whole = memoryview(buf)
-    carried = 0
-    while True:
-        n = _fill(stream, whole[carried:carried + block_size])
-        if on_read is not None and n:
-            on_read(whole[carried:carried + n])
-        filled = carried + n
-        cuts, carried, at_end = _cut_block(chunker, whole, filled, n < block_size)
-        for offset, length in cuts:
-            yield bytes(whole[offset:offset + length])
-        if at_end:
-            return
-        whole[:carried] = whole[filled - carried:filled]
+    whole = memoryview(bytearray(params.max_size + block_size))
 
+    def lend(need: int) -> tuple[int, memoryview]:  # always the one buffer: each chunk is copied out first
+        return 0, whole
 
-def _check_block_size(block_size: int, params: ChunkParams) -> None:
-    if block_size <= params.max_size:
-        raise ValueError(f"block_size {block_size} must exceed max_size {params.max_size}")
-
-
-def _cut_block(chunker: FastCDC, whole: memoryview, filled: int, at_end: bool) -> tuple[list[tuple[int, int]], int, bool]:
-    """Cut the ``filled`` bytes at the front of ``whole``. Every chunk but the last is
-    final; unless the stream ended, the last may have been cut short by the block's end
-    and is returned as the byte count to carry into the next block instead."""
-    cuts = [(c.offset, c.length) for c in chunker.cut_buf(whole[:filled])]
-    carried = 0
-    if not at_end and cuts:
-        last_offset, _ = cuts.pop()
-        carried = filled - last_offset
-    return cuts, carried, at_end
+    seen = None if on_read is None else (lambda view, _: on_read(view))
+    for view, _ in iter_chunk_views(stream, params, lend, size_hint=block_size, block_size=block_size, on_read=seen):
+        yield bytes(view)
 
 
 def iter_chunk_views(
@@ -140,7 +115,8 @@ def iter_chunk_views(
     ``on_read(view, buffer id)`` sees every byte once, in order, as in :func:`iter_chunks`;
     the same lending rule covers the views it is given.
     """
-    _check_block_size(block_size, params)
+    if block_size <= params.max_size:
+        raise ValueError(f"block_size {block_size} must exceed max_size {params.max_size}")
     chunker = params.chunker()
     first = min(block_size, size_hint + 1)  # one byte more than expected, to see the end
     buf_id, whole = acquire(first)
@@ -149,15 +125,19 @@ def iter_chunk_views(
         n = _fill(stream, whole[carried:carried + want])
         if on_read is not None and n:
             on_read(whole[carried:carried + n], buf_id)
-        filled = carried + n
-        cuts, carried, at_end = _cut_block(chunker, whole, filled, n < want)
+        filled, at_end = carried + n, n < want
+        cuts = [(c.offset, c.length) for c in chunker.cut_buf(whole[:filled])]
+        carried = 0
+        if not at_end and cuts:  # the block's last chunk may have been cut short: cut it again with the next
+            last_offset, _ = cuts.pop()
+            carried = filled - last_offset
         for offset, length in cuts:
             yield whole[offset:offset + length], buf_id
         if at_end:
             return
         want = block_size
         next_id, nxt = acquire(carried + want)
-        nxt[:carried] = whole[filled - carried:filled]
+        nxt[:carried] = whole[filled - carried:filled]  # may be the same buffer: memoryview copies overlaps right
         buf_id, whole = next_id, nxt
 
 
