@@ -40,9 +40,8 @@ from typing import Any, TypeVar
 from blake3 import blake3
 
 from casreg.errors import CasregError, ConflictError, IntegrityError, InvalidInputError, NotFoundError
-from casreg.manifest import Manifest
+from casreg.manifest import HEX64, Manifest, manifest_key
 from casreg.packs import decode_index, index_key, pack_key
-from casreg.manifest import manifest_key
 from casreg.records import utcnow
 from casreg.storage import ObjectStore
 
@@ -188,7 +187,7 @@ def ledger_versions(store: ObjectStore) -> list[VersionRef]:
     for row in table.to_pylist():
         digest = row["digest"] or ""
         hexd = digest.removeprefix("blake3:")
-        if not digest.startswith("blake3:") or not re.fullmatch(r"[0-9a-f]{64}", hexd):
+        if not digest.startswith("blake3:") or not HEX64.fullmatch(hexd):
             raise IntegrityError(f"the ledger record of {row['name']}:{row['version']} has a malformed digest {digest[:80]!r}")
         out.append(VersionRef(row["name"], int(row["version"]), hexd))
     missing = listed - {(v.name, v.version) for v in out}

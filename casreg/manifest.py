@@ -80,12 +80,12 @@ def validate_relpath(path: str) -> str:
     return path
 
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+HEX64 = re.compile(r"[0-9a-f]{64}")  # a BLAKE3 digest as stored in names and records
 _KNOWN_CODECS = frozenset({0, 1})  # casreg.codec.Codec; kept here to avoid importing zstd twice
 
 
 def _hex32(value: object, what: str) -> str:
-    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+    if not isinstance(value, str) or not HEX64.fullmatch(value):
         raise ValueError(f"{what} {str(value)[:80]!r} is not 64 lowercase hex digits")
     return value
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from blake3 import blake3
 
 from casreg.errors import IntegrityError, NotFoundError
-from casreg.manifest import ChunkRef
+from casreg.manifest import HEX64, ChunkRef
 from casreg.storage import ObjectStore, ObjectWriter
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ class ChunkIndex:
         wanted: list[tuple[str, str]] = []
         for key in store.list("index"):
             pack_id = key.rsplit("/", 1)[-1][: -len(".idx")]
-            if key.endswith(".idx") and len(pack_id) == 64 and all(c in "0123456789abcdef" for c in pack_id):
+            if key.endswith(".idx") and HEX64.fullmatch(pack_id):
                 wanted.append((key, pack_id))
         found: dict[str, bytes | None] = {}
         if cache is not None:
