@@ -106,13 +106,13 @@ class _ReadBuffers:
 
     SMALL = 1 << 20  # needs up to this get a buffer their size; larger ones a full block
 
-    def __init__(self, count: int, drain: Callable[[], None]) -> None:
+    def __init__(self, count: int, full: int, drain: Callable[[], None]) -> None:
         self.bufs: list[memoryview | None] = [None] * count
         self.users = [0] * count  # chunks cut from each buffer and not consumed yet
         self.hashing: list[Future[object] | None] = [None] * count  # the last hash update given a view of it
         self.next = 0
+        self.full = full  # a whole block plus the largest carried chunk
         self.drain = drain
-        self.full = 0  # a whole block plus the largest carried chunk: set per file
 
     def acquire(self, need: int) -> tuple[int, memoryview]:
         i = self.next
@@ -181,15 +181,16 @@ class _OrderedWriter(ObjectWriter):
 
 
 class _Pusher:
-    def __init__(self, store: ObjectStore, index: ChunkIndex, level: int, progress: Progress,
+    def __init__(self, store: ObjectStore, index: ChunkIndex, params: ChunkParams, level: int, progress: Progress,
                  workers: ThreadPoolExecutor, uploader: ThreadPoolExecutor, ordered: ThreadPoolExecutor) -> None:
-        self.store, self.index, self.level, self.progress = store, index, level, progress
+        self.store, self.index, self.params, self.level, self.progress = store, index, params, level, progress
         self.workers, self.uploader, self.ordered = workers, uploader, ordered
         self.claimed: dict[bytes, _Pending] = {}
         self.pack: PackBuilder | None = None  # opened on the first new chunk
         self.uploads: deque[Future[int]] = deque()
         self.inflight: deque[tuple[list[object], Future[tuple[bytes, int, bytes | None]], int, int]] = deque()
-        self.buffers = _ReadBuffers(READ_BUFFERS, self._drain_one)
+        self.block = max(BLOCK_SIZE, 2 * params.max_size)  # read per block, beside up to max_size carried
+        self.buffers = _ReadBuffers(READ_BUFFERS, params.max_size + self.block, self._drain_one)
         self.stats = PushStats()
 
     # -- worker side -------------------------------------------------------------------
@@ -250,7 +251,7 @@ class _Pusher:
         chunks.append(ref)
         self.progress.advance(raw_size)
 
-    def add_file(self, f: SourceFile, params: ChunkParams) -> Entry:
+    def add_file(self, f: SourceFile) -> Entry:
         chunks: list[object] = []
         hasher = blake3()  # one thread: ~4.6 GB/s here; AUTO threading of 8 MiB blocks cost 3x the CPU on 2 busy cores
 
@@ -258,12 +259,10 @@ class _Pusher:
             self.buffers.hashing[buf_id] = self.ordered.submit(hasher.update, view)
 
         size = 0
-        block = max(BLOCK_SIZE, 2 * params.max_size)  # read per block, beside up to max_size carried
-        self.buffers.full = params.max_size + block
         try:
             with open(f.abspath, "rb", buffering=0) as fh:
-                for raw, buf_id in iter_chunk_views(fh, params, self.buffers.acquire, size_hint=f.size,
-                                                    block_size=block, on_read=hash_block):
+                for raw, buf_id in iter_chunk_views(fh, self.params, self.buffers.acquire, size_hint=f.size,
+                                                    block_size=self.block, on_read=hash_block):
                     size += len(raw)
                     self.buffers.users[buf_id] += 1
                     self.inflight.append((chunks, self.workers.submit(self._process, raw), len(raw), buf_id))
@@ -318,10 +317,10 @@ def store_source(
     with ThreadPoolExecutor(nthreads, thread_name_prefix="casreg-chunk") as workers, \
          ThreadPoolExecutor(store.io_concurrency, thread_name_prefix="casreg-upload") as uploader, \
          ThreadPoolExecutor(1, thread_name_prefix="casreg-ordered") as ordered:
-        pusher = _Pusher(store, index, level, progress, workers, uploader, ordered)
+        pusher = _Pusher(store, index, params, level, progress, workers, uploader, ordered)
         progress.start("push", source.size)
         try:
-            entries = [pusher.add_file(f, params) for f in source.files]
+            entries = [pusher.add_file(f) for f in source.files]
             entries += [Entry(d, "d") for d in source.empty_dirs]
             pusher.finish(entries)
         except BaseException:
