@@ -82,20 +82,13 @@ class _StagedFile(ObjectWriter):
         self.size += len(data)
 
     def publish(self, key: str) -> bool:
-        path = self.local._path(key)
-        if path.is_file():
-            return False
-        try:
-            if not self.synced:
+        if not self.synced:
+            try:
                 os.fsync(self.fd)
-                self.synced = True
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.link(self.path, path)
-            return True
-        except FileExistsError:
-            return False
-        except OSError as err:
-            raise self.local._fail(err, "write", key) from err
+            except OSError as err:
+                raise self.local._fail(err, "write", key) from err
+            self.synced = True
+        return self.local._link(self.path, key)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -160,13 +153,25 @@ class LocalStore(ObjectStore):
             return False
         try:
             tmp = self._write_temp(path, data)
-            try:
-                os.link(tmp, path)
-                return True
-            except FileExistsError:
-                return False
-            finally:
-                tmp.unlink(missing_ok=True)
+        except OSError as err:
+            raise self._fail(err, "write", key) from err
+        try:
+            return self._link(tmp, key)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _link(self, tmp: Path, key: str) -> bool:
+        """Publish a complete, fsynced temporary file under ``key`` unless it exists:
+        ``link`` fails if the name is taken, so of racing writers exactly one wins."""
+        path = self._path(key)
+        if path.is_file():
+            return False
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
         except OSError as err:
             raise self._fail(err, "write", key) from err
 
