@@ -278,6 +278,16 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def command_names() -> dict[str, object]:
+    """Every top-level command and command group by the name typer gives it on the
+    command line (its ``get_command_name``: ``alias_set`` -> ``alias-set``)."""
+    from typer.main import get_command_name
+
+    names: dict[str, object] = {g.name: g for g in app.registered_groups if g.name}
+    names |= {c.name or get_command_name(c.callback.__name__): c for c in app.registered_commands if c.callback}
+    return names
+
+
 def _narrowed(argv: list[str]) -> typer.Typer:
     """The app with only the command (or command group) ``argv`` names. typer turns every
     registered command into a click command on each run, inspecting every signature:
@@ -287,13 +297,12 @@ def _narrowed(argv: list[str]) -> typer.Typer:
     with its listing and suggestions. Help and errors of a command are the same either
     way (tests/test_cli.py compares them for every command)."""
     name = next((a for a in argv if not a.startswith("-")), None)
-    commands = [c for c in app.registered_commands
-                if (c.name or (c.callback.__name__.lower().replace("_", "-") if c.callback else None)) == name]
-    groups = [g for g in app.registered_groups if g.name == name]
-    if name is None or len(commands) + len(groups) != 1:
+    entry = command_names().get(name) if name is not None else None
+    if entry is None:
         return app
     narrow = copy.copy(app)  # same settings and global callback, so still a group: same usage lines
-    narrow.registered_commands, narrow.registered_groups = commands, groups
+    narrow.registered_commands = [entry] if entry in app.registered_commands else []
+    narrow.registered_groups = [entry] if entry in app.registered_groups else []
     return narrow
 
 

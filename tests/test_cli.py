@@ -437,12 +437,15 @@ def test_each_command_behaves_the_same_without_the_rest_of_the_app(
     help, usage errors and exit codes must equal those of the whole app, for every
     command and command group (none of these arguments gets as far as running one; the
     registry is a missing directory in case one did)."""
-    from casreg_cli.main import _narrowed, app
+    from casreg_cli.main import _narrowed, app, command_names
 
     monkeypatch.setenv("CASREG_REGISTRY", str(tmp_path / "no-registry"))
 
-    names = [c.name or c.callback.__name__.lower().replace("_", "-") for c in app.registered_commands]
-    names += [g.name for g in app.registered_groups]
+    from typer.main import get_command
+
+    names = list(command_names())
+    assert sorted(names) == sorted(get_command(app).commands)  # exactly the names typer itself gives them
+    assert len(names) == len(app.registered_commands) + len(app.registered_groups)  # no two share a name
     assert len(names) > 20 and "push" in names and "alias" in names
     for name in names:
         narrow = _narrowed([name, *tail])
