@@ -482,12 +482,13 @@ class Registry:
 
         return history(self, name, alias=alias, kinds=kinds, since=when(since), until=when(until))
 
-    def state(self, ref: str | Ref) -> Any:
+    def state(self, ref: str | Ref | Version) -> Any:
         """Lifecycle state of a version: archived or not, standing approvals and
-        rejections per stage (:class:`casreg.lifecycle.VersionState`)."""
+        rejections per stage (:class:`casreg.lifecycle.VersionState`). A :class:`Version`
+        already read (by :meth:`show`) is used as is, not read again."""
         from casreg.lifecycle import version_state
 
-        v = self.show(ref)
+        v = ref if isinstance(ref, Version) else self.show(ref)
         return version_state(self, v.name, v.version)
 
     def resolve_at(self, ref: str, at: Any) -> Resolved:

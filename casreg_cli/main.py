@@ -119,7 +119,7 @@ def show(
     v = reg.show(ref)
     files = reg.files(v.digest)
     aliases = [p.alias for p in reg.aliases(v.name) if p.version == v.version]
-    state = reg.state(v.ref)
+    state = reg.state(v)
     if out.as_json:
         out.json(v.to_dict() | {"aliases": aliases, "lifecycle": state.to_dict(),
                                 "files": [asdict(f) for f in files]})
