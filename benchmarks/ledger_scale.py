@@ -60,7 +60,7 @@ def _write_range(args: tuple[str, int, int, list[dict[str, Any]], float]) -> int
     """Worker: write segments and sidecars for versions lo..hi-1 (seed records cycled)."""
     import pyarrow as pa
 
-    from casreg.ledger import _parquet_bytes, _version_row, segment_key, sidecar_key, version_schema
+    from casreg.ledger.segments import _parquet_bytes, _version_row, segment_key, sidecar_key, version_schema
     from casreg.records import Lineage, Version
 
     root, lo, hi, seeds, t0 = args
@@ -221,7 +221,7 @@ SQL_FILTERED = f"SELECT count(*) AS n FROM versions WHERE name = '{MODEL}' AND m
 
 def measure_phase(work: Path, versions_expected: int, runs: int) -> dict[str, Any]:
     from casreg import Registry
-    from casreg.ledger import versions_table
+    from casreg.ledger.segments import versions_table
 
     env = _env(work)
     out: dict[str, Any] = {}
@@ -265,7 +265,7 @@ def duckdb_comparison(work: Path, runs: int) -> dict[str, Any]:
     compacted Parquet file and the 100k segment files itself (what httpfs would do on S3)."""
     import duckdb
 
-    from casreg.ledger import read_head
+    from casreg.ledger.segments import read_head
 
     from casreg import Registry
 
@@ -340,7 +340,7 @@ def s3_experiment(versions: int, runs: int, workdir: Path) -> dict[str, Any]:
         src = LocalStore(local)
         dst = open_store(server.url())
         keys = [k for k in src.list("") if not k.startswith("ledger/compacted")]
-        from casreg.ledger import map_concurrently
+        from casreg.ledger.segments import map_concurrently
 
         t = time.perf_counter()
         map_concurrently(lambda k: dst.create(k, src.read(k)), keys, threads=32)
@@ -470,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--s3-only", action="store_true", help="only the S3 part")
     args = ap.parse_args(argv)
 
-    from casreg.compact import DEFAULT_THRESHOLD
+    from casreg.ledger.compact import DEFAULT_THRESHOLD
 
     tmp = Path(tempfile.mkdtemp(prefix="casreg-ledger-scale-"))
     if args.s3_only:
@@ -504,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         subprocess.run([CASREG, "compact", "-q"], env=env, check=True)
         first = time.perf_counter() - t
-        from casreg.ledger import read_head
+        from casreg.ledger.segments import read_head
 
         from casreg import Registry
 

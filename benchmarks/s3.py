@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(server.env())
         os.environ["CASREG_CACHE_DIR"] = str(work / "chunk-cache")  # never the user's cache (docs/cache.md)
         os.environ.pop("CASREG_CACHE", None)
-        from casreg.cache import ChunkCache
+        from casreg.content.cache import ChunkCache
         base = base_model(work / "base.safetensors", a.size)
         fine = change_tensors(base, work / "change2.safetensors")
         rows = []

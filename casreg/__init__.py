@@ -58,7 +58,7 @@ def __getattr__(name: str) -> object:
     """``open_safetensors`` and ``CasregFileSystem`` load on first use: ``import casreg``
     (and so ``casreg resolve``) must not pay for fsspec or numpy."""
     if name == "open_safetensors":
-        from casreg.lazy import open_safetensors
+        from casreg.content.lazy import open_safetensors
 
         return open_safetensors
     if name == "CasregFileSystem":

@@ -43,8 +43,8 @@ from casreg.errors import (
     NotFoundError,
     UnknownReferenceError,
 )
-from casreg.lazy import DEFAULT_CHUNK_CACHE, PinnedFile, file_entry
-from casreg.manifest import Entry, Manifest
+from casreg.content.lazy import DEFAULT_CHUNK_CACHE, PinnedFile, file_entry
+from casreg.content.manifest import Entry, Manifest
 from casreg.refs import Ref, split_ref_path
 from casreg.registry import Registry, Resolved
 from casreg.storage import default_registry_url
@@ -297,7 +297,7 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
 
     def open_pinned(self, path: str) -> PinnedFile:
         """The random-access reader behind :meth:`open`, resolved now (used by
-        :func:`casreg.lazy.open_safetensors`-style readers that count bytes)."""
+        :func:`casreg.content.lazy.open_safetensors`-style readers that count bytes)."""
         return self._pinned(path)[0]
 
     def get_file(self, rpath: str, lpath: str, callback: Any = None, outfile: Any = None, **kwargs: Any) -> None:
@@ -315,7 +315,7 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
             for r, loc in zip(rpath, lpath):
                 self.get(r, loc, recursive=recursive)
             return
-        from casreg.pull import materialize
+        from casreg.content.pull import materialize
 
         t = self._target(rpath)
         info = self._info(t, t.inner)

@@ -86,7 +86,7 @@ class AliasEvent:
 
     event_id: str
     time: datetime
-    kind: str  # "alias.set", "alias.remove", "promote", ... (casreg/events.py)
+    kind: str  # "alias.set", "alias.remove", "promote", ... (casreg/ledger/events.py)
     name: str
     alias: str | None  # None for events about a version, not an alias (archive, policy.set)
     from_digest: str | None

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from casreg import __version__
-from casreg.codec import DEFAULT_ZSTD_LEVEL
+from casreg.content.codec import DEFAULT_ZSTD_LEVEL
 from casreg.errors import (
     AmbiguousReferenceError,
     CasregError,
@@ -24,10 +24,10 @@ from casreg.errors import (
     NotFoundError,
     UnknownReferenceError,
 )
-from casreg.ledger import commit_version, latest_number, list_versions, parse_segment_key, read_version
+from casreg.ledger.segments import commit_version, latest_number, list_versions, parse_segment_key, read_version
 from casreg.lineage import current_author, git_state, hostname
-from casreg.manifest import Manifest, manifest_key
-from casreg.pointers import list_pointers, move_alias, read_pointer
+from casreg.content.manifest import Manifest, manifest_key
+from casreg.ledger.pointers import list_pointers, move_alias, read_pointer
 from casreg.progress import Progress
 from casreg.records import AliasEvent, AliasPointer, FileInfo, Lineage, PullResult, Version, utcnow
 from casreg.refs import FULL_HEX, Ref, RefKind, parse_ref, validate_alias, validate_name
@@ -247,9 +247,9 @@ class Registry:
         git = git_state(os.fspath(path))
         self._check_push_policy(name, clean_metrics, clean_params, clean_tags, framework, description,
                                 run_id=run_id, dataset=dataset, parent=parent, git_commit=git.commit)
-        from casreg.chunking import DEFAULT_CHUNK_PARAMS, ChunkParams  # push-only: kept off resolve/pull start-up
-        from casreg.push import store_source
-        from casreg.source import scan_source
+        from casreg.content.chunking import DEFAULT_CHUNK_PARAMS, ChunkParams  # push-only: kept off resolve/pull start-up
+        from casreg.content.push import store_source
+        from casreg.content.source import scan_source
 
         source = scan_source(path)
         _preload("pyarrow.parquet")  # needed at commit; importing it now overlaps the chunking
@@ -258,7 +258,7 @@ class Registry:
         chunking = ChunkParams.from_dict(config["chunking"])
         level = self.zstd_level if self.zstd_level is not None else int(config.get("zstd_level", DEFAULT_ZSTD_LEVEL))
 
-        from casreg.packs import ChunkIndex
+        from casreg.content.packs import ChunkIndex
 
         index = ChunkIndex.load(self.store)
         manifest, stats = store_source(self.store, source, params=chunking, level=level, index=index,
@@ -290,7 +290,7 @@ class Registry:
                            git_commit: str | None) -> None:
         """Refuse a push the policy forbids or that lacks required metadata, before any
         byte is stored."""
-        from casreg.policy import read_policy
+        from casreg.governance.policy import read_policy
 
         current = read_policy(self.store)
         if current is None:
@@ -318,22 +318,22 @@ class Registry:
     def _auto_compact(self, version: Version) -> None:
         """Best effort: the version is committed, so nothing here may fail the push."""
         try:
-            from casreg.compact import maybe_compact, threshold_from_env
+            from casreg.ledger.compact import maybe_compact, threshold_from_env
 
             threshold = self.compact_threshold if self.compact_threshold is not None else threshold_from_env()
             maybe_compact(self.store, version.name, version.version, threshold)
         except Exception as err:  # noqa: BLE001
             import logging
 
-            logging.getLogger("casreg.compact").warning(
+            logging.getLogger(__name__).warning(
                 "casreg: automatic ledger compaction failed (%s); %s is committed, run casreg compact later",
                 err, version.ref)
 
     def compact(self, **options: Any) -> Any:
         """Merge the ledger's one-row segments into compacted files (see
-        :func:`casreg.compact.compact`); safe while others push or compact. Returns a
-        :class:`casreg.compact.CompactResult`."""
-        from casreg.compact import compact
+        :func:`casreg.ledger.compact.compact`); safe while others push or compact. Returns a
+        :class:`casreg.ledger.compact.CompactResult`."""
+        from casreg.ledger.compact import compact
 
         return compact(self.store, **options)
 
@@ -374,7 +374,7 @@ class Registry:
              progress: Progress | None = None) -> PullResult:
         """Write a version to ``dest`` (default: ``./<file name>`` for a file version,
         ``./<model name>`` for a directory), verified before it appears there."""
-        from casreg.pull import materialize
+        from casreg.content.pull import materialize
 
         resolved = self.resolve(ref)
         manifest = self.manifest(resolved)
@@ -387,7 +387,7 @@ class Registry:
 
     def sql(self, query: str) -> list[dict[str, Any]]:
         """Run SQL over the ledger views ``versions``, ``files``, ``events``, ``aliases``."""
-        from casreg.sql import query as run
+        from casreg.ledger.sql import query as run
 
         return run(self.store, query)
 
@@ -411,7 +411,7 @@ class Registry:
         digest), by compare-and-swap; the move is recorded with its author and reason.
         The policy's permissions and the alias's gates apply (a stage moved this way
         keeps its previous version unarchived; :meth:`promote` archives it)."""
-        from casreg.lifecycle import promote
+        from casreg.governance.lifecycle import promote
 
         validate_alias(alias)
         if alias == "archived":
@@ -421,7 +421,7 @@ class Registry:
         return event
 
     def remove_alias(self, name: str, alias: str, *, reason: str | None = None) -> AliasEvent:
-        from casreg.lifecycle import _policy
+        from casreg.governance.lifecycle import _policy
 
         validate_name(name)
         validate_alias(alias)
@@ -437,7 +437,7 @@ class Registry:
             validate_name(name)
         return list_pointers(self.store, name)
 
-    # -- lifecycle: stages, approvals, history, policy (casreg/lifecycle.py) --------------
+    # -- lifecycle: stages, approvals, history, policy (casreg/governance/lifecycle.py) --------------
     def promote(self, name: str, ref: str | int, stage: str, *, reason: str | None = None,
                 keep_previous: bool = False, dry_run: bool = False,
                 annotations: Mapping[str, Any] | None = None, if_current: str | int | None = None) -> Any:
@@ -445,37 +445,37 @@ class Registry:
         production archives the version it replaces unless ``keep_previous``. ``dry_run``
         evaluates the gates and changes nothing; ``if_current`` makes the move conditional
         on the stage still pointing at that version. Returns a
-        :class:`casreg.lifecycle.Promotion`."""
-        from casreg.lifecycle import promote
+        :class:`casreg.governance.lifecycle.Promotion`."""
+        from casreg.governance.lifecycle import promote
 
         return promote(self, name, ref, stage, reason=reason, keep_previous=keep_previous, dry_run=dry_run,
                        annotations=annotations, if_current=if_current)
 
     def archive(self, name: str, ref: str | int, *, reason: str | None = None) -> AliasEvent:
-        from casreg.lifecycle import archive
+        from casreg.governance.lifecycle import archive
 
         return archive(self, name, ref, reason=reason)
 
     def rollback(self, name: str, alias: str, *, reason: str | None = None, keep_previous: bool = False) -> AliasEvent:
         """Move ``name@alias`` back to its previous target, as a new recorded event."""
-        from casreg.lifecycle import rollback
+        from casreg.governance.lifecycle import rollback
 
         return rollback(self, name, alias, reason=reason, keep_previous=keep_previous)
 
     def approve(self, name: str, ref: str | int, *, stage: str, comment: str | None = None) -> AliasEvent:
-        from casreg.lifecycle import decide
+        from casreg.governance.lifecycle import decide
 
         return decide(self, name, ref, stage, approve=True, comment=comment)
 
     def reject(self, name: str, ref: str | int, *, stage: str, comment: str | None = None) -> AliasEvent:
-        from casreg.lifecycle import decide
+        from casreg.governance.lifecycle import decide
 
         return decide(self, name, ref, stage, approve=False, comment=comment)
 
     def log(self, name: str, *, alias: str | None = None, kinds: Any = None, since: Any = None,
             until: Any = None) -> list[Any]:
-        """Every push and event of ``name``, oldest first (:class:`casreg.lifecycle.LogEntry`)."""
-        from casreg.lifecycle import history, parse_when
+        """Every push and event of ``name``, oldest first (:class:`casreg.governance.lifecycle.LogEntry`)."""
+        from casreg.governance.lifecycle import history, parse_when
 
         def when(t: Any) -> Any:
             return parse_when(t) if isinstance(t, str) else t
@@ -484,37 +484,37 @@ class Registry:
 
     def state(self, ref: str | Ref | Version) -> Any:
         """Lifecycle state of a version: archived or not, standing approvals and
-        rejections per stage (:class:`casreg.lifecycle.VersionState`). A :class:`Version`
+        rejections per stage (:class:`casreg.governance.lifecycle.VersionState`). A :class:`Version`
         already read (by :meth:`show`) is used as is, not read again."""
-        from casreg.lifecycle import version_state
+        from casreg.governance.lifecycle import version_state
 
         v = ref if isinstance(ref, Version) else self.show(ref)
         return version_state(self, v.name, v.version)
 
     def resolve_at(self, ref: str, at: Any) -> Resolved:
         """What ``ref`` pointed at at time ``at`` (a datetime or ISO 8601 text)."""
-        from casreg.lifecycle import parse_when, resolve_at
+        from casreg.governance.lifecycle import parse_when, resolve_at
 
         return resolve_at(self, ref, parse_when(at) if isinstance(at, str) else at)
 
     def set_policy(self, text: str, *, reason: str | None = None) -> int:
         """Store a new version of the registry's policy (TOML; docs/lifecycle.md) and
         return its number."""
-        from casreg.lifecycle import set_policy
+        from casreg.governance.lifecycle import set_policy
 
         return set_policy(self, text, reason=reason)[0]
 
     def policy(self, version: int | None = None) -> Any:
         """The policy in force (or version ``version``) as a
-        :class:`casreg.policy.PolicyFile`, or ``None``."""
-        from casreg.policy import read_policy
+        :class:`casreg.governance.policy.PolicyFile`, or ``None``."""
+        from casreg.governance.policy import read_policy
 
         return read_policy(self.store, version)
 
     def diff(self, a: str | Ref, b: str | Ref) -> Any:
         """Compare two versions: metrics, params, tags, files and shared bytes
-        (:class:`casreg.diff.VersionDiff`)."""
-        from casreg.diff import diff_versions
+        (:class:`casreg.governance.diff.VersionDiff`)."""
+        from casreg.governance.diff import diff_versions
 
         return diff_versions(self, a, b)
 
@@ -523,24 +523,24 @@ class Registry:
                limit: int | None = None) -> list[Version]:
         """Versions of ``name`` matching a filter (``metrics.auc > 0.9 AND tags.team =
         'fraud'``), a stage or an alias, optionally sorted by a field."""
-        from casreg.search import search
+        from casreg.governance.search import search
 
         return search(self, name, where=where, stage=stage, alias=alias, sort=sort, descending=descending,
                       limit=limit)
 
     def _notify(self, event: dict[str, Any]) -> None:
-        """Run the registry's hooks for an event; never fails the event (casreg/hooks.py)."""
+        """Run the registry's hooks for an event; never fails the event (casreg/governance/hooks.py)."""
         try:
-            from casreg.hooks import dispatch
+            from casreg.governance.hooks import dispatch
         except ImportError:  # hooks not part of this build
             return
         dispatch(self.store, event)
 
-    # -- maintenance: verify and gc (casreg/verify.py, casreg/gc.py, docs/gc.md) -----------
+    # -- maintenance: verify and gc (casreg/maintenance/verify.py, casreg/maintenance/gc.py, docs/gc.md) -----------
     def verify(self, ref: str | Ref | None = None, progress: Progress | None = None) -> Any:
         """Re-read and re-hash everything reachable from every version (or from ``ref``);
-        returns a :class:`casreg.verify.VerifyReport` naming every bad or missing object."""
-        from casreg.verify import verify_registry, verify_version
+        returns a :class:`casreg.maintenance.verify.VerifyReport` naming every bad or missing object."""
+        from casreg.maintenance.verify import verify_registry, verify_version
 
         if ref is None:
             return verify_registry(self.store, progress=progress, threads=self.threads)
@@ -550,19 +550,19 @@ class Registry:
 
     def gc(self, *, dry_run: bool = False, grace: Any = None, delay: Any = None) -> Any:
         """Reclaim objects no version references (two phases, safe against concurrent
-        pushes: docs/gc.md); returns a :class:`casreg.gc.GcReport`. ``grace`` (default
+        pushes: docs/gc.md); returns a :class:`casreg.maintenance.gc.GcReport`. ``grace`` (default
         24 h) and ``delay`` (default 1 h) take seconds, a ``timedelta`` or ``"24h"``."""
-        from casreg.gc import DEFAULT_DELAY, DEFAULT_GRACE, collect
+        from casreg.maintenance.gc import DEFAULT_DELAY, DEFAULT_GRACE, collect
 
         return collect(self.store, dry_run=dry_run, grace=DEFAULT_GRACE if grace is None else grace,
                        delay=DEFAULT_DELAY if delay is None else delay, threads=self.threads)
 
     def _check_before_commit(self, manifest: Manifest) -> None:
-        from casreg.gc import check_before_commit
+        from casreg.maintenance.gc import check_before_commit
 
         check_before_commit(self.store, manifest, threads=self.threads)
 
-    # -- reading in place: casreg:// and lazy tensors (casreg/fs.py, casreg/lazy.py) --------
+    # -- reading in place: casreg:// and lazy tensors (casreg/fs.py, casreg/content/lazy.py) --------
     def fs(self) -> Any:
         """A ``casreg://`` fsspec filesystem over this registry (:mod:`casreg.fs`)."""
         from casreg.fs import CasregFileSystem
@@ -571,8 +571,8 @@ class Registry:
 
     def open_safetensors(self, ref: str, path: str = "", *, bf16: Any = "auto") -> Any:
         """Open a safetensors file of ``ref`` for lazy tensor reads
-        (:func:`casreg.lazy.open_safetensors`): the header now, each tensor's bytes only
+        (:func:`casreg.content.lazy.open_safetensors`): the header now, each tensor's bytes only
         when asked for."""
-        from casreg.lazy import open_safetensors
+        from casreg.content.lazy import open_safetensors
 
         return open_safetensors(ref, path, registry=self, bf16=bf16)

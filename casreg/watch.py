@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from casreg.errors import CasregError, InvalidInputError
-from casreg.pointers import read_pointer
+from casreg.ledger.pointers import read_pointer
 from casreg.refs import validate_alias, validate_name
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Change", "Watcher", "served_digest", "switch_symlink"]
 
-log = logging.getLogger("casreg.watch")
+log = logging.getLogger(__name__)
 
 DIGEST_DIR_HEX = 16  # hex digits of the version digest naming its directory
 

@@ -20,7 +20,7 @@ DirOpt = Annotated[
 
 
 def _cache(directory: str | None, max_size: str | None = None):
-    from casreg.cache import ChunkCache
+    from casreg.content.cache import ChunkCache
 
     return ChunkCache(directory or None, max_size=max_size)
 

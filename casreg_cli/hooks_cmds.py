@@ -29,7 +29,7 @@ def set_(
     quiet: QuietOpt = False,
 ) -> None:
     """Validate FILE and make it the registry's hooks config (compare-and-swap)."""
-    from casreg.hooks import write_hooks
+    from casreg.governance.hooks import write_hooks
 
     out = Output(json_, quiet)
     if file == "-":
@@ -58,7 +58,7 @@ def set_(
 @hooks_app.command("show")
 def show(registry: RegistryOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False) -> None:
     """Print the registry's hooks config (its TOML text, or --json)."""
-    from casreg.hooks import read_hooks
+    from casreg.governance.hooks import read_hooks
 
     out = Output(json_, quiet)
     cfg = read_hooks(Registry(registry).store)
@@ -82,7 +82,7 @@ def test(
 ) -> None:
     """Send a 'test' event to the configured hooks (ignoring their filters) and report
     each delivery; nothing is recorded. Exits 1 if any delivery failed."""
-    from casreg.hooks import deliver, read_hooks, sample_event, select
+    from casreg.governance.hooks import deliver, read_hooks, sample_event, select
 
     out = Output(json_, quiet)
     reg = Registry(registry)

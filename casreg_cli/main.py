@@ -356,9 +356,9 @@ class _WithoutNumpy:
 
 
 def main() -> None:
-    from casreg.memory import reuse_large_buffers
+    from casreg_cli.malloc import reuse_large_buffers
 
-    reuse_large_buffers()  # chunk-sized buffers reused, not page-faulted in afresh (casreg/memory.py)
+    reuse_large_buffers()  # chunk-sized buffers reused, not page-faulted in afresh (casreg_cli/malloc.py)
     if not any(m in sys.modules for m in _WithoutNumpy.BLOCKED):
         sys.meta_path.insert(0, _WithoutNumpy())  # type: ignore[arg-type]
     sys.exit(run())

@@ -74,7 +74,7 @@ def gc(
     """Reclaim objects no version references: condemn unreachable objects older than
     --grace, and delete those condemned at least --delay ago that are still unreachable
     (safe while others push; see docs/gc.md)."""
-    from casreg.gc import parse_duration
+    from casreg.maintenance.gc import parse_duration
 
     out = Output(json_, quiet)
     durations = []

@@ -1,4 +1,4 @@
-"""The local chunk cache (casreg/cache.py, docs/cache.md): a second pull over S3 makes no
+"""The local chunk cache (casreg/content/cache.py, docs/cache.md): a second pull over S3 makes no
 data GETs, only missing chunks are fetched, damaged entries are dropped and refetched,
 LRU pruning, an unusable cache directory, which registries use it, and the CLI."""
 
@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from casreg import Registry
-from casreg.cache import ChunkCache, cache_for, default_cache_dir, parse_size
-from casreg.chunking import ChunkParams
+from casreg.content.cache import ChunkCache, cache_for, default_cache_dir, parse_size
+from casreg.content.chunking import ChunkParams
 from casreg.errors import InvalidInputError
-from casreg.manifest import ChunkRef
-from casreg.pull import read_chunk, read_span, read_span_stats, spans
+from casreg.content.manifest import ChunkRef
+from casreg.content.pull import read_chunk, read_span, read_span_stats, spans
 from casreg.storage import ByteRange
 from casreg.storage.local import LocalStore
 from casreg.storage.memory import MemoryStore
@@ -131,11 +131,11 @@ def test_push_over_s3_reads_only_the_pack_indexes_it_has_not_seen(s3_env, tmp_pa
     cache: a push GETs only the indexes this machine has neither read nor written before
     (with the cache off: every index in the registry, every time). Two "machines" are two
     cache directories."""
-    import casreg.push
+    import casreg.content.push
     from casreg.storage.s3 import S3Store
     from casreg.testing.counting import CountingStore
 
-    monkeypatch.setattr(casreg.push, "PACK_TARGET", 256 << 10)  # many packs from a few MiB
+    monkeypatch.setattr(casreg.content.push, "PACK_TARGET", 256 << 10)  # many packs from a few MiB
     store = CountingStore(S3Store(s3_env.url()))
     machine = lambda name: monkeypatch.setenv("CASREG_CACHE_DIR", str(tmp_path / f"cache-{name}"))  # noqa: E731
     machine("a")
@@ -171,10 +171,10 @@ def test_cached_indexes_of_removed_packs_are_not_used_and_damaged_ones_are_refet
     """Only indexes the listing shows count: once gc removed a pack (and its index), its
     chunks are not claimed from a cached copy (a push would otherwise point a new version
     at bytes that are gone). A damaged cached index is dropped and read again."""
-    import casreg.push
-    from casreg.packs import ChunkIndex, index_key, pack_key
+    import casreg.content.push
+    from casreg.content.packs import ChunkIndex, index_key, pack_key
 
-    monkeypatch.setattr(casreg.push, "PACK_TARGET", 256 << 10)
+    monkeypatch.setattr(casreg.content.push, "PACK_TARGET", 256 << 10)
     cache = ChunkCache(tmp_path / "cache")
     reg, va, _ = push_random(mem, tmp_path, 2 * MiB, seed=31)
     (tmp_path / "b.bin").write_bytes(random_bytes(2 * MiB, 32))
@@ -280,7 +280,7 @@ def test_damaged_entries_are_dropped_and_refetched(mem: CountingMemory, tmp_path
     truncated.write_bytes(truncated.read_bytes()[:-1])
     emptied.write_bytes(b"")  # what a crash can leave behind an unsynced rename
     mem.pack_reads.clear()
-    with caplog.at_level(logging.WARNING, logger="casreg.cache"):
+    with caplog.at_level(logging.WARNING, logger="casreg.content.cache"):
         reg_cached = [c for run in spans(refs) for c in read_span(mem, run, cache)]
     assert b"".join(reg_cached) == src.read_bytes()  # never the damaged bytes
     assert cache.dropped == 3
@@ -329,10 +329,10 @@ def test_cache_dir_under_a_file_warns_once_and_reads_from_the_registry(
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the cache's parent should be")
     cache = ChunkCache(blocker / "cache")
-    with caplog.at_level(logging.WARNING, logger="casreg.cache"):
+    with caplog.at_level(logging.WARNING, logger="casreg.content.cache"):
         assert _read_all_through(cache, mem, chunk_refs(reg, v.ref)) == src.read_bytes()
         assert _read_all_through(cache, mem, chunk_refs(reg, v.ref)) == src.read_bytes()
-    warnings = [r for r in caplog.records if r.name == "casreg.cache"]
+    warnings = [r for r in caplog.records if r.name == "casreg.content.cache"]
     assert len(warnings) == 1, caplog.text
     assert "cannot store chunks" in warnings[0].message and "a file is in the way" in warnings[0].message
 
@@ -354,7 +354,7 @@ def test_read_only_cache_dir_warns_and_reads_from_the_registry(
             pytest.skip("running as root: chmod 555 does not stop writes (the parent-is-a-file "
                         "and full-disk tests cover an unusable cache)")
         cache = ChunkCache(root)
-        with caplog.at_level(logging.WARNING, logger="casreg.cache"):
+        with caplog.at_level(logging.WARNING, logger="casreg.content.cache"):
             assert _read_all_through(cache, mem, chunk_refs(reg, v.ref)) == src.read_bytes()
         assert "is read-only" in caplog.text and caplog.text.count("cannot store chunks") == 1
     finally:
@@ -369,8 +369,8 @@ def test_full_cache_disk_warns_and_reads_from_the_registry(tmp_path: Path) -> No
         import logging, resource, signal, sys
         import numpy as np
         from casreg import Registry
-        from casreg.cache import ChunkCache
-        from casreg.pull import read_span, spans
+        from casreg.content.cache import ChunkCache
+        from casreg.content.pull import read_span, spans
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
         reg = Registry("memory://full")
         data = np.random.default_rng(3).bytes(3 << 20)
@@ -429,7 +429,7 @@ def test_a_cache_cleared_by_another_process_keeps_working(mem: CountingMemory, t
     cache = ChunkCache(tmp_path / "cache")
     assert _read_all_through(cache, mem, refs) == src.read_bytes()
     ChunkCache(tmp_path / "cache").clear()  # another instance (another process) clears it
-    with caplog.at_level(logging.WARNING, logger="casreg.cache"):
+    with caplog.at_level(logging.WARNING, logger="casreg.content.cache"):
         assert _read_all_through(cache, mem, refs) == src.read_bytes()
     assert caplog.text == "" and cache.info().entries == len(refs)
 

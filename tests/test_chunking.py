@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from casreg.chunking import ChunkParams, chunk_bytes, iter_chunk_views, iter_chunks
+from casreg.content.chunking import ChunkParams, chunk_bytes, iter_chunk_views, iter_chunks
 
 SMALL = ChunkParams(avg_size=1024, min_size=256, max_size=4096)
 

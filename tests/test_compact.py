@@ -1,4 +1,4 @@
-"""Ledger compaction (casreg/compact.py) and the compacted reading rule (casreg/ledger.py).
+"""Ledger compaction (casreg/ledger/compact.py) and the compacted reading rule (casreg/ledger/segments.py).
 
 The property every test comes back to: readers give exactly the same ``versions``,
 ``events`` and ``files`` views and the same ``ls`` before and after any compaction, never
@@ -28,10 +28,10 @@ from blake3 import blake3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import casreg.compact as compact_mod
+import casreg.ledger.compact as compact_mod
 from casreg import ConflictError, Registry, StorageError
-from casreg.compact import compact, maybe_compact
-from casreg.ledger import (
+from casreg.ledger.compact import compact, maybe_compact
+from casreg.ledger.segments import (
     HEAD_KEY,
     LedgerHead,
     append_event,
@@ -43,9 +43,9 @@ from casreg.ledger import (
     segment_key,
     versions_table,
 )
-from casreg.pointers import move_alias
+from casreg.ledger.pointers import move_alias
 from casreg.records import AliasEvent, Lineage, Version, utcnow
-from casreg.sql import connect, query, tables_for
+from casreg.ledger.sql import connect, query, tables_for
 from casreg.storage import ObjectStore
 from casreg.storage.local import LocalStore
 from casreg.storage.memory import MemoryStore
@@ -824,7 +824,7 @@ def test_cli_compact(tmp_path: Path) -> None:
 def test_both_sql_paths_and_both_record_paths_agree(store: ObjectStore) -> None:
     """``query`` lets DuckDB read the compacted Parquet itself; ``connect`` hands it Arrow;
     ``ls`` builds records from Arrow columns, ``read_version`` from JSON: all must agree."""
-    from casreg.sql import _plain
+    from casreg.ledger.sql import _plain
 
     model = Model()
     populate(store, model, n=4)

@@ -15,7 +15,7 @@ import pytest
 
 import casreg
 from casreg.errors import ConflictError
-from casreg.pointers import move_alias, read_pointer
+from casreg.ledger.pointers import move_alias, read_pointer
 
 N = 8
 ROUNDS = 3

@@ -29,11 +29,11 @@ from pathlib import Path
 import pytest
 
 import casreg.lineage
-import casreg.push
+import casreg.content.push
 from casreg import IntegrityError, Registry
-from casreg.manifest import Manifest
-from casreg.packs import index_key, pack_key
-from casreg.push import manifest_key
+from casreg.content.manifest import Manifest
+from casreg.content.packs import index_key, pack_key
+from casreg.content.push import manifest_key
 from casreg.storage import ObjectStore
 
 PACK = 1 << 20  # small packs: a long write sequence from a few MB
@@ -41,10 +41,10 @@ SCRIPT = Path(sys.executable).with_name("casreg")
 
 RUNNER = r"""
 import os, signal, sys, threading
-import casreg.push, casreg.registry
+import casreg.content.push, casreg.registry
 from casreg.storage import ObjectWriter
 
-casreg.push.PACK_TARGET = int(os.environ["FAULT_PACK_TARGET"])
+casreg.content.push.PACK_TARGET = int(os.environ["FAULT_PACK_TARGET"])
 KILL_AFTER = int(os.environ.get("FAULT_KILL_AFTER") or 0)  # 0: never
 LOG = os.environ.get("FAULT_LOG")
 lock = threading.Lock()
@@ -122,7 +122,7 @@ main()
 def _env(author: Callable[[str], None], monkeypatch: pytest.MonkeyPatch) -> None:
     author("faults@example.test")
     monkeypatch.setenv("CASREG_COMPACT_THRESHOLD", "0")
-    monkeypatch.setattr(casreg.push, "PACK_TARGET", PACK)  # in-process pushes pack like the runner
+    monkeypatch.setattr(casreg.content.push, "PACK_TARGET", PACK)  # in-process pushes pack like the runner
 
 
 # -- content and helpers -------------------------------------------------------------------------------
@@ -424,15 +424,15 @@ def test_flipped_pack_trailer_byte(registry: Registry, pushed: Manifest) -> None
 def test_flipped_byte_in_an_unreferenced_pack(registry: Registry, pushed: Manifest, sources: tuple[Path, Path]) -> None:
     """Leftovers are fine, damaged leftovers are not: pushes may dedup against any
     indexed chunk, so verify checks every chunk of every pack."""
-    from casreg.chunking import DEFAULT_CHUNK_PARAMS
-    from casreg.packs import ChunkIndex
-    from casreg.source import scan_source
+    from casreg.content.chunking import DEFAULT_CHUNK_PARAMS
+    from casreg.content.packs import ChunkIndex
+    from casreg.content.source import scan_source
 
     d = sources[1].parent / f"left-{os.getpid()}"
     if not d.exists():
         d.mkdir()
         (d / "x.bin").write_bytes(random.Random(3).randbytes(400_000))
-    left, _ = casreg.push.store_source(registry.store, scan_source(d), params=DEFAULT_CHUNK_PARAMS, level=3,
+    left, _ = casreg.content.push.store_source(registry.store, scan_source(d), params=DEFAULT_CHUNK_PARAMS, level=3,
                                        index=ChunkIndex.load(registry.store))
     report = registry.verify()
     assert report.ok and report.unreferenced_packs == 1 and report.unreferenced_manifests == 1

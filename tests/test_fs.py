@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from casreg import IntegrityError, Registry
-from casreg.chunking import ChunkParams
+from casreg.content.chunking import ChunkParams
 from casreg.fs import CasregFileSystem, ReadOnlyError
-from casreg.lazy import PinnedFile
-from casreg.manifest import Entry
-from casreg.packs import pack_key
+from casreg.content.lazy import PinnedFile
+from casreg.content.manifest import Entry
+from casreg.content.packs import pack_key
 from casreg.storage import ObjectStore
 from casreg.testing.counting import CountingStore
 

@@ -26,12 +26,12 @@ import pytest
 import casreg
 import casreg.lineage
 from casreg import IntegrityError, Registry
-from casreg.chunking import DEFAULT_CHUNK_PARAMS
-from casreg.gc import GcConflictError, parse_duration
-from casreg.manifest import Manifest
-from casreg.packs import ChunkIndex, index_key, pack_key
-from casreg.push import manifest_key, store_source
-from casreg.source import scan_source
+from casreg.content.chunking import DEFAULT_CHUNK_PARAMS
+from casreg.maintenance.gc import GcConflictError, parse_duration
+from casreg.content.manifest import Manifest
+from casreg.content.packs import ChunkIndex, index_key, pack_key
+from casreg.content.push import manifest_key, store_source
+from casreg.content.source import scan_source
 from casreg.storage import ObjectStore
 from casreg.storage.base import Payload
 from casreg.storage.local import LocalStore
@@ -428,11 +428,11 @@ def test_index_without_pack_is_removed_by_the_failing_push(registry: Registry, t
 PUSHER = r"""
 import json, os, sys, time
 import casreg
-from casreg.chunking import DEFAULT_CHUNK_PARAMS
-from casreg.gc import GcConflictError
-from casreg.packs import ChunkIndex
-from casreg.push import store_source
-from casreg.source import scan_source
+from casreg.content.chunking import DEFAULT_CHUNK_PARAMS
+from casreg.maintenance.gc import GcConflictError
+from casreg.content.packs import ChunkIndex
+from casreg.content.push import store_source
+from casreg.content.source import scan_source
 
 url, root, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 reg = casreg.Registry(url, threads=2)

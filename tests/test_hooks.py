@@ -1,4 +1,4 @@
-"""Hooks (casreg/hooks.py, docs/hooks.md), against a real HTTP receiver on 127.0.0.1 that
+"""Hooks (casreg/governance/hooks.py, docs/hooks.md), against a real HTTP receiver on 127.0.0.1 that
 checks the HMAC of every delivery, and real subprocesses for command hooks and the CLI."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from casreg import ConflictError, Registry
-from casreg.hooks import (
+from casreg.governance.hooks import (
     HOOKS_KEY,
     InvalidHooksError,
     dispatch,
@@ -169,7 +169,7 @@ def test_hook_url_that_does_not_answer(tmp_path: Path, caplog: pytest.LogCapture
     url = dead_url()
     write_hooks(reg.store, config(url, retries=2))
     t = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="casreg.hooks"):
+    with caplog.at_level(logging.WARNING, logger="casreg.governance.hooks"):
         v = reg.push("m", model(tmp_path))
         reg.set_alias("m", "production", v.version)
     assert time.monotonic() - t < 30
@@ -285,7 +285,7 @@ def test_set_is_compare_and_swap(tmp_path: Path) -> None:
         write_hooks(reg.store, '[[hooks]]\nname = "c"\ncommand = "true"\n', expected_digest=first.digest)
     current = read_hooks(reg.store)
     assert current is not None and current.digest == second.digest and [h.name for h in current.hooks] == ["b"]
-    from casreg.events import REGISTRY_EVENTS, read_events
+    from casreg.ledger.events import REGISTRY_EVENTS, read_events
 
     changes = [e for e in read_events(reg.store, REGISTRY_EVENTS, pointers=False) if e.kind == "hooks.set"]
     assert len(changes) == 2 and changes[-1].details["previous"] == first.digest

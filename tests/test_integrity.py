@@ -16,9 +16,9 @@ import pytest
 import zstandard
 
 from casreg import IntegrityError, Registry, UnsafePathError
-from casreg.manifest import Entry, Manifest, seal_manifest
-from casreg.packs import pack_key
-from casreg.push import manifest_key
+from casreg.content.manifest import Entry, Manifest, seal_manifest
+from casreg.content.packs import pack_key
+from casreg.content.push import manifest_key
 from casreg.storage.local import LocalStore
 from casreg.storage.memory import MemoryStore
 

@@ -13,9 +13,9 @@ import pytest
 
 import casreg
 from casreg import IntegrityError, Registry
-from casreg.chunking import ChunkParams
-from casreg.lazy import MAX_HEADER_BYTES
-from casreg.packs import pack_key
+from casreg.content.chunking import ChunkParams
+from casreg.content.lazy import MAX_HEADER_BYTES
+from casreg.content.packs import pack_key
 from casreg.testing.counting import CountingStore
 
 SMALL = ChunkParams(avg_size=64 << 10, min_size=16 << 10, max_size=256 << 10)
@@ -225,9 +225,9 @@ def test_hostile_headers_are_refused_with_one_clear_line(name: str, message: str
 def test_long_reads_go_in_windows_and_stay_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A read longer than WINDOW_BYTES is fetched a window at a time (bounded memory);
     the bytes must not change at window edges."""
-    import casreg.lazy
+    import casreg.content.lazy
 
-    monkeypatch.setattr(casreg.lazy, "WINDOW_BYTES", 200_000)
+    monkeypatch.setattr(casreg.content.lazy, "WINDOW_BYTES", 200_000)
     reg = memory_registry()
     reg._init(SMALL)
     big = np.random.default_rng(3).standard_normal(600_000).astype("<f4")  # 2.4 MB: a dozen windows

@@ -2,7 +2,7 @@
 boundaries and pack indexes.
 
 The tree digest is recomputed here from the spec (``spec_tree_digest``), independently of
-casreg/manifest.py; hostile manifests are hand-written JSON, independent of the writer.
+casreg/content/manifest.py; hostile manifests are hand-written JSON, independent of the writer.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import casreg
-from casreg.chunking import DEFAULT_CHUNK_PARAMS, ChunkParams, chunk_bytes, iter_chunks
+from casreg.content.chunking import DEFAULT_CHUNK_PARAMS, ChunkParams, chunk_bytes, iter_chunks
 from casreg.errors import IntegrityError, UnsafePathError
-from casreg.manifest import MANIFEST_FORMAT, ChunkRef, Entry, Manifest, seal_manifest, tree_digest, validate_relpath
-from casreg.packs import PACK_MAGIC, PackBuilder, _Slot, decode_index, encode_index, pack_key
+from casreg.content.manifest import MANIFEST_FORMAT, ChunkRef, Entry, Manifest, seal_manifest, tree_digest, validate_relpath
+from casreg.content.packs import PACK_MAGIC, PackBuilder, _Slot, decode_index, encode_index, pack_key
 from casreg.storage import open_store
 
 WHERE = "manifests/ab/abcdef.manifest"

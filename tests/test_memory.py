@@ -1,4 +1,4 @@
-"""casreg/memory.py: the malloc tuning the CLI applies at start."""
+"""casreg_cli/malloc.py: the malloc tuning the CLI applies at start."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from casreg.memory import reuse_large_buffers
+from casreg_cli.malloc import reuse_large_buffers
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
@@ -19,7 +19,7 @@ def test_tuning_applies_on_glibc() -> None:
 
 def test_large_buffers_are_reused_after_tuning(tune: bool = True) -> None:
     """After tuning, freeing and allocating chunk-sized buffers again does not fault in
-    fresh pages each time (the point of the tuning; docs in casreg/memory.py)."""
+    fresh pages each time (the point of the tuning; docs in casreg_cli/malloc.py)."""
     import resource
 
     def use() -> None:  # a push's worth of chunk buffers in flight at once, then freed

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 import casreg
 from casreg.errors import InvalidInputError, InvalidPolicyError
-from casreg.policy import Rule, parse_policy
+from casreg.governance.policy import Rule, parse_policy
 from casreg.records import Version
-from casreg.search import translate
+from casreg.governance.search import translate
 
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
 names = st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True)

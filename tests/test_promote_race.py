@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import casreg
-from casreg.pointers import read_pointer
+from casreg.ledger.pointers import read_pointer
 
 POLICY = """
 [gates.production]

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from casreg import IntegrityError, Registry, StorageError
-from casreg.chunking import ChunkParams
-from casreg.manifest import ChunkRef
-from casreg.pull import partial_path, spans
+from casreg.content.chunking import ChunkParams
+from casreg.content.manifest import ChunkRef
+from casreg.content.pull import partial_path, spans
 from casreg.storage import ByteRange, ObjectStore
 from casreg.testing.wrapper import StoreWrapper
 
@@ -40,7 +40,7 @@ class FailingStore(StoreWrapper):
 @pytest.fixture(autouse=True)
 def small_spans(monkeypatch: pytest.MonkeyPatch) -> None:
     """256 KiB runs per read, so a few MiB take many reads (production uses 4 MiB)."""
-    monkeypatch.setattr("casreg.pull.SPAN_BYTES", 256 << 10)
+    monkeypatch.setattr("casreg.content.pull.SPAN_BYTES", 256 << 10)
 
 
 @pytest.fixture

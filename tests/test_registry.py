@@ -26,7 +26,7 @@ from casreg import (
     Registry,
     UnknownReferenceError,
 )
-from casreg.ledger import commit_version
+from casreg.ledger.segments import commit_version
 from casreg.storage.memory import MemoryStore
 
 AUTHOR = "alice@example.test"

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from casreg import Registry
-from casreg.chunking import BLOCK_SIZE, DEFAULT_CHUNK_PARAMS, chunk_bytes
+from casreg.content.chunking import BLOCK_SIZE, DEFAULT_CHUNK_PARAMS, chunk_bytes
 from casreg.storage.memory import MemoryStore
 
 MIN = DEFAULT_CHUNK_PARAMS.min_size

@@ -1,6 +1,6 @@
 """A file that changes while it is being pushed is refused, never stored as a version.
 
-Push reads a file block by block (casreg/push.py) and compares what it read with the
+Push reads a file block by block (casreg/content/push.py) and compares what it read with the
 size and mtime it saw when it scanned the source; a training job rewriting a checkpoint
 in place, appending to it or truncating it (``torch.save`` opens with ``O_TRUNC``) must
 not produce a version whose bytes were never on disk together. The change is made by a
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import casreg.push
+import casreg.content.push
 from casreg import InvalidInputError, NotFoundError, Registry
 from casreg.storage.base import ObjectStore, Payload
 from casreg.testing.wrapper import StoreWrapper
@@ -65,7 +65,7 @@ def test_file_changed_mid_push_is_refused(backend: str, change: Callable[[Path],
     url = str(tmp_path / "reg") if backend == "local" else f"memory://changes-{tmp_path.name}"
     reg = Registry(url)
     reg.push("other", __file__)  # the registry exists; only the version under test is refused
-    monkeypatch.setattr(casreg.push, "PACK_TARGET", 1 << 20)
+    monkeypatch.setattr(casreg.content.push, "PACK_TARGET", 1 << 20)
     wrapped = Registry.from_store(ChangeOnFirstPack(reg.store, lambda: change(src)))
     with pytest.raises(InvalidInputError, match="changed while it was being pushed"):
         wrapped.push("m", src)

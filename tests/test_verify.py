@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from casreg import Registry, UnknownReferenceError
-from casreg.manifest import ChunkRef, Entry, Manifest
-from casreg.packs import decode_index, index_key, pack_key
-from casreg.pointers import move_alias, pointer_key
-from casreg.push import manifest_key
+from casreg.content.manifest import ChunkRef, Entry, Manifest
+from casreg.content.packs import decode_index, index_key, pack_key
+from casreg.ledger.pointers import move_alias, pointer_key
+from casreg.content.push import manifest_key
 from casreg.storage import ObjectStore
 from casreg.storage.base import ByteRange
 from casreg.testing.wrapper import StoreWrapper
@@ -69,10 +69,10 @@ def refs(m: Manifest) -> set[tuple[str, int]]:
 
 def leftover(reg: Registry, d: Path) -> Manifest:
     """What a push killed before its commit leaves (unreferenced pack, index, manifest)."""
-    from casreg.chunking import DEFAULT_CHUNK_PARAMS
-    from casreg.packs import ChunkIndex
-    from casreg.push import store_source
-    from casreg.source import scan_source
+    from casreg.content.chunking import DEFAULT_CHUNK_PARAMS
+    from casreg.content.packs import ChunkIndex
+    from casreg.content.push import store_source
+    from casreg.content.source import scan_source
 
     if not d.exists():
         d.mkdir()

@@ -3,7 +3,7 @@
 Why: a serving job that needs one tensor of a 20 GB checkpoint must not download 20 GB.
 A version's manifest already says where every chunk of a file lives (pack, offset,
 sizes), so a byte range ``[start, end)`` maps to the few chunks that cover it; those are
-fetched with :func:`casreg.pull.read_span` (through ``read_span_stats``; one ranged read per run of chunks lying back
+fetched with :func:`casreg.content.pull.read_span` (through ``read_span_stats``; one ranged read per run of chunks lying back
 to back in a pack), which decodes and checks every chunk's BLAKE3 before handing it
 over. A read therefore transfers at most one chunk beyond each end of the range, and a
 corrupt chunk raises :class:`~casreg.errors.IntegrityError`, never wrong bytes.
@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from blake3 import blake3
 
 from casreg.errors import IntegrityError, InvalidInputError, NotFoundError
-from casreg.manifest import ChunkRef, Entry, Manifest
-from casreg.pull import read_span_stats, spans
+from casreg.content.manifest import ChunkRef, Entry, Manifest
+from casreg.content.pull import read_span_stats, spans
 
 if TYPE_CHECKING:
     import numpy as np
@@ -86,7 +86,7 @@ class PinnedFile:
     checked against the entry's file digest when they reach the end: a whole-file read
     is verified exactly like a pull. ``fetched_bytes`` and ``requests`` count the stored
     bytes and ranged reads this object asked of the registry; ``cached_bytes`` the raw
-    bytes the local chunk cache (:mod:`casreg.cache`, consulted inside ``read_span``)
+    bytes the local chunk cache (:mod:`casreg.content.cache`, consulted inside ``read_span``)
     served instead. A chunk served from this object's own few recent chunks costs nothing.
     """
 

@@ -32,13 +32,13 @@ from typing import Any
 
 from blake3 import blake3
 
-from casreg.codec import decode
+from casreg.content.codec import decode
 from casreg.errors import CasregError, IntegrityError, NotFoundError
-from casreg.gc import VersionRef, bounded_map, ledger_versions, parse_object_key
-from casreg.manifest import ChunkRef, Manifest
-from casreg.packs import INDEX_MAGIC, PACK_MAGIC, _ENTRY, _TAIL, decode_index, index_key, pack_key
+from casreg.maintenance.gc import VersionRef, bounded_map, ledger_versions, parse_object_key
+from casreg.content.manifest import ChunkRef, Manifest
+from casreg.content.packs import INDEX_MAGIC, PACK_MAGIC, _ENTRY, _TAIL, decode_index, index_key, pack_key
 from casreg.progress import NullProgress, Progress
-from casreg.manifest import manifest_key
+from casreg.content.manifest import manifest_key
 from casreg.storage import ByteRange, ObjectStore
 
 __all__ = ["Problem", "VerifyReport", "verify_registry", "verify_version"]
@@ -106,7 +106,7 @@ class VerifyReport:
 # -- checking chunks -------------------------------------------------------------------------------
 def _check_chunk(payload: memoryview, codec: int, raw_size: int, digest: bytes) -> str | None:
     """``None`` if the stored payload decodes to ``raw_size`` bytes hashing to ``digest``,
-    else why not (as :func:`casreg.pull.read_chunk` would refuse it)."""
+    else why not (as :func:`casreg.content.pull.read_chunk` would refuse it)."""
     try:
         raw = decode(codec, payload if codec == 0 else bytes(payload), raw_size)
     except IntegrityError as err:
@@ -590,7 +590,7 @@ def verify_registry(store: ObjectStore, *, progress: Progress | None = None,
                         for r in refs:
                             pack_problem[c.pack].affect(r)
                 else:  # not one of the pack's chunks: check the bytes themselves, as a pull would
-                    from casreg.pull import read_chunk
+                    from casreg.content.pull import read_chunk
 
                     try:
                         read_chunk(store, c, cache=None)  # the registry's bytes, not a cached copy

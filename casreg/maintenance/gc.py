@@ -18,7 +18,7 @@ The push side is :func:`check_before_commit`, which :meth:`casreg.Registry.push`
 right before it commits: a version that relies on a condemned object rescues it, or fails
 with a retryable :class:`GcConflictError` when a sweep may already be deleting it.
 
-This module also holds what :mod:`casreg.verify` shares with gc: reading the ledger's
+This module also holds what :mod:`casreg.maintenance.verify` shares with gc: reading the ledger's
 versions and naming objects by key.
 """
 
@@ -40,8 +40,8 @@ from typing import Any, TypeVar
 from blake3 import blake3
 
 from casreg.errors import CasregError, ConflictError, IntegrityError, InvalidInputError, NotFoundError
-from casreg.manifest import HEX64, Manifest, manifest_key
-from casreg.packs import decode_index, index_key, pack_key
+from casreg.content.manifest import HEX64, Manifest, manifest_key
+from casreg.content.packs import decode_index, index_key, pack_key
 from casreg.records import utcnow
 from casreg.storage import ObjectStore
 
@@ -163,13 +163,13 @@ _SEGMENT = re.compile(r"ledger/versions/([^/]+)/(\d+)\.parquet")
 
 
 def ledger_versions(store: ObjectStore) -> list[VersionRef]:
-    """Every version the ledger records, read through :func:`casreg.ledger.versions_table`
+    """Every version the ledger records, read through :func:`casreg.ledger.segments.versions_table`
     (the same source as SQL, so it stays right when segments are compacted).
 
     As a guard against a ledger read that silently misses records, every per-version
     segment listed beforehand must be in the table; otherwise this raises, and gc, which
     would treat the missing versions' objects as garbage, does not run."""
-    from casreg.ledger import versions_table
+    from casreg.ledger.segments import versions_table
 
     listed: set[tuple[str, int]] = set()
     for key in store.list("ledger/versions"):

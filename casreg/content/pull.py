@@ -28,15 +28,15 @@ from typing import TYPE_CHECKING, Any, Union
 
 from blake3 import blake3
 
-from casreg.codec import decode
+from casreg.content.codec import decode
 from casreg.errors import AlreadyExistsError, IntegrityError, InvalidInputError, NotFoundError
-from casreg.manifest import ChunkRef, Entry, Manifest
-from casreg.packs import pack_key
+from casreg.content.manifest import ChunkRef, Entry, Manifest
+from casreg.content.packs import pack_key
 from casreg.progress import NullProgress, Progress
 from casreg.storage import ByteRange, ObjectStore
 
 if TYPE_CHECKING:
-    from casreg.cache import ChunkCache
+    from casreg.content.cache import ChunkCache
 
 __all__ = ["AUTO", "PullStats", "SpanRead", "materialize", "matches", "read_chunk", "read_span", "read_span_stats",
            "file_digest", "spans"]
@@ -70,7 +70,7 @@ def _check_chunk(ref: ChunkRef, stored: bytes | memoryview, key: str) -> bytes:
 
 
 class _Auto:
-    """Type of :data:`AUTO`: "the cache :func:`casreg.cache.cache_for` picks for the store"."""
+    """Type of :data:`AUTO`: "the cache :func:`casreg.content.cache.cache_for` picks for the store"."""
 
     def __repr__(self) -> str:
         return "AUTO"
@@ -84,7 +84,7 @@ CacheArg = Union["ChunkCache", None, _Auto]
 
 def resolve_cache(store: ObjectStore, cache: CacheArg = AUTO) -> ChunkCache | None:
     if isinstance(cache, _Auto):
-        from casreg.cache import cache_for
+        from casreg.content.cache import cache_for
 
         return cache_for(store)
     return cache

@@ -15,7 +15,7 @@ Delivery contract (:func:`dispatch`):
 - It runs *after* the event is committed and **never undoes or fails it**: it never
   raises. Each delivery is tried ``1 + retries`` times with exponential backoff; the
   outcome of each hook is returned as a :class:`DeliveryResult` and logged
-  (logger ``casreg.hooks``).
+  (logger ``casreg.governance.hooks``).
 - A delivery that still fails is recorded in the ledger as a ``hook.failed`` event of
   the model (``casreg log NAME`` shows it), so a missed notification is visible.
 - Secrets never enter the registry: the config names an environment variable
@@ -70,7 +70,7 @@ __all__ = [
     "record_failure",
 ]
 
-log = logging.getLogger("casreg.hooks")
+log = logging.getLogger(__name__)
 
 HOOKS_KEY = "config/hooks.toml"
 SIGNATURE_HEADER = "X-Casreg-Signature"
@@ -287,7 +287,7 @@ def write_hooks(store: ObjectStore, text: str, *, expected_digest: str | None | 
                             "(run casreg hooks show and try again)") from None
     digest = "blake3:" + blake3(data).hexdigest()
     try:
-        from casreg.events import REGISTRY_EVENTS, record_event
+        from casreg.ledger.events import REGISTRY_EVENTS, record_event
 
         record_event(store, name=REGISTRY_EVENTS, kind="hooks.set", reason=f"{len(hooks)} hook(s)",
                      details={"digest": digest, "previous": current_digest, "hooks": [h.name for h in hooks]})
@@ -463,7 +463,7 @@ def record_failure(store: ObjectStore, event: Mapping[str, Any], result: Deliver
     registry's own events for registry-wide ones), visible in ``casreg log``. One small
     function so the recording path is easy to change; returns whether it was written."""
     try:
-        from casreg.events import REGISTRY_EVENTS, record_event
+        from casreg.ledger.events import REGISTRY_EVENTS, record_event
 
         digest = event.get("to_digest") or event.get("digest")
         version = event.get("to_version") if event.get("to_version") is not None else event.get("version")

@@ -15,7 +15,7 @@ Views (documented in docs/FORMAT.md):
 - ``lineage``: parent → child, from each push's ``--parent``.
 
 Ledger files are read through the store (compacted files plus the segments they do not
-cover, see :mod:`casreg.ledger`), so the same views work on every backend, and registered
+cover, see :mod:`casreg.ledger.segments`), so the same views work on every backend, and registered
 in DuckDB as Arrow tables. :func:`query` reads only the tables its SQL names: a query on
 ``versions`` reads no events and no alias pointers.
 """
@@ -31,7 +31,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from casreg.errors import InvalidInputError, NotFoundError
-from casreg.ledger import event_schema, events_table, map_concurrently, version_schema, versions_parts, versions_table
+from casreg.ledger.segments import event_schema, events_table, map_concurrently, version_schema, versions_parts, versions_table
 from casreg.records import AliasEvent
 from casreg.storage import ObjectStore
 

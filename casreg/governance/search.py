@@ -86,7 +86,7 @@ def translate(where: str) -> str:
 def search(reg: Registry, name: str, *, where: str | None = None, stage: str | None = None,
            alias: str | None = None, sort: str | None = None, descending: bool = False,
            limit: int | None = None) -> list[Version]:
-    from casreg.lifecycle import stage_members
+    from casreg.governance.lifecycle import stage_members
 
     validate_name(name)
     clauses = [f"name = '{name}'"]

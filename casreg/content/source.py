@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from casreg.errors import InvalidInputError, NotFoundError
-from casreg.manifest import VersionKind, validate_relpath
+from casreg.content.manifest import VersionKind, validate_relpath
 from casreg.errors import UnsafePathError
 
 __all__ = ["SourceFile", "Source", "scan_source"]

@@ -64,7 +64,7 @@ __all__ = [
     "parse_size",
 ]
 
-log = logging.getLogger("casreg.cache")
+log = logging.getLogger(__name__)
 
 DIR_ENV = "CASREG_CACHE_DIR"
 MODE_ENV = "CASREG_CACHE"
@@ -195,7 +195,7 @@ class ChunkCache:
     def get(self, digest: bytes, size: int | None = None, *, index: bool = False) -> bytes | None:
         """The chunk's bytes if cached and intact, else ``None``. A damaged entry (wrong
         length or hash) is deleted, so the caller's refetch replaces it. ``index=True``:
-        the pack index named ``digest`` (casreg.packs.ChunkIndex.load) instead."""
+        the pack index named ``digest`` (casreg.content.packs.ChunkIndex.load) instead."""
         path = self.path(digest, index=index)
         try:
             with open(path, "rb") as f:

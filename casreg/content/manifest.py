@@ -19,7 +19,7 @@ from typing import Any, Literal
 import zstandard
 from blake3 import blake3
 
-from casreg.codec import zstd_decode
+from casreg.content.codec import zstd_decode
 from casreg.errors import IntegrityError, UnsafePathError
 
 __all__ = [
@@ -81,7 +81,7 @@ def validate_relpath(path: str) -> str:
 
 
 HEX64 = re.compile(r"[0-9a-f]{64}")  # a BLAKE3 digest as stored in names and records
-_KNOWN_CODECS = frozenset({0, 1})  # casreg.codec.Codec; kept here to avoid importing zstd twice
+_KNOWN_CODECS = frozenset({0, 1})  # casreg.content.codec.Codec; kept here to avoid importing zstd twice
 
 
 def _hex32(value: object, what: str) -> str:

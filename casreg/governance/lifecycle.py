@@ -20,11 +20,11 @@ from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from casreg.errors import ConflictError, InvalidInputError, PolicyError, UnknownReferenceError
-from casreg.events import POINTER_KINDS, REGISTRY_EVENTS, read_events, record_event
-from casreg.ledger import list_versions, read_version
+from casreg.ledger.events import POINTER_KINDS, REGISTRY_EVENTS, read_events, record_event
+from casreg.ledger.segments import list_versions, read_version
 from casreg.lineage import current_author
-from casreg.pointers import move_alias, read_pointer, read_pointer_event, read_pointer_events
-from casreg.policy import STAGES, GateResult, Policy, read_policy, write_policy
+from casreg.ledger.pointers import move_alias, read_pointer, read_pointer_event, read_pointer_events
+from casreg.governance.policy import STAGES, GateResult, Policy, read_policy, write_policy
 from casreg.records import AliasEvent, Version, _iso, utcnow
 from casreg.refs import validate_alias, validate_name
 
@@ -381,7 +381,7 @@ def history(reg: Registry, name: str, *, alias: str | None = None, kinds: Iterab
             since: datetime | None = None, until: datetime | None = None) -> list[LogEntry]:
     """Every push and event of ``name`` (and the registry's policy changes), oldest
     first; ``alias`` keeps only that alias's moves and approvals (and the archives its
-    moves caused). ``name`` may be :data:`~casreg.events.REGISTRY_EVENTS` (``_registry``)
+    moves caused). ``name`` may be :data:`~casreg.ledger.events.REGISTRY_EVENTS` (``_registry``)
     for the registry's own events: policy and hooks changes and their failed deliveries."""
     registry_only = name == REGISTRY_EVENTS
     if not registry_only:

@@ -29,17 +29,17 @@ from dataclasses import dataclass
 
 from blake3 import blake3
 
-from casreg.chunking import BLOCK_SIZE, ChunkParams, iter_chunk_views
-from casreg.codec import encode
+from casreg.content.chunking import BLOCK_SIZE, ChunkParams, iter_chunk_views
+from casreg.content.codec import encode
 from casreg.errors import IntegrityError, InvalidInputError, NotFoundError
-from casreg.manifest import ChunkRef, Entry, Manifest, manifest_key
-from casreg.packs import PACK_TARGET, ChunkIndex, PackBuilder, index_key, pack_key
+from casreg.content.manifest import ChunkRef, Entry, Manifest, manifest_key
+from casreg.content.packs import PACK_TARGET, ChunkIndex, PackBuilder, index_key, pack_key
 from casreg.progress import NullProgress, Progress
-from casreg.source import Source, SourceFile
+from casreg.content.source import Source, SourceFile
 from casreg.storage import ObjectStore, ObjectWriter
 from casreg.storage.base import Buffer
 
-log = logging.getLogger("casreg.push")
+log = logging.getLogger(__name__)
 
 __all__ = ["PushStats", "store_source", "manifest_key"]
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from blake3 import blake3
 
-from casreg.ledger import append_event, events_table
+from casreg.ledger.segments import append_event, events_table
 from casreg.lineage import current_author, hostname
 from casreg.records import AliasEvent, utcnow
 from casreg.storage import ObjectStore
@@ -115,13 +115,13 @@ def read_events(store: ObjectStore, name: str, *, pointers: bool | Sequence[Alia
     """Every event of model ``name``, oldest first (ties broken by id). ``pointers``: also
     the moves held by the model's pointers whose ledger append a crash may have cut off
     (each pointer holds its last move), so history never misses the current state; a
-    caller that has just read them (:func:`~casreg.pointers.read_pointer_events`) passes
+    caller that has just read them (:func:`~casreg.ledger.pointers.read_pointer_events`) passes
     them instead. ``registry_wide``: interleave the registry's own events (policy changes)."""
     events = _rows_to_events(events_table(store, name=name).to_pylist())
     if registry_wide:
         events += _rows_to_events(events_table(store, name=REGISTRY_EVENTS).to_pylist())
     if pointers is True:
-        from casreg.pointers import read_pointer_events
+        from casreg.ledger.pointers import read_pointer_events
 
         pointers = read_pointer_events(store, name)
     if pointers:

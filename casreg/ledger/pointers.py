@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from casreg.errors import ConflictError, NotFoundError
-from casreg.ledger import append_event, event_key
+from casreg.ledger.segments import append_event, event_key
 from casreg.records import AliasEvent, AliasPointer
 from casreg.storage import ObjectStore
 
@@ -85,7 +85,7 @@ def list_pointers(store: ObjectStore, name: str | None = None) -> list[AliasPoin
 
 def _log(store: ObjectStore, event: AliasEvent) -> None:
     """Append a move and the events it implies (idempotent: keys derive from the event)."""
-    from casreg.events import implied_events
+    from casreg.ledger.events import implied_events
 
     append_event(store, event)
     for implied in implied_events(event):
@@ -118,7 +118,7 @@ def move_alias(
     exactly that last move, removals included. ``kind`` defaults to ``alias.set`` /
     ``alias.remove``; ``details`` go into the event (annotations, the archived version).
     """
-    from casreg.events import new_event
+    from casreg.ledger.events import new_event
 
     key = pointer_key(name, alias)
     current = store.read_versioned(key)

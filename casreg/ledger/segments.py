@@ -1,5 +1,5 @@
 """The append-only ledger: one immutable Parquet segment per version and per event, plus
-compacted copies of many segments (see :mod:`casreg.compact`).
+compacted copies of many segments (see :mod:`casreg.ledger.compact`).
 
 Version numbers are allocated by the commit itself: the segment for version N of a model
 lives at ``ledger/versions/<name>/<N:010d>.parquet`` and is written with
@@ -61,7 +61,7 @@ __all__ = [
     "read_head",
 ]
 
-log = logging.getLogger("casreg.ledger")
+log = logging.getLogger(__name__)
 
 _WIDTH = 10
 MAX_NUMBER_ATTEMPTS = 10_000

@@ -6,7 +6,7 @@ and moves one pointer, ``ledger/compacted/HEAD.json``, by compare-and-swap. HEAD
 the compacted files (with size and BLAKE3) and what they cover: per model the highest
 version number N with 1..N all compacted, and, through the ``segment`` column of the
 compacted events files, the exact set of event segment keys (events can arrive late, so
-no time watermark would do). The reading rule is in :mod:`casreg.ledger` and
+no time watermark would do). The reading rule is in :mod:`casreg.ledger.segments` and
 docs/FORMAT.md §6.1.
 
 One compaction:
@@ -51,7 +51,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from casreg.errors import ConflictError, InvalidInputError, NotFoundError
-from casreg.ledger import (
+from casreg.ledger.segments import (
     COMPACTED_PREFIX,
     EVENTS_PREFIX,
     HEAD_KEY,
@@ -83,7 +83,7 @@ if TYPE_CHECKING:
 __all__ = ["compact", "maybe_compact", "CompactResult", "DEFAULT_THRESHOLD", "DEFAULT_MAX_AGE", "DEFAULT_GRACE",
            "threshold_from_env"]
 
-log = logging.getLogger("casreg.compact")
+log = logging.getLogger(__name__)
 
 #: Compact after a push once the pushed model has more uncompacted versions than this
 #: (reading one uncompacted segment costs ~2 ms with pyarrow: 64 of them stay well inside

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING
 from blake3 import blake3
 
 from casreg.errors import IntegrityError, NotFoundError
-from casreg.manifest import HEX64, ChunkRef
+from casreg.content.manifest import HEX64, ChunkRef
 from casreg.storage import ObjectStore, ObjectWriter
 
 if TYPE_CHECKING:
-    from casreg.cache import ChunkCache
+    from casreg.content.cache import ChunkCache
 
-_PICK: object = object()  # ChunkIndex.load's default: casreg.pull.AUTO (pull imports this module)
+_PICK: object = object()  # ChunkIndex.load's default: casreg.content.pull.AUTO (pull imports this module)
 
 __all__ = [
     "PACK_TARGET",
@@ -162,7 +162,7 @@ class ChunkIndex:
         one per pack in the registry. Only indexes the listing shows are used, so a pack
         gc removed is forgotten even while its index is still cached. Reads that do go to
         the store run ``io_concurrency`` at a time."""
-        from casreg.pull import AUTO, resolve_cache  # pull imports this module
+        from casreg.content.pull import AUTO, resolve_cache  # pull imports this module
 
         cache = resolve_cache(store, AUTO if cache is _PICK else cache)  # type: ignore[arg-type]
         wanted: list[tuple[str, str]] = []
