@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         f"A full pull of the same version transfers the whole {size / MB:,.0f} MB.",
         "",
         "Reads are pinned: the alias is resolved once when the file is opened, and every range is fetched "
-        "by digest with `casreg.content.pull.read_span`, which checks each chunk's BLAKE3 before returning it.",
+        "by digest with `casreg.content.fetch.read_span`, which checks each chunk's BLAKE3 before returning it.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

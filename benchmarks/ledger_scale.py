@@ -60,7 +60,9 @@ def _write_range(args: tuple[str, int, int, list[dict[str, Any]], float]) -> int
     """Worker: write segments and sidecars for versions lo..hi-1 (seed records cycled)."""
     import pyarrow as pa
 
-    from casreg.ledger.segments import _parquet_bytes, _version_row, segment_key, sidecar_key, version_schema
+    from casreg.keys import version_copy_key as sidecar_key
+    from casreg.keys import version_segment_key as segment_key
+    from casreg.ledger.segments import _parquet_bytes, _version_row, version_schema
     from casreg.records import Lineage, Version
 
     root, lo, hi, seeds, t0 = args

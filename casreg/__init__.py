@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from casreg.errors import (  # noqa: E402
+from casreg._version import __version__
+from casreg.digest import Digest
+from casreg.errors import (
     AlreadyExistsError,
     AmbiguousReferenceError,
     CasregError,
@@ -21,13 +21,14 @@ from casreg.errors import (  # noqa: E402
     UnknownReferenceError,
     UnsafePathError,
 )
-from casreg.records import AliasEvent, AliasPointer, FileInfo, Lineage, PullResult, Version  # noqa: E402
-from casreg.refs import Ref, parse_ref  # noqa: E402
-from casreg.registry import Registry, Resolved  # noqa: E402
+from casreg.records import AliasEvent, AliasPointer, FileInfo, Lineage, PullResult, Version
+from casreg.refs import Ref, parse_ref
+from casreg.registry import Registry, Resolved, open_safetensors
 
 __all__ = [
     "Registry",
     "Resolved",
+    "Digest",
     "Ref",
     "parse_ref",
     "Version",
@@ -55,12 +56,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    """``open_safetensors`` and ``CasregFileSystem`` load on first use: ``import casreg``
-    (and so ``casreg resolve``) must not pay for fsspec or numpy."""
-    if name == "open_safetensors":
-        from casreg.content.lazy import open_safetensors
-
-        return open_safetensors
+    """``CasregFileSystem`` loads on first use: ``import casreg`` (and so ``casreg
+    resolve``) must not pay for fsspec."""
     if name == "CasregFileSystem":
         from casreg.fs import CasregFileSystem
 

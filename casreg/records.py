@@ -1,13 +1,54 @@
-"""The typed records the public API returns."""
+"""The typed records the public API returns, and the rules for the metadata a version
+carries (metric, param and tag names and values)."""
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeAlias
 
-__all__ = ["Lineage", "Version", "AliasPointer", "AliasEvent", "Event", "PullResult", "FileInfo", "utcnow"]
+from casreg.digest import Digest
+from casreg.errors import InvalidInputError
+
+__all__ = ["Lineage", "Version", "AliasPointer", "AliasEvent", "Event", "PullResult", "FileInfo", "JsonValue",
+           "clean_labels", "clean_metrics", "utcnow"]
+
+#: A value as JSON (and ``--json`` output) holds it: what SQL rows and ``to_dict`` give.
+JsonValue: TypeAlias = "None | bool | int | float | str | list[JsonValue] | dict[str, JsonValue]"
+MAX_KEY = 128
+
+
+def _check_keys(kind: str, mapping: Mapping[str, object] | None) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in (mapping or {}).items():
+        if not isinstance(k, str) or not k or any(c.isspace() for c in k) or len(k) > MAX_KEY:
+            raise InvalidInputError(f"invalid {kind} name {k!r}: non-empty, no spaces, at most {MAX_KEY} characters")
+        out[k] = v
+    return out
+
+
+def clean_metrics(mapping: Mapping[str, float | int | str] | None) -> dict[str, float]:
+    """Metric names checked and values made finite floats (``"0.98"`` is read as a number);
+    anything else is an :class:`InvalidInputError` naming the metric."""
+    out = {}
+    for k, v in _check_keys("metric", mapping).items():
+        try:
+            f = float(v)  # type: ignore[arg-type]  # anything float() refuses is reported below
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"metric {k}={v!r} is not a number") from None
+        if not math.isfinite(f):
+            what = "NaN" if math.isnan(f) else "infinite"
+            raise InvalidInputError(f"metric {k}={v!r} is {what}; metrics must be finite numbers")
+        out[k] = f
+    return out
+
+
+def clean_labels(kind: str, mapping: Mapping[str, object] | None) -> dict[str, str]:
+    """Param or tag (``kind``) names checked, values as text."""
+    return {k: str(v) for k, v in _check_keys(kind, mapping).items()}
 
 
 def utcnow() -> datetime:
@@ -30,7 +71,7 @@ class Lineage:
     hostname: str | None = None
     python_version: str | None = None
     casreg_version: str | None = None
-    parent: str | None = None  # digest of the parent version
+    parent: Digest | None = None  # digest of the parent version
     run_id: str | None = None
     dataset: str | None = None  # digest or URI of the training data
 
@@ -41,7 +82,7 @@ class Version:
 
     name: str
     version: int
-    digest: str  # "blake3:<64 hex>"
+    digest: Digest
     kind: str  # "file" or "dir"
     size: int  # logical bytes
     stored_bytes: int  # bytes this push added to the store
@@ -74,7 +115,11 @@ class Version:
     def from_dict(cls, d: dict[str, Any]) -> Version:
         d = dict(d)
         d["created_at"] = parse_time(d["created_at"]) if isinstance(d["created_at"], str) else d["created_at"]
-        d["lineage"] = Lineage(**(d.get("lineage") or {}))
+        d["digest"] = Digest(d["digest"])
+        lineage = dict(d.get("lineage") or {})
+        if lineage.get("parent") is not None:
+            lineage["parent"] = Digest(lineage["parent"])
+        d["lineage"] = Lineage(**lineage)
         for k in ("metrics", "params", "tags"):
             d[k] = dict(d.get(k) or {})
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
@@ -89,8 +134,8 @@ class AliasEvent:
     kind: str  # "alias.set", "alias.remove", "promote", ... (casreg/ledger/events.py)
     name: str
     alias: str | None  # None for events about a version, not an alias (archive, policy.set)
-    from_digest: str | None
-    to_digest: str | None
+    from_digest: Digest | None
+    to_digest: Digest | None
     from_version: int | None
     to_version: int | None
     author: str
@@ -116,6 +161,9 @@ class AliasEvent:
         d["time"] = parse_time(d["time"]) if isinstance(d["time"], str) else d["time"]
         if isinstance(d.get("details"), str):
             d["details"] = json.loads(d["details"]) if d["details"] else None
+        for k in ("from_digest", "to_digest"):
+            if d.get(k) is not None:
+                d[k] = Digest(d[k])
         return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
 
 
@@ -130,7 +178,7 @@ class AliasPointer:
 
     name: str
     alias: str
-    digest: str
+    digest: Digest
     version: int
     event: AliasEvent
 
@@ -149,14 +197,14 @@ class FileInfo:
     path: str
     type: str  # "f", "x" or "d"
     size: int
-    digest: str | None
+    digest: Digest | None  # of the file's bytes; None for a directory
 
 
 @dataclass(frozen=True, slots=True)
 class PullResult:
     name: str | None
     version: int | None
-    digest: str
+    digest: Digest
     dest: str
     size: int
     files: int

@@ -32,6 +32,8 @@ from enum import Enum
 from casreg.errors import InvalidNameError, InvalidReferenceError
 
 __all__ = [
+    "ALIAS_PATTERN",
+    "NAME_PATTERN",
     "DIGEST_PREFIX",
     "MIN_PREFIX_HEX",
     "Ref",
@@ -51,8 +53,12 @@ MAX_NAME = 128
 MAX_ALIAS = 64
 RESERVED_ALIASES = frozenset({"latest", "blake3"})
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_ALIAS_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+#: The shape of a model name and of an alias (the other rules are in the validators);
+#: :mod:`casreg.keys` uses the same patterns to parse keys.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+ALIAS_PATTERN = r"[a-z][a-z0-9_-]{0,63}"
+_NAME_RE = re.compile(NAME_PATTERN)
+_ALIAS_RE = re.compile(ALIAS_PATTERN)
 _HEX_RE = re.compile(r"[0-9a-fA-F]{12,64}")
 _ALL_HEX_RE = re.compile(r"[0-9a-fA-F]{12,}")
 _NUMBER_RE = re.compile(r"[1-9][0-9]{0,17}")

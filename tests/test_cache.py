@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from casreg.content.config import init_config
 from casreg import Registry
 from casreg.content.cache import ChunkCache, cache_for, default_cache_dir, parse_size
 from casreg.content.chunking import ChunkParams
 from casreg.errors import InvalidInputError
 from casreg.content.manifest import ChunkRef
-from casreg.content.pull import read_chunk, read_span, read_span_stats, spans
+from casreg.content.fetch import read_chunk, read_span, read_span_stats, spans
 from casreg.storage import ByteRange
 from casreg.storage.local import LocalStore
 from casreg.storage.memory import MemoryStore
@@ -63,7 +64,7 @@ def mem() -> CountingMemory:
 
 def push_random(store, tmp_path: Path, size: int = 3 * MiB, seed: int = 1):
     reg = Registry.from_store(store)
-    reg._init(SMALL)  # small chunks (a new registry only): many chunks per pack
+    init_config(reg.store, SMALL)  # small chunks (a new registry only): many chunks per pack
     src = tmp_path / f"m{seed}.bin"
     src.write_bytes(random_bytes(size, seed))
     v = reg.push("m", src)
@@ -172,7 +173,8 @@ def test_cached_indexes_of_removed_packs_are_not_used_and_damaged_ones_are_refet
     chunks are not claimed from a cached copy (a push would otherwise point a new version
     at bytes that are gone). A damaged cached index is dropped and read again."""
     import casreg.content.push
-    from casreg.content.packs import ChunkIndex, index_key, pack_key
+    from casreg.content.packs import ChunkIndex
+    from casreg.keys import index_key, pack_key
 
     monkeypatch.setattr(casreg.content.push, "PACK_TARGET", 256 << 10)
     cache = ChunkCache(tmp_path / "cache")
@@ -370,7 +372,7 @@ def test_full_cache_disk_warns_and_reads_from_the_registry(tmp_path: Path) -> No
         import numpy as np
         from casreg import Registry
         from casreg.content.cache import ChunkCache
-        from casreg.content.pull import read_span, spans
+        from casreg.content.fetch import read_span, spans
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
         reg = Registry("memory://full")
         data = np.random.default_rng(3).bytes(3 << 20)

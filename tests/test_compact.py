@@ -31,16 +31,15 @@ from hypothesis import strategies as st
 import casreg.ledger.compact as compact_mod
 from casreg import ConflictError, Registry, StorageError
 from casreg.ledger.compact import compact, maybe_compact
+from casreg.keys import HEAD_KEY, event_key
+from casreg.keys import version_segment_key as segment_key
 from casreg.ledger.segments import (
-    HEAD_KEY,
     LedgerHead,
     append_event,
     commit_version,
-    event_key,
     list_versions,
     read_head,
     read_version,
-    segment_key,
     versions_table,
 )
 from casreg.ledger.pointers import move_alias
@@ -856,6 +855,7 @@ class ListsAfter(Hooked):
     def __init__(self, inner: ObjectStore) -> None:
         super().__init__(inner)
         self.listed: list[str] = []
+        self.capabilities = dataclasses.replace(inner.capabilities, list_after=True)  # declared, as backends do
 
     def list(self, prefix):  # type: ignore[no-untyped-def]
         keys = list(super().list(prefix))

@@ -32,8 +32,7 @@ import casreg.lineage
 import casreg.content.push
 from casreg import IntegrityError, Registry
 from casreg.content.manifest import Manifest
-from casreg.content.packs import index_key, pack_key
-from casreg.content.push import manifest_key
+from casreg.keys import index_key, manifest_key, pack_key
 from casreg.storage import ObjectStore
 
 PACK = 1 << 20  # small packs: a long write sequence from a few MB
@@ -89,8 +88,8 @@ def patch(cls):
         if type(writer).publish is not ObjectWriter.publish:  # the default publishes with create (counted)
             publish = writer.publish
 
-            def counted_publish(key):
-                made = publish(key)
+            def counted_publish(key, **kw):
+                made = publish(key, **kw)
                 if made:
                     wrote(key)
                 return made

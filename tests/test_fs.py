@@ -15,12 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from casreg.content.config import init_config
 from casreg import IntegrityError, Registry
 from casreg.content.chunking import ChunkParams
 from casreg.fs import CasregFileSystem, ReadOnlyError
 from casreg.content.lazy import PinnedFile
 from casreg.content.manifest import Entry
-from casreg.content.packs import pack_key
+from casreg.keys import pack_key
 from casreg.storage import ObjectStore
 from casreg.testing.counting import CountingStore
 
@@ -45,7 +46,7 @@ def _tree(root: Path, seed: int) -> dict[str, bytes]:
 @pytest.fixture
 def pushed(registry: Registry, tmp_path: Path) -> tuple[Registry, dict[str, bytes], dict[str, bytes], bytes]:
     """m:1 and m:2 (directories, @production -> 1), and f:1 (a file version)."""
-    registry._init(SMALL)  # small chunks: a 3 MiB file has dozens, so ranges are meaningful
+    init_config(registry.store, SMALL)  # small chunks: a 3 MiB file has dozens, so ranges are meaningful
     v1 = _tree(tmp_path / "v1", 1)
     v2 = _tree(tmp_path / "v2", 2)
     registry.push("m", tmp_path / "v1")
@@ -147,7 +148,7 @@ def _memory_registry(tmp: Path) -> Registry:
     """One memory registry shared by the hypothesis examples, pushed once."""
     if not _MEMORY:
         reg = Registry(f"memory://casreg-test-fs-hypothesis-{os.getpid()}")
-        reg._init(SMALL)
+        init_config(reg.store, SMALL)
         (tmp / "w.bin").write_bytes(_DATA)
         reg.push("w", tmp / "w.bin")
         _MEMORY.append(reg)
@@ -291,7 +292,7 @@ def test_instances_follow_the_registry_url(tmp_path: Path, monkeypatch: pytest.M
     assert fsspec.filesystem("casreg", registry=regs[0].url).cat_file("m") == b"registry 1"
     assert CasregFileSystem(registry=regs[0].url) is CasregFileSystem(registry=regs[0].url)
     assert CasregFileSystem(registry=regs[0]) is not CasregFileSystem(registry=regs[0])  # objects are never shared
-    assert regs[1].fs().cat_file("m") == b"registry 2"
+    assert CasregFileSystem(registry=regs[1]).cat_file("m") == b"registry 2"
 
 
 def test_the_entry_point_works_without_importing_casreg(pushed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

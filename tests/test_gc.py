@@ -29,8 +29,9 @@ from casreg import IntegrityError, Registry
 from casreg.content.chunking import DEFAULT_CHUNK_PARAMS
 from casreg.maintenance.gc import GcConflictError, parse_duration
 from casreg.content.manifest import Manifest
-from casreg.content.packs import ChunkIndex, index_key, pack_key
-from casreg.content.push import manifest_key, store_source
+from casreg.content.packs import ChunkIndex
+from casreg.content.push import store_source
+from casreg.keys import index_key, manifest_key, pack_key
 from casreg.content.source import scan_source
 from casreg.storage import ObjectStore
 from casreg.storage.base import Payload

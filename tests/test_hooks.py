@@ -285,7 +285,8 @@ def test_set_is_compare_and_swap(tmp_path: Path) -> None:
         write_hooks(reg.store, '[[hooks]]\nname = "c"\ncommand = "true"\n', expected_digest=first.digest)
     current = read_hooks(reg.store)
     assert current is not None and current.digest == second.digest and [h.name for h in current.hooks] == ["b"]
-    from casreg.ledger.events import REGISTRY_EVENTS, read_events
+    from casreg.keys import REGISTRY_EVENTS
+    from casreg.ledger.history import read_events
 
     changes = [e for e in read_events(reg.store, REGISTRY_EVENTS, pointers=False) if e.kind == "hooks.set"]
     assert len(changes) == 2 and changes[-1].details["previous"] == first.digest

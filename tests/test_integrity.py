@@ -17,8 +17,7 @@ import zstandard
 
 from casreg import IntegrityError, Registry, UnsafePathError
 from casreg.content.manifest import Entry, Manifest, seal_manifest
-from casreg.content.packs import pack_key
-from casreg.content.push import manifest_key
+from casreg.keys import manifest_key, pack_key
 from casreg.storage.local import LocalStore
 from casreg.storage.memory import MemoryStore
 

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 
 import casreg
+from casreg.content.config import init_config
 from casreg import IntegrityError, Registry
 from casreg.content.chunking import ChunkParams
 from casreg.content.lazy import MAX_HEADER_BYTES
-from casreg.content.packs import pack_key
+from casreg.fs import CasregFileSystem
+from casreg.keys import pack_key
 from casreg.testing.counting import CountingStore
 
 SMALL = ChunkParams(avg_size=64 << 10, min_size=16 << 10, max_size=256 << 10)
@@ -100,7 +102,7 @@ def test_bf16_comes_back_as_bits_or_widened_exactly(tmp_path: Path) -> None:
 def test_reading_one_tensor_fetches_about_its_bytes(registry: Registry, tmp_path: Path) -> None:
     """The issue's bound, on every backend: a tensor costs its bytes plus at most the
     rest of one chunk at each end (stored bytes, counted at the store)."""
-    registry._init(SMALL)
+    init_config(registry.store, SMALL)
     rng = np.random.default_rng(1)
     tensors = {f"layer.{i}": ("F32", rng.standard_normal((256, 1024)).astype("<f4")) for i in range(8)}  # 8 MiB
     path = write_safetensors(tmp_path / "m.safetensors", tensors, {"format": "pt"})
@@ -154,7 +156,7 @@ def test_a_file_inside_a_directory_version(tmp_path: Path) -> None:
 
 def test_a_corrupted_chunk_under_a_lazy_read_is_an_integrity_error(tmp_path: Path) -> None:
     reg = memory_registry()
-    reg._init(SMALL)
+    init_config(reg.store, SMALL)
     rng = np.random.default_rng(2)
     tensors = {f"t{i}": ("F32", rng.standard_normal(200_000).astype("<f4")) for i in range(3)}
     reg.push("m", write_safetensors(tmp_path / "m.safetensors", tensors))
@@ -229,10 +231,10 @@ def test_long_reads_go_in_windows_and_stay_exact(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(casreg.content.lazy, "WINDOW_BYTES", 200_000)
     reg = memory_registry()
-    reg._init(SMALL)
+    init_config(reg.store, SMALL)
     big = np.random.default_rng(3).standard_normal(600_000).astype("<f4")  # 2.4 MB: a dozen windows
     path = write_safetensors(tmp_path / "w.safetensors", {"small": ("I8", np.arange(3, dtype="i1")), "big": ("F32", big)})
     reg.push("w", path)
     st = reg.open_safetensors("w")
     assert np.array_equal(st.get_tensor("big"), big)
-    assert reg.fs().cat_file("w") == path.read_bytes()  # whole file, digest checked at the end
+    assert CasregFileSystem(registry=reg).cat_file("w") == path.read_bytes()  # whole file, digest checked at the end

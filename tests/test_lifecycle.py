@@ -426,7 +426,7 @@ def test_stale_promotion_loses_with_the_winner_named(registry: casreg.Registry, 
 def test_history_survives_a_crash_between_pointer_and_ledger(registry: casreg.Registry, tmp_path: Path, as_user) -> None:  # type: ignore[no-untyped-def]
     """The pointer holds its last move (and the archive it implies): if the ledger append
     is lost, history and resolve --at still see it, and the next move writes it."""
-    from casreg.ledger.segments import event_key
+    from casreg.keys import event_key
 
     reg = registry
     for i in (1, 2):

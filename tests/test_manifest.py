@@ -25,7 +25,8 @@ import casreg
 from casreg.content.chunking import DEFAULT_CHUNK_PARAMS, ChunkParams, chunk_bytes, iter_chunks
 from casreg.errors import IntegrityError, UnsafePathError
 from casreg.content.manifest import MANIFEST_FORMAT, ChunkRef, Entry, Manifest, seal_manifest, tree_digest, validate_relpath
-from casreg.content.packs import PACK_MAGIC, PackBuilder, _Slot, decode_index, encode_index, pack_key
+from casreg.content.packs import PACK_MAGIC, PackBuilder, _Slot, decode_index, encode_index
+from casreg.keys import pack_key
 from casreg.storage import open_store
 
 WHERE = "manifests/ab/abcdef.manifest"
@@ -554,7 +555,7 @@ def test_pack_builder_layout(backend: str, tmp_path: Path) -> None:
     pack_id, index = pb.seal()
     with pb.writer:
         assert list(store.list("packs")) == []  # staged, not visible before it is published
-        assert pb.writer.publish(pack_key(pack_id)) and not pb.writer.publish(pack_key(pack_id))
+        assert pb.writer.publish(pack_key(pack_id), size=pb.size) and not pb.writer.publish(pack_key(pack_id), size=pb.size)
     assert list(store.list("packs")) == [pack_key(pack_id)]  # and the staging is gone
     data = store.read(pack_key(pack_id))
     assert pack_id == b3(index) and pb.pack_id == pack_id  # a pack is named by its index

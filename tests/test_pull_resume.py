@@ -10,10 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from casreg.content.config import init_config
 from casreg import IntegrityError, Registry, StorageError
 from casreg.content.chunking import ChunkParams
 from casreg.content.manifest import ChunkRef
-from casreg.content.pull import partial_path, spans
+from casreg.content.fetch import spans
+from casreg.content.pull import partial_path
 from casreg.storage import ByteRange, ObjectStore
 from casreg.testing.wrapper import StoreWrapper
 
@@ -40,13 +42,13 @@ class FailingStore(StoreWrapper):
 @pytest.fixture(autouse=True)
 def small_spans(monkeypatch: pytest.MonkeyPatch) -> None:
     """256 KiB runs per read, so a few MiB take many reads (production uses 4 MiB)."""
-    monkeypatch.setattr("casreg.content.pull.SPAN_BYTES", 256 << 10)
+    monkeypatch.setattr("casreg.content.fetch.SPAN_BYTES", 256 << 10)
 
 
 @pytest.fixture
 def reg(tmp_path: Path) -> Registry:
     r = Registry(tmp_path / "reg", threads=1)
-    r._init(SMALL)  # small chunks so a few MiB make many chunks
+    init_config(r.store, SMALL)  # small chunks so a few MiB make many chunks
     return r
 
 

@@ -558,13 +558,14 @@ def test_server_stopped_mid_pull_then_a_rerun_resumes(private_s3_server, monkeyp
                                                       tmp_path: Path) -> None:
     """The server dies after a few ranged reads of a pull: one clear error, nothing at the
     destination; once it is back (same data, new ports), the rerun fetches only the rest."""
-    from casreg.content.pull import partial_path, spans
+    from casreg.content.fetch import spans
+    from casreg.content.pull import partial_path
     from casreg.testing.seaweedfs import launch_weed, stop_weed, weed_binary
 
     server, stop = private_s3_server
     for name, value in server.env().items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr("casreg.content.pull.SPAN_BYTES", 512 << 10)  # many reads for a few MiB
+    monkeypatch.setattr("casreg.content.fetch.SPAN_BYTES", 512 << 10)  # many reads for a few MiB
     prefix = server.url()
     src = tmp_path / "m.bin"
     src.write_bytes(random_bytes(6 * MiB, 11))

@@ -302,8 +302,9 @@ def test_writer_publishes_its_pieces_once(store: ObjectStore, pieces: list[bytes
             scratch[:] = b"\xff" * len(p)  # the caller reuses its buffer
         assert writer.size == sum(map(len, pieces))
         assert sorted(store.list("w")) == before
-        assert writer.publish(key) is True and writer.publish(key) is False
-        assert writer.publish(taken) is False
+        n = sum(map(len, pieces))
+        assert writer.publish(key, size=n) is True and writer.publish(key, size=n) is False
+        assert writer.publish(taken, size=n) is False
     assert store.read(key) == b"".join(pieces) and store.read(taken) == b"first"
     assert sorted(store.list("w")) == sorted(before + [key])
 
@@ -314,9 +315,9 @@ def test_writer_republishes_after_a_delete_and_close_discards(store: ObjectStore
     key = fresh_key("packs")
     with store.open_writer("packs") as writer:
         writer.write(b"pack bytes")
-        assert writer.publish(key)
+        assert writer.publish(key, size=10)
         store.delete(key)
-        assert writer.publish(key) and store.read(key) == b"pack bytes"
+        assert writer.publish(key, size=10) and store.read(key) == b"pack bytes"
     with store.open_writer("packs") as dropped:
         dropped.write(b"never published")
     assert sorted(store.list("packs")) == [key]
@@ -331,7 +332,7 @@ def test_threads_racing_publish_have_one_winner(store: ObjectStore) -> None:
         with store.open_writer("race") as writer:
             writer.write(payload(i)[:1000])
             writer.write(payload(i)[1000:])
-            return writer.publish(key)
+            return writer.publish(key, size=len(payload(i)))
 
     results = _run_threads(N_THREADS, publish)
     winners = [i for i, r in enumerate(results) if r is True]

@@ -47,13 +47,18 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from blake3 import blake3
 
 from casreg.errors import InvalidInputError
 
+if TYPE_CHECKING:
+    from casreg.storage import ObjectStore
+
 __all__ = [
+    "AUTO",
+    "CacheArg",
     "ChunkCache",
     "CacheInfo",
     "PruneResult",
@@ -62,6 +67,7 @@ __all__ = [
     "default_cache_dir",
     "default_max_size",
     "parse_size",
+    "resolve_cache",
 ]
 
 log = logging.getLogger(__name__)
@@ -398,11 +404,29 @@ def shared_cache(root: Path | None = None, max_size: int | None = None) -> Chunk
         return cache
 
 
-def cache_for(store: Any) -> ChunkCache | None:
+def cache_for(store: ObjectStore) -> ChunkCache | None:
     """The cache reads of ``store`` go through, or ``None``: by ``CASREG_CACHE`` (auto:
     remote registries only, see :func:`is_remote`). The environment is read on every call
     (a few dictionary lookups), so a test or a process can switch it at any time."""
     mode = cache_mode()
-    if mode == "off" or (mode == "auto" and not is_remote(str(getattr(store, "url", "")))):
+    if mode == "off" or (mode == "auto" and not is_remote(store.url)):
         return None
     return shared_cache()
+
+
+class _Auto:
+    """Type of :data:`AUTO`: "the cache :func:`cache_for` picks for the store"."""
+
+    def __repr__(self) -> str:
+        return "AUTO"
+
+
+#: Default of every ``cache=`` argument: the cache ``CASREG_CACHE`` selects for the store
+#: (remote registries only, by default; docs/cache.md). ``None`` reads the registry only.
+AUTO: _Auto = _Auto()
+CacheArg = Union[ChunkCache, None, _Auto]
+
+
+def resolve_cache(store: ObjectStore, cache: CacheArg = AUTO) -> ChunkCache | None:
+    """``cache`` itself, or for :data:`AUTO` the one :func:`cache_for` picks for ``store``."""
+    return cache_for(store) if isinstance(cache, _Auto) else cache

@@ -3,7 +3,7 @@
 Why: a serving job that needs one tensor of a 20 GB checkpoint must not download 20 GB.
 A version's manifest already says where every chunk of a file lives (pack, offset,
 sizes), so a byte range ``[start, end)`` maps to the few chunks that cover it; those are
-fetched with :func:`casreg.content.pull.read_span` (through ``read_span_stats``; one ranged read per run of chunks lying back
+fetched with :func:`casreg.content.fetch.read_span` (through ``read_span_stats``; one ranged read per run of chunks lying back
 to back in a pack), which decodes and checks every chunk's BLAKE3 before handing it
 over. A read therefore transfers at most one chunk beyond each end of the range, and a
 corrupt chunk raises :class:`~casreg.errors.IntegrityError`, never wrong bytes.
@@ -11,7 +11,7 @@ corrupt chunk raises :class:`~casreg.errors.IntegrityError`, never wrong bytes.
 :class:`PinnedFile` holds the manifest entry it was opened with: the reference was
 resolved once, before it existed, so a pointer that moves while it reads can never mix
 two versions. The ``casreg://`` filesystem (:mod:`casreg.fs`) and
-:func:`open_safetensors` both read through it.
+:func:`casreg.open_safetensors` both read through it.
 
 numpy is imported only when a tensor is materialised, so ``import casreg`` stays light.
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import struct
 import threading
 from bisect import bisect_left, bisect_right
@@ -33,21 +32,19 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from blake3 import blake3
 
-from casreg.errors import IntegrityError, InvalidInputError, NotFoundError
+from casreg.content.fetch import read_span_stats, spans
 from casreg.content.manifest import ChunkRef, Entry, Manifest
-from casreg.content.pull import read_span_stats, spans
+from casreg.errors import IntegrityError, InvalidInputError, NotFoundError
+from casreg.storage import ObjectStore
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from casreg.registry import Registry
 
 __all__ = [
     "PinnedFile",
     "SafetensorsFile",
     "TensorInfo",
     "file_entry",
-    "open_safetensors",
     "MAX_HEADER_BYTES",
 ]
 
@@ -90,7 +87,7 @@ class PinnedFile:
     served instead. A chunk served from this object's own few recent chunks costs nothing.
     """
 
-    def __init__(self, store: Any, entry: Entry, *, where: str = "", cache_chunks: int = DEFAULT_CHUNK_CACHE,
+    def __init__(self, store: ObjectStore, entry: Entry, *, where: str = "", cache_chunks: int = DEFAULT_CHUNK_CACHE,
                  threads: int | None = None) -> None:
         self.store = store
         self.entry = entry
@@ -173,7 +170,7 @@ class PinnedFile:
                 runs.append(indices[:len(span)])
                 indices = indices[len(span):]
         if runs:
-            concurrency = getattr(self.store, "io_concurrency", 1)
+            concurrency = self.store.io_concurrency
             if len(runs) > 1 and concurrency > 1:
                 workers = min(len(runs), self._threads or 2 * concurrency)
                 with ThreadPoolExecutor(workers, thread_name_prefix="casreg-read") as pool:
@@ -387,23 +384,3 @@ class SafetensorsFile:
                 return arr.view(getattr(ml_dtypes, _ML_DTYPES[t.dtype]))
         return arr
 
-
-def open_safetensors(ref: str, path: str = "", *, registry: Registry | str | os.PathLike[str] | None = None,
-                     bf16: BF16Mode = "auto") -> SafetensorsFile:
-    """Open the safetensors file ``path`` of version ``ref`` (``path`` may be omitted for
-    a file version) for lazy tensor reads; ``ref`` may also be a whole
-    ``casreg://REF/PATH`` URL. ``ref`` is resolved once, here; every later read goes to
-    that digest. ``registry`` is a :class:`~casreg.Registry` or its URL (default
-    ``$CASREG_REGISTRY``, else ``~/.casreg``)."""
-    from casreg.refs import split_ref_path
-    from casreg.registry import Registry
-
-    if "/" in ref:  # references never contain "/": this is REF/PATH or a casreg:// URL
-        head, inner = split_ref_path(ref)
-        ref, path = str(head), "/".join(p for p in (inner, path.strip("/")) if p)
-    reg = registry if isinstance(registry, Registry) else Registry(registry)
-    resolved = reg.resolve(ref)
-    manifest = reg.manifest(resolved)
-    where = f"casreg://{ref}" + (f"/{path}" if path else "")
-    entry = file_entry(manifest, path.strip("/"), where)
-    return SafetensorsFile(PinnedFile(reg.store, entry, where=where, threads=reg.threads), bf16=bf16)

@@ -20,7 +20,10 @@ import zstandard
 from blake3 import blake3
 
 from casreg.content.codec import zstd_decode
-from casreg.errors import IntegrityError, UnsafePathError
+from casreg.digest import HEX64, Digest
+from casreg.errors import IntegrityError, NotFoundError, UnsafePathError
+from casreg.keys import manifest_key
+from casreg.storage import ObjectStore
 
 __all__ = [
     "ChunkRef",
@@ -29,7 +32,7 @@ __all__ = [
     "tree_digest",
     "validate_relpath",
     "seal_manifest",
-    "manifest_key",
+    "read_manifest",
     "MANIFEST_FORMAT",
 ]
 
@@ -39,11 +42,6 @@ EntryType = Literal["f", "x", "d"]  # regular file, executable file, (empty) dir
 VersionKind = Literal["file", "dir"]
 MAX_PATH_BYTES = 4096
 MAX_MANIFEST_BYTES = 1 << 31  # ~20 M chunks: a 20 TB version
-
-
-def manifest_key(hexdigest: str) -> str:
-    """Where the manifest of version ``hexdigest`` is stored."""
-    return f"manifests/{hexdigest[:2]}/{hexdigest}.manifest"
 
 
 def seal_manifest(json_bytes: bytes) -> bytes:
@@ -80,7 +78,6 @@ def validate_relpath(path: str) -> str:
     return path
 
 
-HEX64 = re.compile(r"[0-9a-f]{64}")  # a BLAKE3 digest as stored in names and records
 _KNOWN_CODECS = frozenset({0, 1})  # casreg.content.codec.Codec; kept here to avoid importing zstd twice
 
 
@@ -173,6 +170,11 @@ class Manifest:
         return self.digest.hex()
 
     @property
+    def version_digest(self) -> Digest:
+        """The version digest (this manifest's tree digest), as records spell it."""
+        return Digest.from_bytes(self.digest)
+
+    @property
     def size(self) -> int:
         return sum(e.size for e in self.entries)
 
@@ -199,7 +201,7 @@ class Manifest:
             entries.append(item)
         doc = {
             "format": MANIFEST_FORMAT,
-            "digest": "blake3:" + self.hexdigest,
+            "digest": str(self.version_digest),
             "kind": self.kind,
             "chunking": self.chunking,
             "packs": list(packs),
@@ -269,3 +271,15 @@ class Manifest:
                 f"not blake3:{expected.hex()}"
             )
         return manifest
+
+
+def read_manifest(store: ObjectStore, digest: Digest) -> Manifest:
+    """The manifest of version ``digest``, read and verified (:meth:`Manifest.from_bytes`:
+    its recomputed digest must be ``digest``). A missing manifest of a version that a
+    reference resolved to means a damaged registry: :class:`IntegrityError`, naming it."""
+    key = manifest_key(digest)
+    try:
+        data = store.read(key)
+    except NotFoundError:
+        raise IntegrityError(f"object {key} is missing: the registry is damaged (run casreg verify)") from None
+    return Manifest.from_bytes(data, expected=digest.raw, where=key)

@@ -15,25 +15,19 @@ import struct
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from blake3 import blake3
 
+from casreg.content.cache import AUTO, CacheArg, ChunkCache, resolve_cache
+from casreg.content.manifest import ChunkRef
 from casreg.errors import IntegrityError, NotFoundError
-from casreg.content.manifest import HEX64, ChunkRef
+from casreg.keys import INDEXES, index_key, pack_key, parse_index_key
 from casreg.storage import ObjectStore, ObjectWriter
-
-if TYPE_CHECKING:
-    from casreg.content.cache import ChunkCache
-
-_PICK: object = object()  # ChunkIndex.load's default: casreg.content.pull.AUTO (pull imports this module)
 
 __all__ = [
     "PACK_TARGET",
     "PackBuilder",
     "ChunkIndex",
-    "pack_key",
-    "index_key",
     "encode_index",
     "decode_index",
 ]
@@ -43,14 +37,6 @@ PACK_MAGIC = b"CASRPACK\x01\x00\x00\x00\x00\x00\x00\x00"  # 16 bytes
 INDEX_MAGIC = b"CASRIDX\x01"
 _ENTRY = struct.Struct("<32sQIIB3x")  # digest, offset, stored size, raw size, codec
 _TAIL = struct.Struct("<Q8s")  # entry count, INDEX_MAGIC
-
-
-def pack_key(pack_id: str) -> str:
-    return f"packs/{pack_id[:2]}/{pack_id}.pack"
-
-
-def index_key(pack_id: str) -> str:
-    return f"index/{pack_id[:2]}/{pack_id}.idx"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +138,7 @@ class ChunkIndex:
             self._refs.setdefault(s.digest, ChunkRef(s.digest, pack_id, s.offset, s.stored_size, s.raw_size, s.codec))
 
     @classmethod
-    def load(cls, store: ObjectStore, cache: ChunkCache | None | object = _PICK) -> ChunkIndex:
+    def load(cls, store: ObjectStore, cache: CacheArg = AUTO) -> ChunkIndex:
         """Read every ``index/`` object (one listing, one read each).
 
         An index is immutable and named by its own BLAKE3 (the pack id), so it can live in
@@ -162,18 +148,16 @@ class ChunkIndex:
         one per pack in the registry. Only indexes the listing shows are used, so a pack
         gc removed is forgotten even while its index is still cached. Reads that do go to
         the store run ``io_concurrency`` at a time."""
-        from casreg.content.pull import AUTO, resolve_cache  # pull imports this module
-
-        cache = resolve_cache(store, AUTO if cache is _PICK else cache)  # type: ignore[arg-type]
+        chosen = resolve_cache(store, cache)
         wanted: list[tuple[str, str]] = []
-        for key in store.list("index"):
-            pack_id = key.rsplit("/", 1)[-1][: -len(".idx")]
-            if key.endswith(".idx") and HEX64.fullmatch(pack_id):
+        for key in store.list(INDEXES):
+            pack_id = parse_index_key(key)
+            if pack_id is not None:
                 wanted.append((key, pack_id))
         found: dict[str, bytes | None] = {}
-        if cache is not None:
+        if chosen is not None:
             for _, pack_id in wanted:
-                found[pack_id] = cache.get(bytes.fromhex(pack_id), index=True)
+                found[pack_id] = chosen.get(bytes.fromhex(pack_id), index=True)
         missing = [(key, pack_id) for key, pack_id in wanted if found.get(pack_id) is None]
 
         def fetch(item: tuple[str, str]) -> bytes | None:
@@ -184,8 +168,8 @@ class ChunkIndex:
                 return None  # removed since the listing (gc of an unreferenced pack)
             if blake3(data).hexdigest() != pack_id:
                 return None  # damaged: trusting it would make new versions point at wrong bytes
-            if cache is not None:
-                cache.put_verified(bytes.fromhex(pack_id), data, index=True)
+            if chosen is not None:
+                chosen.put_verified(bytes.fromhex(pack_id), data, index=True)
             return data
 
         if store.io_concurrency > 1 and len(missing) > 1:
@@ -195,7 +179,7 @@ class ChunkIndex:
             fetched = [fetch(item) for item in missing]
         found.update((pack_id, data) for (_, pack_id), data in zip(missing, fetched))
         index = cls()
-        index.cache = cache
+        index.cache = chosen
         for key, pack_id in wanted:  # listing order, as before: the first pack holding a chunk wins
             data = found.get(pack_id)
             if data is None:

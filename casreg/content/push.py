@@ -32,8 +32,9 @@ from blake3 import blake3
 from casreg.content.chunking import BLOCK_SIZE, ChunkParams, iter_chunk_views
 from casreg.content.codec import encode
 from casreg.errors import IntegrityError, InvalidInputError, NotFoundError
-from casreg.content.manifest import ChunkRef, Entry, Manifest, manifest_key
-from casreg.content.packs import PACK_TARGET, ChunkIndex, PackBuilder, index_key, pack_key
+from casreg.content.manifest import ChunkRef, Entry, Manifest
+from casreg.content.packs import PACK_TARGET, ChunkIndex, PackBuilder
+from casreg.keys import index_key, manifest_key, pack_key
 from casreg.progress import NullProgress, Progress
 from casreg.content.source import Source, SourceFile
 from casreg.storage import ObjectStore, ObjectWriter
@@ -41,7 +42,7 @@ from casreg.storage.base import Buffer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PushStats", "store_source", "manifest_key"]
+__all__ = ["PushStats", "store_source"]
 
 MAX_INFLIGHT = 12  # chunks queued or being processed
 READ_BUFFERS = 3  # one being cut, the others' chunks still being hashed and compressed
@@ -168,9 +169,9 @@ class _OrderedWriter(ObjectWriter):
         if self.error is not None:
             raise self.error
 
-    def publish(self, key: str) -> bool:
+    def publish(self, key: str, *, size: int) -> bool:
         self.wait()
-        return self.inner.publish(key)
+        return self.inner.publish(key, size=size)
 
     def close(self) -> None:
         try:
@@ -203,13 +204,13 @@ class _Pusher:
             stored = bytes(stored)
         return digest, int(codec), stored
 
-    def _upload(self, pack_id: str, writer: ObjectWriter, index: bytes) -> int:
+    def _upload(self, pack_id: str, writer: ObjectWriter, index: bytes, size: int) -> int:
         written = 0
         with writer:
             key = pack_key(pack_id)
-            if writer.publish(key) or _replace_damaged(
-                    self.store, key, lambda: writer.publish(key), lambda: self.store.size(key) == writer.size):
-                written += writer.size
+            if writer.publish(key, size=size) or _replace_damaged(
+                    self.store, key, lambda: writer.publish(key, size=size), lambda: self.store.size(key) == size):
+                written += size
         ikey = index_key(pack_id)
         if self.store.create(ikey, index) or _replace_damaged(  # only after the pack exists
                 self.store, ikey, lambda: self.store.create(ikey, index), lambda: self.store.read(ikey) == index):
@@ -226,7 +227,7 @@ class _Pusher:
         self.stats.packs += 1
         while len(self.uploads) > self.store.io_concurrency:  # bounds packs held in memory
             self.stats.stored_bytes += self.uploads.popleft().result()
-        self.uploads.append(self.uploader.submit(self._upload, pack_id, pack.writer, index))
+        self.uploads.append(self.uploader.submit(self._upload, pack_id, pack.writer, index, pack.size))
 
     def _drain_one(self) -> None:
         chunks, fut, raw_size, buf_id = self.inflight.popleft()

@@ -4,13 +4,13 @@ about: metrics (with deltas), params and tags, files, and how many bytes they sh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from casreg.content.manifest import read_manifest
+from casreg.ledger.resolve import resolve, version_record
 from casreg.records import Version
-
-if TYPE_CHECKING:
-    from casreg.refs import Ref
-    from casreg.registry import Registry
+from casreg.refs import Ref
+from casreg.storage import ObjectStore
 
 __all__ = ["VersionDiff", "diff_versions"]
 
@@ -51,9 +51,10 @@ def _changed(a: dict[str, str], b: dict[str, str]) -> dict[str, tuple[str | None
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def diff_versions(reg: Registry, ref_a: str | Ref, ref_b: str | Ref) -> VersionDiff:
-    a, b = reg.show(ref_a), reg.show(ref_b)
-    ma, mb = reg.manifest(a.digest), reg.manifest(b.digest)
+def diff_versions(store: ObjectStore, ref_a: str | Ref, ref_b: str | Ref) -> VersionDiff:
+    """What changed from version ``ref_a`` to version ``ref_b`` (each resolved once)."""
+    a, b = version_record(store, resolve(store, ref_a)), version_record(store, resolve(store, ref_b))
+    ma, mb = read_manifest(store, a.digest), read_manifest(store, b.digest)
     metrics = {}
     for k in sorted(set(a.metrics) | set(b.metrics)):
         x, y = a.metrics.get(k), b.metrics.get(k)

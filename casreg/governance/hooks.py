@@ -51,11 +51,14 @@ from urllib.parse import urlsplit
 
 from blake3 import blake3
 
+from casreg._version import __version__
+from casreg.digest import Digest
 from casreg.errors import ConflictError, InvalidInputError
+from casreg.keys import HOOKS_KEY, REGISTRY_EVENTS
+from casreg.ledger.events import record_event
 from casreg.storage import ObjectStore
 
 __all__ = [
-    "HOOKS_KEY",
     "Hook",
     "HooksConfig",
     "DeliveryResult",
@@ -72,7 +75,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HOOKS_KEY = "config/hooks.toml"
 SIGNATURE_HEADER = "X-Casreg-Signature"
 MAX_CONFIG_BYTES = 256 << 10
 _DEFAULTS = {"retries": 3, "backoff": 0.5, "timeout": 10.0}
@@ -140,7 +142,7 @@ class Hook:
 class HooksConfig:
     hooks: tuple[Hook, ...]
     text: str
-    digest: str  # blake3 of the stored bytes
+    digest: Digest  # of the stored bytes
     token: str | None = None  # the store's swap token (None: not stored)
 
     def to_dict(self) -> dict[str, Any]:
@@ -261,7 +263,7 @@ def read_hooks(store: ObjectStore) -> HooksConfig | None:
     if current is None:
         return None
     text = current.data.decode("utf-8", errors="replace")
-    return HooksConfig(parse_hooks(text), text, "blake3:" + blake3(current.data).hexdigest(), current.token)
+    return HooksConfig(parse_hooks(text), text, Digest.of(current.data), current.token)
 
 
 def write_hooks(store: ObjectStore, text: str, *, expected_digest: str | None | bool = True) -> HooksConfig:
@@ -276,7 +278,7 @@ def write_hooks(store: ObjectStore, text: str, *, expected_digest: str | None | 
         raise InvalidHooksError(f"hooks config is {len(data):,} bytes; at most {MAX_CONFIG_BYTES:,}")
     hooks = parse_hooks(text, source="the hooks config")
     current = store.read_versioned(HOOKS_KEY)
-    current_digest = "blake3:" + blake3(current.data).hexdigest() if current else None
+    current_digest = Digest.of(current.data) if current else None
     if expected_digest is not True and expected_digest != current_digest:
         raise ConflictError(f"the hooks config changed meanwhile (it is now {current_digest or 'unset'}, "
                             f"expected {expected_digest or 'unset'}); nothing was changed")
@@ -285,10 +287,8 @@ def write_hooks(store: ObjectStore, text: str, *, expected_digest: str | None | 
     except ConflictError:
         raise ConflictError("the hooks config was changed by someone else meanwhile; nothing was changed "
                             "(run casreg hooks show and try again)") from None
-    digest = "blake3:" + blake3(data).hexdigest()
+    digest = Digest.of(data)
     try:
-        from casreg.ledger.events import REGISTRY_EVENTS, record_event
-
         record_event(store, name=REGISTRY_EVENTS, kind="hooks.set", reason=f"{len(hooks)} hook(s)",
                      details={"digest": digest, "previous": current_digest, "hooks": [h.name for h in hooks]})
     except Exception as err:  # the change is made; a missing audit row must not undo it
@@ -451,10 +451,6 @@ def deliver(hook: Hook, event: Mapping[str, Any], *, registry: str = "",
 
 
 def _user_agent() -> str:
-    try:
-        from casreg import __version__
-    except ImportError:  # pragma: no cover
-        __version__ = "?"
     return f"casreg-hooks/{__version__}"
 
 
@@ -463,11 +459,9 @@ def record_failure(store: ObjectStore, event: Mapping[str, Any], result: Deliver
     registry's own events for registry-wide ones), visible in ``casreg log``. One small
     function so the recording path is easy to change; returns whether it was written."""
     try:
-        from casreg.ledger.events import REGISTRY_EVENTS, record_event
-
         digest = event.get("to_digest") or event.get("digest")
         version = event.get("to_version") if event.get("to_version") is not None else event.get("version")
-        to = (str(digest), int(version)) if digest and version is not None else None
+        to = (Digest(str(digest)), int(version)) if digest and version is not None else None
         record_event(
             store, name=str(event.get("name") or REGISTRY_EVENTS), kind="hook.failed",
             alias=event.get("alias") or None, to=to,

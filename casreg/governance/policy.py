@@ -43,9 +43,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from blake3 import blake3
-
+from casreg.digest import Digest
 from casreg.errors import InvalidPolicyError, NotFoundError, PolicyError
+from casreg.keys import POLICIES, parse_policy_key, policy_key
 from casreg.records import Version
 from casreg.refs import validate_alias
 from casreg.storage import ObjectStore
@@ -60,13 +60,11 @@ __all__ = [
     "read_policy",
     "write_policy",
     "field_value",
+    "check_push",
     "STAGES",
-    "POLICY_PREFIX",
 ]
 
 STAGES = ("staging", "production", "archived")
-POLICY_PREFIX = "policy/versions"
-_WIDTH = 6
 MAX_POLICY_BYTES = 1 << 20
 _ACTIONS = ("push", "promote", "archive", "approve", "policy", "alias")
 _FIELD = r"(?:metrics|params|tags|lineage)\.[A-Za-z0-9_.\-]+|framework|description|author|size|file_count|version"
@@ -227,7 +225,7 @@ class PolicyFile:
     version: int
     text: str
     doc: Mapping[str, Any]
-    digest: str
+    digest: Digest
 
     def for_model(self, name: str | None) -> Policy:
         return _effective(self.doc, name, self.version)
@@ -368,17 +366,9 @@ def parse_policy(text: str) -> dict[str, Any]:
     return doc
 
 
-def _key(number: int) -> str:
-    return f"{POLICY_PREFIX}/{number:0{_WIDTH}d}.toml"
-
-
 def policy_numbers(store: ObjectStore) -> list[int]:
-    out = []
-    for key in store.list(POLICY_PREFIX):
-        stem = key.rsplit("/", 1)[-1]
-        if stem.endswith(".toml") and stem[:-5].isdigit():
-            out.append(int(stem[:-5]))
-    return sorted(out)
+    """The numbers of the stored policy versions, ascending."""
+    return sorted(n for key in store.list(POLICIES) if (n := parse_policy_key(key)) is not None)
 
 
 def read_policy(store: ObjectStore, number: int | None = None) -> PolicyFile | None:
@@ -390,11 +380,11 @@ def read_policy(store: ObjectStore, number: int | None = None) -> PolicyFile | N
             return None
         number = numbers[-1]
     try:
-        data = store.read(_key(number))
+        data = store.read(policy_key(number))
     except NotFoundError:
         return None
     text = data.decode("utf-8")
-    return PolicyFile(number, text, parse_policy(text), "blake3:" + blake3(data).hexdigest())
+    return PolicyFile(number, text, parse_policy(text), Digest.of(data))
 
 
 def write_policy(store: ObjectStore, text: str) -> PolicyFile:
@@ -405,7 +395,23 @@ def write_policy(store: ObjectStore, text: str) -> PolicyFile:
     doc = parse_policy(text)
     numbers = policy_numbers(store)
     number = (numbers[-1] if numbers else 0) + 1
-    while not store.create(_key(number), data):
+    while not store.create(policy_key(number), data):
         number += 1
-    return PolicyFile(number, text, doc, "blake3:" + blake3(data).hexdigest())
+    return PolicyFile(number, text, doc, Digest.of(data))
 
+
+
+def check_push(store: ObjectStore, probe: Version, user: str) -> None:
+    """Refuse a push the policy forbids (the ``push`` permission) or that lacks metadata
+    the policy requires, before any byte is stored. ``probe`` is the record the push
+    would commit, with what is known before the content is stored."""
+    current = read_policy(store)
+    if current is None:
+        return
+    policy = current.for_model(probe.name)
+    policy.require_permission(user, "push", None, what=f"pushing {probe.name}")
+    missing = policy.missing_metadata(probe)
+    if missing:
+        raise PolicyError(f"push of {probe.name} refused by policy version {policy.version}: missing "
+                          f"{', '.join(missing)} (pass them with --metric/--param/--tag/--framework/"
+                          "--description/--dataset/--run-id/--parent)")

@@ -10,14 +10,13 @@ a second statement.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from casreg.errors import InvalidInputError
+from casreg.governance.state import stage_members
+from casreg.ledger.sql import query
 from casreg.records import Version
 from casreg.refs import validate_alias, validate_name
-
-if TYPE_CHECKING:
-    from casreg.registry import Registry
+from casreg.storage import ObjectStore
 
 __all__ = ["translate", "field_sql", "search"]
 
@@ -83,11 +82,11 @@ def translate(where: str) -> str:
     return " ".join(out)
 
 
-def search(reg: Registry, name: str, *, where: str | None = None, stage: str | None = None,
+def search(store: ObjectStore, name: str, *, where: str | None = None, stage: str | None = None,
            alias: str | None = None, sort: str | None = None, descending: bool = False,
            limit: int | None = None) -> list[Version]:
-    from casreg.governance.lifecycle import stage_members
-
+    """Versions of ``name`` matching a ``--where`` filter, a stage or an alias, sorted by
+    version or by a field (see the module doc for what a filter may say)."""
     validate_name(name)
     clauses = [f"name = '{name}'"]
     if where:
@@ -99,7 +98,7 @@ def search(reg: Registry, name: str, *, where: str | None = None, stage: str | N
             raise InvalidInputError(f"unknown stage {pick!r} (staging, production, archived; free-form aliases "
                                     "go with --alias)")
         validate_alias(pick)
-        members = stage_members(reg, name, pick)
+        members = stage_members(store, name, pick)
         clauses.append(f"version IN ({', '.join(str(v) for v in members)})" if members else "FALSE")
     order = "version"
     if sort:
@@ -109,4 +108,4 @@ def search(reg: Registry, name: str, *, where: str | None = None, stage: str | N
     sql = f"SELECT * EXCLUDE (files) FROM versions WHERE {' AND '.join(clauses)} ORDER BY {order}"
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    return [Version.from_dict(row) for row in reg.sql(sql)]
+    return [Version.from_dict(row) for row in query(store, sql)]

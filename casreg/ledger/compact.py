@@ -48,15 +48,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from casreg.errors import ConflictError, InvalidInputError, NotFoundError
+from casreg.keys import COMPACTED, EVENTS, HEAD_KEY, VERSIONS, compacted_key, parse_compacted_key, parse_version_segment_key, version_segment_key
 from casreg.ledger.segments import (
-    COMPACTED_PREFIX,
-    EVENTS_PREFIX,
-    HEAD_KEY,
     SEGMENT_COLUMN,
-    VERSIONS_PREFIX,
     CompactedFile,
     CompactedUnavailable,
     LedgerHead,
@@ -65,11 +62,9 @@ from casreg.ledger.segments import (
     compacted_event_schema,
     event_schema,
     is_event_key,
-    parse_segment_key,
     read_compacted,
     read_head,
     read_many,
-    segment_key,
     segments_table,
     sort_events,
     sort_versions,
@@ -95,7 +90,6 @@ THRESHOLD_ENV = "CASREG_COMPACT_THRESHOLD"
 #: Unreferenced compacted files younger than this are left alone (a concurrent compaction
 #: may be about to reference them).
 DEFAULT_GRACE = timedelta(hours=1)
-_STAMP = "%Y%m%dT%H%M%SZ"
 #: Rows per Parquet row group: ``ls NAME`` decodes only the groups holding NAME.
 ROW_GROUP_ROWS = 16384
 
@@ -132,19 +126,16 @@ def threshold_from_env(default: int = DEFAULT_THRESHOLD) -> int:
     return value
 
 
-def _file_key(kind: str, now: datetime) -> str:
-    return f"{COMPACTED_PREFIX}/{kind}/{now.strftime(_STAMP)}-{uuid.uuid4().hex}.parquet"
+def _file_key(kind: Literal["versions", "events"], now: datetime) -> str:
+    return compacted_key(kind, now, uuid.uuid4().hex)
 
 
 def _stamp_of(key: str) -> datetime | None:
-    base = key.rsplit("/", 1)[-1]
-    try:
-        return datetime.strptime(base[:16], _STAMP).replace(tzinfo=timezone.utc)
-    except ValueError:
-        return None
+    parsed = parse_compacted_key(key)
+    return parsed[1] if parsed is not None else None
 
 
-def _write(store: ObjectStore, kind: str, table: pa.Table, now: datetime) -> CompactedFile:
+def _write(store: ObjectStore, kind: Literal["versions", "events"], table: pa.Table, now: datetime) -> CompactedFile:
     from blake3 import blake3
 
     data = _parquet_bytes(table, row_group_size=ROW_GROUP_ROWS)
@@ -180,7 +171,7 @@ def _garbage(store: ObjectStore, head: LedgerHead, grace: timedelta, now: dateti
     """Delete compacted files ``head`` does not list that are older than ``grace``."""
     keep = {f.key for f in head.files} | {HEAD_KEY}
     removed = []
-    for key in sorted(store.list(COMPACTED_PREFIX)):
+    for key in sorted(store.list(COMPACTED)):
         if key in keep or not key.endswith(".parquet"):
             continue
         stamp = _stamp_of(key)
@@ -270,8 +261,8 @@ def compact(
         # Versions: per model, the contiguous run of numbers right after the covered one
         # (a listing may miss a number created while it runs; coverage never skips one).
         numbers: dict[str, set[int]] = defaultdict(set)
-        for key in store.list(VERSIONS_PREFIX):
-            parsed = parse_segment_key(key)
+        for key in store.list(VERSIONS):
+            parsed = parse_version_segment_key(key)
             if parsed is not None:
                 numbers[parsed[0]].add(parsed[1])
         version_keys: list[str] = []
@@ -280,11 +271,11 @@ def compact(
             n = covered.get(name, 0)
             while n + 1 in numbers[name]:
                 n += 1
-                version_keys.append(segment_key(name, n))
+                version_keys.append(version_segment_key(name, n))
             if n:
                 new_covered[name] = n
         # Events: every segment whose key is not in the compacted events' segment column.
-        event_keys = sorted(k for k in store.list(EVENTS_PREFIX) if is_event_key(k) and k not in covered_events)
+        event_keys = sorted(k for k in store.list(EVENTS) if is_event_key(k) and k not in covered_events)
 
         now = clock()
         old_v = head.versions if head else ()
@@ -377,7 +368,7 @@ def maybe_compact(
         return None
     head = read_head(store)
     if head is None:
-        if sum(1 for k in store.list(VERSIONS_PREFIX) if parse_segment_key(k)) <= threshold:
+        if sum(1 for k in store.list(VERSIONS) if parse_version_segment_key(k)) <= threshold:
             return None
         return compact(store, clock=clock, **options)
     uncovered = number - head.covered.get(name, 0)

@@ -4,7 +4,7 @@ records themselves).
 Every event is one immutable Parquet segment under ``ledger/events/<name>/`` whose key is
 derived from the event, so appending is create-if-absent and repairing a crash by
 appending again is a no-op. Events that concern the whole registry (policy changes,
-hooks configuration) are filed under the reserved name :data:`REGISTRY_EVENTS`, which no
+hooks configuration) are filed under the reserved name :data:`casreg.keys.REGISTRY_EVENTS`, which no
 model can take (model names start with a letter or digit).
 
 Event kinds (``kind`` column; docs/lifecycle.md):
@@ -25,30 +25,42 @@ Event kinds (``kind`` column; docs/lifecycle.md):
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from blake3 import blake3
 
-from casreg.ledger.segments import append_event, events_table
+from casreg.digest import Digest
+from casreg.ledger.segments import append_event
 from casreg.lineage import current_author, hostname
 from casreg.records import AliasEvent, utcnow
 from casreg.storage import ObjectStore
 
 __all__ = [
-    "REGISTRY_EVENTS",
     "POINTER_KINDS",
     "new_event",
     "derived_id",
     "record_event",
-    "read_events",
+    "implied_events",
+    "EventSink",
+    "ignore_events",
 ]
 
-REGISTRY_EVENTS = "_registry"
 _AFTER = timedelta(microseconds=1)  # an implied event sorts right after its cause
 #: Kinds that move a pointer (their ``to_*`` fields are where the alias points after).
 POINTER_KINDS = frozenset({"alias.set", "alias.remove", "promote", "rollback"})
+
+
+class EventSink(Protocol):
+    """Where an operation hands each event after recording it: the registry's hooks
+    (:func:`casreg.governance.hooks.dispatch`). A sink never fails the event."""
+
+    def __call__(self, event: Mapping[str, Any], /) -> None: ...
+
+
+def ignore_events(event: Mapping[str, Any], /) -> None:
+    """An :class:`EventSink` that drops every event (for tools and tests)."""
 
 
 def new_event(
@@ -56,8 +68,8 @@ def new_event(
     name: str,
     *,
     alias: str | None = None,
-    to: tuple[str, int] | None = None,
-    source: tuple[str, int] | None = None,
+    to: tuple[Digest, int] | None = None,
+    source: tuple[Digest, int] | None = None,
     reason: str | None = None,
     details: Mapping[str, Any] | None = None,
     event_id: str | None = None,
@@ -94,8 +106,8 @@ def record_event(
     name: str,
     kind: str,
     alias: str | None = None,
-    to: tuple[str, int] | None = None,
-    source: tuple[str, int] | None = None,
+    to: tuple[Digest, int] | None = None,
+    source: tuple[Digest, int] | None = None,
     reason: str | None = None,
     details: Mapping[str, Any] | None = None,
 ) -> AliasEvent:
@@ -106,34 +118,6 @@ def record_event(
     return event
 
 
-def _rows_to_events(rows: Iterable[dict[str, Any]]) -> list[AliasEvent]:
-    return [AliasEvent.from_dict(r) for r in rows]
-
-
-def read_events(store: ObjectStore, name: str, *, pointers: bool | Sequence[AliasEvent] = True,
-                registry_wide: bool = False) -> list[AliasEvent]:
-    """Every event of model ``name``, oldest first (ties broken by id). ``pointers``: also
-    the moves held by the model's pointers whose ledger append a crash may have cut off
-    (each pointer holds its last move), so history never misses the current state; a
-    caller that has just read them (:func:`~casreg.ledger.pointers.read_pointer_events`) passes
-    them instead. ``registry_wide``: interleave the registry's own events (policy changes)."""
-    events = _rows_to_events(events_table(store, name=name).to_pylist())
-    if registry_wide:
-        events += _rows_to_events(events_table(store, name=REGISTRY_EVENTS).to_pylist())
-    if pointers is True:
-        from casreg.ledger.pointers import read_pointer_events
-
-        pointers = read_pointer_events(store, name)
-    if pointers:
-        seen = {e.event_id for e in events}
-        for e in pointers:
-            if e.event_id not in seen:
-                events.append(e)
-                events.extend(implied_events(e))
-    events.sort(key=lambda e: (e.time, e.event_id))
-    return events
-
-
 def implied_events(event: AliasEvent) -> list[AliasEvent]:
     """Events a pointer move implies and that are appended right after it: the archive
     of the version a production promotion (or rollback) replaced."""
@@ -142,7 +126,7 @@ def implied_events(event: AliasEvent) -> list[AliasEvent]:
         return []
     return [AliasEvent(
         event_id=derived_id(event.event_id, "archive"), time=event.time + _AFTER, kind="archive", name=event.name,
-        alias=None, from_digest=None, to_digest=archived["digest"], from_version=None,
+        alias=None, from_digest=None, to_digest=Digest(archived["digest"]), from_version=None,
         to_version=int(archived["version"]), author=event.author, host=event.host,
         reason=f"replaced in {event.alias} by {event.name}:{event.to_version}",
         details={"cause": event.event_id})]

@@ -16,25 +16,33 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from casreg.errors import ConflictError, NotFoundError
-from casreg.ledger.segments import append_event, event_key
+from casreg.digest import Digest
+from casreg.errors import ConflictError, IntegrityError, NotFoundError
+from casreg.keys import POINTERS, event_segment_key, parse_pointer_key, pointer_key
+from casreg.ledger.events import implied_events, new_event
+from casreg.concurrency import map_concurrently
+from casreg.ledger.segments import append_event
 from casreg.records import AliasEvent, AliasPointer
 from casreg.storage import ObjectStore
 
-__all__ = ["pointer_key", "read_pointer", "read_pointer_event", "read_pointer_events", "move_alias",
+__all__ = ["read_pointer", "read_pointer_event", "read_pointer_events", "move_alias",
            "list_pointers"]
 
 
-def pointer_key(name: str, alias: str) -> str:
-    return f"pointers/{name}/{alias}.json"
-
-
-def _decode(data: bytes) -> AliasEvent:
-    return AliasEvent.from_dict(json.loads(data))
+def _decode(data: bytes, key: str) -> AliasEvent:
+    """A pointer's bytes → the event of its last move; anything malformed is an
+    :class:`IntegrityError` naming the pointer."""
+    try:
+        event = AliasEvent.from_dict(json.loads(data))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise IntegrityError(f"alias pointer {key} is corrupt ({str(err)[:200]}); run casreg verify") from None
+    if event.alias is None:
+        raise IntegrityError(f"alias pointer {key} is corrupt (its event names no alias); run casreg verify")
+    return event
 
 
 def _as_pointer(event: AliasEvent) -> AliasPointer | None:
-    if event.to_digest is None or event.to_version is None:
+    if event.to_digest is None or event.to_version is None or event.alias is None:
         return None  # removed
     return AliasPointer(event.name, event.alias, event.to_digest, event.to_version, event)
 
@@ -45,55 +53,53 @@ def read_pointer(store: ObjectStore, name: str, alias: str) -> AliasPointer | No
         data = store.read(pointer_key(name, alias))
     except NotFoundError:
         return None
-    return _as_pointer(_decode(data))
+    return _as_pointer(_decode(data, pointer_key(name, alias)))
 
 
 def read_pointer_event(store: ObjectStore, name: str, alias: str) -> AliasEvent | None:
     """The last move of ``name@alias`` (also when that move removed it), or ``None`` if
     it was never set."""
     try:
-        return _decode(store.read(pointer_key(name, alias)))
+        key = pointer_key(name, alias)
+        return _decode(store.read(key), key)
     except NotFoundError:
         return None
 
 
+def _read_events(store: ObjectStore, prefix: str) -> list[AliasEvent]:
+    """The last move held by every pointer under ``prefix``, in key order (one small read
+    each, concurrently)."""
+
+    def read(key: str) -> AliasEvent | None:
+        try:
+            return _decode(store.read(key), key)
+        except NotFoundError:  # removed since the listing
+            return None
+
+    keys = sorted(k for k in store.list(prefix) if parse_pointer_key(k) is not None)
+    return [e for e in map_concurrently(read, keys) if e is not None]
+
+
 def read_pointer_events(store: ObjectStore, name: str) -> list[AliasEvent]:
     """The last move of every alias of ``name``, removed ones included."""
-    out = []
-    for key in sorted(store.list(f"pointers/{name}")):
-        if key.endswith(".json"):
-            try:
-                out.append(_decode(store.read(key)))
-            except NotFoundError:
-                continue
-    return out
+    return _read_events(store, f"{POINTERS}/{name}")
 
 
 def list_pointers(store: ObjectStore, name: str | None = None) -> list[AliasPointer]:
-    out = []
-    for key in sorted(store.list(f"pointers/{name}" if name else "pointers")):
-        if not key.endswith(".json"):
-            continue
-        try:
-            pointer = _as_pointer(_decode(store.read(key)))
-        except NotFoundError:
-            continue
-        if pointer is not None:
-            out.append(pointer)
-    return out
+    """Every alias that is set (of model ``name``, or of every model), in key order."""
+    events = _read_events(store, f"{POINTERS}/{name}" if name else POINTERS)
+    return [p for e in events if (p := _as_pointer(e)) is not None]
 
 
 def _log(store: ObjectStore, event: AliasEvent) -> None:
     """Append a move and the events it implies (idempotent: keys derive from the event)."""
-    from casreg.ledger.events import implied_events
-
     append_event(store, event)
     for implied in implied_events(event):
         append_event(store, implied)
 
 
 def _ensure_logged(store: ObjectStore, event: AliasEvent) -> None:
-    if not store.exists(event_key(event)):
+    if not store.exists(event_segment_key(event.name, event.time, event.event_id)):
         _log(store, event)
 
 
@@ -101,7 +107,7 @@ def move_alias(
     store: ObjectStore,
     name: str,
     alias: str,
-    target: tuple[str, int] | None,
+    target: tuple[Digest, int] | None,
     *,
     reason: str | None = None,
     expected: AliasPointer | None | bool = True,
@@ -118,11 +124,9 @@ def move_alias(
     exactly that last move, removals included. ``kind`` defaults to ``alias.set`` /
     ``alias.remove``; ``details`` go into the event (annotations, the archived version).
     """
-    from casreg.ledger.events import new_event
-
     key = pointer_key(name, alias)
     current = store.read_versioned(key)
-    current_event = _decode(current.data) if current else None
+    current_event = _decode(current.data, key) if current else None
     if current_event is not None:
         _ensure_logged(store, current_event)
     current_pointer = _as_pointer(current_event) if current_event else None

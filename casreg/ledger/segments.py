@@ -35,7 +35,20 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from casreg.errors import ConflictError, NotFoundError, StorageError
+from casreg.concurrency import map_concurrently
+from casreg.digest import HEX64, Digest
+from casreg.errors import ConflictError, IntegrityError, NotFoundError, StorageError
+from casreg.keys import (
+    COMPACTED,
+    EVENTS,
+    HEAD_KEY,
+    VERSIONS,
+    event_segment_key,
+    parse_event_segment_key,
+    parse_version_segment_key,
+    version_copy_key,
+    version_segment_key,
+)
 from casreg.records import AliasEvent, Lineage, Version
 from casreg.storage import ObjectStore
 
@@ -49,13 +62,11 @@ __all__ = [
     "read_version",
     "list_versions",
     "append_event",
-    "event_key",
     "version_schema",
     "event_schema",
     "versions_table",
     "versions_parts",
     "events_table",
-    "HEAD_KEY",
     "CompactedFile",
     "LedgerHead",
     "read_head",
@@ -63,12 +74,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_WIDTH = 10
 MAX_NUMBER_ATTEMPTS = 10_000
-VERSIONS_PREFIX = "ledger/versions"
-EVENTS_PREFIX = "ledger/events"
-COMPACTED_PREFIX = "ledger/compacted"
-HEAD_KEY = f"{COMPACTED_PREFIX}/HEAD.json"
 HEAD_FORMAT = "casreg-ledger-head/1"
 #: The extra column of compacted events files: the key of the segment each row came from.
 SEGMENT_COLUMN = "segment"
@@ -76,50 +82,25 @@ SEGMENT_COLUMN = "segment"
 T = TypeVar("T")
 
 
-def segment_key(name: str, number: int) -> str:
-    return f"{VERSIONS_PREFIX}/{name}/{number:0{_WIDTH}d}.parquet"
-
-
-def sidecar_key(name: str, number: int) -> str:
-    return f"refs/{name}/{number:0{_WIDTH}d}.json"
-
-
-def event_key(event: AliasEvent) -> str:
-    stamp = event.time.strftime("%Y%m%dT%H%M%S%fZ")
-    return f"{EVENTS_PREFIX}/{event.name}/{stamp}-{event.event_id}.parquet"
-
-
-def parse_segment_key(key: str) -> tuple[str, int] | None:
-    """``ledger/versions/<name>/<N>.parquet`` → (name, N); anything else → None."""
-    parts = key.split("/")
-    if len(parts) != 4 or parts[0] != "ledger" or parts[1] != "versions":
-        return None
-    stem = parts[3]
-    if not stem.endswith(".parquet") or not stem[:-8].isdigit():
-        return None
-    return parts[2], int(stem[:-8])
-
-
 def is_event_key(key: str) -> bool:
-    parts = key.split("/")
-    return len(parts) == 4 and parts[0] == "ledger" and parts[1] == "events" and parts[3].endswith(".parquet")
+    """Whether ``key`` is an event segment's (:func:`casreg.keys.event_segment_key`)."""
+    return parse_event_segment_key(key) is not None
 
 
 def _list(store: ObjectStore, prefix: str, after: str | None) -> Iterable[str]:
-    """Keys under ``prefix``; only those sorting after ``after`` if the store can list
+    """Keys under ``prefix``; only those sorting after ``after`` where the store can list
     from a key on (``list_after``, S3's ``StartAfter``), else all of them."""
-    list_after = getattr(store, "list_after", None) if after else None
-    return list_after(prefix, after) if list_after is not None else store.list(prefix)
+    return store.list_after(prefix, after) if after and store.capabilities.list_after else store.list(prefix)
 
 
 def version_numbers(store: ObjectStore, name: str, *, after: int = 0) -> list[int]:
     """Committed version numbers of ``name`` above ``after``, ascending (one listing, no
     reads; on a store with ``list_after``, a listing of those keys only)."""
     numbers = []
-    for key in _list(store, f"{VERSIONS_PREFIX}/{name}", segment_key(name, after) if after else None):
-        stem = key.rsplit("/", 1)[-1]
-        if stem.endswith(".parquet") and stem[:-8].isdigit() and int(stem[:-8]) > after:
-            numbers.append(int(stem[:-8]))
+    for key in _list(store, f"{VERSIONS}/{name}", version_segment_key(name, after) if after else None):
+        parsed = parse_version_segment_key(key)
+        if parsed is not None and parsed[0] == name and parsed[1] > after:
+            numbers.append(parsed[1])
     return sorted(numbers)
 
 
@@ -127,7 +108,7 @@ def latest_number(store: ObjectStore, name: str) -> int | None:
     """The highest committed number of ``name``. On a store that can list from a key on,
     HEAD's coverage (numbers are gap-free: covered ones exist) saves listing them."""
     after = 0
-    if getattr(store, "list_after", None) is not None:
+    if store.capabilities.list_after:
         head = read_head(store)
         after = head.covered.get(name, 0) if head else 0
     numbers = version_numbers(store, name, after=after)
@@ -138,16 +119,6 @@ def read_many(store: ObjectStore, keys: Sequence[str], *, threads: int = 16) -> 
     """``store.read`` of every key, in order; concurrently when there are several (on a
     remote store each read is a round trip)."""
     return map_concurrently(store.read, keys, threads=threads)
-
-
-def map_concurrently(fn: Callable[[Any], T], items: Sequence[Any], *, threads: int = 16) -> list[T]:
-    """``[fn(i) for i in items]``, on a thread pool when there are several."""
-    if len(items) <= 4:
-        return [fn(i) for i in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
-        return list(pool.map(fn, items))
 
 
 # -- schemas -------------------------------------------------------------------------------
@@ -260,7 +231,7 @@ def commit_version(store: ObjectStore, record: Version, files: list[dict[str, An
     for attempt in range(1, MAX_NUMBER_ATTEMPTS + 1):
         rec = dataclasses.replace(record, version=number)
         data = _parquet_bytes(pa.Table.from_pylist([_version_row(rec, files)], schema=schema))
-        key = segment_key(rec.name, number)
+        key = version_segment_key(rec.name, number)
         if store.create(key, data):
             break
         if not store.exists(key):  # "already there" for a key that is not: never loop on it
@@ -272,29 +243,53 @@ def commit_version(store: ObjectStore, record: Version, files: list[dict[str, An
     else:
         raise ConflictError(f"could not allocate a version number for {record.name} after {MAX_NUMBER_ATTEMPTS:,} "
                             "attempts (other pushers took every one); nothing was committed, push again")
-    store.create(sidecar_key(rec.name, number), json.dumps(rec.to_dict()).encode())
+    store.create(version_copy_key(rec.name, number), json.dumps(rec.to_dict()).encode())
     return rec
 
 
 def read_version(store: ObjectStore, name: str, number: int) -> Version:
-    """The record of ``name:number``: from its JSON copy, else from the Parquet segment."""
+    """The record of ``name:number``: from its JSON copy, else from the Parquet segment
+    (which is the record; the copy is a cache for resolving without pyarrow, rebuilt here
+    when it is missing). A copy that does not parse is passed over for the segment; a
+    segment that does not parse is an :class:`IntegrityError` naming it."""
+    copy = version_copy_key(name, number)
     try:
-        return Version.from_dict(json.loads(store.read(sidecar_key(name, number))))
+        return Version.from_dict(json.loads(store.read(copy)))
     except NotFoundError:
-        pass
+        missing = True
+    except (ValueError, KeyError, TypeError) as err:
+        log.warning("casreg: %s in %s does not parse (%s); reading the ledger segment instead", copy, store.url, err)
+        missing = False
+    key = version_segment_key(name, number)
     try:
-        data = store.read(segment_key(name, number))
+        data = store.read(key)
     except NotFoundError:
         raise NotFoundError(f"{name}:{number} does not exist") from None
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    row = pq.read_table(io.BytesIO(data)).to_pylist()[0]
-    for k in ("metrics", "params", "tags"):
-        row[k] = dict(row[k] or [])
-    row.pop("files", None)
-    rec = Version.from_dict(row)
-    store.create(sidecar_key(name, number), json.dumps(rec.to_dict()).encode())
+    try:
+        row = pq.read_table(io.BytesIO(data)).to_pylist()[0]
+        for k in ("metrics", "params", "tags"):
+            row[k] = dict(row[k] or [])
+        row.pop("files", None)
+        rec = Version.from_dict(row)
+    except (ValueError, KeyError, TypeError, IndexError, pa.ArrowException) as err:
+        raise IntegrityError(f"ledger segment {key} in {store.url} is corrupt ({_first_line(err)}); "
+                             "run casreg verify") from None
+    if (rec.name, rec.version) != (name, number):
+        raise IntegrityError(f"ledger segment {key} in {store.url} records {rec.ref}, not {name}:{number}")
+    if missing:  # best effort: a reader of a read-only registry must not fail for a cache
+        try:
+            store.create(copy, json.dumps(rec.to_dict()).encode())
+        except StorageError:
+            pass
     return rec
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:200]
 
 
 #: What ``Registry.ls`` needs: every column but ``files``.
@@ -328,10 +323,14 @@ def versions_from_table(table: pa.Table) -> list[Version]:
     lin = table.column("lineage").combine_chunks()
     names = [f.name for f in lin.type]
     fields = [lin.field(i).to_pylist() for i in range(lin.type.num_fields)]
+    parent = names.index("parent")
+    for i, p in enumerate(fields[parent]):
+        if p is not None:
+            fields[parent][i] = Digest(p)
     lineages = [Lineage(**dict(zip(names, vals))) if ok else Lineage()
                 for ok, *vals in zip(lin.is_valid().to_pylist(), *fields)]
     rows = zip(
-        plain("name"), plain("version"), plain("digest"), plain("kind"), plain("size"), plain("stored_bytes"),
+        plain("name"), plain("version"), [Digest(d) for d in plain("digest")], plain("kind"), plain("size"), plain("stored_bytes"),
         plain("new_bytes"), plain("file_count"), plain("chunk_count"), times("created_at"), plain("author"),
         plain("framework"), plain("description"), dicts("metrics"), dicts("params"), dicts("tags"), lineages,
     )
@@ -380,11 +379,10 @@ def append_event(store: ObjectStore, event: AliasEvent) -> bool:
     row["time"] = event.time
     row["details"] = json.dumps(event.details, sort_keys=True) if event.details else None
     table = pa.Table.from_pylist([row], schema=event_schema())
-    return store.create(event_key(event), _parquet_bytes(table))
+    return store.create(event_segment_key(event.name, event.time, event.event_id), _parquet_bytes(table))
 
 
 # -- the compacted ledger's HEAD -------------------------------------------------------------
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 _ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -461,13 +459,13 @@ class LedgerHead:
                 if not isinstance(item, dict):
                     raise ValueError(f"bad {kind} entry")
                 key, rows, size, digest = item.get("key"), item.get("rows"), item.get("size"), item.get("blake3")
-                if (not isinstance(key, str) or not key.startswith(f"{COMPACTED_PREFIX}/{kind}/")
+                if (not isinstance(key, str) or not key.startswith(f"{COMPACTED}/{kind}/")
                         or not key.endswith(".parquet") or key.count("/") != 3 or "/." in key or "/../" in key):
                     raise ValueError(f"bad {kind} key {key!r}")
                 for v in (rows, size):
                     if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                         raise ValueError(f"bad {kind} entry for {key}")
-                if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
+                if not isinstance(digest, str) or not HEX64.fullmatch(digest):
                     raise ValueError(f"bad digest for {key}")
                 out.append(CompactedFile(key, rows, size, digest))
             return tuple(out)
@@ -634,9 +632,9 @@ def versions_parts(store: ObjectStore) -> tuple[list[bytes], pa.Table]:
 def _uncovered_version_keys(store: ObjectStore, head: LedgerHead | None, name: str | None) -> list[str]:
     covered = head.covered if head else {}
     keys = []
-    after = segment_key(name, covered[name]) if name and covered.get(name) else None
-    for key in _list(store, f"{VERSIONS_PREFIX}/{name}" if name else VERSIONS_PREFIX, after):
-        parsed = parse_segment_key(key)
+    after = version_segment_key(name, covered[name]) if name and covered.get(name) else None
+    for key in _list(store, f"{VERSIONS}/{name}" if name else VERSIONS, after):
+        parsed = parse_version_segment_key(key)
         if parsed is not None and parsed[1] > covered.get(parsed[0], 0):
             keys.append(key)
     keys.sort()
@@ -651,7 +649,7 @@ def events_table(store: ObjectStore, *, with_segment: bool = False, name: str | 
     def run(head: LedgerHead | None) -> pa.Table:
         compacted = _read_compacted_events(store, head, name) if head else compacted_event_schema().empty_table()
         covered = set(compacted.column(SEGMENT_COLUMN).to_pylist())
-        prefix = f"{EVENTS_PREFIX}/{name}" if name else EVENTS_PREFIX
+        prefix = f"{EVENTS}/{name}" if name else EVENTS
         keys = sorted(k for k in store.list(prefix) if is_event_key(k) and k not in covered)
         fresh = segments_table(keys, read_many(store, keys), event_schema(), with_key=True)
         table = sort_events(pa.concat_tables([compacted, fresh]))

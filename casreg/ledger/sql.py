@@ -30,9 +30,9 @@ import re
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
-from casreg.errors import InvalidInputError, NotFoundError
-from casreg.ledger.segments import event_schema, events_table, map_concurrently, version_schema, versions_parts, versions_table
-from casreg.records import AliasEvent
+from casreg.errors import InvalidInputError
+from casreg.ledger.pointers import list_pointers
+from casreg.ledger.segments import event_schema, events_table, version_schema, versions_parts, versions_table
 from casreg.storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -112,21 +112,9 @@ def _aliases_table(store: ObjectStore) -> Any:
     """Every alias currently set (the pointers, read concurrently: one small read each)."""
     import pyarrow as pa
 
-    def read(key: str) -> bytes | None:
-        try:
-            return store.read(key)
-        except NotFoundError:
-            return None
-
-    keys = sorted(k for k in store.list("pointers") if k.endswith(".json"))
-    rows = []
-    for data in map_concurrently(read, keys):
-        e = AliasEvent.from_dict(json.loads(data)) if data is not None else None
-        if e is None or e.to_digest is None or e.to_version is None:
-            continue  # removed
-        rows.append({"name": e.name, "alias": e.alias, "digest": e.to_digest, "version": e.to_version,
-                     "updated_at": e.time, "author": e.author, "reason": e.reason,
-                     "annotations": list(e.annotations.items())})
+    rows = [{"name": p.name, "alias": p.alias, "digest": p.digest, "version": p.version,
+             "updated_at": p.event.time, "author": p.event.author, "reason": p.event.reason,
+             "annotations": list(p.annotations.items())} for p in list_pointers(store)]
     return pa.Table.from_pylist(rows, schema=_aliases_schema())
 
 

@@ -1,10 +1,10 @@
 """Garbage collection: reclaim objects no version references, safely while others push.
 
 Versions are never deleted, so what becomes garbage is what interrupted pushes leave
-behind: packs (with their indexes) and manifests that no ledger record reaches, and, on a
-local disk, temporary files of writes that never completed. ``gc`` removes them in two
-phases, so that a push running at the same time never loses an object it relies on
-(docs/gc.md gives the protocol and the argument):
+behind: packs (with their indexes) and manifests that no ledger record reaches, and the
+store's leftovers (a local disk's temporary files of writes that never completed). ``gc``
+removes them in two phases, so that a push running at the same time never loses an
+object it relies on (docs/gc.md gives the protocol and the argument):
 
 1. **mark**: compute what the ledger reaches; write the unreachable objects older than
    the grace period G as an immutable *condemnation record* ``gc/condemned/<time>-<id>.json``.
@@ -16,32 +16,49 @@ phases, so that a push running at the same time never loses an object it relies 
 
 The push side is :func:`check_before_commit`, which :meth:`casreg.Registry.push` calls
 right before it commits: a version that relies on a condemned object rescues it, or fails
-with a retryable :class:`GcConflictError` when a sweep may already be deleting it.
-
-This module also holds what :mod:`casreg.maintenance.verify` shares with gc: reading the ledger's
-versions and naming objects by key.
+with a retryable :class:`GcConflictError` when a sweep may already be deleting it. The
+protocol's objects are in :mod:`casreg.maintenance.condemned`, reachability in
+:mod:`casreg.maintenance.reachable`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import uuid
-from array import array
-from bisect import bisect_left
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from datetime import datetime, timedelta
+from typing import Any
 
-from blake3 import blake3
-
+from casreg.concurrency import bounded_map, io_threads
+from casreg.content.manifest import Manifest
 from casreg.errors import CasregError, ConflictError, IntegrityError, InvalidInputError, NotFoundError
-from casreg.content.manifest import HEX64, Manifest, manifest_key
-from casreg.content.packs import decode_index, index_key, pack_key
+from casreg.keys import (
+    GC_CONDEMNED,
+    GC_RESCUED,
+    GC_SWEEPING,
+    index_key,
+    manifest_key,
+    pack_key,
+    parse_condemned_key,
+    parse_object_key,
+    parse_rescue_key,
+    parse_sweeping_key,
+)
+from casreg.maintenance.condemned import (
+    Condemned,
+    Record,
+    announce_sweep,
+    drop_announcement,
+    iso,
+    list_records,
+    read_record,
+    rescued_keys,
+    sweep_announced,
+    write_record,
+    write_rescue,
+)
+from casreg.maintenance.reachable import Reachability, scan
 from casreg.records import utcnow
 from casreg.storage import ObjectStore
 
@@ -53,12 +70,9 @@ __all__ = [
     "GcRecordInfo",
     "GcReport",
     "CommitCheck",
-    "VersionRef",
     "check_before_commit",
     "collect",
-    "ledger_versions",
     "parse_duration",
-    "parse_object_key",
 ]
 
 DEFAULT_GRACE = timedelta(hours=24)
@@ -67,20 +81,8 @@ DEFAULT_DELAY = timedelta(hours=1)
 #: sweep that died; only then is it removed (a live sweep's announcement must stay).
 STALE_SWEEP = timedelta(days=7)
 
-RECORD_FORMAT = "casreg-gc/1"
-CONDEMNED = "gc/condemned"
-SWEEPING = "gc/sweeping"
-RESCUED = "gc/rescued"
-
-_STAMP = "%Y%m%dT%H%M%S%fZ"
-_RECORD_NAME = re.compile(r"(\d{8}T\d{12}Z)-([0-9a-f]{32})\.json")
-_OBJECT = re.compile(r"(packs|index|manifests)/([0-9a-f]{2})/([0-9a-f]{64})\.(pack|idx|manifest)")
-_SUFFIX = {"packs": "pack", "index": "idx", "manifests": "manifest"}
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|w)?")
 _UNITS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 class GcConflictError(ConflictError):
@@ -88,7 +90,7 @@ class GcConflictError(ConflictError):
     was committed, and pushing again succeeds (it stores what is missing)."""
 
 
-# -- small shared helpers ----------------------------------------------------------------------
+# -- small helpers ----------------------------------------------------------------------------
 def parse_duration(text: str | float | int | timedelta) -> timedelta:
     """``"24h"``, ``"90m"``, ``"1h30m"``, ``"2d"``, ``"500ms"``, ``"0"`` or plain seconds."""
     if isinstance(text, timedelta):
@@ -113,205 +115,12 @@ def parse_duration(text: str | float | int | timedelta) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def parse_object_key(key: str) -> tuple[str, str] | None:
-    """``("packs"|"index"|"manifests", id)`` for a well-formed object key, else ``None``."""
-    m = _OBJECT.fullmatch(key)
-    if m is None or m[2] != m[3][:2] or _SUFFIX[m[1]] != m[4]:
-        return None
-    return m[1], m[3]
-
-
-def _iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: int | None = None) -> Iterator[R]:
-    """``map(fn, items)`` on ``workers`` threads, in order, with at most ``window``
-    results pending: memory stays bounded however many items there are."""
-    window = window or 2 * workers
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="casreg-gc") as pool:
-        pending: deque[Future[R]] = deque()
-        try:
-            for item in items:
-                pending.append(pool.submit(fn, item))
-                if len(pending) >= window:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for f in pending:
-                f.cancel()
-
-
-def io_threads(threads: int | None) -> int:
-    return threads or min(16, 4 * (os.cpu_count() or 2))
-
-
-# -- the ledger: which versions exist -----------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class VersionRef:
-    name: str
-    version: int
-    hexdigest: str
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}:{self.version}"
-
-
-_SEGMENT = re.compile(r"ledger/versions/([^/]+)/(\d+)\.parquet")
-
-
-def ledger_versions(store: ObjectStore) -> list[VersionRef]:
-    """Every version the ledger records, read through :func:`casreg.ledger.segments.versions_table`
-    (the same source as SQL, so it stays right when segments are compacted).
-
-    As a guard against a ledger read that silently misses records, every per-version
-    segment listed beforehand must be in the table; otherwise this raises, and gc, which
-    would treat the missing versions' objects as garbage, does not run."""
-    from casreg.ledger.segments import versions_table
-
-    listed: set[tuple[str, int]] = set()
-    for key in store.list("ledger/versions"):
-        m = _SEGMENT.fullmatch(key)
-        if m:
-            listed.add((m[1], int(m[2])))
-    try:
-        table = versions_table(store, columns=["name", "version", "digest"])
-    except CasregError:
-        raise
-    except Exception as err:  # pyarrow refusing a damaged segment
-        raise IntegrityError(f"the ledger cannot be read ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-                             "run casreg verify") from None
-    out = []
-    for row in table.to_pylist():
-        digest = row["digest"] or ""
-        hexd = digest.removeprefix("blake3:")
-        if not digest.startswith("blake3:") or not HEX64.fullmatch(hexd):
-            raise IntegrityError(f"the ledger record of {row['name']}:{row['version']} has a malformed digest {digest[:80]!r}")
-        out.append(VersionRef(row["name"], int(row["version"]), hexd))
-    missing = listed - {(v.name, v.version) for v in out}
-    if missing:
-        name, number = sorted(missing)[0]
-        raise IntegrityError(f"the ledger read missed {len(missing)} listed version(s), e.g. {name}:{number}; "
-                             "refusing to compute reachability from it")
-    return out
-
-
-# -- object times -----------------------------------------------------------------------------
 def object_stat(store: ObjectStore, key: str) -> tuple[int, datetime | None] | None:
     """``(size, last-modified time)`` of an object, ``None`` if it does not exist. The
     time is ``None`` where the backend keeps none (``memory://``): such objects count as
     older than any grace period (docs/gc.md)."""
     info = store.stat(key)
     return None if info is None else (info.size, info.modified)
-
-
-def _local_temporaries(store: ObjectStore) -> list[tuple[str, int, datetime]]:
-    """Temporary files of interrupted local writes (``.tmp-*`` beside their target): not
-    objects, invisible to ``list``, but they hold disk space."""
-    from casreg.storage.local import _TMP_PREFIX, LocalStore
-
-    if not isinstance(store, LocalStore) or not store.root.is_dir():
-        return []
-    out = []
-    for dirpath, dirs, files in os.walk(store.root):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for f in files:
-            if f.startswith(_TMP_PREFIX):
-                path = os.path.join(dirpath, f)
-                try:
-                    st = os.stat(path)
-                except FileNotFoundError:
-                    continue
-                rel = os.path.relpath(path, store.root).replace(os.sep, "/")
-                out.append((rel, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc)))
-    return out
-
-
-def _delete_temporary(store: ObjectStore, rel: str, *, dry_run: bool = False) -> bool:
-    from casreg.storage.local import _TMP_PREFIX, LocalStore
-
-    if not isinstance(store, LocalStore):
-        return False
-    parts = rel.split("/")
-    if ".." in parts or not parts[-1].startswith(_TMP_PREFIX) or rel.startswith("/"):
-        return False  # a damaged record must not make gc delete anything else
-    path = store.root / rel
-    if dry_run:
-        return path.is_file()
-    try:
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-# -- records ----------------------------------------------------------------------------------
-@dataclass(slots=True)
-class _Record:
-    id: str
-    key: str
-    created_at: datetime
-    objects: list[dict[str, Any]]  # {"key": ..., "size": ...}
-    temporaries: list[dict[str, Any]]  # {"path": ..., "size": ...}
-
-    @property
-    def keys(self) -> set[str]:
-        return {o["key"] for o in self.objects}
-
-
-def _record_key(created_at: datetime, rid: str) -> str:
-    return f"{CONDEMNED}/{created_at.astimezone(timezone.utc).strftime(_STAMP)}-{rid}.json"
-
-
-def _record_time(key: str) -> tuple[datetime, str] | None:
-    m = _RECORD_NAME.fullmatch(key.rsplit("/", 1)[-1])
-    if m is None:
-        return None
-    return datetime.strptime(m[1], _STAMP).replace(tzinfo=timezone.utc), m[1] + "-" + m[2]
-
-
-def _read_record(store: ObjectStore, key: str) -> _Record | None:
-    """A condemnation record, or ``None`` if it is gone or not one of ours. Pushes and
-    sweeps use this same reader, so a record one of them cannot read, the other ignores too."""
-    named = _record_time(key)
-    if named is None:
-        return None
-    try:
-        doc = json.loads(store.read(key))
-        if doc.get("format") != RECORD_FORMAT:
-            return None
-        objects = [{"key": str(o["key"]), "size": int(o.get("size") or 0)} for o in doc.get("objects", [])]
-        temps = [{"path": str(t["path"]), "size": int(t.get("size") or 0)} for t in doc.get("temporaries", [])]
-    except NotFoundError:
-        return None
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None
-    return _Record(named[1], key, named[0], objects, temps)
-
-
-def _list_records(store: ObjectStore) -> list[_Record]:
-    records = []
-    for key in sorted(store.list(CONDEMNED)):
-        rec = _read_record(store, key)
-        if rec is not None:
-            records.append(rec)
-    return records
-
-
-def _rescued_keys(store: ObjectStore, rid: str) -> set[str]:
-    keys: set[str] = set()
-    for key in store.list(f"{RESCUED}/{rid}"):
-        try:
-            doc = json.loads(store.read(key))
-            keys.update(str(k) for k in doc.get("keys", []))
-        except NotFoundError:
-            continue
-        except (ValueError, TypeError, AttributeError):
-            # an unreadable rescue might have named anything: spare the whole record
-            raise IntegrityError(f"rescue {key} is unreadable; not sweeping record {rid}") from None
-    return keys
 
 
 # -- the push side ------------------------------------------------------------------------------
@@ -337,9 +146,8 @@ def check_before_commit(store: ObjectStore, manifest: Manifest, *, threads: int 
        push ran may have deleted one it learned about from an index).
 
     The commit must follow within much less than the gc delay D (docs/gc.md)."""
-    digest = manifest.hexdigest
-    mkey = manifest_key(digest)
-    records = _list_records(store)  # (1) before anything else is checked
+    mkey = manifest_key(manifest.hexdigest)
+    records = list_records(store)  # (1) before anything else is checked
 
     written = False
     try:  # (2)
@@ -357,12 +165,10 @@ def check_before_commit(store: ObjectStore, manifest: Manifest, *, threads: int 
     hits = [(rec, sorted(used & rec.keys)) for rec in records]
     hits = [(rec, keys) for rec, keys in hits if keys]
     for rec, keys in hits:  # (3) announce first...
-        doc = {"format": RECORD_FORMAT, "record": rec.id, "digest": "blake3:" + digest,
-               "time": _iso(utcnow()), "keys": keys}
-        store.create(f"{RESCUED}/{rec.id}/{uuid.uuid4().hex}.json", json.dumps(doc).encode())
+        write_rescue(store, rec.id, manifest.version_digest, keys, utcnow())
         rescued.update(keys)
     for rec, keys in hits:  # ...then look for a sweep that could have missed the announcement
-        if next(iter(store.list(f"{SWEEPING}/{rec.id}")), None) is not None:
+        if sweep_announced(store, rec.id):
             raise GcConflictError(
                 f"a concurrent gc is sweeping {keys[0]}, which this version relies on; nothing was committed: "
                 "push again (it stores what is missing)")
@@ -384,115 +190,6 @@ def check_before_commit(store: ObjectStore, manifest: Manifest, *, threads: int 
     return CommitCheck(len(records), tuple(sorted(rescued)), written)
 
 
-# -- reachability -------------------------------------------------------------------------------
-@dataclass(slots=True)
-class _PackTable:
-    """A pack's chunk offsets and stored sizes (ascending), and which ones a reachable
-    manifest uses: ~13 bytes per stored chunk."""
-
-    offsets: array  # type: ignore[type-arg]
-    sizes: array  # type: ignore[type-arg]
-    used: bytearray | None = None
-
-    def mark(self, offset: int) -> None:
-        i = bisect_left(self.offsets, offset)
-        if i < len(self.offsets) and self.offsets[i] == offset:
-            if self.used is None:
-                self.used = bytearray(len(self.offsets))
-            self.used[i] = 1
-
-    def unused_bytes(self) -> int:
-        if self.used is None:
-            return sum(self.sizes)
-        return sum(s for s, u in zip(self.sizes, self.used) if not u)
-
-
-@dataclass(slots=True)
-class _Scan:
-    packs: dict[str, str] = field(default_factory=dict)  # pack id -> key
-    indexes: dict[str, str] = field(default_factory=dict)  # pack id -> index key
-    manifests: dict[str, str] = field(default_factory=dict)  # hex -> key
-    versions: list[VersionRef] = field(default_factory=list)
-    reachable: set[str] = field(default_factory=set)  # manifest hexes the ledger reaches
-    reachable_packs: set[str] = field(default_factory=set)
-    leftovers: dict[str, frozenset[str]] = field(default_factory=dict)  # unreachable manifest -> its packs
-    repack_packs: int = 0
-    repack_bytes: int = 0
-
-
-def _read_index_table(store: ObjectStore, pack_id: str, key: str) -> _PackTable | None:
-    try:
-        data = store.read(key)
-        if blake3(data).hexdigest() != pack_id:
-            return None
-        slots = decode_index(data, key)
-    except (NotFoundError, IntegrityError):
-        return None
-    slots.sort(key=lambda s: s.offset)
-    return _PackTable(array("Q", (s.offset for s in slots)), array("Q", (s.stored_size for s in slots)))
-
-
-def _read_manifest(store: ObjectStore, hexd: str) -> Manifest | CasregError:
-    key = manifest_key(hexd)
-    try:
-        return Manifest.from_bytes(store.read(key), expected=bytes.fromhex(hexd), where=key)
-    except NotFoundError:
-        return NotFoundError(f"object {key} is missing")
-    except CasregError as err:
-        return err
-
-
-def scan(store: ObjectStore, *, threads: int | None = None, repack: bool = True) -> _Scan:
-    """List every object, read the ledger, and follow every version to its manifest and
-    packs. Listing comes first, so an object written later is never taken for garbage
-    for want of the version that references it. Raises if a reachable manifest is
-    missing or corrupt: its packs are then unknown, and nothing could be deleted safely."""
-    s = _Scan()
-    for prefix, target in (("packs", s.packs), ("index", s.indexes), ("manifests", s.manifests)):
-        for key in store.list(prefix):
-            parsed = parse_object_key(key)
-            if parsed is not None and parsed[0] == prefix:
-                target[parsed[1]] = key
-    s.versions = ledger_versions(store)
-    s.reachable = {v.hexdigest for v in s.versions}
-    nthreads = io_threads(threads)
-
-    tables: dict[str, _PackTable] = {}
-    if repack:
-        ids = sorted(s.indexes)
-        for pid, table in zip(ids, bounded_map(lambda p: _read_index_table(store, p, s.indexes[p]), ids, nthreads)):
-            if table is not None:
-                tables[pid] = table
-
-    by_version: dict[str, str] = {}
-    for v in s.versions:
-        by_version.setdefault(v.hexdigest, v.ref)
-    order = sorted(s.reachable)
-    for hexd, m in zip(order, bounded_map(lambda h: _read_manifest(store, h), order, nthreads)):
-        if isinstance(m, CasregError):
-            raise IntegrityError(f"cannot compute what is reachable: {m} (needed by {by_version[hexd]}); "
-                                 "run casreg verify") from None
-        for e in m.entries:
-            for c in e.chunks:
-                s.reachable_packs.add(c.pack)
-                t = tables.get(c.pack)
-                if t is not None:
-                    t.mark(c.offset)
-    order = sorted(set(s.manifests) - s.reachable)
-    for hexd, m in zip(order, bounded_map(lambda h: _read_manifest(store, h), order, nthreads)):
-        # an unreadable leftover cannot be used by any push (they verify it): it protects nothing
-        s.leftovers[hexd] = frozenset() if isinstance(m, CasregError) else frozenset(
-            c.pack for e in m.entries for c in e.chunks)
-    for pid in s.reachable_packs:
-        t = tables.get(pid)
-        if t is not None and t.used is not None:
-            unused = t.unused_bytes()
-            if unused:
-                s.repack_packs += 1
-                s.repack_bytes += unused
-    return s
-
-
 # -- gc report --------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class GcObject:
@@ -512,7 +209,7 @@ class GcRecordInfo:
     bytes: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "created_at": _iso(self.created_at), "sweep_after": _iso(self.sweep_after),
+        return {"key": self.key, "created_at": iso(self.created_at), "sweep_after": iso(self.sweep_after),
                 "objects": self.objects, "bytes": self.bytes}
 
 
@@ -572,6 +269,27 @@ def _delete_order(key: str) -> int:
     return {"manifests": 0, "index": 1, "packs": 2}.get(kind[0] if kind else "", 3)
 
 
+@dataclass(slots=True)
+class _Run:
+    """One gc run's parameters and what it has done so far."""
+
+    store: ObjectStore
+    report: GcReport
+    grace: timedelta
+    delay: timedelta
+    start: datetime
+    run_id: str
+    dry_run: bool
+    threads: int | None
+    now: Callable[[], datetime]
+    #: this run's sweep announcements by record id, taken back when the sweep ends (or fails)
+    announcements: dict[str, str] = field(default_factory=dict)
+    deleted_keys: set[str] = field(default_factory=set)
+
+    def withdraw(self, record_id: str) -> None:
+        drop_announcement(self.store, self.announcements.pop(record_id, None))
+
+
 def collect(
     store: ObjectStore,
     *,
@@ -584,132 +302,130 @@ def collect(
     """One gc run: sweep every condemnation record written at least ``delay`` ago, then
     condemn what is unreachable and older than ``grace``. See the module docstring."""
     g, d = parse_duration(grace), parse_duration(delay)
-    report = GcReport(dry_run, g.total_seconds(), d.total_seconds())
-    run_id = uuid.uuid4().hex
-    start = now()
-
+    run = _Run(store, GcReport(dry_run, g.total_seconds(), d.total_seconds()), g, d, now(), uuid.uuid4().hex,
+               dry_run, threads, now)
     # Leftovers of earlier runs are listed before the records: a rescue can only exist
     # once its record did, so one listed now whose record is gone below is an orphan.
-    old_rescues = list(store.list(RESCUED))
-    old_sweeps = list(store.list(SWEEPING))
-    records = _list_records(store)
-    due = [r for r in records if r.created_at + d <= start]
-    due_ids = {r.id for r in due}
-    for r in records:
-        if r.id not in due_ids:
-            report.pending.append(GcRecordInfo(r.key, r.created_at, r.created_at + d,
+    old_rescues = list(store.list(GC_RESCUED))
+    old_sweeps = list(store.list(GC_SWEEPING))
+    records = list_records(store)
+    due = [r for r in records if r.created_at + d <= run.start]
+    pending = [r for r in records if r.created_at + d > run.start]
+    for r in pending:
+        run.report.pending.append(GcRecordInfo(r.key, r.created_at, r.created_at + d,
                                                len(r.objects) + len(r.temporaries),
-                                               sum(o["size"] for o in r.objects + r.temporaries)))
-
-    flags: dict[str, str] = {}
+                                               sum(o.size for o in r.objects + r.temporaries)))
     try:
-        return _run(store, report, records, due, flags, old_rescues, old_sweeps, g, d, start, run_id,
-                    dry_run, threads, now)
+        sweeping = _announce_sweeps(run, due)
+        s = scan(store, threads=threads)  # at least D after every record being swept
+        run.report.versions = len(s.versions)
+        run.report.reachable_manifests = len(s.reachable)
+        run.report.reachable_packs = len(s.reachable_packs)
+        run.report.repack_packs, run.report.repack_bytes = s.repack_packs, s.repack_bytes
+        _sweep(run, s, sweeping)
+        _mark(run, s, pending)
+        if not dry_run:
+            _tidy(run, records, old_rescues, old_sweeps)
+        return run.report
     finally:
         # If the run fails midway, take back its sweep announcements: every deletion it
         # made happened before, so a push checking later finds them by looking (docs/gc.md).
-        for flag in flags.values():
+        for record_id in list(run.announcements):
             try:
-                _drop_flag(store, flag)
+                run.withdraw(record_id)
             except CasregError:
                 pass  # the store is failing: the next gc run finishes this record's sweep
 
 
-def _run(store: ObjectStore, report: GcReport, records: list[_Record], due: list[_Record], flags: dict[str, str],
-         old_rescues: list[str], old_sweeps: list[str], g: timedelta, d: timedelta, start: datetime, run_id: str,
-         dry_run: bool, threads: int | None, now: Callable[[], datetime]) -> GcReport:
-    # -- phase 2, sweep: announce, read rescues, confirm the record still exists --------------
-    rescued: dict[str, set[str]] = {}
-    sweeping: list[_Record] = []
+def _announce_sweeps(run: _Run, due: list[Record]) -> list[tuple[Record, set[str]]]:
+    """Phase 2 begins: announce the sweep of every due record, then read its rescues and
+    confirm the record still exists (in that order: docs/gc.md). Returns the records to
+    sweep with the keys rescued from each."""
+    sweeping: list[tuple[Record, set[str]]] = []
     for r in due:
-        flag = f"{SWEEPING}/{r.id}/{run_id}.json"
-        if not dry_run:
-            store.create(flag, json.dumps({"format": RECORD_FORMAT, "time": _iso(now())}).encode())
-            flags[r.id] = flag
+        if not run.dry_run:
+            run.announcements[r.id] = announce_sweep(run.store, r.id, run.run_id, run.now())
         try:
-            rescued[r.id] = _rescued_keys(store, r.id)
+            rescued = rescued_keys(run.store, r.id)
         except IntegrityError as err:
-            report.warnings.append(str(err))
-            _drop_flag(store, flags.pop(r.id, None))
+            run.report.warnings.append(str(err))
+            run.withdraw(r.id)
             continue
-        current = _read_record(store, r.key)  # after the rescues: see docs/gc.md
+        current = read_record(run.store, r.key)  # after the rescues
         if current is None:  # another gc swept it meanwhile
-            _drop_flag(store, flags.pop(r.id, None))
+            run.withdraw(r.id)
             continue
-        sweeping.append(current)
+        sweeping.append((current, rescued))
+    return sweeping
 
-    s = scan(store, threads=threads)  # at least D after every record being swept
-    report.versions = len(s.versions)
-    report.reachable_manifests = len(s.reachable)
-    report.reachable_packs = len(s.reachable_packs)
-    report.repack_packs, report.repack_bytes = s.repack_packs, s.repack_bytes
 
+def _sweep(run: _Run, s: Reachability, sweeping: list[tuple[Record, set[str]]]) -> None:
+    """Phase 2: delete what the records condemned that is still unreachable and was not
+    rescued (manifests, then indexes, then packs), and the condemned leftovers; then the
+    records, their rescues and this run's announcements."""
     doomed_manifests: set[str] = set()
-    for r in sweeping:
+    for r, rescued in sweeping:
         for o in r.objects:
-            kind = parse_object_key(o["key"])
-            if kind and kind[0] == "manifests" and kind[1] not in s.reachable and o["key"] not in rescued[r.id]:
+            kind = parse_object_key(o.key)
+            if kind and kind[0] == "manifests" and kind[1] not in s.reachable and o.key not in rescued:
                 doomed_manifests.add(kind[1])
     protected = set(s.reachable_packs)  # packs that surviving manifests still use
     for hexd, packs in s.leftovers.items():
         if hexd not in doomed_manifests:
             protected |= packs
 
-    to_delete: list[tuple[str, int]] = []
-    temps: list[tuple[str, int]] = []
-    for r in sweeping:
-        spare = rescued[r.id]
+    to_delete: list[Condemned] = []
+    temps: list[Condemned] = []
+    for r, spare in sweeping:
         for o in r.objects:
-            key, size = o["key"], o["size"]
-            kind = parse_object_key(key)
+            kind = parse_object_key(o.key)
             if kind is None:
-                report.warnings.append(f"record {r.key} names {key[:80]!r}, which is not an object key; ignored")
+                run.report.warnings.append(f"record {r.key} names {o.key[:80]!r}, which is not an object key; ignored")
                 continue
-            rescued_unit = key in spare or (kind[0] != "manifests" and (
+            rescued_unit = o.key in spare or (kind[0] != "manifests" and (
                 pack_key(kind[1]) in spare or index_key(kind[1]) in spare))
             alive = kind[1] in s.reachable if kind[0] == "manifests" else kind[1] in protected
             if alive or rescued_unit:
-                report.spared.append(GcObject(key, size))
+                run.report.spared.append(GcObject(o.key, o.size))
             else:
-                to_delete.append((key, size))
-        temps += [(t["path"], t["size"]) for t in r.temporaries]
+                to_delete.append(o)
+        temps += r.temporaries
 
-    to_delete.sort(key=lambda ks: _delete_order(ks[0]))
-    deleted_keys: set[str] = set()
-    for key, size in to_delete:
-        if key in deleted_keys:
+    store, report = run.store, run.report
+    for o in sorted(to_delete, key=lambda o: _delete_order(o.key)):
+        if o.key in run.deleted_keys:
             continue
-        if dry_run:
-            if store.exists(key):
-                report.deleted.append(GcObject(key, size))
-        elif store.exists(key):
-            store.delete(key)
-            report.deleted.append(GcObject(key, size))
-        deleted_keys.add(key)
-    for path, size in temps:
-        if _delete_temporary(store, path, dry_run=dry_run):
-            report.deleted.append(GcObject(path, size))
-    for r in sweeping:
+        if store.exists(o.key):
+            if not run.dry_run:
+                store.delete(o.key)
+            report.deleted.append(GcObject(o.key, o.size))
+        run.deleted_keys.add(o.key)
+    for t in temps:
+        if store.delete_leftover(t.key, dry_run=run.dry_run):
+            report.deleted.append(GcObject(t.key, t.size))
+    for r, _ in sweeping:
         report.swept_records.append(r.key)
-        if not dry_run:
+        if not run.dry_run:
             store.delete(r.key)  # the record, then its rescues, then this sweep's announcement
-            for key in list(store.list(f"{RESCUED}/{r.id}")):
+            for key in list(store.list(f"{GC_RESCUED}/{r.id}")):
                 store.delete(key)
-            _drop_flag(store, flags.pop(r.id, None))
+            run.withdraw(r.id)
 
-    # -- phase 1, mark ------------------------------------------------------------------------
+
+def _mark(run: _Run, s: Reachability, pending: list[Record]) -> None:
+    """Phase 1: condemn what is unreachable and older than the grace period (objects a
+    pending record already names wait for that record's sweep), in one new record."""
+    store, g, start = run.store, run.grace, run.start
     pending_keys: set[str] = set()
     pending_temps: set[str] = set()
-    due_ids = {r.id for r in due}
-    for r in records:
-        if r.id not in due_ids:
-            pending_keys |= r.keys
-            pending_temps |= {t["path"] for t in r.temporaries}
+    for r in pending:
+        pending_keys |= r.keys
+        pending_temps |= {t.key for t in r.temporaries}
     leftover_protected = set(s.reachable_packs)
     candidates: list[GcObject] = []
     for hexd in sorted(s.leftovers):
         key = s.manifests[hexd]
-        if key in deleted_keys or key in pending_keys:
+        if key in run.deleted_keys or key in pending_keys:
             if key in pending_keys:
                 leftover_protected |= s.leftovers[hexd]  # still there until its own sweep
             continue
@@ -722,45 +438,46 @@ def _run(store: ObjectStore, report: GcReport, records: list[_Record], due: list
         candidates.append(GcObject(key, st[0]))
     for pid in sorted((set(s.packs) | set(s.indexes)) - leftover_protected):
         unit = [k for k in (s.packs.get(pid), s.indexes.get(pid)) if k is not None]
-        if any(k in deleted_keys or k in pending_keys for k in unit):
+        if any(k in run.deleted_keys or k in pending_keys for k in unit):
             continue
-        stats = [(k, object_stat(store, k)) for k in unit]
-        stats = [(k, st) for k, st in stats if st is not None]
+        stats = [(k, st) for k in unit if (st := object_stat(store, k)) is not None]
         if not stats or any(st[1] is not None and start - st[1] < g for _, st in stats):
             continue
         candidates += [GcObject(k, st[0]) for k, st in stats]
-    temporaries = [GcObject(rel, size) for rel, size, mtime in _local_temporaries(store)
-                   if start - mtime >= g and rel not in pending_temps]
-    report.condemned = candidates + temporaries
-
-    if report.condemned and not dry_run:
-        created = now()
-        rid = f"{created.strftime(_STAMP)}-{uuid.uuid4().hex}"
-        key = _record_key(created, rid.split("-", 1)[1])
-        doc = {"format": RECORD_FORMAT, "id": rid, "created_at": _iso(created), "grace_seconds": g.total_seconds(),
-               "objects": [o.to_dict() for o in candidates],
-               "temporaries": [{"path": o.key, "size": o.size} for o in temporaries]}
-        store.create(key, json.dumps(doc, indent=0).encode())
-        report.record = key
-        report.pending.append(GcRecordInfo(key, created, created + d, len(report.condemned), report.condemned_bytes))
-
-    # -- tidy what earlier runs left: rescues of swept records, dead sweeps' announcements ----
-    if not dry_run:
-        existing = {named[1] for k in store.list(CONDEMNED) if (named := _record_time(k)) is not None}
-        for key in old_rescues:  # listed before the records: their record is gone for good
-            rid = key.split("/")[2] if key.count("/") >= 3 else None
-            if rid is not None and rid not in existing:
-                store.delete(key)
-        for key in old_sweeps:  # a live sweep's announcement must stay, so only very old ones
-            rid = key.split("/")[2] if key.count("/") >= 3 else None
-            if rid is None or rid in existing or any(r.id == rid for r in records):
-                continue
-            st = object_stat(store, key)
-            if st is not None and st[1] is not None and start - st[1] >= STALE_SWEEP:
-                store.delete(key)
-    return report
+    temporaries = [GcObject(t.name, t.size) for t in store.leftovers()
+                   if start - t.modified >= g and t.name not in pending_temps]
+    run.report.condemned = candidates + temporaries
+    if run.report.condemned and not run.dry_run:
+        created = run.now()
+        key = write_record(store, created, g.total_seconds(), [Condemned(o.key, o.size) for o in candidates],
+                           [Condemned(o.key, o.size, temporary=True) for o in temporaries])
+        run.report.record = key
+        run.report.pending.append(GcRecordInfo(key, created, created + run.delay, len(run.report.condemned),
+                                               run.report.condemned_bytes))
 
 
-def _drop_flag(store: ObjectStore, flag: str | None) -> None:
-    if flag is not None:
-        store.delete(flag)
+def _record_id_of(key: str) -> str | None:
+    """The record a rescue or sweep announcement belongs to (also for a malformed one,
+    by position, so that it is tidied like the others)."""
+    parsed = parse_rescue_key(key) or parse_sweeping_key(key)
+    if parsed is not None:
+        return parsed[0]
+    return key.split("/")[2] if key.count("/") >= 3 else None
+
+
+def _tidy(run: _Run, records: list[Record], old_rescues: list[str], old_sweeps: list[str]) -> None:
+    """Remove what earlier runs left: rescues of swept records, dead sweeps' announcements."""
+    store = run.store
+    existing = {parsed[0] for k in store.list(GC_CONDEMNED) if (parsed := parse_condemned_key(k)) is not None}
+    for key in old_rescues:  # listed before the records: their record is gone for good
+        rid = _record_id_of(key)
+        if rid is not None and rid not in existing:
+            store.delete(key)
+    known = {r.id for r in records}
+    for key in old_sweeps:  # a live sweep's announcement must stay, so only very old ones
+        rid = _record_id_of(key)
+        if rid is None or rid in existing or rid in known:
+            continue
+        st = object_stat(store, key)
+        if st is not None and st[1] is not None and run.start - st[1] >= STALE_SWEEP:
+            store.delete(key)

@@ -32,13 +32,30 @@ from typing import Any
 
 from blake3 import blake3
 
+from casreg.concurrency import bounded_map
 from casreg.content.codec import decode
-from casreg.errors import CasregError, IntegrityError, NotFoundError
-from casreg.maintenance.gc import VersionRef, bounded_map, ledger_versions, parse_object_key
+from casreg.content.fetch import read_chunk
 from casreg.content.manifest import ChunkRef, Manifest
-from casreg.content.packs import INDEX_MAGIC, PACK_MAGIC, _ENTRY, _TAIL, decode_index, index_key, pack_key
+from casreg.content.packs import _ENTRY, _TAIL, INDEX_MAGIC, PACK_MAGIC, decode_index
+from casreg.digest import Digest
+from casreg.errors import CasregError, IntegrityError, NotFoundError
+from casreg.keys import (
+    INDEXES,
+    MANIFESTS,
+    PACKS,
+    POINTERS,
+    REFS,
+    VERSIONS,
+    index_key,
+    manifest_key,
+    pack_key,
+    parse_object_key,
+    parse_pointer_key,
+    parse_version_copy_key,
+    parse_version_segment_key,
+)
+from casreg.maintenance.reachable import VersionRef, ledger_versions
 from casreg.progress import NullProgress, Progress
-from casreg.content.manifest import manifest_key
 from casreg.storage import ByteRange, ObjectStore
 
 __all__ = ["Problem", "VerifyReport", "verify_registry", "verify_version"]
@@ -76,7 +93,7 @@ class VerifyReport:
 
     url: str
     ref: str | None = None  # None: the whole registry
-    digest: str | None = None  # the version verified, for ``verify(ref)``
+    digest: Digest | None = None  # the version verified, for ``verify(ref)``
     versions: int = 0
     manifests: int = 0
     packs: int = 0
@@ -106,7 +123,7 @@ class VerifyReport:
 # -- checking chunks -------------------------------------------------------------------------------
 def _check_chunk(payload: memoryview, codec: int, raw_size: int, digest: bytes) -> str | None:
     """``None`` if the stored payload decodes to ``raw_size`` bytes hashing to ``digest``,
-    else why not (as :func:`casreg.content.pull.read_chunk` would refuse it)."""
+    else why not (as :func:`casreg.content.fetch.read_chunk` would refuse it)."""
     try:
         raw = decode(codec, payload if codec == 0 else bytes(payload), raw_size)
     except IntegrityError as err:
@@ -183,12 +200,12 @@ def _verify_refs(store: ObjectStore, pack: str, refs: list[ChunkRef]) -> tuple[P
     return bad.problem(key, len(refs)), len(refs), nbytes
 
 
-def verify_version(store: ObjectStore, hexdigest: str, *, label: str, progress: Progress | None = None,
+def verify_version(store: ObjectStore, digest: Digest, *, label: str, progress: Progress | None = None,
                    threads: int | None = None) -> VerifyReport:
     """Verify one version: its manifest and every chunk it references."""
     progress = progress or NullProgress()
-    report = VerifyReport(store.url, label, "blake3:" + hexdigest, versions=1)
-    key = manifest_key(hexdigest)
+    report = VerifyReport(store.url, label, digest, versions=1)
+    key = manifest_key(digest)
     try:
         data = store.read(key)
     except NotFoundError:
@@ -196,7 +213,7 @@ def verify_version(store: ObjectStore, hexdigest: str, *, label: str, progress: 
         return report
     report.bytes_read += len(data)
     try:
-        manifest = Manifest.from_bytes(data, expected=bytes.fromhex(hexdigest), where=key)
+        manifest = Manifest.from_bytes(data, expected=digest.raw, where=key)
     except IntegrityError as err:
         report.problems.append(Problem(key, "corrupt", _reason(str(err), key), [label]))
         return report
@@ -376,22 +393,23 @@ class _OffsetView:
 
 # -- the whole registry -----------------------------------------------------------------------------
 def _ledger(store: ObjectStore, report: VerifyReport) -> list[VersionRef]:
+    """Every version the ledger records; if the ledger does not read as a whole, the
+    damaged segments are reported one by one and the readable ones kept."""
     try:
         return ledger_versions(store)
     except IntegrityError as err:
         first = str(err)
-    # find the damaged segment(s) and carry on with the readable ones
     import pyarrow.parquet as pq
 
     out: list[VersionRef] = []
     bad = 0
-    for key in sorted(store.list("ledger/versions")):
-        if not key.endswith(".parquet"):
+    for key in sorted(store.list(VERSIONS)):
+        if parse_version_segment_key(key) is None:
             continue
         try:
             rows = pq.read_table(io.BytesIO(store.read(key)), columns=["name", "version", "digest"]).to_pylist()
             for row in rows:
-                out.append(VersionRef(row["name"], int(row["version"]), str(row["digest"]).removeprefix("blake3:")))
+                out.append(VersionRef(row["name"], int(row["version"]), Digest.parse(str(row["digest"]))))
         except NotFoundError:
             continue
         except Exception as err:  # noqa: BLE001 - whatever pyarrow says about a damaged file
@@ -399,7 +417,7 @@ def _ledger(store: ObjectStore, report: VerifyReport) -> list[VersionRef]:
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
             report.problems.append(Problem(key, "corrupt", f"the ledger segment does not read: {msg[:200]}"))
     if not bad:
-        report.problems.append(Problem("ledger/versions", "corrupt", first))
+        report.problems.append(Problem(VERSIONS, "corrupt", first))
     return out
 
 
@@ -407,8 +425,8 @@ def _read_pointers(store: ObjectStore, report: VerifyReport) -> list[tuple[str, 
     """``(key, digest)`` of every alias that is set. Read before the ledger: an alias can
     only point at a version committed before it moved."""
     out = []
-    for key in sorted(store.list("pointers")):
-        if not key.endswith(".json"):
+    for key in sorted(store.list(POINTERS)):
+        if parse_pointer_key(key) is None:
             continue
         try:
             to = json.loads(store.read(key)).get("to_digest")
@@ -427,33 +445,29 @@ def _sidecars(store: ObjectStore, keys: list[str], versions: list[VersionRef], r
     """``resolve NAME:N`` reads ``refs/<name>/<N>.json``: it must agree with the ledger.
     ``keys`` were listed before the ledger was read (a copy is written after its record)."""
     ledger = {(v.name, v.version): v.hexdigest for v in versions}
-    damaged = set()
-    for p in report.problems:
-        parts = p.key.split("/")
-        if p.key.startswith("ledger/versions/") and len(parts) == 4 and parts[3].removesuffix(".parquet").isdigit():
-            damaged.add((parts[2], int(parts[3].removesuffix(".parquet"))))
+    damaged = {parsed for p in report.problems if (parsed := parse_version_segment_key(p.key)) is not None}
 
     def check(key: str) -> Problem | None:
-        parts = key.split("/")
-        stem = parts[-1].removesuffix(".json")
-        if len(parts) != 3 or not stem.isdigit():
+        named = parse_version_copy_key(key)
+        if named is None:
             return None
         try:
             doc = json.loads(store.read(key))
             digest = str(doc["digest"]).removeprefix("blake3:")
-            same_id = (doc["name"], doc["version"]) == (parts[1], int(stem))
+            same_id = (doc["name"], doc["version"]) == named
         except NotFoundError:
             return None
         except (ValueError, KeyError, TypeError, AttributeError):
             return Problem(key, "corrupt", "the version's JSON copy does not parse")
-        want = ledger.get((parts[1], int(stem)))
-        if (parts[1], int(stem)) in damaged:
+        want = ledger.get(named)
+        if named in damaged:
             return None  # its ledger segment is already reported
         if want is None:
             return Problem(key, "corrupt", "a JSON copy of a version the ledger does not record")
         if not same_id or digest != want:
             return Problem(key, "corrupt", f"the JSON copy says {doc.get('name')}:{doc.get('version')} is "
-                                           f"blake3:{digest[:64]}, the ledger says blake3:{want}", [f"{parts[1]}:{int(stem)}"])
+                                           f"blake3:{digest[:64]}, the ledger says blake3:{want}",
+                           [f"{named[0]}:{named[1]}"])
         return None
 
     for problem in bounded_map(check, keys, threads):
@@ -461,40 +475,32 @@ def _sidecars(store: ObjectStore, keys: list[str], versions: list[VersionRef], r
             report.problems.append(problem)
 
 
-def verify_registry(store: ObjectStore, *, progress: Progress | None = None,
-                    threads: int | None = None) -> VerifyReport:
-    progress = progress or NullProgress()
-    report = VerifyReport(store.url)
-    # Order matters while others push: JSON copies and pointers are read before the ledger
-    # (each is written after the record it names), objects are listed after it (every
-    # object of a recorded version was written before its record).
-    sidecars = sorted(k for k in store.list("refs") if k.endswith(".json"))
-    pointers = _read_pointers(store, report)
-    versions = _ledger(store, report)
-    report.versions = len(versions)
-    packs: dict[str, str] = {}
-    indexes: dict[str, str] = {}
-    manifests: dict[str, str] = {}
-    for prefix, target in (("packs", packs), ("index", indexes), ("manifests", manifests)):
+@dataclass(slots=True)
+class _Objects:
+    """Every object of the registry by kind (id -> key), as listed after the ledger was read."""
+
+    packs: dict[str, str] = field(default_factory=dict)
+    indexes: dict[str, str] = field(default_factory=dict)
+    manifests: dict[str, str] = field(default_factory=dict)
+
+
+def _list_objects(store: ObjectStore, report: VerifyReport) -> _Objects:
+    objects = _Objects()
+    for prefix, target in ((PACKS, objects.packs), (INDEXES, objects.indexes), (MANIFESTS, objects.manifests)):
         for key in store.list(prefix):
             parsed = parse_object_key(key)
             if parsed is None or parsed[0] != prefix:
                 report.warnings.append(f"unexpected object {key} (not written by casreg; ignored)")
             else:
                 target[parsed[1]] = key
-    digests = {v.hexdigest for v in versions}
-    for key, to in pointers:
-        if to.removeprefix("blake3:") not in digests:
-            report.problems.append(Problem(key, "corrupt", f"the alias points at {to}, which no version records"))
-    nthreads = _threads(threads)
-    _sidecars(store, sidecars, versions, report, 2 * nthreads)
+    return objects
 
-    # indexes: each must hash to its name
-    good_index: dict[str, bytes] = {}
-    ids = sorted(indexes)
+
+def _verify_indexes(store: ObjectStore, objects: _Objects, report: VerifyReport, threads: int) -> dict[str, bytes]:
+    """Every index object must hash to its name and decode; returns the good ones by pack id."""
 
     def read_index(pid: str) -> bytes | Problem | None:
-        key = indexes[pid]
+        key = objects.indexes[pid]
         try:
             data = store.read(key)
         except NotFoundError:
@@ -507,49 +513,68 @@ def verify_registry(store: ObjectStore, *, progress: Progress | None = None,
             return Problem(key, "corrupt", _reason(str(err), key))
         return data
 
-    for pid, got in zip(ids, bounded_map(read_index, ids, 2 * nthreads)):
+    good: dict[str, bytes] = {}
+    ids = sorted(objects.indexes)
+    for pid, got in zip(ids, bounded_map(read_index, ids, threads)):
         if got is None:
             continue
         report.indexes += 1
         if isinstance(got, Problem):
             report.problems.append(got)
         else:
-            good_index[pid] = got
+            good[pid] = got
+    return good
 
-    # packs, whole; an index without its pack is a missing pack
-    pack_ids = sorted(set(packs) | set(good_index))
+
+@dataclass(slots=True)
+class _Packs:
+    """What reading every pack whole found."""
+
+    tables: dict[str, _Slots] = field(default_factory=dict)  # verified indexes, searchable by offset
+    problems: dict[str, Problem] = field(default_factory=dict)  # the first problem of each bad pack
+    vanished: list[str] = field(default_factory=list)  # listed (or indexed) but gone when read
+
+
+def _verify_packs(store: ObjectStore, objects: _Objects, good_index: dict[str, bytes], report: VerifyReport,
+                  progress: Progress, threads: int) -> _Packs:
+    """Every pack, whole (an index without its pack is a missing pack)."""
+    out = _Packs()
+    pack_ids = sorted(set(objects.packs) | set(good_index))
     total = sum(_index_pack_size(good_index[pid]) for pid in pack_ids if pid in good_index)
-    tables: dict[str, _Slots] = {}
-    pack_problem: dict[str, Problem] = {}
-    vanished: list[str] = []
     progress.start("verify", total)
     try:
         for pid, res in zip(pack_ids, bounded_map(lambda p: _verify_pack(store, p, good_index.get(p)),
-                                                  pack_ids, nthreads, nthreads)):
+                                                  pack_ids, threads, threads)):
             if res.missing:
-                vanished.append(pid)
+                out.vanished.append(pid)
                 continue
-            report.packs += int(pid in packs)
+            report.packs += int(pid in objects.packs)
             report.chunks += res.chunks
             report.bytes_read += res.bytes_read
             progress.advance(res.size if pid in good_index else 0)
             for p in res.problems:
                 report.problems.append(p)
-                pack_problem.setdefault(pid, p)
+                out.problems.setdefault(pid, p)
             if res.index is not None:
-                tables[pid] = _Slots(res.index)
-            if pid in packs and pid not in indexes:
+                out.tables[pid] = _Slots(res.index)
+            if pid in objects.packs and pid not in objects.indexes:
                 report.warnings.append(f"{pack_key(pid)} has no index object (left by an interrupted push, "
                                        "or removed): pushes cannot dedup against its chunks")
     finally:
         progress.finish()
+    return out
 
-    # manifests of every version, and each chunk they reference
+
+def _verify_manifests(store: ObjectStore, versions: list[VersionRef], packs: _Packs, report: VerifyReport,
+                      threads: int) -> set[str]:
+    """The manifest of every version, and each chunk reference against its pack's verified
+    index (or, where the index does not list it, against the bytes themselves, as a pull
+    would read them). Returns the packs the manifests reference."""
     by_digest: dict[str, list[str]] = {}
     for v in versions:
         by_digest.setdefault(v.hexdigest, []).append(v.ref)
     order = sorted(by_digest)
-    referenced_packs: set[str] = set()
+    referenced: set[str] = set()
 
     def read_manifest(hexd: str) -> tuple[Manifest | Problem, int]:
         key = manifest_key(hexd)
@@ -562,7 +587,7 @@ def verify_registry(store: ObjectStore, *, progress: Progress | None = None,
         except IntegrityError as err:
             return Problem(key, "corrupt", _reason(str(err), key)), len(data)
 
-    for hexd, (m, nbytes) in zip(order, bounded_map(read_manifest, order, 2 * nthreads)):
+    for hexd, (m, nbytes) in zip(order, bounded_map(read_manifest, order, threads)):
         refs = by_digest[hexd]
         report.bytes_read += nbytes
         if isinstance(m, Problem):
@@ -571,46 +596,73 @@ def verify_registry(store: ObjectStore, *, progress: Progress | None = None,
             report.problems.append(m)
             continue
         report.manifests += 1
-        wrong: list[str] = []
-        for e in m.entries:
-            for c in e.chunks:
-                referenced_packs.add(c.pack)
-                table = tables.get(c.pack)
-                found = table.find(c) if table is not None else None
-                if table is None:
-                    p = pack_problem.get(c.pack)
-                    if p is None:
-                        key = pack_key(c.pack)
-                        p = pack_problem[c.pack] = Problem(key, "missing", "the pack is missing")
-                        report.problems.append(p)
-                    for r in refs:
-                        p.affect(r)
-                elif found:
-                    if c.pack in pack_problem:  # a good chunk of a damaged pack, or a bad one
-                        for r in refs:
-                            pack_problem[c.pack].affect(r)
-                else:  # not one of the pack's chunks: check the bytes themselves, as a pull would
-                    from casreg.content.pull import read_chunk
-
-                    try:
-                        read_chunk(store, c, cache=None)  # the registry's bytes, not a cached copy
-                        report.chunks += 1
-                    except CasregError as err:
-                        wrong.append(str(err))
+        wrong = _check_references(store, m, refs, packs, referenced, report)
         if wrong:
             p = Problem(manifest_key(hexd), "corrupt",
                         f"{len(wrong)} chunk reference(s) do not lead to their bytes, first: {wrong[0]}")
             for r in refs:
                 p.affect(r)
             report.problems.append(p)
+    return referenced
 
-    for pid in vanished:  # gone since the listing, and no version needs it: gc at work, unless
-        if pid not in referenced_packs and store.exists(index_key(pid)):  # its index is still there
+
+def _check_references(store: ObjectStore, m: Manifest, refs: list[str], packs: _Packs, referenced: set[str],
+                      report: VerifyReport) -> list[str]:
+    """Check every chunk reference of one manifest; return why each wrong one is wrong."""
+    wrong: list[str] = []
+    for e in m.entries:
+        for c in e.chunks:
+            referenced.add(c.pack)
+            table = packs.tables.get(c.pack)
+            if table is None:
+                p = packs.problems.get(c.pack)
+                if p is None:
+                    p = packs.problems[c.pack] = Problem(pack_key(c.pack), "missing", "the pack is missing")
+                    report.problems.append(p)
+                for r in refs:
+                    p.affect(r)
+            elif table.find(c):
+                if c.pack in packs.problems:  # a good chunk of a damaged pack, or a bad one
+                    for r in refs:
+                        packs.problems[c.pack].affect(r)
+            else:  # not one of the pack's chunks: check the bytes themselves, as a pull would
+                try:
+                    read_chunk(store, c, cache=None)  # the registry's bytes, not a cached copy
+                    report.chunks += 1
+                except CasregError as err:
+                    wrong.append(str(err))
+    return wrong
+
+
+def verify_registry(store: ObjectStore, *, progress: Progress | None = None,
+                    threads: int | None = None) -> VerifyReport:
+    """Verify the whole registry (see the module docstring); the report names every bad
+    or missing object and the versions that rely on it."""
+    progress = progress or NullProgress()
+    report = VerifyReport(store.url)
+    nthreads = _threads(threads)
+    # Order matters while others push: JSON copies and pointers are read before the ledger
+    # (each is written after the record it names), objects are listed after it (every
+    # object of a recorded version was written before its record).
+    sidecars = sorted(store.list(REFS))
+    pointers = _read_pointers(store, report)
+    versions = _ledger(store, report)
+    report.versions = len(versions)
+    objects = _list_objects(store, report)
+    digests = {v.hexdigest for v in versions}
+    for key, to in pointers:
+        if to.removeprefix("blake3:") not in digests:
+            report.problems.append(Problem(key, "corrupt", f"the alias points at {to}, which no version records"))
+    _sidecars(store, sidecars, versions, report, 2 * nthreads)
+    good_index = _verify_indexes(store, objects, report, 2 * nthreads)
+    packs = _verify_packs(store, objects, good_index, report, progress, nthreads)
+    referenced = _verify_manifests(store, versions, packs, report, 2 * nthreads)
+    for pid in packs.vanished:  # gone since the listing, and no version needs it: gc at work, unless
+        if pid not in referenced and store.exists(index_key(pid)):  # its index is still there
             report.problems.append(Problem(pack_key(pid), "missing",
                                            "the pack is missing but its index exists (pushes dedup against it)"))
     for p in report.problems:
         p.versions.sort(key=_version_order)
-    report.unreferenced_manifests = len(set(manifests) - set(by_digest))
-    report.unreferenced_packs = len(set(packs) - referenced_packs - set(vanished))
+    report.unreferenced_manifests = len(set(objects.manifests) - digests)
+    report.unreferenced_packs = len(set(objects.packs) - referenced - set(packs.vanished))
     return report
-

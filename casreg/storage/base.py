@@ -1,9 +1,11 @@
 """The storage interface: a bytes-only key/value store with two atomic primitives.
 
 The store knows nothing of chunks, packs, manifests or ledgers; keys are ``/``-separated
-strings relative to the registry root. Shared state changes only through
-:meth:`ObjectStore.create` (create-if-absent) and :meth:`ObjectStore.swap`
-(compare-and-swap); a backend that cannot offer both atomically must not exist.
+strings relative to the registry root (:mod:`casreg.keys` names them). Shared state
+changes only through :meth:`ObjectStore.create` (create-if-absent) and
+:meth:`ObjectStore.swap` (compare-and-swap); a backend that cannot offer both atomically
+must not exist. What a backend offers beyond that is declared in its
+:class:`Capabilities`, and every optional operation has a correct fallback here.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from casreg.errors import NotFoundError
+from casreg.errors import IntegrityError, NotFoundError
 
-__all__ = ["ByteRange", "ObjectInfo", "ObjectStore", "ObjectWriter", "Payload", "Versioned", "check_key", "join_payload",
-           "utc"]
+__all__ = ["ByteRange", "Capabilities", "Leftover", "ObjectInfo", "ObjectStore", "ObjectWriter", "Payload",
+           "Versioned", "check_key", "join_payload", "utc"]
 
 
 def utc(timestamp: float) -> datetime:
@@ -70,6 +72,36 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Leftover:
+    """Something an interrupted write left in the store that is not an object (a local
+    disk's temporary file): invisible to :meth:`ObjectStore.list`, but it holds space.
+    ``name`` is the backend's own, relative to the registry root."""
+
+    name: str
+    size: int
+    modified: datetime  # UTC
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend offers beyond the contract every backend honours.
+
+    - ``list_after``: :meth:`ObjectStore.list_after` skips the keys up to its start key
+      on the server (S3's ``StartAfter``); without it the fallback filters a full listing,
+      which is correct but saves nothing, so readers only prefer it where this is set.
+    - ``object_times``: :meth:`ObjectStore.stat` reports when an object was written (gc's
+      grace period needs it; objects without a time count as old, docs/gc.md).
+    - ``leftovers``: interrupted writes can leave temporary files behind, which
+      :meth:`ObjectStore.leftovers` reports and :meth:`ObjectStore.delete_leftover`
+      removes (gc reclaims them after its grace period).
+    """
+
+    list_after: bool = False
+    object_times: bool = True
+    leftovers: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Versioned:
     """An object's bytes plus the opaque token a compare-and-swap must present."""
 
@@ -97,11 +129,19 @@ class ObjectWriter:
         self.parts.append(data if isinstance(data, bytes) else bytes(data))
         self.size += len(data)
 
-    def publish(self, key: str) -> bool:
+    def publish(self, key: str, *, size: int) -> bool:
         """Create ``key`` with the bytes written so far unless it exists; return whether
-        this call created it. May be called again (after the caller deleted a damaged
-        object under that key, say) until :meth:`close`."""
+        this call created it. ``size`` is what the caller wrote: if the writer holds any
+        other number of bytes, nothing is published (:class:`IntegrityError`). May be called
+        again (after the caller deleted a damaged object under that key, say) until
+        :meth:`close`."""
+        self.check_size(key, size)
         return self.store.create(key, self.parts)
+
+    def check_size(self, key: str, size: int) -> None:
+        """Refuse to publish ``key`` unless exactly ``size`` bytes were written."""
+        if self.size != size:
+            raise IntegrityError(f"refusing to publish {key}: {self.size} bytes were written, not {size}")
 
     def close(self) -> None:
         """Drop the staged bytes (published objects stay)."""
@@ -115,23 +155,36 @@ class ObjectWriter:
 
 
 class ObjectStore(ABC):
-    """Contract every backend honours (checked by tests/test_storage_conformance.py):
+    """Contract every backend honours (checked by the conformance suite every backend
+    runs, :mod:`casreg.testing.store_suite`):
 
     - ``create`` never overwrites: of N concurrent creators of one key exactly one gets
       ``True``; the object is never visible partially written.
     - ``swap`` replaces an object only if its current token equals ``expected``
-      (``None`` meaning "must not exist"), otherwise raises ``ConflictError``.
+      (``None`` meaning "must not exist"), otherwise raises ``ConflictError``. Tokens
+      never come back for different bytes.
     - ``read`` raises ``NotFoundError`` for a missing key; other failures raise
       ``StorageError`` with the backend's error as ``__cause__``.
+    - A byte range is clipped to the object: a range that runs past the end returns the
+      bytes up to the end, one that starts at or past the end returns ``b""`` (the key
+      must still exist: a missing key is ``NotFoundError`` whatever the range).
+    - Keys are flat strings: ``list(prefix)`` yields every key equal to ``prefix`` or
+      below ``prefix + "/"`` (never ``prefix + "x"``), each once, in no particular
+      order. A key that existed for the whole listing is in it; one created or deleted
+      while it runs may or may not be. ``f/g`` below a key ``f``, or a prefix ``a/b`` of
+      a key ``a/b/c``, are simply absent.
     """
 
     url: str
     #: How many requests are worth having in flight at once. A local disk gains nothing
     #: from more than one writer; an object store hides its latency behind many.
     io_concurrency: int = 1
+    #: What this backend offers beyond the contract (see :class:`Capabilities`).
+    capabilities: Capabilities = Capabilities()
 
     @abstractmethod
-    def read(self, key: str, byte_range: ByteRange | None = None) -> bytes: ...
+    def read(self, key: str, byte_range: ByteRange | None = None) -> bytes:
+        """The bytes of ``key`` (or of ``byte_range`` of it, clipped as the class says)."""
 
     def read_ranges(self, key: str, ranges: Sequence[ByteRange]) -> list[bytes]:
         """Read several ranges of one object; backends may coalesce them."""
@@ -142,10 +195,12 @@ class ObjectStore(ABC):
         """Write ``data`` at ``key`` unless it exists; return whether this call created it."""
 
     @abstractmethod
-    def exists(self, key: str) -> bool: ...
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` is an object."""
 
     @abstractmethod
-    def size(self, key: str) -> int: ...
+    def size(self, key: str) -> int:
+        """The size of ``key`` in bytes; ``NotFoundError`` if it does not exist."""
 
     def stat(self, key: str) -> ObjectInfo | None:
         """Size and last-modified time of ``key``, or ``None`` if it does not exist
@@ -159,6 +214,12 @@ class ObjectStore(ABC):
     def list(self, prefix: str) -> Iterator[str]:
         """Every key under ``prefix`` (recursively), in no particular order."""
 
+    def list_after(self, prefix: str, start_after: str) -> Iterator[str]:
+        """The keys :meth:`list` yields that sort after ``start_after``, in sorted order
+        (as S3 lists). This fallback sorts a filtered full listing; a backend that skips
+        on the server says so in ``capabilities.list_after``."""
+        return iter(sorted(k for k in self.list(prefix) if k > start_after))
+
     @abstractmethod
     def read_versioned(self, key: str) -> Versioned | None:
         """Current bytes and swap token of ``key``, or ``None`` if it does not exist."""
@@ -171,6 +232,17 @@ class ObjectStore(ABC):
     def delete(self, key: str) -> None:
         """Remove ``key`` (used only by gc and tests); missing keys are not an error."""
 
+    def leftovers(self) -> Iterator[Leftover]:
+        """Temporary files of interrupted writes (none on a backend without
+        ``capabilities.leftovers``)."""
+        return iter(())
+
+    def delete_leftover(self, name: str, *, dry_run: bool = False) -> bool:
+        """Remove the leftover ``name`` (as :meth:`leftovers` named it); whether it
+        existed. Anything that is not such a leftover is refused (``False``), so a
+        damaged gc record cannot make this delete an object."""
+        return False
+
     def open_writer(self, prefix: str) -> ObjectWriter:
         """A writer whose object will be published under a key starting with ``prefix``
         (a local disk stages the bytes in that directory, so publishing is a link)."""
@@ -178,6 +250,11 @@ class ObjectStore(ABC):
 
     def check_writable(self) -> None:
         """Raise ``StorageError`` early if writes cannot succeed (read-only, unreachable)."""
+
+    def unwrap(self) -> ObjectStore:
+        """The store that holds the bytes: this one, or for a wrapper (retries, counting,
+        caching) the store it wraps, unwrapped."""
+        return self
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"

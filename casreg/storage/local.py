@@ -20,10 +20,12 @@ from pathlib import Path
 
 from blake3 import blake3
 
-from casreg.errors import ConflictError, NotFoundError, StorageError
+from casreg.errors import ConflictError, IntegrityError, NotFoundError, StorageError
 from casreg.storage.base import (
     Buffer,
     ByteRange,
+    Capabilities,
+    Leftover,
     ObjectInfo,
     ObjectStore,
     ObjectWriter,
@@ -81,7 +83,14 @@ class _StagedFile(ObjectWriter):
             raise self.local._fail(err, "write", self.path.relative_to(self.local.root).as_posix()) from err
         self.size += len(data)
 
-    def publish(self, key: str) -> bool:
+    def publish(self, key: str, *, size: int) -> bool:
+        self.check_size(key, size)
+        try:
+            on_disk = os.fstat(self.fd).st_size
+        except OSError as err:
+            raise self.local._fail(err, "write", key) from err
+        if on_disk != size:  # a write the kernel took short, or a file changed under us
+            raise IntegrityError(f"refusing to publish {key}: its staged file holds {on_disk} bytes, not {size}")
         if not self.synced:
             try:
                 os.fsync(self.fd)
@@ -98,6 +107,10 @@ class _StagedFile(ObjectWriter):
 
 
 class LocalStore(ObjectStore):
+    """A registry in a local directory (see the module docstring)."""
+
+    capabilities = Capabilities(list_after=False, object_times=True, leftovers=True)
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser().absolute()
         self.url = str(self.root)
@@ -244,6 +257,40 @@ class LocalStore(ObjectStore):
 
     def open_writer(self, prefix: str) -> ObjectWriter:
         return _StagedFile(self, self._path(prefix.strip("/")))
+
+    def leftovers(self) -> Iterator[Leftover]:
+        """Temporary files (``.tmp-*``) of writes that never completed: a push killed
+        while staging a pack, a crash between writing and linking an object."""
+        if not self.root.is_dir():
+            return
+        for dirpath, dirs, files in os.walk(self.root):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for f in files:
+                if not f.startswith(_TMP_PREFIX):
+                    continue
+                path = os.path.join(dirpath, f)
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    yield Leftover(os.path.relpath(path, self.root).replace(os.sep, "/"), st.st_size, utc(st.st_mtime))
+
+    def delete_leftover(self, name: str, *, dry_run: bool = False) -> bool:
+        parts = name.split("/")
+        if name.startswith("/") or any(p in ("", ".", "..") for p in parts) or not parts[-1].startswith(_TMP_PREFIX) \
+                or any(p.startswith(".") for p in parts[:-1]):
+            return False  # not one of ours: a damaged gc record must not make this delete anything else
+        path = self.root / name
+        if dry_run:
+            return path.is_file() and not path.is_symlink()
+        try:
+            os.unlink(path)
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            raise self._fail(err, "delete", name) from err
 
     def check_writable(self) -> None:
         probe = self.root

@@ -13,12 +13,16 @@ from typing import ClassVar
 from blake3 import blake3
 
 from casreg.errors import ConflictError, NotFoundError
-from casreg.storage.base import ByteRange, ObjectStore, Payload, Versioned, check_key, join_payload
+from casreg.storage.base import ByteRange, Capabilities, ObjectStore, Payload, Versioned, check_key, join_payload
 
 __all__ = ["MemoryStore"]
 
 
 class MemoryStore(ObjectStore):
+    """Objects in a process-wide dict per URL; keeps no object times (gc counts every
+    object as old, docs/gc.md) and lists from a key like S3 does."""
+
+    capabilities = Capabilities(list_after=True, object_times=False, leftovers=False)
     _spaces: ClassVar[dict[str, dict[str, bytes]]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 

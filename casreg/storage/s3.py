@@ -64,7 +64,7 @@ from botocore.exceptions import (
 from fsspec.asyn import sync
 
 from casreg.errors import CasregError, ConflictError, InvalidInputError, NotFoundError, StorageError
-from casreg.storage.base import ByteRange, ObjectInfo, ObjectStore, Payload, Versioned, check_key, join_payload
+from casreg.storage.base import ByteRange, Capabilities, ObjectInfo, ObjectStore, Payload, Versioned, check_key, join_payload
 
 __all__ = ["S3Store", "ENDPOINT_ENV", "resolve_endpoint"]
 
@@ -221,6 +221,7 @@ class S3Store(ObjectStore):
     """See the module docstring. ``requests`` counts the S3 requests this store issued,
     by operation (botocore's own retries not included)."""
 
+    capabilities = Capabilities(list_after=True, object_times=True, leftovers=False)
     list_page_size = 1000  # keys per ListObjectsV2 request (S3's maximum)
     io_concurrency = 8  # packs uploaded / ranges fetched at once: hides request latency
 

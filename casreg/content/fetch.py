@@ -1,0 +1,135 @@
+"""Fetching chunks from packs, each decoded and checked against its BLAKE3.
+
+Every byte a pull, a ``casreg://`` read or a lazy tensor read hands over comes through
+:func:`read_span_stats`: one ranged read per run of chunks stored back to back in a
+pack (:func:`spans` groups them), each chunk decoded with its codec and hashed before it
+is returned, and, where a local chunk cache is in use (docs/cache.md), served from or
+stored into it verified. Nothing here writes to the registry or to a destination.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from blake3 import blake3
+
+from casreg.content.cache import AUTO, CacheArg, resolve_cache
+from casreg.content.codec import decode
+from casreg.content.manifest import ChunkRef
+from casreg.errors import IntegrityError, NotFoundError
+from casreg.keys import pack_key
+from casreg.storage import ByteRange, ObjectStore
+
+__all__ = ["SPAN_BYTES", "SpanRead", "read_chunk", "read_span", "read_span_stats", "spans"]
+
+SPAN_BYTES = 4 << 20  # stored bytes fetched by one ranged read at most
+
+
+def _check_chunk(ref: ChunkRef, stored: bytes | memoryview, key: str) -> bytes:
+    where = f"chunk blake3:{ref.digest.hex()} in {key} at offset {ref.offset}"
+    if len(stored) != ref.stored_size:
+        raise IntegrityError(f"{where} is truncated ({len(stored)} of {ref.stored_size} bytes)")
+    try:
+        raw = decode(ref.codec, stored, ref.raw_size)
+    except IntegrityError as err:
+        raise IntegrityError(f"{where} is corrupt: {err}") from None
+    if len(raw) != ref.raw_size or blake3(raw).digest() != ref.digest:
+        raise IntegrityError(f"{where} is corrupt: its bytes do not match the digest")
+    return raw if isinstance(raw, bytes) else bytes(raw)
+
+
+@dataclass(slots=True)
+class SpanRead:
+    """What one :func:`read_span` call returned and what it cost."""
+
+    chunks: list[bytes]
+    fetched_bytes: int = 0  # stored bytes read from the registry
+    requests: int = 0  # ranged reads asked of the registry
+    cached_bytes: int = 0  # raw bytes served by the local cache
+
+
+def _fetch(store: ObjectStore, key: str, runs: list[list[ChunkRef]]) -> list[bytes]:
+    """One ranged read per run (several runs of one pack in one ``read_ranges`` call, which
+    S3 coalesces and issues concurrently)."""
+    ranges = [ByteRange(run[0].offset, run[-1].offset + run[-1].stored_size) for run in runs]
+    try:
+        if len(ranges) == 1:
+            blobs = [store.read(key, ranges[0])]
+        else:
+            blobs = store.read_ranges(key, ranges)
+    except NotFoundError:
+        raise IntegrityError(
+            f"object {key} is missing (needed for chunk blake3:{runs[0][0].digest.hex()}); run casreg verify") from None
+    for r, data in zip(ranges, blobs):
+        if len(data) != r.length:
+            raise IntegrityError(f"object {key} is truncated: {len(data)} of {r.length} bytes at offset {r.start}")
+    return blobs
+
+
+def read_span_stats(store: ObjectStore, refs: list[ChunkRef], cache: CacheArg = AUTO) -> SpanRead:
+    """:func:`read_span`, also saying how many bytes and requests it took. With a cache,
+    chunks it holds are taken from it (each re-verified) and only the missing ones are
+    fetched, each run of adjacent missing chunks with one ranged read; every fetched chunk
+    is verified, then stored in the cache."""
+    cache = resolve_cache(store, cache)
+    key = pack_key(refs[0].pack)
+    if cache is None:
+        runs = [refs]
+        out: list[bytes | None] = [None] * len(refs)
+    else:
+        out = [cache.get(r.digest, r.raw_size) for r in refs]
+        runs, run = [], []
+        for r, got in zip(refs, out):
+            if got is None:
+                run.append(r)
+            elif run:
+                runs.append(run)
+                run = []
+        if run:
+            runs.append(run)
+    res = SpanRead([], requests=len(runs))
+    if runs:
+        missing = iter(i for i, got in enumerate(out) if got is None)
+        for run, data in zip(runs, _fetch(store, key, runs)):
+            view = memoryview(data)
+            start = run[0].offset
+            for r in run:
+                raw = _check_chunk(r, view[r.offset - start:r.offset - start + r.stored_size], key)
+                out[next(missing)] = raw
+                res.fetched_bytes += r.stored_size
+                if cache is not None:
+                    cache.put_verified(r.digest, raw)
+    res.chunks = out  # type: ignore[assignment]  # every slot is filled now
+    res.cached_bytes = sum(r.raw_size for r in refs) - sum(r.raw_size for run in runs for r in run)
+    return res
+
+
+def read_span(store: ObjectStore, refs: list[ChunkRef], cache: CacheArg = AUTO) -> list[bytes]:
+    """Fetch chunks stored back to back in one pack with a single ranged read; decode and
+    verify each. Never returns bytes that fail their digest. Reads go through the local
+    chunk cache when ``cache`` (default: the one ``CASREG_CACHE`` picks for the store,
+    docs/cache.md) is not ``None``."""
+    return read_span_stats(store, refs, cache).chunks
+
+
+def read_chunk(store: ObjectStore, ref: ChunkRef, cache: CacheArg = AUTO) -> bytes:
+    """Fetch, decode and verify one chunk (through the cache, as :func:`read_span`)."""
+    return read_span(store, [ref], cache)[0]
+
+
+def spans(chunks: list[ChunkRef], limit: int | None = None) -> Iterator[list[ChunkRef]]:
+    """Group a file's chunks into runs that are contiguous in one pack (push writes a
+    file's new chunks in order, so runs are long), each at most ``limit`` stored bytes."""
+    limit = limit or SPAN_BYTES
+    run: list[ChunkRef] = []
+    size = 0
+    for ref in chunks:
+        if run and (ref.pack != run[-1].pack or ref.offset != run[-1].offset + run[-1].stored_size
+                    or size + ref.stored_size > limit):
+            yield run
+            run, size = [], 0
+        run.append(ref)
+        size += ref.stored_size
+    if run:
+        yield run

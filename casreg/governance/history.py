@@ -1,0 +1,131 @@
+"""A model's history and time travel: ``casreg log`` and ``resolve --at``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Any
+
+from casreg.errors import InvalidInputError, UnknownReferenceError
+from casreg.governance.state import check_stage_name
+from casreg.keys import REGISTRY_EVENTS
+from casreg.ledger.events import POINTER_KINDS
+from casreg.ledger.history import read_events
+from casreg.ledger.resolve import Resolved, resolve
+from casreg.ledger.segments import list_versions, read_version
+from casreg.records import AliasEvent, Version, _iso, utcnow
+from casreg.refs import RefKind, parse_ref, validate_name
+from casreg.storage import ObjectStore
+
+__all__ = ["LogEntry", "history", "parse_when", "resolve_at"]
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One line of ``casreg log``: a push or a recorded event."""
+
+    time: datetime
+    kind: str
+    name: str
+    alias: str | None
+    from_version: int | None
+    to_version: int | None
+    author: str
+    host: str | None
+    reason: str | None
+    from_digest: str | None = None
+    to_digest: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    event_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"time": _iso(self.time), "kind": self.kind, "name": self.name, "alias": self.alias,
+                "from_version": self.from_version, "to_version": self.to_version, "author": self.author,
+                "host": self.host, "reason": self.reason, "from_digest": self.from_digest,
+                "to_digest": self.to_digest, "details": dict(self.details), "event_id": self.event_id}
+
+
+def _push_entry(v: Version) -> LogEntry:
+    return LogEntry(time=v.created_at, kind="push", name=v.name, alias=None, from_version=None,
+                    to_version=v.version, author=v.author, host=v.lineage.hostname, reason=v.description,
+                    from_digest=v.lineage.parent, to_digest=v.digest, details={}, event_id=f"push-{v.name}-{v.version}")
+
+
+def _event_entry(e: AliasEvent) -> LogEntry:
+    return LogEntry(time=e.time, kind=e.kind, name=e.name, alias=e.alias, from_version=e.from_version,
+                    to_version=e.to_version, author=e.author, host=e.host, reason=e.reason,
+                    from_digest=e.from_digest, to_digest=e.to_digest, details=dict(e.details or {}),
+                    event_id=e.event_id)
+
+
+def history(store: ObjectStore, name: str, *, alias: str | None = None, kinds: Iterable[str] | None = None,
+            since: datetime | None = None, until: datetime | None = None) -> list[LogEntry]:
+    """Every push and event of ``name`` (and the registry's policy changes), oldest
+    first; ``alias`` keeps only that alias's moves and approvals (and the archives its
+    moves caused). ``name`` may be :data:`~casreg.ledger.events.REGISTRY_EVENTS` (``_registry``)
+    for the registry's own events: policy and hooks changes and their failed deliveries."""
+    registry_only = name == REGISTRY_EVENTS
+    if not registry_only:
+        validate_name(name)
+    if alias is not None:
+        check_stage_name(alias)
+    events = read_events(store, name, registry_wide=alias is None and not registry_only,
+                         pointers=not registry_only)
+    versions = list_versions(store, name) if alias is None and not registry_only else []
+    if not versions and not events and alias is None:
+        raise UnknownReferenceError(f"model {name!r} has no versions in {store.url}")
+    if alias is not None:
+        mine = {e.event_id for e in events if e.alias == alias}
+        events = [e for e in events if e.event_id in mine
+                  or (e.kind == "archive" and (e.details or {}).get("cause") in mine)]
+    entries = [_push_entry(v) for v in versions] + [_event_entry(e) for e in events]
+    wanted = set(kinds) if kinds else None
+    entries = [e for e in entries if (wanted is None or e.kind in wanted)
+               and (since is None or e.time >= since) and (until is None or e.time <= until)]
+    entries.sort(key=lambda e: (e.time, e.event_id or ""))
+    return entries
+
+
+def parse_when(text: str) -> datetime:
+    """``2026-10-01T12:00:00Z``, ``2026-10-01 12:00``, ``2026-10-01`` (midnight UTC); a
+    time without a zone is UTC."""
+    s = text.strip()
+    try:
+        t = datetime.fromisoformat(s.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        try:
+            d = date.fromisoformat(s)
+        except ValueError:
+            raise InvalidInputError(f"cannot read time {text!r}; use ISO 8601, e.g. 2026-10-01T12:00:00Z") from None
+        t = datetime(d.year, d.month, d.day)
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def resolve_at(store: ObjectStore, ref: str, at: datetime) -> Resolved:
+    """What ``ref`` meant at time ``at``: an alias's target then, a model's latest version
+    then; a number or digest must have existed by then."""
+    r = parse_ref(ref)
+    when = _iso(at)
+    if r.name is None:
+        raise InvalidInputError("--at needs a model name (NAME, NAME@ALIAS, NAME:N); a bare digest never changes")
+    if at > utcnow():
+        raise InvalidInputError(f"--at {when} is in the future")
+    if r.kind is RefKind.ALIAS:
+        assert r.alias is not None
+        moves = [e for e in read_events(store, r.name) if e.kind in POINTER_KINDS and e.alias == r.alias
+                 and e.time <= at]
+        if not moves or moves[-1].to_digest is None or moves[-1].to_version is None:
+            raise UnknownReferenceError(f"{r} was not set at {when}")
+        return Resolved(moves[-1].to_digest, r.name, moves[-1].to_version)
+    if r.kind is RefKind.LATEST:
+        existing = [v for v in list_versions(store, r.name) if v.created_at <= at]
+        if not existing:
+            raise UnknownReferenceError(f"model {r.name!r} had no versions at {when}")
+        return Resolved(existing[-1].digest, r.name, existing[-1].version)
+    resolved = resolve(store, r)
+    assert resolved.version is not None and resolved.name is not None
+    v = read_version(store, resolved.name, resolved.version)
+    if v.created_at > at:
+        raise UnknownReferenceError(f"{r} did not exist yet at {when} (pushed {_iso(v.created_at)})")
+    return resolved

@@ -1,0 +1,114 @@
+"""The lifecycle state of versions, read from a model's events: approvals and
+rejections per stage, archived versions, which versions a stage holds.
+
+Nothing here writes; :mod:`casreg.governance.lifecycle` moves versions and
+:mod:`casreg.governance.history` tells the story.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from casreg.errors import InvalidInputError
+from casreg.governance.policy import STAGES, Policy, read_policy
+from casreg.ledger.events import POINTER_KINDS
+from casreg.ledger.history import read_events
+from casreg.ledger.pointers import read_pointer
+from casreg.records import AliasEvent, _iso
+from casreg.refs import validate_alias
+from casreg.storage import ObjectStore
+
+__all__ = ["VersionState", "archived_versions", "check_stage_name", "decisions", "policy_for", "stage_members",
+           "version_state", "was_in"]
+
+
+def policy_for(store: ObjectStore, name: str | None) -> Policy:
+    """The policy in force for model ``name`` (the registry-wide part for ``None``); an
+    empty policy where the registry has none."""
+    current = read_policy(store)
+    return current.for_model(name) if current is not None else Policy()
+
+
+def check_stage_name(stage: str, policy: Policy | None = None) -> None:
+    """A valid alias name that is not a likely typo of a stage (``stagign``), and, if the
+    policy lists the aliases it allows, one of those."""
+    validate_alias(stage)
+    if stage in STAGES:
+        return
+    close = difflib.get_close_matches(stage, STAGES, n=1, cutoff=0.75)
+    if close and stage.startswith(close[0]) and stage[len(close[0])] in "-_0123456789":
+        close = []  # a deliberate variant: production-eu, staging2
+    if close:
+        raise InvalidInputError(f"unknown stage {stage!r}: did you mean {close[0]!r}? (stages: {', '.join(STAGES)}; "
+                                "other aliases must not look like one)")
+    if policy is not None and policy.aliases is not None and stage not in policy.aliases:
+        raise InvalidInputError(f"alias {stage!r} is not allowed by policy version {policy.version} "
+                                f"(stages: {', '.join(STAGES)}; aliases: {', '.join(policy.aliases) or 'none'})")
+
+def decisions(events: Iterable[AliasEvent], version: int, stage: str) -> dict[str, AliasEvent]:
+    """Each author's latest approval or rejection of ``version`` for ``stage``."""
+    latest: dict[str, AliasEvent] = {}
+    for e in events:
+        if e.kind in ("approve", "reject") and e.alias == stage and e.to_version == version:
+            latest[e.author] = e
+    return latest
+
+
+def was_in(events: Iterable[AliasEvent], version: int, stage: str) -> bool:
+    return any(e.kind in POINTER_KINDS and e.alias == stage and e.to_version == version for e in events)
+
+
+def archived_versions(events: Iterable[AliasEvent]) -> dict[int, AliasEvent]:
+    """Versions whose latest lifecycle event archived them (a later move of any alias to a
+    version brings it back), with that archive event."""
+    state: dict[int, AliasEvent | None] = {}
+    for e in sorted(events, key=lambda e: (e.time, e.event_id)):
+        if e.to_version is None:
+            continue
+        if e.kind == "archive":
+            state[e.to_version] = e
+        elif e.kind in POINTER_KINDS:
+            state[e.to_version] = None
+    return {v: e for v, e in state.items() if e is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class VersionState:
+    """Where a version stands in the lifecycle: archived or not, and the standing
+    approvals and rejections per stage (each author's latest decision)."""
+
+    archived: AliasEvent | None
+    approvals: dict[str, list[str]]
+    rejections: dict[str, list[str]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"archived": self.archived is not None,
+                "archived_at": _iso(self.archived.time) if self.archived else None,
+                "archived_by": self.archived.author if self.archived else None,
+                "approvals": self.approvals, "rejections": self.rejections}
+
+
+def version_state(store: ObjectStore, name: str, version: int) -> VersionState:
+    events = read_events(store, name)
+    stages = sorted({e.alias for e in events if e.kind in ("approve", "reject") and e.to_version == version
+                     and e.alias is not None})
+    approvals: dict[str, list[str]] = {}
+    rejections: dict[str, list[str]] = {}
+    for stage in stages:
+        decided = decisions(events, version, stage)
+        if yes := sorted(a for a, e in decided.items() if e.kind == "approve"):
+            approvals[stage] = yes
+        if no := sorted(a for a, e in decided.items() if e.kind == "reject"):
+            rejections[stage] = no
+    return VersionState(archived_versions(events).get(version), approvals, rejections)
+
+
+def stage_members(store: ObjectStore, name: str, stage: str) -> list[int]:
+    """Version numbers in ``stage``: the one an alias points at, or every archived one."""
+    if stage == "archived":
+        return sorted(archived_versions(read_events(store, name)))
+    p = read_pointer(store, name, stage)
+    return [p.version] if p else []

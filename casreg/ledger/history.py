@@ -1,0 +1,48 @@
+"""A model's history of events: the ledger's event segments, plus the moves that only
+an alias pointer holds yet.
+
+Each pointer holds the complete event of its last move, appended to the ledger right
+after the swap (:mod:`casreg.ledger.pointers`); a crash between the two leaves that move
+in the pointer only. Reading history merges the two, so it never misses the current state
+of an alias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from casreg.keys import REGISTRY_EVENTS
+from casreg.ledger.events import implied_events
+from casreg.ledger.pointers import read_pointer_events
+from casreg.ledger.segments import events_table
+from casreg.records import AliasEvent
+from casreg.storage import ObjectStore
+
+__all__ = ["read_events"]
+
+
+def _rows_to_events(rows: Iterable[dict[str, Any]]) -> list[AliasEvent]:
+    return [AliasEvent.from_dict(r) for r in rows]
+
+
+def read_events(store: ObjectStore, name: str, *, pointers: bool | Sequence[AliasEvent] = True,
+                registry_wide: bool = False) -> list[AliasEvent]:
+    """Every event of model ``name``, oldest first (ties broken by id). ``pointers``: also
+    the moves held by the model's pointers whose ledger append a crash may have cut off
+    (each pointer holds its last move), so history never misses the current state; a
+    caller that has just read them (:func:`~casreg.ledger.pointers.read_pointer_events`) passes
+    them instead. ``registry_wide``: interleave the registry's own events (policy changes)."""
+    events = _rows_to_events(events_table(store, name=name).to_pylist())
+    if registry_wide:
+        events += _rows_to_events(events_table(store, name=REGISTRY_EVENTS).to_pylist())
+    if pointers is True:
+        pointers = read_pointer_events(store, name)
+    if pointers:
+        seen = {e.event_id for e in events}
+        for e in pointers:
+            if e.event_id not in seen:
+                events.append(e)
+                events.extend(implied_events(e))
+    events.sort(key=lambda e: (e.time, e.event_id))
+    return events
