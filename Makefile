@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := demo-out
 SIZE   ?= 64M
 
-.PHONY: demo test test-fast bench venv clean
+.PHONY: demo test test-fast lint bench venv clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "casreg needs Python 3.11+ (set PYTHON=...)"'
@@ -47,9 +47,15 @@ demo: $(STAMP)
 	$(BIN)/casreg log casreg-demo
 	@rm -rf $(DEMO)
 
-## The whole suite, slow (GB-sized) cases included, as CI runs it.
-test: $(STAMP)
+## Lint and type checks (configured in pyproject.toml), then the whole suite, slow
+## (GB-sized) cases included, as CI runs it.
+test: lint
 	$(BIN)/python -m pytest -q
+
+## ruff over the library, the CLI, the tests and the benchmarks; mypy --strict over the library and the CLI.
+lint: $(STAMP)
+	$(BIN)/ruff check casreg casreg_cli tests benchmarks
+	$(BIN)/mypy
 
 ## Everything except the slow group, for quick local iterations.
 test-fast: $(STAMP)

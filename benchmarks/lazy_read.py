@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Lazy tensor reads: one tensor of a ~1 GB safetensors file", "",
         f"- Command: `{cmd}`",
-        f"- Date (UTC): {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}; {os.cpu_count()} CPUs; "
+        f"- Date (UTC): {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}; {os.cpu_count()} CPUs; "
         f"Python {platform.python_version()}; casreg {__version__}; local chunk cache off",
         f"- Input: the base model of benchmarks/workloads.py, {size:,} B, 24 tensors (BF16/F32 alternating), "
         f"{rows[0]['chunks']:,} chunks (default chunking: 1 MiB average, 4 MiB maximum)",

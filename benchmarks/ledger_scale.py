@@ -62,7 +62,7 @@ def _write_range(args: tuple[str, int, int, list[dict[str, Any]], float]) -> int
 
     from casreg.keys import version_copy_key as sidecar_key
     from casreg.keys import version_segment_key as segment_key
-    from casreg.ledger.segments import _parquet_bytes, _version_row, version_schema
+    from casreg.ledger.schema import parquet_bytes, version_row, version_schema
     from casreg.records import Lineage, Version
 
     root, lo, hi, seeds, t0 = args
@@ -74,7 +74,7 @@ def _write_range(args: tuple[str, int, int, list[dict[str, Any]], float]) -> int
         rec = Version(
             name=MODEL, version=n, digest=seed["digest"], kind=seed["kind"], size=seed["size"], stored_bytes=0,
             new_bytes=0, file_count=seed["file_count"], chunk_count=seed["chunk_count"],
-            created_at=dt.datetime.fromtimestamp(t0 + n, dt.timezone.utc), author=f"trainer-{n % 7}@example.test",
+            created_at=dt.datetime.fromtimestamp(t0 + n, dt.UTC), author=f"trainer-{n % 7}@example.test",
             framework="pytorch", description=f"synthetic version {n}",
             metrics={"auc": round(0.8 + 0.2 * rng.random(), 6), "loss": round(rng.random(), 6)},
             params={"lr": f"{rng.choice((1, 3))}e-{rng.randint(3, 5)}", "epochs": str(rng.randint(1, 40))},
@@ -88,7 +88,7 @@ def _write_range(args: tuple[str, int, int, list[dict[str, Any]], float]) -> int
             if d not in made:
                 d.mkdir(parents=True, exist_ok=True)
                 made.add(d)
-        seg.write_bytes(_parquet_bytes(pa.Table.from_pylist([_version_row(rec, seed["files"])], schema=schema)))
+        seg.write_bytes(parquet_bytes(pa.Table.from_pylist([version_row(rec, seed["files"])], schema=schema)))
         side.write_bytes(json.dumps(rec.to_dict()).encode())
     return hi - lo
 
@@ -114,7 +114,8 @@ def build(root: Path, versions: int, seed_count: int, workers: int) -> float:
     shutil.rmtree(src)
     t0 = time.time() - versions - 3600
     step = 2000
-    ranges = [(str(root), lo, min(lo + step, versions + 1), seeds, t0) for lo in range(seed_count + 1, versions + 1, step)]
+    ranges = [(str(root), lo, min(lo + step, versions + 1), seeds, t0)
+              for lo in range(seed_count + 1, versions + 1, step)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         assert sum(pool.map(_write_range, ranges)) == versions - seed_count
     reg.set_alias(MODEL, "production", versions // 2, reason="benchmark")
@@ -267,9 +268,8 @@ def duckdb_comparison(work: Path, runs: int) -> dict[str, Any]:
     compacted Parquet file and the 100k segment files itself (what httpfs would do on S3)."""
     import duckdb
 
-    from casreg.ledger.segments import read_head
-
     from casreg import Registry
+    from casreg.ledger.head import read_head
 
     reg = Registry(work)
     head = read_head(reg.store)
@@ -342,7 +342,7 @@ def s3_experiment(versions: int, runs: int, workdir: Path) -> dict[str, Any]:
         src = LocalStore(local)
         dst = open_store(server.url())
         keys = [k for k in src.list("") if not k.startswith("ledger/compacted")]
-        from casreg.ledger.segments import map_concurrently
+        from casreg.concurrency import map_concurrently
 
         t = time.perf_counter()
         map_concurrently(lambda k: dst.create(k, src.read(k)), keys, threads=32)
@@ -360,7 +360,8 @@ def s3_experiment(versions: int, runs: int, workdir: Path) -> dict[str, Any]:
                               ("resolve NAME", lambda r: r.resolve(MODEL))):
                 counted = counting_store(dst)
                 reg = Registry.from_store(counted)
-                timing = time_py(lambda: fn(reg), runs if phase != "before compaction" else 1, max_total=60)
+                timing = time_py(lambda fn=fn, reg=reg: fn(reg), runs if phase != "before compaction" else 1,
+                                 max_total=60)
                 timing.pop("result")
                 res[label] = timing | request_summary(counted.calls[: len(counted.calls) // timing["runs"]])
             out[phase] = res
@@ -424,7 +425,8 @@ def report(results: dict[str, Any]) -> str:
         for p in names:
             r = phases[p].get(k)
             cells.append("-" if r is None else
-                         f"{r['reads']} reads ({r['read_bytes']:,} B), {r['lists']} listings ({r['listed_keys']:,} keys)")
+                         f"{r['reads']} reads ({r['read_bytes']:,} B), "
+                         f"{r['lists']} listings ({r['listed_keys']:,} keys)")
         lines.append(f"| {k.removeprefix('requests: ')} | " + " | ".join(cells) + " |")
     lines += ["", "Filtered count (auc > 0.9): " + ", ".join(f"{p}: {phases[p]['filtered_count']}" for p in names), ""]
     c = results["compact"]
@@ -506,9 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         subprocess.run([CASREG, "compact", "-q"], env=env, check=True)
         first = time.perf_counter() - t
-        from casreg.ledger.segments import read_head
-
         from casreg import Registry
+        from casreg.ledger.head import read_head
 
         first_head = read_head(Registry(work).store)
         assert first_head is not None and first_head.covered == {MODEL: args.versions}
@@ -527,12 +528,13 @@ def main(argv: list[str] | None = None) -> int:
         duck = duckdb_comparison(work, args.runs)
         s3 = s3_experiment(args.s3_versions, args.runs, tmp) if args.s3_versions else None
         results = {
-            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine(),
             "command": "python -m benchmarks.ledger_scale " + shlex.join(argv if argv is not None else sys.argv[1:]),
             "versions": args.versions, "seed": args.seed, "build_seconds": build_seconds,
             "phases": phases, "duckdb": duck, "s3": s3,
-            "compact": {"first_seconds": first, "first_bytes": first_bytes, "noop_seconds": noop, "push_median": statistics.median(push_times),
+            "compact": {"first_seconds": first, "first_bytes": first_bytes, "noop_seconds": noop,
+                        "push_median": statistics.median(push_times),
                         "auto_push_seconds": auto[0], "auto_added": extra + 1,
                         "auto_total": args.versions + extra + 1, "files_after_auto": duck_files},
         }

@@ -619,7 +619,8 @@ def render(*, args: argparse.Namespace, command: str, env: dict[str, str], start
     add("- **What is timed**: the wall time of one subprocess, from spawn to exit, including process start-up "
         "(the `casreg --help` row shows how much of a casreg command is interpreter and import time). "
         "MB/s = bytes of the logical file / median wall time, MB = 10^6 B; MiB = 2^20 B.")
-    add(f"- **Medians of {n}**: the single-file section runs {n} round{'s' if n != 1 else ''}; each round runs every command once, in "
+    add(f"- **Medians of {n}**: the single-file section runs {n} round{'s' if n != 1 else ''}; "
+        "each round runs every command once, in "
         "table order, so a busy phase of the machine hits all tools rather than one. Min and max show the spread. "
         "Each command starts from nothing: its previous output is deleted just before it runs (a fresh empty "
         "registry for push, a fresh destination for pull), and `zstd -d` / `casreg pull` read what this round's "
@@ -736,7 +737,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if free < need:
         p.error(f"{parent} has {fmt_mib(free)} free; this run needs about {fmt_mib(need)}")
 
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     load_start = loadavg()
     work = Path(tempfile.mkdtemp(prefix="casreg-bench-", dir=parent))
     print(f"work directory {work}; load average {load_start}", flush=True)
@@ -764,7 +765,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("== 4 GiB peak RSS", flush=True)
             rss4g = bench_rss_4g(work, casreg)
 
-        finished = dt.datetime.now(dt.timezone.utc)
+        finished = dt.datetime.now(dt.UTC)
         load_end = loadavg()
         report, checks = render(args=a, command=command, env=env, started=started, finished=finished,
                                 load_start=load_start, load_end=load_end, gen_s=gen_s, files=files,

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         lines = [
             "# Benchmarks against S3 (SeaweedFS)", "",
             f"- Command: `python -m benchmarks.s3 --size {a.size >> 20}M --repeat {a.repeat}`",
-            f"- Date (UTC): {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}; {os.cpu_count()} CPUs; "
+            f"- Date (UTC): {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}; {os.cpu_count()} CPUs; "
             f"Python {platform.python_version()}; casreg {__version__}; SeaweedFS `weed mini` on 127.0.0.1 "
             f"(ready in {server.started_in:.2f} s)",
             f"- Input: the base model of benchmarks/workloads.py, {base.size:,} B; and its 2-of-24-tensors change",

@@ -356,7 +356,9 @@ def insert_front(
     return write_safetensors(spec, path, changed)
 
 
-def standard_set_specs(size_bytes: int = 512 * 2**20, seed: int = 0) -> dict[str, tuple[str, ModelSpec, tuple[str, ...]]]:
+def standard_set_specs(
+    size_bytes: int = 512 * 2**20, seed: int = 0
+) -> dict[str, tuple[str, ModelSpec, tuple[str, ...]]]:
     """key -> (relative path, spec, changed) for the standard benchmark set (no I/O)."""
     base = make_base_spec(size_bytes, seed=seed)
     out: dict[str, tuple[str, ModelSpec, tuple[str, ...]]] = {"base": ("base.safetensors", base, ())}
@@ -529,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not a.outdir:
         p.error("outdir is required")
     files = write_standard_set(a.outdir, size_bytes=a.size, seed=a.seed)
-    for key, wf in files.items():
+    for _key, wf in files.items():
         print(f"{wf.path}\t{wf.size}\tchanged={len(wf.changed)}")
     return 0
 

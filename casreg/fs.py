@@ -33,23 +33,24 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NoReturn, Required, TypedDict
 
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
+from casreg.content.lazy import DEFAULT_CHUNK_CACHE, PinnedFile, file_entry
+from casreg.content.manifest import Entry, Manifest
+from casreg.digest import Digest
 from casreg.errors import (
     CasregError,
     InvalidInputError,
     NotFoundError,
     UnknownReferenceError,
 )
-from casreg.content.lazy import DEFAULT_CHUNK_CACHE, PinnedFile, file_entry
-from casreg.content.manifest import Entry, Manifest
 from casreg.refs import Ref, split_ref_path
 from casreg.registry import Registry, Resolved
 from casreg.storage import default_registry_url
 
-__all__ = ["CasregFileSystem", "CasregFile", "ReadOnlyError"]
+__all__ = ["CasregFileSystem", "CasregFile", "PathInfo", "ReadOnlyError"]
 
 READ_ONLY = "casreg:// is read-only; use casreg push (or Registry.push) to add a version"
 
@@ -62,6 +63,21 @@ class ReadOnlyError(CasregError, PermissionError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class PathInfo(TypedDict, total=False):
+    """What ``info``, ``ls(detail=True)`` and ``find(detail=True)`` say of a path: the
+    keys fsspec expects, and the version it belongs to (not for ``casreg://`` itself)."""
+
+    name: Required[str]
+    size: Required[int]
+    type: Required[Literal["file", "directory"]]
+    digest: Digest  # a file's BLAKE3
+    executable: bool
+    chunks: int
+    version_digest: Digest
+    model: str | None
+    version: int | None
 
 
 class _RegistryKeyedCache(type(AbstractFileSystem)):  # type: ignore[misc]
@@ -133,7 +149,7 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
     root_marker = ""
 
     def __init__(self, registry: str | os.PathLike[str] | Registry | None = None, *, manifest_cache: int = 16,
-                 chunk_cache: int = DEFAULT_CHUNK_CACHE, **kwargs: Any) -> None:
+                 chunk_cache: int = DEFAULT_CHUNK_CACHE, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
         self._trees: OrderedDict[str, _Tree] = OrderedDict()
@@ -180,20 +196,22 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
             raise UnknownReferenceError(f"casreg://{path}: {err}") from None
         return _Target(head, ref, resolved, self._tree(resolved), inner)
 
-    def _info(self, t: _Target, inner: str) -> dict[str, Any]:
+    def _info(self, t: _Target, inner: str) -> PathInfo:
         """The info dict of ``inner`` in an already resolved target."""
         m = t.manifest
-        common = {"version_digest": t.resolved.digest, "model": t.resolved.name, "version": t.resolved.version}
+        common = PathInfo(name="", size=0, type="file", version_digest=t.resolved.digest, model=t.resolved.name,
+                          version=t.resolved.version)
         if m.kind == "file":
             e = m.entries[0]
             if inner not in ("", e.path):
-                raise NotFoundError(f"casreg://{t.name(inner)}: no such file (this version is the single file {e.path!r})")
+                raise NotFoundError(f"casreg://{t.name(inner)}: no such file "
+                                    f"(this version is the single file {e.path!r})")
             return self._file_info(t.name(inner), e, common)
         entry = t.tree.files.get(inner)
         if entry is not None:
             return self._file_info(t.name(inner), entry, common)
         if inner in t.tree.dirs:
-            return {"name": t.name(inner), "size": 0, "type": "directory", **common}
+            return {**common, "name": t.name(inner), "size": 0, "type": "directory"}
         raise NotFoundError(f"casreg://{t.name(inner)}: no such file or directory in "
                             f"{self._what(t)}")
 
@@ -203,20 +221,21 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
         return f"{r.name}:{r.version} ({r.digest[:19]})" if r.name else r.digest[:19]
 
     @staticmethod
-    def _file_info(name: str, e: Entry, common: dict[str, Any]) -> dict[str, Any]:
-        return {"name": name, "size": e.size, "type": "file", "digest": "blake3:" + e.digest.hex(),
-                "executable": e.type == "x", "chunks": len(e.chunks), **common}
+    def _file_info(name: str, e: Entry, common: PathInfo) -> PathInfo:
+        return {**common, "name": name, "size": e.size, "type": "file", "digest": Digest.from_bytes(e.digest),
+                "executable": e.type == "x", "chunks": len(e.chunks)}
 
     # -- reading ------------------------------------------------------------------------------
-    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+    def info(self, path: str, **kwargs: object) -> PathInfo:
         path = self._strip_protocol(path)
         if not path:
             return {"name": "", "size": 0, "type": "directory"}
         t = self._target(path)
         return self._info(t, t.inner)
 
-    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
+    def ls(self, path: str, detail: bool = True, **kwargs: object) -> list[PathInfo] | list[str]:
         path = self._strip_protocol(path)
+        rows: list[PathInfo]
         if not path:
             rows = [{"name": v.name, "size": v.size, "type": "file" if v.kind == "file" else "directory",
                      "version_digest": v.digest, "model": v.name, "version": v.version}
@@ -232,15 +251,17 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
         return rows if detail else [r["name"] for r in rows]
 
     def find(self, path: str, maxdepth: int | None = None, withdirs: bool = False, detail: bool = False,
-             **kwargs: Any) -> Any:
+             **kwargs: object) -> dict[str, PathInfo] | list[str]:
         """Every file under ``path`` (and directories with ``withdirs``), from ONE
         resolution of the reference."""
         path = self._strip_protocol(path)
         if not path:
-            return super().find(path, maxdepth=maxdepth, withdirs=withdirs, detail=detail, **kwargs)
+            found: dict[str, PathInfo] | list[str] = super().find(path, maxdepth=maxdepth, withdirs=withdirs,
+                                                                  detail=detail, **kwargs)
+            return found
         t = self._target(path)
         top = self._info(t, t.inner)
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, PathInfo] = {}
         if top["type"] == "file":
             out[top["name"]] = top
         else:
@@ -267,9 +288,10 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
 
     def checksum(self, path: str) -> int:
         info = self.info(path)
-        return int(info.get("digest", info.get("version_digest", "blake3:0"))[7:23], 16)
+        digest = info.get("digest") or info.get("version_digest")
+        return int(digest.hex[:16], 16) if digest else 0
 
-    def _pinned(self, path: str) -> tuple[PinnedFile, dict[str, Any]]:
+    def _pinned(self, path: str) -> tuple[PinnedFile, PathInfo]:
         t = self._target(path)
         info = self._info(t, t.inner)
         if info["type"] != "file":
@@ -278,7 +300,7 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
         return PinnedFile(self.registry.store, entry, where=f"casreg://{info['name']}",
                           cache_chunks=self.chunk_cache, threads=self.registry.threads), info
 
-    def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
+    def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: object) -> bytes:
         """Bytes ``[start, end)`` of a file (negative values count from its end), reading
         only the chunks that cover them; a whole-file read is checked against the file
         digest too."""
@@ -300,11 +322,13 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
         :func:`casreg.content.lazy.open_safetensors`-style readers that count bytes)."""
         return self._pinned(path)[0]
 
-    def get_file(self, rpath: str, lpath: str, callback: Any = None, outfile: Any = None, **kwargs: Any) -> None:
+    def get_file(self, rpath: str, lpath: str, callback: object = None, outfile: object = None,
+                 **kwargs: object) -> None:
         self.get(rpath, lpath)
 
-    def get(self, rpath: Any, lpath: Any, recursive: bool = False, callback: Any = None, maxdepth: int | None = None,
-            **kwargs: Any) -> None:
+    def get(self, rpath: str | list[str] | tuple[str, ...], lpath: str | os.PathLike[str] | list[str] | tuple[str, ...],
+            recursive: bool = False, callback: object = None, maxdepth: int | None = None,
+            **kwargs: object) -> None:
         """Copy a file or (with ``recursive=True``) a directory to local ``lpath``, from
         one resolution, through the same verified, resumable writer as ``casreg pull``.
         A file goes to ``lpath`` (or into it, if ``lpath`` is a directory or ends with
@@ -317,6 +341,8 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
             return
         from casreg.content.pull import materialize
 
+        if isinstance(lpath, (list, tuple)):
+            raise InvalidInputError("get with one remote path needs one local path")
         t = self._target(rpath)
         info = self._info(t, t.inner)
         local = os.fspath(lpath)
@@ -338,7 +364,7 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
                     threads=self.registry.threads)
 
     # -- read-only ------------------------------------------------------------------------------
-    def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
         what = f"cannot change casreg://{self._strip_protocol(args[0])}: " if args and isinstance(args[0], str) else ""
         raise ReadOnlyError(what + READ_ONLY)
 
@@ -354,9 +380,9 @@ class CasregFile(AbstractBufferedFile):
     which fetches only the chunks a range needs and keeps the last few decoded chunks,
     so small reads in a row cost no extra requests and no read-ahead is wasted."""
 
-    def __init__(self, fs: CasregFileSystem, path: str, pinned: PinnedFile, info: dict[str, Any], *,
+    def __init__(self, fs: CasregFileSystem, path: str, pinned: PinnedFile, info: PathInfo, *,
                  block_size: int | None = None, cache_type: str = "none",
-                 cache_options: dict[str, Any] | None = None) -> None:
+                 cache_options: dict[str, object] | None = None) -> None:
         self.pinned = pinned
         super().__init__(fs, path, mode="rb", block_size=block_size, cache_type=cache_type,
                          cache_options=cache_options, size=pinned.size)

@@ -31,7 +31,7 @@ Names in keys follow the grammar of :mod:`casreg.refs`; ``_registry``
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Final, Literal, NamedTuple, Protocol
 
 from casreg.digest import HEX64, Digest
@@ -85,7 +85,7 @@ _SUFFIX: dict[str, str] = {PACKS: "pack", INDEXES: "idx", MANIFESTS: "manifest"}
 
 
 def _utc(t: datetime) -> datetime:
-    return t.astimezone(timezone.utc) if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def _stamp(t: datetime, fmt: str) -> str:
@@ -94,7 +94,7 @@ def _stamp(t: datetime, fmt: str) -> str:
 
 def _time(stamp: str, fmt: str) -> datetime | None:
     try:
-        return datetime.strptime(stamp, fmt).replace(tzinfo=timezone.utc)
+        return datetime.strptime(stamp, fmt).replace(tzinfo=UTC)
     except ValueError:
         return None
 

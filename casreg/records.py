@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 from casreg.digest import Digest
@@ -17,7 +17,7 @@ __all__ = ["Lineage", "Version", "AliasPointer", "AliasEvent", "Event", "PullRes
            "clean_labels", "clean_metrics", "utcnow"]
 
 #: A value as JSON (and ``--json`` output) holds it: what SQL rows and ``to_dict`` give.
-JsonValue: TypeAlias = "None | bool | int | float | str | list[JsonValue] | dict[str, JsonValue]"
+JsonValue: TypeAlias = "None | bool | int | float | str | Sequence[JsonValue] | Mapping[str, JsonValue]"
 MAX_KEY = 128
 
 
@@ -52,16 +52,16 @@ def clean_labels(kind: str, mapping: Mapping[str, object] | None) -> dict[str, s
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def parse_time(text: str) -> datetime:
     t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +106,16 @@ class Version:
     def dedup_ratio(self) -> float:
         return 1.0 - self.new_bytes / self.size if self.size else 1.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         d = asdict(self)
         d["created_at"] = _iso(self.created_at)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Version:
-        d = dict(d)
+    def from_dict(cls, record: Mapping[str, object]) -> Version:
+        """A record as :meth:`to_dict` (or a ledger row) gives it; ``ValueError``,
+        ``KeyError`` or ``TypeError`` when it is not one."""
+        d: dict[str, Any] = dict(record)
         d["created_at"] = parse_time(d["created_at"]) if isinstance(d["created_at"], str) else d["created_at"]
         d["digest"] = Digest(d["digest"])
         lineage = dict(d.get("lineage") or {})
@@ -143,28 +145,32 @@ class AliasEvent:
     reason: str | None
     #: What a kind needs beyond the common fields: an alias's annotations, the stage of
     #: an approval, the policy version of a policy change, a hook's failure. JSON object.
-    details: dict[str, Any] | None = None
+    details: Mapping[str, JsonValue] | None = None
 
     @property
     def annotations(self) -> dict[str, str]:
         """An alias's annotations (for example a canary's traffic weight)."""
-        return dict((self.details or {}).get("annotations") or {})
+        raw = (self.details or {}).get("annotations")
+        return {str(k): str(v) for k, v in raw.items()} if isinstance(raw, Mapping) else {}
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         d = asdict(self)
         d["time"] = _iso(self.time)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AliasEvent:
-        d = dict(d)
+    def from_dict(cls, record: Mapping[str, object]) -> AliasEvent:
+        """An event as :meth:`to_dict` (or a ledger row) gives it; ``ValueError``,
+        ``KeyError`` or ``TypeError`` when it is not one."""
+        d: dict[str, Any] = dict(record)
         d["time"] = parse_time(d["time"]) if isinstance(d["time"], str) else d["time"]
         if isinstance(d.get("details"), str):
             d["details"] = json.loads(d["details"]) if d["details"] else None
         for k in ("from_digest", "to_digest"):
             if d.get(k) is not None:
                 d[k] = Digest(d[k])
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
+        fields: dict[str, Any] = {k: d.get(k) for k in cls.__dataclass_fields__}
+        return cls(**fields)
 
 
 #: Every ledger event (pushes excepted, which are version records) is an AliasEvent row;
@@ -186,7 +192,7 @@ class AliasPointer:
     def annotations(self) -> dict[str, str]:
         return self.event.annotations
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         return {"name": self.name, "alias": self.alias, "digest": self.digest, "version": self.version,
                 "updated_at": _iso(self.event.time), "author": self.event.author, "reason": self.event.reason,
                 "annotations": self.annotations}
@@ -214,5 +220,5 @@ class PullResult:
     resumed_bytes: int = 0  # bytes kept from an interrupted earlier pull of this version
     cached_bytes: int = 0  # chunk bytes taken from the local chunk cache instead of the registry
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         return asdict(self)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from casreg.errors import InvalidNameError, InvalidReferenceError
 
@@ -64,7 +64,7 @@ _ALL_HEX_RE = re.compile(r"[0-9a-fA-F]{12,}")
 _NUMBER_RE = re.compile(r"[1-9][0-9]{0,17}")
 
 
-class RefKind(str, Enum):
+class RefKind(StrEnum):
     LATEST = "latest"
     NUMBER = "number"
     ALIAS = "alias"

@@ -34,7 +34,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,7 +177,7 @@ class Watcher:
                 return None
         self.current = digest
         change = Change(self.name, self.alias, digest, version, previous,
-                        datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                        datetime.now(UTC).isoformat(timespec="seconds"),
                         str(path) if path else None)
         if self.exec_cmd:
             change = Change(**{**change.to_dict(), "exit_code": self._exec(change)})

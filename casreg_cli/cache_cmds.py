@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from casreg_cli.common import JsonOpt, QuietOpt, app
-from casreg_cli.output import Output, human_bytes
+from casreg_cli.common import Cli, app, command
+from casreg_cli.output import human_bytes
+
+if TYPE_CHECKING:
+    from casreg.content.cache import ChunkCache
 
 cache_app = typer.Typer(help="The local chunk cache of remote registries (docs/cache.md).", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
@@ -19,7 +22,7 @@ DirOpt = Annotated[
 ]
 
 
-def _cache(directory: str | None, max_size: str | None = None):
+def _cache(directory: str | None, max_size: str | None = None) -> ChunkCache:
     from casreg.content.cache import ChunkCache
 
     return ChunkCache(directory or None, max_size=max_size)
@@ -30,10 +33,10 @@ def _n(count: int, noun: str) -> str:
     return f"{count:,} {noun if count == 1 else plural}"
 
 
-@cache_app.command("info")
-def info(directory: DirOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False) -> None:
+@command(cache_app, "info", registry=False)
+def info(cli: Cli, directory: DirOpt = None) -> None:
     """Where the cache is, how many chunks and bytes it holds, and its size bound."""
-    out = Output(json_, quiet)
+    out = cli.out
     res = _cache(directory).info()
     if out.as_json:
         out.json(res.to_dict())
@@ -46,16 +49,16 @@ def info(directory: DirOpt = None, json_: JsonOpt = False, quiet: QuietOpt = Fal
     out.line(f"used by   {used} (CASREG_CACHE={res.mode})")
 
 
-@cache_app.command("prune")
+@command(cache_app, "prune", registry=False)
 def prune(
+    cli: Cli,
     max_size: Annotated[Optional[str], typer.Option(
-        "--max-size", help="Keep at most this much, e.g. 10GB or 500MiB (default: CASREG_CACHE_MAX_SIZE or 20GiB).")] = None,
+        "--max-size",
+        help="Keep at most this much, e.g. 10GB or 500MiB (default: CASREG_CACHE_MAX_SIZE or 20GiB).")] = None,
     directory: DirOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Delete least recently used entries (chunks, pack indexes) until the cache fits in --max-size."""
-    out = Output(json_, quiet)
+    out = cli.out
     res = _cache(directory).prune(max_size)
     if out.as_json:
         out.json(res.to_dict())
@@ -64,10 +67,10 @@ def prune(
              f"{_n(res.entries, 'entry')} ({human_bytes(res.bytes)}) remain, limit {human_bytes(res.max_size)}")
 
 
-@cache_app.command("clear")
-def clear(directory: DirOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False) -> None:
+@command(cache_app, "clear", registry=False)
+def clear(cli: Cli, directory: DirOpt = None) -> None:
     """Delete every cached chunk and pack index (they are fetched again when next needed)."""
-    out = Output(json_, quiet)
+    out = cli.out
     res = _cache(directory).clear()
     if out.as_json:
         out.json(res.to_dict())

@@ -1,15 +1,27 @@
-"""What every casreg command shares: the typer apps, option aliases and flag parsing."""
+"""What every casreg command shares: the typer apps, option aliases, flag parsing, and
+:func:`command`, the one skeleton every command runs in (global options → output →
+registry → the library call → rendering)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
 import typer
 
 from casreg.refs import parse_ref
+from casreg_cli.output import Output
 
-__all__ = ["app", "alias_app", "RegistryOpt", "JsonOpt", "QuietOpt", "RefArg", "ReasonOpt", "AnnotateOpt", "pairs",
-           "name_alias"]
+if TYPE_CHECKING:
+    from casreg import Registry
+
+__all__ = ["app", "alias_app", "Cli", "command", "RegistryOpt", "JsonOpt", "QuietOpt", "RefArg", "ReasonOpt",
+           "AnnotateOpt", "pairs", "name_alias"]
+
+F = TypeVar("F", bound=Callable[..., None])
 
 app = typer.Typer(
     name="casreg",
@@ -32,7 +44,8 @@ RefArg = Annotated[str, typer.Argument(help="NAME, NAME:N, NAME@ALIAS or a diges
 ReasonOpt = Annotated[Optional[str], typer.Option("--reason", help="Why (recorded in the log).")]
 AnnotateOpt = Annotated[Optional[list[str]], typer.Option("--annotate", help="KEY=VALUE kept on the alias "
                                                           "(repeatable), e.g. weight=0.1 for a canary.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (and the JSON --json asks for).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors "
+                                                             "(and the JSON --json asks for).")]
 
 
 def pairs(kind: str, items: list[str] | None) -> dict[str, str]:
@@ -66,3 +79,55 @@ def _root(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     """A model registry built as a content-addressed, immutable artifact store."""
+
+
+class Cli:
+    """What a command gets besides its own arguments: where its output goes (``--json``,
+    ``--quiet``) and the registry ``--registry`` names."""
+
+    def __init__(self, registry: str | None, as_json: bool, quiet: bool) -> None:
+        self.out = Output(as_json, quiet)
+        self.url = registry
+
+    def registry(self, *, zstd_level: int | None = None) -> Registry:
+        """The registry ``--registry`` (or ``CASREG_REGISTRY``, else ``~/.casreg``) names."""
+        from casreg import Registry
+
+        return Registry(self.url, zstd_level=zstd_level)
+
+    def emit(self, value: object, human: Callable[[Output], None]) -> None:
+        """Print ``value`` as JSON under ``--json``, else let ``human`` render it (nothing
+        under ``--quiet``, which :class:`Output` swallows)."""
+        if self.out.as_json:
+            self.out.json(value)
+        else:
+            human(self.out)
+
+
+def command(group: typer.Typer, name: str | None = None, *, registry: bool = True) -> Callable[[F], F]:
+    """Register ``fn(cli, ...)`` as a command of ``group``. The command line gets ``fn``'s
+    own parameters (after ``cli``) followed by the global options: ``--registry``/``-r``
+    (unless ``registry=False``), ``--json`` and ``--quiet``; ``fn`` gets the :class:`Cli`
+    they make. Help, usage errors and exit codes are typer's, as for any command."""
+
+    def register(fn: F) -> F:
+        hints = typing.get_type_hints(fn, include_extras=True)
+        own = [p.replace(annotation=hints[p.name]) for p in list(inspect.signature(fn).parameters.values())[1:]]
+        extra: list[tuple[str, object, object]] = [("registry", RegistryOpt, None)] if registry else []
+        extra += [("json_", JsonOpt, False), ("quiet", QuietOpt, False)]
+        shared = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d, annotation=a)
+                  for n, a, d in extra]
+
+        @functools.wraps(fn)
+        def run(**kwargs: object) -> None:
+            cli = Cli(typing.cast("str | None", kwargs.pop("registry", None)), bool(kwargs.pop("json_")),
+                      bool(kwargs.pop("quiet")))
+            fn(cli, **kwargs)
+
+        del run.__wrapped__  # typer reads the signature below, not fn's
+        run.__signature__ = inspect.Signature(own + shared, return_annotation=None)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in own + shared} | {"return": None}
+        group.command(name)(run)
+        return fn
+
+    return register

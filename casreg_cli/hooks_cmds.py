@@ -8,30 +8,26 @@ from typing import Annotated, Optional
 
 import typer
 
-from casreg import Registry
 from casreg.errors import InvalidInputError, NotFoundError
-from casreg_cli.common import JsonOpt, QuietOpt, RegistryOpt, app
-from casreg_cli.output import Output
+from casreg_cli.common import Cli, app, command
 
 hooks_app = typer.Typer(help="Hooks: webhooks and commands run on push, alias moves and promotions.",
                         no_args_is_help=True)
 app.add_typer(hooks_app, name="hooks")
 
 
-@hooks_app.command("set")
+@command(hooks_app, "set")
 def set_(
+    cli: Cli,
     file: Annotated[str, typer.Argument(help="A TOML file of [[hooks]] tables (docs/hooks.md); - reads stdin.")],
     if_digest: Annotated[Optional[str], typer.Option(
         "--if-digest", help="Replace the config only if it is still this digest (from hooks show); "
                             "'none': only if there is no config yet.")] = None,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Validate FILE and make it the registry's hooks config (compare-and-swap)."""
     from casreg.governance.hooks import write_hooks
 
-    out = Output(json_, quiet)
+    out = cli.out
     if file == "-":
         import sys
 
@@ -47,7 +43,7 @@ def set_(
     expected: str | None | bool = True
     if if_digest is not None:
         expected = None if if_digest.lower() == "none" else if_digest
-    cfg = write_hooks(Registry(registry).store, text, expected_digest=expected)
+    cfg = write_hooks(cli.registry().store, text, expected_digest=expected)
     if out.as_json:
         out.json(cfg.to_dict())
         return
@@ -55,13 +51,13 @@ def set_(
     out.line(f"hooks set: {len(cfg.hooks)} hook{'s' if len(cfg.hooks) != 1 else ''} ({names})  {cfg.digest}")
 
 
-@hooks_app.command("show")
-def show(registry: RegistryOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False) -> None:
+@command(hooks_app, "show")
+def show(cli: Cli) -> None:
     """Print the registry's hooks config (its TOML text, or --json)."""
     from casreg.governance.hooks import read_hooks
 
-    out = Output(json_, quiet)
-    cfg = read_hooks(Registry(registry).store)
+    out = cli.out
+    cfg = read_hooks(cli.registry().store)
     if out.as_json:
         out.json(cfg.to_dict() if cfg else {"key": "config/hooks.toml", "digest": None, "hooks": []})
         return
@@ -72,20 +68,18 @@ def show(registry: RegistryOpt = None, json_: JsonOpt = False, quiet: QuietOpt =
     out.line(cfg.text.rstrip("\n"))
 
 
-@hooks_app.command("test")
+@command(hooks_app, "test")
 def test(
+    cli: Cli,
     hook: Annotated[Optional[list[str]], typer.Option("--hook", help="Only this hook (repeatable).")] = None,
     name: Annotated[str, typer.Option("--name", help="Model name put in the test event.")] = "casreg-test",
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Send a 'test' event to the configured hooks (ignoring their filters) and report
     each delivery; nothing is recorded. Exits 1 if any delivery failed."""
     from casreg.governance.hooks import deliver, read_hooks, sample_event, select
 
-    out = Output(json_, quiet)
-    reg = Registry(registry)
+    out = cli.out
+    reg = cli.registry()
     cfg = read_hooks(reg.store)
     if cfg is None or not cfg.hooks:
         raise NotFoundError(f"no hooks are configured in {reg.url} (casreg hooks set FILE.toml)")

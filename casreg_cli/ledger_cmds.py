@@ -7,28 +7,24 @@ from typing import Annotated
 
 import typer
 
-from casreg import Registry
-from casreg_cli.common import JsonOpt, QuietOpt, RegistryOpt, app
-from casreg_cli.output import Output
+from casreg_cli.common import Cli, app, command
 
 
 def _n(count: int, noun: str) -> str:
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
-@app.command()
+@command(app)
 def compact(
+    cli: Cli,
     full: Annotated[bool, typer.Option("--full", help="Merge everything into one file per table.")] = False,
     grace: Annotated[float, typer.Option(min=0, help="Keep superseded compacted files younger than this many "
                                                     "minutes (a concurrent compaction may still need them).")] = 60,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Compact the ledger: safe while others push, move aliases or compact; the
     per-version segments are kept (they allocate the version numbers)."""
-    out = Output(json_, quiet)
-    res = Registry(registry).compact(full=full, grace=timedelta(minutes=grace))
+    out = cli.out
+    res = cli.registry().compact(full=full, grace=timedelta(minutes=grace))
     if out.as_json:
         out.json(res.to_dict())
         return

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from casreg import Registry
 from casreg.errors import InvalidInputError, NotFoundError
-from casreg_cli.common import AnnotateOpt, JsonOpt, QuietOpt, ReasonOpt, RefArg, RegistryOpt, app, name_alias, pairs
-from casreg_cli.output import Output, human_bytes
+from casreg_cli.common import (
+    AnnotateOpt,
+    Cli,
+    ReasonOpt,
+    RefArg,
+    app,
+    command,
+    name_alias,
+    pairs,
+)
+from casreg_cli.output import human_bytes
 
 policy_app = typer.Typer(help="The registry's policy: required metadata, gates, approvals, roles.",
                          no_args_is_help=True)
@@ -21,12 +30,13 @@ LogNameArg = Annotated[str, typer.Argument(help="Model name, or _registry for po
 VersionArg = Annotated[str, typer.Argument(metavar="REF", help="A version of NAME: N, NAME:N, NAME@ALIAS or a digest.")]
 
 
-def _when(t: object) -> str:
-    return t.strftime("%Y-%m-%d %H:%M:%S")  # type: ignore[attr-defined]
+def _when(t: datetime) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%S")
 
 
-@app.command()
+@command(app)
 def promote(
+    cli: Cli,
     name: NameArg,
     ref: VersionArg,
     stage: Annotated[str, typer.Argument(help="staging, production, archived, or any alias (champion, canary, ...).")],
@@ -37,13 +47,10 @@ def promote(
     annotate: AnnotateOpt = None,
     if_current: Annotated[Optional[str], typer.Option("--if-current", metavar="REF", help="Only if STAGE still "
                                                       "points at this version (else a conflict error).")] = None,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Move NAME@STAGE to a version once the policy's gates pass (production archives the previous one)."""
-    out = Output(json_, quiet)
-    result = Registry(registry).promote(name, ref, stage, reason=reason, keep_previous=keep_previous,
+    out = cli.out
+    result = cli.registry().promote(name, ref, stage, reason=reason, keep_previous=keep_previous,
                                         dry_run=dry_run, annotations=pairs("annotate", annotate),
                                         if_current=if_current)
     if out.as_json:
@@ -65,48 +72,44 @@ def promote(
         raise typer.Exit(8)
 
 
-@app.command()
+@command(app)
 def archive(
+    cli: Cli,
     name: NameArg,
     ref: VersionArg,
     reason: ReasonOpt = None,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Archive a version (kept and pullable; listed by ls --stage archived)."""
-    out = Output(json_, quiet)
-    ev = Registry(registry).archive(name, ref, reason=reason)
+    out = cli.out
+    ev = cli.registry().archive(name, ref, reason=reason)
     if out.as_json:
         out.json(ev.to_dict())
     else:
         out.line(f"archived {name}:{ev.to_version}")
 
 
-@app.command()
+@command(app)
 def rollback(
+    cli: Cli,
     target: Annotated[str, typer.Argument(metavar="NAME@ALIAS")],
     reason: ReasonOpt = None,
     keep_previous: Annotated[bool, typer.Option("--keep-previous", help="Rolling back production: do not "
                                                 "archive the version it leaves.")] = False,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Move NAME@ALIAS back to its previous target (a new recorded event)."""
-    out = Output(json_, quiet)
+    out = cli.out
     name, alias = name_alias(target)
-    ev = Registry(registry).rollback(name, alias, reason=reason, keep_previous=keep_previous)
+    ev = cli.registry().rollback(name, alias, reason=reason, keep_previous=keep_previous)
     if out.as_json:
         out.json(ev.to_dict())
     else:
-        out.line(f"{name}@{alias} -> {name}:{ev.to_version}  {ev.to_digest} (rolled back from {name}:{ev.from_version})")
+        out.line(f"{name}@{alias} -> {name}:{ev.to_version}  {ev.to_digest} "
+                 f"(rolled back from {name}:{ev.from_version})")
 
 
-def _decide(approve: bool, name: str, ref: str, stage: str, comment: str | None, registry: str | None,
-            json_: bool, quiet: bool) -> None:
-    out = Output(json_, quiet)
-    reg = Registry(registry)
+def _decide(cli: Cli, approve: bool, name: str, ref: str, stage: str, comment: str | None) -> None:
+    out = cli.out
+    reg = cli.registry()
     ev = reg.approve(name, ref, stage=stage, comment=comment) if approve else reg.reject(
         name, ref, stage=stage, comment=comment)
     if out.as_json:
@@ -119,39 +122,37 @@ StageOpt = Annotated[str, typer.Option("--stage", help="The stage (or alias) the
 CommentOpt = Annotated[Optional[str], typer.Option("--comment", help="Recorded with the decision.")]
 
 
-@app.command()
-def approve(name: NameArg, ref: VersionArg, stage: StageOpt = "production", comment: CommentOpt = None,
-            registry: RegistryOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False) -> None:
+@command(app)
+def approve(cli: Cli, name: NameArg, ref: VersionArg, stage: StageOpt = "production",
+            comment: CommentOpt = None) -> None:
     """Approve a version for a stage (as the current author: CASREG_USER, git email or OS user)."""
-    _decide(True, name, ref, stage, comment, registry, json_, quiet)
+    _decide(cli, True, name, ref, stage, comment)
 
 
-@app.command()
-def reject(name: NameArg, ref: VersionArg, stage: StageOpt = "production", comment: CommentOpt = None,
-           registry: RegistryOpt = None, json_: JsonOpt = False, quiet: QuietOpt = False) -> None:
+@command(app)
+def reject(cli: Cli, name: NameArg, ref: VersionArg, stage: StageOpt = "production",
+           comment: CommentOpt = None) -> None:
     """Reject a version for a stage; a standing rejection fails the stage's approval gate."""
-    _decide(False, name, ref, stage, comment, registry, json_, quiet)
+    _decide(cli, False, name, ref, stage, comment)
 
 
 def _ver(n: int | None, name: str) -> str:
     return f"{name}:{n}" if n is not None else ""
 
 
-@app.command("log")
+@command(app, "log")
 def log_(
+    cli: Cli,
     name: LogNameArg,
     alias: Annotated[Optional[str], typer.Option("--alias", help="Only this alias's moves and approvals.")] = None,
     kind: Annotated[Optional[list[str]], typer.Option("--kind", help="Only these kinds (push, promote, "
                                                       "alias.set, rollback, archive, approve, ...).")] = None,
     since: Annotated[Optional[str], typer.Option("--since", help="ISO 8601 time or date.")] = None,
     until: Annotated[Optional[str], typer.Option("--until", help="ISO 8601 time or date.")] = None,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Every event of NAME: pushes, alias moves, promotions, archives, approvals, policy changes."""
-    out = Output(json_, quiet)
-    entries = Registry(registry).log(name, alias=alias, kinds=kind, since=since, until=until)
+    out = cli.out
+    entries = cli.registry().log(name, alias=alias, kinds=kind, since=since, until=until)
     if out.as_json:
         out.json([e.to_dict() for e in entries])
         return
@@ -163,17 +164,15 @@ def log_(
     } for e in entries])
 
 
-@app.command()
+@command(app)
 def diff(
+    cli: Cli,
     a: RefArg,
     b: RefArg,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Compare two versions: metrics with deltas, params and tags, files, bytes shared."""
-    out = Output(json_, quiet)
-    d = Registry(registry).diff(a, b)
+    out = cli.out
+    d = cli.registry().diff(a, b)
     if out.as_json:
         out.json(d.to_dict())
         return
@@ -182,12 +181,13 @@ def diff(
         out.line("metrics")
         for k, (x, y, delta) in d.metrics.items():
             shown = f"{delta:+.6g}" if delta is not None else ""
-            out.line(f"  {k:<20} {'' if x is None else f'{x:.6g}':>12} {'' if y is None else f'{y:.6g}':>12} {shown:>12}")
+            out.line(f"  {k:<20} {'' if x is None else f'{x:.6g}':>12} "
+                     f"{'' if y is None else f'{y:.6g}':>12} {shown:>12}")
     for label, changes in (("params", d.params), ("tags", d.tags)):
         if changes:
             out.line(label)
-            for k, (x, y) in changes.items():
-                out.line(f"  {k:<20} {x if x is not None else '(none)'} -> {y if y is not None else '(none)'}")
+            for k, (was, now) in changes.items():
+                out.line(f"  {k:<20} {was if was is not None else '(none)'} -> {now if now is not None else '(none)'}")
     out.line(f"files: {len(d.added)} added, {len(d.removed)} removed, {len(d.changed)} changed, "
              f"{d.unchanged} unchanged")
     for sign, paths in (("+", d.added), ("-", d.removed), ("~", d.changed)):
@@ -197,39 +197,35 @@ def diff(
              f"({100 * d.shared_fraction:.1f}% of {d.b.ref} is in chunks {d.a.ref} already has)")
 
 
-@policy_app.command("set")
+@command(policy_app, "set")
 def policy_set(
+    cli: Cli,
     file: Annotated[Path, typer.Argument(help="Policy TOML file (docs/lifecycle.md).")],
     reason: ReasonOpt = None,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Store a new version of the registry's policy (each change is a recorded event)."""
-    out = Output(json_, quiet)
+    out = cli.out
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise NotFoundError(f"no such file: {file}") from None
     except UnicodeDecodeError:
         raise InvalidInputError(f"{file} is not UTF-8 text") from None
-    number = Registry(registry).set_policy(text, reason=reason)
+    number = cli.registry().set_policy(text, reason=reason)
     if out.as_json:
         out.json({"policy_version": number})
     else:
         out.line(f"policy version {number} is in force")
 
 
-@policy_app.command("show")
+@command(policy_app, "show")
 def policy_show(
+    cli: Cli,
     version: Annotated[Optional[int], typer.Option("--version", help="An older policy version.")] = None,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Print the policy in force (or an older version)."""
-    out = Output(json_, quiet)
-    p = Registry(registry).policy(version)
+    out = cli.out
+    p = cli.registry().policy(version)
     if p is None:
         if version is not None:
             raise NotFoundError(f"policy version {version} does not exist")

@@ -10,20 +10,26 @@ from typing import Annotated, Optional
 
 import typer
 
-from casreg import CasregError, Registry
+from casreg import CasregError, FileInfo, PullResult, Version
+from casreg.governance.state import VersionState
 from casreg.refs import parse_ref
-from casreg_cli.common import (AnnotateOpt, JsonOpt, QuietOpt, ReasonOpt, RefArg, RegistryOpt, alias_app, app,
-                               name_alias, pairs)
+from casreg_cli.common import (
+    AnnotateOpt,
+    Cli,
+    ReasonOpt,
+    RefArg,
+    alias_app,
+    app,
+    command,
+    name_alias,
+    pairs,
+)
 from casreg_cli.output import Output, human_bytes
-import casreg_cli.ledger_cmds  # noqa: F401,E402  (registers `casreg compact`)
-import casreg_cli.ops  # noqa: F401,E402  (registers `casreg verify` and `casreg gc`)
-import casreg_cli.lifecycle_cmds  # noqa: F401,E402  (promote, archive, rollback, approve, reject, log, diff, policy)
-import casreg_cli.cache_cmds  # noqa: F401,E402  (registers `casreg cache`)
-import casreg_cli.hooks_cmds  # noqa: F401,E402  (registers `casreg hooks`)
-import casreg_cli.watch_cmds  # noqa: F401,E402  (registers `casreg watch`)
 
-@app.command()
+
+@command(app)
 def push(
+    cli: Cli,
     name: Annotated[str, typer.Argument(help="Model name.")],
     path: Annotated[str, typer.Argument(help="A model file or directory.")],
     metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="KEY=NUMBER, repeatable.")] = None,
@@ -36,62 +42,55 @@ def push(
     run_id: Annotated[Optional[str], typer.Option(help="Training run id.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Digest or URI of the training data.")] = None,
     level: Annotated[Optional[int], typer.Option(min=1, max=22, help="zstd level (default 3).")] = None,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Store a model file or directory as the next version of NAME."""
-    out = Output(json_, quiet)
-    metrics = pairs("metric", metric)
-    v = Registry(registry, zstd_level=level).push(
-        name, path, metrics=metrics, params=pairs("param", param), tags=pairs("tag", tag),
+    v = cli.registry(zstd_level=level).push(
+        name, path, metrics=pairs("metric", metric), params=pairs("param", param), tags=pairs("tag", tag),
         framework=framework, description=description, alias=alias, parent=parent, run_id=run_id,
-        dataset=dataset, progress=out.progress(),
+        dataset=dataset, progress=cli.out.progress(),
     )
-    if out.as_json:
-        out.json(v.to_dict() | {"dedup_ratio": round(v.dedup_ratio, 6)})
-        return
-    out.line(f"pushed {v.ref}  {v.digest}")
-    out.line(f"  size {human_bytes(v.size)} in {v.file_count} file{'s' if v.file_count != 1 else ''}, "
-             f"new bytes stored {human_bytes(v.stored_bytes)}, dedup {100 * v.dedup_ratio:.1f}%")
-    if alias:
-        out.line(f"  {name}@{alias} -> {v.ref}")
+
+    def human(out: Output) -> None:
+        out.line(f"pushed {v.ref}  {v.digest}")
+        out.line(f"  size {human_bytes(v.size)} in {v.file_count} file{'s' if v.file_count != 1 else ''}, "
+                 f"new bytes stored {human_bytes(v.stored_bytes)}, dedup {100 * v.dedup_ratio:.1f}%")
+        if alias:
+            out.line(f"  {name}@{alias} -> {v.ref}")
+
+    cli.emit(v.to_dict() | {"dedup_ratio": round(v.dedup_ratio, 6)}, human)
 
 
-@app.command()
+@command(app)
 def pull(
+    cli: Cli,
     ref: RefArg,
     dest: Annotated[Optional[str], typer.Argument(help="Where to write it (default: ./FILE or ./NAME).")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace an existing destination.")] = False,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Write a version to DEST, verified byte for byte before it appears."""
-    out = Output(json_, quiet)
-    res = Registry(registry).pull(ref, dest, force=force, progress=out.progress())
-    if out.as_json:
-        out.json(res.to_dict())
-        return
+    res = cli.registry().pull(ref, dest, force=force, progress=cli.out.progress())
+    cli.emit(res.to_dict(), lambda out: _pulled(out, res))
+
+
+def _pulled(out: Output, res: PullResult) -> None:
     label = f"{res.name}:{res.version}" if res.name else res.digest
     if res.up_to_date:
         out.line(f"{res.dest} already holds {label}; nothing rewritten")
     else:
-        out.line(f"pulled {label} to {res.dest} ({human_bytes(res.size)}, {res.files} file{'s' if res.files != 1 else ''}, verified)")
+        out.line(f"pulled {label} to {res.dest} ({human_bytes(res.size)}, "
+                 f"{res.files} file{'s' if res.files != 1 else ''}, verified)")
 
 
-@app.command()
+@command(app)
 def resolve(
+    cli: Cli,
     ref: RefArg,
     at: Annotated[Optional[str], typer.Option("--at", help="What REF pointed at at this time "
                                               "(ISO 8601, e.g. 2026-10-01T12:00:00Z).")] = None,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Print the digest a reference points at (--json: the whole record)."""
-    out = Output(json_, quiet)
-    reg = Registry(registry)
+    out = cli.out
+    reg = cli.registry()
     resolved = reg.resolve_at(ref, at) if at is not None else reg.resolve(ref)
     if not out.as_json:
         out.line(resolved.digest)
@@ -106,24 +105,19 @@ def resolve(
     out.json(reg.show(f"{resolved.name}:{resolved.version}").to_dict() | extra)
 
 
-@app.command()
-def show(
-    ref: RefArg,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
+@command(app)
+def show(cli: Cli, ref: RefArg) -> None:
     """Show a version's record, files and aliases."""
-    out = Output(json_, quiet)
-    reg = Registry(registry)
+    reg = cli.registry()
     v = reg.show(ref)
     files = reg.files(v.digest)
     aliases = [p.alias for p in reg.aliases(v.name) if p.version == v.version]
     state = reg.state(v)
-    if out.as_json:
-        out.json(v.to_dict() | {"aliases": aliases, "lifecycle": state.to_dict(),
-                                "files": [asdict(f) for f in files]})
-        return
+    cli.emit(v.to_dict() | {"aliases": aliases, "lifecycle": state.to_dict(), "files": [asdict(f) for f in files]},
+             lambda out: _show(out, v, files, aliases, state))
+
+
+def _show(out: Output, v: Version, files: list[FileInfo], aliases: list[str], state: VersionState) -> None:
     out.line(f"{v.ref}  {v.digest}")
     out.line(f"  created   {v.created_at.isoformat(timespec='seconds')} by {v.author}")
     out.line(f"  size      {human_bytes(v.size)} in {v.file_count} files ({v.kind}); "
@@ -153,8 +147,9 @@ def show(
         out.line(f"    {kind} {human_bytes(f.size):>10}  {f.path}")
 
 
-@app.command("ls")
+@command(app, "ls")
 def ls_(
+    cli: Cli,
     name: Annotated[Optional[str], typer.Argument(help="Model name (default: every model).")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Show the newest N versions.")] = 100,
     all_: Annotated[bool, typer.Option("--all", "-a", help="Show every version.")] = False,
@@ -164,13 +159,10 @@ def ls_(
     alias: Annotated[Optional[str], typer.Option("--alias", help="Only the version at NAME@ALIAS.")] = None,
     sort: Annotated[Optional[str], typer.Option("--sort", help="Sort by a field, e.g. metrics.auc.")] = None,
     desc: Annotated[bool, typer.Option("--desc", help="Sort descending.")] = False,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """List the versions of NAME (the newest 100 unless --all / --limit), or the latest version of every model."""
-    out = Output(json_, quiet)
-    reg = Registry(registry)
+    out = cli.out
+    reg = cli.registry()
     filtered = any(x is not None for x in (where, stage, alias, sort)) or desc
     if filtered and name is None:
         raise typer.BadParameter("--where, --stage, --alias, --sort and --desc need a model NAME")
@@ -199,36 +191,32 @@ def ls_(
     out.table(rows)
 
 
-@app.command()
+@command(app)
 def sql(
+    cli: Cli,
     query: Annotated[str, typer.Argument(help="SQL over the views versions, files, events, aliases.")],
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Query the ledger with DuckDB SQL."""
-    out = Output(json_, quiet)
-    rows = Registry(registry).sql(query)
+    out = cli.out
+    rows = cli.registry().sql(query)
     if out.as_json:
         out.json(rows)
     else:
         out.table(rows)
 
 
-@alias_app.command("set")
+@command(alias_app, "set")
 def alias_set(
+    cli: Cli,
     target: Annotated[str, typer.Argument(metavar="NAME@ALIAS")],
     ref: Annotated[str, typer.Argument(help="A version of NAME: N, NAME:N, NAME@ALIAS or a digest.")],
     reason: ReasonOpt = None,
     annotate: AnnotateOpt = None,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Point NAME@ALIAS at a version (compare-and-swap; the move is logged)."""
-    out = Output(json_, quiet)
+    out = cli.out
     name, alias = name_alias(target)
-    ev = Registry(registry).set_alias(name, alias, ref, reason=reason, annotations=pairs("annotate", annotate))
+    ev = cli.registry().set_alias(name, alias, ref, reason=reason, annotations=pairs("annotate", annotate))
     if out.as_json:
         out.json(ev.to_dict())
         return
@@ -236,34 +224,30 @@ def alias_set(
     out.line(f"{name}@{alias} -> {name}:{ev.to_version}  {ev.to_digest}{was}")
 
 
-@alias_app.command("rm")
+@command(alias_app, "rm")
 def alias_rm(
+    cli: Cli,
     target: Annotated[str, typer.Argument(metavar="NAME@ALIAS")],
     reason: ReasonOpt = None,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Remove NAME@ALIAS (the removal is logged; versions are untouched)."""
-    out = Output(json_, quiet)
+    out = cli.out
     name, alias = name_alias(target)
-    ev = Registry(registry).remove_alias(name, alias, reason=reason)
+    ev = cli.registry().remove_alias(name, alias, reason=reason)
     if out.as_json:
         out.json(ev.to_dict())
     else:
         out.line(f"removed {name}@{alias} (was {name}:{ev.from_version})")
 
 
-@alias_app.command("ls")
+@command(alias_app, "ls")
 def alias_ls(
+    cli: Cli,
     name: Annotated[Optional[str], typer.Argument(help="Model name (default: every model).")] = None,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """List aliases and where they point."""
-    out = Output(json_, quiet)
-    pointers = Registry(registry).aliases(name)
+    out = cli.out
+    pointers = cli.registry().aliases(name)
     if out.as_json:
         out.json([p.to_dict() for p in pointers])
         return
@@ -271,6 +255,16 @@ def alias_ls(
                 "updated": p.event.time.strftime("%Y-%m-%d %H:%M:%S"), "by": p.event.author,
                 "reason": p.event.reason or "",
                 "annotations": ",".join(f"{k}={v}" for k, v in sorted(p.annotations.items()))} for p in pointers])
+
+
+# The other commands register themselves on import, after this module's own (which come
+# first in --help: the everyday ones).
+import casreg_cli.cache_cmds  # noqa: E402,F401  (cache)
+import casreg_cli.hooks_cmds  # noqa: E402,F401  (hooks)
+import casreg_cli.ledger_cmds  # noqa: E402,F401  (compact)
+import casreg_cli.lifecycle_cmds  # noqa: E402,F401  (promote, archive, rollback, approve, reject, log, diff, policy)
+import casreg_cli.ops  # noqa: E402,F401  (verify, gc)
+import casreg_cli.watch_cmds  # noqa: E402,F401  (watch)
 
 
 def _fail(message: str, code: int) -> int:
@@ -360,7 +354,7 @@ def main() -> None:
 
     reuse_large_buffers()  # chunk-sized buffers reused, not page-faulted in afresh (casreg_cli/malloc.py)
     if not any(m in sys.modules for m in _WithoutNumpy.BLOCKED):
-        sys.meta_path.insert(0, _WithoutNumpy())  # type: ignore[arg-type]
+        sys.meta_path.insert(0, _WithoutNumpy())
     sys.exit(run())
 
 

@@ -7,11 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from casreg import Registry
 from casreg.errors import IntegrityError
-from casreg_cli.common import JsonOpt, QuietOpt, RegistryOpt, app
-from casreg_cli.output import Output, human_bytes
-
+from casreg_cli.common import Cli, app, command
+from casreg_cli.output import human_bytes
 
 LIST_LIMIT = 20
 
@@ -27,18 +25,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-@app.command()
+@command(app)
 def verify(
-    ref: Annotated[Optional[str], typer.Argument(help="Verify only this version (default: the whole registry).")] = None,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
+    cli: Cli,
+    ref: Annotated[Optional[str], typer.Argument(
+        help="Verify only this version (default: the whole registry).")] = None,
 ) -> None:
     """Re-read and re-hash everything reachable (or one version); report bad or missing objects.
 
     Exit status 0 when everything verifies, 6 otherwise (one line per bad object on stderr)."""
-    out = Output(json_, quiet)
-    report = Registry(registry).verify(ref, progress=out.progress())
+    out = cli.out
+    report = cli.registry().verify(ref, progress=out.progress())
     if out.as_json:
         out.json(report.to_dict())
     else:
@@ -61,22 +58,23 @@ def verify(
                              f"{ref or report.url}")
 
 
-@app.command()
+@command(app)
 def gc(
-    dry_run: Annotated[bool, typer.Option("--dry-run", "-n", help="Report what would be condemned and deleted; change nothing.")] = False,
-    grace: Annotated[str, typer.Option(metavar="DURATION", help="Only condemn objects older than this (e.g. 24h, 90m, 2d).")] = "24h",
-    delay: Annotated[str, typer.Option(metavar="DURATION", help="Delete condemned objects only this long after they were "
-                                                                "condemned; must exceed any push's check-to-commit time.")] = "1h",
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
+    cli: Cli,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", "-n", help="Report what would be condemned and deleted; change nothing.")] = False,
+    grace: Annotated[str, typer.Option(
+        metavar="DURATION", help="Only condemn objects older than this (e.g. 24h, 90m, 2d).")] = "24h",
+    delay: Annotated[str, typer.Option(
+        metavar="DURATION", help="Delete condemned objects only this long after they were "
+                                 "condemned; must exceed any push's check-to-commit time.")] = "1h",
 ) -> None:
     """Reclaim objects no version references: condemn unreachable objects older than
     --grace, and delete those condemned at least --delay ago that are still unreachable
     (safe while others push; see docs/gc.md)."""
     from casreg.maintenance.gc import parse_duration
 
-    out = Output(json_, quiet)
+    out = cli.out
     durations = []
     for flag, text in (("--grace", grace), ("--delay", delay)):
         try:
@@ -84,7 +82,7 @@ def gc(
         except ValueError as err:
             raise typer.BadParameter(str(err).removeprefix("invalid duration "), param_hint=flag) from None
     g, d = durations
-    report = Registry(registry).gc(dry_run=dry_run, grace=g, delay=d)
+    report = cli.registry().gc(dry_run=dry_run, grace=g, delay=d)
     if out.as_json:
         out.json(report.to_dict())
         return

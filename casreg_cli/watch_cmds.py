@@ -9,13 +9,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from casreg import Registry
-from casreg_cli.common import JsonOpt, QuietOpt, RegistryOpt, app, name_alias
-from casreg_cli.output import Output
+from casreg_cli.common import Cli, app, command, name_alias
 
 
-@app.command()
+@command(app)
 def watch(
+    cli: Cli,
     target: Annotated[str, typer.Argument(help="NAME@ALIAS to follow.")],
     exec_: Annotated[Optional[str], typer.Option(
         "--exec", "-e", help="Shell command run after each move, with CASREG_NAME, CASREG_ALIAS, CASREG_DIGEST, "
@@ -28,17 +27,14 @@ def watch(
     keep: Annotated[int, typer.Option("--keep", min=1, help="Versions kept in DEST.versions/ (with --pull).")] = 3,
     once: Annotated[bool, typer.Option("--once", help="Exit after the first change.")] = False,
     max_polls: Annotated[Optional[int], typer.Option("--max-polls", min=1, help="Exit after N polls.")] = None,
-    registry: RegistryOpt = None,
-    json_: JsonOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Follow NAME@ALIAS: when it moves, pull the new version (--pull) and run a command
     (--exec). Runs until interrupted (or --once / --max-polls)."""
     from casreg.watch import Change, Watcher
 
-    out = Output(json_, quiet)
+    out = cli.out
     name, alias = name_alias(target)
-    if not quiet and not logging.getLogger().handlers:
+    if not out.quiet and not logging.getLogger().handlers:
         logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="casreg watch: %(message)s")
 
     def report(c: Change) -> None:
@@ -52,6 +48,6 @@ def watch(
         out.line(f"{c.time}  {name}@{alias} -> {name}:{c.version} {c.digest[:19]} (was {prev}){where}{ran}")
         out.stream.flush()
 
-    w = Watcher(Registry(registry), name, alias, interval=interval, exec_cmd=exec_, pull_dest=pull, keep=keep,
+    w = Watcher(cli.registry(), name, alias, interval=interval, exec_cmd=exec_, pull_dest=pull, keep=keep,
                 on_change=report)
     w.run(once=once, max_polls=max_polls)

@@ -2,7 +2,7 @@
 
 A backend is a factory ``(workdir) -> (store, cleanup)`` that makes a fresh, empty store
 (``workdir`` is a unique directory the factory may use). Adding a backend means adding one
-entry here (and, if it needs a fixture first, one in ``BACKEND_FIXTURES``); ``store``,
+entry here (with the fixture it needs first, if any, as ``Backend.fixture``); ``store``,
 ``store_factory`` and ``registry`` then cover it everywhere.
 
 The ``s3`` backend runs against a real S3 server: SeaweedFS (``weed mini``, from the
@@ -19,6 +19,7 @@ import secrets
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,9 @@ BackendFactory = Callable[[Path], tuple[ObjectStore, Callable[[], None]]]
 
 
 def _local(workdir: Path) -> tuple[ObjectStore, Callable[[], None]]:
-    # tmp_path is removed by pytest; nothing else to clean.
-    return LocalStore(workdir / "reg"), lambda: None
+    root = workdir / "reg"
+    # tmp_path is kept by pytest for inspection; a registry can hold ~100 MB: drop it
+    return LocalStore(root), lambda: shutil.rmtree(root, ignore_errors=True)
 
 
 def _memory(workdir: Path) -> tuple[ObjectStore, Callable[[], None]]:
@@ -44,7 +46,7 @@ def _memory(workdir: Path) -> tuple[ObjectStore, Callable[[], None]]:
 
 
 def _s3(workdir: Path) -> tuple[ObjectStore, Callable[[], None]]:
-    # the s3_env fixture (BACKEND_FIXTURES) has started the server and set the environment
+    # the s3_env fixture (Backend.fixture) has started the server and set the environment
     from casreg.storage.s3 import S3Store
 
     assert _S3_SERVER is not None
@@ -57,13 +59,27 @@ def _s3(workdir: Path) -> tuple[ObjectStore, Callable[[], None]]:
     return store, cleanup
 
 
-BACKENDS: dict[str, BackendFactory] = {
-    "local": _local,
-    "memory": _memory,
-    "s3": _s3,
+@dataclass(frozen=True)
+class Backend:
+    """How tests get fresh registries of one kind."""
+
+    make: BackendFactory
+    #: a fixture the backend needs before ``make`` may run (its server)
+    fixture: str | None = None
+    #: other processes can open the same registry by its URL (memory:// cannot)
+    cross_process: bool = True
+
+
+#: The one list of backends every multi-backend test runs on.
+BACKENDS: dict[str, Backend] = {
+    "local": Backend(_local),
+    "memory": Backend(_memory, cross_process=False),
+    "s3": Backend(_s3, fixture="s3_env"),
 }
-#: fixtures a backend needs before its factory may run
-BACKEND_FIXTURES: dict[str, str] = {"s3": "s3_env"}
+#: Backends a subprocess can share (for tests that race processes on one registry).
+CROSS_PROCESS = [name for name, b in BACKENDS.items() if b.cross_process]
+#: Backends that need no server (for tests that exercise this machine only).
+SERVERLESS = [name for name, b in BACKENDS.items() if b.fixture is None]
 
 
 # -- the local chunk cache (docs/cache.md): never the user's real ~/.cache ---------------------
@@ -106,15 +122,16 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def store_factory(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[[], ObjectStore]]:
     """Makes any number of fresh, independent stores of the current backend."""
-    if backend in BACKEND_FIXTURES:
-        request.getfixturevalue(BACKEND_FIXTURES[backend])
+    spec = BACKENDS[backend]
+    if spec.fixture is not None:
+        request.getfixturevalue(spec.fixture)
     cleanups: list[Callable[[], None]] = []
     counter = itertools.count()
 
     def make() -> ObjectStore:
         workdir = tmp_path / f"store-{next(counter)}"
         workdir.mkdir()
-        store, cleanup = BACKENDS[backend](workdir)
+        store, cleanup = spec.make(workdir)
         cleanups.append(cleanup)
         return store
 
@@ -136,13 +153,18 @@ def author(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[str], N
     return act_as
 
 
-@pytest.fixture(params=["local", "s3"])
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh registry URL that several processes can share: a local directory, or S3
-    (the spawned processes find the endpoint and credentials in the environment)."""
-    if request.param == "s3":
-        return request.getfixturevalue("s3_env").url()
-    return str(tmp_path / "reg")
+@pytest.fixture(params=CROSS_PROCESS)
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh registry URL that several processes can share (a local directory, S3: the
+    spawned processes find the endpoint and credentials in the environment)."""
+    spec = BACKENDS[request.param]
+    if spec.fixture is not None:
+        request.getfixturevalue(spec.fixture)
+    workdir = tmp_path / "shared"
+    workdir.mkdir()
+    store, cleanup = spec.make(workdir)
+    yield store.url
+    cleanup()
 
 
 @pytest.fixture

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from casreg.content.config import init_config
 from casreg import Registry
 from casreg.content.cache import ChunkCache, cache_for, default_cache_dir, parse_size
 from casreg.content.chunking import ChunkParams
-from casreg.errors import InvalidInputError
-from casreg.content.manifest import ChunkRef
+from casreg.content.config import init_config
 from casreg.content.fetch import read_chunk, read_span, read_span_stats, spans
+from casreg.content.manifest import ChunkRef
+from casreg.errors import InvalidInputError
 from casreg.storage import ByteRange
 from casreg.storage.local import LocalStore
 from casreg.storage.memory import MemoryStore

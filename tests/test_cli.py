@@ -476,8 +476,8 @@ def test_cli_never_loads_numpy_or_pandas(env: dict[str, str], pushed: dict, mode
 
 @pytest.mark.parametrize("ref", ["m@prod", "m", "m:1", "m:2"])
 def test_resolve_does_not_import_heavy_modules(env: dict[str, str], pushed: dict, tmp_path: Path, ref: str) -> None:
-    code = ("import sys; from casreg_cli.main import run; rc = run(['resolve', %r]); "
-            "print(rc, sorted(m for m in ('duckdb', 'pyarrow', 's3fs') if m in sys.modules))" % ref)
+    code = (f"import sys; from casreg_cli.main import run; rc = run(['resolve', {ref!r}]); "
+            "print(rc, sorted(m for m in ('duckdb', 'pyarrow', 's3fs') if m in sys.modules))")
     p = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0, p.stderr

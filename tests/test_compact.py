@@ -19,7 +19,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +30,14 @@ from hypothesis import strategies as st
 
 import casreg.ledger.compact as compact_mod
 from casreg import ConflictError, Registry, StorageError
-from casreg.ledger.compact import compact, maybe_compact
 from casreg.keys import HEAD_KEY, event_key
 from casreg.keys import version_segment_key as segment_key
-from casreg.ledger.segments import (
-    LedgerHead,
-    append_event,
-    commit_version,
-    list_versions,
-    read_head,
-    read_version,
-    versions_table,
-)
+from casreg.ledger.compact import compact, maybe_compact
+from casreg.ledger.head import LedgerHead, read_head
 from casreg.ledger.pointers import move_alias
-from casreg.records import AliasEvent, Lineage, Version, utcnow
+from casreg.ledger.segments import append_event, commit_version, list_versions, read_version, versions_table
 from casreg.ledger.sql import connect, query, tables_for
+from casreg.records import AliasEvent, Lineage, Version, utcnow
 from casreg.storage import ObjectStore
 from casreg.storage.local import LocalStore
 from casreg.storage.memory import MemoryStore
@@ -270,7 +263,8 @@ def test_head_format(store: ObjectStore) -> None:
     populate(store, Model(), n=2)
     compact(store)
     doc = json.loads(store.read(HEAD_KEY))
-    assert doc["format"] == "casreg-ledger-head/1" and doc["generation"] == 1 and doc["covered"] == {"alpha": 2, "beta": 2}
+    assert (doc["format"] == "casreg-ledger-head/1" and doc["generation"] == 1
+            and doc["covered"] == {"alpha": 2, "beta": 2})
     for kind in ("versions", "events"):
         [f] = doc[kind]
         data = store.read(f["key"])
@@ -278,8 +272,9 @@ def test_head_format(store: ObjectStore) -> None:
         assert f["blake3"] == blake3(data).hexdigest()
     assert doc["versions"][0]["rows"] == 4 and doc["events"][0]["rows"] == 3
     # the events file records which segment every row came from
-    import pyarrow.parquet as pq
     import io
+
+    import pyarrow.parquet as pq
 
     t = pq.read_table(io.BytesIO(store.read(doc["events"][0]["key"])))
     assert sorted(t.column("segment").to_pylist()) == sorted(store.list("ledger/events"))
@@ -467,7 +462,7 @@ def test_late_event_is_counted_once(store: ObjectStore) -> None:
     model = Model()
     populate(store, model, n=2)
     compact(store)
-    late = AliasEvent(uuid.uuid4().hex, datetime(2001, 1, 1, tzinfo=timezone.utc), "alias.set", "alpha", "prod",
+    late = AliasEvent(uuid.uuid4().hex, datetime(2001, 1, 1, tzinfo=UTC), "alias.set", "alpha", "prod",
                       None, model.versions[("alpha", 1)].digest, None, 1, "x@y", "h", "repair")
     covered = set(store.list("ledger/events"))
     assert append_event(store, late)
@@ -511,7 +506,7 @@ def test_superseded_files_wait_out_the_grace_period(store: ObjectStore) -> None:
     commit(store, "alpha", 0.1)
     res = compact(store, full=True)  # default grace: the superseded versions file stays
     assert res.removed == [] and {f.key for f in first.files} < compacted_keys(store)
-    later = lambda: datetime.now(timezone.utc) + timedelta(hours=2)  # noqa: E731
+    later = lambda: datetime.now(UTC) + timedelta(hours=2)  # noqa: E731
     res = compact(store, clock=later)  # nothing new, but the old file has aged out
     assert not res.changed and res.removed == [first.versions[0].key]  # the events file is still in use
     head = read_head(store)
@@ -522,7 +517,7 @@ def test_fresh_unreferenced_files_of_a_concurrent_compaction_are_not_deleted(sto
     populate(store, Model(), n=2)
     compact(store)
     # another compactor has written its file and not swapped HEAD yet
-    pending = f"ledger/compacted/versions/{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex}.parquet"
+    pending = f"ledger/compacted/versions/{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex}.parquet"
     store.create(pending, b"not yet referenced")
     commit(store, "alpha", 0.2)
     res = compact(store, grace=timedelta(minutes=10))
@@ -692,7 +687,7 @@ def test_an_old_head_triggers_compaction_of_any_uncovered_version(store: ObjectS
     compact(store)
     v = commit(store, "beta", 0.4)
     assert maybe_compact(store, "beta", v.version, threshold=64) is None  # fresh HEAD, 1 uncovered
-    later = lambda: datetime.now(timezone.utc) + timedelta(minutes=16)  # noqa: E731
+    later = lambda: datetime.now(UTC) + timedelta(minutes=16)  # noqa: E731
     res = maybe_compact(store, "beta", v.version, threshold=64, clock=later)
     assert res is not None and res.changed and read_head(store).covered == {"alpha": 3, "beta": 1}  # type: ignore[union-attr]
     assert maybe_compact(store, "beta", v.version, threshold=64, clock=later) is None  # covered now
@@ -812,8 +807,8 @@ def test_cli_compact(tmp_path: Path) -> None:
     assert p.returncode == 2 and "Traceback" not in p.stderr
     # resolving a compacted registry still imports neither pyarrow nor duckdb
     for ref in ("m", "m@prod", "m:1"):
-        code = ("import sys; from casreg_cli.main import run; rc = run(['resolve', %r]); "
-                "print(rc, sorted(m for m in ('duckdb', 'pyarrow') if m in sys.modules))" % ref)
+        code = (f"import sys; from casreg_cli.main import run; rc = run(['resolve', {ref!r}]); "
+                "print(rc, sorted(m for m in ('duckdb', 'pyarrow') if m in sys.modules))")
         e = dict(os.environ, CASREG_REGISTRY=str(tmp_path / "reg"), HOME=str(tmp_path))
         q = subprocess.run([sys.executable, "-c", code], env=e, cwd=tmp_path, capture_output=True, text=True,
                            timeout=120)

@@ -33,7 +33,9 @@ def content(i: int) -> bytes:
     return (f"model weights of process {i}\n".encode() * (50 + 7 * i)) + os.urandom(64)
 
 
-def _run(target: Callable[..., None], args_for: Callable[[int], tuple[Any, ...]], per_proc: int) -> list[tuple[Any, ...]]:
+def _run(
+    target: Callable[..., None], args_for: Callable[[int], tuple[Any, ...]], per_proc: int
+) -> list[tuple[Any, ...]]:
     """Start N spawned workers sharing a Barrier and a Queue; collect per_proc results each."""
     barrier = SPAWN.Barrier(N)
     out = SPAWN.Queue()
@@ -186,7 +188,8 @@ def test_racing_alias_moves_have_one_winner_and_match_the_ledger(tmp_path: Path,
     pointer = read_pointer(reg.store, "m", "prod")
     assert pointer is not None
     last = events[-1]
-    assert (pointer.event.event_id, pointer.version, pointer.digest) == (last["event_id"], last["to_version"], last["to_digest"])
+    assert (pointer.event.event_id, pointer.version, pointer.digest) == (
+        last["event_id"], last["to_version"], last["to_digest"])
     assert reg.resolve("m@prod").version == last["to_version"]
     aliases = reg.sql("select name, alias, version, digest from aliases")
     assert aliases == [{"name": "m", "alias": "prod", "version": last["to_version"], "digest": last["to_digest"]}]

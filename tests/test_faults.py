@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-import casreg.lineage
 import casreg.content.push
+import casreg.lineage
 from casreg import IntegrityError, Registry
 from casreg.content.manifest import Manifest
 from casreg.keys import index_key, manifest_key, pack_key

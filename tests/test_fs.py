@@ -15,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from casreg.content.config import init_config
 from casreg import IntegrityError, Registry
 from casreg.content.chunking import ChunkParams
-from casreg.fs import CasregFileSystem, ReadOnlyError
+from casreg.content.config import init_config
 from casreg.content.lazy import PinnedFile
 from casreg.content.manifest import Entry
+from casreg.fs import CasregFileSystem, ReadOnlyError
 from casreg.keys import pack_key
 from casreg.storage import ObjectStore
 from casreg.testing.counting import CountingStore

@@ -27,12 +27,12 @@ import casreg
 import casreg.lineage
 from casreg import IntegrityError, Registry
 from casreg.content.chunking import DEFAULT_CHUNK_PARAMS
-from casreg.maintenance.gc import GcConflictError, parse_duration
 from casreg.content.manifest import Manifest
 from casreg.content.packs import ChunkIndex
 from casreg.content.push import store_source
-from casreg.keys import index_key, manifest_key, pack_key
 from casreg.content.source import scan_source
+from casreg.keys import index_key, manifest_key, pack_key
+from casreg.maintenance.gc import GcConflictError, parse_duration
 from casreg.storage import ObjectStore
 from casreg.storage.base import Payload
 from casreg.storage.local import LocalStore

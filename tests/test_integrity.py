@@ -19,7 +19,6 @@ from casreg import IntegrityError, Registry, UnsafePathError
 from casreg.content.manifest import Entry, Manifest, seal_manifest
 from casreg.keys import manifest_key, pack_key
 from casreg.storage.local import LocalStore
-from casreg.storage.memory import MemoryStore
 
 
 def _manifest_doc(stored: bytes) -> dict:
@@ -43,18 +42,10 @@ def _env(author: Callable[[str], None], monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("CASREG_CACHE", "off")
 
 
-@pytest.fixture(params=["local", "memory", "s3"])
-def reg(request: pytest.FixtureRequest, tmp_path: Path):
-    if request.param == "s3":  # SeaweedFS (tests/conftest.py), a fresh prefix per test
-        yield Registry(request.getfixturevalue("s3_env").url())
-        return
-    if request.param == "local":
-        yield Registry(tmp_path / "registry")
-    else:
-        url = f"memory://integrity-{uuid.uuid4().hex}"
-        yield Registry(url)
-        MemoryStore.wipe(url)
-
+@pytest.fixture
+def reg(registry: Registry) -> Registry:
+    """A fresh registry on every backend of ``conftest.BACKENDS``."""
+    return registry
 
 def is_local(reg: Registry) -> bool:
     return isinstance(reg.store, LocalStore)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import casreg
-from casreg.content.config import init_config
 from casreg import IntegrityError, Registry
 from casreg.content.chunking import ChunkParams
+from casreg.content.config import init_config
 from casreg.content.lazy import MAX_HEADER_BYTES
 from casreg.fs import CasregFileSystem
 from casreg.keys import pack_key
@@ -81,7 +81,8 @@ def test_every_dtype_round_trips_like_safetensors_loads_it(tmp_path: Path) -> No
 def test_bf16_comes_back_as_bits_or_widened_exactly(tmp_path: Path) -> None:
     values = np.array([[1.0, -2.5, 3.140625], [0.0, 65280.0, -0.0078125]], dtype="<f4")  # exact in bf16
     bits = (values.view(np.uint32) >> 16).astype("<u2")
-    path = write_safetensors(tmp_path / "b.safetensors", {"w": ("BF16", bits), "x": ("F8_E4M3", np.arange(4, dtype="u1"))})
+    path = write_safetensors(tmp_path / "b.safetensors",
+                             {"w": ("BF16", bits), "x": ("F8_E4M3", np.arange(4, dtype="u1"))})
     reg = memory_registry()
     reg.push("b", path)
     assert np.array_equal(reg.open_safetensors("b", bf16="uint16").get_tensor("w"), bits)
@@ -233,7 +234,8 @@ def test_long_reads_go_in_windows_and_stay_exact(tmp_path: Path, monkeypatch: py
     reg = memory_registry()
     init_config(reg.store, SMALL)
     big = np.random.default_rng(3).standard_normal(600_000).astype("<f4")  # 2.4 MB: a dozen windows
-    path = write_safetensors(tmp_path / "w.safetensors", {"small": ("I8", np.arange(3, dtype="i1")), "big": ("F32", big)})
+    path = write_safetensors(tmp_path / "w.safetensors",
+                             {"small": ("I8", np.arange(3, dtype="i1")), "big": ("F32", big)})
     reg.push("w", path)
     st = reg.open_safetensors("w")
     assert np.array_equal(st.get_tensor("big"), big)

@@ -111,7 +111,8 @@ def test_scripted_session(registry: casreg.Registry, tmp_path: Path, as_user) ->
     message = str(refused.value)
     assert "\n" not in message
     assert "rule 'metrics.auc >= 0.95' failed: fraud:2 has metrics.auc = 0.94; needs >= 0.95" in message
-    assert "rule 'metrics.auc > @production' failed: fraud:2 has metrics.auc = 0.94; needs > 0.96 (fraud:1 @production)" in message
+    assert ("rule 'metrics.auc > @production' failed: fraud:2 has metrics.auc = 0.94; "
+            "needs > 0.96 (fraud:1 @production)") in message
     assert "approvals" not in message  # the approvals gate passed and is not blamed
     assert reg.resolve("fraud@production").version == 1  # nothing moved
 
@@ -264,7 +265,8 @@ def test_refusals_change_nothing(registry: casreg.Registry, tmp_path: Path, as_u
         (InvalidNameError, "alias", lambda: reg.promote("fraud", 1, "Prod Uction")),
         (InvalidInputError, "is a version of churn, not of fraud",
          lambda: reg.promote("fraud", "churn:1", "staging")),
-        (UnknownReferenceError, "fraud:9 does not exist (latest is fraud:3)", lambda: reg.promote("fraud", 9, "staging")),
+        (UnknownReferenceError, "fraud:9 does not exist (latest is fraud:3)",
+         lambda: reg.promote("fraud", 9, "staging")),
         (PolicyError, "fraud:1 has metrics.auc = 0.91; needs >= 0.95", lambda: reg.promote("fraud", 1, "production")),
         (PolicyError, "fraud:2 has never been in staging", lambda: reg.promote("fraud", 2, "production")),
         (PolicyError, "does not let a pusher approve their own version",
@@ -414,7 +416,8 @@ def test_stale_promotion_loses_with_the_winner_named(registry: casreg.Registry, 
     after_bob: dict[str, bytes] = {}
     lifecycle.evaluate = racing_evaluate
     try:
-        with pytest.raises(ConflictError, match=r"m@production was moved to m:3 by bob at .* meanwhile; nothing was changed"):
+        with pytest.raises(ConflictError,
+                           match=r"m@production was moved to m:3 by bob at .* meanwhile; nothing was changed"):
             reg.promote("m", 2, "production", reason="alice was slower")
     finally:
         lifecycle.evaluate = real
@@ -423,7 +426,9 @@ def test_stale_promotion_loses_with_the_winner_named(registry: casreg.Registry, 
     assert [e.to_version for e in reg.log("m", kinds=["promote"])] == [1, 3]
 
 
-def test_history_survives_a_crash_between_pointer_and_ledger(registry: casreg.Registry, tmp_path: Path, as_user) -> None:  # type: ignore[no-untyped-def]
+def test_history_survives_a_crash_between_pointer_and_ledger(  # type: ignore[no-untyped-def]
+    registry: casreg.Registry, tmp_path: Path, as_user
+) -> None:
     """The pointer holds its last move (and the archive it implies): if the ledger append
     is lost, history and resolve --at still see it, and the next move writes it."""
     from casreg.keys import event_key

@@ -18,16 +18,25 @@ import numpy as np
 import pytest
 import zstandard
 from blake3 import blake3
+from conftest import SERVERLESS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import casreg
 from casreg.content.chunking import DEFAULT_CHUNK_PARAMS, ChunkParams, chunk_bytes, iter_chunks
-from casreg.errors import IntegrityError, UnsafePathError
-from casreg.content.manifest import MANIFEST_FORMAT, ChunkRef, Entry, Manifest, seal_manifest, tree_digest, validate_relpath
+from casreg.content.manifest import (
+    MANIFEST_FORMAT,
+    ChunkRef,
+    Entry,
+    Manifest,
+    seal_manifest,
+    tree_digest,
+    validate_relpath,
+)
 from casreg.content.packs import PACK_MAGIC, PackBuilder, _Slot, decode_index, encode_index
+from casreg.errors import IntegrityError, UnsafePathError
 from casreg.keys import pack_key
-from casreg.storage import open_store
+from casreg.storage import ObjectStore
 
 WHERE = "manifests/ab/abcdef.manifest"
 PACK = "ab" * 32
@@ -43,7 +52,7 @@ def spec_tree_digest(kind: str, entries: list[tuple[str, str, int, str]]) -> str
         if typ == "d":
             buf += b"d " + path.encode("utf-8") + b"\x00"
         else:
-            buf += f"{typ} {size} {hexdigest} {path}".encode("utf-8") + b"\x00"
+            buf += f"{typ} {size} {hexdigest} {path}".encode() + b"\x00"
     return blake3(bytes(buf)).hexdigest()
 
 
@@ -141,7 +150,8 @@ def trees(draw: st.DrawFn, with_chunks: bool = False) -> tuple[str, list[Entry]]
         if with_chunks:
             for _ in range(draw(st.integers(0, 3))):
                 chunks.append(ChunkRef(draw(digests32), draw(st.sampled_from(packs)), draw(st.integers(16, 2**40)),
-                                       draw(st.integers(0, 2**22)), draw(st.integers(1, 2**22)), draw(st.sampled_from([0, 1]))))
+                                       draw(st.integers(0, 2**22)), draw(st.integers(1, 2**22)),
+                                       draw(st.sampled_from([0, 1]))))
             size = sum(c.raw_size for c in chunks)
         else:
             size = draw(st.integers(0, 2**50))
@@ -261,7 +271,8 @@ def test_hand_written_manifest_is_accepted() -> None:
     doc = mdoc([fentry("a.txt", b"a"), fentry("bin/run.sh", b"#!/bin/sh\n", "x"), dentry("empty")])
     m = load(doc)
     assert m.hexdigest == TREE_DIGEST
-    assert [(e.path, e.type, e.size) for e in m.entries] == [("a.txt", "f", 1), ("bin/run.sh", "x", 10), ("empty", "d", 0)]
+    assert [(e.path, e.type, e.size) for e in m.entries] == [
+        ("a.txt", "f", 1), ("bin/run.sh", "x", 10), ("empty", "d", 0)]
     assert m.entries[0].chunks == [ChunkRef(bytes.fromhex(b3(b"a")), PACK, 16, 1, 1, 0)]
     one = load(mdoc([fentry("hello.txt", b"hello\n")], kind="file"))
     assert one.hexdigest == HELLO_DIGEST
@@ -382,22 +393,23 @@ def _raw_blob(text: str) -> bytes:
 
 _FILE = b3(b"x")
 NON_FINITE = {
-    "size-1e999": '{"path":"a","type":"f","size":1e999,"digest":"%s","chunks":[]}' % _FILE,
-    "offset-Infinity": '{"path":"a","type":"f","size":1,"digest":"%s","chunks":[["%s",0,Infinity,1,1,0]]}' % (_FILE, _FILE),
-    "raw-size--Infinity": '{"path":"a","type":"f","size":1,"digest":"%s","chunks":[["%s",0,16,1,-Infinity,0]]}' % (_FILE, _FILE),
+    "size-1e999": f'{{"path":"a","type":"f","size":1e999,"digest":"{_FILE}","chunks":[]}}',
+    "offset-Infinity": f'{{"path":"a","type":"f","size":1,"digest":"{_FILE}","chunks":[["{_FILE}",0,Infinity,1,1,0]]}}',
+    "raw-size--Infinity": (f'{{"path":"a","type":"f","size":1,"digest":"{_FILE}",'
+                           f'"chunks":[["{_FILE}",0,16,1,-Infinity,0]]}}'),
 }
 
 
 def test_nan_numbers_are_refused() -> None:
-    text = '{"path":"a","type":"f","size":NaN,"digest":"%s","chunks":[]}' % _FILE
-    doc = '{"format":"%s","kind":"dir","chunking":{},"packs":["%s"],"entries":[%s]}' % (MANIFEST_FORMAT, PACK, text)
+    text = f'{{"path":"a","type":"f","size":NaN,"digest":"{_FILE}","chunks":[]}}'
+    doc = f'{{"format":"{MANIFEST_FORMAT}","kind":"dir","chunking":{{}},"packs":["{PACK}"],"entries":[{text}]}}'
     with pytest.raises(IntegrityError):
         Manifest.from_bytes(_raw_blob(doc), expected=bytes(32), where=WHERE)
 
 
 @pytest.mark.parametrize("entry", list(NON_FINITE.values()), ids=list(NON_FINITE))
 def test_infinite_numbers_are_refused(entry: str) -> None:
-    doc = '{"format":"%s","kind":"dir","chunking":{},"packs":["%s"],"entries":[%s]}' % (MANIFEST_FORMAT, PACK, entry)
+    doc = f'{{"format":"{MANIFEST_FORMAT}","kind":"dir","chunking":{{}},"packs":["{PACK}"],"entries":[{entry}]}}'
     with pytest.raises(IntegrityError):
         Manifest.from_bytes(_raw_blob(doc), expected=bytes(32), where=WHERE)
 
@@ -545,9 +557,8 @@ def test_corrupt_index_is_refused(data: bytes) -> None:
         decode_index(data, "index/x.idx")
 
 
-@pytest.mark.parametrize("backend", ["local", "memory"])
-def test_pack_builder_layout(backend: str, tmp_path: Path) -> None:
-    store = open_store(str(tmp_path / "reg") if backend == "local" else f"memory://packs-{tmp_path.name}")
+@pytest.mark.parametrize("backend", SERVERLESS)
+def test_pack_builder_layout(store: ObjectStore) -> None:
     payloads = [b"alpha", b"", b"gamma" * 100]
     pb = PackBuilder(store.open_writer("packs"))
     offsets = [pb.add(bytes([i]) * 32, 1, p, len(p) * 2) for i, p in enumerate(payloads)]
@@ -555,7 +566,8 @@ def test_pack_builder_layout(backend: str, tmp_path: Path) -> None:
     pack_id, index = pb.seal()
     with pb.writer:
         assert list(store.list("packs")) == []  # staged, not visible before it is published
-        assert pb.writer.publish(pack_key(pack_id), size=pb.size) and not pb.writer.publish(pack_key(pack_id), size=pb.size)
+        assert (pb.writer.publish(pack_key(pack_id), size=pb.size)
+                and not pb.writer.publish(pack_key(pack_id), size=pb.size))
     assert list(store.list("packs")) == [pack_key(pack_id)]  # and the staging is gone
     data = store.read(pack_key(pack_id))
     assert pack_id == b3(index) and pb.pack_id == pack_id  # a pack is named by its index

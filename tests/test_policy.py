@@ -6,7 +6,7 @@ from __future__ import annotations
 import operator
 import os
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 import casreg
 from casreg.errors import InvalidInputError, InvalidPolicyError
 from casreg.governance.policy import Rule, parse_policy
-from casreg.records import Version
 from casreg.governance.search import translate
+from casreg.records import Version
 
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
 names = st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True)
@@ -25,7 +25,7 @@ finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_v
 
 def version(metrics: dict[str, float], number: int = 1, tags: dict[str, str] | None = None) -> Version:
     return Version(name="m", version=number, digest="blake3:" + "0" * 64, kind="file", size=1, stored_bytes=1,
-                   new_bytes=1, file_count=1, chunk_count=1, created_at=datetime.now(timezone.utc), author="a",
+                   new_bytes=1, file_count=1, chunk_count=1, created_at=datetime.now(UTC), author="a",
                    metrics=metrics, tags=tags or {})
 
 

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from casreg.content.config import init_config
 from casreg import IntegrityError, Registry, StorageError
 from casreg.content.chunking import ChunkParams
-from casreg.content.manifest import ChunkRef
+from casreg.content.config import init_config
 from casreg.content.fetch import spans
+from casreg.content.manifest import ChunkRef
 from casreg.content.pull import partial_path
 from casreg.storage import ByteRange, ObjectStore
 from casreg.testing.wrapper import StoreWrapper

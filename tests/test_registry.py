@@ -7,7 +7,6 @@ import dataclasses
 import os
 import shutil
 import subprocess
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from casreg import (
     UnknownReferenceError,
 )
 from casreg.ledger.segments import commit_version
-from casreg.storage.memory import MemoryStore
 
 AUTHOR = "alice@example.test"
 
@@ -38,18 +36,10 @@ def _author(author: Callable[[str], None]) -> None:
     author(AUTHOR)
 
 
-@pytest.fixture(params=["local", "memory", "s3"])
-def reg(request: pytest.FixtureRequest, tmp_path: Path):
-    if request.param == "s3":  # SeaweedFS (tests/conftest.py), a fresh prefix per test
-        yield Registry(request.getfixturevalue("s3_env").url())
-        return
-    if request.param == "local":
-        yield Registry(tmp_path / "registry")
-    else:
-        url = f"memory://registry-test-{uuid.uuid4().hex}"
-        yield Registry(url)
-        MemoryStore.wipe(url)
-
+@pytest.fixture
+def reg(registry: Registry) -> Registry:
+    """A fresh registry on every backend of ``conftest.BACKENDS``."""
+    return registry
 
 def write(path: Path, data: bytes | str, mode: int = 0o644) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

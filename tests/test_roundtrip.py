@@ -30,19 +30,10 @@ MAX = DEFAULT_CHUNK_PARAMS.max_size
 
 
 # -- fixtures and helpers ------------------------------------------------------------------
-@pytest.fixture(params=["local", "memory", "s3"])
-def reg(request: pytest.FixtureRequest, tmp_path: Path):
-    if request.param == "s3":  # SeaweedFS (tests/conftest.py), a fresh prefix per test
-        yield Registry(request.getfixturevalue("s3_env").url())
-        return
-    if request.param == "local":
-        yield Registry(tmp_path / "registry")
-        shutil.rmtree(tmp_path / "registry", ignore_errors=True)  # up to ~100 MB per test: do not keep it
-    else:
-        url = f"memory://roundtrip-{uuid.uuid4().hex}"
-        yield Registry(url)
-        MemoryStore.wipe(url)
-
+@pytest.fixture
+def reg(registry: Registry) -> Registry:
+    """A fresh registry on every backend of ``conftest.BACKENDS``."""
+    return registry
 
 def snapshot(root: Path) -> dict[str, tuple]:
     """Every path under ``root`` (relative, incl. directories) → what it holds."""

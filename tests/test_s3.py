@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -183,11 +183,11 @@ def test_swap_with_a_stale_etag_conflicts(s3) -> None:
 
 def test_stat_reports_size_and_modification_time(s3) -> None:
     store = S3Store(s3.url())
-    before = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=1)
+    before = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
     assert store.create("packs/aa/x.pack", b"12345")
     info = store.stat("packs/aa/x.pack")
     assert info is not None and info.size == 5
-    assert info.modified is not None and before <= info.modified <= datetime.now(timezone.utc) + timedelta(seconds=1)
+    assert info.modified is not None and before <= info.modified <= datetime.now(UTC) + timedelta(seconds=1)
     assert store.stat("packs/aa/missing.pack") is None
     assert store.stat("packs") is None  # a prefix is not an object
 

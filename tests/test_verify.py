@@ -17,8 +17,7 @@ import pytest
 from casreg import Registry, UnknownReferenceError
 from casreg.content.manifest import ChunkRef, Entry, Manifest
 from casreg.content.packs import decode_index
-from casreg.keys import index_key, manifest_key, pack_key
-from casreg.keys import pointer_key
+from casreg.keys import index_key, manifest_key, pack_key, pointer_key
 from casreg.ledger.pointers import move_alias
 from casreg.storage import ObjectStore
 from casreg.storage.base import ByteRange

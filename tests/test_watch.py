@@ -227,7 +227,8 @@ def test_dest_that_is_not_a_symlink_is_refused(tmp_path: Path) -> None:
     p = subprocess.run([str(CLI), "watch", "m@prod", "--pull", str(tmp_path / "serving"), "-r", str(tmp_path / "reg")],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "is not a symlink" in p.stderr and len(p.stderr.strip().splitlines()) == 1
-    p = subprocess.run([str(CLI), "watch", "m", "-r", str(tmp_path / "reg")], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([str(CLI), "watch", "m", "-r", str(tmp_path / "reg")],
+                       capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "NAME@ALIAS" in p.stderr
 
 

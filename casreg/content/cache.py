@@ -47,7 +47,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from blake3 import blake3
 
@@ -424,7 +424,7 @@ class _Auto:
 #: Default of every ``cache=`` argument: the cache ``CASREG_CACHE`` selects for the store
 #: (remote registries only, by default; docs/cache.md). ``None`` reads the registry only.
 AUTO: _Auto = _Auto()
-CacheArg = Union[ChunkCache, None, _Auto]
+CacheArg = ChunkCache | None | _Auto
 
 
 def resolve_cache(store: ObjectStore, cache: CacheArg = AUTO) -> ChunkCache | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from casreg.content.codec import DEFAULT_ZSTD_LEVEL
@@ -81,7 +81,7 @@ def init_config(store: ObjectStore, chunking: ChunkParams) -> RegistryConfig:
     config = read_config(store)
     if config is None:
         store.check_writable()
-        created = datetime.now(timezone.utc).isoformat()
+        created = datetime.now(UTC).isoformat()
         store.create(CONFIG_KEY, RegistryConfig(REGISTRY_FORMAT, created, dict(chunking.to_dict())).to_json())
         config = read_config(store)
         assert config is not None

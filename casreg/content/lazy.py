@@ -3,10 +3,11 @@
 Why: a serving job that needs one tensor of a 20 GB checkpoint must not download 20 GB.
 A version's manifest already says where every chunk of a file lives (pack, offset,
 sizes), so a byte range ``[start, end)`` maps to the few chunks that cover it; those are
-fetched with :func:`casreg.content.fetch.read_span` (through ``read_span_stats``; one ranged read per run of chunks lying back
-to back in a pack), which decodes and checks every chunk's BLAKE3 before handing it
-over. A read therefore transfers at most one chunk beyond each end of the range, and a
-corrupt chunk raises :class:`~casreg.errors.IntegrityError`, never wrong bytes.
+fetched with :func:`casreg.content.fetch.read_span` (through ``read_span_stats``; one
+ranged read per run of chunks lying back to back in a pack), which decodes and checks
+every chunk's BLAKE3 before handing it over. A read therefore transfers at most one
+chunk beyond each end of the range, and a corrupt chunk raises
+:class:`~casreg.errors.IntegrityError`, never wrong bytes.
 
 :class:`PinnedFile` holds the manifest entry it was opened with: the reference was
 resolved once, before it existed, so a pointer that moves while it reads can never mix
@@ -301,7 +302,8 @@ class SafetensorsFile:
         self.bf16 = bf16
         where = file.where
         if file.size < 8:
-            raise IntegrityError(f"{where} is not a safetensors file: {file.size} bytes, shorter than the 8-byte header length")
+            raise IntegrityError(f"{where} is not a safetensors file: {file.size} bytes, "
+                                 "shorter than the 8-byte header length")
         (n,) = struct.unpack("<Q", file.read(0, 8))
         if n > MAX_HEADER_BYTES:
             raise IntegrityError(f"{where}: safetensors header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")

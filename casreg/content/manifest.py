@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from casreg.content.codec import zstd_decode
 from casreg.digest import HEX64, Digest
 from casreg.errors import IntegrityError, NotFoundError, UnsafePathError
 from casreg.keys import manifest_key
+from casreg.records import JsonValue
 from casreg.storage import ObjectStore
 
 __all__ = [
@@ -157,7 +159,7 @@ def tree_digest(kind: VersionKind, entries: list[Entry]) -> bytes:
 class Manifest:
     kind: VersionKind
     entries: list[Entry]
-    chunking: dict[str, Any]
+    chunking: Mapping[str, JsonValue]
     digest: bytes = b""
 
     def __post_init__(self) -> None:

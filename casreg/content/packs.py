@@ -21,7 +21,7 @@ from blake3 import blake3
 from casreg.content.cache import AUTO, CacheArg, ChunkCache, resolve_cache
 from casreg.content.manifest import ChunkRef
 from casreg.errors import IntegrityError, NotFoundError
-from casreg.keys import INDEXES, index_key, pack_key, parse_index_key
+from casreg.keys import INDEXES, parse_index_key
 from casreg.storage import ObjectStore, ObjectWriter
 
 __all__ = [

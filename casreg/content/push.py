@@ -31,12 +31,12 @@ from blake3 import blake3
 
 from casreg.content.chunking import BLOCK_SIZE, ChunkParams, iter_chunk_views
 from casreg.content.codec import encode
-from casreg.errors import IntegrityError, InvalidInputError, NotFoundError
 from casreg.content.manifest import ChunkRef, Entry, Manifest
 from casreg.content.packs import PACK_TARGET, ChunkIndex, PackBuilder
-from casreg.keys import index_key, manifest_key, pack_key
-from casreg.progress import NullProgress, Progress
 from casreg.content.source import Source, SourceFile
+from casreg.errors import IntegrityError, InvalidInputError, NotFoundError
+from casreg.keys import PACKS, index_key, manifest_key, pack_key
+from casreg.progress import NullProgress, Progress
 from casreg.storage import ObjectStore, ObjectWriter
 from casreg.storage.base import Buffer
 
@@ -242,7 +242,7 @@ class _Pusher:
         else:
             assert stored is not None
             if self.pack is None:
-                self.pack = PackBuilder(_OrderedWriter(self.store.open_writer("packs"), self.ordered))
+                self.pack = PackBuilder(_OrderedWriter(self.store.open_writer(PACKS), self.ordered))
             offset = self.pack.add(digest, codec, stored, raw_size)
             ref = self.claimed[digest] = _Pending(digest, self.pack, offset, len(stored), raw_size, codec)
             self.stats.new_chunks += 1
@@ -287,7 +287,8 @@ class _Pusher:
         while self.uploads:
             self.stats.stored_bytes += self.uploads.popleft().result()
         for e in entries:
-            e.chunks = [c.resolve() if isinstance(c, _Pending) else c for c in e.chunks]  # type: ignore[union-attr]
+            pending: list[object] = list(e.chunks)  # ChunkRefs, and _Pending ones until now
+            e.chunks = [c.resolve() if isinstance(c, _Pending) else c for c in pending]  # type: ignore[misc]
 
     def abort(self) -> None:
         for _, fut, _, _ in self.inflight:

@@ -12,9 +12,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from casreg.errors import InvalidInputError, NotFoundError
 from casreg.content.manifest import VersionKind, validate_relpath
-from casreg.errors import UnsafePathError
+from casreg.errors import InvalidInputError, NotFoundError, UnsafePathError
 
 __all__ = ["SourceFile", "Source", "scan_source"]
 

@@ -4,11 +4,10 @@ about: metrics (with deltas), params and tags, files, and how many bytes they sh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from casreg.content.manifest import read_manifest
 from casreg.ledger.resolve import resolve, version_record
-from casreg.records import Version
+from casreg.records import JsonValue, Version
 from casreg.refs import Ref
 from casreg.storage import ObjectStore
 
@@ -33,7 +32,7 @@ class VersionDiff:
     def shared_fraction(self) -> float:
         return self.shared_bytes / self.b_size if self.b_size else 1.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         return {
             "a": {"name": self.a.name, "version": self.a.version, "digest": self.a.digest},
             "b": {"name": self.b.name, "version": self.b.version, "digest": self.b.digest},

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
-from typing import Any
+from datetime import UTC, date, datetime
 
 from casreg.errors import InvalidInputError, UnknownReferenceError
 from casreg.governance.state import check_stage_name
@@ -14,7 +13,7 @@ from casreg.ledger.events import POINTER_KINDS
 from casreg.ledger.history import read_events
 from casreg.ledger.resolve import Resolved, resolve
 from casreg.ledger.segments import list_versions, read_version
-from casreg.records import AliasEvent, Version, _iso, utcnow
+from casreg.records import AliasEvent, JsonValue, Version, _iso, utcnow
 from casreg.refs import RefKind, parse_ref, validate_name
 from casreg.storage import ObjectStore
 
@@ -36,10 +35,10 @@ class LogEntry:
     reason: str | None
     from_digest: str | None = None
     to_digest: str | None = None
-    details: Mapping[str, Any] = field(default_factory=dict)
+    details: Mapping[str, JsonValue] = field(default_factory=dict)
     event_id: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         return {"time": _iso(self.time), "kind": self.kind, "name": self.name, "alias": self.alias,
                 "from_version": self.from_version, "to_version": self.to_version, "author": self.author,
                 "host": self.host, "reason": self.reason, "from_digest": self.from_digest,
@@ -99,7 +98,7 @@ def parse_when(text: str) -> datetime:
         except ValueError:
             raise InvalidInputError(f"cannot read time {text!r}; use ISO 8601, e.g. 2026-10-01T12:00:00Z") from None
         t = datetime(d.year, d.month, d.day)
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def resolve_at(store: ObjectStore, ref: str, at: datetime) -> Resolved:

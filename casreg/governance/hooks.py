@@ -44,12 +44,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import urlsplit
-
-from blake3 import blake3
 
 from casreg._version import __version__
 from casreg.digest import Digest
@@ -231,7 +229,8 @@ def parse_hooks(text: str, *, source: str = HOOKS_KEY) -> tuple[Hook, ...]:
         if secret_env is not None and not (isinstance(secret_env, str) and _ENV.fullmatch(secret_env)):
             raise InvalidHooksError(f"hooks: {where}: secret_env must name an environment variable, got {secret_env!r}")
         headers = h.get("headers", {})
-        if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        if not isinstance(headers, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
             raise InvalidHooksError(f"hooks: {where}: headers must be a table of strings")
         enabled = h.get("enabled", True)
         if not isinstance(enabled, bool):
@@ -335,7 +334,7 @@ def _one_line(err: BaseException | str) -> str:
 
 def _payload(hook: Hook, event: Mapping[str, Any], delivery_id: str, registry: str) -> bytes:
     doc = {"delivery": delivery_id, "hook": hook.name, "registry": registry,
-           "sent_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "event": dict(event)}
+           "sent_at": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": dict(event)}
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False).encode()
 
 
@@ -392,6 +391,7 @@ def _event_env(event: Mapping[str, Any], delivery_id: str, registry: str) -> dic
 def _run(hook: Hook, body: bytes, env: dict[str, str]) -> tuple[int, str | None]:
     cmd = hook.command
     try:
+        assert cmd is not None  # a command hook
         p = subprocess.run(list(cmd) if isinstance(cmd, tuple) else cmd, shell=isinstance(cmd, str), input=body,
                            env={**os.environ, **env}, capture_output=True, timeout=hook.timeout)
     except subprocess.TimeoutExpired:
@@ -465,7 +465,8 @@ def record_failure(store: ObjectStore, event: Mapping[str, Any], result: Deliver
         record_event(
             store, name=str(event.get("name") or REGISTRY_EVENTS), kind="hook.failed",
             alias=event.get("alias") or None, to=to,
-            reason=f"hook {result.hook} ({event.get('kind')}) failed after {result.attempts} attempt(s): {result.error}",
+            reason=(f"hook {result.hook} ({event.get('kind')}) failed after {result.attempts} attempt(s): "
+                    f"{result.error}"),
             details={"hook": result.hook, "target": result.target, "delivery": result.delivery_id,
                      "attempts": result.attempts, "status": result.status,
                      "event_kind": event.get("kind"), "event_id": event.get("event_id")},
@@ -519,7 +520,7 @@ def dispatch(store: ObjectStore, event: Mapping[str, Any], *, config: HooksConfi
 def sample_event(name: str = "casreg-test") -> dict[str, Any]:
     """A harmless event for ``casreg hooks test``."""
     return {"kind": "test", "name": name, "event_id": uuid.uuid4().hex,
-            "time": datetime.now(timezone.utc).isoformat(), "reason": "casreg hooks test"}
+            "time": datetime.now(UTC).isoformat(), "reason": "casreg hooks test"}
 
 
 def select(hooks: Sequence[Hook], names: Sequence[str] | None) -> list[Hook]:

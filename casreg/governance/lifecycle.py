@@ -31,7 +31,7 @@ from casreg.ledger.pointers import move_alias, read_pointer, read_pointer_event,
 from casreg.ledger.resolve import resolve_in_model
 from casreg.ledger.segments import read_version
 from casreg.lineage import current_author
-from casreg.records import AliasEvent, Version, _iso
+from casreg.records import AliasEvent, JsonValue, Version, _iso
 from casreg.refs import validate_alias, validate_name
 from casreg.storage import ObjectStore
 
@@ -68,7 +68,7 @@ class Promotion:
     def allowed(self) -> bool:
         return all(c.passed for c in self.checks)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         return {"name": self.name, "stage": self.stage, "version": self.version, "digest": self.digest,
                 "allowed": self.allowed, "dry_run": self.dry_run, "changed": self.changed,
                 "previous": self.previous, "archived": self.archived,

@@ -46,7 +46,7 @@ from typing import Any
 from casreg.digest import Digest
 from casreg.errors import InvalidPolicyError, NotFoundError, PolicyError
 from casreg.keys import POLICIES, parse_policy_key, policy_key
-from casreg.records import Version
+from casreg.records import JsonValue, Version
 from casreg.refs import validate_alias
 from casreg.storage import ObjectStore
 
@@ -65,6 +65,8 @@ __all__ = [
 ]
 
 STAGES = ("staging", "production", "archived")
+#: Role names a permission grants an action to.
+Roles = tuple[str, ...]
 MAX_POLICY_BYTES = 1 << 20
 _ACTIONS = ("push", "promote", "archive", "approve", "policy", "alias")
 _FIELD = r"(?:metrics|params|tags|lineage)\.[A-Za-z0-9_.\-]+|framework|description|author|size|file_count|version"
@@ -165,7 +167,7 @@ class GateResult:
     passed: bool
     detail: str
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         return {"rule": self.rule, "passed": self.passed, "detail": self.detail}
 
 
@@ -176,7 +178,7 @@ class Policy:
     require: tuple[str, ...] = ()
     gates: Mapping[str, Gate] = field(default_factory=dict)
     roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    permissions: Mapping[str, Any] = field(default_factory=dict)
+    permissions: Mapping[str, Roles | Mapping[str, Roles]] = field(default_factory=dict)
     version: int = 0  # 0: no policy in force
     aliases: tuple[str, ...] | None = None  # free-form aliases allowed besides the stages; None: any
 
@@ -224,7 +226,7 @@ class PolicyFile:
 
     version: int
     text: str
-    doc: Mapping[str, Any]
+    doc: Mapping[str, object]
     digest: Digest
 
     def for_model(self, name: str | None) -> Policy:

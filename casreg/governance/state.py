@@ -10,14 +10,13 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from casreg.errors import InvalidInputError
 from casreg.governance.policy import STAGES, Policy, read_policy
 from casreg.ledger.events import POINTER_KINDS
 from casreg.ledger.history import read_events
 from casreg.ledger.pointers import read_pointer
-from casreg.records import AliasEvent, _iso
+from casreg.records import AliasEvent, JsonValue, _iso
 from casreg.refs import validate_alias
 from casreg.storage import ObjectStore
 
@@ -84,7 +83,7 @@ class VersionState:
     approvals: dict[str, list[str]]
     rejections: dict[str, list[str]]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         return {"archived": self.archived is not None,
                 "archived_at": _iso(self.archived.time) if self.archived else None,
                 "archived_by": self.archived.author if self.archived else None,

@@ -47,29 +47,34 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from casreg.errors import ConflictError, InvalidInputError, NotFoundError
-from casreg.keys import COMPACTED, EVENTS, HEAD_KEY, VERSIONS, compacted_key, parse_compacted_key, parse_version_segment_key, version_segment_key
-from casreg.ledger.segments import (
+from casreg.keys import (
+    COMPACTED,
+    EVENTS,
+    HEAD_KEY,
+    VERSIONS,
+    compacted_key,
+    parse_compacted_key,
+    parse_version_segment_key,
+    version_segment_key,
+)
+from casreg.ledger.head import CompactedFile, CompactedUnavailable, LedgerHead, read_compacted, read_head
+from casreg.ledger.schema import (
     SEGMENT_COLUMN,
-    CompactedFile,
-    CompactedUnavailable,
-    LedgerHead,
-    _load_compacted,
-    _parquet_bytes,
     compacted_event_schema,
     event_schema,
-    is_event_key,
-    read_compacted,
-    read_head,
-    read_many,
+    load_compacted,
+    parquet_bytes,
     segments_table,
     sort_events,
     sort_versions,
     version_schema,
 )
+from casreg.ledger.segments import is_event_key, read_many
+from casreg.records import JsonValue
 from casreg.storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -109,7 +114,7 @@ class CompactResult:
     attempts: int = 1
     seconds: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
@@ -120,7 +125,8 @@ def threshold_from_env(default: int = DEFAULT_THRESHOLD) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise InvalidInputError(f"{THRESHOLD_ENV}={text!r} is not an integer (0 turns automatic compaction off)") from None
+        raise InvalidInputError(
+            f"{THRESHOLD_ENV}={text!r} is not an integer (0 turns automatic compaction off)") from None
     if value < 0:
         raise InvalidInputError(f"{THRESHOLD_ENV}={text!r} is negative (0 turns automatic compaction off)")
     return value
@@ -138,7 +144,7 @@ def _stamp_of(key: str) -> datetime | None:
 def _write(store: ObjectStore, kind: Literal["versions", "events"], table: pa.Table, now: datetime) -> CompactedFile:
     from blake3 import blake3
 
-    data = _parquet_bytes(table, row_group_size=ROW_GROUP_ROWS)
+    data = parquet_bytes(table, row_group_size=ROW_GROUP_ROWS)
     while True:
         key = _file_key(kind, now)
         if store.create(key, data):  # a uuid collision is practically impossible; still never overwrite
@@ -148,7 +154,7 @@ def _write(store: ObjectStore, kind: Literal["versions", "events"], table: pa.Ta
 def _load(store: ObjectStore, files: tuple[CompactedFile, ...], schema: pa.Schema) -> pa.Table:
     import pyarrow as pa
 
-    parts = [_load_compacted(read_compacted(store, f), schema) for f in files]
+    parts = [load_compacted(read_compacted(store, f), schema) for f in files]
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
@@ -209,7 +215,7 @@ def compact(
     max_attempts: int = 20,
     max_files: int = 16,
     until: Callable[[LedgerHead], bool] | None = None,
-    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> CompactResult:
     """Compact every segment HEAD does not cover yet; safe to run while others push,
     move aliases or compact. New rows go to a new file that also absorbs the smaller
@@ -351,7 +357,7 @@ def maybe_compact(
     threshold: int,
     *,
     max_age: timedelta = DEFAULT_MAX_AGE,
-    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     **options: Any,
 ) -> CompactResult | None:
     """The automatic trigger, run after ``name:number`` was committed. Compacts when
@@ -383,5 +389,5 @@ def _created(head: LedgerHead) -> datetime:
     try:
         t = datetime.fromisoformat(head.created_at.replace("Z", "+00:00"))
     except ValueError:
-        return datetime.min.replace(tzinfo=timezone.utc)
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+        return datetime.min.replace(tzinfo=UTC)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)

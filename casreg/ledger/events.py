@@ -124,9 +124,13 @@ def implied_events(event: AliasEvent) -> list[AliasEvent]:
     archived = (event.details or {}).get("archived")
     if not archived:
         return []
+    if not isinstance(archived, Mapping) or not isinstance(archived.get("digest"), str) \
+            or type(archived.get("version")) is not int:
+        raise ValueError(f"event {event.event_id}: malformed 'archived' detail {str(archived)[:100]!r}")
+    digest, version = str(archived["digest"]), int(str(archived["version"]))
     return [AliasEvent(
         event_id=derived_id(event.event_id, "archive"), time=event.time + _AFTER, kind="archive", name=event.name,
-        alias=None, from_digest=None, to_digest=Digest(archived["digest"]), from_version=None,
-        to_version=int(archived["version"]), author=event.author, host=event.host,
+        alias=None, from_digest=None, to_digest=Digest(digest), from_version=None,
+        to_version=version, author=event.author, host=event.host,
         reason=f"replaced in {event.alias} by {event.name}:{event.to_version}",
         details={"cause": event.event_id})]

@@ -16,11 +16,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from casreg.concurrency import map_concurrently
 from casreg.digest import Digest
 from casreg.errors import ConflictError, IntegrityError, NotFoundError
 from casreg.keys import POINTERS, event_segment_key, parse_pointer_key, pointer_key
 from casreg.ledger.events import implied_events, new_event
-from casreg.concurrency import map_concurrently
 from casreg.ledger.segments import append_event
 from casreg.records import AliasEvent, AliasPointer
 from casreg.storage import ObjectStore
@@ -34,6 +34,7 @@ def _decode(data: bytes, key: str) -> AliasEvent:
     :class:`IntegrityError` naming the pointer."""
     try:
         event = AliasEvent.from_dict(json.loads(data))
+        implied_events(event)  # what the move implies must be well-formed too
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise IntegrityError(f"alias pointer {key} is corrupt ({str(err)[:200]}); run casreg verify") from None
     if event.alias is None:
@@ -152,7 +153,8 @@ def move_alias(
 
 def _conflict(name: str, alias: str, winner: AliasPointer | None) -> ConflictError:
     if winner is None:
-        return ConflictError(f"{name}@{alias} was changed by someone else meanwhile (it is now unset); nothing was changed")
+        return ConflictError(f"{name}@{alias} was changed by someone else meanwhile "
+                             "(it is now unset); nothing was changed")
     e = winner.event
     return ConflictError(
         f"{name}@{alias} was moved to {name}:{winner.version} by {e.author} at "

@@ -25,14 +25,14 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import io
-import json
 import re
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from casreg.errors import InvalidInputError
 from casreg.ledger.pointers import list_pointers
-from casreg.ledger.segments import event_schema, events_table, version_schema, versions_parts, versions_table
+from casreg.ledger.schema import event_schema, version_schema
+from casreg.ledger.segments import events_table, versions_parts, versions_table
 from casreg.storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def _plain(value: Any, typ: Any) -> Any:
         return [_plain(v, typ.value_type) for v in value]
     if isinstance(value, _dt.datetime):
         if value.tzinfo is not None:
-            value = value.astimezone(_dt.timezone.utc)
+            value = value.astimezone(_dt.UTC)
         return value.isoformat().replace("+00:00", "Z")
     if isinstance(value, (_dt.date, _dt.time)):
         return value.isoformat()
@@ -191,8 +191,8 @@ def query(store: ObjectStore, sql: str) -> list[dict[str, Any]]:
     keep: list[Any] = []
     con = _connect(store, tables_for(sql), keep)
     try:
-        relation = con.sql(sql)
-        if relation is None:  # a statement without a result (CREATE, SET, ...)
+        relation: duckdb.DuckDBPyRelation | None = con.sql(sql)  # None for CREATE, SET, ...
+        if relation is None:
             return []
         table = relation.to_arrow_table()
     except duckdb.Error as err:
@@ -204,7 +204,8 @@ def query(store: ObjectStore, sql: str) -> list[dict[str, Any]]:
     try:
         columns = [(f.name, f.type, table.column(i).to_pylist()) for i, f in enumerate(table.schema)]
     except (OverflowError, ValueError) as err:
-        raise InvalidInputError(f"SQL result holds a value Python cannot represent ({err}); cast it to VARCHAR") from None
+        raise InvalidInputError(
+            f"SQL result holds a value Python cannot represent ({err}); cast it to VARCHAR") from None
     return [
         {name: _plain(values[i], typ) for name, typ, values in columns}
         for i in range(table.num_rows)

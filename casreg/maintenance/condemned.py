@@ -18,7 +18,7 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from casreg.errors import IntegrityError, NotFoundError
 from casreg.keys import (
@@ -40,7 +40,7 @@ RECORD_FORMAT = "casreg-gc/1"
 
 def iso(t: datetime) -> str:
     """UTC time as gc's records spell it (``...Z``)."""
-    return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from casreg.concurrency import bounded_map, io_threads
 from casreg.content.manifest import Manifest
@@ -37,6 +36,9 @@ from casreg.keys import (
     GC_CONDEMNED,
     GC_RESCUED,
     GC_SWEEPING,
+    INDEXES,
+    MANIFESTS,
+    PACKS,
     index_key,
     manifest_key,
     pack_key,
@@ -59,7 +61,7 @@ from casreg.maintenance.condemned import (
     write_rescue,
 )
 from casreg.maintenance.reachable import Reachability, scan
-from casreg.records import utcnow
+from casreg.records import JsonValue, utcnow
 from casreg.storage import ObjectStore
 
 __all__ = [
@@ -179,7 +181,7 @@ def check_before_commit(store: ObjectStore, manifest: Manifest, *, threads: int 
     if gone:
         for key in gone:
             kind = parse_object_key(key)
-            if kind and kind[0] == "packs" and store.exists(index_key(kind[1])):
+            if kind and kind[0] == PACKS and store.exists(index_key(kind[1])):
                 # An index whose pack is gone advertises chunks that are not stored: every
                 # later push would dedup against it and fail here. Indexes can always be
                 # rebuilt from their pack's trailer, so removing it loses nothing.
@@ -196,7 +198,7 @@ class GcObject:
     key: str
     size: int
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         return {"key": self.key, "size": self.size}
 
 
@@ -208,7 +210,7 @@ class GcRecordInfo:
     objects: int
     bytes: int
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         return {"key": self.key, "created_at": iso(self.created_at), "sweep_after": iso(self.sweep_after),
                 "objects": self.objects, "bytes": self.bytes}
 
@@ -245,7 +247,7 @@ class GcReport:
     def condemned_bytes(self) -> int:
         return sum(o.size for o in self.condemned)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         return {
             "dry_run": self.dry_run, "grace_seconds": self.grace_seconds, "delay_seconds": self.delay_seconds,
             "versions": self.versions, "reachable_manifests": self.reachable_manifests,
@@ -266,7 +268,7 @@ def _delete_order(key: str) -> int:
     """Manifests first (they lead to packs), then indexes (they advertise chunks to
     pushers), then packs: an interrupted sweep never leaves a path to a missing object."""
     kind = parse_object_key(key)
-    return {"manifests": 0, "index": 1, "packs": 2}.get(kind[0] if kind else "", 3)
+    return {MANIFESTS: 0, INDEXES: 1, PACKS: 2}.get(kind[0] if kind else "", 3)
 
 
 @dataclass(slots=True)
@@ -367,7 +369,7 @@ def _sweep(run: _Run, s: Reachability, sweeping: list[tuple[Record, set[str]]]) 
     for r, rescued in sweeping:
         for o in r.objects:
             kind = parse_object_key(o.key)
-            if kind and kind[0] == "manifests" and kind[1] not in s.reachable and o.key not in rescued:
+            if kind and kind[0] == MANIFESTS and kind[1] not in s.reachable and o.key not in rescued:
                 doomed_manifests.add(kind[1])
     protected = set(s.reachable_packs)  # packs that surviving manifests still use
     for hexd, packs in s.leftovers.items():
@@ -382,9 +384,9 @@ def _sweep(run: _Run, s: Reachability, sweeping: list[tuple[Record, set[str]]]) 
             if kind is None:
                 run.report.warnings.append(f"record {r.key} names {o.key[:80]!r}, which is not an object key; ignored")
                 continue
-            rescued_unit = o.key in spare or (kind[0] != "manifests" and (
+            rescued_unit = o.key in spare or (kind[0] != MANIFESTS and (
                 pack_key(kind[1]) in spare or index_key(kind[1]) in spare))
-            alive = kind[1] in s.reachable if kind[0] == "manifests" else kind[1] in protected
+            alive = kind[1] in s.reachable if kind[0] == MANIFESTS else kind[1] in protected
             if alive or rescued_unit:
                 run.report.spared.append(GcObject(o.key, o.size))
             else:

@@ -28,7 +28,6 @@ import os
 import struct
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Any
 
 from blake3 import blake3
 
@@ -56,6 +55,7 @@ from casreg.keys import (
 )
 from casreg.maintenance.reachable import VersionRef, ledger_versions
 from casreg.progress import NullProgress, Progress
+from casreg.records import JsonValue
 from casreg.storage import ByteRange, ObjectStore
 
 __all__ = ["Problem", "VerifyReport", "verify_registry", "verify_version"]
@@ -83,7 +83,7 @@ class Problem:
             if self.versions else ""
         return f"{self.kind} {self.key}: {self.reason}{affects}"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         return {"key": self.key, "kind": self.kind, "reason": self.reason, "versions": list(self.versions)}
 
 
@@ -109,7 +109,7 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.problems
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, JsonValue]:
         return {
             "url": self.url, "ref": self.ref, "digest": self.digest, "ok": self.ok,
             "versions": self.versions, "manifests": self.manifests, "packs": self.packs,
@@ -227,7 +227,7 @@ def verify_version(store: ObjectStore, digest: Digest, *, label: str, progress: 
     jobs = [(p, sorted(refs.values(), key=lambda c: c.offset)) for p, refs in sorted(by_pack.items())]
     progress.start("verify", total)
     try:
-        for (pack, refs), (problem, n, nbytes) in zip(
+        for (_pack, refs), (problem, n, nbytes) in zip(
                 jobs, bounded_map(lambda job: _verify_refs(store, *job), jobs, _threads(threads), 2)):
             report.chunks += n
             report.bytes_read += nbytes
@@ -354,7 +354,7 @@ def _index_pack_size(index: bytes) -> int:
     if not count:
         return len(PACK_MAGIC) + len(index)
     _, offset, stored, _, _ = _ENTRY.unpack_from(index, (count - 1) * _ENTRY.size)
-    return offset + stored + len(index)
+    return int(offset) + int(stored) + len(index)
 
 
 class _Slots:
@@ -388,7 +388,7 @@ class _OffsetView:
         return self.count
 
     def __getitem__(self, i: int) -> int:
-        return struct.unpack_from("<Q", self.data, i * _ENTRY.size + 32)[0]
+        return int(struct.unpack_from("<Q", self.data, i * _ENTRY.size + 32)[0])
 
 
 # -- the whole registry -----------------------------------------------------------------------------

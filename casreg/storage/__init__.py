@@ -7,8 +7,8 @@ import os
 from casreg.errors import UnsupportedBackendError
 from casreg.storage.base import ByteRange, ObjectInfo, ObjectStore, ObjectWriter, Payload, Versioned, join_payload
 
-__all__ = ["ByteRange", "ObjectInfo", "ObjectStore", "ObjectWriter", "Payload", "Versioned", "join_payload", "open_store",
-           "default_registry_url"]
+__all__ = ["ByteRange", "ObjectInfo", "ObjectStore", "ObjectWriter", "Payload", "Versioned", "join_payload",
+           "open_store", "default_registry_url"]
 
 DEFAULT_REGISTRY = "~/.casreg"
 

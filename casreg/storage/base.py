@@ -13,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from casreg.errors import IntegrityError, NotFoundError
 
@@ -22,7 +22,7 @@ __all__ = ["ByteRange", "Capabilities", "Leftover", "ObjectInfo", "ObjectStore",
 
 
 def utc(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, timezone.utc)
+    return datetime.fromtimestamp(timestamp, UTC)
 
 
 Buffer = bytes | bytearray | memoryview
@@ -248,7 +248,7 @@ class ObjectStore(ABC):
         (a local disk stages the bytes in that directory, so publishing is a link)."""
         return ObjectWriter(self)
 
-    def check_writable(self) -> None:
+    def check_writable(self) -> None:  # noqa: B027 - optional hook: by default every store is taken as writable
         """Raise ``StorageError`` early if writes cannot succeed (read-only, unreachable)."""
 
     def unwrap(self) -> ObjectStore:

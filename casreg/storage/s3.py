@@ -43,7 +43,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from datetime import timezone
+from datetime import UTC
 from typing import Any, TypeVar
 
 import aiohttp
@@ -64,7 +64,16 @@ from botocore.exceptions import (
 from fsspec.asyn import sync
 
 from casreg.errors import CasregError, ConflictError, InvalidInputError, NotFoundError, StorageError
-from casreg.storage.base import ByteRange, Capabilities, ObjectInfo, ObjectStore, Payload, Versioned, check_key, join_payload
+from casreg.storage.base import (
+    ByteRange,
+    Capabilities,
+    ObjectInfo,
+    ObjectStore,
+    Payload,
+    Versioned,
+    check_key,
+    join_payload,
+)
 
 __all__ = ["S3Store", "ENDPOINT_ENV", "resolve_endpoint"]
 
@@ -275,7 +284,8 @@ class S3Store(ObjectStore):
     def _run(self, action: str, key: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``fn(*args)`` on s3fs's event loop; translate backend errors at this boundary."""
         try:
-            return sync(self._fs.loop, fn, *args)
+            result: T = sync(self._fs.loop, fn, *args)
+            return result
         except CasregError:
             raise
         except _BACKEND_ERRORS as err:
@@ -337,7 +347,8 @@ class S3Store(ObjectStore):
 
     async def _head(self, key: str) -> dict[str, Any] | None:
         try:
-            return await self._call("head_object", Key=self._k(key))
+            head: dict[str, Any] = await self._call("head_object", Key=self._k(key))
+            return head
         except ClientError as err:
             if _not_found(err):
                 return None
@@ -476,7 +487,8 @@ class S3Store(ObjectStore):
         kwargs: dict[str, Any] = {"ContinuationToken": token} if token else {}
         if start_after and not token:
             kwargs["StartAfter"] = start_after
-        return await self._call("list_objects_v2", Prefix=prefix, MaxKeys=self.list_page_size, **kwargs)
+        page: dict[str, Any] = await self._call("list_objects_v2", Prefix=prefix, MaxKeys=self.list_page_size, **kwargs)
+        return page
 
     async def _delete(self, key: str) -> None:
         try:
@@ -525,7 +537,7 @@ class S3Store(ObjectStore):
             return None
         modified = head.get("LastModified")
         if modified is not None and modified.tzinfo is None:
-            modified = modified.replace(tzinfo=timezone.utc)
+            modified = modified.replace(tzinfo=UTC)
         return ObjectInfo(int(head["ContentLength"]), modified)
 
     def list(self, prefix: str) -> Iterator[str]:

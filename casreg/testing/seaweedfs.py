@@ -20,6 +20,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = ["S3Server", "S3_BUCKET", "AWS_UNSET", "weed_binary", "launch_weed", "stop_weed"]
 
@@ -76,6 +77,16 @@ class S3Server:
     def url(self) -> str:
         """A fresh, empty registry: a unique prefix of the bucket."""
         return f"s3://{self.bucket}/{uuid.uuid4().hex}"
+
+    def client(self) -> Any:
+        """A plain botocore S3 client of this server: tests read and damage objects with it
+        without going through the store under test."""
+        import botocore.session
+        from botocore.config import Config
+
+        return botocore.session.get_session().create_client(
+            "s3", endpoint_url=self.endpoint, region_name=self.region, aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key, config=Config(retries={"max_attempts": 2}))
 
 
 
@@ -145,7 +156,7 @@ def _weed_command(weed: str, workdir: Path, ports: dict[str, int]) -> list[str]:
     ]
 
 
-def stop_weed(proc: subprocess.Popen, grpc_ports: dict[str, int]) -> None:
+def stop_weed(proc: subprocess.Popen[bytes], grpc_ports: dict[str, int]) -> None:
     """SIGTERM the process group, SIGKILL it if it lingers (weed's filer sometimes waits
     ~10 s for idle client connections; its data is thrown away anyway)."""
     if proc.poll() is None:
@@ -175,7 +186,9 @@ def _tail(path: Path, n: int = 5) -> str:
     return " | ".join(lines[-n:])
 
 
-def launch_weed(weed: str, workdir: Path, access: str, secret: str) -> tuple[subprocess.Popen | None, S3Server | str]:
+def launch_weed(
+    weed: str, workdir: Path, access: str, secret: str
+) -> tuple[subprocess.Popen[bytes] | None, S3Server | str]:
     """Start weed mini and wait until its S3 endpoint answers and holds the test bucket."""
     import botocore.session
     from botocore.config import Config

@@ -1,0 +1,216 @@
+"""The ledger's tables: Arrow schemas of version and event records, and conversions
+between Parquet segments, Arrow tables and records (no store I/O here).
+
+pyarrow is imported inside each function, so importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from casreg.digest import Digest
+from casreg.records import Lineage, Version
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = ["SEGMENT_COLUMN", "RECORD_COLUMNS", "version_schema", "event_schema", "compacted_event_schema",
+           "parquet_bytes", "version_row", "project", "conform", "read_segment", "segments_table",
+           "sort_versions", "sort_events", "versions_from_table", "load_compacted"]
+
+#: The extra column of compacted events files: the key of the segment each row came from.
+SEGMENT_COLUMN = "segment"
+
+
+def version_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([
+        ("name", pa.string()), ("version", pa.int64()), ("digest", pa.string()), ("kind", pa.string()),
+        ("size", pa.int64()), ("stored_bytes", pa.int64()), ("new_bytes", pa.int64()),
+        ("file_count", pa.int64()), ("chunk_count", pa.int64()),
+        ("created_at", pa.timestamp("us", tz="UTC")), ("author", pa.string()),
+        ("framework", pa.string()), ("description", pa.string()),
+        ("metrics", pa.map_(pa.string(), pa.float64())),
+        ("params", pa.map_(pa.string(), pa.string())),
+        ("tags", pa.map_(pa.string(), pa.string())),
+        ("lineage", pa.struct([
+            ("git_commit", pa.string()), ("git_dirty", pa.bool_()), ("hostname", pa.string()),
+            ("python_version", pa.string()), ("casreg_version", pa.string()), ("parent", pa.string()),
+            ("run_id", pa.string()), ("dataset", pa.string()),
+        ])),
+        ("files", pa.list_(pa.struct([
+            ("path", pa.string()), ("type", pa.string()), ("size", pa.int64()), ("digest", pa.string()),
+        ]))),
+    ])
+
+
+def event_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([
+        ("event_id", pa.string()), ("time", pa.timestamp("us", tz="UTC")), ("kind", pa.string()),
+        ("name", pa.string()), ("alias", pa.string()),
+        ("from_digest", pa.string()), ("to_digest", pa.string()),
+        ("from_version", pa.int64()), ("to_version", pa.int64()),
+        ("author", pa.string()), ("host", pa.string()), ("reason", pa.string()),
+        ("details", pa.string()),  # JSON object; absent from segments written before it existed
+    ])
+
+
+def compacted_event_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return event_schema().append(pa.field(SEGMENT_COLUMN, pa.string()))
+
+
+def parquet_bytes(table: pa.Table, **options: Any) -> bytes:
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", **options)
+    return buf.getvalue()
+
+
+def version_row(v: Version, files: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Arrow row of a version record (maps as key/item lists, the time as a datetime)."""
+    d: dict[str, Any] = dict(v.to_dict())
+    d["created_at"] = v.created_at
+    for k in ("metrics", "params", "tags"):
+        d[k] = list(getattr(v, k).items())
+    d["files"] = files
+    return d
+
+
+def project(schema: pa.Schema, columns: Sequence[str] | None) -> pa.Schema:
+    import pyarrow as pa
+
+    if columns is None:
+        return schema
+    return pa.schema([schema.field(c) for c in columns])
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns and types; a column added to the format
+    later (absent from older files) reads as nulls."""
+    import pyarrow as pa
+
+    if table.schema == schema:
+        return table
+    for f in schema:
+        if f.name not in table.column_names:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table.select(schema.names).cast(schema)
+
+
+def present(pf: Any, schema: pa.Schema) -> list[str]:
+    have = set(pf.schema_arrow.names)
+    return [n for n in schema.names if n in have]
+
+
+def read_segment(data: bytes, schema: pa.Schema) -> pa.Table:
+    """One segment's rows, with exactly ``schema``'s columns and types."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(pa.BufferReader(data))
+    return conform(pf.read(columns=present(pf, schema)), schema)
+
+
+RECORD_COLUMNS = ("name", "version", "digest", "kind", "size", "stored_bytes", "new_bytes", "file_count",
+                  "chunk_count", "created_at", "author", "framework", "description", "metrics", "params",
+                  "tags", "lineage")
+
+
+def versions_from_table(table: pa.Table) -> list[Version]:
+    """Arrow rows (with at least :data:`RECORD_COLUMNS`) → :class:`Version` records, equal
+    to those :func:`read_version` returns for the same versions. Column by column (maps
+    from their flat keys and items, times from integers): about twice as fast as
+    ``to_pylist`` row by row, which matters at 100,000 versions."""
+    import pyarrow as pa
+
+    def plain(c: str) -> list[Any]:
+        values: list[Any] = table.column(c).to_pylist()
+        return values
+
+    def times(c: str) -> list[Any]:
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+        us = table.column(c).cast(pa.int64()).to_pylist()
+        return [None if x is None else epoch + timedelta(microseconds=x) for x in us]
+
+    def dicts(c: str) -> list[dict[Any, Any]]:
+        arr = table.column(c).combine_chunks()
+        offsets, keys, items = arr.offsets.to_pylist(), arr.keys.to_pylist(), arr.items.to_pylist()
+        valid = arr.is_valid().to_pylist()
+        return [dict(zip(keys[offsets[i]:offsets[i + 1]], items[offsets[i]:offsets[i + 1]])) if valid[i] else {}
+                for i in range(len(arr))]
+
+    lin = table.column("lineage").combine_chunks()
+    names = [f.name for f in lin.type]
+    fields = [lin.field(i).to_pylist() for i in range(lin.type.num_fields)]
+    parent = names.index("parent")
+    for i, p in enumerate(fields[parent]):
+        if p is not None:
+            fields[parent][i] = Digest(p)
+    lineages = [Lineage(**dict(zip(names, vals))) if ok else Lineage()
+                for ok, *vals in zip(lin.is_valid().to_pylist(), *fields)]
+    rows = zip(
+        plain("name"), plain("version"), [Digest(d) for d in plain("digest")], plain("kind"), plain("size"),
+        plain("stored_bytes"), plain("new_bytes"), plain("file_count"), plain("chunk_count"), times("created_at"),
+        plain("author"), plain("framework"), plain("description"), dicts("metrics"), dicts("params"), dicts("tags"),
+        lineages,
+    )
+    if tuple(Version.__dataclass_fields__) == RECORD_COLUMNS:  # positional: the fast way
+        return [Version(*row) for row in rows]
+    return [Version(**dict(zip(RECORD_COLUMNS, row))) for row in rows]
+
+
+def load_compacted(data: bytes, schema: pa.Schema, name: str | None = None) -> pa.Table:
+    """A compacted file's rows with ``schema``'s columns; only the rows of model ``name``
+    if given (row groups whose statistics exclude it are not decoded)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(pa.BufferReader(data))
+    names = present(pf, schema)
+    if name is None:
+        table = pf.read(columns=names)
+    else:
+        col = pf.schema_arrow.get_field_index("name")
+        groups = []
+        for i in range(pf.metadata.num_row_groups):
+            stats = pf.metadata.row_group(i).column(col).statistics
+            if stats is None or not stats.has_min_max or stats.min <= name <= stats.max:
+                groups.append(i)
+        table = pf.read_row_groups(groups, columns=names) if groups else schema.empty_table()
+        table = table.filter(pc.equal(table.column("name"), name))
+    return conform(table, schema)
+
+
+def segments_table(keys: Sequence[str], blobs: Iterable[bytes], schema: pa.Schema, *,
+                   with_key: bool = False) -> pa.Table:
+    """Concatenate one-row segments (``with_key``: plus a ``segment`` column)."""
+    import pyarrow as pa
+
+    tables = []
+    for key, data in zip(keys, blobs):
+        t = read_segment(data, schema)
+        if with_key:
+            t = t.append_column(SEGMENT_COLUMN, pa.array([key] * t.num_rows, pa.string()))
+        tables.append(t)
+    if not tables:
+        out_schema = schema.append(pa.field(SEGMENT_COLUMN, pa.string())) if with_key else schema
+        return out_schema.empty_table()
+    return pa.concat_tables(tables)
+
+
+def sort_versions(table: pa.Table) -> pa.Table:
+    return table.sort_by([("name", "ascending"), ("version", "ascending")]) if table.num_rows > 1 else table
+
+
+def sort_events(table: pa.Table) -> pa.Table:
+    return table.sort_by([(SEGMENT_COLUMN, "ascending")]) if table.num_rows > 1 else table
