@@ -213,7 +213,8 @@ def fmt_rss(n: int) -> str:
 # --------------------------------------------------------------------------- section 2: baselines
 
 
-def bench_single_file(base: Path, work: Path, casreg: str, repeat: int, cold: bool, warmup: int = 0) -> dict[str, Stat]:
+def bench_single_file(base: Path, work: Path, casreg: str, repeat: int, cold: bool, warmup: int = 0,
+                      baseline: str | None = None) -> dict[str, Stat]:
     """Each tool on the base file, ``repeat`` interleaved rounds (round r runs every tool once),
     after ``warmup`` rounds that run the same commands untimed.
 
@@ -225,6 +226,7 @@ def bench_single_file(base: Path, work: Path, casreg: str, repeat: int, cold: bo
     zst, zst2, unz, cpd = work / "x.zst", work / "x-synced.zst", work / "y", work / "cp.dst"
     reg, pulled = work / "reg-single", work / "pull-single" / base.name
     reg1, reg3 = work / "reg-level1", work / "reg-level3"
+    reg_nocheck, reg_base, pulled_base = work / "reg-nocheck", work / "reg-baseline", work / "pull-baseline" / base.name
     stats: dict[str, Stat] = {}
     steps: list[tuple[str, str, int | None, Callable[[], list[str]]]] = [
         ("cp", "cp base dst", size, lambda: ["cp", str(base), str(cpd)]),
@@ -242,8 +244,17 @@ def bench_single_file(base: Path, work: Path, casreg: str, repeat: int, cold: bo
          lambda: [casreg, "push", MODEL, str(base), "-q", "-r", str(reg1), "--level", "1"]),
         ("casreg push --level 3", "casreg push NAME base -q -r REG3 --level 3", size,
          lambda: [casreg, "push", MODEL, str(base), "-q", "-r", str(reg3), "--level", "3"]),
+        ("casreg push --no-check-writes", "casreg push NAME base -q -r REG4 --no-check-writes", size,
+         lambda: [casreg, "push", MODEL, str(base), "-q", "-r", str(reg_nocheck), "--no-check-writes"]),
         ("casreg --help", "casreg --help  (CLI start-up only)", None, lambda: [casreg, "--help"]),
     ]
+    if baseline:
+        steps += [
+            ("baseline push", "BASELINE push NAME base -q -r REG5  (the casreg of --baseline-casreg)", size,
+             lambda: [baseline, "push", MODEL, str(base), "-q", "-r", str(reg_base)]),
+            ("baseline pull", "BASELINE pull NAME:1 DEST -q -r REG5  (fresh DEST)", size,
+             lambda: [baseline, "pull", f"{MODEL}:1", str(pulled_base), "-q", "-r", str(reg_base)]),
+        ]
     for label, shown, nbytes, _ in steps:
         stats[label] = Stat(label, shown, nbytes)
     stats["_pull_identical"] = Stat("pull identical", "", None)  # walls: 1.0 / 0.0 flags
@@ -257,14 +268,16 @@ def bench_single_file(base: Path, work: Path, casreg: str, repeat: int, cold: bo
         "cp": [cpd], "zstd -3 -T0": [zst], "zstd -3 -T0 + sync": [zst2], "zstd -d": [unz],
         "casreg push": [reg], "casreg pull": [pulled.parent],
         "casreg push --level 1": [reg1], "casreg push --level 3": [reg3],
+        "casreg push --no-check-writes": [reg_nocheck], "baseline push": [reg_base],
+        "baseline pull": [pulled_base.parent],
     }
     for r in range(-warmup, repeat):
         if not cold:
             warm(base)
         for label, _, nbytes, make in steps:
             rm(*outputs.get(label, []))
-            if label == "casreg pull":
-                pulled.parent.mkdir(parents=True, exist_ok=True)
+            if label in ("casreg pull", "baseline pull"):
+                (pulled if label == "casreg pull" else pulled_base).parent.mkdir(parents=True, exist_ok=True)
             res = run_timed(make(), cold=cold)
             name = f"round {r + 1}/{repeat}" if r >= 0 else f"warm-up {r + warmup + 1}/{warmup}"
             print(f"  {name}  {label:<26} {res.wall:7.3f} s  "
@@ -279,7 +292,7 @@ def bench_single_file(base: Path, work: Path, casreg: str, repeat: int, cold: bo
             raise RuntimeError("zstd round trip differs from the input: the benchmark setup is broken")
     for label, r in (("casreg push --level 1", reg1), ("casreg push --level 3", reg3)):
         stats[label].stored = tree_bytes(r)
-    rm(cpd, zst, zst2, unz, reg, reg1, reg3, pulled.parent)
+    rm(cpd, zst, zst2, unz, reg, reg1, reg3, pulled.parent, reg_nocheck, reg_base, pulled_base.parent)
     return stats
 
 
@@ -522,6 +535,17 @@ def render(*, args: argparse.Namespace, command: str, env: dict[str, str], start
         add(f"- (zstd level, no target) `--level 1`: {l1.mbps:,.0f} MB/s = {l1.mbps / z3.mbps:.2f} x zstd -3 -T0, "
             f"registry {l1.stored:,} B; `--level 3`: {l3.mbps:,.0f} MB/s = {l3.mbps / z3.mbps:.2f} x, "
             f"registry {l3.stored:,} B ({100 * (l3.stored / l1.stored - 1):+.2f}% vs level 1)")
+    nc = single.get("casreg push --no-check-writes")
+    if nc and nc.mbps:
+        add(f"- (check before write, no target) push with the check (the default) / without it "
+            f"(`--no-check-writes`): {push.mbps:,.0f} / {nc.mbps:,.0f} MB/s = {push.mbps / nc.mbps:.2f}; "
+            f"without it {nc.mbps / z3.mbps:.2f} x zstd -3 -T0")
+    bp, bl = single.get("baseline push"), single.get("baseline pull")
+    if bp and bl and bp.mbps and bl.mbps:
+        add(f"- (against `--baseline-casreg {args.baseline_casreg}`, same rounds, no target) push now / baseline: "
+            f"{push.mbps:,.0f} / {bp.mbps:,.0f} MB/s = {push.mbps / bp.mbps:.2f} "
+            f"(without the check {nc.mbps / bp.mbps if nc and nc.mbps else float('nan'):.2f}); "
+            f"pull now / baseline: {pull.mbps:,.0f} / {bl.mbps:,.0f} MB/s = {pull.mbps / bl.mbps:.2f}")
     add("")
 
     if cold:
@@ -714,6 +738,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="also time the single-file commands with the page cache dropped before each "
                         "(needs a writable /proc/sys/vm/drop_caches; disturbs other work on the machine)")
     p.add_argument("--casreg", default=None, help="casreg executable (default: the one beside this python)")
+    p.add_argument("--baseline-casreg", default=None, metavar="EXE",
+                   help="another casreg executable (say, an older commit's) timed in the same rounds for comparison")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     a = p.parse_args(argv)
     if a.repeat < 1:
@@ -750,7 +776,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"   {len(files)} files in {gen_s:.0f} s", flush=True)
 
         print(f"== single file, warm input, {a.repeat} rounds", flush=True)
-        single = bench_single_file(files["base"].path, work, casreg, a.repeat, cold=False, warmup=a.warmup)
+        single = bench_single_file(files["base"].path, work, casreg, a.repeat, cold=False, warmup=a.warmup,
+                                   baseline=a.baseline_casreg)
         cold = None
         if a.cold:
             print(f"== single file, cold cache, {a.repeat} rounds", flush=True)

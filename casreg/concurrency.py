@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 __all__ = ["bounded_map", "io_threads", "map_concurrently"]
 
@@ -23,6 +25,8 @@ def map_concurrently(fn: Callable[[T], R], items: Sequence[T], *, threads: int =
     """``[fn(i) for i in items]``, on a thread pool when there are more than a few."""
     if len(items) <= 4:
         return [fn(i) for i in items]
+    from concurrent.futures import ThreadPoolExecutor  # only when needed: resolving imports this module
+
     with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
         return list(pool.map(fn, items))
 
@@ -30,6 +34,8 @@ def map_concurrently(fn: Callable[[T], R], items: Sequence[T], *, threads: int =
 def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: int | None = None) -> Iterator[R]:
     """``map(fn, items)`` on ``workers`` threads, in order, with at most ``window``
     results pending: memory stays bounded however many items there are."""
+    from concurrent.futures import ThreadPoolExecutor
+
     window = window or 2 * workers
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="casreg-io") as pool:
         pending: deque[Future[R]] = deque()

@@ -80,6 +80,24 @@ _COARSE_STAMP = "%Y%m%dT%H%M%SZ"
 _COARSE = r"\d{8}T\d{6}Z"
 _ID32 = r"[0-9a-f]{32}"
 
+class _Patterns:
+    """The key patterns, compiled on first use: resolving a reference needs none of them,
+    and ``casreg resolve`` should not pay for compiling them."""
+
+    def __init__(self) -> None:
+        self._sources: dict[str, str] = {}
+
+    def define(self, name: str, source: str) -> None:
+        self._sources[name] = source
+
+    def __getattr__(self, name: str) -> re.Pattern[str]:
+        pattern = re.compile(self._sources[name])
+        setattr(self, name, pattern)
+        return pattern
+
+
+_RE = _Patterns()
+
 ObjectKind = Literal["packs", "index", "manifests"]
 _SUFFIX: dict[str, str] = {PACKS: "pack", INDEXES: "idx", MANIFESTS: "manifest"}
 
@@ -100,7 +118,7 @@ def _time(stamp: str, fmt: str) -> datetime | None:
 
 
 # -- content objects: named by digest --------------------------------------------------------------
-_OBJECT = re.compile(r"(packs|index|manifests)/([0-9a-f]{2})/([0-9a-f]{64})\.(pack|idx|manifest)")
+_RE.define('object', r"(packs|index|manifests)/([0-9a-f]{2})/([0-9a-f]{64})\.(pack|idx|manifest)")
 
 
 def _hex(digest: str) -> str:
@@ -118,7 +136,7 @@ def object_key(kind: ObjectKind, hexdigest: str) -> str:
 
 def parse_object_key(key: str) -> tuple[ObjectKind, str] | None:
     """``(kind, hex)`` for a pack, index or manifest key, else ``None``."""
-    m = _OBJECT.fullmatch(key)
+    m = _RE.object.fullmatch(key)
     if m is None or m[2] != m[3][:2] or _SUFFIX[m[1]] != m[4]:
         return None
     return m[1], m[3]  # type: ignore[return-value]  # the regex admits exactly the three kinds
@@ -158,10 +176,10 @@ def parse_manifest_key(key: str) -> str | None:
 
 # -- the ledger --------------------------------------------------------------------------------------
 _EVENT_NAME = rf"(?:{NAME_PATTERN}|{REGISTRY_EVENTS})"
-_SEGMENT = re.compile(rf"ledger/versions/({NAME_PATTERN})/(\d{{{_VERSION_WIDTH}}})\.parquet")
-_COPY = re.compile(rf"refs/({NAME_PATTERN})/(\d{{{_VERSION_WIDTH}}})\.json")
-_EVENT = re.compile(rf"ledger/events/({_EVENT_NAME})/({_FINE})-({_ID32})\.parquet")
-_COMPACTED = re.compile(rf"ledger/compacted/(versions|events)/({_COARSE})-({_ID32})\.parquet")
+_RE.define('segment', rf"ledger/versions/({NAME_PATTERN})/(\d{{{_VERSION_WIDTH}}})\.parquet")
+_RE.define('copy', rf"refs/({NAME_PATTERN})/(\d{{{_VERSION_WIDTH}}})\.json")
+_RE.define('event', rf"ledger/events/({_EVENT_NAME})/({_FINE})-({_ID32})\.parquet")
+_RE.define('compacted', rf"ledger/compacted/(versions|events)/({_COARSE})-({_ID32})\.parquet")
 
 
 def _number(number: int, width: int) -> str:
@@ -176,7 +194,7 @@ def version_segment_key(name: str, number: int) -> str:
 
 
 def parse_version_segment_key(key: str) -> tuple[str, int] | None:
-    m = _SEGMENT.fullmatch(key)
+    m = _RE.segment.fullmatch(key)
     return (m[1], int(m[2])) if m is not None and int(m[2]) > 0 else None
 
 
@@ -186,7 +204,7 @@ def version_copy_key(name: str, number: int) -> str:
 
 
 def parse_version_copy_key(key: str) -> tuple[str, int] | None:
-    m = _COPY.fullmatch(key)
+    m = _RE.copy.fullmatch(key)
     return (m[1], int(m[2])) if m is not None and int(m[2]) > 0 else None
 
 
@@ -224,7 +242,7 @@ def event_key(event: _Event) -> str:
 
 
 def parse_event_segment_key(key: str) -> EventKey | None:
-    m = _EVENT.fullmatch(key)
+    m = _RE.event.fullmatch(key)
     return EventKey(m[1], m[2], m[3]) if m is not None else None
 
 
@@ -237,7 +255,7 @@ def compacted_key(kind: Literal["versions", "events"], time: datetime, file_id: 
 
 def parse_compacted_key(key: str) -> tuple[str, datetime, str] | None:
     """``(kind, creation time, file id)`` of a compacted file's key."""
-    m = _COMPACTED.fullmatch(key)
+    m = _RE.compacted.fullmatch(key)
     if m is None:
         return None
     t = _time(m[2], _COARSE_STAMP)
@@ -245,8 +263,8 @@ def parse_compacted_key(key: str) -> tuple[str, datetime, str] | None:
 
 
 # -- pointers, policy, hooks --------------------------------------------------------------------------
-_POINTER = re.compile(rf"pointers/({NAME_PATTERN})/({ALIAS_PATTERN})\.json")
-_POLICY = re.compile(rf"policy/versions/(\d{{{_POLICY_WIDTH}}})\.toml")
+_RE.define('pointer', rf"pointers/({NAME_PATTERN})/({ALIAS_PATTERN})\.json")
+_RE.define('policy', rf"policy/versions/(\d{{{_POLICY_WIDTH}}})\.toml")
 
 
 def pointer_key(name: str, alias: str) -> str:
@@ -255,7 +273,7 @@ def pointer_key(name: str, alias: str) -> str:
 
 
 def parse_pointer_key(key: str) -> tuple[str, str] | None:
-    m = _POINTER.fullmatch(key)
+    m = _RE.pointer.fullmatch(key)
     return (m[1], m[2]) if m is not None else None
 
 
@@ -265,15 +283,15 @@ def policy_key(number: int) -> str:
 
 
 def parse_policy_key(key: str) -> int | None:
-    m = _POLICY.fullmatch(key)
+    m = _RE.policy.fullmatch(key)
     return int(m[1]) if m is not None and int(m[1]) > 0 else None
 
 
 # -- gc's protocol records (docs/gc.md) -----------------------------------------------------------------
-_CONDEMNED = re.compile(rf"gc/condemned/(({_FINE})-({_ID32}))\.json")
+_RE.define('condemned', rf"gc/condemned/(({_FINE})-({_ID32}))\.json")
 _RECORD_ID = rf"{_FINE}-{_ID32}"
-_RESCUE = re.compile(rf"gc/rescued/({_RECORD_ID})/({_ID32})\.json")
-_SWEEPING = re.compile(rf"gc/sweeping/({_RECORD_ID})/({_ID32})\.json")
+_RE.define('rescue', rf"gc/rescued/({_RECORD_ID})/({_ID32})\.json")
+_RE.define('sweeping', rf"gc/sweeping/({_RECORD_ID})/({_ID32})\.json")
 
 
 def condemned_key(time: datetime, uid: str) -> str:
@@ -285,7 +303,7 @@ def condemned_key(time: datetime, uid: str) -> str:
 
 def parse_condemned_key(key: str) -> tuple[str, datetime] | None:
     """``(record id, creation time)`` of a condemnation record's key."""
-    m = _CONDEMNED.fullmatch(key)
+    m = _RE.condemned.fullmatch(key)
     if m is None:
         return None
     t = _time(m[2], _FINE_STAMP)
@@ -300,7 +318,7 @@ def rescue_key(record_id: str, uid: str) -> str:
 
 
 def parse_rescue_key(key: str) -> tuple[str, str] | None:
-    m = _RESCUE.fullmatch(key)
+    m = _RE.rescue.fullmatch(key)
     return (m[1], m[2]) if m is not None else None
 
 
@@ -312,5 +330,5 @@ def sweeping_key(record_id: str, run_id: str) -> str:
 
 
 def parse_sweeping_key(key: str) -> tuple[str, str] | None:
-    m = _SWEEPING.fullmatch(key)
+    m = _RE.sweeping.fullmatch(key)
     return (m[1], m[2]) if m is not None else None

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from casreg._version import __version__
-from casreg.content.config import init_config
 from casreg.content.manifest import Manifest, read_manifest
 from casreg.digest import Digest
 from casreg.errors import InvalidInputError
@@ -87,20 +86,24 @@ class Registry:
     compact_threshold: int | None = None
 
     def __init__(self, url: str | os.PathLike[str] | None = None, *, zstd_level: int | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, check_writes: bool = True) -> None:
         """Open the registry at ``url`` (nothing is read or created until it is used).
         ``zstd_level`` overrides the registry's default level for pushes; ``threads``
-        the number of worker threads of pushes, pulls and verify (default: every core)."""
+        the number of worker threads of pushes, pulls and verify (default: every core);
+        ``check_writes=False`` skips re-reading each new chunk before a push stores it
+        (:func:`casreg.content.push.store_source`)."""
         self.store: ObjectStore = open_store(os.fspath(url) if url is not None else None)
         self.zstd_level = zstd_level
         self.threads = threads
+        self.check_writes = check_writes
 
     @classmethod
-    def from_store(cls, store: ObjectStore, *, zstd_level: int | None = None, threads: int | None = None) -> Registry:
+    def from_store(cls, store: ObjectStore, *, zstd_level: int | None = None, threads: int | None = None,
+                   check_writes: bool = True) -> Registry:
         """A registry over an already opened store (for example one wrapped for retries,
         caching or counting requests)."""
         reg = cls.__new__(cls)
-        reg.store, reg.zstd_level, reg.threads = store, zstd_level, threads
+        reg.store, reg.zstd_level, reg.threads, reg.check_writes = store, zstd_level, threads, check_writes
         return reg
 
     @property
@@ -158,6 +161,7 @@ class Registry:
         when its ledger record is written, last, so a failed push leaves no version (only
         unreferenced objects ``gc`` reclaims). ``alias``: point ``name@alias`` at it too."""
         from casreg.content.chunking import DEFAULT_CHUNK_PARAMS  # push-only: kept off resolve/pull start-up
+        from casreg.content.config import init_config
         from casreg.content.packs import ChunkIndex
         from casreg.content.push import store_source
         from casreg.content.source import scan_source
@@ -185,7 +189,8 @@ class Registry:
         config = init_config(self.store, DEFAULT_CHUNK_PARAMS)
         level = self.zstd_level if self.zstd_level is not None else config.zstd_level
         manifest, stats = store_source(self.store, source, params=config.chunk_params(), level=level,
-                                       index=ChunkIndex.load(self.store), progress=progress, threads=self.threads)
+                                       index=ChunkIndex.load(self.store), progress=progress, threads=self.threads,
+                                       check_writes=self.check_writes)
         record = Version(
             name=name, version=0, digest=manifest.version_digest, kind=manifest.kind,
             size=stats.size, stored_bytes=stats.stored_bytes, new_bytes=stats.new_raw_bytes,

@@ -89,11 +89,11 @@ class Cli:
         self.out = Output(as_json, quiet)
         self.url = registry
 
-    def registry(self, *, zstd_level: int | None = None) -> Registry:
+    def registry(self, *, zstd_level: int | None = None, check_writes: bool = True) -> Registry:
         """The registry ``--registry`` (or ``CASREG_REGISTRY``, else ``~/.casreg``) names."""
         from casreg import Registry
 
-        return Registry(self.url, zstd_level=zstd_level)
+        return Registry(self.url, zstd_level=zstd_level, check_writes=check_writes)
 
     def emit(self, value: object, human: Callable[[Output], None]) -> None:
         """Print ``value`` as JSON under ``--json``, else let ``human`` render it (nothing
@@ -104,6 +104,36 @@ class Cli:
             human(self.out)
 
 
+class _Command:
+    """A command as typer sees it: ``fn``'s own parameters (after its :class:`Cli`) and the
+    global options, worked out only when typer asks (the CLI builds just the command it
+    runs, so the others' signatures are never computed: start-up stays short)."""
+
+    def __init__(self, fn: Callable[..., None], registry: bool) -> None:
+        self.fn, self.registry = fn, registry
+        self.__name__, self.__qualname__ = fn.__name__, fn.__qualname__
+        self.__module__, self.__doc__ = fn.__module__, fn.__doc__
+
+    @functools.cached_property
+    def __signature__(self) -> inspect.Signature:
+        hints = typing.get_type_hints(self.fn, include_extras=True)
+        own = [p.replace(annotation=hints[p.name]) for p in list(inspect.signature(self.fn).parameters.values())[1:]]
+        extra: list[tuple[str, object, object]] = [("registry", RegistryOpt, None)] if self.registry else []
+        extra += [("json_", JsonOpt, False), ("quiet", QuietOpt, False)]
+        shared = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d, annotation=a)
+                  for n, a, d in extra]
+        return inspect.Signature(own + shared, return_annotation=None)
+
+    @functools.cached_property
+    def __annotations__(self) -> dict[str, object]:  # type: ignore[override]
+        return {p.name: p.annotation for p in self.__signature__.parameters.values()} | {"return": None}
+
+    def __call__(self, **kwargs: object) -> None:
+        cli = Cli(typing.cast("str | None", kwargs.pop("registry", None)), bool(kwargs.pop("json_")),
+                  bool(kwargs.pop("quiet")))
+        self.fn(cli, **kwargs)
+
+
 def command(group: typer.Typer, name: str | None = None, *, registry: bool = True) -> Callable[[F], F]:
     """Register ``fn(cli, ...)`` as a command of ``group``. The command line gets ``fn``'s
     own parameters (after ``cli``) followed by the global options: ``--registry``/``-r``
@@ -111,23 +141,7 @@ def command(group: typer.Typer, name: str | None = None, *, registry: bool = Tru
     they make. Help, usage errors and exit codes are typer's, as for any command."""
 
     def register(fn: F) -> F:
-        hints = typing.get_type_hints(fn, include_extras=True)
-        own = [p.replace(annotation=hints[p.name]) for p in list(inspect.signature(fn).parameters.values())[1:]]
-        extra: list[tuple[str, object, object]] = [("registry", RegistryOpt, None)] if registry else []
-        extra += [("json_", JsonOpt, False), ("quiet", QuietOpt, False)]
-        shared = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d, annotation=a)
-                  for n, a, d in extra]
-
-        @functools.wraps(fn)
-        def run(**kwargs: object) -> None:
-            cli = Cli(typing.cast("str | None", kwargs.pop("registry", None)), bool(kwargs.pop("json_")),
-                      bool(kwargs.pop("quiet")))
-            fn(cli, **kwargs)
-
-        del run.__wrapped__  # typer reads the signature below, not fn's
-        run.__signature__ = inspect.Signature(own + shared, return_annotation=None)  # type: ignore[attr-defined]
-        run.__annotations__ = {p.name: p.annotation for p in own + shared} | {"return": None}
-        group.command(name)(run)
+        group.command(name)(_Command(fn, registry))
         return fn
 
     return register

@@ -6,12 +6,14 @@ from __future__ import annotations
 import copy
 import sys
 from dataclasses import asdict
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+if TYPE_CHECKING:
+    from casreg.governance.state import VersionState
+
 from casreg import CasregError, FileInfo, PullResult, Version
-from casreg.governance.state import VersionState
 from casreg.refs import parse_ref
 from casreg_cli.common import (
     AnnotateOpt,
@@ -42,9 +44,13 @@ def push(
     run_id: Annotated[Optional[str], typer.Option(help="Training run id.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Digest or URI of the training data.")] = None,
     level: Annotated[Optional[int], typer.Option(min=1, max=22, help="zstd level (default 3).")] = None,
+    check_writes: Annotated[bool, typer.Option(
+        "--check-writes/--no-check-writes",
+        help="Decode and re-hash every new chunk before it is stored (the default; costs CPU, see "
+             "docs/benchmarks.md).")] = True,
 ) -> None:
     """Store a model file or directory as the next version of NAME."""
-    v = cli.registry(zstd_level=level).push(
+    v = cli.registry(zstd_level=level, check_writes=check_writes).push(
         name, path, metrics=pairs("metric", metric), params=pairs("param", param), tags=pairs("tag", tag),
         framework=framework, description=description, alias=alias, parent=parent, run_id=run_id,
         dataset=dataset, progress=cli.out.progress(),

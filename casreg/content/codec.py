@@ -10,10 +10,11 @@ import threading
 from enum import IntEnum
 
 import zstandard
+from blake3 import blake3
 
 from casreg.errors import IntegrityError
 
-__all__ = ["Codec", "encode", "decode", "zstd_decode", "DEFAULT_ZSTD_LEVEL"]
+__all__ = ["Codec", "encode", "decode", "decode_verified", "zstd_decode", "DEFAULT_ZSTD_LEVEL"]
 
 DEFAULT_ZSTD_LEVEL = 3
 
@@ -70,3 +71,14 @@ def decode(codec: int, stored: bytes | memoryview, raw_size: int) -> bytes | mem
     if codec == Codec.ZSTD:
         return zstd_decode(stored, raw_size)
     raise IntegrityError(f"unknown codec id {codec}")
+
+
+def decode_verified(codec: int, stored: bytes | memoryview, raw_size: int, digest: bytes) -> bytes | memoryview:
+    """:func:`decode`, then check that the result is ``raw_size`` bytes whose BLAKE3 is
+    ``digest``: every chunk read (pull, lazy reads, verify) and every chunk about to be
+    stored (push's check before write) goes through this. :class:`IntegrityError` says
+    why not; the caller names where."""
+    raw = decode(codec, stored, raw_size)
+    if len(raw) != raw_size or blake3(raw).digest() != digest:
+        raise IntegrityError("its bytes do not match the digest")
+    return raw

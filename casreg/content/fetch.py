@@ -12,10 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from blake3 import blake3
-
 from casreg.content.cache import AUTO, CacheArg, resolve_cache
-from casreg.content.codec import decode
+from casreg.content.codec import decode_verified
 from casreg.content.manifest import ChunkRef
 from casreg.errors import IntegrityError, NotFoundError
 from casreg.keys import pack_key
@@ -31,11 +29,9 @@ def _check_chunk(ref: ChunkRef, stored: bytes | memoryview, key: str) -> bytes:
     if len(stored) != ref.stored_size:
         raise IntegrityError(f"{where} is truncated ({len(stored)} of {ref.stored_size} bytes)")
     try:
-        raw = decode(ref.codec, stored, ref.raw_size)
+        raw = decode_verified(ref.codec, stored, ref.raw_size, ref.digest)
     except IntegrityError as err:
         raise IntegrityError(f"{where} is corrupt: {err}") from None
-    if len(raw) != ref.raw_size or blake3(raw).digest() != ref.digest:
-        raise IntegrityError(f"{where} is corrupt: its bytes do not match the digest")
     return raw if isinstance(raw, bytes) else bytes(raw)
 
 

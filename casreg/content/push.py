@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from blake3 import blake3
 
 from casreg.content.chunking import BLOCK_SIZE, ChunkParams, iter_chunk_views
-from casreg.content.codec import encode
+from casreg.content.codec import decode_verified, encode
 from casreg.content.manifest import ChunkRef, Entry, Manifest
 from casreg.content.packs import PACK_TARGET, ChunkIndex, PackBuilder
 from casreg.content.source import Source, SourceFile
@@ -183,8 +183,10 @@ class _OrderedWriter(ObjectWriter):
 
 class _Pusher:
     def __init__(self, store: ObjectStore, index: ChunkIndex, params: ChunkParams, level: int, progress: Progress,
-                 workers: ThreadPoolExecutor, uploader: ThreadPoolExecutor, ordered: ThreadPoolExecutor) -> None:
+                 workers: ThreadPoolExecutor, uploader: ThreadPoolExecutor, ordered: ThreadPoolExecutor,
+                 check_writes: bool) -> None:
         self.store, self.index, self.params, self.level, self.progress = store, index, params, level, progress
+        self.check_writes = check_writes
         self.workers, self.uploader, self.ordered = workers, uploader, ordered
         self.claimed: dict[bytes, _Pending] = {}
         self.pack: PackBuilder | None = None  # opened on the first new chunk
@@ -202,6 +204,12 @@ class _Pusher:
         codec, stored = encode(raw, self.level)
         if not isinstance(stored, bytes):  # kept raw: a view of a read buffer that will be reused
             stored = bytes(stored)
+        if self.check_writes:  # what is stored must decode to the bytes the digest was taken of
+            try:
+                decode_verified(codec, stored, len(raw), digest)
+            except IntegrityError as err:
+                raise IntegrityError(f"check before write: chunk blake3:{digest.hex()} as encoded ({codec.name}) "
+                                     f"is wrong ({err}); nothing was stored for it (push again)") from None
         return digest, int(codec), stored
 
     def _upload(self, pack_id: str, writer: ObjectWriter, index: bytes, size: int) -> int:
@@ -311,15 +319,23 @@ def store_source(
     index: ChunkIndex,
     progress: Progress | None = None,
     threads: int | None = None,
+    check_writes: bool = True,
 ) -> tuple[Manifest, PushStats]:
     """Store every chunk of ``source`` the registry lacks, then its manifest; return the
-    manifest (whose digest is the version digest) and what it cost."""
+    manifest (whose digest is the version digest) and what it cost.
+
+    ``check_writes`` (the default): before anything is stored, every new chunk's encoded
+    form is decoded and hashed again and must give its digest, and the manifest's bytes
+    are parsed back and must give the version digest (restic's check, ``NoExtraVerify``
+    turns it off there): a codec bug, or a read buffer changed between hashing and
+    compressing, fails the push instead of storing a chunk nobody can read back. Its cost
+    is measured in docs/benchmarks.md."""
     progress = progress or NullProgress()
     nthreads = threads or os.cpu_count() or 2
     with ThreadPoolExecutor(nthreads, thread_name_prefix="casreg-chunk") as workers, \
          ThreadPoolExecutor(store.io_concurrency, thread_name_prefix="casreg-upload") as uploader, \
          ThreadPoolExecutor(1, thread_name_prefix="casreg-ordered") as ordered:
-        pusher = _Pusher(store, index, params, level, progress, workers, uploader, ordered)
+        pusher = _Pusher(store, index, params, level, progress, workers, uploader, ordered, check_writes)
         progress.start("push", source.size)
         try:
             entries = [pusher.add_file(f) for f in source.files]
@@ -332,6 +348,9 @@ def store_source(
             progress.finish()
     manifest = Manifest(source.kind, entries, params.to_dict())
     data = manifest.to_bytes()
-    if store.create(manifest_key(manifest.hexdigest), data):
+    key = manifest_key(manifest.hexdigest)
+    if check_writes:
+        Manifest.from_bytes(data, expected=manifest.digest, where=f"{key} (check before write)")
+    if store.create(key, data):
         pusher.stats.stored_bytes += len(data)
     return manifest, pusher.stats

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from blake3 import blake3
 
 from casreg.concurrency import bounded_map
-from casreg.content.codec import decode
+from casreg.content.codec import decode_verified
 from casreg.content.fetch import read_chunk
 from casreg.content.manifest import ChunkRef, Manifest
 from casreg.content.packs import _ENTRY, _TAIL, INDEX_MAGIC, PACK_MAGIC, decode_index
@@ -125,11 +125,9 @@ def _check_chunk(payload: memoryview, codec: int, raw_size: int, digest: bytes) 
     """``None`` if the stored payload decodes to ``raw_size`` bytes hashing to ``digest``,
     else why not (as :func:`casreg.content.fetch.read_chunk` would refuse it)."""
     try:
-        raw = decode(codec, payload if codec == 0 else bytes(payload), raw_size)
+        decode_verified(codec, payload, raw_size, digest)
     except IntegrityError as err:
         return str(err)
-    if len(raw) != raw_size or blake3(raw).digest() != digest:
-        return "its bytes do not match the digest"
     return None
 
 
