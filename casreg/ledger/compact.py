@@ -196,8 +196,8 @@ def _plan(files: tuple[CompactedFile, ...], new_rows: int, *, full: bool, max_fi
     ``max_files`` files."""
     if full:
         return len(files)
-    if not new_rows:
-        return 0
+    if not new_rows:  # nothing new; but an earlier run with a larger max_files may have left too many
+        return len(files) if len(files) > max_files else 0
     merge, run = 0, new_rows
     while merge < len(files) and files[-1 - merge].rows <= run:
         run += files[-1 - merge].rows
