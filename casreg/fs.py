@@ -352,7 +352,7 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
             if local.endswith(("/", os.sep)) or dest.is_dir():
                 dest = dest / e.path.rsplit("/", 1)[-1]
             sub = Manifest("file", [Entry(e.path.rsplit("/", 1)[-1], e.type, e.size, e.digest, e.chunks)],
-                           t.manifest.chunking)
+                           t.manifest.chunking, tree=t.manifest.tree)
             materialize(self.registry.store, sub, dest, force=True, threads=self.registry.threads)
             return
         if not recursive:
@@ -360,8 +360,8 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
         prefix = t.inner + "/" if t.inner else ""
         entries = [Entry(e.path[len(prefix):], e.type, e.size, e.digest, e.chunks)
                    for e in t.manifest.entries if e.path.startswith(prefix)]
-        materialize(self.registry.store, Manifest("dir", entries, t.manifest.chunking), local, force=True,
-                    threads=self.registry.threads)
+        materialize(self.registry.store, Manifest("dir", entries, t.manifest.chunking, tree=t.manifest.tree), local,
+                    force=True, threads=self.registry.threads)
 
     # -- read-only ------------------------------------------------------------------------------
     def _read_only(self, *args: object, **kwargs: object) -> NoReturn:

@@ -407,10 +407,9 @@ def test_corrupt_pack_id_in_manifest_names_the_manifest(reg: Registry, pushed: M
     assert key in msg
 
 
-def test_manifest_with_swapped_chunk_lists(reg: Registry, tmp_path: Path, work: Path) -> None:
-    """Chunk locations are not part of the version digest: a manifest whose two equal-sized
-    files swapped chunk lists still hashes right and every chunk verifies, but the
-    whole-file digests do not match, so the pull is refused."""
+def _swap_chunk_lists(reg: Registry, tmp_path: Path) -> tuple[str, str]:
+    """Push two equal-sized files and swap their chunk lists in the stored manifest
+    (a well-formed, re-sealed manifest); return (key, version digest hex)."""
     src = tmp_path / "pair"
     src.mkdir()
     (src / "a.bin").write_bytes(random.Random(1).randbytes(300_000))
@@ -421,7 +420,36 @@ def test_manifest_with_swapped_chunk_lists(reg: Registry, tmp_path: Path, work: 
     a, b = doc["entries"]
     a["chunks"], b["chunks"] = b["chunks"], a["chunks"]
     overwrite(reg, key, seal_manifest(json.dumps(doc).encode()))
-    assert reg.manifest("m").hexdigest == v.digest.removeprefix("blake3:")  # still "valid"
+    return key, v.digest.removeprefix("blake3:")
+
+
+def test_manifest_with_swapped_chunk_lists(reg: Registry, tmp_path: Path, work: Path) -> None:
+    """Format 2 (every new registry): the version digest commits to each file's chunk
+    layout, so a manifest whose two equal-sized files swapped chunk lists no longer hashes
+    to the version digest: it is refused as soon as it is read, naming it, by pull,
+    ranged reads and verify alike."""
+    key, _ = _swap_chunk_lists(reg, tmp_path)
+    with pytest.raises(IntegrityError, match="its entries hash to"):
+        reg.manifest("m")
+    msg = refused(reg, "m", work)
+    assert key in msg
+    with pytest.raises(IntegrityError, match=key):
+        reg.open_safetensors("m/a.bin")
+    report = reg.verify("m")
+    assert not report.ok and report.problems[0].key == key
+
+
+def test_format_1_swapped_chunk_lists_are_caught_by_the_file_digest(reg: Registry, tmp_path: Path,
+                                                                     work: Path) -> None:
+    """Format 1 (older registries): chunk locations are not part of the version digest,
+    so the swapped manifest still hashes right and every chunk verifies; the whole-file
+    digests do not match, so the pull is refused (the weaker guarantee FORMAT.md states)."""
+    from casreg.content.chunking import DEFAULT_CHUNK_PARAMS
+    from casreg.content.config import init_config
+
+    init_config(reg.store, DEFAULT_CHUNK_PARAMS, registry_format="casreg/1")
+    key, digest = _swap_chunk_lists(reg, tmp_path)
+    assert reg.manifest("m").hexdigest == digest and reg.manifest("m").tree == 1  # still "valid"
     msg = refused(reg, "m", work)
     assert "does not match its digest" in msg
 

@@ -7,6 +7,7 @@ casreg/content/manifest.py; hostile manifests are hand-written JSON, independent
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -26,10 +27,13 @@ import casreg
 from casreg.content.chunking import DEFAULT_CHUNK_PARAMS, ChunkParams, chunk_bytes, iter_chunks
 from casreg.content.manifest import (
     MANIFEST_FORMAT,
+    MANIFEST_FORMATS,
     ChunkRef,
     Entry,
     Manifest,
+    layout_digest,
     seal_manifest,
+    stored_bound,
     tree_digest,
     validate_relpath,
 )
@@ -56,6 +60,29 @@ def spec_tree_digest(kind: str, entries: list[tuple[str, str, int, str]]) -> str
     return blake3(bytes(buf)).hexdigest()
 
 
+def spec_layout_digest(chunks: list[bytes]) -> str:
+    """BLAKE3 of b"casreg-layout-v1\\0" then, per chunk, its 32-byte digest and its size as
+    8 bytes little-endian (docs/FORMAT.md §5, format 2)."""
+    buf = bytearray(b"casreg-layout-v1\x00")
+    for data in chunks:
+        buf += blake3(data).digest() + len(data).to_bytes(8, "little")
+    return blake3(bytes(buf)).hexdigest()
+
+
+def spec_tree_digest_v2(kind: str, entries: list[tuple[str, str, bytes | None]]) -> str:
+    """Format 2: as format 1 with the layout digest after the file digest; ``entries`` hold
+    (path, type, bytes), each small file being one chunk (an empty file, none)."""
+    buf = bytearray(b"casreg-tree-v2\x00" + kind.encode() + b"\x00")
+    for path, typ, data in sorted(entries, key=lambda e: e[0].encode("utf-8")):
+        if typ == "d":
+            buf += b"d " + path.encode("utf-8") + b"\x00"
+        else:
+            assert data is not None
+            layout = spec_layout_digest([data] if data else [])
+            buf += f"{typ} {len(data)} {blake3(data).hexdigest()} {layout} {path}".encode() + b"\x00"
+    return blake3(bytes(buf)).hexdigest()
+
+
 def as_tuples(entries: list[Entry]) -> list[tuple[str, str, int, str]]:
     return [(e.path, e.type, e.size, e.digest.hex()) for e in entries]
 
@@ -67,6 +94,11 @@ def b3(data: bytes) -> str:
 # -- golden vectors -------------------------------------------------------------------------------
 HELLO_DIGEST = "8a6aa4815a96ca56f0c28a5a19ee401d4a2b4eb866a84ea06622784760bcf488"
 TREE_DIGEST = "46d89a0fd04b858c16e334d7f4f8260de07a7ad3c5dd0bc7e9ad010b19802f3d"
+#: format 2 (new registries): the same content, with each file's chunk layout committed
+HELLO_DIGEST_V2 = "23f5d1e5c614edc7750551e20266882280774d050f09063e58330e086a133f4d"
+TREE_DIGEST_V2 = "eeee1dc5c16feebbbad3f199fb4cbc9777e178b0e086b299801e91ccf8eb8959"
+HELLO_LAYOUT = "16ce165271a15c418c9f3e47029b60aa66d572c43948f2298ae724aec5df5670"
+EMPTY_LAYOUT = "fa979e931edbe3f1302a0bac409aeb00061e3c8863caa0eb88ec0f0c016d114c"
 HELLO_ENTRIES = [("hello.txt", "f", 6, b3(b"hello\n"))]
 TREE_ENTRIES = [
     ("bin/run.sh", "x", 10, b3(b"#!/bin/sh\n")),
@@ -79,6 +111,10 @@ def test_golden_tree_digests_from_the_spec() -> None:
     assert b3(b"hello\n") == "8e4c7c1b99dbfd50e7a95185fead5ee1448fa904a2fdd778eaf5f2dbfd629a99"
     assert spec_tree_digest("file", HELLO_ENTRIES) == HELLO_DIGEST
     assert spec_tree_digest("dir", TREE_ENTRIES) == TREE_DIGEST
+    assert spec_layout_digest([b"hello\n"]) == HELLO_LAYOUT and spec_layout_digest([]) == EMPTY_LAYOUT
+    assert spec_tree_digest_v2("file", [("hello.txt", "f", b"hello\n")]) == HELLO_DIGEST_V2
+    assert spec_tree_digest_v2("dir", [("bin/run.sh", "x", b"#!/bin/sh\n"), ("empty", "d", None),
+                                       ("a.txt", "f", b"a")]) == TREE_DIGEST_V2
 
 
 def test_casreg_agrees_with_golden_tree_digests() -> None:
@@ -88,6 +124,20 @@ def test_casreg_agrees_with_golden_tree_digests() -> None:
     assert tree_digest("file", entries(HELLO_ENTRIES)).hex() == HELLO_DIGEST
     assert tree_digest("dir", entries(TREE_ENTRIES)).hex() == TREE_DIGEST
     assert Manifest("dir", entries(TREE_ENTRIES), {}).hexdigest == TREE_DIGEST
+
+    def one_chunk(data: bytes) -> list[ChunkRef]:
+        return [ChunkRef(blake3(data).digest(), "00" * 32, 16, len(data), len(data), 0)] if data else []
+
+    hello = [Entry("hello.txt", "f", 6, blake3(b"hello\n").digest(), one_chunk(b"hello\n"))]
+    tree = [Entry(p, t, len(d), blake3(d).digest(), one_chunk(d)) for p, t, d in  # type: ignore[arg-type]
+            (("a.txt", "f", b"a"), ("bin/run.sh", "x", b"#!/bin/sh\n"))] + [Entry("empty", "d")]
+    assert layout_digest(hello[0].chunks).hex() == HELLO_LAYOUT and layout_digest([]).hex() == EMPTY_LAYOUT
+    assert tree_digest("file", hello, 2).hex() == HELLO_DIGEST_V2
+    assert Manifest("dir", tree, {}, tree=2).hexdigest == TREE_DIGEST_V2
+    # where chunks are stored is not part of either digest
+    moved = [Entry(e.path, e.type, e.size, e.digest, [dataclasses.replace(c, pack="ff" * 32, offset=99)
+                                                      for c in e.chunks]) for e in tree]
+    assert Manifest("dir", moved, {}, tree=2).hexdigest == TREE_DIGEST_V2
 
 
 def test_pushed_versions_have_golden_digests(registry: casreg.Registry, tmp_path: Path) -> None:
@@ -104,10 +154,21 @@ def test_pushed_versions_have_golden_digests(registry: casreg.Registry, tmp_path
 
     v1 = registry.push("hello", hello)
     v2 = registry.push("tree", tree)
-    assert v1.digest == "blake3:" + HELLO_DIGEST
-    assert v2.digest == "blake3:" + TREE_DIGEST
+    assert v1.digest == "blake3:" + HELLO_DIGEST_V2  # a new registry is of format 2
+    assert v2.digest == "blake3:" + TREE_DIGEST_V2
     assert [(f.path, f.type, f.size) for f in registry.files("tree:1")] == [
         ("a.txt", "f", 1), ("bin/run.sh", "x", 10), ("empty", "d", 0)]
+
+
+def test_a_format_1_registry_keeps_format_1_digests(registry: casreg.Registry, tmp_path: Path) -> None:
+    from casreg.content.chunking import DEFAULT_CHUNK_PARAMS
+    from casreg.content.config import init_config
+
+    init_config(registry.store, DEFAULT_CHUNK_PARAMS, registry_format="casreg/1")
+    hello = tmp_path / "hello.txt"
+    hello.write_bytes(b"hello\n")
+    v = registry.push("hello", hello)
+    assert v.digest == "blake3:" + HELLO_DIGEST and registry.manifest(v.ref).tree == 1
 
 
 # -- strategies --------------------------------------------------------------------------------------
@@ -149,9 +210,9 @@ def trees(draw: st.DrawFn, with_chunks: bool = False) -> tuple[str, list[Entry]]
         chunks = []
         if with_chunks:
             for _ in range(draw(st.integers(0, 3))):
+                raw = draw(st.integers(1, 2**22))
                 chunks.append(ChunkRef(draw(digests32), draw(st.sampled_from(packs)), draw(st.integers(16, 2**40)),
-                                       draw(st.integers(0, 2**22)), draw(st.integers(1, 2**22)),
-                                       draw(st.sampled_from([0, 1]))))
+                                       draw(st.integers(0, stored_bound(raw))), raw, draw(st.sampled_from([0, 1]))))
             size = sum(c.raw_size for c in chunks)
         else:
             size = draw(st.integers(0, 2**50))
@@ -216,10 +277,10 @@ def test_any_change_changes_the_digest(tree: tuple[str, list[Entry]], data: st.D
 # -- serialisation round trip ---------------------------------------------------------------------
 @settings(max_examples=100, deadline=None)
 @given(trees(with_chunks=True), st.dictionaries(st.sampled_from(["avg_size", "min_size", "note"]),
-                                                st.integers(0, 2**30), max_size=3))
-def test_to_bytes_from_bytes_round_trip(tree: tuple[str, list[Entry]], chunking: dict[str, int]) -> None:
+                                                st.integers(0, 2**30), max_size=3), st.sampled_from([1, 2]))
+def test_to_bytes_from_bytes_round_trip(tree: tuple[str, list[Entry]], chunking: dict[str, int], fmt: int) -> None:
     kind, entries = tree
-    m = Manifest(kind, list(entries), dict(chunking))  # type: ignore[arg-type]
+    m = Manifest(kind, list(entries), dict(chunking), tree=fmt)  # type: ignore[arg-type]
     data = m.to_bytes()
     back = Manifest.from_bytes(data, expected=m.digest, where=WHERE)
     assert back == m
@@ -229,7 +290,8 @@ def test_to_bytes_from_bytes_round_trip(tree: tuple[str, list[Entry]], chunking:
         orig = next(x for x in entries if x.path == e.path)
         assert (e.type, e.size, e.digest, e.chunks) == (orig.type, orig.size, orig.digest, orig.chunks)
     doc = json.loads(zstandard.ZstdDecompressor().decompress(data[:-32]))  # zstd frame + BLAKE3 trailer
-    assert doc["format"] == MANIFEST_FORMAT and doc["digest"] == "blake3:" + m.hexdigest
+    assert doc["format"] == MANIFEST_FORMATS[fmt] and doc["digest"] == "blake3:" + m.hexdigest
+    assert back.tree == fmt and (fmt == 1 or m.digest == tree_digest(kind, list(entries), 2))
 
 
 # -- hostile and corrupt manifests (hand-written JSON) --------------------------------------------------
@@ -276,6 +338,47 @@ def test_hand_written_manifest_is_accepted() -> None:
     assert m.entries[0].chunks == [ChunkRef(bytes.fromhex(b3(b"a")), PACK, 16, 1, 1, 0)]
     one = load(mdoc([fentry("hello.txt", b"hello\n")], kind="file"))
     assert one.hexdigest == HELLO_DIGEST
+
+
+def test_a_format_2_manifest_commits_its_chunk_layout() -> None:
+    """Format 2: the same entries hash to the version digest only with the same chunks in
+    the same order; swapping two chunks (each still a real chunk) is refused."""
+    c1, c2 = b"first chunk", b"second"
+    doc = mdoc([{"path": "f.bin", "type": "f", "size": len(c1 + c2), "digest": b3(c1 + c2),
+                 "chunks": [[b3(c1), 0, 16, len(c1), len(c1), 0], [b3(c2), 0, 40, len(c2), len(c2), 0]]}],
+               kind="file", format=MANIFEST_FORMATS[2])
+    good = bytes.fromhex(spec_v2_one_file("f.bin", c1 + c2, [c1, c2]))
+    assert load(doc, good).hexdigest == good.hex()
+    chunks = doc["entries"][0]["chunks"]
+    chunks[0], chunks[1] = chunks[1], chunks[0]
+    with pytest.raises(IntegrityError, match="its entries hash to"):
+        load(doc, good)
+
+
+def spec_v2_one_file(path: str, data: bytes, chunks: list[bytes]) -> str:
+    record = f"f {len(data)} {b3(data)} {spec_layout_digest(chunks)} {path}".encode() + b"\x00"
+    return blake3(b"casreg-tree-v2\x00file\x00" + record).hexdigest()
+
+
+@pytest.mark.parametrize("field", ["raw", "stored"])
+def test_chunks_larger_than_the_registry_allows_are_refused(field: str) -> None:
+    """A chunk may not claim more raw bytes than the registry's maximum chunk size, nor
+    more stored bytes than any codec makes of its raw size: a read would allocate for it."""
+    doc = mdoc([fentry("a.bin", b"abc")], kind="file")
+    chunk = doc["entries"][0]["chunks"][0]
+    if field == "raw":
+        chunk[4] = doc["entries"][0]["size"] = 5 << 20
+    else:
+        chunk[3] = stored_bound(3) + 1
+    with pytest.raises(IntegrityError, match="maximum chunk size" if field == "raw" else "more than any codec"):
+        Manifest.from_bytes(blob(doc), expected=doc_digest(doc), where=WHERE, max_chunk=4 << 20)
+
+
+def test_a_manifest_larger_than_the_cap_is_refused_before_it_is_decoded() -> None:
+    from casreg.content.manifest import MAX_STORED_MANIFEST
+
+    with pytest.raises(IntegrityError, match="larger than"):
+        Manifest.from_bytes(b"\0" * (MAX_STORED_MANIFEST + 1), expected=bytes(32), where=WHERE)
 
 
 UNSAFE_PATHS = [

@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from casreg import Registry
-from casreg.content.chunking import BLOCK_SIZE, DEFAULT_CHUNK_PARAMS, chunk_bytes
+from casreg.content.chunking import BLOCK_SIZE, DEFAULT_CHUNK_PARAMS, ChunkParams, chunk_bytes
+from casreg.content.config import init_config
 from casreg.storage.memory import MemoryStore
 
 MIN = DEFAULT_CHUNK_PARAMS.min_size
@@ -317,21 +318,28 @@ def test_digest_is_the_same_on_both_backends(tmp_path: Path) -> None:
     assert dm == dl
 
 
-def test_worked_examples_of_docs_format(reg: Registry, tmp_path: Path) -> None:
-    """The two worked examples of docs/FORMAT.md §5, end to end through push."""
+@pytest.mark.parametrize("fmt, hello_digest, tree_digest", [
+    ("casreg/2", "23f5d1e5c614edc7750551e20266882280774d050f09063e58330e086a133f4d",
+     "eeee1dc5c16feebbbad3f199fb4cbc9777e178b0e086b299801e91ccf8eb8959"),
+    ("casreg/1", "8a6aa4815a96ca56f0c28a5a19ee401d4a2b4eb866a84ea06622784760bcf488",
+     "46d89a0fd04b858c16e334d7f4f8260de07a7ad3c5dd0bc7e9ad010b19802f3d"),
+])
+def test_worked_examples_of_docs_format(reg: Registry, tmp_path: Path, fmt: str, hello_digest: str,
+                                        tree_digest: str) -> None:
+    """The worked examples of docs/FORMAT.md §5 (format 2, and format 1 for older
+    registries), end to end through push."""
+    init_config(reg.store, DEFAULT_CHUNK_PARAMS, registry_format=fmt)
     hello = tmp_path / "hello.txt"
     hello.write_bytes(b"hello\n")
-    assert reg.push("hello", hello).digest == \
-        "blake3:8a6aa4815a96ca56f0c28a5a19ee401d4a2b4eb866a84ea06622784760bcf488"
+    assert reg.push("hello", hello).digest == "blake3:" + hello_digest
     d = tmp_path / "example"
     materialize_tree(d, {"a.txt": (b"a", False), "bin": {"run.sh": (b"#!/bin/sh\n", True)}, "empty": {}})
-    assert reg.push("example", d).digest == \
-        "blake3:46d89a0fd04b858c16e334d7f4f8260de07a7ad3c5dd0bc7e9ad010b19802f3d"
+    assert reg.push("example", d).digest == "blake3:" + tree_digest
 
 
 def test_digest_does_not_depend_on_chunking_parameters(reg: Registry, tmp_path: Path) -> None:
-    """A registry created with other chunking parameters (casreg.json written first) cuts
-    differently but gives the same version digest, and round-trips."""
+    """Format 1: a registry created with other chunking parameters (casreg.json written
+    first) cuts differently but gives the same version digest, and round-trips."""
     small = {"avg_size": 64 << 10, "min_size": 16 << 10, "max_size": 256 << 10, "normalization": 1,
              "algorithm": "fastcdc2020"}
     config = {"format": "casreg/1", "created_at": "2026-01-01T00:00:00Z", "chunking": small, "zstd_level": 3}
@@ -345,7 +353,9 @@ def test_digest_does_not_depend_on_chunking_parameters(reg: Registry, tmp_path: 
 
     url = f"memory://roundtrip-{uuid.uuid4().hex}"
     try:
-        default = Registry(url).push("m", src)
+        other = Registry(url)
+        init_config(other.store, DEFAULT_CHUNK_PARAMS, registry_format="casreg/1")
+        default = other.push("m", src)
         assert default.chunk_count < v.chunk_count
         assert default.digest == v.digest
     finally:
@@ -353,3 +363,23 @@ def test_digest_does_not_depend_on_chunking_parameters(reg: Registry, tmp_path: 
     dest = tmp_path / "d"
     reg.pull(v.ref, dest)
     assert snapshot(dest) == snapshot(src)
+
+
+def test_format_2_digest_commits_the_chunk_layout(reg: Registry, tmp_path: Path) -> None:
+    """Format 2: the version digest covers where chunk boundaries fall, so registries with
+    the same chunking parameters agree on it and registries with others do not (the price
+    of verifying ranged reads against the version; docs/FORMAT.md §5)."""
+    src = tmp_path / "s"
+    materialize_tree(src, {"w.bin": (random_bytes(2 * MAX + 99, seed=12), False)})
+    v = reg.push("m", src)
+    same, small = f"memory://roundtrip-{uuid.uuid4().hex}", f"memory://roundtrip-{uuid.uuid4().hex}"
+    try:
+        assert Registry(same).push("m", src).digest == v.digest
+        other = Registry(small)
+        init_config(other.store, ChunkParams(avg_size=64 << 10, min_size=16 << 10, max_size=256 << 10))
+        w = other.push("m", src)
+        assert w.digest != v.digest and w.chunk_count > v.chunk_count
+        assert other.manifest(w.ref).files[0].digest == reg.manifest(v.ref).files[0].digest  # same bytes
+    finally:
+        MemoryStore.wipe(same)
+        MemoryStore.wipe(small)

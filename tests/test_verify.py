@@ -273,7 +273,7 @@ def test_manifest_pointing_at_the_wrong_chunk(reg2: Registry) -> None:
     wrong = ChunkRef(c0.digest, c1.pack, c1.offset, c0.stored_size, c0.raw_size, c0.codec)
     entries = [Entry(e.path, e.type, e.size, e.digest, [wrong, *e.chunks[1:]] if e is f else list(e.chunks))
                for e in m.entries]
-    bad = Manifest(m.kind, entries, dict(m.chunking))
+    bad = Manifest(m.kind, entries, dict(m.chunking), tree=m.tree)
     assert bad.digest == m.digest
     key = manifest_key(m.hexdigest)
     replace(reg2.store, key, bad.to_bytes())

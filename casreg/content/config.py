@@ -3,11 +3,18 @@
 Written once, by the first push, with create-if-absent (docs/FORMAT.md §2): the
 chunking parameters are fixed for the registry's life, since changing them would stop
 new pushes from deduplicating against old data; ``zstd_level`` is only a default.
+
+The format says how versions are written: ``casreg/2`` (every new registry) writes
+manifests of tree format 2, whose version digests commit to each file's chunk layout;
+a ``casreg/1`` registry keeps writing format 1 so that older casreg readers can read
+everything in it (its versions have the weaker guarantee docs/FORMAT.md §5 states).
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -20,9 +27,16 @@ from casreg.storage import ObjectStore
 if TYPE_CHECKING:
     from casreg.content.chunking import ChunkParams
 
-__all__ = ["REGISTRY_FORMAT", "RegistryConfig", "read_config", "init_config"]
+__all__ = ["MAX_CHUNK_BYTES", "REGISTRY_FORMAT", "REGISTRY_FORMATS", "RegistryConfig", "read_config", "init_config",
+           "max_chunk_size"]
 
-REGISTRY_FORMAT = "casreg/1"
+#: No chunk may claim more raw bytes than this, whatever a registry's ``casreg.json`` says
+#: (its ``max_size``, 4 MiB by default, is the bound readers apply).
+MAX_CHUNK_BYTES = 64 << 20
+#: The format of new registries; every format here is read.
+REGISTRY_FORMAT = "casreg/2"
+#: Registry format -> the tree format of the manifests its pushes write.
+REGISTRY_FORMATS = {"casreg/1": 1, "casreg/2": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +47,18 @@ class RegistryConfig:
     created_at: str
     chunking: dict[str, Any] = field(default_factory=dict)
     zstd_level: int = DEFAULT_ZSTD_LEVEL
+
+    @property
+    def tree(self) -> int:
+        """The tree format new versions of this registry are written in (1 or 2)."""
+        return REGISTRY_FORMATS[self.format]
+
+    @property
+    def max_chunk(self) -> int:
+        """The largest raw chunk this registry's parameters allow (readers refuse larger
+        chunk claims), capped at :data:`MAX_CHUNK_BYTES`."""
+        size = self.chunking.get("max_size")
+        return min(size, MAX_CHUNK_BYTES) if type(size) is int and size > 0 else MAX_CHUNK_BYTES
 
     def chunk_params(self) -> ChunkParams:
         """The registry's chunking parameters (importing the chunker only when asked)."""
@@ -56,14 +82,14 @@ class RegistryConfig:
             raise IntegrityError(f"{CONFIG_KEY} in {where} is corrupt (not JSON)") from None
         if not isinstance(doc, dict):
             raise IntegrityError(f"{CONFIG_KEY} in {where} is corrupt (not a JSON object)")
-        if doc.get("format") != REGISTRY_FORMAT:
-            raise CasregError(f"{where} holds a registry of format {doc.get('format')!r}; "
-                              f"this casreg reads {REGISTRY_FORMAT}")
+        if doc.get("format") not in REGISTRY_FORMATS:
+            raise CasregError(f"{where} holds a registry of format {str(doc.get('format'))[:40]!r}; "
+                              f"this casreg reads {', '.join(REGISTRY_FORMATS)}")
         chunking, level, created = doc.get("chunking", {}), doc.get("zstd_level", DEFAULT_ZSTD_LEVEL), \
             doc.get("created_at", "")
         if not isinstance(chunking, dict) or type(level) is not int or not isinstance(created, str):
             raise IntegrityError(f"{CONFIG_KEY} in {where} is corrupt (a field has the wrong type)")
-        return cls(REGISTRY_FORMAT, created, chunking, level)
+        return cls(str(doc["format"]), created, chunking, level)
 
 
 def read_config(store: ObjectStore) -> RegistryConfig | None:
@@ -75,14 +101,38 @@ def read_config(store: ObjectStore) -> RegistryConfig | None:
     return RegistryConfig.from_json(data, store.url)
 
 
-def init_config(store: ObjectStore, chunking: ChunkParams) -> RegistryConfig:
+def init_config(store: ObjectStore, chunking: ChunkParams, *,
+                registry_format: str = REGISTRY_FORMAT) -> RegistryConfig:
     """The registry's configuration, written first (create-if-absent) if there is none:
-    of two first pushes racing, both end up with the one that was written."""
+    of two first pushes racing, both end up with the one that was written.
+    ``registry_format`` makes a registry of an older format (for compatibility tests)."""
+    if registry_format not in REGISTRY_FORMATS:
+        raise ValueError(f"unknown registry format {registry_format!r}")
     config = read_config(store)
     if config is None:
         store.check_writable()
         created = datetime.now(UTC).isoformat()
-        store.create(CONFIG_KEY, RegistryConfig(REGISTRY_FORMAT, created, dict(chunking.to_dict())).to_json())
+        doc = RegistryConfig(registry_format, created, dict(chunking.to_dict()))
+        store.create(CONFIG_KEY, doc.to_json())
         config = read_config(store)
         assert config is not None
     return config
+
+
+_MAX_CHUNK: weakref.WeakKeyDictionary[ObjectStore, int] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def max_chunk_size(store: ObjectStore) -> int:
+    """The registry's maximum chunk size (:attr:`RegistryConfig.max_chunk`), read once per
+    store object (``casreg.json`` never changes); the absolute cap for a registry without
+    one (nothing pushed yet: no manifest to read either)."""
+    with _LOCK:
+        cached = _MAX_CHUNK.get(store)
+    if cached is not None:
+        return cached
+    config = read_config(store)
+    size = config.max_chunk if config is not None else MAX_CHUNK_BYTES
+    with _LOCK:
+        _MAX_CHUNK[store] = size
+    return size

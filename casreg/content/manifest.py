@@ -2,10 +2,19 @@
 
 A version is one file or a directory tree. Its digest (the tree digest) is the BLAKE3 of
 a canonical byte encoding of its entries, each naming a relative path, a type, a size
-and the BLAKE3 of the file's bytes (exactly what ``b3sum`` prints). Where the chunks live
-(packs, offsets, codecs) is recorded beside the entries but is *not* part of the digest:
-the same content always has the same digest, however and wherever it is stored.
-docs/FORMAT.md specifies all of this for independent implementations.
+and the BLAKE3 of the file's bytes (exactly what ``b3sum`` prints). In tree format 2
+(new registries) each file's record also holds its *layout digest*: the BLAKE3 of the
+list of its chunks' digests and sizes, in order. So the version digest commits to which
+chunk sits at which offset of which file, and a ranged read that checks each chunk
+against its own digest has also proven that the chunk belongs at that place. Where the
+chunks live (packs, offsets in packs, codecs) is recorded beside the entries but is
+*not* part of the digest. docs/FORMAT.md specifies all of this for independent
+implementations.
+
+Reading a manifest is bounded: at most :data:`MAX_STORED_MANIFEST` stored bytes are
+read, at most :data:`MAX_MANIFEST_BYTES` decoded, no chunk may claim more than the
+registry's maximum chunk size (``casreg.json``), and parsing costs about 500 bytes of
+memory per chunk reference, so the largest acceptable manifest costs under 1 GB.
 """
 
 from __future__ import annotations
@@ -21,29 +30,42 @@ import zstandard
 from blake3 import blake3
 
 from casreg.content.codec import zstd_decode
+from casreg.content.config import MAX_CHUNK_BYTES, max_chunk_size
 from casreg.digest import HEX64, Digest
 from casreg.errors import IntegrityError, NotFoundError, UnsafePathError
 from casreg.keys import manifest_key
 from casreg.records import JsonValue
-from casreg.storage import ObjectStore
+from casreg.storage import ByteRange, ObjectStore
 
 __all__ = [
     "ChunkRef",
     "Entry",
     "Manifest",
     "tree_digest",
+    "layout_digest",
     "validate_relpath",
     "seal_manifest",
     "read_manifest",
     "MANIFEST_FORMAT",
+    "MANIFEST_FORMATS",
+    "MAX_CHUNK_BYTES",
+    "MAX_MANIFEST_BYTES",
+    "MAX_STORED_MANIFEST",
 ]
 
-MANIFEST_FORMAT = "casreg-manifest/1"
-TREE_MAGIC = b"casreg-tree-v1\x00"
+#: The manifest format of each tree format (the JSON ``format`` field).
+MANIFEST_FORMATS = {1: "casreg-manifest/1", 2: "casreg-manifest/2"}
+MANIFEST_FORMAT = MANIFEST_FORMATS[1]
+TREE_MAGIC = {1: b"casreg-tree-v1\x00", 2: b"casreg-tree-v2\x00"}
+LAYOUT_MAGIC = b"casreg-layout-v1\x00"
 EntryType = Literal["f", "x", "d"]  # regular file, executable file, (empty) directory
 VersionKind = Literal["file", "dir"]
 MAX_PATH_BYTES = 4096
-MAX_MANIFEST_BYTES = 1 << 31  # ~20 M chunks: a 20 TB version
+#: Decoded JSON of one manifest, at most: ~1.3 M chunk references (a 1.3 TB version at the
+#: default 1 MiB chunks); parsing the largest costs under 1 GB of memory.
+MAX_MANIFEST_BYTES = 128 << 20
+#: Stored (compressed) bytes of one manifest read, at most.
+MAX_STORED_MANIFEST = MAX_MANIFEST_BYTES + (1 << 20)
 
 
 def seal_manifest(json_bytes: bytes) -> bytes:
@@ -101,7 +123,14 @@ def _list(value: object, what: str) -> list[Any]:
     return value
 
 
-def _chunk(c: object, packs: list[str]) -> ChunkRef:
+def stored_bound(raw_size: int) -> int:
+    """The most stored bytes a chunk of ``raw_size`` raw bytes can take: zstd's worst
+    case (``ZSTD_compressBound``) is ``raw + raw/256 + 64 KiB`` and a raw chunk is stored
+    as is, so anything larger is a forgery (and a read of it would allocate for nothing)."""
+    return raw_size + (raw_size >> 8) + (64 << 10)
+
+
+def _chunk(c: object, packs: list[str], max_chunk: int) -> ChunkRef:
     if not isinstance(c, list) or len(c) != 6:
         raise ValueError("a chunk is not a list of 6 fields")
     pack = _count(c[1], "pack number")
@@ -110,8 +139,14 @@ def _chunk(c: object, packs: list[str]) -> ChunkRef:
     codec = _count(c[5], "codec")
     if codec not in _KNOWN_CODECS:
         raise ValueError(f"unknown codec {codec}")
-    return ChunkRef(bytes.fromhex(_hex32(c[0], "chunk digest")), packs[pack], _count(c[2], "offset"),
-                    _count(c[3], "stored size", 1 << 32), _count(c[4], "raw size", 1 << 32), codec)
+    raw = _count(c[4], "raw size")
+    if raw > max_chunk:
+        raise ValueError(f"a chunk claims {raw:,} bytes, more than the registry's maximum chunk size {max_chunk:,}")
+    stored = _count(c[3], "stored size")
+    if stored > stored_bound(raw):
+        raise ValueError(f"a chunk of {raw:,} bytes claims {stored:,} stored bytes, more than any codec produces")
+    return ChunkRef(bytes.fromhex(_hex32(c[0], "chunk digest")), packs[pack], _count(c[2], "offset"), stored, raw,
+                    codec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,24 +169,38 @@ class Entry:
     digest: bytes = b""  # BLAKE3 of the file's bytes; empty for directories
     chunks: list[ChunkRef] = field(default_factory=list)
 
-    def canonical(self) -> bytes:
+    def canonical(self, tree: int = 1) -> bytes:
+        """This entry's record in the tree digest of format ``tree`` (docs/FORMAT.md §5)."""
         p = self.path.encode("utf-8")
         if self.type == "d":
             return b"d " + p + b"\x00"
-        return b"%s %d %s %s\x00" % (self.type.encode(), self.size, self.digest.hex().encode(), p)
+        if tree == 1:
+            return b"%s %d %s %s\x00" % (self.type.encode(), self.size, self.digest.hex().encode(), p)
+        return b"%s %d %s %s %s\x00" % (self.type.encode(), self.size, self.digest.hex().encode(),
+                                        layout_digest(self.chunks).hex().encode(), p)
+
+
+def layout_digest(chunks: list[ChunkRef]) -> bytes:
+    """BLAKE3 of ``"casreg-layout-v1\\0"`` followed by, for each chunk in file order, its
+    32-byte digest and its raw size as 8 bytes little-endian: which bytes sit where in the
+    file (nothing about where they are stored)."""
+    h = blake3(LAYOUT_MAGIC)
+    for c in chunks:
+        h.update(c.digest + c.raw_size.to_bytes(8, "little"))
+    return h.digest()
 
 
 def _sort_key(e: Entry) -> bytes:
     return e.path.encode("utf-8")
 
 
-def tree_digest(kind: VersionKind, entries: list[Entry]) -> bytes:
-    """BLAKE3 of ``"casreg-tree-v1\\0" kind "\\0"`` followed by every entry's canonical
-    record, entries sorted by the UTF-8 bytes of their paths."""
-    h = blake3(TREE_MAGIC)
+def tree_digest(kind: VersionKind, entries: list[Entry], tree: int = 1) -> bytes:
+    """BLAKE3 of ``"casreg-tree-vN\\0" kind "\\0"`` followed by every entry's canonical
+    record (format ``tree``), entries sorted by the UTF-8 bytes of their paths."""
+    h = blake3(TREE_MAGIC[tree])
     h.update(kind.encode() + b"\x00")
     for e in sorted(entries, key=_sort_key):
-        h.update(e.canonical())
+        h.update(e.canonical(tree))
     return h.digest()
 
 
@@ -161,11 +210,21 @@ class Manifest:
     entries: list[Entry]
     chunking: Mapping[str, JsonValue]
     digest: bytes = b""
+    #: The tree format: 2 commits each file's chunk layout (new registries), 1 does not.
+    tree: int = 1
 
     def __post_init__(self) -> None:
+        if self.tree not in TREE_MAGIC:
+            raise ValueError(f"unknown tree format {self.tree}")
         self.entries.sort(key=_sort_key)
         if not self.digest:
-            self.digest = tree_digest(self.kind, self.entries)
+            self.digest = tree_digest(self.kind, self.entries, self.tree)
+
+    @property
+    def commits_layout(self) -> bool:
+        """Whether the version digest commits to where each chunk sits in its file, so a
+        ranged read is verified against the version (format 2), not only chunk by chunk."""
+        return self.tree >= 2
 
     @property
     def hexdigest(self) -> str:
@@ -202,7 +261,7 @@ class Manifest:
                 ]
             entries.append(item)
         doc = {
-            "format": MANIFEST_FORMAT,
+            "format": MANIFEST_FORMATS[self.tree],
             "digest": str(self.version_digest),
             "kind": self.kind,
             "chunking": self.chunking,
@@ -213,10 +272,13 @@ class Manifest:
         return seal_manifest(raw)
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, expected: bytes, where: str) -> Manifest:
+    def from_bytes(cls, data: bytes, *, expected: bytes, where: str, max_chunk: int = MAX_CHUNK_BYTES) -> Manifest:
         """Decode and *verify* a stored manifest: every field has the right type and range,
-        every path is safe, sizes add up, and the recomputed tree digest equals
-        ``expected``. Anything else is an :class:`IntegrityError` naming ``where``."""
+        every path is safe, sizes add up, no chunk claims more than ``max_chunk`` raw bytes
+        (or more stored bytes than a codec can produce), and the recomputed tree digest
+        equals ``expected``. Anything else is an :class:`IntegrityError` naming ``where``."""
+        if len(data) > MAX_STORED_MANIFEST:
+            raise IntegrityError(f"manifest {where} is corrupt: it is larger than {MAX_STORED_MANIFEST:,} bytes")
         body, trailer = data[:-32], data[-32:]
         if len(data) < 32 or blake3(body).digest() != trailer:
             raise IntegrityError(f"manifest {where} is corrupt: its checksum does not match its bytes")
@@ -224,8 +286,9 @@ class Manifest:
             doc = json.loads(zstd_decode(body, MAX_MANIFEST_BYTES))
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
-            if doc.get("format") != MANIFEST_FORMAT:
-                raise ValueError(f"unknown format {doc.get('format')!r}")
+            tree = next((n for n, f in MANIFEST_FORMATS.items() if f == doc.get("format")), None)
+            if tree is None:
+                raise ValueError(f"unknown format {str(doc.get('format'))[:80]!r}")
             kind = doc["kind"]
             if kind not in ("file", "dir"):
                 raise ValueError(f"unknown kind {kind!r}")
@@ -244,7 +307,7 @@ class Manifest:
                     continue
                 if etype not in ("f", "x"):
                     raise ValueError(f"entry {path!r} has unsupported type {etype!r}")
-                chunks = [_chunk(c, packs) for c in _list(item["chunks"], "chunks")]
+                chunks = [_chunk(c, packs, max_chunk) for c in _list(item["chunks"], "chunks")]
                 size = _count(item["size"], "size")
                 if sum(c.raw_size for c in chunks) != size:
                     raise ValueError(f"entry {path!r}: chunk sizes do not add up to {size}")
@@ -266,7 +329,7 @@ class Manifest:
                 if types.get(parent, "d") != "d":
                     raise UnsafePathError(f"manifest {where} is hostile: {parent!r} is both a file and a directory")
                 parent = parent.rpartition("/")[0]
-        manifest = cls(kind, entries, chunking)
+        manifest = cls(kind, entries, chunking, tree=tree)
         if manifest.digest != expected:
             raise IntegrityError(
                 f"manifest {where} is corrupt: its entries hash to blake3:{manifest.hexdigest}, "
@@ -275,13 +338,17 @@ class Manifest:
         return manifest
 
 
-def read_manifest(store: ObjectStore, digest: Digest) -> Manifest:
-    """The manifest of version ``digest``, read and verified (:meth:`Manifest.from_bytes`:
-    its recomputed digest must be ``digest``). A missing manifest of a version that a
-    reference resolved to means a damaged registry: :class:`IntegrityError`, naming it."""
+def read_manifest(store: ObjectStore, digest: Digest, *, max_chunk: int | None = None) -> Manifest:
+    """The manifest of version ``digest``, read (at most :data:`MAX_STORED_MANIFEST` bytes)
+    and verified (:meth:`Manifest.from_bytes`: its recomputed digest must be ``digest``,
+    no chunk larger than ``max_chunk``, by default the registry's ``casreg.json`` bound).
+    A missing manifest of a version that a reference resolved to means a damaged
+    registry: :class:`IntegrityError`, naming it."""
     key = manifest_key(digest)
     try:
-        data = store.read(key)
+        data = store.read(key, ByteRange(0, MAX_STORED_MANIFEST + 1))
     except NotFoundError:
         raise IntegrityError(f"object {key} is missing: the registry is damaged (run casreg verify)") from None
-    return Manifest.from_bytes(data, expected=digest.raw, where=key)
+    if max_chunk is None:
+        max_chunk = max_chunk_size(store)
+    return Manifest.from_bytes(data, expected=digest.raw, where=key, max_chunk=max_chunk)

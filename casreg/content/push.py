@@ -320,9 +320,11 @@ def store_source(
     progress: Progress | None = None,
     threads: int | None = None,
     check_writes: bool = True,
+    tree: int = 2,
 ) -> tuple[Manifest, PushStats]:
     """Store every chunk of ``source`` the registry lacks, then its manifest; return the
-    manifest (whose digest is the version digest) and what it cost.
+    manifest (whose digest is the version digest, of tree format ``tree``: the
+    registry's, :attr:`casreg.content.config.RegistryConfig.tree`) and what it cost.
 
     ``check_writes`` (the default): before anything is stored, every new chunk's encoded
     form is decoded and hashed again and must give its digest, and the manifest's bytes
@@ -346,7 +348,7 @@ def store_source(
             raise
         finally:
             progress.finish()
-    manifest = Manifest(source.kind, entries, params.to_dict())
+    manifest = Manifest(source.kind, entries, params.to_dict(), tree=tree)
     data = manifest.to_bytes()
     key = manifest_key(manifest.hexdigest)
     if check_writes:
