@@ -8,17 +8,21 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 from casreg.digest import Digest
 from casreg.errors import InvalidInputError
 
 __all__ = ["Lineage", "Version", "AliasPointer", "AliasEvent", "Event", "PullResult", "FileInfo", "JsonValue",
-           "clean_labels", "clean_metrics", "utcnow"]
+           "clean_labels", "clean_metrics", "check_record_size", "utcnow", "MAX_TEXT", "MAX_RECORD_BYTES"]
 
 #: A value as JSON (and ``--json`` output) holds it: what SQL rows and ``to_dict`` give.
 JsonValue: TypeAlias = "None | bool | int | float | str | Sequence[JsonValue] | Mapping[str, JsonValue]"
 MAX_KEY = 128
+#: The longest text a record field holds (a description, a param or tag value, a run id).
+MAX_TEXT = 1 << 16
+#: The largest record, as JSON (UTF-8): readers refuse larger ones as damaged.
+MAX_RECORD_BYTES = 1 << 20
 
 
 def _check_keys(kind: str, mapping: Mapping[str, object] | None) -> dict[str, object]:
@@ -62,6 +66,67 @@ def _iso(t: datetime) -> str:
 def parse_time(text: str) -> datetime:
     t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def check_record_size(v: Version) -> None:
+    """:class:`InvalidInputError` naming the field if ``v`` has a text longer than
+    :data:`MAX_TEXT` characters or is larger than :data:`MAX_RECORD_BYTES` as JSON: the
+    limits readers hold records to (:meth:`Version.from_dict`), checked before a push
+    stores anything."""
+    texts = {"description": v.description, "framework": v.framework, "author": v.author,
+             **{f"lineage.{k}": t for k, t in asdict(v.lineage).items() if isinstance(t, str)},
+             **{f"param {k}": t for k, t in v.params.items()}, **{f"tag {k}": t for k, t in v.tags.items()}}
+    for what, text in texts.items():
+        if text is not None and len(text) > MAX_TEXT:
+            raise InvalidInputError(f"{what} is {len(text):,} characters long; at most {MAX_TEXT:,} are allowed")
+    size = len(json.dumps(v.to_dict(), ensure_ascii=False).encode())
+    if size > MAX_RECORD_BYTES:
+        raise InvalidInputError(f"the version's metadata takes {size:,} bytes as JSON; at most {MAX_RECORD_BYTES:,} "
+                                "are allowed (fewer or shorter metrics, params and tags)")
+
+
+# -- checking records read from a store (hostile: every field is checked) -------------------------------
+_MAX_TEXT = MAX_TEXT
+
+
+def _time(value: object, what: str) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, str) and len(value) < 64:
+        return parse_time(value)
+    raise ValueError(f"{what} is not a time")
+
+
+def _text(value: object, what: str, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or len(value) > _MAX_TEXT:
+        raise ValueError(f"{what} is not a string")
+    return value
+
+
+def _number(value: object, what: str, *, optional: bool = False, least: int = 0) -> int | None:
+    if value is None and optional:
+        return None
+    if type(value) is not int or value < least:
+        raise ValueError(f"{what} is not an integer >= {least}")
+    return value
+
+
+def _digest(value: object, what: str, *, optional: bool = False) -> Digest | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{what} is not a digest")
+    return Digest(value)
+
+
+def _mapping(value: object, what: str) -> Mapping[str, object]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ValueError(f"{what} is not an object")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,18 +178,50 @@ class Version:
 
     @classmethod
     def from_dict(cls, record: Mapping[str, object]) -> Version:
-        """A record as :meth:`to_dict` (or a ledger row) gives it; ``ValueError``,
-        ``KeyError`` or ``TypeError`` when it is not one."""
-        d: dict[str, Any] = dict(record)
-        d["created_at"] = parse_time(d["created_at"]) if isinstance(d["created_at"], str) else d["created_at"]
-        d["digest"] = Digest(d["digest"])
-        lineage = dict(d.get("lineage") or {})
-        if lineage.get("parent") is not None:
-            lineage["parent"] = Digest(lineage["parent"])
-        d["lineage"] = Lineage(**lineage)
-        for k in ("metrics", "params", "tags"):
-            d[k] = dict(d.get(k) or {})
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+        """A record as :meth:`to_dict` (or a ledger row) gives it, every field checked
+        (types, ranges, a valid name, a well-formed digest); ``ValueError`` naming the
+        field when it is not one. Unknown fields are ignored (newer writers)."""
+        from casreg.refs import validate_name
+
+        d = _mapping(record, "the record")
+        lin = _mapping(d.get("lineage"), "lineage")
+        dirty = lin.get("git_dirty")
+        if dirty is not None and not isinstance(dirty, bool):
+            raise ValueError("lineage.git_dirty is not a boolean")
+        lineage = Lineage(
+            git_commit=_text(lin.get("git_commit"), "lineage.git_commit", optional=True), git_dirty=dirty,
+            hostname=_text(lin.get("hostname"), "lineage.hostname", optional=True),
+            python_version=_text(lin.get("python_version"), "lineage.python_version", optional=True),
+            casreg_version=_text(lin.get("casreg_version"), "lineage.casreg_version", optional=True),
+            parent=_digest(lin.get("parent"), "lineage.parent", optional=True),
+            run_id=_text(lin.get("run_id"), "lineage.run_id", optional=True),
+            dataset=_text(lin.get("dataset"), "lineage.dataset", optional=True))
+        metrics: dict[str, float] = {}
+        for k, v in _mapping(d.get("metrics"), "metrics").items():
+            if type(v) not in (int, float):
+                raise ValueError(f"metric {k[:40]!r} is not a number")
+            metrics[k] = float(v)  # type: ignore[arg-type]  # an int or a float, just checked
+        labels = {}
+        for field_name in ("params", "tags"):
+            labels[field_name] = {k: str(_text(v, f"{field_name}.{k[:40]}"))
+                                  for k, v in _mapping(d.get(field_name), field_name).items()}
+        kind = d.get("kind")
+        if kind not in ("file", "dir"):
+            raise ValueError("kind is not 'file' or 'dir'")
+        name = _text(d.get("name"), "name")
+        assert name is not None
+        return cls(
+            name=validate_name(name), version=int(_number(d.get("version"), "version", least=1) or 0),
+            digest=Digest(str(_text(d.get("digest"), "digest"))), kind=str(kind),
+            size=int(_number(d.get("size"), "size") or 0),
+            stored_bytes=int(_number(d.get("stored_bytes"), "stored_bytes") or 0),
+            new_bytes=int(_number(d.get("new_bytes"), "new_bytes") or 0),
+            file_count=int(_number(d.get("file_count"), "file_count") or 0),
+            chunk_count=int(_number(d.get("chunk_count"), "chunk_count") or 0),
+            created_at=_time(d.get("created_at"), "created_at"), author=str(_text(d.get("author"), "author")),
+            framework=_text(d.get("framework"), "framework", optional=True),
+            description=_text(d.get("description"), "description", optional=True),
+            metrics=metrics, params=labels["params"], tags=labels["tags"], lineage=lineage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,17 +257,39 @@ class AliasEvent:
 
     @classmethod
     def from_dict(cls, record: Mapping[str, object]) -> AliasEvent:
-        """An event as :meth:`to_dict` (or a ledger row) gives it; ``ValueError``,
-        ``KeyError`` or ``TypeError`` when it is not one."""
-        d: dict[str, Any] = dict(record)
-        d["time"] = parse_time(d["time"]) if isinstance(d["time"], str) else d["time"]
-        if isinstance(d.get("details"), str):
-            d["details"] = json.loads(d["details"]) if d["details"] else None
-        for k in ("from_digest", "to_digest"):
-            if d.get(k) is not None:
-                d[k] = Digest(d[k])
-        fields: dict[str, Any] = {k: d.get(k) for k in cls.__dataclass_fields__}
-        return cls(**fields)
+        """An event as :meth:`to_dict` (or a ledger row) gives it, every field checked (a
+        32-hex id, a valid model name or ``_registry``, a valid alias, well-formed digests,
+        version numbers >= 1, ``details`` a JSON object); ``ValueError`` naming the field
+        when it is not one."""
+        from casreg.refs import validate_alias, validate_name
+
+        d = _mapping(record, "the event")
+        event_id = _text(d.get("event_id"), "event_id")
+        if event_id is None or len(event_id) != 32 or any(c not in "0123456789abcdef" for c in event_id):
+            raise ValueError("event_id is not 32 lowercase hex digits")
+        name = str(_text(d.get("name"), "name"))
+        if name != "_registry":
+            validate_name(name)
+        alias = _text(d.get("alias"), "alias", optional=True)
+        if alias is not None:
+            validate_alias(alias)
+        kind = str(_text(d.get("kind"), "kind"))
+        if not kind or len(kind) > 64:
+            raise ValueError("kind is empty or too long")
+        details = d.get("details")
+        if isinstance(details, str):
+            details = json.loads(details) if details else None
+        if details is not None and not isinstance(details, Mapping):
+            raise ValueError("details is not a JSON object")
+        return cls(
+            event_id=event_id, time=_time(d.get("time"), "time"), kind=kind, name=name, alias=alias,
+            from_digest=_digest(d.get("from_digest"), "from_digest", optional=True),
+            to_digest=_digest(d.get("to_digest"), "to_digest", optional=True),
+            from_version=_number(d.get("from_version"), "from_version", optional=True, least=1),
+            to_version=_number(d.get("to_version"), "to_version", optional=True, least=1),
+            author=str(_text(d.get("author"), "author")), host=str(_text(d.get("host"), "host")),
+            reason=_text(d.get("reason"), "reason", optional=True),
+            details=dict(details) if details is not None else None)
 
 
 #: Every ledger event (pushes excepted, which are version records) is an AliasEvent row;

@@ -33,6 +33,7 @@ from casreg.records import (
     Lineage,
     PullResult,
     Version,
+    check_record_size,
     clean_labels,
     clean_metrics,
     utcnow,
@@ -182,7 +183,8 @@ class Registry:
                         author=author, framework=framework, description=description,
                         metrics=clean_metrics(metrics), params=clean_labels("param", params),
                         tags=clean_labels("tag", tags), lineage=lineage)
-        check_push(self.store, probe, author)  # before any byte is stored
+        check_record_size(probe)  # before any byte is stored
+        check_push(self.store, probe, author)
 
         source = scan_source(path)
         _preload("pyarrow.parquet")  # needed at commit; importing it now overlaps the chunking
@@ -201,7 +203,7 @@ class Registry:
         files = [{"path": e.path, "type": e.type, "size": e.size, "digest": e.digest.hex() if e.digest else None}
                  for e in manifest.entries]
         check_before_commit(self.store, manifest, threads=self.threads)  # gc protocol (docs/gc.md): right before
-        version = commit_version(self.store, record, files)
+        version = commit_version(self.store, record, files, tree=config.tree)
         # "kind" is the event's (push); the version's own kind (file/dir) goes under version_kind
         self._notify({**version.to_dict(), "kind": "push", "version_kind": version.kind})
         if alias is not None:

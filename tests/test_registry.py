@@ -611,6 +611,11 @@ def test_files_lists_entries(reg: Registry, tmp_path: Path) -> None:
 
 
 def test_lost_ledger_sidecar_is_restored_from_parquet(reg: Registry, tmp_path: Path) -> None:
+    """Format 1 (older registries) keeps a JSON copy of each record for resolving."""
+    from casreg.content.chunking import DEFAULT_CHUNK_PARAMS
+    from casreg.content.config import init_config
+
+    init_config(reg.store, DEFAULT_CHUNK_PARAMS, registry_format="casreg/1")
     v = reg.push("m", write(tmp_path / "f", "x"), metrics={"auc": 0.5}, params={"p": 1}, tags={"t": "x"},
                  framework="fw", description="d", run_id="r", dataset="ds")
     key = "refs/m/0000000001.json"
@@ -619,6 +624,15 @@ def test_lost_ledger_sidecar_is_restored_from_parquet(reg: Registry, tmp_path: P
     assert reg.show("m:1") == v
     assert reg.resolve("m").digest == v.digest
     assert reg.store.exists(key)  # restored
+
+
+def test_format_2_resolves_from_the_segment_alone(reg: Registry, tmp_path: Path) -> None:
+    """A format-2 registry writes no JSON copy: the segment's footer carries the record."""
+    v = reg.push("m", write(tmp_path / "f", "x"), metrics={"auc": 0.5}, params={"p": 1}, tags={"t": "x"},
+                 framework="fw", description="d", run_id="r", dataset="ds")
+    assert not list(reg.store.list("refs"))
+    assert reg.show("m:1") == v == reg.ls("m")[0]
+    assert reg.resolve("m").digest == v.digest
 
 
 # -- what push accepts ---------------------------------------------------------------------------------
@@ -749,3 +763,23 @@ def test_pull_force_onto_a_symlink_replaces_the_link_not_its_target(reg: Registr
     reg.pull("m", dangling, force=True)
     assert not dangling.is_symlink() and snapshot(dangling) == snapshot(src)
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_metadata_beyond_what_readers_accept_is_refused_before_storing(reg: Registry, tmp_path: Path) -> None:
+    """Readers hold a record to MAX_TEXT per field and MAX_RECORD_BYTES in all (a larger
+    one reads as damaged); push refuses such metadata before it stores a byte."""
+    from casreg.records import MAX_RECORD_BYTES, MAX_TEXT
+
+    f = write(tmp_path / "f", "x" * 1000)
+    with pytest.raises(InvalidInputError, match="description is 65,537 characters long"):
+        reg.push("m", f, description="d" * (MAX_TEXT + 1))
+    with pytest.raises(InvalidInputError, match="param p is"):
+        reg.push("m", f, params={"p": "v" * (MAX_TEXT + 1)})
+    many = {f"p{i}": "é" * 100 for i in range(MAX_RECORD_BYTES // 200 + 1)}
+    with pytest.raises(InvalidInputError, match="metadata takes .* bytes as JSON"):
+        reg.push("m", f, params=many)
+    assert list(reg.store.list("")) == []
+    near = {f"p{i}": "é" * 100 for i in range(MAX_RECORD_BYTES // 250)}  # just under: stored and read back
+    v = reg.push("m", f, params=near, description="ü" * MAX_TEXT)
+    assert reg.show("m:1") == v == reg.ls("m")[0]
+    assert reg.verify().ok

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from casreg import Registry, UnknownReferenceError
+from casreg import IntegrityError, Registry, UnknownReferenceError
 from casreg.content.manifest import ChunkRef, Entry, Manifest
 from casreg.content.packs import decode_index
 from casreg.keys import index_key, manifest_key, pack_key, pointer_key
@@ -289,9 +289,23 @@ def test_alias_to_a_digest_no_version_records(reg2: Registry) -> None:
     assert p.key == pointer_key("m", "prod") and "no version records" in p.reason
 
 
-def test_json_copy_that_disagrees_with_the_ledger(reg2: Registry) -> None:
-    """``resolve m:1`` reads the JSON copy: one saying m:1 is m:2's digest would quietly
-    serve the wrong model (every byte of it verified), so verify compares them."""
+@pytest.fixture
+def reg2_format1(registry: Registry, sources: tuple[Path, Path]) -> Registry:
+    """``reg2`` in a registry of format 1, which resolves ``NAME:N`` through JSON copies."""
+    from casreg.content.chunking import DEFAULT_CHUNK_PARAMS
+    from casreg.content.config import init_config
+
+    init_config(registry.store, DEFAULT_CHUNK_PARAMS, registry_format="casreg/1")
+    registry.push("m", sources[0])
+    registry.push("m", sources[1])
+    return registry
+
+
+def test_json_copy_that_disagrees_with_the_ledger(reg2_format1: Registry) -> None:
+    """A format-1 registry resolves ``m:1`` through its JSON copy: one saying m:1 is m:2's
+    digest would quietly serve the wrong model (every byte of it verified), so verify
+    compares them."""
+    reg2 = reg2_format1
     key = "refs/m/0000000001.json"
     doc = json.loads(reg2.store.read(key))
     doc["digest"] = reg2.resolve("m:2").digest
@@ -299,6 +313,64 @@ def test_json_copy_that_disagrees_with_the_ledger(reg2: Registry) -> None:
     assert reg2.resolve("m:1").digest == reg2.resolve("m:2").digest  # what a reader would get
     (p,) = reg2.verify().problems
     assert (p.key, p.versions) == (key, ["m:1"]) and "the ledger says" in p.reason
+
+
+def _rewrite_segment(store: ObjectStore, key: str, *, footer: dict[str, object] | None = None,
+                     row: dict[str, object] | None = None) -> None:
+    """Re-encode a version segment with some fields of its footer record and/or its row
+    replaced (a forger with write access to the store)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from casreg.ledger.schema import RECORD_KEY, parquet_bytes, record_from_metadata, record_metadata
+    from casreg.records import Version
+
+    table = pq.read_table(io.BytesIO(store.read(key)))
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    record = record_from_metadata(meta)
+    assert record is not None
+    if footer:
+        meta[RECORD_KEY] = record_metadata(Version.from_dict({**record.to_dict(), **footer}))[RECORD_KEY]
+    rows = table.to_pylist()
+    rows[0].update(row or {})
+    table = pa.Table.from_pylist(rows, schema=table.schema).replace_schema_metadata(meta)
+    replace(store, key, parquet_bytes(table))
+
+
+def test_segment_whose_footer_record_disagrees_with_its_row(reg2: Registry) -> None:
+    """Format 2 resolves ``m:1`` from the record in its segment's footer; SQL and ``ls``
+    read the row. A forged footer naming m:2's digest would serve the wrong model, so
+    verify compares the two and names the segment and the version."""
+    key = "ledger/versions/m/0000000001.parquet"
+    other = reg2.resolve("m:2").digest
+    _rewrite_segment(reg2.store, key, footer={"digest": other})
+    assert reg2.resolve("m:1").digest == other  # what a reader would get
+    assert reg2.sql("select digest from versions where version = 1")[0]["digest"] != other
+    (p,) = reg2.verify().problems
+    assert (p.key, p.kind, p.versions) == (key, "corrupt", ["m:1"])
+    assert "footer" in p.reason and other in p.reason
+
+
+def test_segment_whose_row_names_another_version(reg2: Registry) -> None:
+    key = "ledger/versions/m/0000000001.parquet"
+    _rewrite_segment(reg2.store, key, footer={"version": 2}, row={"version": 2})
+    problems = reg2.verify().problems
+    assert any(p.key == key and "records m:2, not m:1" in p.reason for p in problems), problems
+    with pytest.raises(IntegrityError, match="0000000001.parquet.*records m:2, not m:1"):
+        reg2.show("m:1")
+
+
+def test_segment_with_a_damaged_footer_record(reg2: Registry) -> None:
+    """The footer record carries its own checksum: a bit flipped in it is named."""
+    key = "ledger/versions/m/0000000001.parquet"
+    data = reg2.store.read(key)
+    at = data.rindex(b'"author"')
+    replace(reg2.store, key, data[:at + 2] + bytes([data[at + 2] ^ 0x01]) + data[at + 3:])
+    with pytest.raises(IntegrityError, match=r"ledger segment .*0000000001.parquet.* is corrupt"):
+        reg2.resolve("m:1")
+    assert any(p.key == key and p.kind == "corrupt" for p in reg2.verify().problems)
 
 
 def test_unreadable_ledger_segment(reg2: Registry) -> None:

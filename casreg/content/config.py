@@ -92,13 +92,20 @@ class RegistryConfig:
         return cls(str(doc["format"]), created, chunking, level)
 
 
+_MAX_CHUNK: weakref.WeakKeyDictionary[ObjectStore, int] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
 def read_config(store: ObjectStore) -> RegistryConfig | None:
     """The registry's configuration, or ``None`` if nothing was ever pushed to it."""
     try:
         data = store.read(CONFIG_KEY)
     except NotFoundError:
         return None
-    return RegistryConfig.from_json(data, store.url)
+    config = RegistryConfig.from_json(data, store.url)
+    with _LOCK:  # casreg.json never changes: later readers of the bound need not read it again
+        _MAX_CHUNK[store] = config.max_chunk
+    return config
 
 
 def init_config(store: ObjectStore, chunking: ChunkParams, *,
@@ -117,10 +124,6 @@ def init_config(store: ObjectStore, chunking: ChunkParams, *,
         config = read_config(store)
         assert config is not None
     return config
-
-
-_MAX_CHUNK: weakref.WeakKeyDictionary[ObjectStore, int] = weakref.WeakKeyDictionary()
-_LOCK = threading.Lock()
 
 
 def max_chunk_size(store: ObjectStore) -> int:

@@ -7,9 +7,12 @@ pyarrow is imported inside each function, so importing this module costs nothing
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+from blake3 import blake3
 
 from casreg.digest import Digest
 from casreg.records import Lineage, Version
@@ -17,12 +20,15 @@ from casreg.records import Lineage, Version
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["SEGMENT_COLUMN", "RECORD_COLUMNS", "version_schema", "event_schema", "compacted_event_schema",
+__all__ = ["RECORD_KEY", "record_metadata", "record_from_metadata",
+           "SEGMENT_COLUMN", "RECORD_COLUMNS", "version_schema", "event_schema", "compacted_event_schema",
            "parquet_bytes", "version_row", "project", "conform", "read_segment", "segments_table",
            "sort_versions", "sort_events", "versions_from_table", "load_compacted"]
 
 #: The extra column of compacted events files: the key of the segment each row came from.
 SEGMENT_COLUMN = "segment"
+#: The footer metadata key of a version segment holding its record as JSON (§6).
+RECORD_KEY = "casreg.record"
 
 
 def version_schema() -> pa.Schema:
@@ -214,3 +220,30 @@ def sort_versions(table: pa.Table) -> pa.Table:
 
 def sort_events(table: pa.Table) -> pa.Table:
     return table.sort_by([(SEGMENT_COLUMN, "ascending")]) if table.num_rows > 1 else table
+
+
+def _canonical(record: Mapping[str, object]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def record_metadata(v: Version) -> dict[str, str]:
+    """The footer metadata a version segment carries: the record as JSON with its BLAKE3,
+    so a reader gets the record from the segment itself without pyarrow, and notices a
+    damaged copy of it."""
+    record = dict(v.to_dict())
+    doc = {"record": record, "blake3": blake3(_canonical(record)).hexdigest()}
+    return {RECORD_KEY: json.dumps(doc, ensure_ascii=False)}
+
+
+def record_from_metadata(metadata: dict[str, str]) -> Version | None:
+    """The record a segment's footer metadata holds, ``None`` if it holds none (segments
+    written before format 2); ``ValueError`` if it is there but damaged or malformed."""
+    text = metadata.get(RECORD_KEY)
+    if text is None:
+        return None
+    doc = json.loads(text)
+    if not isinstance(doc, dict) or not isinstance(doc.get("record"), dict) or not isinstance(doc.get("blake3"), str):
+        raise ValueError(f"{RECORD_KEY} metadata is malformed")
+    if blake3(_canonical(doc["record"])).hexdigest() != doc["blake3"]:
+        raise ValueError(f"{RECORD_KEY} metadata does not match its checksum")
+    return Version.from_dict(doc["record"])

@@ -43,6 +43,7 @@ from casreg.keys import (
     version_copy_key,
     version_segment_key,
 )
+from casreg.ledger.footer import key_value_metadata
 from casreg.ledger.head import (
     LedgerHead,
     read_compacted,
@@ -58,6 +59,9 @@ from casreg.ledger.schema import (
     event_schema,
     parquet_bytes,
     project,
+    read_segment,
+    record_from_metadata,
+    record_metadata,
     segments_table,
     sort_events,
     sort_versions,
@@ -66,16 +70,18 @@ from casreg.ledger.schema import (
     versions_from_table,
 )
 from casreg.records import AliasEvent, Version
-from casreg.storage import ObjectStore
+from casreg.storage import ByteRange, ObjectStore
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 __all__ = [
+    "MAX_SEGMENT_BYTES",
     "commit_version",
     "version_numbers",
     "latest_number",
     "read_version",
+    "segment_disagreement",
     "list_versions",
     "append_event",
     "is_event_key",
@@ -88,6 +94,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_NUMBER_ATTEMPTS = 10_000
+#: A version segment is one row (its file list included): a few KiB, or a few MiB for a
+#: directory of 10,000 files. Reads stop here.
+MAX_SEGMENT_BYTES = 64 << 20
 
 
 def is_event_key(key: str) -> bool:
@@ -130,11 +139,16 @@ def read_many(store: ObjectStore, keys: Sequence[str], *, threads: int = 16) -> 
 
 
 # -- versions --------------------------------------------------------------------------------
-def commit_version(store: ObjectStore, record: Version, files: list[dict[str, Any]]) -> Version:
+def commit_version(store: ObjectStore, record: Version, files: list[dict[str, Any]], *,
+                   tree: int = 2) -> Version:
     """Write ``record`` as the next version of its model and return it with its number.
 
     ``record.version`` is ignored: numbering starts after the latest committed version
-    and climbs past any number a concurrent pusher takes first."""
+    and climbs past any number a concurrent pusher takes first. In a registry of format 2
+    (``tree=2``) the segment carries the record in its footer metadata too
+    (:func:`casreg.ledger.schema.record_metadata`); format 1 writes the segment as older
+    versions of casreg did, followed by the ``refs/`` JSON copy its readers resolve with
+    (docs/FORMAT.md §6)."""
     import dataclasses
 
     import pyarrow as pa
@@ -143,7 +157,10 @@ def commit_version(store: ObjectStore, record: Version, files: list[dict[str, An
     number = (latest_number(store, record.name) or 0) + 1
     for attempt in range(1, MAX_NUMBER_ATTEMPTS + 1):
         rec = dataclasses.replace(record, version=number)
-        data = parquet_bytes(pa.Table.from_pylist([version_row(rec, files)], schema=schema))
+        table = pa.Table.from_pylist([version_row(rec, files)], schema=schema)
+        data = parquet_bytes(table.replace_schema_metadata(record_metadata(rec)) if tree >= 2 else table)
+        if tree >= 2:
+            _check_reads_back(data, rec)
         key = version_segment_key(rec.name, number)
         if store.create(key, data):
             break
@@ -156,28 +173,65 @@ def commit_version(store: ObjectStore, record: Version, files: list[dict[str, An
     else:
         raise ConflictError(f"could not allocate a version number for {record.name} after {MAX_NUMBER_ATTEMPTS:,} "
                             "attempts (other pushers took every one); nothing was committed, push again")
-    store.create(version_copy_key(rec.name, number), json.dumps(rec.to_dict()).encode())
+    if tree < 2:
+        store.create(version_copy_key(rec.name, number), json.dumps(rec.to_dict()).encode())
     return rec
 
 
+def _check_reads_back(data: bytes, rec: Version) -> None:
+    """What readers will get from the segment about to be committed must be ``rec``."""
+    try:
+        back = record_from_metadata(key_value_metadata(data))
+    except ValueError as err:
+        back, why = None, _first_line(err)
+    else:
+        why = "it reads back as another record"
+    if back != rec:
+        raise IntegrityError(f"the ledger segment of {rec.ref} would not read back ({why}); nothing was committed")
+
+
 def read_version(store: ObjectStore, name: str, number: int) -> Version:
-    """The record of ``name:number``: from its JSON copy, else from the Parquet segment
-    (which is the record; the copy is a cache for resolving without pyarrow, rebuilt here
-    when it is missing). A copy that does not parse is passed over for the segment; a
-    segment that does not parse is an :class:`IntegrityError` naming it."""
+    """The record of ``name:number``, read from its ledger segment (the authority): from
+    the copy of the record in the segment's footer metadata, without pyarrow (segments
+    of format 2, docs/FORMAT.md §6). For an older segment without one, from the
+    ``refs/`` JSON copy (a cache, which ``casreg verify`` checks against the segment),
+    else by parsing the segment. Anything that does not parse, or that records another
+    version than the one its key names, is an :class:`IntegrityError` naming the key."""
+    key = version_segment_key(name, number)
+    try:
+        data = store.read(key, ByteRange(0, MAX_SEGMENT_BYTES + 1))
+    except NotFoundError:
+        raise NotFoundError(f"{name}:{number} does not exist") from None
+    try:
+        if len(data) > MAX_SEGMENT_BYTES:
+            raise ValueError(f"larger than {MAX_SEGMENT_BYTES:,} bytes")
+        rec = record_from_metadata(key_value_metadata(data))
+    except (ValueError, KeyError, TypeError) as err:
+        raise IntegrityError(f"ledger segment {key} in {store.url} is corrupt ({_first_line(err)}); "
+                             "run casreg verify") from None
+    if rec is None:
+        rec = _read_old_segment(store, key, data, name, number)
+    if (rec.name, rec.version) != (name, number):
+        raise IntegrityError(f"ledger segment {key} in {store.url} records {rec.ref}, not {name}:{number}")
+    return rec
+
+
+def _read_old_segment(store: ObjectStore, key: str, data: bytes, name: str, number: int) -> Version:
+    """A segment written before its footer carried the record: its ``refs/`` copy if that
+    parses and names this version, else the segment's row (pyarrow), copied to ``refs/``
+    again when the registry is writable."""
     copy = version_copy_key(name, number)
     try:
-        return Version.from_dict(json.loads(store.read(copy)))
+        rec = Version.from_dict(json.loads(store.read(copy)))
+        if (rec.name, rec.version) == (name, number):
+            return rec
+        log.warning("casreg: %s in %s names %s; reading the ledger segment instead", copy, store.url, rec.ref)
+        missing = False
     except NotFoundError:
         missing = True
     except (ValueError, KeyError, TypeError) as err:
         log.warning("casreg: %s in %s does not parse (%s); reading the ledger segment instead", copy, store.url, err)
         missing = False
-    key = version_segment_key(name, number)
-    try:
-        data = store.read(key)
-    except NotFoundError:
-        raise NotFoundError(f"{name}:{number} does not exist") from None
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -190,14 +244,37 @@ def read_version(store: ObjectStore, name: str, number: int) -> Version:
     except (ValueError, KeyError, TypeError, IndexError, pa.ArrowException) as err:
         raise IntegrityError(f"ledger segment {key} in {store.url} is corrupt ({_first_line(err)}); "
                              "run casreg verify") from None
-    if (rec.name, rec.version) != (name, number):
-        raise IntegrityError(f"ledger segment {key} in {store.url} records {rec.ref}, not {name}:{number}")
     if missing:  # best effort: a reader of a read-only registry must not fail for a cache
         try:
             store.create(copy, json.dumps(rec.to_dict()).encode())
         except StorageError:
             pass
     return rec
+
+
+def segment_disagreement(data: bytes, name: str, number: int) -> str | None:
+    """Why the segment of ``name:number`` is not one consistent record of that version:
+    its row names another version, or the record in its footer metadata (which
+    ``resolve`` reads) differs from its row. ``None`` if all agree (a segment written
+    before format 2 has no footer record to compare). ``ValueError`` if it does not
+    parse. For ``casreg verify``."""
+    import pyarrow as pa
+
+    footer = record_from_metadata(key_value_metadata(data))
+    try:
+        rows = versions_from_table(read_segment(data, version_schema()))
+    except (KeyError, TypeError, IndexError, pa.ArrowException) as err:
+        raise ValueError(_first_line(err)) from None
+    if len(rows) != 1:
+        return f"the segment holds {len(rows)} rows, not one"
+    row = rows[0]
+    if (row.name, row.version) != (name, number):
+        return f"the segment's row records {row.ref}, not {name}:{number}"
+    if footer is None or row == footer:
+        return None
+    fields = [k for k, v in row.to_dict().items() if footer.to_dict().get(k) != v]
+    return (f"the record in its footer (which resolve reads) says {footer.ref} is {footer.digest}; its row says "
+            f"{row.ref} is {row.digest} (fields that differ: {', '.join(fields) or 'none'})")
 
 
 def _first_line(err: BaseException) -> str:

@@ -53,6 +53,7 @@ from casreg.keys import (
     parse_version_copy_key,
     parse_version_segment_key,
 )
+from casreg.ledger.segments import MAX_SEGMENT_BYTES, segment_disagreement
 from casreg.maintenance.reachable import VersionRef, ledger_versions
 from casreg.progress import NullProgress, Progress
 from casreg.records import JsonValue
@@ -438,6 +439,33 @@ def _read_pointers(store: ObjectStore, report: VerifyReport) -> list[tuple[str, 
     return out
 
 
+def _segments(store: ObjectStore, keys: list[str], report: VerifyReport, threads: int) -> None:
+    """Each version segment must be one consistent record of the version its key names:
+    ``resolve NAME:N`` reads the copy of the record in the segment's footer, SQL and
+    ``ls`` read its row, so the two must agree (docs/FORMAT.md §6)."""
+    damaged = {p.key for p in report.problems}
+
+    def check(key: str) -> Problem | None:
+        named = parse_version_segment_key(key)
+        if named is None or key in damaged:
+            return None
+        try:
+            data = store.read(key, ByteRange(0, MAX_SEGMENT_BYTES + 1))
+            if len(data) > MAX_SEGMENT_BYTES:
+                return Problem(key, "corrupt", f"the ledger segment is larger than {MAX_SEGMENT_BYTES:,} bytes")
+            reason = segment_disagreement(data, *named)
+        except NotFoundError:
+            return None
+        except ValueError as err:
+            return Problem(key, "corrupt", f"the ledger segment does not read: {str(err)[:200]}",
+                           [f"{named[0]}:{named[1]}"])
+        return None if reason is None else Problem(key, "corrupt", reason, [f"{named[0]}:{named[1]}"])
+
+    for problem in bounded_map(check, keys, threads):
+        if problem is not None:
+            report.problems.append(problem)
+
+
 def _sidecars(store: ObjectStore, keys: list[str], versions: list[VersionRef], report: VerifyReport,
               threads: int) -> None:
     """``resolve NAME:N`` reads ``refs/<name>/<N>.json``: it must agree with the ledger.
@@ -652,6 +680,7 @@ def verify_registry(store: ObjectStore, *, progress: Progress | None = None,
         if to.removeprefix("blake3:") not in digests:
             report.problems.append(Problem(key, "corrupt", f"the alias points at {to}, which no version records"))
     _sidecars(store, sidecars, versions, report, 2 * nthreads)
+    _segments(store, sorted(store.list(VERSIONS)), report, 2 * nthreads)
     good_index = _verify_indexes(store, objects, report, 2 * nthreads)
     packs = _verify_packs(store, objects, good_index, report, progress, nthreads)
     referenced = _verify_manifests(store, versions, packs, report, 2 * nthreads)
