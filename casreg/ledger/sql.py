@@ -16,15 +16,20 @@ Views (documented in docs/FORMAT.md):
 
 Ledger files are read through the store (compacted files plus the segments they do not
 cover, see :mod:`casreg.ledger.segments`), so the same views work on every backend, and registered
-in DuckDB as Arrow tables. :func:`query` reads only the tables its SQL names: a query on
+in DuckDB as Arrow objects. :func:`query` reads only the tables its SQL names: a query on
 ``versions`` reads no events and no alias pointers.
+
+The SQL cannot touch the machine: every connection is opened with DuckDB's external access
+off (no file or URL is read or written, no database attached from a file, no extension
+installed or loaded, no Python variable scanned, nothing spilled to a temporary directory)
+and its configuration is locked once the views exist, so a query cannot turn any of that
+back on. The views read only what casreg handed DuckDB from the store, in memory.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import decimal
-import io
 import re
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
@@ -118,41 +123,83 @@ def _aliases_table(store: ObjectStore) -> Any:
     return pa.Table.from_pylist(rows, schema=_aliases_schema())
 
 
+#: The settings every connection is opened with (DuckDB 2.x accepts each at connect time);
+#: ``lock_configuration`` follows once the views exist.
+_LOCKED_DOWN: dict[str, str | bool] = {
+    # no file system or network: read_text/read_csv/read_parquet/glob of a path or URL,
+    # COPY TO/FROM, EXPORT/IMPORT DATABASE, ATTACH of a file, INSTALL and LOAD of an
+    # extension file all fail with a Permission Error (and so do Python replacement scans)
+    "enable_external_access": False,
+    # no extension fetched or loaded behind a query's back (built-in ones still work)
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    # CREATE PERSISTENT SECRET would write under ~/.duckdb
+    "allow_persistent_secrets": False,
+    # a bare name never reads a Python variable of the calling frames
+    "python_enable_replacements": False,
+    # no spilling to ./.tmp: a query larger than memory fails instead of writing files
+    "temp_directory": "",
+}
+
+
 def connect(store: ObjectStore, tables: Collection[str] | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the ledger views over a snapshot of ``store``,
     every table handed over as Arrow. ``tables`` limits which of ``_versions``,
-    ``_events``, ``_aliases`` are read (the others are empty); default all."""
-    return _connect(store, tables, keep=None)
+    ``_events``, ``_aliases`` are read (the others are empty); default all.
+
+    The connection cannot reach the file system, the network or extensions, and its
+    configuration is locked (see the module doc): statements that try fail with a
+    ``duckdb.Error``."""
+    return _connect(store, tables, lazy=False)
 
 
-def _connect(store: ObjectStore, tables: Collection[str] | None, keep: list[Any] | None) -> duckdb.DuckDBPyConnection:
-    """``keep`` given: DuckDB reads the compacted versions files itself (from their bytes,
-    read through the store and checked), so only the columns and row groups a query needs
-    are decoded; the relations that hold those bytes go into ``keep``, which must outlive
-    the connection's use (DuckDB forgets the bytes when the relation is collected)."""
+def _compacted_dataset(blobs: list[bytes]) -> Any:
+    """The compacted versions files as one pyarrow dataset over their bytes (in memory), in
+    the current versions schema (a column older files lack reads as nulls). DuckDB scans it
+    as an Arrow source, pushing projections and filters down, so only the columns and row
+    groups a query needs are decoded. DuckDB's own Parquet reader is not used: it reads
+    file-like objects through a file system of the connection, which external access off
+    refuses, and allowing those paths would let a query overwrite them."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    fmt = ds.ParquetFileFormat()
+    fragments = [fmt.make_fragment(pa.BufferReader(b)) for b in blobs]
+    return ds.FileSystemDataset(fragments, schema=version_schema(), format=fmt)
+
+
+def _connect(store: ObjectStore, tables: Collection[str] | None, *, lazy: bool) -> duckdb.DuckDBPyConnection:
+    """``lazy``: the compacted versions files are handed over undecoded (see
+    :func:`_compacted_dataset`) instead of as one decoded Arrow table. Either way the
+    connection is opened locked down (:data:`_LOCKED_DOWN`) and its configuration is
+    locked before it is returned."""
     import duckdb
 
     wanted = set(_SOURCES) if tables is None else set(tables)
-    con = duckdb.connect(":memory:")
-    con.execute("SET TimeZone = 'UTC'")
-    if "_versions" not in wanted:
-        con.register("_versions", version_schema().empty_table())
-    elif keep is None:
-        con.register("_versions", versions_table(store))
-    else:
-        blobs, rest = versions_parts(store)
-        con.register("_versions_rest", rest)
-        if blobs:
-            rel = con.read_parquet([io.BytesIO(b) for b in blobs])
-            keep.append(rel)
-            rel.create_view("_versions_compacted")
-            con.execute("CREATE VIEW _versions AS SELECT * FROM _versions_compacted "
-                        "UNION ALL BY NAME SELECT * FROM _versions_rest")
+    con = duckdb.connect(":memory:", config=dict(_LOCKED_DOWN))
+    try:
+        con.execute("SET TimeZone = 'UTC'")  # not accepted at connect time; before the lock
+        if "_versions" not in wanted:
+            con.register("_versions", version_schema().empty_table())
+        elif not lazy:
+            con.register("_versions", versions_table(store))
         else:
-            con.execute("CREATE VIEW _versions AS SELECT * FROM _versions_rest")
-    con.register("_events", events_table(store) if "_events" in wanted else event_schema().empty_table())
-    con.register("_aliases", _aliases_table(store) if "_aliases" in wanted else _aliases_schema().empty_table())
-    con.execute(_VIEWS)
+            blobs, rest = versions_parts(store)
+            con.register("_versions_rest", rest)
+            if blobs:
+                con.register("_versions_compacted", _compacted_dataset(blobs))
+                con.execute("CREATE VIEW _versions AS SELECT * FROM _versions_compacted "
+                            "UNION ALL BY NAME SELECT * FROM _versions_rest")
+            else:
+                con.execute("CREATE VIEW _versions AS SELECT * FROM _versions_rest")
+        con.register("_events", events_table(store) if "_events" in wanted else event_schema().empty_table())
+        con.register("_aliases", _aliases_table(store) if "_aliases" in wanted else _aliases_schema().empty_table())
+        con.execute(_VIEWS)
+        con.execute("SET lock_configuration = true")
+    except BaseException:
+        con.close()
+        raise
     return con
 
 
@@ -185,11 +232,13 @@ def _plain(value: Any, typ: Any) -> Any:
 
 
 def query(store: ObjectStore, sql: str) -> list[dict[str, Any]]:
-    """Run ``sql`` against the views; rows as dicts of plain values."""
+    """Run ``sql`` against the views; rows as dicts of plain values (those of the last
+    statement, if ``sql`` holds several). The connection is locked down (see the module
+    doc): any statement DuckDB refuses, a file, URL, extension or setting included, fails
+    the whole query with a one-line :class:`InvalidInputError` ``SQL error: ...``."""
     import duckdb
 
-    keep: list[Any] = []
-    con = _connect(store, tables_for(sql), keep)
+    con = _connect(store, tables_for(sql), lazy=True)
     try:
         relation: duckdb.DuckDBPyRelation | None = con.sql(sql)  # None for CREATE, SET, ...
         if relation is None:
@@ -200,7 +249,6 @@ def query(store: ObjectStore, sql: str) -> list[dict[str, Any]]:
         raise InvalidInputError(f"SQL error: {first}") from None
     finally:
         con.close()
-        keep.clear()
     try:
         columns = [(f.name, f.type, table.column(i).to_pylist()) for i, f in enumerate(table.schema)]
     except (OverflowError, ValueError) as err:
