@@ -66,6 +66,7 @@ from casreg.ledger.schema import (
     versions_from_table,
 )
 from casreg.records import AliasEvent, Version
+from casreg.redact import redact_url
 from casreg.storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -171,7 +172,8 @@ def read_version(store: ObjectStore, name: str, number: int) -> Version:
     except NotFoundError:
         missing = True
     except (ValueError, KeyError, TypeError) as err:
-        log.warning("casreg: %s in %s does not parse (%s); reading the ledger segment instead", copy, store.url, err)
+        log.warning("casreg: %s in %s does not parse (%s); reading the ledger segment instead", copy,
+                    redact_url(store.url), err)
         missing = False
     key = version_segment_key(name, number)
     try:
