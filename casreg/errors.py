@@ -5,9 +5,16 @@ Expected failures (bad input, missing things, conflicts, corruption) are subclas
 ``except FileNotFoundError`` works on an unknown reference. The CLI turns any
 ``CasregError`` into one line on stderr and a non-zero exit; anything else is a bug and
 keeps its traceback.
+
+No message carries a credential: every ``CasregError`` passes its text arguments
+through :func:`casreg.redact.redact_url` when it is made, so a URL's ``user:pass@`` and
+secret-looking query values (``?token=``) become ``***`` in ``str(err)``, ``err.args``
+and ``repr(err)`` alike, whichever message quoted the URL.
 """
 
 from __future__ import annotations
+
+from casreg.redact import redact_url
 
 __all__ = [
     "CasregError",
@@ -29,9 +36,13 @@ __all__ = [
 
 
 class CasregError(Exception):
-    """Base of every expected casreg failure; its message is one line meant for a human."""
+    """Base of every expected casreg failure; its message is one line meant for a human,
+    with the credentials of any URL in it redacted (module docstring)."""
 
     exit_code: int = 1
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact_url(a) if isinstance(a, str) else a for a in args))
 
 
 class InvalidInputError(CasregError, ValueError):

@@ -38,6 +38,7 @@ from casreg.records import (
     clean_metrics,
     utcnow,
 )
+from casreg.redact import redact_url
 from casreg.refs import Ref, split_ref_path, validate_alias, validate_name
 from casreg.storage import ObjectStore, open_store
 
@@ -113,7 +114,7 @@ class Registry:
         return self.store.url
 
     def __repr__(self) -> str:
-        return f"Registry({self.url!r})"
+        return f"Registry({redact_url(repr(self.url))})"
 
     def _notify(self, event: Mapping[str, object]) -> None:
         """The event sink every change hands its event to: the registry's hooks

@@ -69,7 +69,7 @@ def _version(value: bool) -> None:
     if value:
         from casreg import __version__
 
-        typer.echo(f"casreg {__version__}")
+        Output(False, False).line(f"casreg {__version__}")
         raise typer.Exit()
 
 

@@ -24,7 +24,8 @@ def set_(
         "--if-digest", help="Replace the config only if it is still this digest (from hooks show); "
                             "'none': only if there is no config yet.")] = None,
 ) -> None:
-    """Validate FILE and make it the registry's hooks config (compare-and-swap)."""
+    """Validate FILE and make it the registry's hooks config (compare-and-swap; needs the
+    policy's 'policy' permission)."""
     from casreg.governance.hooks import write_hooks
 
     out = cli.out
@@ -53,7 +54,7 @@ def set_(
 
 @command(hooks_app, "show")
 def show(cli: Cli) -> None:
-    """Print the registry's hooks config (its TOML text, or --json)."""
+    """Print the registry's hooks config (its TOML text, or --json), credentials redacted."""
     from casreg.governance.hooks import read_hooks
 
     out = cli.out
@@ -65,7 +66,11 @@ def show(cli: Cli) -> None:
         out.line("# no hooks configured (casreg hooks set FILE.toml; docs/hooks.md)")
         return
     out.line(f"# config/hooks.toml  {cfg.digest}")
-    out.line(cfg.text.rstrip("\n"))
+    shown = cfg.display_text()
+    if shown != cfg.text:
+        out.line("# credentials redacted (***): casreg hooks set now refuses them; move them to environment "
+                 "variables (docs/hooks.md)")
+    out.block(shown.rstrip("\n"))
 
 
 @command(hooks_app, "test")

@@ -238,4 +238,4 @@ def policy_show(
         out.json({"policy_version": p.version, "digest": p.digest, "policy": p.doc, "text": p.text})
     else:
         out.line(f"# policy version {p.version} ({p.digest})")
-        out.line(p.text.rstrip("\n"))
+        out.block(p.text.rstrip("\n"))

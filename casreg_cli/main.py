@@ -26,7 +26,7 @@ from casreg_cli.common import (
     name_alias,
     pairs,
 )
-from casreg_cli.output import Output, human_bytes
+from casreg_cli.output import Output, human_bytes, install_log_escaping, print_block, print_error
 
 
 @command(app)
@@ -274,8 +274,24 @@ import casreg_cli.watch_cmds  # noqa: E402,F401  (watch)
 
 
 def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"casreg: error: {message}\n")
+    """Print ``casreg: error: MESSAGE`` as one clean line (control characters escaped,
+    URL credentials redacted: :func:`casreg_cli.output.print_error`) and return ``code``."""
+    print_error(message)
     return code
+
+
+def _usage_error(err: typer.TyperException) -> None:
+    """Print a usage error as click would (usage, hint, ``Error: ...``), each line
+    cleaned: the message may quote what the user typed."""
+    import io
+
+    show = getattr(err, "show", None)
+    if show is None:
+        print_error(err.format_message())
+        return
+    buffer = io.StringIO()
+    show(file=buffer)
+    print_block(buffer.getvalue())
 
 
 def command_names() -> dict[str, object]:
@@ -307,8 +323,11 @@ def _narrowed(argv: list[str]) -> typer.Typer:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Run the CLI and return its exit code; expected failures never show a traceback."""
+    """Run the CLI and return its exit code; expected failures never show a traceback.
+    Every error is one clean line (:func:`_fail`); the library's log records come out
+    clean too (:func:`casreg_cli.output.install_log_escaping`)."""
     args = sys.argv[1:] if argv is None else argv
+    install_log_escaping()
     try:
         code = _narrowed(args)(args=args, prog_name="casreg", standalone_mode=False)
         if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value here
@@ -318,11 +337,7 @@ def run(argv: list[str] | None = None) -> int:
     except typer.Exit as err:
         return err.exit_code
     except typer.TyperException as err:  # usage errors: typer prints them like click does
-        show = getattr(err, "show", None)
-        if show is not None:
-            show()
-        else:
-            sys.stderr.write(f"casreg: error: {err.format_message()}\n")
+        _usage_error(err)
         return err.exit_code
     except typer.Abort:
         return _fail("aborted", 130)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Optional
 
 import typer
@@ -40,9 +39,9 @@ def verify(
         out.json(report.to_dict())
     else:
         for w in report.warnings:
-            sys.stderr.write(f"casreg: warning: {w}\n")
+            out.warn(w)
         for p in report.problems:
-            sys.stderr.write(f"casreg: {p.line()}\n")
+            out.warn(p.line(), prefix="casreg: ")
         what = f"{ref} ({report.digest})" if ref else report.url
         scope = (f"{_plural(report.manifests, 'manifest')}, {_plural(report.chunks, 'chunk')} in "
                  f"{_plural(report.packs, 'pack')}" + (f", {_plural(report.indexes, 'index')}" if ref is None else "")
@@ -87,7 +86,7 @@ def gc(
         out.json(report.to_dict())
         return
     for w in report.warnings:
-        sys.stderr.write(f"casreg: warning: {w}\n")
+        out.warn(w)
     verb = "would delete" if dry_run else "deleted"
     out.line(f"{verb} {_plural(len(report.deleted), 'object')} ({human_bytes(report.deleted_bytes)})"
              + (f" from {_plural(len(report.swept_records), 'condemnation record')}" if report.swept_records else "")

@@ -1,13 +1,105 @@
-"""Rendering for the CLI: progress bars, sizes, tables, JSON, and one-line errors."""
+"""Rendering for the CLI: progress bars, sizes, tables, JSON, and one-line errors.
+
+**Everything the CLI prints goes through this module, and this module escapes it.**
+Descriptions, reasons, comments, authors (``CASREG_USER`` is whatever a user set), tags,
+params, metric names, annotations, hook names and targets, policy and hooks text: any of
+them may hold terminal escape sequences (``\\x1b[2J``, a forged colour, a title change)
+or newlines (a forged ``casreg log`` line). Rather than trusting each command to clean
+each value (one forgotten value in one new command would do), the writers themselves
+escape:
+
+- :meth:`Output.line` writes exactly one physical line: every C0 control character
+  (newline and tab included), DEL and every C1 control character becomes visible text
+  (:func:`clean`: ``\\n``, ``\\t``, ``\\r``, ``\\x1b``, ``\\x9b``...).
+- :meth:`Output.table` cleans each cell before measuring it, so columns stay aligned.
+- :meth:`Output.block` prints a multi-line document (a policy, a hooks config): its own
+  line breaks are kept, each line is cleaned like :meth:`Output.line`.
+- :meth:`Output.json` stays exact JSON (parsing it gives the same values): ``json.dumps``
+  escapes C0 characters, and DEL and C1 characters, which it would leave raw, are
+  written as ``\\u007f``...``\\u009f``. :meth:`Output.json_line` does the same on one line.
+- :meth:`Output.warn` and :func:`print_error` (the ``casreg: error:`` line of
+  ``casreg_cli.main.run``) clean stderr lines, and redact URL credentials
+  (:func:`casreg.redact.redact_url`); :func:`install_log_escaping` makes library log
+  records printed by the CLI do the same.
+
+So a command prints only through :class:`Output` (tests/test_cli_escaping.py checks
+that no module of ``casreg_cli`` but this one writes to ``sys.stdout`` or ``sys.stderr``).
+Backslashes are not escaped: ``\\x1b`` typed as text and an escaped ESC read the same,
+which is harmless (neither moves the cursor nor starts a line).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 import sys
 from typing import Any, TextIO
 
-__all__ = ["Output", "human_bytes", "BarProgress"]
+from casreg.redact import redact_url
+
+__all__ = ["Output", "human_bytes", "BarProgress", "clean", "print_error", "print_block", "install_log_escaping"]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_JSON_RAW = re.compile(r"[\x7f-\x9f]")  # what json.dumps(ensure_ascii=False) leaves unescaped
+
+
+def clean(text: str) -> str:
+    """``text`` with every control character (C0 including newline and tab, DEL, C1)
+    replaced by a visible escape (``\\n``, ``\\t``, ``\\r``, ``\\xNN``): safe to
+    print as (part of) one line. Clean text is returned unchanged, so cleaning twice is
+    cleaning once."""
+    return _CONTROL.sub(lambda m: _NAMED.get(m[0]) or f"\\x{ord(m[0]):02x}", text)
+
+
+def _json_text(value: Any, indent: int | None) -> str:
+    text = json.dumps(_finite(value), indent=indent, default=str, ensure_ascii=False, allow_nan=False)
+    return _JSON_RAW.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
+
+
+def print_error(message: str, prefix: str = "casreg: error: ") -> None:
+    """Write ``prefix + message`` to stderr as one clean line, URL credentials redacted."""
+    sys.stderr.write(prefix + clean(redact_url(message)) + "\n")
+
+
+def print_block(text: str) -> None:
+    """Write ``text`` (lines ending in ``\\n``) to stderr, each line cleaned: for messages
+    of several lines made elsewhere (click's usage errors)."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    sys.stderr.write("".join(clean(line) + "\n" for line in lines))
+
+
+class _CleanFormatter(logging.Formatter):
+    """Formats a log record's message as one clean line, URL credentials redacted (a
+    traceback attached to the record keeps its own lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        return clean(redact_url(super().formatMessage(record)))
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is when a record arrives (as logging's own
+    last-resort handler does)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 - logging must never fail the command
+            self.handleError(record)
+
+
+def install_log_escaping(fmt: str = "%(message)s", level: int = logging.WARNING) -> logging.Handler:
+    """Make log records that reach no handler (the library's warnings, printed by the
+    CLI) come out as clean lines: replaces :data:`logging.lastResort`, which would print
+    them raw. Returns the handler, for commands that attach it themselves (``watch``)."""
+    handler = _StderrHandler(level)
+    handler.setFormatter(_CleanFormatter(fmt))
+    logging.lastResort = handler
+    return handler
 
 
 def human_bytes(n: float) -> str:
@@ -49,7 +141,8 @@ class BarProgress:
 
 
 class Output:
-    """Where a command's result goes: human text, JSON, or nothing (``--quiet``)."""
+    """Where a command's result goes: human text, JSON, or nothing (``--quiet``). Every
+    writer escapes what it writes (the module docstring)."""
 
     def __init__(self, as_json: bool, quiet: bool, stream: TextIO | None = None) -> None:
         self.as_json = as_json
@@ -62,14 +155,36 @@ class Output:
         return BarProgress()
 
     def json(self, value: Any) -> None:
-        """JSON is printed even with ``--quiet``: asking for it is asking for output."""
+        """JSON is printed even with ``--quiet``: asking for it is asking for output.
+        Exact JSON, with no raw control character (module docstring)."""
         if self.as_json:
-            text = json.dumps(_finite(value), indent=2, default=str, ensure_ascii=False, allow_nan=False)
-            self.stream.write(text + "\n")
+            self.stream.write(_json_text(value, 2) + "\n")
+
+    def json_line(self, value: Any) -> None:
+        """``value`` as compact JSON on one line, flushed (a stream of records); printed
+        whenever ``--json`` is on, like :meth:`json`."""
+        if self.as_json:
+            self.stream.write(_json_text(value, None) + "\n")
+            self.stream.flush()
 
     def line(self, text: str = "") -> None:
+        """``text`` as exactly one line, control characters escaped (:func:`clean`)."""
         if not self.quiet:
-            self.stream.write(text + "\n")
+            self.stream.write(clean(text) + "\n")
+
+    def block(self, text: str) -> None:
+        """A multi-line document (a policy, a hooks config): one line per line of
+        ``text`` (``\\n`` separated), each cleaned as by :meth:`line`."""
+        for part in text.split("\n"):
+            self.line(part)
+
+    def warn(self, text: str, prefix: str = "casreg: warning: ") -> None:
+        """One clean line on stderr, URL credentials redacted; printed even with
+        ``--quiet`` (warnings and problems are not results)."""
+        print_error(text, prefix)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
     def table(self, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
         """Aligned plain-text columns (greppable, no box drawing)."""
@@ -79,7 +194,8 @@ class Output:
             self.line("(no rows)")
             return
         columns = columns or list(rows[0])
-        cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+        cells = [[clean(_cell(r.get(c))) for c in columns] for r in rows]
+        columns = [clean(c) for c in columns]
         widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
         self.line("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
         for row in cells:

@@ -4,12 +4,12 @@ pointer moves (docs/watch.md)."""
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Annotated, Optional
 
 import typer
 
 from casreg_cli.common import Cli, app, command, name_alias
+from casreg_cli.output import install_log_escaping
 
 
 @command(app)
@@ -35,18 +35,18 @@ def watch(
     out = cli.out
     name, alias = name_alias(target)
     if not out.quiet and not logging.getLogger().handlers:
-        logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="casreg watch: %(message)s")
+        logging.getLogger().addHandler(install_log_escaping("casreg watch: %(message)s"))
+        logging.getLogger().setLevel(logging.WARNING)
 
     def report(c: Change) -> None:
         if out.as_json:
-            sys.stdout.write(__import__("json").dumps(c.to_dict()) + "\n")  # one JSON object per line
-            sys.stdout.flush()
+            out.json_line(c.to_dict())  # one JSON object per line
             return
         prev = c.previous_digest[:19] if c.previous_digest else "(nothing)"
         where = f"  {pull} -> {c.path}" if c.path else ""
         ran = f"  exec exit {c.exit_code}" if c.exit_code is not None else ""
         out.line(f"{c.time}  {name}@{alias} -> {name}:{c.version} {c.digest[:19]} (was {prev}){where}{ran}")
-        out.stream.flush()
+        out.flush()
 
     w = Watcher(cli.registry(), name, alias, interval=interval, exec_cmd=exec_, pull_dest=pull, keep=keep,
                 on_change=report)

@@ -37,6 +37,7 @@ from casreg.content.source import Source, SourceFile
 from casreg.errors import IntegrityError, InvalidInputError, NotFoundError
 from casreg.keys import PACKS, index_key, manifest_key, pack_key
 from casreg.progress import NullProgress, Progress
+from casreg.redact import redact_url
 from casreg.storage import ObjectStore, ObjectWriter
 from casreg.storage.base import Buffer
 
@@ -89,7 +90,7 @@ def _replace_damaged(store: ObjectStore, key: str, write: Callable[[], bool], in
             return False
     except NotFoundError:  # gone meanwhile (gc of an unreferenced leftover): write it again
         return write()
-    log.warning("casreg: %s in %s is damaged (a killed upload?); writing it again", key, store.url)
+    log.warning("casreg: %s in %s is damaged (a killed upload?); writing it again", key, redact_url(store.url))
     store.delete(key)
     if write():
         return True

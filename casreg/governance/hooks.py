@@ -18,10 +18,16 @@ Delivery contract (:func:`dispatch`):
   (logger ``casreg.governance.hooks``).
 - A delivery that still fails is recorded in the ledger as a ``hook.failed`` event of
   the model (``casreg log NAME`` shows it), so a missed notification is visible.
-- Secrets never enter the registry: the config names an environment variable
-  (``secret_env``) of the process that fires the hook; a config with a literal secret is
-  refused. Recorded failures name the webhook's scheme and host only (webhook URLs often
-  carry tokens in their path).
+- Changing the configuration needs the ``policy`` permission of the policy in force
+  (:func:`write_hooks`): a command hook runs in the processes of everyone who pushes or
+  promotes, so whoever may change hooks may act as them.
+- Secrets never enter the registry: the config names environment variables of the
+  process that fires the hook (``secret_env`` for the HMAC key, ``${VAR}`` in header
+  values); a config with a literal secret (a secret-looking key, a URL with ``user:pass@``
+  or ``?token=...``, a literal value in a header such as ``Authorization``) is refused.
+  Recorded failures name the webhook's scheme and host only (webhook URLs often carry
+  tokens in their path), and every error and log line is passed through
+  :func:`casreg.redact.redact_url`.
 - Deliveries are synchronous: the pushing process waits at most about
   ``attempts * timeout + backoff * (2**retries - 1)`` seconds per hook (hooks run in
   parallel). ``CASREG_HOOKS=off`` skips dispatching in one process (bulk imports, tests).
@@ -47,13 +53,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from casreg._version import __version__
 from casreg.digest import Digest
 from casreg.errors import ConflictError, InvalidInputError
+from casreg.governance.policy import read_policy
 from casreg.keys import HOOKS_KEY, REGISTRY_EVENTS
 from casreg.ledger.events import record_event
+from casreg.lineage import current_author
+from casreg.redact import REDACTED, is_secret_name, redact_url, url_credentials
 from casreg.storage import ObjectStore
 
 __all__ = [
@@ -82,6 +91,11 @@ _HOOK_KEYS = {"name", "events", "models", "aliases", "url", "command", "secret_e
 _SECRET_WORDS = ("secret", "token", "password", "key")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_REF = re.compile(r"\$\{([^}]*)\}")  # ${VAR} in a header value
+#: What a secret-looking header may hold: an optional scheme word, then one ${VAR}.
+_SECRET_HEADER_VALUE = re.compile(r"(?:[A-Za-z][A-Za-z0-9._~+/-]* +)?\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
@@ -125,26 +139,100 @@ class Hook:
         (paths of webhook URLs often hold tokens), a command's program."""
         if self.url:
             u = urlsplit(self.url)
-            return f"{u.scheme}://{u.hostname}{f':{u.port}' if u.port else ''}"
+            host = f"[{u.hostname}]" if u.hostname and ":" in u.hostname else u.hostname
+            port = _port(u)  # False: a config stored before ports were checked
+            return f"{u.scheme}://{host}{f':{port}' if port else ''}"
         if isinstance(self.command, tuple):
-            return f"command {self.command[0]}"
-        return f"command {(shlex.split(self.command or '') or [''])[0]}"
+            return f"command {redact_url(self.command[0])}"
+        try:
+            words = shlex.split(self.command or "")
+        except ValueError:  # unbalanced quotes: /bin/sh will say so when it runs
+            words = (self.command or "").split()
+        return f"command {redact_url((words or [''])[0])}"
+
+    def header_values(self, environ: Mapping[str, str]) -> tuple[dict[str, str], str | None]:
+        """The request headers with every ``${VAR}`` replaced by ``environ[VAR]``, and
+        the first variable that is not set (``None``: all are); a delivery with a missing
+        variable is not sent."""
+        out: dict[str, str] = {}
+        for name, value in self.headers.items():
+            for var in _ENV_REF.findall(value):
+                if not environ.get(var):
+                    return {}, var
+            out[name] = _ENV_REF.sub(lambda m: environ[m[1]], value)
+        return out, None
 
     def to_dict(self) -> dict[str, Any]:
+        """The hook as JSON, safe to print: credentials in the URL or command redacted,
+        literal values of secret-looking headers (a config written before they were
+        refused) shown as ``***``."""
         d = asdict(self)
-        d["headers"] = dict(self.headers)
+        d["url"] = redact_url(self.url) if self.url else self.url
+        if isinstance(self.command, str):
+            d["command"] = redact_url(self.command)
+        elif self.command is not None:
+            d["command"] = [redact_url(c) for c in self.command]
+        d["headers"] = {k: REDACTED if _literal_secret(k, v) else v for k, v in self.headers.items()}
         return d
+
+
+def _port(parts: SplitResult) -> int | None | bool:
+    """The URL's port, ``None`` if it names none, ``False`` if it is not a port number."""
+    try:
+        return parts.port
+    except ValueError:
+        return False
+
+
+def _literal_secret(name: str, value: str) -> bool:
+    """A secret-looking header (``Authorization``, ``X-Api-Key``...) whose value is not
+    taken from an environment variable."""
+    return is_secret_name(name) and not _SECRET_HEADER_VALUE.fullmatch(value)
 
 
 @dataclass(frozen=True, slots=True)
 class HooksConfig:
+    """The stored configuration. ``text`` is exactly what is stored (a config written by
+    an older casreg may hold credentials); print :meth:`display_text` or :meth:`to_dict`."""
+
     hooks: tuple[Hook, ...]
     text: str
     digest: Digest  # of the stored bytes
     token: str | None = None  # the store's swap token (None: not stored)
 
     def to_dict(self) -> dict[str, Any]:
+        """The parsed config as JSON, credentials redacted (:meth:`Hook.to_dict`)."""
         return {"key": HOOKS_KEY, "digest": self.digest, "hooks": [h.to_dict() for h in self.hooks]}
+
+    def display_text(self) -> str:
+        """The TOML text, safe to print: URLs redacted (:func:`casreg.redact.redact_url`)
+        and the literal value of every secret-looking key outside the known hook keys
+        (a header such as ``Authorization = "Bearer abc"``) replaced by ``"***"``. If a
+        literal secret would still show (written in a form this cannot rewrite), the
+        text is replaced by a comment pointing to ``--json``, never shown."""
+        text = _KEY_VALUE.sub(_redact_key_value, redact_url(self.text))
+        secrets = [v for h in self.hooks for k, v in h.headers.items() if _literal_secret(k, v) and v.strip()]
+        if any(v in text for v in secrets):
+            return ("# the stored config holds a secret written in a form that cannot be redacted here;\n"
+                    "# casreg hooks show --json shows it parsed, with the secret redacted\n")
+        return text
+
+
+_KEY_VALUE = re.compile(r"""(?P<key>"[^"\n]*"|'[^'\n]*'|[A-Za-z0-9_-]+)(?P<eq>[ \t]*=[ \t]*)"""
+                        r"""(?P<value>"(?:[^"\\\n]|\\.)*"|'[^'\n]*')""")
+
+
+def _redact_key_value(m: re.Match[str]) -> str:
+    key = m["key"].strip("\"'")
+    if key in _HOOK_KEYS or key in _TOP_KEYS or not is_secret_name(key):
+        return m[0]
+    try:
+        value = tomllib.loads(f"v = {m['value']}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = m["value"]
+    if isinstance(value, str) and not _literal_secret(key, value):
+        return m[0]
+    return f'{m["key"]}{m["eq"]}"{REDACTED}"'
 
 
 def _line_of(text: str, needle: str) -> str:
@@ -172,9 +260,19 @@ def _number(value: Any, where: str, text: str, lo: float, hi: float, integer: bo
     return value
 
 
-def parse_hooks(text: str, *, source: str = HOOKS_KEY) -> tuple[Hook, ...]:
+def parse_hooks(text: str, *, source: str = HOOKS_KEY, stored: bool = False) -> tuple[Hook, ...]:
     """Parse and validate a hooks document. TOML syntax errors name the line and column
-    (``tomllib``'s message); other errors name the key and, where found, its line."""
+    (``tomllib``'s message); other errors name the key and, where found, its line.
+
+    A document about to be stored (``stored=False``, what ``casreg hooks set`` checks)
+    may hold no credential: a URL (the hook's, or one in its command) with a userinfo or
+    a secret-looking query parameter (:func:`casreg.redact.url_credentials`), or a
+    secret-looking header (``Authorization``,
+    ``X-Api-Key``, ...; :func:`casreg.redact.is_secret_name`) whose value is not
+    ``[SCHEME ]${VAR}``, is refused; header names must be HTTP tokens and values free of
+    control characters. ``stored=True`` reads a config already in the registry, which an
+    older casreg may have written with such credentials: it still works, and is shown
+    redacted (:meth:`HooksConfig.display_text`)."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -204,7 +302,7 @@ def parse_hooks(text: str, *, source: str = HOOKS_KEY) -> tuple[Hook, ...]:
         seen.add(name)
         bad = sorted(set(h) - _HOOK_KEYS)
         if bad:
-            secretish = next((k for k in bad if any(w in k.lower() for w in _SECRET_WORDS)), None)
+            secretish = next((k for k in bad if is_secret_name(k) or any(w in k.lower() for w in _SECRET_WORDS)), None)
             if secretish:
                 raise InvalidHooksError(
                     f"hooks: {where}: {secretish!r}{_line_of(text, secretish)}: secrets are never stored in the "
@@ -216,15 +314,27 @@ def parse_hooks(text: str, *, source: str = HOOKS_KEY) -> tuple[Hook, ...]:
             raise InvalidHooksError(f"hooks: {where}: give exactly one of url = \"https://...\" or command = ...")
         if url is not None:
             parts = urlsplit(url) if isinstance(url, str) else None
-            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or _port(parts) is False:
                 raise InvalidHooksError(f"hooks: {where}: url{_line_of(text, str(url))} must be an http:// or "
-                                        f"https:// URL, got {url!r}")
+                                        f"https:// URL, got {redact_url(repr(url))}")
+            found = url_credentials(url)
+            if found and not stored:
+                raise InvalidHooksError(
+                    f"hooks: {where}: url{_line_of(text, url)} carries a credential ({found[0]}); secrets are never "
+                    "stored in the registry: put the secret in an environment variable and send it in a header, "
+                    "e.g. headers = { Authorization = \"Bearer ${VAR}\" }, or sign with secret_env = \"VAR\"")
         if command is not None:
             if isinstance(command, list) and command and all(isinstance(c, str) and c for c in command):
                 command = tuple(command)
             elif not (isinstance(command, str) and command.strip()):
                 raise InvalidHooksError(f"hooks: {where}: command must be a string (run by /bin/sh) or a "
                                         "non-empty list of strings (argv)")
+            found = url_credentials(command if isinstance(command, str) else " ".join(command))
+            if found and not stored:
+                raise InvalidHooksError(
+                    f"hooks: {where}: command carries a URL with a credential ({found[0]}); secrets are never "
+                    "stored in the registry: the command runs with the environment of the process that fires "
+                    "it, so read the secret from an environment variable there")
         secret_env = h.get("secret_env")
         if secret_env is not None and not (isinstance(secret_env, str) and _ENV.fullmatch(secret_env)):
             raise InvalidHooksError(f"hooks: {where}: secret_env must name an environment variable, got {secret_env!r}")
@@ -232,6 +342,8 @@ def parse_hooks(text: str, *, source: str = HOOKS_KEY) -> tuple[Hook, ...]:
         if not isinstance(headers, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
             raise InvalidHooksError(f"hooks: {where}: headers must be a table of strings")
+        if not stored:
+            _check_headers(headers, where, text)
         enabled = h.get("enabled", True)
         if not isinstance(enabled, bool):
             raise InvalidHooksError(f"hooks: {where}: enabled must be true or false")
@@ -248,6 +360,27 @@ def parse_hooks(text: str, *, source: str = HOOKS_KEY) -> tuple[Hook, ...]:
     return tuple(out)
 
 
+def _check_headers(headers: Mapping[str, str], where: str, text: str) -> None:
+    """Header names are HTTP tokens, values have no control characters, every ``${...}``
+    names an environment variable, and a secret-looking header takes its value from one."""
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise InvalidHooksError(f"hooks: {where}: header name {name!r}{_line_of(text, name)} is not a valid "
+                                    "HTTP header name (letters, digits and !#$%&'*+.^_`|~-)")
+        if _CONTROL.search(value):
+            raise InvalidHooksError(f"hooks: {where}: header {name!r}{_line_of(text, name)}: the value may not "
+                                    "contain control characters (newlines, tabs, ...)")
+        bad = next((v for v in _ENV_REF.findall(value) if not _ENV.fullmatch(v)), None)
+        if bad is not None:
+            raise InvalidHooksError(f"hooks: {where}: header {name!r}{_line_of(text, name)}: ${{{bad}}} does not "
+                                    "name an environment variable (letters, digits and '_')")
+        if _literal_secret(name, value):
+            raise InvalidHooksError(
+                f"hooks: {where}: header {name!r}{_line_of(text, name)} holds a literal value; secrets are never "
+                "stored in the registry: put it in an environment variable and name that, e.g. "
+                f"{name} = \"Bearer ${{VAR}}\" or \"${{VAR}}\"")
+
+
 def _check_tuning(where: str, value: Any, key: str, text: str) -> Any:
     if key == "retries":
         return _number(value, where, text, 0, 10, integer=True)
@@ -262,16 +395,26 @@ def read_hooks(store: ObjectStore) -> HooksConfig | None:
     if current is None:
         return None
     text = current.data.decode("utf-8", errors="replace")
-    return HooksConfig(parse_hooks(text), text, Digest.of(current.data), current.token)
+    return HooksConfig(parse_hooks(text, stored=True), text, Digest.of(current.data), current.token)
 
 
 def write_hooks(store: ObjectStore, text: str, *, expected_digest: str | None | bool = True) -> HooksConfig:
     """Validate ``text`` and make it the registry's hooks configuration, by compare-and-swap.
 
+    Who may: the same as who may change the policy. If a policy is in force, the current
+    author (:func:`casreg.lineage.current_author`) needs its ``policy`` permission, else
+    :class:`~casreg.errors.PolicyError` (exit 8) and nothing is read or written (a
+    command hook runs in the processes of everyone who pushes or promotes). Without a
+    policy, anyone may, as for the policy itself.
+
     ``expected_digest=True``: replace whatever is there now (its token is read first, so a
     change by someone else in between is still a conflict, never silently overwritten);
     a digest string (``casreg hooks show``'s) or ``None`` (no config yet): replace only
-    that. The change is recorded as a ``hooks.set`` event of the registry."""
+    that. ``text`` may hold no credential (:func:`parse_hooks`). The change is recorded
+    as a ``hooks.set`` event of the registry."""
+    policy = read_policy(store)
+    if policy is not None:
+        policy.for_model(None).require_permission(current_author(), "policy", None, what="changing the hooks")
     data = text.encode()
     if len(data) > MAX_CONFIG_BYTES:
         raise InvalidHooksError(f"hooks config is {len(data):,} bytes; at most {MAX_CONFIG_BYTES:,}")
@@ -328,8 +471,9 @@ class DeliveryResult:
 
 
 def _one_line(err: BaseException | str) -> str:
+    """An error as one line of at most 500 characters, URL credentials redacted."""
     text = str(err) or type(err).__name__ if isinstance(err, BaseException) else err
-    return " ".join(str(text).split())[:500]
+    return redact_url(" ".join(str(text).split()))[:500]
 
 
 def _payload(hook: Hook, event: Mapping[str, Any], delivery_id: str, registry: str) -> bytes:
@@ -362,7 +506,7 @@ def _post(hook: Hook, body: bytes, headers: dict[str, str]) -> tuple[int, str | 
             resp.read(1 << 16)
             status = resp.status
     except urllib.error.HTTPError as err:
-        return err.code, f"{hook.target} answered HTTP {err.code} {err.reason}"
+        return err.code, f"{hook.target} answered HTTP {err.code} {_one_line(str(err.reason))}"
     except urllib.error.URLError as err:
         return 0, f"cannot reach {hook.target}: {_one_line(err.reason)}"
     except (TimeoutError, OSError) as err:
@@ -413,9 +557,13 @@ def deliver(hook: Hook, event: Mapping[str, Any], *, registry: str = "",
     try:
         body = _payload(hook, event, delivery_id, registry)
         env = _event_env(event, delivery_id, registry)
+        extra, missing = hook.header_values(os.environ) if hook.url else ({}, None)
+        if missing is not None:
+            res.error = (f"environment variable {missing} (named in headers) is not set here; "
+                         "refusing to send the delivery without it")
+            return res
         headers = {"Content-Type": "application/json", "User-Agent": _user_agent(),
-                   "X-Casreg-Event": env["CASREG_EVENT"], "X-Casreg-Delivery": delivery_id,
-                   **dict(hook.headers)}
+                   "X-Casreg-Event": env["CASREG_EVENT"], "X-Casreg-Delivery": delivery_id, **extra}
         if hook.url and hook.secret_env:
             secret = os.environ.get(hook.secret_env)
             if not secret:

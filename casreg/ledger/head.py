@@ -25,6 +25,7 @@ from casreg.digest import HEX64
 from casreg.errors import NotFoundError
 from casreg.keys import COMPACTED, HEAD_KEY
 from casreg.ledger.schema import compacted_event_schema, load_compacted, project, version_schema
+from casreg.redact import redact_url
 from casreg.storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -140,7 +141,7 @@ def read_head(store: ObjectStore) -> LedgerHead | None:
         return LedgerHead.from_json(data)
     except ValueError as err:
         log.warning("casreg: ignoring %s in %s (%s); reading the ledger segments instead "
-                    "(run casreg compact to rebuild it)", HEAD_KEY, store.url, err)
+                    "(run casreg compact to rebuild it)", HEAD_KEY, redact_url(store.url), err)
         return None
 
 

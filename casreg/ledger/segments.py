@@ -70,6 +70,7 @@ from casreg.ledger.schema import (
     versions_from_table,
 )
 from casreg.records import AliasEvent, Version
+from casreg.redact import redact_url
 from casreg.storage import ByteRange, ObjectStore
 
 if TYPE_CHECKING:
@@ -230,7 +231,8 @@ def _read_old_segment(store: ObjectStore, key: str, data: bytes, name: str, numb
     except NotFoundError:
         missing = True
     except (ValueError, KeyError, TypeError) as err:
-        log.warning("casreg: %s in %s does not parse (%s); reading the ledger segment instead", copy, store.url, err)
+        log.warning("casreg: %s in %s does not parse (%s); reading the ledger segment instead", copy,
+                    redact_url(store.url), err)
         missing = False
     import pyarrow as pa
     import pyarrow.parquet as pq

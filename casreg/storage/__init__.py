@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from casreg.errors import UnsupportedBackendError
+from casreg.redact import redact_url
 from casreg.storage.base import ByteRange, ObjectInfo, ObjectStore, ObjectWriter, Payload, Versioned, join_payload
 
 __all__ = ["ByteRange", "ObjectInfo", "ObjectStore", "ObjectWriter", "Payload", "Versioned", "join_payload",
@@ -38,7 +39,7 @@ def open_store(url: str | None = None) -> ObjectStore:
         return S3Store(url)
     scheme = url.split("://", 1)[0]
     raise UnsupportedBackendError(
-        f"registry URL {url!r}: the {scheme}:// backend is not supported yet (casreg needs atomic "
+        f"registry URL {redact_url(repr(url))}: the {scheme}:// backend is not supported yet (casreg needs atomic "
         "create-if-absent and compare-and-swap, wired up only for local paths, memory:// and s3://; "
         "see docs/s3.md)"
     )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from casreg.errors import IntegrityError, NotFoundError
+from casreg.redact import redact_url
 
 __all__ = ["ByteRange", "Capabilities", "Leftover", "ObjectInfo", "ObjectStore", "ObjectWriter", "Payload",
            "Versioned", "check_key", "join_payload", "utc"]
@@ -257,4 +258,4 @@ class ObjectStore(ABC):
         return self
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.url!r})"
+        return f"{type(self).__name__}({redact_url(repr(self.url))})"

@@ -64,6 +64,7 @@ from botocore.exceptions import (
 from fsspec.asyn import sync
 
 from casreg.errors import CasregError, ConflictError, InvalidInputError, NotFoundError, StorageError
+from casreg.redact import redact_url
 from casreg.storage.base import (
     ByteRange,
     Capabilities,
@@ -237,14 +238,19 @@ class S3Store(ObjectStore):
     def __init__(self, url: str, *, endpoint_url: str | None = None, region: str | None = None,
                  multipart_threshold: int = MULTIPART_THRESHOLD, part_size: int = PART_SIZE) -> None:
         if not url.startswith("s3://"):
-            raise InvalidInputError(f"not an S3 URL: {url!r} (expected s3://BUCKET/PREFIX)")
+            raise InvalidInputError(f"not an S3 URL: {redact_url(repr(url))} (expected s3://BUCKET/PREFIX)")
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
         prefix = prefix.strip("/")
+        if any(c in bucket for c in "@?#"):  # never quote it: it may hold a credential
+            raise InvalidInputError(f"registry URL {redact_url(repr(url))}: expected s3://BUCKET/PREFIX with no "
+                                    "user name, password or query (S3 credentials come from the AWS credential "
+                                    "chain, docs/s3.md)")
         if not _BUCKET_RE.fullmatch(bucket):
-            raise InvalidInputError(f"registry URL {url!r}: {bucket!r} is not a valid bucket name "
+            raise InvalidInputError(f"registry URL {redact_url(repr(url))}: {bucket!r} is not a valid bucket name "
                                     "(expected s3://BUCKET/PREFIX)")
         if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
-            raise InvalidInputError(f"registry URL {url!r}: the prefix may not contain empty, '.' or '..' parts")
+            raise InvalidInputError(f"registry URL {redact_url(repr(url))}: the prefix may not contain empty, "
+                                    "'.' or '..' parts")
         if part_size < 5 << 20:
             raise ValueError("S3 parts must be at least 5 MiB")
         self.bucket = bucket
@@ -262,10 +268,11 @@ class S3Store(ObjectStore):
     # -- plumbing ------------------------------------------------------------------------
     @property
     def endpoint(self) -> str:
-        """The endpoint in use, for messages."""
+        """The endpoint in use, for messages: credentials in it (``http://user:pass@host``)
+        redacted (:func:`casreg.redact.redact_url`)."""
         if self._client is not None:
-            return str(self._client.meta.endpoint_url)
-        return self.endpoint_url or "AWS S3"
+            return redact_url(str(self._client.meta.endpoint_url))
+        return redact_url(self.endpoint_url or "AWS S3")
 
     def _k(self, key: str) -> str:
         return self._root + check_key(key)
@@ -585,5 +592,7 @@ class S3Store(ObjectStore):
 
 
 def _line(err: object) -> str:
-    text = " ".join(str(err).split())
+    """A backend's error as one line for a message, URL credentials redacted (botocore
+    quotes the endpoint URL in some of its errors)."""
+    text = redact_url(" ".join(str(err).split()))
     return text[:300] or type(err).__name__
