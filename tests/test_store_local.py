@@ -41,6 +41,28 @@ class TestLocalStore(StoreSuite):
         assert isinstance(store, LocalStore)
         (store.root / key).unlink()
 
+    def raw_plant(self, store: ObjectStore, key: str, kind: str) -> Callable[[], object] | None:
+        assert isinstance(store, LocalStore)
+        path = store.root / key
+        outside = store.root.parent / f"outside-{uuid.uuid4().hex}"
+        outside.mkdir()
+        (outside / path.name).write_bytes(b"outside the registry")
+        path.parent.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "link-on-the-way":
+            path.parent.symlink_to(outside, target_is_directory=True)
+        else:
+            path.parent.mkdir(exist_ok=True)
+            if kind == "fifo":
+                os.mkfifo(path)
+            elif kind == "link-to-file":
+                path.symlink_to(outside / path.name)
+            elif kind == "link-to-device":
+                path.symlink_to("/dev/zero")
+            else:
+                assert kind == "dangling-link", kind
+                path.symlink_to(outside / "nothing-yet")
+        return lambda: sorted((p.name, p.read_bytes()) for p in outside.iterdir())
+
 
 # -- real processes --------------------------------------------------------------------------------
 def _proc_create(root: str, key: str, i: int, barrier: object, out: object) -> None:

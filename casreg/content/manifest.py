@@ -51,6 +51,8 @@ __all__ = [
     "MAX_CHUNK_BYTES",
     "MAX_MANIFEST_BYTES",
     "MAX_STORED_MANIFEST",
+    "MAX_PATH_BYTES",
+    "MAX_PATH_DEPTH",
 ]
 
 #: The manifest format of each tree format (the JSON ``format`` field).
@@ -61,6 +63,9 @@ LAYOUT_MAGIC = b"casreg-layout-v1\x00"
 EntryType = Literal["f", "x", "d"]  # regular file, executable file, (empty) directory
 VersionKind = Literal["file", "dir"]
 MAX_PATH_BYTES = 4096
+#: Components in a path at most: deep enough for any real tree, shallow enough that a
+#: pull holds one descriptor per level and nothing that walks a path can run out of stack.
+MAX_PATH_DEPTH = 256
 #: Decoded JSON of one manifest, at most: ~1.3 M chunk references (a 1.3 TB version at the
 #: default 1 MiB chunks); parsing the largest costs under 1 GB of memory.
 MAX_MANIFEST_BYTES = 128 << 20
@@ -81,7 +86,8 @@ def seal_manifest(json_bytes: bytes) -> bytes:
 def validate_relpath(path: str) -> str:
     """Refuse any path that could escape a destination directory or is not portable
     enough to be a registry entry: absolute paths, ``.``/``..``/empty components,
-    backslashes, NUL and other control characters."""
+    backslashes, NUL and other control characters, more than :data:`MAX_PATH_BYTES`
+    bytes or :data:`MAX_PATH_DEPTH` components."""
     if not isinstance(path, str) or not path:
         raise UnsafePathError("manifest entry has an empty path")
     if path.startswith("/") or re.match(r"[A-Za-z]:", path):  # also Windows drive syntax
@@ -90,6 +96,9 @@ def validate_relpath(path: str) -> str:
         raise UnsafePathError(f"unsafe path {path!r}: backslashes are not allowed")
     if any(unicodedata.category(c) == "Cc" for c in path):
         raise UnsafePathError(f"unsafe path {path!r}: control characters are not allowed")
+    depth = path.count("/") + 1
+    if depth > MAX_PATH_DEPTH:
+        raise UnsafePathError(f"path {path[:60]!r}... has {depth} components, more than {MAX_PATH_DEPTH}")
     for part in path.split("/"):
         if part in ("", ".", ".."):
             raise UnsafePathError(f"unsafe path {path!r}: '{part or '//'}' components are not allowed")

@@ -12,15 +12,33 @@ destination, never at it, and the next pull of the same version resumes: complet
 and the verified leading chunks of an interrupted file are kept, and only the rest is
 fetched. Corrupt data in the registry is different: the partial tree is removed and
 nothing of it is kept.
+
+**The partial tree is not trusted either.** Its name is predictable, so whoever can write
+beside the destination could plant something in it before a pull, or between an
+interrupted pull and the next. Its top must be a directory (for a file version: a
+regular file) owned by the user who pulls, never a symbolic link; below it every
+directory is made with ``mkdir`` and entered with ``O_DIRECTORY | O_NOFOLLOW`` relative to
+its parent's descriptor, and every file is opened relative to its directory with
+``O_NOFOLLOW``, so no write can leave the tree through a link. Whatever a resumed tree
+holds that this pull would not have written itself (a link, a FIFO, a device, a file
+another user owns or with other hard links, a directory where a file belongs) is removed,
+never followed, and that file is fetched afresh. Nothing here recurses on the depth of a
+path: a manifest's paths are at most :data:`~casreg.content.manifest.MAX_PATH_DEPTH`
+components deep, and whatever a planted tree holds is removed iteratively.
+
+**Room first.** Before anything is created the destination's filesystem must have room
+for what is still to be written (:func:`check_space`), so a manifest that claims a
+terabyte fails at once instead of filling the disk.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import shutil
+import stat
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +48,24 @@ from blake3 import blake3
 from casreg.content.cache import AUTO, CacheArg, ChunkCache, resolve_cache
 from casreg.content.fetch import SpanRead, read_span_stats, spans
 from casreg.content.manifest import ChunkRef, Entry, Manifest
-from casreg.errors import AlreadyExistsError, IntegrityError, InvalidInputError
+from casreg.errors import AlreadyExistsError, IntegrityError, InvalidInputError, StorageError
 from casreg.progress import NullProgress, Progress
 from casreg.storage import ObjectStore
 
-__all__ = ["PullStats", "materialize", "matches", "file_digest", "partial_path"]
+__all__ = ["PullStats", "SPACE_MARGIN", "check_space", "materialize", "matches", "file_digest", "partial_path"]
 
 _READ_BLOCK = 8 << 20
+#: Room asked for beyond the bytes still to write: this, plus one filesystem block per
+#: entry (each file's last block is partly empty; directories take blocks too).
+SPACE_MARGIN = 1 << 20
+#: A directory inside the partial tree: entered, never through a link.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: A new file inside the partial tree.
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: A file an earlier pull left, reopened to resume: never a link, never waiting on a FIFO.
+_OLD_FILE = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+#: Directories a removal moves up to flatten a tree (so it needs no recursion).
+_PURGED = ".casreg-purge-"
 
 
 @dataclass(slots=True)
@@ -69,24 +98,34 @@ def _umask() -> int:
 
 def matches(manifest: Manifest, dest: Path) -> bool:
     """True if ``dest`` already holds exactly this version (same files, sizes, modes,
-    digests, empty directories, and nothing else), without following symlinks."""
+    digests, empty directories, and nothing else), without following symlinks (and
+    without recursion, however deep ``dest`` is)."""
     if manifest.kind == "file":
         return _entry_matches(manifest.entries[0], dest)
     if dest.is_symlink() or not dest.is_dir():
         return False
     expected = {e.path: e for e in manifest.entries}
     seen = 0
-    for dirpath, dirs, files in os.walk(dest):
-        rel = Path(dirpath).relative_to(dest).as_posix()
-        prefix = "" if rel == "." else rel + "/"
-        if prefix and not dirs and not files:
+    todo = [("", str(dest))]
+    while todo:
+        rel, path = todo.pop()
+        try:
+            with os.scandir(path) as it:
+                found = list(it)
+        except OSError:
+            return False
+        if rel and not found:
             e = expected.get(rel)
             if e is None or e.type != "d":
                 return False
             seen += 1
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
-            f = expected.get(prefix + name)
-            if f is None or f.type == "d" or not _entry_matches(f, Path(dirpath, name)):
+        for entry in found:
+            sub = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                todo.append((sub, entry.path))
+                continue
+            f = expected.get(sub)
+            if f is None or f.type == "d" or not _entry_matches(f, Path(entry.path)):
                 return False
             seen += 1
     return seen == len(expected)
@@ -97,21 +136,185 @@ def _entry_matches(e: Entry, path: Path) -> bool:
         st = path.lstat()
     except OSError:
         return False
-    if not path.is_file() or path.is_symlink() or st.st_size != e.size:
+    if not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
         return False
     if bool(st.st_mode & 0o100) != (e.type == "x"):
         return False
     return file_digest(path) == e.digest
 
 
+# -- the partial tree: nothing in it is followed --------------------------------------------------
+def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _usable(st: os.stat_result) -> bool:
+    """A regular file of ours that nothing else links to: safe to resume writing into."""
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1
+
+
+def _discard(dir_fd: int, name: str) -> None:
+    """Remove ``name`` from the directory ``dir_fd``, whatever it is, following no link."""
+    st = _lstat_at(dir_fd, name)
+    if st is None:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        _purge(dir_fd, name)
+        return
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+
+
+def _purge(parent: int, name: str) -> None:
+    """Remove the directory ``name`` (in ``parent``) and all it holds, following no link
+    and without recursion: every directory found below it is first moved up into it
+    (under a fresh name), so however deep the tree, two descriptors suffice."""
+    try:
+        top = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        if err.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+            raise
+        os.unlink(name, dir_fd=parent)  # no longer a directory: a link or file took its place
+        return
+    try:
+        todo: list[str | None] = [None]  # None: the top itself
+        while todo:
+            cur = todo.pop()
+            fd = top if cur is None else os.open(cur, _DIR_FLAGS, dir_fd=top)
+            try:
+                with os.scandir(fd) as it:
+                    found = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+                for child, is_dir in found:
+                    if not is_dir:
+                        os.unlink(child, dir_fd=fd)
+                    elif cur is None:
+                        todo.append(child)
+                    else:
+                        moved = f"{_PURGED}{uuid.uuid4().hex}"
+                        os.rename(child, moved, src_dir_fd=fd, dst_dir_fd=top)
+                        todo.append(moved)
+            finally:
+                if fd != top:
+                    os.close(fd)
+            if cur is not None:
+                os.rmdir(cur, dir_fd=top)
+    finally:
+        os.close(top)
+    os.rmdir(name, dir_fd=parent)
+
+
+def _own_dir(parent: int, name: str, where: Path, *, create: bool = True) -> int:
+    """A descriptor of the directory ``name`` in ``parent`` (``where`` is its path, for
+    messages): a real directory of ours, made if missing. Anything else there (a link, a
+    file, another user's directory) is removed first; -1 if ``create`` is false and there
+    is no such directory."""
+    for _ in range(3):
+        if create:
+            try:
+                os.mkdir(name, dir_fd=parent)
+            except FileExistsError:
+                pass
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError:
+            if not create:
+                return -1
+            st = _lstat_at(parent, name)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                raise  # a directory we may not enter: the error says why
+            if st is not None:
+                _discard(parent, name)
+            continue
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid():
+            return fd
+        os.close(fd)
+        if not create:
+            return -1
+        try:
+            _discard(parent, name)
+        except PermissionError as err:
+            raise AlreadyExistsError(f"cannot pull: {where} belongs to another user and cannot be removed "
+                                     f"({err.strerror}); remove it") from None
+    raise AlreadyExistsError(f"cannot pull: {where} keeps being replaced while the pull writes it")
+
+
+class _Dirs:
+    """Open descriptors of the directories along the path last entered inside the partial
+    tree, below its top (``top``, which the caller owns). Entries come sorted, so entering
+    the next one's directory opens only what differs: each directory is opened once."""
+
+    def __init__(self, top: int, where: Path, *, create: bool = True) -> None:
+        self.top, self.where, self.create = top, where, create
+        self.names: list[str] = []
+        self.fds: list[int] = []
+
+    def enter(self, parts: Sequence[str]) -> int:
+        """The directory ``parts`` below the top, made (and cleared of anything in its way)
+        as needed; -1 when not creating and it is not there."""
+        n = 0
+        common = min(len(parts), len(self.names))
+        while n < common and self.names[n] == parts[n]:
+            n += 1
+        self._keep(n)
+        for name in parts[n:]:
+            where = self.where.joinpath(*self.names, name)
+            fd = _own_dir(self.fds[-1] if self.fds else self.top, name, where, create=self.create)
+            if fd < 0:
+                return -1
+            self.fds.append(fd)
+            self.names.append(name)
+        return self.fds[-1] if self.fds else self.top
+
+    def _keep(self, n: int) -> None:
+        while len(self.names) > n:
+            self.names.pop()
+            os.close(self.fds.pop())
+
+    def close(self) -> None:
+        self._keep(0)
+
+
+def _reopen(dir_fd: int, name: str) -> tuple[int, int]:
+    """(descriptor, size) of the file an earlier pull left as ``name``, opened for reading
+    and writing; (-1, 0) if there is none any more, or if what is there could not have
+    been written by us (it is then removed)."""
+    st = _lstat_at(dir_fd, name)
+    if st is None:
+        return -1, 0
+    if not _usable(st):  # looked at first: a device is never even opened
+        _discard(dir_fd, name)
+        return -1, 0
+    try:
+        fd = os.open(name, _OLD_FILE, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return -1, 0
+    except OSError:  # replaced meanwhile, or not ours to write: start it afresh
+        _discard(dir_fd, name)
+        return -1, 0
+    st = os.fstat(fd)
+    if not _usable(st):
+        os.close(fd)
+        _discard(dir_fd, name)
+        return -1, 0
+    return fd, st.st_size
+
+
 class _OpenFile:
     """A file being written: its descriptor, its entry, and the running hash of the
     chunks written so far, fed in order."""
 
-    __slots__ = ("fd", "path", "entry", "remaining", "hasher")
+    __slots__ = ("fd", "entry", "remaining", "hasher")
 
-    def __init__(self, fd: int, path: Path, entry: Entry, remaining: int, hasher: blake3) -> None:
-        self.fd, self.path, self.entry = fd, path, entry
+    def __init__(self, fd: int, entry: Entry, remaining: int, hasher: blake3) -> None:
+        self.fd, self.entry = fd, entry
         self.remaining = remaining
         self.hasher = hasher
 
@@ -134,14 +337,15 @@ class _Writer:
             view = view[os.write(fd, view):]
 
     def _complete(self, f: _OpenFile) -> None:
-        """The last chunk of a file landed: close it, check the whole-file digest, set the mode."""
-        os.close(f.fd)
-        f.fd = -1
+        """The last chunk of a file landed: check the whole-file digest, set the mode (on
+        the descriptor: never through a name), close it."""
         if f.hasher.digest() != f.entry.digest:
             raise IntegrityError(
                 f"file {f.entry.path!r} does not match its digest blake3:{f.entry.digest.hex()} after writing"
             )
-        os.chmod(f.path, (0o777 if f.entry.type == "x" else 0o666) & ~self.mask)
+        os.fchmod(f.fd, (0o777 if f.entry.type == "x" else 0o666) & ~self.mask)
+        os.close(f.fd)
+        f.fd = -1
         self.stats.files += 1
 
     def _drain_one(self) -> None:
@@ -160,54 +364,63 @@ class _Writer:
         if f.remaining == 0:
             self._complete(f)
 
-    def _resume(self, target: Path, e: Entry) -> tuple[int, int, blake3]:
-        """Open ``target`` for writing after the longest prefix of whole chunks it already
-        holds correctly (an interrupted pull wrote them in order); return (fd, chunks kept,
-        hasher fed with them)."""
+    def _resume(self, dir_fd: int, name: str, e: Entry) -> tuple[int, int, blake3]:
+        """Open ``name`` (in ``dir_fd``) for writing after the longest prefix of whole
+        chunks it already holds correctly (an interrupted pull wrote them in order); return
+        (fd, chunks kept, hasher fed with them). A new file costs one ``open``."""
         hasher = blake3()
-        kept = 0
-        offset = 0
         try:
-            st = target.lstat()
-        except FileNotFoundError:
-            st = None
-        if st is not None and not target.is_file():
-            _remove(target)
-            st = None
-        if st is not None:
-            with open(target, "rb") as fh:
+            return os.open(name, _NEW_FILE, 0o600, dir_fd=dir_fd), 0, hasher
+        except FileExistsError:
+            pass
+        kept = offset = 0
+        fd, size = _reopen(dir_fd, name)
+        if fd >= 0:
+            try:
                 for ref in e.chunks:
-                    data = fh.read(ref.raw_size)
+                    if offset + ref.raw_size > size:
+                        break
+                    data = os.pread(fd, ref.raw_size, offset)
                     if len(data) != ref.raw_size or blake3(data).digest() != ref.digest:
                         break
                     hasher.update(data)
                     kept += 1
                     offset += ref.raw_size
-        if st is not None and offset == 0:
-            _remove(target)  # nothing to keep: start a new file rather than truncate to 0
-            st = None
-        if st is None:
+                if offset == 0:  # nothing to keep: start a new file rather than truncate to 0
+                    os.close(fd)
+                    fd = -1
+                    os.unlink(name, dir_fd=dir_fd)
+                else:
+                    os.ftruncate(fd, offset)
+                    os.lseek(fd, offset, os.SEEK_SET)
+            except BaseException:
+                if fd >= 0:
+                    os.close(fd)
+                raise
+        if fd < 0:
             # A new file, never truncated: ext4 (auto_da_alloc) flushes a file truncated to
             # zero and rewritten when it is closed, which cost 0.2 s per 512 MiB here.
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        else:
-            fd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW)
-            os.ftruncate(fd, offset)
-            os.lseek(fd, offset, os.SEEK_SET)
+            fd = os.open(name, _NEW_FILE, 0o600, dir_fd=dir_fd)
         self.stats.resumed_bytes += offset
         self.progress.advance(offset)
         return fd, kept, hasher
 
-    def write_tree(self, manifest: Manifest, root: Path) -> None:
+    def write_tree(self, manifest: Manifest, dirs: _Dirs, file_name: str) -> None:
+        """Write every entry below ``dirs``' top; a file version is the one file
+        ``file_name`` in it."""
         for e in manifest.entries:
-            target = root / e.path if manifest.kind == "dir" else root
-            if e.type == "d":
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, kept, hasher = self._resume(target, e)
+            name = file_name
+            if manifest.kind == "dir":
+                parts = e.path.split("/")
+                if e.type == "d":
+                    dirs.enter(parts)
+                    continue
+                dir_fd, name = dirs.enter(parts[:-1]), parts[-1]
+            else:
+                dir_fd = dirs.top
+            fd, kept, hasher = self._resume(dir_fd, name, e)
             todo = e.chunks[kept:]
-            f = _OpenFile(fd, target, e, len(todo), hasher)
+            f = _OpenFile(fd, e, len(todo), hasher)
             self.open.append(f)
             if not todo:
                 self._complete(f)
@@ -236,17 +449,120 @@ class _Writer:
                 f.fd = -1
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+def _tree(manifest: Manifest) -> list[dict[str, int]]:
+    """A directory version's directories as a trie: node 0 is the top, each node maps a
+    child's name to its node (a directory) or -1 (a file). Built in one pass over the
+    paths, so its cost does not grow with the square of their depth."""
+    nodes: list[dict[str, int]] = [{}]
+    for e in manifest.entries:
+        parts = e.path.split("/")
+        node = 0
+        for i, part in enumerate(parts):
+            children = nodes[node]
+            if i == len(parts) - 1 and e.type != "d":
+                children[part] = -1
+                break
+            child = children.get(part, -1)
+            if child < 0:  # (a path that is both a file and a directory never gets here: manifests refuse it)
+                child = len(nodes)
+                nodes.append({})
+                children[part] = child
+            node = child
+    return nodes
+
+
+def _drop_extras(dirs: _Dirs, manifest: Manifest) -> None:
+    """A resumed partial tree may hold files an older manifest had, or anything planted in
+    it; keep exactly ours (regular files where files belong, directories where
+    directories do), removing the rest without following links."""
+    nodes = _tree(manifest)
+    todo: list[tuple[int, list[str]]] = [(0, [])]
+    while todo:
+        node, parts = todo.pop()
+        fd = dirs.enter(parts)
+        with os.scandir(fd) as it:
+            found = [(e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False)) for e in it]
+        wanted = nodes[node]
+        for name, is_dir, is_file in found:
+            child = wanted.get(name)
+            if child is None or not (is_file if child < 0 else is_dir):
+                _discard(fd, name)
+            elif child >= 0:
+                todo.append((child, [*parts, name]))
 
 
 def partial_path(dest: Path, manifest: Manifest) -> Path:
     """Where a pull of ``manifest`` to ``dest`` builds its result: beside the
     destination, named after the version, so a rerun finds and resumes it."""
     return dest.parent / f".{dest.name}.casreg-{manifest.hexdigest[:16]}.partial"
+
+
+def _held(manifest: Manifest, tmp: Path) -> int:
+    """Bytes of ``manifest``'s files a partial tree at ``tmp`` already holds, as far as a
+    resumed pull could keep them (regular files of ours, reached without links)."""
+    try:
+        parent = os.open(tmp.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        if manifest.kind == "file":
+            st = _lstat_at(parent, tmp.name)
+            return min(st.st_size, manifest.size) if st is not None and _usable(st) else 0
+        top = _own_dir(parent, tmp.name, tmp, create=False)
+        if top < 0:
+            return 0
+        dirs = _Dirs(top, tmp, create=False)
+        held = 0
+        try:
+            for e in manifest.files:
+                parts = e.path.split("/")
+                dir_fd = dirs.enter(parts[:-1])
+                st = _lstat_at(dir_fd, parts[-1]) if dir_fd >= 0 else None
+                if st is not None and _usable(st):
+                    held += min(st.st_size, e.size)
+        finally:
+            dirs.close()
+            os.close(top)
+        return held
+    except OSError:
+        return 0
+    finally:
+        os.close(parent)
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    x = n / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if x < 1024:
+            return f"{x:.1f} {unit}"
+        x /= 1024
+    return f"{x:.1f} TiB"
+
+
+def check_space(manifest: Manifest, dest: Path) -> None:
+    """Refuse (:class:`StorageError`) unless the filesystem ``dest`` will be on has room,
+    for the user, for what a pull still has to write: the version's bytes less what a
+    partial tree of an earlier pull already holds, plus :data:`SPACE_MARGIN` and a block
+    per entry. Creates nothing; where the filesystem cannot say, nothing is refused."""
+    probe = dest.parent
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    try:
+        vfs = os.statvfs(probe)
+    except OSError:
+        return
+    if not vfs.f_blocks:  # a filesystem that reports no sizes at all (some FUSE ones)
+        return
+    block = vfs.f_frsize or vfs.f_bsize or 4096
+    free = vfs.f_bavail * block
+    need = manifest.size + SPACE_MARGIN + block * len(manifest.entries)
+    if need > free:  # only then is a partial tree worth looking into
+        need -= _held(manifest, partial_path(dest, manifest))
+    if need > free:
+        raise StorageError(f"not enough space to pull to {dest}: it needs {_size(need)}, "
+                           f"{probe} has {_size(free)} available")
 
 
 def materialize(
@@ -262,7 +578,9 @@ def materialize(
     """Write ``manifest``'s version at ``dest`` (a file path for a file version, a
     directory for a tree). An existing ``dest`` is refused unless ``force``; with
     ``force``, a destination that already holds exactly this version is left untouched.
-    Chunks come from the local cache where it has them (``cache``, docs/cache.md)."""
+    A destination without room for the version is refused before anything is created
+    (:func:`check_space`). Chunks come from the local cache where it has them
+    (``cache``, docs/cache.md)."""
     progress = progress or NullProgress()
     dest = Path(dest).absolute()
     if dest.exists() or dest.is_symlink():
@@ -270,38 +588,62 @@ def materialize(
             raise AlreadyExistsError(f"destination {dest} already exists (use --force to replace it)")
         if matches(manifest, dest):
             return PullStats(size=manifest.size, files=len(manifest.files), up_to_date=True)
+    check_space(manifest, dest)
     created = _make_parents(dest)
     tmp = partial_path(dest, manifest)
     cores = os.cpu_count() or 2
     nthreads = threads or (cores if store.io_concurrency == 1 else max(cores, 2 * store.io_concurrency))
+    try:
+        parent = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except BaseException:
+        _remove_created(created)
+        raise
     progress.start("pull", manifest.size)
     try:
-        if manifest.kind == "dir":
-            if tmp.exists() and not tmp.is_dir():
-                _remove(tmp)
-            tmp.mkdir(exist_ok=True)
-        with ThreadPoolExecutor(nthreads, thread_name_prefix="casreg-pull") as workers:
-            writer = _Writer(store, progress, workers, max_inflight=nthreads + 2, cache=resolve_cache(store, cache))
-            try:
-                writer.write_tree(manifest, tmp)
-            except BaseException:
-                writer.abort()
-                raise
-        if manifest.kind == "dir":
-            _drop_extras(tmp, manifest)
-        _publish(tmp, dest)
+        top = _own_dir(parent, tmp.name, tmp) if manifest.kind == "dir" else parent
+        dirs = _Dirs(top, tmp)
+        try:
+            if manifest.kind == "file":
+                st = _lstat_at(parent, tmp.name)
+                if st is not None and not _usable(st):
+                    _clear(parent, tmp)
+            with ThreadPoolExecutor(nthreads, thread_name_prefix="casreg-pull") as workers:
+                writer = _Writer(store, progress, workers, max_inflight=nthreads + 2,
+                                 cache=resolve_cache(store, cache))
+                try:
+                    writer.write_tree(manifest, dirs, tmp.name)
+                except BaseException:
+                    writer.abort()
+                    raise
+            if manifest.kind == "dir":
+                _drop_extras(dirs, manifest)
+        finally:
+            dirs.close()
+            if top != parent:
+                os.close(top)
+        _publish(parent, tmp.name, dest)
     except IntegrityError:
-        _remove(tmp)  # the registry is damaged: keep nothing built from it
+        _discard(parent, tmp.name)  # the registry is damaged: keep nothing built from it
         _remove_created(created)
         raise
     except BaseException:
-        if not tmp.exists():
+        if _lstat_at(parent, tmp.name) is None:
             _remove_created(created)
         raise  # the partial tree stays beside dest; a rerun resumes from it
     finally:
+        os.close(parent)
         progress.finish()
     writer.stats.size = manifest.size
     return writer.stats
+
+
+def _clear(parent: int, tmp: Path) -> None:
+    """Remove what is at ``tmp`` (in ``parent``) and could not be ours to resume."""
+    try:
+        _discard(parent, tmp.name)
+    except PermissionError as err:
+        raise AlreadyExistsError(f"cannot pull: {tmp} belongs to another user and cannot be removed "
+                                 f"({err.strerror}); remove it") from None
 
 
 def _remove_created(created: list[Path]) -> None:
@@ -310,28 +652,6 @@ def _remove_created(created: list[Path]) -> None:
             d.rmdir()
         except OSError:
             break
-
-
-def _drop_extras(tmp: Path, manifest: Manifest) -> None:
-    """A resumed partial tree may hold files an older manifest had; keep exactly ours."""
-    wanted = {e.path for e in manifest.entries}
-    parents = {p for e in manifest.entries for p in _parents(e.path)}
-    for dirpath, dirs, files in os.walk(tmp, topdown=False):
-        rel = Path(dirpath).relative_to(tmp).as_posix()
-        prefix = "" if rel == "." else rel + "/"
-        for name in files:
-            if prefix + name not in wanted:
-                os.unlink(os.path.join(dirpath, name))
-        for name in dirs:
-            path = prefix + name
-            if path not in wanted and path not in parents:
-                shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
-
-
-def _parents(path: str) -> Iterator[str]:
-    while "/" in path:
-        path = path.rpartition("/")[0]
-        yield path
 
 
 def _make_parents(dest: Path) -> list[Path]:
@@ -355,21 +675,25 @@ def _make_parents(dest: Path) -> list[Path]:
     return created
 
 
-def _publish(tmp: Path, dest: Path) -> None:
-    """Move the verified result into place. A file replaces atomically; a directory
-    cannot replace a non-empty one in one step, so the old tree is first moved aside
-    (the destination is missing for that instant, never half-written)."""
-    if not (dest.exists() or dest.is_symlink()):
-        os.rename(tmp, dest)
+def _publish(parent: int, tmp: str, dest: Path) -> None:
+    """Move the verified result ``tmp`` (in ``parent``, the destination's directory) into
+    place. A file replaces a file atomically; a directory cannot replace a non-empty one in
+    one step, so the old tree is first moved aside (the destination is missing for that
+    instant, never half-written) and removed after, its links unfollowed."""
+    name = dest.name
+    st = _lstat_at(parent, name)
+    if st is None:
+        os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
         return
-    if tmp.is_file() and (dest.is_file() or dest.is_symlink()):
-        os.replace(tmp, dest)
+    built = os.stat(tmp, dir_fd=parent, follow_symlinks=False)
+    if stat.S_ISREG(built.st_mode) and not stat.S_ISDIR(st.st_mode):
+        os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
         return
-    old = dest.parent / f".{dest.name}.casreg-{uuid.uuid4().hex[:12]}.old"
-    os.rename(dest, old)
+    old = f".{name}.casreg-{uuid.uuid4().hex[:12]}.old"
+    os.rename(name, old, src_dir_fd=parent, dst_dir_fd=parent)
     try:
-        os.rename(tmp, dest)
+        os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
     except BaseException:
-        os.rename(old, dest)
+        os.rename(old, name, src_dir_fd=parent, dst_dir_fd=parent)
         raise
-    _remove(old)
+    _discard(parent, old)

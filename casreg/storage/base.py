@@ -166,6 +166,14 @@ class ObjectStore(ABC):
       never come back for different bytes.
     - ``read`` raises ``NotFoundError`` for a missing key; other failures raise
       ``StorageError`` with the backend's error as ``__cause__``.
+    - Only objects are read, and nothing else is taken for one: where a backend can hold
+      something else under a key's name (a local disk: a symbolic link, a FIFO, a
+      device), every operation on that key but ``delete`` (``read``, ``read_ranges``,
+      ``read_versioned``, ``size``, ``stat``, ``exists``, ``create``, ``swap``) raises
+      ``IntegrityError`` naming the key, promptly: it never blocks on it, never reads or
+      writes through it, and never reports it missing (a create-if-absent that took it
+      for absent would write around it). ``delete`` removes the name itself, never what
+      it points to (or refuses with ``IntegrityError``).
     - A byte range is clipped to the object: a range that runs past the end returns the
       bytes up to the end, one that starts at or past the end returns ``b""`` (the key
       must still exist: a missing key is ``NotFoundError`` whatever the range).
@@ -185,7 +193,12 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def read(self, key: str, byte_range: ByteRange | None = None) -> bytes:
-        """The bytes of ``key`` (or of ``byte_range`` of it, clipped as the class says)."""
+        """The bytes of ``key`` (or of ``byte_range`` of it, clipped as the class says).
+
+        A whole-object read returns every byte, however many there are: the store does
+        not know what size an object should have. A caller reading an object whose size
+        it cannot trust (anything in a registry someone else can write) bounds the read
+        with ``byte_range``, or checks :meth:`size` first."""
 
     def read_ranges(self, key: str, ranges: Sequence[ByteRange]) -> list[bytes]:
         """Read several ranges of one object; backends may coalesce them."""

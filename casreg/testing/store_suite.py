@@ -16,6 +16,9 @@ Every test then runs against that backend: the contract of
 ranges, exact listings, writers), thread races, readers racing writers, a hypothesis
 state machine against a dict, and the backdoor tests, which check that what the store
 says is what the backend holds (and that damage made behind its back is not hidden).
+A backend that can hold things other than objects under a key's name (a local disk:
+FIFOs, symbolic links) also supplies ``raw_plant``, and the suite checks that they are
+refused, promptly and by name, and never followed.
 
 Needs pytest and hypothesis (casreg's ``test`` extra).
 """
@@ -31,10 +34,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from casreg.errors import ConflictError, NotFoundError
+from casreg.errors import ConflictError, IntegrityError, NotFoundError
 from casreg.storage import ByteRange, ObjectStore, Versioned
 
-__all__ = ["StoreSuite", "StoreModel", "fresh_key", "payload"]
+__all__ = ["NON_OBJECTS", "StoreSuite", "StoreModel", "fresh_key", "payload", "promptly"]
+
+#: What ``StoreSuite.raw_plant`` may be asked to put under a key's name: a FIFO; a
+#: symbolic link to a file outside the store, to a device, or to nothing; or the key's
+#: directory a symbolic link to a directory outside the store.
+NON_OBJECTS = ("fifo", "link-to-file", "link-to-device", "dangling-link", "link-on-the-way")
 
 N_THREADS = 16
 
@@ -86,6 +94,24 @@ def _run_threads(n: int, fn: Callable[[int], object]) -> list[object]:
         t.join(timeout=60)
         assert not t.is_alive()
     return results
+
+
+def promptly(call: Callable[[], object], seconds: float = 10.0) -> object:
+    """What ``call()`` returns or raises, failing the test if it has not finished within
+    ``seconds`` (a call blocked on a FIFO is left behind in a daemon thread)."""
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except BaseException as err:  # noqa: BLE001 - handed to the caller to assert on
+            out.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still blocked after {seconds} s"
+    return out[0]
 
 
 # -- stateful model check ------------------------------------------------------------------------
@@ -210,6 +236,13 @@ class StoreSuite:
         """Remove ``key`` behind the store's back."""
         raise NotImplementedError
 
+    def raw_plant(self, store: ObjectStore, key: str, kind: str) -> Callable[[], object] | None:
+        """Put something that is not an object under ``key``'s name, behind the store's
+        back (``kind`` is one of :data:`NON_OBJECTS`); return a function that snapshots
+        whatever outside the store the plant leads to. ``None`` (the default): the backend
+        cannot hold such things (an object store), and the tests that need them skip."""
+        return None
+
     @pytest.fixture
     def store(self, store_factory: Callable[[], ObjectStore]) -> ObjectStore:
         return store_factory()
@@ -270,6 +303,39 @@ class StoreSuite:
         if not caps.leftovers:
             assert list(store.leftovers()) == [] and store.delete_leftover("cap/a") is False
         assert store.delete_leftover("cap/a") is False and store.read("cap/a") == b"x"  # never an object
+
+    @pytest.mark.parametrize("kind", NON_OBJECTS)
+    def test_a_non_object_under_a_key_is_refused_and_never_followed(self, store: ObjectStore, kind: str) -> None:
+        """Whatever else than an object sits under a key's name, every operation on the key
+        fails promptly with an IntegrityError naming it: none blocks on a FIFO, reads or
+        writes through a link, or reports the key missing (which would make a
+        create-if-absent write around it). ``delete`` removes the name, not its target."""
+        key = "planted/obj"
+        outside = self.raw_plant(store, key, kind)
+        if outside is None:
+            pytest.skip(f"{type(store).__name__} holds nothing but objects")
+        before = outside()
+        calls: dict[str, Callable[[], object]] = {
+            "read": lambda: store.read(key),
+            "read a range": lambda: store.read(key, ByteRange(0, 4)),
+            "read_ranges": lambda: store.read_ranges(key, [ByteRange(0, 4)]),
+            "read_versioned": lambda: store.read_versioned(key),
+            "size": lambda: store.size(key),
+            "stat": lambda: store.stat(key),
+            "exists": lambda: store.exists(key),
+            "create": lambda: store.create(key, b"mine"),
+            "swap": lambda: store.swap(key, b"mine", None),
+        }
+        for what, call in calls.items():
+            got = promptly(call)
+            assert isinstance(got, IntegrityError), (what, got)
+            assert key in str(got) and "\n" not in str(got), (what, got)
+            assert outside() == before, f"{what} changed what the {kind} leads to"
+        deleted = promptly(lambda: store.delete(key))
+        assert deleted is None or (isinstance(deleted, IntegrityError) and kind == "link-on-the-way"), deleted
+        assert outside() == before
+        if deleted is None:
+            assert store.exists(key) is False and store.create(key, b"mine") and store.read(key) == b"mine"
 
     # -- reads of missing keys ----------------------------------------------------------------
     def test_read_missing_raises_not_found(self, store: ObjectStore) -> None:
