@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from casreg import IntegrityError, Registry, StorageError
+from casreg.content.chunking import DEFAULT_CHUNK_PARAMS
+from casreg.content.config import init_config, max_chunk_size
 from casreg.content.manifest import MAX_PATH_DEPTH, ChunkRef, Entry, Manifest, validate_relpath
 from casreg.content.pull import SPACE_MARGIN, partial_path
 from casreg.errors import InvalidInputError, NotFoundError, UnsafePathError
@@ -95,12 +97,23 @@ def remove_chain(top: Path) -> None:
     top.rmdir()
 
 
-@pytest.fixture
-def reg(tmp_path: Path) -> Registry:
+def make_reg(tmp_path: Path, registry_format: str | None = None) -> Registry:
     r = Registry(tmp_path / "reg", threads=2)
+    if registry_format is not None:
+        init_config(r.store, DEFAULT_CHUNK_PARAMS, registry_format=registry_format)
     r.push("m", make_tree(tmp_path / "src"))
     r.push("w", write(tmp_path / "w.bin", os.urandom(200_000)))
     return r
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> Registry:
+    return make_reg(tmp_path)
+
+
+def reg_for(kind: str, tmp_path: Path) -> Registry:
+    """A registry that has an object of ``kind``: ``refs/`` copies are format 1's only."""
+    return make_reg(tmp_path, "casreg/1" if kind == "version copy" else None)
 
 
 def key_of(reg: Registry, kind: str, ref: str = "m") -> str:
@@ -154,20 +167,22 @@ def forge(reg: Registry, name: str, manifest: Manifest) -> str:
 
 # -- FIFOs and links under keys -----------------------------------------------------------------------
 KINDS = ["manifest", "pack", "index", "version record", "version copy"]
+RESOLVING = {"resolve", "show", "ls", "ls m", "verify", "verify m", "pull"}
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_fifo_under_a_key_makes_no_command_hang(reg: Registry, tmp_path: Path, kind: str) -> None:
+def test_a_fifo_under_a_key_makes_no_command_hang(tmp_path: Path, kind: str) -> None:
     """Every command finishes at once; each that needs the object fails in one line
     naming it (exit 6), and ``verify`` (which reads everything) always does."""
+    reg = reg_for(kind, tmp_path)
     key = key_of(reg, kind)
     fifo = replace_with(reg, key, os.mkfifo)
     needs = {  # the commands that read this object
         "manifest": {"show", "verify", "verify m", "pull"},
         "pack": {"verify", "verify m", "pull"},
         "index": {"verify"},
-        "version record": {"verify"},
-        "version copy": {"resolve", "show", "ls", "ls m", "verify", "verify m", "pull"},
+        "version record": RESOLVING,  # format 2: the segment is what resolving reads
+        "version copy": RESOLVING,  # format 1: the copy is read first
     }[kind]
     for cmd in (["resolve", "m"], ["show", "m"], ["ls"], ["ls", "m"], ["verify"], ["verify", "m"],
                 ["pull", "m", str(tmp_path / "out")]):
@@ -206,8 +221,9 @@ def test_a_fifo_manifest_fails_the_library_calls_promptly(reg: Registry, tmp_pat
     assert key in str(got) and "\n" not in str(got)
 
 
-@pytest.mark.parametrize("kind", ["manifest", "pack", "version copy"])
-def test_a_key_linked_to_dev_zero_is_refused_without_reading_it(reg: Registry, tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize("kind", ["manifest", "pack", "version record", "version copy"])
+def test_a_key_linked_to_dev_zero_is_refused_without_reading_it(tmp_path: Path, kind: str) -> None:
+    reg = reg_for(kind, tmp_path)
     key = key_of(reg, kind)
     replace_with(reg, key, lambda p: p.symlink_to("/dev/zero"))
     got = promptly(lambda: reg.pull("m", tmp_path / "out"), seconds=TIMEOUT)
@@ -392,17 +408,19 @@ def test_resume_still_keeps_what_an_interrupted_pull_wrote(reg: Registry, tmp_pa
 
 # -- disk space -----------------------------------------------------------------------------------------
 def huge_manifest(reg: Registry, claim: int) -> Manifest:
-    """A file version claiming ``claim`` bytes (at least): one 4 GiB chunk reference,
-    repeated. Well-formed, so only its size can stop a pull."""
+    """A file version claiming ``claim`` bytes (at least): one chunk reference of the
+    registry's maximum chunk size, repeated. Well-formed and within every bound a
+    manifest read checks, so only its size can stop a pull."""
     real = reg.manifest("w").entries[0].chunks[0]
-    n = -(-claim // (1 << 32))
-    fake = ChunkRef(real.digest, real.pack, real.offset, real.stored_size, 1 << 32, real.codec)
-    return Manifest("file", [Entry("huge.bin", "f", n << 32, bytes(32), [fake] * n)], {})
+    size = max_chunk_size(reg.store)
+    n = -(-claim // size)
+    fake = ChunkRef(real.digest, real.pack, real.offset, real.stored_size, size, real.codec)
+    return Manifest("file", [Entry("huge.bin", "f", n * size, bytes(32), [fake] * n)], {})
 
 
-def test_a_terabyte_claim_fails_before_anything_is_written(reg: Registry, tmp_path: Path) -> None:
+def test_a_claim_beyond_free_space_fails_before_anything_is_written(reg: Registry, tmp_path: Path) -> None:
     vfs = os.statvfs(tmp_path)
-    claim = vfs.f_bavail * vfs.f_frsize + (1 << 40)  # a terabyte more than this disk has free
+    claim = vfs.f_bavail * vfs.f_frsize + (1 << 30)  # more than this disk has free
     ref = forge(reg, "huge", huge_manifest(reg, claim))
     before = sorted(os.listdir(tmp_path))
     t = time.monotonic()
@@ -411,7 +429,7 @@ def test_a_terabyte_claim_fails_before_anything_is_written(reg: Registry, tmp_pa
     assert time.monotonic() - t < 5 and "\n" not in str(info.value)
     assert sorted(os.listdir(tmp_path)) == before  # not even the parent directories
     p, _ = cli(tmp_path, reg, "pull", ref, str(tmp_path / "a" / "huge.bin"))
-    one_line(p, 7, "not enough space", "TiB")
+    one_line(p, 7, "not enough space", "needs", "available")
     assert sorted(os.listdir(tmp_path)) == before
 
 
