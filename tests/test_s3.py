@@ -99,8 +99,9 @@ def test_registry_round_trip_dedup_alias_and_sql(s3, tmp_path: Path) -> None:
     v1 = reg.push("big", big, metrics={"auc": 0.9})
     assert (v1.version, v1.size, v1.new_bytes) == (1, 40 * MiB, 40 * MiB)
     puts = reg.store.requests["put_object"]
-    # 2 packs + 2 indexes + manifest + ledger segment + its JSON copy + casreg.json
-    assert puts == 8, reg.store.requests
+    # 2 packs + 2 indexes + manifest + ledger segment + casreg.json (format 2 writes no
+    # refs/ JSON copy: the segment's footer carries the record)
+    assert puts == 7, reg.store.requests
     assert sorted(k.split("/")[0] for k in reg.store.list("packs")) == ["packs", "packs"]
 
     out = tmp_path / "pulled.bin"
@@ -113,7 +114,7 @@ def test_registry_round_trip_dedup_alias_and_sql(s3, tmp_path: Path) -> None:
     v2 = reg.push("copy", big)
     assert v2.digest == v1.digest and v2.new_bytes == 0
     assert sorted(reg.store.list("packs")) == before_packs
-    assert reg.store.requests["put_object"] == 3  # manifest (exists: 412) + ledger segment + JSON copy
+    assert reg.store.requests["put_object"] == 2  # manifest (exists: 412) + ledger segment
 
     # a tree with an executable, an empty file and an empty directory
     tree = tmp_path / "tree"
@@ -393,7 +394,7 @@ def test_push_through_lost_responses_commits_one_version(s3, lossy: Lossy,
     src = tmp_path / "m.bin"
     src.write_bytes(random_bytes(MiB, 6))
     v = Registry(url).push("m", src)
-    assert proxy.dropped >= 6  # casreg.json, pack, index, manifest, segment, JSON copy
+    assert proxy.dropped >= 5  # casreg.json, pack, index, manifest, segment
     monkeypatch.delenv("CASREG_S3_ENDPOINT_URL")
     reg = Registry(url)
     assert v.version == 1 and [x.version for x in reg.ls("m")] == [1]

@@ -26,7 +26,6 @@ pyarrow is imported only where Parquet is read or written; HEAD is JSON.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
@@ -238,7 +237,9 @@ def _read_old_segment(store: ObjectStore, key: str, data: bytes, name: str, numb
     import pyarrow.parquet as pq
 
     try:
-        row = pq.read_table(io.BytesIO(data)).to_pylist()[0]
+        # ParquetFile.read, not read_table: read_table's dataset scanner leaves work on
+        # Arrow's threads that can abort the interpreter at exit (apache/arrow#34314)
+        row = pq.ParquetFile(pa.BufferReader(data)).read().to_pylist()[0]
         for k in ("metrics", "params", "tags"):
             row[k] = dict(row[k] or [])
         row.pop("files", None)

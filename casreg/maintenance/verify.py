@@ -22,7 +22,6 @@ interrupted pushes are not problems (``gc`` reclaims them) and are only counted.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import struct
@@ -398,6 +397,7 @@ def _ledger(store: ObjectStore, report: VerifyReport) -> list[VersionRef]:
         return ledger_versions(store)
     except IntegrityError as err:
         first = str(err)
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     out: list[VersionRef] = []
@@ -406,7 +406,8 @@ def _ledger(store: ObjectStore, report: VerifyReport) -> list[VersionRef]:
         if parse_version_segment_key(key) is None:
             continue
         try:
-            rows = pq.read_table(io.BytesIO(store.read(key)), columns=["name", "version", "digest"]).to_pylist()
+            pf = pq.ParquetFile(pa.BufferReader(store.read(key)))  # not read_table: apache/arrow#34314
+            rows = pf.read(columns=["name", "version", "digest"]).to_pylist()
             for row in rows:
                 out.append(VersionRef(row["name"], int(row["version"]), Digest.parse(str(row["digest"]))))
         except NotFoundError:
