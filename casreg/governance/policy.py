@@ -2,8 +2,17 @@
 
 A policy is a TOML file kept in the registry and versioned: ``policy set`` writes
 ``policy/versions/<N>.toml`` by create-if-absent (so two writers never share a number)
-and records a ``policy.set`` event; the highest number is in force. docs/lifecycle.md
-documents the format; in short::
+and records a ``policy.set`` event that pins it: its number and the BLAKE3 digest of its
+bytes. **The policy in force is the one the latest ``policy.set`` event pins**, checked
+against that digest on every read (:func:`read_policy`): the event is an immutable ledger
+segment, the file is not. A pinned file that is missing, altered, emptied or unreadable
+is a :class:`DamagedPolicyError` (an :class:`~casreg.errors.IntegrityError`, exit 6,
+naming the key and what the event pins), so everything the policy governs fails closed,
+never falls back to "no policy"; ``policy set`` with the pinned bytes restores it
+(:func:`restore_policy`). A registry that never recorded a ``policy.set`` has no policy.
+A policy file no event pins (a ``policy set`` interrupted between its two writes) is never
+in force; ``casreg verify`` warns about it. docs/lifecycle.md documents the format; in
+short::
 
     [push]
     require = ["metrics.auc", "lineage.dataset", "params.lr", "framework"]
@@ -44,11 +53,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casreg.digest import Digest
-from casreg.errors import InvalidPolicyError, NotFoundError, PolicyError
-from casreg.keys import POLICIES, parse_policy_key, policy_key
-from casreg.records import JsonValue, Version
+from casreg.errors import ConflictError, IntegrityError, InvalidPolicyError, NotFoundError, PolicyError
+from casreg.keys import (
+    EVENTS,
+    POLICIES,
+    REGISTRY_EVENTS,
+    event_key,
+    parse_event_segment_key,
+    parse_policy_key,
+    policy_key,
+)
+from casreg.records import AliasEvent, JsonValue, Version
 from casreg.refs import validate_alias
-from casreg.storage import ObjectStore
+from casreg.storage import ByteRange, ObjectStore
 
 __all__ = [
     "Policy",
@@ -56,9 +73,15 @@ __all__ = [
     "Gate",
     "GateResult",
     "PolicyFile",
+    "PolicyPin",
+    "DamagedPolicyError",
     "parse_policy",
     "read_policy",
     "write_policy",
+    "policy_pins",
+    "latest_pin",
+    "check_pinned",
+    "restore_policy",
     "field_value",
     "check_push",
     "STAGES",
@@ -341,6 +364,8 @@ def parse_policy(text: str) -> dict[str, Any]:
     syntax) or the key and line (meaning)."""
     try:
         doc = tomllib.loads(text)
+    except RecursionError:
+        raise InvalidPolicyError("policy is not valid TOML: it is nested too deeply") from None
     except tomllib.TOMLDecodeError as err:
         msg = str(err)
         if "(at end of document)" in msg:  # tomllib gives no line here; the end is the last line
@@ -369,38 +394,188 @@ def parse_policy(text: str) -> dict[str, Any]:
 
 
 def policy_numbers(store: ObjectStore) -> list[int]:
-    """The numbers of the stored policy versions, ascending."""
+    """The numbers of the stored policy versions, ascending (pinned by an event or not)."""
     return sorted(n for key in store.list(POLICIES) if (n := parse_policy_key(key)) is not None)
 
 
-def read_policy(store: ObjectStore, number: int | None = None) -> PolicyFile | None:
-    """The policy in force (or version ``number``), or ``None`` if the registry has none:
-    one listing and one small read."""
-    if number is None:
-        numbers = policy_numbers(store)
-        if not numbers:
-            return None
-        number = numbers[-1]
+# -- what the ledger pins ---------------------------------------------------------------------
+#: A registry event is one small Parquet row; anything much larger is not ours.
+MAX_EVENT_SEGMENT_BYTES = 1 << 20
+_PIN_BATCH = 8  # registry events read at once, newest first
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyPin:
+    """What one ``policy.set`` event pins: a policy version and the digest of its bytes."""
+
+    version: int
+    digest: Digest
+    event_key: str  # the event's ledger segment
+    event: AliasEvent
+
+
+class DamagedPolicyError(IntegrityError):
+    """A pinned policy file is missing, differs from the digest its ``policy.set`` event
+    pins, or does not parse; ``pin`` says what the ledger pins (for the restore path)."""
+
+    def __init__(self, message: str, pin: PolicyPin) -> None:
+        super().__init__(message)
+        self.pin = pin
+
+
+def _registry_event(store: ObjectStore, key: str) -> AliasEvent | None:
+    """The registry event in segment ``key`` (``None`` if it vanished since the listing);
+    a damaged segment is an :class:`IntegrityError` naming it: the policy in force cannot
+    be known without it, so nothing the policy governs may proceed."""
+    import pyarrow as pa
+
+    from casreg.ledger.schema import event_schema, read_segment
+
     try:
-        data = store.read(policy_key(number))
+        data = store.read(key, ByteRange(0, MAX_EVENT_SEGMENT_BYTES + 1))
     except NotFoundError:
         return None
-    text = data.decode("utf-8")
-    return PolicyFile(number, text, parse_policy(text), Digest.of(data))
+    try:
+        if len(data) > MAX_EVENT_SEGMENT_BYTES:
+            raise ValueError(f"larger than {MAX_EVENT_SEGMENT_BYTES:,} bytes")
+        rows = read_segment(data, event_schema()).to_pylist()
+        if len(rows) != 1:
+            raise ValueError(f"it holds {len(rows)} rows, not one")
+        event = AliasEvent.from_dict(rows[0])
+        if event_key(event) != key:
+            raise ValueError(f"it records event {event.name}/{event.event_id}, which belongs elsewhere")
+    except (ValueError, TypeError, KeyError, IndexError, OSError, RecursionError, pa.ArrowException) as err:
+        why = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise IntegrityError(f"ledger event segment {key} is corrupt ({why}); the policy in force cannot be "
+                             "known from it; run casreg verify") from None
+    return event
 
 
-def write_policy(store: ObjectStore, text: str) -> PolicyFile:
-    """Store ``text`` as the next policy version (validated first)."""
+def _pin(event: AliasEvent, key: str) -> PolicyPin:
+    details = event.details or {}
+    number, digest = details.get("policy_version"), details.get("digest")
+    try:
+        if type(number) is not int or number < 1:
+            raise ValueError(f"policy_version {str(number)[:40]!r} is not a version number")
+        return PolicyPin(number, Digest(str(digest)), key, event)
+    except ValueError as err:
+        raise IntegrityError(f"ledger event segment {key} is a policy.set event that pins no policy "
+                             f"({str(err)[:200]}); run casreg verify") from None
+
+
+def _registry_event_keys(store: ObjectStore) -> list[str]:
+    """The registry's event segment keys in time order (segments are never deleted, also
+    not by compaction, so the listing is complete)."""
+    return sorted(k for k in store.list(f"{EVENTS}/{REGISTRY_EVENTS}")
+                  if (parsed := parse_event_segment_key(k)) is not None and parsed.name == REGISTRY_EVENTS)
+
+
+def latest_pin(store: ObjectStore) -> PolicyPin | None:
+    """What the latest ``policy.set`` event pins, or ``None`` if the registry never had a
+    policy: one listing of the registry's events, then their segments newest first
+    (a few at a time, concurrently) until a ``policy.set``."""
+    from casreg.concurrency import map_concurrently
+
+    keys = _registry_event_keys(store)
+    while keys:
+        batch, keys = keys[-_PIN_BATCH:], keys[:-_PIN_BATCH]
+        events = map_concurrently(lambda k: _registry_event(store, k), batch)
+        for key, event in reversed(list(zip(batch, events))):
+            if event is not None and event.kind == "policy.set":
+                return _pin(event, key)
+    return None
+
+
+def policy_pins(store: ObjectStore) -> list[PolicyPin]:
+    """What every ``policy.set`` event pins, oldest first (for ``verify`` and older
+    versions)."""
+    from casreg.concurrency import map_concurrently
+
+    keys = _registry_event_keys(store)
+    events = map_concurrently(lambda k: _registry_event(store, k), keys)
+    return [_pin(e, k) for k, e in zip(keys, events) if e is not None and e.kind == "policy.set"]
+
+
+def check_pinned(store: ObjectStore, pin: PolicyPin, *, latest: bool = True) -> PolicyFile:
+    """The policy file ``pin`` names, after checking it has the pinned digest and parses;
+    :class:`DamagedPolicyError` naming the key and what the event pins otherwise."""
+    key = policy_key(pin.version)
+    which = "the latest policy.set event" if latest else "its policy.set event"
+    pinned = f"{which} ({pin.event_key}) pins policy version {pin.version} as {pin.digest}"
+    restore = ("; everything the policy governs is refused until it is restored: "
+               "casreg policy set FILE, with the file of that digest")
+    try:
+        data = store.read(key, ByteRange(0, MAX_POLICY_BYTES + 1))
+    except NotFoundError:
+        raise DamagedPolicyError(f"policy {key} is missing, but {pinned}{restore}", pin) from None
+    if Digest.of(data) != pin.digest:
+        state = "is empty" if not data else f"was altered (its digest is {Digest.of(data)})"
+        raise DamagedPolicyError(f"policy {key} {state}, but {pinned}{restore}", pin)
+    try:
+        text = data.decode("utf-8")
+        doc = parse_policy(text)
+    except (UnicodeDecodeError, InvalidPolicyError) as err:
+        raise DamagedPolicyError(f"policy {key} has the digest {which} ({pin.event_key}) pins but does not "
+                                 f"read ({str(err)[:200]}); run casreg verify", pin) from None
+    return PolicyFile(pin.version, text, doc, pin.digest)
+
+
+def read_policy(store: ObjectStore, number: int | None = None) -> PolicyFile | None:
+    """The policy in force, or ``None`` if the registry never had one: the version the
+    latest ``policy.set`` event pins, checked against the pinned digest (one listing of
+    the registry's events, the newest segments up to that event, one small read). With
+    ``number``, that older version, checked against the event that pinned it (``None``
+    if there is no such version). A pinned file that is missing, altered or unreadable,
+    or a stored version no event pins, is an :class:`IntegrityError` naming its key:
+    callers fail closed, they never fall back to no policy."""
+    if number is None:
+        pin = latest_pin(store)
+        return check_pinned(store, pin) if pin is not None else None
+    pins = [p for p in policy_pins(store) if p.version == number]
+    if pins:
+        return check_pinned(store, pins[-1], latest=False)
+    if store.exists(policy_key(number)):
+        raise IntegrityError(f"policy {policy_key(number)} is not pinned by any policy.set event (written by an "
+                             "interrupted policy set, or not by casreg); it was never in force")
+    return None
+
+
+def write_policy(store: ObjectStore, text: str, *, after: int = 0) -> PolicyFile:
+    """Store ``text`` as the next policy version (validated first), numbered above every
+    stored one and above ``after`` (the pinned version, even if its file is gone)."""
     data = text.encode("utf-8")
     if len(data) > MAX_POLICY_BYTES:
         raise InvalidPolicyError(f"policy is {len(data):,} bytes; at most {MAX_POLICY_BYTES:,}")
     doc = parse_policy(text)
     numbers = policy_numbers(store)
-    number = (numbers[-1] if numbers else 0) + 1
+    number = max([after, *numbers]) + 1
     while not store.create(policy_key(number), data):
         number += 1
     return PolicyFile(number, text, doc, Digest.of(data))
 
+
+def restore_policy(store: ObjectStore, pin: PolicyPin, data: bytes) -> bool:
+    """Put back the pinned policy file from ``data``, which must have the pinned digest
+    (so the result is exactly what the ledger already pins: no permission is needed,
+    none is gained). ``True`` if anything was written."""
+    if Digest.of(data) != pin.digest:
+        raise IntegrityError(f"the policy given has digest {Digest.of(data)}, not {pin.digest}, which "
+                             f"{pin.event_key} pins for {policy_key(pin.version)}; nothing was changed")
+    key = policy_key(pin.version)
+    for _ in range(3):  # a concurrent restore or damage: look again
+        current = store.read_versioned(key)
+        if current is not None and current.data == data:
+            return False
+        try:
+            if current is None:
+                if store.create(key, data):
+                    return True
+            else:
+                store.swap(key, data, current.token)
+                return True
+        except ConflictError:
+            continue
+    raise ConflictError(f"{key} kept changing while it was being restored; nothing was changed")
 
 
 def check_push(store: ObjectStore, probe: Version, user: str) -> None:
