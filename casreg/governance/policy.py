@@ -53,19 +53,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casreg.digest import Digest
-from casreg.errors import ConflictError, IntegrityError, InvalidPolicyError, NotFoundError, PolicyError
-from casreg.keys import (
-    EVENTS,
-    POLICIES,
-    REGISTRY_EVENTS,
-    event_key,
-    parse_event_segment_key,
-    parse_policy_key,
-    policy_key,
-)
-from casreg.records import AliasEvent, JsonValue, Version
+from casreg.errors import ConflictError, IntegrityError, InvalidPolicyError, PolicyError
+from casreg.keys import POLICIES, parse_policy_key, policy_key
+from casreg.ledger.pins import MAX_POLICY_BYTES, DamagedPolicyError, PolicyPin, latest_pin, pinned_bytes, policy_pins
+from casreg.records import JsonValue, Version
 from casreg.refs import validate_alias
-from casreg.storage import ByteRange, ObjectStore
+from casreg.storage import ObjectStore
 
 __all__ = [
     "Policy",
@@ -90,7 +83,6 @@ __all__ = [
 STAGES = ("staging", "production", "archived")
 #: Role names a permission grants an action to.
 Roles = tuple[str, ...]
-MAX_POLICY_BYTES = 1 << 20
 _ACTIONS = ("push", "promote", "archive", "approve", "policy", "alias")
 _FIELD = r"(?:metrics|params|tags|lineage)\.[A-Za-z0-9_.\-]+|framework|description|author|size|file_count|version"
 _RULE = re.compile(
@@ -398,125 +390,18 @@ def policy_numbers(store: ObjectStore) -> list[int]:
     return sorted(n for key in store.list(POLICIES) if (n := parse_policy_key(key)) is not None)
 
 
-# -- what the ledger pins ---------------------------------------------------------------------
-#: A registry event is one small Parquet row; anything much larger is not ours.
-MAX_EVENT_SEGMENT_BYTES = 1 << 20
-_PIN_BATCH = 8  # registry events read at once, newest first
-
-
-@dataclass(frozen=True, slots=True)
-class PolicyPin:
-    """What one ``policy.set`` event pins: a policy version and the digest of its bytes."""
-
-    version: int
-    digest: Digest
-    event_key: str  # the event's ledger segment
-    event: AliasEvent
-
-
-class DamagedPolicyError(IntegrityError):
-    """A pinned policy file is missing, differs from the digest its ``policy.set`` event
-    pins, or does not parse; ``pin`` says what the ledger pins (for the restore path)."""
-
-    def __init__(self, message: str, pin: PolicyPin) -> None:
-        super().__init__(message)
-        self.pin = pin
-
-
-def _registry_event(store: ObjectStore, key: str) -> AliasEvent | None:
-    """The registry event in segment ``key`` (``None`` if it vanished since the listing);
-    a damaged segment is an :class:`IntegrityError` naming it: the policy in force cannot
-    be known without it, so nothing the policy governs may proceed."""
-    import pyarrow as pa
-
-    from casreg.ledger.schema import event_schema, read_segment
-
-    try:
-        data = store.read(key, ByteRange(0, MAX_EVENT_SEGMENT_BYTES + 1))
-    except NotFoundError:
-        return None
-    try:
-        if len(data) > MAX_EVENT_SEGMENT_BYTES:
-            raise ValueError(f"larger than {MAX_EVENT_SEGMENT_BYTES:,} bytes")
-        rows = read_segment(data, event_schema()).to_pylist()
-        if len(rows) != 1:
-            raise ValueError(f"it holds {len(rows)} rows, not one")
-        event = AliasEvent.from_dict(rows[0])
-        if event_key(event) != key:
-            raise ValueError(f"it records event {event.name}/{event.event_id}, which belongs elsewhere")
-    except (ValueError, TypeError, KeyError, IndexError, OSError, RecursionError, pa.ArrowException) as err:
-        why = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-        raise IntegrityError(f"ledger event segment {key} is corrupt ({why}); the policy in force cannot be "
-                             "known from it; run casreg verify") from None
-    return event
-
-
-def _pin(event: AliasEvent, key: str) -> PolicyPin:
-    details = event.details or {}
-    number, digest = details.get("policy_version"), details.get("digest")
-    try:
-        if type(number) is not int or number < 1:
-            raise ValueError(f"policy_version {str(number)[:40]!r} is not a version number")
-        return PolicyPin(number, Digest(str(digest)), key, event)
-    except ValueError as err:
-        raise IntegrityError(f"ledger event segment {key} is a policy.set event that pins no policy "
-                             f"({str(err)[:200]}); run casreg verify") from None
-
-
-def _registry_event_keys(store: ObjectStore) -> list[str]:
-    """The registry's event segment keys in time order (segments are never deleted, also
-    not by compaction, so the listing is complete)."""
-    return sorted(k for k in store.list(f"{EVENTS}/{REGISTRY_EVENTS}")
-                  if (parsed := parse_event_segment_key(k)) is not None and parsed.name == REGISTRY_EVENTS)
-
-
-def latest_pin(store: ObjectStore) -> PolicyPin | None:
-    """What the latest ``policy.set`` event pins, or ``None`` if the registry never had a
-    policy: one listing of the registry's events, then their segments newest first
-    (a few at a time, concurrently) until a ``policy.set``."""
-    from casreg.concurrency import map_concurrently
-
-    keys = _registry_event_keys(store)
-    while keys:
-        batch, keys = keys[-_PIN_BATCH:], keys[:-_PIN_BATCH]
-        events = map_concurrently(lambda k: _registry_event(store, k), batch)
-        for key, event in reversed(list(zip(batch, events))):
-            if event is not None and event.kind == "policy.set":
-                return _pin(event, key)
-    return None
-
-
-def policy_pins(store: ObjectStore) -> list[PolicyPin]:
-    """What every ``policy.set`` event pins, oldest first (for ``verify`` and older
-    versions)."""
-    from casreg.concurrency import map_concurrently
-
-    keys = _registry_event_keys(store)
-    events = map_concurrently(lambda k: _registry_event(store, k), keys)
-    return [_pin(e, k) for k, e in zip(keys, events) if e is not None and e.kind == "policy.set"]
-
-
 def check_pinned(store: ObjectStore, pin: PolicyPin, *, latest: bool = True) -> PolicyFile:
-    """The policy file ``pin`` names, after checking it has the pinned digest and parses;
-    :class:`DamagedPolicyError` naming the key and what the event pins otherwise."""
-    key = policy_key(pin.version)
-    which = "the latest policy.set event" if latest else "its policy.set event"
-    pinned = f"{which} ({pin.event_key}) pins policy version {pin.version} as {pin.digest}"
-    restore = ("; everything the policy governs is refused until it is restored: "
-               "casreg policy set FILE, with the file of that digest")
-    try:
-        data = store.read(key, ByteRange(0, MAX_POLICY_BYTES + 1))
-    except NotFoundError:
-        raise DamagedPolicyError(f"policy {key} is missing, but {pinned}{restore}", pin) from None
-    if Digest.of(data) != pin.digest:
-        state = "is empty" if not data else f"was altered (its digest is {Digest.of(data)})"
-        raise DamagedPolicyError(f"policy {key} {state}, but {pinned}{restore}", pin)
+    """The policy file ``pin`` names, after checking it has the pinned digest
+    (:func:`~casreg.ledger.pins.pinned_bytes`) and parses; :class:`DamagedPolicyError`
+    naming the key and what the event pins otherwise."""
+    data = pinned_bytes(store, pin, latest=latest)
     try:
         text = data.decode("utf-8")
         doc = parse_policy(text)
     except (UnicodeDecodeError, InvalidPolicyError) as err:
-        raise DamagedPolicyError(f"policy {key} has the digest {which} ({pin.event_key}) pins but does not "
-                                 f"read ({str(err)[:200]}); run casreg verify", pin) from None
+        which = "the latest policy.set event" if latest else "its policy.set event"
+        raise DamagedPolicyError(f"policy {policy_key(pin.version)} has the digest {which} ({pin.event_key}) pins "
+                                 f"but does not read ({str(err)[:200]}); run casreg verify", pin) from None
     return PolicyFile(pin.version, text, doc, pin.digest)
 
 

@@ -20,7 +20,7 @@ check is an :class:`IntegrityError` naming its key, never a target.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from casreg.concurrency import map_concurrently
@@ -29,11 +29,12 @@ from casreg.errors import ConflictError, IntegrityError, NotFoundError
 from casreg.keys import POINTERS, event_segment_key, parse_pointer_key, pointer_key
 from casreg.ledger.events import POINTER_KINDS, implied_events, new_event
 from casreg.ledger.segments import append_event, read_version
-from casreg.records import AliasEvent, AliasPointer
+from casreg.records import AliasEvent, AliasPointer, Version
 from casreg.storage import ByteRange, ObjectStore
 
 __all__ = ["read_pointer", "read_pointer_event", "read_pointer_events", "move_alias",
            "list_pointers", "decode_pointer", "confirm_pointer", "confirm_event", "pointer_disagreement",
+           "lying_pointers",
            "MAX_POINTER_BYTES"]
 
 #: A pointer holds one event (annotations at most 32 x 1 KiB): anything larger is damage.
@@ -88,6 +89,20 @@ def pointer_disagreement(pointer: AliasPointer, recorded: Digest | None) -> str 
     names the pointer's key."""
     return _lie(pointer_key(pointer.name, pointer.alias), "points at", pointer.name, pointer.version,
                 pointer.digest, recorded)
+
+
+def lying_pointers(pointers: Iterable[AliasPointer], versions: Iterable[Version]) -> list[tuple[AliasPointer, str]]:
+    """The pointers that name one of ``versions`` (records a caller has already read)
+    with another digest than that record, each with why (one line naming its key): the
+    free check for whoever shows where aliases point. Pointers at versions not among
+    ``versions`` are not checked."""
+    recorded = {(v.name, v.version): v.digest for v in versions}
+    out = []
+    for p in pointers:
+        digest = recorded.get((p.name, p.version))
+        if digest is not None and (why := pointer_disagreement(p, digest)) is not None:
+            out.append((p, why))
+    return out
 
 
 def _recorded(store: ObjectStore, name: str, number: int) -> Digest | None:
