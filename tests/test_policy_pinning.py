@@ -139,7 +139,7 @@ def test_a_damaged_policy_fails_every_governed_action_closed(damage: str, gated:
     kinds = [e["kind"] for e in events_table(reg.store, name=REGISTRY_EVENTS).to_pylist()]
     assert kinds == ["policy.set", "policy.restore"]
     # the restored policy governs again: its admin may replace it, and then version 2 is in force
-    fails(cli("policy", "set", str(looser)), 8, "holds none of the roles", CASREG_USER="intruder@example.test")
+    fails(cli("policy", "set", str(looser), CASREG_USER="intruder@example.test"), 8, "holds none of the roles")
     ok(cli("policy", "set", str(looser)))
     ok(cli("promote", "m", "2", "production"))
 
