@@ -119,7 +119,7 @@ LIES: dict[str, tuple[Callable[[Registry], Callable[[dict[str, object]], object]
     # the pointer of m@production holds a move of m@staging
     "other-alias": (lambda reg: _set(alias="staging"), "holds a move of m@staging, not of m@production"),
     # a version the ledger does not have
-    "no-such-version": (lambda reg: _set(to_version=9), "points at m:9, which the ledger does not record"),
+    "no-such-version": (lambda reg: _set(to_version=9), "which no version records (the ledger has no m:9)"),
     # a version without a digest
     "half-removed": (lambda reg: _set(to_digest=None), "names a version without a digest"),
     # not a pointer move at all

@@ -76,7 +76,8 @@ _decode = decode_pointer
 def _lie(key: str, verb: str, name: str, number: int, digest: Digest, recorded: Digest | None) -> str | None:
     ref = f"{name}:{number}"
     if recorded is None:
-        return f"alias pointer {key} {verb} {ref}, which the ledger does not record; run casreg verify"
+        return (f"alias pointer {key} {verb} {ref} as {digest}, which no version records (the ledger has no "
+                f"{ref}); run casreg verify")
     if recorded != digest:
         return (f"alias pointer {key} {verb} {ref} as {digest}, but the ledger records {ref} as {recorded}; "
                 "run casreg verify")

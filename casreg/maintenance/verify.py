@@ -450,7 +450,7 @@ def _check_pointers_and_policy(store: ObjectStore, pointers: list[AliasPointer],
     with that digest (the latest one missing is a problem too: gated actions are refused
     until it is restored). Policy files no event pins are warnings (an interrupted
     ``policy set``): never in force."""
-    from casreg.keys import POLICIES, parse_policy_key, pointer_key, policy_key
+    from casreg.keys import EVENTS, POLICIES, REGISTRY_EVENTS, parse_policy_key, pointer_key, policy_key
     from casreg.ledger.pins import PolicyPin, pinned_bytes, policy_pins
     from casreg.ledger.pointers import pointer_disagreement
 
@@ -467,7 +467,7 @@ def _check_pointers_and_policy(store: ObjectStore, pointers: list[AliasPointer],
     try:
         pins = policy_pins(store)
     except IntegrityError as err:  # a damaged registry event: the policy in force cannot be known
-        key = next((w for w in str(err).split() if w.startswith("ledger/events/")), "ledger/events/_registry")
+        key = next((w for w in str(err).split() if w.startswith(f"{EVENTS}/")), f"{EVENTS}/{REGISTRY_EVENTS}")
         report.problems.append(Problem(key, "corrupt", str(err).removesuffix("; run casreg verify")))
         pins = []
     latest: dict[int, PolicyPin] = {}
