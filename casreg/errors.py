@@ -32,6 +32,7 @@ __all__ = [
     "UnsupportedBackendError",
     "PolicyError",
     "InvalidPolicyError",
+    "AliasNotMovedError",
 ]
 
 
@@ -128,3 +129,20 @@ class PolicyError(CasregError, PermissionError):
 
 class InvalidPolicyError(InvalidInputError):
     """A policy file is malformed (the message gives the line and column, or the key)."""
+
+
+class AliasNotMovedError(CasregError):
+    """A push committed its version, but the alias move it was asked for failed (refused
+    by the policy, a conflict, damage): the version exists, the alias did not move. The
+    committed version is ``name``:``version`` with ``digest``; ``cause`` is the move's
+    error, whose exit code this error keeps."""
+
+    def __init__(self, message: str, *, name: str, version: int, digest: str, cause: CasregError) -> None:
+        super().__init__(message)
+        self.name, self.version, self.digest, self.cause = name, version, digest, cause
+        self.exit_code = cause.exit_code
+
+    @property
+    def ref(self) -> str:
+        """``NAME:N`` of the committed version."""
+        return f"{self.name}:{self.version}"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from casreg._version import __version__
 from casreg.content.manifest import Manifest, read_manifest
 from casreg.digest import Digest
-from casreg.errors import InvalidInputError
+from casreg.errors import AliasNotMovedError, CasregError, InvalidInputError
 from casreg.ledger.pointers import list_pointers, move_alias, read_pointer
 from casreg.ledger.resolve import Resolved, resolve, unknown, version_record
 from casreg.ledger.segments import commit_version, list_versions, read_version
@@ -161,7 +161,10 @@ class Registry:
         """Store ``path`` (a file or directory) as the next version of ``name`` and return
         its record. Only chunks the registry lacks are stored; the version becomes visible
         when its ledger record is written, last, so a failed push leaves no version (only
-        unreferenced objects ``gc`` reclaims). ``alias``: point ``name@alias`` at it too."""
+        unreferenced objects ``gc`` reclaims). ``alias``: point ``name@alias`` at it too,
+        after the commit; if that move fails (the policy refuses it, someone else moved
+        the alias, ...), :class:`~casreg.errors.AliasNotMovedError` says that the version
+        was committed and carries it, with the move's error as ``cause`` and exit code."""
         from casreg.content.chunking import DEFAULT_CHUNK_PARAMS  # push-only: kept off resolve/pull start-up
         from casreg.content.config import init_config
         from casreg.content.packs import ChunkIndex
@@ -207,9 +210,15 @@ class Registry:
         version = commit_version(self.store, record, files, tree=config.tree)
         # "kind" is the event's (push); the version's own kind (file/dir) goes under version_kind
         self._notify({**version.to_dict(), "kind": "push", "version_kind": version.kind})
-        if alias is not None:
-            self.set_alias(name, alias, version.version, reason=f"push {version.ref} --alias")
-        self._auto_compact(version)
+        try:
+            if alias is not None:
+                self.set_alias(name, alias, version.version, reason=f"push {version.ref} --alias")
+        except CasregError as err:
+            raise AliasNotMovedError(
+                f"{version.ref} was committed ({version.digest}), but moving {name}@{alias} was refused: {err}",
+                name=name, version=version.version, digest=str(version.digest), cause=err) from err
+        finally:
+            self._auto_compact(version)  # the version is committed either way
         return version
 
     def _auto_compact(self, version: Version) -> None:
@@ -333,11 +342,16 @@ class Registry:
         self._notify(event.to_dict())
         return event
 
-    def aliases(self, name: str | None = None) -> list[AliasPointer]:
-        """Every alias that is set (of ``name``, or of every model) and where it points."""
+    def aliases(self, name: str | None = None, *, confirm: bool = False) -> list[AliasPointer]:
+        """Every alias that is set (of ``name``, or of every model) and where it points,
+        each checked against its key (an :class:`~casreg.IntegrityError` naming a pointer
+        that is malformed or names another alias). ``confirm``: each also checked
+        against the ledger (one small read per alias); without it, a caller that shows
+        pointers next to version records checks them against those
+        (:func:`casreg.ledger.pointers.lying_pointers`)."""
         if name is not None:
             validate_name(name)
-        return list_pointers(self.store, name)
+        return list_pointers(self.store, name, confirm=confirm)
 
     # -- lifecycle: stages, approvals, history, policy (casreg/governance/) ------------------
     def promote(self, name: str, ref: str | int, stage: str, *, reason: str | None = None,

@@ -13,7 +13,8 @@ import typer
 if TYPE_CHECKING:
     from casreg.governance.state import VersionState
 
-from casreg import CasregError, FileInfo, PullResult, Version
+from casreg import AliasPointer, CasregError, FileInfo, IntegrityError, PullResult, Version
+from casreg.ledger.pointers import lying_pointers
 from casreg.refs import parse_ref
 from casreg_cli.common import (
     AnnotateOpt,
@@ -117,7 +118,10 @@ def show(cli: Cli, ref: RefArg) -> None:
     reg = cli.registry()
     v = reg.show(ref)
     files = reg.files(v.digest)
-    aliases = [p.alias for p in reg.aliases(v.name) if p.version == v.version]
+    pointers = [p for p in reg.aliases(v.name) if p.version == v.version]
+    for _pointer, why in lying_pointers(pointers, [v]):
+        raise IntegrityError(why)
+    aliases = [p.alias for p in pointers]
     state = reg.state(v)
     cli.emit(v.to_dict() | {"aliases": aliases, "lifecycle": state.to_dict(), "files": [asdict(f) for f in files]},
              lambda out: _show(out, v, files, aliases, state))
@@ -181,11 +185,16 @@ def ls_(
         versions = reg.ls(name, newest=None if all_ or name is None else limit)
         older = versions[0].version - 1 if name is not None and versions else 0
     pointers = reg.aliases(name)
+    lies = lying_pointers(pointers, versions)  # checked against the rows in hand: no extra read
+    liars = {(p.name, p.alias) for p, _ in lies}
     by_version: dict[tuple[str, int], list[str]] = {}
     for p in pointers:
-        by_version.setdefault((p.name, p.version), []).append(p.alias)
+        badge = f"{p.alias}(corrupt)" if (p.name, p.alias) in liars else p.alias
+        by_version.setdefault((p.name, p.version), []).append(badge)
     if out.as_json:
-        out.json([v.to_dict() | {"aliases": by_version.get((v.name, v.version), [])} for v in versions])
+        out.json([v.to_dict() | {"aliases": [a for a in by_version.get((v.name, v.version), [])
+                                             if not a.endswith("(corrupt)")]} for v in versions])
+        _fail_on_lies(lies)
         return
     rows = [{
         "ref": v.ref, "digest": v.digest[:19], "size": human_bytes(v.size),
@@ -195,6 +204,14 @@ def ls_(
     if older:
         out.line(f"({older:,} older version{'s' if older != 1 else ''} not shown; --all or --limit N)")
     out.table(rows)
+    _fail_on_lies(lies)
+
+
+def _fail_on_lies(lies: list[tuple[AliasPointer, str]]) -> None:
+    """After the listing: a lying alias pointer fails ``ls`` (exit 6) naming its key."""
+    if lies:
+        more = f" ({len(lies) - 1} more alias pointer(s) disagree with the ledger)" if len(lies) > 1 else ""
+        raise IntegrityError(lies[0][1] + more)
 
 
 @command(app)
@@ -253,7 +270,7 @@ def alias_ls(
 ) -> None:
     """List aliases and where they point."""
     out = cli.out
-    pointers = cli.registry().aliases(name)
+    pointers = cli.registry().aliases(name, confirm=True)
     if out.as_json:
         out.json([p.to_dict() for p in pointers])
         return

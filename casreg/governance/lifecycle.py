@@ -22,12 +22,26 @@ from typing import Any
 
 from casreg.digest import Digest
 from casreg.errors import ConflictError, InvalidInputError, PolicyError, UnknownReferenceError
-from casreg.governance.policy import GateResult, Policy, read_policy, write_policy
+from casreg.governance.policy import (
+    DamagedPolicyError,
+    GateResult,
+    Policy,
+    read_policy,
+    restore_policy,
+    write_policy,
+)
 from casreg.governance.state import archived_versions, check_stage_name, decisions, policy_for, was_in
 from casreg.keys import REGISTRY_EVENTS
 from casreg.ledger.events import EventSink, record_event
 from casreg.ledger.history import read_events
-from casreg.ledger.pointers import move_alias, read_pointer, read_pointer_event, read_pointer_events
+from casreg.ledger.pointers import (
+    confirm_event,
+    confirm_pointer,
+    move_alias,
+    read_pointer,
+    read_pointer_event,
+    read_pointer_events,
+)
 from casreg.ledger.resolve import resolve_in_model
 from casreg.ledger.segments import read_version
 from casreg.lineage import current_author
@@ -113,6 +127,8 @@ def evaluate(store: ObjectStore, policy: Policy, version: Version, stage: str,
         if rule.alias is not None:
             if rule.alias not in currents:
                 p = read_pointer(store, version.name, rule.alias)
+                if p is not None:
+                    confirm_pointer(store, p)  # compare with what the ledger records, not with a lie
                 currents[rule.alias] = read_version(store, version.name, p.version) if p else None
             current = currents[rule.alias]
             if current is not None and current.version == version.version:
@@ -170,6 +186,8 @@ def promote(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify
     check_stage_name(stage, policy)
     policy.require_permission(user, "promote", stage, what=f"moving {name}@{stage}")
     seen = read_pointer_event(store, name, stage)  # the state the checks are made against
+    if seen is not None:
+        confirm_event(store, seen)  # a pointer that lies about its target is refused, never replaced blindly
     current_version = seen.to_version if seen is not None and seen.to_digest is not None else None
     if if_current is not None:
         expected = resolve_in_model(store, name, if_current).version
@@ -214,6 +232,7 @@ def rollback(store: ObjectStore, name: str, alias: str, *, notify: EventSink, re
     last = read_pointer_event(store, name, alias)
     if last is None:
         raise UnknownReferenceError(f"{name}@{alias} was never set; nothing to roll back")
+    confirm_event(store, last, source=True)  # both where it is and where it would go back to
     if last.from_digest is None or last.from_version is None:
         raise InvalidInputError(f"{name}@{alias} has no previous target to roll back to "
                                 f"(its first move set it to {name}:{last.to_version})")
@@ -237,6 +256,8 @@ def archive(store: ObjectStore, name: str, ref: str | int, *, notify: EventSink,
     version = _version_of(store, name, ref)
     policy_for(store, name).require_permission(current_author(), "archive", None, what=f"archiving {version.ref}")
     moves = read_pointer_events(store, name)  # each alias's last move: read once, used twice
+    for move in moves:  # "is it deployed?" is answered only by pointers the ledger agrees with
+        confirm_event(store, move)
     holding = sorted(str(e.alias) for e in moves if e.to_digest is not None and e.to_version == version.version)
     if holding:
         raise InvalidInputError(f"{version.ref} is at {', '.join(f'{name}@{a}' for a in holding)}; "
@@ -279,11 +300,29 @@ def decide(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify:
 
 def set_policy(store: ObjectStore, text: str, *, notify: EventSink,
                reason: str | None = None) -> tuple[int, AliasEvent]:
-    """Store a new policy version (whoever the policy in force allows) and record it."""
-    current = read_policy(store)
+    """Store a new policy version (whoever the policy in force allows) and record it.
+
+    If the policy in force is damaged (:class:`~casreg.governance.policy.DamagedPolicyError`:
+    its file is missing, altered or unreadable), nobody's permission can be checked, so
+    the only change accepted is the restore: ``text`` must have exactly the digest the
+    latest ``policy.set`` event pins; its file is put back and a ``policy.restore`` event
+    recorded (returned with the restored version's number). Anything else fails closed
+    with the damage named."""
+    try:
+        current = read_policy(store)
+    except DamagedPolicyError as err:
+        data = text.encode("utf-8")
+        if Digest.of(data) != err.pin.digest:
+            raise DamagedPolicyError(f"{err} (the policy given has digest {Digest.of(data)})", err.pin) from None
+        restore_policy(store, err.pin, data)
+        event = record_event(store, name=REGISTRY_EVENTS, kind="policy.restore", reason=reason,
+                             details={"policy_version": err.pin.version, "digest": err.pin.digest,
+                                      "pinned_by": err.pin.event.event_id})
+        notify(event.to_dict())
+        return err.pin.version, event
     if current is not None:
         current.for_model(None).require_permission(current_author(), "policy", None, what="changing the policy")
-    stored = write_policy(store, text)
+    stored = write_policy(store, text, after=current.version if current else 0)
     event = record_event(store, name=REGISTRY_EVENTS, kind="policy.set", reason=reason,
                          details={"policy_version": stored.version, "digest": stored.digest,
                                   "previous_version": current.version if current else None})

@@ -2,8 +2,17 @@
 
 A policy is a TOML file kept in the registry and versioned: ``policy set`` writes
 ``policy/versions/<N>.toml`` by create-if-absent (so two writers never share a number)
-and records a ``policy.set`` event; the highest number is in force. docs/lifecycle.md
-documents the format; in short::
+and records a ``policy.set`` event that pins it: its number and the BLAKE3 digest of its
+bytes. **The policy in force is the one the latest ``policy.set`` event pins**, checked
+against that digest on every read (:func:`read_policy`): the event is an immutable ledger
+segment, the file is not. A pinned file that is missing, altered, emptied or unreadable
+is a :class:`DamagedPolicyError` (an :class:`~casreg.errors.IntegrityError`, exit 6,
+naming the key and what the event pins), so everything the policy governs fails closed,
+never falls back to "no policy"; ``policy set`` with the pinned bytes restores it
+(:func:`restore_policy`). A registry that never recorded a ``policy.set`` has no policy.
+A policy file no event pins (a ``policy set`` interrupted between its two writes) is never
+in force; ``casreg verify`` warns about it. docs/lifecycle.md documents the format; in
+short::
 
     [push]
     require = ["metrics.auc", "lineage.dataset", "params.lr", "framework"]
@@ -44,8 +53,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casreg.digest import Digest
-from casreg.errors import InvalidPolicyError, NotFoundError, PolicyError
+from casreg.errors import ConflictError, IntegrityError, InvalidPolicyError, PolicyError
 from casreg.keys import POLICIES, parse_policy_key, policy_key
+from casreg.ledger.pins import MAX_POLICY_BYTES, DamagedPolicyError, PolicyPin, latest_pin, pinned_bytes, policy_pins
 from casreg.records import JsonValue, Version
 from casreg.refs import validate_alias
 from casreg.storage import ObjectStore
@@ -56,9 +66,15 @@ __all__ = [
     "Gate",
     "GateResult",
     "PolicyFile",
+    "PolicyPin",
+    "DamagedPolicyError",
     "parse_policy",
     "read_policy",
     "write_policy",
+    "policy_pins",
+    "latest_pin",
+    "check_pinned",
+    "restore_policy",
     "field_value",
     "check_push",
     "STAGES",
@@ -67,7 +83,6 @@ __all__ = [
 STAGES = ("staging", "production", "archived")
 #: Role names a permission grants an action to.
 Roles = tuple[str, ...]
-MAX_POLICY_BYTES = 1 << 20
 _ACTIONS = ("push", "promote", "archive", "approve", "policy", "alias")
 _FIELD = r"(?:metrics|params|tags|lineage)\.[A-Za-z0-9_.\-]+|framework|description|author|size|file_count|version"
 _RULE = re.compile(
@@ -341,6 +356,8 @@ def parse_policy(text: str) -> dict[str, Any]:
     syntax) or the key and line (meaning)."""
     try:
         doc = tomllib.loads(text)
+    except RecursionError:
+        raise InvalidPolicyError("policy is not valid TOML: it is nested too deeply") from None
     except tomllib.TOMLDecodeError as err:
         msg = str(err)
         if "(at end of document)" in msg:  # tomllib gives no line here; the end is the last line
@@ -369,38 +386,81 @@ def parse_policy(text: str) -> dict[str, Any]:
 
 
 def policy_numbers(store: ObjectStore) -> list[int]:
-    """The numbers of the stored policy versions, ascending."""
+    """The numbers of the stored policy versions, ascending (pinned by an event or not)."""
     return sorted(n for key in store.list(POLICIES) if (n := parse_policy_key(key)) is not None)
 
 
-def read_policy(store: ObjectStore, number: int | None = None) -> PolicyFile | None:
-    """The policy in force (or version ``number``), or ``None`` if the registry has none:
-    one listing and one small read."""
-    if number is None:
-        numbers = policy_numbers(store)
-        if not numbers:
-            return None
-        number = numbers[-1]
+def check_pinned(store: ObjectStore, pin: PolicyPin, *, latest: bool = True) -> PolicyFile:
+    """The policy file ``pin`` names, after checking it has the pinned digest
+    (:func:`~casreg.ledger.pins.pinned_bytes`) and parses; :class:`DamagedPolicyError`
+    naming the key and what the event pins otherwise."""
+    data = pinned_bytes(store, pin, latest=latest)
     try:
-        data = store.read(policy_key(number))
-    except NotFoundError:
-        return None
-    text = data.decode("utf-8")
-    return PolicyFile(number, text, parse_policy(text), Digest.of(data))
+        text = data.decode("utf-8")
+        doc = parse_policy(text)
+    except (UnicodeDecodeError, InvalidPolicyError) as err:
+        which = "the latest policy.set event" if latest else "its policy.set event"
+        raise DamagedPolicyError(f"policy {policy_key(pin.version)} has the digest {which} ({pin.event_key}) pins "
+                                 f"but does not read ({str(err)[:200]}); run casreg verify", pin) from None
+    return PolicyFile(pin.version, text, doc, pin.digest)
 
 
-def write_policy(store: ObjectStore, text: str) -> PolicyFile:
-    """Store ``text`` as the next policy version (validated first)."""
+def read_policy(store: ObjectStore, number: int | None = None) -> PolicyFile | None:
+    """The policy in force, or ``None`` if the registry never had one: the version the
+    latest ``policy.set`` event pins, checked against the pinned digest (one listing of
+    the registry's events, the newest segments up to that event, one small read). With
+    ``number``, that older version, checked against the event that pinned it (``None``
+    if there is no such version). A pinned file that is missing, altered or unreadable,
+    or a stored version no event pins, is an :class:`IntegrityError` naming its key:
+    callers fail closed, they never fall back to no policy."""
+    if number is None:
+        pin = latest_pin(store)
+        return check_pinned(store, pin) if pin is not None else None
+    pins = [p for p in policy_pins(store) if p.version == number]
+    if pins:
+        return check_pinned(store, pins[-1], latest=False)
+    if store.exists(policy_key(number)):
+        raise IntegrityError(f"policy {policy_key(number)} is not pinned by any policy.set event (written by an "
+                             "interrupted policy set, or not by casreg); it was never in force")
+    return None
+
+
+def write_policy(store: ObjectStore, text: str, *, after: int = 0) -> PolicyFile:
+    """Store ``text`` as the next policy version (validated first), numbered above every
+    stored one and above ``after`` (the pinned version, even if its file is gone)."""
     data = text.encode("utf-8")
     if len(data) > MAX_POLICY_BYTES:
         raise InvalidPolicyError(f"policy is {len(data):,} bytes; at most {MAX_POLICY_BYTES:,}")
     doc = parse_policy(text)
     numbers = policy_numbers(store)
-    number = (numbers[-1] if numbers else 0) + 1
+    number = max([after, *numbers]) + 1
     while not store.create(policy_key(number), data):
         number += 1
     return PolicyFile(number, text, doc, Digest.of(data))
 
+
+def restore_policy(store: ObjectStore, pin: PolicyPin, data: bytes) -> bool:
+    """Put back the pinned policy file from ``data``, which must have the pinned digest
+    (so the result is exactly what the ledger already pins: no permission is needed,
+    none is gained). ``True`` if anything was written."""
+    if Digest.of(data) != pin.digest:
+        raise IntegrityError(f"the policy given has digest {Digest.of(data)}, not {pin.digest}, which "
+                             f"{pin.event_key} pins for {policy_key(pin.version)}; nothing was changed")
+    key = policy_key(pin.version)
+    for _ in range(3):  # a concurrent restore or damage: look again
+        current = store.read_versioned(key)
+        if current is not None and current.data == data:
+            return False
+        try:
+            if current is None:
+                if store.create(key, data):
+                    return True
+            else:
+                store.swap(key, data, current.token)
+                return True
+        except ConflictError:
+            continue
+    raise ConflictError(f"{key} kept changing while it was being restored; nothing was changed")
 
 
 def check_push(store: ObjectStore, probe: Version, user: str) -> None:

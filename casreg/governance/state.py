@@ -15,7 +15,7 @@ from casreg.errors import InvalidInputError
 from casreg.governance.policy import STAGES, Policy, read_policy
 from casreg.ledger.events import POINTER_KINDS
 from casreg.ledger.history import read_events
-from casreg.ledger.pointers import read_pointer
+from casreg.ledger.pointers import confirm_pointer, read_pointer
 from casreg.records import AliasEvent, JsonValue, _iso
 from casreg.refs import validate_alias
 from casreg.storage import ObjectStore
@@ -110,4 +110,6 @@ def stage_members(store: ObjectStore, name: str, stage: str) -> list[int]:
     if stage == "archived":
         return sorted(archived_versions(read_events(store, name)))
     p = read_pointer(store, name, stage)
+    if p is not None:
+        confirm_pointer(store, p)  # a lying pointer is an IntegrityError naming it, not a member
     return [p.version] if p else []

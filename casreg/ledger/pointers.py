@@ -8,38 +8,135 @@ two, the next move (or ``repair``) appends the missing event first, because it i
 already in the pointer: the log never disagrees with the pointers for long, and never
 loses a move. One object per alias keeps resolving to a single small read and lets
 storage access control guard production pointers by key pattern.
+
+A pointer is mutable, so nothing about it is taken on trust (docs/FORMAT.md §7): on every
+read its event must name the model and alias of its key, be a move (a pointer kind) and
+either name both a version and a digest or neither; and before anything acts on where it
+points, :func:`confirm_pointer` checks against the ledger that the version exists and has
+that digest (one bounded read of the version's segment). A pointer that fails either
+check is an :class:`IntegrityError` naming its key, never a target.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from casreg.concurrency import map_concurrently
 from casreg.digest import Digest
 from casreg.errors import ConflictError, IntegrityError, NotFoundError
 from casreg.keys import POINTERS, event_segment_key, parse_pointer_key, pointer_key
-from casreg.ledger.events import implied_events, new_event
-from casreg.ledger.segments import append_event
-from casreg.records import AliasEvent, AliasPointer
-from casreg.storage import ObjectStore
+from casreg.ledger.events import POINTER_KINDS, implied_events, new_event
+from casreg.ledger.segments import append_event, read_version
+from casreg.records import AliasEvent, AliasPointer, Version
+from casreg.storage import ByteRange, ObjectStore
 
 __all__ = ["read_pointer", "read_pointer_event", "read_pointer_events", "move_alias",
-           "list_pointers"]
+           "list_pointers", "decode_pointer", "confirm_pointer", "confirm_event", "pointer_disagreement",
+           "lying_pointers",
+           "MAX_POINTER_BYTES"]
+
+#: A pointer holds one event (annotations at most 32 x 1 KiB): anything larger is damage.
+MAX_POINTER_BYTES = 256 << 10
 
 
-def _decode(data: bytes, key: str) -> AliasEvent:
-    """A pointer's bytes → the event of its last move; anything malformed is an
-    :class:`IntegrityError` naming the pointer."""
+def _corrupt(key: str, why: str) -> IntegrityError:
+    return IntegrityError(f"alias pointer {key} is corrupt ({why}); run casreg verify")
+
+
+def decode_pointer(data: bytes, key: str) -> AliasEvent:
+    """A pointer's bytes → the event of its last move, checked against its key: the event
+    must parse, name the model and alias of ``key``, be a pointer move, and set both
+    ``to_version`` and ``to_digest`` or neither (a removal). Anything else is an
+    :class:`IntegrityError` naming ``key`` (exit 6)."""
+    named = parse_pointer_key(key)
+    if len(data) > MAX_POINTER_BYTES:
+        raise _corrupt(key, f"larger than {MAX_POINTER_BYTES:,} bytes")
     try:
         event = AliasEvent.from_dict(json.loads(data))
         implied_events(event)  # what the move implies must be well-formed too
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise IntegrityError(f"alias pointer {key} is corrupt ({str(err)[:200]}); run casreg verify") from None
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+        raise _corrupt(key, str(err).splitlines()[0][:200] if str(err) else type(err).__name__) from None
     if event.alias is None:
-        raise IntegrityError(f"alias pointer {key} is corrupt (its event names no alias); run casreg verify")
+        raise _corrupt(key, "its event names no alias")
+    if named is not None and (event.name, event.alias) != named:
+        raise IntegrityError(f"alias pointer {key} holds a move of {event.name}@{event.alias}, not of "
+                             f"{named[0]}@{named[1]}; run casreg verify")
+    if event.kind not in POINTER_KINDS:
+        raise _corrupt(key, f"its event is a {event.kind[:64]!r}, not a move of the alias")
+    if (event.to_digest is None) != (event.to_version is None):
+        raise _corrupt(key, "its event names a version without a digest, or a digest without a version")
     return event
+
+
+_decode = decode_pointer
+
+
+def _lie(key: str, verb: str, name: str, number: int, digest: Digest, recorded: Digest | None) -> str | None:
+    ref = f"{name}:{number}"
+    if recorded is None:
+        return (f"alias pointer {key} {verb} {ref} as {digest}, which no version records (the ledger has no "
+                f"{ref}); run casreg verify")
+    if recorded != digest:
+        return (f"alias pointer {key} {verb} {ref} as {digest}, but the ledger records {ref} as {recorded}; "
+                "run casreg verify")
+    return None
+
+
+def pointer_disagreement(pointer: AliasPointer, recorded: Digest | None) -> str | None:
+    """Why ``pointer`` lies, given the digest the ledger records for the version it names
+    (``None``: the ledger has no such version); ``None`` when they agree. One line that
+    names the pointer's key."""
+    return _lie(pointer_key(pointer.name, pointer.alias), "points at", pointer.name, pointer.version,
+                pointer.digest, recorded)
+
+
+def lying_pointers(pointers: Iterable[AliasPointer], versions: Iterable[Version]) -> list[tuple[AliasPointer, str]]:
+    """The pointers that name one of ``versions`` (records a caller has already read)
+    with another digest than that record, each with why (one line naming its key): the
+    free check for whoever shows where aliases point. Pointers at versions not among
+    ``versions`` are not checked."""
+    recorded = {(v.name, v.version): v.digest for v in versions}
+    out = []
+    for p in pointers:
+        digest = recorded.get((p.name, p.version))
+        if digest is not None and (why := pointer_disagreement(p, digest)) is not None:
+            out.append((p, why))
+    return out
+
+
+def _recorded(store: ObjectStore, name: str, number: int) -> Digest | None:
+    try:
+        return read_version(store, name, number).digest
+    except NotFoundError:
+        return None
+
+
+def confirm_pointer(store: ObjectStore, pointer: AliasPointer) -> None:
+    """Check that the ledger records the version ``pointer`` names with the pointer's
+    digest (one bounded read of the version's segment,
+    :func:`~casreg.ledger.segments.read_version`); an :class:`IntegrityError` naming the
+    pointer's key if it does not."""
+    why = pointer_disagreement(pointer, _recorded(store, pointer.name, pointer.version))
+    if why is not None:
+        raise IntegrityError(why)
+
+
+def confirm_event(store: ObjectStore, event: AliasEvent, *, source: bool = False) -> None:
+    """Check a pointer's last move against the ledger: where it points (``to_*``) and,
+    with ``source``, where it pointed before (``from_*``: what a rollback returns to).
+    An :class:`IntegrityError` naming the pointer's key on any disagreement."""
+    assert event.alias is not None
+    key = pointer_key(event.name, event.alias)
+    checks = [("points at", event.to_version, event.to_digest)]
+    if source:
+        checks.append(("says it was at", event.from_version, event.from_digest))
+    for verb, number, digest in checks:
+        if number is not None and digest is not None:
+            why = _lie(key, verb, event.name, number, digest, _recorded(store, event.name, number))
+            if why is not None:
+                raise IntegrityError(why)
 
 
 def _as_pointer(event: AliasEvent) -> AliasPointer | None:
@@ -50,19 +147,20 @@ def _as_pointer(event: AliasEvent) -> AliasPointer | None:
 
 def read_pointer(store: ObjectStore, name: str, alias: str) -> AliasPointer | None:
     """Where ``name@alias`` points, or ``None``: exactly one small read."""
+    key = pointer_key(name, alias)
     try:
-        data = store.read(pointer_key(name, alias))
+        data = store.read(key, ByteRange(0, MAX_POINTER_BYTES + 1))
     except NotFoundError:
         return None
-    return _as_pointer(_decode(data, pointer_key(name, alias)))
+    return _as_pointer(_decode(data, key))
 
 
 def read_pointer_event(store: ObjectStore, name: str, alias: str) -> AliasEvent | None:
     """The last move of ``name@alias`` (also when that move removed it), or ``None`` if
     it was never set."""
+    key = pointer_key(name, alias)
     try:
-        key = pointer_key(name, alias)
-        return _decode(store.read(key), key)
+        return _decode(store.read(key, ByteRange(0, MAX_POINTER_BYTES + 1)), key)
     except NotFoundError:
         return None
 
@@ -73,7 +171,7 @@ def _read_events(store: ObjectStore, prefix: str) -> list[AliasEvent]:
 
     def read(key: str) -> AliasEvent | None:
         try:
-            return _decode(store.read(key), key)
+            return _decode(store.read(key, ByteRange(0, MAX_POINTER_BYTES + 1)), key)
         except NotFoundError:  # removed since the listing
             return None
 
@@ -86,10 +184,17 @@ def read_pointer_events(store: ObjectStore, name: str) -> list[AliasEvent]:
     return _read_events(store, f"{POINTERS}/{name}")
 
 
-def list_pointers(store: ObjectStore, name: str | None = None) -> list[AliasPointer]:
-    """Every alias that is set (of model ``name``, or of every model), in key order."""
+def list_pointers(store: ObjectStore, name: str | None = None, *, confirm: bool = False) -> list[AliasPointer]:
+    """Every alias that is set (of model ``name``, or of every model), in key order, each
+    checked against its key. ``confirm``: each also checked against the ledger
+    (:func:`confirm_pointer`, one small read per alias, concurrently); without it a
+    caller that shows where aliases point must check them against the version records
+    it has (:func:`pointer_disagreement`)."""
     events = _read_events(store, f"{POINTERS}/{name}" if name else POINTERS)
-    return [p for e in events if (p := _as_pointer(e)) is not None]
+    pointers = [p for e in events if (p := _as_pointer(e)) is not None]
+    if confirm:
+        map_concurrently(lambda p: confirm_pointer(store, p), pointers)
+    return pointers
 
 
 def _log(store: ObjectStore, event: AliasEvent) -> None:

@@ -2,10 +2,13 @@
 
 Every operation resolves its reference here exactly once and from then on works by
 digest only, so a pointer that moves mid-operation can never mix two versions. What a
-reference costs: ``NAME@ALIAS`` one pointer read; ``NAME:N`` one read of the version's
-JSON copy; ``NAME`` a listing of its segments (from HEAD's coverage on where the store
-lists from a key) and one read; ``blake3:HEX`` one existence check or, for a prefix,
-one listing of ``manifests/<aa>/``.
+reference costs: ``NAME@ALIAS`` one pointer read and one bounded read of the version's
+ledger segment, which must record the pointer's version with the pointer's digest
+(:func:`~casreg.ledger.pointers.confirm_pointer`: a pointer is mutable, the ledger is
+not; a disagreement is an :class:`~casreg.errors.IntegrityError` naming the pointer);
+``NAME:N`` one read of the version's ledger segment; ``NAME`` a listing of its segments
+(from HEAD's coverage on where the store lists from a key) and one read; ``blake3:HEX``
+one existence check or, for a prefix, one listing of ``manifests/<aa>/``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 from casreg.digest import Digest
 from casreg.errors import AmbiguousReferenceError, InvalidInputError, NotFoundError, UnknownReferenceError
 from casreg.keys import CONFIG_KEY, MANIFESTS, manifest_key, parse_manifest_key
-from casreg.ledger.pointers import read_pointer
+from casreg.ledger.pointers import confirm_pointer, read_pointer
 from casreg.ledger.segments import latest_number, list_versions, read_version, versions_table
 from casreg.records import Version
 from casreg.refs import FULL_HEX, Ref, RefKind, parse_ref
@@ -67,6 +70,7 @@ def resolve(store: ObjectStore, ref: str | Ref) -> Resolved:
         p = read_pointer(store, r.name, r.alias)
         if p is None:
             raise unknown(store, f"{r} is not set")
+        confirm_pointer(store, p)  # the pointer names its own model (checked on read) and the ledger agrees
         return Resolved(p.digest, r.name, p.version, p.annotations)
     if r.kind is RefKind.DIGEST:
         prefix = r.digest or ""

@@ -55,7 +55,7 @@ from casreg.keys import (
 from casreg.ledger.segments import MAX_SEGMENT_BYTES, segment_disagreement
 from casreg.maintenance.reachable import VersionRef, ledger_versions
 from casreg.progress import NullProgress, Progress
-from casreg.records import JsonValue
+from casreg.records import AliasPointer, JsonValue
 from casreg.storage import ByteRange, ObjectStore
 
 __all__ = ["Problem", "VerifyReport", "verify_registry", "verify_version"]
@@ -421,23 +421,73 @@ def _ledger(store: ObjectStore, report: VerifyReport) -> list[VersionRef]:
     return out
 
 
-def _read_pointers(store: ObjectStore, report: VerifyReport) -> list[tuple[str, str]]:
-    """``(key, digest)`` of every alias that is set. Read before the ledger: an alias can
-    only point at a version committed before it moved."""
+def _read_pointers(store: ObjectStore, report: VerifyReport) -> list[AliasPointer]:
+    """Every alias that is set. Read before the ledger: an alias can only point at a
+    version committed before it moved. A pointer that is malformed or holds a move of
+    another model or alias than its key names is reported (:func:`decode_pointer`)."""
+    from casreg.ledger.pointers import MAX_POINTER_BYTES, decode_pointer
+
     out = []
     for key in sorted(store.list(POINTERS)):
         if parse_pointer_key(key) is None:
             continue
         try:
-            to = json.loads(store.read(key)).get("to_digest")
+            event = decode_pointer(store.read(key, ByteRange(0, MAX_POINTER_BYTES + 1)), key)
         except NotFoundError:
             continue
-        except (ValueError, AttributeError):
-            report.problems.append(Problem(key, "corrupt", "the alias pointer is not valid JSON"))
+        except IntegrityError as err:
+            reason = str(err).removeprefix(f"alias pointer {key} ").removesuffix("; run casreg verify")
+            report.problems.append(Problem(key, "corrupt", reason))
             continue
-        if to is not None:
-            out.append((key, str(to)))
+        if event.alias is not None and event.to_digest is not None and event.to_version is not None:
+            out.append(AliasPointer(event.name, event.alias, event.to_digest, event.to_version, event))
     return out
+
+
+def _check_pointers_and_policy(store: ObjectStore, pointers: list[AliasPointer], versions: list[VersionRef],
+                               report: VerifyReport) -> None:
+    """Each alias must point at a version the ledger records under the pointer's model,
+    number and digest; each policy version a ``policy.set`` event pins must be stored
+    with that digest (the latest one missing is a problem too: gated actions are refused
+    until it is restored). Policy files no event pins are warnings (an interrupted
+    ``policy set``): never in force."""
+    from casreg.keys import EVENTS, POLICIES, REGISTRY_EVENTS, parse_policy_key, pointer_key, policy_key
+    from casreg.ledger.pins import PolicyPin, pinned_bytes, policy_pins
+    from casreg.ledger.pointers import pointer_disagreement
+
+    ledger = {(v.name, v.version): v.digest for v in versions}
+    damaged = {parsed for p in report.problems if (parsed := parse_version_segment_key(p.key)) is not None}
+    for p in pointers:
+        if (p.name, p.version) in damaged:
+            continue  # its ledger segment is reported already
+        why = pointer_disagreement(p, ledger.get((p.name, p.version)))
+        if why is not None:
+            key = pointer_key(p.name, p.alias)
+            reason = why.removeprefix(f"alias pointer {key} ").removesuffix("; run casreg verify")
+            report.problems.append(Problem(key, "corrupt", reason))
+    try:
+        pins = policy_pins(store)
+    except IntegrityError as err:  # a damaged registry event: the policy in force cannot be known
+        key = next((w for w in str(err).split() if w.startswith(f"{EVENTS}/")), f"{EVENTS}/{REGISTRY_EVENTS}")
+        report.problems.append(Problem(key, "corrupt", str(err).removesuffix("; run casreg verify")))
+        pins = []
+    latest: dict[int, PolicyPin] = {}
+    for pin in pins:
+        latest[pin.version] = pin
+    for i, pin in enumerate(pins):
+        if latest[pin.version] is not pin:
+            continue  # pinned again later: the later event is the one that counts
+        try:
+            pinned_bytes(store, pin, latest=i == len(pins) - 1)
+        except IntegrityError as err:
+            kind = "missing" if " is missing, " in str(err) else "corrupt"
+            key = policy_key(pin.version)
+            report.problems.append(Problem(key, kind, str(err).removeprefix(f"policy {key} ")))
+    pinned = {pin.version for pin in pins}
+    for number in sorted(n for k in store.list(POLICIES) if (n := parse_policy_key(k)) is not None):
+        if number not in pinned:
+            report.warnings.append(f"{policy_key(number)} is not pinned by any policy.set event (an interrupted "
+                                   "policy set?); it is not in force")
 
 
 def _segments(store: ObjectStore, keys: list[str], report: VerifyReport, threads: int) -> None:
@@ -677,9 +727,7 @@ def verify_registry(store: ObjectStore, *, progress: Progress | None = None,
     report.versions = len(versions)
     objects = _list_objects(store, report)
     digests = {v.hexdigest for v in versions}
-    for key, to in pointers:
-        if to.removeprefix("blake3:") not in digests:
-            report.problems.append(Problem(key, "corrupt", f"the alias points at {to}, which no version records"))
+    _check_pointers_and_policy(store, pointers, versions, report)
     _sidecars(store, sidecars, versions, report, 2 * nthreads)
     _segments(store, sorted(store.list(VERSIONS)), report, 2 * nthreads)
     good_index = _verify_indexes(store, objects, report, 2 * nthreads)
