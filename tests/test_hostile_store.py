@@ -629,6 +629,7 @@ def test_memory_stays_bounded_on_bombs(world: World, tmp_path: Path, name: str) 
         assert rss - base < MEMORY_BOUND, (argv[:3], rss >> 20, base >> 20)
 
 
+@pytest.mark.slow  # writes a 1 GiB file
 def test_memory_of_a_pull_is_bounded_however_well_chunks_compress(world: World, tmp_path: Path) -> None:
     """A genuine file of 4,096 zero chunks stored back to back (a few hundred bytes each:
     the whole 1 GiB file in one 4 MiB span by stored size): a pull decodes at most
