@@ -46,6 +46,7 @@ from casreg.errors import (
     NotFoundError,
     UnknownReferenceError,
 )
+from casreg.keys import manifest_key
 from casreg.refs import Ref, split_ref_path
 from casreg.registry import Registry, Resolved
 from casreg.storage import default_registry_url
@@ -298,7 +299,8 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
             raise IsADirectoryError(f"casreg://{info['name']} is a directory, not a file")
         entry = file_entry(t.manifest, t.inner, f"casreg://{info['name']}")
         return PinnedFile(self.registry.store, entry, where=f"casreg://{info['name']}",
-                          cache_chunks=self.chunk_cache, threads=self.registry.threads), info
+                          cache_chunks=self.chunk_cache, threads=self.registry.threads,
+                          source=manifest_key(t.manifest.hexdigest)), info
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: object) -> bytes:
         """Bytes ``[start, end)`` of a file (negative values count from its end), reading
@@ -353,7 +355,8 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
                 dest = dest / e.path.rsplit("/", 1)[-1]
             sub = Manifest("file", [Entry(e.path.rsplit("/", 1)[-1], e.type, e.size, e.digest, e.chunks)],
                            t.manifest.chunking, tree=t.manifest.tree)
-            materialize(self.registry.store, sub, dest, force=True, threads=self.registry.threads)
+            materialize(self.registry.store, sub, dest, force=True, threads=self.registry.threads,
+                        source=manifest_key(t.manifest.hexdigest))
             return
         if not recursive:
             raise IsADirectoryError(f"casreg://{info['name']} is a directory: pass recursive=True to copy it")
@@ -361,7 +364,7 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
         entries = [Entry(e.path[len(prefix):], e.type, e.size, e.digest, e.chunks)
                    for e in t.manifest.entries if e.path.startswith(prefix)]
         materialize(self.registry.store, Manifest("dir", entries, t.manifest.chunking, tree=t.manifest.tree), local,
-                    force=True, threads=self.registry.threads)
+                    force=True, threads=self.registry.threads, source=manifest_key(t.manifest.hexdigest))
 
     # -- read-only ------------------------------------------------------------------------------
     def _read_only(self, *args: object, **kwargs: object) -> NoReturn:

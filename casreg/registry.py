@@ -20,6 +20,7 @@ from casreg._version import __version__
 from casreg.content.manifest import Manifest, read_manifest
 from casreg.digest import Digest
 from casreg.errors import AliasNotMovedError, CasregError, InvalidInputError
+from casreg.keys import manifest_key
 from casreg.ledger.pointers import list_pointers, move_alias, read_pointer
 from casreg.ledger.resolve import Resolved, resolve, unknown, version_record
 from casreg.ledger.segments import commit_version, list_versions, read_version
@@ -460,7 +461,8 @@ class Registry:
         resolved = self.resolve(ref)
         where = f"casreg://{ref}" + (f"/{path}" if path else "")
         entry = file_entry(self.manifest(resolved), path.strip("/"), where)
-        return SafetensorsFile(PinnedFile(self.store, entry, where=where, threads=self.threads), bf16=bf16)
+        return SafetensorsFile(PinnedFile(self.store, entry, where=where, threads=self.threads,
+                                          source=manifest_key(resolved.digest)), bf16=bf16)
 
 
 def open_safetensors(ref: str, path: str = "", *, registry: Registry | str | os.PathLike[str] | None = None,

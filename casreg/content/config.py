@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from casreg.content.codec import DEFAULT_ZSTD_LEVEL
 from casreg.errors import CasregError, IntegrityError, NotFoundError
 from casreg.keys import CONFIG_KEY
-from casreg.storage import ObjectStore
+from casreg.storage import ByteRange, ObjectStore
 
 if TYPE_CHECKING:
     from casreg.content.chunking import ChunkParams
@@ -33,6 +33,8 @@ __all__ = ["MAX_CHUNK_BYTES", "REGISTRY_FORMAT", "REGISTRY_FORMATS", "RegistryCo
 #: No chunk may claim more raw bytes than this, whatever a registry's ``casreg.json`` says
 #: (its ``max_size``, 4 MiB by default, is the bound readers apply).
 MAX_CHUNK_BYTES = 64 << 20
+#: ``casreg.json`` is read at most this far (it is a few hundred bytes).
+MAX_CONFIG_BYTES = 1 << 20
 #: The format of new registries; every format here is read.
 REGISTRY_FORMAT = "casreg/2"
 #: Registry format -> the tree format of the manifests its pushes write.
@@ -99,9 +101,11 @@ _LOCK = threading.Lock()
 def read_config(store: ObjectStore) -> RegistryConfig | None:
     """The registry's configuration, or ``None`` if nothing was ever pushed to it."""
     try:
-        data = store.read(CONFIG_KEY)
+        data = store.read(CONFIG_KEY, ByteRange(0, MAX_CONFIG_BYTES + 1))
     except NotFoundError:
         return None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise IntegrityError(f"{CONFIG_KEY} in {store.url} is corrupt (larger than {MAX_CONFIG_BYTES:,} bytes)")
     config = RegistryConfig.from_json(data, store.url)
     with _LOCK:  # casreg.json never changes: later readers of the bound need not read it again
         _MAX_CHUNK[store] = config.max_chunk

@@ -22,6 +22,10 @@ from casreg.storage import ByteRange, ObjectStore
 __all__ = ["SPAN_BYTES", "SpanRead", "read_chunk", "read_span", "read_span_stats", "spans"]
 
 SPAN_BYTES = 4 << 20  # stored bytes fetched by one ranged read at most
+#: Raw (decoded) bytes of one run at most (unless its one chunk is larger): a run of tiny
+#: stored chunks that each decode to the maximum chunk size (zeros compress ~30,000:1)
+#: must not decode gigabytes at once.
+SPAN_RAW_BYTES = 8 << 20
 
 
 def _check_chunk(ref: ChunkRef, stored: bytes | memoryview, key: str) -> bytes:
@@ -116,16 +120,18 @@ def read_chunk(store: ObjectStore, ref: ChunkRef, cache: CacheArg = AUTO) -> byt
 
 def spans(chunks: list[ChunkRef], limit: int | None = None) -> Iterator[list[ChunkRef]]:
     """Group a file's chunks into runs that are contiguous in one pack (push writes a
-    file's new chunks in order, so runs are long), each at most ``limit`` stored bytes."""
+    file's new chunks in order, so runs are long), each at most ``limit`` stored bytes and
+    :data:`SPAN_RAW_BYTES` decoded bytes (a run of one chunk may exceed either)."""
     limit = limit or SPAN_BYTES
     run: list[ChunkRef] = []
-    size = 0
+    size = raw = 0
     for ref in chunks:
         if run and (ref.pack != run[-1].pack or ref.offset != run[-1].offset + run[-1].stored_size
-                    or size + ref.stored_size > limit):
+                    or size + ref.stored_size > limit or raw + ref.raw_size > SPAN_RAW_BYTES):
             yield run
-            run, size = [], 0
+            run, size, raw = [], 0, 0
         run.append(ref)
         size += ref.stored_size
+        raw += ref.raw_size
     if run:
         yield run

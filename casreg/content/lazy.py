@@ -53,8 +53,11 @@ __all__ = [
 #: reading them (a hostile length field must not make us fetch or allocate gigabytes).
 MAX_HEADER_BYTES = 100_000_000
 #: Decoded chunks a :class:`PinnedFile` keeps, so small reads in a row (a header parsed in
-#: pieces, ``readline``) do not fetch the same chunk again. At most 4 MiB each.
+#: pieces, ``readline``) do not fetch the same chunk again. At most 4 MiB each by default.
 DEFAULT_CHUNK_CACHE = 8
+#: Decoded bytes those chunks may take at most (the last chunk read is always kept): a
+#: registry whose ``casreg.json`` allows 64 MiB chunks must not make 8 of them stay.
+CHUNK_CACHE_BYTES = 32 << 20
 #: Raw bytes fetched per step of a long read (spans in a step are fetched in parallel on
 #: object stores); bounds a read's memory beyond its own output.
 WINDOW_BYTES = 64 << 20
@@ -89,8 +92,9 @@ class PinnedFile:
     """
 
     def __init__(self, store: ObjectStore, entry: Entry, *, where: str = "", cache_chunks: int = DEFAULT_CHUNK_CACHE,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, source: str = "") -> None:
         self.store = store
+        self.source = source  # the key of the manifest ``entry`` comes from, for errors
         self.entry = entry
         self.size = entry.size
         self.where = where or entry.path
@@ -190,8 +194,9 @@ class PinnedFile:
                     if j in got and self._cache_chunks:
                         self._cache[j] = got[j]
                         self._cache.move_to_end(j)
-                while len(self._cache) > self._cache_chunks:
-                    self._cache.popitem(last=False)
+                held = sum(len(c) for c in self._cache.values())
+                while len(self._cache) > self._cache_chunks or (held > CHUNK_CACHE_BYTES and len(self._cache) > 1):
+                    held -= len(self._cache.popitem(last=False)[1])
         return got
 
     def _feed_hash(self, start: int, data: bytes) -> None:
@@ -201,8 +206,9 @@ class PinnedFile:
             self._hasher.update(memoryview(data)[self._hashed - start:])
             self._hashed = start + len(data)
             if self._hashed == self.size and self._hasher.digest() != self.entry.digest:
+                of = f"manifest {self.source} is corrupt: " if self.source else ""
                 raise IntegrityError(
-                    f"{self.where} does not match its file digest blake3:{self.entry.digest.hex()}")
+                    f"{of}{self.where} does not match its file digest blake3:{self.entry.digest.hex()}")
 
 
 # -- safetensors --------------------------------------------------------------------------------

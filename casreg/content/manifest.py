@@ -19,6 +19,7 @@ memory per chunk reference, so the largest acceptable manifest costs under 1 GB.
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import unicodedata
@@ -50,6 +51,7 @@ __all__ = [
     "MANIFEST_FORMATS",
     "MAX_CHUNK_BYTES",
     "MAX_MANIFEST_BYTES",
+    "MAX_MANIFEST_VALUES",
     "MAX_STORED_MANIFEST",
     "MAX_PATH_BYTES",
     "MAX_PATH_DEPTH",
@@ -71,6 +73,13 @@ MAX_PATH_DEPTH = 256
 MAX_MANIFEST_BYTES = 128 << 20
 #: Stored (compressed) bytes of one manifest read, at most.
 MAX_STORED_MANIFEST = MAX_MANIFEST_BYTES + (1 << 20)
+#: JSON values one manifest may hold, at most, counted before parsing as its ``,``, ``:``,
+#: ``[`` and ``{`` bytes (strings included, so the count never falls short). Python spends
+#: up to ~72 bytes on a value however few bytes of JSON spell it (``[[],[],...]``: 3 bytes
+#: each), so the byte cap alone let 128 MiB of JSON cost 3.3 GB. 10 Mi values cost under
+#: 750 MB; a real manifest needs 7 per chunk reference and ~11 per file (1.4 M chunk
+#: references, or 550,000 files of one chunk each).
+MAX_MANIFEST_VALUES = 10 << 20
 
 
 def seal_manifest(json_bytes: bytes) -> bytes:
@@ -112,6 +121,23 @@ def validate_relpath(path: str) -> str:
 
 
 _KNOWN_CODECS = frozenset({0, 1})  # casreg.content.codec.Codec; kept here to avoid importing zstd twice
+
+
+def _parse_json(text: bytes) -> Any:
+    """``json.loads`` of a manifest's JSON, refused (``ValueError``) before parsing if it
+    could hold more than :data:`MAX_MANIFEST_VALUES` values; the cyclic garbage collector
+    is paused meanwhile (millions of fresh lists otherwise trigger it again and again:
+    seconds per manifest, for nothing, since parsing creates no cycles)."""
+    values = text.count(b",") + text.count(b":") + text.count(b"[") + text.count(b"{")
+    if values > MAX_MANIFEST_VALUES:
+        raise ValueError(f"it may hold {values:,} JSON values, more than {MAX_MANIFEST_VALUES:,}")
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return json.loads(text)
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _hex32(value: object, what: str) -> str:
@@ -288,11 +314,11 @@ class Manifest:
         equals ``expected``. Anything else is an :class:`IntegrityError` naming ``where``."""
         if len(data) > MAX_STORED_MANIFEST:
             raise IntegrityError(f"manifest {where} is corrupt: it is larger than {MAX_STORED_MANIFEST:,} bytes")
-        body, trailer = data[:-32], data[-32:]
+        body, trailer = memoryview(data)[:-32], data[-32:]
         if len(data) < 32 or blake3(body).digest() != trailer:
             raise IntegrityError(f"manifest {where} is corrupt: its checksum does not match its bytes")
         try:
-            doc = json.loads(zstd_decode(body, MAX_MANIFEST_BYTES))
+            doc = _parse_json(zstd_decode(body, MAX_MANIFEST_BYTES))
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
             tree = next((n for n, f in MANIFEST_FORMATS.items() if f == doc.get("format")), None)

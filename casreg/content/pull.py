@@ -49,12 +49,17 @@ from casreg.content.cache import AUTO, CacheArg, ChunkCache, resolve_cache
 from casreg.content.fetch import SpanRead, read_span_stats, spans
 from casreg.content.manifest import ChunkRef, Entry, Manifest
 from casreg.errors import AlreadyExistsError, IntegrityError, InvalidInputError, StorageError
+from casreg.keys import manifest_key
 from casreg.progress import NullProgress, Progress
 from casreg.storage import ObjectStore
 
 __all__ = ["PullStats", "SPACE_MARGIN", "check_space", "materialize", "matches", "file_digest", "partial_path"]
 
 _READ_BLOCK = 8 << 20
+#: Decoded bytes of the runs fetched ahead of the writer, at most (beyond one run): with
+#: runs of up to ``SPAN_RAW_BYTES`` (more for one chunk of a registry with a large maximum
+#: chunk size) a count of runs alone would not bound a pull's memory.
+INFLIGHT_RAW_BYTES = 128 << 20
 #: Room asked for beyond the bytes still to write: this, plus one filesystem block per
 #: entry (each file's last block is partly empty; directories take blocks too).
 SPACE_MARGIN = 1 << 20
@@ -321,11 +326,13 @@ class _OpenFile:
 
 class _Writer:
     def __init__(self, store: ObjectStore, progress: Progress, workers: ThreadPoolExecutor,
-                 max_inflight: int, cache: ChunkCache | None = None) -> None:
+                 max_inflight: int, cache: ChunkCache | None = None, source: str = "") -> None:
         self.store, self.progress, self.workers = store, progress, workers
+        self.source = source  # the manifest's key, named when a file does not match it
         self.max_inflight = max_inflight
         self.cache = cache
         self.inflight: deque[tuple[Future[SpanRead], _OpenFile, list[ChunkRef]]] = deque()
+        self.inflight_raw = 0  # decoded bytes of the runs in ``inflight``
         self.open: list[_OpenFile] = []
         self.stats = PullStats()
         self.mask = _umask()
@@ -341,7 +348,8 @@ class _Writer:
         the descriptor: never through a name), close it."""
         if f.hasher.digest() != f.entry.digest:
             raise IntegrityError(
-                f"file {f.entry.path!r} does not match its digest blake3:{f.entry.digest.hex()} after writing"
+                f"manifest {self.source} is corrupt: file {f.entry.path!r} does not match its digest "
+                f"blake3:{f.entry.digest.hex()} (its chunks verify, so the manifest lies)"
             )
         os.fchmod(f.fd, (0o777 if f.entry.type == "x" else 0o666) & ~self.mask)
         os.close(f.fd)
@@ -352,6 +360,7 @@ class _Writer:
         """Consume the oldest span: one thread writes every file sequentially, in order,
         while the workers fetch, decode and verify the spans ahead of it."""
         fut, f, refs = self.inflight.popleft()
+        self.inflight_raw -= sum(r.raw_size for r in refs)
         got = fut.result()
         for ref, raw in zip(refs, got.chunks):
             self._write(f.fd, raw)
@@ -427,7 +436,9 @@ class _Writer:
                 continue
             for run in spans(todo):
                 self.inflight.append((self.workers.submit(read_span_stats, self.store, run, self.cache), f, run))
-                if len(self.inflight) >= self.max_inflight:
+                self.inflight_raw += sum(r.raw_size for r in run)
+                while self.inflight and (len(self.inflight) >= self.max_inflight
+                                         or self.inflight_raw > INFLIGHT_RAW_BYTES):
                     self._drain_one()
         while self.inflight:
             self._drain_one()
@@ -574,14 +585,17 @@ def materialize(
     progress: Progress | None = None,
     threads: int | None = None,
     cache: CacheArg = AUTO,
+    source: str | None = None,
 ) -> PullStats:
     """Write ``manifest``'s version at ``dest`` (a file path for a file version, a
     directory for a tree). An existing ``dest`` is refused unless ``force``; with
     ``force``, a destination that already holds exactly this version is left untouched.
     A destination without room for the version is refused before anything is created
     (:func:`check_space`). Chunks come from the local cache where it has them
-    (``cache``, docs/cache.md)."""
+    (``cache``, docs/cache.md). ``source`` is the key of the manifest ``manifest`` comes
+    from (by default the key of its own digest), named when a file does not match it."""
     progress = progress or NullProgress()
+    source = source or manifest_key(manifest.hexdigest)
     dest = Path(dest).absolute()
     if dest.exists() or dest.is_symlink():
         if not force:
@@ -609,7 +623,7 @@ def materialize(
                     _clear(parent, tmp)
             with ThreadPoolExecutor(nthreads, thread_name_prefix="casreg-pull") as workers:
                 writer = _Writer(store, progress, workers, max_inflight=nthreads + 2,
-                                 cache=resolve_cache(store, cache))
+                                 cache=resolve_cache(store, cache), source=source)
                 try:
                     writer.write_tree(manifest, dirs, tmp.name)
                 except BaseException:

@@ -32,8 +32,9 @@ from blake3 import blake3
 
 from casreg.concurrency import bounded_map
 from casreg.content.codec import decode_verified
+from casreg.content.config import max_chunk_size
 from casreg.content.fetch import read_chunk
-from casreg.content.manifest import ChunkRef, Manifest
+from casreg.content.manifest import MAX_STORED_MANIFEST, ChunkRef, Manifest
 from casreg.content.packs import _ENTRY, _TAIL, INDEX_MAGIC, PACK_MAGIC, decode_index
 from casreg.digest import Digest
 from casreg.errors import CasregError, IntegrityError, NotFoundError
@@ -205,13 +206,13 @@ def verify_version(store: ObjectStore, digest: Digest, *, label: str, progress: 
     report = VerifyReport(store.url, label, digest, versions=1)
     key = manifest_key(digest)
     try:
-        data = store.read(key)
+        data = store.read(key, ByteRange(0, MAX_STORED_MANIFEST + 1))
     except NotFoundError:
         report.problems.append(Problem(key, "missing", "the version's manifest is missing", [label]))
         return report
     report.bytes_read += len(data)
     try:
-        manifest = Manifest.from_bytes(data, expected=digest.raw, where=key)
+        manifest = Manifest.from_bytes(data, expected=digest.raw, where=key, max_chunk=max_chunk_size(store))
     except IntegrityError as err:
         report.problems.append(Problem(key, "corrupt", _reason(str(err), key), [label]))
         return report
@@ -278,7 +279,7 @@ def _pack_trailer(store: ObjectStore, key: str, size: int) -> bytes:
     return store.read(key, ByteRange(size - length, size))
 
 
-def _verify_pack(store: ObjectStore, pack_id: str, index: bytes | None) -> _PackResult:
+def _verify_pack(store: ObjectStore, pack_id: str, index: bytes | None, max_chunk: int) -> _PackResult:
     """Read one pack in a few ranged reads and check all of it (see the module docstring).
     ``index`` is the pack's verified index object, or ``None`` if it has none."""
     key = pack_key(pack_id)
@@ -333,6 +334,10 @@ def _verify_pack(store: ObjectStore, pack_id: str, index: bytes | None) -> _Pack
                 s = slots[n - 1]
                 if len(part) < s.stored_size:
                     bad.add(s.offset, s.digest, f"is truncated (the pack ends at {start + len(view)})")
+                    continue
+                if s.raw_size > max_chunk:  # never decoded: a claim of up to 4 GiB would be allocated
+                    bad.add(s.offset, s.digest, f"claims {s.raw_size:,} bytes, more than the registry's "
+                                                f"maximum chunk size {max_chunk:,}")
                     continue
                 why = _check_chunk(part, s.codec, s.raw_size, s.digest)
                 if why:
@@ -617,10 +622,11 @@ def _verify_packs(store: ObjectStore, objects: _Objects, good_index: dict[str, b
     """Every pack, whole (an index without its pack is a missing pack)."""
     out = _Packs()
     pack_ids = sorted(set(objects.packs) | set(good_index))
+    max_chunk = max_chunk_size(store)
     total = sum(_index_pack_size(good_index[pid]) for pid in pack_ids if pid in good_index)
     progress.start("verify", total)
     try:
-        for pid, res in zip(pack_ids, bounded_map(lambda p: _verify_pack(store, p, good_index.get(p)),
+        for pid, res in zip(pack_ids, bounded_map(lambda p: _verify_pack(store, p, good_index.get(p), max_chunk),
                                                   pack_ids, threads, threads)):
             if res.missing:
                 out.vanished.append(pid)
@@ -652,15 +658,16 @@ def _verify_manifests(store: ObjectStore, versions: list[VersionRef], packs: _Pa
         by_digest.setdefault(v.hexdigest, []).append(v.ref)
     order = sorted(by_digest)
     referenced: set[str] = set()
+    max_chunk = max_chunk_size(store)
 
     def read_manifest(hexd: str) -> tuple[Manifest | Problem, int]:
         key = manifest_key(hexd)
         try:
-            data = store.read(key)
+            data = store.read(key, ByteRange(0, MAX_STORED_MANIFEST + 1))
         except NotFoundError:
             return Problem(key, "missing", "the version's manifest is missing"), 0
         try:
-            return Manifest.from_bytes(data, expected=bytes.fromhex(hexd), where=key), len(data)
+            return Manifest.from_bytes(data, expected=bytes.fromhex(hexd), where=key, max_chunk=max_chunk), len(data)
         except IntegrityError as err:
             return Problem(key, "corrupt", _reason(str(err), key)), len(data)
 
