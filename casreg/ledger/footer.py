@@ -25,112 +25,117 @@ _MAX_DEPTH = 32
 
 # Thrift compact protocol type ids
 _STOP, _TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = range(13)
+_INTS = (_I16, _I32, _I64)
+_IN_STRUCT, _IN_LIST = -2, -1  # frame kinds of :func:`_skip` (a map frame holds its value type)
 
 
-class _Reader:
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def byte(self) -> int:
-        if self.pos >= len(self.data):
+def _varint(d: bytes, pos: int) -> tuple[int, int]:
+    """The unsigned varint at ``d[pos:]`` and the position after it."""
+    result = shift = 0
+    end = len(d)
+    while True:
+        if pos >= end:
             raise ValueError("footer ends early")
-        b = self.data[self.pos]
-        self.pos += 1
-        return b
+        b = d[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("footer varint too long")
 
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise ValueError("footer field runs past its end")
-        out = self.data[self.pos:self.pos + n]
-        self.pos += n
-        return out
 
-    def varint(self) -> int:
-        shift = result = 0
-        while True:
-            b = self.byte()
-            result |= (b & 0x7F) << shift
-            if not b & 0x80:
-                return result
-            shift += 7
-            if shift > 63:
-                raise ValueError("footer varint too long")
+def _binary(d: bytes, pos: int) -> tuple[bytes, int]:
+    n, pos = _varint(d, pos)
+    if pos + n > len(d):
+        raise ValueError("footer field runs past its end")
+    return d[pos:pos + n], pos + n
 
-    def binary(self) -> bytes:
-        return self.take(self.varint())
 
-    def skip(self, ftype: int, depth: int) -> None:
-        """Skip one value of type ``ftype`` (iteratively bounded by ``depth``)."""
-        if depth > _MAX_DEPTH:
-            raise ValueError("footer nested too deeply")
-        if ftype in (_TRUE, _FALSE):
-            return  # a struct field's boolean lives in its header
-        if ftype == _BYTE:
-            self.take(1)
-        elif ftype in (_I16, _I32, _I64):
-            self.varint()
-        elif ftype == _DOUBLE:
-            self.take(8)
-        elif ftype == _BINARY:
-            self.binary()
-        elif ftype in (_LIST, _SET):
-            size, etype = self.list_header()
-            for _ in range(size):
-                if etype in (_TRUE, _FALSE):
-                    self.take(1)  # in a list a boolean is one byte
-                else:
-                    self.skip(etype, depth + 1)
-        elif ftype == _MAP:
-            size = self.varint()
+def _field(d: bytes, pos: int, last: int) -> tuple[int, int, int]:
+    """A struct field header at ``d[pos:]``: ``(field id, type, position after)``; type
+    :data:`_STOP` ends the struct."""
+    if pos >= len(d):
+        raise ValueError("footer ends early")
+    head = d[pos]
+    pos += 1
+    ftype = head & 0x0F
+    if ftype == _STOP:
+        return last, _STOP, pos
+    if head >> 4:
+        return last + (head >> 4), ftype, pos
+    z, pos = _varint(d, pos)
+    return (z >> 1) ^ -(z & 1), ftype, pos
+
+
+def _skip(d: bytes, pos: int, ftype: int) -> int:
+    """The position after one value of type ``ftype`` (a struct field's value) at
+    ``d[pos:]``. Iterative: containers are frames on an explicit stack of at most
+    :data:`_MAX_DEPTH`, so no input can exhaust Python's stack; every position is
+    checked against the end, so none can read past it."""
+    end = len(d)
+    stack: list[list[int]] = []  # [values left, element (or map key) type, frame kind / map value type]
+    t, in_collection = ftype, False
+    while True:
+        if t == _BINARY:
+            n, pos = _varint(d, pos)
+            pos += n
+        elif t in _INTS:
+            _, pos = _varint(d, pos)
+        elif t == _TRUE or t == _FALSE:
+            if in_collection:  # a struct field's boolean lives in its header; in a list it is a byte
+                pos += 1
+        elif t == _BYTE:
+            pos += 1
+        elif t == _DOUBLE:
+            pos += 8
+        elif t == _STRUCT:
+            stack.append([0, 0, _IN_STRUCT])
+        elif t == _LIST or t == _SET:
+            if pos >= end:
+                raise ValueError("footer ends early")
+            head = d[pos]
+            pos += 1
+            size = head >> 4
+            if size == 15:
+                size, pos = _varint(d, pos)
+            if size > end - pos:  # every element takes at least a byte
+                raise ValueError("footer list longer than the footer")
+            stack.append([size, head & 0x0F, _IN_LIST])
+        elif t == _MAP:
+            size, pos = _varint(d, pos)
             if size:
-                kv = self.byte()
-                for _ in range(size):
-                    self.skip(kv >> 4, depth + 1)
-                    self.skip(kv & 0x0F, depth + 1)
-        elif ftype == _STRUCT:
-            for _fid, ft in self.fields():
-                self.skip(ft, depth + 1)
+                if pos >= end or 2 * size > end - pos:
+                    raise ValueError("footer map longer than the footer")
+                kv = d[pos]
+                pos += 1
+                stack.append([2 * size, kv >> 4, kv & 0x0F])
         else:
-            raise ValueError(f"footer has an unknown field type {ftype}")
-
-    def list_header(self) -> tuple[int, int]:
-        head = self.byte()
-        size = head >> 4
-        if size == 15:
-            size = self.varint()
-        if size > len(self.data) - self.pos + 1:  # every element takes at least a byte (or none: bools)
-            raise ValueError("footer list longer than the footer")
-        return size, head & 0x0F
-
-    def fields(self) -> _Fields:
-        return _Fields(self)
-
-
-class _Fields:
-    """Iterates ``(field id, type)`` of a struct; the caller reads or skips each value."""
-
-    __slots__ = ("reader", "last")
-
-    def __init__(self, reader: _Reader) -> None:
-        self.reader, self.last = reader, 0
-
-    def __iter__(self) -> _Fields:
-        return self
-
-    def __next__(self) -> tuple[int, int]:
-        head = self.reader.byte()
-        ftype = head & 0x0F
-        if ftype == _STOP:
-            raise StopIteration
-        delta = head >> 4
-        if delta:
-            self.last += delta
-        else:
-            z = self.reader.varint()
-            self.last = (z >> 1) ^ -(z & 1)
-        return self.last, ftype
+            raise ValueError(f"footer has an unknown field type {t}")
+        if pos > end:
+            raise ValueError("footer field runs past its end")
+        if len(stack) > _MAX_DEPTH:
+            raise ValueError("footer nested too deeply")
+        while True:  # the next value to skip: the innermost open container's next one
+            if not stack:
+                return pos
+            top = stack[-1]
+            kind = top[2]
+            if kind == _IN_STRUCT:
+                _, t, pos = _field(d, pos, 0)
+                if t == _STOP:
+                    stack.pop()
+                    continue
+                in_collection = False
+                break
+            if top[0] == 0:
+                stack.pop()
+                continue
+            top[0] -= 1
+            t = top[1] if kind == _IN_LIST or top[0] % 2 else kind
+            in_collection = True
+            break
 
 
 def footer_of(data: bytes) -> bytes:
@@ -146,29 +151,45 @@ def footer_of(data: bytes) -> bytes:
 def key_value_metadata(data: bytes) -> dict[str, str]:
     """The footer's key-value metadata of the Parquet file ``data`` (``ValueError`` if
     it is not a well-formed Parquet file)."""
-    r = _Reader(footer_of(data))
+    d = footer_of(data)
+    end = len(d)
     out: dict[str, str] = {}
-    for fid, ftype in r.fields():
+    pos = fid = 0
+    while True:
+        fid, ftype, pos = _field(d, pos, fid)
+        if ftype == _STOP:
+            return out
         if fid != 5 or ftype != _LIST:
-            r.skip(ftype, 0)
+            pos = _skip(d, pos, ftype)
             continue
-        size, etype = r.list_header()
-        if etype != _STRUCT:
+        if pos >= end:
+            raise ValueError("footer ends early")
+        head = d[pos]
+        pos += 1
+        size = head >> 4
+        if size == 15:
+            size, pos = _varint(d, pos)
+        if head & 0x0F != _STRUCT:
             raise ValueError("footer key-value metadata is not a list of structs")
+        if size > end - pos:
+            raise ValueError("footer list longer than the footer")
         for _ in range(size):
             key: bytes | None = None
             value: bytes | None = None
-            for kid, ktype in r.fields():
+            kid = 0
+            while True:
+                kid, ktype, pos = _field(d, pos, kid)
+                if ktype == _STOP:
+                    break
                 if kid in (1, 2) and ktype == _BINARY:
                     if kid == 1:
-                        key = r.binary()
+                        key, pos = _binary(d, pos)
                     else:
-                        value = r.binary()
+                        value, pos = _binary(d, pos)
                 else:
-                    r.skip(ktype, 1)
+                    pos = _skip(d, pos, ktype)
             if key is not None and value is not None:
                 try:
                     out[key.decode("utf-8")] = value.decode("utf-8")
                 except UnicodeDecodeError:
                     raise ValueError("footer metadata is not UTF-8") from None
-    return out
