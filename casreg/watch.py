@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from casreg.errors import CasregError, InvalidInputError
-from casreg.ledger.pointers import read_pointer
+from casreg.ledger.pointers import confirm_pointer, read_pointer
 from casreg.refs import validate_alias, validate_name
 
 if TYPE_CHECKING:
@@ -157,6 +157,11 @@ class Watcher:
                 return None
             self.current = None  # DEST is missing or behind: bring it up to date now
         if pointer.digest == self.current:
+            return None
+        try:  # a moved pointer must agree with the ledger before anything is deployed
+            confirm_pointer(self.registry.store, pointer)
+        except CasregError as err:
+            self._warn(f"not deploying {self.name}@{self.alias}: {err}")
             return None
         return self._apply(pointer.digest, pointer.version)
 

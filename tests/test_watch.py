@@ -247,3 +247,31 @@ def test_cli_once_brings_dest_up_to_date_then_exits(tmp_path: Path) -> None:
     p = subprocess.run([str(CLI), "watch", "m@prod", "--pull", str(dest), "--max-polls", "2", "-i", "0.05",
                         "-r", str(tmp_path / "reg")], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and p.stdout == "", (p.stdout, p.stderr)
+
+
+def test_a_pointer_that_disagrees_with_the_ledger_is_not_deployed(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A pointer rewritten to claim m:2 with m:1's digest (or any digest the ledger does
+    not record for that number) is reported, never deployed; a true move still is."""
+    reg = Registry(tmp_path / "reg")
+    (tmp_path / "a.bin").write_text("a")
+    (tmp_path / "b.bin").write_text("b")
+    v1 = reg.push("m", tmp_path / "a.bin")
+    reg.push("m", tmp_path / "b.bin")
+    reg.set_alias("m", "prod", 1)
+    dest = tmp_path / "dest"
+    w = Watcher(reg, "m", "prod", interval=0.01, pull_dest=dest)
+    assert w.poll() is not None and dest.read_text() == "a"
+    pointer = tmp_path / "reg" / "pointers" / "m" / "prod.json"
+    doc = json.loads(pointer.read_text())
+    doc["to_version"] = 2  # m:2 by number, m:1's digest: the ledger says otherwise
+    doc["to_digest"] = "blake3:" + "ab" * 32
+    pointer.write_text(json.dumps(doc))
+    with caplog.at_level(logging.WARNING, logger="casreg.watch"):
+        assert w.poll() is None
+    assert "not deploying m@prod" in caplog.text and "pointers/m/prod.json" in caplog.text
+    assert dest.read_text() == "a" and w.current == v1.digest
+    reg.remove_alias("m", "prod", reason="repair a forged pointer")  # the documented repair
+    reg.set_alias("m", "prod", 2)
+    change = w.poll()
+    assert change is not None and change.version == 2 and dest.read_text() == "b"
