@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "casreg needs Python 3.11+ (set PYTHON=...)"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench,ui]'
 	$(BIN)/python -m compileall -q casreg casreg_cli  # as an installed package is (PYTHONDONTWRITEBYTECODE may be set)
 	@touch $@
 

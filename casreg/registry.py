@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +44,7 @@ from casreg.storage import ObjectStore, open_store
 
 if TYPE_CHECKING:
     from casreg.content.lazy import BF16Mode, SafetensorsFile
+    from casreg.governance.catalog import ModelSummary
     from casreg.governance.diff import VersionDiff
     from casreg.governance.history import LogEntry
     from casreg.governance.lifecycle import Promotion
@@ -288,13 +289,32 @@ class Registry:
 
     def search(self, name: str, *, where: str | None = None, stage: str | None = None,
                alias: str | None = None, sort: str | None = None, descending: bool = False,
-               limit: int | None = None) -> list[Version]:
+               limit: int | None = None, offset: int = 0) -> list[Version]:
         """Versions of ``name`` matching a filter (``metrics.auc > 0.9 AND tags.team =
-        'fraud'``), a stage or an alias, optionally sorted by a field."""
+        'fraud'``), a stage or an alias, optionally sorted by a field; ``limit`` and
+        ``offset`` take one page of the result (one query, only that page's records built)."""
         from casreg.governance.search import search
 
         return search(self.store, name, where=where, stage=stage, alias=alias, sort=sort, descending=descending,
-                      limit=limit)
+                      limit=limit, offset=offset)
+
+    def models(self) -> list[ModelSummary]:
+        """Every model, by name, with its latest version, its number of versions, their
+        logical size, the bytes their pushes stored and its last activity (one query over
+        the ledger, whatever its size)."""
+        from casreg.governance.catalog import model_summaries
+
+        return model_summaries(self.store)
+
+    def series(self, name: str, fields: Sequence[str], *, points: int = 500,
+               cumulative: bool = False) -> list[dict[str, float | int | None]]:
+        """Numeric ``fields`` (``metrics.auc``, ``size``, ``stored_bytes``: names as
+        ``search(sort=...)`` takes them) over the versions of ``name``, oldest first, as
+        ``{"version": N, FIELD: value}`` rows: every version, or an even sample of
+        ``points`` (at most 2,000) when there are more; ``cumulative``: running sums."""
+        from casreg.governance.catalog import series
+
+        return series(self.store, name, list(fields), points=points, cumulative=cumulative)
 
     def diff(self, a: str | Ref, b: str | Ref) -> VersionDiff:
         """Compare two versions: metrics, params, tags, files and shared bytes."""
