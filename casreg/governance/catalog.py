@@ -37,7 +37,9 @@ class ModelSummary:
         return self.latest.name
 
     def to_dict(self) -> dict[str, JsonValue]:
-        return {"versions": self.versions, "logical_bytes": self.logical_bytes, "stored_bytes": self.stored_bytes,
+        """The totals (the latest version's own record is :attr:`latest`; these keys do not
+        collide with its fields, so the two merge into one JSON object)."""
+        return {"versions": self.versions, "total_size": self.logical_bytes, "total_stored_bytes": self.stored_bytes,
                 "last_activity": _iso(self.last_activity)}
 
 

@@ -265,8 +265,11 @@ class Pages:
 
     def api_models(self, request: Request) -> Response:
         data = self._models(request)
-        return json_response([s.latest.to_dict() | {"aliases": sorted(aliases)} | s.to_dict()
-                              for s, aliases in data["rows"]])
+        # the record `casreg ls --json` prints for the model (its latest version, the aliases
+        # at that version), then the model's totals and every alias with its version
+        return json_response([s.latest.to_dict() | {"aliases": sorted(a for a, n in aliases.items()
+                                                                      if n == s.latest.version)}
+                              | s.to_dict() | {"pointers": aliases} for s, aliases in data["rows"]])
 
     # -- model ---------------------------------------------------------------------------
     def _model(self, request: Request) -> dict[str, Any]:
