@@ -46,6 +46,8 @@ demo: $(STAMP)
 	@echo "== the model's history: pushes, alias moves, promotions, approvals (docs/lifecycle.md)"
 	$(BIN)/casreg log casreg-demo
 	@rm -rf $(DEMO)
+	@echo "== see it in a browser (read-only, this machine only; docs/ui.md):"
+	@echo "   $(BIN)/casreg ui     then open http://127.0.0.1:8000/models/casreg-demo"
 
 ## Lint and type checks (configured in pyproject.toml), then the whole suite, slow
 ## (GB-sized) cases included, as CI runs it.
