@@ -244,16 +244,17 @@ class Registry:
         return [FileInfo(e.path, e.type, e.size, Digest.from_bytes(e.digest) if e.digest else None)
                 for e in m.entries]
 
-    def ls(self, name: str | None = None, *, newest: int | None = None) -> list[Version]:
+    def ls(self, name: str | None = None, *, newest: int | None = None, upto: int | None = None) -> list[Version]:
         """Every version of ``name`` (or only its ``newest`` ones), oldest first; without a
         name, the latest version of every model. Numbers are gap-free, so
-        ``result[0].version - 1`` older versions exist."""
+        ``result[0].version - 1`` older versions exist. ``upto``: count ``newest`` back
+        from version ``upto`` instead of the latest (a page: only its records are read)."""
         from casreg.keys import VERSIONS, parse_version_segment_key
 
         if name is not None:
             validate_name(name)
-            versions = list_versions(self.store, name, newest)
-            if not versions and newest != 0:
+            versions = list_versions(self.store, name, newest, upto=upto)
+            if not versions and newest != 0 and (upto is None or upto > 0):
                 raise unknown(self.store, f"model {name!r} has no versions in {self.url}")
             return versions
         latest: dict[str, int] = {}
@@ -352,6 +353,15 @@ class Registry:
         event = move_alias(self.store, name, alias, None, reason=reason)
         self._notify(event.to_dict())
         return event
+
+    def stage_versions(self, name: str, stage: str) -> list[int]:
+        """Version numbers of ``name`` in ``stage``: the one an alias points at, or, for
+        ``archived``, every archived one (read from the model's events; no SQL)."""
+        from casreg.governance.state import stage_members
+
+        validate_name(name)
+        validate_alias(stage)
+        return stage_members(self.store, name, stage)
 
     def aliases(self, name: str | None = None) -> list[AliasPointer]:
         """Every alias that is set (of ``name``, or of every model) and where it points."""

@@ -262,3 +262,26 @@ def test_templates_and_static_files_are_package_data() -> None:
     web = ROOT / "casreg" / "web"
     shipped = {p for pattern in data for p in (ROOT / "casreg").glob(pattern)}
     assert {*web.glob("templates/*"), *web.glob("static/*")} <= shipped
+
+
+def test_library_queries_the_pages_use(built: Built) -> None:
+    reg = built.reg
+    assert [v.version for v in reg.ls("fraud", newest=2, upto=3)] == [2, 3]
+    assert [v.version for v in reg.ls("fraud", newest=5, upto=2)] == [1, 2]
+    assert [v.version for v in reg.search("fraud", descending=True, limit=2, offset=1)] == [3, 2]
+    assert reg.search("fraud", limit=2, offset=4) == []
+    assert reg.stage_versions("fraud", "archived") == [1, 2] and reg.stage_versions("fraud", "production") == [3]
+    summaries = {s.name: s for s in reg.models()}
+    assert set(summaries) == {"churn", "fraud"} and summaries["fraud"].latest.version == 4
+    assert summaries["fraud"].versions == 4
+    assert summaries["fraud"].logical_bytes == sum(v.size for v in reg.ls("fraud"))
+    assert summaries["fraud"].stored_bytes == sum(v.stored_bytes for v in reg.ls("fraud"))
+    rows = reg.series("fraud", ["metrics.auc", "size"])
+    assert [(r["version"], r["metrics.auc"]) for r in rows] == [(n, AUC[n]) for n in (1, 2, 3, 4)]
+    running = reg.series("fraud", ["size"], cumulative=True)
+    assert running[-1]["size"] == summaries["fraud"].logical_bytes
+    sampled = reg.series("fraud", ["size"], points=2)
+    assert [r["version"] for r in sampled] == [1, 4]
+    # a filter that leaves pushes out reads no version records, and still knows the model
+    assert {e.kind for e in reg.log("fraud", kinds=["rollback"])} == {"rollback"}
+    assert reg.log("churn", kinds=["rollback"]) == []

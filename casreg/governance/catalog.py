@@ -55,23 +55,18 @@ def _utc(t: object) -> datetime:
 def model_summaries(store: ObjectStore) -> list[ModelSummary]:
     """Every model, by name: one query over the ``versions`` view (and ``events`` for
     the last activity), whatever the number of versions."""
-    totals = query(store, """
-        SELECT name, max(version) AS n, sum(size) AS logical, sum(stored_bytes) AS stored,
-               max(created_at) AS pushed
-        FROM versions GROUP BY name""")
-    if not totals:
-        return []
-    moved = {r["name"]: r["t"] for r in query(store, "SELECT name, max(time) AS t FROM events GROUP BY name")}
-    latest = {(r["name"], r["version"]): r for r in query(store, """
-        SELECT * EXCLUDE (files) FROM versions
-        WHERE (name, version) IN (SELECT name, max(version) FROM versions GROUP BY name)""")}
+    rows = query(store, """
+        WITH t AS (SELECT name, max(version) AS n, sum(size) AS logical, sum(stored_bytes) AS stored
+                   FROM versions GROUP BY name),
+             e AS (SELECT name, max(time) AS moved FROM events GROUP BY name)
+        SELECT v.* EXCLUDE (files), t.n AS _n, t.logical AS _logical, t.stored AS _stored, e.moved AS _moved
+        FROM versions v JOIN t ON v.name = t.name AND v.version = t.n LEFT JOIN e ON e.name = v.name
+        ORDER BY v.name""")  # one query: one connection, one read of the ledger
     out = []
-    for r in totals:
-        last = _utc(r["pushed"])
-        if moved.get(r["name"]) is not None:
-            last = max(last, _utc(moved[r["name"]]))
-        out.append(ModelSummary(Version.from_dict(latest[(r["name"], r["n"])]), int(r["n"]), int(r["logical"] or 0),
-                                int(r["stored"] or 0), last))
+    for r in rows:
+        last = max(_utc(r["created_at"]), _utc(r["_moved"])) if r["_moved"] is not None else _utc(r["created_at"])
+        out.append(ModelSummary(Version.from_dict({k: v for k, v in r.items() if not k.startswith("_")}),
+                                int(r["_n"]), int(r["_logical"] or 0), int(r["_stored"] or 0), last))
     out.sort(key=lambda s: s.name)
     return out
 

@@ -280,18 +280,24 @@ class Pages:
         page = _int(request, "page", 1)
         per = _int(request, "per", PER_PAGE, 1, MAX_PER_PAGE)
         newest = self.reg.ls(name, newest=1)[0]  # raises for an unknown model
-        versions = self.reg.search(name, where=where, stage=stage, sort=sort, descending=desc, limit=per + 1,
-                                   offset=(page - 1) * per)
-        has_next = len(versions) > per
-        versions = versions[:per]
+        filtered = where is not None or stage is not None
+        if not filtered and sort in (None, "version"):
+            # in version order: the page's numbers are known (they are gap-free), read only those
+            count = newest.version
+            last = count - (page - 1) * per if desc else min(count, page * per)
+            first = max(1, last - per + 1) if desc else (page - 1) * per + 1
+            versions = self.reg.ls(name, newest=last - first + 1, upto=last) if last >= first else []
+            if desc:
+                versions.reverse()
+            has_next = page * per < count
+        else:
+            versions = self.reg.search(name, where=where, stage=stage, sort=sort, descending=desc, limit=per + 1,
+                                       offset=(page - 1) * per)
+            has_next = len(versions) > per
+            versions = versions[:per]
         pointers = self.reg.aliases(name)
         by_version = self._by_version(pointers)
-        archived: set[int] = set()
-        if versions:
-            lo, hi = min(v.version for v in versions), max(v.version for v in versions)
-            archived = {v.version for v in self.reg.search(name, stage="archived",
-                                                          where=f"version BETWEEN {lo} AND {hi}")}
-        filtered = where is not None or stage is not None
+        archived = set(self.reg.stage_versions(name, "archived")) if versions else set()
         total = None if filtered else newest.version
         metric_names = sorted({k for v in versions for k in v.metrics})
         rows = [{"version": v, "aliases": sorted(by_version.get((v.name, v.version), [])),
