@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "casreg needs Python 3.11+ (set PYTHON=...)"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench,ui]'
 	$(BIN)/python -m compileall -q casreg casreg_cli  # as an installed package is (PYTHONDONTWRITEBYTECODE may be set)
 	@touch $@
 
@@ -46,6 +46,8 @@ demo: $(STAMP)
 	@echo "== the model's history: pushes, alias moves, promotions, approvals (docs/lifecycle.md)"
 	$(BIN)/casreg log casreg-demo
 	@rm -rf $(DEMO)
+	@echo "== see it in a browser (read-only, this machine only; docs/ui.md):"
+	@echo "   $(BIN)/casreg ui     then open http://127.0.0.1:8000/models/casreg-demo"
 
 ## Lint and type checks (configured in pyproject.toml), then the whole suite, slow
 ## (GB-sized) cases included, as CI runs it.

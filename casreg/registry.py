@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +45,7 @@ from casreg.storage import ObjectStore, open_store
 
 if TYPE_CHECKING:
     from casreg.content.lazy import BF16Mode, SafetensorsFile
+    from casreg.governance.catalog import ModelSummary
     from casreg.governance.diff import VersionDiff
     from casreg.governance.history import LogEntry
     from casreg.governance.lifecycle import Promotion
@@ -253,16 +254,17 @@ class Registry:
         return [FileInfo(e.path, e.type, e.size, Digest.from_bytes(e.digest) if e.digest else None)
                 for e in m.entries]
 
-    def ls(self, name: str | None = None, *, newest: int | None = None) -> list[Version]:
+    def ls(self, name: str | None = None, *, newest: int | None = None, upto: int | None = None) -> list[Version]:
         """Every version of ``name`` (or only its ``newest`` ones), oldest first; without a
         name, the latest version of every model. Numbers are gap-free, so
-        ``result[0].version - 1`` older versions exist."""
+        ``result[0].version - 1`` older versions exist. ``upto``: count ``newest`` back
+        from version ``upto`` instead of the latest (a page: only its records are read)."""
         from casreg.keys import VERSIONS, parse_version_segment_key
 
         if name is not None:
             validate_name(name)
-            versions = list_versions(self.store, name, newest)
-            if not versions and newest != 0:
+            versions = list_versions(self.store, name, newest, upto=upto)
+            if not versions and newest != 0 and (upto is None or upto > 0):
                 raise unknown(self.store, f"model {name!r} has no versions in {self.url}")
             return versions
         latest: dict[str, int] = {}
@@ -298,13 +300,32 @@ class Registry:
 
     def search(self, name: str, *, where: str | None = None, stage: str | None = None,
                alias: str | None = None, sort: str | None = None, descending: bool = False,
-               limit: int | None = None) -> list[Version]:
+               limit: int | None = None, offset: int = 0) -> list[Version]:
         """Versions of ``name`` matching a filter (``metrics.auc > 0.9 AND tags.team =
-        'fraud'``), a stage or an alias, optionally sorted by a field."""
+        'fraud'``), a stage or an alias, optionally sorted by a field; ``limit`` and
+        ``offset`` take one page of the result (one query, only that page's records built)."""
         from casreg.governance.search import search
 
         return search(self.store, name, where=where, stage=stage, alias=alias, sort=sort, descending=descending,
-                      limit=limit)
+                      limit=limit, offset=offset)
+
+    def models(self) -> list[ModelSummary]:
+        """Every model, by name, with its latest version, its number of versions, their
+        logical size, the bytes their pushes stored and its last activity (one query over
+        the ledger, whatever its size)."""
+        from casreg.governance.catalog import model_summaries
+
+        return model_summaries(self.store)
+
+    def series(self, name: str, fields: Sequence[str], *, points: int = 500,
+               cumulative: bool = False) -> list[dict[str, float | int | None]]:
+        """Numeric ``fields`` (``metrics.auc``, ``size``, ``stored_bytes``: names as
+        ``search(sort=...)`` takes them) over the versions of ``name``, oldest first, as
+        ``{"version": N, FIELD: value}`` rows: every version, or an even sample of
+        ``points`` (at most 2,000) when there are more; ``cumulative``: running sums."""
+        from casreg.governance.catalog import series
+
+        return series(self.store, name, list(fields), points=points, cumulative=cumulative)
 
     def diff(self, a: str | Ref, b: str | Ref) -> VersionDiff:
         """Compare two versions: metrics, params, tags, files and shared bytes."""
@@ -342,6 +363,15 @@ class Registry:
         event = move_alias(self.store, name, alias, None, reason=reason)
         self._notify(event.to_dict())
         return event
+
+    def stage_versions(self, name: str, stage: str) -> list[int]:
+        """Version numbers of ``name`` in ``stage``: the one an alias points at, or, for
+        ``archived``, every archived one (read from the model's events; no SQL)."""
+        from casreg.governance.state import stage_members
+
+        validate_name(name)
+        validate_alias(stage)
+        return stage_members(self.store, name, stage)
 
     def aliases(self, name: str | None = None, *, confirm: bool = False) -> list[AliasPointer]:
         """Every alias that is set (of ``name``, or of every model) and where it points,

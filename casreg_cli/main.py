@@ -287,6 +287,7 @@ import casreg_cli.hooks_cmds  # noqa: E402,F401  (hooks)
 import casreg_cli.ledger_cmds  # noqa: E402,F401  (compact)
 import casreg_cli.lifecycle_cmds  # noqa: E402,F401  (promote, archive, rollback, approve, reject, log, diff, policy)
 import casreg_cli.ops  # noqa: E402,F401  (verify, gc)
+import casreg_cli.ui_cmds  # noqa: E402,F401  (ui)
 import casreg_cli.watch_cmds  # noqa: E402,F401  (watch)
 
 

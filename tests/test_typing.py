@@ -26,6 +26,7 @@ RETURNED = {
     "casreg.governance.state": ["VersionState"],
     "casreg.governance.policy": ["PolicyFile", "Policy", "GateResult", "Gate", "Rule"],
     "casreg.governance.diff": ["VersionDiff"],
+    "casreg.governance.catalog": ["ModelSummary"],
     "casreg.maintenance.verify": ["VerifyReport", "Problem"],
     "casreg.maintenance.gc": ["GcReport", "GcObject", "GcRecordInfo"],
     "casreg.ledger.compact": ["CompactResult"],

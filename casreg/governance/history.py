@@ -12,7 +12,7 @@ from casreg.keys import REGISTRY_EVENTS
 from casreg.ledger.events import POINTER_KINDS
 from casreg.ledger.history import read_events
 from casreg.ledger.resolve import Resolved, resolve
-from casreg.ledger.segments import list_versions, read_version
+from casreg.ledger.segments import latest_number, list_versions, read_version
 from casreg.records import AliasEvent, JsonValue, Version, _iso, utcnow
 from casreg.refs import RefKind, parse_ref, validate_name
 from casreg.storage import ObjectStore
@@ -71,15 +71,18 @@ def history(store: ObjectStore, name: str, *, alias: str | None = None, kinds: I
         check_stage_name(alias)
     events = read_events(store, name, registry_wide=alias is None and not registry_only,
                          pointers=not registry_only)
-    versions = list_versions(store, name) if alias is None and not registry_only else []
-    if not versions and not events and alias is None:
+    wanted = set(kinds) if kinds else None
+    # pushes are version records: read (every one of them) only when the filter keeps them
+    pushes = alias is None and not registry_only and (wanted is None or "push" in wanted)
+    versions = list_versions(store, name) if pushes else []
+    if not versions and not events and alias is None and (
+            pushes or registry_only or latest_number(store, name) is None):
         raise UnknownReferenceError(f"model {name!r} has no versions in {store.url}")
     if alias is not None:
         mine = {e.event_id for e in events if e.alias == alias}
         events = [e for e in events if e.event_id in mine
                   or (e.kind == "archive" and (e.details or {}).get("cause") in mine)]
     entries = [_push_entry(v) for v in versions] + [_event_entry(e) for e in events]
-    wanted = set(kinds) if kinds else None
     entries = [e for e in entries if (wanted is None or e.kind in wanted)
                and (since is None or e.time >= since) and (until is None or e.time <= until)]
     entries.sort(key=lambda e: (e.time, e.event_id or ""))

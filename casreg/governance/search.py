@@ -118,12 +118,14 @@ def translate(where: str) -> str:
 
 def search(store: ObjectStore, name: str, *, where: str | None = None, stage: str | None = None,
            alias: str | None = None, sort: str | None = None, descending: bool = False,
-           limit: int | None = None) -> list[Version]:
+           limit: int | None = None, offset: int = 0) -> list[Version]:
     """Versions of ``name`` matching a ``--where`` filter, a stage or an alias, sorted by
     version or by a field (see the module doc for what a filter and a field may say).
     Every piece of text that reaches the SQL is validated first: ``name`` and ``alias``
     against the naming rules, ``where`` by :func:`translate`, ``sort`` by
-    :func:`field_sql`; anything else raises :class:`InvalidInputError`."""
+    :func:`field_sql`; anything else raises :class:`InvalidInputError`. ``limit`` and
+    ``offset`` page through the result (``offset`` rows skipped first), so a page of a
+    model with 100,000 versions builds only its own records."""
     validate_name(name)
     order = "version DESC" if descending else "version"
     if sort:
@@ -142,5 +144,7 @@ def search(store: ObjectStore, name: str, *, where: str | None = None, stage: st
         clauses.append(f"version IN ({', '.join(str(v) for v in members)})" if members else "FALSE")
     sql = f"SELECT * EXCLUDE (files) FROM versions WHERE {' AND '.join(clauses)} ORDER BY {order}"
     if limit is not None:
-        sql += f" LIMIT {int(limit)}"
+        sql += f" LIMIT {max(0, int(limit))}"
+    if offset:
+        sql += f" OFFSET {max(0, int(offset))}"
     return [Version.from_dict(row) for row in query(store, sql)]

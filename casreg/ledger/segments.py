@@ -285,8 +285,10 @@ def _first_line(err: BaseException) -> str:
     return (text.splitlines()[0] if text else type(err).__name__)[:200]
 
 
-def list_versions(store: ObjectStore, name: str, newest: int | None = None) -> list[Version]:
-    """Every version of ``name`` (or its ``newest`` ones), oldest first: the covered ones
+def list_versions(store: ObjectStore, name: str, newest: int | None = None, *,
+                  upto: int | None = None) -> list[Version]:
+    """Every version of ``name`` (or its ``newest`` ones; with ``upto``, the ``newest``
+    ones numbered ``upto`` or below: a page), oldest first: the covered ones
     from the compacted files (one read, filtered before any record is built), the others
     from their JSON copies (one small read each, concurrently). pyarrow is imported only
     if the compacted files cover ``name``."""
@@ -295,17 +297,20 @@ def list_versions(store: ObjectStore, name: str, newest: int | None = None) -> l
         covered = head.covered.get(name, 0) if head else 0
         numbers = version_numbers(store, name, after=covered)  # the uncovered ones
         latest = numbers[-1] if numbers else covered
-        if newest is not None and newest <= 0:
+        if upto is not None:
+            latest = min(latest, upto)
+        if (newest is not None and newest <= 0) or latest <= 0:
             return []
         first = 1 if newest is None else max(1, latest - newest + 1)  # numbers are gap-free
-        numbers = [n for n in numbers if n >= first]
+        numbers = [n for n in numbers if first <= n <= latest]
         out: list[Version] = []
         if covered and first <= covered:
             assert head is not None
             import pyarrow.compute as pc
 
             table = read_compacted_versions(store, head, name=name, columns=RECORD_COLUMNS)
-            table = table.filter(pc.greater_equal(table["version"], first))
+            table = table.filter(pc.and_(pc.greater_equal(table["version"], first),
+                                         pc.less_equal(table["version"], latest)))
             out = versions_from_table(table)
         rest = [n for n in numbers if n > covered]
         out.extend(map_concurrently(lambda n: read_version(store, name, n), rest))
