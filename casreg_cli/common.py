@@ -18,8 +18,8 @@ from casreg_cli.output import Output
 if TYPE_CHECKING:
     from casreg import Registry
 
-__all__ = ["app", "alias_app", "Cli", "command", "RegistryOpt", "JsonOpt", "QuietOpt", "RefArg", "ReasonOpt",
-           "AnnotateOpt", "pairs", "name_alias"]
+__all__ = ["app", "alias_app", "Cli", "command", "command_word", "RegistryOpt", "JsonOpt", "QuietOpt", "RefArg",
+           "ReasonOpt", "AnnotateOpt", "pairs", "name_alias"]
 
 F = TypeVar("F", bound=Callable[..., None])
 
@@ -73,12 +73,47 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+#: The global options that take a value (the command word is the first argument that is
+#: neither an option nor such a value).
+_VALUED = ("--registry", "-r")
+
+
+def command_word(argv: list[str]) -> str | None:
+    """The command ``argv`` names: its first argument that is not an option or the value
+    of a global option before it (``casreg -r URL ls`` runs ``ls``); None if there is none."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _VALUED:
+            skip = True
+        elif arg == "--" or not arg.startswith("-"):
+            return None if arg == "--" else arg
+    return None
+
+
+class _Globals:
+    """The global options given before the command (``casreg --json -r URL ls``); each
+    command also takes them after its own arguments (``casreg ls --json -r URL``)."""
+
+    def __init__(self, registry: str | None = None, as_json: bool = False, quiet: bool = False) -> None:
+        self.registry, self.as_json, self.quiet = registry, as_json, quiet
+
+
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    registry: Annotated[Optional[str], typer.Option(
+        "--registry", "-r", help="Registry URL: a directory, s3://BUCKET/PREFIX or memory://NAME (default "
+                                 "$CASREG_REGISTRY, else ~/.casreg). Every option here may also follow the "
+                                 "command.")] = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """A model registry built as a content-addressed, immutable artifact store."""
+    ctx.obj = _Globals(registry, json_, quiet)
 
 
 class Cli:
@@ -122,23 +157,36 @@ class _Command:
         extra += [("json_", JsonOpt, False), ("quiet", QuietOpt, False)]
         shared = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d, annotation=a)
                   for n, a, d in extra]
-        return inspect.Signature(own + shared, return_annotation=None)
+        context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+        return inspect.Signature([context, *own, *shared], return_annotation=None)
 
     @functools.cached_property
     def __annotations__(self) -> dict[str, object]:  # type: ignore[override]
         return {p.name: p.annotation for p in self.__signature__.parameters.values()} | {"return": None}
 
     def __call__(self, **kwargs: object) -> None:
-        cli = Cli(typing.cast("str | None", kwargs.pop("registry", None)), bool(kwargs.pop("json_")),
-                  bool(kwargs.pop("quiet")))
+        ctx = typing.cast("typer.Context", kwargs.pop("ctx"))
+        root = ctx.obj if isinstance(ctx.obj, _Globals) else _Globals()
+        registry = typing.cast("str | None", kwargs.pop("registry", None))
+        if root.registry is not None and _source(ctx, "registry") != "COMMANDLINE":
+            registry = root.registry  # before the command beats the environment; after it beats both
+        cli = Cli(registry, bool(kwargs.pop("json_")) or root.as_json, bool(kwargs.pop("quiet")) or root.quiet)
         self.fn(cli, **kwargs)
+
+
+def _source(ctx: typer.Context, name: str) -> str | None:
+    """Where parameter ``name`` got its value: ``COMMANDLINE``, ``ENVIRONMENT``, ``DEFAULT``..."""
+    source = ctx.get_parameter_source(name)
+    return source.name if source is not None else None
 
 
 def command(group: typer.Typer, name: str | None = None, *, registry: bool = True) -> Callable[[F], F]:
     """Register ``fn(cli, ...)`` as a command of ``group``. The command line gets ``fn``'s
     own parameters (after ``cli``) followed by the global options: ``--registry``/``-r``
     (unless ``registry=False``), ``--json`` and ``--quiet``; ``fn`` gets the :class:`Cli`
-    they make. Help, usage errors and exit codes are typer's, as for any command."""
+    they make, with those given before the command (``casreg --json ls``) merged in: a
+    flag set in either place is set, and ``--registry`` after the command wins. Help,
+    usage errors and exit codes are typer's, as for any command."""
 
     def register(fn: F) -> F:
         group.command(name)(_Command(fn, registry))

@@ -24,6 +24,7 @@ from casreg_cli.common import (
     alias_app,
     app,
     command,
+    command_word,
     name_alias,
     pairs,
 )
@@ -326,11 +327,12 @@ def _narrowed(argv: list[str]) -> typer.Typer:
     """The app with only the command (or command group) ``argv`` names. typer turns every
     registered command into a click command on each run, inspecting every signature:
     22 ms of each invocation's start-up here, for ~45 commands when one is used. The
-    global options are flags, so the first argument not starting with ``-`` is the
-    command; anything else (no command, a typo, a bare ``--help``) gets the whole app,
-    with its listing and suggestions. Help and errors of a command are the same either
-    way (tests/test_cli.py compares them for every command)."""
-    name = next((a for a in argv if not a.startswith("-")), None)
+    first argument that is neither an option nor the value of a global option before it
+    (``casreg -r URL ls``) is the command (:func:`casreg_cli.common.command_word`);
+    anything else (no command, a typo, a bare ``--help``) gets the whole app, with its
+    listing and suggestions. Help and errors of a command are the same either way
+    (tests/test_cli.py compares them for every command)."""
+    name = command_word(argv)
     entry = command_names().get(name) if name is not None else None
     if entry is None:
         return app

@@ -1,0 +1,98 @@
+"""The conventions people expect of a command line (issue 13): global options before or
+after the command, a trailing ``/`` meaning a directory, strict stages, one unit system,
+``--version`` from the package metadata, errors as JSON under ``--json``, completion,
+help with examples. Most tests call :func:`casreg_cli.main.run` in the process (fast);
+those about the installed console script run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from casreg_cli.main import run
+
+SCRIPT = Path(sys.executable).with_name("casreg")
+USER = "conventions@example.test"
+
+
+@pytest.fixture
+def reg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty registry directory named by CASREG_REGISTRY; HOME is private."""
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CASREG_REGISTRY", str(tmp_path / "registry"))
+    monkeypatch.setenv("CASREG_USER", USER)
+    monkeypatch.setenv("CASREG_HOOKS", "off")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "registry"
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = run(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def ok(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    code, out, err = cli(capsys, *args)
+    assert code == 0, (args, code, out, err)
+    return out
+
+
+def one_line_error(result: tuple[int, str, str], *fragments: str) -> str:
+    code, out, err = result
+    assert code != 0 and out == "", (code, out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("casreg: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def push(capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, content: bytes, *extra: str) -> dict:
+    f = tmp_path / f"{name}-{len(content)}.bin"
+    f.write_bytes(content)
+    return json.loads(ok(capsys, "push", name, str(f), "--json", *extra))
+
+
+# -- 1. global options before or after the command ---------------------------------------------------
+def test_global_options_before_the_command(reg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    other = tmp_path / "other"
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"weights")
+    assert ok(capsys, "--registry", str(other), "push", "m", str(f)).startswith("pushed m:1")
+    assert ok(capsys, "-r", str(other), "-q", "push", "m", str(f)) == ""
+    assert not reg.exists()  # the flag before the command named the registry, not CASREG_REGISTRY
+    rows = json.loads(ok(capsys, "--json", "--registry", str(other), "ls", "m"))
+    assert [r["version"] for r in rows] == [1, 2]
+    assert json.loads(ok(capsys, "-r", str(other), "ls", "m", "--json")) == rows
+    # after the command beats before it, which beats the environment
+    assert json.loads(ok(capsys, "-r", str(other), "ls", "--json", "-r", str(tmp_path / "empty"))) == []
+    assert ok(capsys, "--quiet", "-r", str(other), "alias", "set", "m@prod", "1") == ""
+    assert ok(capsys, "-r", str(other), "alias", "ls", "m").splitlines()[1].split()[:2] == ["m@prod", "m:1"]
+
+
+def test_global_options_before_the_command_in_the_console_script(tmp_path: Path) -> None:
+    env = dict(os.environ, HOME=str(tmp_path), CASREG_REGISTRY=str(tmp_path / "unused"), NO_COLOR="1")
+    p = subprocess.run([str(SCRIPT), "--registry", str(tmp_path / "reg"), "--json", "ls"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == []
+
+
+def test_only_the_named_command_is_built_after_global_options() -> None:
+    """run() builds just the command argv names (casreg_cli/main.py: _narrowed), also
+    when global options come first; a registry URL is never taken for the command."""
+    from casreg_cli.main import _narrowed, app
+
+    for argv in (["-r", "ls", "ls"], ["--registry", "x", "--json", "ls"], ["--json", "-q", "ls", "m"]):
+        narrow = _narrowed(argv)
+        assert narrow is not app and [c.name for c in narrow.registered_commands] == ["ls"], argv
+    for argv in (["-r", "x"], ["--json"], ["-r", "x", "--", "ls"]):
+        assert _narrowed(argv) is app
