@@ -62,6 +62,12 @@ log = logging.getLogger(__name__)
 Duration = timedelta | float | str
 
 
+def _names_directory(dest: str | os.PathLike[str]) -> bool:
+    """A destination written with a trailing separator (``newdir/``) names a directory
+    (only text keeps one: ``Path("newdir/")`` drops it)."""
+    return isinstance(dest, str) and dest.endswith(("/", os.sep, os.altsep or "/"))
+
+
 def _preload(module: str) -> None:
     """Import ``module`` on a background thread; a later ``import`` waits for it."""
     import importlib
@@ -277,14 +283,17 @@ class Registry:
     def pull(self, ref: str | Ref, dest: str | os.PathLike[str] | None = None, *, force: bool = False,
              progress: Progress | None = None) -> PullResult:
         """Write a version to ``dest`` (default: ``./<file name>`` for a file version,
-        ``./<model name>`` for a directory), verified before it appears there. An existing
+        ``./<model name>`` for a directory), verified before it appears there. A ``dest``
+        string ending in ``/`` names a directory to put that default name in (created if
+        absent): ``pull("m:2", "serving/")`` writes ``serving/<file name>``. An existing
         ``dest`` is refused unless ``force``; an interrupted pull resumes (README)."""
         from casreg.content.pull import materialize
 
         resolved = self.resolve(ref)
         manifest = self.manifest(resolved)
-        if dest is None:
-            dest = manifest.entries[0].path if manifest.kind == "file" else (resolved.name or resolved.hexdigest[:12])
+        if dest is None or _names_directory(dest):
+            own = manifest.entries[0].path if manifest.kind == "file" else (resolved.name or resolved.hexdigest[:12])
+            dest = Path(dest or ".") / own
         stats = materialize(self.store, manifest, dest, force=force, progress=progress, threads=self.threads)
         return PullResult(resolved.name, resolved.version, resolved.digest, str(Path(dest).absolute()),
                           stats.size, stats.files, stats.fetched_bytes, stats.up_to_date,

@@ -72,7 +72,8 @@ def push(
 def pull(
     cli: Cli,
     ref: RefArg,
-    dest: Annotated[Optional[str], typer.Argument(help="Where to write it (default: ./FILE or ./NAME).")] = None,
+    dest: Annotated[Optional[str], typer.Argument(
+        help="Where to write it (default: ./FILE or ./NAME); ending in / (DIR/): into DIR, created if absent.")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace an existing destination.")] = False,
 ) -> None:
     """Write a version to DEST, verified byte for byte before it appears."""

@@ -96,3 +96,29 @@ def test_only_the_named_command_is_built_after_global_options() -> None:
         assert narrow is not app and [c.name for c in narrow.registered_commands] == ["ls"], argv
     for argv in (["-r", "x"], ["--json"], ["-r", "x", "--", "ls"]):
         assert _narrowed(argv) is app
+
+
+# -- 2. a trailing / on DEST names a directory -------------------------------------------------------
+def test_pull_into_a_directory_named_with_a_trailing_slash(reg: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"one file")
+    ok(capsys, "push", "m", str(f))
+    model = tmp_path / "tree"
+    (model / "sub").mkdir(parents=True)
+    (model / "sub" / "config.json").write_text("{}")
+    ok(capsys, "push", "m", str(model))
+
+    assert "newdir/model.safetensors" in ok(capsys, "pull", "m:1", "newdir/")  # newdir did not exist
+    assert (tmp_path / "newdir").is_dir() and (tmp_path / "newdir" / "model.safetensors").read_bytes() == b"one file"
+    res = json.loads(ok(capsys, "pull", "m:1", "deep/er/", "--json"))
+    assert res["dest"] == str(tmp_path / "deep" / "er" / "model.safetensors")
+    (tmp_path / "existing").mkdir()
+    ok(capsys, "pull", "m:1", "existing/")  # the directory exists: the same rule
+    assert (tmp_path / "existing" / "model.safetensors").read_bytes() == b"one file"
+    # a directory version goes inside too, under its default name (the model's)
+    ok(capsys, "pull", "m:2", "trees/")
+    assert (tmp_path / "trees" / "m" / "sub" / "config.json").read_text() == "{}"
+    # without the slash DEST is the destination itself, as before
+    ok(capsys, "pull", "m:1", "plain")
+    assert (tmp_path / "plain").read_bytes() == b"one file"
