@@ -21,6 +21,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidNameError",
     "InvalidReferenceError",
+    "UnknownStageError",
     "NotFoundError",
     "UnknownReferenceError",
     "AmbiguousReferenceError",
@@ -58,6 +59,16 @@ class InvalidNameError(InvalidInputError):
 
 class InvalidReferenceError(InvalidInputError):
     """A reference string does not follow the reference grammar."""
+
+
+class UnknownStageError(InvalidInputError):
+    """``promote`` was given a word that is neither a stage nor an alias the policy gates
+    (a typo such as ``prod``, or a free-form alias, which ``set_alias`` moves).
+    ``suggestion`` is the stage or gated alias it most resembles, if any."""
+
+    def __init__(self, message: str, *, stage: str, suggestion: str | None = None) -> None:
+        super().__init__(message)
+        self.stage, self.suggestion = stage, suggestion
 
 
 class NotFoundError(CasregError, FileNotFoundError):

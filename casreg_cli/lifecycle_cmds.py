@@ -39,7 +39,9 @@ def promote(
     cli: Cli,
     name: NameArg,
     ref: VersionArg,
-    stage: Annotated[str, typer.Argument(help="staging, production, archived, or any alias (champion, canary, ...).")],
+    stage: Annotated[str, typer.Argument(
+        help="staging, production, archived, or an alias the policy gates ([gates.NAME]); other aliases are set "
+             "with casreg alias set.")],
     reason: ReasonOpt = None,
     keep_previous: Annotated[bool, typer.Option("--keep-previous", help="Promoting to production: do not "
                                                 "archive the version it replaces.")] = False,

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from casreg.governance.state import VersionState
 
 from casreg import AliasPointer, CasregError, FileInfo, IntegrityError, PullResult, Version
+from casreg.errors import UnknownStageError
 from casreg.ledger.pointers import lying_pointers
 from casreg.refs import parse_ref
 from casreg_cli.common import (
@@ -293,6 +294,14 @@ import casreg_cli.ui_cmds  # noqa: E402,F401  (ui)
 import casreg_cli.watch_cmds  # noqa: E402,F401  (watch)
 
 
+def _hint(err: CasregError) -> str:
+    """The command line's words for what a library error says in the library's terms
+    (``set_alias``), appended to its message; empty for most errors."""
+    if isinstance(err, UnknownStageError):
+        return f" (on the command line: casreg alias set NAME@{err.stage} REF)"
+    return ""
+
+
 def _fail(message: str, code: int) -> int:
     """Print ``casreg: error: MESSAGE`` as one clean line (control characters escaped,
     URL credentials redacted: :func:`casreg_cli.output.print_error`) and return ``code``."""
@@ -354,7 +363,7 @@ def run(argv: list[str] | None = None) -> int:
         if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value here
             return code
     except CasregError as err:
-        return _fail(str(err), err.exit_code)
+        return _fail(str(err) + _hint(err), err.exit_code)
     except typer.Exit as err:
         return err.exit_code
     except typer.TyperException as err:  # usage errors: typer prints them like click does

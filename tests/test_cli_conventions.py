@@ -122,3 +122,15 @@ def test_pull_into_a_directory_named_with_a_trailing_slash(reg: Path, tmp_path: 
     # without the slash DEST is the destination itself, as before
     ok(capsys, "pull", "m:1", "plain")
     assert (tmp_path / "plain").read_bytes() == b"one file"
+
+
+# -- 3. stages are strict ----------------------------------------------------------------------------
+def test_promote_to_a_typo_is_refused_with_the_stage_it_resembles(reg: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    push(capsys, tmp_path, "fraud-detector", b"v1")
+    line = one_line_error(cli(capsys, "promote", "fraud-detector", "1", "prod"), "did you mean 'production'?",
+                          "casreg alias set NAME@prod REF")
+    assert cli(capsys, "promote", "fraud-detector", "1", "prod")[0] == 2, line
+    assert json.loads(ok(capsys, "alias", "ls", "--json")) == []  # no alias 'prod' was created
+    ok(capsys, "alias", "set", "fraud-detector@prod", "1")  # free-form aliases: alias set
+    assert ok(capsys, "promote", "fraud-detector", "1", "production").startswith("fraud-detector@production ->")
