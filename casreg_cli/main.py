@@ -29,7 +29,7 @@ from casreg_cli.common import (
     name_alias,
     pairs,
 )
-from casreg_cli.output import Output, human_bytes, install_log_escaping, print_block, print_error
+from casreg_cli.output import Output, human_bytes, install_log_escaping, plural, print_block, print_error
 
 
 @command(app)
@@ -61,7 +61,7 @@ def push(
 
     def human(out: Output) -> None:
         out.line(f"pushed {v.ref}  {v.digest}")
-        out.line(f"  size {human_bytes(v.size)} in {v.file_count} file{'s' if v.file_count != 1 else ''}, "
+        out.line(f"  size {human_bytes(v.size)} in {plural(v.file_count, 'file')}, "
                  f"new bytes stored {human_bytes(v.stored_bytes)}, dedup {100 * v.dedup_ratio:.1f}%")
         if alias:
             out.line(f"  {name}@{alias} -> {v.ref}")
@@ -88,7 +88,7 @@ def _pulled(out: Output, res: PullResult) -> None:
         out.line(f"{res.dest} already holds {label}; nothing rewritten")
     else:
         out.line(f"pulled {label} to {res.dest} ({human_bytes(res.size)}, "
-                 f"{res.files} file{'s' if res.files != 1 else ''}, verified)")
+                 f"{plural(res.files, 'file')}, verified)")
 
 
 @command(app)
@@ -133,7 +133,7 @@ def show(cli: Cli, ref: RefArg) -> None:
 def _show(out: Output, v: Version, files: list[FileInfo], aliases: list[str], state: VersionState) -> None:
     out.line(f"{v.ref}  {v.digest}")
     out.line(f"  created   {v.created_at.isoformat(timespec='seconds')} by {v.author}")
-    out.line(f"  size      {human_bytes(v.size)} in {v.file_count} files ({v.kind}); "
+    out.line(f"  size      {human_bytes(v.size)} in {plural(v.file_count, 'file')} ({v.kind}); "
              f"stored {human_bytes(v.stored_bytes)} new, dedup {100 * v.dedup_ratio:.1f}%")
     for label, value in (("framework", v.framework), ("desc", v.description)):
         if value:

@@ -134,3 +134,27 @@ def test_promote_to_a_typo_is_refused_with_the_stage_it_resembles(reg: Path, tmp
     assert json.loads(ok(capsys, "alias", "ls", "--json")) == []  # no alias 'prod' was created
     ok(capsys, "alias", "set", "fraud-detector@prod", "1")  # free-form aliases: alias set
     assert ok(capsys, "promote", "fraud-detector", "1", "production").startswith("fraud-detector@production ->")
+
+
+# -- 4. one unit system ------------------------------------------------------------------------------
+def test_the_progress_bar_uses_the_units_of_the_summary() -> None:
+    """The bar said 524.3 MB (rich's decimal units) where the summary said 500.0 MiB."""
+    from casreg_cli.output import BarProgress, human_bytes
+
+    bar = BarProgress()._bar  # never started: nothing is drawn
+    task_id = bar.add_task("pull", total=500 * 2**20)
+    bar.update(task_id, completed=12 * 2**20)
+    task = bar.tasks[0]
+    shown = " ".join(str(column(task)) for column in bar.columns[2:])
+    assert "12.0 MiB/500.0 MiB" in shown and human_bytes(500 * 2**20) == "500.0 MiB"
+    assert " MB" not in shown and " kB" not in shown and "524" not in shown
+    from casreg_cli.output import bytes_per_second
+
+    assert bytes_per_second(85 * 2**20) == "85.0 MiB/s" and bytes_per_second(None) == "?"
+
+
+def test_show_counts_one_file_in_the_singular(reg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    v = push(capsys, tmp_path, "m", b"x" * 3000)
+    text = ok(capsys, "show", "m:1")
+    assert "size      2.9 KiB in 1 file (file);" in text, text
+    assert json.loads(ok(capsys, "show", "m:1", "--json"))["size"] == v["size"] == 3000  # exact bytes in JSON
