@@ -55,6 +55,7 @@ def _write_versions(args: tuple[str, str, int, int, list[dict[str, Any]], float]
     """Worker: segments and JSON copies for versions lo..hi-1 of one model."""
     import pyarrow as pa
 
+    from casreg._version import package_version
     from casreg.keys import version_copy_key, version_segment_key
     from casreg.ledger.schema import parquet_bytes, version_row, version_schema
     from casreg.records import Lineage, Version
@@ -74,7 +75,8 @@ def _write_versions(args: tuple[str, str, int, int, list[dict[str, Any]], float]
             params={"lr": f"{rng.choice((1, 3))}e-{rng.randint(3, 5)}", "epochs": str(rng.randint(1, 40))},
             tags={"team": f"team-{hash(name) % 9}", "dataset": f"ds-{n % 13}"},
             lineage=Lineage(git_commit=f"{n:040x}", git_dirty=False, hostname="bench-host", python_version="3.11",
-                            casreg_version="0.1.0", parent=seed["digest"], run_id=f"run-{n}", dataset=f"ds-{n % 13}"),
+                            casreg_version=package_version(), parent=seed["digest"], run_id=f"run-{n}",
+                            dataset=f"ds-{n % 13}"),
         )
         seg, side = Path(root, version_segment_key(name, n)), Path(root, version_copy_key(name, n))
         for d in (seg.parent, side.parent):

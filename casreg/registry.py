@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from casreg._version import __version__
+from casreg._version import package_version
 from casreg.content.manifest import Manifest, read_manifest
 from casreg.digest import Digest
 from casreg.errors import AliasNotMovedError, CasregError, InvalidInputError
@@ -188,7 +188,7 @@ class Registry:
         git = git_state(os.fspath(path))
         parent_digest = self.resolve(parent).digest if parent else None
         lineage = Lineage(git_commit=git.commit, git_dirty=git.dirty, hostname=hostname(),
-                          python_version=platform.python_version(), casreg_version=__version__,
+                          python_version=platform.python_version(), casreg_version=package_version(),
                           parent=parent_digest, run_id=run_id, dataset=dataset)
         probe = Version(name=name, version=0, digest=Digest.from_bytes(bytes(32)), kind="file", size=0,
                         stored_bytes=0, new_bytes=0, file_count=0, chunk_count=0, created_at=utcnow(),

@@ -18,8 +18,8 @@ from casreg_cli.output import Output
 if TYPE_CHECKING:
     from casreg import Registry
 
-__all__ = ["app", "alias_app", "Cli", "command", "command_word", "RegistryOpt", "JsonOpt", "QuietOpt", "RefArg",
-           "ReasonOpt", "AnnotateOpt", "pairs", "name_alias"]
+__all__ = ["app", "alias_app", "Cli", "command", "command_word", "json_requested", "RegistryOpt", "JsonOpt",
+           "QuietOpt", "RefArg", "ReasonOpt", "AnnotateOpt", "pairs", "name_alias"]
 
 F = TypeVar("F", bound=Callable[..., None])
 
@@ -67,15 +67,21 @@ def name_alias(text: str) -> tuple[str, str]:
 
 def _version(value: bool) -> None:
     if value:
-        from casreg import __version__
+        from casreg._version import package_version
 
-        Output(False, False).line(f"casreg {__version__}")
+        Output(False, False).line(f"casreg {package_version()}")  # the installed package's metadata
         raise typer.Exit()
 
 
 #: The global options that take a value (the command word is the first argument that is
 #: neither an option nor such a value).
 _VALUED = ("--registry", "-r")
+
+
+def json_requested(argv: list[str]) -> bool:
+    """Whether ``argv`` asks for ``--json`` (before or after the command; not after
+    ``--``): its errors are then JSON too, also those found before a command runs."""
+    return "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
 
 
 def command_word(argv: list[str]) -> str | None:

@@ -26,10 +26,19 @@ from casreg_cli.common import (
     app,
     command,
     command_word,
+    json_requested,
     name_alias,
     pairs,
 )
-from casreg_cli.output import Output, human_bytes, install_log_escaping, plural, print_block, print_error
+from casreg_cli.output import (
+    Output,
+    human_bytes,
+    install_log_escaping,
+    plural,
+    print_block,
+    print_error,
+    print_error_json,
+)
 
 
 @command(app)
@@ -302,18 +311,29 @@ def _hint(err: CasregError) -> str:
     return ""
 
 
+_AS_JSON = False  # set by run() for the invocation it runs: errors are then JSON (``--json``)
+
+
 def _fail(message: str, code: int) -> int:
     """Print ``casreg: error: MESSAGE`` as one clean line (control characters escaped,
-    URL credentials redacted: :func:`casreg_cli.output.print_error`) and return ``code``."""
-    print_error(message)
+    URL credentials redacted: :func:`casreg_cli.output.print_error`), or under ``--json``
+    ``{"error": MESSAGE, "exit_code": CODE}`` on one line; return ``code``."""
+    if _AS_JSON:
+        print_error_json(message, code)
+    else:
+        print_error(message)
     return code
 
 
 def _usage_error(err: typer.TyperException) -> None:
     """Print a usage error as click would (usage, hint, ``Error: ...``), each line
-    cleaned: the message may quote what the user typed."""
+    cleaned: the message may quote what the user typed; under ``--json``, its message
+    as a JSON error."""
     import io
 
+    if _AS_JSON:
+        print_error_json(err.format_message(), err.exit_code)
+        return
     show = getattr(err, "show", None)
     if show is None:
         print_error(err.format_message())
@@ -356,7 +376,9 @@ def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; expected failures never show a traceback.
     Every error is one clean line (:func:`_fail`); the library's log records come out
     clean too (:func:`casreg_cli.output.install_log_escaping`)."""
+    global _AS_JSON
     args = sys.argv[1:] if argv is None else argv
+    _AS_JSON = json_requested(args)
     install_log_escaping()
     try:
         code = _narrowed(args)(args=args, prog_name="casreg", standalone_mode=False)

@@ -40,7 +40,7 @@ from typing import Any, TextIO
 from casreg.redact import redact_url
 
 __all__ = ["Output", "human_bytes", "plural", "bytes_done", "bytes_per_second", "BarProgress", "clean", "print_error",
-           "print_block", "install_log_escaping"]
+           "print_error_json", "print_block", "install_log_escaping"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -63,6 +63,12 @@ def _json_text(value: Any, indent: int | None) -> str:
 def print_error(message: str, prefix: str = "casreg: error: ") -> None:
     """Write ``prefix + message`` to stderr as one clean line, URL credentials redacted."""
     sys.stderr.write(prefix + clean(redact_url(message)) + "\n")
+
+
+def print_error_json(message: str, exit_code: int) -> None:
+    """Write ``{"error": MESSAGE, "exit_code": N}`` to stderr as one line of exact JSON,
+    URL credentials redacted: how an error reads under ``--json``."""
+    sys.stderr.write(_json_text({"error": redact_url(message), "exit_code": exit_code}, None) + "\n")
 
 
 def print_block(text: str) -> None:

@@ -158,3 +158,62 @@ def test_show_counts_one_file_in_the_singular(reg: Path, tmp_path: Path, capsys:
     text = ok(capsys, "show", "m:1")
     assert "size      2.9 KiB in 1 file (file);" in text, text
     assert json.loads(ok(capsys, "show", "m:1", "--json"))["size"] == v["size"] == 3000  # exact bytes in JSON
+
+
+# -- 5. --version, errors as JSON, NO_COLOR -----------------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    import casreg
+
+    assert ok(capsys, "--version") == f"casreg {version('casreg')}\n"
+    assert casreg.__version__ == version("casreg")
+
+
+def test_the_version_is_written_in_one_place() -> None:
+    """pyproject.toml's [project] version; no module or benchmark spells it again."""
+    import tomllib
+
+    from importlib.metadata import version
+
+    written = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert written == version("casreg")  # the installed metadata is this tree's
+    spelled = [p.relative_to(ROOT).as_posix() for d in ("casreg", "casreg_cli", "benchmarks")
+               for p in sorted((ROOT / d).rglob("*.py")) if f'"{written}"' in p.read_text(encoding="utf-8")]
+    assert spelled == []
+
+
+@pytest.mark.parametrize("args, code", [
+    (["resolve", "nope", "--json"], 3),
+    (["--json", "resolve", "nope"], 3),
+    (["--json", "promote", "nope", "1", "prod"], 3),
+    (["ls", "--limit", "0", "--json"], 2),  # a usage error, found before the command runs
+    (["--json", "pussh"], 2),
+])
+def test_errors_are_json_under_json(reg: Path, capsys: pytest.CaptureFixture[str], args: list[str], code: int) -> None:
+    got, out, err = cli(capsys, *args)
+    assert got == code and out == ""
+    assert len(err.splitlines()) == 1, err
+    doc = json.loads(err)
+    assert doc["exit_code"] == code and isinstance(doc["error"], str) and doc["error"]
+    assert not doc["error"].startswith("casreg: error")
+    plain = cli(capsys, *[a for a in args if a != "--json"])
+    if code == 3:
+        one_line_error(plain)  # without --json: the usual line
+    else:
+        assert "Usage: casreg" in plain[2] and "Error: " in plain[2]  # click's usage message, as before
+
+
+def test_no_color_is_respected(tmp_path: Path) -> None:
+    env = dict(os.environ, HOME=str(tmp_path), FORCE_COLOR="1", NO_COLOR="1", COLUMNS="100")
+    p = subprocess.run([str(SCRIPT), "--help"], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "Usage" in p.stdout
+    import re
+
+    assert not re.search(r"\x1b\[[0-9;]*(?:3[0-9]|9[0-7])[;m]", p.stdout), "colour despite NO_COLOR"
+    colored = subprocess.run([str(SCRIPT), "--help"], env=dict(env, NO_COLOR=""), capture_output=True, text=True,
+                             timeout=120)
+    assert re.search(r"\x1b\[[0-9;]*3[0-9][;m]", colored.stdout)  # the check above can see colour

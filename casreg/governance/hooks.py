@@ -55,7 +55,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
-from casreg._version import __version__
+from casreg._version import package_version
 from casreg.digest import Digest
 from casreg.errors import ConflictError, InvalidInputError
 from casreg.governance.policy import read_policy
@@ -599,7 +599,7 @@ def deliver(hook: Hook, event: Mapping[str, Any], *, registry: str = "",
 
 
 def _user_agent() -> str:
-    return f"casreg-hooks/{__version__}"
+    return f"casreg-hooks/{package_version()}"
 
 
 def record_failure(store: ObjectStore, event: Mapping[str, Any], result: DeliveryResult) -> bool:
