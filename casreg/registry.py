@@ -326,6 +326,20 @@ class Registry:
 
         return model_summaries(self.store)
 
+    def model_names(self, prefix: str = "") -> list[str]:
+        """Names of models starting with ``prefix``, from a bounded listing (no ledger
+        read; at most ~0.3 s, maybe partial on a huge registry): for shell completion."""
+        from casreg.governance.catalog import model_names
+
+        return model_names(self.store, prefix)
+
+    def alias_names(self, name: str, prefix: str = "") -> list[str]:
+        """Aliases of ``name`` starting with ``prefix`` (every alias with a pointer, set or
+        removed), from a bounded listing like :meth:`model_names`."""
+        from casreg.governance.catalog import alias_names
+
+        return alias_names(self.store, name, prefix)
+
     def series(self, name: str, fields: Sequence[str], *, points: int = 500,
                cumulative: bool = False) -> list[dict[str, float | int | None]]:
         """Numeric ``fields`` (``metrics.auc``, ``size``, ``stored_bytes``: names as

@@ -18,8 +18,8 @@ from casreg_cli.output import Output
 if TYPE_CHECKING:
     from casreg import Registry
 
-__all__ = ["app", "alias_app", "Cli", "command", "command_word", "json_requested", "RegistryOpt", "JsonOpt",
-           "QuietOpt", "RefArg", "ReasonOpt", "AnnotateOpt", "pairs", "name_alias"]
+__all__ = ["complete_model", "complete_ref", "app", "alias_app", "Cli", "command", "command_word", "json_requested",
+           "RegistryOpt", "JsonOpt", "QuietOpt", "RefArg", "ReasonOpt", "AnnotateOpt", "pairs", "name_alias"]
 
 F = TypeVar("F", bound=Callable[..., None])
 
@@ -27,12 +27,52 @@ app = typer.Typer(
     name="casreg",
     help="A model registry built as a content-addressed, immutable artifact store.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 alias_app = typer.Typer(help="Deployment pointers: NAME@ALIAS -> a version.", no_args_is_help=True)
 app.add_typer(alias_app, name="alias")
+
+def _completion_registry(ctx: typer.Context) -> Registry | None:
+    """The registry a command line being completed names (``--registry`` before or after
+    the command, else ``CASREG_REGISTRY``, else ``~/.casreg``), if it is a local directory:
+    completion lists keys, which is cheap only there."""
+    from casreg import Registry
+    from casreg.storage import default_registry_url
+
+    url: object = None
+    at: typer.Context | None = ctx
+    while at is not None and url is None:  # typed after the command, else before it
+        if at.params.get("registry") and _source(at, "registry") == "COMMANDLINE":
+            url = at.params["registry"]
+        at = typing.cast("typer.Context | None", at.parent)
+    text = str(url) if url else default_registry_url()
+    if "://" in text and not text.startswith("file://"):
+        return None  # s3:// would cost a round trip per key press; memory:// is per process
+    return Registry(text)
+
+
+def complete_model(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Model names for shell completion; nothing (never an error) if they cannot be listed."""
+    try:
+        reg = _completion_registry(ctx)
+        return reg.model_names(incomplete) if reg is not None else []
+    except Exception:  # noqa: BLE001 - a completion must never print a traceback into a shell
+        return []
+
+
+def complete_ref(ctx: typer.Context, incomplete: str) -> list[str]:
+    """``NAME`` or, once ``@`` is typed, ``NAME@ALIAS`` for shell completion."""
+    name, at, alias = incomplete.partition("@")
+    if not at:
+        return complete_model(ctx, incomplete)
+    try:
+        reg = _completion_registry(ctx)
+        return [f"{name}@{a}" for a in reg.alias_names(name, alias)] if reg is not None else []
+    except Exception:  # noqa: BLE001 - as complete_model
+        return []
+
 
 RegistryOpt = Annotated[
     Optional[str],
@@ -40,7 +80,7 @@ RegistryOpt = Annotated[
                  help="Registry URL: a directory, s3://BUCKET/PREFIX or memory://NAME (default ~/.casreg)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-RefArg = Annotated[str, typer.Argument(help="NAME, NAME:N, NAME@ALIAS or a digest.")]
+RefArg = Annotated[str, typer.Argument(help="NAME, NAME:N, NAME@ALIAS or a digest.", autocompletion=complete_ref)]
 ReasonOpt = Annotated[Optional[str], typer.Option("--reason", help="Why (recorded in the log).")]
 AnnotateOpt = Annotated[Optional[list[str]], typer.Option("--annotate", help="KEY=VALUE kept on the alias "
                                                           "(repeatable), e.g. weight=0.1 for a canary.")]

@@ -16,6 +16,8 @@ from casreg_cli.common import (
     RefArg,
     app,
     command,
+    complete_model,
+    complete_ref,
     name_alias,
     pairs,
 )
@@ -25,8 +27,9 @@ policy_app = typer.Typer(help="The registry's policy: required metadata, gates, 
                          no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 
-NameArg = Annotated[str, typer.Argument(help="Model name.")]
-LogNameArg = Annotated[str, typer.Argument(help="Model name, or _registry for policy and hooks changes.")]
+NameArg = Annotated[str, typer.Argument(help="Model name.", autocompletion=complete_model)]
+LogNameArg = Annotated[str, typer.Argument(help="Model name, or _registry for policy and hooks changes.",
+                                           autocompletion=complete_model)]
 VersionArg = Annotated[str, typer.Argument(metavar="REF", help="A version of NAME: N, NAME:N, NAME@ALIAS or a digest.")]
 
 
@@ -93,7 +96,7 @@ def archive(
 @command(app)
 def rollback(
     cli: Cli,
-    target: Annotated[str, typer.Argument(metavar="NAME@ALIAS")],
+    target: Annotated[str, typer.Argument(metavar="NAME@ALIAS", autocompletion=complete_ref)],
     reason: ReasonOpt = None,
     keep_previous: Annotated[bool, typer.Option("--keep-previous", help="Rolling back production: do not "
                                                 "archive the version it leaves.")] = False,

@@ -26,6 +26,8 @@ from casreg_cli.common import (
     app,
     command,
     command_word,
+    complete_model,
+    complete_ref,
     json_requested,
     name_alias,
     pairs,
@@ -44,7 +46,7 @@ from casreg_cli.output import (
 @command(app)
 def push(
     cli: Cli,
-    name: Annotated[str, typer.Argument(help="Model name.")],
+    name: Annotated[str, typer.Argument(help="Model name.", autocompletion=complete_model)],
     path: Annotated[str, typer.Argument(help="A model file or directory.")],
     metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="KEY=NUMBER, repeatable.")] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="KEY=VALUE, repeatable.")] = None,
@@ -172,7 +174,8 @@ def _show(out: Output, v: Version, files: list[FileInfo], aliases: list[str], st
 @command(app, "ls")
 def ls_(
     cli: Cli,
-    name: Annotated[Optional[str], typer.Argument(help="Model name (default: every model).")] = None,
+    name: Annotated[Optional[str], typer.Argument(help="Model name (default: every model).",
+                                                                autocompletion=complete_model)] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Show the newest N versions.")] = 100,
     all_: Annotated[bool, typer.Option("--all", "-a", help="Show every version.")] = False,
     where: Annotated[Optional[str], typer.Option("--where", help="Filter, e.g. \"metrics.auc > 0.9 AND "
@@ -243,7 +246,7 @@ def sql(
 @command(alias_app, "set")
 def alias_set(
     cli: Cli,
-    target: Annotated[str, typer.Argument(metavar="NAME@ALIAS")],
+    target: Annotated[str, typer.Argument(metavar="NAME@ALIAS", autocompletion=complete_ref)],
     ref: Annotated[str, typer.Argument(help="A version of NAME: N, NAME:N, NAME@ALIAS or a digest.")],
     reason: ReasonOpt = None,
     annotate: AnnotateOpt = None,
@@ -262,7 +265,7 @@ def alias_set(
 @command(alias_app, "rm")
 def alias_rm(
     cli: Cli,
-    target: Annotated[str, typer.Argument(metavar="NAME@ALIAS")],
+    target: Annotated[str, typer.Argument(metavar="NAME@ALIAS", autocompletion=complete_ref)],
     reason: ReasonOpt = None,
 ) -> None:
     """Remove NAME@ALIAS (the removal is logged; versions are untouched)."""
@@ -278,7 +281,8 @@ def alias_rm(
 @command(alias_app, "ls")
 def alias_ls(
     cli: Cli,
-    name: Annotated[Optional[str], typer.Argument(help="Model name (default: every model).")] = None,
+    name: Annotated[Optional[str], typer.Argument(help="Model name (default: every model).",
+                                                                autocompletion=complete_model)] = None,
 ) -> None:
     """List aliases and where they point."""
     out = cli.out

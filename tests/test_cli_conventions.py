@@ -176,7 +176,6 @@ def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[s
 def test_the_version_is_written_in_one_place() -> None:
     """pyproject.toml's [project] version; no module or benchmark spells it again."""
     import tomllib
-
     from importlib.metadata import version
 
     written = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -217,3 +216,52 @@ def test_no_color_is_respected(tmp_path: Path) -> None:
     colored = subprocess.run([str(SCRIPT), "--help"], env=dict(env, NO_COLOR=""), capture_output=True, text=True,
                              timeout=120)
     assert re.search(r"\x1b\[[0-9;]*3[0-9][;m]", colored.stdout)  # the check above can see colour
+
+
+# -- 6. shell completion -----------------------------------------------------------------------------
+def _complete(env: dict[str, str], words: str) -> subprocess.CompletedProcess[str]:
+    """What bash would get from casreg's completion for the command line ``words``."""
+    cword = len(words.split(" ")) - 1
+    e = dict(env, _CASREG_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD=str(cword))
+    return subprocess.run([str(SCRIPT)], env=e, capture_output=True, text=True, timeout=120)
+
+
+def test_completion_of_model_names_and_aliases(reg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("fraud-detector", "fraud-v2", "churn"):
+        push(capsys, tmp_path, name, name.encode())
+    ok(capsys, "alias", "set", "fraud-detector@champion", "1")
+    ok(capsys, "promote", "fraud-detector", "1", "staging")
+    env = dict(os.environ)  # CASREG_REGISTRY, HOME and CASREG_USER from the fixture
+    for words, want in (("casreg show fr", ["fraud-detector", "fraud-v2"]),
+                        ("casreg ls ", ["churn", "fraud-detector", "fraud-v2"]),
+                        ("casreg promote c", ["churn"]),
+                        ("casreg pull fraud-detector@", ["fraud-detector@champion", "fraud-detector@staging"]),
+                        ("casreg rollback fraud-detector@s", ["fraud-detector@staging"]),
+                        (f"casreg -r {tmp_path / 'elsewhere'} show fr", []),  # --registry before the command
+                        (f"casreg show fr -r {tmp_path / 'elsewhere'}", []),
+                        ("casreg show fr -r s3://bucket/never-listed", [])):
+        p = _complete(env, words)
+        assert p.returncode == 0 and p.stderr == "", (words, p.stderr)
+        assert sorted(p.stdout.split()) == want, (words, p.stdout)
+
+
+def test_completion_never_fails_loudly(tmp_path: Path) -> None:
+    not_a_registry = tmp_path / "file"
+    not_a_registry.write_text("not a registry")
+    env = dict(os.environ, HOME=str(tmp_path), CASREG_REGISTRY=str(not_a_registry))
+    p = _complete(env, "casreg show m")
+    assert p.returncode == 0 and p.stdout.strip() == "" and p.stderr == ""
+    script = subprocess.run([str(SCRIPT), "--show-completion", "bash"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert script.returncode == 0 and "_CASREG_COMPLETE" in script.stdout
+
+
+def test_model_names_lists_keys_only(reg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import casreg
+
+    for name in ("b-model", "a-model", "a-other"):
+        push(capsys, tmp_path, name, name.encode())
+    r = casreg.Registry(reg)
+    assert r.model_names() == ["a-model", "a-other", "b-model"] and r.model_names("a-m") == ["a-model"]
+    r.set_alias("a-model", "canary", 1)
+    assert r.alias_names("a-model") == ["canary"] and r.alias_names("a-model", "x") == []
