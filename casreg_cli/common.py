@@ -27,6 +27,7 @@ app = typer.Typer(
     name="casreg",
     help="A model registry built as a content-addressed, immutable artifact store.",
     no_args_is_help=True,
+    rich_markup_mode="markdown",  # help text is prose: "[[hooks]]" stays text, a line break is not a paragraph
     add_completion=True,  # --install-completion, --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -226,16 +227,17 @@ def _source(ctx: typer.Context, name: str) -> str | None:
     return source.name if source is not None else None
 
 
-def command(group: typer.Typer, name: str | None = None, *, registry: bool = True) -> Callable[[F], F]:
+def command(group: typer.Typer, name: str | None = None, *, example: str, registry: bool = True) -> Callable[[F], F]:
     """Register ``fn(cli, ...)`` as a command of ``group``. The command line gets ``fn``'s
     own parameters (after ``cli``) followed by the global options: ``--registry``/``-r``
     (unless ``registry=False``), ``--json`` and ``--quiet``; ``fn`` gets the :class:`Cli`
     they make, with those given before the command (``casreg --json ls``) merged in: a
     flag set in either place is set, and ``--registry`` after the command wins. Help,
-    usage errors and exit codes are typer's, as for any command."""
+    usage errors and exit codes are typer's, as for any command. ``example`` is a whole
+    command line, shown under ``--help`` (and listed in docs/cli.md)."""
 
     def register(fn: F) -> F:
-        group.command(name)(_Command(fn, registry))
+        group.command(name, epilog=f"Example: {example}")(_Command(fn, registry))
         return fn
 
     return register

@@ -43,7 +43,7 @@ from casreg_cli.output import (
 )
 
 
-@command(app)
+@command(app, example="casreg push fraud-detector ./out/model.safetensors --metric auc=0.983 --param lr=3e-4")
 def push(
     cli: Cli,
     name: Annotated[str, typer.Argument(help="Model name.", autocompletion=complete_model)],
@@ -80,7 +80,7 @@ def push(
     cli.emit(v.to_dict() | {"dedup_ratio": round(v.dedup_ratio, 6)}, human)
 
 
-@command(app)
+@command(app, example='casreg pull fraud-detector@production serving/')
 def pull(
     cli: Cli,
     ref: RefArg,
@@ -102,7 +102,7 @@ def _pulled(out: Output, res: PullResult) -> None:
                  f"{plural(res.files, 'file')}, verified)")
 
 
-@command(app)
+@command(app, example='casreg resolve fraud-detector@production --at 2026-10-01T12:00:00Z')
 def resolve(
     cli: Cli,
     ref: RefArg,
@@ -126,7 +126,7 @@ def resolve(
     out.json(reg.show(f"{resolved.name}:{resolved.version}").to_dict() | extra)
 
 
-@command(app)
+@command(app, example='casreg show fraud-detector:2')
 def show(cli: Cli, ref: RefArg) -> None:
     """Show a version's record, files and aliases."""
     reg = cli.registry()
@@ -171,7 +171,7 @@ def _show(out: Output, v: Version, files: list[FileInfo], aliases: list[str], st
         out.line(f"    {kind} {human_bytes(f.size):>10}  {f.path}")
 
 
-@command(app, "ls")
+@command(app, "ls", example='casreg ls fraud-detector --where "metrics.auc > 0.9" --sort metrics.auc --desc')
 def ls_(
     cli: Cli,
     name: Annotated[Optional[str], typer.Argument(help="Model name (default: every model).",
@@ -229,7 +229,8 @@ def _fail_on_lies(lies: list[tuple[AliasPointer, str]]) -> None:
         raise IntegrityError(lies[0][1] + more)
 
 
-@command(app)
+@command(app,
+         example='casreg sql "SELECT version, metrics[\'auc\'] AS auc FROM versions WHERE name = \'fraud-detector\'"')
 def sql(
     cli: Cli,
     query: Annotated[str, typer.Argument(help="SQL over the views versions, files, events, aliases.")],
@@ -243,7 +244,8 @@ def sql(
         out.table(rows)
 
 
-@command(alias_app, "set")
+@command(alias_app, "set",
+         example='casreg alias set fraud-detector@canary 3 --annotate weight=0.1 --reason "10% canary"')
 def alias_set(
     cli: Cli,
     target: Annotated[str, typer.Argument(metavar="NAME@ALIAS", autocompletion=complete_ref)],
@@ -262,7 +264,7 @@ def alias_set(
     out.line(f"{name}@{alias} -> {name}:{ev.to_version}  {ev.to_digest}{was}")
 
 
-@command(alias_app, "rm")
+@command(alias_app, "rm", example='casreg alias rm fraud-detector@canary --reason "canary over"')
 def alias_rm(
     cli: Cli,
     target: Annotated[str, typer.Argument(metavar="NAME@ALIAS", autocompletion=complete_ref)],
@@ -278,7 +280,7 @@ def alias_rm(
         out.line(f"removed {name}@{alias} (was {name}:{ev.from_version})")
 
 
-@command(alias_app, "ls")
+@command(alias_app, "ls", example='casreg alias ls fraud-detector')
 def alias_ls(
     cli: Cli,
     name: Annotated[Optional[str], typer.Argument(help="Model name (default: every model).",

@@ -24,7 +24,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-@command(app)
+@command(app, example='casreg verify fraud-detector@production')
 def verify(
     cli: Cli,
     ref: Annotated[Optional[str], typer.Argument(
@@ -57,7 +57,7 @@ def verify(
                              f"{ref or report.url}")
 
 
-@command(app)
+@command(app, example='casreg gc --dry-run')
 def gc(
     cli: Cli,
     dry_run: Annotated[bool, typer.Option(

@@ -12,7 +12,7 @@ from casreg_cli.common import Cli, app, command, complete_ref, name_alias
 from casreg_cli.output import install_log_escaping
 
 
-@command(app)
+@command(app, example="casreg watch fraud-detector@production --pull /srv/fraud --exec 'systemctl reload fraud-server'")
 def watch(
     cli: Cli,
     target: Annotated[str, typer.Argument(help="NAME@ALIAS to follow.", autocompletion=complete_ref)],

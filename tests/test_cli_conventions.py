@@ -265,3 +265,51 @@ def test_model_names_lists_keys_only(reg: Path, tmp_path: Path, capsys: pytest.C
     assert r.model_names() == ["a-model", "a-other", "b-model"] and r.model_names("a-m") == ["a-model"]
     r.set_alias("a-model", "canary", 1)
     assert r.alias_names("a-model") == ["canary"] and r.alias_names("a-model", "x") == []
+
+
+# -- 7. help with examples, unbroken sentences, docs/cli.md -------------------------------------------
+def _leaves() -> list[tuple[str, object]]:
+    from typer.main import get_command
+
+    from casreg_cli.main import app
+
+    out: list[tuple[str, object]] = []
+
+    def walk(cmd: object, path: list[str]) -> None:
+        subs = getattr(cmd, "commands", None)
+        if subs:
+            for name, sub in subs.items():
+                walk(sub, [*path, name])
+        else:
+            out.append((" ".join(path), cmd))
+
+    walk(get_command(app), [])
+    return out
+
+
+def test_every_command_has_an_example_in_its_help_and_in_docs_cli_md() -> None:
+    leaves = _leaves()
+    assert len(leaves) >= 29 and "alias set" in dict(leaves) and "cache prune" in dict(leaves)
+    doc = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    for path, cmd in leaves:
+        epilog = getattr(cmd, "epilog", None) or ""
+        assert f"{epilog} ".startswith(f"Example: casreg {path} "), (path, epilog)
+        example = epilog.removeprefix("Example: ")
+        section = doc.partition(f"### `casreg {path}`\n")[2].partition("\n### ")[0]
+        assert section, f"docs/cli.md has no section for casreg {path}"
+        assert f"```sh\n{example}\n```" in section, path
+
+
+def test_help_keeps_sentences_whole(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command listing broke a summary wherever its docstring had a line break, and
+    rich markup ate bracketed text ("A TOML file of [] tables")."""
+    monkeypatch.setenv("COLUMNS", "400")
+    listing = ok(capsys, "--help")
+    for path, cmd in _leaves():
+        if " " in path:
+            continue
+        summary = " ".join((getattr(cmd, "help", None) or "").split("\n\n")[0].split())
+        assert summary in listing, (path, summary)
+    assert "A TOML file of [[hooks]] tables" in ok(capsys, "hooks", "set", "--help")
+    shown = ok(capsys, "promote", "--help")
+    assert "an alias the policy gates ([gates.NAME])" in shown and "Example: casreg promote fraud-detector 2" in shown
