@@ -33,6 +33,7 @@ __all__ = [
     "UnsupportedBackendError",
     "PolicyError",
     "InvalidPolicyError",
+    "MissingMetadataError",
     "AliasNotMovedError",
 ]
 
@@ -136,6 +137,15 @@ class PolicyError(CasregError, PermissionError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class MissingMetadataError(PolicyError):
+    """A push lacks metadata the policy requires; ``missing`` names the fields
+    (``metrics.auc``, ``lineage.dataset``, ``framework``...)."""
+
+    def __init__(self, message: str, *, missing: list[str]) -> None:
+        super().__init__(message)
+        self.missing = list(missing)
 
 
 class InvalidPolicyError(InvalidInputError):

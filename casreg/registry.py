@@ -367,7 +367,7 @@ class Registry:
 
         validate_alias(alias)
         if alias == "archived":
-            raise InvalidInputError("archived is a state of versions, not an alias: use casreg archive NAME REF")
+            raise InvalidInputError("archived is a state of versions, not an alias: archive the version instead")
         event = promote(self.store, name, ref, alias, notify=self._notify, reason=reason, annotations=annotations,
                         kind="alias.set").event
         assert event is not None  # an alias.set always moves (or fails)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from casreg.governance.state import VersionState
 
 from casreg import AliasPointer, CasregError, FileInfo, IntegrityError, PullResult, Version
-from casreg.errors import UnknownStageError
+from casreg.errors import MissingMetadataError, UnknownStageError
 from casreg.ledger.pointers import lying_pointers
 from casreg.refs import parse_ref
 from casreg_cli.common import (
@@ -314,6 +314,9 @@ def _hint(err: CasregError) -> str:
     (``set_alias``), appended to its message; empty for most errors."""
     if isinstance(err, UnknownStageError):
         return f" (on the command line: casreg alias set NAME@{err.stage} REF)"
+    if isinstance(err, MissingMetadataError):
+        return (" (on the command line: --metric, --param, --tag, --framework, --description, --dataset, --run-id, "
+                "--parent)")
     return ""
 
 

@@ -178,10 +178,13 @@ def test_the_version_is_written_in_one_place() -> None:
     import tomllib
     from importlib.metadata import version
 
-    written = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    import casreg
+
+    tree = Path(casreg.__file__).resolve().parent.parent  # the tree under test (its pyproject.toml)
+    written = tomllib.loads((tree / "pyproject.toml").read_text()).get("project", {}).get("version")
     assert written == version("casreg")  # the installed metadata is this tree's
-    spelled = [p.relative_to(ROOT).as_posix() for d in ("casreg", "casreg_cli", "benchmarks")
-               for p in sorted((ROOT / d).rglob("*.py")) if f'"{written}"' in p.read_text(encoding="utf-8")]
+    spelled = [p.relative_to(tree).as_posix() for d in ("casreg", "casreg_cli", "benchmarks")
+               for p in sorted((tree / d).rglob("*.py")) if f'"{written}"' in p.read_text(encoding="utf-8")]
     assert spelled == []
 
 
@@ -313,3 +316,41 @@ def test_help_keeps_sentences_whole(capsys: pytest.CaptureFixture[str], monkeypa
     assert "A TOML file of [[hooks]] tables" in ok(capsys, "hooks", "set", "--help")
     shown = ok(capsys, "promote", "--help")
     assert "an alias the policy gates ([gates.NAME])" in shown and "Example: casreg promote fraud-detector 2" in shown
+
+
+# -- the library speaks its own terms; the CLI adds its flags -----------------------------------------
+def test_python_api_errors_do_not_use_command_line_wording(reg: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import casreg
+    from casreg.errors import CasregError, MissingMetadataError
+    from casreg.watch import Watcher
+
+    r = casreg.Registry(reg)
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"weights")
+    v = r.push("m", f)
+    r.set_alias("m", "champion", 1)
+    (tmp_path / "served").mkdir()
+    attempts = [
+        lambda: r.set_alias("m", "archived", 1),
+        lambda: r.promote("m", 1, "archived", dry_run=True),
+        lambda: r.archive("m", 1),  # m@champion points at it
+        lambda: r.resolve_at(v.digest, "2026-01-01"),
+        lambda: r.resolve_at("m", "2999-01-01"),
+        lambda: Watcher(r, "m", "champion", keep=0),
+        lambda: Watcher(r, "m", "champion", pull_dest=tmp_path / "served"),
+        lambda: r.promote("m", 1, "prod"),
+    ]
+    r.set_policy('[push]\nrequire = ["metrics.auc", "lineage.dataset"]\n')
+    attempts.append(lambda: r.push("m", f))
+    for attempt in attempts:
+        with pytest.raises(CasregError) as err:
+            attempt()
+        message = str(err.value)
+        assert " --" not in message and "casreg " not in message, message
+    with pytest.raises(MissingMetadataError) as missing:
+        r.push("m", f)
+    assert missing.value.missing == ["metrics.auc", "lineage.dataset"]
+    line = one_line_error(cli(capsys, "push", "m", str(f)), "missing metrics.auc, lineage.dataset",
+                          "on the command line: --metric")
+    assert "--dataset" in line

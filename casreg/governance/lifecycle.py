@@ -201,7 +201,7 @@ def promote(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify
     validate_alias(stage)  # the grammar now; typos and the policy's alias list once the policy is read
     if stage == "archived":
         if dry_run or annotations:
-            raise InvalidInputError("archived is a state, not an alias: use casreg archive NAME REF")
+            raise InvalidInputError("archived is a state, not an alias: archive the version instead")
         archive(store, name, ref, notify=notify, reason=reason)
         v = _version_of(store, name, ref)
         return Promotion(name, stage, v.version, v.digest, (), None, None, v.version)
@@ -289,7 +289,7 @@ def archive(store: ObjectStore, name: str, ref: str | int, *, notify: EventSink,
     holding = _held_by(store, name, version.version, moves=moves)
     if holding:
         raise InvalidInputError(f"{version.ref} is at {', '.join(f'{name}@{a}' for a in holding)}; "
-                                "move those first (casreg promote or casreg alias rm), then archive it")
+                                "move or remove those aliases first, then archive it")
     events = read_events(store, name, pointers=moves)
     already = archived_versions(events).get(version.version)
     if already is not None:

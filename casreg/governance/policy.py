@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casreg.digest import Digest
-from casreg.errors import ConflictError, IntegrityError, InvalidPolicyError, PolicyError
+from casreg.errors import ConflictError, IntegrityError, InvalidPolicyError, MissingMetadataError, PolicyError
 from casreg.keys import POLICIES, parse_policy_key, policy_key
 from casreg.ledger.pins import MAX_POLICY_BYTES, DamagedPolicyError, PolicyPin, latest_pin, pinned_bytes, policy_pins
 from casreg.records import JsonValue, Version
@@ -474,6 +474,6 @@ def check_push(store: ObjectStore, probe: Version, user: str) -> None:
     policy.require_permission(user, "push", None, what=f"pushing {probe.name}")
     missing = policy.missing_metadata(probe)
     if missing:
-        raise PolicyError(f"push of {probe.name} refused by policy version {policy.version}: missing "
-                          f"{', '.join(missing)} (pass them with --metric/--param/--tag/--framework/"
-                          "--description/--dataset/--run-id/--parent)")
+        raise MissingMetadataError(f"push of {probe.name} refused by policy version {policy.version}: missing "
+                                   f"{', '.join(missing)} (give them to the push: metrics, params, tags, framework, "
+                                   "description, dataset, run_id, parent)", missing=missing)
