@@ -54,6 +54,9 @@ __all__ = [
 ]
 
 
+__version__: str  # the installed package's version, read on first use (below)
+
+
 def __getattr__(name: str) -> object:
     """``CasregFileSystem`` loads on first use: ``import casreg`` (and so ``casreg
     resolve``) must not pay for fsspec; ``__version__`` is read from the package

@@ -35,6 +35,7 @@ app = typer.Typer(
 alias_app = typer.Typer(help="Deployment pointers: NAME@ALIAS -> a version.", no_args_is_help=True)
 app.add_typer(alias_app, name="alias")
 
+
 def _completion_registry(ctx: typer.Context) -> Registry | None:
     """The registry a command line being completed names (``--registry`` before or after
     the command, else ``CASREG_REGISTRY``, else ``~/.casreg``), if it is a local directory:

@@ -9,6 +9,7 @@ fail closed in one line naming the key (exit 6), ``policy show`` says it is dama
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -46,10 +47,15 @@ def cli(shared_url: str, tmp_path: Path) -> Run:
     return run
 
 
-def fails(p: subprocess.CompletedProcess[str], code: int, *fragments: str) -> str:
+def fails(p: subprocess.CompletedProcess[str], code: int, *fragments: str, as_json: bool = False) -> str:
     assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
     assert "Traceback" not in p.stdout + p.stderr
     lines = p.stderr.splitlines()
+    if as_json:  # the command had --json: the one line is {"error": ..., "exit_code": code}
+        assert len(lines) == 1, p.stderr
+        doc = json.loads(lines[0])
+        assert set(doc) == {"error", "exit_code"} and doc["exit_code"] == code, doc
+        lines = ["casreg: error: " + doc["error"]]
     assert len(lines) == 1 and lines[0].startswith("casreg: error: "), p.stderr
     assert p.stdout == "", p.stdout
     for f in fragments:
@@ -122,7 +128,7 @@ def test_a_damaged_policy_fails_every_governed_action_closed(damage: str, gated:
     hooks.write_text('[[hooks]]\nname = "h"\nurl = "https://example.test/hook"\n')
     fails(cli("hooks", "set", str(hooks)), 6, *what)
     fails(cli("policy", "show"), 6, *what)  # never prints the altered text
-    fails(cli("policy", "show", "--json"), 6, *what)
+    fails(cli("policy", "show", "--json"), 6, *what, as_json=True)
     v = cli("verify")
     assert v.returncode == 6 and "Traceback" not in v.stderr, v.stderr
     kind = "missing" if damage == "deleted" else "corrupt"

@@ -401,7 +401,8 @@ def test_cli(reg2: Registry) -> None:
     assert p.returncode == 6
     doc = json.loads(p.stdout)
     assert doc["ok"] is False and doc["problem_count"] == 1 and doc["problems"][0]["key"] == key
-    assert p.stderr == f"casreg: error: verify found 1 bad or missing object in {reg2.url}\n"
+    assert json.loads(p.stderr) == {"error": f"verify found 1 bad or missing object in {reg2.url}", "exit_code": 6}
+    assert len(p.stderr.splitlines()) == 1
     p = cli(reg2.url, "m:1", "--quiet")
     assert p.returncode == 6 and p.stdout == ""
     assert p.stderr.splitlines() == [f"casreg: missing {key}: the version's manifest is missing (needed by m:1)",
