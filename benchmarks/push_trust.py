@@ -39,8 +39,9 @@ from casreg.testing.seaweedfs import AWS_UNSET, launch_weed, stop_weed, weed_bin
 MB = 1e6
 
 
-def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one command, which must succeed."""
+def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds (user + system) and peak RSS (bytes) of one command,
+    which must succeed."""
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -48,7 +49,7 @@ def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
     err = proc.stderr.read().decode() if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{cmd} failed: {err}")
-    return wall, usage.ru_maxrss * 1024
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                       ("s3", "push change2 (~92% dedup)", fine.path, False),
                       ("s3", "push base again, another machine (empty cache dir)", base.path, True)]
         times: dict[tuple[str, str, str], list[float]] = {}
+        cpus: dict[tuple[str, str, str], list[float]] = {}
         rss: dict[tuple[str, str, str], list[int]] = {}
         load0 = os.getloadavg()
         started = dt.datetime.now(dt.UTC)
@@ -103,10 +105,11 @@ def main(argv: list[str] | None = None) -> int:
                         e["CASREG_CACHE_DIR"] = str(work / f"cache-{name}-{r}-elsewhere")
                     subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # warm input
                     subprocess.run(["sync"], check=True)
-                    wall, peak = run([tools[name], "push", "m", str(path), "-q", "-r", regs[where]], e)
+                    wall, cpu, peak = run([tools[name], "push", "m", str(path), "-q", "-r", regs[where]], e)
                     times.setdefault((where, label, name), []).append(wall)
+                    cpus.setdefault((where, label, name), []).append(cpu)
                     rss.setdefault((where, label, name), []).append(peak)
-                    print(f"round {r + 1} {name:<8} {where:<5} {label:<52} {wall:6.2f} s  "
+                    print(f"round {r + 1} {name:<8} {where:<5} {label:<52} {wall:6.2f} s  CPU {cpu:6.2f} s  "
                           f"{path.stat().st_size / wall / MB:6.0f} MB/s  peak RSS {peak / MB:4.0f} MB", flush=True)
                 shutil.rmtree(work / f"reg-{name}-{r}", ignore_errors=True)
         load1 = os.getloadavg()
@@ -117,14 +120,17 @@ def main(argv: list[str] | None = None) -> int:
               f"load average {load0[0]:.2f} at start, {load1[0]:.2f} at end; input {base.size:,} B (base), "
               f"{fine.size:,} B (change2)")
         print()
-        print(f"| registry | step (median of {a.repeat}) | baseline s | now s | now / baseline | runs now/baseline "
-              "(s, in round order) |")
-        print("|---|---|---:|---:|---:|---|")
+        print(f"| registry | step (median of {a.repeat}) | baseline s | now s | now / baseline | baseline CPU s | "
+              "now CPU s | CPU now / baseline | wall runs now/baseline (s, in round order) |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---|")
         for where, label, _, _ in steps:
             b, n = times[(where, label, "baseline")], times[(where, label, "now")]
             mb, mn = statistics.median(b), statistics.median(n)
             pairs = ", ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(n, b))
-            print(f"| {where} | {label} | {mb:.2f} | {mn:.2f} | {mn / mb:.2f} | {pairs} |")
+            cb = statistics.median(cpus[(where, label, "baseline")])
+            cn = statistics.median(cpus[(where, label, "now")])
+            print(f"| {where} | {label} | {mb:.2f} | {mn:.2f} | {mn / mb:.2f} | {cb:.2f} | {cn:.2f} | {cn / cb:.2f} | "
+                  f"{pairs} |")
         return 0
     finally:
         if proc is not None and server is not None:
