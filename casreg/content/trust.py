@@ -29,7 +29,7 @@ from pathlib import Path
 
 from blake3 import blake3
 
-from casreg.content.cache import cache_for, default_cache_dir
+from casreg.content.cache import cache_for
 from casreg.storage import ObjectStore
 
 __all__ = ["VerifiedPacks"]
@@ -47,31 +47,51 @@ _SEEN: dict[str, set[str]] = {}  # registry id -> packs confirmed by this proces
 _SEEN_LOCK = threading.Lock()
 
 
+STATE_DIR_ENV = "CASREG_STATE_DIR"
+
+
+def default_state_dir() -> Path:
+    """Where this machine keeps what it learnt about registries that is not a cache of
+    their bytes: ``$CASREG_STATE_DIR``, else ``$XDG_STATE_HOME/casreg``, else
+    ``~/.local/state/casreg``."""
+    explicit = os.environ.get(STATE_DIR_ENV, "").strip()
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    xdg = os.environ.get("XDG_STATE_HOME", "").strip()
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "state"
+    return (base / "casreg").absolute()
+
+
 class VerifiedPacks:
     """The packs of one registry this machine has confirmed (written or read back whole).
 
-    Kept in memory for the process, and on disk wherever the local chunk cache is used
-    for the registry (:func:`casreg.content.cache.cache_for`: remote registries, or every
-    one with ``CASREG_CACHE=on``; docs/cache.md), as empty files
-    ``<cache dir>/verified-packs/<registry id>/<aa>/<pack id>``, where the registry id
-    hashes the URL and ``casreg.json`` (which holds the time the registry was created), so
-    a registry re-created at the same URL inherits nothing. A confirmation records that
-    the pack was whole when it was written or read; a pack changed *afterwards* (a
-    registry never rewrites one) is damage that ``casreg verify`` finds, not something
-    each push re-reads. Whoever can write the cache directory can make pushes trust a
-    pack: it is the user's own directory (docs/security.md). A directory that cannot be
-    written keeps confirmations in memory only, with one warning."""
+    Kept in memory for the process and on disk as empty files
+    ``<dir>/verified-packs/<registry id>/<aa>/<pack id>``: ``<dir>`` is the local chunk
+    cache's directory where the cache is used for the registry
+    (:func:`casreg.content.cache.cache_for`: remote registries, or every one with
+    ``CASREG_CACHE=on``; docs/cache.md), else the state directory
+    (:func:`default_state_dir`), so a local registry's pushes do not read back, in every
+    new process, the packs this machine already confirmed. ``memory://`` registries live in
+    one process and keep confirmations in memory only. The registry id hashes the URL and
+    ``casreg.json`` (which holds the time the registry was created), so a registry
+    re-created at the same URL inherits nothing. A confirmation records that the pack was
+    whole when it was written or read; a pack changed *afterwards* (a registry never
+    rewrites one) is damage that ``casreg verify`` finds, not something each push re-reads.
+    Whoever can write that directory can make pushes trust a pack: it is the user's own
+    directory (docs/security.md). A directory that cannot be written keeps confirmations
+    in memory only, with one warning."""
 
     def __init__(self, store: ObjectStore, config: bytes, root: Path | None = None, *,
                  persist: bool | None = None) -> None:
-        """``root``: the cache directory (default: the one :func:`cache_for` picks);
-        ``persist``: whether to keep confirmations on disk (default: whether the chunk
-        cache is used for ``store``)."""
+        """``root``: the directory to keep confirmations under (default: the chunk
+        cache's, where it is used for ``store``, else :func:`default_state_dir`);
+        ``persist``: whether to keep them on disk (default: unless ``store`` is
+        ``memory://``)."""
         chosen = cache_for(store)
         if persist is None:
-            persist = chosen is not None
+            persist = not store.url.startswith("memory://")
         rid = _registry_id(store, config)
-        base = root if root is not None else (chosen.root if chosen is not None else default_cache_dir())
+        base = root if root is not None else (chosen.root if chosen is not None else default_state_dir())
         self.dir: Path | None = base / "verified-packs" / rid if persist else None
         with _SEEN_LOCK:
             self._known = _SEEN.setdefault(rid, set())
