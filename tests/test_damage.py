@@ -26,6 +26,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
@@ -311,8 +312,47 @@ HARMLESS: dict[tuple[str, str], str] = {
                                    "from one never written (no index of event segments exists but compaction)",
 }
 
+#: A flipped byte in a Parquet segment's footer metadata (the Thrift ``FileMetaData``:
+#: statistics, encodings, ``created_by``) that leaves every value decoding equal to the record
+#: the segment's checksummed footer record holds. Harmless to casreg (every reader and verify
+#: compare the decoded row with that record), but not proven harmless to an engine that
+#: trusts Parquet statistics: a documented gap (docs/FORMAT.md §6). The test asserts that the
+#: flip lies in the footer.
+FOOTER_FLIPS = {("segment-covered", "flip-mid"), ("segment-uncovered", "flip-mid"), ("legacy-segment", "flip-mid"),
+                ("event-covered", "flip-mid"), ("event-uncovered", "flip-mid"), ("event-registry", "flip-mid")}
+for _case in FOOTER_FLIPS:
+    HARMLESS[_case] = "the flip lies in the Parquet footer metadata and every value still decodes equal to the " \
+                      "segment's checksummed record"
+
+#: Mutations after which commands may answer differently from the undamaged registry (still
+#: never a traceback), and why nothing can notice at read time; verify must still name the key
+#: unless the case is also in HARMLESS.
+COMMANDS_MAY_DIFFER: dict[tuple[str, str], str] = {
+    ("segment-uncovered", "delete"): "the newest version's segment is its commit: without it the push is undone "
+                                     "for every reader (the alias and event naming it are what verify reports)",
+    ("event-uncovered", "delete"): "an event no later record mentions is simply absent (see HARMLESS)",
+    ("hooks", "empty"): "an empty hooks config is a valid one (no hooks); verify compares it with the digest the "
+                        "latest hooks.set event recorded",
+    ("hooks", "delete"): "no hooks config means no hooks; verify reports it against the latest hooks.set event",
+}
+
+_POINTERS = "pointer/policy integrity: branch pointers"
 #: Cases whose fix belongs to another branch: (kind, mutation) -> reason; marked xfail(strict).
-OTHER_BRANCH: dict[tuple[str, str], str] = {}
+OTHER_BRANCH: dict[tuple[str, str], str] = {
+    ("manifest-file", "delete"): "resolve.py reports a digest whose manifest is gone as unknown (exit 3), not as "
+                                 "a missing manifest: branch pointers",
+    ("pointer", "flip-mid"): _POINTERS + " (a pointer whose digest no longer matches its version is believed)",
+    ("pointer", "delete"): _POINTERS + " (a deleted pointer is an unset alias although the ledger moved it)",
+    ("pointer", "wrong-type"): _POINTERS + " (verify does not check a pointer's fields)",
+    **{("policy", m): _POINTERS + " (the policy file is not pinned by the policy.set digest; malformed is exit 2, "
+                                  "emptied or deleted fails open, deep nesting is a RecursionError)"
+       for m in [*MUTATIONS, *WRONG["policy"]]},
+}
+
+
+def _in_parquet_footer(data: bytes, pos: int) -> bool:
+    footer = int.from_bytes(data[-8:-4], "little")
+    return len(data) - 8 - footer <= pos < len(data) - 8
 
 
 def _params() -> Iterator[object]:
@@ -458,7 +498,10 @@ def _run_steps(store: ObjectStore, steps: list[Step], scratch: Path) -> dict[str
     for step in steps:
         sub = scratch / step.name.replace(" ", "_").replace("/", "_").replace(":", "_").replace("@", "_")
         sub.mkdir(parents=True)
+        t0 = time.perf_counter()
         r = step.run(store.url, sub)
+        if os.environ.get("DAMAGE_TIMES"):
+            print(f"{step.name}: {time.perf_counter() - t0:.3f}s", file=sys.__stderr__)
         r.out = _normalise(r.out, store.url)
         out[step.name] = r
     return out
@@ -516,6 +559,8 @@ def test_damage(kind: str, mutation: str, backend: str, built: Callable[[str], B
     key = b.keys[kind]
     objects = dict(b.objects)
     mutate = _mutation(kind, mutation)
+    if (kind, mutation) in FOOTER_FLIPS:
+        assert _in_parquet_footer(objects[key], len(objects[key]) // 2)
     if mutate is None:
         del objects[key]
     else:
@@ -524,8 +569,11 @@ def test_damage(kind: str, mutation: str, backend: str, built: Callable[[str], B
     _materialise(store, objects)
     runs = _run_steps(store, _steps(b.content), tmp_path / "case")
     problems = []
+    may_differ = (kind, mutation) in COMMANDS_MAY_DIFFER
     for step in _steps(b.content):
         why = _judge(step, runs[step.name], baseline[step.name], key)
+        if why is not None and may_differ and step.name != "verify" and not why.startswith("traceback"):
+            why = None
         if step.name == "verify" and why is None and runs[step.name].code == 0 and (kind, mutation) not in HARMLESS:
             why = "verify passed (all good) on a damaged registry"
         if why is not None:

@@ -345,6 +345,7 @@ def list_versions(store: ObjectStore, name: str, newest: int | None = None) -> l
             table = table.filter(pc.greater_equal(table["version"], first))
             out = versions_from_table(table)
         rest = [n for n in numbers if n > covered]
+        _check_gap_free(store, name, max(covered, first - 1), numbers)
         out.extend(map_concurrently(lambda n: read_version(store, name, n), rest))
         out.sort(key=lambda v: v.version)
         return out
@@ -400,13 +401,30 @@ def versions_parts(store: ObjectStore) -> tuple[list[bytes], pa.Table]:
 def _uncovered_version_keys(store: ObjectStore, head: LedgerHead | None, name: str | None) -> list[str]:
     covered = head.covered if head else {}
     keys = []
+    numbers: dict[str, list[int]] = {}
     after = version_segment_key(name, covered[name]) if name and covered.get(name) else None
     for key in _list(store, f"{VERSIONS}/{name}" if name else VERSIONS, after):
         parsed = parse_version_segment_key(key)
         if parsed is not None and parsed[1] > covered.get(parsed[0], 0):
             keys.append(key)
+            numbers.setdefault(parsed[0], []).append(parsed[1])
+    for model, ns in numbers.items():
+        _check_gap_free(store, model, covered.get(model, 0), sorted(ns))
     keys.sort()
     return keys
+
+
+def _check_gap_free(store: ObjectStore, name: str, covered: int, numbers: list[int]) -> None:
+    """Version numbers are gap-free (docs/FORMAT.md §6): the listed numbers above
+    ``covered`` (ascending) must run on from it without a hole, or a segment was removed
+    (an :class:`IntegrityError` naming it, rather than a silently shorter listing)."""
+    expected = covered + 1
+    for n in numbers:
+        if n > expected:
+            raise IntegrityError(f"ledger segment {version_segment_key(name, expected)} in {store.url} is missing, "
+                                 f"but {name}:{n} exists (numbers are gap-free): the ledger is damaged; "
+                                 "run casreg verify")
+        expected = n + 1
 
 
 def events_table(store: ObjectStore, *, with_segment: bool = False, name: str | None = None) -> pa.Table:

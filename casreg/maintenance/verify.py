@@ -953,8 +953,9 @@ def _compacted_table(store: ObjectStore, report: VerifyReport, f: CompactedFile,
         return None
     report.bytes_read += len(data)
     if len(data) != f.size or blake3(data).hexdigest() != f.blake3:
-        report.problems.append(Problem(f.key, "corrupt", "its size or BLAKE3 is not what HEAD records "
-                                       "(readers fall back to the segments; casreg compact --full rebuilds it)"))
+        report.problems.append(Problem(f.key, "corrupt", f"its size or BLAKE3 is not what {HEAD_KEY} records "
+                                       "(one of the two is damaged; readers fall back to the segments; "
+                                       "casreg compact --full rebuilds both)"))
         return None
     try:
         table = load_compacted(data, schema)
