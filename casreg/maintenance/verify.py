@@ -437,7 +437,7 @@ def _ledger(store: ObjectStore, report: VerifyReport) -> list[VersionRef]:
             bad += 1
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
             report.problems.append(Problem(key, "corrupt", f"the ledger segment does not read: {msg[:200]}"))
-    if not bad:
+    if not bad and not first.startswith(f"ledger segment {VERSIONS}/"):  # a named segment: _segments reports it
         report.problems.append(Problem(VERSIONS, "corrupt", first))
     return out
 
@@ -795,7 +795,7 @@ def verify_ledger(store: ObjectStore, report: VerifyReport, scan: _Scan, segment
     numbers = _verify_numbering(store, report, segment_keys)
     _verify_events(store, report, scan, event_keys, threads)
     _verify_compacted(store, report, scan, numbers)
-    _verify_event_references(report, scan, numbers)
+    _verify_event_references(store, report, scan, numbers)
     _verify_hooks(store, report, scan)
 
 
@@ -968,8 +968,11 @@ def _compacted_table(store: ObjectStore, report: VerifyReport, f: CompactedFile,
     return table
 
 
-def _verify_event_references(report: VerifyReport, scan: _Scan, numbers: dict[str, int]) -> None:
-    """Every version an event names must be in the ledger, with the digest the event gives."""
+def _verify_event_references(store: ObjectStore, report: VerifyReport, scan: _Scan, numbers: dict[str, int]) -> None:
+    """Every version an event names must be in the ledger, with the digest the event gives.
+    A number above the highest committed one is reported as a missing segment when the
+    version's manifest exists (it was committed: an alias or approval can only name a
+    committed version); a digest nothing ever stored is the pointer's problem alone."""
     reported: set[str] = {p.key for p in report.problems}
     for key, e in sorted(scan.events.items()):
         if e.name == REGISTRY_EVENTS:
@@ -979,7 +982,8 @@ def _verify_event_references(report: VerifyReport, scan: _Scan, numbers: dict[st
                 continue
             rec = scan.records.get((e.name, number))
             seg = version_segment_key(e.name, number)
-            if rec is None and number > numbers.get(e.name, 0) and seg not in reported:
+            if rec is None and number > numbers.get(e.name, 0) and seg not in reported and digest is not None \
+                    and store.exists(manifest_key(digest)):  # the version was committed: its manifest is there
                 reported.add(seg)
                 report.problems.append(Problem(seg, "missing", f"event {key} records {e.name}:{number}, which "
                                                "the ledger lacks: its segment is gone", [f"{e.name}:{number}"]))
