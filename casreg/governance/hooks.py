@@ -393,21 +393,25 @@ def _check_tuning(where: str, value: Any, key: str, text: str) -> Any:
 
 def read_hooks(store: ObjectStore) -> HooksConfig | None:
     """The registry's hooks configuration, or ``None`` if it has none (one small read)."""
-    try:
+    try:  # bounded first: a planted huge object is refused without being read whole
         data = store.read(HOOKS_KEY, ByteRange(0, MAX_CONFIG_BYTES + 1))
     except NotFoundError:
         return None
     where = f"{HOOKS_KEY} in {store.url}"
-    if len(data) > MAX_CONFIG_BYTES:
+    current = store.read_versioned(HOOKS_KEY) if len(data) <= MAX_CONFIG_BYTES else None
+    if current is None and len(data) <= MAX_CONFIG_BYTES:
+        return None  # removed in between
+    if current is None or len(current.data) > MAX_CONFIG_BYTES:
         raise IntegrityError(f"{where} is larger than {MAX_CONFIG_BYTES:,} bytes: damaged; set it again with "
                              "casreg hooks set")
+    data = current.data
     try:
         text = data.decode("utf-8")
         hooks = parse_hooks(text, source=HOOKS_KEY, stored=True)
     except (UnicodeDecodeError, InvalidHooksError) as err:
         why = "not UTF-8" if isinstance(err, UnicodeDecodeError) else str(err).replace(HOOKS_KEY, "it")
         raise IntegrityError(f"{where} is damaged ({why}); set it again with casreg hooks set") from None
-    return HooksConfig(hooks, text, Digest.of(data), None)
+    return HooksConfig(hooks, text, Digest.of(data), current.token)
 
 
 def write_hooks(store: ObjectStore, text: str, *, expected_digest: str | None | bool = True) -> HooksConfig:

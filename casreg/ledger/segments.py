@@ -254,7 +254,8 @@ def _read_old_segment(store: ObjectStore, key: str, data: bytes, name: str, numb
     cache for older readers, never believed: when it parses it must equal the row (two
     independent copies, so a damaged byte in either is noticed: an :class:`IntegrityError`
     naming both); when it is missing it is written back (best effort); when it does not
-    parse the row is used with a warning."""
+    parse the row is used with a warning. A copy that is no regular file or is larger than
+    :data:`MAX_COPY_BYTES` is damage (an :class:`IntegrityError` naming it), as for any key."""
     rec = versions_from_table(check_segment_row(key, data))[0]
     copy = version_copy_key(name, number)
     try:
@@ -264,9 +265,6 @@ def _read_old_segment(store: ObjectStore, key: str, data: bytes, name: str, numb
             store.create(copy, json.dumps(rec.to_dict()).encode())
         except StorageError:
             pass
-        return rec
-    except IntegrityError as err:
-        log.warning("casreg: %s; using the ledger segment", err)
         return rec
     try:
         cached = Version.from_dict(json.loads(text))
