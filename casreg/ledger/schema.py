@@ -127,7 +127,9 @@ def read_segment(data: bytes, schema: pa.Schema) -> pa.Table:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(pa.BufferReader(data))
-    return conform(pf.read(columns=present(pf, schema)), schema)
+    # one small segment: no Arrow threads (reads from several Python threads at once can
+    # abort the interpreter at exit when Arrow's pool is used: apache/arrow#34314)
+    return conform(pf.read(columns=present(pf, schema), use_threads=False), schema)
 
 
 RECORD_COLUMNS = ("name", "version", "digest", "kind", "size", "stored_bytes", "new_bytes", "file_count",
@@ -316,7 +318,7 @@ def check_segment(key: str, data: bytes, schema: pa.Schema) -> pa.Table:
         full = event_schema() if is_event else version_schema()
         wanted = pa.schema([f for f in full if f.name in schema.names or f.name in
                             (_EVENT_FIELDS if is_event else RECORD_COLUMNS)])
-        both = conform(pf.read(columns=present(pf, wanted)), wanted)
+        both = conform(pf.read(columns=present(pf, wanted), use_threads=False), wanted)
         table = both.select(schema.names).cast(schema)
         metadata = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
                     for k, v in (pf.metadata.metadata or {}).items()}

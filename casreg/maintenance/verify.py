@@ -445,7 +445,7 @@ def _ledger(store: ObjectStore, report: VerifyReport) -> list[VersionRef]:
             continue
         try:
             pf = pq.ParquetFile(pa.BufferReader(store.read(key)))  # not read_table: apache/arrow#34314
-            rows = pf.read(columns=["name", "version", "digest"]).to_pylist()
+            rows = pf.read(columns=["name", "version", "digest"], use_threads=False).to_pylist()
             for row in rows:
                 out.append(VersionRef(row["name"], int(row["version"]), Digest.parse(str(row["digest"]))))
         except NotFoundError:
@@ -522,8 +522,16 @@ def _check_pointers_and_policy(store: ObjectStore, pointers: list[AliasPointer],
             key = policy_key(pin.version)
             report.problems.append(Problem(key, kind, str(err).removeprefix(f"policy {key} ")))
     pinned = {pin.version for pin in pins}
+    newest_pin = max(pinned, default=0)
     for number in sorted(n for k in store.list(POLICIES) if (n := parse_policy_key(k)) is not None):
-        if number not in pinned:
+        if number in pinned:
+            continue
+        if number > newest_pin:  # governed actions fail closed on it (UnpinnedPolicyError)
+            report.problems.append(Problem(policy_key(number), "corrupt", "is not pinned by any policy.set event, "
+                                           "but is newer than every pinned version: a policy set was interrupted or "
+                                           "its policy.set event was deleted; governed actions are refused until "
+                                           "casreg policy set pins a policy again"))
+        else:
             report.warnings.append(f"{policy_key(number)} is not pinned by any policy.set event (an interrupted "
                                    "policy set?); it is not in force")
 
