@@ -84,6 +84,9 @@ if TYPE_CHECKING:
 __all__ = ["Problem", "VerifyReport", "verify_registry", "verify_version"]
 
 SPAN = 16 << 20  # bytes per ranged read
+#: An index object is 52 bytes per chunk of its pack and a 16-byte tail; far more than any
+#: pack a push writes has (a pack holds about 32 MiB).
+MAX_INDEX_BYTES = 64 << 20
 GAP = 1 << 20  # unreferenced bytes a single-version read may skip over instead of splitting
 MAX_AFFECTED = 20  # version refs listed per problem
 
@@ -596,6 +599,8 @@ def _sidecars(store: ObjectStore, keys: list[str], versions: list[VersionRef], r
             same_id = (doc["name"], doc["version"]) == named
         except NotFoundError:
             return None
+        except IntegrityError as err:  # not a regular file
+            return Problem(key, "corrupt", _reason(str(err), key))
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             return Problem(key, "corrupt", "the version's JSON copy does not parse")
         want = ledger.get(named)
@@ -649,9 +654,13 @@ def _verify_indexes(store: ObjectStore, objects: _Objects, report: VerifyReport,
     def read_index(pid: str) -> bytes | Problem | None:
         key = objects.indexes[pid]
         try:
-            data = store.read(key)
+            data = store.read(key, ByteRange(0, MAX_INDEX_BYTES + 1))
         except NotFoundError:
             return None  # deleted since the listing (gc): nothing to check
+        except IntegrityError as err:  # not a regular file (a planted FIFO, link, device)
+            return Problem(key, "corrupt", _reason(str(err), key))
+        if len(data) > MAX_INDEX_BYTES:
+            return Problem(key, "corrupt", f"the index is larger than {MAX_INDEX_BYTES:,} bytes")
         if blake3(data).hexdigest() != pid:
             return Problem(key, "corrupt", "its bytes do not hash to its name")
         try:
@@ -731,6 +740,8 @@ def _verify_manifests(store: ObjectStore, versions: list[VersionRef], packs: _Pa
             data = store.read(key, ByteRange(0, MAX_STORED_MANIFEST + 1))
         except NotFoundError:
             return Problem(key, "missing", "the version's manifest is missing"), 0
+        except IntegrityError as err:  # not a regular file
+            return Problem(key, "corrupt", _reason(str(err), key)), 0
         try:
             return Manifest.from_bytes(data, expected=bytes.fromhex(hexd), where=key, max_chunk=max_chunk), len(data)
         except IntegrityError as err:
@@ -1068,11 +1079,15 @@ def _fingerprint(row: dict[str, object]) -> str:
 
 
 def _read_small(store: ObjectStore, key: str, limit: int) -> bytes | None:
-    """``key``'s bytes, read at most ``limit + 1`` of them; ``None`` if it does not exist."""
+    """``key``'s bytes, read at most ``limit + 1`` of them; ``None`` if it does not exist.
+    An object that is not a regular file (a planted FIFO or link) reads as ``limit + 1``
+    bytes of nothing, so the caller reports it as too large: never a hang, never a stop."""
     try:
         return store.read(key, ByteRange(0, limit + 1))
     except NotFoundError:
         return None
+    except IntegrityError:
+        return bytes(limit + 1)
 
 
 def verify_ledger(store: ObjectStore, report: VerifyReport, scan: _Scan, segment_keys: list[str],
@@ -1151,6 +1166,8 @@ def _verify_events(store: ObjectStore, report: VerifyReport, scan: _Scan, keys: 
             data = store.read(key, ByteRange(0, MAX_EVENT_BYTES + 1))
         except NotFoundError:
             return None
+        except IntegrityError as err:  # not a regular file
+            return Problem(key, "corrupt", _reason(str(err), key))
         if len(data) > MAX_EVENT_BYTES:
             return Problem(key, "corrupt", f"the event segment is larger than {MAX_EVENT_BYTES:,} bytes")
         try:
@@ -1246,6 +1263,9 @@ def _compacted_table(store: ObjectStore, report: VerifyReport, f: CompactedFile,
 
     try:
         data = store.read(f.key, ByteRange(0, f.size + 1))
+    except IntegrityError as err:  # not a regular file
+        report.problems.append(Problem(f.key, "corrupt", _reason(str(err), f.key)))
+        return None
     except NotFoundError:
         report.problems.append(Problem(f.key, "missing", "HEAD lists this compacted file, which is gone "
                                        "(readers fall back to the segments; casreg compact --full rebuilds it)"))
