@@ -480,16 +480,20 @@ class Registry:
         return read_policy(self.store, version)
 
     # -- maintenance: verify and gc (casreg/maintenance/, docs/gc.md) ------------------------
-    def verify(self, ref: str | Ref | None = None, progress: Progress | None = None) -> VerifyReport:
+    def verify(self, ref: str | Ref | None = None, progress: Progress | None = None, *,
+               read_data: bool = False) -> VerifyReport:
         """Re-read and re-hash everything reachable from every version (or from ``ref``);
-        the report names every bad or missing object."""
+        the report names every bad or missing object. ``read_data`` also reads every
+        distinct file whole and checks it against its file digest (docs/verify.md)."""
         from casreg.maintenance.verify import verify_registry, verify_version
 
         if ref is None:
-            return verify_registry(self.store, progress=progress, threads=self.threads)
+            return verify_registry(self.store, progress=progress, threads=self.threads, read_data=read_data)
         resolved = self.resolve(ref)
+        named = (resolved.name, resolved.version) if resolved.name is not None and resolved.version is not None \
+            else None
         return verify_version(self.store, resolved.digest, label=resolved.label, progress=progress,
-                              threads=self.threads)
+                              threads=self.threads, version=named, read_data=read_data)
 
     def gc(self, *, dry_run: bool = False, grace: Duration | None = None, delay: Duration | None = None) -> GcReport:
         """Reclaim objects no version references (two phases, safe against concurrent

@@ -33,6 +33,7 @@ from casreg.governance.policy import (
     DamagedPolicyError,
     GateResult,
     Policy,
+    UnpinnedPolicyError,
     read_policy,
     restore_policy,
     write_policy,
@@ -335,7 +336,10 @@ def set_policy(store: ObjectStore, text: str, *, notify: EventSink,
     the only change accepted is the restore: ``text`` must have exactly the digest the
     latest ``policy.set`` event pins; its file is put back and a ``policy.restore`` event
     recorded (returned with the restored version's number). Anything else fails closed
-    with the damage named."""
+    with the damage named. If a stored policy version is newer than the latest pinned one
+    (:class:`~casreg.governance.policy.UnpinnedPolicyError`), setting the policy again is
+    what repairs it, allowed by the latest pinned policy (or by nobody's, if none is).
+    """
     try:
         current = read_policy(store)
     except DamagedPolicyError as err:
@@ -348,6 +352,8 @@ def set_policy(store: ObjectStore, text: str, *, notify: EventSink,
                                       "pinned_by": err.pin.event.event_id})
         notify(event.to_dict())
         return err.pin.version, event
+    except UnpinnedPolicyError as err:  # set it again, as the latest pinned policy allows
+        current = err.pinned
     if current is not None:
         current.for_model(None).require_permission(current_author(), "policy", None, what="changing the policy")
     stored = write_policy(store, text, after=current.version if current else 0)
