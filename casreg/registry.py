@@ -21,7 +21,7 @@ from casreg.content.manifest import Manifest, read_manifest
 from casreg.digest import Digest
 from casreg.errors import AliasNotMovedError, CasregError, InvalidInputError
 from casreg.keys import manifest_key
-from casreg.ledger.pointers import list_pointers, move_alias, read_pointer
+from casreg.ledger.pointers import list_pointers, move_alias, read_pointer, require_not_deleted, restore_pointer
 from casreg.ledger.resolve import Resolved, resolve, unknown, version_record
 from casreg.ledger.segments import commit_version, list_versions, read_version
 from casreg.lineage import current_author, git_state, hostname
@@ -380,12 +380,26 @@ class Registry:
         validate_name(name)
         validate_alias(alias)
         if read_pointer(self.store, name, alias) is None:
+            require_not_deleted(self.store, name, alias)
             raise unknown(self.store, f"{name}@{alias} is not set")
         policy_for(self.store, name).require_permission(current_author(), "promote", alias,
                                                         what=f"removing {name}@{alias}")
         event = move_alias(self.store, name, alias, None, reason=reason)
         self._notify(event.to_dict())
         return event
+
+    def restore_alias(self, name: str, alias: str) -> AliasEvent:
+        """Write back the pointer of ``name@alias`` that was deleted from the store (which
+        ``verify`` reports, and every read and move of the alias refuses): its last move,
+        as the ledger recorded it. Needs the permission to move the alias; records no
+        event, since the alias's state stays what the ledger says."""
+        from casreg.governance.state import policy_for
+
+        validate_name(name)
+        validate_alias(alias)
+        policy_for(self.store, name).require_permission(current_author(), "promote", alias,
+                                                        what=f"restoring {name}@{alias}")
+        return restore_pointer(self.store, name, alias)
 
     def stage_versions(self, name: str, stage: str) -> list[int]:
         """Version numbers of ``name`` in ``stage``: the one an alias points at, or, for

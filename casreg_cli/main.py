@@ -280,6 +280,22 @@ def alias_rm(
         out.line(f"removed {name}@{alias} (was {name}:{ev.from_version})")
 
 
+@command(alias_app, "restore", example="casreg alias restore fraud-detector@production")
+def alias_restore(
+    cli: Cli,
+    target: Annotated[str, typer.Argument(metavar="NAME@ALIAS", autocompletion=complete_ref)],
+) -> None:
+    """Write back a pointer that was deleted from the store (verify reports it as missing):
+    the alias's last move as the ledger recorded it. Nothing else changes."""
+    out = cli.out
+    name, alias = name_alias(target)
+    ev = cli.registry().restore_alias(name, alias)
+    if out.as_json:
+        out.json(ev.to_dict())
+    else:
+        out.line(f"restored {name}@{alias} -> {name}:{ev.to_version}  {ev.to_digest}")
+
+
 @command(alias_app, "ls", example='casreg alias ls fraud-detector')
 def alias_ls(
     cli: Cli,

@@ -367,9 +367,9 @@ NAMED_INSTEAD: dict[tuple[str, str], tuple[str, str]] = {
 _POINTERS = "open gap (issue 11 follow-up)"
 #: Cases whose fix belongs to another branch: (kind, mutation) -> reason; marked xfail(strict).
 OTHER_BRANCH: dict[tuple[str, str], str] = {
-    ("manifest-file", "delete"): "resolve.py reports a digest whose manifest is gone as unknown (exit 3), not as "
-                                 "a missing manifest",
-    ("pointer", "delete"): _POINTERS + " (a deleted pointer is an unset alias although the ledger moved it)",
+    ("pointer", "delete"): _POINTERS + " (ls shows the alias of a deleted pointer as unset: finding it means reading "
+                                       "the model's events, which ls does not; resolve, every move, alias rm and "
+                                       "verify name it)",
 }
 
 

@@ -272,3 +272,33 @@ def test_resolve_reads_one_pointer_and_one_bounded_segment(world: tuple[Registry
     assert resolve(counting, "m@production").version == 2
     assert counting.listings == 0
     assert dict(counting.reads) == {"pointers": 1, "ledger": 1}, counting.reads
+
+
+# -- a deleted pointer ------------------------------------------------------------------------
+def test_a_deleted_pointer_is_damage_not_an_unset_alias(world: tuple[Registry, dict[str, bytes]], cli: Run,
+                                                        tmp_path: Path) -> None:
+    """Nothing deletes a pointer (a removed alias keeps its pointer, holding the removal),
+    so a pointer gone although the ledger's last move set the alias is damage: reads and
+    moves name the key (exit 6) instead of treating the alias as unset or creating it
+    anew; verify names it; ``alias restore`` writes back the ledger's last move, and
+    only that."""
+    reg, content = world
+    before = reg.store.read(KEY)
+    reg.store.delete(KEY)
+    for args in (("resolve", "m@production"), ("pull", "m@production", str(tmp_path / "out")),
+                 ("alias", "set", "m@production", "3"), ("promote", "m", "3", "production"),
+                 ("alias", "rm", "m@production")):
+        fails(cli(*args), 6, KEY, "is missing", "set it to m:2", "casreg alias restore m@production")
+    assert not reg.store.exists(KEY) and not (tmp_path / "out").exists()  # nothing moved, nothing pulled
+    p = cli("verify")
+    assert p.returncode == 6 and f"missing {KEY}: " in p.stderr and "set it to m:2" in p.stderr, p.stderr
+    # an alias removed the honest way is a tombstone, not damage; an alias never set is unknown
+    ok(cli("alias", "rm", "m@staging"))
+    fails(cli("resolve", "m@staging"), 3, "m@staging is not set")
+    fails(cli("resolve", "m@canary"), 3, "m@canary is not set")
+    assert "restored m@production -> m:2" in ok(cli("alias", "restore", "m@production")).stdout
+    assert reg.store.read(KEY) == before  # byte for byte the pointer that was deleted
+    assert ok(cli("resolve", "m@production")).stdout.strip() == digest_of(reg, "m:2")
+    ok(cli("verify"))
+    fails(cli("alias", "restore", "m@production"), 2, "no deleted pointer to restore")
+    fails(cli("alias", "restore", "m@canary"), 2, "no deleted pointer to restore")

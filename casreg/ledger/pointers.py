@@ -25,16 +25,17 @@ from typing import Any
 
 from casreg.concurrency import map_concurrently
 from casreg.digest import Digest
-from casreg.errors import ConflictError, IntegrityError, NotFoundError
+from casreg.errors import ConflictError, IntegrityError, InvalidInputError, NotFoundError
 from casreg.keys import POINTERS, event_segment_key, parse_pointer_key, pointer_key
 from casreg.ledger.events import POINTER_KINDS, implied_events, new_event
-from casreg.ledger.segments import append_event, read_version
+from casreg.ledger.segments import append_event, events_table, read_version
 from casreg.records import AliasEvent, AliasPointer, Version
 from casreg.storage import ByteRange, ObjectStore
 
 __all__ = ["read_pointer", "read_pointer_event", "read_pointer_events", "move_alias",
            "list_pointers", "decode_pointer", "confirm_pointer", "confirm_event", "pointer_disagreement",
-           "lying_pointers",
+           "lying_pointers", "deleted_pointers", "missing_pointer_message", "require_not_deleted",
+           "restore_pointer",
            "MAX_POINTER_BYTES"]
 
 #: A pointer holds one event (annotations at most 32 x 1 KiB): anything larger is damage.
@@ -179,6 +180,58 @@ def _read_events(store: ObjectStore, prefix: str) -> list[AliasEvent]:
     return [e for e in map_concurrently(read, keys) if e is not None]
 
 
+def deleted_pointers(store: ObjectStore, name: str | None = None, alias: str | None = None) -> list[AliasEvent]:
+    """The last ledger move of each alias (of model ``name``; only ``alias``, if given)
+    that leaves it set although its pointer object does not exist: a deleted pointer.
+    Nothing deletes a pointer (a move writes the pointer before the ledger; a removed
+    alias keeps its pointer, holding the removal), so such a move is damage, not an
+    unset alias. Existence is checked after the ledger is read, so a move that races
+    with this call is not reported. Reads the model's events: for failure paths and
+    ``verify``."""
+    last: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in events_table(store, name=name).to_pylist():  # in key (time) order: the last move wins
+        if row["kind"] in POINTER_KINDS and row["alias"] and (alias is None or row["alias"] == alias):
+            last[row["name"], row["alias"]] = row
+    moved = [row for _, row in sorted(last.items()) if row["kind"] != "alias.remove" and row["to_digest"]]
+    there = map_concurrently(lambda row: store.exists(pointer_key(row["name"], row["alias"])), moved)
+    return [AliasEvent.from_dict(row) for row, exists in zip(moved, there) if not exists]
+
+
+def missing_pointer_message(event: AliasEvent) -> str:
+    """Why a pointer :func:`deleted_pointers` found is damage, naming its key."""
+    assert event.alias is not None
+    return (f"alias pointer {pointer_key(event.name, event.alias)} is missing: the ledger's last move of "
+            f"{event.name}@{event.alias} ({event.kind} by {event.author} at {event.time.isoformat()}) set it to "
+            f"{event.name}:{event.to_version}")
+
+
+def require_not_deleted(store: ObjectStore, name: str, alias: str) -> None:
+    """For an alias whose pointer does not exist: :class:`IntegrityError` naming the
+    pointer if the ledger says the alias is set (:func:`deleted_pointers`), so a deleted
+    pointer is never read as an unset alias, nor silently replaced by a new move."""
+    for gone in deleted_pointers(store, name, alias):
+        raise IntegrityError(f"{missing_pointer_message(gone)}; run casreg verify, then casreg alias restore "
+                             f"{name}@{alias}")
+
+
+def restore_pointer(store: ObjectStore, name: str, alias: str) -> AliasEvent:
+    """Write a deleted pointer back: the ledger's last move of ``name@alias``, which is
+    byte for byte the event the pointer held, checked against the version records first
+    (:func:`confirm_event`). Create-if-absent, so it never replaces a pointer; no event is
+    recorded (the alias's state is the ledger's, unchanged). :class:`InvalidInputError`
+    if the pointer exists or the ledger never set the alias."""
+    gone = deleted_pointers(store, name, alias)
+    if not gone:
+        raise InvalidInputError(f"{name}@{alias} has no deleted pointer to restore: it exists, or the ledger never "
+                                "set it")
+    confirm_event(store, gone[0])
+    try:
+        store.swap(pointer_key(name, alias), json.dumps(gone[0].to_dict()).encode(), None)
+    except ConflictError:
+        raise ConflictError(f"{name}@{alias} was set by someone else meanwhile; nothing was changed") from None
+    return gone[0]
+
+
 def read_pointer_events(store: ObjectStore, name: str) -> list[AliasEvent]:
     """The last move of every alias of ``name``, removed ones included."""
     return _read_events(store, f"{POINTERS}/{name}")
@@ -236,6 +289,8 @@ def move_alias(
     if current_event is not None:
         _ensure_logged(store, current_event)
     current_pointer = _as_pointer(current_event) if current_event else None
+    if current is None:
+        require_not_deleted(store, name, alias)
     if seen is not False:
         last = seen.event_id if isinstance(seen, AliasEvent) else None
         if last != (current_event.event_id if current_event else None):

@@ -17,9 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from casreg.digest import Digest
-from casreg.errors import AmbiguousReferenceError, InvalidInputError, NotFoundError, UnknownReferenceError
+from casreg.errors import (
+    AmbiguousReferenceError,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    UnknownReferenceError,
+)
 from casreg.keys import CONFIG_KEY, MANIFESTS, manifest_key, parse_manifest_key
-from casreg.ledger.pointers import confirm_pointer, read_pointer
+from casreg.ledger.pointers import confirm_pointer, read_pointer, require_not_deleted
 from casreg.ledger.segments import latest_number, list_versions, read_version, versions_table
 from casreg.records import Version
 from casreg.refs import FULL_HEX, Ref, RefKind, parse_ref
@@ -69,6 +75,9 @@ def resolve(store: ObjectStore, ref: str | Ref) -> Resolved:
         assert r.alias is not None
         p = read_pointer(store, r.name, r.alias)
         if p is None:
+            require_not_deleted(store, r.name, r.alias)
+            p = read_pointer(store, r.name, r.alias)  # set meanwhile (the ledger saw the move)?
+        if p is None:
             raise unknown(store, f"{r} is not set")
         confirm_pointer(store, p)  # the pointer names its own model (checked on read) and the ledger agrees
         return Resolved(p.digest, r.name, p.version, p.annotations)
@@ -104,16 +113,30 @@ def _find_digest(store: ObjectStore, hexd: str) -> str:
     if len(hexd) == FULL_HEX:
         if store.exists(manifest_key(hexd)):
             return hexd
+        _missing_manifest(store, hexd)
         raise unknown(store, f"no version has digest blake3:{hexd}")
     found = sorted({h for key in store.list(f"{MANIFESTS}/{hexd[:2]}")
                     if (h := parse_manifest_key(key)) is not None and h.startswith(hexd)})
     if not found:
+        _missing_manifest(store, hexd)
         raise unknown(store, f"no version has a digest starting with {hexd}")
     if len(found) > 1:
         raise AmbiguousReferenceError(
             f"digest prefix {hexd} matches {len(found)} versions ({', '.join(f[:16] for f in found[:4])}...); "
             "give more digits")
     return found[0]
+
+
+def _missing_manifest(store: ObjectStore, hexd: str) -> None:
+    """A digest (or prefix) no manifest has: if the ledger records a version with it, the
+    manifest was lost or deleted, which is damage (:class:`IntegrityError` naming the
+    manifest), not a reference to nothing. Only looked up on this failure path."""
+    table = versions_table(store, columns=["name", "version", "digest"])
+    for name, number, digest in zip(*(table.column(c).to_pylist() for c in ("name", "version", "digest"))):
+        full = str(digest).removeprefix("blake3:")
+        if full.startswith(hexd):
+            raise IntegrityError(f"manifest {manifest_key(full)} is missing, but {name}:{number} records digest "
+                                 f"blake3:{full}; run casreg verify")
 
 
 def resolve_in_model(store: ObjectStore, name: str, ref: str | int) -> Resolved:

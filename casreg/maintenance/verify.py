@@ -494,10 +494,19 @@ def _check_pointers_and_policy(store: ObjectStore, pointers: list[AliasPointer],
     ``policy set``): never in force."""
     from casreg.keys import EVENTS, POLICIES, REGISTRY_EVENTS, parse_policy_key, pointer_key, policy_key
     from casreg.ledger.pins import PolicyPin, pinned_bytes, policy_pins
-    from casreg.ledger.pointers import pointer_disagreement
+    from casreg.ledger.pointers import deleted_pointers, missing_pointer_message, pointer_disagreement
 
     ledger = {(v.name, v.version): v.digest for v in versions}
     damaged = {parsed for p in report.problems if (parsed := parse_version_segment_key(p.key)) is not None}
+    try:
+        deleted = deleted_pointers(store)
+    except IntegrityError:
+        deleted = []  # a damaged event segment: reported by the ledger check
+    for gone in deleted:
+        key = pointer_key(gone.name, gone.alias or "")
+        reason = (missing_pointer_message(gone).removeprefix(f"alias pointer {key} is missing: ")
+                  + f" (nothing deletes a pointer; casreg alias restore {gone.name}@{gone.alias} writes it back)")
+        report.problems.append(Problem(key, "missing", reason))
     for p in pointers:
         if (p.name, p.version) in damaged:
             continue  # its ledger segment is reported already
