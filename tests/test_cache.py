@@ -420,8 +420,10 @@ def test_cli_cache_info_prune_clear(tmp_path: Path) -> None:
     assert res["removed_entries"] >= 1 and res["bytes"] <= 2_000_000
     p = run_cli("cache", "prune", "--max-size", "lots", env=env)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "'lots'" in p.stderr
+    assert (tmp_path / "cache" / "verified-packs").is_dir()  # the push confirmed its pack here
     assert run_cli("cache", "clear", "-q", env=env).stdout == ""
     assert json.loads(run_cli("cache", "info", "--json", env=env).stdout)["entries"] == 0
+    assert not (tmp_path / "cache" / "verified-packs").exists()  # clear forgets confirmations too
 
 
 def test_a_cache_cleared_by_another_process_keeps_working(mem: CountingMemory, tmp_path: Path,

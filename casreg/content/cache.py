@@ -375,7 +375,9 @@ class ChunkCache:
         return PruneResult(removed, removed_bytes, len(entries) - removed, total, limit)
 
     def clear(self) -> PruneResult:
-        """Delete every entry (the directory itself stays)."""
+        """Delete every entry, and the packs confirmed under this directory
+        (``verified-packs/``, casreg.content.trust: pushes read such packs back once
+        more); the directory itself stays."""
         result = self.prune(0)
         for tmp in self._temporaries():
             try:
@@ -384,6 +386,7 @@ class ChunkCache:
                 pass
         shutil.rmtree(self._chunks, ignore_errors=True)
         shutil.rmtree(self._indexes, ignore_errors=True)
+        shutil.rmtree(self.root / "verified-packs", ignore_errors=True)
         self._ready = False
         return result
 
