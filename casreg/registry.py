@@ -389,10 +389,11 @@ class Registry:
         return event
 
     def restore_alias(self, name: str, alias: str) -> AliasEvent:
-        """Write back the pointer of ``name@alias`` that was deleted from the store (which
-        ``verify`` reports, and every read and move of the alias refuses): its last move,
-        as the ledger recorded it. Needs the permission to move the alias; records no
-        event, since the alias's state stays what the ledger says."""
+        """Rewrite the pointer of ``name@alias`` that was deleted from the store or damaged
+        (which ``verify`` reports, and every read and move of the alias refuses) as its
+        last move in the ledger (:func:`casreg.ledger.pointers.restore_pointer`). Needs the
+        permission to move the alias; records no event, since the alias's state stays
+        what the ledger says."""
         from casreg.governance.state import policy_for
 
         validate_name(name)

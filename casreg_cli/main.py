@@ -285,8 +285,8 @@ def alias_restore(
     cli: Cli,
     target: Annotated[str, typer.Argument(metavar="NAME@ALIAS", autocompletion=complete_ref)],
 ) -> None:
-    """Write back a pointer that was deleted from the store (verify reports it as missing):
-    the alias's last move as the ledger recorded it. Nothing else changes."""
+    """Rewrite a pointer that was deleted or damaged (verify names it) as the alias's last move
+    in the ledger. Nothing else changes."""
     out = cli.out
     name, alias = name_alias(target)
     ev = cli.registry().restore_alias(name, alias)

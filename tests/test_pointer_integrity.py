@@ -300,5 +300,20 @@ def test_a_deleted_pointer_is_damage_not_an_unset_alias(world: tuple[Registry, d
     assert reg.store.read(KEY) == before  # byte for byte the pointer that was deleted
     assert ok(cli("resolve", "m@production")).stdout.strip() == digest_of(reg, "m:2")
     ok(cli("verify"))
-    fails(cli("alias", "restore", "m@production"), 2, "no deleted pointer to restore")
-    fails(cli("alias", "restore", "m@canary"), 2, "no deleted pointer to restore")
+    fails(cli("alias", "restore", "m@production"), 2, "has an intact pointer: nothing to restore")
+    fails(cli("alias", "restore", "m@canary"), 2, "has no move in the ledger")
+
+
+@pytest.mark.parametrize("lie", ["not-json", "version-moved", "other-model"])
+def test_alias_restore_rewrites_a_damaged_pointer_from_the_ledger(lie: str, world: tuple[Registry, dict[str, bytes]],
+                                                                  cli: Run) -> None:
+    """A pointer every read refuses cannot be moved or removed (each would trust it);
+    ``alias restore`` rewrites it as the ledger's last move, after which it works again."""
+    reg, _ = world
+    before = reg.store.read(KEY)
+    forge(reg.store, KEY, LIES[lie][0](reg))
+    fails(cli("alias", "rm", "m@production"), 6, KEY)
+    assert "restored m@production -> m:2" in ok(cli("alias", "restore", "m@production")).stdout
+    assert reg.store.read(KEY) == before
+    ok(cli("verify"))
+    ok(cli("alias", "rm", "m@production"))

@@ -180,6 +180,16 @@ def _read_events(store: ObjectStore, prefix: str) -> list[AliasEvent]:
     return [e for e in map_concurrently(read, keys) if e is not None]
 
 
+def _last_moves(store: ObjectStore, name: str | None, alias: str | None) -> dict[tuple[str, str], dict[str, Any]]:
+    """The ledger's last move of each alias (of model ``name``; only ``alias``, if given),
+    as event rows."""
+    last: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in events_table(store, name=name).to_pylist():  # in key (time) order: the last move wins
+        if row["kind"] in POINTER_KINDS and row["alias"] and (alias is None or row["alias"] == alias):
+            last[row["name"], row["alias"]] = row
+    return last
+
+
 def deleted_pointers(store: ObjectStore, name: str | None = None, alias: str | None = None) -> list[AliasEvent]:
     """The last ledger move of each alias (of model ``name``; only ``alias``, if given)
     that leaves it set although its pointer object does not exist: a deleted pointer.
@@ -188,10 +198,7 @@ def deleted_pointers(store: ObjectStore, name: str | None = None, alias: str | N
     unset alias. Existence is checked after the ledger is read, so a move that races
     with this call is not reported. Reads the model's events: for failure paths and
     ``verify``."""
-    last: dict[tuple[str, str], dict[str, Any]] = {}
-    for row in events_table(store, name=name).to_pylist():  # in key (time) order: the last move wins
-        if row["kind"] in POINTER_KINDS and row["alias"] and (alias is None or row["alias"] == alias):
-            last[row["name"], row["alias"]] = row
+    last = _last_moves(store, name, alias)
     moved = [row for _, row in sorted(last.items()) if row["kind"] != "alias.remove" and row["to_digest"]]
     there = map_concurrently(lambda row: store.exists(pointer_key(row["name"], row["alias"])), moved)
     return [AliasEvent.from_dict(row) for row, exists in zip(moved, there) if not exists]
@@ -215,21 +222,36 @@ def require_not_deleted(store: ObjectStore, name: str, alias: str) -> None:
 
 
 def restore_pointer(store: ObjectStore, name: str, alias: str) -> AliasEvent:
-    """Write a deleted pointer back: the ledger's last move of ``name@alias``, which is
-    byte for byte the event the pointer held, checked against the version records first
-    (:func:`confirm_event`). Create-if-absent, so it never replaces a pointer; no event is
-    recorded (the alias's state is the ledger's, unchanged). :class:`InvalidInputError`
-    if the pointer exists or the ledger never set the alias."""
-    gone = deleted_pointers(store, name, alias)
-    if not gone:
-        raise InvalidInputError(f"{name}@{alias} has no deleted pointer to restore: it exists, or the ledger never "
-                                "set it")
-    confirm_event(store, gone[0])
+    """Make a damaged pointer what the ledger says: a pointer that was deleted, or that
+    does not decode or disagrees with the version records (which every read refuses, so
+    no move can replace it), is written back as the ledger's last move of
+    ``name@alias``, byte for byte the event the pointer held, checked against the version
+    records first (:func:`confirm_event`). Compare-and-swap against what was read; no
+    event is recorded (the alias's state is the ledger's, unchanged).
+    :class:`InvalidInputError` if the pointer is intact or the ledger never moved the
+    alias."""
+    key = pointer_key(name, alias)
+    current = store.read_versioned(key)
+    if current is not None:
+        try:
+            event = _decode(current.data, key)
+            pointer = _as_pointer(event)
+            if pointer is not None:
+                confirm_pointer(store, pointer)
+        except IntegrityError:
+            pass  # damaged: replaced below
+        else:
+            raise InvalidInputError(f"{name}@{alias} has an intact pointer: nothing to restore")
+    row = _last_moves(store, name, alias).get((name, alias))
+    if row is None:
+        raise InvalidInputError(f"{name}@{alias} has no move in the ledger to restore its pointer from")
+    last = AliasEvent.from_dict(row)
+    confirm_event(store, last)
     try:
-        store.swap(pointer_key(name, alias), json.dumps(gone[0].to_dict()).encode(), None)
+        store.swap(key, json.dumps(last.to_dict()).encode(), current.token if current else None)
     except ConflictError:
-        raise ConflictError(f"{name}@{alias} was set by someone else meanwhile; nothing was changed") from None
-    return gone[0]
+        raise ConflictError(f"{name}@{alias} was changed by someone else meanwhile; nothing was changed") from None
+    return last
 
 
 def read_pointer_events(store: ObjectStore, name: str) -> list[AliasEvent]:
@@ -286,9 +308,11 @@ def move_alias(
     key = pointer_key(name, alias)
     current = store.read_versioned(key)
     current_event = _decode(current.data, key) if current else None
+    current_pointer = _as_pointer(current_event) if current_event else None
+    if current_pointer is not None:
+        confirm_pointer(store, current_pointer)  # a forged pointer is neither logged nor moved from
     if current_event is not None:
         _ensure_logged(store, current_event)
-    current_pointer = _as_pointer(current_event) if current_event else None
     if current is None:
         require_not_deleted(store, name, alias)
     if seen is not False:
