@@ -154,6 +154,8 @@ def test_every_command_refuses_a_lying_pointer(lie: str, world: tuple[Registry, 
     fails(cli("rollback", "m@production"), 6, KEY)
     fails(cli("alias", "ls", "m"), 6, KEY)
     fails(cli("ls", "m", "--stage", "production"), 6, KEY)
+    fails(cli("alias", "rm", "m@production"), 6, KEY)
+    fails(cli("sql", "SELECT name, alias, version FROM aliases"), 6, KEY)
     v = cli("verify")
     assert v.returncode == 6 and "Traceback" not in v.stderr, v.stderr
     assert f"corrupt {KEY}: " in v.stderr, v.stderr

@@ -114,12 +114,14 @@ def _aliases_schema() -> Any:
 
 
 def _aliases_table(store: ObjectStore) -> Any:
-    """Every alias currently set (the pointers, read concurrently: one small read each)."""
+    """Every alias currently set (the pointers, read concurrently: one small read each),
+    each confirmed against the ledger (one more small read): a pointer that lies about
+    its version fails the query naming its key, as every other reader of it does."""
     import pyarrow as pa
 
     rows = [{"name": p.name, "alias": p.alias, "digest": p.digest, "version": p.version,
              "updated_at": p.event.time, "author": p.event.author, "reason": p.event.reason,
-             "annotations": list(p.annotations.items())} for p in list_pointers(store)]
+             "annotations": list(p.annotations.items())} for p in list_pointers(store, confirm=True)]
     return pa.Table.from_pylist(rows, schema=_aliases_schema())
 
 
