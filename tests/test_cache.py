@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -290,6 +291,40 @@ def test_damaged_entries_are_dropped_and_refetched(mem: CountingMemory, tmp_path
     assert "dropped damaged entry" in caplog.text and caplog.text.count("dropped damaged entry") == 1
     for ref in refs[:3]:  # and repaired in the cache
         assert cache.get(ref.digest, ref.raw_size) is not None
+
+
+def test_planted_links_fifos_and_huge_entries_are_misses(mem: CountingMemory, tmp_path: Path) -> None:
+    """Whatever sits at an entry's name that is not a regular file of the right size is
+    dropped like a damaged entry: a FIFO does not block the read, a link is not followed
+    (not even to the right bytes), a huge index entry is not read into memory."""
+    reg, v, src = push_random(mem, tmp_path, 1 * MiB)
+    refs = chunk_refs(reg, v.ref)
+    cache = ChunkCache(tmp_path / "cache")
+    for run in spans(refs):
+        read_span(mem, run, cache)
+    fifo, link, folder = (cache.path(r.digest) for r in refs[:3])
+    genuine = tmp_path / "genuine"
+    genuine.write_bytes(link.read_bytes())
+    for p in (fifo, link, folder):
+        p.unlink()
+    os.mkfifo(fifo)
+    link.symlink_to(genuine)
+    folder.mkdir()
+    index = cache.path(b"\x07" * 32, index=True)
+    index.parent.mkdir(parents=True, exist_ok=True)
+    with open(index, "wb") as f:
+        f.truncate((64 << 20) + 1)  # sparse: costs no disk
+    done: list[bytes] = []
+    reader = threading.Thread(target=lambda: done.extend(c for run in spans(refs) for c in read_span(mem, run, cache)),
+                              daemon=True)
+    reader.start()
+    reader.join(20)
+    assert not reader.is_alive(), "a FIFO in the cache blocked the read"
+    assert b"".join(done) == src.read_bytes()
+    assert cache.dropped >= 2 and genuine.exists()  # the link's target was left alone
+    assert cache.get(b"\x07" * 32, index=True) is None
+    for ref in refs[:2]:  # repaired: regular files again
+        assert cache.path(ref.digest).is_file() and not cache.path(ref.digest).is_symlink()
 
 
 # -- bounded: LRU ----------------------------------------------------------------------------------

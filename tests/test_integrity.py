@@ -472,6 +472,35 @@ def test_garbage_index_only_costs_dedup(reg: Registry, tmp_path: Path, work: Pat
     assert (work / "out.bin").read_bytes() == f.read_bytes()
 
 
+def test_a_push_reads_a_planted_huge_index_only_up_to_the_bound(reg: Registry, tmp_path: Path) -> None:
+    """An index object far larger than any pack's (named by its own BLAKE3, as a genuine
+    one is) is read at most ``MAX_INDEX_BYTES`` + 1 bytes by a push, then ignored."""
+    from blake3 import blake3
+
+    from casreg.content.packs import MAX_INDEX_BYTES
+    from casreg.keys import index_key
+    from casreg.storage import ByteRange
+
+    huge = bytes(MAX_INDEX_BYTES + 4096)
+    key = index_key(blake3(huge).hexdigest())
+    assert reg.store.create(key, huge)
+    del huge
+    asked: list[ByteRange | None] = []
+    inner_read = reg.store.read
+
+    def read(k: str, byte_range: ByteRange | None = None) -> bytes:
+        if k == key:
+            asked.append(byte_range)
+        return inner_read(k, byte_range)
+
+    reg.store.read = read  # type: ignore[method-assign]
+    f = tmp_path / "w.bin"
+    f.write_bytes(random.Random(6).randbytes(300_000))
+    v = reg.push("m", f)
+    assert v.new_bytes == v.size
+    assert asked and all(r is not None and r.length <= MAX_INDEX_BYTES + 1 for r in asked), asked
+
+
 def test_corrupt_index_does_not_poison_later_pushes(reg: Registry, tmp_path: Path, work: Path) -> None:
     f = tmp_path / "w.bin"
     f.write_bytes(random.Random(6).randbytes(1_500_000))

@@ -42,6 +42,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -204,8 +205,7 @@ class ChunkCache:
         the pack index named ``digest`` (casreg.content.packs.ChunkIndex.load) instead."""
         path = self.path(digest, index=index)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = _read_entry(path, size if size is not None else MAX_ENTRY_BYTES)
         except (FileNotFoundError, NotADirectoryError):
             self.misses += 1
             return None
@@ -214,7 +214,7 @@ class ChunkCache:
                                     "reading from the registry instead")
             self.misses += 1
             return None
-        if (size is not None and len(data) != size) or blake3(data).digest() != digest:
+        if data is None or (size is not None and len(data) != size) or blake3(data).digest() != digest:
             self.dropped += 1
             self.misses += 1
             self._warn_once("damaged", f"casreg cache {self.root}: dropped damaged entry {path.name} "
@@ -389,6 +389,32 @@ class ChunkCache:
         shutil.rmtree(self.root / "verified-packs", ignore_errors=True)
         self._ready = False
         return result
+
+
+#: The largest entry read without an expected size (a pack index; the registry bounds
+#: those at 64 MiB): a planted huge file is dropped, not read into memory.
+MAX_ENTRY_BYTES = 64 << 20
+_ENTRY_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _read_entry(path: Path, limit: int) -> bytes | None:
+    """The bytes of the entry at ``path``, or ``None`` for something that cannot be one:
+    not a regular file (a FIFO would block a plain ``open``; a link is not followed), or
+    larger than ``limit`` (the size the entry must have, or :data:`MAX_ENTRY_BYTES`)."""
+    try:
+        fd = os.open(path, _ENTRY_FLAGS)
+    except OSError as err:
+        if err.errno == errno.ELOOP:  # a symbolic link
+            return None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read(limit + 1)
+    finally:
+        os.close(fd)
 
 
 _CACHES: dict[tuple[Path, int], ChunkCache] = {}

@@ -90,11 +90,18 @@ def pack_layout(slots: Sequence[_Slot], index_size: int, max_chunk: int, where: 
     return expected + index_size
 
 
+#: The largest index object any reader accepts: 52 bytes per chunk and a 16-byte tail,
+#: far more than any pack a push writes has (a pack holds about ``PACK_TARGET`` stored
+#: bytes; 64 MiB of index would be 1.3 million chunks of 25 stored bytes each).
+MAX_INDEX_BYTES = 64 << 20
+
+
 def _index_limit(max_chunk: int) -> int:
     """A bound on the index of a pack a writer makes: it seals a pack once it holds
     ``PACK_TARGET`` stored bytes, so it has at most that plus one chunk's payloads, of
-    at least one byte each."""
-    return (PACK_TARGET + stored_bound(max_chunk) + 1) * _ENTRY.size + _TAIL.size
+    at least one byte each; and never more than :data:`MAX_INDEX_BYTES`, so reading a
+    planted index costs bounded memory."""
+    return min((PACK_TARGET + stored_bound(max_chunk) + 1) * _ENTRY.size + _TAIL.size, MAX_INDEX_BYTES)
 
 
 def read_index(store: ObjectStore, pack_id: str, cache: ChunkCache | None, limit: int) -> bytes:
@@ -263,14 +270,16 @@ class ChunkIndex:
             for _, pack_id in wanted:
                 found[pack_id] = chosen.get(bytes.fromhex(pack_id), index=True)
         missing = [(key, pack_id) for key, pack_id in wanted if found.get(pack_id) is None]
+        max_chunk = max_chunk_size(store)
+        limit = _index_limit(max_chunk)
 
         def fetch(item: tuple[str, str]) -> bytes | None:
             key, pack_id = item
             try:
-                data = store.read(key)
+                data = store.read(key, ByteRange(0, limit + 1))  # bounded: no writer makes a larger index
             except NotFoundError:
                 return None  # removed since the listing (gc of an unreferenced pack)
-            if blake3(data).hexdigest() != pack_id:
+            if len(data) > limit or blake3(data).hexdigest() != pack_id:
                 return None  # damaged: trusting it would make new versions point at wrong bytes
             if chosen is not None:
                 chosen.put_verified(bytes.fromhex(pack_id), data, index=True)
@@ -282,7 +291,7 @@ class ChunkIndex:
         else:
             fetched = [fetch(item) for item in missing]
         found.update((pack_id, data) for (_, pack_id), data in zip(missing, fetched))
-        index = cls(max_chunk_size(store))
+        index = cls(max_chunk)
         index.cache = chosen
         for key, pack_id in wanted:  # listing order, as before: the first pack holding a chunk wins
             data = found.get(pack_id)

@@ -37,7 +37,7 @@ from casreg.content.codec import decode_verified
 from casreg.content.config import RegistryConfig, max_chunk_size
 from casreg.content.fetch import read_chunk, read_span_stats, spans
 from casreg.content.manifest import MAX_STORED_MANIFEST, ChunkRef, Entry, Manifest, layout_digest
-from casreg.content.packs import _ENTRY, _TAIL, INDEX_MAGIC, PACK_MAGIC, decode_index
+from casreg.content.packs import _ENTRY, _TAIL, INDEX_MAGIC, MAX_INDEX_BYTES, PACK_MAGIC, decode_index
 from casreg.digest import Digest
 from casreg.errors import CasregError, IntegrityError, NotFoundError
 from casreg.keys import (
@@ -84,9 +84,6 @@ if TYPE_CHECKING:
 __all__ = ["Problem", "VerifyReport", "verify_registry", "verify_version"]
 
 SPAN = 16 << 20  # bytes per ranged read
-#: An index object is 52 bytes per chunk of its pack and a 16-byte tail; far more than any
-#: pack a push writes has (a pack holds about 32 MiB).
-MAX_INDEX_BYTES = 64 << 20
 GAP = 1 << 20  # unreferenced bytes a single-version read may skip over instead of splitting
 MAX_AFFECTED = 20  # version refs listed per problem
 
