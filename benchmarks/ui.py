@@ -51,43 +51,64 @@ def model_name(i: int) -> str:
     return BIG if i == 0 else f"model-{i:04d}"
 
 
+def _record(name: str, n: int, seed: dict[str, Any], t0: float) -> Any:
+    """The synthetic record of ``name:n`` (deterministic: the workers writing segments and
+    the parent writing the compacted file make the same one)."""
+    from casreg.records import Lineage, Version
+
+    rng = random.Random(f"{name}-{n}")
+    return Version(
+        name=name, version=n, digest=seed["digest"], kind=seed["kind"], size=seed["size"],
+        stored_bytes=seed["size"] // 8, new_bytes=seed["size"] // 8, file_count=seed["file_count"],
+        chunk_count=seed["chunk_count"], created_at=dt.datetime.fromtimestamp(int(t0) + n, dt.UTC),
+        author=f"trainer-{n % 7}@example.test", framework="pytorch", description=f"synthetic version {n}",
+        metrics={"auc": round(0.8 + 0.2 * rng.random(), 6), "loss": round(rng.random(), 6)},
+        params={"lr": f"{rng.choice((1, 3))}e-{rng.randint(3, 5)}", "epochs": str(rng.randint(1, 40))},
+        tags={"team": f"team-{sum(map(ord, name)) % 9}", "dataset": f"ds-{n % 13}"},
+        lineage=Lineage(git_commit=f"{n:040x}", git_dirty=False, hostname="bench-host", python_version="3.11",
+                        casreg_version="0.1.0", parent=seed["digest"], run_id=f"run-{n}", dataset=f"ds-{n % 13}"),
+    )
+
+
 def _write_versions(args: tuple[str, str, int, int, list[dict[str, Any]], float]) -> int:
-    """Worker: segments and JSON copies for versions lo..hi-1 of one model."""
+    """Worker: the format-2 ledger segments of versions lo..hi-1 of one model, byte for byte
+    what ``commit_version(tree=2)`` writes (one row, zstd, the record in the footer
+    metadata), written straight to their keys (no fsync, no create-if-absent dance)."""
     import pyarrow as pa
 
-    from casreg.keys import version_copy_key, version_segment_key
-    from casreg.ledger.schema import parquet_bytes, version_row, version_schema
-    from casreg.records import Lineage, Version
+    from casreg.keys import version_segment_key
+    from casreg.ledger.schema import parquet_bytes, record_metadata, version_row, version_schema
 
     root, name, lo, hi, seeds, t0 = args
     schema = version_schema()
-    rng = random.Random(f"{name}-{lo}")
-    made: set[Path] = set()
-    for n in range(lo, hi):
-        seed = seeds[n % len(seeds)]
-        rec = Version(
-            name=name, version=n, digest=seed["digest"], kind=seed["kind"], size=seed["size"],
-            stored_bytes=seed["size"] // 8, new_bytes=seed["size"] // 8, file_count=seed["file_count"],
-            chunk_count=seed["chunk_count"], created_at=dt.datetime.fromtimestamp(t0 + n, dt.UTC),
-            author=f"trainer-{n % 7}@example.test", framework="pytorch", description=f"synthetic version {n}",
-            metrics={"auc": round(0.8 + 0.2 * rng.random(), 6), "loss": round(rng.random(), 6)},
-            params={"lr": f"{rng.choice((1, 3))}e-{rng.randint(3, 5)}", "epochs": str(rng.randint(1, 40))},
-            tags={"team": f"team-{hash(name) % 9}", "dataset": f"ds-{n % 13}"},
-            lineage=Lineage(git_commit=f"{n:040x}", git_dirty=False, hostname="bench-host", python_version="3.11",
-                            casreg_version="0.1.0", parent=seed["digest"], run_id=f"run-{n}", dataset=f"ds-{n % 13}"),
-        )
-        seg, side = Path(root, version_segment_key(name, n)), Path(root, version_copy_key(name, n))
-        for d in (seg.parent, side.parent):
-            if d not in made:
-                d.mkdir(parents=True, exist_ok=True)
-                made.add(d)
-        seg.write_bytes(parquet_bytes(pa.Table.from_pylist([version_row(rec, seed["files"])], schema=schema)))
-        side.write_bytes(json.dumps(rec.to_dict()).encode())
+    Path(root, version_segment_key(name, 1)).parent.mkdir(parents=True, exist_ok=True)
+    recs = [_record(name, n, seeds[n % len(seeds)], t0) for n in range(lo, hi)]
+    rows = pa.Table.from_pylist([version_row(r, seeds[r.version % len(seeds)]["files"]) for r in recs], schema=schema)
+    for i, rec in enumerate(recs):  # one row each (a slice: the same one-row table commit_version makes)
+        Path(root, version_segment_key(name, rec.version)).write_bytes(
+            parquet_bytes(rows.slice(i, 1).replace_schema_metadata(record_metadata(rec))))
     return hi - lo
 
 
+def _versions_rows(counts: dict[str, int], seeds: list[dict[str, Any]], t0: float) -> Any:
+    """Every synthetic version as one sorted Arrow table: what compaction makes of their
+    segments."""
+    import pyarrow as pa
+
+    from casreg.ledger.schema import sort_versions, version_row, version_schema
+
+    schema = version_schema()
+    parts = []
+    for name, count in sorted(counts.items()):
+        for lo in range(1, count + 1, 10_000):
+            rows = [version_row(_record(name, n, seeds[n % len(seeds)], t0), seeds[n % len(seeds)]["files"])
+                    for n in range(lo, min(lo + 10_000, count + 1))]
+            parts.append(pa.Table.from_pylist(rows, schema=schema))
+    return sort_versions(pa.concat_tables(parts))
+
+
 def _events_table(counts: dict[str, int], total: int, t0: float, span: float) -> Any:
-    """``total`` events spread over the models: staging moves, approvals, archives."""
+    """``total`` events spread over the models: canary moves, approvals, archives."""
     import pyarrow as pa
 
     from casreg.keys import event_segment_key
@@ -97,9 +118,9 @@ def _events_table(counts: dict[str, int], total: int, t0: float, span: float) ->
     per = total // len(names)
     cols: dict[str, list[Any]] = {f.name: [] for f in compacted_event_schema()}
     rng = random.Random(7)
-    for name in names:
+    for i, name in enumerate(names):
         n_versions = counts[name]
-        for j in range(per):
+        for j in range(per + (1 if i < total % len(names) else 0)):
             t = dt.datetime.fromtimestamp(t0 + span * j / per + rng.random(), dt.UTC)
             eid = uuid.UUID(int=rng.getrandbits(128)).hex
             kind = ("alias.set", "approve", "alias.set", "archive")[j % 4]
@@ -115,16 +136,44 @@ def _events_table(counts: dict[str, int], total: int, t0: float, span: float) ->
     return pa.table(cols, schema=compacted_event_schema())
 
 
-def build(root: Path, *, models: int, versions: int, big: int, events: int, seed_count: int, workers: int) -> float:
+def _swap_head(reg: Any, **changes: Any) -> None:
+    """Move HEAD by compare-and-swap, as ``compact`` does, to one with ``changes``."""
+    from casreg.keys import HEAD_KEY
+    from casreg.ledger.head import LedgerHead, read_head
+
+    current = reg.store.read_versioned(HEAD_KEY)
+    head = read_head(reg.store)
+    now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+    fields = {"covered": {}, "versions": (), "events": ()} if head is None else {
+        "covered": dict(head.covered), "versions": head.versions, "events": head.events}
+    fields.update(changes)
+    new = LedgerHead(uuid.uuid4().hex, (head.generation if head else 0) + 1, now, **fields)
+    if current is None:
+        assert reg.store.create(HEAD_KEY, new.to_json())
+    else:
+        reg.store.swap(HEAD_KEY, new.to_json(), current.token)
+
+
+def build(root: Path, *, models: int, versions: int, big: int, events: int, seed_count: int, workers: int,
+          tail_versions: int = 20, tail_events: int = 40) -> dict[str, Any]:
+    """Build the registry (see the module doc); returns what was made and how long each
+    step took."""
     from casreg import Registry
     from casreg.ledger.compact import _write
-    from casreg.ledger.head import LedgerHead, read_head
-    from casreg.ledger.schema import sort_events
 
-    t = time.perf_counter()
+    steps: dict[str, float] = {}
+    t = t_all = time.perf_counter()
+
+    def step(label: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        steps[label] = round(now - t, 1)
+        print(f"  {label}: {now - t:.0f} s", file=sys.stderr)
+        t = now
+
     os.environ["CASREG_USER"] = USER
     reg = Registry(root)
-    reg.compact_threshold = 0
+    reg.compact_threshold = 0  # compaction only where the build says so
     src = root.parent / "seed-src"
     src.mkdir(parents=True, exist_ok=True)
     seeds = []
@@ -135,39 +184,47 @@ def build(root: Path, *, models: int, versions: int, big: int, events: int, seed
         files = [{"path": x.path, "type": x.type, "size": x.size, "digest": x.digest} for x in reg.files(v.ref)]
         seeds.append({"digest": v.digest, "kind": v.kind, "size": 512 << 20, "file_count": v.file_count,
                       "chunk_count": v.chunk_count, "files": files})
-    # the seed model stays, as model number `models` (its versions count in the total)
+    step("seed pushes")
+    # the seed model stays, as model number `models` (its versions count in the total);
+    # `big` gets its real tail pushes at the end
     rest = versions - big - seed_count
-    counts = {model_name(0): big}
+    counts = {model_name(0): big - tail_versions}
     for i in range(1, models - 1):
         counts[model_name(i)] = rest // (models - 2) + (1 if i <= rest % (models - 2) else 0)
     t0 = time.time() - versions - 86400 * 30
-    jobs = []
-    for name, n in counts.items():
-        for lo in range(1, n + 1, 5000):
-            jobs.append((str(root), name, lo, min(lo + 5000, n + 1), seeds, t0))
+    jobs = [(str(root), name, lo, min(lo + 2000, n + 1), seeds, t0)
+            for name, n in counts.items() for lo in range(1, n + 1, 2000)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        written = sum(pool.map(_write_versions, jobs, chunksize=8))
-    assert written == versions - seed_count, written
+        written = sum(pool.map(_write_versions, jobs, chunksize=4))
+    assert written == sum(counts.values()), written
+    step(f"{written:,} version segments")
+    now = dt.datetime.now(dt.UTC)
+    vfile = _write(reg.store, "versions", _versions_rows(counts, seeds, t0), now)
+    efile = _write(reg.store, "events", _events_table(counts | {"seed-model": seed_count}, max(0, events - (
+        2 * (len(counts) + 1) + 2 + tail_events)), t0, versions), now)
+    _swap_head(reg, covered=dict(counts), versions=(vfile,), events=(efile,))
+    step("compacted files of the bulk (versions, events) + HEAD")
     counts["seed-model"] = seed_count
     for name, n in counts.items():
         reg.set_alias(name, "production", max(1, n // 2), reason="benchmark")
         reg.set_alias(name, "staging", n, reason="benchmark")
-    reg.set_alias(BIG, "staging", big - 1, reason="benchmark")
+    reg.set_alias(BIG, "staging", counts[BIG] - 1, reason="benchmark")
     reg.rollback(BIG, "staging", reason="benchmark rollback")
+    step(f"{2 * len(counts) + 2:,} real alias moves")
     reg.compact(full=True)
-    real = 2 * len(counts) + 2  # the moves above
-    if events > real:
-        head = read_head(reg.store)
-        assert head is not None
-        now = dt.datetime.now(dt.UTC)
-        table = sort_events(_events_table(counts, events - real, t0, versions))
-        f = _write(reg.store, "events", table, now)
-        new = LedgerHead(uuid.uuid4().hex, head.generation + 1, now.isoformat().replace("+00:00", "Z"),
-                         dict(head.covered), head.versions, head.events + (f,))
-        current = reg.store.read_versioned("ledger/compacted/HEAD.json")
-        assert current is not None
-        reg.store.swap("ledger/compacted/HEAD.json", new.to_json(), current.token)
-    return time.perf_counter() - t
+    step("casreg compact --full")
+    # the steady state after that: real pushes and events compaction has not folded in yet
+    for i in range(tail_versions):
+        f = src / f"tail-{i}.bin"
+        f.write_bytes(os.urandom(2048))
+        reg.push(BIG, f, metrics={"auc": 0.9 + i / 1000, "loss": 0.1}, tags={"team": "team-0", "dataset": "ds-3"},
+                 description=f"tail push {i}")
+    n_big = counts[BIG] + tail_versions
+    for i in range(tail_events // 2):
+        reg.approve(BIG, n_big - i, stage="production", comment=f"tail approval {i}")
+        reg.set_alias(BIG, "canary", n_big - i, reason=f"tail move {i}")
+    step(f"{tail_versions} real pushes and {tail_events} real events left uncompacted")
+    return {"seconds": round(time.perf_counter() - t_all, 1), "steps": steps}
 
 
 def pages(counts_big: int) -> list[tuple[str, str]]:
@@ -261,21 +318,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache", type=Path, default=Path("/tmp/casreg-ui-bench"))
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--build-only", action="store_true")
     args = p.parse_args(argv)
     key = f"m{args.models}-v{args.versions}-b{args.big}-e{args.events}"
     root = args.cache / key / "reg"
-    build_s = None
-    if not (args.cache / key / "done").exists():
+    done = args.cache / key / "done.json"
+    if not done.exists():
         import shutil
 
         shutil.rmtree(args.cache / key, ignore_errors=True)
         root.mkdir(parents=True)
-        build_s = build(root, models=args.models, versions=args.versions, big=args.big, events=args.events,
-                        seed_count=args.seed, workers=args.workers)
-        (args.cache / key / "done").write_text(f"{build_s:.1f}\n")
-        print(f"built {root} in {build_s:.0f} s", file=sys.stderr)
+        built = build(root, models=args.models, versions=args.versions, big=args.big, events=args.events,
+                      seed_count=args.seed, workers=args.workers)
+        done.write_text(json.dumps(built))
+        print(f"built {root} in {built['seconds']:.0f} s", file=sys.stderr)
+    build_info = json.loads(done.read_text())
+    if args.build_only:
+        return 0
     rows = measure(root, args.big, args.runs)
-    text = report(args, build_s, rows)
+    text = report(args, build_info, rows)
     if args.out:
         args.out.write_text(text)
     print(text)
