@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 from casreg.digest import HEX64
 from casreg.errors import NotFoundError
 from casreg.keys import COMPACTED, HEAD_KEY
-from casreg.ledger.schema import compacted_event_schema, load_compacted, project, version_schema
+from casreg.ledger.schema import compacted_event_schema, project, version_schema
 from casreg.redact import redact_url
 from casreg.storage import ObjectStore
 
@@ -196,14 +196,18 @@ def read_compacted_versions(store: ObjectStore, head: LedgerHead, *, name: str |
                              columns: Sequence[str] | None = None) -> pa.Table:
     import pyarrow as pa
 
+    from casreg.ledger.cache import compacted_rows
+
     schema = project(version_schema(), columns)
-    parts = [load_compacted(read_compacted(store, f), schema, name) for f in head.versions]
+    parts = [compacted_rows(store, f, version_schema(), name).select(schema.names) for f in head.versions]
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
 def read_compacted_events(store: ObjectStore, head: LedgerHead, name: str | None = None) -> pa.Table:
     import pyarrow as pa
 
+    from casreg.ledger.cache import compacted_rows
+
     schema = compacted_event_schema()
-    parts = [load_compacted(read_compacted(store, f), schema, name) for f in head.events]
+    parts = [compacted_rows(store, f, schema, name) for f in head.events]
     return pa.concat_tables(parts) if parts else schema.empty_table()

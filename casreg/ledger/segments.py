@@ -107,7 +107,11 @@ def is_event_key(key: str) -> bool:
 def _list(store: ObjectStore, prefix: str, after: str | None) -> Iterable[str]:
     """Keys under ``prefix``; only those sorting after ``after`` where the store can list
     from a key on (``list_after``, S3's ``StartAfter``), else all of them."""
-    return store.list_after(prefix, after) if after and store.capabilities.list_after else store.list(prefix)
+    if after and store.capabilities.list_after:
+        return store.list_after(prefix, after)
+    from casreg.ledger.cache import cached_list
+
+    return cached_list(store, prefix)
 
 
 def version_numbers(store: ObjectStore, name: str, *, after: int = 0) -> list[int]:
@@ -382,11 +386,13 @@ def events_table(store: ObjectStore, *, with_segment: bool = False, name: str | 
     rows plus the event segments HEAD does not cover."""
     import pyarrow as pa
 
+    from casreg.ledger.cache import cached_list
+
     def run(head: LedgerHead | None) -> pa.Table:
         compacted = read_compacted_events(store, head, name) if head else compacted_event_schema().empty_table()
         covered = set(compacted.column(SEGMENT_COLUMN).to_pylist())
         prefix = f"{EVENTS}/{name}" if name else EVENTS
-        keys = sorted(k for k in store.list(prefix) if is_event_key(k) and k not in covered)
+        keys = sorted(k for k in cached_list(store, prefix) if is_event_key(k) and k not in covered)
         fresh = segments_table(keys, read_many(store, keys), event_schema(), with_key=True)
         table = sort_events(pa.concat_tables([compacted, fresh]))
         return table if with_segment else table.drop_columns([SEGMENT_COLUMN])

@@ -1,0 +1,161 @@
+"""What readers of the ledger may keep between calls, and when it is still valid.
+
+- **Compacted files** are immutable and named by HEAD with their size and BLAKE3: once
+  read and checked, their decoded rows are kept (a few files, least recently used first
+  out) and served for any HEAD that lists them, whichever store asks (the BLAKE3 names
+  the bytes). Rows of one model come from an index built once per file.
+- **Listings** are kept per store and prefix with the store's
+  :meth:`~casreg.storage.ObjectStore.listing_token`; a listing is reused only while the
+  token is unchanged, and never where the store cannot give one (``None``): those list
+  every time, as before.
+
+Nothing here changes what a reader sees: only when it has to read it again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, TypeVar, cast
+
+from casreg.storage import ObjectStore
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from casreg.ledger.head import CompactedFile
+
+__all__ = ["cached_list", "cached_under", "compacted_rows", "clear"]
+
+#: Decoded compacted files kept (a HEAD lists O(log rows) files per table).
+MAX_FILES = 12
+#: Listings kept (one per store and prefix asked for).
+MAX_LISTINGS = 4096
+
+_lock = threading.Lock()
+_files: OrderedDict[tuple[str, int, str, str], _Rows] = OrderedDict()
+_listings: OrderedDict[tuple[str, str, str], tuple[Hashable, list[str]]] = OrderedDict()
+_derived: OrderedDict[tuple[str, str, str, str], tuple[Hashable, object]] = OrderedDict()
+_checked: dict[tuple[str, str, str], tuple[Hashable, str]] = {}
+T = TypeVar("T")
+
+
+class _Rows:
+    """One compacted file's rows (in the full schema of its table) and, per model, the
+    runs of rows that hold it."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self._runs: dict[str, list[tuple[int, int]]] | None = None
+
+    def runs(self) -> dict[str, list[tuple[int, int]]]:
+        if self._runs is None:
+            runs: dict[str, list[tuple[int, int]]] = {}
+            prev, start = None, 0
+            names = self.table.column("name").to_pylist()
+            for i, n in enumerate(names):
+                if n != prev:
+                    if prev is not None:
+                        runs.setdefault(prev, []).append((start, i))
+                    prev, start = n, i
+            if prev is not None:
+                runs.setdefault(prev, []).append((start, len(names)))
+            self._runs = runs
+        return self._runs
+
+    def of(self, name: str | None) -> pa.Table:
+        import pyarrow as pa
+
+        if name is None:
+            return self.table
+        parts = [self.table.slice(a, b - a) for a, b in self.runs().get(name, [])]
+        return pa.concat_tables(parts) if parts else self.table.schema.empty_table()
+
+
+def compacted_rows(store: ObjectStore, f: CompactedFile, schema: pa.Schema, name: str | None = None) -> pa.Table:
+    """The rows of compacted file ``f`` (of model ``name`` only, if given) in ``schema``
+    (the full schema of its table), as :func:`~casreg.ledger.head.read_compacted` reads
+    and checks them (raising what it raises). The file is read and checked again unless
+    the store's listing token of its directory is the one it had when this store's copy
+    was last checked (deleting or replacing the file moves it); the decoded rows are
+    kept by content (key, size, BLAKE3), so a re-check does not decode again."""
+    from casreg.ledger.head import read_compacted
+    from casreg.ledger.schema import load_compacted
+
+    key = (f.key, f.size, f.blake3, str(schema))
+    where = f.key.rsplit("/", 1)[0]
+    token = store.listing_token(where)
+    checked = (type(store).__name__, store.url, f.key)
+    with _lock:
+        rows = _files.get(key)
+        if rows is not None:
+            _files.move_to_end(key)
+        fresh = token is not None and _checked.get(checked) == (token, f.blake3)
+    if fresh and rows is not None:
+        return rows.of(name)
+    data = read_compacted(store, f)
+    if rows is None:
+        rows = _Rows(load_compacted(data, schema))
+    with _lock:
+        _files[key] = rows
+        while len(_files) > MAX_FILES:
+            _files.popitem(last=False)
+        if token is not None:
+            _checked[checked] = (token, f.blake3)
+            while len(_checked) > MAX_LISTINGS:
+                _checked.pop(next(iter(_checked)))
+    return rows.of(name)
+
+
+def cached_list(store: ObjectStore, prefix: str) -> list[str]:
+    """``list(store.list(prefix))``, reused while the store's listing token for
+    ``prefix`` is unchanged (a store without tokens lists every time)."""
+    token = store.listing_token(prefix)
+    if token is None:
+        return list(store.list(prefix))
+    key = (type(store).__name__, store.url, prefix)
+    with _lock:
+        hit = _listings.get(key)
+        if hit is not None and hit[0] == token:
+            _listings.move_to_end(key)
+            return hit[1]
+    keys = list(store.list(prefix))
+    if store.listing_token(prefix) == token:  # nothing changed while listing
+        with _lock:
+            _listings[key] = (token, keys)
+            while len(_listings) > MAX_LISTINGS:
+                _listings.popitem(last=False)
+    return keys
+
+
+def cached_under(store: ObjectStore, prefix: str, what: str, derive: Callable[[], T]) -> T:
+    """``derive()``, a value made from the objects under ``prefix`` (their keys and the
+    bytes of each: casreg publishes and swaps objects by linking or renaming them into
+    place, which moves the token), reused while the store's listing token for ``prefix``
+    is unchanged; ``what`` names the value. Callers must not mutate it."""
+    token = store.listing_token(prefix)
+    if token is None:
+        return derive()
+    key = (type(store).__name__, store.url, prefix, what)
+    with _lock:
+        hit = _derived.get(key)
+        if hit is not None and hit[0] == token:
+            _derived.move_to_end(key)
+            return cast(T, hit[1])
+    value = derive()
+    if store.listing_token(prefix) == token:
+        with _lock:
+            _derived[key] = (token, value)
+            while len(_derived) > MAX_LISTINGS:
+                _derived.popitem(last=False)
+    return value
+
+
+def clear() -> None:
+    """Forget everything kept (tests; a long-lived process that wants memory back)."""
+    with _lock:
+        _files.clear()
+        _listings.clear()
+        _derived.clear()
+        _checked.clear()
