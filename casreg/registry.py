@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from casreg.content.lazy import BF16Mode, SafetensorsFile
     from casreg.governance.catalog import ModelSummary
     from casreg.governance.diff import VersionDiff
-    from casreg.governance.history import LogEntry
+    from casreg.governance.history import LogEntry, LogPage
     from casreg.governance.lifecycle import Promotion
     from casreg.governance.policy import PolicyFile
     from casreg.governance.state import VersionState
@@ -433,6 +433,27 @@ class Registry:
             return parse_when(t) if isinstance(t, str) else t
 
         return history(self.store, name, alias=alias, kinds=kinds, since=when(since), until=when(until))
+
+    def log_page(self, name: str, *, alias: str | None = None, kinds: Iterable[str] | None = None,
+                 since: datetime | str | None = None, until: datetime | str | None = None, limit: int = 100,
+                 offset: int = 0) -> LogPage:
+        """One page of :meth:`log`, newest first: the entries ``offset`` ..
+        ``offset + limit - 1`` counted from the newest, and the total (one query over the
+        ledger: only the page's entries are built)."""
+        from casreg.governance.history import history_page, parse_when
+
+        def when(t: datetime | str | None) -> datetime | None:
+            return parse_when(t) if isinstance(t, str) else t
+
+        return history_page(self.store, name, alias=alias, kinds=kinds, since=when(since), until=when(until),
+                            limit=limit, offset=offset)
+
+    def ancestors(self, version: Version, *, limit: int = 10) -> list[Version]:
+        """``version``'s lineage chain: the newest version holding its ``--parent``
+        digest, then that one's parent, ... (at most ``limit``; one query)."""
+        from casreg.governance.catalog import ancestors
+
+        return ancestors(self.store, version.lineage.parent, limit=limit)
 
     def state(self, ref: str | Ref | Version) -> VersionState:
         """Lifecycle state of a version: archived or not, standing approvals and

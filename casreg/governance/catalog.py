@@ -8,13 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from casreg.digest import HEX64
 from casreg.governance.search import field_sql
-from casreg.ledger.sql import query
+from casreg.ledger.sql import snapshot_query as query
 from casreg.records import JsonValue, Version, _iso, parse_time
 from casreg.refs import validate_name
 from casreg.storage import ObjectStore
 
-__all__ = ["ModelSummary", "model_summaries", "series", "MAX_POINTS"]
+__all__ = ["ModelSummary", "ancestors", "model_summaries", "series", "MAX_POINTS"]
 
 #: The most rows :func:`series` returns.
 MAX_POINTS = 2000
@@ -93,3 +94,31 @@ def series(store: ObjectStore, name: str, fields: list[str], *, points: int = 50
                OR floor(i * ({points} - 1) / (total - 1)) <> floor((i - 1) * ({points} - 1) / (total - 1))
         ORDER BY version""")
     return [{"version": int(r["version"]), **{f: r[f"c{i}"] for i, f in enumerate(fields)}} for r in rows]
+
+
+def ancestors(store: ObjectStore, parent: str | None, *, limit: int = 10) -> list[Version]:
+    """The lineage chain above a version whose ``lineage.parent`` is ``parent``: the
+    newest version holding that digest, then the newest holding its parent, and so on,
+    at most ``limit`` of them (a chain that loops stops there too): one query, instead
+    of one lookup per link."""
+    if parent is None or limit <= 0:
+        return []
+    hexd = str(parent).removeprefix("blake3:")
+    if not HEX64.fullmatch(hexd):
+        return []
+    limit = min(int(limit), 100)
+    rows = query(store, f"""
+        WITH RECURSIVE chain(depth, digest) AS (
+            SELECT 1, 'blake3:{hexd}'
+            UNION ALL
+            SELECT c.depth + 1, n.parent FROM chain c
+            JOIN (SELECT digest, lineage.parent AS parent FROM versions
+                  QUALIFY row_number() OVER (PARTITION BY digest ORDER BY created_at DESC, name, version) = 1) n
+              ON n.digest = c.digest
+            WHERE c.depth < {limit} AND n.parent IS NOT NULL)
+        SELECT v.* EXCLUDE (files), c.depth AS _depth FROM chain c
+        JOIN (SELECT * FROM versions
+              QUALIFY row_number() OVER (PARTITION BY digest ORDER BY created_at DESC, name, version) = 1) v
+          ON v.digest = c.digest
+        ORDER BY c.depth""")
+    return [Version.from_dict({k: v for k, v in r.items() if not k.startswith("_")}) for r in rows]

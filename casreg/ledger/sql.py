@@ -31,10 +31,11 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import re
-from collections.abc import Collection
+import threading
+from collections.abc import Collection, Hashable
 from typing import TYPE_CHECKING, Any
 
-from casreg.errors import InvalidInputError
+from casreg.errors import InvalidInputError, NotFoundError
 from casreg.ledger.pointers import list_pointers
 from casreg.ledger.schema import event_schema, version_schema
 from casreg.ledger.segments import events_table, versions_parts, versions_table
@@ -43,7 +44,7 @@ from casreg.storage import ObjectStore
 if TYPE_CHECKING:
     import duckdb
 
-__all__ = ["connect", "query"]
+__all__ = ["Snapshot", "connect", "query", "snapshot", "snapshot_query"]
 
 _VIEWS = """
 CREATE VIEW versions AS SELECT * FROM _versions;
@@ -258,3 +259,119 @@ def query(store: ObjectStore, sql: str) -> list[dict[str, Any]]:
         {name: _plain(values[i], typ) for name, typ, values in columns}
         for i in range(table.num_rows)
     ]
+
+
+class Snapshot:
+    """One locked-down DuckDB connection over the ledger of one store, for casreg's own
+    queries (:func:`snapshot_query`), reused while the ledger is unchanged.
+
+    Before each query it takes the ledger's fingerprint: HEAD's bytes and the store's
+    listing tokens of the version and event segments, the compacted files and the alias
+    pointers (:meth:`~casreg.storage.ObjectStore.listing_token`; taken *before* anything
+    is read, so data loaded after a change is at least as new as the fingerprint says).
+    While it matches the one the loaded tables were read under, they are reused; else,
+    or where the store cannot give tokens, the tables a query needs are read again (the
+    decoded compacted files come from :mod:`casreg.ledger.cache`) and registered in
+    place of the old ones. The connection is made as :func:`connect` makes them (external
+    access off, configuration locked) and never runs anything but one ``SELECT``
+    statement at a time, under a lock: no query can create, drop or replace anything in
+    it, change a setting, or see another query's state. SQL a user typed never runs here
+    (``casreg sql`` uses :func:`query`, a fresh connection each time)."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.lock = threading.Lock()
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.fingerprint: Hashable | None = None
+        self.loaded: set[str] = set()
+
+    def _fingerprint(self) -> Hashable | None:
+        from casreg.keys import COMPACTED, EVENTS, HEAD_KEY, POINTERS, VERSIONS
+
+        tokens = tuple(self.store.listing_token(p) for p in (VERSIONS, EVENTS, POINTERS, COMPACTED))
+        if any(t is None for t in tokens):
+            return None
+        try:
+            head = self.store.read(HEAD_KEY)
+        except NotFoundError:
+            head = b""
+        return (head, tokens)
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        import duckdb
+
+        con = duckdb.connect(":memory:", config=dict(_LOCKED_DOWN))
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            con.register("_versions", version_schema().empty_table())
+            con.register("_events", event_schema().empty_table())
+            con.register("_aliases", _aliases_schema().empty_table())
+            con.execute(_VIEWS)
+            con.execute("SET lock_configuration = true")
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _load(self, table: str) -> None:
+        assert self.con is not None
+        if table == "_versions":
+            data = versions_table(self.store)
+        elif table == "_events":
+            data = events_table(self.store)
+        else:
+            data = _aliases_table(self.store)
+        self.con.register(table, data)
+        self.loaded.add(table)
+
+    def run(self, sql: str, store: ObjectStore | None = None) -> Any:
+        """The Arrow result of ``sql``, one ``SELECT`` statement (anything else is refused
+        with :class:`InvalidInputError` before it runs); read through ``store`` (another
+        object over the same registry, say a wrapper) if given."""
+        import duckdb
+
+        with self.lock:
+            if store is not None:
+                self.store = store
+            if self.con is None:
+                self.con = self._open()
+            statements = self.con.extract_statements(sql)
+            if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+                raise InvalidInputError("a ledger snapshot runs one SELECT statement only")
+            fingerprint = self._fingerprint()
+            if fingerprint is None or fingerprint != self.fingerprint:
+                for table in self.loaded:
+                    self.con.register(table, {"_versions": version_schema, "_events": event_schema,
+                                              "_aliases": _aliases_schema}[table]().empty_table())
+                self.loaded = set()
+                self.fingerprint = fingerprint
+            for table in sorted(tables_for(sql) - self.loaded):
+                self._load(table)
+            try:
+                return self.con.sql(sql).to_arrow_table()
+            except duckdb.Error as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise InvalidInputError(f"SQL error: {first}") from None
+
+
+_snapshots: dict[tuple[str, str], Snapshot] = {}
+_snapshots_lock = threading.Lock()
+
+
+def snapshot(store: ObjectStore) -> Snapshot:
+    """The :class:`Snapshot` of ``store``'s ledger (one per store URL in this process)."""
+    key = (type(store).__name__, store.url)
+    with _snapshots_lock:
+        snap = _snapshots.get(key)
+        if snap is None:
+            snap = _snapshots[key] = Snapshot(store)
+        return snap
+
+
+def snapshot_query(store: ObjectStore, sql: str) -> list[dict[str, Any]]:
+    """:func:`query` for casreg's own SQL (one ``SELECT``, built from validated pieces):
+    the same rows, from the store's :class:`Snapshot` (no new connection, no re-read of
+    a ledger that has not changed)."""
+    table = snapshot(store).run(sql, store)
+    columns = [(f.name, f.type, table.column(i).to_pylist()) for i, f in enumerate(table.schema)]
+    return [{name: _plain(values[i], typ) for name, typ, values in columns} for i in range(table.num_rows)]

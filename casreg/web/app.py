@@ -58,6 +58,8 @@ HERE = Path(__file__).parent
 PER_PAGE = 50
 MAX_PER_PAGE = 500
 HISTORY_PAGE = 100
+API_HISTORY_PAGE = 1000
+MAX_API_HISTORY_PAGE = 5000
 MAX_FILES_SHOWN = 1000
 #: The event kinds that move an alias (docs/lifecycle.md).
 POINTER_KINDS = ("alias.set", "alias.remove", "promote", "rollback")
@@ -382,15 +384,7 @@ class Pages:
         if policy is not None:
             effective = policy.for_model(name)
             gates = {stage: g.approvals for stage, g in effective.gates.items() if g.approvals}
-        chain: list[Version] = []
-        parent = v.lineage.parent
-        while parent is not None and len(chain) < 10:
-            try:
-                p = self.reg.show(str(parent))
-            except NotFoundError:
-                break
-            chain.append(p)
-            parent = p.lineage.parent
+        chain = self.reg.ancestors(v, limit=10)
         return {"v": v, "files": files, "aliases": aliases, "state": state, "deployed": deployed, "gates": gates,
                 "chain": chain, "pointers": pointers}
 
@@ -425,22 +419,24 @@ class Pages:
         return RedirectResponse(f"/models/{quote(v.name)}/versions/{v.version}", 303)
 
     # -- history -------------------------------------------------------------------------
-    def _history(self, request: Request) -> dict[str, Any]:
+    def _history(self, request: Request, per: int) -> dict[str, Any]:
+        """One page of the model's history, newest first (``page``, ``per``): only that
+        page's entries are built (``Registry.log_page``)."""
         name = _model_name(request)
         kinds = [k for k in request.query_params.getlist("kind") if k]
         alias = _opt(request, "alias")
         if alias is not None:
             validate_alias(alias)
-        entries = self.reg.log(name, alias=alias, kinds=kinds or None, since=_opt(request, "since"),
-                               until=_opt(request, "until"))
-        return {"name": name, "entries": entries, "kinds": kinds, "alias": alias or "",
+        page = _int(request, "page", 1)
+        logged = self.reg.log_page(name, alias=alias, kinds=kinds or None, since=_opt(request, "since"),
+                                   until=_opt(request, "until"), limit=per, offset=(page - 1) * per)
+        return {"name": name, "entries": logged.entries, "total": logged.total, "page": page, "per": per,
+                "pages": max(1, -(-logged.total // per)), "kinds": kinds, "alias": alias or "",
                 "since": _opt(request, "since") or "", "until": _opt(request, "until") or ""}
 
     def history(self, request: Request) -> Response:
-        d = self._history(request)
+        d = self._history(request, HISTORY_PAGE)
         name = d["name"]
-        page = _int(request, "page", 1)
-        entries = list(reversed(d["entries"]))  # newest first
         intervals = self._intervals(name)
         at_text, at_alias = _opt(request, "at"), _opt(request, "at_alias") or "production"
         validate_alias(at_alias)
@@ -457,13 +453,22 @@ class Pages:
         chart = timeline([(i.alias, i.version, i.start, i.end) for i in intervals], now=now, at=at,
                          href=lambda n: f"/models/{quote(name)}/versions/{n}")
         aliases = sorted({i.alias for i in intervals})
-        return self.render("history.html", **d, rows=entries[(page - 1) * HISTORY_PAGE: page * HISTORY_PAGE],
-                           page=page, pages=max(1, -(-len(entries) // HISTORY_PAGE)), total=len(entries),
-                           chart=chart, answer=answer, at_text=at_text or "", at_alias=at_alias, all_aliases=aliases,
-                           event_kinds=EVENT_KINDS, intervals=intervals, args=dict(request.query_params))
+        return self.render("history.html", **d, rows=d["entries"], chart=chart, answer=answer, at_text=at_text or "",
+                           at_alias=at_alias, all_aliases=aliases, event_kinds=EVENT_KINDS, intervals=intervals,
+                           args=dict(request.query_params))
 
     def api_history(self, request: Request) -> Response:
-        return json_response([e.to_dict() for e in self._history(request)["entries"]])
+        """The ``casreg log --json`` records, oldest first, of one page counted from the
+        newest (``page``, ``per``; default the newest 1,000: the whole log of most
+        models); ``X-Total-Count`` and a ``Link: rel="next"`` header page on."""
+        d = self._history(request, _int(request, "per", API_HISTORY_PAGE, 1, MAX_API_HISTORY_PAGE))
+        response = json_response([e.to_dict() for e in reversed(d["entries"])])
+        response.headers["x-total-count"] = str(d["total"])
+        if d["page"] < d["pages"]:
+            args = [(k, v) for k, v in request.query_params.multi_items() if k not in ("page", "per")]
+            args += [("page", str(d["page"] + 1)), ("per", str(d["per"]))]
+            response.headers["link"] = f'<{request.url.path}?{urlencode(args)}>; rel="next"'
+        return response
 
     def api_at(self, request: Request) -> Response:
         name = _model_name(request)
