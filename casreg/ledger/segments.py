@@ -117,8 +117,22 @@ def _list(store: ObjectStore, prefix: str, after: str | None) -> Iterable[str]:
 def version_numbers(store: ObjectStore, name: str, *, after: int = 0) -> list[int]:
     """Committed version numbers of ``name`` above ``after``, ascending (one listing, no
     reads; on a store with ``list_after``, a listing of those keys only)."""
+    import bisect
+
+    from casreg.ledger.cache import cached_under
+
+    prefix = f"{VERSIONS}/{name}"
+    if after and store.capabilities.list_after:
+        keys: Iterable[str] = store.list_after(prefix, version_segment_key(name, after))
+    else:  # every number, kept while the listing is unchanged (a long list: parse it once)
+        def derive() -> list[int]:
+            return sorted(p[1] for key in store.list(prefix)
+                          if (p := parse_version_segment_key(key)) is not None and p[0] == name)
+
+        numbers = cached_under(store, prefix, "version numbers", derive)
+        return numbers[bisect.bisect_right(numbers, after):]
     numbers = []
-    for key in _list(store, f"{VERSIONS}/{name}", version_segment_key(name, after) if after else None):
+    for key in keys:
         parsed = parse_version_segment_key(key)
         if parsed is not None and parsed[0] == name and parsed[1] > after:
             numbers.append(parsed[1])
@@ -386,14 +400,19 @@ def events_table(store: ObjectStore, *, with_segment: bool = False, name: str | 
     rows plus the event segments HEAD does not cover."""
     import pyarrow as pa
 
-    from casreg.ledger.cache import cached_list
+    from casreg.ledger.cache import cached_under
 
     def run(head: LedgerHead | None) -> pa.Table:
         compacted = read_compacted_events(store, head, name) if head else compacted_event_schema().empty_table()
-        covered = set(compacted.column(SEGMENT_COLUMN).to_pylist())
         prefix = f"{EVENTS}/{name}" if name else EVENTS
-        keys = sorted(k for k in cached_list(store, prefix) if is_event_key(k) and k not in covered)
-        fresh = segments_table(keys, read_many(store, keys), event_schema(), with_key=True)
+
+        def uncovered() -> pa.Table:
+            covered = set(compacted.column(SEGMENT_COLUMN).to_pylist())
+            keys = sorted(k for k in store.list(prefix) if is_event_key(k) and k not in covered)
+            return segments_table(keys, read_many(store, keys), event_schema(), with_key=True)
+
+        # segments are immutable: what is not covered, read, is kept while the listing stays
+        fresh = cached_under(store, prefix, f"events not covered by {head.id if head else '-'}", uncovered)
         table = sort_events(pa.concat_tables([compacted, fresh]))
         return table if with_segment else table.drop_columns([SEGMENT_COLUMN])
 
