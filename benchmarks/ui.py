@@ -271,7 +271,7 @@ def measure(root: Path, big: int, runs: int) -> list[dict[str, Any]]:
             assert r.status_code == 200
         out.append({"page": label, "path": path, "first_ms": 1000 * first,
                     "median_ms": 1000 * statistics.median(times), "max_ms": 1000 * max(times), "runs": runs,
-                    "bytes": len(r.content)})
+                    "all_ms": [round(1000 * x) for x in times], "bytes": len(r.content)})
         print(f"{label:<40} first {1000 * first:8.1f} ms  median {1000 * statistics.median(times):8.1f} ms",
               file=sys.stderr)
     return out

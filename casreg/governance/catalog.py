@@ -8,8 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from casreg.concurrency import map_concurrently
 from casreg.digest import HEX64
 from casreg.governance.search import field_sql
+from casreg.ledger.segments import read_version
+from casreg.ledger.sql import snapshot_cached
 from casreg.ledger.sql import snapshot_query as query
 from casreg.records import JsonValue, Version, _iso, parse_time
 from casreg.refs import validate_name
@@ -56,6 +59,10 @@ def _utc(t: object) -> datetime:
 def model_summaries(store: ObjectStore) -> list[ModelSummary]:
     """Every model, by name: one query over the ``versions`` view (and ``events`` for
     the last activity), whatever the number of versions."""
+    return list(snapshot_cached(store, "model_summaries", lambda: _model_summaries(store)))
+
+
+def _model_summaries(store: ObjectStore) -> list[ModelSummary]:
     rows = query(store, """
         WITH t AS (SELECT name, max(version) AS n, sum(size) AS logical, sum(stored_bytes) AS stored
                    FROM versions GROUP BY name),
@@ -108,17 +115,13 @@ def ancestors(store: ObjectStore, parent: str | None, *, limit: int = 10) -> lis
         return []
     limit = min(int(limit), 100)
     rows = query(store, f"""
-        WITH RECURSIVE chain(depth, digest) AS (
+        WITH RECURSIVE n AS (
+            SELECT digest, name, version, lineage.parent AS parent FROM versions
+            QUALIFY row_number() OVER (PARTITION BY digest ORDER BY created_at DESC, name, version) = 1),
+        chain(depth, digest) AS (
             SELECT 1, 'blake3:{hexd}'
             UNION ALL
-            SELECT c.depth + 1, n.parent FROM chain c
-            JOIN (SELECT digest, lineage.parent AS parent FROM versions
-                  QUALIFY row_number() OVER (PARTITION BY digest ORDER BY created_at DESC, name, version) = 1) n
-              ON n.digest = c.digest
+            SELECT c.depth + 1, n.parent FROM chain c JOIN n ON n.digest = c.digest
             WHERE c.depth < {limit} AND n.parent IS NOT NULL)
-        SELECT v.* EXCLUDE (files), c.depth AS _depth FROM chain c
-        JOIN (SELECT * FROM versions
-              QUALIFY row_number() OVER (PARTITION BY digest ORDER BY created_at DESC, name, version) = 1) v
-          ON v.digest = c.digest
-        ORDER BY c.depth""")
-    return [Version.from_dict({k: v for k, v in r.items() if not k.startswith("_")}) for r in rows]
+        SELECT n.name, n.version FROM chain c JOIN n ON n.digest = c.digest ORDER BY c.depth""")
+    return map_concurrently(lambda r: read_version(store, str(r["name"]), int(r["version"])), rows)

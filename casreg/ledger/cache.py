@@ -129,27 +129,34 @@ def cached_list(store: ObjectStore, prefix: str) -> list[str]:
     return keys
 
 
-def cached_under(store: ObjectStore, prefix: str, what: str, derive: Callable[[], T]) -> T:
-    """``derive()``, a value made from the objects under ``prefix`` (their keys and the
-    bytes of each: casreg publishes and swaps objects by linking or renaming them into
-    place, which moves the token), reused while the store's listing token for ``prefix``
-    is unchanged; ``what`` names the value. Callers must not mutate it."""
-    token = store.listing_token(prefix)
+def cached_under(store: ObjectStore, prefix: str | tuple[str, ...], what: str, derive: Callable[[], T]) -> T:
+    """``derive()``, a value made from the objects under ``prefix`` (one or several: their
+    keys and the bytes of each: casreg publishes and swaps objects by linking or renaming
+    them into place, which moves the token), reused while the store's listing tokens for
+    them are unchanged; ``what`` names the value (and anything else it depends on).
+    Callers must not mutate it."""
+    prefixes = (prefix,) if isinstance(prefix, str) else prefix
+    token = _tokens(store, prefixes)
     if token is None:
         return derive()
-    key = (type(store).__name__, store.url, prefix, what)
+    key = (type(store).__name__, store.url, "|".join(prefixes), what)
     with _lock:
         hit = _derived.get(key)
         if hit is not None and hit[0] == token:
             _derived.move_to_end(key)
             return cast(T, hit[1])
     value = derive()
-    if store.listing_token(prefix) == token:
+    if _tokens(store, prefixes) == token:
         with _lock:
             _derived[key] = (token, value)
             while len(_derived) > MAX_LISTINGS:
                 _derived.popitem(last=False)
     return value
+
+
+def _tokens(store: ObjectStore, prefixes: tuple[str, ...]) -> tuple[Hashable, ...] | None:
+    tokens = tuple(store.listing_token(p) for p in prefixes)
+    return None if any(t is None for t in tokens) else tokens
 
 
 def clear() -> None:

@@ -32,8 +32,8 @@ import datetime as _dt
 import decimal
 import re
 import threading
-from collections.abc import Collection, Hashable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection, Hashable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from casreg.errors import InvalidInputError, NotFoundError
 from casreg.ledger.pointers import list_pointers
@@ -44,7 +44,7 @@ from casreg.storage import ObjectStore
 if TYPE_CHECKING:
     import duckdb
 
-__all__ = ["Snapshot", "connect", "query", "snapshot", "snapshot_query"]
+__all__ = ["Snapshot", "connect", "query", "snapshot", "snapshot_cached", "snapshot_query"]
 
 _VIEWS = """
 CREATE VIEW versions AS SELECT * FROM _versions;
@@ -261,6 +261,9 @@ def query(store: ObjectStore, sql: str) -> list[dict[str, Any]]:
     ]
 
 
+T = TypeVar("T")
+
+
 class Snapshot:
     """One locked-down DuckDB connection over the ledger of one store, for casreg's own
     queries (:func:`snapshot_query`), reused while the ledger is unchanged.
@@ -284,6 +287,7 @@ class Snapshot:
         self.con: duckdb.DuckDBPyConnection | None = None
         self.fingerprint: Hashable | None = None
         self.loaded: set[str] = set()
+        self.memo: dict[Hashable, object] = {}
 
     def _fingerprint(self) -> Hashable | None:
         from casreg.keys import COMPACTED, EVENTS, HEAD_KEY, POINTERS, VERSIONS
@@ -324,12 +328,34 @@ class Snapshot:
         self.con.register(table, data)
         self.loaded.add(table)
 
-    def run(self, sql: str, store: ObjectStore | None = None) -> Any:
+    def cached(self, key: Hashable, make: Callable[[Hashable | None], T], store: ObjectStore | None = None) -> T:
+        """``make(fingerprint)``, kept while the ledger's fingerprint stays the one it was
+        made under (a value derived only from the snapshot's tables, as the rows of a
+        deterministic query are); ``make`` passes the fingerprint on to :meth:`run`.
+        Where the store gives no fingerprint, made every time."""
+        if store is not None:
+            self.store = store
+        fingerprint = self._fingerprint()
+        with self.lock:
+            if fingerprint is not None and fingerprint == self.fingerprint and key in self.memo:
+                return cast(T, self.memo[key])
+        value = make(fingerprint)
+        with self.lock:
+            if fingerprint is not None and fingerprint == self.fingerprint:
+                self.memo[key] = value
+                while len(self.memo) > MAX_MEMO:
+                    self.memo.pop(next(iter(self.memo)))
+        return value
+
+    def run(self, sql: str, store: ObjectStore | None = None, *, fingerprint: Hashable | None = None) -> Any:
         """The Arrow result of ``sql``, one ``SELECT`` statement (anything else is refused
         with :class:`InvalidInputError` before it runs); read through ``store`` (another
-        object over the same registry, say a wrapper) if given."""
+        object over the same registry, say a wrapper) if given. ``fingerprint``: the
+        ledger's, taken by the caller just now (else it is taken here)."""
         import duckdb
 
+        if fingerprint is None:
+            fingerprint = self._fingerprint()
         with self.lock:
             if store is not None:
                 self.store = store
@@ -338,12 +364,12 @@ class Snapshot:
             statements = self.con.extract_statements(sql)
             if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
                 raise InvalidInputError("a ledger snapshot runs one SELECT statement only")
-            fingerprint = self._fingerprint()
             if fingerprint is None or fingerprint != self.fingerprint:
                 for table in self.loaded:
                     self.con.register(table, {"_versions": version_schema, "_events": event_schema,
                                               "_aliases": _aliases_schema}[table]().empty_table())
                 self.loaded = set()
+                self.memo = {}
                 self.fingerprint = fingerprint
             for table in sorted(tables_for(sql) - self.loaded):
                 self._load(table)
@@ -355,6 +381,8 @@ class Snapshot:
 
 
 _snapshots: dict[tuple[str, str], Snapshot] = {}
+#: Results a snapshot keeps (per ledger state; cleared when it changes).
+MAX_MEMO = 256
 _snapshots_lock = threading.Lock()
 
 
@@ -372,6 +400,17 @@ def snapshot_query(store: ObjectStore, sql: str) -> list[dict[str, Any]]:
     """:func:`query` for casreg's own SQL (one ``SELECT``, built from validated pieces):
     the same rows, from the store's :class:`Snapshot` (no new connection, no re-read of
     a ledger that has not changed)."""
-    table = snapshot(store).run(sql, store)
-    columns = [(f.name, f.type, table.column(i).to_pylist()) for i, f in enumerate(table.schema)]
-    return [{name: _plain(values[i], typ) for name, typ, values in columns} for i in range(table.num_rows)]
+    snap = snapshot(store)
+
+    def make(fingerprint: Hashable | None) -> list[dict[str, Any]]:
+        table = snap.run(sql, store, fingerprint=fingerprint)
+        columns = [(f.name, f.type, table.column(i).to_pylist()) for i, f in enumerate(table.schema)]
+        return [{name: _plain(values[i], typ) for name, typ, values in columns} for i in range(table.num_rows)]
+
+    return [dict(r) for r in snap.cached(("rows", sql), make, store)]
+
+
+def snapshot_cached(store: ObjectStore, key: Hashable, make: Callable[[], T]) -> T:
+    """``make()``, a value derived only from :func:`snapshot_query` results, kept while
+    the ledger is unchanged (:meth:`Snapshot.cached`); callers must not mutate it."""
+    return snapshot(store).cached(("value", key), lambda _: make(), store)
