@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -308,6 +309,14 @@ class Registry:
 
         return search(self.store, name, where=where, stage=stage, alias=alias, sort=sort, descending=descending,
                       limit=limit, offset=offset)
+
+    def consistent_reads(self) -> AbstractContextManager[None]:
+        """A block of reads (one web page) that looks once at whether the ledger changed:
+        the summaries, searches, series and log pages read in it see one state of the
+        ledger, none older than the block (:func:`casreg.ledger.sql.consistent_reads`)."""
+        from casreg.ledger.sql import consistent_reads
+
+        return consistent_reads(self.store)
 
     def models(self) -> list[ModelSummary]:
         """Every model, by name, with its latest version, its number of versions, their

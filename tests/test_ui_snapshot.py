@@ -146,6 +146,21 @@ def test_the_web_pages_show_a_push_on_the_next_request(reg: casreg.Registry, tmp
     assert "/models/m/versions/4" in client.get("/models/m/history").text
 
 
+def test_consistent_reads_look_once_and_never_before_the_block(reg: casreg.Registry, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    looks: list[int] = []
+    real = ledger_sql.Snapshot._look
+    monkeypatch.setattr(ledger_sql.Snapshot, "_look", lambda self: looks.append(1) or real(self))
+    push(reg, tmp_path, b"before the block")
+    with reg.consistent_reads():
+        assert reg.models()[0].versions == 4  # the block's one look is taken after the push
+        reg.series("m", ["metrics.auc"])
+        reg.log_page("m")
+        assert len(looks) == 1
+    push(reg, tmp_path, b"after it")
+    assert reg.models()[0].versions == 5
+
+
 # -- the snapshot keeps no one's state -------------------------------------------------------------
 @pytest.mark.parametrize("sql", [
     "CREATE TABLE leak AS SELECT 1 AS x",

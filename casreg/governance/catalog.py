@@ -113,15 +113,22 @@ def ancestors(store: ObjectStore, parent: str | None, *, limit: int = 10) -> lis
     hexd = str(parent).removeprefix("blake3:")
     if not HEX64.fullmatch(hexd):
         return []
-    limit = min(int(limit), 100)
-    rows = query(store, f"""
-        WITH RECURSIVE n AS (
-            SELECT digest, name, version, lineage.parent AS parent FROM versions
-            QUALIFY row_number() OVER (PARTITION BY digest ORDER BY created_at DESC, name, version) = 1),
-        chain(depth, digest) AS (
-            SELECT 1, 'blake3:{hexd}'
-            UNION ALL
-            SELECT c.depth + 1, n.parent FROM chain c JOIN n ON n.digest = c.digest
-            WHERE c.depth < {limit} AND n.parent IS NOT NULL)
-        SELECT n.name, n.version FROM chain c JOIN n ON n.digest = c.digest ORDER BY c.depth""")
-    return map_concurrently(lambda r: read_version(store, str(r["name"]), int(r["version"])), rows)
+    newest = snapshot_cached(store, "newest version holding each digest", lambda: _newest_holders(store))
+    chain: list[tuple[str, int]] = []
+    digest: str | None = f"blake3:{hexd}"
+    while digest is not None and len(chain) < limit:
+        hit = newest.get(digest)
+        if hit is None:
+            break
+        chain.append((hit[0], hit[1]))
+        digest = hit[2]
+    return map_concurrently(lambda nv: read_version(store, nv[0], nv[1]), chain)
+
+
+def _newest_holders(store: ObjectStore) -> dict[str, tuple[str, int, str | None]]:
+    """Each version digest → the newest version holding it (name, number, its parent)."""
+    rows = query(store, """
+        SELECT digest, name, version, lineage.parent AS parent FROM versions
+        QUALIFY row_number() OVER (PARTITION BY digest ORDER BY created_at DESC, name, version) = 1""")
+    return {str(r["digest"]): (str(r["name"]), int(str(r["version"])),
+                               None if r["parent"] is None else str(r["parent"])) for r in rows}

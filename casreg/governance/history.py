@@ -159,7 +159,7 @@ def history_page(store: ObjectStore, name: str, *, alias: str | None = None, kin
     from casreg.governance.search import _quote
     from casreg.ledger.pointers import read_pointer_events
     from casreg.ledger.segments import events_table
-    from casreg.ledger.sql import snapshot_query
+    from casreg.ledger.sql import snapshot
 
     limit, offset = max(0, int(limit)), max(0, int(offset))
     registry_only = name == REGISTRY_EVENTS
@@ -185,23 +185,24 @@ def history_page(store: ObjectStore, name: str, *, alias: str | None = None, kin
         clauses.append(f"time >= {_quote(_iso(since))}::TIMESTAMPTZ")
     if until is not None:
         clauses.append(f"time <= {_quote(_iso(until))}::TIMESTAMPTZ")
-    rows = snapshot_query(store, f"""
-        SELECT *, count(*) OVER () AS _total FROM events WHERE {' AND '.join(clauses)}
-        ORDER BY time DESC, coalesce(event_id, '') DESC LIMIT {limit} OFFSET {offset}""")
-    if not rows:
-        total = snapshot_query(store, f"SELECT count(*) AS n FROM events WHERE {' AND '.join(clauses)}")[0]["n"]
-        if not total:  # nothing at all: history() says whether the model exists
-            history(store, name, alias=alias, kinds=kinds, since=since, until=until)
-        return LogPage([], int(total or 0))
+    sql = f"""SELECT * FROM events WHERE {' AND '.join(clauses)}
+              ORDER BY time DESC, coalesce(event_id, '') DESC"""
+    snap = snapshot(store)
+    # the whole filtered history, sorted once per state of the ledger (narrow rows, kept
+    # with the snapshot): every page after the first is a slice of it
+    table = snap.cached(("history", sql), lambda fingerprint: snap.run(sql, store, fingerprint=fingerprint), store)
+    if table.num_rows == 0:  # nothing at all: history() says whether the model exists
+        history(store, name, alias=alias, kinds=kinds, since=since, until=until)
+        return LogPage([], 0)
     out = []
-    for r in rows:
+    for r in table.slice(offset, limit).to_pylist():
         details = r["details"]
         out.append(LogEntry(time=_utc(r["time"]), kind=r["kind"], name=r["name"], alias=r["alias"],
                             from_version=r["from_version"], to_version=r["to_version"], author=r["author"],
                             host=r["host"], reason=r["reason"], from_digest=r["from_digest"],
                             to_digest=r["to_digest"], details=json.loads(details) if details else {},
                             event_id=r["event_id"]))
-    return LogPage(out, int(rows[0]["_total"]))
+    return LogPage(out, table.num_rows)
 
 
 def _utc(t: object) -> datetime:

@@ -32,7 +32,8 @@ import datetime as _dt
 import decimal
 import re
 import threading
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Callable, Collection, Hashable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from casreg.errors import InvalidInputError, NotFoundError
@@ -44,7 +45,7 @@ from casreg.storage import ObjectStore
 if TYPE_CHECKING:
     import duckdb
 
-__all__ = ["Snapshot", "connect", "query", "snapshot", "snapshot_cached", "snapshot_query"]
+__all__ = ["Snapshot", "connect", "consistent_reads", "query", "snapshot", "snapshot_cached", "snapshot_query"]
 
 _VIEWS = """
 CREATE VIEW versions AS SELECT * FROM _versions;
@@ -290,6 +291,14 @@ class Snapshot:
         self.memo: dict[Hashable, object] = {}
 
     def _fingerprint(self) -> Hashable | None:
+        pins = getattr(_pins, "by_snapshot", None)
+        if pins is not None and id(self) in pins:  # inside consistent_reads(): one look per block
+            if pins[id(self)] is _UNSET:
+                pins[id(self)] = self._look()
+            return cast(Hashable | None, pins[id(self)])
+        return self._look()
+
+    def _look(self) -> Hashable | None:
         from casreg.keys import COMPACTED, EVENTS, HEAD_KEY, POINTERS, VERSIONS
 
         tokens = tuple(self.store.listing_token(p) for p in (VERSIONS, EVENTS, POINTERS, COMPACTED))
@@ -381,6 +390,8 @@ class Snapshot:
 
 
 _snapshots: dict[tuple[str, str], Snapshot] = {}
+_pins = threading.local()
+_UNSET = object()
 #: Results a snapshot keeps (per ledger state; cleared when it changes).
 MAX_MEMO = 256
 _snapshots_lock = threading.Lock()
@@ -394,6 +405,27 @@ def snapshot(store: ObjectStore) -> Snapshot:
         if snap is None:
             snap = _snapshots[key] = Snapshot(store)
         return snap
+
+
+@contextmanager
+def consistent_reads(store: ObjectStore) -> Iterator[None]:
+    """Within the block, on this thread, :func:`snapshot_query` and
+    :func:`snapshot_cached` look once (at their first call) at whether ``store``'s ledger
+    changed, instead of at every call: the reads of one request then cost one look, and
+    all see the same state, none older than the block. For reads: a change made inside
+    the block need not show in the block's later snapshot reads."""
+    snap = snapshot(store)
+    pins = getattr(_pins, "by_snapshot", None)
+    if pins is None:
+        pins = _pins.by_snapshot = {}
+    if id(snap) in pins:  # nested: the outer block's look stands
+        yield
+        return
+    pins[id(snap)] = _UNSET
+    try:
+        yield
+    finally:
+        pins.pop(id(snap), None)
 
 
 def snapshot_query(store: ObjectStore, sql: str) -> list[dict[str, Any]]:

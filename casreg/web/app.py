@@ -246,7 +246,9 @@ class Pages:
                 raise InvalidInputError(f"tag filter must be KEY=VALUE, got {tag[:60]!r}")
             want = (key, value)
         summaries = self.reg.models()
-        pointers = self._by_version(self.reg.aliases())
+        by_model: dict[str, dict[str, int]] = {}
+        for p in self.reg.aliases():
+            by_model.setdefault(p.name, {})[p.alias] = p.version
         rows = []
         for s in summaries:
             v = s.latest
@@ -255,8 +257,7 @@ class Pages:
                 continue
             if want is not None and v.tags.get(want[0]) != want[1]:
                 continue
-            aliases = {a: ver for (n, ver), names in pointers.items() if n == v.name for a in names}
-            rows.append((s, dict(sorted(aliases.items()))))
+            rows.append((s, dict(sorted(by_model.get(v.name, {}).items()))))
         page = _int(request, "page", 1)
         per = _int(request, "per", PER_PAGE, 1, MAX_PER_PAGE)
         return {"rows": rows[(page - 1) * per: page * per], "total": len(rows), "page": page, "per": per,
@@ -569,12 +570,18 @@ def _parse_when(text: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def _sync(fn: Callable[[Request], Response]) -> Callable[[Request], Awaitable[Response]]:
-    """Run a page's (blocking) library calls on a worker thread."""
+def _sync(fn: Callable[[Request], Response], registry: Registry) -> Callable[[Request], Awaitable[Response]]:
+    """Run a page's (blocking) library calls on a worker thread, all of them on one look
+    at whether the ledger changed (``Registry.consistent_reads``: taken when the request
+    is served, so a page is never older than its request)."""
     from starlette.concurrency import run_in_threadpool
 
+    def call(request: Request) -> Response:
+        with registry.consistent_reads():
+            return fn(request)
+
     async def endpoint(request: Request) -> Response:
-        return await run_in_threadpool(fn, request)
+        return await run_in_threadpool(call, request)
 
     endpoint.__name__ = fn.__name__
     return endpoint
@@ -589,22 +596,22 @@ def create_app(registry: Registry, *, allow_writes: bool = False) -> Starlette:
     pages = Pages(registry)
     get = ["GET"]
     routes = [
-        Route("/", _sync(pages.models), methods=get),
-        Route("/models/{name}", _sync(pages.model), methods=get),
-        Route("/models/{name}/versions/{number:int}", _sync(pages.version), methods=get),
-        Route("/models/{name}/history", _sync(pages.history), methods=get),
-        Route("/ref/{ref:path}", _sync(pages.ref), methods=get),
-        Route("/diff", _sync(pages.diff), methods=get),
-        Route("/policy", _sync(pages.policy), methods=get),
-        Route("/registry/history", _sync(pages.registry_history), methods=get),
-        Route("/api/models", _sync(pages.api_models), methods=get),
-        Route("/api/models/{name}", _sync(pages.api_model), methods=get),
-        Route("/api/models/{name}/series", _sync(pages.api_series), methods=get),
-        Route("/api/models/{name}/versions/{number:int}", _sync(pages.api_version), methods=get),
-        Route("/api/models/{name}/history", _sync(pages.api_history), methods=get),
-        Route("/api/models/{name}/at", _sync(pages.api_at), methods=get),
-        Route("/api/diff", _sync(pages.api_diff), methods=get),
-        Route("/api/policy", _sync(pages.api_policy), methods=get),
+        Route("/", _sync(pages.models, registry), methods=get),
+        Route("/models/{name}", _sync(pages.model, registry), methods=get),
+        Route("/models/{name}/versions/{number:int}", _sync(pages.version, registry), methods=get),
+        Route("/models/{name}/history", _sync(pages.history, registry), methods=get),
+        Route("/ref/{ref:path}", _sync(pages.ref, registry), methods=get),
+        Route("/diff", _sync(pages.diff, registry), methods=get),
+        Route("/policy", _sync(pages.policy, registry), methods=get),
+        Route("/registry/history", _sync(pages.registry_history, registry), methods=get),
+        Route("/api/models", _sync(pages.api_models, registry), methods=get),
+        Route("/api/models/{name}", _sync(pages.api_model, registry), methods=get),
+        Route("/api/models/{name}/series", _sync(pages.api_series, registry), methods=get),
+        Route("/api/models/{name}/versions/{number:int}", _sync(pages.api_version, registry), methods=get),
+        Route("/api/models/{name}/history", _sync(pages.api_history, registry), methods=get),
+        Route("/api/models/{name}/at", _sync(pages.api_at, registry), methods=get),
+        Route("/api/diff", _sync(pages.api_diff, registry), methods=get),
+        Route("/api/policy", _sync(pages.api_policy, registry), methods=get),
         Mount("/static", StaticFiles(directory=HERE / "static", html=False), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={
