@@ -2,27 +2,40 @@
 100,000 versions and 1,000,000 events on a local disk (issue 12: < 300 ms a page, after
 the first request).
 
-Building (not timed), in the way of benchmarks/ledger_scale.py: ``--seed`` small real
-pushes give the content; then every version of every model is written in bulk, in
-parallel, as the one-row Parquet segment and JSON copy ``commit_version`` writes, reusing
-a seed's content with its own time, author, metrics, params and tags. One model, ``big``,
-holds ``--big`` of the versions (pagination at ~100,000 versions); the others share the
-rest. ``production`` and ``staging`` of every model are real alias moves, then the
-ledger is compacted (``Registry.compact(full=True)``). The remaining events (alias moves
-and approvals, ``--events`` in all) are written straight into one compacted events file
-that a new HEAD lists, as compaction would have left them: writing a million one-row
-segments first would take this 2-core machine most of an hour. So listing a million
-event segments is not part of these timings (readers list only uncompacted segments'
-keys after HEAD's; see docs/benchmarks-ui.md). The registry is cached in ``--cache``.
+Building (not timed; ``--build-only`` stops there). What is real and what is not:
+
+- **real pushes**: ``--seed`` small files pushed as ``seed-model`` (they give the content
+  every other version reuses), and at the end 20 pushes to ``big`` left uncompacted;
+- **real version segments, written in bulk**: every other version (99,970) as the
+  one-row format-2 Parquet segment ``commit_version`` writes (same schema, zstd, the
+  record in the footer metadata), straight to its key, in parallel (no fsync, no
+  create-if-absent); each reuses a seed's content with its own time, author, metrics,
+  params and tags. One model, ``big``, holds ``--big`` of them;
+- **compacted files written directly**: one versions file holding exactly those rows and
+  one events file holding the synthetic events (canary moves, approvals, archives:
+  ``--events`` in all, minus the real ones), each written by compaction's own writer
+  (``casreg.ledger.compact._write``), and a HEAD covering them, swapped in as compaction
+  does. The synthetic events have **no segment files**: a real registry keeps one
+  segment per event for ever, and every reader that lists all events (the SQL views,
+  compaction) lists them (~5 s for a million keys through ``LocalStore.list`` here);
+  these timings do not include that;
+- **real alias moves**: ``production`` and ``staging`` of every model, a move and a
+  rollback of ``big@staging`` (2,002 moves, each with its event segment), then a real
+  ``casreg compact --full`` (which merges everything into one file per table);
+- **real uncompacted tail**: 20 pushes, 20 approvals and 20 ``canary`` moves of ``big``
+  after that compaction (the steady state the automatic compaction allows).
+
+The registry is cached in ``--cache``.
 
 Measuring: the app runs in-process (Starlette's TestClient: no network, no uvicorn);
 each page is requested once (the first request, reported on its own), then ``--runs``
-times; the median is reported.
+times; every run and the median are reported. Paths with ``N`` ask for another page or
+version each run (nothing kept from an earlier request of the same page).
 
 Usage::
 
     python -m benchmarks.ui [--models 1000] [--versions 100000] [--big 90010] [--events 1000000]
-                            [--runs 5] [--cache DIR] [--out docs/benchmarks-ui.md]
+                            [--runs 5] [--cache DIR] [--out FILE] [--build-only]
 """
 
 from __future__ import annotations
