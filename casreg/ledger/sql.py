@@ -392,8 +392,9 @@ class Snapshot:
 _snapshots: dict[tuple[str, str], Snapshot] = {}
 _pins = threading.local()
 _UNSET = object()
-#: Results a snapshot keeps (per ledger state; cleared when it changes).
-MAX_MEMO = 256
+#: Results a snapshot keeps (per ledger state; cleared when it changes; the oldest go
+#: first): a model's sorted history is the largest (~20 MB at 100,000 entries).
+MAX_MEMO = 64
 _snapshots_lock = threading.Lock()
 
 
