@@ -105,7 +105,7 @@ def test_an_unchanged_ledger_is_read_once(reg: casreg.Registry, monkeypatch: pyt
     age(Path(reg.url))
     calls: list[str] = []
     real = ledger_sql.versions_table
-    monkeypatch.setattr(ledger_sql, "versions_table", lambda store: calls.append("v") or real(store))
+    monkeypatch.setattr(ledger_sql, "versions_table", lambda store, **kw: calls.append("v") or real(store, **kw))
     for _ in range(3):
         assert reg.models()[0].versions == 3
         assert len(reg.series("m", ["metrics.auc"])) == 3

@@ -24,7 +24,7 @@ from casreg.storage import ObjectStore
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from casreg.ledger.head import CompactedFile
+    from casreg.ledger.head import CompactedFile, LedgerHead
 
 __all__ = ["cached_list", "cached_under", "compacted_rows", "clear"]
 
@@ -154,6 +154,30 @@ def cached_under(store: ObjectStore, prefix: str | tuple[str, ...], what: str, d
     return value
 
 
+_covered: OrderedDict[tuple[object, ...], frozenset[str]] = OrderedDict()
+
+
+def covered_keys(head: LedgerHead | None, compacted: pa.Table) -> frozenset[str]:
+    """The event segment keys ``compacted`` (the rows HEAD's compacted events files hold,
+    of every model or one) covers; kept per set of files (by BLAKE3) and row count."""
+    from casreg.ledger.schema import SEGMENT_COLUMN
+
+    if head is None:
+        return frozenset(compacted.column(SEGMENT_COLUMN).to_pylist())
+    key = (tuple(f.blake3 for f in head.events), compacted.num_rows,
+           compacted.column("name")[0].as_py() if compacted.num_rows else None)
+    with _lock:
+        hit = _covered.get(key)
+    if hit is not None:
+        return hit
+    keys = frozenset(compacted.column(SEGMENT_COLUMN).to_pylist())
+    with _lock:
+        _covered[key] = keys
+        while len(_covered) > MAX_FILES:
+            _covered.popitem(last=False)
+    return keys
+
+
 def _tokens(store: ObjectStore, prefixes: tuple[str, ...]) -> tuple[Hashable, ...] | None:
     tokens = tuple(store.listing_token(p) for p in prefixes)
     return None if any(t is None for t in tokens) else tokens
@@ -166,3 +190,4 @@ def clear() -> None:
         _listings.clear()
         _derived.clear()
         _checked.clear()
+        _covered.clear()

@@ -352,9 +352,9 @@ def append_event(store: ObjectStore, event: AliasEvent) -> bool:
 
 # -- whole tables (for SQL) ------------------------------------------------------------------
 def versions_table(store: ObjectStore, *, name: str | None = None,
-                   columns: Sequence[str] | None = None) -> pa.Table:
-    """Every version record (of model ``name`` only, if given), sorted by (name, version):
-    compacted rows plus the segments HEAD does not cover."""
+                   columns: Sequence[str] | None = None, sort: bool = True) -> pa.Table:
+    """Every version record (of model ``name`` only, if given), sorted by (name, version)
+    unless ``sort`` is false: compacted rows plus the segments HEAD does not cover."""
     import pyarrow as pa
 
     schema = project(version_schema(), columns)
@@ -365,7 +365,7 @@ def versions_table(store: ObjectStore, *, name: str | None = None,
         parts = [read_compacted_versions(store, head, name=name, columns=schema.names)] if head else []
         keys = _uncovered_version_keys(store, head, name)
         parts.append(segments_table(keys, read_many(store, keys), schema))
-        return sort_versions(pa.concat_tables(parts))
+        return sort_versions(pa.concat_tables(parts)) if sort else pa.concat_tables(parts)
 
     return with_head(store, run)
 
@@ -395,25 +395,27 @@ def _uncovered_version_keys(store: ObjectStore, head: LedgerHead | None, name: s
     return keys
 
 
-def events_table(store: ObjectStore, *, with_segment: bool = False, name: str | None = None) -> pa.Table:
-    """Every event (of model ``name`` only, if given), sorted by segment key: compacted
-    rows plus the event segments HEAD does not cover."""
+def events_table(store: ObjectStore, *, with_segment: bool = False, name: str | None = None,
+                 sort: bool = True) -> pa.Table:
+    """Every event (of model ``name`` only, if given), sorted by segment key unless
+    ``sort`` is false: compacted rows plus the event segments HEAD does not cover."""
     import pyarrow as pa
 
-    from casreg.ledger.cache import cached_under
+    from casreg.ledger.cache import cached_under, covered_keys
 
     def run(head: LedgerHead | None) -> pa.Table:
         compacted = read_compacted_events(store, head, name) if head else compacted_event_schema().empty_table()
         prefix = f"{EVENTS}/{name}" if name else EVENTS
 
         def uncovered() -> pa.Table:
-            covered = set(compacted.column(SEGMENT_COLUMN).to_pylist())
+            covered = covered_keys(head, compacted)
             keys = sorted(k for k in store.list(prefix) if is_event_key(k) and k not in covered)
             return segments_table(keys, read_many(store, keys), event_schema(), with_key=True)
 
         # segments are immutable: what is not covered, read, is kept while the listing stays
         fresh = cached_under(store, prefix, f"events not covered by {head.id if head else '-'}", uncovered)
-        table = sort_events(pa.concat_tables([compacted, fresh]))
+        table = pa.concat_tables([compacted, fresh])
+        table = sort_events(table) if sort else table
         return table if with_segment else table.drop_columns([SEGMENT_COLUMN])
 
     return with_head(store, run)

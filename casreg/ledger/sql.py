@@ -328,10 +328,10 @@ class Snapshot:
 
     def _load(self, table: str) -> None:
         assert self.con is not None
-        if table == "_versions":
-            data = versions_table(self.store)
+        if table == "_versions":  # SQL needs no order: not sorting saves seconds at 1M rows
+            data = versions_table(self.store, sort=False)
         elif table == "_events":
-            data = events_table(self.store)
+            data = events_table(self.store, sort=False)
         else:
             data = _aliases_table(self.store)
         self.con.register(table, data)
