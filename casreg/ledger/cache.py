@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, TypeVar, cast
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 from casreg.storage import ObjectStore
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from casreg.ledger.head import CompactedFile, LedgerHead
 
 __all__ = ["cached_list", "cached_under", "compacted_rows", "clear"]
 
@@ -73,14 +72,25 @@ class _Rows:
         return pa.concat_tables(parts) if parts else self.table.schema.empty_table()
 
 
-def compacted_rows(store: ObjectStore, f: CompactedFile, schema: pa.Schema, name: str | None = None) -> pa.Table:
+class Compacted(Protocol):
+    """A compacted file as HEAD lists it (:class:`casreg.ledger.head.CompactedFile`)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def blake3(self) -> str: ...
+
+
+def compacted_rows(store: ObjectStore, f: Compacted, schema: pa.Schema, read: Callable[[], bytes],
+                   name: str | None = None) -> pa.Table:
     """The rows of compacted file ``f`` (of model ``name`` only, if given) in ``schema``
-    (the full schema of its table), as :func:`~casreg.ledger.head.read_compacted` reads
-    and checks them (raising what it raises). The file is read and checked again unless
+    (the full schema of its table), as ``read()`` (:func:`~casreg.ledger.head.read_compacted`)
+    reads and checks them (raising what it raises). The file is read and checked again unless
     the store's listing token of its directory is the one it had when this store's copy
     was last checked (deleting or replacing the file moves it); the decoded rows are
     kept by content (key, size, BLAKE3), so a re-check does not decode again."""
-    from casreg.ledger.head import read_compacted
     from casreg.ledger.schema import load_compacted
 
     key = (f.key, f.size, f.blake3, str(schema))
@@ -94,7 +104,7 @@ def compacted_rows(store: ObjectStore, f: CompactedFile, schema: pa.Schema, name
         fresh = token is not None and _checked.get(checked) == (token, f.blake3)
     if fresh and rows is not None:
         return rows.of(name)
-    data = read_compacted(store, f)
+    data = read()
     if rows is None:
         rows = _Rows(load_compacted(data, schema))
     with _lock:
@@ -157,14 +167,14 @@ def cached_under(store: ObjectStore, prefix: str | tuple[str, ...], what: str, d
 _covered: OrderedDict[tuple[object, ...], frozenset[str]] = OrderedDict()
 
 
-def covered_keys(head: LedgerHead | None, compacted: pa.Table) -> frozenset[str]:
-    """The event segment keys ``compacted`` (the rows HEAD's compacted events files hold,
-    of every model or one) covers; kept per set of files (by BLAKE3) and row count."""
+def covered_keys(files: Sequence[Compacted] | None, compacted: pa.Table) -> frozenset[str]:
+    """The event segment keys ``compacted`` (the rows HEAD's compacted events ``files``
+    hold, of every model or one) covers; kept per set of files (by BLAKE3) and rows."""
     from casreg.ledger.schema import SEGMENT_COLUMN
 
-    if head is None:
+    if files is None:
         return frozenset(compacted.column(SEGMENT_COLUMN).to_pylist())
-    key = (tuple(f.blake3 for f in head.events), compacted.num_rows,
+    key = (tuple(f.blake3 for f in files), compacted.num_rows,
            compacted.column("name")[0].as_py() if compacted.num_rows else None)
     with _lock:
         hit = _covered.get(key)

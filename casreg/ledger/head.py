@@ -199,7 +199,8 @@ def read_compacted_versions(store: ObjectStore, head: LedgerHead, *, name: str |
     from casreg.ledger.cache import compacted_rows
 
     schema = project(version_schema(), columns)
-    parts = [compacted_rows(store, f, version_schema(), name).select(schema.names) for f in head.versions]
+    parts = [compacted_rows(store, f, version_schema(), lambda f=f: read_compacted(store, f), name)  # type: ignore[misc]
+             .select(schema.names) for f in head.versions]
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
@@ -209,5 +210,6 @@ def read_compacted_events(store: ObjectStore, head: LedgerHead, name: str | None
     from casreg.ledger.cache import compacted_rows
 
     schema = compacted_event_schema()
-    parts = [compacted_rows(store, f, schema, name) for f in head.events]
+    parts = [compacted_rows(store, f, schema, lambda f=f: read_compacted(store, f), name)  # type: ignore[misc]
+             for f in head.events]
     return pa.concat_tables(parts) if parts else schema.empty_table()

@@ -408,7 +408,7 @@ def events_table(store: ObjectStore, *, with_segment: bool = False, name: str | 
         prefix = f"{EVENTS}/{name}" if name else EVENTS
 
         def uncovered() -> pa.Table:
-            covered = covered_keys(head, compacted)
+            covered = covered_keys(head.events if head else None, compacted)
             keys = sorted(k for k in store.list(prefix) if is_event_key(k) and k not in covered)
             return segments_table(keys, read_many(store, keys), event_schema(), with_key=True)
 

@@ -58,7 +58,7 @@ HERE = Path(__file__).parent
 PER_PAGE = 50
 MAX_PER_PAGE = 500
 HISTORY_PAGE = 100
-API_HISTORY_PAGE = 1000
+API_HISTORY_PAGE = 500
 MAX_API_HISTORY_PAGE = 5000
 MAX_FILES_SHOWN = 1000
 #: The event kinds that move an alias (docs/lifecycle.md).
@@ -460,7 +460,7 @@ class Pages:
 
     def api_history(self, request: Request) -> Response:
         """The ``casreg log --json`` records, oldest first, of one page counted from the
-        newest (``page``, ``per``; default the newest 1,000: the whole log of most
+        newest (``page``, ``per``; default the newest 500: the whole log of most
         models); ``X-Total-Count`` and a ``Link: rel="next"`` header page on."""
         d = self._history(request, _int(request, "per", API_HISTORY_PAGE, 1, MAX_API_HISTORY_PAGE))
         response = json_response([e.to_dict() for e in reversed(d["entries"])])
