@@ -60,6 +60,7 @@ def _write_range(args: tuple[str, int, int, list[dict[str, Any]], float]) -> int
     """Worker: write segments and sidecars for versions lo..hi-1 (seed records cycled)."""
     import pyarrow as pa
 
+    from casreg._version import package_version
     from casreg.keys import version_copy_key as sidecar_key
     from casreg.keys import version_segment_key as segment_key
     from casreg.ledger.schema import parquet_bytes, version_row, version_schema
@@ -80,7 +81,8 @@ def _write_range(args: tuple[str, int, int, list[dict[str, Any]], float]) -> int
             params={"lr": f"{rng.choice((1, 3))}e-{rng.randint(3, 5)}", "epochs": str(rng.randint(1, 40))},
             tags={"team": "scale", "dataset": f"ds-{n % 13}"},
             lineage=Lineage(git_commit=f"{n:040x}", git_dirty=False, hostname="bench-host", python_version="3.11",
-                            casreg_version="0.1.0", parent=seed["digest"], run_id=f"run-{n}", dataset=f"ds-{n % 13}"),
+                            casreg_version=package_version(), parent=seed["digest"], run_id=f"run-{n}",
+                            dataset=f"ds-{n % 13}"),
         )
         seg = Path(root, segment_key(MODEL, n))
         side = Path(root, sidecar_key(MODEL, n))

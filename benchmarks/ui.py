@@ -66,6 +66,7 @@ def model_name(i: int) -> str:
 def _record(name: str, n: int, seed: dict[str, Any], t0: float) -> Any:
     """The synthetic record of ``name:n`` (deterministic: the workers writing segments and
     the parent writing the compacted file make the same one)."""
+    from casreg._version import package_version
     from casreg.records import Lineage, Version
 
     rng = random.Random(f"{name}-{n}")
@@ -78,7 +79,8 @@ def _record(name: str, n: int, seed: dict[str, Any], t0: float) -> Any:
         params={"lr": f"{rng.choice((1, 3))}e-{rng.randint(3, 5)}", "epochs": str(rng.randint(1, 40))},
         tags={"team": f"team-{sum(map(ord, name)) % 9}", "dataset": f"ds-{n % 13}"},
         lineage=Lineage(git_commit=f"{n:040x}", git_dirty=False, hostname="bench-host", python_version="3.11",
-                        casreg_version="0.1.0", parent=seed["digest"], run_id=f"run-{n}", dataset=f"ds-{n % 13}"),
+                        casreg_version=package_version(), parent=seed["digest"], run_id=f"run-{n}",
+                        dataset=f"ds-{n % 13}"),
     )
 
 

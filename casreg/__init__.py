@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-from casreg._version import __version__
 from casreg.digest import Digest
 from casreg.errors import (
     AlreadyExistsError,
@@ -55,11 +54,19 @@ __all__ = [
 ]
 
 
+__version__: str  # the installed package's version, read on first use (below)
+
+
 def __getattr__(name: str) -> object:
     """``CasregFileSystem`` loads on first use: ``import casreg`` (and so ``casreg
-    resolve``) must not pay for fsspec."""
+    resolve``) must not pay for fsspec; ``__version__`` is read from the package
+    metadata on first use (:mod:`casreg._version`)."""
     if name == "CasregFileSystem":
         from casreg.fs import CasregFileSystem
 
         return CasregFileSystem
+    if name == "__version__":
+        from casreg._version import package_version
+
+        return package_version()
     raise AttributeError(f"module 'casreg' has no attribute {name!r}")

@@ -21,6 +21,7 @@ __all__ = [
     "InvalidInputError",
     "InvalidNameError",
     "InvalidReferenceError",
+    "UnknownStageError",
     "NotFoundError",
     "UnknownReferenceError",
     "AmbiguousReferenceError",
@@ -32,6 +33,7 @@ __all__ = [
     "UnsupportedBackendError",
     "PolicyError",
     "InvalidPolicyError",
+    "MissingMetadataError",
     "AliasNotMovedError",
 ]
 
@@ -58,6 +60,16 @@ class InvalidNameError(InvalidInputError):
 
 class InvalidReferenceError(InvalidInputError):
     """A reference string does not follow the reference grammar."""
+
+
+class UnknownStageError(InvalidInputError):
+    """``promote`` was given a word that is neither a stage nor an alias the policy gates
+    (a typo such as ``prod``, or a free-form alias, which ``set_alias`` moves).
+    ``suggestion`` is the stage or gated alias it most resembles, if any."""
+
+    def __init__(self, message: str, *, stage: str, suggestion: str | None = None) -> None:
+        super().__init__(message)
+        self.stage, self.suggestion = stage, suggestion
 
 
 class NotFoundError(CasregError, FileNotFoundError):
@@ -125,6 +137,15 @@ class PolicyError(CasregError, PermissionError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class MissingMetadataError(PolicyError):
+    """A push lacks metadata the policy requires; ``missing`` names the fields
+    (``metrics.auc``, ``lineage.dataset``, ``framework``...)."""
+
+    def __init__(self, message: str, *, missing: list[str]) -> None:
+        super().__init__(message)
+        self.missing = list(missing)
 
 
 class InvalidPolicyError(InvalidInputError):

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from casreg._version import __version__
+from casreg._version import package_version
 from casreg.content.manifest import Manifest, read_manifest
 from casreg.digest import Digest
 from casreg.errors import AliasNotMovedError, CasregError, InvalidInputError
@@ -61,6 +61,12 @@ __all__ = ["Registry", "Resolved", "open_safetensors"]
 log = logging.getLogger(__name__)
 
 Duration = timedelta | float | str
+
+
+def _names_directory(dest: str | os.PathLike[str]) -> bool:
+    """A destination written with a trailing separator (``newdir/``) names a directory
+    (only text keeps one: ``Path("newdir/")`` drops it)."""
+    return isinstance(dest, str) and dest.endswith(("/", os.sep, os.altsep or "/"))
 
 
 def _preload(module: str) -> None:
@@ -183,7 +189,7 @@ class Registry:
         git = git_state(os.fspath(path))
         parent_digest = self.resolve(parent).digest if parent else None
         lineage = Lineage(git_commit=git.commit, git_dirty=git.dirty, hostname=hostname(),
-                          python_version=platform.python_version(), casreg_version=__version__,
+                          python_version=platform.python_version(), casreg_version=package_version(),
                           parent=parent_digest, run_id=run_id, dataset=dataset)
         probe = Version(name=name, version=0, digest=Digest.from_bytes(bytes(32)), kind="file", size=0,
                         stored_bytes=0, new_bytes=0, file_count=0, chunk_count=0, created_at=utcnow(),
@@ -278,14 +284,17 @@ class Registry:
     def pull(self, ref: str | Ref, dest: str | os.PathLike[str] | None = None, *, force: bool = False,
              progress: Progress | None = None) -> PullResult:
         """Write a version to ``dest`` (default: ``./<file name>`` for a file version,
-        ``./<model name>`` for a directory), verified before it appears there. An existing
+        ``./<model name>`` for a directory), verified before it appears there. A ``dest``
+        string ending in ``/`` names a directory to put that default name in (created if
+        absent): ``pull("m:2", "serving/")`` writes ``serving/<file name>``. An existing
         ``dest`` is refused unless ``force``; an interrupted pull resumes (README)."""
         from casreg.content.pull import materialize
 
         resolved = self.resolve(ref)
         manifest = self.manifest(resolved)
-        if dest is None:
-            dest = manifest.entries[0].path if manifest.kind == "file" else (resolved.name or resolved.hexdigest[:12])
+        if dest is None or _names_directory(dest):
+            own = manifest.entries[0].path if manifest.kind == "file" else (resolved.name or resolved.hexdigest[:12])
+            dest = Path(dest or ".") / own
         stats = materialize(self.store, manifest, dest, force=force, progress=progress, threads=self.threads)
         return PullResult(resolved.name, resolved.version, resolved.digest, str(Path(dest).absolute()),
                           stats.size, stats.files, stats.fetched_bytes, stats.up_to_date,
@@ -326,6 +335,20 @@ class Registry:
 
         return model_summaries(self.store)
 
+    def model_names(self, prefix: str = "") -> list[str]:
+        """Names of models starting with ``prefix``, from a bounded listing (no ledger
+        read; at most ~0.3 s, maybe partial on a huge registry): for shell completion."""
+        from casreg.governance.catalog import model_names
+
+        return model_names(self.store, prefix)
+
+    def alias_names(self, name: str, prefix: str = "") -> list[str]:
+        """Aliases of ``name`` starting with ``prefix`` (every alias with a pointer, set or
+        removed), from a bounded listing like :meth:`model_names`."""
+        from casreg.governance.catalog import alias_names
+
+        return alias_names(self.store, name, prefix)
+
     def series(self, name: str, fields: Sequence[str], *, points: int = 500,
                cumulative: bool = False) -> list[dict[str, float | int | None]]:
         """Numeric ``fields`` (``metrics.auc``, ``size``, ``stored_bytes``: names as
@@ -353,7 +376,7 @@ class Registry:
 
         validate_alias(alias)
         if alias == "archived":
-            raise InvalidInputError("archived is a state of versions, not an alias: use casreg archive NAME REF")
+            raise InvalidInputError("archived is a state of versions, not an alias: archive the version instead")
         event = promote(self.store, name, ref, alias, notify=self._notify, reason=reason, annotations=annotations,
                         kind="alias.set").event
         assert event is not None  # an alias.set always moves (or fails)
@@ -487,16 +510,20 @@ class Registry:
         return read_policy(self.store, version)
 
     # -- maintenance: verify and gc (casreg/maintenance/, docs/gc.md) ------------------------
-    def verify(self, ref: str | Ref | None = None, progress: Progress | None = None) -> VerifyReport:
+    def verify(self, ref: str | Ref | None = None, progress: Progress | None = None, *,
+               read_data: bool = False) -> VerifyReport:
         """Re-read and re-hash everything reachable from every version (or from ``ref``);
-        the report names every bad or missing object."""
+        the report names every bad or missing object. ``read_data`` also reads every
+        distinct file whole and checks it against its file digest (docs/verify.md)."""
         from casreg.maintenance.verify import verify_registry, verify_version
 
         if ref is None:
-            return verify_registry(self.store, progress=progress, threads=self.threads)
+            return verify_registry(self.store, progress=progress, threads=self.threads, read_data=read_data)
         resolved = self.resolve(ref)
+        named = (resolved.name, resolved.version) if resolved.name is not None and resolved.version is not None \
+            else None
         return verify_version(self.store, resolved.digest, label=resolved.label, progress=progress,
-                              threads=self.threads)
+                              threads=self.threads, version=named, read_data=read_data)
 
     def gc(self, *, dry_run: bool = False, grace: Duration | None = None, delay: Duration | None = None) -> GcReport:
         """Reclaim objects no version references (two phases, safe against concurrent

@@ -115,7 +115,7 @@ class Watcher:
         if interval <= 0:
             raise InvalidInputError(f"the poll interval must be positive, got {interval}")
         if keep < 1:
-            raise InvalidInputError(f"--keep must be at least 1 (the served version), got {keep}")
+            raise InvalidInputError(f"keep must be at least 1 (the served version), got {keep}")
         self.registry, self.name, self.alias = registry, name, alias
         self.interval = interval
         self.exec_cmd = exec_cmd
@@ -129,7 +129,7 @@ class Watcher:
         self._warned: str | None = None
         if self.dest is not None and (self.dest.exists() or self.dest.is_symlink()) and not self.dest.is_symlink():
             raise InvalidInputError(
-                f"{self.dest} exists and is not a symlink: watch --pull keeps DEST as a symlink to "
+                f"{self.dest} exists and is not a symlink: a watch that pulls keeps its destination as a symlink to "
                 f"{versions_dir(self.dest).name}/<digest>; move it away or pick another path")
 
     # -- one poll -------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def _n(count: int, noun: str) -> str:
     return f"{count:,} {noun if count == 1 else plural}"
 
 
-@command(cache_app, "info", registry=False)
+@command(cache_app, "info", registry=False, example='casreg cache info')
 def info(cli: Cli, directory: DirOpt = None) -> None:
     """Where the cache is, how many chunks and bytes it holds, and its size bound."""
     out = cli.out
@@ -49,7 +49,7 @@ def info(cli: Cli, directory: DirOpt = None) -> None:
     out.line(f"used by   {used} (CASREG_CACHE={res.mode})")
 
 
-@command(cache_app, "prune", registry=False)
+@command(cache_app, "prune", registry=False, example='casreg cache prune --max-size 10GiB')
 def prune(
     cli: Cli,
     max_size: Annotated[Optional[str], typer.Option(
@@ -67,7 +67,7 @@ def prune(
              f"{_n(res.entries, 'entry')} ({human_bytes(res.bytes)}) remain, limit {human_bytes(res.max_size)}")
 
 
-@command(cache_app, "clear", registry=False)
+@command(cache_app, "clear", registry=False, example='casreg cache clear')
 def clear(cli: Cli, directory: DirOpt = None) -> None:
     """Delete every cached chunk and pack index (they are fetched again when next needed)."""
     out = cli.out

@@ -16,7 +16,7 @@ hooks_app = typer.Typer(help="Hooks: webhooks and commands run on push, alias mo
 app.add_typer(hooks_app, name="hooks")
 
 
-@command(hooks_app, "set")
+@command(hooks_app, "set", example='casreg hooks set hooks.toml')
 def set_(
     cli: Cli,
     file: Annotated[str, typer.Argument(help="A TOML file of [[hooks]] tables (docs/hooks.md); - reads stdin.")],
@@ -52,7 +52,7 @@ def set_(
     out.line(f"hooks set: {len(cfg.hooks)} hook{'s' if len(cfg.hooks) != 1 else ''} ({names})  {cfg.digest}")
 
 
-@command(hooks_app, "show")
+@command(hooks_app, "show", example='casreg hooks show')
 def show(cli: Cli) -> None:
     """Print the registry's hooks config (its TOML text, or --json), credentials redacted."""
     from casreg.governance.hooks import read_hooks
@@ -73,7 +73,7 @@ def show(cli: Cli) -> None:
     out.block(shown.rstrip("\n"))
 
 
-@command(hooks_app, "test")
+@command(hooks_app, "test", example='casreg hooks test --hook slack')
 def test(
     cli: Cli,
     hook: Annotated[Optional[list[str]], typer.Option("--hook", help="Only this hook (repeatable).")] = None,

@@ -14,7 +14,7 @@ def _n(count: int, noun: str) -> str:
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
-@command(app)
+@command(app, example='casreg compact --full')
 def compact(
     cli: Cli,
     full: Annotated[bool, typer.Option("--full", help="Merge everything into one file per table.")] = False,

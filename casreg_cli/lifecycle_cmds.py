@@ -16,6 +16,8 @@ from casreg_cli.common import (
     RefArg,
     app,
     command,
+    complete_model,
+    complete_ref,
     name_alias,
     pairs,
 )
@@ -25,8 +27,9 @@ policy_app = typer.Typer(help="The registry's policy: required metadata, gates, 
                          no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 
-NameArg = Annotated[str, typer.Argument(help="Model name.")]
-LogNameArg = Annotated[str, typer.Argument(help="Model name, or _registry for policy and hooks changes.")]
+NameArg = Annotated[str, typer.Argument(help="Model name.", autocompletion=complete_model)]
+LogNameArg = Annotated[str, typer.Argument(help="Model name, or _registry for policy and hooks changes.",
+                                           autocompletion=complete_model)]
 VersionArg = Annotated[str, typer.Argument(metavar="REF", help="A version of NAME: N, NAME:N, NAME@ALIAS or a digest.")]
 
 
@@ -34,12 +37,14 @@ def _when(t: datetime) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S")
 
 
-@command(app)
+@command(app, example='casreg promote fraud-detector 2 production --reason "beats v1 on auc"')
 def promote(
     cli: Cli,
     name: NameArg,
     ref: VersionArg,
-    stage: Annotated[str, typer.Argument(help="staging, production, archived, or any alias (champion, canary, ...).")],
+    stage: Annotated[str, typer.Argument(
+        help="staging, production, archived, or an alias the policy gates ([gates.NAME]); other aliases are set "
+             "with casreg alias set.")],
     reason: ReasonOpt = None,
     keep_previous: Annotated[bool, typer.Option("--keep-previous", help="Promoting to production: do not "
                                                 "archive the version it replaces.")] = False,
@@ -72,7 +77,7 @@ def promote(
         raise typer.Exit(8)
 
 
-@command(app)
+@command(app, example='casreg archive fraud-detector 1 --reason superseded')
 def archive(
     cli: Cli,
     name: NameArg,
@@ -88,10 +93,10 @@ def archive(
         out.line(f"archived {name}:{ev.to_version}")
 
 
-@command(app)
+@command(app, example='casreg rollback fraud-detector@production --reason "latency regression"')
 def rollback(
     cli: Cli,
-    target: Annotated[str, typer.Argument(metavar="NAME@ALIAS")],
+    target: Annotated[str, typer.Argument(metavar="NAME@ALIAS", autocompletion=complete_ref)],
     reason: ReasonOpt = None,
     keep_previous: Annotated[bool, typer.Option("--keep-previous", help="Rolling back production: do not "
                                                 "archive the version it leaves.")] = False,
@@ -122,14 +127,14 @@ StageOpt = Annotated[str, typer.Option("--stage", help="The stage (or alias) the
 CommentOpt = Annotated[Optional[str], typer.Option("--comment", help="Recorded with the decision.")]
 
 
-@command(app)
+@command(app, example='casreg approve fraud-detector 2 --stage production --comment reviewed')
 def approve(cli: Cli, name: NameArg, ref: VersionArg, stage: StageOpt = "production",
             comment: CommentOpt = None) -> None:
     """Approve a version for a stage (as the current author: CASREG_USER, git email or OS user)."""
     _decide(cli, True, name, ref, stage, comment)
 
 
-@command(app)
+@command(app, example='casreg reject fraud-detector 2 --stage production --comment "fails the bias review"')
 def reject(cli: Cli, name: NameArg, ref: VersionArg, stage: StageOpt = "production",
            comment: CommentOpt = None) -> None:
     """Reject a version for a stage; a standing rejection fails the stage's approval gate."""
@@ -140,7 +145,7 @@ def _ver(n: int | None, name: str) -> str:
     return f"{name}:{n}" if n is not None else ""
 
 
-@command(app, "log")
+@command(app, "log", example='casreg log fraud-detector --alias production --since 2026-10-01')
 def log_(
     cli: Cli,
     name: LogNameArg,
@@ -164,7 +169,7 @@ def log_(
     } for e in entries])
 
 
-@command(app)
+@command(app, example='casreg diff fraud-detector:1 fraud-detector:2')
 def diff(
     cli: Cli,
     a: RefArg,
@@ -197,7 +202,7 @@ def diff(
              f"({100 * d.shared_fraction:.1f}% of {d.b.ref} is in chunks {d.a.ref} already has)")
 
 
-@command(policy_app, "set")
+@command(policy_app, "set", example='casreg policy set policy.toml --reason "two approvals for production"')
 def policy_set(
     cli: Cli,
     file: Annotated[Path, typer.Argument(help="Policy TOML file (docs/lifecycle.md).")],
@@ -218,7 +223,7 @@ def policy_set(
         out.line(f"policy version {number} is in force")
 
 
-@command(policy_app, "show")
+@command(policy_app, "show", example='casreg policy show --version 1')
 def policy_show(
     cli: Cli,
     version: Annotated[Optional[int], typer.Option("--version", help="An older policy version.")] = None,

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from casreg.governance.state import VersionState
 
 from casreg import AliasPointer, CasregError, FileInfo, IntegrityError, PullResult, Version
+from casreg.errors import MissingMetadataError, UnknownStageError
 from casreg.ledger.pointers import lying_pointers
 from casreg.refs import parse_ref
 from casreg_cli.common import (
@@ -24,16 +25,28 @@ from casreg_cli.common import (
     alias_app,
     app,
     command,
+    command_word,
+    complete_model,
+    complete_ref,
+    json_requested,
     name_alias,
     pairs,
 )
-from casreg_cli.output import Output, human_bytes, install_log_escaping, print_block, print_error
+from casreg_cli.output import (
+    Output,
+    human_bytes,
+    install_log_escaping,
+    plural,
+    print_block,
+    print_error,
+    print_error_json,
+)
 
 
-@command(app)
+@command(app, example="casreg push fraud-detector ./out/model.safetensors --metric auc=0.983 --param lr=3e-4")
 def push(
     cli: Cli,
-    name: Annotated[str, typer.Argument(help="Model name.")],
+    name: Annotated[str, typer.Argument(help="Model name.", autocompletion=complete_model)],
     path: Annotated[str, typer.Argument(help="A model file or directory.")],
     metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="KEY=NUMBER, repeatable.")] = None,
     param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="KEY=VALUE, repeatable.")] = None,
@@ -59,7 +72,7 @@ def push(
 
     def human(out: Output) -> None:
         out.line(f"pushed {v.ref}  {v.digest}")
-        out.line(f"  size {human_bytes(v.size)} in {v.file_count} file{'s' if v.file_count != 1 else ''}, "
+        out.line(f"  size {human_bytes(v.size)} in {plural(v.file_count, 'file')}, "
                  f"new bytes stored {human_bytes(v.stored_bytes)}, dedup {100 * v.dedup_ratio:.1f}%")
         if alias:
             out.line(f"  {name}@{alias} -> {v.ref}")
@@ -67,11 +80,12 @@ def push(
     cli.emit(v.to_dict() | {"dedup_ratio": round(v.dedup_ratio, 6)}, human)
 
 
-@command(app)
+@command(app, example='casreg pull fraud-detector@production serving/')
 def pull(
     cli: Cli,
     ref: RefArg,
-    dest: Annotated[Optional[str], typer.Argument(help="Where to write it (default: ./FILE or ./NAME).")] = None,
+    dest: Annotated[Optional[str], typer.Argument(
+        help="Where to write it (default: ./FILE or ./NAME); ending in / (DIR/): into DIR, created if absent.")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace an existing destination.")] = False,
 ) -> None:
     """Write a version to DEST, verified byte for byte before it appears."""
@@ -85,10 +99,10 @@ def _pulled(out: Output, res: PullResult) -> None:
         out.line(f"{res.dest} already holds {label}; nothing rewritten")
     else:
         out.line(f"pulled {label} to {res.dest} ({human_bytes(res.size)}, "
-                 f"{res.files} file{'s' if res.files != 1 else ''}, verified)")
+                 f"{plural(res.files, 'file')}, verified)")
 
 
-@command(app)
+@command(app, example='casreg resolve fraud-detector@production --at 2026-10-01T12:00:00Z')
 def resolve(
     cli: Cli,
     ref: RefArg,
@@ -112,7 +126,7 @@ def resolve(
     out.json(reg.show(f"{resolved.name}:{resolved.version}").to_dict() | extra)
 
 
-@command(app)
+@command(app, example='casreg show fraud-detector:2')
 def show(cli: Cli, ref: RefArg) -> None:
     """Show a version's record, files and aliases."""
     reg = cli.registry()
@@ -130,7 +144,7 @@ def show(cli: Cli, ref: RefArg) -> None:
 def _show(out: Output, v: Version, files: list[FileInfo], aliases: list[str], state: VersionState) -> None:
     out.line(f"{v.ref}  {v.digest}")
     out.line(f"  created   {v.created_at.isoformat(timespec='seconds')} by {v.author}")
-    out.line(f"  size      {human_bytes(v.size)} in {v.file_count} files ({v.kind}); "
+    out.line(f"  size      {human_bytes(v.size)} in {plural(v.file_count, 'file')} ({v.kind}); "
              f"stored {human_bytes(v.stored_bytes)} new, dedup {100 * v.dedup_ratio:.1f}%")
     for label, value in (("framework", v.framework), ("desc", v.description)):
         if value:
@@ -157,10 +171,11 @@ def _show(out: Output, v: Version, files: list[FileInfo], aliases: list[str], st
         out.line(f"    {kind} {human_bytes(f.size):>10}  {f.path}")
 
 
-@command(app, "ls")
+@command(app, "ls", example='casreg ls fraud-detector --where "metrics.auc > 0.9" --sort metrics.auc --desc')
 def ls_(
     cli: Cli,
-    name: Annotated[Optional[str], typer.Argument(help="Model name (default: every model).")] = None,
+    name: Annotated[Optional[str], typer.Argument(help="Model name (default: every model).",
+                                                                autocompletion=complete_model)] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Show the newest N versions.")] = 100,
     all_: Annotated[bool, typer.Option("--all", "-a", help="Show every version.")] = False,
     where: Annotated[Optional[str], typer.Option("--where", help="Filter, e.g. \"metrics.auc > 0.9 AND "
@@ -214,7 +229,8 @@ def _fail_on_lies(lies: list[tuple[AliasPointer, str]]) -> None:
         raise IntegrityError(lies[0][1] + more)
 
 
-@command(app)
+@command(app,
+         example='casreg sql "SELECT version, metrics[\'auc\'] AS auc FROM versions WHERE name = \'fraud-detector\'"')
 def sql(
     cli: Cli,
     query: Annotated[str, typer.Argument(help="SQL over the views versions, files, events, aliases.")],
@@ -228,10 +244,11 @@ def sql(
         out.table(rows)
 
 
-@command(alias_app, "set")
+@command(alias_app, "set",
+         example='casreg alias set fraud-detector@canary 3 --annotate weight=0.1 --reason "10% canary"')
 def alias_set(
     cli: Cli,
-    target: Annotated[str, typer.Argument(metavar="NAME@ALIAS")],
+    target: Annotated[str, typer.Argument(metavar="NAME@ALIAS", autocompletion=complete_ref)],
     ref: Annotated[str, typer.Argument(help="A version of NAME: N, NAME:N, NAME@ALIAS or a digest.")],
     reason: ReasonOpt = None,
     annotate: AnnotateOpt = None,
@@ -247,10 +264,10 @@ def alias_set(
     out.line(f"{name}@{alias} -> {name}:{ev.to_version}  {ev.to_digest}{was}")
 
 
-@command(alias_app, "rm")
+@command(alias_app, "rm", example='casreg alias rm fraud-detector@canary --reason "canary over"')
 def alias_rm(
     cli: Cli,
-    target: Annotated[str, typer.Argument(metavar="NAME@ALIAS")],
+    target: Annotated[str, typer.Argument(metavar="NAME@ALIAS", autocompletion=complete_ref)],
     reason: ReasonOpt = None,
 ) -> None:
     """Remove NAME@ALIAS (the removal is logged; versions are untouched)."""
@@ -263,10 +280,11 @@ def alias_rm(
         out.line(f"removed {name}@{alias} (was {name}:{ev.from_version})")
 
 
-@command(alias_app, "ls")
+@command(alias_app, "ls", example='casreg alias ls fraud-detector')
 def alias_ls(
     cli: Cli,
-    name: Annotated[Optional[str], typer.Argument(help="Model name (default: every model).")] = None,
+    name: Annotated[Optional[str], typer.Argument(help="Model name (default: every model).",
+                                                                autocompletion=complete_model)] = None,
 ) -> None:
     """List aliases and where they point."""
     out = cli.out
@@ -291,18 +309,40 @@ import casreg_cli.ui_cmds  # noqa: E402,F401  (ui)
 import casreg_cli.watch_cmds  # noqa: E402,F401  (watch)
 
 
+def _hint(err: CasregError) -> str:
+    """The command line's words for what a library error says in the library's terms
+    (``set_alias``), appended to its message; empty for most errors."""
+    if isinstance(err, UnknownStageError):
+        return f" (on the command line: casreg alias set NAME@{err.stage} REF)"
+    if isinstance(err, MissingMetadataError):
+        return (" (on the command line: --metric, --param, --tag, --framework, --description, --dataset, --run-id, "
+                "--parent)")
+    return ""
+
+
+_AS_JSON = False  # set by run() for the invocation it runs: errors are then JSON (``--json``)
+
+
 def _fail(message: str, code: int) -> int:
     """Print ``casreg: error: MESSAGE`` as one clean line (control characters escaped,
-    URL credentials redacted: :func:`casreg_cli.output.print_error`) and return ``code``."""
-    print_error(message)
+    URL credentials redacted: :func:`casreg_cli.output.print_error`), or under ``--json``
+    ``{"error": MESSAGE, "exit_code": CODE}`` on one line; return ``code``."""
+    if _AS_JSON:
+        print_error_json(message, code)
+    else:
+        print_error(message)
     return code
 
 
 def _usage_error(err: typer.TyperException) -> None:
     """Print a usage error as click would (usage, hint, ``Error: ...``), each line
-    cleaned: the message may quote what the user typed."""
+    cleaned: the message may quote what the user typed; under ``--json``, its message
+    as a JSON error."""
     import io
 
+    if _AS_JSON:
+        print_error_json(err.format_message(), err.exit_code)
+        return
     show = getattr(err, "show", None)
     if show is None:
         print_error(err.format_message())
@@ -326,11 +366,12 @@ def _narrowed(argv: list[str]) -> typer.Typer:
     """The app with only the command (or command group) ``argv`` names. typer turns every
     registered command into a click command on each run, inspecting every signature:
     22 ms of each invocation's start-up here, for ~45 commands when one is used. The
-    global options are flags, so the first argument not starting with ``-`` is the
-    command; anything else (no command, a typo, a bare ``--help``) gets the whole app,
-    with its listing and suggestions. Help and errors of a command are the same either
-    way (tests/test_cli.py compares them for every command)."""
-    name = next((a for a in argv if not a.startswith("-")), None)
+    first argument that is neither an option nor the value of a global option before it
+    (``casreg -r URL ls``) is the command (:func:`casreg_cli.common.command_word`);
+    anything else (no command, a typo, a bare ``--help``) gets the whole app, with its
+    listing and suggestions. Help and errors of a command are the same either way
+    (tests/test_cli.py compares them for every command)."""
+    name = command_word(argv)
     entry = command_names().get(name) if name is not None else None
     if entry is None:
         return app
@@ -344,14 +385,16 @@ def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; expected failures never show a traceback.
     Every error is one clean line (:func:`_fail`); the library's log records come out
     clean too (:func:`casreg_cli.output.install_log_escaping`)."""
+    global _AS_JSON
     args = sys.argv[1:] if argv is None else argv
+    _AS_JSON = json_requested(args)
     install_log_escaping()
     try:
         code = _narrowed(args)(args=args, prog_name="casreg", standalone_mode=False)
         if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value here
             return code
     except CasregError as err:
-        return _fail(str(err), err.exit_code)
+        return _fail(str(err) + _hint(err), err.exit_code)
     except typer.Exit as err:
         return err.exit_code
     except typer.TyperException as err:  # usage errors: typer prints them like click does

@@ -8,6 +8,11 @@ system time out of 0.8 s. Serving them from the heap and keeping freed memory (b
 by what is in flight at once, a few tens of MiB) cut that to 13,000 faults and the pull
 to 0.7 s. ``casreg`` (the CLI) calls :func:`reuse_large_buffers` once at start;
 programs embedding the library may call it too (it changes the whole process's malloc).
+
+Freed memory is kept per malloc arena, and glibc gives each thread that allocates an
+arena of its own (up to 8 per core): buffers decoded in 16 S3 fetch threads would each
+keep their thread's peak. So a pull decodes runs into a few reused ``mmap`` buffers of
+its own (casreg/content/pull.py ``_BufferPool``), never into per-thread ``bytes``.
 """
 
 from __future__ import annotations

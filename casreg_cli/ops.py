@@ -24,17 +24,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-@command(app)
+@command(app, example='casreg verify fraud-detector@production')
 def verify(
     cli: Cli,
     ref: Annotated[Optional[str], typer.Argument(
         help="Verify only this version (default: the whole registry).")] = None,
+    read_data: Annotated[bool, typer.Option(
+        "--read-data", help="Also read every distinct file whole and check its file digest "
+                            "(each file once, however many versions hold it).")] = False,
 ) -> None:
     """Re-read and re-hash everything reachable (or one version); report bad or missing objects.
 
     Exit status 0 when everything verifies, 6 otherwise (one line per bad object on stderr)."""
     out = cli.out
-    report = cli.registry().verify(ref, progress=out.progress())
+    report = cli.registry().verify(ref, progress=out.progress(), read_data=read_data)
     if out.as_json:
         out.json(report.to_dict())
     else:
@@ -45,6 +48,8 @@ def verify(
         what = f"{ref} ({report.digest})" if ref else report.url
         scope = (f"{_plural(report.manifests, 'manifest')}, {_plural(report.chunks, 'chunk')} in "
                  f"{_plural(report.packs, 'pack')}" + (f", {_plural(report.indexes, 'index')}" if ref is None else "")
+                 + (f", {_plural(report.files_hashed, 'file')} hashed ({human_bytes(report.bytes_hashed)})"
+                    if report.read_data else "")
                  + f", {human_bytes(report.bytes_read)} read")
         if report.ok:
             extra = ""
@@ -57,7 +62,7 @@ def verify(
                              f"{ref or report.url}")
 
 
-@command(app)
+@command(app, example='casreg gc --dry-run')
 def gc(
     cli: Cli,
     dry_run: Annotated[bool, typer.Option(

@@ -39,7 +39,8 @@ from typing import Any, TextIO
 
 from casreg.redact import redact_url
 
-__all__ = ["Output", "human_bytes", "BarProgress", "clean", "print_error", "print_block", "install_log_escaping"]
+__all__ = ["Output", "human_bytes", "plural", "bytes_done", "bytes_per_second", "BarProgress", "clean", "print_error",
+           "print_error_json", "print_block", "install_log_escaping"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -62,6 +63,12 @@ def _json_text(value: Any, indent: int | None) -> str:
 def print_error(message: str, prefix: str = "casreg: error: ") -> None:
     """Write ``prefix + message`` to stderr as one clean line, URL credentials redacted."""
     sys.stderr.write(prefix + clean(redact_url(message)) + "\n")
+
+
+def print_error_json(message: str, exit_code: int) -> None:
+    """Write ``{"error": MESSAGE, "exit_code": N}`` to stderr as one line of exact JSON,
+    URL credentials redacted: how an error reads under ``--json``."""
+    sys.stderr.write(_json_text({"error": redact_url(message), "exit_code": exit_code}, None) + "\n")
 
 
 def print_block(text: str) -> None:
@@ -103,6 +110,8 @@ def install_log_escaping(fmt: str = "%(message)s", level: int = logging.WARNING)
 
 
 def human_bytes(n: float) -> str:
+    """``n`` bytes in binary units, the only ones human output uses (``500.0 MiB``, never
+    ``524.3 MB``); ``--json`` gives exact byte counts."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -110,22 +119,39 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 file``, ``2 files``, ``0 files``."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def bytes_done(completed: float, total: float | None) -> str:
+    """What the progress bar shows of the bytes moved: ``12.0 MiB/500.0 MiB``."""
+    return human_bytes(completed) + (f"/{human_bytes(total)}" if total is not None else "")
+
+
+def bytes_per_second(speed: float | None) -> str:
+    """What the progress bar shows of the speed: ``85.3 MiB/s`` (``?`` before it is known)."""
+    return "?" if speed is None else f"{human_bytes(speed)}/s"
+
+
 class BarProgress:
-    """A rich progress bar with bytes and MB/s, drawn on stderr."""
+    """A rich progress bar with bytes and bytes per second in binary units (as every size
+    the CLI prints: :func:`human_bytes`), drawn on stderr."""
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
+        from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+        from rich.text import Text
 
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                             TransferSpeedColumn(), TimeRemainingColumn(),
+        class Done(ProgressColumn):
+            def render(self, task: Task) -> Text:
+                return Text(bytes_done(task.completed, task.total), style="progress.download")
+
+        class Speed(ProgressColumn):
+            def render(self, task: Task) -> Text:
+                return Text(bytes_per_second(task.finished_speed or task.speed), style="progress.data.speed")
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), Done(), Speed(), TimeRemainingColumn(),
                              console=Console(stderr=True), transient=True)
         self._task: Any = None
 

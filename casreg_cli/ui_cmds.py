@@ -41,7 +41,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-@command(app)
+@command(app, example='casreg ui --port 8000')
 def ui(
     cli: Cli,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (default: this machine only).")]

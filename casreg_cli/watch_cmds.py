@@ -8,14 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from casreg_cli.common import Cli, app, command, name_alias
+from casreg_cli.common import Cli, app, command, complete_ref, name_alias
 from casreg_cli.output import install_log_escaping
 
 
-@command(app)
+@command(app, example="casreg watch fraud-detector@production --pull /srv/fraud --exec 'systemctl reload fraud-server'")
 def watch(
     cli: Cli,
-    target: Annotated[str, typer.Argument(help="NAME@ALIAS to follow.")],
+    target: Annotated[str, typer.Argument(help="NAME@ALIAS to follow.", autocompletion=complete_ref)],
     exec_: Annotated[Optional[str], typer.Option(
         "--exec", "-e", help="Shell command run after each move, with CASREG_NAME, CASREG_ALIAS, CASREG_DIGEST, "
                              "CASREG_PREVIOUS_DIGEST, CASREG_VERSION (and CASREG_PATH with --pull) set.")] = None,

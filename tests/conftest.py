@@ -92,8 +92,10 @@ def _session_chunk_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
     so for every subprocess a test starts), restoring the caller's setting afterwards."""
     global _CACHE_ROOT
     _CACHE_ROOT = tmp_path_factory.mktemp("chunk-cache")
-    saved = {k: os.environ.get(k) for k in ("CASREG_CACHE_DIR", "CASREG_CACHE", "CASREG_CACHE_MAX_SIZE")}
+    saved = {k: os.environ.get(k) for k in ("CASREG_CACHE_DIR", "CASREG_CACHE", "CASREG_CACHE_MAX_SIZE",
+                                            "CASREG_STATE_DIR")}
     os.environ["CASREG_CACHE_DIR"] = str(_CACHE_ROOT / "session")
+    os.environ["CASREG_STATE_DIR"] = str(_CACHE_ROOT / "session-state")
     os.environ.pop("CASREG_CACHE", None)  # the default (auto) unless a test says otherwise
     os.environ.pop("CASREG_CACHE_MAX_SIZE", None)
     try:
@@ -110,7 +112,10 @@ def _session_chunk_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
 def _own_chunk_cache(_session_chunk_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test gets a cache directory of its own (made only if used), so one test's
     pulls never turn into another's cache hits and request counts stay exact."""
-    monkeypatch.setenv("CASREG_CACHE_DIR", str(_session_chunk_cache / uuid.uuid4().hex))
+    own = uuid.uuid4().hex
+    monkeypatch.setenv("CASREG_CACHE_DIR", str(_session_chunk_cache / own))
+    # and a state directory of its own (the packs a push has confirmed: casreg/content/trust.py)
+    monkeypatch.setenv("CASREG_STATE_DIR", str(_session_chunk_cache / "state" / own))
 
 
 @pytest.fixture(params=list(BACKENDS))

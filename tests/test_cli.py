@@ -64,6 +64,21 @@ def one_line_error(p: subprocess.CompletedProcess[str], *fragments: str) -> str:
     return lines[0]
 
 
+def one_json_error(p: subprocess.CompletedProcess[str], *fragments: str) -> dict:
+    """Under --json: exactly one stderr line, {"error": ..., "exit_code": N} with N the
+    exit status (non-zero); no traceback; no stdout."""
+    assert p.returncode != 0, (p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr + p.stdout
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1, p.stderr
+    doc = json.loads(lines[0])
+    assert set(doc) == {"error", "exit_code"} and doc["exit_code"] == p.returncode, doc
+    assert p.stdout == ""
+    for frag in fragments:
+        assert frag in doc["error"], (frag, doc)
+    return doc
+
+
 def usage_error(p: subprocess.CompletedProcess[str]) -> None:
     assert p.returncode != 0
     assert "Traceback" not in p.stderr + p.stdout
@@ -406,8 +421,8 @@ def _strict_json(text: str):
 
 def test_push_json_output_is_strict_json_even_for_infinite_metrics(cli, model: Path) -> None:
     p = cli("push", "inf", str(model), "-m", "loss=inf", "-m", "big=1e400", "--json")
-    if p.returncode != 0:  # refusing infinite metrics would be fine too
-        one_line_error(p)
+    if p.returncode != 0:  # refusing infinite metrics would be fine too (as JSON: --json asked for it)
+        one_json_error(p)
         return
     v = _strict_json(p.stdout)
     assert set(v["metrics"]) == {"loss", "big"}
@@ -417,7 +432,7 @@ def test_sql_out_of_range_date_is_not_a_traceback(cli, pushed: dict) -> None:
     p = cli("sql", "SELECT DATE '9999-12-31' + INTERVAL 1 DAY AS d", "--json")
     assert "Traceback" not in p.stderr
     if p.returncode != 0:
-        one_line_error(p, "SQL")
+        one_json_error(p, "SQL")
 
 
 def _invoke(app, args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[str, str, str]:

@@ -390,8 +390,6 @@ CASE_NAMES = ["swap-between", "swap-within", "chunk-too-big", "manifest-zstd-bom
               "manifest-deep", "path-dotdot", "path-dotdot-deep", "path-absolute", "path-backslash", "path-nul",
               "path-duplicate", "path-file-and-dir", "path-prefix-dir", "path-too-deep", "file-version-two-files",
               "chunk-zstd-bomb", "chunk-zstd-bomb-no-size", "chunk-short", "digest-lie", "repeated-chunk"]
-VERIFY_SKIPS_FILE_DIGESTS = pytest.mark.xfail(
-    strict=True, reason="verify does not check file digests (issue 11 item 4: verify finds everything), branch damage")
 
 
 def url(case: Case) -> str:
@@ -417,38 +415,50 @@ def test_casreg_get_refuses_and_leaves_nothing(world: World, work: Path, name: s
 
 
 # -- verify ---------------------------------------------------------------------------------------
-def _verify_params() -> list[object]:
-    return [pytest.param(n, marks=VERIFY_SKIPS_FILE_DIGESTS) if n in ("digest-lie", "repeated-chunk") else n
-            for n in CASE_NAMES]
+#: A file digest that lies over genuine chunks is found by reading the data (``verify
+#: --read-data``, docs/verify.md); every other case by the default verify.
+def read_data(case: Case) -> bool:
+    return case.level == "digest"
 
 
-@pytest.mark.parametrize("name", _verify_params())
+def whole_report(world: World, data: bool) -> object:
+    key = "all-data" if data else "all"
+    if key not in world.reports:
+        got = promptly(lambda: world.reg.verify(read_data=data), seconds=3 * TIMEOUT)
+        assert not isinstance(got, BaseException), got
+        world.reports[key] = got
+    return world.reports[key]
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
 def test_verify_ref_names_the_object(world: World, name: str) -> None:
     case = world.cases[name]
-    report = promptly(lambda: world.reg.verify(case.ref), seconds=TIMEOUT)
+    report = promptly(lambda: world.reg.verify(case.ref, read_data=read_data(case)), seconds=TIMEOUT)
     assert not isinstance(report, BaseException), report
     assert not report.ok and case.key in {p.key for p in report.problems}, report.problems  # type: ignore[union-attr]
     assert all("\n" not in p.line() for p in report.problems)  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("name", _verify_params())
+@pytest.mark.parametrize("name", CASE_NAMES)
 def test_verify_names_the_object(world: World, name: str) -> None:
-    if "all" not in world.reports:
-        got = promptly(lambda: world.reg.verify(), seconds=3 * TIMEOUT)
-        assert not isinstance(got, BaseException), got
-        world.reports["all"] = got
-    report = world.reports["all"]
-    problems = {p.key: p for p in report.problems}  # type: ignore[attr-defined]
     case = world.cases[name]
+    report = whole_report(world, read_data(case))
+    problems = {p.key: p for p in report.problems}  # type: ignore[attr-defined]
     assert case.key in problems, sorted(problems)
     assert "\n" not in problems[case.key].line()
+    assert {case.ref, f"{case.ref}:1"} & set(problems[case.key].versions)  # ``m`` is ``m:1``
+
+
+def test_verify_read_data_finds_every_case(world: World) -> None:
+    """``--read-data`` finds everything the default finds, and the lying file digests."""
+    problems = {p.key: p for p in whole_report(world, True).problems}  # type: ignore[attr-defined]
+    assert not [n for n, c in world.cases.items() if c.key not in problems]
+    assert {p.key for p in whole_report(world, False).problems} <= set(problems)  # type: ignore[attr-defined]
 
 
 def test_verify_refuses_a_chunk_claim_beyond_the_maximum_without_decoding_it(world: World) -> None:
     """The unreferenced pack whose index claims a 4 GiB chunk (a 256 MiB zstd bomb)."""
-    if "all" not in world.reports:
-        world.reports["all"] = world.reg.verify()
-    lines = [p.line() for p in world.reports["all"].problems]  # type: ignore[attr-defined]
+    lines = [p.line() for p in whole_report(world, False).problems]  # type: ignore[attr-defined]
     assert any("claims 4,294,967,295 bytes, more than the registry's maximum chunk size" in line for line in lines)
 
 
@@ -544,18 +554,17 @@ def test_cli_pull_and_verify_ref(world: World, work: Path, tmp_path: Path, name:
     s3_subset(world, name)
     case = world.cases[name]
     one_line(cli(world, tmp_path, "pull", case.ref, str(work / "dest")), 6, case.key)
-    p = cli(world, tmp_path, "verify", case.ref)
-    if case.level == "digest":
-        return  # verify does not check file digests (the xfails above)
+    p = cli(world, tmp_path, "verify", case.ref, *(["--read-data"] if read_data(case) else []))
     assert p.returncode == 6 and case.key in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
 def test_cli_verify_names_every_case(world: World, tmp_path: Path) -> None:
-    p = cli(world, tmp_path, "verify")
-    assert p.returncode == 6 and "Traceback" not in p.stderr, p.stderr
-    out = p.stderr + p.stdout
-    missing = [n for n, c in world.cases.items() if c.level in ("manifest", "data") and c.key not in out]
-    assert not missing, (missing, p.stderr)
+    for flags in ([], ["--read-data"]):
+        p = cli(world, tmp_path, "verify", *flags)
+        assert p.returncode == 6 and "Traceback" not in p.stderr, p.stderr
+        out = p.stderr + p.stdout
+        missing = [n for n, c in world.cases.items() if (flags or not read_data(c)) and c.key not in out]
+        assert not missing, (flags, missing, p.stderr)
 
 
 # -- ledger lies ----------------------------------------------------------------------------------
@@ -575,13 +584,13 @@ def test_a_record_of_another_kind_gets_what_its_digest_names(world: World, work:
         shutil.rmtree(work / "m")
 
 
-@pytest.mark.xfail(strict=True, reason="verify does not compare a version record with its manifest "
-                                       "(kind, size, files): ledger lies, branch damage")
 def test_verify_reports_a_record_that_disagrees_with_its_manifest(world: World) -> None:
-    if "all" not in world.reports:
-        world.reports["all"] = world.reg.verify()
-    keys = {p.key for p in world.reports["all"].problems}  # type: ignore[attr-defined]
-    assert world.cases["record-kind-lie"].key in keys
+    case = world.cases["record-kind-lie"]
+    problems = {p.key: p for p in whole_report(world, False).problems}  # type: ignore[attr-defined]
+    assert case.key in problems and problems[case.key].versions == [case.ref]
+    assert "kind 'file' (the manifest: 'dir')" in problems[case.key].reason
+    (p,) = world.reg.verify(case.ref).problems
+    assert (p.key, p.versions) == (case.key, [case.ref])
 
 
 # -- memory ---------------------------------------------------------------------------------------

@@ -133,7 +133,12 @@ def test_scripted_session(registry: casreg.Registry, tmp_path: Path, as_user) ->
     back = reg.rollback("fraud", "production", reason="v3 raises false positives")
     assert (back.kind, back.from_version, back.to_version, back.author) == ("rollback", 3, 1, "dave")
     assert reg.resolve("fraud@production").version == 1
-    assert [v.version for v in reg.search("fraud", stage="archived")] == [3]  # v1 is back in use
+    # v1 is back in use; v3, which production left, is still at staging, so it is not archived:
+    # a version an alias points at is never archived, whichever command would (docs/lifecycle.md)
+    assert reg.search("fraud", stage="archived") == []
+    assert [v.version for v in reg.search("fraud", stage="staging")] == [3]
+    with pytest.raises(InvalidInputError, match="fraud:3 is at fraud@staging"):
+        reg.archive("fraud", 3)
     tick()
     t_back = utcnow()
 
@@ -164,13 +169,11 @@ def test_scripted_session(registry: casreg.Registry, tmp_path: Path, as_user) ->
         ("promote", "production", 1, 3, "dave", "v3 beats v1"),
         ("archive", None, None, 1, "dave", "replaced in production by fraud:3"),
         ("rollback", "production", 3, 1, "dave", "v3 raises false positives"),
-        ("archive", None, None, 3, "dave", "replaced in production by fraud:1"),
     ]
     assert all(e.host for e in log)
     production = [(e.kind, e.to_version) for e in reg.log("fraud", alias="production")]
     assert production == [("approve", 1), ("approve", 1), ("promote", 1), ("approve", 2), ("approve", 2),
-                          ("approve", 3), ("approve", 3), ("promote", 3), ("archive", 1), ("rollback", 1),
-                          ("archive", 3)]
+                          ("approve", 3), ("approve", 3), ("promote", 3), ("archive", 1), ("rollback", 1)]
     # the SQL views tell the same story
     rows = reg.sql("SELECT version, from_time, to_time FROM alias_history WHERE alias = 'production' "
                    "ORDER BY from_time")
@@ -469,6 +472,67 @@ def test_stage_typos_and_disallowed_aliases_are_refused(registry: casreg.Registr
     with pytest.raises(InvalidInputError, match="alias 'shadow' is not allowed by policy version 1"):
         reg.set_alias("m", "shadow", 1)
     assert reg.promote("m", 1, "staging").version == 1  # stages are always allowed
+
+
+def test_promote_moves_only_stages_and_gated_aliases(registry: casreg.Registry, tmp_path: Path, as_user) -> None:  # type: ignore[no-untyped-def]
+    """A word that is not a stage (a typo such as prod, or a free-form alias) is refused by
+    promote with the closest stage named, in the library's terms (no command-line flags);
+    free-form aliases are moved by set_alias; an alias the policy gates may be promoted."""
+    from casreg.errors import UnknownStageError
+
+    reg = registry
+    reg.push("m", model_file(tmp_path, 1))
+    before = snapshot(reg.store)
+    for word, meant in (("prod", "production"), ("stag", "staging"), ("producton", "production"),
+                        ("champion", None), ("canary", None)):
+        with pytest.raises(UnknownStageError) as refused:
+            reg.promote("m", 1, word)
+        message = str(refused.value)
+        assert refused.value.stage == word and refused.value.suggestion == meant
+        assert (f"did you mean '{meant}'?" in message) == (meant is not None), message
+        assert "set_alias" in message and "casreg" not in message and "--" not in message
+        assert isinstance(refused.value, InvalidInputError) and refused.value.exit_code == 2
+    assert snapshot(reg.store) == before  # nothing was written, no alias created
+    assert reg.aliases("m") == []
+    reg.set_alias("m", "prod", 1)  # a free-form alias goes through set_alias, as before
+    reg.set_policy('[gates.champion]\nrules = ["version >= 1"]\n')
+    assert reg.promote("m", 1, "champion").version == 1  # a gated alias is promotable
+    with pytest.raises(UnknownStageError, match="did you mean 'champion'"):
+        reg.promote("m", 1, "champio")
+    assert reg.promote("m", 1, "production").version == 1
+
+
+def test_no_command_archives_a_version_an_alias_points_at(registry: casreg.Registry, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                          as_user) -> None:
+    """archive refuses a version an alias points at; promoting to production and rolling
+    production back skip archiving such a version in the same way (they used to archive
+    it while staging still held it)."""
+    reg = registry
+    for i in (1, 2, 3):
+        reg.push("m", model_file(tmp_path, i))
+    reg.promote("m", 1, "production")
+    reg.set_alias("m", "champion", 1)
+    p = reg.promote("m", 2, "production")  # v1 is still m@champion
+    assert (p.previous, p.archived) == (1, None)
+    assert reg.search("m", stage="archived") == [] and reg.state("m:1").archived is None
+    with pytest.raises(InvalidInputError, match="m:1 is at m@champion"):
+        reg.archive("m", 1)
+
+    reg.promote("m", 3, "staging")
+    reg.promote("m", 3, "production")  # v2 left production and nothing holds it: archived
+    assert [v.version for v in reg.search("m", stage="archived")] == [2]
+    back = reg.rollback("m", "production")  # leaves v3, still at staging: not archived
+    assert (back.from_version, back.to_version) == (3, 2)
+    assert back.details is None or "archived" not in back.details
+    assert reg.search("m", stage="archived") == []  # v2 is back in use, v3 is at staging
+    with pytest.raises(InvalidInputError, match="m:3 is at m@staging"):
+        reg.archive("m", 3)
+    assert [e.kind for e in reg.log("m")].count("archive") == 1
+
+    reg.remove_alias("m", "staging")
+    reg.promote("m", 3, "production")  # v2 leaves production; nothing else holds it
+    back = reg.rollback("m", "production")  # v3 leaves, nothing holds it: archived, as before
+    assert [v.version for v in reg.search("m", stage="archived")] == [3]
 
 
 def test_log_of_the_registry_itself(registry: casreg.Registry, tmp_path: Path, as_user) -> None:  # type: ignore[no-untyped-def]

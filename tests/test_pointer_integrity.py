@@ -45,11 +45,18 @@ def cli(shared_url: str, tmp_path: Path) -> Run:
     return run
 
 
-def fails(p: subprocess.CompletedProcess[str], code: int, *fragments: str, stdout: bool = False) -> str:
-    """One ``casreg: error:`` line with exit ``code``, no traceback; ``stdout``: output before it is allowed."""
+def fails(p: subprocess.CompletedProcess[str], code: int, *fragments: str, stdout: bool = False,
+          as_json: bool = False) -> str:
+    """One ``casreg: error:`` line with exit ``code``, no traceback; ``stdout``: output before it is allowed;
+    ``as_json`` (the command had --json): the line is ``{"error": ..., "exit_code": code}`` instead."""
     assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
     assert "Traceback" not in p.stdout + p.stderr
     lines = p.stderr.splitlines()
+    if as_json:
+        assert len(lines) == 1, p.stderr
+        doc = json.loads(lines[0])
+        assert set(doc) == {"error", "exit_code"} and doc["exit_code"] == code, doc
+        lines = ["casreg: error: " + doc["error"]]
     assert len(lines) == 1 and lines[0].startswith("casreg: error: "), p.stderr
     if not stdout:
         assert p.stdout == "", p.stdout
@@ -136,7 +143,7 @@ def test_every_command_refuses_a_lying_pointer(lie: str, world: tuple[Registry, 
     forge(reg.store, KEY, make(reg))
 
     fails(cli("resolve", "m@production"), 6, KEY, says)
-    fails(cli("resolve", "m@production", "--json"), 6, KEY, says)
+    fails(cli("resolve", "m@production", "--json"), 6, KEY, says, as_json=True)
     fails(cli("show", "m@production"), 6, KEY, says)
     dest = tmp_path / "served"
     fails(cli("pull", "m@production", str(dest)), 6, KEY, says)
@@ -172,7 +179,7 @@ def test_ls_and_show_flag_a_pointer_that_lies_about_a_listed_version(
     assert all("production" not in line for ref, line in rows.items() if ref != flagged)
     assert "staging" in rows["m:2"]  # honest pointers keep their badge
     j = cli("ls", "m", "--json")
-    fails(j, 6, KEY, stdout=True)
+    fails(j, 6, KEY, stdout=True, as_json=True)
     listed = {r["ref"] if "ref" in r else f"{r['name']}:{r['version']}": r["aliases"] for r in json.loads(j.stdout)}
     assert "production" not in listed[flagged] and "production(corrupt)" not in listed[flagged]
     fails(cli("show", flagged), 6, KEY)

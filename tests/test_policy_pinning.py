@@ -9,6 +9,7 @@ fail closed in one line naming the key (exit 6), ``policy show`` says it is dama
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -46,10 +47,15 @@ def cli(shared_url: str, tmp_path: Path) -> Run:
     return run
 
 
-def fails(p: subprocess.CompletedProcess[str], code: int, *fragments: str) -> str:
+def fails(p: subprocess.CompletedProcess[str], code: int, *fragments: str, as_json: bool = False) -> str:
     assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
     assert "Traceback" not in p.stdout + p.stderr
     lines = p.stderr.splitlines()
+    if as_json:  # the command had --json: the one line is {"error": ..., "exit_code": code}
+        assert len(lines) == 1, p.stderr
+        doc = json.loads(lines[0])
+        assert set(doc) == {"error", "exit_code"} and doc["exit_code"] == code, doc
+        lines = ["casreg: error: " + doc["error"]]
     assert len(lines) == 1 and lines[0].startswith("casreg: error: "), p.stderr
     assert p.stdout == "", p.stdout
     for f in fragments:
@@ -122,7 +128,7 @@ def test_a_damaged_policy_fails_every_governed_action_closed(damage: str, gated:
     hooks.write_text('[[hooks]]\nname = "h"\nurl = "https://example.test/hook"\n')
     fails(cli("hooks", "set", str(hooks)), 6, *what)
     fails(cli("policy", "show"), 6, *what)  # never prints the altered text
-    fails(cli("policy", "show", "--json"), 6, *what)
+    fails(cli("policy", "show", "--json"), 6, *what, as_json=True)
     v = cli("verify")
     assert v.returncode == 6 and "Traceback" not in v.stderr, v.stderr
     kind = "missing" if damage == "deleted" else "corrupt"
@@ -155,16 +161,37 @@ def test_only_the_pinned_file_restores_it(gated: tuple[Registry, Path], cli: Run
     assert reg.store.read(KEY) == b"[push]\n"
 
 
-def test_a_policy_file_no_event_pins_is_never_in_force(gated: tuple[Registry, Path], cli: Run) -> None:
-    """Writing policy/versions/000002.toml directly (or a policy set cut between its two
-    writes) does not replace version 1: the ledger pins version 1."""
+def test_a_policy_file_no_event_pins_fails_closed_until_the_policy_is_set_again(
+        gated: tuple[Registry, Path], cli: Run, tmp_path: Path) -> None:
+    """Writing policy/versions/000002.toml directly, a policy set cut between its two
+    writes, or deleting the policy.set event that pinned version 2 all leave a stored
+    version newer than the latest pin. It is never in force, and the older pin is not
+    either (a deleted event must not bring an older policy, or none, back): governed
+    actions fail closed until an admin, as the latest pinned policy allows, sets it again."""
     reg, _ = gated
     assert reg.store.create(policy_key(2), b"[gates.production]\napprovals = 0\n")
-    fails(cli("promote", "m", "2", "production"), 8, "refused by policy version 1")
-    assert "# policy version 1" in ok(cli("policy", "show")).stdout
+    fails(cli("promote", "m", "2", "production"), 6, policy_key(2), "no event pins it")
+    fails(cli("policy", "show"), 6, policy_key(2), "no event pins it")
     fails(cli("policy", "show", "--version", "2"), 6, policy_key(2), "not pinned by any policy.set event")
-    v = ok(cli("verify"))
-    assert f"{policy_key(2)} is not pinned by any policy.set event" in v.stdout + v.stderr
+    v = cli("verify")
+    assert v.returncode == 6 and policy_key(2) in v.stdout + v.stderr, (v.stdout, v.stderr)
+    again = tmp_path / "again.toml"
+    again.write_text(POLICY)
+    fails(cli("policy", "set", str(again), CASREG_USER="intruder@example.test"), 8, "holds none of the roles")
+    ok(cli("policy", "set", str(again)))
+    assert "# policy version 3" in ok(cli("policy", "show")).stdout
+    fails(cli("promote", "m", "2", "production"), 8, "refused by policy version 3")
+
+
+def test_deleting_the_latest_policy_set_event_fails_closed(gated: tuple[Registry, Path], cli: Run,
+                                                           tmp_path: Path) -> None:
+    """The first policy.set deleted: without the unpinned-file rule the registry would have
+    no policy at all, and every gate would be gone."""
+    reg, _ = gated
+    events = [k for k in reg.store.list("ledger/events/_registry") if k.endswith(".parquet")]
+    assert len(events) == 1
+    reg.store.delete(events[0])
+    fails(cli("promote", "m", "2", "production"), 6, policy_key(1), "no event pins it")
 
 
 def test_an_older_pinned_version_is_checked_against_its_own_event(gated: tuple[Registry, Path], cli: Run,

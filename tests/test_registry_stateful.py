@@ -133,7 +133,9 @@ class RegistryMachine(RuleBasedStateMachine):
             assert not result.changed  # promoting to where it is changes nothing
             return
         self.model.move(name, stage, version)
-        if stage == "production" and previous is not None:
+        if stage == "production" and previous is not None and self.model.holding(name, previous):
+            assert result.archived is None  # another alias still points at it: never archived
+        elif stage == "production" and previous is not None:
             assert result.archived == previous
             self.model.archived.setdefault(name, set()).add(previous)
 
@@ -166,8 +168,8 @@ class RegistryMachine(RuleBasedStateMachine):
         ev = self.reg.rollback(name, alias, reason="model test")
         assert ev.to_version == before
         self.model.move(name, alias, before)
-        if alias == "production" and to is not None and to != before:
-            self.model.archived.setdefault(name, set()).add(to)
+        if alias == "production" and to is not None and to != before and not self.model.holding(name, to):
+            self.model.archived.setdefault(name, set()).add(to)  # unless another alias still points at it
 
     @rule()
     def compact(self) -> None:
@@ -228,6 +230,7 @@ class RegistryMachine(RuleBasedStateMachine):
         for name in self.model.versions:
             got = {v.version for v in self.reg.search(name, stage="archived")}
             assert got == self.model.archived.get(name, set())
+            assert not [v for v in got if self.model.holding(name, v)]  # an alias's target is never archived
 
     def teardown(self) -> None:
         """Every version pulls back byte-identical; verify finds nothing wrong."""

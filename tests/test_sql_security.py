@@ -15,6 +15,7 @@ that must never show up in an answer or an error.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -95,13 +96,18 @@ def refused_api(reg: casreg.Registry, sql: str, pattern: str = REFUSED) -> str:
 
 def refused_cli(reg: casreg.Registry, capsys: pytest.CaptureFixture[str], *args: str,
                 fragment: str = "SQL error: ") -> str:
-    """The CLI exits 2 with one ``casreg: error: ...`` line on stderr, no traceback, no rows."""
+    """The CLI exits 2 with one ``casreg: error: ...`` line on stderr (with --json, that
+    line is ``{"error": ..., "exit_code": 2}``), no traceback, no rows."""
     capsys.readouterr()
     code = run([*args, "-r", reg.store.url])
     out, err = capsys.readouterr()
     assert code == 2, (code, out, err)
     lines = err.splitlines()
     assert len(lines) == 1, err
+    if "--json" in args:
+        doc = json.loads(lines[0])
+        assert set(doc) == {"error", "exit_code"} and doc["exit_code"] == 2, doc
+        lines = ["casreg: error: " + doc["error"]]
     assert lines[0].startswith(f"casreg: error: {fragment}"), lines[0]
     assert "Traceback" not in err and out == ""
     assert CANARY not in out + err

@@ -310,7 +310,8 @@ def test_json_copy_that_disagrees_with_the_ledger(reg2_format1: Registry) -> Non
     doc = json.loads(reg2.store.read(key))
     doc["digest"] = reg2.resolve("m:2").digest
     replace(reg2.store, key, json.dumps(doc).encode())
-    assert reg2.resolve("m:1").digest == reg2.resolve("m:2").digest  # what a reader would get
+    with pytest.raises(IntegrityError, match=f"{key}.*disagree"):  # readers cross-check it with the segment
+        reg2.resolve("m:1")
     (p,) = reg2.verify().problems
     assert (p.key, p.versions) == (key, ["m:1"]) and "the ledger says" in p.reason
 
@@ -346,8 +347,9 @@ def test_segment_whose_footer_record_disagrees_with_its_row(reg2: Registry) -> N
     key = "ledger/versions/m/0000000001.parquet"
     other = reg2.resolve("m:2").digest
     _rewrite_segment(reg2.store, key, footer={"digest": other})
-    assert reg2.resolve("m:1").digest == other  # what a reader would get
-    assert reg2.sql("select digest from versions where version = 1")[0]["digest"] != other
+    assert reg2.resolve("m:1").digest == other  # what a reader of the footer alone would get
+    with pytest.raises(IntegrityError, match=f"{key}.*differs from the record its footer"):  # a reader of rows
+        reg2.sql("select digest from versions where version = 1")
     (p,) = reg2.verify().problems
     assert (p.key, p.kind, p.versions) == (key, "corrupt", ["m:1"])
     assert "footer" in p.reason and other in p.reason
@@ -401,8 +403,161 @@ def test_cli(reg2: Registry) -> None:
     assert p.returncode == 6
     doc = json.loads(p.stdout)
     assert doc["ok"] is False and doc["problem_count"] == 1 and doc["problems"][0]["key"] == key
-    assert p.stderr == f"casreg: error: verify found 1 bad or missing object in {reg2.url}\n"
+    assert json.loads(p.stderr) == {"error": f"verify found 1 bad or missing object in {reg2.url}", "exit_code": 6}
+    assert len(p.stderr.splitlines()) == 1
     p = cli(reg2.url, "m:1", "--quiet")
     assert p.returncode == 6 and p.stdout == ""
     assert p.stderr.splitlines() == [f"casreg: missing {key}: the version's manifest is missing (needed by m:1)",
                                      "casreg: error: verify found 1 bad or missing object in m:1"]
+
+
+# -- file digests (--read-data) and records against manifests ------------------------------------------
+def forge(reg: Registry, name: str, m: Manifest) -> str:
+    """Commit a version of ``m`` (stored as a sound, self-hashing manifest) with a record
+    that describes it truthfully: what a writer of the store could do."""
+    import dataclasses
+
+    from casreg.ledger.segments import commit_version
+
+    assert reg.store.create(manifest_key(m.hexdigest), m.to_bytes())
+    record = dataclasses.replace(reg.show("m:1"), name=name, digest=m.version_digest, kind=m.kind, size=m.size,
+                                 file_count=len(m.files), chunk_count=sum(len(e.chunks) for e in m.files))
+    files = [{"path": e.path, "type": e.type, "size": e.size, "digest": e.digest.hex() if e.digest else None}
+             for e in m.entries]
+    return commit_version(reg.store, record, files).ref
+
+
+def distinct_files(*ms: Manifest) -> dict[tuple[bytes, tuple[bytes, ...]], int]:
+    return {(e.digest, tuple(c.digest for c in e.chunks)): e.size for m in ms for e in m.files}
+
+
+def test_read_data_hashes_each_distinct_file_once(reg2: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``shared.bin`` is in both versions (same digest, same chunks): hashed once. Counted
+    from the bytes the hashing loop consumed and the chunk reads it made (no chunk cache:
+    every chunk the data pass needs is read from the registry)."""
+    monkeypatch.setenv("CASREG_CACHE", "off")
+    m1, m2 = reg2.manifest("m:1"), reg2.manifest("m:2")
+    distinct = distinct_files(m1, m2)
+    assert len(distinct) == 4 and len(m1.files) + len(m2.files) == 5
+    counting = reg2.store = Counting(reg2.store)
+
+    def pack_reads() -> int:
+        return sum(n for (op, key), n in counting.calls.items() if op == "read" and key.startswith("packs/"))
+
+    plain = reg2.verify()
+    plain_reads = pack_reads()
+    counting.calls.clear()
+    r = reg2.verify(read_data=True)
+    assert r.ok and r.read_data and not plain.read_data, [p.line() for p in r.problems]
+    assert (r.files_hashed, r.files_reused) == (4, 1)
+    assert r.bytes_hashed == sum(distinct.values())
+    assert r.records == 2 == plain.records
+    # the data pass read each distinct file's chunks once (one request per run of chunks)
+    from casreg.content.fetch import spans
+
+    runs = sum(len(list(spans(e.chunks))) for m in (m1, m2) for e in m.files
+               if not (m is m2 and e.path == "shared.bin"))
+    assert pack_reads() - plain_reads == runs, (pack_reads(), plain_reads, runs)
+    assert r.to_dict()["files_hashed"] == 4
+
+    one = reg2.verify("m:2", read_data=True)
+    assert one.ok and (one.files_hashed, one.files_reused, one.records) == (3, 0, 1)
+    assert one.bytes_hashed == sum(e.size for e in m2.files)
+
+
+def _lying(reg: Registry) -> tuple[str, str]:
+    """A version whose one file's chunks are genuine and whose file digest is not."""
+    f = next(e for e in reg.manifest("m:1").files if e.path == "shared.bin")
+    m = Manifest("file", [Entry("shared.bin", "f", f.size, bytes(32), list(f.chunks))], {}, tree=2)
+    return forge(reg, "liar", m), manifest_key(m.hexdigest)
+
+
+def test_read_data_names_a_lying_file_digest(reg2: Registry, tmp_path: Path) -> None:
+    ref, key = _lying(reg2)
+    with pytest.raises(IntegrityError, match="does not match its digest"):
+        reg2.pull(ref, tmp_path / "liar")  # what a pull says
+    assert not (tmp_path / "liar").exists()
+    for report in (reg2.verify(read_data=True), reg2.verify(ref, read_data=True)):
+        (p,) = report.problems
+        assert (p.key, p.kind, p.versions) == (key, "corrupt", [ref])
+        assert "1 of 1 file(s) do not match their digest" in p.reason and "'shared.bin'" in p.reason
+        assert "\n" not in p.line()
+
+
+def test_a_lying_file_shared_by_two_versions_is_named_for_both(reg2: Registry) -> None:
+    """Deduplicated checks keep their verdict: the second manifest holding the same lying
+    file (same digest and chunks) is reported without hashing it again."""
+    ref, key = _lying(reg2)
+    f = next(e for e in reg2.manifest("m:1").files if e.path == "shared.bin")
+    other = Manifest("dir", [Entry("x/shared.bin", "f", f.size, bytes(32), list(f.chunks))], {}, tree=2)
+    ref2 = forge(reg2, "liar2", other)
+    r = reg2.verify(read_data=True)
+    assert {(p.key, tuple(p.versions)) for p in r.problems} == {(key, (ref,)),
+                                                                (manifest_key(other.hexdigest), (ref2,))}
+    assert r.files_hashed == 5 and r.files_reused == 2  # shared.bin (true), its liar once, reused by liar2
+
+
+def test_read_data_names_a_file_of_one_chunk_repeated(reg2: Registry) -> None:
+    """A manifest claiming a large file made of one genuine chunk repeated, its digest
+    made up; the same file with its true digest verifies."""
+    c = reg2.manifest("m:1").files[0].chunks[0]
+    reps = 40
+    lie = Manifest("file", [Entry("big.bin", "f", reps * c.raw_size, bytes(32), [c] * reps)], {}, tree=2)
+    ref, key = forge(reg2, "repeat", lie), manifest_key(lie.hexdigest)
+    raw = reg2.store.read(pack_key(c.pack), ByteRange(c.offset, c.offset + c.stored_size))
+    from casreg.content.codec import decode
+
+    chunk = bytes(decode(c.codec, raw, c.raw_size))
+    from blake3 import blake3
+
+    true = Manifest("file", [Entry("big.bin", "f", reps * c.raw_size, blake3(chunk * reps).digest(), [c] * reps)],
+                    {}, tree=2)
+    honest = forge(reg2, "honest", true)
+    assert reg2.verify(honest, read_data=True).ok
+    for report in (reg2.verify(read_data=True), reg2.verify(ref, read_data=True)):
+        (p,) = report.problems
+        assert (p.key, p.versions) == (key, [ref]) and f"{reps:,} chunk(s)" in p.reason
+
+
+def test_record_that_disagrees_with_its_manifest(reg2: Registry) -> None:
+    """A record whose kind and size (what ls and SQL show) are not its manifest's: verify
+    and verify REF name the segment and the version, with or without --read-data."""
+    key = "ledger/versions/m/0000000002.parquet"
+    _rewrite_segment(reg2.store, key, footer={"kind": "file", "size": 7}, row={"kind": "file", "size": 7})
+    assert reg2.show("m:2").size == 7
+    for report in (reg2.verify(), reg2.verify(read_data=True), reg2.verify("m:2")):
+        (p,) = report.problems
+        assert (p.key, p.kind, p.versions) == (key, "corrupt", ["m:2"])
+        assert "kind 'file' (the manifest: 'dir')" in p.reason and "size 7 (the manifest:" in p.reason
+        assert manifest_key(reg2.resolve("m:2").hexdigest) in p.reason
+    assert reg2.verify("m:1").ok
+
+
+def test_record_whose_files_and_counts_disagree(reg2: Registry) -> None:
+    key = "ledger/versions/m/0000000001.parquet"
+    import io
+
+    import pyarrow.parquet as pq
+
+    files = pq.read_table(io.BytesIO(reg2.store.read(key))).to_pylist()[0]["files"]
+    files[0]["size"] += 1
+    _rewrite_segment(reg2.store, key, footer={"file_count": 9, "chunk_count": 1}, row={
+        "file_count": 9, "chunk_count": 1, "files": files})
+    (p,) = reg2.verify().problems
+    assert (p.key, p.versions) == (key, ["m:1"])
+    assert "file_count 9 (the manifest: 2)" in p.reason and "chunk_count 1" in p.reason
+    assert f"first difference at {files[0]['path']!r}" in p.reason
+
+
+def test_cli_read_data(reg2: Registry) -> None:
+    if reg2.url.startswith("memory://"):
+        pytest.skip("memory:// is private to one process")
+    p = cli(reg2.url, "--read-data")
+    assert p.returncode == 0 and "4 files hashed" in p.stdout and "all good" in p.stdout, p.stdout + p.stderr
+    ref, key = _lying(reg2)
+    p = cli(reg2.url)
+    assert p.returncode == 0, p.stderr  # the structure is sound: only reading the data tells
+    for args in (("--read-data",), (ref, "--read-data")):
+        p = cli(reg2.url, *args)
+        assert p.returncode == 6 and "Traceback" not in p.stderr
+        assert p.stderr.splitlines()[0].startswith(f"casreg: corrupt {key}: 1 of 1 file(s) do not match"), p.stderr

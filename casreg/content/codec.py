@@ -14,7 +14,7 @@ from blake3 import blake3
 
 from casreg.errors import IntegrityError
 
-__all__ = ["Codec", "encode", "decode", "decode_verified", "zstd_decode", "DEFAULT_ZSTD_LEVEL"]
+__all__ = ["Codec", "encode", "decode", "decode_verified", "decode_verified_into", "zstd_decode", "DEFAULT_ZSTD_LEVEL"]
 
 DEFAULT_ZSTD_LEVEL = 3
 
@@ -82,3 +82,37 @@ def decode_verified(codec: int, stored: bytes | memoryview, raw_size: int, diges
     if len(raw) != raw_size or blake3(raw).digest() != digest:
         raise IntegrityError("its bytes do not match the digest")
     return raw
+
+
+def _zstd_decode_into(stored: bytes | memoryview, out: memoryview) -> bool:
+    """Decode one zstd frame straight into ``out``; ``True`` only if the frame says it
+    holds exactly ``len(out)`` bytes, fills ``out`` and ends there. Anything else
+    (``False``) is left to :func:`zstd_decode`, so both paths accept and refuse the same
+    payloads."""
+    try:
+        if zstandard.frame_content_size(stored) != len(out):
+            return False
+        reader = _decompressor().stream_reader(stored, read_size=max(len(stored), 1), read_across_frames=False)
+        got = 0
+        while got < len(out):
+            n = reader.readinto(out[got:])
+            if not n:
+                return False
+            got += n
+        return reader.read(1) == b""
+    except zstandard.ZstdError:
+        return False
+
+
+def decode_verified_into(codec: int, stored: bytes | memoryview, out: memoryview, digest: bytes) -> None:
+    """:func:`decode_verified` into ``out``, which is exactly the chunk's raw size: the
+    same payloads pass and fail, but a genuine chunk is decoded in place rather than
+    into bytes of its own (a pull decodes every run into one reused buffer, so its
+    memory does not depend on how the allocator treats many threads' freed chunks).
+    On :class:`IntegrityError` ``out`` holds garbage."""
+    if codec == Codec.ZSTD and _zstd_decode_into(stored, out):
+        if blake3(out).digest() != digest:
+            raise IntegrityError("its bytes do not match the digest")
+        return
+    raw = decode_verified(codec, stored, len(out), digest)
+    out[:] = raw

@@ -13,6 +13,7 @@ everything in it (its versions have the weaker guarantee docs/FORMAT.md §5 stat
 from __future__ import annotations
 
 import json
+import re
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ MAX_CONFIG_BYTES = 1 << 20
 REGISTRY_FORMAT = "casreg/2"
 #: Registry format -> the tree format of the manifests its pushes write.
 REGISTRY_FORMATS = {"casreg/1": 1, "casreg/2": 2}
+#: ``casreg.json`` is a few hundred bytes; it is read at most this large.
+MAX_CONFIG_BYTES = 64 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,18 +82,26 @@ class RegistryConfig:
     def from_json(cls, data: bytes, where: str) -> RegistryConfig:
         """Parse and check ``casreg.json``; a registry of another format is refused."""
         try:
+            if len(data) > MAX_CONFIG_BYTES:
+                raise ValueError("too large")
             doc = json.loads(data)
-        except (UnicodeDecodeError, ValueError):
-            raise IntegrityError(f"{CONFIG_KEY} in {where} is corrupt (not JSON)") from None
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise IntegrityError(f"{CONFIG_KEY} in {where} is corrupt (not JSON, or larger than "
+                                 f"{MAX_CONFIG_BYTES:,} bytes)") from None
         if not isinstance(doc, dict):
             raise IntegrityError(f"{CONFIG_KEY} in {where} is corrupt (not a JSON object)")
-        if doc.get("format") not in REGISTRY_FORMATS:
+        fmt = doc.get("format")
+        if not isinstance(fmt, str) or re.fullmatch(r"casreg/[1-9][0-9]{0,3}", fmt) is None:
+            raise IntegrityError(f"{CONFIG_KEY} in {where} is corrupt (format {str(fmt)[:40]!r})")
+        if fmt not in REGISTRY_FORMATS:  # a newer casreg's registry, not damage
             raise CasregError(f"{where} holds a registry of format {str(doc.get('format'))[:40]!r}; "
                               f"this casreg reads {', '.join(REGISTRY_FORMATS)}")
-        chunking, level, created = doc.get("chunking", {}), doc.get("zstd_level", DEFAULT_ZSTD_LEVEL), \
-            doc.get("created_at", "")
+        chunking, level, created = doc.get("chunking"), doc.get("zstd_level", DEFAULT_ZSTD_LEVEL), \
+            doc.get("created_at")
         if not isinstance(chunking, dict) or type(level) is not int or not isinstance(created, str):
-            raise IntegrityError(f"{CONFIG_KEY} in {where} is corrupt (a field has the wrong type)")
+            raise IntegrityError(f"{CONFIG_KEY} in {where} is corrupt (a field is missing or has the wrong type)")
+        if not 1 <= level <= 22:
+            raise IntegrityError(f"{CONFIG_KEY} in {where} is corrupt (zstd_level {level} is not 1-22)")
         return cls(str(doc["format"]), created, chunking, level)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from casreg.content.cache import AUTO, CacheArg, resolve_cache
-from casreg.content.codec import decode_verified
+from casreg.content.codec import decode_verified, decode_verified_into
 from casreg.content.manifest import ChunkRef
 from casreg.errors import IntegrityError, NotFoundError
 from casreg.keys import pack_key
@@ -28,11 +28,16 @@ SPAN_BYTES = 4 << 20  # stored bytes fetched by one ranged read at most
 SPAN_RAW_BYTES = 8 << 20
 
 
-def _check_chunk(ref: ChunkRef, stored: bytes | memoryview, key: str) -> bytes:
+def _check_chunk(ref: ChunkRef, stored: bytes | memoryview, key: str, out: memoryview | None = None,
+                 ) -> bytes | memoryview:
+    """The chunk's verified bytes: its own ``bytes``, or ``out`` (its raw size) filled."""
     where = f"chunk blake3:{ref.digest.hex()} in {key} at offset {ref.offset}"
     if len(stored) != ref.stored_size:
         raise IntegrityError(f"{where} is truncated ({len(stored)} of {ref.stored_size} bytes)")
     try:
+        if out is not None:
+            decode_verified_into(ref.codec, stored, out, ref.digest)
+            return out
         raw = decode_verified(ref.codec, stored, ref.raw_size, ref.digest)
     except IntegrityError as err:
         raise IntegrityError(f"{where} is corrupt: {err}") from None
@@ -43,7 +48,7 @@ def _check_chunk(ref: ChunkRef, stored: bytes | memoryview, key: str) -> bytes:
 class SpanRead:
     """What one :func:`read_span` call returned and what it cost."""
 
-    chunks: list[bytes]
+    chunks: list[bytes]  # empty when they were decoded into the caller's buffer
     fetched_bytes: int = 0  # stored bytes read from the registry
     requests: int = 0  # ranged reads asked of the registry
     cached_bytes: int = 0  # raw bytes served by the local cache
@@ -67,18 +72,37 @@ def _fetch(store: ObjectStore, key: str, runs: list[list[ChunkRef]]) -> list[byt
     return blobs
 
 
-def read_span_stats(store: ObjectStore, refs: list[ChunkRef], cache: CacheArg = AUTO) -> SpanRead:
+def read_span_stats(store: ObjectStore, refs: list[ChunkRef], cache: CacheArg = AUTO,
+                    into: memoryview | None = None) -> SpanRead:
     """:func:`read_span`, also saying how many bytes and requests it took. With a cache,
     chunks it holds are taken from it (each re-verified) and only the missing ones are
     fetched, each run of adjacent missing chunks with one ranged read; every fetched chunk
-    is verified, then stored in the cache."""
+    is verified, then stored in the cache.
+
+    ``into``: a writable buffer of at least the run's raw size; the chunks are decoded
+    into it back to back, and ``chunks`` is empty. A pull reuses a few such buffers, so
+    its memory is that of its buffers however the allocator would treat a ``bytes`` per
+    chunk allocated in many threads."""
     cache = resolve_cache(store, cache)
+    slots: list[memoryview | None] = [None] * len(refs)
+    if into is not None:
+        pos = 0
+        for i, r in enumerate(refs):
+            slots[i] = into[pos:pos + r.raw_size]
+            pos += r.raw_size
+        if pos > len(into):
+            raise ValueError(f"a buffer of {len(into)} bytes cannot hold a run of {pos}")
     key = pack_key(refs[0].pack)
     if cache is None:
         runs = [refs]
-        out: list[bytes | None] = [None] * len(refs)
+        out: list[bytes | memoryview | None] = [None] * len(refs)
     else:
         out = [cache.get(r.digest, r.raw_size) for r in refs]
+        if into is not None:
+            for i, got in enumerate(out):
+                slot = slots[i]
+                if got is not None and slot is not None:
+                    slot[:] = got
         runs, run = [], []
         for r, got in zip(refs, out):
             if got is None:
@@ -95,12 +119,13 @@ def read_span_stats(store: ObjectStore, refs: list[ChunkRef], cache: CacheArg = 
             view = memoryview(data)
             start = run[0].offset
             for r in run:
-                raw = _check_chunk(r, view[r.offset - start:r.offset - start + r.stored_size], key)
-                out[next(missing)] = raw
+                i = next(missing)
+                raw = _check_chunk(r, view[r.offset - start:r.offset - start + r.stored_size], key, slots[i])
+                out[i] = raw
                 res.fetched_bytes += r.stored_size
                 if cache is not None:
                     cache.put_verified(r.digest, raw)
-    res.chunks = out  # type: ignore[assignment]  # every slot is filled now
+    res.chunks = [] if into is not None else out  # type: ignore[assignment]  # every slot is filled now
     res.cached_bytes = sum(r.raw_size for r in refs) - sum(r.raw_size for run in runs for r in run)
     return res
 

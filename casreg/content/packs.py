@@ -12,17 +12,19 @@ Layout (docs/FORMAT.md): ``packs/<aa>/<id>.pack`` and ``index/<aa>/<id>.idx``.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from blake3 import blake3
 
 from casreg.content.cache import AUTO, CacheArg, ChunkCache, resolve_cache
-from casreg.content.manifest import ChunkRef
+from casreg.content.codec import Codec, decode_verified
+from casreg.content.config import MAX_CHUNK_BYTES, max_chunk_size
+from casreg.content.manifest import ChunkRef, stored_bound
 from casreg.errors import IntegrityError, NotFoundError
-from casreg.keys import INDEXES, parse_index_key
-from casreg.storage import ObjectStore, ObjectWriter
+from casreg.keys import INDEXES, index_key, pack_key, parse_index_key
+from casreg.storage import ByteRange, ObjectStore, ObjectWriter
 
 __all__ = [
     "PACK_TARGET",
@@ -30,6 +32,9 @@ __all__ = [
     "ChunkIndex",
     "encode_index",
     "decode_index",
+    "pack_layout",
+    "read_index",
+    "verify_pack",
 ]
 
 PACK_TARGET = 32 << 20
@@ -37,6 +42,8 @@ PACK_MAGIC = b"CASRPACK\x01\x00\x00\x00\x00\x00\x00\x00"  # 16 bytes
 INDEX_MAGIC = b"CASRIDX\x01"
 _ENTRY = struct.Struct("<32sQIIB3x")  # digest, offset, stored size, raw size, codec
 _TAIL = struct.Struct("<Q8s")  # entry count, INDEX_MAGIC
+VERIFY_SPAN = 4 << 20  # stored bytes read at once while verifying a pack (bounds memory)
+_CODECS = frozenset(int(c) for c in Codec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +69,94 @@ def decode_index(data: bytes, where: str) -> list[_Slot]:
     if magic != INDEX_MAGIC or len(data) != count * _ENTRY.size + _TAIL.size:
         raise IntegrityError(f"index {where} is corrupt")
     return [_Slot(*_ENTRY.unpack_from(data, i * _ENTRY.size)) for i in range(count)]
+
+
+def pack_layout(slots: Sequence[_Slot], index_size: int, max_chunk: int, where: str) -> int:
+    """The size the pack of this index must have, if the index is laid out as
+    :class:`casreg.content.packs.PackBuilder` lays one out: the first payload right after
+    the 16-byte magic, each next one right after the previous, every codec known, no raw
+    size above ``max_chunk`` and no stored size above what a codec can produce for it.
+    Anything else (overlapping or scattered offsets, a 4 GiB chunk) is not a pack a
+    writer made: :class:`IntegrityError` naming ``where``."""
+    expected = len(PACK_MAGIC)
+    for s in slots:
+        if s.offset != expected:
+            raise IntegrityError(f"index {where} is not a pack's layout: chunk blake3:{s.digest.hex()} at offset "
+                                 f"{s.offset}, expected {expected}")
+        if s.codec not in _CODECS or s.raw_size > max_chunk or s.stored_size > stored_bound(s.raw_size):
+            raise IntegrityError(f"index {where} is corrupt: chunk blake3:{s.digest.hex()} has codec {s.codec}, "
+                                 f"{s.raw_size} raw and {s.stored_size} stored bytes")
+        expected += s.stored_size
+    return expected + index_size
+
+
+def _index_limit(max_chunk: int) -> int:
+    """A bound on the index of a pack a writer makes: it seals a pack once it holds
+    ``PACK_TARGET`` stored bytes, so it has at most that plus one chunk's payloads, of
+    at least one byte each."""
+    return (PACK_TARGET + stored_bound(max_chunk) + 1) * _ENTRY.size + _TAIL.size
+
+
+def read_index(store: ObjectStore, pack_id: str, cache: ChunkCache | None, limit: int) -> bytes:
+    """The index object of ``pack_id``, from ``cache`` when it holds it (checked there),
+    else from the store (at most ``limit`` bytes) and checked against its name."""
+    if cache is not None and (data := cache.get(bytes.fromhex(pack_id), index=True)) is not None:
+        return data
+    key = index_key(pack_id)
+    try:
+        data = store.read(key, ByteRange(0, limit + 1))
+    except NotFoundError:
+        raise IntegrityError(f"object {key} is missing") from None
+    if blake3(data).hexdigest() != pack_id:
+        raise IntegrityError(f"index {key} does not hash to its name")
+    return data
+
+
+def verify_pack(store: ObjectStore, pack_id: str, index: bytes, slots: Sequence[_Slot], max_chunk: int) -> None:
+    """Prove that ``packs/<pack_id>.pack`` holds what its index (``index``, already
+    checked to hash to ``pack_id``, decoded into ``slots``) says: exactly the size the
+    layout fixes, the pack magic first, the index bytes last, and every payload decoding
+    with its codec, at its offset, to its raw size and digest. Reads the pack once, in
+    ranges of at most :data:`VERIFY_SPAN` stored bytes (plus one chunk), so memory stays
+    bounded whatever the pack claims. Raises :class:`IntegrityError` naming the pack
+    and what is wrong (a missing pack included)."""
+    key = pack_key(pack_id)
+    size = pack_layout(slots, len(index), max_chunk, index_key(pack_id))
+    try:
+        # One read checks the size (a longer object returns a byte more, a shorter one less) and the trailer.
+        tail = store.read(key, ByteRange(size - len(index), size + 1))
+        if len(tail) != len(index):
+            raise IntegrityError(f"pack {key} has the wrong size (its index says {size} bytes)")
+        if tail != index:
+            raise IntegrityError(f"pack {key} does not end with its index")
+        start = 0  # the first range also covers the magic
+        i = 0
+        while i < len(slots):
+            j = i
+            end = slots[i].offset + slots[i].stored_size
+            while j + 1 < len(slots) and slots[j + 1].offset + slots[j + 1].stored_size - start <= VERIFY_SPAN:
+                j += 1
+                end = slots[j].offset + slots[j].stored_size
+            data = store.read(key, ByteRange(start, end))
+            if len(data) != end - start:
+                raise IntegrityError(f"pack {key} is truncated at offset {start + len(data)}")
+            view = memoryview(data)
+            if start == 0 and bytes(view[:len(PACK_MAGIC)]) != PACK_MAGIC:
+                raise IntegrityError(f"pack {key} does not start with the pack magic")
+            for s in slots[i:j + 1]:
+                try:
+                    decode_verified(s.codec, view[s.offset - start:s.offset - start + s.stored_size], s.raw_size,
+                                    s.digest)
+                except IntegrityError as err:
+                    raise IntegrityError(f"pack {key}: chunk blake3:{s.digest.hex()} at offset {s.offset} is "
+                                         f"not what its index says ({err})") from None
+            start, i = end, j + 1
+        if not slots:
+            head = store.read(key, ByteRange(0, len(PACK_MAGIC)))
+            if head != PACK_MAGIC:
+                raise IntegrityError(f"pack {key} does not start with the pack magic")
+    except NotFoundError:
+        raise IntegrityError(f"pack {key} is missing (its index {index_key(pack_id)} is there)") from None
 
 
 class PackBuilder:
@@ -113,9 +208,11 @@ class ChunkIndex:
     (see docs/FORMAT.md, "Limits").
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_chunk: int = MAX_CHUNK_BYTES) -> None:
         self._refs: dict[bytes, ChunkRef] = {}
         self.cache: ChunkCache | None = None  # where load() found and kept index objects
+        self.max_chunk = max_chunk  # the registry's bound on a chunk's raw size
+        self.pack_sizes: dict[str, int] = {}  # pack id -> the size its index fixes (pack_layout)
 
     def remember(self, pack_id: str, index: bytes) -> None:
         """A push wrote this pack's index: keep it in the cache too, so the next push
@@ -132,6 +229,13 @@ class ChunkIndex:
 
     def get(self, digest: bytes) -> ChunkRef | None:
         return self._refs.get(digest)
+
+    def verify(self, store: ObjectStore, pack_id: str) -> None:
+        """Read the pack ``pack_id`` back whole and prove it holds what its index says
+        (:func:`verify_pack`; the index is taken from the cache or read again). Raises
+        :class:`IntegrityError` naming what is wrong."""
+        index = read_index(store, pack_id, self.cache, _index_limit(self.max_chunk))
+        verify_pack(store, pack_id, index, decode_index(index, index_key(pack_id)), self.max_chunk)
 
     def add_pack(self, pack_id: str, slots: Iterable[_Slot]) -> None:
         for s in slots:
@@ -178,16 +282,19 @@ class ChunkIndex:
         else:
             fetched = [fetch(item) for item in missing]
         found.update((pack_id, data) for (_, pack_id), data in zip(missing, fetched))
-        index = cls()
+        index = cls(max_chunk_size(store))
         index.cache = chosen
         for key, pack_id in wanted:  # listing order, as before: the first pack holding a chunk wins
             data = found.get(pack_id)
             if data is None:
                 continue
             try:
-                index.add_pack(pack_id, decode_index(data, key))
+                slots = decode_index(data, key)
+                size = pack_layout(slots, len(data), index.max_chunk, key)  # no writer lays a pack out otherwise
             except IntegrityError:
                 continue  # a bad index only costs dedup; verify reports it
+            index.add_pack(pack_id, slots)
+            index.pack_sizes[pack_id] = size
         return index
 
     def __iter__(self) -> Iterator[ChunkRef]:

@@ -30,15 +30,18 @@ from dataclasses import dataclass
 from blake3 import blake3
 
 from casreg.content.chunking import BLOCK_SIZE, ChunkParams, iter_chunk_views
-from casreg.content.codec import decode_verified, encode
-from casreg.content.manifest import ChunkRef, Entry, Manifest
-from casreg.content.packs import PACK_TARGET, ChunkIndex, PackBuilder
+from casreg.content.codec import Codec, decode_verified, encode
+from casreg.content.config import read_config
+from casreg.content.fetch import read_span, spans
+from casreg.content.manifest import MAX_STORED_MANIFEST, ChunkRef, Entry, Manifest
+from casreg.content.packs import PACK_TARGET, ChunkIndex, PackBuilder, decode_index, verify_pack
 from casreg.content.source import Source, SourceFile
+from casreg.content.trust import VerifiedPacks
 from casreg.errors import IntegrityError, InvalidInputError, NotFoundError
 from casreg.keys import PACKS, index_key, manifest_key, pack_key
 from casreg.progress import NullProgress, Progress
 from casreg.redact import redact_url
-from casreg.storage import ObjectStore, ObjectWriter
+from casreg.storage import ByteRange, ObjectStore, ObjectWriter
 from casreg.storage.base import Buffer
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ log = logging.getLogger(__name__)
 __all__ = ["PushStats", "store_source"]
 
 MAX_INFLIGHT = 12  # chunks queued or being processed
+VERIFIERS = 4  # registry packs read back at once, at most (each reads 4 MiB at a time)
 READ_BUFFERS = 3  # one being cut, the others' chunks still being hashed and compressed
 
 
@@ -57,6 +61,10 @@ class PushStats:
     new_raw_bytes: int = 0  # logical bytes of chunks the registry lacked
     stored_bytes: int = 0  # bytes this push wrote: packs, indexes, manifest
     packs: int = 0
+    verified_packs: int = 0  # packs of the registry read back whole before being trusted (not confirmed before)
+    rejected_packs: int = 0  # of those, packs that failed (their chunks were stored anew)
+    restored_chunks: int = 0  # chunks stored anew because the pack their index named failed
+    replaced_manifest: bool = False  # a stale manifest under this version's digest was replaced
 
     @property
     def dedup_ratio(self) -> float:
@@ -97,6 +105,18 @@ def _replace_damaged(store: ObjectStore, key: str, write: Callable[[], bool], in
     if not intact():  # someone else wrote it meanwhile; theirs must be right too
         raise IntegrityError(f"{key} in {store.url} is damaged and could not be replaced; nothing was committed")
     return False
+
+
+class _FileChunks:
+    """A file's chunk references as they are drained, in file order, and where the next
+    one starts in the file (to read a chunk again if the pack it was found in fails)."""
+
+    __slots__ = ("refs", "source", "offset")
+
+    def __init__(self, source: SourceFile) -> None:
+        self.refs: list[object] = []  # ChunkRef, or _Pending until its pack is sealed
+        self.source = source
+        self.offset = 0
 
 
 class _ReadBuffers:
@@ -185,14 +205,20 @@ class _OrderedWriter(ObjectWriter):
 class _Pusher:
     def __init__(self, store: ObjectStore, index: ChunkIndex, params: ChunkParams, level: int, progress: Progress,
                  workers: ThreadPoolExecutor, uploader: ThreadPoolExecutor, ordered: ThreadPoolExecutor,
-                 check_writes: bool) -> None:
+                 verifier: ThreadPoolExecutor, trust: VerifiedPacks, check_writes: bool) -> None:
         self.store, self.index, self.params, self.level, self.progress = store, index, params, level, progress
         self.check_writes = check_writes
-        self.workers, self.uploader, self.ordered = workers, uploader, ordered
+        self.workers, self.uploader, self.ordered, self.verifier = workers, uploader, ordered, verifier
+        self.trust = trust
         self.claimed: dict[bytes, _Pending] = {}
         self.pack: PackBuilder | None = None  # opened on the first new chunk
         self.uploads: deque[Future[int]] = deque()
-        self.inflight: deque[tuple[list[object], Future[tuple[bytes, int, bytes | None]], int, int]] = deque()
+        self.inflight: deque[tuple[_FileChunks, Future[tuple[bytes, int, bytes | None]], int, int]] = deque()
+        # Packs of the registry this push dedups against, each checked in the background
+        # (the error, or None); the chunk references that rely on one are kept (file,
+        # position, offset and size in the file) in case it fails.
+        self.checks: dict[str, Future[str | None]] = {}
+        self.deduped: list[tuple[_FileChunks, int, int, int]] = []
         self.block = max(BLOCK_SIZE, 2 * params.max_size)  # read per block, beside up to max_size carried
         self.buffers = _ReadBuffers(READ_BUFFERS, params.max_size + self.block, self._drain_one)
         self.stats = PushStats()
@@ -202,6 +228,10 @@ class _Pusher:
         digest = blake3(raw).digest()
         if digest in self.index or digest in self.claimed:
             return digest, 0, None
+        codec, stored = self._encode(raw, digest)
+        return digest, int(codec), stored
+
+    def _encode(self, raw: memoryview | bytes, digest: bytes) -> tuple[Codec, bytes]:
         codec, stored = encode(raw, self.level)
         if not isinstance(stored, bytes):  # kept raw: a view of a read buffer that will be reused
             stored = bytes(stored)
@@ -211,20 +241,58 @@ class _Pusher:
             except IntegrityError as err:
                 raise IntegrityError(f"check before write: chunk blake3:{digest.hex()} as encoded ({codec.name}) "
                                      f"is wrong ({err}); nothing was stored for it (push again)") from None
-        return digest, int(codec), stored
+        return codec, stored
+
+    def _verify(self, pack_id: str, confirmed: bool) -> str | None:
+        """On a verifier thread: the reason a registry pack this push dedups against cannot
+        be trusted, or ``None``. A pack this machine confirmed before must still be there
+        with the size its index fixes (one metadata request); any other is read back whole
+        (``ChunkIndex.verify``) and, if it passes, recorded as confirmed."""
+        key = pack_key(pack_id)
+        try:
+            if confirmed:
+                try:
+                    size = self.store.size(key)
+                except NotFoundError:
+                    size = -1
+                if size != self.index.pack_sizes.get(pack_id, size):
+                    raise IntegrityError(f"pack {key} is missing or has the wrong size")
+                return None
+            self.index.verify(self.store, pack_id)
+        except IntegrityError as err:
+            if not self.store.exists(pack_key(pack_id)):
+                # An index is written only after its pack, so one without a pack advertises
+                # chunks nobody stored (a pack gc swept, or a forgery): as gc's commit check
+                # does, remove it, so that later pushes do not look at it again.
+                self.store.delete(index_key(pack_id))
+            return str(err)
+        self.trust.add(pack_id)
+        return None
+
+    def _intact(self, pack_id: str, index: bytes) -> bool:
+        """Whether the pack already stored under our pack's name holds our pack's chunks."""
+        try:
+            verify_pack(self.store, pack_id, index, decode_index(index, index_key(pack_id)), self.index.max_chunk)
+        except IntegrityError:
+            return False
+        return True
 
     def _upload(self, pack_id: str, writer: ObjectWriter, index: bytes, size: int) -> int:
         written = 0
         with writer:
             key = pack_key(pack_id)
+            # A pack already under this name (the same chunks pushed before, or planted by
+            # someone who predicted the name) is read back whole before it is relied on.
             if writer.publish(key, size=size) or _replace_damaged(
-                    self.store, key, lambda: writer.publish(key, size=size), lambda: self.store.size(key) == size):
+                    self.store, key, lambda: writer.publish(key, size=size), lambda: self._intact(pack_id, index)):
                 written += size
         ikey = index_key(pack_id)
         if self.store.create(ikey, index) or _replace_damaged(  # only after the pack exists
                 self.store, ikey, lambda: self.store.create(ikey, index), lambda: self.store.read(ikey) == index):
             written += len(index)
         self.index.remember(pack_id, index)
+        if self.check_writes:  # every payload was decoded and hashed before it was written
+            self.trust.add(pack_id)
         return written
 
     # -- main thread ---------------------------------------------------------------------
@@ -238,6 +306,24 @@ class _Pusher:
             self.stats.stored_bytes += self.uploads.popleft().result()
         self.uploads.append(self.uploader.submit(self._upload, pack_id, pack.writer, index, pack.size))
 
+    def _store_new(self, digest: bytes, codec: int, stored: bytes, raw_size: int) -> _Pending:
+        if self.pack is None:
+            self.pack = PackBuilder(_OrderedWriter(self.store.open_writer(PACKS), self.ordered))
+        offset = self.pack.add(digest, codec, stored, raw_size)
+        ref = self.claimed[digest] = _Pending(digest, self.pack, offset, len(stored), raw_size, codec)
+        self.stats.new_chunks += 1
+        self.stats.new_raw_bytes += raw_size
+        if self.pack.size >= PACK_TARGET:
+            self._seal()
+        return ref
+
+    def _check(self, pack_id: str) -> None:
+        """Start checking ``pack_id`` in the background, once per push."""
+        if pack_id not in self.checks:
+            confirmed = pack_id in self.trust
+            self.checks[pack_id] = self.verifier.submit(self._verify, pack_id, confirmed)
+            self.stats.verified_packs += not confirmed
+
     def _drain_one(self) -> None:
         chunks, fut, raw_size, buf_id = self.inflight.popleft()
         digest, codec, stored = fut.result()
@@ -248,21 +334,59 @@ class _Pusher:
             ref = self.claimed[digest]
         elif (known := self.index.get(digest)) is not None:
             ref = known
+            self._check(known.pack)
+            self.deduped.append((chunks, len(chunks.refs), chunks.offset, raw_size))
         else:
             assert stored is not None
-            if self.pack is None:
-                self.pack = PackBuilder(_OrderedWriter(self.store.open_writer(PACKS), self.ordered))
-            offset = self.pack.add(digest, codec, stored, raw_size)
-            ref = self.claimed[digest] = _Pending(digest, self.pack, offset, len(stored), raw_size, codec)
-            self.stats.new_chunks += 1
-            self.stats.new_raw_bytes += raw_size
-            if self.pack.size >= PACK_TARGET:
-                self._seal()
-        chunks.append(ref)
+            ref = self._store_new(digest, codec, stored, raw_size)
+        chunks.refs.append(ref)
+        chunks.offset += raw_size
         self.progress.advance(raw_size)
 
+    def _restore(self) -> None:
+        """Wait for the packs being read back; for every one that failed, store the chunks
+        this push found in it anew (read again from the source files and checked against
+        their digests), so the version never relies on a pack nobody can read."""
+        bad: dict[str, str] = {}
+        for pack_id, check in self.checks.items():
+            if (why := check.result()) is not None:
+                bad[pack_id] = why
+        if not bad:
+            return
+        self.stats.rejected_packs = len(bad)
+        for why in bad.values():
+            log.warning("casreg: not deduplicating against %s: %s; storing its chunks anew (run casreg verify)",
+                        redact_url(self.store.url), why)
+        files: dict[str, int] = {}
+        try:
+            for chunks, pos, offset, raw_size in self.deduped:
+                old = chunks.refs[pos]
+                assert isinstance(old, ChunkRef)
+                if old.pack not in bad:
+                    continue
+                claimed = self.claimed.get(old.digest)
+                if claimed is None:
+                    path = chunks.source.abspath
+                    fd = files.get(path)
+                    if fd is None:
+                        try:
+                            fd = files[path] = os.open(path, os.O_RDONLY)
+                        except OSError:
+                            raise InvalidInputError(f"cannot push {path}: it disappeared while being pushed") from None
+                    raw = os.pread(fd, raw_size, offset)  # the chunk's own size, not what an index claims
+                    if len(raw) != raw_size or blake3(raw).digest() != old.digest:
+                        raise InvalidInputError(f"{path} changed while it was being pushed; push again when it is "
+                                                "stable")
+                    codec, stored = self._encode(raw, old.digest)
+                    claimed = self._store_new(old.digest, int(codec), stored, raw_size)
+                    self.stats.restored_chunks += 1
+                chunks.refs[pos] = claimed
+        finally:
+            for fd in files.values():
+                os.close(fd)
+
     def add_file(self, f: SourceFile) -> Entry:
-        chunks: list[object] = []
+        chunks = _FileChunks(f)
         hasher = blake3()  # one thread: ~4.6 GB/s here; AUTO threading of 8 MiB blocks cost 3x the CPU on 2 busy cores
 
         def hash_block(view: memoryview, buf_id: int) -> None:  # on the ordered thread, off the critical path
@@ -287,11 +411,12 @@ class _Pusher:
             raise InvalidInputError(f"{f.abspath} changed while it was being pushed; push again when it is stable")
         self.stats.size += size
         digest = self.ordered.submit(hasher.digest).result()  # after every update of this file
-        return Entry(f.relpath, "x" if f.executable else "f", size, digest, chunks)  # type: ignore[arg-type]
+        return Entry(f.relpath, "x" if f.executable else "f", size, digest, chunks.refs)  # type: ignore[arg-type]
 
     def finish(self, entries: list[Entry]) -> None:
         while self.inflight:
             self._drain_one()
+        self._restore()
         self._seal()
         while self.uploads:
             self.stats.stored_bytes += self.uploads.popleft().result()
@@ -302,6 +427,8 @@ class _Pusher:
     def abort(self) -> None:
         for _, fut, _, _ in self.inflight:
             fut.cancel()
+        for check in self.checks.values():
+            check.cancel()
         for up in self.uploads:
             try:
                 up.result()
@@ -322,6 +449,7 @@ def store_source(
     threads: int | None = None,
     check_writes: bool = True,
     tree: int = 2,
+    trust: VerifiedPacks | None = None,
 ) -> tuple[Manifest, PushStats]:
     """Store every chunk of ``source`` the registry lacks, then its manifest; return the
     manifest (whose digest is the version digest, of tree format ``tree``: the
@@ -332,13 +460,29 @@ def store_source(
     are parsed back and must give the version digest (restic's check, ``NoExtraVerify``
     turns it off there): a codec bug, or a read buffer changed between hashing and
     compressing, fails the push instead of storing a chunk nobody can read back. Its cost
-    is measured in docs/benchmarks.md."""
+    is measured in docs/benchmarks.md.
+
+    **What it trusts** (docs/security.md): a chunk the registry already holds is used only
+    from a pack that is *confirmed* (``trust``, by default this machine's record for this
+    registry, :class:`casreg.content.trust.VerifiedPacks`): written by this machine, or
+    read back whole and found to hold every chunk its index names, at its offset. An
+    unconfirmed pack is read back in the background while the push goes on; if it fails,
+    the chunks found in it are read again from the source and stored anew. A manifest
+    already stored under the version digest is kept only if every chunk it names is one
+    this push relies on or reads back correctly; otherwise it is replaced. So the
+    returned manifest is stored and every chunk it names was confirmed readable and
+    correct: a poisoned index costs dedup, never a version."""
     progress = progress or NullProgress()
     nthreads = threads or os.cpu_count() or 2
+    if trust is None:
+        config = read_config(store)
+        trust = VerifiedPacks(store, config.to_json() if config is not None else b"")
     with ThreadPoolExecutor(nthreads, thread_name_prefix="casreg-chunk") as workers, \
          ThreadPoolExecutor(store.io_concurrency, thread_name_prefix="casreg-upload") as uploader, \
-         ThreadPoolExecutor(1, thread_name_prefix="casreg-ordered") as ordered:
-        pusher = _Pusher(store, index, params, level, progress, workers, uploader, ordered, check_writes)
+         ThreadPoolExecutor(1, thread_name_prefix="casreg-ordered") as ordered, \
+         ThreadPoolExecutor(min(store.io_concurrency, VERIFIERS), thread_name_prefix="casreg-verify") as verifier:
+        pusher = _Pusher(store, index, params, level, progress, workers, uploader, ordered, verifier, trust,
+                         check_writes)
         progress.start("push", source.size)
         try:
             entries = [pusher.add_file(f) for f in source.files]
@@ -356,4 +500,40 @@ def store_source(
         Manifest.from_bytes(data, expected=manifest.digest, where=f"{key} (check before write)")
     if store.create(key, data):
         pusher.stats.stored_bytes += len(data)
+    elif not _stored_manifest_readable(store, key, manifest, index.max_chunk):
+        # A manifest of this very version (the digest commits to every byte and the chunk
+        # layout) that names a chunk where it cannot be read: left by a push whose pack was
+        # later lost, or by a poisoned one. Create-if-absent cannot replace it, and every
+        # push would keep failing on it, so it goes: ours names only confirmed chunks.
+        log.warning("casreg: %s in %s names chunks that cannot be read; replacing it", key, redact_url(store.url))
+        store.delete(key)
+        if store.create(key, data):
+            pusher.stats.stored_bytes += len(data)
+        elif not _stored_manifest_readable(store, key, manifest, index.max_chunk):
+            raise IntegrityError(f"{key} in {store.url} names chunks that cannot be read and could not be replaced; "
+                                 "nothing was committed")
+        pusher.stats.replaced_manifest = True
     return manifest, pusher.stats
+
+
+def _stored_manifest_readable(store: ObjectStore, key: str, ours: Manifest, max_chunk: int) -> bool:
+    """Whether the manifest stored at ``key`` (which this push's ``ours`` could not be
+    created over) may stand: it parses, is the same version, and every chunk reference
+    it holds is one of ours (confirmed by this push) or reads back from its pack with
+    its digest. Reads only the references that differ from ours (usually none)."""
+    try:
+        data = store.read(key, ByteRange(0, MAX_STORED_MANIFEST + 1))
+    except NotFoundError:
+        return False  # deleted meanwhile (a gc of an unreferenced manifest): write it again
+    try:
+        stored = Manifest.from_bytes(data, expected=ours.digest, where=key, max_chunk=max_chunk)
+    except IntegrityError:
+        return False
+    mine = {c for e in ours.entries for c in e.chunks}
+    other = sorted({c for e in stored.entries for c in e.chunks if c not in mine}, key=lambda c: (c.pack, c.offset))
+    try:
+        for run in spans(other):
+            read_span(store, run, cache=None)
+    except IntegrityError:
+        return False
+    return True

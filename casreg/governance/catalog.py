@@ -5,12 +5,16 @@ versions, each in one SQL query over the ledger views, bounded in what it return
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from casreg.concurrency import map_concurrently
 from casreg.digest import HEX64
 from casreg.governance.search import field_sql
+from casreg.keys import POINTERS, VERSIONS, parse_pointer_key, parse_version_segment_key
 from casreg.ledger.segments import read_version
 from casreg.ledger.sql import snapshot_cached
 from casreg.ledger.sql import snapshot_query as query
@@ -18,7 +22,7 @@ from casreg.records import JsonValue, Version, _iso, parse_time
 from casreg.refs import validate_name
 from casreg.storage import ObjectStore
 
-__all__ = ["ModelSummary", "ancestors", "model_summaries", "series", "MAX_POINTS"]
+__all__ = ["ModelSummary", "ancestors", "model_summaries", "series", "MAX_POINTS", "model_names", "alias_names"]
 
 #: The most rows :func:`series` returns.
 MAX_POINTS = 2000
@@ -132,3 +136,31 @@ def _newest_holders(store: ObjectStore) -> dict[str, tuple[str, int, str | None]
         QUALIFY row_number() OVER (PARTITION BY digest ORDER BY created_at DESC, name, version) = 1""")
     return {str(r["digest"]): (str(r["name"]), int(str(r["version"])),
                                None if r["parent"] is None else str(r["parent"])) for r in rows}
+
+
+def _listed(store: ObjectStore, prefix: str, parse: Callable[[str], tuple[str, Any] | None], pick: int,
+            starts: str, limit: int, seconds: float) -> list[str]:
+    found: set[str] = set()
+    until = time.monotonic() + seconds
+    for key in store.list(prefix):
+        parsed = parse(key)
+        if parsed is not None and str(parsed[pick]).startswith(starts):
+            found.add(str(parsed[pick]))
+        if len(found) >= limit or time.monotonic() > until:
+            break
+    return sorted(found)
+
+
+def model_names(store: ObjectStore, prefix: str = "", *, limit: int = 500, seconds: float = 0.3) -> list[str]:
+    """Names of the models that start with ``prefix``, from a listing of the version
+    segments (no ledger is read): for shell completion. Bounded: the listing stops after
+    ``limit`` names or ``seconds``, so a large registry answers quickly, maybe in part."""
+    return _listed(store, VERSIONS, parse_version_segment_key, 0, prefix, limit, seconds)
+
+
+def alias_names(store: ObjectStore, name: str, prefix: str = "", *, limit: int = 500,
+                seconds: float = 0.3) -> list[str]:
+    """The aliases of model ``name`` that start with ``prefix`` (set or removed: every
+    alias that has a pointer), from a listing of its pointers; bounded as :func:`model_names`."""
+    validate_name(name)
+    return _listed(store, f"{POINTERS}/{name}", parse_pointer_key, 1, prefix, limit, seconds)

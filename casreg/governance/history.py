@@ -112,9 +112,10 @@ def resolve_at(store: ObjectStore, ref: str, at: datetime) -> Resolved:
     r = parse_ref(ref)
     when = _iso(at)
     if r.name is None:
-        raise InvalidInputError("--at needs a model name (NAME, NAME@ALIAS, NAME:N); a bare digest never changes")
+        raise InvalidInputError("resolving at a past time needs a model name (NAME, NAME@ALIAS, NAME:N); "
+                                "a bare digest never changes")
     if at > utcnow():
-        raise InvalidInputError(f"--at {when} is in the future")
+        raise InvalidInputError(f"{when} is in the future")
     if r.kind is RefKind.ALIAS:
         assert r.alias is not None
         moves = [e for e in read_events(store, r.name) if e.kind in POINTER_KINDS and e.alias == r.alias

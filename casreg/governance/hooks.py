@@ -55,15 +55,15 @@ from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
-from casreg._version import __version__
+from casreg._version import package_version
 from casreg.digest import Digest
-from casreg.errors import ConflictError, InvalidInputError
+from casreg.errors import ConflictError, IntegrityError, InvalidInputError, NotFoundError
 from casreg.governance.policy import read_policy
 from casreg.keys import HOOKS_KEY, REGISTRY_EVENTS
 from casreg.ledger.events import record_event
 from casreg.lineage import current_author
 from casreg.redact import REDACTED, is_secret_name, redact_url, url_credentials
-from casreg.storage import ObjectStore
+from casreg.storage import ByteRange, ObjectStore
 
 __all__ = [
     "Hook",
@@ -277,6 +277,8 @@ def parse_hooks(text: str, *, source: str = HOOKS_KEY, stored: bool = False) -> 
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise InvalidHooksError(f"{source} is not valid TOML: {err}") from None
+    except RecursionError:  # tomllib recurses per nesting level: arrays or tables nested thousands deep
+        raise InvalidHooksError(f"{source} nests arrays or tables too deeply to read") from None
     unknown = sorted(set(doc) - _TOP_KEYS)
     if unknown:
         raise InvalidHooksError(f"hooks: unknown key {unknown[0]!r}{_line_of(text, unknown[0])} "
@@ -391,11 +393,25 @@ def _check_tuning(where: str, value: Any, key: str, text: str) -> Any:
 
 def read_hooks(store: ObjectStore) -> HooksConfig | None:
     """The registry's hooks configuration, or ``None`` if it has none (one small read)."""
-    current = store.read_versioned(HOOKS_KEY)
-    if current is None:
+    try:  # bounded first: a planted huge object is refused without being read whole
+        data = store.read(HOOKS_KEY, ByteRange(0, MAX_CONFIG_BYTES + 1))
+    except NotFoundError:
         return None
-    text = current.data.decode("utf-8", errors="replace")
-    return HooksConfig(parse_hooks(text, stored=True), text, Digest.of(current.data), current.token)
+    where = f"{HOOKS_KEY} in {store.url}"
+    current = store.read_versioned(HOOKS_KEY) if len(data) <= MAX_CONFIG_BYTES else None
+    if current is None and len(data) <= MAX_CONFIG_BYTES:
+        return None  # removed in between
+    if current is None or len(current.data) > MAX_CONFIG_BYTES:
+        raise IntegrityError(f"{where} is larger than {MAX_CONFIG_BYTES:,} bytes: damaged; set it again with "
+                             "casreg hooks set")
+    data = current.data
+    try:
+        text = data.decode("utf-8")
+        hooks = parse_hooks(text, source=HOOKS_KEY, stored=True)
+    except (UnicodeDecodeError, InvalidHooksError) as err:
+        why = "not UTF-8" if isinstance(err, UnicodeDecodeError) else str(err).replace(HOOKS_KEY, "it")
+        raise IntegrityError(f"{where} is damaged ({why}); set it again with casreg hooks set") from None
+    return HooksConfig(hooks, text, Digest.of(data), current.token)
 
 
 def write_hooks(store: ObjectStore, text: str, *, expected_digest: str | None | bool = True) -> HooksConfig:
@@ -599,7 +615,7 @@ def deliver(hook: Hook, event: Mapping[str, Any], *, registry: str = "",
 
 
 def _user_agent() -> str:
-    return f"casreg-hooks/{__version__}"
+    return f"casreg-hooks/{package_version()}"
 
 
 def record_failure(store: ObjectStore, event: Mapping[str, Any], result: DeliveryResult) -> bool:

@@ -7,6 +7,13 @@ Stages ``staging`` and ``production`` are aliases with a meaning: moving one che
 policy's gates for it, and promoting to production archives the version it replaces
 (recorded in the same pointer move, so a crash cannot separate the two). ``archived``
 is a state of a version, not a pointer: nothing is ever deleted by the lifecycle.
+``promote`` moves only the stages and the aliases the policy gates; other aliases are
+moved by ``set_alias`` (an ``alias.set`` move, gated the same way but never archiving).
+
+**A version an alias points at is never archived**, whichever call would archive it:
+:func:`archive` refuses it, and the automatic archive of promoting to production or of
+rolling production back skips a version another alias still holds (it is at staging,
+say): the move happens, the version stays unarchived.
 
 Every move is a compare-and-swap against the exact pointer state the gates were checked
 against: if someone else moves the alias in between, this move fails with a
@@ -26,11 +33,19 @@ from casreg.governance.policy import (
     DamagedPolicyError,
     GateResult,
     Policy,
+    UnpinnedPolicyError,
     read_policy,
     restore_policy,
     write_policy,
 )
-from casreg.governance.state import archived_versions, check_stage_name, decisions, policy_for, was_in
+from casreg.governance.state import (
+    archived_versions,
+    check_promotable,
+    check_stage_name,
+    decisions,
+    policy_for,
+    was_in,
+)
 from casreg.keys import REGISTRY_EVENTS
 from casreg.ledger.events import EventSink, record_event
 from casreg.ledger.history import read_events
@@ -112,6 +127,18 @@ def clean_annotations(annotations: Mapping[str, Any] | None) -> dict[str, str]:
     return out
 
 
+def _held_by(store: ObjectStore, name: str, version: int, *, besides: str | None = None,
+             moves: list[AliasEvent] | None = None) -> list[str]:
+    """The aliases of ``name`` (but ``besides``) that point at ``version``; "is it
+    deployed?" is answered only by pointers the ledger agrees with (each is confirmed)."""
+    if moves is None:
+        moves = read_pointer_events(store, name)
+    for move in moves:
+        confirm_event(store, move)
+    return sorted(str(e.alias) for e in moves
+                  if e.to_digest is not None and e.to_version == version and e.alias != besides)
+
+
 def evaluate(store: ObjectStore, policy: Policy, version: Version, stage: str,
              load_events: Callable[[], list[AliasEvent]]) -> list[GateResult]:
     """Every check of ``stage``'s gate on ``version``, passed or not (the model's events
@@ -175,7 +202,7 @@ def promote(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify
     validate_alias(stage)  # the grammar now; typos and the policy's alias list once the policy is read
     if stage == "archived":
         if dry_run or annotations:
-            raise InvalidInputError("archived is a state, not an alias: use casreg archive NAME REF")
+            raise InvalidInputError("archived is a state, not an alias: archive the version instead")
         archive(store, name, ref, notify=notify, reason=reason)
         v = _version_of(store, name, ref)
         return Promotion(name, stage, v.version, v.digest, (), None, None, v.version)
@@ -183,6 +210,8 @@ def promote(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify
     version = _version_of(store, name, ref)
     user = current_author()
     policy = policy_for(store, name)
+    if kind == "promote":
+        check_promotable(stage, policy)  # first: a typo is named with the stage it resembles
     check_stage_name(stage, policy)
     policy.require_permission(user, "promote", stage, what=f"moving {name}@{stage}")
     seen = read_pointer_event(store, name, stage)  # the state the checks are made against
@@ -197,7 +226,8 @@ def promote(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify
             raise ConflictError(f"{name}@{stage} is at {where}{by}, not {name}:{expected}; nothing was changed")
     checks = evaluate(store, policy, version, stage, lambda: read_events(store, name))
     archive_previous = (stage == "production" and kind == "promote" and not keep_previous
-                        and current_version is not None and current_version != version.version)
+                        and current_version is not None and current_version != version.version
+                        and not _held_by(store, name, current_version, besides=stage))
     archived = current_version if archive_previous else None
     if dry_run:
         return Promotion(name, stage, version.version, version.digest, tuple(checks), None, current_version,
@@ -240,7 +270,8 @@ def rollback(store: ObjectStore, name: str, alias: str, *, notify: EventSink, re
     policy.require_permission(current_author(), "promote", alias, what=f"rolling back {name}@{alias}")
     details: dict[str, Any] = {"undoes": last.event_id}
     leaving = last.to_version if last.to_digest is not None else None
-    if alias == "production" and not keep_previous and leaving is not None and leaving != last.from_version:
+    if (alias == "production" and not keep_previous and leaving is not None and leaving != last.from_version
+            and not _held_by(store, name, leaving, besides=alias)):
         details["archived"] = {"version": leaving, "digest": last.to_digest}
     event = move_alias(store, name, alias, (last.from_digest, last.from_version), reason=reason,
                        kind="rollback", details=details, seen=last)
@@ -256,12 +287,10 @@ def archive(store: ObjectStore, name: str, ref: str | int, *, notify: EventSink,
     version = _version_of(store, name, ref)
     policy_for(store, name).require_permission(current_author(), "archive", None, what=f"archiving {version.ref}")
     moves = read_pointer_events(store, name)  # each alias's last move: read once, used twice
-    for move in moves:  # "is it deployed?" is answered only by pointers the ledger agrees with
-        confirm_event(store, move)
-    holding = sorted(str(e.alias) for e in moves if e.to_digest is not None and e.to_version == version.version)
+    holding = _held_by(store, name, version.version, moves=moves)
     if holding:
         raise InvalidInputError(f"{version.ref} is at {', '.join(f'{name}@{a}' for a in holding)}; "
-                                "move those first (casreg promote or casreg alias rm), then archive it")
+                                "move or remove those aliases first, then archive it")
     events = read_events(store, name, pointers=moves)
     already = archived_versions(events).get(version.version)
     if already is not None:
@@ -307,7 +336,10 @@ def set_policy(store: ObjectStore, text: str, *, notify: EventSink,
     the only change accepted is the restore: ``text`` must have exactly the digest the
     latest ``policy.set`` event pins; its file is put back and a ``policy.restore`` event
     recorded (returned with the restored version's number). Anything else fails closed
-    with the damage named."""
+    with the damage named. If a stored policy version is newer than the latest pinned one
+    (:class:`~casreg.governance.policy.UnpinnedPolicyError`), setting the policy again is
+    what repairs it, allowed by the latest pinned policy (or by nobody's, if none is).
+    """
     try:
         current = read_policy(store)
     except DamagedPolicyError as err:
@@ -320,6 +352,8 @@ def set_policy(store: ObjectStore, text: str, *, notify: EventSink,
                                       "pinned_by": err.pin.event.event_id})
         notify(event.to_dict())
         return err.pin.version, event
+    except UnpinnedPolicyError as err:  # set it again, as the latest pinned policy allows
+        current = err.pinned
     if current is not None:
         current.for_model(None).require_permission(current_author(), "policy", None, what="changing the policy")
     stored = write_policy(store, text, after=current.version if current else 0)

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casreg.digest import Digest
-from casreg.errors import ConflictError, IntegrityError, InvalidPolicyError, PolicyError
+from casreg.errors import ConflictError, IntegrityError, InvalidPolicyError, MissingMetadataError, PolicyError
 from casreg.keys import POLICIES, parse_policy_key, policy_key
 from casreg.ledger.pins import MAX_POLICY_BYTES, DamagedPolicyError, PolicyPin, latest_pin, pinned_bytes, policy_pins
 from casreg.records import JsonValue, Version
@@ -73,6 +73,7 @@ __all__ = [
     "write_policy",
     "policy_pins",
     "latest_pin",
+    "UnpinnedPolicyError",
     "check_pinned",
     "restore_policy",
     "field_value",
@@ -405,6 +406,18 @@ def check_pinned(store: ObjectStore, pin: PolicyPin, *, latest: bool = True) -> 
     return PolicyFile(pin.version, text, doc, pin.digest)
 
 
+class UnpinnedPolicyError(IntegrityError):
+    """A stored policy version is newer than the one the latest ``policy.set`` event pins:
+    either a ``policy set`` stopped between writing the file and recording its event, or
+    the event that pinned it was deleted (which would otherwise silently bring an older
+    policy, or none, back into force). ``pinned`` is the latest pinned policy (checked),
+    or ``None``: the permission basis for setting the policy again."""
+
+    def __init__(self, message: str, pinned: PolicyFile | None) -> None:
+        super().__init__(message)
+        self.pinned = pinned
+
+
 def read_policy(store: ObjectStore, number: int | None = None) -> PolicyFile | None:
     """The policy in force, or ``None`` if the registry never had one: the version the
     latest ``policy.set`` event pins, checked against the pinned digest (one listing of
@@ -415,7 +428,15 @@ def read_policy(store: ObjectStore, number: int | None = None) -> PolicyFile | N
     callers fail closed, they never fall back to no policy."""
     if number is None:
         pin = latest_pin(store)
-        return check_pinned(store, pin) if pin is not None else None
+        current = check_pinned(store, pin) if pin is not None else None
+        newer = [n for n in policy_numbers(store) if n > (pin.version if pin is not None else 0)]
+        if newer:
+            raise UnpinnedPolicyError(
+                f"policy {policy_key(newer[-1])} is newer than the policy the latest policy.set event pins "
+                f"({f'version {pin.version}' if pin is not None else 'none'}) but no event pins it: a policy set "
+                "was interrupted, or its policy.set event was deleted; everything the policy governs is "
+                "refused until casreg policy set pins a policy again", current)
+        return current
     pins = [p for p in policy_pins(store) if p.version == number]
     if pins:
         return check_pinned(store, pins[-1], latest=False)
@@ -474,6 +495,6 @@ def check_push(store: ObjectStore, probe: Version, user: str) -> None:
     policy.require_permission(user, "push", None, what=f"pushing {probe.name}")
     missing = policy.missing_metadata(probe)
     if missing:
-        raise PolicyError(f"push of {probe.name} refused by policy version {policy.version}: missing "
-                          f"{', '.join(missing)} (pass them with --metric/--param/--tag/--framework/"
-                          "--description/--dataset/--run-id/--parent)")
+        raise MissingMetadataError(f"push of {probe.name} refused by policy version {policy.version}: missing "
+                                   f"{', '.join(missing)} (give them to the push: metrics, params, tags, framework, "
+                                   "description, dataset, run_id, parent)", missing=missing)

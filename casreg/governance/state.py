@@ -11,7 +11,7 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from casreg.errors import InvalidInputError
+from casreg.errors import InvalidInputError, UnknownStageError
 from casreg.governance.policy import STAGES, Policy, read_policy
 from casreg.ledger.events import POINTER_KINDS
 from casreg.ledger.history import read_events
@@ -20,8 +20,8 @@ from casreg.records import AliasEvent, JsonValue, _iso
 from casreg.refs import validate_alias
 from casreg.storage import ObjectStore
 
-__all__ = ["VersionState", "archived_versions", "check_stage_name", "decisions", "policy_for", "stage_members",
-           "version_state", "was_in"]
+__all__ = ["VersionState", "archived_versions", "check_promotable", "check_stage_name", "decisions", "policy_for",
+           "stage_members", "version_state", "was_in"]
 
 
 def policy_for(store: ObjectStore, name: str | None) -> Policy:
@@ -46,6 +46,24 @@ def check_stage_name(stage: str, policy: Policy | None = None) -> None:
     if policy is not None and policy.aliases is not None and stage not in policy.aliases:
         raise InvalidInputError(f"alias {stage!r} is not allowed by policy version {policy.version} "
                                 f"(stages: {', '.join(STAGES)}; aliases: {', '.join(policy.aliases) or 'none'})")
+
+
+def check_promotable(stage: str, policy: Policy) -> None:
+    """``promote`` moves only the stages and the aliases ``policy`` gates
+    (``[gates.champion]``); anything else is a :class:`UnknownStageError` naming the
+    closest of those (``prod``: did you mean ``production``?). Free-form aliases are
+    moved by ``set_alias``, which the policy's alias list and gates still govern."""
+    if stage in STAGES or stage in policy.gates:
+        return
+    gated = sorted(a for a in policy.gates if a not in STAGES)
+    choices = [*STAGES, *gated]
+    close = difflib.get_close_matches(stage, choices, n=1, cutoff=0.6) or [c for c in choices if c.startswith(stage)]
+    suggestion = close[0] if close else None
+    guess = f"did you mean {suggestion!r}? " if suggestion else ""
+    raise UnknownStageError(f"unknown stage {stage!r}: {guess}promote moves the stages ({', '.join(STAGES)}) and "
+                            f"the aliases the policy gates ({', '.join(gated) or 'none'}); other aliases are moved "
+                            "by set_alias, not promoted", stage=stage, suggestion=suggestion)
+
 
 def decisions(events: Iterable[AliasEvent], version: int, stage: str) -> dict[str, AliasEvent]:
     """Each author's latest approval or rejection of ``version`` for ``stage``."""

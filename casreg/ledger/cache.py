@@ -84,15 +84,15 @@ class Compacted(Protocol):
 
 
 def compacted_rows(store: ObjectStore, f: Compacted, schema: pa.Schema, read: Callable[[], bytes],
-                   name: str | None = None) -> pa.Table:
+                   decode: Callable[[bytes], pa.Table], name: str | None = None) -> pa.Table:
     """The rows of compacted file ``f`` (of model ``name`` only, if given) in ``schema``
     (the full schema of its table), as ``read()`` (:func:`~casreg.ledger.head.read_compacted`)
-    reads and checks them (raising what it raises). The file is read and checked again unless
+    reads and checks them and ``decode(data)`` decodes and checks every row of them
+    (raising what they raise: a file that does not decode as HEAD says is unavailable,
+    so readers use the segments). The file is read and checked again unless
     the store's listing token of its directory is the one it had when this store's copy
     was last checked (deleting or replacing the file moves it); the decoded rows are
     kept by content (key, size, BLAKE3), so a re-check does not decode again."""
-    from casreg.ledger.schema import load_compacted
-
     key = (f.key, f.size, f.blake3, str(schema))
     where = f.key.rsplit("/", 1)[0]
     token = store.listing_token(where)
@@ -106,7 +106,7 @@ def compacted_rows(store: ObjectStore, f: Compacted, schema: pa.Schema, read: Ca
         return rows.of(name)
     data = read()
     if rows is None:
-        rows = _Rows(load_compacted(data, schema))
+        rows = _Rows(decode(data))
     with _lock:
         _files[key] = rows
         while len(_files) > MAX_FILES:

@@ -53,6 +53,21 @@ def _binary(d: bytes, pos: int) -> tuple[bytes, int]:
     return d[pos:pos + n], pos + n
 
 
+def _list_header(d: bytes, pos: int) -> tuple[int, int, int]:
+    """A list (or set) header at ``d[pos:]``: ``(size, element type, position after)``;
+    a size larger than what is left cannot be (every element takes at least a byte)."""
+    if pos >= len(d):
+        raise ValueError("footer ends early")
+    head = d[pos]
+    pos += 1
+    size = head >> 4
+    if size == 15:
+        size, pos = _varint(d, pos)
+    if size > len(d) - pos:
+        raise ValueError("footer list longer than the footer")
+    return size, head & 0x0F, pos
+
+
 def _field(d: bytes, pos: int, last: int) -> tuple[int, int, int]:
     """A struct field header at ``d[pos:]``: ``(field id, type, position after)``; type
     :data:`_STOP` ends the struct."""
@@ -93,16 +108,8 @@ def _skip(d: bytes, pos: int, ftype: int) -> int:
         elif t == _STRUCT:
             stack.append([0, 0, _IN_STRUCT])
         elif t == _LIST or t == _SET:
-            if pos >= end:
-                raise ValueError("footer ends early")
-            head = d[pos]
-            pos += 1
-            size = head >> 4
-            if size == 15:
-                size, pos = _varint(d, pos)
-            if size > end - pos:  # every element takes at least a byte
-                raise ValueError("footer list longer than the footer")
-            stack.append([size, head & 0x0F, _IN_LIST])
+            size, etype, pos = _list_header(d, pos)
+            stack.append([size, etype, _IN_LIST])
         elif t == _MAP:
             size, pos = _varint(d, pos)
             if size:
@@ -152,7 +159,6 @@ def key_value_metadata(data: bytes) -> dict[str, str]:
     """The footer's key-value metadata of the Parquet file ``data`` (``ValueError`` if
     it is not a well-formed Parquet file)."""
     d = footer_of(data)
-    end = len(d)
     out: dict[str, str] = {}
     pos = fid = 0
     while True:
@@ -162,17 +168,9 @@ def key_value_metadata(data: bytes) -> dict[str, str]:
         if fid != 5 or ftype != _LIST:
             pos = _skip(d, pos, ftype)
             continue
-        if pos >= end:
-            raise ValueError("footer ends early")
-        head = d[pos]
-        pos += 1
-        size = head >> 4
-        if size == 15:
-            size, pos = _varint(d, pos)
-        if head & 0x0F != _STRUCT:
+        size, etype, pos = _list_header(d, pos)
+        if etype != _STRUCT:
             raise ValueError("footer key-value metadata is not a list of structs")
-        if size > end - pos:
-            raise ValueError("footer list longer than the footer")
         for _ in range(size):
             key: bytes | None = None
             value: bytes | None = None

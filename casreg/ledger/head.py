@@ -24,19 +24,21 @@ from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 from casreg.digest import HEX64
 from casreg.errors import NotFoundError
 from casreg.keys import COMPACTED, HEAD_KEY
-from casreg.ledger.schema import compacted_event_schema, project, version_schema
+from casreg.ledger.schema import compacted_event_schema, load_compacted, project, version_schema
 from casreg.redact import redact_url
-from casreg.storage import ObjectStore
+from casreg.storage import ByteRange, ObjectStore
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["HEAD_FORMAT", "CompactedFile", "CompactedUnavailable", "LedgerHead", "read_compacted",
+__all__ = ["HEAD_FORMAT", "MAX_HEAD_BYTES", "CompactedFile", "CompactedUnavailable", "LedgerHead", "read_compacted",
            "read_compacted_events", "read_compacted_versions", "read_head", "with_head"]
 
 log = logging.getLogger(__name__)
 
 HEAD_FORMAT = "casreg-ledger-head/1"
+#: HEAD is read at most this large (it lists O(log rows) files and one number per model).
+MAX_HEAD_BYTES = 16 << 20
 
 T = TypeVar("T")
 
@@ -134,12 +136,14 @@ def read_head(store: ObjectStore) -> LedgerHead | None:
     """The current HEAD, or ``None`` if there is none (or it is unreadable: then readers
     use the segments alone, which is always correct)."""
     try:
-        data = store.read(HEAD_KEY)
+        data = store.read(HEAD_KEY, ByteRange(0, MAX_HEAD_BYTES + 1))
     except NotFoundError:
         return None
     try:
+        if len(data) > MAX_HEAD_BYTES:
+            raise ValueError(f"larger than {MAX_HEAD_BYTES:,} bytes")
         return LedgerHead.from_json(data)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         log.warning("casreg: ignoring %s in %s (%s); reading the ledger segments instead "
                     "(run casreg compact to rebuild it)", HEAD_KEY, redact_url(store.url), err)
         return None
@@ -163,7 +167,7 @@ def read_compacted(store: ObjectStore, f: CompactedFile) -> bytes:
     from blake3 import blake3
 
     try:
-        data = store.read(f.key)
+        data = store.read(f.key, ByteRange(0, f.size + 1))
     except NotFoundError:
         raise CompactedUnavailable(f.key, damaged=False) from None
     if len(data) != f.size or blake3(data).hexdigest() != f.blake3:
@@ -196,20 +200,39 @@ def read_compacted_versions(store: ObjectStore, head: LedgerHead, *, name: str |
                              columns: Sequence[str] | None = None) -> pa.Table:
     import pyarrow as pa
 
-    from casreg.ledger.cache import compacted_rows
-
-    schema = project(version_schema(), columns)
-    parts = [compacted_rows(store, f, version_schema(), lambda f=f: read_compacted(store, f), name)  # type: ignore[misc]
-             .select(schema.names) for f in head.versions]
+    schema, full = project(version_schema(), columns), version_schema()
+    parts = [_rows(store, f, full, name).select(schema.names) for f in head.versions]
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
 def read_compacted_events(store: ObjectStore, head: LedgerHead, name: str | None = None) -> pa.Table:
     import pyarrow as pa
 
+    schema = compacted_event_schema()
+    parts = [_rows(store, f, schema, name) for f in head.events]
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
+def _rows(store: ObjectStore, f: CompactedFile, schema: pa.Schema, name: str | None) -> pa.Table:
+    """The rows of compacted file ``f`` (of model ``name`` only, if given): read and
+    checked by :func:`read_compacted` and :func:`_load`, decoded rows kept while unchanged
+    (:func:`casreg.ledger.cache.compacted_rows`)."""
     from casreg.ledger.cache import compacted_rows
 
-    schema = compacted_event_schema()
-    parts = [compacted_rows(store, f, schema, lambda f=f: read_compacted(store, f), name)  # type: ignore[misc]
-             for f in head.events]
-    return pa.concat_tables(parts) if parts else schema.empty_table()
+    return compacted_rows(store, f, schema, lambda: read_compacted(store, f), lambda data: _load(f, data, schema),
+                          name)
+
+
+def _load(f: CompactedFile, data: bytes, schema: pa.Schema) -> pa.Table:
+    """Every row of a compacted file (its bytes, checked by :func:`read_compacted`); one
+    that matches HEAD's digest but does not read as the table it should be, or not with
+    the rows HEAD records (written damaged), is unavailable, so readers use the segments."""
+    import pyarrow as pa
+
+    try:
+        table = load_compacted(data, schema)
+    except (ValueError, KeyError, TypeError, OSError, pa.ArrowException):
+        raise CompactedUnavailable(f.key, damaged=True) from None
+    if table.num_rows != f.rows:
+        raise CompactedUnavailable(f.key, damaged=True)
+    return table

@@ -39,9 +39,11 @@ def read_events(store: ObjectStore, name: str, *, pointers: bool | Sequence[Alia
 
         from casreg.keys import EVENTS, HEAD_KEY, POINTERS
         from casreg.ledger.cache import cached_under
+        from casreg.ledger.head import MAX_HEAD_BYTES
+        from casreg.storage import ByteRange
 
-        try:
-            head = blake3(store.read(HEAD_KEY)).hexdigest()
+        try:  # bounded as read_head reads it: only its digest is kept
+            head = blake3(store.read(HEAD_KEY, ByteRange(0, MAX_HEAD_BYTES + 1))).hexdigest()
         except NotFoundError:
             head = "-"
         prefixes = (f"{EVENTS}/{name}", f"{POINTERS}/{name}") + ((f"{EVENTS}/{REGISTRY_EVENTS}",)

@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any
 from blake3 import blake3
 
 from casreg.digest import Digest
-from casreg.records import Lineage, Version
+from casreg.errors import IntegrityError
+from casreg.records import AliasEvent, Lineage, Version
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["RECORD_KEY", "record_metadata", "record_from_metadata",
+__all__ = ["RECORD_KEY", "EVENT_KEY", "record_metadata", "record_from_metadata", "event_metadata",
+           "event_from_metadata", "check_segment", "segment_error",
            "SEGMENT_COLUMN", "RECORD_COLUMNS", "version_schema", "event_schema", "compacted_event_schema",
            "parquet_bytes", "version_row", "project", "conform", "read_segment", "segments_table",
            "sort_versions", "sort_events", "versions_from_table", "load_compacted"]
@@ -29,6 +31,8 @@ __all__ = ["RECORD_KEY", "record_metadata", "record_from_metadata",
 SEGMENT_COLUMN = "segment"
 #: The footer metadata key of a version segment holding its record as JSON (§6).
 RECORD_KEY = "casreg.record"
+#: The footer metadata key of an event segment holding its event as JSON (§7).
+EVENT_KEY = "casreg.event"
 
 
 def version_schema() -> pa.Schema:
@@ -123,7 +127,9 @@ def read_segment(data: bytes, schema: pa.Schema) -> pa.Table:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(pa.BufferReader(data))
-    return conform(pf.read(columns=present(pf, schema)), schema)
+    # one small segment: no Arrow threads (reads from several Python threads at once can
+    # abort the interpreter at exit when Arrow's pool is used: apache/arrow#34314)
+    return conform(pf.read(columns=present(pf, schema), use_threads=False), schema)
 
 
 RECORD_COLUMNS = ("name", "version", "digest", "kind", "size", "stored_bytes", "new_bytes", "file_count",
@@ -199,12 +205,14 @@ def load_compacted(data: bytes, schema: pa.Schema, name: str | None = None) -> p
 
 def segments_table(keys: Sequence[str], blobs: Iterable[bytes], schema: pa.Schema, *,
                    with_key: bool = False) -> pa.Table:
-    """Concatenate one-row segments (``with_key``: plus a ``segment`` column)."""
+    """Concatenate one-row segments (``with_key``: plus a ``segment`` column), each checked
+    by :func:`check_segment` against its key: a damaged one is an :class:`IntegrityError`
+    naming it."""
     import pyarrow as pa
 
     tables = []
     for key, data in zip(keys, blobs):
-        t = read_segment(data, schema)
+        t = check_segment(key, data, schema)
         if with_key:
             t = t.append_column(SEGMENT_COLUMN, pa.array([key] * t.num_rows, pa.string()))
         tables.append(t)
@@ -247,3 +255,98 @@ def record_from_metadata(metadata: dict[str, str]) -> Version | None:
     if blake3(_canonical(doc["record"])).hexdigest() != doc["blake3"]:
         raise ValueError(f"{RECORD_KEY} metadata does not match its checksum")
     return Version.from_dict(doc["record"])
+
+
+def event_metadata(event: AliasEvent) -> dict[str, str]:
+    """The footer metadata an event segment carries: the event as JSON with its BLAKE3,
+    so a reader notices a damaged row (docs/FORMAT.md §7)."""
+    record = dict(event.to_dict())
+    doc = {"event": record, "blake3": blake3(_canonical(record)).hexdigest()}
+    return {EVENT_KEY: json.dumps(doc, ensure_ascii=False)}
+
+
+def event_from_metadata(metadata: Mapping[str, str]) -> AliasEvent | None:
+    """The event an event segment's footer metadata holds, ``None`` if none (segments
+    written before it); ``ValueError`` if it is there but damaged or malformed."""
+    text = metadata.get(EVENT_KEY)
+    if text is None:
+        return None
+    doc = json.loads(text)
+    if not isinstance(doc, dict) or not isinstance(doc.get("event"), dict) or not isinstance(doc.get("blake3"), str):
+        raise ValueError(f"{EVENT_KEY} metadata is malformed")
+    if blake3(_canonical(doc["event"])).hexdigest() != doc["blake3"]:
+        raise ValueError(f"{EVENT_KEY} metadata does not match its checksum")
+    return AliasEvent.from_dict(doc["event"])
+
+
+#: Version columns a record cannot be without.
+_REQUIRED_VERSION = ("name", "version", "digest", "kind", "size", "created_at")
+#: Event columns an event cannot be without.
+_REQUIRED_EVENT = ("event_id", "time", "kind", "name")
+
+
+def segment_error(key: str, why: BaseException | str) -> IntegrityError:
+    """The error for a damaged ledger segment: one line naming it."""
+    text = str(why).strip()
+    text = (text.splitlines()[0] if text else type(why).__name__)[:200]
+    return IntegrityError(f"ledger segment {key} is damaged ({text}); run casreg verify")
+
+
+def check_segment(key: str, data: bytes, schema: pa.Schema) -> pa.Table:
+    """One version or event segment's row, with exactly ``schema``'s columns, checked:
+    a Parquet file (magic at both ends) of one row whose required columns are present
+    and valid, that names the version or event its key names, and that agrees with the
+    record its footer metadata carries (when it carries one). Anything else is an
+    :class:`IntegrityError` naming ``key``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from casreg.keys import event_key, parse_event_segment_key, parse_version_segment_key
+
+    is_event = "event_id" in schema.names
+    try:
+        if len(data) < 12 or data[:4] != b"PAR1" or data[-4:] != b"PAR1":
+            raise ValueError("not a Parquet file")
+        pf = pq.ParquetFile(pa.BufferReader(data))
+        have = set(pf.schema_arrow.names)
+        required = _REQUIRED_EVENT if is_event else _REQUIRED_VERSION
+        missing = [c for c in required if c not in have]
+        if missing:
+            raise ValueError(f"no column {missing[0]!r}")
+        if pf.metadata.num_rows != 1:
+            raise ValueError(f"{pf.metadata.num_rows} rows, not one")
+        full = event_schema() if is_event else version_schema()
+        wanted = pa.schema([f for f in full if f.name in schema.names or f.name in
+                            (_EVENT_FIELDS if is_event else RECORD_COLUMNS)])
+        both = conform(pf.read(columns=present(pf, wanted), use_threads=False), wanted)
+        table = both.select(schema.names).cast(schema)
+        metadata = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+                    for k, v in (pf.metadata.metadata or {}).items()}
+        if is_event:
+            row = dict(both.select(list(_EVENT_FIELDS)).to_pylist()[0])
+            event = AliasEvent.from_dict(row)
+            parsed = parse_event_segment_key(key)
+            if parsed is not None and event_key(event) != key:
+                raise ValueError(f"its row is event {event.event_id} of {event.name} at {event.time.isoformat()}, "
+                                 "which is not the event its key names")
+            footer = event_from_metadata(metadata)
+            if footer is not None and footer != event:
+                raise ValueError("its row differs from the event its footer metadata records")
+        else:
+            rec = versions_from_table(both.select(list(RECORD_COLUMNS)))[0]
+            parsed_v = parse_version_segment_key(key)
+            if parsed_v is not None and (rec.name, rec.version) != parsed_v:
+                raise ValueError(f"its row records {rec.ref}, not {parsed_v[0]}:{parsed_v[1]}")
+            footer_v = record_from_metadata(metadata)
+            if footer_v is not None and footer_v != rec:
+                raise ValueError("its row differs from the record its footer metadata carries")
+    except IntegrityError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError, OSError,
+            pa.ArrowException) as err:
+        raise segment_error(key, err) from None
+    return table
+
+
+_EVENT_FIELDS = ("event_id", "time", "kind", "name", "alias", "from_digest", "to_digest", "from_version",
+                 "to_version", "author", "host", "reason", "details")

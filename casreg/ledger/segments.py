@@ -54,7 +54,9 @@ from casreg.ledger.head import (
 from casreg.ledger.schema import (
     RECORD_COLUMNS,
     SEGMENT_COLUMN,
+    check_segment,
     compacted_event_schema,
+    event_metadata,
     event_schema,
     parquet_bytes,
     project,
@@ -97,6 +99,9 @@ MAX_NUMBER_ATTEMPTS = 10_000
 #: A version segment is one row (its file list included): a few KiB, or a few MiB for a
 #: directory of 10,000 files. Reads stop here.
 MAX_SEGMENT_BYTES = 64 << 20
+#: An event segment is one small row; a format-1 ``refs/`` copy one small JSON record.
+MAX_EVENT_BYTES = 4 << 20
+MAX_COPY_BYTES = 4 << 20
 
 
 def is_event_key(key: str) -> bool:
@@ -150,10 +155,22 @@ def latest_number(store: ObjectStore, name: str) -> int | None:
     return numbers[-1] if numbers else (after or None)
 
 
-def read_many(store: ObjectStore, keys: Sequence[str], *, threads: int = 16) -> list[bytes]:
-    """``store.read`` of every key, in order; concurrently when there are several (on a
-    remote store each read is a round trip)."""
-    return map_concurrently(store.read, keys, threads=threads)
+def read_bounded(store: ObjectStore, key: str, limit: int, what: str = "ledger segment") -> bytes:
+    """The whole object ``key``, read at most ``limit + 1`` bytes: a larger one is damaged
+    (an :class:`IntegrityError` naming it), and costs no more memory than ``limit``."""
+    data = store.read(key, ByteRange(0, limit + 1))
+    if len(data) > limit:
+        raise IntegrityError(f"{what} {key} in {store.url} is larger than {limit:,} bytes: damaged; "
+                             "run casreg verify")
+    return data
+
+
+def read_many(store: ObjectStore, keys: Sequence[str], *, threads: int = 16,
+              limit: int = MAX_SEGMENT_BYTES) -> list[bytes]:
+    """Every segment ``keys`` names, whole, in order, each at most ``limit`` bytes
+    (:func:`read_bounded`); concurrently when there are several (on a remote store each
+    read is a round trip)."""
+    return map_concurrently(lambda k: read_bounded(store, k, limit), keys, threads=threads)
 
 
 # -- versions --------------------------------------------------------------------------------
@@ -219,6 +236,7 @@ def read_version(store: ObjectStore, name: str, number: int) -> Version:
     try:
         data = store.read(key, ByteRange(0, MAX_SEGMENT_BYTES + 1))
     except NotFoundError:
+        _missing_segment(store, name, number)
         raise NotFoundError(f"{name}:{number} does not exist") from None
     try:
         if len(data) > MAX_SEGMENT_BYTES:
@@ -234,43 +252,60 @@ def read_version(store: ObjectStore, name: str, number: int) -> Version:
     return rec
 
 
+def _missing_segment(store: ObjectStore, name: str, number: int) -> None:
+    """``name:number`` has no segment: if the ledger says it must have one (numbers are
+    gap-free, so a higher number proves it was committed; so does HEAD's coverage), its
+    segment was removed: an :class:`IntegrityError` naming it. Else it never existed."""
+    head = read_head(store)
+    higher = head is not None and head.covered.get(name, 0) >= number
+    if not higher:
+        higher = bool(version_numbers(store, name, after=number))
+    if higher:
+        raise IntegrityError(f"ledger segment {version_segment_key(name, number)} in {store.url} is missing, "
+                             f"but later versions of {name} exist (numbers are gap-free): the ledger is damaged; "
+                             "run casreg verify")
+
+
 def _read_old_segment(store: ObjectStore, key: str, data: bytes, name: str, number: int) -> Version:
-    """A segment written before its footer carried the record: its ``refs/`` copy if that
-    parses and names this version, else the segment's row (pyarrow), copied to ``refs/``
-    again when the registry is writable."""
+    """A segment written before its footer carried the record (format 1): its row, the
+    authority, read with pyarrow and checked like any segment. The ``refs/`` copy is a
+    cache for older readers, never believed: when it parses it must equal the row (two
+    independent copies, so a damaged byte in either is noticed: an :class:`IntegrityError`
+    naming both); when it is missing it is written back (best effort); when it does not
+    parse the row is used with a warning. A copy that is no regular file or is larger than
+    :data:`MAX_COPY_BYTES` is damage (an :class:`IntegrityError` naming it), as for any key."""
+    rec = versions_from_table(check_segment_row(key, data))[0]
     copy = version_copy_key(name, number)
     try:
-        rec = Version.from_dict(json.loads(store.read(copy)))
-        if (rec.name, rec.version) == (name, number):
-            return rec
-        log.warning("casreg: %s in %s names %s; reading the ledger segment instead", copy, store.url, rec.ref)
-        missing = False
+        text = read_bounded(store, copy, MAX_COPY_BYTES, "the version's JSON copy")
     except NotFoundError:
-        missing = True
-    except (ValueError, KeyError, TypeError) as err:
-        log.warning("casreg: %s in %s does not parse (%s); reading the ledger segment instead", copy,
-                    redact_url(store.url), err)
-        missing = False
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        # ParquetFile.read, not read_table: read_table's dataset scanner leaves work on
-        # Arrow's threads that can abort the interpreter at exit (apache/arrow#34314)
-        row = pq.ParquetFile(pa.BufferReader(data)).read().to_pylist()[0]
-        for k in ("metrics", "params", "tags"):
-            row[k] = dict(row[k] or [])
-        row.pop("files", None)
-        rec = Version.from_dict(row)
-    except (ValueError, KeyError, TypeError, IndexError, pa.ArrowException) as err:
-        raise IntegrityError(f"ledger segment {key} in {store.url} is corrupt ({_first_line(err)}); "
-                             "run casreg verify") from None
-    if missing:  # best effort: a reader of a read-only registry must not fail for a cache
-        try:
+        try:  # best effort: a reader of a read-only registry must not fail for a cache
             store.create(copy, json.dumps(rec.to_dict()).encode())
         except StorageError:
             pass
+        return rec
+    try:
+        cached = Version.from_dict(json.loads(text))
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as err:
+        log.warning("casreg: %s in %s does not parse (%s); using the ledger segment", copy,
+                    redact_url(store.url), _first_line(err))
+        return rec
+    if cached != rec:
+        raise IntegrityError(f"ledger segment {key} and its copy {copy} in {store.url} disagree "
+                             f"({'; '.join(_differences(rec, cached))}): one of them is damaged; run casreg verify")
     return rec
+
+
+def _differences(row: Version, copy: Version) -> list[str]:
+    a, b = row.to_dict(), copy.to_dict()
+    return [f"{k}: segment {str(a.get(k))[:40]!r}, copy {str(b.get(k))[:40]!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)][:3]
+
+
+def check_segment_row(key: str, data: bytes) -> pa.Table:
+    """The one row (record columns) of version segment ``key``, checked
+    (:func:`casreg.ledger.schema.check_segment`)."""
+    return check_segment(key, data, project(version_schema(), RECORD_COLUMNS))
 
 
 def segment_disagreement(data: bytes, name: str, number: int) -> str | None:
@@ -331,6 +366,7 @@ def list_versions(store: ObjectStore, name: str, newest: int | None = None, *,
                                          pc.less_equal(table["version"], latest)))
             out = versions_from_table(table)
         rest = [n for n in numbers if n > covered]
+        _check_gap_free(store, name, max(covered, first - 1), numbers)
         out.extend(map_concurrently(lambda n: read_version(store, name, n), rest))
         out.sort(key=lambda v: v.version)
         return out
@@ -347,7 +383,7 @@ def append_event(store: ObjectStore, event: AliasEvent) -> bool:
     row: dict[str, Any] = dict(event.to_dict())
     row["time"] = event.time
     row["details"] = json.dumps(event.details, sort_keys=True) if event.details else None
-    table = pa.Table.from_pylist([row], schema=event_schema())
+    table = pa.Table.from_pylist([row], schema=event_schema()).replace_schema_metadata(event_metadata(event))
     return store.create(event_segment_key(event.name, event.time, event.event_id), parquet_bytes(table))
 
 # -- whole tables (for SQL) ------------------------------------------------------------------
@@ -386,13 +422,30 @@ def versions_parts(store: ObjectStore) -> tuple[list[bytes], pa.Table]:
 def _uncovered_version_keys(store: ObjectStore, head: LedgerHead | None, name: str | None) -> list[str]:
     covered = head.covered if head else {}
     keys = []
+    numbers: dict[str, list[int]] = {}
     after = version_segment_key(name, covered[name]) if name and covered.get(name) else None
     for key in _list(store, f"{VERSIONS}/{name}" if name else VERSIONS, after):
         parsed = parse_version_segment_key(key)
         if parsed is not None and parsed[1] > covered.get(parsed[0], 0):
             keys.append(key)
+            numbers.setdefault(parsed[0], []).append(parsed[1])
+    for model, ns in numbers.items():
+        _check_gap_free(store, model, covered.get(model, 0), sorted(ns))
     keys.sort()
     return keys
+
+
+def _check_gap_free(store: ObjectStore, name: str, covered: int, numbers: list[int]) -> None:
+    """Version numbers are gap-free (docs/FORMAT.md §6): the listed numbers above
+    ``covered`` (ascending) must run on from it without a hole, or a segment was removed
+    (an :class:`IntegrityError` naming it, rather than a silently shorter listing)."""
+    expected = covered + 1
+    for n in numbers:
+        if n > expected:
+            raise IntegrityError(f"ledger segment {version_segment_key(name, expected)} in {store.url} is missing, "
+                                 f"but {name}:{n} exists (numbers are gap-free): the ledger is damaged; "
+                                 "run casreg verify")
+        expected = n + 1
 
 
 def events_table(store: ObjectStore, *, with_segment: bool = False, name: str | None = None,
@@ -410,7 +463,7 @@ def events_table(store: ObjectStore, *, with_segment: bool = False, name: str | 
         def uncovered() -> pa.Table:
             covered = covered_keys(head.events if head else None, compacted)
             keys = sorted(k for k in store.list(prefix) if is_event_key(k) and k not in covered)
-            return segments_table(keys, read_many(store, keys), event_schema(), with_key=True)
+            return segments_table(keys, read_many(store, keys, limit=MAX_EVENT_BYTES), event_schema(), with_key=True)
 
         # segments are immutable: what is not covered, read, is kept while the listing stays
         fresh = cached_under(store, prefix, f"events not covered by {head.id if head else '-'}", uncovered)

@@ -300,12 +300,14 @@ class Snapshot:
 
     def _look(self) -> Hashable | None:
         from casreg.keys import COMPACTED, EVENTS, HEAD_KEY, POINTERS, VERSIONS
+        from casreg.ledger.head import MAX_HEAD_BYTES
+        from casreg.storage import ByteRange
 
         tokens = tuple(self.store.listing_token(p) for p in (VERSIONS, EVENTS, POINTERS, COMPACTED))
         if any(t is None for t in tokens):
             return None
-        try:
-            head = self.store.read(HEAD_KEY)
+        try:  # bounded as read_head reads it (a larger one is ignored there, and differs here)
+            head = self.store.read(HEAD_KEY, ByteRange(0, MAX_HEAD_BYTES + 1))
         except NotFoundError:
             head = b""
         return (head, tokens)
