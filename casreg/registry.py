@@ -12,6 +12,7 @@ import logging
 import os
 import platform
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from casreg.content.lazy import BF16Mode, SafetensorsFile
     from casreg.governance.catalog import ModelSummary
     from casreg.governance.diff import VersionDiff
-    from casreg.governance.history import LogEntry
+    from casreg.governance.history import LogEntry, LogPage
     from casreg.governance.lifecycle import Promotion
     from casreg.governance.policy import PolicyFile
     from casreg.governance.state import VersionState
@@ -318,6 +319,14 @@ class Registry:
         return search(self.store, name, where=where, stage=stage, alias=alias, sort=sort, descending=descending,
                       limit=limit, offset=offset)
 
+    def consistent_reads(self) -> AbstractContextManager[None]:
+        """A block of reads (one web page) that looks once at whether the ledger changed:
+        the summaries, searches, series and log pages read in it see one state of the
+        ledger, none older than the block (:func:`casreg.ledger.sql.consistent_reads`)."""
+        from casreg.ledger.sql import consistent_reads
+
+        return consistent_reads(self.store)
+
     def models(self) -> list[ModelSummary]:
         """Every model, by name, with its latest version, its number of versions, their
         logical size, the bytes their pushes stored and its last activity (one query over
@@ -471,6 +480,27 @@ class Registry:
             return parse_when(t) if isinstance(t, str) else t
 
         return history(self.store, name, alias=alias, kinds=kinds, since=when(since), until=when(until))
+
+    def log_page(self, name: str, *, alias: str | None = None, kinds: Iterable[str] | None = None,
+                 since: datetime | str | None = None, until: datetime | str | None = None, limit: int = 100,
+                 offset: int = 0) -> LogPage:
+        """One page of :meth:`log`, newest first: the entries ``offset`` ..
+        ``offset + limit - 1`` counted from the newest, and the total (one query over the
+        ledger: only the page's entries are built)."""
+        from casreg.governance.history import history_page, parse_when
+
+        def when(t: datetime | str | None) -> datetime | None:
+            return parse_when(t) if isinstance(t, str) else t
+
+        return history_page(self.store, name, alias=alias, kinds=kinds, since=when(since), until=when(until),
+                            limit=limit, offset=offset)
+
+    def ancestors(self, version: Version, *, limit: int = 10) -> list[Version]:
+        """``version``'s lineage chain: the newest version holding its ``--parent``
+        digest, then that one's parent, ... (at most ``limit``; one query)."""
+        from casreg.governance.catalog import ancestors
+
+        return ancestors(self.store, version.lineage.parent, limit=limit)
 
     def state(self, ref: str | Ref | Version) -> VersionState:
         """Lifecycle state of a version: archived or not, standing approvals and

@@ -22,7 +22,7 @@ ANY = re.compile(r"\bAny\b")
 #: Classes the façade's methods return (beyond ``casreg.__all__``): they are public too.
 RETURNED = {
     "casreg.governance.lifecycle": ["Promotion"],
-    "casreg.governance.history": ["LogEntry"],
+    "casreg.governance.history": ["LogEntry", "LogPage"],
     "casreg.governance.state": ["VersionState"],
     "casreg.governance.policy": ["PolicyFile", "Policy", "GateResult", "Gate", "Rule"],
     "casreg.governance.diff": ["VersionDiff"],
@@ -40,7 +40,8 @@ RETURNED = {
 #: Names an annotation may use that are not casreg classes.
 PLAIN = {"str", "int", "float", "bool", "bytes", "None", "list", "dict", "tuple", "set", "type", "object",
          "Mapping", "Sequence", "Iterable", "Iterator", "Callable", "Literal", "datetime", "timedelta", "os",
-         "PathLike", "Duration", "BF16Mode", "JsonValue", "Path", "np", "ndarray", "memoryview", "NoReturn"}
+         "PathLike", "Duration", "BF16Mode", "JsonValue", "Path", "np", "ndarray", "memoryview", "NoReturn",
+         "AbstractContextManager"}
 
 
 def public_objects() -> dict[str, object]:

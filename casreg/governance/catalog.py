@@ -11,14 +11,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from casreg.concurrency import map_concurrently
+from casreg.digest import HEX64
 from casreg.governance.search import field_sql
 from casreg.keys import POINTERS, VERSIONS, parse_pointer_key, parse_version_segment_key
-from casreg.ledger.sql import query
+from casreg.ledger.segments import read_version
+from casreg.ledger.sql import snapshot_cached
+from casreg.ledger.sql import snapshot_query as query
 from casreg.records import JsonValue, Version, _iso, parse_time
 from casreg.refs import validate_name
 from casreg.storage import ObjectStore
 
-__all__ = ["ModelSummary", "model_summaries", "series", "MAX_POINTS", "model_names", "alias_names"]
+__all__ = ["ModelSummary", "ancestors", "model_summaries", "series", "MAX_POINTS", "model_names", "alias_names"]
 
 #: The most rows :func:`series` returns.
 MAX_POINTS = 2000
@@ -59,6 +63,10 @@ def _utc(t: object) -> datetime:
 def model_summaries(store: ObjectStore) -> list[ModelSummary]:
     """Every model, by name: one query over the ``versions`` view (and ``events`` for
     the last activity), whatever the number of versions."""
+    return list(snapshot_cached(store, "model_summaries", lambda: _model_summaries(store)))
+
+
+def _model_summaries(store: ObjectStore) -> list[ModelSummary]:
     rows = query(store, """
         WITH t AS (SELECT name, max(version) AS n, sum(size) AS logical, sum(stored_bytes) AS stored
                    FROM versions GROUP BY name),
@@ -97,6 +105,37 @@ def series(store: ObjectStore, name: str, fields: list[str], *, points: int = 50
                OR floor(i * ({points} - 1) / (total - 1)) <> floor((i - 1) * ({points} - 1) / (total - 1))
         ORDER BY version""")
     return [{"version": int(r["version"]), **{f: r[f"c{i}"] for i, f in enumerate(fields)}} for r in rows]
+
+
+def ancestors(store: ObjectStore, parent: str | None, *, limit: int = 10) -> list[Version]:
+    """The lineage chain above a version whose ``lineage.parent`` is ``parent``: the
+    newest version holding that digest, then the newest holding its parent, and so on,
+    at most ``limit`` of them (a chain that loops stops there too): one query, instead
+    of one lookup per link."""
+    if parent is None or limit <= 0:
+        return []
+    hexd = str(parent).removeprefix("blake3:")
+    if not HEX64.fullmatch(hexd):
+        return []
+    newest = snapshot_cached(store, "newest version holding each digest", lambda: _newest_holders(store))
+    chain: list[tuple[str, int]] = []
+    digest: str | None = f"blake3:{hexd}"
+    while digest is not None and len(chain) < limit:
+        hit = newest.get(digest)
+        if hit is None:
+            break
+        chain.append((hit[0], hit[1]))
+        digest = hit[2]
+    return map_concurrently(lambda nv: read_version(store, nv[0], nv[1]), chain)
+
+
+def _newest_holders(store: ObjectStore) -> dict[str, tuple[str, int, str | None]]:
+    """Each version digest → the newest version holding it (name, number, its parent)."""
+    rows = query(store, """
+        SELECT digest, name, version, lineage.parent AS parent FROM versions
+        QUALIFY row_number() OVER (PARTITION BY digest ORDER BY created_at DESC, name, version) = 1""")
+    return {str(r["digest"]): (str(r["name"]), int(str(r["version"])),
+                               None if r["parent"] is None else str(r["parent"])) for r in rows}
 
 
 def _listed(store: ObjectStore, prefix: str, parse: Callable[[str], tuple[str, Any] | None], pick: int,

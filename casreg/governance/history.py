@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -17,7 +19,7 @@ from casreg.records import AliasEvent, JsonValue, Version, _iso, utcnow
 from casreg.refs import RefKind, parse_ref, validate_name
 from casreg.storage import ObjectStore
 
-__all__ = ["LogEntry", "history", "parse_when", "resolve_at"]
+__all__ = ["LogEntry", "LogPage", "history", "history_page", "parse_when", "resolve_at"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,3 +134,80 @@ def resolve_at(store: ObjectStore, ref: str, at: datetime) -> Resolved:
     if v.created_at > at:
         raise UnknownReferenceError(f"{r} did not exist yet at {when} (pushed {_iso(v.created_at)})")
     return resolved
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    """One page of a model's history, newest entry first, and how many entries the
+    whole (filtered) history holds."""
+
+    entries: list[LogEntry]
+    total: int
+
+
+_KIND = re.compile(r"[a-z][a-z0-9._-]{0,40}")
+
+
+def history_page(store: ObjectStore, name: str, *, alias: str | None = None, kinds: Iterable[str] | None = None,
+                 since: datetime | None = None, until: datetime | None = None, limit: int = 100,
+                 offset: int = 0) -> LogPage:
+    """Entries ``offset`` .. ``offset + limit - 1`` of :func:`history` counted from the
+    newest (the same entries, newest first), with the total: one query over the ledger
+    snapshot (:func:`casreg.ledger.sql.snapshot_query`), so a page of a model with
+    100,000 pushes builds only its own entries. Where the snapshot cannot say it all
+    (an ``alias`` filter, a move only a pointer holds yet after a crash cut its ledger
+    append) it is :func:`history` sliced."""
+    from casreg.governance.search import _quote
+    from casreg.ledger.pointers import read_pointer_events
+    from casreg.ledger.segments import events_table
+    from casreg.ledger.sql import snapshot
+
+    limit, offset = max(0, int(limit)), max(0, int(offset))
+    registry_only = name == REGISTRY_EVENTS
+    if not registry_only:
+        validate_name(name)
+    pending = False
+    if alias is None and not registry_only:
+        logged = set(events_table(store, name=name).column("event_id").to_pylist())
+        pending = any(e.event_id not in logged for e in read_pointer_events(store, name))
+    if alias is not None or pending:
+        everything = history(store, name, alias=alias, kinds=kinds, since=since, until=until)
+        newest = everything[::-1]
+        return LogPage(newest[offset:offset + limit], len(everything))
+    names = [name] if registry_only else [name, REGISTRY_EVENTS]
+    clauses = [f"name IN ({', '.join(_quote(n) for n in names)})"]
+    wanted = list(kinds) if kinds else None
+    if wanted is not None:
+        ok = sorted({k for k in wanted if _KIND.fullmatch(k)})
+        clauses.append(f"kind IN ({', '.join(_quote(k) for k in ok)})" if ok else "FALSE")
+    if registry_only or (wanted is not None and "push" not in wanted):
+        clauses.append("kind <> 'push'")
+    if since is not None:
+        clauses.append(f"time >= {_quote(_iso(since))}::TIMESTAMPTZ")
+    if until is not None:
+        clauses.append(f"time <= {_quote(_iso(until))}::TIMESTAMPTZ")
+    sql = f"""SELECT * FROM events WHERE {' AND '.join(clauses)}
+              ORDER BY time DESC, coalesce(event_id, '') DESC"""
+    snap = snapshot(store)
+    # the whole filtered history, sorted once per state of the ledger (narrow rows, kept
+    # with the snapshot): every page after the first is a slice of it
+    table = snap.cached(("history", sql), lambda fingerprint: snap.run(sql, store, fingerprint=fingerprint), store)
+    if table.num_rows == 0:  # nothing at all: history() says whether the model exists
+        history(store, name, alias=alias, kinds=kinds, since=since, until=until)
+        return LogPage([], 0)
+    out = []
+    for r in table.slice(offset, limit).to_pylist():
+        details = r["details"]
+        out.append(LogEntry(time=_utc(r["time"]), kind=r["kind"], name=r["name"], alias=r["alias"],
+                            from_version=r["from_version"], to_version=r["to_version"], author=r["author"],
+                            host=r["host"], reason=r["reason"], from_digest=r["from_digest"],
+                            to_digest=r["to_digest"], details=json.loads(details) if details else {},
+                            event_id=r["event_id"]))
+    return LogPage(out, table.num_rows)
+
+
+def _utc(t: object) -> datetime:
+    if isinstance(t, str):
+        t = datetime.fromisoformat(t.replace("Z", "+00:00"))
+    assert isinstance(t, datetime)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)

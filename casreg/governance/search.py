@@ -18,7 +18,7 @@ import re
 
 from casreg.errors import InvalidInputError
 from casreg.governance.state import stage_members
-from casreg.ledger.sql import query
+from casreg.ledger.sql import snapshot_query as query
 from casreg.records import Version
 from casreg.refs import validate_alias, validate_name
 from casreg.storage import ObjectStore

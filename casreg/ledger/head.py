@@ -200,8 +200,8 @@ def read_compacted_versions(store: ObjectStore, head: LedgerHead, *, name: str |
                              columns: Sequence[str] | None = None) -> pa.Table:
     import pyarrow as pa
 
-    schema = project(version_schema(), columns)
-    parts = [_load(f, read_compacted(store, f), schema, name) for f in head.versions]
+    schema, full = project(version_schema(), columns), version_schema()
+    parts = [_rows(store, f, full, name).select(schema.names) for f in head.versions]
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
@@ -209,19 +209,30 @@ def read_compacted_events(store: ObjectStore, head: LedgerHead, name: str | None
     import pyarrow as pa
 
     schema = compacted_event_schema()
-    parts = [_load(f, read_compacted(store, f), schema, name) for f in head.events]
+    parts = [_rows(store, f, schema, name) for f in head.events]
     return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
-def _load(f: CompactedFile, data: bytes, schema: pa.Schema, name: str | None) -> pa.Table:
-    """A compacted file's rows; one that matches HEAD's digest but does not read as the
-    table it should be (written damaged) is unavailable, so readers use the segments."""
+def _rows(store: ObjectStore, f: CompactedFile, schema: pa.Schema, name: str | None) -> pa.Table:
+    """The rows of compacted file ``f`` (of model ``name`` only, if given): read and
+    checked by :func:`read_compacted` and :func:`_load`, decoded rows kept while unchanged
+    (:func:`casreg.ledger.cache.compacted_rows`)."""
+    from casreg.ledger.cache import compacted_rows
+
+    return compacted_rows(store, f, schema, lambda: read_compacted(store, f), lambda data: _load(f, data, schema),
+                          name)
+
+
+def _load(f: CompactedFile, data: bytes, schema: pa.Schema) -> pa.Table:
+    """Every row of a compacted file (its bytes, checked by :func:`read_compacted`); one
+    that matches HEAD's digest but does not read as the table it should be, or not with
+    the rows HEAD records (written damaged), is unavailable, so readers use the segments."""
     import pyarrow as pa
 
     try:
-        table = load_compacted(data, schema, name)
+        table = load_compacted(data, schema)
     except (ValueError, KeyError, TypeError, OSError, pa.ArrowException):
         raise CompactedUnavailable(f.key, damaged=True) from None
-    if name is None and table.num_rows != f.rows:
+    if table.num_rows != f.rows:
         raise CompactedUnavailable(f.key, damaged=True)
     return table

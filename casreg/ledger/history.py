@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from casreg.errors import NotFoundError
 from casreg.keys import REGISTRY_EVENTS
 from casreg.ledger.events import implied_events
 from casreg.ledger.pointers import read_pointer_events
@@ -33,6 +34,27 @@ def read_events(store: ObjectStore, name: str, *, pointers: bool | Sequence[Alia
     (each pointer holds its last move), so history never misses the current state; a
     caller that has just read them (:func:`~casreg.ledger.pointers.read_pointer_events`) passes
     them instead. ``registry_wide``: interleave the registry's own events (policy changes)."""
+    if pointers is True:  # the usual call: kept while the ledger of ``name`` is unchanged
+        from blake3 import blake3
+
+        from casreg.keys import EVENTS, HEAD_KEY, POINTERS
+        from casreg.ledger.cache import cached_under
+        from casreg.ledger.head import MAX_HEAD_BYTES
+        from casreg.storage import ByteRange
+
+        try:  # bounded as read_head reads it: only its digest is kept
+            head = blake3(store.read(HEAD_KEY, ByteRange(0, MAX_HEAD_BYTES + 1))).hexdigest()
+        except NotFoundError:
+            head = "-"
+        prefixes = (f"{EVENTS}/{name}", f"{POINTERS}/{name}") + ((f"{EVENTS}/{REGISTRY_EVENTS}",)
+                                                                  if registry_wide else ())
+        return list(cached_under(store, prefixes, f"events of {name} ({registry_wide}) under HEAD {head}",
+                                 lambda: _read_events(store, name, True, registry_wide)))
+    return _read_events(store, name, pointers, registry_wide)
+
+
+def _read_events(store: ObjectStore, name: str, pointers: bool | Sequence[AliasEvent],
+                 registry_wide: bool) -> list[AliasEvent]:
     events = _rows_to_events(events_table(store, name=name).to_pylist())
     if registry_wide:
         events += _rows_to_events(events_table(store, name=REGISTRY_EVENTS).to_pylist())

@@ -176,8 +176,13 @@ def _read_events(store: ObjectStore, prefix: str) -> list[AliasEvent]:
         except NotFoundError:  # removed since the listing
             return None
 
-    keys = sorted(k for k in store.list(prefix) if parse_pointer_key(k) is not None)
-    return [e for e in map_concurrently(read, keys) if e is not None]
+    def derive() -> list[AliasEvent]:
+        keys = sorted(k for k in store.list(prefix) if parse_pointer_key(k) is not None)
+        return [e for e in map_concurrently(read, keys) if e is not None]
+
+    from casreg.ledger.cache import cached_under
+
+    return list(cached_under(store, prefix, "pointer events", derive))
 
 
 def _last_moves(store: ObjectStore, name: str | None, alias: str | None) -> dict[tuple[str, str], dict[str, Any]]:

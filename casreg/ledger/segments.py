@@ -112,14 +112,32 @@ def is_event_key(key: str) -> bool:
 def _list(store: ObjectStore, prefix: str, after: str | None) -> Iterable[str]:
     """Keys under ``prefix``; only those sorting after ``after`` where the store can list
     from a key on (``list_after``, S3's ``StartAfter``), else all of them."""
-    return store.list_after(prefix, after) if after and store.capabilities.list_after else store.list(prefix)
+    if after and store.capabilities.list_after:
+        return store.list_after(prefix, after)
+    from casreg.ledger.cache import cached_list
+
+    return cached_list(store, prefix)
 
 
 def version_numbers(store: ObjectStore, name: str, *, after: int = 0) -> list[int]:
     """Committed version numbers of ``name`` above ``after``, ascending (one listing, no
     reads; on a store with ``list_after``, a listing of those keys only)."""
+    import bisect
+
+    from casreg.ledger.cache import cached_under
+
+    prefix = f"{VERSIONS}/{name}"
+    if after and store.capabilities.list_after:
+        keys: Iterable[str] = store.list_after(prefix, version_segment_key(name, after))
+    else:  # every number, kept while the listing is unchanged (a long list: parse it once)
+        def derive() -> list[int]:
+            return sorted(p[1] for key in store.list(prefix)
+                          if (p := parse_version_segment_key(key)) is not None and p[0] == name)
+
+        numbers = cached_under(store, prefix, "version numbers", derive)
+        return numbers[bisect.bisect_right(numbers, after):]
     numbers = []
-    for key in _list(store, f"{VERSIONS}/{name}", version_segment_key(name, after) if after else None):
+    for key in keys:
         parsed = parse_version_segment_key(key)
         if parsed is not None and parsed[0] == name and parsed[1] > after:
             numbers.append(parsed[1])
@@ -370,9 +388,9 @@ def append_event(store: ObjectStore, event: AliasEvent) -> bool:
 
 # -- whole tables (for SQL) ------------------------------------------------------------------
 def versions_table(store: ObjectStore, *, name: str | None = None,
-                   columns: Sequence[str] | None = None) -> pa.Table:
-    """Every version record (of model ``name`` only, if given), sorted by (name, version):
-    compacted rows plus the segments HEAD does not cover."""
+                   columns: Sequence[str] | None = None, sort: bool = True) -> pa.Table:
+    """Every version record (of model ``name`` only, if given), sorted by (name, version)
+    unless ``sort`` is false: compacted rows plus the segments HEAD does not cover."""
     import pyarrow as pa
 
     schema = project(version_schema(), columns)
@@ -383,7 +401,7 @@ def versions_table(store: ObjectStore, *, name: str | None = None,
         parts = [read_compacted_versions(store, head, name=name, columns=schema.names)] if head else []
         keys = _uncovered_version_keys(store, head, name)
         parts.append(segments_table(keys, read_many(store, keys), schema))
-        return sort_versions(pa.concat_tables(parts))
+        return sort_versions(pa.concat_tables(parts)) if sort else pa.concat_tables(parts)
 
     return with_head(store, run)
 
@@ -430,18 +448,27 @@ def _check_gap_free(store: ObjectStore, name: str, covered: int, numbers: list[i
         expected = n + 1
 
 
-def events_table(store: ObjectStore, *, with_segment: bool = False, name: str | None = None) -> pa.Table:
-    """Every event (of model ``name`` only, if given), sorted by segment key: compacted
-    rows plus the event segments HEAD does not cover."""
+def events_table(store: ObjectStore, *, with_segment: bool = False, name: str | None = None,
+                 sort: bool = True) -> pa.Table:
+    """Every event (of model ``name`` only, if given), sorted by segment key unless
+    ``sort`` is false: compacted rows plus the event segments HEAD does not cover."""
     import pyarrow as pa
+
+    from casreg.ledger.cache import cached_under, covered_keys
 
     def run(head: LedgerHead | None) -> pa.Table:
         compacted = read_compacted_events(store, head, name) if head else compacted_event_schema().empty_table()
-        covered = set(compacted.column(SEGMENT_COLUMN).to_pylist())
         prefix = f"{EVENTS}/{name}" if name else EVENTS
-        keys = sorted(k for k in store.list(prefix) if is_event_key(k) and k not in covered)
-        fresh = segments_table(keys, read_many(store, keys, limit=MAX_EVENT_BYTES), event_schema(), with_key=True)
-        table = sort_events(pa.concat_tables([compacted, fresh]))
+
+        def uncovered() -> pa.Table:
+            covered = covered_keys(head.events if head else None, compacted)
+            keys = sorted(k for k in store.list(prefix) if is_event_key(k) and k not in covered)
+            return segments_table(keys, read_many(store, keys, limit=MAX_EVENT_BYTES), event_schema(), with_key=True)
+
+        # segments are immutable: what is not covered, read, is kept while the listing stays
+        fresh = cached_under(store, prefix, f"events not covered by {head.id if head else '-'}", uncovered)
+        table = pa.concat_tables([compacted, fresh])
+        table = sort_events(table) if sort else table
         return table if with_segment else table.drop_columns([SEGMENT_COLUMN])
 
     return with_head(store, run)

@@ -31,10 +31,12 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import re
-from collections.abc import Collection
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Callable, Collection, Hashable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from casreg.errors import InvalidInputError
+from casreg.errors import InvalidInputError, NotFoundError
 from casreg.ledger.pointers import list_pointers
 from casreg.ledger.schema import event_schema, version_schema
 from casreg.ledger.segments import events_table, versions_parts, versions_table
@@ -43,7 +45,7 @@ from casreg.storage import ObjectStore
 if TYPE_CHECKING:
     import duckdb
 
-__all__ = ["connect", "query"]
+__all__ = ["Snapshot", "connect", "consistent_reads", "query", "snapshot", "snapshot_cached", "snapshot_query"]
 
 _VIEWS = """
 CREATE VIEW versions AS SELECT * FROM _versions;
@@ -260,3 +262,192 @@ def query(store: ObjectStore, sql: str) -> list[dict[str, Any]]:
         {name: _plain(values[i], typ) for name, typ, values in columns}
         for i in range(table.num_rows)
     ]
+
+
+T = TypeVar("T")
+
+
+class Snapshot:
+    """One locked-down DuckDB connection over the ledger of one store, for casreg's own
+    queries (:func:`snapshot_query`), reused while the ledger is unchanged.
+
+    Before each query it takes the ledger's fingerprint: HEAD's bytes and the store's
+    listing tokens of the version and event segments, the compacted files and the alias
+    pointers (:meth:`~casreg.storage.ObjectStore.listing_token`; taken *before* anything
+    is read, so data loaded after a change is at least as new as the fingerprint says).
+    While it matches the one the loaded tables were read under, they are reused; else,
+    or where the store cannot give tokens, the tables a query needs are read again (the
+    decoded compacted files come from :mod:`casreg.ledger.cache`) and registered in
+    place of the old ones. The connection is made as :func:`connect` makes them (external
+    access off, configuration locked) and never runs anything but one ``SELECT``
+    statement at a time, under a lock: no query can create, drop or replace anything in
+    it, change a setting, or see another query's state. SQL a user typed never runs here
+    (``casreg sql`` uses :func:`query`, a fresh connection each time)."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.lock = threading.Lock()
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.fingerprint: Hashable | None = None
+        self.loaded: set[str] = set()
+        self.memo: dict[Hashable, object] = {}
+
+    def _fingerprint(self) -> Hashable | None:
+        pins = getattr(_pins, "by_snapshot", None)
+        if pins is not None and id(self) in pins:  # inside consistent_reads(): one look per block
+            if pins[id(self)] is _UNSET:
+                pins[id(self)] = self._look()
+            return cast(Hashable | None, pins[id(self)])
+        return self._look()
+
+    def _look(self) -> Hashable | None:
+        from casreg.keys import COMPACTED, EVENTS, HEAD_KEY, POINTERS, VERSIONS
+        from casreg.ledger.head import MAX_HEAD_BYTES
+        from casreg.storage import ByteRange
+
+        tokens = tuple(self.store.listing_token(p) for p in (VERSIONS, EVENTS, POINTERS, COMPACTED))
+        if any(t is None for t in tokens):
+            return None
+        try:  # bounded as read_head reads it (a larger one is ignored there, and differs here)
+            head = self.store.read(HEAD_KEY, ByteRange(0, MAX_HEAD_BYTES + 1))
+        except NotFoundError:
+            head = b""
+        return (head, tokens)
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        import duckdb
+
+        con = duckdb.connect(":memory:", config=dict(_LOCKED_DOWN))
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            con.register("_versions", version_schema().empty_table())
+            con.register("_events", event_schema().empty_table())
+            con.register("_aliases", _aliases_schema().empty_table())
+            con.execute(_VIEWS)
+            con.execute("SET lock_configuration = true")
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _load(self, table: str) -> None:
+        assert self.con is not None
+        if table == "_versions":  # SQL needs no order: not sorting saves seconds at 1M rows
+            data = versions_table(self.store, sort=False)
+        elif table == "_events":
+            data = events_table(self.store, sort=False)
+        else:
+            data = _aliases_table(self.store)
+        self.con.register(table, data)
+        self.loaded.add(table)
+
+    def cached(self, key: Hashable, make: Callable[[Hashable | None], T], store: ObjectStore | None = None) -> T:
+        """``make(fingerprint)``, kept while the ledger's fingerprint stays the one it was
+        made under (a value derived only from the snapshot's tables, as the rows of a
+        deterministic query are); ``make`` passes the fingerprint on to :meth:`run`.
+        Where the store gives no fingerprint, made every time."""
+        if store is not None:
+            self.store = store
+        fingerprint = self._fingerprint()
+        with self.lock:
+            if fingerprint is not None and fingerprint == self.fingerprint and key in self.memo:
+                return cast(T, self.memo[key])
+        value = make(fingerprint)
+        with self.lock:
+            if fingerprint is not None and fingerprint == self.fingerprint:
+                self.memo[key] = value
+                while len(self.memo) > MAX_MEMO:
+                    self.memo.pop(next(iter(self.memo)))
+        return value
+
+    def run(self, sql: str, store: ObjectStore | None = None, *, fingerprint: Hashable | None = None) -> Any:
+        """The Arrow result of ``sql``, one ``SELECT`` statement (anything else is refused
+        with :class:`InvalidInputError` before it runs); read through ``store`` (another
+        object over the same registry, say a wrapper) if given. ``fingerprint``: the
+        ledger's, taken by the caller just now (else it is taken here)."""
+        import duckdb
+
+        if fingerprint is None:
+            fingerprint = self._fingerprint()
+        with self.lock:
+            if store is not None:
+                self.store = store
+            if self.con is None:
+                self.con = self._open()
+            statements = self.con.extract_statements(sql)
+            if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+                raise InvalidInputError("a ledger snapshot runs one SELECT statement only")
+            if fingerprint is None or fingerprint != self.fingerprint:
+                for table in self.loaded:
+                    self.con.register(table, {"_versions": version_schema, "_events": event_schema,
+                                              "_aliases": _aliases_schema}[table]().empty_table())
+                self.loaded = set()
+                self.memo = {}
+                self.fingerprint = fingerprint
+            for table in sorted(tables_for(sql) - self.loaded):
+                self._load(table)
+            try:
+                return self.con.sql(sql).to_arrow_table()
+            except duckdb.Error as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise InvalidInputError(f"SQL error: {first}") from None
+
+
+_snapshots: dict[tuple[str, str], Snapshot] = {}
+_pins = threading.local()
+_UNSET = object()
+#: Results a snapshot keeps (per ledger state; cleared when it changes; the oldest go
+#: first): a model's sorted history is the largest (~20 MB at 100,000 entries).
+MAX_MEMO = 64
+_snapshots_lock = threading.Lock()
+
+
+def snapshot(store: ObjectStore) -> Snapshot:
+    """The :class:`Snapshot` of ``store``'s ledger (one per store URL in this process)."""
+    key = (type(store).__name__, store.url)
+    with _snapshots_lock:
+        snap = _snapshots.get(key)
+        if snap is None:
+            snap = _snapshots[key] = Snapshot(store)
+        return snap
+
+
+@contextmanager
+def consistent_reads(store: ObjectStore) -> Iterator[None]:
+    """Within the block, on this thread, :func:`snapshot_query` and
+    :func:`snapshot_cached` look once (at their first call) at whether ``store``'s ledger
+    changed, instead of at every call: the reads of one request then cost one look, and
+    all see the same state, none older than the block. For reads: a change made inside
+    the block need not show in the block's later snapshot reads."""
+    snap = snapshot(store)
+    pins = getattr(_pins, "by_snapshot", None)
+    if pins is None:
+        pins = _pins.by_snapshot = {}
+    if id(snap) in pins:  # nested: the outer block's look stands
+        yield
+        return
+    pins[id(snap)] = _UNSET
+    try:
+        yield
+    finally:
+        pins.pop(id(snap), None)
+
+
+def snapshot_query(store: ObjectStore, sql: str) -> list[dict[str, Any]]:
+    """:func:`query` for casreg's own SQL (one ``SELECT``, built from validated pieces):
+    the same rows, from the store's :class:`Snapshot` (no new connection, no re-read of
+    a ledger that has not changed)."""
+    snap = snapshot(store)
+
+    def make(fingerprint: Hashable | None) -> list[dict[str, Any]]:
+        table = snap.run(sql, store, fingerprint=fingerprint)
+        columns = [(f.name, f.type, table.column(i).to_pylist()) for i, f in enumerate(table.schema)]
+        return [{name: _plain(values[i], typ) for name, typ, values in columns} for i in range(table.num_rows)]
+
+    return [dict(r) for r in snap.cached(("rows", sql), make, store)]
+
+
+def snapshot_cached(store: ObjectStore, key: Hashable, make: Callable[[], T]) -> T:
+    """``make()``, a value derived only from :func:`snapshot_query` results, kept while
+    the ledger is unchanged (:meth:`Snapshot.cached`); callers must not mutate it."""
+    return snapshot(store).cached(("value", key), lambda _: make(), store)

@@ -11,7 +11,7 @@ must not exist. What a backend offers beyond that is declared in its
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -233,6 +233,14 @@ class ObjectStore(ABC):
         (as S3 lists). This fallback sorts a filtered full listing; a backend that skips
         on the server says so in ``capabilities.list_after``."""
         return iter(sorted(k for k in self.list(prefix) if k > start_after))
+
+    def listing_token(self, prefix: str) -> Hashable | None:
+        """A value that changes whenever the keys under ``prefix`` or a swapped object there
+        change: equal tokens taken at two moments mean :meth:`list` (and every
+        :meth:`swap`-ed object's bytes) under ``prefix`` stayed the same between them.
+        ``None``: the backend cannot tell cheaply now (callers list instead); the default.
+        Lets readers reuse what they derived from a listing (docs/FORMAT.md §6.1)."""
+        return None
 
     @abstractmethod
     def read_versioned(self, key: str) -> Versioned | None:

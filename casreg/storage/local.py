@@ -158,6 +158,11 @@ class _StagedFile(ObjectWriter):
         self._close_dir()
 
 
+#: How old (ns) every directory's modification time must be for
+#: :meth:`LocalStore.listing_token` to vouch for it (coarse file system clocks tick in ms).
+RACY_NS = 2_000_000_000
+
+
 class LocalStore(ObjectStore):
     """A registry in a local directory (see the module docstring)."""
 
@@ -549,6 +554,42 @@ class LocalStore(ObjectStore):
             for entry in entries:
                 if not entry.name.startswith("."):
                     yield f"{rel}/{entry.name}" if rel else entry.name
+
+    def listing_token(self, prefix: str) -> tuple[tuple[str, int, int], ...] | None:
+        """The modification times (ns) and inode numbers of every directory under
+        ``prefix`` (itself included): creating, linking, renaming or deleting a name in a
+        directory changes its time, and casreg changes objects only that way (written
+        aside, then linked or renamed into place; never edited in place). A directory is
+        read only if its link count says it has subdirectories. ``None`` ("list instead")
+        while any of those times is within :data:`RACY_NS` of now (a change in the same
+        clock tick would not move it: the same rule as git's racily clean index), or if
+        anything on the way is not a plain directory."""
+        import time
+
+        prefix = prefix.strip("/")
+        now = time.time_ns()
+        out = []
+        todo = [str(self.root / check_key(prefix)) if prefix else str(self.root)]
+        while todo:
+            path = todo.pop()
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                out.append((path, -1, -1))
+                continue
+            except OSError:
+                return None
+            if not stat.S_ISDIR(st.st_mode) or abs(now - st.st_mtime_ns) < RACY_NS:
+                return None
+            out.append((path, st.st_mtime_ns, st.st_ino))
+            if st.st_nlink != 2:  # 2: no subdirectory (ext4, xfs); anything else: look
+                try:
+                    with os.scandir(path) as it:
+                        todo.extend(e.path for e in it if e.is_dir(follow_symlinks=False)
+                                    and not e.name.startswith("."))
+                except OSError:
+                    return None
+        return tuple(sorted(out))
 
     def leftovers(self) -> Iterator[Leftover]:
         """Temporary files (``.tmp-*``) of writes that never completed: a push killed

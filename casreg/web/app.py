@@ -58,6 +58,8 @@ HERE = Path(__file__).parent
 PER_PAGE = 50
 MAX_PER_PAGE = 500
 HISTORY_PAGE = 100
+API_HISTORY_PAGE = 500
+MAX_API_HISTORY_PAGE = 5000
 MAX_FILES_SHOWN = 1000
 #: The event kinds that move an alias (docs/lifecycle.md).
 POINTER_KINDS = ("alias.set", "alias.remove", "promote", "rollback")
@@ -244,7 +246,9 @@ class Pages:
                 raise InvalidInputError(f"tag filter must be KEY=VALUE, got {tag[:60]!r}")
             want = (key, value)
         summaries = self.reg.models()
-        pointers = self._by_version(self.reg.aliases())
+        by_model: dict[str, dict[str, int]] = {}
+        for p in self.reg.aliases():
+            by_model.setdefault(p.name, {})[p.alias] = p.version
         rows = []
         for s in summaries:
             v = s.latest
@@ -253,8 +257,7 @@ class Pages:
                 continue
             if want is not None and v.tags.get(want[0]) != want[1]:
                 continue
-            aliases = {a: ver for (n, ver), names in pointers.items() if n == v.name for a in names}
-            rows.append((s, dict(sorted(aliases.items()))))
+            rows.append((s, dict(sorted(by_model.get(v.name, {}).items()))))
         page = _int(request, "page", 1)
         per = _int(request, "per", PER_PAGE, 1, MAX_PER_PAGE)
         return {"rows": rows[(page - 1) * per: page * per], "total": len(rows), "page": page, "per": per,
@@ -382,15 +385,7 @@ class Pages:
         if policy is not None:
             effective = policy.for_model(name)
             gates = {stage: g.approvals for stage, g in effective.gates.items() if g.approvals}
-        chain: list[Version] = []
-        parent = v.lineage.parent
-        while parent is not None and len(chain) < 10:
-            try:
-                p = self.reg.show(str(parent))
-            except NotFoundError:
-                break
-            chain.append(p)
-            parent = p.lineage.parent
+        chain = self.reg.ancestors(v, limit=10)
         return {"v": v, "files": files, "aliases": aliases, "state": state, "deployed": deployed, "gates": gates,
                 "chain": chain, "pointers": pointers}
 
@@ -425,22 +420,24 @@ class Pages:
         return RedirectResponse(f"/models/{quote(v.name)}/versions/{v.version}", 303)
 
     # -- history -------------------------------------------------------------------------
-    def _history(self, request: Request) -> dict[str, Any]:
+    def _history(self, request: Request, per: int) -> dict[str, Any]:
+        """One page of the model's history, newest first (``page``, ``per``): only that
+        page's entries are built (``Registry.log_page``)."""
         name = _model_name(request)
         kinds = [k for k in request.query_params.getlist("kind") if k]
         alias = _opt(request, "alias")
         if alias is not None:
             validate_alias(alias)
-        entries = self.reg.log(name, alias=alias, kinds=kinds or None, since=_opt(request, "since"),
-                               until=_opt(request, "until"))
-        return {"name": name, "entries": entries, "kinds": kinds, "alias": alias or "",
+        page = _int(request, "page", 1)
+        logged = self.reg.log_page(name, alias=alias, kinds=kinds or None, since=_opt(request, "since"),
+                                   until=_opt(request, "until"), limit=per, offset=(page - 1) * per)
+        return {"name": name, "entries": logged.entries, "total": logged.total, "page": page, "per": per,
+                "pages": max(1, -(-logged.total // per)), "kinds": kinds, "alias": alias or "",
                 "since": _opt(request, "since") or "", "until": _opt(request, "until") or ""}
 
     def history(self, request: Request) -> Response:
-        d = self._history(request)
+        d = self._history(request, HISTORY_PAGE)
         name = d["name"]
-        page = _int(request, "page", 1)
-        entries = list(reversed(d["entries"]))  # newest first
         intervals = self._intervals(name)
         at_text, at_alias = _opt(request, "at"), _opt(request, "at_alias") or "production"
         validate_alias(at_alias)
@@ -457,13 +454,22 @@ class Pages:
         chart = timeline([(i.alias, i.version, i.start, i.end) for i in intervals], now=now, at=at,
                          href=lambda n: f"/models/{quote(name)}/versions/{n}")
         aliases = sorted({i.alias for i in intervals})
-        return self.render("history.html", **d, rows=entries[(page - 1) * HISTORY_PAGE: page * HISTORY_PAGE],
-                           page=page, pages=max(1, -(-len(entries) // HISTORY_PAGE)), total=len(entries),
-                           chart=chart, answer=answer, at_text=at_text or "", at_alias=at_alias, all_aliases=aliases,
-                           event_kinds=EVENT_KINDS, intervals=intervals, args=dict(request.query_params))
+        return self.render("history.html", **d, rows=d["entries"], chart=chart, answer=answer, at_text=at_text or "",
+                           at_alias=at_alias, all_aliases=aliases, event_kinds=EVENT_KINDS, intervals=intervals,
+                           args=dict(request.query_params))
 
     def api_history(self, request: Request) -> Response:
-        return json_response([e.to_dict() for e in self._history(request)["entries"]])
+        """The ``casreg log --json`` records, oldest first, of one page counted from the
+        newest (``page``, ``per``; default the newest 500: the whole log of most
+        models); ``X-Total-Count`` and a ``Link: rel="next"`` header page on."""
+        d = self._history(request, _int(request, "per", API_HISTORY_PAGE, 1, MAX_API_HISTORY_PAGE))
+        response = json_response([e.to_dict() for e in reversed(d["entries"])])
+        response.headers["x-total-count"] = str(d["total"])
+        if d["page"] < d["pages"]:
+            args = [(k, v) for k, v in request.query_params.multi_items() if k not in ("page", "per")]
+            args += [("page", str(d["page"] + 1)), ("per", str(d["per"]))]
+            response.headers["link"] = f'<{request.url.path}?{urlencode(args)}>; rel="next"'
+        return response
 
     def api_at(self, request: Request) -> Response:
         name = _model_name(request)
@@ -564,12 +570,18 @@ def _parse_when(text: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def _sync(fn: Callable[[Request], Response]) -> Callable[[Request], Awaitable[Response]]:
-    """Run a page's (blocking) library calls on a worker thread."""
+def _sync(fn: Callable[[Request], Response], registry: Registry) -> Callable[[Request], Awaitable[Response]]:
+    """Run a page's (blocking) library calls on a worker thread, all of them on one look
+    at whether the ledger changed (``Registry.consistent_reads``: taken when the request
+    is served, so a page is never older than its request)."""
     from starlette.concurrency import run_in_threadpool
 
+    def call(request: Request) -> Response:
+        with registry.consistent_reads():
+            return fn(request)
+
     async def endpoint(request: Request) -> Response:
-        return await run_in_threadpool(fn, request)
+        return await run_in_threadpool(call, request)
 
     endpoint.__name__ = fn.__name__
     return endpoint
@@ -584,22 +596,22 @@ def create_app(registry: Registry, *, allow_writes: bool = False) -> Starlette:
     pages = Pages(registry)
     get = ["GET"]
     routes = [
-        Route("/", _sync(pages.models), methods=get),
-        Route("/models/{name}", _sync(pages.model), methods=get),
-        Route("/models/{name}/versions/{number:int}", _sync(pages.version), methods=get),
-        Route("/models/{name}/history", _sync(pages.history), methods=get),
-        Route("/ref/{ref:path}", _sync(pages.ref), methods=get),
-        Route("/diff", _sync(pages.diff), methods=get),
-        Route("/policy", _sync(pages.policy), methods=get),
-        Route("/registry/history", _sync(pages.registry_history), methods=get),
-        Route("/api/models", _sync(pages.api_models), methods=get),
-        Route("/api/models/{name}", _sync(pages.api_model), methods=get),
-        Route("/api/models/{name}/series", _sync(pages.api_series), methods=get),
-        Route("/api/models/{name}/versions/{number:int}", _sync(pages.api_version), methods=get),
-        Route("/api/models/{name}/history", _sync(pages.api_history), methods=get),
-        Route("/api/models/{name}/at", _sync(pages.api_at), methods=get),
-        Route("/api/diff", _sync(pages.api_diff), methods=get),
-        Route("/api/policy", _sync(pages.api_policy), methods=get),
+        Route("/", _sync(pages.models, registry), methods=get),
+        Route("/models/{name}", _sync(pages.model, registry), methods=get),
+        Route("/models/{name}/versions/{number:int}", _sync(pages.version, registry), methods=get),
+        Route("/models/{name}/history", _sync(pages.history, registry), methods=get),
+        Route("/ref/{ref:path}", _sync(pages.ref, registry), methods=get),
+        Route("/diff", _sync(pages.diff, registry), methods=get),
+        Route("/policy", _sync(pages.policy, registry), methods=get),
+        Route("/registry/history", _sync(pages.registry_history, registry), methods=get),
+        Route("/api/models", _sync(pages.api_models, registry), methods=get),
+        Route("/api/models/{name}", _sync(pages.api_model, registry), methods=get),
+        Route("/api/models/{name}/series", _sync(pages.api_series, registry), methods=get),
+        Route("/api/models/{name}/versions/{number:int}", _sync(pages.api_version, registry), methods=get),
+        Route("/api/models/{name}/history", _sync(pages.api_history, registry), methods=get),
+        Route("/api/models/{name}/at", _sync(pages.api_at, registry), methods=get),
+        Route("/api/diff", _sync(pages.api_diff, registry), methods=get),
+        Route("/api/policy", _sync(pages.api_policy, registry), methods=get),
         Mount("/static", StaticFiles(directory=HERE / "static", html=False), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={
