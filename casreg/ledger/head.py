@@ -231,7 +231,7 @@ def _load(f: CompactedFile, data: bytes, schema: pa.Schema) -> pa.Table:
 
     try:
         table = load_compacted(data, schema)
-    except (ValueError, KeyError, TypeError, OSError, pa.ArrowException):
+    except (ValueError, KeyError, IndexError, TypeError, OSError, pa.ArrowException):
         raise CompactedUnavailable(f.key, damaged=True) from None
     if table.num_rows != f.rows:
         raise CompactedUnavailable(f.key, damaged=True)
