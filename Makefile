@@ -48,6 +48,7 @@ demo: $(STAMP)
 	@rm -rf $(DEMO)
 	@echo "== see it in a browser (read-only, this machine only; docs/ui.md):"
 	@echo "   $(BIN)/casreg ui     then open http://127.0.0.1:8000/models/casreg-demo"
+	@echo "== casreg is installed in $(VENV) only: . $(BIN)/activate puts it on PATH (README.md, Set up)"
 
 ## Lint and type checks (configured in pyproject.toml), then the whole suite, slow
 ## (GB-sized) cases included, as CI runs it.
