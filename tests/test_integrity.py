@@ -214,10 +214,15 @@ def _flip_everywhere(reg: Registry, key: str, start: int, stop: int, masks: tupl
                      expected: dict[str, bytes | None]) -> int:
     """Flip each bit of ``masks`` at each position in [start, stop) of object ``key``;
     every pull must either fail with IntegrityError leaving ``work`` as it was, or write
-    exactly ``expected``. Returns how many were refused."""
+    exactly ``expected``. Returns how many were refused.
+
+    Each pull names the version by its full digest: the flips are in its manifest or a
+    pack, which the pull reads just the same, and resolving ``m`` (a listing and a ledger
+    segment read, hundreds of times on S3) would not read any flipped byte."""
     orig = reg.store.read(key)
     refusals = 0
     dest = work / "dest"
+    ref = str(reg.resolve("m").digest)
     for i in range(start, stop):
         for mask in masks:
             bad = bytearray(orig)
@@ -225,7 +230,7 @@ def _flip_everywhere(reg: Registry, key: str, start: int, stop: int, masks: tupl
             overwrite(reg, key, bytes(bad))
             before = listing(work)
             try:
-                reg.pull("m", dest)
+                reg.pull(ref, dest)
             except IntegrityError:
                 refusals += 1
                 assert listing(work) == before, (i, mask)
