@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from casreg.governance.policy import PolicyFile
     from casreg.governance.state import VersionState
     from casreg.ledger.compact import CompactResult
+    from casreg.ledger.sql import SqlResult
     from casreg.maintenance.gc import GcReport
     from casreg.maintenance.verify import VerifyReport
 
@@ -302,11 +303,16 @@ class Registry:
 
     def sql(self, query: str) -> list[dict[str, JsonValue]]:
         """Run DuckDB SQL over the ledger views (``versions``, ``files``, ``events``,
-        ``aliases``, ``approvals``, ``alias_history``, ``lineage``; docs/FORMAT.md §9);
-        rows as dicts of plain values."""
-        from casreg.ledger.sql import query as run
+        ``aliases``, ``approvals``, ``alias_history``, ``lineage``, ``version_state``;
+        docs/FORMAT.md §9); rows as dicts of plain values."""
+        return self.sql_result(query).rows
 
-        return run(self.store, query)
+    def sql_result(self, query: str) -> SqlResult:
+        """:meth:`sql`, with the result's column names in order (``.columns``; known also
+        when no row matched) next to its rows (``.rows``)."""
+        from casreg.ledger.sql import query_result
+
+        return query_result(self.store, query)
 
     def search(self, name: str, *, where: str | None = None, stage: str | None = None,
                alias: str | None = None, sort: str | None = None, descending: bool = False,
@@ -419,6 +425,16 @@ class Registry:
         validate_name(name)
         validate_alias(stage)
         return stage_members(self.store, name, stage)
+
+    def archived(self, name: str | None = None) -> dict[tuple[str, int], AliasEvent]:
+        """The archived versions of ``name`` (of every model, without a name), each as
+        ``(name, version)`` with the event that archived it: one read of the model's events
+        (of the whole event table, for every model), for a listing that shows state."""
+        from casreg.governance.state import archived_everywhere
+
+        if name is not None:
+            validate_name(name)
+        return archived_everywhere(self.store, name)
 
     def aliases(self, name: str | None = None, *, confirm: bool = False) -> list[AliasPointer]:
         """Every alias that is set (of ``name``, or of every model) and where it points,

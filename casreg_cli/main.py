@@ -206,20 +206,34 @@ def ls_(
     for p in pointers:
         badge = f"{p.alias}(corrupt)" if (p.name, p.alias) in liars else p.alias
         by_version.setdefault((p.name, p.version), []).append(badge)
+    archived = reg.archived(name) if versions else {}  # one read of the events, whatever the rows
     if out.as_json:
         out.json([v.to_dict() | {"aliases": [a for a in by_version.get((v.name, v.version), [])
-                                             if not a.endswith("(corrupt)")]} for v in versions])
+                                             if not a.endswith("(corrupt)")],
+                                 "archived": (v.name, v.version) in archived} for v in versions])
         _fail_on_lies(lies)
         return
     rows = [{
         "ref": v.ref, "digest": v.digest[:19], "size": human_bytes(v.size),
         "created": v.created_at.strftime("%Y-%m-%d %H:%M:%S"), "author": v.author,
         "aliases": ",".join(by_version.get((v.name, v.version), [])),
+        "stage": _stage(by_version.get((v.name, v.version), []), (v.name, v.version) in archived),
+        "framework": v.framework, "description": v.description,
     } for v in versions]
     if older:
         out.line(f"({older:,} older version{'s' if older != 1 else ''} not shown; --all or --limit N)")
-    out.table(rows)
+    out.table(rows, ["ref", "digest", "size", "created", "author", "aliases", "stage"] if rows else None,
+              optional=["framework", "description"], cut=["description"])  # nothing listed: "(no rows)"
     _fail_on_lies(lies)
+
+
+def _stage(badges: list[str], archived: bool) -> str:
+    """What ``ls`` shows in its stage column: the stages whose pointer is at the version
+    (a pointer that lies about it is only in the aliases column, flagged), and
+    ``archived``."""
+    from casreg.governance.policy import STAGES
+
+    return ",".join([s for s in STAGES if s != "archived" and s in badges] + (["archived"] if archived else []))
 
 
 def _fail_on_lies(lies: list[tuple[AliasPointer, str]]) -> None:
@@ -233,15 +247,16 @@ def _fail_on_lies(lies: list[tuple[AliasPointer, str]]) -> None:
          example='casreg sql "SELECT version, metrics[\'auc\'] AS auc FROM versions WHERE name = \'fraud-detector\'"')
 def sql(
     cli: Cli,
-    query: Annotated[str, typer.Argument(help="SQL over the views versions, files, events, aliases.")],
+    query: Annotated[str, typer.Argument(help="SQL over the views versions, files, events, aliases, "
+                                          "version_state, ... (docs/audit.md).")],
 ) -> None:
     """Query the ledger with DuckDB SQL."""
     out = cli.out
-    rows = cli.registry().sql(query)
+    result = cli.registry().sql_result(query)
     if out.as_json:
-        out.json(rows)
+        out.json(result.rows)
     else:
-        out.table(rows)
+        out.table(result.rows, result.columns)  # no rows: still the header line
 
 
 @command(alias_app, "set",

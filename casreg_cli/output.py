@@ -35,12 +35,13 @@ import logging
 import math
 import re
 import sys
+from collections.abc import Sequence
 from typing import Any, TextIO
 
 from casreg.redact import redact_url
 
 __all__ = ["Output", "human_bytes", "plural", "bytes_done", "bytes_per_second", "BarProgress", "clean", "print_error",
-           "print_error_json", "print_block", "install_log_escaping"]
+           "print_error_json", "print_block", "install_log_escaping", "terminal_width", "MIN_CUT"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -212,20 +213,52 @@ class Output:
     def flush(self) -> None:
         self.stream.flush()
 
-    def table(self, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
-        """Aligned plain-text columns (greppable, no box drawing)."""
+    def table(self, rows: list[dict[str, Any]], columns: list[str] | None = None, *,
+              optional: Sequence[str] = (), cut: Sequence[str] = (), width: int | None = None) -> None:
+        """Aligned plain-text columns (greppable, no box drawing). Without rows: the header
+        line if ``columns`` are given (a query that matched nothing still names its
+        columns), else ``(no rows)``.
+
+        ``optional``: columns shown after the others, in order, only where some row has a
+        value and the line still fits in ``width`` (default: the terminal's, ``COLUMNS``
+        respected; 80 when unknown); a column in ``cut`` takes the room left instead,
+        its values cut to it (ending in ``...``), if at least :data:`MIN_CUT` characters
+        are left. The other columns are always shown, however narrow the terminal."""
         if self.quiet:
             return
-        if not rows:
+        if not rows and not columns:
             self.line("(no rows)")
             return
-        columns = columns or list(rows[0])
-        cells = [[clean(_cell(r.get(c))) for c in columns] for r in rows]
-        columns = [clean(c) for c in columns]
-        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-        self.line("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
-        for row in cells:
-            self.line("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        columns = list(dict.fromkeys(columns or rows[0]))  # a name given twice (SQL) is one column, as in a row
+        cells = {c: [clean(_cell(r.get(c))) for r in rows] for c in [*columns, *optional]}
+        widths = {c: max([len(clean(c)), *(len(v) for v in cells[c])]) for c in cells}
+        if optional:
+            room = width or terminal_width()
+            used = sum(widths[c] for c in columns) + 2 * (len(columns) - 1)
+            for c in optional:
+                if not any(cells[c]):
+                    continue
+                left = room - used - 2
+                if c in cut and left >= max(MIN_CUT, len(clean(c))) and left < widths[c]:
+                    cells[c] = [v if len(v) <= left else v[:left - 3] + "..." for v in cells[c]]
+                    widths[c] = left
+                if widths[c] <= left:
+                    columns.append(c)
+                    used += 2 + widths[c]
+        self.line("  ".join(clean(c).ljust(widths[c]) for c in columns).rstrip())
+        for i in range(len(rows)):
+            self.line("  ".join(cells[c][i].ljust(widths[c]) for c in columns).rstrip())
+
+
+#: The narrowest a cut column (:meth:`Output.table`) is shown.
+MIN_CUT = 12
+
+
+def terminal_width() -> int:
+    """The terminal's width in characters: ``COLUMNS`` if set, else the terminal's, else 80."""
+    import shutil
+
+    return shutil.get_terminal_size((80, 24)).columns
 
 
 def _finite(value: Any) -> Any:

@@ -137,3 +137,9 @@ def test_audit_questions(history: dict[str, Any]) -> None:
         (1, "start with an open policy"), (2, "require two approvals")]
 
     assert [(r["name"], r["alias"], r["kind"]) for r in ask(reg, 12)] == [("churn", "production", "alias.set")]
+
+    # the rollback archived fraud:2; fraud:1 stayed at staging when 2 replaced it, so it was not
+    q13 = [(r["name"], r["version"], r["archived"], r["archived_by"], r["aliases"]) for r in ask(reg, 13)]
+    assert q13 == [("churn", 1, False, None, ["production"]), ("fraud", 1, False, None, ["production", "staging"]),
+                   ("fraud", 2, True, "dave", []), ("fraud", 3, False, None, []), ("fraud", 4, False, None, [])]
+    assert {(n, v) for n, v, archived, _, _ in q13 if archived} == set(reg.archived())

@@ -197,7 +197,8 @@ def test_ls(cli, pushed: dict, tmp_path: Path) -> None:
     latest = json.loads(ok(cli("ls", "--json")).stdout)
     assert [(r["name"], r["version"]) for r in latest] == [("m", 2), ("other", 1)]
     human = ok(cli("ls")).stdout.splitlines()
-    assert human[0].split() == ["ref", "digest", "size", "created", "author", "aliases"]
+    # m:2 and other:1 have no framework or description: those columns are left out
+    assert human[0].split() == ["ref", "digest", "size", "created", "author", "aliases", "stage"]
     assert [line.split()[0] for line in human[1:]] == ["m:2", "other:1"]
 
 

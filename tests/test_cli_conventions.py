@@ -354,3 +354,104 @@ def test_python_api_errors_do_not_use_command_line_wording(reg: Path, tmp_path: 
     line = one_line_error(cli(capsys, "push", "m", str(f)), "missing metrics.auc, lineage.dataset",
                           "on the command line: --metric")
     assert "--dataset" in line
+
+
+# -- 8. listings that show state ----------------------------------------------------------------------
+LONG = "a description long enough that a terminal of ordinary width has to cut it short, and then some"
+
+
+@pytest.fixture
+def staged(reg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    """m:1 archived (replaced in production by m:2), m:2 at production, m:3 at staging;
+    o:1 archived by hand. Every m version has a framework and a long description."""
+    for i in (1, 2, 3):
+        push(capsys, tmp_path, "m", bytes([i]) * (100 + i), "--framework", "pytorch", "-d", f"v{i}: {LONG}")
+    push(capsys, tmp_path, "o", b"other model")
+    ok(capsys, "promote", "m", "1", "production", "-q")
+    ok(capsys, "promote", "m", "2", "production", "-q")  # archives m:1
+    ok(capsys, "alias", "set", "m@staging", "3", "-q")
+    ok(capsys, "archive", "o", "1", "--reason", "retired", "-q")
+    return reg
+
+
+def _rows(text: str) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """The header's column names, and each row's cells by column (cut at the header's
+    column starts), by ref."""
+    import re
+
+    lines = text.splitlines()
+    starts = [m.start() for m in re.finditer(r"\S+", lines[0])]
+    names = lines[0].split()
+    ends = [*starts[1:], None]
+    rows = [{n: line[a:b].strip() for n, a, b in zip(names, starts, ends)} for line in lines[1:]]
+    return names, {r["ref"]: r for r in rows}
+
+
+def test_ls_shows_each_versions_stage(staged: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "400")
+    header, rows = _rows(ok(capsys, "ls", "m"))
+    assert header == ["ref", "digest", "size", "created", "author", "aliases", "stage", "framework", "description"]
+    assert {ref: (r["aliases"], r["stage"]) for ref, r in rows.items()} == {
+        "m:1": ("", "archived"), "m:2": ("production", "production"), "m:3": ("staging", "staging")}
+    assert {ref: (r["framework"], r["description"]) for ref, r in rows.items()} == {
+        f"m:{i}": ("pytorch", f"v{i}: {LONG}") for i in (1, 2, 3)}
+    header, rows = _rows(ok(capsys, "ls"))  # the latest version of every model
+    assert header == ["ref", "digest", "size", "created", "author", "aliases", "stage", "framework", "description"]
+    assert {ref: (r["aliases"], r["stage"]) for ref, r in rows.items()} == {
+        "m:3": ("staging", "staging"), "o:1": ("", "archived")}
+
+
+def test_ls_fits_framework_and_description_to_the_terminal(staged: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "160")
+    text = ok(capsys, "ls", "m")
+    header, rows = _rows(text)
+    assert header[-2:] == ["framework", "description"]
+    assert all(len(line) <= 160 for line in text.splitlines())
+    for i in (1, 2, 3):
+        cut = rows[f"m:{i}"]["description"]
+        assert cut.endswith("...") and f"v{i}: {LONG}".startswith(cut[:-3]) and len(cut) >= 12
+    monkeypatch.setenv("COLUMNS", "60")  # too narrow even for the essential columns: they stay, nothing else
+    header, rows = _rows(ok(capsys, "ls", "m"))
+    assert header == ["ref", "digest", "size", "created", "author", "aliases", "stage"]
+    assert (rows["m:2"]["aliases"], rows["m:2"]["stage"]) == ("production", "production")
+
+
+def test_ls_reads_the_models_events_once(staged: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import casreg.governance.state as state
+
+    calls: list[str] = []
+    for fn in ("read_events", "read_all_events"):
+        real = getattr(state, fn)
+        monkeypatch.setattr(state, fn, lambda *a, _real=real, _fn=fn, **k: calls.append(_fn) or _real(*a, **k))
+    ok(capsys, "ls", "m")
+    assert calls == ["read_events"]  # three versions, one read
+    calls.clear()
+    ok(capsys, "ls")
+    assert calls == ["read_all_events"]  # two models, one read
+
+
+def test_ls_json_gives_archived_and_aliases(staged: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = json.loads(ok(capsys, "ls", "m", "--json"))
+    assert [(r["version"], r["aliases"], r["archived"]) for r in rows] == [
+        (1, [], True), (2, ["production"], False), (3, ["staging"], False)]
+    shown = json.loads(ok(capsys, "show", "m:2", "--json"))
+    assert {k: v for k, v in rows[1].items() if k != "archived"} == {k: shown[k] for k in rows[1] if k != "archived"}
+    assert set(rows[1]) == {k for k in shown if k not in ("lifecycle", "files")} | {"archived"}
+    every = json.loads(ok(capsys, "ls", "--json"))
+    assert [(r["name"], r["version"], r["aliases"], r["archived"]) for r in every] == [
+        ("m", 3, ["staging"], False), ("o", 1, [], True)]
+    assert [r["version"] for r in json.loads(ok(capsys, "ls", "m", "--stage", "archived", "--json"))] == [1]
+
+
+def test_sql_with_no_rows_prints_its_header(staged: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    query = "SELECT name, version AS v, metrics FROM versions LIMIT 0"
+    assert ok(capsys, "sql", query).splitlines() == ["name  v  metrics"]
+    assert json.loads(ok(capsys, "sql", query, "--json")) == []
+    assert ok(capsys, "sql", "SELECT name FROM versions WHERE version > 99").splitlines() == ["name"]
+    import casreg
+
+    result = casreg.Registry(staged).sql_result(query)
+    assert result.columns == ["name", "v", "metrics"] and result.rows == []

@@ -367,8 +367,9 @@ NAMED_INSTEAD: dict[tuple[str, str], tuple[str, str]] = {
 _POINTERS = "open gap (issue 11 follow-up)"
 #: Cases whose fix belongs to another branch: (kind, mutation) -> reason; marked xfail(strict).
 OTHER_BRANCH: dict[tuple[str, str], str] = {
-    ("pointer", "delete"): _POINTERS + " (ls shows the alias of a deleted pointer as unset: finding it means reading "
-                                       "the model's events, which ls does not; resolve, every move, alias rm and "
+    ("pointer", "delete"): _POINTERS + " (ls shows the alias of a deleted pointer as unset: finding it means "
+                                       "comparing the model's events with its pointers, which ls does not (it reads "
+                                       "the events for the archived state only); resolve, every move, alias rm and "
                                        "verify name it)",
 }
 

@@ -303,6 +303,40 @@ def test_the_views_work_locked(reg: casreg.Registry) -> None:
     assert reg.sql("SELECT to_json(metrics) AS j FROM versions WHERE version = 1") == [{"j": '{"auc":0.5}'}]
 
 
+def test_version_state_works_locked_and_only_its_queries_read_events_and_pointers(reg: casreg.Registry) -> None:
+    """``version_state`` (each version's ``archived`` and ``aliases``) works with external
+    access off, over compacted files and segments; a query that names only ``versions``
+    still reads no event segment and no pointer (the state is a view of its own for that)."""
+    from casreg.ledger.sql import query, tables_for
+    from casreg.testing.wrapper import StoreWrapper
+
+    reg.promote("m", 1, "production")
+    reg.promote("m", 2, "production")  # archives m:1
+    reg.set_alias("m", "canary", 2)
+    rows = reg.sql("SELECT version, archived, archived_by, aliases, typeof(archived) AS t_archived, "
+                   "typeof(aliases) AS t_aliases FROM version_state WHERE name = 'm' ORDER BY version")
+    newer = [(4, False, None, [])] if len(rows) == 4 else []
+    assert [(r["version"], r["archived"], r["archived_by"], r["aliases"]) for r in rows] == [
+        (1, True, "alice@example.test", []), (2, False, None, ["canary", "production"]), (3, False, None, []),
+        *newer]
+    assert {(r["t_archived"], r["t_aliases"]) for r in rows} == {("BOOLEAN", "VARCHAR[]")}
+    assert {("m", r["version"]) for r in rows if r["archived"]} == set(reg.archived("m"))
+    assert tables_for("SELECT * FROM version_state") == {"_versions", "_events", "_aliases"}
+
+    class Reads(StoreWrapper):
+        def __init__(self, inner: casreg.storage.ObjectStore) -> None:
+            super().__init__(inner)
+            self.keys: list[str] = []
+
+        def read(self, key, byte_range=None):  # type: ignore[no-untyped-def]
+            self.keys.append(key)
+            return self.inner.read(key, byte_range)
+
+    reads = Reads(reg.store)
+    assert query(reads, "SELECT count(*) AS n FROM versions WHERE NOT starts_with(name, 'x')") == [{"n": len(rows)}]
+    assert reads.keys and not [k for k in reads.keys if k.startswith(("pointers/", "ledger/events"))]
+
+
 # -- ls --sort and --where ----------------------------------------------------------------------
 SORT_INJECTIONS = [
     "metrics.a'], (SELECT CAST(content AS INT) FROM read_text('/etc/passwd'))--",

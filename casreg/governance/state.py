@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from casreg.errors import InvalidInputError, UnknownStageError
 from casreg.governance.policy import STAGES, Policy, read_policy
 from casreg.ledger.events import POINTER_KINDS
-from casreg.ledger.history import read_events
+from casreg.ledger.history import read_all_events, read_events
 from casreg.ledger.pointers import confirm_pointer, read_pointer
 from casreg.records import AliasEvent, JsonValue, _iso
 from casreg.refs import validate_alias
 from casreg.storage import ObjectStore
 
-__all__ = ["VersionState", "archived_versions", "check_promotable", "check_stage_name", "decisions", "policy_for",
-           "stage_members", "version_state", "was_in"]
+__all__ = ["VersionState", "archived_everywhere", "archived_versions", "check_promotable", "check_stage_name",
+           "decisions", "policy_for", "stage_members", "version_state", "was_in"]
 
 
 def policy_for(store: ObjectStore, name: str | None) -> Policy:
@@ -90,6 +90,18 @@ def archived_versions(events: Iterable[AliasEvent]) -> dict[int, AliasEvent]:
         elif e.kind in POINTER_KINDS:
             state[e.to_version] = None
     return {v: e for v, e in state.items() if e is not None}
+
+
+def archived_everywhere(store: ObjectStore, name: str | None = None) -> dict[tuple[str, int], AliasEvent]:
+    """Every archived version of ``name`` (of every model for ``None``), as ``(name,
+    version)``, with the event that archived it: one read of the model's events (of the
+    whole event table, for every model), whatever the number of versions."""
+    if name is not None:
+        return {(name, v): e for v, e in archived_versions(read_events(store, name)).items()}
+    by_model: dict[str, list[AliasEvent]] = {}
+    for e in read_all_events(store, POINTER_KINDS | {"archive"}):
+        by_model.setdefault(e.name, []).append(e)
+    return {(n, v): e for n, events in by_model.items() for v, e in archived_versions(events).items()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -259,9 +259,10 @@ def restore_pointer(store: ObjectStore, name: str, alias: str) -> AliasEvent:
     return last
 
 
-def read_pointer_events(store: ObjectStore, name: str) -> list[AliasEvent]:
-    """The last move of every alias of ``name``, removed ones included."""
-    return _read_events(store, f"{POINTERS}/{name}")
+def read_pointer_events(store: ObjectStore, name: str | None) -> list[AliasEvent]:
+    """The last move of every alias of ``name`` (of every model for ``None``), removed
+    ones included."""
+    return _read_events(store, f"{POINTERS}/{name}" if name is not None else POINTERS)
 
 
 def list_pointers(store: ObjectStore, name: str | None = None, *, confirm: bool = False) -> list[AliasPointer]:

@@ -13,6 +13,10 @@ Views (documented in docs/FORMAT.md):
 - ``alias_history``: intervals: which version each alias pointed at from ``from_time`` to
   ``to_time`` (NULL while current).
 - ``lineage``: parent → child, from each push's ``--parent``.
+- ``version_state``: one row per version with its lifecycle state: ``archived``
+  (BOOLEAN; ``archived_at``, ``archived_by``) and ``aliases`` (LIST of VARCHAR, the
+  aliases at it now). A view of its own, not columns of ``versions``: it reads the events
+  and every alias pointer, which a query on ``versions`` alone never does.
 
 Ledger files are read through the store (compacted files plus the segments they do not
 cover, see :mod:`casreg.ledger.segments`), so the same views work on every backend, and registered
@@ -34,6 +38,7 @@ import re
 import threading
 from collections.abc import Callable, Collection, Hashable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from casreg.errors import InvalidInputError, NotFoundError
@@ -45,7 +50,8 @@ from casreg.storage import ObjectStore
 if TYPE_CHECKING:
     import duckdb
 
-__all__ = ["Snapshot", "connect", "consistent_reads", "query", "snapshot", "snapshot_cached", "snapshot_query"]
+__all__ = ["Snapshot", "SqlResult", "connect", "consistent_reads", "query", "query_result", "snapshot",
+           "snapshot_cached", "snapshot_query"]
 
 _VIEWS = """
 CREATE VIEW versions AS SELECT * FROM _versions;
@@ -75,6 +81,21 @@ CREATE VIEW alias_history AS
            kind, author, reason, event_id
     FROM _events WHERE kind IN ('alias.set', 'alias.remove', 'promote', 'rollback')
   ) WHERE version IS NOT NULL;
+CREATE VIEW version_state AS
+  SELECT v.name, v.version, v.digest,
+         coalesce(s.kind = 'archive', false) AS archived,
+         CASE WHEN s.kind = 'archive' THEN s.time END AS archived_at,
+         CASE WHEN s.kind = 'archive' THEN s.author END AS archived_by,
+         coalesce(a.aliases, []::VARCHAR[]) AS aliases
+  FROM _versions v
+  LEFT JOIN (
+    SELECT name, to_version AS version, kind, time, author,
+           row_number() OVER (PARTITION BY name, to_version ORDER BY time DESC, event_id DESC) AS rn
+    FROM _events
+    WHERE to_version IS NOT NULL AND kind IN ('archive', 'alias.set', 'alias.remove', 'promote', 'rollback')
+  ) s ON s.name = v.name AND s.version = v.version AND s.rn = 1
+  LEFT JOIN (SELECT name, version, list(alias ORDER BY alias) AS aliases FROM _aliases GROUP BY name, version) a
+    ON a.name = v.name AND a.version = v.version;
 CREATE VIEW lineage AS
   SELECT p.name AS parent_name, p.version AS parent_version, c.lineage.parent AS parent_digest,
          c.name AS child_name, c.version AS child_version, c.digest AS child_digest,
@@ -90,9 +111,9 @@ CREATE VIEW lineage AS
 
 #: The underlying tables, and the views that read each.
 _SOURCES = {
-    "_versions": ("versions", "files", "events", "lineage"),
-    "_events": ("events", "approvals", "alias_history"),
-    "_aliases": ("aliases",),
+    "_versions": ("versions", "files", "events", "lineage", "version_state"),
+    "_events": ("events", "approvals", "alias_history", "version_state"),
+    "_aliases": ("aliases", "version_state"),
 }
 _WORD = re.compile(r"[a-z_][a-z0-9_]*")
 
@@ -235,18 +256,33 @@ def _plain(value: Any, typ: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class SqlResult:
+    """What a query returned: its column names, in order (also when it returned no rows),
+    and its rows as dicts of plain values."""
+
+    columns: list[str]
+    rows: list[dict[str, Any]]
+
+
 def query(store: ObjectStore, sql: str) -> list[dict[str, Any]]:
     """Run ``sql`` against the views; rows as dicts of plain values (those of the last
     statement, if ``sql`` holds several). The connection is locked down (see the module
     doc): any statement DuckDB refuses, a file, URL, extension or setting included, fails
     the whole query with a one-line :class:`InvalidInputError` ``SQL error: ...``."""
+    return query_result(store, sql).rows
+
+
+def query_result(store: ObjectStore, sql: str) -> SqlResult:
+    """:func:`query`, with the result's column names (a statement that returns no
+    relation, ``CREATE``, ``SET``..., has none)."""
     import duckdb
 
     con = _connect(store, tables_for(sql), lazy=True)
     try:
         relation: duckdb.DuckDBPyRelation | None = con.sql(sql)  # None for CREATE, SET, ...
         if relation is None:
-            return []
+            return SqlResult([], [])
         table = relation.to_arrow_table()
     except duckdb.Error as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -258,10 +294,10 @@ def query(store: ObjectStore, sql: str) -> list[dict[str, Any]]:
     except (OverflowError, ValueError) as err:
         raise InvalidInputError(
             f"SQL result holds a value Python cannot represent ({err}); cast it to VARCHAR") from None
-    return [
+    return SqlResult([f.name for f in table.schema], [
         {name: _plain(values[i], typ) for name, typ, values in columns}
         for i in range(table.num_rows)
-    ]
+    ])
 
 
 T = TypeVar("T")

@@ -268,10 +268,13 @@ class Pages:
 
     def api_models(self, request: Request) -> Response:
         data = self._models(request)
+        archived = self.reg.archived() if data["rows"] else {}
         # the record `casreg ls --json` prints for the model (its latest version, the aliases
-        # at that version), then the model's totals and every alias with its version
+        # at that version, whether it is archived), then the model's totals and every alias
+        # with its version
         return json_response([s.latest.to_dict() | {"aliases": sorted(a for a, n in aliases.items()
-                                                                      if n == s.latest.version)}
+                                                                      if n == s.latest.version),
+                                                    "archived": (s.latest.name, s.latest.version) in archived}
                               | s.to_dict() | {"pointers": aliases} for s, aliases in data["rows"]])
 
     # -- model ---------------------------------------------------------------------------
