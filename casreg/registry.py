@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from casreg.governance.history import LogEntry, LogPage
     from casreg.governance.lifecycle import Promotion
     from casreg.governance.policy import PolicyFile
-    from casreg.governance.state import VersionState
+    from casreg.governance.state import ListingState, VersionState
     from casreg.ledger.compact import CompactResult
     from casreg.ledger.sql import SqlResult
     from casreg.maintenance.gc import GcReport
@@ -425,6 +425,18 @@ class Registry:
         validate_name(name)
         validate_alias(stage)
         return stage_members(self.store, name, stage)
+
+    def listing_state(self, name: str | None = None,
+                      pointers: list[AliasPointer] | None = None) -> ListingState:
+        """Archived versions of ``name`` (of every model, without a name) and, given the
+        ``pointers`` a listing shows, the aliases whose pointer was deleted although the
+        ledger says they are set: one read of the events
+        (:func:`casreg.governance.state.listing_state`)."""
+        from casreg.governance.state import listing_state
+
+        if name is not None:
+            validate_name(name)
+        return listing_state(self.store, name, pointers)
 
     def archived(self, name: str | None = None) -> dict[tuple[str, int], AliasEvent]:
         """The archived versions of ``name`` (of every model, without a name), each as

@@ -13,9 +13,9 @@ import typer
 if TYPE_CHECKING:
     from casreg.governance.state import VersionState
 
-from casreg import AliasPointer, CasregError, FileInfo, IntegrityError, PullResult, Version
+from casreg import AliasEvent, AliasPointer, CasregError, FileInfo, IntegrityError, PullResult, Version
 from casreg.errors import MissingMetadataError, UnknownStageError
-from casreg.ledger.pointers import lying_pointers
+from casreg.ledger.pointers import lying_pointers, missing_pointer_message
 from casreg.refs import parse_ref
 from casreg_cli.common import (
     AnnotateOpt,
@@ -206,12 +206,14 @@ def ls_(
     for p in pointers:
         badge = f"{p.alias}(corrupt)" if (p.name, p.alias) in liars else p.alias
         by_version.setdefault((p.name, p.version), []).append(badge)
-    archived = reg.archived(name) if versions else {}  # one read of the events, whatever the rows
+    state = reg.listing_state(name, pointers) if versions else None  # one read of the events, whatever the rows
+    archived = state.archived if state else {}
+    deleted = state.deleted if state else []
     if out.as_json:
         out.json([v.to_dict() | {"aliases": [a for a in by_version.get((v.name, v.version), [])
                                              if not a.endswith("(corrupt)")],
                                  "archived": (v.name, v.version) in archived} for v in versions])
-        _fail_on_lies(lies)
+        _fail_on_lies(lies, deleted)
         return
     rows = [{
         "ref": v.ref, "digest": v.digest[:19], "size": human_bytes(v.size),
@@ -224,7 +226,7 @@ def ls_(
         out.line(f"({older:,} older version{'s' if older != 1 else ''} not shown; --all or --limit N)")
     out.table(rows, ["ref", "digest", "size", "created", "author", "aliases", "stage"] if rows else None,
               optional=["framework", "description"], cut=["description"])  # nothing listed: "(no rows)"
-    _fail_on_lies(lies)
+    _fail_on_lies(lies, deleted)
 
 
 def _stage(badges: list[str], archived: bool) -> str:
@@ -236,11 +238,16 @@ def _stage(badges: list[str], archived: bool) -> str:
     return ",".join([s for s in STAGES if s != "archived" and s in badges] + (["archived"] if archived else []))
 
 
-def _fail_on_lies(lies: list[tuple[AliasPointer, str]]) -> None:
-    """After the listing: a lying alias pointer fails ``ls`` (exit 6) naming its key."""
+def _fail_on_lies(lies: list[tuple[AliasPointer, str]], deleted: list[AliasEvent] | None = None) -> None:
+    """After the listing: a lying alias pointer, or one deleted although the ledger says
+    its alias is set, fails ``ls`` (exit 6) naming its key."""
     if lies:
         more = f" ({len(lies) - 1} more alias pointer(s) disagree with the ledger)" if len(lies) > 1 else ""
         raise IntegrityError(lies[0][1] + more)
+    if deleted:
+        more = f" ({len(deleted) - 1} more alias pointer(s) are missing)" if len(deleted) > 1 else ""
+        raise IntegrityError(f"{missing_pointer_message(deleted[0])}{more}; run casreg verify, then casreg alias "
+                             f"restore {deleted[0].name}@{deleted[0].alias}")
 
 
 @command(app,

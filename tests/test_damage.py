@@ -364,13 +364,8 @@ NAMED_INSTEAD: dict[tuple[str, str], tuple[str, str]] = {
         "than every pin, and every governed action and verify name that file (fail closed)"),
 }
 
-_POINTERS = "open gap (issue 11 follow-up)"
 #: Cases whose fix belongs to another branch: (kind, mutation) -> reason; marked xfail(strict).
 OTHER_BRANCH: dict[tuple[str, str], str] = {
-    ("pointer", "delete"): _POINTERS + " (ls shows the alias of a deleted pointer as unset: finding it means "
-                                       "comparing the model's events with its pointers, which ls does not (it reads "
-                                       "the events for the archived state only); resolve, every move, alias rm and "
-                                       "verify name it)",
 }
 
 

@@ -11,12 +11,14 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from casreg.concurrency import map_concurrently
 from casreg.errors import InvalidInputError, UnknownStageError
 from casreg.governance.policy import STAGES, Policy, read_policy
+from casreg.keys import pointer_key
 from casreg.ledger.events import POINTER_KINDS
 from casreg.ledger.history import read_all_events, read_events
 from casreg.ledger.pointers import confirm_pointer, read_pointer
-from casreg.records import AliasEvent, JsonValue, _iso
+from casreg.records import AliasEvent, AliasPointer, JsonValue, _iso
 from casreg.refs import validate_alias
 from casreg.storage import ObjectStore
 
@@ -96,12 +98,45 @@ def archived_everywhere(store: ObjectStore, name: str | None = None) -> dict[tup
     """Every archived version of ``name`` (of every model for ``None``), as ``(name,
     version)``, with the event that archived it: one read of the model's events (of the
     whole event table, for every model), whatever the number of versions."""
+    return listing_state(store, name).archived
+
+
+@dataclass(frozen=True, slots=True)
+class ListingState:
+    """What a listing shows beside the version records, from one read of the events."""
+
+    archived: dict[tuple[str, int], AliasEvent]  # (name, version) -> the event that archived it
+    #: The last move of each alias the ledger says is set but whose pointer is gone
+    #: (:func:`casreg.ledger.pointers.deleted_pointers`): damage a listing must name.
+    deleted: list[AliasEvent]
+
+
+def listing_state(store: ObjectStore, name: str | None = None,
+                  pointers: Iterable[AliasPointer] | None = None) -> ListingState:
+    """Archived versions and deleted pointers of ``name`` (of every model for ``None``),
+    from one read of the events. ``pointers``: the set aliases the caller has listed;
+    an alias whose last move leaves it set but which is not among them is checked for
+    existence (so one set meanwhile is not reported), and reported if its pointer is gone.
+    Without ``pointers`` nothing is checked."""
     if name is not None:
-        return {(name, v): e for v, e in archived_versions(read_events(store, name)).items()}
+        events = read_events(store, name)
+    else:
+        events = read_all_events(store, POINTER_KINDS | {"archive"})
     by_model: dict[str, list[AliasEvent]] = {}
-    for e in read_all_events(store, POINTER_KINDS | {"archive"}):
+    last: dict[tuple[str, str], AliasEvent] = {}
+    for e in events:  # oldest first
         by_model.setdefault(e.name, []).append(e)
-    return {(n, v): e for n, events in by_model.items() for v, e in archived_versions(events).items()}
+        if e.kind in POINTER_KINDS and e.alias:
+            last[e.name, e.alias] = e
+    archived = {(n, v): e for n, evs in by_model.items() for v, e in archived_versions(evs).items()}
+    deleted: list[AliasEvent] = []
+    if pointers is not None:
+        listed = {(p.name, p.alias) for p in pointers}
+        candidates = [e for key, e in sorted(last.items())
+                      if key not in listed and e.kind != "alias.remove" and e.to_digest is not None]
+        there = map_concurrently(lambda e: store.exists(pointer_key(e.name, e.alias or "")), candidates)
+        deleted = [e for e, exists in zip(candidates, there) if not exists]
+    return ListingState(archived, deleted)
 
 
 @dataclass(frozen=True, slots=True)
