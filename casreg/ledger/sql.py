@@ -410,7 +410,11 @@ class Snapshot:
                 self.store = store
             if self.con is None:
                 self.con = self._open()
-            statements = self.con.extract_statements(sql)
+            try:
+                statements = self.con.extract_statements(sql)
+            except duckdb.Error as err:  # it parses: a syntax error is the caller's input
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise InvalidInputError(f"SQL error: {first}") from None
             if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
                 raise InvalidInputError("a ledger snapshot runs one SELECT statement only")
             if fingerprint is None or fingerprint != self.fingerprint:
