@@ -254,8 +254,11 @@ def test_completion_never_fails_loudly(tmp_path: Path) -> None:
     env = dict(os.environ, HOME=str(tmp_path), CASREG_REGISTRY=str(not_a_registry))
     p = _complete(env, "casreg show m")
     assert p.returncode == 0 and p.stdout.strip() == "" and p.stderr == ""
-    script = subprocess.run([str(SCRIPT), "--show-completion", "bash"], env=env, capture_output=True, text=True,
-                            timeout=120)
+    # typer detects the shell from the process tree unless told not to (then the option
+    # takes the shell as its value); detection fails where no shell is a parent (CI, nohup)
+    script = subprocess.run([str(SCRIPT), "--show-completion", "bash"],
+                            env=dict(env, _TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION="1"),
+                            capture_output=True, text=True, timeout=120)
     assert script.returncode == 0 and "_CASREG_COMPLETE" in script.stdout
 
 

@@ -23,7 +23,8 @@ ANY = re.compile(r"\bAny\b")
 RETURNED = {
     "casreg.governance.lifecycle": ["Promotion"],
     "casreg.governance.history": ["LogEntry", "LogPage"],
-    "casreg.governance.state": ["VersionState"],
+    "casreg.governance.state": ["VersionState", "ListingState"],
+    "casreg.ledger.sql": ["SqlResult"],
     "casreg.governance.policy": ["PolicyFile", "Policy", "GateResult", "Gate", "Rule"],
     "casreg.governance.diff": ["VersionDiff"],
     "casreg.governance.catalog": ["ModelSummary"],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from casreg import Registry
+from casreg import IntegrityError, Registry
 from casreg.errors import InvalidInputError
 from casreg.storage.memory import MemoryStore
 from casreg.watch import Watcher, served_digest
@@ -271,7 +271,10 @@ def test_a_pointer_that_disagrees_with_the_ledger_is_not_deployed(
         assert w.poll() is None
     assert "not deploying m@prod" in caplog.text and "pointers/m/prod.json" in caplog.text
     assert dest.read_text() == "a" and w.current == v1.digest
-    reg.remove_alias("m", "prod", reason="repair a forged pointer")  # the documented repair
+    with pytest.raises(IntegrityError, match="pointers/m/prod.json"):  # no move trusts a forged pointer
+        reg.remove_alias("m", "prod", reason="repair a forged pointer")
+    assert reg.restore_alias("m", "prod").to_version == 1  # the documented repair (docs/verify.md)
+    assert w.poll() is None and dest.read_text() == "a"  # m:1 again: already deployed
     reg.set_alias("m", "prod", 2)
     change = w.poll()
     assert change is not None and change.version == 2 and dest.read_text() == "b"

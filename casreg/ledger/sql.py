@@ -45,6 +45,7 @@ from casreg.errors import InvalidInputError, NotFoundError
 from casreg.ledger.pointers import list_pointers
 from casreg.ledger.schema import event_schema, version_schema
 from casreg.ledger.segments import events_table, versions_parts, versions_table
+from casreg.records import JsonValue
 from casreg.storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -262,7 +263,7 @@ class SqlResult:
     and its rows as dicts of plain values."""
 
     columns: list[str]
-    rows: list[dict[str, Any]]
+    rows: list[dict[str, JsonValue]]
 
 
 def query(store: ObjectStore, sql: str) -> list[dict[str, Any]]:
