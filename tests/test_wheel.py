@@ -53,11 +53,15 @@ def test_the_wheel_installs_and_runs_in_a_clean_venv(wheel: Path, tmp_path: Path
     py = env_dir / "bin" / "python"
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
-    p = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index",
-                        "--quiet", str(wheel)], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    (site / "borrowed-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    # --ignore-installed: a casreg the clean venv can see some other way (a PYTHONPATH that
+    # held the checkout, with the egg-info the wheel build leaves there) must not count
+    p = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index",
+                        "--ignore-installed", "--quiet", str(wheel)], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (env_dir / "bin" / "casreg").is_file(), "the wheel installed no casreg script"
+    (site / "borrowed-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     env.update(HOME=str(tmp_path), CASREG_REGISTRY=str(tmp_path / "reg"), CASREG_USER="wheel@example.test",
                PATH=f"{env_dir / 'bin'}{os.pathsep}{env.get('PATH', '')}")
     casreg = env_dir / "bin" / "casreg"
