@@ -118,6 +118,16 @@ def _own_chunk_cache(_session_chunk_cache: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("CASREG_STATE_DIR", str(_session_chunk_cache / "state" / own))
 
 
+@pytest.fixture
+def executable() -> bool:
+    """Whether a test file's ``cli`` fixture (tests/test_pointer_integrity.py,
+    tests/test_policy_pinning.py) starts the real ``casreg`` executable (a test
+    parametrizes this to True) or runs the command in this process, as a fresh process
+    would (tests/inprocess_cli.py): the same exit code, stdout and stderr, in a fraction
+    of the time."""
+    return False
+
+
 @pytest.fixture(params=list(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> str:
     """Name of the backend under test (a key of ``BACKENDS``)."""

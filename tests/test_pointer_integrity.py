@@ -30,15 +30,6 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
-def executable() -> bool:
-    """Whether ``cli`` starts the real ``casreg`` executable (a test parametrizes this
-    to True) or runs the command in this process, as a fresh process would
-    (tests/inprocess_cli.py): the same exit code, stdout and stderr, in a fraction of
-    the time."""
-    return False
-
-
-@pytest.fixture
 def cli(shared_url: str, tmp_path: Path, executable: bool) -> Run:
     """``casreg ARGS`` against the shared registry (its environment carries the S3
     endpoint and credentials when the backend is S3)."""
