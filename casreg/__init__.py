@@ -22,7 +22,7 @@ from casreg.errors import (
 )
 from casreg.records import AliasEvent, AliasPointer, FileInfo, Lineage, PullResult, Version
 from casreg.refs import Ref, parse_ref
-from casreg.registry import Registry, Resolved, open_safetensors
+from casreg.registry import Registry, Resolved, open_safetensors, snapshot
 
 __all__ = [
     "Registry",
@@ -49,6 +49,7 @@ __all__ = [
     "UnsafePathError",
     "StorageError",
     "open_safetensors",
+    "snapshot",
     "CasregFileSystem",
     "__version__",
 ]

@@ -35,6 +35,7 @@ __all__ = [
     "InvalidPolicyError",
     "MissingMetadataError",
     "AliasNotMovedError",
+    "MissingDependencyError",
 ]
 
 
@@ -167,3 +168,10 @@ class AliasNotMovedError(CasregError):
     def ref(self) -> str:
         """``NAME:N`` of the committed version."""
         return f"{self.name}:{self.version}"
+
+
+class MissingDependencyError(CasregError, ImportError):
+    """An optional library a call needs is not installed (the message says which, and
+    how to install it or what to do instead)."""
+
+    exit_code = 2

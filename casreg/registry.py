@@ -45,7 +45,7 @@ from casreg.refs import Ref, split_ref_path, validate_alias, validate_name
 from casreg.storage import ObjectStore, open_store
 
 if TYPE_CHECKING:
-    from casreg.content.lazy import BF16Mode, SafetensorsFile
+    from casreg.content.lazy import BF16Mode, Framework, SafetensorsFile
     from casreg.governance.catalog import ModelSummary
     from casreg.governance.diff import VersionDiff
     from casreg.governance.history import LogEntry, LogPage
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from casreg.maintenance.gc import GcReport
     from casreg.maintenance.verify import VerifyReport
 
-__all__ = ["Registry", "Resolved", "open_safetensors"]
+__all__ = ["Registry", "Resolved", "open_safetensors", "snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -283,23 +283,57 @@ class Registry:
         return [read_version(self.store, n, latest[n]) for n in sorted(latest)]
 
     def pull(self, ref: str | Ref, dest: str | os.PathLike[str] | None = None, *, force: bool = False,
-             progress: Progress | None = None) -> PullResult:
+             include: str | Iterable[str] | None = None, progress: Progress | None = None) -> PullResult:
         """Write a version to ``dest`` (default: ``./<file name>`` for a file version,
         ``./<model name>`` for a directory), verified before it appears there. A ``dest``
         string ending in ``/`` names a directory to put that default name in (created if
         absent): ``pull("m:2", "serving/")`` writes ``serving/<file name>``. An existing
-        ``dest`` is refused unless ``force``; an interrupted pull resumes (README)."""
-        from casreg.content.pull import materialize
+        ``dest`` is refused unless ``force``; an interrupted pull resumes (README).
 
+        Part of a version: ``ref`` may be ``REF/path/inside`` (one file, written as
+        ``./<its name>`` by default, or one directory), and ``include`` keeps only the
+        files matching these patterns (``huggingface_hub``'s ``allow_patterns`` rules:
+        ``*.json``, ``tokenizer*``, ``1_Pooling/``; :mod:`casreg.content.select`)."""
+        from casreg.content.pull import materialize
+        from casreg.content.select import select
+
+        inner = ""
+        if isinstance(ref, str) and "/" in ref:  # references never contain "/": REF/PATH
+            head, inner = split_ref_path(ref)
+            ref = str(head)
         resolved = self.resolve(ref)
         manifest = self.manifest(resolved)
+        part = select(manifest, path=inner, include=include, where=f"casreg://{ref}")
         if dest is None or _names_directory(dest):
-            own = manifest.entries[0].path if manifest.kind == "file" else (resolved.name or resolved.hexdigest[:12])
+            if part.kind == "file":
+                own = part.entries[0].path
+            else:
+                own = inner.rsplit("/", 1)[-1] if inner else (resolved.name or resolved.hexdigest[:12])
             dest = Path(dest or ".") / own
-        stats = materialize(self.store, manifest, dest, force=force, progress=progress, threads=self.threads)
+        stats = materialize(self.store, part, dest, force=force, progress=progress, threads=self.threads,
+                            source=manifest_key(manifest.hexdigest))
         return PullResult(resolved.name, resolved.version, resolved.digest, str(Path(dest).absolute()),
                           stats.size, stats.files, stats.fetched_bytes, stats.up_to_date,
                           stats.requests, stats.resumed_bytes, stats.cached_bytes)
+
+    def snapshot(self, ref: str | Ref, *, include: str | Iterable[str] | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None, verify: bool = False,
+                 progress: Progress | None = None) -> Path:
+        """A verified, read-only local directory holding version ``ref`` (or the files of
+        it that match ``include``), for tools that open a directory:
+        ``AutoModel.from_pretrained(reg.snapshot("minilm@production"))``. Files are shared
+        between versions through hard links and never fetched again once present
+        (:mod:`casreg.content.snapshot`; ``cache_dir`` default: ``<chunk cache>/snapshots``).
+        The reference is resolved once, here: the directory is named by the version's
+        digest, so a later alias move never changes it. ``verify`` re-hashes files already
+        present instead of trusting them."""
+        from casreg.content.cache import default_cache_dir
+        from casreg.content.snapshot import snapshot
+
+        resolved = self.resolve(ref)
+        root = Path(cache_dir).expanduser().absolute() if cache_dir is not None else default_cache_dir() / "snapshots"
+        return snapshot(self.store, self.manifest(resolved), root, include=include, verify=verify,
+                        progress=progress, threads=self.threads, where=f"casreg://{ref}")
 
     def sql(self, query: str) -> list[dict[str, JsonValue]]:
         """Run DuckDB SQL over the ledger views (``versions``, ``files``, ``events``,
@@ -578,7 +612,8 @@ class Registry:
                        delay=DEFAULT_DELAY if delay is None else delay, threads=self.threads)
 
     # -- reading in place: lazy tensors (casreg/content/lazy.py) ------------------------------
-    def open_safetensors(self, ref: str, path: str = "", *, bf16: BF16Mode = "auto") -> SafetensorsFile:
+    def open_safetensors(self, ref: str, path: str = "", *, bf16: BF16Mode = "auto",
+                         framework: Framework = "np") -> SafetensorsFile:
         """Open the safetensors file ``path`` of version ``ref`` (``path`` may be omitted
         for a file version; ``ref`` may also be ``REF/PATH`` or a ``casreg://`` URL) for
         lazy tensor reads: the header now, each tensor's bytes only when asked for. The
@@ -592,12 +627,22 @@ class Registry:
         where = f"casreg://{ref}" + (f"/{path}" if path else "")
         entry = file_entry(self.manifest(resolved), path.strip("/"), where)
         return SafetensorsFile(PinnedFile(self.store, entry, where=where, threads=self.threads,
-                                          source=manifest_key(resolved.digest)), bf16=bf16)
+                                          source=manifest_key(resolved.digest)), bf16=bf16,
+                               framework=framework)
 
 
 def open_safetensors(ref: str, path: str = "", *, registry: Registry | str | os.PathLike[str] | None = None,
-                     bf16: BF16Mode = "auto") -> SafetensorsFile:
+                     bf16: BF16Mode = "auto", framework: Framework = "np") -> SafetensorsFile:
     """:meth:`Registry.open_safetensors` on ``registry`` (a :class:`Registry` or its URL;
     default ``$CASREG_REGISTRY``, else ``~/.casreg``)."""
     reg = registry if isinstance(registry, Registry) else Registry(registry)
-    return reg.open_safetensors(ref, path, bf16=bf16)
+    return reg.open_safetensors(ref, path, bf16=bf16, framework=framework)
+
+
+def snapshot(ref: str, *, include: str | Iterable[str] | None = None, cache_dir: str | os.PathLike[str] | None = None,
+             registry: Registry | str | os.PathLike[str] | None = None, verify: bool = False) -> Path:
+    """:meth:`Registry.snapshot` on ``registry`` (a :class:`Registry` or its URL; default
+    ``$CASREG_REGISTRY``, else ``~/.casreg``): a verified, read-only directory of the
+    version, for ``from_pretrained``-style loaders."""
+    reg = registry if isinstance(registry, Registry) else Registry(registry)
+    return reg.snapshot(ref, include=include, cache_dir=cache_dir, verify=verify)

@@ -80,17 +80,43 @@ def push(
     cli.emit(v.to_dict() | {"dedup_ratio": round(v.dedup_ratio, 6)}, human)
 
 
-@command(app, example='casreg pull fraud-detector@production serving/')
+@command(app, example='casreg pull minilm@production serving/ --include "*.json" --include "*.safetensors"')
 def pull(
     cli: Cli,
-    ref: RefArg,
+    ref: Annotated[str, typer.Argument(help="NAME, NAME:N, NAME@ALIAS or a digest; REF/path/in/version for one "
+                                       "file or directory of it.", autocompletion=complete_ref)],
     dest: Annotated[Optional[str], typer.Argument(
         help="Where to write it (default: ./FILE or ./NAME); ending in / (DIR/): into DIR, created if absent.")] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Replace an existing destination.")] = False,
+    include: Annotated[Optional[list[str]], typer.Option(
+        "--include", "-i", help="Only the files matching this pattern (repeatable; * also matches /; "
+                                "DIR/ means everything below DIR).")] = None,
 ) -> None:
-    """Write a version to DEST, verified byte for byte before it appears."""
-    res = cli.registry().pull(ref, dest, force=force, progress=cli.out.progress())
+    """Write a version (or part of it) to DEST, verified byte for byte before it appears."""
+    res = cli.registry().pull(ref, dest, force=force, include=include, progress=cli.out.progress())
     cli.emit(res.to_dict(), lambda out: _pulled(out, res))
+
+
+@command(app, example='casreg snapshot minilm@production --include "*.json"')
+def snapshot(
+    cli: Cli,
+    ref: RefArg,
+    include: Annotated[Optional[list[str]], typer.Option(
+        "--include", "-i", help="Only the files matching this pattern (repeatable; * also matches /).")] = None,
+    cache_dir: Annotated[Optional[str], typer.Option(
+        "--cache-dir", help="Where snapshots live (default: the chunk cache directory's snapshots/).")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Re-hash files already present instead of "
+                                                         "trusting them.")] = False,
+) -> None:
+    """Print the path of a verified, read-only local directory holding a version (for
+    from_pretrained-style loaders); files are shared between versions and fetched once."""
+    reg = cli.registry()
+    resolved = reg.resolve(ref)
+    path = reg.snapshot(str(resolved.digest), include=include, cache_dir=cache_dir, verify=verify,
+                        progress=cli.out.progress())
+    record = {"ref": ref, "name": resolved.name, "version": resolved.version, "digest": str(resolved.digest),
+              "path": str(path)}
+    cli.emit(record, lambda out: out.line(str(path)))
 
 
 def _pulled(out: Output, res: PullResult) -> None:

@@ -42,7 +42,7 @@ RETURNED = {
 PLAIN = {"str", "int", "float", "bool", "bytes", "None", "list", "dict", "tuple", "set", "type", "object",
          "Mapping", "Sequence", "Iterable", "Iterator", "Callable", "Literal", "datetime", "timedelta", "os",
          "PathLike", "Duration", "BF16Mode", "JsonValue", "Path", "np", "ndarray", "memoryview", "NoReturn",
-         "AbstractContextManager"}
+         "AbstractContextManager", "Framework", "torch", "Tensor"}
 
 
 def public_objects() -> dict[str, object]:

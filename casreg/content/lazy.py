@@ -35,11 +35,12 @@ from blake3 import blake3
 
 from casreg.content.fetch import read_span_stats, spans
 from casreg.content.manifest import ChunkRef, Entry, Manifest
-from casreg.errors import IntegrityError, InvalidInputError, NotFoundError
+from casreg.errors import IntegrityError, InvalidInputError, MissingDependencyError, NotFoundError
 from casreg.storage import ObjectStore
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
 
 __all__ = [
     "PinnedFile",
@@ -223,6 +224,12 @@ _DTYPES: dict[str, tuple[str, int]] = {
 }
 _ML_DTYPES = {"BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 BF16Mode = Literal["auto", "uint16", "float32"]
+Framework = Literal["np", "pt"]
+#: safetensors dtype -> torch dtype attribute (what safetensors' own torch loader uses).
+_TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+                 "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "U16": "uint16", "U32": "uint32",
+                 "U64": "uint64"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,15 +302,32 @@ class SafetensorsFile:
     tensor's byte range (the chunks covering it). Mirrors ``safetensors.safe_open``:
     ``keys()``, ``get_tensor(name)``, ``metadata()``, and works as a context manager.
 
-    BF16 has no numpy dtype. ``bf16="auto"`` returns ``ml_dtypes.bfloat16`` arrays when
-    ml_dtypes is installed and the raw bits as ``uint16`` otherwise; ``"uint16"`` always
-    returns the bits; ``"float32"`` widens exactly (bf16 is the top half of a float32).
-    F8_E4M3/F8_E5M2 likewise come back as ml_dtypes float8 types or raw ``uint8``.
+    ``framework="np"`` (default) returns numpy arrays. BF16 has no numpy dtype:
+    ``bf16="auto"`` returns ``ml_dtypes.bfloat16`` arrays, and raises
+    :class:`~casreg.errors.MissingDependencyError` (saying what to install, or which
+    ``bf16`` to pass) when ml_dtypes is not installed, rather than handing back integers
+    that look like weights; ``"uint16"`` always returns the raw bits; ``"float32"`` widens
+    exactly (bf16 is the top half of a float32). F8_E4M3/F8_E5M2 come back as ml_dtypes
+    float8 arrays; without ml_dtypes, as raw ``uint8`` under ``bf16="uint16"``, else the
+    same error.
+
+    ``framework="pt"`` returns torch tensors of the file's own dtypes (``torch.bfloat16``
+    for BF16; ``bf16="float32"`` widens), the way ``safetensors.safe_open(...,
+    framework="pt")`` does; it needs torch, and says so when it is missing.
     """
 
-    def __init__(self, file: PinnedFile, *, bf16: BF16Mode = "auto") -> None:
+    def __init__(self, file: PinnedFile, *, bf16: BF16Mode = "auto", framework: Framework = "np") -> None:
         if bf16 not in ("auto", "uint16", "float32"):
             raise InvalidInputError(f"bf16={bf16!r}: use 'auto', 'uint16' or 'float32'")
+        if framework not in ("np", "pt"):
+            raise InvalidInputError(f"framework={framework!r}: use 'np' (numpy) or 'pt' (torch)")
+        if framework == "pt":
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                raise MissingDependencyError("framework='pt' needs torch, which is not installed "
+                                             "(pip install torch), or use framework='np'") from None
+        self.framework = framework
         self.file = file
         self.bf16 = bf16
         where = file.where
@@ -370,8 +394,9 @@ class SafetensorsFile:
         """Raw bytes the local chunk cache served so far instead of the registry."""
         return self.file.cached_bytes
 
-    def get_tensor(self, name: str) -> np.ndarray:
-        """The tensor ``name`` as a writable numpy array, reading only its byte range."""
+    def get_tensor(self, name: str) -> np.ndarray | torch.Tensor:
+        """The tensor ``name``, reading only its byte range: a writable numpy array
+        (``framework="np"``) or a torch tensor (``"pt"``), as the class docstring says."""
         import numpy as np
 
         t = self.tensor_info(name)
@@ -381,14 +406,38 @@ class SafetensorsFile:
             if got != t.nbytes:  # the header was checked against the size; the manifest's sizes add up
                 raise IntegrityError(f"{self.file.where}: tensor {name!r} is truncated")
         arr = np.frombuffer(buf, dtype=np.dtype(_DTYPES[t.dtype][0])).reshape(t.shape)
-        if t.dtype in _ML_DTYPES:
-            if t.dtype == "BF16" and self.bf16 == "float32":
-                return (arr.astype(np.uint32) << 16).view(np.float32)
-            if self.bf16 == "auto" or t.dtype != "BF16":
-                try:
-                    import ml_dtypes
-                except ImportError:
+        if t.dtype == "BF16" and self.bf16 == "float32":
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+            if self.framework == "pt":
+                import torch
+
+                return torch.from_numpy(arr)
+            return arr
+        if self.framework == "pt":
+            return self._torch(buf, t.dtype, t.shape)
+        if t.dtype in _ML_DTYPES and (self.bf16 == "auto" or t.dtype != "BF16"):
+            try:
+                import ml_dtypes
+            except ImportError:
+                if self.bf16 == "uint16":  # F8 under "uint16": the raw bytes, as documented
                     return arr
-                return arr.view(getattr(ml_dtypes, _ML_DTYPES[t.dtype]))
+                raise MissingDependencyError(
+                    f"{self.file.where}: tensor {name!r} is {t.dtype}, which numpy has no type for: install "
+                    "ml_dtypes (pip install 'casreg[tensors]'), or pass bf16='float32' (exact widening) or "
+                    "bf16='uint16' (the raw bits)") from None
+            typed: np.ndarray = arr.view(getattr(ml_dtypes, _ML_DTYPES[t.dtype]))
+            return typed
         return arr
+
+    @staticmethod
+    def _torch(buf: bytearray, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """The bytes ``buf`` as a torch tensor of safetensors dtype ``dtype`` (no copy)."""
+        import torch
+
+        torch_dtype = getattr(torch, _TORCH_DTYPES[dtype], None)
+        if torch_dtype is None:
+            raise MissingDependencyError(f"this torch ({torch.__version__}) has no {dtype} dtype")
+        if not buf:
+            return torch.empty(shape, dtype=torch_dtype)
+        return torch.frombuffer(buf, dtype=torch_dtype).reshape(shape)
 
