@@ -20,7 +20,10 @@ How the blocks run, as a reader pasting them into one terminal would:
 - a fresh temporary directory is the working directory, ``HOME``, the ``XDG_*``
   directories and ``TMPDIR`` are inside it, ``CASREG_REGISTRY`` is a fresh registry in it
   (the tour sets its own scratch one), and ``PATH`` starts with the directory of
-  ``sys.executable``, where the venv puts ``casreg``.
+  ``sys.executable``, where the venv puts ``casreg``;
+- the README's S3 registry (``s3://models/...``) is the suite's SeaweedFS: the bucket and
+  prefix are replaced by a fresh prefix of its bucket, and its endpoint and credentials
+  are in the environment, as the AWS variables would be for a reader.
 
 What the README shows a command print: the comment lines right after the command (or
 after the top-level Python statement) that start with ``#`` and three spaces; the rest
@@ -45,12 +48,17 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from casreg.testing.seaweedfs import AWS_UNSET, S3Server
+
 README = Path(__file__).resolve().parent.parent / "README.md"
+#: The README's S3 registry prefix; the test runs those examples against its SeaweedFS.
+README_S3 = "s3://models/"
 RUN_LANGS = {"sh", "bash", "python"}
 OUTPUT = "#   "  # an output line of the command above
 MARK = "\x1e"  # printed before each command with its README line: "\x1e<line>\n"
@@ -59,7 +67,6 @@ SKIP_MARKER = re.compile(r"<!--\s*readme-test:\s*skip\s*\((.+)\)\s*-->")
 #: The blocks that do not run, on purpose: (section, first line of the block).
 SKIPPED = {
     ("Set up", "make demo                # install into .venv, then a short tour on your default registry (~/.casreg)"),
-    ("Load models where they run", "import pandas as pd"),
     ("Deploy: a local cache, watch and hooks",
      "# follow production: pull each new target into /srv/fraud.versions/, switch the"),
     ("See it in a browser",
@@ -226,8 +233,12 @@ for node in tree.body:
 """
 
 
-def test_readme_runs_as_shown(tmp_path: Path) -> None:
+def test_readme_runs_as_shown(tmp_path: Path, s3_server: S3Server) -> None:
     blocks = readme_blocks()
+    s3_url = f"s3://{s3_server.bucket}/readme-{uuid.uuid4().hex[:12]}/"
+    for b in blocks:  # the README's bucket is the test's SeaweedFS (under a fresh prefix)
+        b.lines = [line.replace(README_S3, s3_url) for line in b.lines]
+    assert any(s3_url in line for b in blocks if b.skip is None for line in b.lines), "no S3 example ran"
     skipped = {(b.section, b.lines[0]) for b in blocks if b.skip is not None}
     assert skipped == SKIPPED, ("the README's blocks marked `readme-test: skip` are not the expected ones: "
                                 f"unexpected {sorted(skipped - SKIPPED)}, missing {sorted(SKIPPED - skipped)}")
@@ -244,6 +255,9 @@ def test_readme_runs_as_shown(tmp_path: Path) -> None:
                TMPDIR=str(tmp_path / "tmp"), CASREG_REGISTRY=str(tmp_path / "registry"),
                GIT_CEILING_DIRECTORIES=str(tmp_path),
                PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]))
+    for name in AWS_UNSET:
+        env.pop(name, None)
+    env.update(s3_server.env())
     (state / "cwd").write_text(str(work))
     started, checked = time.monotonic(), 0
     for block in runnable:
