@@ -206,7 +206,8 @@ class Registry:
         level = self.zstd_level if self.zstd_level is not None else config.zstd_level
         manifest, stats = store_source(self.store, source, params=config.chunk_params(), level=level,
                                        index=ChunkIndex.load(self.store), progress=progress, threads=self.threads,
-                                       check_writes=self.check_writes, tree=config.tree)
+                                       check_writes=self.check_writes, tree=config.tree,
+                                       float_codec=config.float_codec)
         record = Version(
             name=name, version=0, digest=manifest.version_digest, kind=manifest.kind,
             size=stats.size, stored_bytes=stats.stored_bytes, new_bytes=stats.new_raw_bytes,

@@ -11,7 +11,7 @@ import pytest
 
 import casreg.content.push as push_module
 from casreg import IntegrityError, Registry, UnknownReferenceError
-from casreg.content.codec import Codec, encode
+from casreg.content.codec import Codec, FloatHint, encode
 
 
 def _faulty_encoder(every: int) -> Callable[..., tuple[Codec, bytes | memoryview]]:
@@ -19,8 +19,9 @@ def _faulty_encoder(every: int) -> Callable[..., tuple[Codec, bytes | memoryview
     (still a valid zstd frame header, wrong content)."""
     calls = {"n": 0}
 
-    def faulty(raw: bytes | memoryview, level: int = 3) -> tuple[Codec, bytes | memoryview]:
-        codec, stored = encode(raw, level)
+    def faulty(raw: bytes | memoryview, level: int = 3,
+               hint: FloatHint | None = None) -> tuple[Codec, bytes | memoryview]:
+        codec, stored = encode(raw, level, hint)
         calls["n"] += 1
         if codec == Codec.ZSTD and calls["n"] % every == 0:
             damaged = bytearray(stored)

@@ -125,7 +125,14 @@ def test_reading_one_tensor_fetches_about_its_bytes(registry: Registry, tmp_path
         cost = st.fetched_bytes - before
         assert cost <= hi - lo  # only the chunks covering the tensor...
         assert hi - lo <= t.nbytes + 2 * SMALL.max_size  # ...which reach at most one chunk past each end
-        assert cost + st.cached_bytes >= t.nbytes * 0.95  # random floats: stored about raw (S3: some cached)
+        inside = 0  # stored bytes of the chunks lying wholly inside the tensor: those must have been read
+        offset = 0
+        for c in st.file.entry.chunks:
+            if t.start <= offset and offset + c.raw_size <= t.end:
+                inside += c.stored_size
+            offset += c.raw_size
+        assert inside >= t.nbytes * 0.5  # (random floats: stored at 0.9 of raw with the planes codec)
+        assert cost + st.cached_bytes >= inside  # S3: some came from the chunk cache
     assert counting.bytes_read["packs"] == st.fetched_bytes  # what the store really served
     assert st.fetched_bytes < 0.5 * path.stat().st_size
 

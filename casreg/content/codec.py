@@ -1,7 +1,10 @@
-"""Chunk codecs. Each stored chunk carries its codec id, so a better codec (for example
-byte-grouping bf16/fp32 weights before zstd) can be added later without touching old data.
+"""Chunk codecs. Each stored chunk carries its codec id, so a better codec can be added
+without touching old data: ``RAW`` and ``ZSTD`` for any bytes, ``PLANES``
+(:mod:`casreg.content.planes`) for chunks of floating-point tensor data, chosen when the
+push knows the chunk's dtype (a safetensors header says it) and the registry's format
+allows it (``casreg/3``; docs/FORMAT.md §2).
 
-Ids are part of the on-disk format (docs/FORMAT.md) and are never reused.
+Ids are part of the on-disk format (docs/FORMAT.md §4) and are never reused.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ from enum import IntEnum
 import zstandard
 from blake3 import blake3
 
+from casreg.content.planes import decode_planes_into, encode_planes
 from casreg.errors import IntegrityError
 
-__all__ = ["Codec", "encode", "decode", "decode_verified", "decode_verified_into", "zstd_decode", "DEFAULT_ZSTD_LEVEL"]
+__all__ = ["Codec", "FloatHint", "encode", "decode", "decode_verified", "decode_verified_into", "zstd_decode",
+           "DEFAULT_ZSTD_LEVEL"]
 
 DEFAULT_ZSTD_LEVEL = 3
 
@@ -22,6 +27,12 @@ DEFAULT_ZSTD_LEVEL = 3
 class Codec(IntEnum):
     RAW = 0  # stored as is: zstd would not have saved anything
     ZSTD = 1  # one zstd frame holding the whole chunk, content size in the frame header
+    PLANES = 2  # floating-point elements split into byte planes, each raw or zstd (casreg.content.planes)
+
+
+#: What a push knows of a chunk of tensor data: (element width in bytes, offset of the first
+#: whole element in the chunk). ``None``: nothing known, zstd as for any bytes.
+FloatHint = tuple[int, int]
 
 
 _local = threading.local()
@@ -41,8 +52,17 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
-def encode(raw: bytes | memoryview, level: int = DEFAULT_ZSTD_LEVEL) -> tuple[Codec, bytes | memoryview]:
-    """Compress with zstd; keep the raw bytes (``raw`` itself) when compression saves under 1%."""
+def encode(raw: bytes | memoryview, level: int = DEFAULT_ZSTD_LEVEL,
+           hint: FloatHint | None = None) -> tuple[Codec, bytes | memoryview]:
+    """Compress with zstd, or with ``PLANES`` when ``hint`` says the chunk holds
+    floating-point elements; keep the raw bytes (``raw`` itself) when compression saves
+    under 1%."""
+    if hint is not None:
+        planes = encode_planes(raw, *hint)
+        if planes is not None:
+            if len(planes) >= len(raw) - len(raw) // 100:
+                return Codec.RAW, raw
+            return Codec.PLANES, planes
     packed = _compressor(level).compress(raw)
     if len(packed) >= len(raw) - len(raw) // 100:
         return Codec.RAW, raw
@@ -70,6 +90,11 @@ def decode(codec: int, stored: bytes | memoryview, raw_size: int) -> bytes | mem
         return stored
     if codec == Codec.ZSTD:
         return zstd_decode(stored, raw_size)
+    if codec == Codec.PLANES:
+        out = bytearray(raw_size)
+        view = memoryview(out)
+        decode_planes_into(stored, view)
+        return view
     raise IntegrityError(f"unknown codec id {codec}")
 
 
@@ -110,7 +135,9 @@ def decode_verified_into(codec: int, stored: bytes | memoryview, out: memoryview
     into bytes of its own (a pull decodes every run into one reused buffer, so its
     memory does not depend on how the allocator treats many threads' freed chunks).
     On :class:`IntegrityError` ``out`` holds garbage."""
-    if codec == Codec.ZSTD and _zstd_decode_into(stored, out):
+    if (codec == Codec.ZSTD and _zstd_decode_into(stored, out)) or codec == Codec.PLANES:
+        if codec == Codec.PLANES:
+            decode_planes_into(stored, out)
         if blake3(out).digest() != digest:
             raise IntegrityError("its bytes do not match the digest")
         return

@@ -4,10 +4,12 @@ Written once, by the first push, with create-if-absent (docs/FORMAT.md §2): the
 chunking parameters are fixed for the registry's life, since changing them would stop
 new pushes from deduplicating against old data; ``zstd_level`` is only a default.
 
-The format says how versions are written: ``casreg/2`` (every new registry) writes
-manifests of tree format 2, whose version digests commit to each file's chunk layout;
-a ``casreg/1`` registry keeps writing format 1 so that older casreg readers can read
-everything in it (its versions have the weaker guarantee docs/FORMAT.md §5 states).
+The format says how versions are written: ``casreg/3`` (every new registry) writes
+manifests of tree format 2, whose version digests commit to each file's chunk layout,
+and may store chunks of floating-point tensors with the ``PLANES`` codec; a ``casreg/2``
+registry writes the same manifests but only the ``RAW`` and ``ZSTD`` codecs, and a
+``casreg/1`` registry keeps writing format 1, so that older casreg readers can read
+everything in them (format-1 versions have the weaker guarantee docs/FORMAT.md §5 states).
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ MAX_CHUNK_BYTES = 64 << 20
 #: ``casreg.json`` is read at most this far (it is a few hundred bytes).
 MAX_CONFIG_BYTES = 1 << 20
 #: The format of new registries; every format here is read.
-REGISTRY_FORMAT = "casreg/2"
+REGISTRY_FORMAT = "casreg/3"
 #: Registry format -> the tree format of the manifests its pushes write.
-REGISTRY_FORMATS = {"casreg/1": 1, "casreg/2": 2}
+REGISTRY_FORMATS = {"casreg/1": 1, "casreg/2": 2, "casreg/3": 2}
+#: Registry formats whose pushes may use the PLANES codec (casreg.content.planes).
+FLOAT_CODEC_FORMATS = frozenset({"casreg/3"})
 #: ``casreg.json`` is a few hundred bytes; it is read at most this large.
 MAX_CONFIG_BYTES = 64 << 10
 
@@ -57,6 +61,12 @@ class RegistryConfig:
     def tree(self) -> int:
         """The tree format new versions of this registry are written in (1 or 2)."""
         return REGISTRY_FORMATS[self.format]
+
+    @property
+    def float_codec(self) -> bool:
+        """Whether pushes may store tensor data with the PLANES codec (format ``casreg/3``;
+        older formats keep to codecs that older casreg readers know)."""
+        return self.format in FLOAT_CODEC_FORMATS
 
     @property
     def max_chunk(self) -> int:

@@ -120,7 +120,7 @@ def validate_relpath(path: str) -> str:
     return path
 
 
-_KNOWN_CODECS = frozenset({0, 1})  # casreg.content.codec.Codec; kept here to avoid importing zstd twice
+_KNOWN_CODECS = frozenset({0, 1, 2})  # casreg.content.codec.Codec; kept here to avoid importing zstd twice
 
 
 def _parse_json(text: bytes) -> Any:

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from blake3 import blake3
 
 from casreg.content.chunking import BLOCK_SIZE, ChunkParams, iter_chunk_views
-from casreg.content.codec import Codec, decode_verified, encode
+from casreg.content.codec import Codec, FloatHint, decode_verified, encode
 from casreg.content.config import read_config
+from casreg.content.dtypes import float_layout
 from casreg.content.fetch import read_span, spans
 from casreg.content.manifest import MAX_STORED_MANIFEST, ChunkRef, Entry, Manifest
 from casreg.content.packs import PACK_TARGET, ChunkIndex, PackBuilder, decode_index, verify_pack
@@ -205,9 +206,10 @@ class _OrderedWriter(ObjectWriter):
 class _Pusher:
     def __init__(self, store: ObjectStore, index: ChunkIndex, params: ChunkParams, level: int, progress: Progress,
                  workers: ThreadPoolExecutor, uploader: ThreadPoolExecutor, ordered: ThreadPoolExecutor,
-                 verifier: ThreadPoolExecutor, trust: VerifiedPacks, check_writes: bool) -> None:
+                 verifier: ThreadPoolExecutor, trust: VerifiedPacks, check_writes: bool,
+                 float_codec: bool = False) -> None:
         self.store, self.index, self.params, self.level, self.progress = store, index, params, level, progress
-        self.check_writes = check_writes
+        self.check_writes, self.float_codec = check_writes, float_codec
         self.workers, self.uploader, self.ordered, self.verifier = workers, uploader, ordered, verifier
         self.trust = trust
         self.claimed: dict[bytes, _Pending] = {}
@@ -224,15 +226,15 @@ class _Pusher:
         self.stats = PushStats()
 
     # -- worker side -------------------------------------------------------------------
-    def _process(self, raw: memoryview) -> tuple[bytes, int, bytes | None]:
+    def _process(self, raw: memoryview, hint: FloatHint | None) -> tuple[bytes, int, bytes | None]:
         digest = blake3(raw).digest()
         if digest in self.index or digest in self.claimed:
             return digest, 0, None
-        codec, stored = self._encode(raw, digest)
+        codec, stored = self._encode(raw, digest, hint)
         return digest, int(codec), stored
 
-    def _encode(self, raw: memoryview | bytes, digest: bytes) -> tuple[Codec, bytes]:
-        codec, stored = encode(raw, self.level)
+    def _encode(self, raw: memoryview | bytes, digest: bytes, hint: FloatHint | None = None) -> tuple[Codec, bytes]:
+        codec, stored = encode(raw, self.level, hint)
         if not isinstance(stored, bytes):  # kept raw: a view of a read buffer that will be reused
             stored = bytes(stored)
         if self.check_writes:  # what is stored must decode to the bytes the digest was taken of
@@ -393,13 +395,15 @@ class _Pusher:
             self.buffers.hashing[buf_id] = self.ordered.submit(hasher.update, view)
 
         size = 0
+        layout = float_layout(f.abspath, f.size) if self.float_codec else None
         try:
             with open(f.abspath, "rb", buffering=0) as fh:
                 for raw, buf_id in iter_chunk_views(fh, self.params, self.buffers.acquire, size_hint=f.size,
                                                     block_size=self.block, on_read=hash_block):
+                    hint = layout.hint(size, len(raw)) if layout is not None else None
                     size += len(raw)
                     self.buffers.users[buf_id] += 1
-                    self.inflight.append((chunks, self.workers.submit(self._process, raw), len(raw), buf_id))
+                    self.inflight.append((chunks, self.workers.submit(self._process, raw, hint), len(raw), buf_id))
                     if len(self.inflight) >= MAX_INFLIGHT:
                         self._drain_one()
                 st = os.fstat(fh.fileno())
@@ -450,10 +454,14 @@ def store_source(
     check_writes: bool = True,
     tree: int = 2,
     trust: VerifiedPacks | None = None,
+    float_codec: bool = False,
 ) -> tuple[Manifest, PushStats]:
     """Store every chunk of ``source`` the registry lacks, then its manifest; return the
     manifest (whose digest is the version digest, of tree format ``tree``: the
     registry's, :attr:`casreg.content.config.RegistryConfig.tree`) and what it cost.
+    ``float_codec``: code the float tensor data of safetensors files with the PLANES
+    codec (:mod:`casreg.content.dtypes`; the registry's
+    :attr:`~casreg.content.config.RegistryConfig.float_codec`).
 
     ``check_writes`` (the default): before anything is stored, every new chunk's encoded
     form is decoded and hashed again and must give its digest, and the manifest's bytes
@@ -482,7 +490,7 @@ def store_source(
          ThreadPoolExecutor(1, thread_name_prefix="casreg-ordered") as ordered, \
          ThreadPoolExecutor(min(store.io_concurrency, VERIFIERS), thread_name_prefix="casreg-verify") as verifier:
         pusher = _Pusher(store, index, params, level, progress, workers, uploader, ordered, verifier, trust,
-                         check_writes)
+                         check_writes, float_codec)
         progress.start("push", source.size)
         try:
             entries = [pusher.add_file(f) for f in source.files]

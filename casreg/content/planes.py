@@ -1,0 +1,171 @@
+"""The byte-plane codec for floating-point tensor data (codec id 2, ``PLANES``).
+
+Neural network weights compress badly as bytes: a bf16 or fp32 value's exponent is highly
+predictable (weights sit in a narrow range), its mantissa is nearly random, and zstd sees
+them interleaved. Separating them first is the method of ZipNN (Hershcovitch et al.,
+"ZipNN: Lossless Compression for AI Models", 2024): rotate each element left by one bit so
+the 8 exponent bits fill one byte, split the elements' bytes into planes (plane *i* holds
+byte *i* of every element), and entropy-code each plane on its own. The exponent plane
+shrinks to about a third; mantissa planes are stored as they are unless coding saves.
+
+Encoding (docs/FORMAT.md §4.1, byte-exact)::
+
+    payload := width:u8  head:u8  tail:u8  head_bytes  tail_bytes  plane{width}
+    plane   := mode:u8  size:u32le  data[size]
+
+``width`` is 2 (bf16, fp16) or 4 (fp32); the chunk's first ``head`` bytes and last
+``tail`` bytes (each fewer than ``width``) are stored verbatim, so a chunk may start or
+end anywhere inside a tensor: between them lie ``n = (raw_size - head - tail) / width``
+whole elements, each read as a little-endian unsigned integer and rotated left by one bit.
+Plane *i* is byte *i* (little-endian order) of each rotated element: ``mode`` 0 stores its
+``n`` bytes as they are, ``mode`` 1 as one zstd frame whose header records ``n``.
+
+The transform is a bijection on any bytes: the dtype only decides how well a chunk
+compresses, never whether it decodes right. Decoding checks every length against the
+chunk's raw size before allocating, and any malformed payload is an
+:class:`~casreg.errors.IntegrityError`.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+
+import numpy as np
+import zstandard
+
+from casreg.errors import IntegrityError
+
+__all__ = ["WIDTHS", "MIN_ELEMENTS", "encode_planes", "decode_planes_into"]
+
+#: Element widths in bytes the codec takes (bf16/fp16, fp32).
+WIDTHS = (2, 4)
+#: Chunks with fewer whole elements than this are left to zstd (the headers would cost more).
+MIN_ELEMENTS = 256
+#: How planes are coded: zstd's fastest strategy with matches all but switched off (7-byte
+#: minimum match, one probe in a 64-entry table), so that what remains is zstd's entropy
+#: coding of literals (Huffman), which is what an exponent plane needs. Measured on the
+#: bf16 exponent plane of a llama-like model (docs/benchmarks-peers.md): 0.332 of its
+#: size (its byte entropy is 0.326), against 0.363 with zstd level 1 and 0.407 with level
+#: 3, and over twice as fast as level 1 both ways. Not part of the format: a decoder
+#: reads any zstd frame.
+PLANE_PARAMS = zstandard.ZstdCompressionParameters(compression_level=1, strategy=zstandard.STRATEGY_FAST,
+                                                   min_match=7, search_log=1, hash_log=6, window_log=17,
+                                                   write_content_size=True)
+#: A mantissa plane is coded only if zstd saves more than 3 % on its first bytes.
+_SAMPLE = 16 << 10
+_HEADER = struct.Struct("<BBB")
+_PLANE = struct.Struct("<BI")
+MODE_RAW, MODE_ZSTD = 0, 1
+
+_local = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c = getattr(_local, "c", None)
+    if c is None:
+        c = _local.c = zstandard.ZstdCompressor(compression_params=PLANE_PARAMS)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "d", None)
+    if d is None:
+        d = _local.d = zstandard.ZstdDecompressor()
+    return d
+
+
+def _uint(width: int) -> np.dtype[np.unsignedinteger]:
+    return np.dtype("<u2") if width == 2 else np.dtype("<u4")
+
+
+def _code_plane(plane: np.ndarray, exponent: bool) -> tuple[int, bytes | memoryview]:
+    data = memoryview(plane.data).cast("B")
+    if not exponent and len(data) > _SAMPLE:
+        probe = _compressor().compress(data[:_SAMPLE])
+        if len(probe) > _SAMPLE - _SAMPLE * 3 // 100:
+            return MODE_RAW, data
+    packed = _compressor().compress(data)
+    if len(packed) >= len(data) - len(data) // 100:
+        return MODE_RAW, data
+    return MODE_ZSTD, packed
+
+
+def encode_planes(raw: bytes | memoryview, width: int, head: int) -> bytes | None:
+    """``raw`` in the PLANES format with elements of ``width`` bytes starting ``head``
+    bytes in (``0 <= head < width``), or ``None`` when it does not apply (too few
+    elements). The caller compares the size with other codecs'."""
+    if width not in WIDTHS or not 0 <= head < width:
+        raise ValueError(f"planes: width {width}, head {head}")
+    n = (len(raw) - head) // width
+    if n < MIN_ELEMENTS:
+        return None
+    tail = len(raw) - head - n * width
+    view = memoryview(raw).cast("B")
+    elements = np.frombuffer(view, np.uint8, n * width, head).view(_uint(width))
+    rotated = (elements << 1) | (elements >> (8 * width - 1))
+    planes = rotated.view(np.uint8).reshape(n, width)
+    out = bytearray(_HEADER.pack(width, head, tail))
+    out += view[:head]
+    out += view[len(view) - tail:]
+    for i in range(width):
+        mode, data = _code_plane(np.ascontiguousarray(planes[:, i]), exponent=i == width - 1)
+        out += _PLANE.pack(mode, len(data))
+        out += data
+    return bytes(out)
+
+
+def decode_planes_into(stored: bytes | memoryview, out: memoryview) -> None:
+    """Decode a PLANES payload into ``out`` (exactly the chunk's raw size).
+    :class:`IntegrityError` for anything malformed; ``out`` then holds garbage."""
+    payload = memoryview(stored).cast("B")
+    size = len(out)
+    if len(payload) < _HEADER.size:
+        raise IntegrityError("planes payload is shorter than its header")
+    width, head, tail = _HEADER.unpack_from(payload)
+    if width not in WIDTHS or head >= width or tail >= width or head + tail > size \
+            or (size - head - tail) % width:
+        raise IntegrityError(f"planes payload header (width {width}, head {head}, tail {tail}) does not fit a "
+                             f"{size}-byte chunk")
+    n = (size - head - tail) // width
+    pos = _HEADER.size
+    if len(payload) < pos + head + tail:
+        raise IntegrityError("planes payload is truncated")
+    out[:head] = payload[pos:pos + head]
+    pos += head
+    out[size - tail:] = payload[pos:pos + tail]
+    pos += tail
+    dst = np.frombuffer(out, np.uint8, n * width, head).reshape(n, width)
+    for i in range(width):
+        if len(payload) < pos + _PLANE.size:
+            raise IntegrityError("planes payload is truncated")
+        mode, length = _PLANE.unpack_from(payload, pos)
+        pos += _PLANE.size
+        data = payload[pos:pos + length]
+        pos += length
+        if len(data) != length:
+            raise IntegrityError("planes payload is truncated")
+        if mode == MODE_RAW:
+            if length != n:
+                raise IntegrityError(f"planes payload: raw plane {i} holds {length} bytes, not {n}")
+            dst[:, i] = np.frombuffer(data, np.uint8)
+        elif mode == MODE_ZSTD:
+            dst[:, i] = np.frombuffer(_unzstd(data, n, i), np.uint8)
+        else:
+            raise IntegrityError(f"planes payload: plane {i} has unknown mode {mode}")
+    if pos != len(payload):
+        raise IntegrityError(f"planes payload has {len(payload) - pos} bytes after its last plane")
+    elements = dst.reshape(-1).view(_uint(width))
+    elements[:] = (elements >> 1) | (elements << (8 * width - 1))
+
+
+def _unzstd(data: memoryview, n: int, i: int) -> bytes:
+    try:
+        if zstandard.frame_content_size(data) != n:
+            raise IntegrityError(f"planes payload: plane {i}'s zstd frame does not hold {n} bytes")
+        got = _decompressor().decompress(data, max_output_size=n)
+    except zstandard.ZstdError as err:
+        raise IntegrityError(f"planes payload: plane {i} does not decode: {err}") from None
+    if len(got) != n:
+        raise IntegrityError(f"planes payload: plane {i} decodes to {len(got)} bytes, not {n}")
+    return got
