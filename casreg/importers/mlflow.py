@@ -387,16 +387,6 @@ def _sync_pointers(registry: Registry, uri: str, model: _Model, numbers: Mapping
             result = ImportedMove(name, alias, version, "refused", str(err))
         report.moves.append(result)
 
-    for mv in model.versions:  # archives first: an alias may then still point at an archived version
-        if mv.current_stage == "Archived" and int(mv.version) in numbers:
-            number = numbers[int(mv.version)]
-            try:
-                report.moves.append(registry.import_archive(
-                    name, number, time=_ms(mv.last_updated_timestamp),
-                    origin=_origin(uri, model_version=f"{model.mlflow_name}/{mv.version}", stage="Archived"),
-                    reason="imported from MLflow (stage Archived)"))
-            except PolicyError as err:
-                report.moves.append(ImportedMove(name, None, number, "refused", str(err)))
     wanted: set[str] = set()
     for mlflow_stage, stage in STAGES.items():
         members = sorted((_ms(mv.last_updated_timestamp), int(mv.version)) for mv in model.versions
@@ -432,6 +422,18 @@ def _sync_pointers(registry: Registry, uri: str, model: _Model, numbers: Mapping
         imported = (pointer.event.details or {}).get(IMPORT_DETAIL)
         if alias not in wanted and isinstance(imported, Mapping) and imported.get("source") == "mlflow":
             move(alias, None, utcnow(), removed="no longer set in MLflow")
+    # archives last: a version a stage or alias leaves is archived; one still held is not (casreg never
+    # archives a version an alias points at), reported as refused
+    for mv in model.versions:
+        if mv.current_stage == "Archived" and int(mv.version) in numbers:
+            number = numbers[int(mv.version)]
+            try:
+                report.moves.append(registry.import_archive(
+                    name, number, time=_ms(mv.last_updated_timestamp),
+                    origin=_origin(uri, model_version=f"{model.mlflow_name}/{mv.version}", stage="Archived"),
+                    reason="imported from MLflow (stage Archived)"))
+            except PolicyError as err:
+                report.moves.append(ImportedMove(name, None, number, "refused", str(err)))
 
 
 def import_mlflow(registry: Registry, tracking_uri: str, *, registry_uri: str | None = None,
