@@ -347,3 +347,29 @@ def test_report_sums_only_imported_versions() -> None:
         ImportedVersion("m", 1, "m", "imported", 1, size=100, new_bytes=40, stored_bytes=30),
         ImportedVersion("m", 2, "m", "skipped", 2, size=999, new_bytes=999, stored_bytes=999)])
     assert (r.bytes_before, r.bytes_after, r.stored_bytes, r.count("skipped")) == (100, 40, 30, 1)
+
+
+def test_push_records_a_given_author_and_time_but_checks_the_pusher(tmp_path: Path, author: Any) -> None:
+    """The additive ``author=``/``created=`` of ``Registry.push``: recorded as given, while
+    the policy's push permission is the current user's."""
+    from casreg.errors import InvalidInputError, PolicyError
+
+    reg = casreg.Registry(tmp_path / "reg")
+    author("admin@example.test")
+    reg.set_policy('[roles]\nadmin = ["admin@example.test"]\nimporters = ["importer@example.test"]\n'
+                   '[permissions]\npush = ["importers"]\npolicy = ["admin"]\n')
+    model = tmp_path / "m.bin"
+    model.write_bytes(b"weights")
+    when = datetime(2024, 3, 1, 12, 30, 15, 123000, tzinfo=UTC)
+    author("importer@example.test")
+    v = reg.push("m", model, author="someone@mlflow.test", created=when)
+    assert (v.author, v.created_at) == ("someone@mlflow.test", when)
+    assert reg.show("m:1").author == "someone@mlflow.test" and reg.show("m:1").created_at == when
+    author("someone@mlflow.test")  # the recorded author may not push: the permission is the pusher's
+    with pytest.raises(PolicyError):
+        reg.push("m", model, author="importer@example.test")
+    author("importer@example.test")
+    with pytest.raises(InvalidInputError, match="timezone-aware"):
+        reg.push("m", model, created=datetime(2024, 3, 1))
+    with pytest.raises(InvalidInputError, match="invalid author"):
+        reg.push("m", model, author="two\nlines")
