@@ -325,6 +325,10 @@ def test_cli_errors_are_one_line(mlflow_store: Store, tmp_path: Path, monkeypatc
     unknown = run_cli(["import", "mlflow", "--tracking-uri", mlflow_store.uri, "--model", "nope"], env, tmp_path)
     assert unknown.returncode == 3 and unknown.stderr.count("\n") == 1
     assert "has no registered model 'nope'" in unknown.stderr
+    typo = tmp_path / "no-such-dir" / "mlflow.db"
+    absent = run_cli(["import", "mlflow", "--tracking-uri", f"sqlite:///{typo}"], env, tmp_path)
+    assert absent.returncode == 3 and f"there is no MLflow database at {typo}" in absent.stderr
+    assert not typo.parent.exists()  # MLflow was not left to create it
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
     missing = run_cli(["import", "mlflow", "--tracking-uri", mlflow_store.uri], env, tmp_path)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr

@@ -36,7 +36,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from casreg.errors import CasregError, InvalidInputError, InvalidNameError, PolicyError, UnknownReferenceError
+from casreg.errors import (
+    CasregError,
+    InvalidInputError,
+    InvalidNameError,
+    NotFoundError,
+    PolicyError,
+    UnknownReferenceError,
+)
 from casreg.governance.imports import IMPORT_DETAIL, ImportedMove
 from casreg.records import MAX_KEY, JsonValue, Version, utcnow
 from casreg.redact import redact_url
@@ -209,6 +216,16 @@ def _mlflow_errors(uri: str, what: str) -> Iterator[None]:
     except Exception as err:  # noqa: BLE001 - MLflow raises MlflowException, SQLAlchemy's, OSError...
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CasregError(f"MLflow at {redact_url(uri)}: {what}: {text[:500]}") from err
+
+
+def _require_sqlite_file(uri: str | None) -> None:
+    """A ``sqlite:///PATH`` whose file does not exist is a typo, not an empty registry:
+    MLflow would create it (directories included) and find nothing to import."""
+    if uri is None or not uri.startswith("sqlite:///"):
+        return
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if path and path != ":memory:" and not os.path.isfile(path):
+        raise NotFoundError(f"there is no MLflow database at {path} ({redact_url(uri)})")
 
 
 def _ms(value: object) -> datetime:
@@ -450,6 +467,9 @@ def import_mlflow(registry: Registry, tracking_uri: str, *, registry_uri: str | 
     started = _time.monotonic()
     mlflow = load_mlflow()
     from mlflow.tracking import MlflowClient
+
+    for uri in (tracking_uri, registry_uri):
+        _require_sqlite_file(uri)
 
     with _mlflow_errors(tracking_uri, "connecting"):
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
