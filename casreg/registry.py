@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from casreg.governance.catalog import ModelSummary
     from casreg.governance.diff import VersionDiff
     from casreg.governance.history import LogEntry, LogPage
+    from casreg.governance.imports import ImportedMove
     from casreg.governance.lifecycle import Promotion
     from casreg.governance.policy import PolicyFile
     from casreg.governance.state import ListingState, VersionState
@@ -68,6 +69,16 @@ def _names_directory(dest: str | os.PathLike[str]) -> bool:
     """A destination written with a trailing separator (``newdir/``) names a directory
     (only text keeps one: ``Path("newdir/")`` drops it)."""
     return isinstance(dest, str) and dest.endswith(("/", os.sep, os.altsep or "/"))
+
+
+def _recorded_origin(author: str | None, created: datetime | None, pusher: str) -> tuple[str, datetime | None]:
+    """A push's author and creation time as given (an import), checked; the pusher and
+    ``None`` (now) when not given."""
+    if author is not None and (not author.strip() or any(c in author for c in "\r\n")):
+        raise InvalidInputError(f"invalid author {author!r}: non-empty, one line")
+    if created is not None and created.tzinfo is None:
+        raise InvalidInputError("created must be a timezone-aware datetime")
+    return (author if author is not None else pusher), created
 
 
 def _preload(module: str) -> None:
@@ -167,6 +178,8 @@ class Registry:
         run_id: str | None = None,
         dataset: str | None = None,
         progress: Progress | None = None,
+        author: str | None = None,
+        created: datetime | None = None,
     ) -> Version:
         """Store ``path`` (a file or directory) as the next version of ``name`` and return
         its record. Only chunks the registry lacks are stored; the version becomes visible
@@ -174,7 +187,10 @@ class Registry:
         unreferenced objects ``gc`` reclaims). ``alias``: point ``name@alias`` at it too,
         after the commit; if that move fails (the policy refuses it, someone else moved
         the alias, ...), :class:`~casreg.errors.AliasNotMovedError` says that the version
-        was committed and carries it, with the move's error as ``cause`` and exit code."""
+        was committed and carries it, with the move's error as ``cause`` and exit code.
+        ``author`` and ``created`` record another system's author and creation time (an
+        import, docs/migrate-mlflow.md) instead of the current user and now; the policy's
+        ``push`` permission is still checked for the current user."""
         from casreg.content.chunking import DEFAULT_CHUNK_PARAMS  # push-only: kept off resolve/pull start-up
         from casreg.content.config import init_config
         from casreg.content.packs import ChunkIndex
@@ -186,19 +202,20 @@ class Registry:
         validate_name(name)
         if alias is not None:
             validate_alias(alias)
-        author = current_author()
+        pusher = current_author()
+        author, created_at = _recorded_origin(author, created, pusher)
         git = git_state(os.fspath(path))
         parent_digest = self.resolve(parent).digest if parent else None
         lineage = Lineage(git_commit=git.commit, git_dirty=git.dirty, hostname=hostname(),
                           python_version=platform.python_version(), casreg_version=package_version(),
                           parent=parent_digest, run_id=run_id, dataset=dataset)
         probe = Version(name=name, version=0, digest=Digest.from_bytes(bytes(32)), kind="file", size=0,
-                        stored_bytes=0, new_bytes=0, file_count=0, chunk_count=0, created_at=utcnow(),
+                        stored_bytes=0, new_bytes=0, file_count=0, chunk_count=0, created_at=created_at or utcnow(),
                         author=author, framework=framework, description=description,
                         metrics=clean_metrics(metrics), params=clean_labels("param", params),
                         tags=clean_labels("tag", tags), lineage=lineage)
         check_record_size(probe)  # before any byte is stored
-        check_push(self.store, probe, author)
+        check_push(self.store, probe, pusher)
 
         source = scan_source(path)
         _preload("pyarrow.parquet")  # needed at commit; importing it now overlaps the chunking
@@ -211,7 +228,7 @@ class Registry:
         record = Version(
             name=name, version=0, digest=manifest.version_digest, kind=manifest.kind,
             size=stats.size, stored_bytes=stats.stored_bytes, new_bytes=stats.new_raw_bytes,
-            file_count=len(source.files), chunk_count=stats.chunks, created_at=utcnow(), author=author,
+            file_count=len(source.files), chunk_count=stats.chunks, created_at=created_at or utcnow(), author=author,
             framework=framework, description=description, metrics=probe.metrics, params=probe.params,
             tags=probe.tags, lineage=lineage,
         )
@@ -242,6 +259,28 @@ class Registry:
         except Exception as err:  # noqa: BLE001
             log.warning("casreg: automatic ledger compaction failed (%s); %s is committed, run casreg compact later",
                         err, version.ref)
+
+    # -- imports from another registry (casreg/importers/, docs/migrate-mlflow.md) ------------
+    def import_alias(self, name: str, alias: str, ref: str | int | None, *, time: datetime,
+                     origin: Mapping[str, str], bypass_gates: bool = False,
+                     reason: str | None = None) -> ImportedMove:
+        """Record that ``name@alias`` pointed at ``ref`` (or was unset: ``None``) at
+        ``time`` in the registry ``origin`` describes: a pointer move marked as imported,
+        done only where casreg itself has not moved the alias since, with the current
+        user's permission and the policy's gates (``bypass_gates`` records a refused
+        move anyway, listing the failed rules); :func:`casreg.governance.imports.import_move`."""
+        from casreg.governance.imports import import_move
+
+        return import_move(self.store, name, alias, ref, notify=self._notify, time=time, origin=origin,
+                           bypass_gates=bypass_gates, reason=reason)
+
+    def import_archive(self, name: str, ref: str | int, *, time: datetime, origin: Mapping[str, str],
+                       reason: str | None = None) -> ImportedMove:
+        """Record that a version was archived at ``time`` in the registry ``origin``
+        describes (:func:`casreg.governance.imports.import_archive`)."""
+        from casreg.governance.imports import import_archive
+
+        return import_archive(self.store, name, ref, notify=self._notify, time=time, origin=origin, reason=reason)
 
     def compact(self, *, full: bool = False, grace: timedelta | None = None) -> CompactResult:
         """Merge the ledger's one-row segments into compacted files (see

@@ -366,6 +366,7 @@ def alias_ls(
 # first in --help: the everyday ones).
 import casreg_cli.cache_cmds  # noqa: E402,F401  (cache)
 import casreg_cli.hooks_cmds  # noqa: E402,F401  (hooks)
+import casreg_cli.import_cmds  # noqa: E402,F401  (import mlflow)
 import casreg_cli.ledger_cmds  # noqa: E402,F401  (compact)
 import casreg_cli.lifecycle_cmds  # noqa: E402,F401  (promote, archive, rollback, approve, reject, log, diff, policy)
 import casreg_cli.ops  # noqa: E402,F401  (verify, gc)

@@ -28,6 +28,7 @@ RETURNED = {
     "casreg.governance.policy": ["PolicyFile", "Policy", "GateResult", "Gate", "Rule"],
     "casreg.governance.diff": ["VersionDiff"],
     "casreg.governance.catalog": ["ModelSummary"],
+    "casreg.governance.imports": ["ImportedMove"],
     "casreg.maintenance.verify": ["VerifyReport", "Problem"],
     "casreg.maintenance.gc": ["GcReport", "GcObject", "GcRecordInfo"],
     "casreg.ledger.compact": ["CompactResult"],

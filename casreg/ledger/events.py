@@ -110,10 +110,11 @@ def record_event(
     source: tuple[Digest, int] | None = None,
     reason: str | None = None,
     details: Mapping[str, Any] | None = None,
+    time: datetime | None = None,
 ) -> AliasEvent:
     """Append an event that moves no pointer (approval, archive, policy change, failed
-    hook) and return it."""
-    event = new_event(kind, name, alias=alias, to=to, source=source, reason=reason, details=details)
+    hook) and return it; ``time``: the event's time if not now (an import)."""
+    event = new_event(kind, name, alias=alias, to=to, source=source, reason=reason, details=details, time=time)
     append_event(store, event)
     return event
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from casreg.concurrency import map_concurrently
@@ -301,6 +302,7 @@ def move_alias(
     kind: str | None = None,
     details: Mapping[str, Any] | None = None,
     seen: AliasEvent | None | bool = False,
+    time: datetime | None = None,
 ) -> AliasEvent:
     """Point ``name@alias`` at ``target`` = (digest, version), or remove it (``None``).
 
@@ -310,6 +312,8 @@ def move_alias(
     "never set") is the stricter form used after checking gates: the move must replace
     exactly that last move, removals included. ``kind`` defaults to ``alias.set`` /
     ``alias.remove``; ``details`` go into the event (annotations, the archived version).
+    ``time``: the event's time if not now (an import recording when the move happened in
+    the system it came from; :mod:`casreg.governance.imports`).
     """
     key = pointer_key(name, alias)
     current = store.read_versioned(key)
@@ -332,7 +336,7 @@ def move_alias(
             raise _conflict(name, alias, current_pointer)
     source = (current_pointer.digest, current_pointer.version) if current_pointer else None
     event = new_event(kind or ("alias.set" if target else "alias.remove"), name, alias=alias, to=target,
-                      source=source, reason=reason, details=details)
+                      source=source, reason=reason, details=details, time=time)
     try:
         store.swap(key, json.dumps(event.to_dict()).encode(), current.token if current else None)
     except ConflictError:
