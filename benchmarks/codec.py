@@ -50,6 +50,13 @@ def default_inputs(tmp: Path) -> list[tuple[str, Path]]:
     return [("MiniLM F32 (real)", real), ("MiniLM as bf16", bf16)]
 
 
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def one_round(fmt: str, src: Path, work: Path) -> tuple[int, int, float, float]:
     """(logical bytes, stored bytes, push seconds, pull seconds) of one push and pull."""
     root = work / f"reg-{fmt[-1]}"
@@ -60,12 +67,12 @@ def one_round(fmt: str, src: Path, work: Path) -> tuple[int, int, float, float]:
     v = reg.push("m", src)
     push = time.perf_counter() - t
     dest = work / f"out-{fmt[-1]}"
-    shutil.rmtree(dest, ignore_errors=True)
+    remove(dest)
     t = time.perf_counter()
     reg.pull("m:1", dest)
     pull = time.perf_counter() - t
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.rmtree(root, ignore_errors=True)
+    remove(dest)
+    remove(root)
     return v.size, v.stored_bytes, push, pull
 
 

@@ -156,7 +156,9 @@ def decode_planes_into(stored: bytes | memoryview, out: memoryview) -> None:
     if pos != len(payload):
         raise IntegrityError(f"planes payload has {len(payload) - pos} bytes after its last plane")
     elements = dst.reshape(-1).view(_uint(width))
-    elements[:] = (elements >> 1) | (elements << (8 * width - 1))
+    low = elements >> 1  # rotate right by one bit, in place but for one temporary
+    elements <<= 8 * width - 1
+    elements |= low
 
 
 def _unzstd(data: memoryview, n: int, i: int) -> bytes:
