@@ -28,10 +28,10 @@ from casreg.errors import DeletedVersionError, IntegrityError, InvalidInputError
 from casreg.keys import INDEXES, MANIFESTS, PACKS, tombstone_key
 from casreg.storage import ObjectStore
 
-#: Small chunks: a 1 MiB checkpoint is ~16 chunks, so versions share most of them.
+#: Small chunks: a 512 KiB checkpoint is ~8 chunks, so versions share most of them.
 SMALL = ChunkParams(avg_size=64 << 10, min_size=16 << 10, max_size=256 << 10)
-BASE_SIZE = 1 << 20
-REGION = 96 << 10  # version i rewrites 16 KiB at i * REGION: its own chunks, the rest shared
+BASE_SIZE = 512 << 10
+REGION = 48 << 10  # version i rewrites 16 KiB at i * REGION: its own chunks, the rest shared
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -339,7 +339,7 @@ def test_a_forged_tombstone_stops_gc_and_resolve(reg: Registry, cli: Run, tmp_pa
 
 
 # -- property: gc never removes what a live version needs ------------------------------------------
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(picks=st.lists(st.lists(st.integers(0, 5), min_size=1, max_size=4), min_size=2, max_size=5),
        doomed=st.sets(st.integers(1, 5)))
 def test_gc_never_removes_a_chunk_a_live_version_needs(tmp_path: Path, picks: list[list[int]],
@@ -350,7 +350,7 @@ def test_gc_never_removes_a_chunk_a_live_version_needs(tmp_path: Path, picks: li
 
     reg = Registry(f"memory://retention-{uuid.uuid4().hex}")
     init_config(reg.store, SMALL)
-    pool = [random.Random(b).randbytes(40 << 10) for b in range(6)]
+    pool = [random.Random(b).randbytes(24 << 10) for b in range(6)]
     contents = {}
     for i, blocks in enumerate(picks, start=1):
         data = b"".join(pool[b] for b in blocks)
