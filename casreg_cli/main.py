@@ -219,8 +219,8 @@ def ls_(
     if out.as_json:
         out.json([v.to_dict() | {"aliases": [a for a in by_version.get((v.name, v.version), [])
                                              if not a.endswith("(corrupt)")],
-                                 "archived": (v.name, v.version) in archived,
-                                 "deleted": (v.name, v.version) in dead} for v in versions])
+                                 "archived": (v.name, v.version) in archived}
+                  | ({"deleted": (v.name, v.version) in dead} if show_deleted else {}) for v in versions])
         _fail_on_lies(lies, deleted)
         return
     rows = [{

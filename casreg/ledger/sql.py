@@ -16,8 +16,9 @@ Views (documented in docs/FORMAT.md):
 - ``version_state``: one row per version with its lifecycle state: ``archived``
   (BOOLEAN; ``archived_at``, ``archived_by``), ``aliases`` (LIST of VARCHAR, the
   aliases at it now) and ``deleted`` (BOOLEAN; ``deleted_at``, ``deleted_by``,
-  ``deleted_reason``: from its ``delete`` event, docs/retention.md). A view of its own, not columns of ``versions``: it reads the events
-  and every alias pointer, which a query on ``versions`` alone never does.
+  ``deleted_reason``: from its ``delete`` event, docs/retention.md). A view of its own,
+  not columns of ``versions``: it reads the events and every alias pointer, which a
+  query on ``versions`` alone never does.
 
 Ledger files are read through the store (compacted files plus the segments they do not
 cover, see :mod:`casreg.ledger.segments`), so the same views work on every backend, and registered
