@@ -57,7 +57,8 @@ def verify(
             if ref is None and (report.unreferenced_packs or report.unreferenced_manifests):
                 extra = (f"; {report.unreferenced_packs} pack(s) and {report.unreferenced_manifests} manifest(s) "
                          "no version references (casreg gc reclaims them)")
-            out.line(f"verified {what}: {_plural(report.versions, 'version')}, {scope}: all good{extra}")
+            deleted = f" ({report.deleted_versions} deleted)" if report.deleted_versions else ""
+            out.line(f"verified {what}: {_plural(report.versions, 'version')}{deleted}, {scope}: all good{extra}")
     if not report.ok:  # the CLI prints it as the last line, "casreg: error: ...", and exits 6
         raise IntegrityError(f"verify found {_plural(len(report.problems), 'bad or missing object')} in "
                              f"{ref or report.url}")

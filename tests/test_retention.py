@@ -339,6 +339,54 @@ def test_a_forged_tombstone_stops_gc_and_resolve(reg: Registry, cli: Run, tmp_pa
     assert [p.key for p in report.problems] == [tombstone_key("m", 1)]
 
 
+def test_keep_since_and_keep_stages(reg: Registry, cli: Run, tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from casreg.governance.retention import plan_retention
+    from casreg.governance.retention_rule import RetentionRule
+
+    push_checkpoints(reg, tmp_path, 4)
+    reg.set_alias("m", "staging", 1)
+    reg.set_alias("m", "staging", 4)  # m:1 was in staging, is at no alias now
+    newest = reg.show("m:4").created_at
+    rule = RetentionRule(keep_since=timedelta(days=90))
+    assert plan_retention(reg.store, "m", rule, now=newest).delete == []  # all younger than 90 days
+    later = plan_retention(reg.store, "m", rule, now=newest + timedelta(days=91))
+    assert [v.version for v in later.delete] == [1, 2, 3]  # m:4 is at m@staging
+    staged = plan_retention(reg.store, "m", RetentionRule(keep_since=timedelta(days=90), keep_stages=True),
+                            now=newest + timedelta(days=91))
+    assert [v.version for v in staged.delete] == [2, 3]
+    assert {k.version: k.why for k in staged.keep} == {1: "was in staging (keep-stages)", 4: "at m@staging"}
+    out = json.loads(ok(cli("retain", "m", "--keep-since", "90d", "--keep-stages", "--json")).stdout)
+    assert out["delete"] == [] and out["rule"] == {"keep_last": None, "keep_since": "90d", "keep_stages": True}
+
+
+def test_an_alias_moved_to_a_version_as_it_was_deleted_keeps_its_bytes(reg: Registry, tmp_path: Path) -> None:
+    """The race the checks cannot close (the move checked the version before the tombstone,
+    the deletion checked the aliases before the move): the version is deleted, resolving
+    the alias says so, and gc keeps its objects while the alias points at it."""
+    from casreg.ledger.tombstones import deletion_event, record_deletion
+
+    contents = push_checkpoints(reg, tmp_path, 2)
+    reg.set_alias("m", "canary", 2)
+    v = reg.show("m:2")
+    assert record_deletion(reg.store, deletion_event("m", 2, v.digest, "raced"))  # past the checks, as in the race
+    with pytest.raises(DeletedVersionError, match="m:2 was deleted by alice@example.test at .*: raced"):
+        reg.resolve("m@canary")
+    reg.gc(grace=0, delay=0)
+    report = reg.gc(grace=0, delay=0)
+    assert report.deleted == [] and report.deleted_versions == 0
+    assert any("m:2 is deleted but an alias still points at it" in w for w in report.warnings)
+    checked = reg.verify()
+    assert checked.ok and any("an alias points at it" in w for w in checked.warnings)
+    reg.set_alias("m", "canary", 1)  # the alias moves away: now gc reclaims m:2's own objects
+    reg.gc(grace=0, delay=0)
+    assert reg.gc(grace=0, delay=0).deleted_bytes > 0
+    reg.pull("m:1", tmp_path / "one.bin")
+    assert (tmp_path / "one.bin").read_bytes() == contents[1]
+    assert reg.verify().ok
+
+
 # -- property: gc never removes what a live version needs ------------------------------------------
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(picks=st.lists(st.lists(st.integers(0, 5), min_size=1, max_size=4), min_size=2, max_size=5),
