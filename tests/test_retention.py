@@ -226,6 +226,19 @@ rules = ["tags.keep == 'yes'"]
     ok(cli("delete", "m:3", "--reason", "never deployed"))
 
 
+def test_a_deleted_version_is_never_deployed_again(reg: Registry, cli: Run, tmp_path: Path) -> None:
+    """Not by alias set, promote or archive (they resolve it), nor by a rollback to it."""
+    push_checkpoints(reg, tmp_path, 2)
+    reg.promote("m", 1, "production")
+    reg.promote("m", 2, "production")
+    reg.delete("m", 1, reason="bad weights")
+    fails(cli("rollback", "m@production"), 3, "cannot roll m@production back: m:1 was deleted by alice@example.test",
+          ": bad weights")
+    for args in (("promote", "m", "1", "production"), ("alias", "set", "m@canary", "1"), ("archive", "m", "1")):
+        fails(cli(*args), 3, "m:1 was deleted by alice@example.test at ")
+    assert reg.resolve("m@production").version == 2
+
+
 # -- retain ---------------------------------------------------------------------------------------
 def test_retain_dry_run_lists_and_frees_nothing(reg: Registry, cli: Run, tmp_path: Path) -> None:
     push_checkpoints(reg, tmp_path, 5)
