@@ -298,6 +298,21 @@ def test_retain_last_3_of_10_then_gc_reclaims_what_the_dry_run_predicted(reg: Re
         reg.pull("m:5", tmp_path / "gone")
 
 
+def test_chunks_in_a_pack_a_kept_version_uses_are_reported_not_reclaimed(reg: Registry, tmp_path: Path) -> None:
+    """m:1 is the base; m:2 rewrites region 2, so the base's chunk there is only m:1's, but
+    it sits in m:1's pack, which m:2 uses: gc frees only m:1's manifest and reports the
+    chunk as reclaimable by repacking, as the plan said."""
+    push_checkpoints(reg, tmp_path, 2)
+    plan = reg.retain("m", keep_last=1)
+    assert [d.ref for d in plan.deleted] == ["m:1"] and plan.frees_objects == 1 and plan.repack_bytes > 0
+    before = object_bytes(reg.store)
+    reg.gc(grace=0, delay=0)
+    sweep = reg.gc(grace=0, delay=0)
+    assert [o.key.split("/")[0] for o in sweep.deleted] == ["manifests"]
+    assert sum(before.values()) - sum(object_bytes(reg.store).values()) == plan.frees_bytes == sweep.deleted_bytes
+    assert sweep.repack_bytes == plan.repack_bytes
+
+
 def test_gc_retain_applies_the_policy_rule(reg: Registry, cli: Run, tmp_path: Path) -> None:
     push_checkpoints(reg, tmp_path, 4)
     push_checkpoints(reg, tmp_path, 2, name="o", seed=8)
