@@ -257,7 +257,8 @@ def test_retain_dry_run_lists_and_frees_nothing(reg: Registry, cli: Run, tmp_pat
     report = reg.gc(grace=0, delay=0)
     assert report.deleted == [] and object_bytes(reg.store) == before
     fails(cli("retain", "m", "--keep-since", "3x"), 2, "invalid age '3x'")
-    assert cli("retain", "m").returncode == 2  # a rule must keep something
+    fails(cli("retain", "m"), 2, "a retention rule needs --keep-last N or --keep-since AGE")  # it must keep something
+    fails(cli("retain", "m", "--keep-since", "0d"), 2, "keep-since must be a positive age")
 
 
 def test_retain_last_3_of_10_then_gc_reclaims_what_the_dry_run_predicted(reg: Registry, tmp_path: Path) -> None:
@@ -456,3 +457,36 @@ def test_the_python_example_of_docs_retention_md_runs(author: Callable[[str], No
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
     assert len(blocks) == 1
     exec(compile(blocks[0], "docs/retention.md", "exec"), {"__name__": "retention_doc"})  # noqa: S102
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ('[retention]\nkeep_since = "0d"', "retention: keep-since must be a positive age"),
+    ("[retention]\nkeep_stages = true", "a retention rule needs --keep-last N or --keep-since AGE"),
+    ("[retention]\nkeep_last = 0", "retention.keep_last: expected a whole number from 1"),
+    ("[retention]\nfoo = 1", "line 2: retention: unknown key 'foo'"),
+    ('[protect]\nrules = ["metrics.auc > @production"]', "protect rules compare with constants"),
+    ('[protect]\never_in = ["prod uction"]', "protect.ever_in"),
+    ('[permissions]\ndelete = ["nobody"]', "permissions.delete: role 'nobody' is not defined"),
+])
+def test_malformed_retention_and_protect_tables_are_refused(text: str, fragment: str) -> None:
+    from casreg.errors import InvalidPolicyError
+    from casreg.governance.policy import parse_policy
+
+    with pytest.raises(InvalidPolicyError) as info:
+        parse_policy(text)
+    assert fragment in str(info.value)
+
+
+def test_policy_tables_merge_per_model() -> None:
+    from casreg.digest import Digest
+    from casreg.governance.policy import PolicyFile, parse_policy
+    from casreg.governance.retention_rule import RetentionRule
+
+    doc = parse_policy('[retention]\nkeep_last = 5\n[models.a.retention]\nkeep_since = "30d"\n'
+                       '[models.b.retention]\nenabled = false\n[protect]\never_in = ["production"]')
+    pf = PolicyFile(1, "", doc, Digest.of(b""))
+    assert pf.for_model("c").retention == RetentionRule(keep_last=5)
+    a = pf.for_model("a").retention
+    assert a is not None and a.keep_last == 5 and a.keep_since is not None and a.keep_since.days == 30
+    assert pf.for_model("b").retention is None
+    assert pf.for_model("b").protect.ever_in == ("production",)

@@ -75,6 +75,9 @@ class RetentionRule:
         if self.keep_last is None and self.keep_since is None:
             raise InvalidInputError("a retention rule needs --keep-last N or --keep-since AGE (keep_last or "
                                     "keep_since in the policy): it must keep something by itself")
+        if self.keep_since is not None and self.keep_since <= timedelta(0):
+            raise InvalidInputError("keep-since must be a positive age (e.g. 90d): a rule must keep something "
+                                    "by itself")
         if self.keep_last is not None and (type(self.keep_last) is not int or not 1 <= self.keep_last
                                            <= MAX_KEEP_LAST):
             raise InvalidInputError(f"keep-last must be a whole number from 1 to {MAX_KEEP_LAST:,}, "
