@@ -36,6 +36,7 @@ __all__ = [
     "MissingMetadataError",
     "AliasNotMovedError",
     "MissingDependencyError",
+    "DeletedVersionError",
 ]
 
 
@@ -84,6 +85,20 @@ class NotFoundError(CasregError, FileNotFoundError):
 
 class UnknownReferenceError(NotFoundError):
     """A well-formed reference names no version in this registry."""
+
+
+class DeletedVersionError(UnknownReferenceError):
+    """The reference names a version that was deleted (``casreg delete``, ``retain``): its
+    ledger record stays, but it no longer resolves or pulls. A :class:`NotFoundError`
+    (exit 3), so code that handles "no such version" handles this too; the message says
+    who deleted it, when and why. ``name``, ``version``, ``deleted_by``, ``deleted_at``
+    (ISO 8601) and ``reason`` say the same for programs."""
+
+    def __init__(self, message: str, *, name: str, version: int, deleted_by: str, deleted_at: str,
+                 reason: str | None) -> None:
+        super().__init__(message)
+        self.name, self.version, self.deleted_by, self.deleted_at, self.reason = (
+            name, version, deleted_by, deleted_at, reason)
 
 
 class AmbiguousReferenceError(CasregError, LookupError):

@@ -22,6 +22,7 @@ keys through here; none spells a path itself.
 ``gc/condemned/<time>-<id>.json``               :func:`condemned_key`
 ``gc/rescued/<record>/<id>.json``               :func:`rescue_key`
 ``gc/sweeping/<record>/<run>.json``             :func:`sweeping_key`
+``tombstones/<name>/<N:010d>.json``             :func:`tombstone_key`
 =============================================  =====================================
 
 Names in keys follow the grammar of :mod:`casreg.refs`; ``_registry``
@@ -48,7 +49,7 @@ __all__ = [
     "event_segment_key", "event_key", "parse_event_segment_key", "compacted_key", "parse_compacted_key",
     "pointer_key", "parse_pointer_key", "policy_key", "parse_policy_key",
     "condemned_key", "parse_condemned_key", "rescue_key", "parse_rescue_key", "sweeping_key",
-    "parse_sweeping_key",
+    "parse_sweeping_key", "TOMBSTONES", "tombstone_key", "parse_tombstone_key",
 ]
 
 # -- top-level names (also the prefixes that list each kind) --------------------------------------
@@ -67,6 +68,7 @@ HOOKS_KEY: Final = "config/hooks.toml"
 GC_CONDEMNED: Final = "gc/condemned"
 GC_RESCUED: Final = "gc/rescued"
 GC_SWEEPING: Final = "gc/sweeping"
+TOMBSTONES: Final = "tombstones"
 #: The name registry-wide events are filed under (policy and hooks changes).
 REGISTRY_EVENTS: Final = "_registry"
 
@@ -332,3 +334,18 @@ def sweeping_key(record_id: str, run_id: str) -> str:
 def parse_sweeping_key(key: str) -> tuple[str, str] | None:
     m = _RE.sweeping.fullmatch(key)
     return (m[1], m[2]) if m is not None else None
+
+
+# -- deletions (docs/retention.md) ----------------------------------------------------------------------
+_RE.define('tombstone', rf"tombstones/({NAME_PATTERN})/(\d{{{_VERSION_WIDTH}}})\.json")
+
+
+def tombstone_key(name: str, number: int) -> str:
+    """The tombstone of version ``number`` of ``name``: written once, by create-if-absent,
+    when the version is deleted (it holds the ``delete`` event); never changed or removed."""
+    return f"{TOMBSTONES}/{name}/{_number(number, _VERSION_WIDTH)}.json"
+
+
+def parse_tombstone_key(key: str) -> tuple[str, int] | None:
+    m = _RE.tombstone.fullmatch(key)
+    return (m[1], int(m[2])) if m is not None and int(m[2]) > 0 else None

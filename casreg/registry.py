@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from casreg.governance.imports import ImportedMove
     from casreg.governance.lifecycle import Promotion
     from casreg.governance.policy import PolicyFile
+    from casreg.governance.retention import Deletion, RetentionPlan
     from casreg.governance.state import ListingState, VersionState
     from casreg.ledger.compact import CompactResult
     from casreg.ledger.sql import SqlResult
@@ -626,6 +627,41 @@ class Registry:
 
         return read_policy(self.store, version)
 
+    # -- deletion and retention (casreg/governance/retention.py, docs/retention.md) ---------
+    def delete(self, name: str, ref: str | int, *, reason: str) -> Deletion:
+        """Delete a version of ``name`` (a number, reference or digest): record its
+        tombstone and a ``delete`` event (the ledger stays append-only); from then on it
+        no longer resolves or pulls (:class:`~casreg.errors.DeletedVersionError`), and
+        :meth:`gc` reclaims what no live version uses. Refused while an alias points at
+        it, without the policy's ``delete`` permission, when ``[protect]`` protects it,
+        and when it is already deleted; ``reason`` is required."""
+        from casreg.governance.retention import delete_version
+
+        return delete_version(self.store, name, ref, notify=self._notify, reason=reason)
+
+    def retain(self, name: str, *, keep_last: int | None = None, keep_since: str | timedelta | None = None,
+               keep_stages: bool = False, dry_run: bool = False, reason: str | None = None) -> RetentionPlan:
+        """Apply a retention rule to ``name``: keep its newest ``keep_last`` versions,
+        those younger than ``keep_since`` (``"90d"``), with ``keep_stages`` those at an
+        alias or ever in staging or production, and whatever an alias holds or the
+        policy protects; delete the rest (unless ``dry_run``). The plan says what it
+        deletes and the bytes gc then reclaims."""
+        from casreg.governance.retention import retain
+        from casreg.governance.retention_rule import RetentionRule, parse_age
+
+        since = parse_age(keep_since) if isinstance(keep_since, str) else keep_since
+        rule = RetentionRule(keep_last, since, keep_stages)
+        return retain(self.store, name, rule, notify=self._notify, dry_run=dry_run, reason=reason)
+
+    def deleted(self, name: str | None = None) -> dict[tuple[str, int], AliasEvent]:
+        """The deleted versions of ``name`` (of every model, without a name), each with
+        its ``delete`` event: one listing of the tombstones and one small read each."""
+        from casreg.ledger.tombstones import read_tombstones
+
+        if name is not None:
+            validate_name(name)
+        return read_tombstones(self.store, name)
+
     # -- maintenance: verify and gc (casreg/maintenance/, docs/gc.md) ------------------------
     def verify(self, ref: str | Ref | None = None, progress: Progress | None = None, *,
                read_data: bool = False) -> VerifyReport:
@@ -642,14 +678,27 @@ class Registry:
         return verify_version(self.store, resolved.digest, label=resolved.label, progress=progress,
                               threads=self.threads, version=named, read_data=read_data)
 
-    def gc(self, *, dry_run: bool = False, grace: Duration | None = None, delay: Duration | None = None) -> GcReport:
-        """Reclaim objects no version references (two phases, safe against concurrent
+    def gc(self, *, dry_run: bool = False, grace: Duration | None = None, delay: Duration | None = None,
+           retain: bool = False) -> GcReport:
+        """Reclaim objects no live version references (two phases, safe against concurrent
         pushes: docs/gc.md). ``grace`` (default 24 h) and ``delay`` (default 1 h) take
-        seconds, a ``timedelta`` or text such as ``"24h"``."""
+        seconds, a ``timedelta`` or text such as ``"24h"``. ``retain``: first apply the
+        policy's retention rules (``[retention]``, docs/retention.md), deleting what they
+        do not keep (with ``dry_run``, only planning it); the plans are in the report's
+        ``retention``."""
         from casreg.maintenance.gc import DEFAULT_DELAY, DEFAULT_GRACE, collect
 
-        return collect(self.store, dry_run=dry_run, grace=DEFAULT_GRACE if grace is None else grace,
-                       delay=DEFAULT_DELAY if delay is None else delay, threads=self.threads)
+        plans: list[RetentionPlan] = []
+        if retain:
+            from casreg.governance.retention import policy_retention
+            from casreg.governance.retention import retain as apply_rule
+
+            plans = [apply_rule(self.store, name, rule, notify=self._notify, dry_run=dry_run)
+                     for name, rule in policy_retention(self.store)]
+        report = collect(self.store, dry_run=dry_run, grace=DEFAULT_GRACE if grace is None else grace,
+                         delay=DEFAULT_DELAY if delay is None else delay, threads=self.threads)
+        report.retention = [p.to_dict() for p in plans]
+        return report
 
     # -- reading in place: lazy tensors (casreg/content/lazy.py) ------------------------------
     def open_safetensors(self, ref: str, path: str = "", *, bf16: BF16Mode = "auto",

@@ -210,6 +210,8 @@ def ls_(
     alias: Annotated[Optional[str], typer.Option("--alias", help="Only the version at NAME@ALIAS.")] = None,
     sort: Annotated[Optional[str], typer.Option("--sort", help="Sort by a field, e.g. metrics.auc.")] = None,
     desc: Annotated[bool, typer.Option("--desc", help="Sort descending.")] = False,
+    show_deleted: Annotated[bool, typer.Option("--deleted", help="Also list deleted versions (stage 'deleted').")]
+    = False,
 ) -> None:
     """List the versions of NAME (the newest 100 unless --all / --limit), or the latest version of every model."""
     out = cli.out
@@ -225,6 +227,11 @@ def ls_(
     else:
         versions = reg.ls(name, newest=None if all_ or name is None else limit)
         older = versions[0].version - 1 if name is not None and versions else 0
+    from casreg.ledger.tombstones import tombstoned
+
+    dead = tombstoned(reg.store, name) if versions else set()  # one listing (docs/retention.md)
+    if not show_deleted:
+        versions = [v for v in versions if (v.name, v.version) not in dead]
     pointers = reg.aliases(name)
     lies = lying_pointers(pointers, versions)  # checked against the rows in hand: no extra read
     liars = {(p.name, p.alias) for p, _ in lies}
@@ -238,14 +245,16 @@ def ls_(
     if out.as_json:
         out.json([v.to_dict() | {"aliases": [a for a in by_version.get((v.name, v.version), [])
                                              if not a.endswith("(corrupt)")],
-                                 "archived": (v.name, v.version) in archived} for v in versions])
+                                 "archived": (v.name, v.version) in archived}
+                  | ({"deleted": (v.name, v.version) in dead} if show_deleted else {}) for v in versions])
         _fail_on_lies(lies, deleted)
         return
     rows = [{
         "ref": v.ref, "digest": v.digest[:19], "size": human_bytes(v.size),
         "created": v.created_at.strftime("%Y-%m-%d %H:%M:%S"), "author": v.author,
         "aliases": ",".join(by_version.get((v.name, v.version), [])),
-        "stage": _stage(by_version.get((v.name, v.version), []), (v.name, v.version) in archived),
+        "stage": "deleted" if (v.name, v.version) in dead else
+        _stage(by_version.get((v.name, v.version), []), (v.name, v.version) in archived),
         "framework": v.framework, "description": v.description,
     } for v in versions]
     if older:
@@ -370,6 +379,7 @@ import casreg_cli.import_cmds  # noqa: E402,F401  (import mlflow)
 import casreg_cli.ledger_cmds  # noqa: E402,F401  (compact)
 import casreg_cli.lifecycle_cmds  # noqa: E402,F401  (promote, archive, rollback, approve, reject, log, diff, policy)
 import casreg_cli.ops  # noqa: E402,F401  (verify, gc)
+import casreg_cli.retention_cmds  # noqa: E402,F401  (delete, retain)
 import casreg_cli.ui_cmds  # noqa: E402,F401  (ui)
 import casreg_cli.watch_cmds  # noqa: E402,F401  (watch)
 

@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 import typer
 
 from casreg.errors import IntegrityError
+from casreg.records import JsonValue
 from casreg_cli.common import Cli, app, command
-from casreg_cli.output import human_bytes
+from casreg_cli.output import Output, human_bytes
 
 LIST_LIMIT = 20
 
@@ -56,7 +57,8 @@ def verify(
             if ref is None and (report.unreferenced_packs or report.unreferenced_manifests):
                 extra = (f"; {report.unreferenced_packs} pack(s) and {report.unreferenced_manifests} manifest(s) "
                          "no version references (casreg gc reclaims them)")
-            out.line(f"verified {what}: {_plural(report.versions, 'version')}, {scope}: all good{extra}")
+            deleted = f" ({report.deleted_versions} deleted)" if report.deleted_versions else ""
+            out.line(f"verified {what}: {_plural(report.versions, 'version')}{deleted}, {scope}: all good{extra}")
     if not report.ok:  # the CLI prints it as the last line, "casreg: error: ...", and exits 6
         raise IntegrityError(f"verify found {_plural(len(report.problems), 'bad or missing object')} in "
                              f"{ref or report.url}")
@@ -72,6 +74,9 @@ def gc(
     delay: Annotated[str, typer.Option(
         metavar="DURATION", help="Delete condemned objects only this long after they were "
                                  "condemned; must exceed any push's check-to-commit time.")] = "1h",
+    retain: Annotated[bool, typer.Option(
+        "--retain", help="First apply the policy's retention rules ([retention]): delete the versions they do "
+                         "not keep (docs/retention.md).")] = False,
 ) -> None:
     """Reclaim objects no version references: condemn unreachable objects older than
     --grace, and delete those condemned at least --delay ago that are still unreachable
@@ -86,12 +91,14 @@ def gc(
         except ValueError as err:
             raise typer.BadParameter(str(err).removeprefix("invalid duration "), param_hint=flag) from None
     g, d = durations
-    report = cli.registry().gc(dry_run=dry_run, grace=g, delay=d)
+    report = cli.registry().gc(dry_run=dry_run, grace=g, delay=d, retain=retain)
     if out.as_json:
         out.json(report.to_dict())
         return
     for w in report.warnings:
         out.warn(w)
+    if retain:
+        _retained(out, report.retention, dry_run)
     verb = "would delete" if dry_run else "deleted"
     out.line(f"{verb} {_plural(len(report.deleted), 'object')} ({human_bytes(report.deleted_bytes)})"
              + (f" from {_plural(len(report.swept_records), 'condemnation record')}" if report.swept_records else "")
@@ -117,3 +124,17 @@ def gc(
         out.line(f"  {'would delete' if dry_run else 'deleted'} {o.key} ({human_bytes(o.size)})")
     if len(report.deleted) > LIST_LIMIT:
         out.line(f"  ... and {len(report.deleted) - LIST_LIMIT} more (--json lists them all)")
+
+
+def _retained(out: Output, plans: list[dict[str, JsonValue]], dry_run: bool) -> None:
+    """``gc --retain``: one line per model the policy's retention rules apply to."""
+    if not plans:
+        out.line("no retention rule applies (the policy has no [retention])")
+    verb = "would delete" if dry_run else "deleted"
+    for p in plans:
+        doomed = p.get("delete")
+        refs = [f"{p['name']}:{v['version']}" for v in doomed if isinstance(v, dict)] if isinstance(doomed, list) \
+            else []
+        shown = ", ".join(refs[:10]) + (f", ... ({len(refs) - 10} more)" if len(refs) > 10 else "")
+        out.line(f"retention {p['name']}: {p['description']}: {verb} {_plural(len(refs), 'version')}"
+                 + (f" ({shown})" if refs else ""))

@@ -59,6 +59,7 @@ from casreg.ledger.pointers import (
 )
 from casreg.ledger.resolve import resolve_in_model
 from casreg.ledger.segments import read_version
+from casreg.ledger.tombstones import deleted_error, read_tombstone
 from casreg.lineage import current_author
 from casreg.records import AliasEvent, JsonValue, Version, _iso
 from casreg.refs import validate_alias, validate_name
@@ -266,6 +267,9 @@ def rollback(store: ObjectStore, name: str, alias: str, *, notify: EventSink, re
     if last.from_digest is None or last.from_version is None:
         raise InvalidInputError(f"{name}@{alias} has no previous target to roll back to "
                                 f"(its first move set it to {name}:{last.to_version})")
+    gone = read_tombstone(store, name, last.from_version)
+    if gone is not None:  # a deleted version is never deployed again (docs/retention.md)
+        raise deleted_error(gone, prefix=f"cannot roll {name}@{alias} back: ")
     policy = policy_for(store, name)
     policy.require_permission(current_author(), "promote", alias, what=f"rolling back {name}@{alias}")
     details: dict[str, Any] = {"undoes": last.event_id}

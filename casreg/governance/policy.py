@@ -39,6 +39,13 @@ short::
     [models."fraud-detector".gates.production]   # per-model override
     rules = ["metrics.auc >= 0.97"]
 
+    [protect]                          # versions nobody may delete (docs/retention.md)
+    ever_in = ["production"]           # ever at these aliases, judged from the pointer history
+    rules = ["tags.keep == 'yes'"]     # or matching any of these rules
+
+    [retention]                        # applied by casreg gc --retain (governance/retention_rule.py)
+    keep_last = 20
+
 The client enforces this; storage access control enforces what must not depend on every
 client being honest (docs/security.md).
 """
@@ -54,6 +61,7 @@ from typing import Any
 
 from casreg.digest import Digest
 from casreg.errors import ConflictError, IntegrityError, InvalidPolicyError, MissingMetadataError, PolicyError
+from casreg.governance.retention_rule import RetentionRule, parse_retention
 from casreg.keys import POLICIES, parse_policy_key, policy_key
 from casreg.ledger.pins import MAX_POLICY_BYTES, DamagedPolicyError, PolicyPin, latest_pin, pinned_bytes, policy_pins
 from casreg.records import JsonValue, Version
@@ -79,12 +87,13 @@ __all__ = [
     "field_value",
     "check_push",
     "STAGES",
+    "Protect",
 ]
 
 STAGES = ("staging", "production", "archived")
 #: Role names a permission grants an action to.
 Roles = tuple[str, ...]
-_ACTIONS = ("push", "promote", "archive", "approve", "policy", "alias")
+_ACTIONS = ("push", "promote", "archive", "approve", "policy", "alias", "delete")
 _FIELD = r"(?:metrics|params|tags|lineage)\.[A-Za-z0-9_.\-]+|framework|description|author|size|file_count|version"
 _RULE = re.compile(
     rf"^\s*(?P<field>{_FIELD})\s*(?P<op>>=|<=|==|!=|>|<)\s*"
@@ -188,6 +197,35 @@ class GateResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Protect:
+    """Versions nobody may delete (``[protect]``): those ever at one of ``ever_in``
+    (judged from the pointer history, e.g. "never delete anything that was ever in
+    production"), and those matching any of ``rules`` (constants only, no ``@alias``)."""
+
+    ever_in: tuple[str, ...] = ()
+    rules: tuple[Rule, ...] = ()
+
+
+def _protect(spec: Any) -> Protect:
+    if spec is None:
+        return Protect()
+    if not isinstance(spec, Mapping) or set(spec) - {"ever_in", "rules"}:
+        raise InvalidPolicyError("protect: expected a table with ever_in = [stages or aliases] and rules = [rules]")
+    ever_in = _strings(spec.get("ever_in", []), "protect.ever_in") if spec.get("ever_in") else ()
+    for stage in ever_in:
+        try:
+            validate_alias(stage)
+        except Exception as err:  # noqa: BLE001
+            raise InvalidPolicyError(f"protect.ever_in: {err}") from None
+    rules = tuple(Rule.parse(r, f"protect.rules[{i}]") for i, r in enumerate(spec.get("rules", [])))
+    for r in rules:
+        if r.alias is not None:
+            raise InvalidPolicyError(f"protect.rules: rule {r.text!r} compares with @{r.alias}; protect rules "
+                                     "compare with constants")
+    return Protect(ever_in, rules)
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """The effective policy for one model (top level merged with its ``[models.NAME]``)."""
 
@@ -197,6 +235,8 @@ class Policy:
     permissions: Mapping[str, Roles | Mapping[str, Roles]] = field(default_factory=dict)
     version: int = 0  # 0: no policy in force
     aliases: tuple[str, ...] | None = None  # free-form aliases allowed besides the stages; None: any
+    protect: Protect = field(default_factory=Protect)  # what may never be deleted
+    retention: RetentionRule | None = None  # what gc --retain keeps (None: it deletes nothing)
 
     def missing_metadata(self, version: Version) -> list[str]:
         return [f for f in self.require if not has_field(version, f)]
@@ -349,7 +389,8 @@ def _effective(doc: Mapping[str, Any], name: str | None, version: int) -> Policy
                 validate_alias(a)
             except Exception as err:  # noqa: BLE001
                 raise InvalidPolicyError(f"aliases.allowed: {err}") from None
-    return Policy(require, gates, roles, perms, version, allowed)
+    return Policy(require, gates, roles, perms, version, allowed, _protect(base.get("protect")),
+                  parse_retention(base.get("retention")))
 
 
 def parse_policy(text: str) -> dict[str, Any]:
@@ -366,11 +407,11 @@ def parse_policy(text: str) -> dict[str, Any]:
             msg = msg.replace("(at end of document)",
                               f"(at line {len(lines)}, column {len(lines[-1]) + 1}: end of document)")
         raise InvalidPolicyError(f"policy is not valid TOML: {msg}") from None
-    unknown = set(doc) - {"push", "gates", "roles", "permissions", "models", "aliases"}
+    unknown = set(doc) - {"push", "gates", "roles", "permissions", "models", "aliases", "protect", "retention"}
     if unknown:
         key = sorted(unknown)[0]
         raise InvalidPolicyError(f"policy: {_line_of(text, key)}unknown table {key!r} "
-                                 "(known: push, gates, roles, permissions, aliases, models)")
+                                 "(known: push, gates, roles, permissions, aliases, protect, retention, models)")
     try:
         _effective(doc, None, 0)
         models = doc.get("models") or {}

@@ -19,6 +19,8 @@ Event kinds (``kind`` column; docs/lifecycle.md):
 ``reject``         a rejection of a version for a stage
 ``policy.set``     the registry's policy changed (``details.policy_version``)
 ``hook.failed``    a hook delivery failed after its retries (the event stands)
+``delete``         a version was deleted (``to_*`` = the version; its tombstone
+                   holds the same event: :mod:`casreg.ledger.tombstones`)
 =================  ==========================================================
 """
 

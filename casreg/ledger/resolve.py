@@ -8,7 +8,12 @@ ledger segment, which must record the pointer's version with the pointer's diges
 not; a disagreement is an :class:`~casreg.errors.IntegrityError` naming the pointer);
 ``NAME:N`` one read of the version's ledger segment; ``NAME`` a listing of its segments
 (from HEAD's coverage on where the store lists from a key) and one read; ``blake3:HEX``
-one existence check or, for a prefix, one listing of ``manifests/<aa>/``.
+one existence check or, for a prefix, one listing of ``manifests/<aa>/``. A reference
+that names a version (all but a bare digest) also reads the version's tombstone key
+(:mod:`casreg.ledger.tombstones`; absent unless it was deleted): a deleted version is a
+:class:`~casreg.errors.DeletedVersionError` saying who deleted it, when and why; ``NAME``
+then means the newest version not deleted. A bare digest names content, not a version:
+it resolves while the content is stored (until ``gc`` reclaims a deleted version's).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from casreg.errors import (
 from casreg.keys import CONFIG_KEY, MANIFESTS, manifest_key, parse_manifest_key
 from casreg.ledger.pointers import confirm_pointer, read_pointer, require_not_deleted
 from casreg.ledger.segments import latest_number, list_versions, read_version, versions_table
+from casreg.ledger.tombstones import deleted_error, read_tombstone, require_live, tombstoned
 from casreg.records import Version
 from casreg.refs import FULL_HEX, Ref, RefKind, parse_ref
 from casreg.storage import ObjectStore
@@ -80,10 +86,18 @@ def resolve(store: ObjectStore, ref: str | Ref) -> Resolved:
         if p is None:
             raise unknown(store, f"{r} is not set")
         confirm_pointer(store, p)  # the pointer names its own model (checked on read) and the ledger agrees
+        require_live(store, r.name, p.version, p.digest)  # an alias moved to it as it was deleted (docs/retention.md)
         return Resolved(p.digest, r.name, p.version, p.annotations)
     if r.kind is RefKind.DIGEST:
         prefix = r.digest or ""
         matches = [v for v in list_versions(store, r.name) if v.digest.hex.startswith(prefix)]
+        dead = tombstoned(store, r.name) if matches else set()
+        live = [v for v in matches if (v.name, v.version) not in dead]
+        if matches and not live:
+            gone = read_tombstone(store, r.name, matches[-1].version)
+            if gone is not None:
+                raise deleted_error(gone)
+        matches = live
         digests = sorted({v.digest for v in matches})
         if not digests:
             raise unknown(store, f"{r.name} has no version with digest {r.digest}")
@@ -100,10 +114,18 @@ def resolve(store: ObjectStore, ref: str | Ref) -> Resolved:
             latest = latest_number(store, r.name)
             hint = f" (latest is {r.name}:{latest})" if latest else f" ({r.name} has no versions)"
             raise unknown(store, f"{r} does not exist{hint}") from None
+        require_live(store, v.name, v.version, v.digest)
         return Resolved(v.digest, v.name, v.version)
     latest = latest_number(store, r.name)
     if latest is None:
         raise unknown(store, f"model {r.name!r} has no versions in {store.url}")
+    gone = read_tombstone(store, r.name, latest)
+    if gone is not None:  # the newest version that was not deleted (one listing, only in this case)
+        numbers = {n for _, n in tombstoned(store, r.name)}
+        left = next((n for n in range(latest - 1, 0, -1) if n not in numbers), None)
+        if left is None:
+            raise deleted_error(gone, prefix=f"every version of {r.name} was deleted; the latest, ")
+        latest = left
     v = read_version(store, r.name, latest)
     return Resolved(v.digest, v.name, v.version)
 

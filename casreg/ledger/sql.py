@@ -7,16 +7,18 @@ Views (documented in docs/FORMAT.md):
 - ``files``: one row per file of every version.
 - ``events``: every push and recorded event (``kind``: ``push``, ``alias.set``,
   ``alias.remove``, ``promote``, ``rollback``, ``archive``, ``approve``, ``reject``,
-  ``policy.set``, ``hook.failed``; ``details`` is a JSON object).
+  ``policy.set``, ``hook.failed``, ``delete``; ``details`` is a JSON object).
 - ``aliases``: where each alias points now (with its ``annotations`` map).
 - ``approvals``: approvals and rejections (``stage``, ``decision``, ``comment``).
 - ``alias_history``: intervals: which version each alias pointed at from ``from_time`` to
   ``to_time`` (NULL while current).
 - ``lineage``: parent → child, from each push's ``--parent``.
 - ``version_state``: one row per version with its lifecycle state: ``archived``
-  (BOOLEAN; ``archived_at``, ``archived_by``) and ``aliases`` (LIST of VARCHAR, the
-  aliases at it now). A view of its own, not columns of ``versions``: it reads the events
-  and every alias pointer, which a query on ``versions`` alone never does.
+  (BOOLEAN; ``archived_at``, ``archived_by``), ``aliases`` (LIST of VARCHAR, the
+  aliases at it now) and ``deleted`` (BOOLEAN; ``deleted_at``, ``deleted_by``,
+  ``deleted_reason``: from its ``delete`` event, docs/retention.md). A view of its own,
+  not columns of ``versions``: it reads the events and every alias pointer, which a
+  query on ``versions`` alone never does.
 
 Ledger files are read through the store (compacted files plus the segments they do not
 cover, see :mod:`casreg.ledger.segments`), so the same views work on every backend, and registered
@@ -87,7 +89,8 @@ CREATE VIEW version_state AS
          coalesce(s.kind = 'archive', false) AS archived,
          CASE WHEN s.kind = 'archive' THEN s.time END AS archived_at,
          CASE WHEN s.kind = 'archive' THEN s.author END AS archived_by,
-         coalesce(a.aliases, []::VARCHAR[]) AS aliases
+         coalesce(a.aliases, []::VARCHAR[]) AS aliases,
+         d.time IS NOT NULL AS deleted, d.time AS deleted_at, d.author AS deleted_by, d.reason AS deleted_reason
   FROM _versions v
   LEFT JOIN (
     SELECT name, to_version AS version, kind, time, author,
@@ -96,7 +99,12 @@ CREATE VIEW version_state AS
     WHERE to_version IS NOT NULL AND kind IN ('archive', 'alias.set', 'alias.remove', 'promote', 'rollback')
   ) s ON s.name = v.name AND s.version = v.version AND s.rn = 1
   LEFT JOIN (SELECT name, version, list(alias ORDER BY alias) AS aliases FROM _aliases GROUP BY name, version) a
-    ON a.name = v.name AND a.version = v.version;
+    ON a.name = v.name AND a.version = v.version
+  LEFT JOIN (
+    SELECT name, to_version AS version, time, author, reason,
+           row_number() OVER (PARTITION BY name, to_version ORDER BY time, event_id) AS rn
+    FROM _events WHERE kind = 'delete' AND to_version IS NOT NULL
+  ) d ON d.name = v.name AND d.version = v.version AND d.rn = 1;
 CREATE VIEW lineage AS
   SELECT p.name AS parent_name, p.version AS parent_version, c.lineage.parent AS parent_digest,
          c.name AS child_name, c.version AS child_version, c.digest AS child_digest,

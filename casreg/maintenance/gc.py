@@ -1,8 +1,9 @@
 """Garbage collection: reclaim objects no version references, safely while others push.
 
-Versions are never deleted, so what becomes garbage is what interrupted pushes leave
-behind: packs (with their indexes) and manifests that no ledger record reaches, and the
-store's leftovers (a local disk's temporary files of writes that never completed). ``gc``
+What becomes garbage is what interrupted pushes leave behind and what only deleted
+versions use (a deleted version's ledger record stays, but it is no root:
+:mod:`casreg.maintenance.reachable`): packs (with their indexes) and manifests that no
+live version reaches, and the store's leftovers (a local disk's temporary files of writes that never completed). ``gc``
 removes them in two phases, so that a push running at the same time never loses an
 object it relies on (docs/gc.md gives the protocol and the argument):
 
@@ -223,6 +224,8 @@ class GcReport:
     grace_seconds: float
     delay_seconds: float
     versions: int = 0
+    #: versions the ledger records that are deleted (tombstoned): no roots (docs/retention.md)
+    deleted_versions: int = 0
     reachable_manifests: int = 0
     reachable_packs: int = 0
     #: phase 2: condemned at least D ago, still unreachable, not rescued: deleted
@@ -238,6 +241,9 @@ class GcReport:
     repack_packs: int = 0
     repack_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
+    #: what ``gc --retain`` deleted before collecting, one plan per model (filled in by
+    #: the façade from :mod:`casreg.governance.retention`; empty otherwise)
+    retention: list[dict[str, JsonValue]] = field(default_factory=list)
 
     @property
     def deleted_bytes(self) -> int:
@@ -250,7 +256,8 @@ class GcReport:
     def to_dict(self) -> dict[str, JsonValue]:
         return {
             "dry_run": self.dry_run, "grace_seconds": self.grace_seconds, "delay_seconds": self.delay_seconds,
-            "versions": self.versions, "reachable_manifests": self.reachable_manifests,
+            "versions": self.versions, "deleted_versions": self.deleted_versions,
+            "reachable_manifests": self.reachable_manifests,
             "reachable_packs": self.reachable_packs,
             "deleted": [o.to_dict() for o in self.deleted], "deleted_count": len(self.deleted),
             "deleted_bytes": self.deleted_bytes,
@@ -259,7 +266,7 @@ class GcReport:
             "condemned_bytes": self.condemned_bytes, "record": self.record,
             "pending": [p.to_dict() for p in self.pending],
             "reclaimable_by_repacking": {"packs": self.repack_packs, "bytes": self.repack_bytes},
-            "warnings": list(self.warnings),
+            "warnings": list(self.warnings), "retention": list(self.retention),
         }
 
 
@@ -321,6 +328,8 @@ def collect(
         sweeping = _announce_sweeps(run, due)
         s = scan(store, threads=threads)  # at least D after every record being swept
         run.report.versions = len(s.versions)
+        run.report.deleted_versions = len(s.deleted)
+        run.report.warnings += s.warnings
         run.report.reachable_manifests = len(s.reachable)
         run.report.reachable_packs = len(s.reachable_packs)
         run.report.repack_packs, run.report.repack_bytes = s.repack_packs, s.repack_bytes

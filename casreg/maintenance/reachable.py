@@ -1,4 +1,10 @@
-"""What the ledger reaches: every version's digest, its manifest, its packs.
+"""What the ledger reaches: every live version's digest, its manifest, its packs.
+
+A deleted version (a tombstone, :mod:`casreg.ledger.tombstones`) is no root: what only
+deleted versions use becomes garbage like the leftovers of an interrupted push, and gc
+reclaims it by the same two phases. The one exception is a deleted version an alias
+still points at (an alias moved to it while it was being deleted): it stays a root until
+the alias moves, so gc never deletes bytes under a pointer.
 
 gc computes this to know what it may reclaim and verify to know what to check. The
 ledger is read exactly as SQL reads it (compacted files plus uncovered segments), with a
@@ -22,7 +28,7 @@ from casreg.errors import CasregError, IntegrityError, NotFoundError
 from casreg.keys import INDEXES, MANIFESTS, PACKS, VERSIONS, manifest_key, parse_object_key, parse_version_segment_key
 from casreg.storage import ObjectStore
 
-__all__ = ["Reachability", "VersionRef", "ledger_versions", "scan"]
+__all__ = ["Reachability", "VersionRef", "deleted_versions", "ledger_versions", "scan"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +81,44 @@ def ledger_versions(store: ObjectStore) -> list[VersionRef]:
     return out
 
 
+def deleted_versions(store: ObjectStore, versions: list[VersionRef]) -> tuple[set[tuple[str, int]], list[str]]:
+    """``(name, version)`` of the ``versions`` that are deleted and that no alias points
+    at, i.e. that are no gc roots, and warnings. Every tombstone of a listed version is
+    read and must name the digest the ledger records (else an :class:`IntegrityError`:
+    gc computes nothing from a registry it cannot read). A model whose alias pointers do
+    not read keeps all its deleted versions as roots (with a warning): nothing is deleted
+    that a pointer might hold."""
+    from casreg.ledger.pointers import read_pointer_events
+    from casreg.ledger.tombstones import read_tombstones, tombstoned
+
+    recorded = {(v.name, v.version): v.digest for v in versions}
+    listed = [nv for nv in tombstoned(store) if nv in recorded]
+    if not listed:
+        return set(), []
+    events = read_tombstones(store, only=listed)
+    for (name, number), event in events.items():
+        if event.to_digest != recorded[name, number]:
+            raise IntegrityError(f"the tombstone of {name}:{number} deletes it as {event.to_digest}, but the ledger "
+                                 f"records {recorded[name, number]}; refusing to compute reachability; "
+                                 "run casreg verify")
+    dead = set(events)
+    warnings: list[str] = []
+    for name in sorted({n for n, _ in dead}):
+        mine = {(m, n) for m, n in dead if m == name}
+        try:
+            held = {(name, e.to_version) for e in read_pointer_events(store, name)
+                    if e.to_digest is not None and e.to_version is not None}
+        except CasregError as err:
+            warnings.append(f"the alias pointers of {name} do not read ({err}); its deleted versions are kept for now")
+            dead -= mine
+            continue
+        for m, number in sorted(held & mine):
+            dead.discard((m, number))
+            warnings.append(f"{m}:{number} is deleted but an alias still points at it; its objects are kept until "
+                            "the alias moves")
+    return dead, warnings
+
+
 @dataclass(slots=True)
 class _PackTable:
     """A pack's chunk offsets and stored sizes (ascending), and which ones a reachable
@@ -105,6 +149,8 @@ class Reachability:
     indexes: dict[str, str] = field(default_factory=dict)  # pack id -> index key
     manifests: dict[str, str] = field(default_factory=dict)  # hex -> key
     versions: list[VersionRef] = field(default_factory=list)
+    deleted: set[tuple[str, int]] = field(default_factory=set)  # deleted versions, no roots
+    warnings: list[str] = field(default_factory=list)
     reachable: set[str] = field(default_factory=set)  # manifest hexes the ledger reaches
     reachable_packs: set[str] = field(default_factory=set)
     leftovers: dict[str, frozenset[str]] = field(default_factory=dict)  # unreachable manifest -> its packs
@@ -146,7 +192,8 @@ def scan(store: ObjectStore, *, threads: int | None = None, repack: bool = True)
             if parsed is not None and parsed[0] == prefix:
                 target[parsed[1]] = key
     s.versions = ledger_versions(store)
-    s.reachable = {v.hexdigest for v in s.versions}
+    s.deleted, s.warnings = deleted_versions(store, s.versions)
+    s.reachable = {v.hexdigest for v in s.versions if (v.name, v.version) not in s.deleted}
     nthreads = io_threads(threads)
 
     tables: dict[str, _PackTable] = {}
@@ -158,7 +205,8 @@ def scan(store: ObjectStore, *, threads: int | None = None, repack: bool = True)
 
     by_version: dict[str, str] = {}
     for v in s.versions:
-        by_version.setdefault(v.hexdigest, v.ref)
+        if (v.name, v.version) not in s.deleted:
+            by_version.setdefault(v.hexdigest, v.ref)
     order = sorted(s.reachable)
     for hexd, m in zip(order, bounded_map(lambda h: _read_manifest(store, h), order, nthreads)):
         if isinstance(m, CasregError):

@@ -51,6 +51,7 @@ from casreg.keys import (
     POINTERS,
     REFS,
     REGISTRY_EVENTS,
+    TOMBSTONES,
     VERSIONS,
     index_key,
     manifest_key,
@@ -123,6 +124,7 @@ class VerifyReport:
     indexes: int = 0
     chunks: int = 0
     bytes_read: int = 0
+    deleted_versions: int = 0  # versions deleted (tombstoned): their objects are not checked
     unreferenced_manifests: int = 0  # leftovers of interrupted pushes: not problems
     unreferenced_packs: int = 0
     records: int = 0  # version records compared with their manifests
@@ -140,7 +142,8 @@ class VerifyReport:
     def to_dict(self) -> dict[str, JsonValue]:
         return {
             "url": self.url, "ref": self.ref, "digest": self.digest, "ok": self.ok,
-            "versions": self.versions, "manifests": self.manifests, "packs": self.packs,
+            "versions": self.versions, "deleted_versions": self.deleted_versions,
+            "manifests": self.manifests, "packs": self.packs,
             "indexes": self.indexes, "chunks": self.chunks, "bytes_read": self.bytes_read,
             "unreferenced_manifests": self.unreferenced_manifests, "unreferenced_packs": self.unreferenced_packs,
             "records": self.records, "read_data": self.read_data, "files_hashed": self.files_hashed,
@@ -811,17 +814,21 @@ def verify_registry(store: ObjectStore, *, progress: Progress | None = None,
     # (each is written after the record it names), objects are listed after it (every
     # object of a recorded version was written before its record).
     sidecars = sorted(store.list(REFS))
+    tombstones = sorted(store.list(TOMBSTONES))  # before the events: each is written before its event
     event_keys = sorted(k for k in store.list(EVENTS) if parse_event_segment_key(k) is not None)
     pointers = _read_pointers(store, report)
     versions = _ledger(store, report)
     report.versions = len(versions)
     objects = _list_objects(store, report)
+    dead = _verify_tombstones(store, tombstones, versions, pointers, set(event_keys), report)
+    report.deleted_versions = len(dead)
+    all_versions, versions = versions, [v for v in versions if (v.name, v.version) not in dead]
     digests = {v.hexdigest for v in versions}
-    _check_pointers_and_policy(store, pointers, versions, report)
+    _check_pointers_and_policy(store, pointers, all_versions, report)
     scan = _Scan()
     segment_keys = sorted(store.list(VERSIONS))
     _segments(store, segment_keys, report, 2 * nthreads, scan)
-    _sidecars(store, sidecars, versions, report, 2 * nthreads, scan.records)
+    _sidecars(store, sidecars, all_versions, report, 2 * nthreads, scan.records)
     verify_ledger(store, report, scan, segment_keys, event_keys, 2 * nthreads)
     good_index = _verify_indexes(store, objects, report, 2 * nthreads)
     packs = _verify_packs(store, objects, good_index, report, progress, nthreads)
@@ -837,6 +844,50 @@ def verify_registry(store: ObjectStore, *, progress: Progress | None = None,
     report.unreferenced_manifests = len(set(objects.manifests) - digests)
     report.unreferenced_packs = len(set(objects.packs) - referenced - set(packs.vanished))
     return report
+
+
+def _verify_tombstones(store: ObjectStore, keys: list[str], versions: list[VersionRef], pointers: list[AliasPointer],
+                       event_keys: set[str], report: VerifyReport) -> set[tuple[str, int]]:
+    """Check every tombstone (docs/retention.md): it reads, deletes a version the ledger
+    records with the digest it records, and its ``delete`` event is in the ledger.
+    Returns the deleted versions whose objects gc may have reclaimed (those no alias
+    points at), which verify does not read; a tombstone that does not check out deletes
+    nothing here (its version is verified as live)."""
+    from casreg.keys import event_key, parse_tombstone_key
+    from casreg.ledger.tombstones import MAX_TOMBSTONE_BYTES, decode_tombstone
+
+    recorded = {(v.name, v.version): v.digest for v in versions}
+    held = {(p.name, p.version) for p in pointers}
+    dead: set[tuple[str, int]] = set()
+    for key in keys:
+        named = parse_tombstone_key(key)
+        if named is None:
+            continue
+        data = _read_small(store, key, MAX_TOMBSTONE_BYTES)
+        if data is None:
+            continue  # gone since the listing: tombstones are never deleted, so it never was
+        try:
+            event = decode_tombstone(data, key)
+        except IntegrityError as err:
+            report.problems.append(Problem(key, "corrupt", str(err)))
+            continue
+        ref = f"{named[0]}:{named[1]}"
+        if named not in recorded:
+            report.problems.append(Problem(key, "corrupt", f"it deletes {ref}, which the ledger does not record"))
+            continue
+        if event.to_digest != recorded[named]:
+            report.problems.append(Problem(key, "corrupt", f"it deletes {ref} as {event.to_digest}, but the ledger "
+                                                           f"records {recorded[named]}"))
+            continue
+        if event_key(event) not in event_keys:
+            report.warnings.append(f"{key}: the delete event of {ref} is not in the ledger yet (a delete was "
+                                   f"interrupted, or is running); casreg delete {ref} records it")
+        if named in held:
+            report.warnings.append(f"{ref} is deleted but an alias points at it (moved there while it was being "
+                                   "deleted); move the alias")
+            continue
+        dead.add(named)
+    return dead
 
 
 # -- file digests and version records ----------------------------------------------------------------
