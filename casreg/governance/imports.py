@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from casreg.errors import InvalidInputError
-from casreg.governance.lifecycle import _held_by, _refusal, _version_of, evaluate
+from casreg.governance.lifecycle import evaluate, gate_refusal, held_by, version_of
 from casreg.governance.state import archived_versions, check_stage_name, policy_for
 from casreg.ledger.events import EventSink, record_event
 from casreg.ledger.history import read_events
@@ -104,7 +104,7 @@ def import_move(store: ObjectStore, name: str, alias: str, ref: str | int | None
     if seen is not None:
         confirm_event(store, seen)
     current = seen.to_version if seen is not None and seen.to_digest is not None else None
-    target = _version_of(store, name, ref) if ref is not None else None
+    target = version_of(store, name, ref) if ref is not None else None
     number = target.version if target is not None else None
     if number == current:
         return ImportedMove(name, alias, number, "unchanged")
@@ -117,7 +117,7 @@ def import_move(store: ObjectStore, name: str, alias: str, ref: str | int | None
         checks = evaluate(store, policy, target, alias, lambda: read_events(store, name))
         failed = [c for c in checks if not c.passed]
         if failed and not bypass_gates:
-            return ImportedMove(name, alias, number, "refused", str(_refusal(target, alias, checks, policy)))
+            return ImportedMove(name, alias, number, "refused", str(gate_refusal(target, alias, checks, policy)))
         if failed:
             details[IMPORT_DETAIL]["bypassed_gates"] = [c.rule for c in failed]
         if policy.version:
@@ -136,10 +136,10 @@ def import_archive(store: ObjectStore, name: str, ref: str | int, *, notify: Eve
     ``time`` in another registry: needs the ``archive`` permission; ``refused`` while an
     alias holds the version, ``unchanged`` if it is archived already."""
     validate_name(name)
-    version = _version_of(store, name, ref)
+    version = version_of(store, name, ref)
     policy_for(store, name).require_permission(current_author(), "archive", None, what=f"archiving {version.ref}")
     moves = read_pointer_events(store, name)
-    holding = _held_by(store, name, version.version, moves=moves)
+    holding = held_by(store, name, version.version, moves=moves)
     if holding:
         return ImportedMove(name, None, version.version, "refused",
                             f"{version.ref} is at {', '.join(f'{name}@{a}' for a in holding)}; not archived")

@@ -67,6 +67,9 @@ from casreg.storage import ObjectStore
 
 __all__ = [
     "Promotion",
+    "version_of",
+    "held_by",
+    "gate_refusal",
     "promote",
     "archive",
     "rollback",
@@ -107,7 +110,7 @@ class Promotion:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _version_of(store: ObjectStore, name: str, ref: str | int) -> Version:
+def version_of(store: ObjectStore, name: str, ref: str | int) -> Version:
     """The record of a version of ``name`` (a number, reference or digest)."""
     target = resolve_in_model(store, name, ref)
     assert target.version is not None
@@ -128,8 +131,8 @@ def clean_annotations(annotations: Mapping[str, Any] | None) -> dict[str, str]:
     return out
 
 
-def _held_by(store: ObjectStore, name: str, version: int, *, besides: str | None = None,
-             moves: list[AliasEvent] | None = None) -> list[str]:
+def held_by(store: ObjectStore, name: str, version: int, *, besides: str | None = None,
+            moves: list[AliasEvent] | None = None) -> list[str]:
     """The aliases of ``name`` (but ``besides``) that point at ``version``; "is it
     deployed?" is answered only by pointers the ledger agrees with (each is confirmed)."""
     if moves is None:
@@ -188,7 +191,8 @@ def evaluate(store: ObjectStore, policy: Policy, version: Version, stage: str,
     return results
 
 
-def _refusal(version: Version, stage: str, checks: list[GateResult], policy: Policy) -> PolicyError:
+def gate_refusal(version: Version, stage: str, checks: list[GateResult], policy: Policy) -> PolicyError:
+    """The error refusing ``version``'s move to ``stage`` that names every failed gate."""
     failed = [c for c in checks if not c.passed]
     text = "; ".join(f"rule '{c.rule}' failed: {c.detail}" for c in failed)
     return PolicyError(f"promotion of {version.ref} to {stage} refused by policy version {policy.version}: {text}")
@@ -205,10 +209,10 @@ def promote(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify
         if dry_run or annotations:
             raise InvalidInputError("archived is a state, not an alias: archive the version instead")
         archive(store, name, ref, notify=notify, reason=reason)
-        v = _version_of(store, name, ref)
+        v = version_of(store, name, ref)
         return Promotion(name, stage, v.version, v.digest, (), None, None, v.version)
     notes = clean_annotations(annotations)
-    version = _version_of(store, name, ref)
+    version = version_of(store, name, ref)
     user = current_author()
     policy = policy_for(store, name)
     if kind == "promote":
@@ -228,13 +232,13 @@ def promote(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify
     checks = evaluate(store, policy, version, stage, lambda: read_events(store, name))
     archive_previous = (stage == "production" and kind == "promote" and not keep_previous
                         and current_version is not None and current_version != version.version
-                        and not _held_by(store, name, current_version, besides=stage))
+                        and not held_by(store, name, current_version, besides=stage))
     archived = current_version if archive_previous else None
     if dry_run:
         return Promotion(name, stage, version.version, version.digest, tuple(checks), None, current_version,
                          archived, dry_run=True)
     if not all(c.passed for c in checks):
-        raise _refusal(version, stage, checks, policy)
+        raise gate_refusal(version, stage, checks, policy)
     if kind == "promote" and current_version == version.version and seen is not None and not notes:
         return Promotion(name, stage, version.version, version.digest, tuple(checks), None, current_version,
                          None, changed=False)
@@ -275,7 +279,7 @@ def rollback(store: ObjectStore, name: str, alias: str, *, notify: EventSink, re
     details: dict[str, Any] = {"undoes": last.event_id}
     leaving = last.to_version if last.to_digest is not None else None
     if (alias == "production" and not keep_previous and leaving is not None and leaving != last.from_version
-            and not _held_by(store, name, leaving, besides=alias)):
+            and not held_by(store, name, leaving, besides=alias)):
         details["archived"] = {"version": leaving, "digest": last.to_digest}
     event = move_alias(store, name, alias, (last.from_digest, last.from_version), reason=reason,
                        kind="rollback", details=details, seen=last)
@@ -288,10 +292,10 @@ def archive(store: ObjectStore, name: str, ref: str | int, *, notify: EventSink,
     """Mark a version archived (kept, listed under ``--stage archived``); refused while an
     alias points at it, so nothing serving it loses its model."""
     validate_name(name)
-    version = _version_of(store, name, ref)
+    version = version_of(store, name, ref)
     policy_for(store, name).require_permission(current_author(), "archive", None, what=f"archiving {version.ref}")
     moves = read_pointer_events(store, name)  # each alias's last move: read once, used twice
-    holding = _held_by(store, name, version.version, moves=moves)
+    holding = held_by(store, name, version.version, moves=moves)
     if holding:
         raise InvalidInputError(f"{version.ref} is at {', '.join(f'{name}@{a}' for a in holding)}; "
                                 "move or remove those aliases first, then archive it")
@@ -311,7 +315,7 @@ def decide(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify:
     validate_alias(stage)  # the grammar now; typos and the policy's alias list once the policy is read
     if stage == "archived":
         raise InvalidInputError("archiving takes no approvals; approve for staging, production or an alias")
-    version = _version_of(store, name, ref)
+    version = version_of(store, name, ref)
     user = current_author()
     policy = policy_for(store, name)
     check_stage_name(stage, policy)
