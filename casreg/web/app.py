@@ -64,7 +64,7 @@ MAX_FILES_SHOWN = 1000
 #: The event kinds that move an alias (docs/lifecycle.md).
 POINTER_KINDS = ("alias.set", "alias.remove", "promote", "rollback")
 EVENT_KINDS = ("push", "alias.set", "alias.remove", "promote", "rollback", "archive", "approve", "reject",
-               "policy.set", "hooks.set", "hook.failed")
+               "policy.set", "hooks.set", "hook.failed", "delete")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS = [
