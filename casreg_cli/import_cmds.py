@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -55,11 +54,11 @@ def mlflow(
 
 
 def _allow_numpy() -> None:
-    """Lift the CLI's numpy/pandas block (casreg_cli/main.py, a start-up saving): MLflow
+    """Lift the CLI's numpy/pandas gate (casreg_cli/imports.py, a start-up saving): MLflow
     imports numpy, and an import is not a command whose start-up matters."""
-    from casreg_cli.main import _WithoutNumpy
+    from casreg_cli.imports import allow_all
 
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _WithoutNumpy)]
+    allow_all()
 
 
 def _version_line(out: Output, v: ImportedVersion) -> None:

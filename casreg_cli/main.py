@@ -490,28 +490,12 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
-class _WithoutNumpy:
-    """An import hook that makes ``import numpy`` and ``import pandas`` fail in the CLI
-    process. pyarrow imports both when they are installed (numpy with ``pyarrow.lib``,
-    pandas on its first conversion of Python values) and treats an ImportError as "not
-    installed"; no casreg command needs either. Measured on a 512 MiB push here: pandas
-    cost 0.3 to 0.5 s, numpy 65 ms of start-up plus ~0.1 s of CPU that OpenBLAS's idle
-    worker threads spend spinning while casreg's own threads need both cores."""
-
-    BLOCKED = ("numpy", "pandas")
-
-    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
-        if name.partition(".")[0] in self.BLOCKED:
-            raise ImportError(f"the casreg CLI does not load {name}")
-        return None
-
-
 def main() -> None:
+    from casreg_cli.imports import install as install_numpy_gate
     from casreg_cli.malloc import reuse_large_buffers
 
     reuse_large_buffers()  # chunk-sized buffers reused, not page-faulted in afresh (casreg_cli/malloc.py)
-    if not any(m in sys.modules for m in _WithoutNumpy.BLOCKED):
-        sys.meta_path.insert(0, _WithoutNumpy())
+    install_numpy_gate()  # numpy only where casreg needs it, pandas never (casreg_cli/imports.py)
     sys.exit(run())
 
 

@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import struct
 import threading
+from typing import TYPE_CHECKING
 
-import numpy as np
 import zstandard
 
 from casreg.errors import IntegrityError
+
+if TYPE_CHECKING:  # numpy is imported when a chunk is coded: commands that code none never load it
+    import numpy as np
 
 __all__ = ["WIDTHS", "MIN_ELEMENTS", "encode_planes", "decode_planes_into"]
 
@@ -75,8 +78,8 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
-def _uint(width: int) -> np.dtype[np.unsignedinteger]:
-    return np.dtype("<u2") if width == 2 else np.dtype("<u4")
+def _uint(width: int) -> str:
+    return "<u2" if width == 2 else "<u4"
 
 
 def _code_plane(plane: np.ndarray, exponent: bool) -> tuple[int, bytes | memoryview]:
@@ -100,6 +103,8 @@ def encode_planes(raw: bytes | memoryview, width: int, head: int) -> bytes | Non
     n = (len(raw) - head) // width
     if n < MIN_ELEMENTS:
         return None
+    import numpy as np
+
     tail = len(raw) - head - n * width
     view = memoryview(raw).cast("B")
     elements = np.frombuffer(view, np.uint8, n * width, head).view(_uint(width))
@@ -128,6 +133,8 @@ def decode_planes_into(stored: bytes | memoryview, out: memoryview) -> None:
         raise IntegrityError(f"planes payload header (width {width}, head {head}, tail {tail}) does not fit a "
                              f"{size}-byte chunk")
     n = (size - head - tail) // width
+    import numpy as np
+
     pos = _HEADER.size
     if len(payload) < pos + head + tail:
         raise IntegrityError("planes payload is truncated")
@@ -162,6 +169,7 @@ def decode_planes_into(stored: bytes | memoryview, out: memoryview) -> None:
 
 
 def _unzstd(data: memoryview, n: int, i: int) -> bytes:
+    """Plane ``i``'s zstd frame decoded: exactly ``n`` bytes, or :class:`IntegrityError`."""
     try:
         if zstandard.frame_content_size(data) != n:
             raise IntegrityError(f"planes payload: plane {i}'s zstd frame does not hold {n} bytes")

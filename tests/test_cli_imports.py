@@ -1,0 +1,66 @@
+"""The CLI process loads numpy only where casreg's own code needs it (the planes codec of a
+push or pull of tensor data) and pandas never (casreg_cli/imports.py): each costs start-up
+time that pyarrow would otherwise make every command pay."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def run_traced(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """``casreg ARGS`` in a new interpreter (the real entry point, ``main()``), with the
+    packages it loaded: those whose submodules were imported (``-X importtime`` also lists
+    a refused attempt at a top-level name, which loads nothing)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "casreg_cli.main", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+    names = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    return proc, {name.partition(".")[0] for name in names if "." in name}
+
+
+def test_numpy_only_for_tensor_data_and_pandas_never(tmp_path: Path) -> None:
+    weights = (np.random.default_rng(0).normal(0, 0.02, 200_000).astype("<f4").view("<u4") >> 16).astype("<u2")
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [200_000], "data_offsets": [0, weights.nbytes]}}).encode()
+    header += b" " * (-len(header) % 8)
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(struct.pack("<Q", len(header)) + header + weights.tobytes())
+    env = {**os.environ, "CASREG_REGISTRY": str(tmp_path / "reg"), "CASREG_USER": "ci@example.test"}
+    proc, modules = run_traced(["push", "m", str(model)], env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "numpy" in modules and "pandas" not in modules  # the planes codec coded the weights
+    proc, modules = run_traced(["ls", "m", "--json"], env)
+    assert proc.returncode == 0 and json.loads(proc.stdout)[0]["version"] == 1
+    assert "numpy" not in modules and "pandas" not in modules  # pyarrow read the ledger without them
+    out = tmp_path / "back.safetensors"
+    proc, modules = run_traced(["pull", "m", str(out)], env)
+    assert proc.returncode == 0 and out.read_bytes() == model.read_bytes()
+    assert "numpy" in modules and "pandas" not in modules
+
+
+def test_the_gate_refuses_numpy_to_others_and_pandas_to_all() -> None:
+    from casreg_cli.imports import NumpyGate
+
+    gate = NumpyGate()
+    namespace = {"__name__": "pyarrow.lib"}
+    exec("def ask(name):\n    return gate.find_spec(name)", {**namespace, "gate": gate}, namespace)
+    for name in ("numpy", "numpy.core", "pandas"):
+        try:
+            namespace["ask"](name)  # type: ignore[operator]
+        except ImportError:
+            continue
+        raise AssertionError(f"{name} was let through for pyarrow")
+    mine = {"__name__": "casreg.content.planes"}
+    exec("def ask(name):\n    return gate.find_spec(name)", {**mine, "gate": gate}, mine)
+    assert mine["ask"]("numpy") is None  # type: ignore[operator]
+    try:
+        mine["ask"]("pandas")  # type: ignore[operator]
+    except ImportError:
+        pass
+    else:
+        raise AssertionError("pandas was let through")
