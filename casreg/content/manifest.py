@@ -22,7 +22,6 @@ from __future__ import annotations
 import gc
 import json
 import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -92,6 +91,12 @@ def seal_manifest(json_bytes: bytes) -> bytes:
     return frame + blake3(frame).digest()
 
 
+_DRIVE = re.compile(r"[A-Za-z]:")
+#: Unicode category Cc (control characters) is exactly these code points: a regular
+#: expression finds them in a path ~20x faster than asking unicodedata per character.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def validate_relpath(path: str) -> str:
     """Refuse any path that could escape a destination directory or is not portable
     enough to be a registry entry: absolute paths, ``.``/``..``/empty components,
@@ -99,11 +104,11 @@ def validate_relpath(path: str) -> str:
     bytes or :data:`MAX_PATH_DEPTH` components."""
     if not isinstance(path, str) or not path:
         raise UnsafePathError("manifest entry has an empty path")
-    if path.startswith("/") or re.match(r"[A-Za-z]:", path):  # also Windows drive syntax
+    if path.startswith("/") or _DRIVE.match(path):  # also Windows drive syntax
         raise UnsafePathError(f"unsafe path {path!r}: absolute paths are not allowed")
     if "\\" in path:
         raise UnsafePathError(f"unsafe path {path!r}: backslashes are not allowed")
-    if any(unicodedata.category(c) == "Cc" for c in path):
+    if _CONTROL.search(path):
         raise UnsafePathError(f"unsafe path {path!r}: control characters are not allowed")
     depth = path.count("/") + 1
     if depth > MAX_PATH_DEPTH:

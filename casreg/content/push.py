@@ -221,6 +221,7 @@ class _Pusher:
         # position, offset and size in the file) in case it fails.
         self.checks: dict[str, Future[str | None]] = {}
         self.deduped: list[tuple[_FileChunks, int, int, int]] = []
+        self.file_digests: list[tuple[Entry, Future[bytes]]] = []  # each file's BLAKE3, being taken
         self.block = max(BLOCK_SIZE, 2 * params.max_size)  # read per block, beside up to max_size carried
         self.buffers = _ReadBuffers(READ_BUFFERS, params.max_size + self.block, self._drain_one)
         self.stats = PushStats()
@@ -414,8 +415,11 @@ class _Pusher:
         if size != f.size or st.st_size != size or st.st_mtime_ns != f.mtime_ns:
             raise InvalidInputError(f"{f.abspath} changed while it was being pushed; push again when it is stable")
         self.stats.size += size
-        digest = self.ordered.submit(hasher.digest).result()  # after every update of this file
-        return Entry(f.relpath, "x" if f.executable else "f", size, digest, chunks.refs)  # type: ignore[arg-type]
+        entry = Entry(f.relpath, "x" if f.executable else "f", size, b"", chunks.refs)  # type: ignore[arg-type]
+        # The digest is taken on the ordered thread after every update of this file; the
+        # next file starts meanwhile (waiting here stalled pushes of many small files).
+        self.file_digests.append((entry, self.ordered.submit(hasher.digest)))
+        return entry
 
     def finish(self, entries: list[Entry]) -> None:
         while self.inflight:
@@ -424,6 +428,8 @@ class _Pusher:
         self._seal()
         while self.uploads:
             self.stats.stored_bytes += self.uploads.popleft().result()
+        for entry, digest in self.file_digests:
+            entry.digest = digest.result()
         for e in entries:
             pending: list[object] = list(e.chunks)  # ChunkRefs, and _Pending ones until now
             e.chunks = [c.resolve() if isinstance(c, _Pending) else c for c in pending]  # type: ignore[misc]
