@@ -22,6 +22,7 @@ keys through here; none spells a path itself.
 ``gc/condemned/<time>-<id>.json``               :func:`condemned_key`
 ``gc/rescued/<record>/<id>.json``               :func:`rescue_key`
 ``gc/sweeping/<record>/<run>.json``             :func:`sweeping_key`
+``signatures/<version>/<key>.sig.json``         :func:`signature_key`
 =============================================  =====================================
 
 Names in keys follow the grammar of :mod:`casreg.refs`; ``_registry``
@@ -49,6 +50,7 @@ __all__ = [
     "pointer_key", "parse_pointer_key", "policy_key", "parse_policy_key",
     "condemned_key", "parse_condemned_key", "rescue_key", "parse_rescue_key", "sweeping_key",
     "parse_sweeping_key",
+    "SIGNATURES", "signature_key", "parse_signature_key", "signatures_prefix",
 ]
 
 # -- top-level names (also the prefixes that list each kind) --------------------------------------
@@ -67,6 +69,7 @@ HOOKS_KEY: Final = "config/hooks.toml"
 GC_CONDEMNED: Final = "gc/condemned"
 GC_RESCUED: Final = "gc/rescued"
 GC_SWEEPING: Final = "gc/sweeping"
+SIGNATURES: Final = "signatures"
 #: The name registry-wide events are filed under (policy and hooks changes).
 REGISTRY_EVENTS: Final = "_registry"
 
@@ -331,4 +334,26 @@ def sweeping_key(record_id: str, run_id: str) -> str:
 
 def parse_sweeping_key(key: str) -> tuple[str, str] | None:
     m = _RE.sweeping.fullmatch(key)
+    return (m[1], m[2]) if m is not None else None
+
+
+# -- signatures of versions (docs/signing.md) -------------------------------------------------------------
+_RE.define('signature', r"signatures/([0-9a-f]{64})/([0-9a-f]{64})\.sig\.json")
+
+
+def signatures_prefix(version: str) -> str:
+    """``signatures/<hex>/``: the prefix that lists every signature of the version with
+    this digest (a :class:`Digest` or its hex)."""
+    return f"{SIGNATURES}/{_hex(version)}/"
+
+
+def signature_key(version: str, fingerprint: str) -> str:
+    """The signature of version ``version`` (its digest or hex) by the key whose
+    fingerprint (SHA-256 hex of its public key PEM) is ``fingerprint``; create-if-absent."""
+    return f"{signatures_prefix(version)}{_hex(fingerprint)}.sig.json"
+
+
+def parse_signature_key(key: str) -> tuple[str, str] | None:
+    """``(version hex, key fingerprint)`` of a signature object's key, else ``None``."""
+    m = _RE.signature.fullmatch(key)
     return (m[1], m[2]) if m is not None else None
