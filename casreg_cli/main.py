@@ -81,10 +81,10 @@ def push(
 
     def human(out: Output) -> None:
         out.line(f"pushed {v.ref}  {v.digest}")
-        if signed is not None:
-            out.line(f"  signed with key {signed.fingerprint[:16]}")
         out.line(f"  size {human_bytes(v.size)} in {plural(v.file_count, 'file')}, "
                  f"new bytes stored {human_bytes(v.stored_bytes)}, dedup {100 * v.dedup_ratio:.1f}%")
+        if signed is not None:
+            out.line(f"  signed with key {signed.fingerprint[:16]}")
         if alias:
             out.line(f"  {name}@{alias} -> {v.ref}")
 
@@ -213,7 +213,8 @@ def _show(out: Output, v: Version, files: list[FileInfo], aliases: list[str], st
     from casreg_cli.signing_cmds import describe
 
     for c in signatures:
-        out.line(f"  signed    by {describe(c)}")
+        why = "its key is not in the policy's [keys]; casreg verify-signature --key checks it"
+        out.line(f"  signed    by {describe(c, why)}")
     out.line("  files")
     for f in files:
         kind = "dir " if f.type == "d" else ("exec" if f.type == "x" else "    ")

@@ -54,18 +54,22 @@ def sign(
     """Sign a version with your private key: stores a model_signing bundle the pulled version
     verifies against (docs/signing.md)."""
     check = cli.registry().sign(ref, key)
-    cli.emit(check.to_dict() | {"ref": ref},
-             lambda out: out.line(f"signed {ref} with key {check.fingerprint[:16]}"
-                                  + (f" ({check.detail})" if check.detail else "") + f"\n  {check.key}"))
+
+    def human(out: Output) -> None:
+        out.line(f"signed {ref} with key {check.fingerprint[:16]}" + (f" ({check.detail})" if check.detail else ""))
+        out.line(f"  {check.key}")
+
+    cli.emit(check.to_dict() | {"ref": ref}, human)
 
 
-def describe(c: SignatureCheck) -> str:
-    """One line about one signature, for ``verify-signature`` and ``show``."""
+def describe(c: SignatureCheck, unknown: str = "no public key with this fingerprint was given") -> str:
+    """One line about one signature, for ``verify-signature`` and ``show``; ``unknown``
+    says why a signature by a key not given was not checked."""
     who = f"{c.signer} ({c.fingerprint[:16]})" if c.signer else c.fingerprint[:16]
     if c.status == "verified":
         return f"{who}: verified"
     if c.status == "unknown key":
-        return f"{who}: not checked (no public key with this fingerprint was given)"
+        return f"{who}: not checked ({unknown})"
     return f"{who}: INVALID: {c.detail}"
 
 
