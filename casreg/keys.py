@@ -23,6 +23,7 @@ keys through here; none spells a path itself.
 ``gc/rescued/<record>/<id>.json``               :func:`rescue_key`
 ``gc/sweeping/<record>/<run>.json``             :func:`sweeping_key`
 ``tombstones/<name>/<N:010d>.json``             :func:`tombstone_key`
+``signatures/<version>/<key>.sig.json``         :func:`signature_key`
 =============================================  =====================================
 
 Names in keys follow the grammar of :mod:`casreg.refs`; ``_registry``
@@ -50,6 +51,8 @@ __all__ = [
     "pointer_key", "parse_pointer_key", "policy_key", "parse_policy_key",
     "condemned_key", "parse_condemned_key", "rescue_key", "parse_rescue_key", "sweeping_key",
     "parse_sweeping_key", "TOMBSTONES", "tombstone_key", "parse_tombstone_key",
+    "parse_sweeping_key",
+    "SIGNATURES", "signature_key", "parse_signature_key", "signatures_prefix",
 ]
 
 # -- top-level names (also the prefixes that list each kind) --------------------------------------
@@ -69,6 +72,7 @@ GC_CONDEMNED: Final = "gc/condemned"
 GC_RESCUED: Final = "gc/rescued"
 GC_SWEEPING: Final = "gc/sweeping"
 TOMBSTONES: Final = "tombstones"
+SIGNATURES: Final = "signatures"
 #: The name registry-wide events are filed under (policy and hooks changes).
 REGISTRY_EVENTS: Final = "_registry"
 
@@ -349,3 +353,23 @@ def tombstone_key(name: str, number: int) -> str:
 def parse_tombstone_key(key: str) -> tuple[str, int] | None:
     m = _RE.tombstone.fullmatch(key)
     return (m[1], int(m[2])) if m is not None and int(m[2]) > 0 else None
+# -- signatures of versions (docs/signing.md) -------------------------------------------------------------
+_RE.define('signature', r"signatures/([0-9a-f]{64})/([0-9a-f]{64})\.sig\.json")
+
+
+def signatures_prefix(version: str) -> str:
+    """``signatures/<hex>/``: the prefix that lists every signature of the version with
+    this digest (a :class:`Digest` or its hex)."""
+    return f"{SIGNATURES}/{_hex(version)}/"
+
+
+def signature_key(version: str, fingerprint: str) -> str:
+    """The signature of version ``version`` (its digest or hex) by the key whose
+    fingerprint (SHA-256 hex of its public key PEM) is ``fingerprint``; create-if-absent."""
+    return f"{signatures_prefix(version)}{_hex(fingerprint)}.sig.json"
+
+
+def parse_signature_key(key: str) -> tuple[str, str] | None:
+    """``(version hex, key fingerprint)`` of a signature object's key, else ``None``."""
+    m = _RE.signature.fullmatch(key)
+    return (m[1], m[2]) if m is not None else None

@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from casreg.governance.lifecycle import Promotion
     from casreg.governance.policy import PolicyFile
     from casreg.governance.retention import Deletion, RetentionPlan
+    from casreg.governance.signatures import PublicKey
+    from casreg.governance.signing import SignatureCheck
     from casreg.governance.state import ListingState, VersionState
     from casreg.ledger.compact import CompactResult
     from casreg.ledger.sql import SqlResult
@@ -324,7 +326,8 @@ class Registry:
         return [read_version(self.store, n, latest[n]) for n in sorted(latest)]
 
     def pull(self, ref: str | Ref, dest: str | os.PathLike[str] | None = None, *, force: bool = False,
-             include: str | Iterable[str] | None = None, progress: Progress | None = None) -> PullResult:
+             include: str | Iterable[str] | None = None, progress: Progress | None = None,
+             require_signed_by: str | Sequence[str] | None = None) -> PullResult:
         """Write a version to ``dest`` (default: ``./<file name>`` for a file version,
         ``./<model name>`` for a directory), verified before it appears there. A ``dest``
         string ending in ``/`` names a directory to put that default name in (created if
@@ -334,7 +337,11 @@ class Registry:
         Part of a version: ``ref`` may be ``REF/path/inside`` (one file, written as
         ``./<its name>`` by default, or one directory), and ``include`` keeps only the
         files matching these patterns (``huggingface_hub``'s ``allow_patterns`` rules:
-        ``*.json``, ``tokenizer*``, ``1_Pooling/``; :mod:`casreg.content.select`)."""
+        ``*.json``, ``tokenizer*``, ``1_Pooling/``; :mod:`casreg.content.select`).
+
+        ``require_signed_by``: refuse, before writing anything, a version no key it names
+        signed (:meth:`require_signed`: PolicyError) or whose signature does not verify
+        (IntegrityError)."""
         from casreg.content.pull import materialize
         from casreg.content.select import select
 
@@ -344,6 +351,10 @@ class Registry:
             ref = str(head)
         resolved = self.resolve(ref)
         manifest = self.manifest(resolved)
+        if require_signed_by is not None:
+            from casreg.governance.signing import require_signed
+
+            require_signed(self.store, manifest, self.trusted_keys(require_signed_by), resolved.label)
         part = select(manifest, path=inner, include=include, where=f"casreg://{ref}")
         if dest is None or _names_directory(dest):
             if part.kind == "file":
@@ -661,6 +672,61 @@ class Registry:
         if name is not None:
             validate_name(name)
         return read_tombstones(self.store, name)
+
+    # -- signatures (docs/signing.md) ---------------------------------------------------------
+    def sign(self, ref: str | Ref, key_path: str | os.PathLike[str]) -> SignatureCheck:
+        """Sign version ``ref`` with the ECDSA private key in PEM file ``key_path`` and store
+        the signature (``signatures/<version>/<key fingerprint>.sig.json``, create-if-absent;
+        a key that already signed the version keeps its signature). The signature is a
+        model_signing bundle: the pulled version verifies with ``model_signing verify key``."""
+        from casreg.governance.signing import sign_version
+
+        resolved = self.resolve(ref)
+        label = resolved.label if resolved.name is not None else None
+        return sign_version(self.store, self.manifest(resolved), name=resolved.name or resolved.hexdigest[:12],
+                            ref=label, private_key=key_path)
+
+    def trusted_keys(self, signed_by: str | Sequence[str] | None = None) -> list[PublicKey]:
+        """The public keys ``signed_by`` names (public key files, names in the policy's
+        ``[keys]``, or roles matching key names); ``None``: every key of the policy."""
+        from casreg.governance.signing import policy_keys, trusted_keys
+
+        policy = self.policy()
+        keys = policy_keys(policy.doc) if policy is not None else {}
+        if signed_by is None:
+            return [k for ks in keys.values() for k in ks]
+        words = [signed_by] if isinstance(signed_by, str) else list(signed_by)
+        roles = dict(policy.for_model(None).roles) if policy is not None else {}
+        return trusted_keys(words, keys, roles)
+
+    def signatures(self, ref: str | Ref, signed_by: str | Sequence[str] | None = None) -> list[SignatureCheck]:
+        """Every signature of version ``ref``, each checked against the keys ``signed_by``
+        names (:meth:`trusted_keys`; ``None``: the policy's keys): ``verified``,
+        ``invalid`` (forged, damaged or made for other contents) or ``unknown key``."""
+        from casreg.governance.signing import check_signatures
+
+        keys = self.trusted_keys(signed_by)
+        return check_signatures(self.store, self.manifest(ref), keys)
+
+    def require_signed(self, ref: str | Ref | Resolved, signed_by: str | Sequence[str]) -> SignatureCheck:
+        """The verified signature of ``ref`` by one of the keys ``signed_by`` names;
+        :class:`~casreg.errors.PolicyError` if none of them signed it,
+        :class:`~casreg.errors.IntegrityError` if their signature does not verify."""
+        from casreg.governance.signing import require_signed
+
+        resolved = ref if isinstance(ref, Resolved) else self.resolve(ref)
+        return require_signed(self.store, self.manifest(resolved), self.trusted_keys(signed_by), resolved.label)
+
+    def signature_bundle(self, ref: str | Ref, signed_by: str | Sequence[str]) -> bytes:
+        """The stored signature of ``ref`` by one of the keys ``signed_by`` names (as
+        :meth:`require_signed`), checked: the bytes ``model_signing`` verifies with."""
+        from casreg.governance.signing import require_signed, signature_bundle
+
+        keys = self.trusted_keys(signed_by)
+        resolved = self.resolve(ref)
+        manifest = self.manifest(resolved)
+        check = require_signed(self.store, manifest, keys, resolved.label)
+        return signature_bundle(self.store, manifest, next(k for k in keys if k.fingerprint == check.fingerprint))
 
     # -- maintenance: verify and gc (casreg/maintenance/, docs/gc.md) ------------------------
     def verify(self, ref: str | Ref | None = None, progress: Progress | None = None, *,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 if TYPE_CHECKING:
+    from casreg.governance.signing import SignatureCheck
     from casreg.governance.state import VersionState
 
 from casreg import AliasEvent, AliasPointer, CasregError, FileInfo, IntegrityError, PullResult, Version
@@ -62,22 +63,33 @@ def push(
         "--check-writes/--no-check-writes",
         help="Decode and re-hash every new chunk before it is stored (the default; costs CPU, see "
              "docs/benchmarks.md).")] = True,
+    sign: Annotated[Optional[str], typer.Option(
+        "--sign", help="Sign the new version with this private key PEM file (docs/signing.md).")] = None,
 ) -> None:
     """Store a model file or directory as the next version of NAME."""
-    v = cli.registry(zstd_level=level, check_writes=check_writes).push(
+    if sign is not None:
+        from casreg.governance.signatures import read_private_key
+
+        read_private_key(sign)  # a bad key file fails before anything is stored
+    reg = cli.registry(zstd_level=level, check_writes=check_writes)
+    v = reg.push(
         name, path, metrics=pairs("metric", metric), params=pairs("param", param), tags=pairs("tag", tag),
         framework=framework, description=description, alias=alias, parent=parent, run_id=run_id,
         dataset=dataset, progress=cli.out.progress(),
     )
+    signed = reg.sign(v.ref, sign) if sign is not None else None
 
     def human(out: Output) -> None:
         out.line(f"pushed {v.ref}  {v.digest}")
         out.line(f"  size {human_bytes(v.size)} in {plural(v.file_count, 'file')}, "
                  f"new bytes stored {human_bytes(v.stored_bytes)}, dedup {100 * v.dedup_ratio:.1f}%")
+        if signed is not None:
+            out.line(f"  signed with key {signed.fingerprint[:16]}")
         if alias:
             out.line(f"  {name}@{alias} -> {v.ref}")
 
-    cli.emit(v.to_dict() | {"dedup_ratio": round(v.dedup_ratio, 6)}, human)
+    cli.emit(v.to_dict() | {"dedup_ratio": round(v.dedup_ratio, 6)}
+             | ({"signature": signed.to_dict()} if signed is not None else {}), human)
 
 
 @command(app, example='casreg pull minilm@production serving/ --include "*.json" --include "*.safetensors"')
@@ -91,9 +103,13 @@ def pull(
     include: Annotated[Optional[list[str]], typer.Option(
         "--include", "-i", help="Only the files matching this pattern (repeatable; * also matches /; "
                                 "DIR/ means everything below DIR).")] = None,
+    require_signed_by: Annotated[Optional[list[str]], typer.Option(
+        "--require-signed-by", help="Refuse a version not signed (validly) by this public key file, or key "
+                                    "name or role of the policy's [keys]; repeatable: any one of them.")] = None,
 ) -> None:
     """Write a version (or part of it) to DEST, verified byte for byte before it appears."""
-    res = cli.registry().pull(ref, dest, force=force, include=include, progress=cli.out.progress())
+    res = cli.registry().pull(ref, dest, force=force, include=include, progress=cli.out.progress(),
+                              require_signed_by=require_signed_by or None)
     cli.emit(res.to_dict(), lambda out: _pulled(out, res))
 
 
@@ -163,11 +179,14 @@ def show(cli: Cli, ref: RefArg) -> None:
         raise IntegrityError(why)
     aliases = [p.alias for p in pointers]
     state = reg.state(v)
-    cli.emit(v.to_dict() | {"aliases": aliases, "lifecycle": state.to_dict(), "files": [asdict(f) for f in files]},
-             lambda out: _show(out, v, files, aliases, state))
+    signatures = reg.signatures(v.digest)
+    cli.emit(v.to_dict() | {"aliases": aliases, "lifecycle": state.to_dict(), "files": [asdict(f) for f in files],
+                            "signatures": [c.to_dict() for c in signatures]},
+             lambda out: _show(out, v, files, aliases, state, signatures))
 
 
-def _show(out: Output, v: Version, files: list[FileInfo], aliases: list[str], state: VersionState) -> None:
+def _show(out: Output, v: Version, files: list[FileInfo], aliases: list[str], state: VersionState,
+          signatures: list[SignatureCheck]) -> None:
     out.line(f"{v.ref}  {v.digest}")
     out.line(f"  created   {v.created_at.isoformat(timespec='seconds')} by {v.author}")
     out.line(f"  size      {human_bytes(v.size)} in {plural(v.file_count, 'file')} ({v.kind}); "
@@ -191,6 +210,11 @@ def _show(out: Output, v: Version, files: list[FileInfo], aliases: list[str], st
     for label, table in (("approved", state.approvals), ("rejected", state.rejections)):
         for stage, authors in table.items():
             out.line(f"  {label:<9} for {stage} by {', '.join(authors)}")
+    from casreg_cli.signing_cmds import describe
+
+    for c in signatures:
+        why = "its key is not in the policy's [keys]; casreg verify-signature --key checks it"
+        out.line(f"  signed    by {describe(c, why)}")
     out.line("  files")
     for f in files:
         kind = "dir " if f.type == "d" else ("exec" if f.type == "x" else "    ")
@@ -380,6 +404,7 @@ import casreg_cli.ledger_cmds  # noqa: E402,F401  (compact)
 import casreg_cli.lifecycle_cmds  # noqa: E402,F401  (promote, archive, rollback, approve, reject, log, diff, policy)
 import casreg_cli.ops  # noqa: E402,F401  (verify, gc)
 import casreg_cli.retention_cmds  # noqa: E402,F401  (delete, retain)
+import casreg_cli.signing_cmds  # noqa: E402,F401  (keys generate, sign, verify-signature)
 import casreg_cli.ui_cmds  # noqa: E402,F401  (ui)
 import casreg_cli.watch_cmds  # noqa: E402,F401  (watch)
 

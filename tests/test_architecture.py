@@ -182,7 +182,7 @@ def test_a_violation_would_be_reported(layer: str) -> None:
 
 
 KEY_SPELLINGS = re.compile(r"""["'](?:packs|index|manifests|refs|pointers|ledger/versions|ledger/events|"""
-                           r"""ledger/compacted|policy/versions|gc/condemned|gc/rescued|gc/sweeping)/""")
+                           r"""ledger/compacted|policy/versions|gc/condemned|gc/rescued|gc/sweeping|signatures)/""")
 
 
 def test_store_keys_are_spelled_only_in_the_key_module() -> None:

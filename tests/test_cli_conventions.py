@@ -442,7 +442,7 @@ def test_ls_json_gives_archived_and_aliases(staged: Path, capsys: pytest.Capture
         (1, [], True), (2, ["production"], False), (3, ["staging"], False)]
     shown = json.loads(ok(capsys, "show", "m:2", "--json"))
     assert {k: v for k, v in rows[1].items() if k != "archived"} == {k: shown[k] for k in rows[1] if k != "archived"}
-    assert set(rows[1]) == {k for k in shown if k not in ("lifecycle", "files")} | {"archived"}
+    assert set(rows[1]) == {k for k in shown if k not in ("lifecycle", "files", "signatures")} | {"archived"}
     every = json.loads(ok(capsys, "ls", "--json"))
     assert [(r["name"], r["version"], r["aliases"], r["archived"]) for r in every] == [
         ("m", 3, ["staging"], False), ("o", 1, [], True)]

@@ -31,6 +31,8 @@ RETURNED = {
     "casreg.governance.diff": ["VersionDiff"],
     "casreg.governance.catalog": ["ModelSummary"],
     "casreg.governance.imports": ["ImportedMove"],
+    "casreg.governance.signing": ["SignatureCheck"],
+    "casreg.governance.signatures": ["PublicKey"],
     "casreg.maintenance.verify": ["VerifyReport", "Problem"],
     "casreg.maintenance.gc": ["GcReport", "GcObject", "GcRecordInfo"],
     "casreg.ledger.compact": ["CompactResult"],

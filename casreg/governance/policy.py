@@ -60,7 +60,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from casreg.digest import Digest
-from casreg.errors import ConflictError, IntegrityError, InvalidPolicyError, MissingMetadataError, PolicyError
+from casreg.errors import (
+    ConflictError,
+    IntegrityError,
+    InvalidInputError,
+    InvalidPolicyError,
+    MissingMetadataError,
+    PolicyError,
+)
 from casreg.governance.retention_rule import RetentionRule, parse_retention
 from casreg.keys import POLICIES, parse_policy_key, policy_key
 from casreg.ledger.pins import MAX_POLICY_BYTES, DamagedPolicyError, PolicyPin, latest_pin, pinned_bytes, policy_pins
@@ -407,11 +414,18 @@ def parse_policy(text: str) -> dict[str, Any]:
             msg = msg.replace("(at end of document)",
                               f"(at line {len(lines)}, column {len(lines[-1]) + 1}: end of document)")
         raise InvalidPolicyError(f"policy is not valid TOML: {msg}") from None
-    unknown = set(doc) - {"push", "gates", "roles", "permissions", "models", "aliases", "protect", "retention"}
+    unknown = set(doc) - {"push", "gates", "roles", "permissions", "models", "aliases", "protect", "retention", "keys"}
     if unknown:
         key = sorted(unknown)[0]
         raise InvalidPolicyError(f"policy: {_line_of(text, key)}unknown table {key!r} "
-                                 "(known: push, gates, roles, permissions, aliases, protect, retention, models)")
+                                 "(known: push, gates, roles, permissions, aliases, protect, retention, keys, models)")
+    if "keys" in doc:  # public keys of signers (docs/signing.md): parsed only when present
+        from casreg.governance.signing import policy_keys
+
+        try:
+            policy_keys(doc)
+        except InvalidInputError as err:
+            raise InvalidPolicyError(f"policy: {_line_of(text, 'keys')}{err}") from None
     try:
         _effective(doc, None, 0)
         models = doc.get("models") or {}
