@@ -13,7 +13,8 @@ from typing import TypeAlias
 from casreg.digest import Digest
 from casreg.errors import InvalidInputError
 
-__all__ = ["Lineage", "Version", "AliasPointer", "AliasEvent", "Event", "PullResult", "FileInfo", "JsonValue",
+__all__ = ["Lineage", "Hardware", "CodeInfo", "TensorSpec", "ModelSchema", "lineage_extras", "Version",
+           "AliasPointer", "AliasEvent", "Event", "PullResult", "FileInfo", "JsonValue",
            "clean_labels", "clean_metrics", "check_record_size", "utcnow", "MAX_TEXT", "MAX_RECORD_BYTES"]
 
 #: A value as JSON (and ``--json`` output) holds it: what SQL rows and ``to_dict`` give.
@@ -130,6 +131,57 @@ def _mapping(value: object, what: str) -> Mapping[str, object]:
 
 
 @dataclass(frozen=True, slots=True)
+class Hardware:
+    """What the model was trained on (docs/lineage.md): detected on the pushing machine
+    (``source="detected"``) or given (``source="given"``, ``text`` as given, e.g. ``8x H100``)."""
+
+    gpu_count: int | None = None
+    gpu_type: str | None = None
+    cpu_model: str | None = None
+    cpu_count: int | None = None
+    memory_bytes: int | None = None
+    cuda_visible_devices: str | None = None
+    source: str | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CodeInfo:
+    """The training code's git state. ``source``: ``code`` (``--code DIR``), ``given``
+    (``--git-commit`` alone) or ``model-path`` (the repository holding the pushed path:
+    the fallback). ``remote`` never carries credentials (stripped at push)."""
+
+    commit: str | None = None
+    branch: str | None = None
+    dirty: bool | None = None
+    remote: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One tensor of a safetensors file of the version, from its header."""
+
+    file: str
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSchema:
+    """The version's schema: its safetensors tensors (``digest``: BLAKE3 of all of them,
+    canonically; ``tensors`` may be cut short, then ``truncated``) and an explicit
+    input/output ``signature`` (JSON text: ``{"inputs": ..., "outputs": ...}``)."""
+
+    digest: str | None = None
+    tensor_count: int | None = None
+    truncated: bool | None = None
+    tensors: tuple[TensorSpec, ...] = ()
+    signature: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Lineage:
     git_commit: str | None = None
     git_dirty: bool | None = None
@@ -139,6 +191,78 @@ class Lineage:
     parent: Digest | None = None  # digest of the parent version
     run_id: str | None = None
     dataset: str | None = None  # digest or URI of the training data
+    # since issue 16 (records without them read as None / empty)
+    hardware: Hardware | None = None
+    code: CodeInfo | None = None
+    dependencies: dict[str, str] = field(default_factory=dict)  # distribution -> version or specifier
+    dependencies_source: str | None = None  # "environment" or "requirements:<file name>"
+    schema: ModelSchema | None = None
+    links: dict[str, str] = field(default_factory=dict)  # label -> http(s) URL
+
+
+def _opt_bool(value: object, what: str) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{what} is not a boolean")
+    return value
+
+
+def _str_map(value: object, what: str) -> dict[str, str]:
+    if isinstance(value, list):  # an Arrow map as to_pylist gives it: (key, item) pairs
+        value = dict(value)
+    return {k: str(_text(v, f"{what}.{k[:40]}")) for k, v in _mapping(value, what).items()}
+
+
+def lineage_extras(lin: Mapping[str, object]) -> dict[str, object]:
+    """The fields of :class:`Lineage` added in issue 16 (hardware, code, dependencies,
+    schema, links), read from a record's or an Arrow row's ``lineage`` and checked
+    (``ValueError`` naming the field); absent ones are None or empty."""
+    out: dict[str, object] = {"hardware": None, "code": None, "schema": None}
+    hw = lin.get("hardware")
+    if hw is not None:
+        h = _mapping(hw, "lineage.hardware")
+        out["hardware"] = Hardware(
+            gpu_count=_number(h.get("gpu_count"), "lineage.hardware.gpu_count", optional=True),
+            gpu_type=_text(h.get("gpu_type"), "lineage.hardware.gpu_type", optional=True),
+            cpu_model=_text(h.get("cpu_model"), "lineage.hardware.cpu_model", optional=True),
+            cpu_count=_number(h.get("cpu_count"), "lineage.hardware.cpu_count", optional=True),
+            memory_bytes=_number(h.get("memory_bytes"), "lineage.hardware.memory_bytes", optional=True),
+            cuda_visible_devices=_text(h.get("cuda_visible_devices"), "lineage.hardware.cuda_visible_devices",
+                                       optional=True),
+            source=_text(h.get("source"), "lineage.hardware.source", optional=True),
+            text=_text(h.get("text"), "lineage.hardware.text", optional=True))
+    code = lin.get("code")
+    if code is not None:
+        c = _mapping(code, "lineage.code")
+        out["code"] = CodeInfo(
+            commit=_text(c.get("commit"), "lineage.code.commit", optional=True),
+            branch=_text(c.get("branch"), "lineage.code.branch", optional=True),
+            dirty=_opt_bool(c.get("dirty"), "lineage.code.dirty"),
+            remote=_text(c.get("remote"), "lineage.code.remote", optional=True),
+            source=_text(c.get("source"), "lineage.code.source", optional=True))
+    out["dependencies"] = _str_map(lin.get("dependencies"), "lineage.dependencies")
+    out["dependencies_source"] = _text(lin.get("dependencies_source"), "lineage.dependencies_source", optional=True)
+    schema = lin.get("schema")
+    if schema is not None:
+        s = _mapping(schema, "lineage.schema")
+        tensors = []
+        raw = s.get("tensors") or []
+        if not isinstance(raw, (list, tuple)):
+            raise ValueError("lineage.schema.tensors is not a list")
+        for t in raw:
+            tm = _mapping(t, "lineage.schema.tensors[]")
+            shape = tm.get("shape") or []
+            if not isinstance(shape, (list, tuple)) or not all(type(d) is int and d >= 0 for d in shape):
+                raise ValueError("lineage.schema.tensors[].shape is not a list of sizes")
+            tensors.append(TensorSpec(str(_text(tm.get("file"), "lineage.schema.tensors[].file")),
+                                      str(_text(tm.get("name"), "lineage.schema.tensors[].name")),
+                                      str(_text(tm.get("dtype"), "lineage.schema.tensors[].dtype")), tuple(shape)))
+        out["schema"] = ModelSchema(
+            digest=_text(s.get("digest"), "lineage.schema.digest", optional=True),
+            tensor_count=_number(s.get("tensor_count"), "lineage.schema.tensor_count", optional=True),
+            truncated=_opt_bool(s.get("truncated"), "lineage.schema.truncated"), tensors=tuple(tensors),
+            signature=_text(s.get("signature"), "lineage.schema.signature", optional=True))
+    out["links"] = _str_map(lin.get("links"), "lineage.links")
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +319,7 @@ class Version:
             casreg_version=_text(lin.get("casreg_version"), "lineage.casreg_version", optional=True),
             parent=_digest(lin.get("parent"), "lineage.parent", optional=True),
             run_id=_text(lin.get("run_id"), "lineage.run_id", optional=True),
-            dataset=_text(lin.get("dataset"), "lineage.dataset", optional=True))
+            dataset=_text(lin.get("dataset"), "lineage.dataset", optional=True), **lineage_extras(lin))  # type: ignore[arg-type]  # checked there
         metrics: dict[str, float] = {}
         for k, v in _mapping(d.get("metrics"), "metrics").items():
             if type(v) not in (int, float):

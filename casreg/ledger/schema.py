@@ -16,7 +16,7 @@ from blake3 import blake3
 
 from casreg.digest import Digest
 from casreg.errors import IntegrityError
-from casreg.records import AliasEvent, Lineage, Version
+from casreg.records import AliasEvent, Lineage, Version, lineage_extras
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -51,6 +51,27 @@ def version_schema() -> pa.Schema:
             ("git_commit", pa.string()), ("git_dirty", pa.bool_()), ("hostname", pa.string()),
             ("python_version", pa.string()), ("casreg_version", pa.string()), ("parent", pa.string()),
             ("run_id", pa.string()), ("dataset", pa.string()),
+            # issue 16 (docs/lineage.md); absent from older files, read as nulls
+            ("hardware", pa.struct([
+                ("gpu_count", pa.int64()), ("gpu_type", pa.string()), ("cpu_model", pa.string()),
+                ("cpu_count", pa.int64()), ("memory_bytes", pa.int64()), ("cuda_visible_devices", pa.string()),
+                ("source", pa.string()), ("text", pa.string()),
+            ])),
+            ("code", pa.struct([
+                ("commit", pa.string()), ("branch", pa.string()), ("dirty", pa.bool_()), ("remote", pa.string()),
+                ("source", pa.string()),
+            ])),
+            ("dependencies", pa.map_(pa.string(), pa.string())),
+            ("dependencies_source", pa.string()),
+            ("schema", pa.struct([
+                ("digest", pa.string()), ("tensor_count", pa.int64()), ("truncated", pa.bool_()),
+                ("tensors", pa.list_(pa.struct([
+                    ("file", pa.string()), ("name", pa.string()), ("dtype", pa.string()),
+                    ("shape", pa.list_(pa.int64())),
+                ]))),
+                ("signature", pa.string()),
+            ])),
+            ("links", pa.map_(pa.string(), pa.string())),
         ])),
         ("files", pa.list_(pa.struct([
             ("path", pa.string()), ("type", pa.string()), ("size", pa.int64()), ("digest", pa.string()),
@@ -91,6 +112,10 @@ def version_row(v: Version, files: list[dict[str, Any]]) -> dict[str, Any]:
     d["created_at"] = v.created_at
     for k in ("metrics", "params", "tags"):
         d[k] = list(getattr(v, k).items())
+    lineage = dict(d["lineage"])
+    for k in ("dependencies", "links"):
+        lineage[k] = list(getattr(v.lineage, k).items())
+    d["lineage"] = lineage
     d["files"] = files
     return d
 
@@ -167,8 +192,22 @@ def versions_from_table(table: pa.Table) -> list[Version]:
     for i, p in enumerate(fields[parent]):
         if p is not None:
             fields[parent][i] = Digest(p)
-    lineages = [Lineage(**dict(zip(names, vals))) if ok else Lineage()
-                for ok, *vals in zip(lin.is_valid().to_pylist(), *fields)]
+    extra = [i for i, n in enumerate(names) if n in _LINEAGE_EXTRAS]
+    if extra:  # nested: built by the records' own rule, only for the rows that have any
+        valid = lin.is_valid().to_pylist()
+        having = sorted({i for j in extra for i, value in enumerate(fields[j]) if value and valid[i]})
+        for j in extra:
+            if names[j] in ("dependencies", "links"):
+                fields[j] = [{} for _ in fields[j]]  # maps: filled below where not empty
+        for i in having:
+            built = lineage_extras({names[j]: lin.field(j)[i].as_py() for j in extra})
+            for j in extra:
+                fields[j][i] = built[names[j]]
+    if tuple(names) == tuple(Lineage.__dataclass_fields__):  # positional: the fast way
+        lineages = [Lineage(*vals) if ok else Lineage() for ok, *vals in zip(lin.is_valid().to_pylist(), *fields)]
+    else:
+        lineages = [Lineage(**dict(zip(names, vals))) if ok else Lineage()
+                    for ok, *vals in zip(lin.is_valid().to_pylist(), *fields)]
     rows = zip(
         plain("name"), plain("version"), [Digest(d) for d in plain("digest")], plain("kind"), plain("size"),
         plain("stored_bytes"), plain("new_bytes"), plain("file_count"), plain("chunk_count"), times("created_at"),
@@ -279,6 +318,8 @@ def event_from_metadata(metadata: Mapping[str, str]) -> AliasEvent | None:
     return AliasEvent.from_dict(doc["event"])
 
 
+#: The lineage fields of issue 16: nested, built by :func:`casreg.records.lineage_extras`.
+_LINEAGE_EXTRAS = frozenset({"hardware", "code", "dependencies", "dependencies_source", "schema", "links"})
 #: Version columns a record cannot be without.
 _REQUIRED_VERSION = ("name", "version", "digest", "kind", "size", "created_at")
 #: Event columns an event cannot be without.

@@ -13,6 +13,9 @@ Views (documented in docs/FORMAT.md):
 - ``alias_history``: intervals: which version each alias pointed at from ``from_time`` to
   ``to_time`` (NULL while current).
 - ``lineage``: parent → child, from each push's ``--parent``.
+- ``dependencies``, ``links``, ``tensors``: one row per recorded dependency
+  (``package``, ``requirement``, ``source``), link (``link``, ``url``) and safetensors
+  tensor (``file``, ``tensor``, ``dtype``, ``shape``) of every version (docs/lineage.md).
 - ``version_state``: one row per version with its lifecycle state: ``archived``
   (BOOLEAN; ``archived_at``, ``archived_by``) and ``aliases`` (LIST of VARCHAR, the
   aliases at it now). A view of its own, not columns of ``versions``: it reads the events
@@ -97,6 +100,18 @@ CREATE VIEW version_state AS
   ) s ON s.name = v.name AND s.version = v.version AND s.rn = 1
   LEFT JOIN (SELECT name, version, list(alias ORDER BY alias) AS aliases FROM _aliases GROUP BY name, version) a
     ON a.name = v.name AND a.version = v.version;
+CREATE VIEW dependencies AS
+  SELECT name, version, digest, lineage.dependencies_source AS source, d.key AS package, d.value AS requirement
+  FROM (SELECT name, version, digest, lineage, unnest(map_entries(lineage.dependencies)) AS d FROM _versions
+        WHERE lineage.dependencies IS NOT NULL);
+CREATE VIEW links AS
+  SELECT name, version, digest, l.key AS link, l.value AS url
+  FROM (SELECT name, version, digest, unnest(map_entries(lineage.links)) AS l FROM _versions
+        WHERE lineage.links IS NOT NULL);
+CREATE VIEW tensors AS
+  SELECT name, version, digest, t.file AS file, t.name AS tensor, t.dtype AS dtype, t.shape AS shape
+  FROM (SELECT name, version, digest, unnest(lineage.schema.tensors) AS t FROM _versions
+        WHERE lineage.schema.tensors IS NOT NULL);
 CREATE VIEW lineage AS
   SELECT p.name AS parent_name, p.version AS parent_version, c.lineage.parent AS parent_digest,
          c.name AS child_name, c.version AS child_version, c.digest AS child_digest,
@@ -112,7 +127,7 @@ CREATE VIEW lineage AS
 
 #: The underlying tables, and the views that read each.
 _SOURCES = {
-    "_versions": ("versions", "files", "events", "lineage", "version_state"),
+    "_versions": ("versions", "files", "events", "lineage", "version_state", "dependencies", "links", "tensors"),
     "_events": ("events", "approvals", "alias_history", "version_state"),
     "_aliases": ("aliases", "version_state"),
 }
