@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TypeAlias
@@ -13,7 +13,8 @@ from typing import TypeAlias
 from casreg.digest import Digest
 from casreg.errors import InvalidInputError
 
-__all__ = ["Lineage", "Hardware", "CodeInfo", "TensorSpec", "ModelSchema", "lineage_extras", "Version",
+__all__ = ["Lineage", "Hardware", "CodeInfo", "TensorSpec", "ModelSchema", "lineage_extras", "lineage_field",
+           "Version",
            "AliasPointer", "AliasEvent", "Event", "PullResult", "FileInfo", "JsonValue",
            "clean_labels", "clean_metrics", "check_record_size", "utcnow", "MAX_TEXT", "MAX_RECORD_BYTES"]
 
@@ -207,62 +208,100 @@ def _opt_bool(value: object, what: str) -> bool | None:
 
 
 def _str_map(value: object, what: str) -> dict[str, str]:
-    if isinstance(value, list):  # an Arrow map as to_pylist gives it: (key, item) pairs
-        value = dict(value)
+    if isinstance(value, list):  # an Arrow map<string, string> as to_pylist gives it: (key, item) pairs
+        pairs = dict(value)
+        if all(type(k) is str for k in pairs) and all(type(v) is str for v in pairs.values()) \
+                and max(map(len, pairs.values()), default=0) <= _MAX_TEXT:
+            return pairs  # the common case, checked in bulk
+        value = pairs
     return {k: str(_text(v, f"{what}.{k[:40]}")) for k, v in _mapping(value, what).items()}
 
 
+def _json_object(text: str, what: str) -> object:
+    """A JSON object stored as text (a Parquet row's ``lineage.hardware``, ...)."""
+    if len(text) > MAX_RECORD_BYTES:
+        raise ValueError(f"{what} is too long")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply") from None
+
+
+def _hardware(value: object) -> Hardware | None:
+    if value is None:
+        return None
+    h = _mapping(value, "lineage.hardware")
+    return Hardware(
+        gpu_count=_number(h.get("gpu_count"), "lineage.hardware.gpu_count", optional=True),
+        gpu_type=_text(h.get("gpu_type"), "lineage.hardware.gpu_type", optional=True),
+        cpu_model=_text(h.get("cpu_model"), "lineage.hardware.cpu_model", optional=True),
+        cpu_count=_number(h.get("cpu_count"), "lineage.hardware.cpu_count", optional=True),
+        memory_bytes=_number(h.get("memory_bytes"), "lineage.hardware.memory_bytes", optional=True),
+        cuda_visible_devices=_text(h.get("cuda_visible_devices"), "lineage.hardware.cuda_visible_devices",
+                                   optional=True),
+        source=_text(h.get("source"), "lineage.hardware.source", optional=True),
+        text=_text(h.get("text"), "lineage.hardware.text", optional=True))
+
+
+def _code(value: object) -> CodeInfo | None:
+    if value is None:
+        return None
+    c = _mapping(value, "lineage.code")
+    return CodeInfo(
+        commit=_text(c.get("commit"), "lineage.code.commit", optional=True),
+        branch=_text(c.get("branch"), "lineage.code.branch", optional=True),
+        dirty=_opt_bool(c.get("dirty"), "lineage.code.dirty"),
+        remote=_text(c.get("remote"), "lineage.code.remote", optional=True),
+        source=_text(c.get("source"), "lineage.code.source", optional=True))
+
+
+def _schema(value: object) -> ModelSchema | None:
+    if value is None:
+        return None
+    s = _mapping(value, "lineage.schema")
+    tensors = []
+    raw = s.get("tensors") or []
+    if not isinstance(raw, (list, tuple)):
+        raise ValueError("lineage.schema.tensors is not a list")
+    for t in raw:
+        tm = _mapping(t, "lineage.schema.tensors[]")
+        shape = tm.get("shape") or []
+        if not isinstance(shape, (list, tuple)) or not all(type(d) is int and d >= 0 for d in shape):
+            raise ValueError("lineage.schema.tensors[].shape is not a list of sizes")
+        tensors.append(TensorSpec(str(_text(tm.get("file"), "lineage.schema.tensors[].file")),
+                                  str(_text(tm.get("name"), "lineage.schema.tensors[].name")),
+                                  str(_text(tm.get("dtype"), "lineage.schema.tensors[].dtype")), tuple(shape)))
+    return ModelSchema(
+        digest=_text(s.get("digest"), "lineage.schema.digest", optional=True),
+        tensor_count=_number(s.get("tensor_count"), "lineage.schema.tensor_count", optional=True),
+        truncated=_opt_bool(s.get("truncated"), "lineage.schema.truncated"), tensors=tuple(tensors),
+        signature=_text(s.get("signature"), "lineage.schema.signature", optional=True))
+
+
+_LINEAGE_FIELDS: dict[str, Callable[[object], object]] = {
+    "hardware": _hardware,
+    "code": _code,
+    "dependencies": lambda v: _str_map(v, "lineage.dependencies"),
+    "dependencies_source": lambda v: _text(v, "lineage.dependencies_source", optional=True),
+    "schema": _schema,
+    "links": lambda v: _str_map(v, "lineage.links"),
+}
+
+
+def lineage_field(name: str, value: object) -> object:
+    """One field of :class:`Lineage` added in issue 16 (``hardware``, ``code``,
+    ``dependencies``, ``dependencies_source``, ``schema``, ``links``) from its stored form:
+    an object (a record), JSON text of one (``hardware``, ``code``, ``schema`` in a Parquet
+    row), a mapping or (key, item) pairs (the maps); checked, ``ValueError`` naming the
+    field if it is not one; None or empty when absent."""
+    if isinstance(value, str) and name in ("hardware", "code", "schema"):
+        value = _json_object(value, f"lineage.{name}")
+    return _LINEAGE_FIELDS[name](value)
+
+
 def lineage_extras(lin: Mapping[str, object]) -> dict[str, object]:
-    """The fields of :class:`Lineage` added in issue 16 (hardware, code, dependencies,
-    schema, links), read from a record's or an Arrow row's ``lineage`` and checked
-    (``ValueError`` naming the field); absent ones are None or empty."""
-    out: dict[str, object] = {"hardware": None, "code": None, "schema": None}
-    hw = lin.get("hardware")
-    if hw is not None:
-        h = _mapping(hw, "lineage.hardware")
-        out["hardware"] = Hardware(
-            gpu_count=_number(h.get("gpu_count"), "lineage.hardware.gpu_count", optional=True),
-            gpu_type=_text(h.get("gpu_type"), "lineage.hardware.gpu_type", optional=True),
-            cpu_model=_text(h.get("cpu_model"), "lineage.hardware.cpu_model", optional=True),
-            cpu_count=_number(h.get("cpu_count"), "lineage.hardware.cpu_count", optional=True),
-            memory_bytes=_number(h.get("memory_bytes"), "lineage.hardware.memory_bytes", optional=True),
-            cuda_visible_devices=_text(h.get("cuda_visible_devices"), "lineage.hardware.cuda_visible_devices",
-                                       optional=True),
-            source=_text(h.get("source"), "lineage.hardware.source", optional=True),
-            text=_text(h.get("text"), "lineage.hardware.text", optional=True))
-    code = lin.get("code")
-    if code is not None:
-        c = _mapping(code, "lineage.code")
-        out["code"] = CodeInfo(
-            commit=_text(c.get("commit"), "lineage.code.commit", optional=True),
-            branch=_text(c.get("branch"), "lineage.code.branch", optional=True),
-            dirty=_opt_bool(c.get("dirty"), "lineage.code.dirty"),
-            remote=_text(c.get("remote"), "lineage.code.remote", optional=True),
-            source=_text(c.get("source"), "lineage.code.source", optional=True))
-    out["dependencies"] = _str_map(lin.get("dependencies"), "lineage.dependencies")
-    out["dependencies_source"] = _text(lin.get("dependencies_source"), "lineage.dependencies_source", optional=True)
-    schema = lin.get("schema")
-    if schema is not None:
-        s = _mapping(schema, "lineage.schema")
-        tensors = []
-        raw = s.get("tensors") or []
-        if not isinstance(raw, (list, tuple)):
-            raise ValueError("lineage.schema.tensors is not a list")
-        for t in raw:
-            tm = _mapping(t, "lineage.schema.tensors[]")
-            shape = tm.get("shape") or []
-            if not isinstance(shape, (list, tuple)) or not all(type(d) is int and d >= 0 for d in shape):
-                raise ValueError("lineage.schema.tensors[].shape is not a list of sizes")
-            tensors.append(TensorSpec(str(_text(tm.get("file"), "lineage.schema.tensors[].file")),
-                                      str(_text(tm.get("name"), "lineage.schema.tensors[].name")),
-                                      str(_text(tm.get("dtype"), "lineage.schema.tensors[].dtype")), tuple(shape)))
-        out["schema"] = ModelSchema(
-            digest=_text(s.get("digest"), "lineage.schema.digest", optional=True),
-            tensor_count=_number(s.get("tensor_count"), "lineage.schema.tensor_count", optional=True),
-            truncated=_opt_bool(s.get("truncated"), "lineage.schema.truncated"), tensors=tuple(tensors),
-            signature=_text(s.get("signature"), "lineage.schema.signature", optional=True))
-    out["links"] = _str_map(lin.get("links"), "lineage.links")
-    return out
+    """Every field :func:`lineage_field` reads, from a record's ``lineage``."""
+    return {name: lineage_field(name, lin.get(name)) for name in _LINEAGE_FIELDS}
 
 
 @dataclass(frozen=True, slots=True)

@@ -214,10 +214,7 @@ def _diff_lineage(out: Output, d: VersionDiff) -> None:
             out.line(f"  {'+' if was is None else '-' if now is None else '~'} {k:<28} "
                      f"{was if was is not None else '(none)'} -> {now if now is not None else '(none)'}")
     s = d.schema
-    if s.digests == (None, None) and not s.signature_changed:
-        return
-    if s.unchanged:
-        out.line("schema: unchanged")
+    if s.unchanged:  # nothing to say (--json says "unchanged": true)
         return
     out.line(f"schema: {len(s.added)} tensors added, {len(s.removed)} removed, {len(s.changed)} changed"
              + (", signature changed" if s.signature_changed else "")

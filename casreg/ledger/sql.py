@@ -3,7 +3,8 @@
 Views (documented in docs/FORMAT.md):
 
 - ``versions``: one row per version (maps ``metrics``, ``params``, ``tags``; struct
-  ``lineage``; list ``files``).
+  ``lineage``, its ``hardware``, ``code`` and ``schema`` parsed from the JSON text the
+  Parquet rows hold into structs; list ``files``).
 - ``files``: one row per file of every version.
 - ``events``: every push and recorded event (``kind``: ``push``, ``alias.set``,
   ``alias.remove``, ``promote``, ``rollback``, ``archive``, ``approve``, ``reject``,
@@ -58,7 +59,15 @@ __all__ = ["Snapshot", "SqlResult", "connect", "consistent_reads", "query", "que
            "snapshot_cached", "snapshot_query"]
 
 _VIEWS = """
-CREATE VIEW versions AS SELECT * FROM _versions;
+CREATE VIEW versions AS SELECT * REPLACE (struct_update(lineage,
+    hardware := from_json(lineage.hardware, '{"gpu_count": "BIGINT", "gpu_type": "VARCHAR", "cpu_model": "VARCHAR",
+      "cpu_count": "BIGINT", "memory_bytes": "BIGINT", "cuda_visible_devices": "VARCHAR", "source": "VARCHAR",
+      "text": "VARCHAR"}'),
+    code := from_json(lineage.code, '{"commit": "VARCHAR", "branch": "VARCHAR", "dirty": "BOOLEAN",
+      "remote": "VARCHAR", "source": "VARCHAR"}'),
+    schema := from_json(lineage.schema, '{"digest": "VARCHAR", "tensor_count": "BIGINT", "truncated": "BOOLEAN",
+      "tensors": [{"file": "VARCHAR", "name": "VARCHAR", "dtype": "VARCHAR", "shape": ["BIGINT"]}],
+      "signature": "VARCHAR"}')) AS lineage) FROM _versions;
 CREATE VIEW files AS
   SELECT name, version, digest AS version_digest, f.path AS path, f.type AS type,
          f.size AS size, f.digest AS digest
@@ -110,8 +119,8 @@ CREATE VIEW links AS
         WHERE lineage.links IS NOT NULL);
 CREATE VIEW tensors AS
   SELECT name, version, digest, t.file AS file, t.name AS tensor, t.dtype AS dtype, t.shape AS shape
-  FROM (SELECT name, version, digest, unnest(lineage.schema.tensors) AS t FROM _versions
-        WHERE lineage.schema.tensors IS NOT NULL);
+  FROM (SELECT name, version, digest, unnest(lineage.schema.tensors) AS t FROM versions
+        WHERE lineage.schema IS NOT NULL);
 CREATE VIEW lineage AS
   SELECT p.name AS parent_name, p.version AS parent_version, c.lineage.parent AS parent_digest,
          c.name AS child_name, c.version AS child_version, c.digest AS child_digest,
