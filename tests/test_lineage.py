@@ -11,6 +11,7 @@ import stat
 import struct
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -561,3 +562,44 @@ def test_a_forged_row_with_malformed_lineage_json_is_one_clear_error(tmp_path: P
     line = _one_line_error(_cli(capsys, "show", "m:2"), "m:2", "lineage")
     assert "Traceback" not in line
     assert _cli(capsys, "show", "m:2")[0] == 6
+
+
+# -- format vectors: what the documentation says is stored ------------------------------------------------
+def test_format_vectors_schema_digest_and_row_encoding() -> None:
+    """docs/lineage.md: the schema digest is BLAKE3 of ``[[file, name, dtype, shape], ...]``
+    sorted, compact JSON, ``file`` empty for a single-file version; docs/FORMAT.md §6: the
+    row holds hardware, code and schema as compact JSON objects, the maps as maps."""
+    from casreg.content.tensor_schema import schema_digest
+    from casreg.records import ModelSchema, TensorSpec
+
+    tensors = [TensorSpec("model.safetensors", "encoder.weight", "F32", (4, 3)),
+               TensorSpec("model.safetensors", "encoder.bias", "F16", (4,))]
+    text = b'[["","encoder.bias","F16",[4]],["","encoder.weight","F32",[4,3]]]'
+    assert schema_digest(tensors, single_file=True) == "blake3:" + blake3(text).hexdigest() == (
+        "blake3:c55258da3e64b62e3e810682e377c4309e1faf1e092ce5849ca42a56d3648256")
+    assert schema_digest(tensors, single_file=False) == (
+        "blake3:18d093e691e486c7b4998b7899b253bb6e5b38908818dfc181558b380e9d25b1")
+    v = Version(name="m", version=1, digest=casreg.Digest("blake3:" + "0" * 64), kind="file", size=1, stored_bytes=1,
+                new_bytes=1, file_count=1, chunk_count=1, created_at=time_zero(), author="a",
+                lineage=Lineage(hardware=Hardware(gpu_count=8, gpu_type="H100", source="given", text="8x H100"),
+                                code=CodeInfo(commit="ab12cd3", source="given"), dependencies={"torch": "2.1.0"},
+                                dependencies_source="environment",
+                                schema=ModelSchema(digest="blake3:x", tensor_count=1, truncated=False,
+                                                   tensors=(tensors[1],)),
+                                links={"dashboard": "https://g.example.com/"}))
+    lin = version_row(v, [])["lineage"]
+    assert lin["hardware"] == ('{"gpu_count":8,"gpu_type":"H100","cpu_model":null,"cpu_count":null,'
+                               '"memory_bytes":null,"cuda_visible_devices":null,"source":"given","text":"8x H100"}')
+    assert lin["code"] == '{"commit":"ab12cd3","branch":null,"dirty":null,"remote":null,"source":"given"}'
+    assert lin["schema"] == ('{"digest":"blake3:x","tensor_count":1,"truncated":false,"tensors":[{"file":'
+                             '"model.safetensors","name":"encoder.bias","dtype":"F16","shape":[4]}],"signature":null}')
+    assert (lin["dependencies"], lin["links"]) == ([("torch", "2.1.0")], [("dashboard", "https://g.example.com/")])
+    table = pa.Table.from_pylist([version_row(v, [])], schema=version_schema())
+    from casreg.ledger.schema import versions_from_table
+
+    assert versions_from_table(table) == [v]
+    assert Version.from_dict(json.loads(json.dumps(v.to_dict()))) == v
+
+
+def time_zero() -> datetime:
+    return datetime(2026, 1, 1, tzinfo=UTC)
