@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TypeAlias
@@ -13,7 +13,9 @@ from typing import TypeAlias
 from casreg.digest import Digest
 from casreg.errors import InvalidInputError
 
-__all__ = ["Lineage", "Version", "AliasPointer", "AliasEvent", "Event", "PullResult", "FileInfo", "JsonValue",
+__all__ = ["Lineage", "Hardware", "CodeInfo", "TensorSpec", "ModelSchema", "lineage_extras", "lineage_field",
+           "Version",
+           "AliasPointer", "AliasEvent", "Event", "PullResult", "FileInfo", "JsonValue",
            "clean_labels", "clean_metrics", "check_record_size", "utcnow", "MAX_TEXT", "MAX_RECORD_BYTES"]
 
 #: A value as JSON (and ``--json`` output) holds it: what SQL rows and ``to_dict`` give.
@@ -130,6 +132,57 @@ def _mapping(value: object, what: str) -> Mapping[str, object]:
 
 
 @dataclass(frozen=True, slots=True)
+class Hardware:
+    """What the model was trained on (docs/lineage.md): detected on the pushing machine
+    (``source="detected"``) or given (``source="given"``, ``text`` as given, e.g. ``8x H100``)."""
+
+    gpu_count: int | None = None
+    gpu_type: str | None = None
+    cpu_model: str | None = None
+    cpu_count: int | None = None
+    memory_bytes: int | None = None
+    cuda_visible_devices: str | None = None
+    source: str | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CodeInfo:
+    """The training code's git state. ``source``: ``code`` (``--code DIR``), ``given``
+    (``--git-commit`` alone) or ``model-path`` (the repository holding the pushed path:
+    the fallback). ``remote`` never carries credentials (stripped at push)."""
+
+    commit: str | None = None
+    branch: str | None = None
+    dirty: bool | None = None
+    remote: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One tensor of a safetensors file of the version, from its header."""
+
+    file: str
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSchema:
+    """The version's schema: its safetensors tensors (``digest``: BLAKE3 of all of them,
+    canonically; ``tensors`` may be cut short, then ``truncated``) and an explicit
+    input/output ``signature`` (JSON text: ``{"inputs": ..., "outputs": ...}``)."""
+
+    digest: str | None = None
+    tensor_count: int | None = None
+    truncated: bool | None = None
+    tensors: tuple[TensorSpec, ...] = ()
+    signature: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Lineage:
     git_commit: str | None = None
     git_dirty: bool | None = None
@@ -139,6 +192,116 @@ class Lineage:
     parent: Digest | None = None  # digest of the parent version
     run_id: str | None = None
     dataset: str | None = None  # digest or URI of the training data
+    # since issue 16 (records without them read as None / empty)
+    hardware: Hardware | None = None
+    code: CodeInfo | None = None
+    dependencies: dict[str, str] = field(default_factory=dict)  # distribution -> version or specifier
+    dependencies_source: str | None = None  # "environment" or "requirements:<file name>"
+    schema: ModelSchema | None = None
+    links: dict[str, str] = field(default_factory=dict)  # label -> http(s) URL
+
+
+def _opt_bool(value: object, what: str) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{what} is not a boolean")
+    return value
+
+
+def _str_map(value: object, what: str) -> dict[str, str]:
+    if isinstance(value, list):  # an Arrow map<string, string> as to_pylist gives it: (key, item) pairs
+        pairs = dict(value)
+        if all(type(k) is str for k in pairs) and all(type(v) is str for v in pairs.values()) \
+                and max(map(len, pairs.values()), default=0) <= _MAX_TEXT:
+            return pairs  # the common case, checked in bulk
+        value = pairs
+    return {k: str(_text(v, f"{what}.{k[:40]}")) for k, v in _mapping(value, what).items()}
+
+
+def _json_object(text: str, what: str) -> object:
+    """A JSON object stored as text (a Parquet row's ``lineage.hardware``, ...)."""
+    if len(text) > MAX_RECORD_BYTES:
+        raise ValueError(f"{what} is too long")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply") from None
+
+
+def _hardware(value: object) -> Hardware | None:
+    if value is None:
+        return None
+    h = _mapping(value, "lineage.hardware")
+    return Hardware(
+        gpu_count=_number(h.get("gpu_count"), "lineage.hardware.gpu_count", optional=True),
+        gpu_type=_text(h.get("gpu_type"), "lineage.hardware.gpu_type", optional=True),
+        cpu_model=_text(h.get("cpu_model"), "lineage.hardware.cpu_model", optional=True),
+        cpu_count=_number(h.get("cpu_count"), "lineage.hardware.cpu_count", optional=True),
+        memory_bytes=_number(h.get("memory_bytes"), "lineage.hardware.memory_bytes", optional=True),
+        cuda_visible_devices=_text(h.get("cuda_visible_devices"), "lineage.hardware.cuda_visible_devices",
+                                   optional=True),
+        source=_text(h.get("source"), "lineage.hardware.source", optional=True),
+        text=_text(h.get("text"), "lineage.hardware.text", optional=True))
+
+
+def _code(value: object) -> CodeInfo | None:
+    if value is None:
+        return None
+    c = _mapping(value, "lineage.code")
+    return CodeInfo(
+        commit=_text(c.get("commit"), "lineage.code.commit", optional=True),
+        branch=_text(c.get("branch"), "lineage.code.branch", optional=True),
+        dirty=_opt_bool(c.get("dirty"), "lineage.code.dirty"),
+        remote=_text(c.get("remote"), "lineage.code.remote", optional=True),
+        source=_text(c.get("source"), "lineage.code.source", optional=True))
+
+
+def _schema(value: object) -> ModelSchema | None:
+    if value is None:
+        return None
+    s = _mapping(value, "lineage.schema")
+    tensors = []
+    raw = s.get("tensors") or []
+    if not isinstance(raw, (list, tuple)):
+        raise ValueError("lineage.schema.tensors is not a list")
+    for t in raw:
+        tm = _mapping(t, "lineage.schema.tensors[]")
+        shape = tm.get("shape") or []
+        if not isinstance(shape, (list, tuple)) or not all(type(d) is int and d >= 0 for d in shape):
+            raise ValueError("lineage.schema.tensors[].shape is not a list of sizes")
+        tensors.append(TensorSpec(str(_text(tm.get("file"), "lineage.schema.tensors[].file")),
+                                  str(_text(tm.get("name"), "lineage.schema.tensors[].name")),
+                                  str(_text(tm.get("dtype"), "lineage.schema.tensors[].dtype")), tuple(shape)))
+    return ModelSchema(
+        digest=_text(s.get("digest"), "lineage.schema.digest", optional=True),
+        tensor_count=_number(s.get("tensor_count"), "lineage.schema.tensor_count", optional=True),
+        truncated=_opt_bool(s.get("truncated"), "lineage.schema.truncated"), tensors=tuple(tensors),
+        signature=_text(s.get("signature"), "lineage.schema.signature", optional=True))
+
+
+_LINEAGE_FIELDS: dict[str, Callable[[object], object]] = {
+    "hardware": _hardware,
+    "code": _code,
+    "dependencies": lambda v: _str_map(v, "lineage.dependencies"),
+    "dependencies_source": lambda v: _text(v, "lineage.dependencies_source", optional=True),
+    "schema": _schema,
+    "links": lambda v: _str_map(v, "lineage.links"),
+}
+
+
+def lineage_field(name: str, value: object) -> object:
+    """One field of :class:`Lineage` added in issue 16 (``hardware``, ``code``,
+    ``dependencies``, ``dependencies_source``, ``schema``, ``links``) from its stored form:
+    an object (a record), JSON text of one (``hardware``, ``code``, ``schema`` in a Parquet
+    row), a mapping or (key, item) pairs (the maps); checked, ``ValueError`` naming the
+    field if it is not one; None or empty when absent."""
+    if isinstance(value, str) and name in ("hardware", "code", "schema"):
+        value = _json_object(value, f"lineage.{name}")
+    return _LINEAGE_FIELDS[name](value)
+
+
+def lineage_extras(lin: Mapping[str, object]) -> dict[str, object]:
+    """Every field :func:`lineage_field` reads, from a record's ``lineage``."""
+    return {name: lineage_field(name, lin.get(name)) for name in _LINEAGE_FIELDS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +358,7 @@ class Version:
             casreg_version=_text(lin.get("casreg_version"), "lineage.casreg_version", optional=True),
             parent=_digest(lin.get("parent"), "lineage.parent", optional=True),
             run_id=_text(lin.get("run_id"), "lineage.run_id", optional=True),
-            dataset=_text(lin.get("dataset"), "lineage.dataset", optional=True))
+            dataset=_text(lin.get("dataset"), "lineage.dataset", optional=True), **lineage_extras(lin))  # type: ignore[arg-type]  # checked there
         metrics: dict[str, float] = {}
         for k, v in _mapping(d.get("metrics"), "metrics").items():
             if type(v) not in (int, float):

@@ -13,6 +13,7 @@ import os
 import platform
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +47,7 @@ from casreg.storage import ObjectStore, open_store
 
 if TYPE_CHECKING:
     from casreg.content.lazy import BF16Mode, Framework, SafetensorsFile
+    from casreg.content.source import Source
     from casreg.governance.catalog import ModelSummary
     from casreg.governance.diff import VersionDiff
     from casreg.governance.history import LogEntry, LogPage
@@ -92,6 +94,60 @@ def _preload(module: str) -> None:
 
     if module not in sys.modules:
         threading.Thread(target=importlib.import_module, args=(module,), daemon=True).start()
+
+
+def _push_lineage(path: str | os.PathLike[str], source: Source, parent: Digest | None, run_id: str | None,
+                  dataset: str | None, *, hardware: str | Mapping[str, object] | None, detect_hardware: bool,
+                  code_dir: str | os.PathLike[str] | None, git_commit: str | None,
+                  requirements: str | os.PathLike[str] | None, capture_env: bool,
+                  signature: str | os.PathLike[str] | Mapping[str, object] | None,
+                  links: Mapping[str, str] | None) -> Lineage:
+    """The lineage a push records (docs/lineage.md), every given value checked
+    (:class:`InvalidInputError` naming it) before anything is stored."""
+    from casreg.content.tensor_schema import tensor_schema
+    from casreg.lineage import (
+        capture_environment,
+        check_commit,
+        clean_links,
+        clean_signature,
+        code_state,
+        given_hardware,
+        read_requirements,
+        read_signature,
+    )
+    from casreg.lineage import detect_hardware as detected
+    from casreg.records import CodeInfo, ModelSchema
+
+    if requirements is not None and capture_env:
+        raise InvalidInputError("give --requirements or --capture-env, not both")
+    commit = check_commit(git_commit) if git_commit is not None else None
+    if code_dir is not None:
+        code: CodeInfo | None = code_state(code_dir)
+        if commit is not None and code is not None and commit != code.commit:
+            # the commit given wins; the checkout's dirty state says nothing about it
+            code = replace(code, commit=commit, dirty=None, source="given")
+    elif commit is not None:
+        code = CodeInfo(commit=commit, source="given")
+    else:
+        git = git_state(os.fspath(path))
+        code = CodeInfo(commit=git.commit, dirty=git.dirty, source="model-path") if git.commit else None
+    hw = given_hardware(hardware) if hardware is not None else (detected() if detect_hardware else None)
+    deps: dict[str, str] = {}
+    deps_source = None
+    if requirements is not None:
+        deps, deps_source = read_requirements(requirements), f"requirements:{os.path.basename(os.fspath(requirements))}"
+    elif capture_env:
+        deps, deps_source = capture_environment(), "environment"
+    sig = None
+    if signature is not None:
+        sig = clean_signature(signature) if isinstance(signature, Mapping) else read_signature(signature)
+    schema = tensor_schema(source.files, single_file=source.kind == "file")
+    if sig is not None:
+        schema = replace(schema, signature=sig) if schema is not None else ModelSchema(signature=sig)
+    return Lineage(git_commit=code.commit if code else None, git_dirty=code.dirty if code else None,
+                   hostname=hostname(), python_version=platform.python_version(), casreg_version=package_version(),
+                   parent=parent, run_id=run_id, dataset=dataset, hardware=hw, code=code, dependencies=deps,
+                   dependencies_source=deps_source, schema=schema, links=clean_links(links))
 
 
 class Registry:
@@ -183,6 +239,14 @@ class Registry:
         progress: Progress | None = None,
         author: str | None = None,
         created: datetime | None = None,
+        hardware: str | Mapping[str, object] | None = None,
+        detect_hardware: bool = True,
+        code_dir: str | os.PathLike[str] | None = None,
+        git_commit: str | None = None,
+        requirements: str | os.PathLike[str] | None = None,
+        capture_env: bool = False,
+        signature: str | os.PathLike[str] | Mapping[str, object] | None = None,
+        links: Mapping[str, str] | None = None,
     ) -> Version:
         """Store ``path`` (a file or directory) as the next version of ``name`` and return
         its record. Only chunks the registry lacks are stored; the version becomes visible
@@ -193,7 +257,16 @@ class Registry:
         was committed and carries it, with the move's error as ``cause`` and exit code.
         ``author`` and ``created`` record another system's author and creation time (an
         import, docs/migrate-mlflow.md) instead of the current user and now; the policy's
-        ``push`` permission is still checked for the current user."""
+        ``push`` permission is still checked for the current user.
+
+        Lineage (docs/lineage.md): ``hardware`` (``"8x H100"`` or a mapping) replaces what
+        is detected on this machine (``detect_hardware=False``: nothing is); ``code_dir``
+        is the training code's git checkout and ``git_commit`` its commit (else the pushed
+        path's repository is used); ``requirements`` (a requirements file) or
+        ``capture_env`` (this environment's distributions) record the dependencies;
+        ``signature`` an input/output schema (a JSON file path, or a mapping as MLflow's
+        ``ModelSignature.to_dict()``); ``links`` named http(s) URLs. The tensor schema of
+        safetensors files is read from their headers."""
         from casreg.content.chunking import DEFAULT_CHUNK_PARAMS  # push-only: kept off resolve/pull start-up
         from casreg.content.config import init_config
         from casreg.content.packs import ChunkIndex
@@ -207,11 +280,11 @@ class Registry:
             validate_alias(alias)
         pusher = current_author()
         author, created_at = _recorded_origin(author, created, pusher)
-        git = git_state(os.fspath(path))
         parent_digest = self.resolve(parent).digest if parent else None
-        lineage = Lineage(git_commit=git.commit, git_dirty=git.dirty, hostname=hostname(),
-                          python_version=platform.python_version(), casreg_version=package_version(),
-                          parent=parent_digest, run_id=run_id, dataset=dataset)
+        source = scan_source(path)
+        lineage = _push_lineage(path, source, parent_digest, run_id, dataset, hardware=hardware,
+                                detect_hardware=detect_hardware, code_dir=code_dir, git_commit=git_commit,
+                                requirements=requirements, capture_env=capture_env, signature=signature, links=links)
         probe = Version(name=name, version=0, digest=Digest.from_bytes(bytes(32)), kind="file", size=0,
                         stored_bytes=0, new_bytes=0, file_count=0, chunk_count=0, created_at=created_at or utcnow(),
                         author=author, framework=framework, description=description,
@@ -220,7 +293,6 @@ class Registry:
         check_record_size(probe)  # before any byte is stored
         check_push(self.store, probe, pusher)
 
-        source = scan_source(path)
         _preload("pyarrow.parquet")  # needed at commit; importing it now overlaps the chunking
         config = init_config(self.store, DEFAULT_CHUNK_PARAMS)
         level = self.zstd_level if self.zstd_level is not None else config.zstd_level

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -21,7 +21,10 @@ from casreg_cli.common import (
     name_alias,
     pairs,
 )
-from casreg_cli.output import human_bytes
+from casreg_cli.output import Output, human_bytes
+
+if TYPE_CHECKING:
+    from casreg.governance.diff import VersionDiff
 
 policy_app = typer.Typer(help="The registry's policy: required metadata, gates, approvals, roles.",
                          no_args_is_help=True)
@@ -200,6 +203,27 @@ def diff(
             out.line(f"  {sign} {p}")
     out.line(f"shared: {human_bytes(d.shared_bytes)} of {human_bytes(d.b_size)} "
              f"({100 * d.shared_fraction:.1f}% of {d.b.ref} is in chunks {d.a.ref} already has)")
+    _diff_lineage(out, d)
+
+
+def _diff_lineage(out: Output, d: VersionDiff) -> None:
+    """``diff``'s dependency and schema changes (docs/lineage.md)."""
+    if d.dependencies:
+        out.line("dependencies")
+        for k, (was, now) in d.dependencies.items():
+            out.line(f"  {'+' if was is None else '-' if now is None else '~'} {k:<28} "
+                     f"{was if was is not None else '(none)'} -> {now if now is not None else '(none)'}")
+    s = d.schema
+    if s.unchanged:  # nothing to say (--json says "unchanged": true)
+        return
+    out.line(f"schema: {len(s.added)} tensors added, {len(s.removed)} removed, {len(s.changed)} changed"
+             + (", signature changed" if s.signature_changed else "")
+             + (" (a record lists only part of its tensors; the digests differ)" if s.truncated else ""))
+    for sign, names in (("+", s.added), ("-", s.removed)):
+        for n in names:
+            out.line(f"  {sign} {n}")
+    for n, (was, now) in s.changed.items():
+        out.line(f"  ~ {n}  {was} -> {now}")
 
 
 @command(policy_app, "set", example='casreg policy set policy.toml --reason "two approvals for production"')

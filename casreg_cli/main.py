@@ -33,6 +33,7 @@ from casreg_cli.common import (
     name_alias,
     pairs,
 )
+from casreg_cli.lineage_view import lineage_lines, lineage_options, metric_lines
 from casreg_cli.output import (
     Output,
     human_bytes,
@@ -65,6 +66,21 @@ def push(
              "docs/benchmarks.md).")] = True,
     sign: Annotated[Optional[str], typer.Option(
         "--sign", help="Sign the new version with this private key PEM file (docs/signing.md).")] = None,
+    hardware: Annotated[Optional[str], typer.Option(
+        help="What it was trained on, e.g. \"8x H100\" (default: detected on this machine; docs/lineage.md).")] = None,
+    detect_hardware: Annotated[bool, typer.Option(
+        "--detect-hardware/--no-detect-hardware", help="Record this machine's GPUs, CPU and memory.")] = True,
+    code: Annotated[Optional[str], typer.Option(
+        "--code", metavar="DIR", help="The training code's git checkout (commit, branch, dirty, remote).")] = None,
+    git_commit: Annotated[Optional[str], typer.Option(help="The training code's commit (SHA).")] = None,
+    requirements: Annotated[Optional[str], typer.Option(
+        metavar="FILE", help="A requirements file: the dependencies to record.")] = None,
+    capture_env: Annotated[bool, typer.Option(
+        "--capture-env", help="Record this Python environment's installed distributions.")] = False,
+    signature: Annotated[Optional[str], typer.Option(
+        metavar="FILE.json", help="Input/output schema (JSON; MLflow's ModelSignature accepted).")] = None,
+    link: Annotated[Optional[list[str]], typer.Option(
+        "--link", help="NAME=URL (http/https), repeatable, e.g. dashboard=https://...")] = None,
 ) -> None:
     """Store a model file or directory as the next version of NAME."""
     if sign is not None:
@@ -76,6 +92,7 @@ def push(
         name, path, metrics=pairs("metric", metric), params=pairs("param", param), tags=pairs("tag", tag),
         framework=framework, description=description, alias=alias, parent=parent, run_id=run_id,
         dataset=dataset, progress=cli.out.progress(),
+        **lineage_options(hardware, detect_hardware, code, git_commit, requirements, capture_env, signature, link),
     )
     signed = reg.sign(v.ref, sign) if sign is not None else None
 
@@ -194,7 +211,9 @@ def _show(out: Output, v: Version, files: list[FileInfo], aliases: list[str], st
     for label, value in (("framework", v.framework), ("desc", v.description)):
         if value:
             out.line(f"  {label:<9} {value}")
-    for label, mapping in (("metrics", v.metrics), ("params", v.params), ("tags", v.tags)):
+    for line in metric_lines(v.metrics):
+        out.line(line)
+    for label, mapping in (("params", v.params), ("tags", v.tags)):
         if mapping:
             out.line(f"  {label:<9} " + ", ".join(f"{k}={val}" for k, val in sorted(mapping.items())))
     ln = v.lineage
@@ -202,6 +221,8 @@ def _show(out: Output, v: Version, files: list[FileInfo], aliases: list[str], st
              if getattr(ln, k) is not None]
     if parts:
         out.line("  lineage   " + ", ".join(parts))
+    for label, text in lineage_lines(v):
+        out.line(f"  {label:<9} {text}")
     if aliases:
         out.line("  aliases   " + ", ".join(f"{v.name}@{a}" for a in aliases))
     if state.archived is not None:

@@ -1,17 +1,63 @@
 """``casreg diff A B``: what changed between two versions, in the terms a reviewer asks
-about: metrics (with deltas), params and tags, files, and how many bytes they share."""
+about: metrics (with deltas), params and tags, files, how many bytes they share, and
+(docs/lineage.md) dependencies and the schema: tensors and signature."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from casreg.content.manifest import read_manifest
 from casreg.ledger.resolve import resolve, version_record
-from casreg.records import JsonValue, Version
+from casreg.records import JsonValue, ModelSchema, Version
 from casreg.refs import Ref
 from casreg.storage import ObjectStore
 
-__all__ = ["VersionDiff", "diff_versions"]
+__all__ = ["VersionDiff", "SchemaDiff", "diff_versions", "schema_diff"]
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaDiff:
+    """How the schema changed: tensors added, removed or changed (``dtype[shape]`` before
+    and after), whether the signature changed, the two tensor digests, and whether either
+    side's tensor list was cut short in its record (then the lists may miss changes that
+    the digests show)."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: dict[str, tuple[str, str]] = field(default_factory=dict)
+    signature_changed: bool = False
+    digests: tuple[str | None, str | None] = (None, None)
+    truncated: bool = False
+
+    @property
+    def unchanged(self) -> bool:
+        return self.digests[0] == self.digests[1] and not self.signature_changed
+
+    def to_dict(self) -> dict[str, JsonValue]:
+        return {"unchanged": self.unchanged, "added": self.added, "removed": self.removed,
+                "changed": {k: {"a": x, "b": y} for k, (x, y) in self.changed.items()},
+                "signature_changed": self.signature_changed,
+                "digests": {"a": self.digests[0], "b": self.digests[1]}, "truncated": self.truncated}
+
+
+def _tensor_text(dtype: str, shape: tuple[int, ...]) -> str:
+    return f"{dtype}[{', '.join(str(d) for d in shape)}]"
+
+
+def schema_diff(a: ModelSchema | None, b: ModelSchema | None, *, single_file: bool) -> SchemaDiff:
+    """The :class:`SchemaDiff` from schema ``a`` to ``b`` (tensors keyed by name, with
+    their file in a directory version)."""
+    def table(s: ModelSchema | None) -> dict[str, str]:
+        return {(t.name if single_file else f"{t.file}:{t.name}"): _tensor_text(t.dtype, t.shape)
+                for t in (s.tensors if s else ())}
+
+    ta, tb = table(a), table(b)
+    return SchemaDiff(
+        added=sorted(set(tb) - set(ta)), removed=sorted(set(ta) - set(tb)),
+        changed={k: (ta[k], tb[k]) for k in sorted(set(ta) & set(tb)) if ta[k] != tb[k]},
+        signature_changed=(a.signature if a else None) != (b.signature if b else None),
+        digests=(a.digest if a else None, b.digest if b else None),
+        truncated=bool((a and a.truncated) or (b and b.truncated)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +73,9 @@ class VersionDiff:
     unchanged: int
     shared_bytes: int  # logical bytes of b held in chunks a also has
     b_size: int
+    #: distribution -> (version or specifier in a, in b), changed only (docs/lineage.md)
+    dependencies: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    schema: SchemaDiff = field(default_factory=SchemaDiff)
 
     @property
     def shared_fraction(self) -> float:
@@ -43,6 +92,8 @@ class VersionDiff:
                       "unchanged": self.unchanged},
             "shared_bytes": self.shared_bytes, "b_size": self.b_size,
             "shared_fraction": round(self.shared_fraction, 6),
+            "dependencies": {k: {"a": x, "b": y} for k, (x, y) in self.dependencies.items()},
+            "schema": self.schema.to_dict(),
         }
 
 
@@ -71,4 +122,6 @@ def diff_versions(store: ObjectStore, ref_a: str | Ref, ref_b: str | Ref) -> Ver
     have = {c.digest for e in ma.entries for c in e.chunks}
     shared = sum(c.raw_size for e in mb.entries for c in e.chunks if c.digest in have)
     return VersionDiff(a, b, metrics, _changed(a.params, b.params), _changed(a.tags, b.tags),
-                       added, removed, changed, unchanged, shared, mb.size)
+                       added, removed, changed, unchanged, shared, mb.size,
+                       dependencies=_changed(a.lineage.dependencies, b.lineage.dependencies),
+                       schema=schema_diff(a.lineage.schema, b.lineage.schema, single_file=ma.kind == mb.kind == "file"))

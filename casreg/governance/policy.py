@@ -18,7 +18,8 @@ short::
     require = ["metrics.auc", "lineage.dataset", "params.lr", "framework"]
 
     [gates.production]
-    rules = ["metrics.auc >= 0.95", "metrics.auc > @production"]
+    rules = ["metrics.auc >= 0.95", "metrics.auc > @production", "lineage.code.dirty == false",
+             "schema.unchanged_from @production"]
     after = ["staging"]        # must have been in staging first
     approvals = 2              # distinct approvers, none rejecting
     self_approval = false      # the pusher's approval does not count
@@ -104,8 +105,11 @@ _ACTIONS = ("push", "promote", "archive", "approve", "policy", "alias", "delete"
 _FIELD = r"(?:metrics|params|tags|lineage)\.[A-Za-z0-9_.\-]+|framework|description|author|size|file_count|version"
 _RULE = re.compile(
     rf"^\s*(?P<field>{_FIELD})\s*(?P<op>>=|<=|==|!=|>|<)\s*"
-    r"(?P<value>@[a-z][a-z0-9_-]*|'[^']*'|\"[^\"]*\"|[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
+    r"(?P<value>@[a-z][a-z0-9_-]*|'[^']*'|\"[^\"]*\"|true|false|[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
 )
+#: ``schema.unchanged_from @ALIAS``: the version's schema (tensor schema digest and
+#: signature) equals that of the version at ALIAS (docs/lineage.md).
+_SCHEMA_RULE = re.compile(r"^\s*schema\.unchanged_from\s+@(?P<alias>[a-z][a-z0-9_-]*)\s*$")
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
     "<": lambda a, b: a < b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
@@ -120,8 +124,15 @@ def field_value(version: Version, path: str) -> Any:
     if head in ("metrics", "params", "tags"):
         return getattr(version, head).get(rest, _MISSING)
     if head == "lineage":
-        value = getattr(version.lineage, rest, None)
-        return _MISSING if value is None else value
+        sub, dot, leaf = rest.partition(".")
+        if dot and sub in ("dependencies", "links"):  # lineage.dependencies.torch: a map's key
+            return getattr(version.lineage, sub).get(leaf, _MISSING)
+        value: Any = version.lineage
+        for part in rest.split("."):  # lineage.hardware.gpu_count: a nested record's field
+            value = getattr(value, part, None) if part and not part.startswith("_") else None
+            if value is None:
+                return _MISSING
+        return value if isinstance(value, (str, int, float, bool)) else _MISSING
     value = getattr(version, head, None)
     return _MISSING if value in (None, "") else value
 
@@ -138,19 +149,26 @@ class Rule:
     text: str
     field: str
     op: str
-    value: float | str | None
+    value: float | str | bool | None
     alias: str | None  # compare against NAME@alias
 
     @classmethod
     def parse(cls, text: str, where: str) -> Rule:
         if not isinstance(text, str):
             raise InvalidPolicyError(f"{where}: a rule must be a string like \"metrics.auc >= 0.95\"")
+        s = _SCHEMA_RULE.match(text)
+        if s:
+            return cls(text.strip(), "schema", "unchanged_from", None, s["alias"])
         m = _RULE.match(text)
         if not m:
             raise InvalidPolicyError(
                 f"{where}: cannot read rule {text!r}; write FIELD OP VALUE, e.g. \"metrics.auc >= 0.95\", "
                 "\"tags.team == 'fraud'\" or \"metrics.auc > @production\"")
         raw = m["value"]
+        if raw in ("true", "false"):
+            if m["op"] not in ("==", "!="):
+                raise InvalidPolicyError(f"{where}: rule {text!r} compares a boolean with {m['op']}; use == or !=")
+            return cls(text.strip(), m["field"], m["op"], raw == "true", None)
         if raw.startswith("@"):
             return cls(text.strip(), m["field"], m["op"], None, raw[1:])
         if raw[0] in "'\"":
@@ -161,6 +179,8 @@ class Rule:
 
     def check(self, version: Version, current: Version | None) -> tuple[bool, str]:
         """(passed, explanation naming the actual value and what would satisfy it)."""
+        if self.op == "unchanged_from":
+            return _schema_unchanged(version, current, self.alias or "")
         have = field_value(version, self.field)
         if have is _MISSING:
             return False, f"{version.ref} has no {self.field} (the rule needs one)"
@@ -174,6 +194,13 @@ class Rule:
         else:
             want = self.value
             target = repr(want) if isinstance(want, str) else f"{want:g}"
+        if isinstance(want, bool):
+            target = str(want).lower()
+        if isinstance(want, bool) or isinstance(have, bool):
+            if not (isinstance(want, bool) and isinstance(have, bool)):
+                return False, f"{version.ref} has {self.field} = {have!r}, not a boolean like {target}"
+            shown_bool = str(have).lower()
+            return _OPS[self.op](have, want), f"{version.ref} has {self.field} = {shown_bool}; needs {self.op} {target}"
         try:
             a, b = (float(have), float(want)) if not isinstance(want, str) else (str(have), want)
         except (TypeError, ValueError):
@@ -181,6 +208,24 @@ class Rule:
         ok = _OPS[self.op](a, b)
         shown = f"{a:g}" if isinstance(a, float) else repr(a)
         return ok, f"{version.ref} has {self.field} = {shown}; needs {self.op} {target}"
+
+
+def _schema_unchanged(version: Version, current: Version | None, alias: str) -> tuple[bool, str]:
+    """``schema.unchanged_from @ALIAS``: passes when nothing is at the alias, else when
+    both versions have a schema and their tensor digests and signatures are equal."""
+    if current is None:
+        return True, f"no version is at @{alias} yet"
+    mine, theirs = version.lineage.schema, current.lineage.schema
+    if mine is None:
+        return False, f"{version.ref} has no schema recorded (no safetensors header, no --signature)"
+    if theirs is None:
+        return True, f"{current.ref} (@{alias}) has no schema to compare with"
+    if mine.digest != theirs.digest:
+        return False, (f"{version.ref} has tensor schema {mine.digest or 'none'}, {current.ref} (@{alias}) has "
+                       f"{theirs.digest or 'none'}; casreg diff {current.ref} {version.ref} shows the changes")
+    if mine.signature != theirs.signature:
+        return False, f"{version.ref}'s signature differs from {current.ref}'s (@{alias})"
+    return True, f"{version.ref} has the schema of {current.ref} (@{alias})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,9 @@ function or run a second statement.
 
 A field name (in ``--where`` and ``--sort`` alike) must be exactly ``metrics.X``,
 ``params.X`` or ``tags.X`` (``X``: letters, digits, ``_``, ``.``, ``-``; at most 128
-characters), ``lineage.X`` for a lineage field, or a column of :data:`_COLUMNS`; anything
+characters), ``lineage.X`` for a lineage field (``lineage.hardware.gpu_count``,
+``lineage.code.dirty``, ``lineage.schema.digest``, ``lineage.dependencies.torch``,
+``lineage.links.dashboard``: docs/lineage.md), or a column of :data:`_COLUMNS`; anything
 else is an :class:`InvalidInputError` naming the flag, before any SQL is built.
 """
 
@@ -28,7 +30,16 @@ __all__ = ["translate", "field_sql", "search"]
 _COLUMNS = {"version", "digest", "kind", "size", "stored_bytes", "new_bytes", "file_count", "chunk_count",
             "created_at", "author", "framework", "description"}
 _LINEAGE = {"git_commit", "git_dirty", "hostname", "python_version", "casreg_version", "parent", "run_id",
-            "dataset"}
+            "dataset", "dependencies_source"}
+#: Nested lineage fields (docs/lineage.md): ``lineage.hardware.gpu_count`` and so on.
+_LINEAGE_NESTED = {
+    "hardware": {"gpu_count", "gpu_type", "cpu_model", "cpu_count", "memory_bytes", "cuda_visible_devices", "source",
+                 "text"},
+    "code": {"commit", "branch", "dirty", "remote", "source"},
+    "schema": {"digest", "tensor_count", "truncated", "signature"},
+}
+#: Lineage maps: ``lineage.dependencies.torch``, ``lineage.links.dashboard``.
+_LINEAGE_MAPS = {"dependencies", "links"}
 _KEYWORDS = {"AND", "OR", "NOT", "IS", "NULL", "IN", "LIKE", "ILIKE", "BETWEEN", "TRUE", "FALSE"}
 _MAX_KEY = 128
 #: A field name: a map key of ``metrics``/``params``/``tags``, a lineage field, or a bare
@@ -61,7 +72,17 @@ def field_sql(name: str, flag: str = "--where") -> str:
             raise InvalidInputError(f"{flag}: bad field {name[:40]!r}...: a key has at most {_MAX_KEY} characters")
         return f"{head}[{_quote(rest)}]"
     if dot and head == "lineage":
-        if rest not in _LINEAGE:
+        sub, dot2, leaf = rest.partition(".")
+        if dot2 and sub in _LINEAGE_MAPS and leaf:
+            if len(leaf) > _MAX_KEY:
+                raise InvalidInputError(f"{flag}: bad field {name[:40]!r}...: a key has at most {_MAX_KEY} characters")
+            return f"lineage.{sub}[{_quote(leaf)}]"
+        if dot2 and leaf in _LINEAGE_NESTED.get(sub, ()):
+            return f"lineage.{sub}.{leaf}"
+        if dot2 or rest not in _LINEAGE:
+            nested = [f"{k}.{leaf}" for k, leaves in sorted(_LINEAGE_NESTED.items()) for leaf in sorted(leaves)]
+            raise InvalidInputError(f"{flag}: unknown field {name!r} (lineage has "
+                                    f"{', '.join(sorted(_LINEAGE) + nested)}, dependencies.NAME, links.NAME)")
             raise InvalidInputError(f"{flag}: unknown field {name!r} (lineage has {', '.join(sorted(_LINEAGE))})")
         return f"lineage.{rest}"
     if not dot and name.lower() in _COLUMNS:

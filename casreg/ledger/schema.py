@@ -16,12 +16,12 @@ from blake3 import blake3
 
 from casreg.digest import Digest
 from casreg.errors import IntegrityError
-from casreg.records import AliasEvent, Lineage, Version
+from casreg.records import AliasEvent, Lineage, Version, lineage_field
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["RECORD_KEY", "EVENT_KEY", "record_metadata", "record_from_metadata", "event_metadata",
+__all__ = ["LINEAGE_JSON", "RECORD_KEY", "EVENT_KEY", "record_metadata", "record_from_metadata", "event_metadata",
            "event_from_metadata", "check_segment", "segment_error",
            "SEGMENT_COLUMN", "RECORD_COLUMNS", "version_schema", "event_schema", "compacted_event_schema",
            "parquet_bytes", "version_row", "project", "conform", "read_segment", "segments_table",
@@ -51,6 +51,15 @@ def version_schema() -> pa.Schema:
             ("git_commit", pa.string()), ("git_dirty", pa.bool_()), ("hostname", pa.string()),
             ("python_version", pa.string()), ("casreg_version", pa.string()), ("parent", pa.string()),
             ("run_id", pa.string()), ("dataset", pa.string()),
+            # issue 16 (docs/lineage.md); absent from older files, read as nulls
+            # JSON text (objects: docs/lineage.md): one leaf column each keeps one-row segments
+            # small and quick to read; the SQL view ``versions`` parses them into structs
+            ("hardware", pa.string()),
+            ("code", pa.string()),
+            ("dependencies", pa.map_(pa.string(), pa.string())),
+            ("dependencies_source", pa.string()),
+            ("schema", pa.string()),
+            ("links", pa.map_(pa.string(), pa.string())),
         ])),
         ("files", pa.list_(pa.struct([
             ("path", pa.string()), ("type", pa.string()), ("size", pa.int64()), ("digest", pa.string()),
@@ -91,6 +100,13 @@ def version_row(v: Version, files: list[dict[str, Any]]) -> dict[str, Any]:
     d["created_at"] = v.created_at
     for k in ("metrics", "params", "tags"):
         d[k] = list(getattr(v, k).items())
+    lineage = dict(d["lineage"])
+    for k in ("dependencies", "links"):
+        lineage[k] = list(getattr(v.lineage, k).items())
+    for k in LINEAGE_JSON:
+        if lineage[k] is not None:
+            lineage[k] = json.dumps(lineage[k], separators=(",", ":"), ensure_ascii=False)
+    d["lineage"] = lineage
     d["files"] = files
     return d
 
@@ -167,8 +183,35 @@ def versions_from_table(table: pa.Table) -> list[Version]:
     for i, p in enumerate(fields[parent]):
         if p is not None:
             fields[parent][i] = Digest(p)
-    lineages = [Lineage(**dict(zip(names, vals))) if ok else Lineage()
-                for ok, *vals in zip(lin.is_valid().to_pylist(), *fields)]
+    extra = [i for i, n in enumerate(names) if n in _LINEAGE_EXTRAS]
+    if extra:  # nested: built by the records' own rule, once per distinct value (versions share most)
+        valid = lin.is_valid().to_pylist()
+        raw = {j: fields[j] for j in extra}  # as pyarrow gives them: JSON text, (key, item) pairs, None
+        having = sorted({i for j in extra for i, value in enumerate(raw[j]) if value and valid[i]})
+        for j in extra:
+            if names[j] in ("dependencies", "links"):
+                fields[j] = [{} for _ in fields[j]]  # maps: filled below where not empty
+        built: dict[tuple[str, Any], Any] = {}
+        for i in having:
+            for j in extra:
+                value = raw[j][i]
+                if not value:
+                    continue
+                key = (names[j], value if isinstance(value, str) else tuple(value))
+                got = built.get(key, _UNBUILT)
+                if got is _UNBUILT:
+                    try:
+                        got = built[key] = lineage_field(names[j], value)
+                    except (ValueError, RecursionError) as err:
+                        raise IntegrityError(f"the ledger record of {table.column('name')[i].as_py()}:"
+                                             f"{table.column('version')[i].as_py()} has a malformed lineage "
+                                             f"({str(err)[:200]}); run casreg verify") from None
+                fields[j][i] = dict(got) if isinstance(got, dict) else got  # records never share a dict
+    if tuple(names) == tuple(Lineage.__dataclass_fields__):  # positional: the fast way
+        lineages = [Lineage(*vals) if ok else Lineage() for ok, *vals in zip(lin.is_valid().to_pylist(), *fields)]
+    else:
+        lineages = [Lineage(**dict(zip(names, vals))) if ok else Lineage()
+                    for ok, *vals in zip(lin.is_valid().to_pylist(), *fields)]
     rows = zip(
         plain("name"), plain("version"), [Digest(d) for d in plain("digest")], plain("kind"), plain("size"),
         plain("stored_bytes"), plain("new_bytes"), plain("file_count"), plain("chunk_count"), times("created_at"),
@@ -279,6 +322,11 @@ def event_from_metadata(metadata: Mapping[str, str]) -> AliasEvent | None:
     return AliasEvent.from_dict(doc["event"])
 
 
+#: The lineage fields of issue 16: nested, built by :func:`casreg.records.lineage_extras`.
+_LINEAGE_EXTRAS = frozenset({"hardware", "code", "dependencies", "dependencies_source", "schema", "links"})
+_UNBUILT = object()
+#: Those of them stored as JSON text in the Parquet row (objects in the footer record).
+LINEAGE_JSON = ("hardware", "code", "schema")
 #: Version columns a record cannot be without.
 _REQUIRED_VERSION = ("name", "version", "digest", "kind", "size", "created_at")
 #: Event columns an event cannot be without.

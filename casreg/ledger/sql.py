@@ -3,7 +3,8 @@
 Views (documented in docs/FORMAT.md):
 
 - ``versions``: one row per version (maps ``metrics``, ``params``, ``tags``; struct
-  ``lineage``; list ``files``).
+  ``lineage``, its ``hardware``, ``code`` and ``schema`` parsed from the JSON text the
+  Parquet rows hold into structs; list ``files``).
 - ``files``: one row per file of every version.
 - ``events``: every push and recorded event (``kind``: ``push``, ``alias.set``,
   ``alias.remove``, ``promote``, ``rollback``, ``archive``, ``approve``, ``reject``,
@@ -13,6 +14,9 @@ Views (documented in docs/FORMAT.md):
 - ``alias_history``: intervals: which version each alias pointed at from ``from_time`` to
   ``to_time`` (NULL while current).
 - ``lineage``: parent → child, from each push's ``--parent``.
+- ``dependencies``, ``links``, ``tensors``: one row per recorded dependency
+  (``package``, ``requirement``, ``source``), link (``link``, ``url``) and safetensors
+  tensor (``file``, ``tensor``, ``dtype``, ``shape``) of every version (docs/lineage.md).
 - ``version_state``: one row per version with its lifecycle state: ``archived``
   (BOOLEAN; ``archived_at``, ``archived_by``), ``aliases`` (LIST of VARCHAR, the
   aliases at it now) and ``deleted`` (BOOLEAN; ``deleted_at``, ``deleted_by``,
@@ -57,7 +61,15 @@ __all__ = ["Snapshot", "SqlResult", "connect", "consistent_reads", "query", "que
            "snapshot_cached", "snapshot_query"]
 
 _VIEWS = """
-CREATE VIEW versions AS SELECT * FROM _versions;
+CREATE VIEW versions AS SELECT * REPLACE (struct_update(lineage,
+    hardware := from_json(lineage.hardware, '{"gpu_count": "BIGINT", "gpu_type": "VARCHAR", "cpu_model": "VARCHAR",
+      "cpu_count": "BIGINT", "memory_bytes": "BIGINT", "cuda_visible_devices": "VARCHAR", "source": "VARCHAR",
+      "text": "VARCHAR"}'),
+    code := from_json(lineage.code, '{"commit": "VARCHAR", "branch": "VARCHAR", "dirty": "BOOLEAN",
+      "remote": "VARCHAR", "source": "VARCHAR"}'),
+    schema := from_json(lineage.schema, '{"digest": "VARCHAR", "tensor_count": "BIGINT", "truncated": "BOOLEAN",
+      "tensors": [{"file": "VARCHAR", "name": "VARCHAR", "dtype": "VARCHAR", "shape": ["BIGINT"]}],
+      "signature": "VARCHAR"}')) AS lineage) FROM _versions;
 CREATE VIEW files AS
   SELECT name, version, digest AS version_digest, f.path AS path, f.type AS type,
          f.size AS size, f.digest AS digest
@@ -105,6 +117,18 @@ CREATE VIEW version_state AS
            row_number() OVER (PARTITION BY name, to_version ORDER BY time, event_id) AS rn
     FROM _events WHERE kind = 'delete' AND to_version IS NOT NULL
   ) d ON d.name = v.name AND d.version = v.version AND d.rn = 1;
+CREATE VIEW dependencies AS
+  SELECT name, version, digest, lineage.dependencies_source AS source, d.key AS package, d.value AS requirement
+  FROM (SELECT name, version, digest, lineage, unnest(map_entries(lineage.dependencies)) AS d FROM _versions
+        WHERE lineage.dependencies IS NOT NULL);
+CREATE VIEW links AS
+  SELECT name, version, digest, l.key AS link, l.value AS url
+  FROM (SELECT name, version, digest, unnest(map_entries(lineage.links)) AS l FROM _versions
+        WHERE lineage.links IS NOT NULL);
+CREATE VIEW tensors AS
+  SELECT name, version, digest, t.file AS file, t.name AS tensor, t.dtype AS dtype, t.shape AS shape
+  FROM (SELECT name, version, digest, unnest(lineage.schema.tensors) AS t FROM versions
+        WHERE lineage.schema IS NOT NULL);
 CREATE VIEW lineage AS
   SELECT p.name AS parent_name, p.version AS parent_version, c.lineage.parent AS parent_digest,
          c.name AS child_name, c.version AS child_version, c.digest AS child_digest,
@@ -120,7 +144,7 @@ CREATE VIEW lineage AS
 
 #: The underlying tables, and the views that read each.
 _SOURCES = {
-    "_versions": ("versions", "files", "events", "lineage", "version_state"),
+    "_versions": ("versions", "files", "events", "lineage", "version_state", "dependencies", "links", "tensors"),
     "_events": ("events", "approvals", "alias_history", "version_state"),
     "_aliases": ("aliases", "version_state"),
 }
