@@ -11,20 +11,17 @@ treated as untrusted input: a file whose header does not parse simply gets no hi
 from __future__ import annotations
 
 import os
-import struct
 from bisect import bisect_right
 from dataclasses import dataclass
 
 from casreg.content.codec import FloatHint
-from casreg.content.lazy import parse_header
+from casreg.content.lazy import read_local_header
 
 __all__ = ["FloatLayout", "float_layout", "SAFETENSORS_SUFFIX"]
 
 SAFETENSORS_SUFFIX = ".safetensors"
 #: Element width of the dtypes the PLANES codec takes.
 FLOAT_WIDTHS = {"BF16": 2, "F16": 2, "F32": 4}
-#: Headers larger than this give no hints (real ones are well under a megabyte).
-MAX_HINT_HEADER = 16 << 20
 #: A chunk gets a hint when float elements of one width fill at least half of it.
 _MIN_SHARE = 0.5
 #: Regions looked at per chunk (a chunk over thousands of tiny tensors gets no hint).
@@ -69,24 +66,15 @@ def float_layout(path: str | os.PathLike[str], size: int) -> FloatLayout | None:
     if not os.fspath(path).lower().endswith(SAFETENSORS_SUFFIX) or size < 8:
         return None
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) != 8:
-                return None
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HINT_HEADER or n > size - 8:
-                return None
-            raw = f.read(n)
-        tensors, _ = parse_header(raw, size - 8 - n)
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError, TypeError, KeyError):
+        tensors = read_local_header(path, size)
+    except (OSError, ValueError):
         return None
-    base = 8 + n
     runs: list[tuple[int, int, int]] = []
     for t in sorted(tensors.values(), key=lambda t: t.start):
         w = FLOAT_WIDTHS.get(t.dtype)
         if w is None or t.end <= t.start:
             continue
-        s, e = base + t.start, base + t.end
+        s, e = t.start, t.end
         if runs and runs[-1][2] == w and runs[-1][1] == s and (s - runs[-1][0]) % w == 0:
             runs[-1] = (runs[-1][0], e, w)
         else:

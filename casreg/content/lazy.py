@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import struct
 import threading
 from bisect import bisect_left, bisect_right
@@ -48,6 +49,9 @@ __all__ = [
     "TensorInfo",
     "file_entry",
     "MAX_HEADER_BYTES",
+    "MAX_LOCAL_HEADER_BYTES",
+    "parse_header",
+    "read_local_header",
 ]
 
 #: The safetensors reference implementation refuses headers above 100 MB; so do we, before
@@ -254,6 +258,34 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise ValueError(f"duplicate key {k!r}")
         out[k] = v
     return out
+
+
+#: Headers of local files being pushed are read up to this size (for the tensor schema and
+#: the codec's hints; a header of a 70B model's shard is well under 1 MiB).
+MAX_LOCAL_HEADER_BYTES = 16 << 20
+
+
+def read_local_header(path: str | os.PathLike[str], size: int,
+                      limit: int = MAX_LOCAL_HEADER_BYTES) -> dict[str, TensorInfo]:
+    """The tensors of the local safetensors file at ``path`` (``size`` bytes), their
+    ``start``/``end`` offsets in the file. Reads the header only, at most ``limit`` bytes
+    of it, with the checks of :func:`parse_header`: anything that is not a valid header
+    raises :class:`ValueError` (:class:`OSError` for the file itself)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError("shorter than the 8-byte header length")
+        (n,) = struct.unpack("<Q", head)
+        if n > limit or n > size - 8:
+            raise ValueError(f"header length {n} is too large")
+        raw = f.read(n)
+    if len(raw) != n:
+        raise ValueError("the file is shorter than its header")
+    try:
+        tensors, _ = parse_header(raw, size - 8 - n)
+    except (UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(str(err)) from None
+    return {k: TensorInfo(t.name, t.dtype, t.shape, t.start + 8 + n, t.end + 8 + n) for k, t in tensors.items()}
 
 
 def parse_header(raw: bytes, data_size: int) -> tuple[dict[str, TensorInfo], dict[str, str]]:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import struct
 from collections.abc import Iterable
 
 from blake3 import blake3
 
-from casreg.content.lazy import parse_header
+from casreg.content.lazy import MAX_LOCAL_HEADER_BYTES, read_local_header
 from casreg.content.source import SourceFile
 from casreg.records import ModelSchema, TensorSpec
 
@@ -26,7 +25,7 @@ log = logging.getLogger(__name__)
 
 #: Headers longer than this are not read for the schema (the reference implementation
 #: allows 100 MB; a header of a 70B model's shard is well under 1 MiB).
-MAX_SCHEMA_HEADER_BYTES = 16 << 20
+MAX_SCHEMA_HEADER_BYTES = MAX_LOCAL_HEADER_BYTES
 #: The tensors a record lists, as JSON, at most; beyond, the list is cut (``truncated``)
 #: while ``digest`` and ``tensor_count`` still cover every tensor.
 MAX_SCHEMA_JSON = 256 << 10
@@ -36,18 +35,8 @@ def file_tensors(path: str, size: int, label: str) -> list[TensorSpec] | None:
     """The tensors of the safetensors file at ``path`` (``size`` bytes), named ``label``
     in the schema; ``None`` if its header cannot be read or is not a valid one."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) != 8:
-                raise ValueError("shorter than the 8-byte header length")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_SCHEMA_HEADER_BYTES or n > size - 8:
-                raise ValueError(f"header length {n} is too large")
-            raw = f.read(n)
-        if len(raw) != n:
-            raise ValueError("the file is shorter than its header")
-        tensors, _ = parse_header(raw, size - 8 - n)
-    except (OSError, ValueError, RecursionError, UnicodeDecodeError, struct.error) as err:
+        tensors = read_local_header(path, size, MAX_SCHEMA_HEADER_BYTES)
+    except (OSError, ValueError) as err:
         log.info("casreg: no schema from %s: %s", label, str(err)[:200])
         return None
     return [TensorSpec(label, t.name, t.dtype, t.shape) for t in tensors.values()]
