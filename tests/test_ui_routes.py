@@ -108,6 +108,7 @@ def test_what_the_pages_say(client: TestClient) -> None:
     assert "archived" in model  # v1 and v2 left production by promotions
     version = client.get("/models/fraud/versions/3").text
     assert "1 of 1 required" in version and "approved by alice@example.com" in version
+    assert 'id="signatures"' in version and "Not signed" in version
     assert "casreg pull fraud:3" in version and "fsspec.open(&#34;casreg://fraud:3&#34;" in version
     assert "v3 fixes the latency" in version  # deployed now, with its reason
     assert '/diff?a=fraud%3A2&amp;b=fraud%3A3' in version

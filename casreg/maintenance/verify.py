@@ -588,6 +588,19 @@ def _segments(store: ObjectStore, keys: list[str], report: VerifyReport, threads
             scan.rows[key] = fp
 
 
+def _copy_agrees(doc: object, canon: object) -> bool:
+    """Whether a version's JSON copy says exactly what the ledger's record does: the same
+    values, no key the record does not have (a damaged key name would otherwise pass as a
+    missing field), and nothing missing but what an older casreg did not write yet (keys
+    whose value in the record is empty)."""
+    if isinstance(canon, dict):
+        if not isinstance(doc, dict) or set(doc) - set(canon):
+            return False
+        return (all(_copy_agrees(doc[k], canon[k]) for k in doc)
+                and all(canon[k] in (None, {}, []) for k in set(canon) - set(doc)))
+    return doc == canon
+
+
 def _sidecars(store: ObjectStore, keys: list[str], versions: list[VersionRef], report: VerifyReport,
               threads: int, records: dict[tuple[str, int], Version]) -> None:
     """``resolve NAME:N`` reads ``refs/<name>/<N>.json``: it must agree with the ledger.
@@ -623,7 +636,8 @@ def _sidecars(store: ObjectStore, keys: list[str], versions: list[VersionRef], r
                            [f"{named[0]}:{named[1]}"])
         record = records.get(named)
         try:
-            same = record is None or Version.from_dict(doc) == record
+            same = record is None or (Version.from_dict(doc) == record
+                                      and _copy_agrees(doc, json.loads(json.dumps(record.to_dict()))))
         except (ValueError, KeyError, TypeError, AttributeError):
             same = False
         if not same:

@@ -389,8 +389,9 @@ class Pages:
             effective = policy.for_model(name)
             gates = {stage: g.approvals for stage, g in effective.gates.items() if g.approvals}
         chain = self.reg.ancestors(v, limit=10)
+        signatures = self.reg.signatures(v.digest)  # checked against the policy's [keys] (docs/signing.md)
         return {"v": v, "files": files, "aliases": aliases, "state": state, "deployed": deployed, "gates": gates,
-                "chain": chain, "pointers": pointers}
+                "chain": chain, "pointers": pointers, "signatures": signatures}
 
     def version(self, request: Request) -> Response:
         d = self._version(request)
@@ -413,6 +414,7 @@ class Pages:
         v: Version = d["v"]
         return json_response(v.to_dict() | {"aliases": d["aliases"], "lifecycle": d["state"].to_dict(),
                                             "files": [asdict(f) for f in d["files"]],
+                                            "signatures": [c.to_dict() for c in d["signatures"]],
                                             "deployments": [i.to_dict() for i in d["deployed"]]})
 
     def ref(self, request: Request) -> Response:
