@@ -17,6 +17,7 @@ import itertools
 import os
 import secrets
 import shutil
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -119,8 +120,28 @@ def _own_chunk_cache(_session_chunk_cache: Path, monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.fixture
+def cli(shared_url: str, tmp_path: Path, executable: bool) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``cli(*ARGS, **ENV)``: ``casreg ARGS`` against the ``shared_url`` registry (its
+    environment carries the S3 endpoint and credentials when the backend is S3), as
+    ``tester@example.test``, in this process or as the real executable (``executable``);
+    keyword arguments override variables of its environment."""
+    from inprocess_cli import run_cli, run_executable
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = dict(os.environ, CASREG_REGISTRY=shared_url, CASREG_USER="tester@example.test", HOME=str(home),
+               GIT_CEILING_DIRECTORIES=str(tmp_path), NO_COLOR="1", COLUMNS="200")
+    runner = run_executable if executable else run_cli
+
+    def run(*args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
+        return runner(args, dict(env, **overrides), tmp_path)
+
+    return run
+
+
+@pytest.fixture
 def executable() -> bool:
-    """Whether a test file's ``cli`` fixture (tests/test_pointer_integrity.py,
+    """Whether the ``cli`` fixture (above; tests/test_pointer_integrity.py,
     tests/test_policy_pinning.py) starts the real ``casreg`` executable (a test
     parametrizes this to True) or runs the command in this process, as a fresh process
     would (tests/inprocess_cli.py): the same exit code, stdout and stderr, in a fraction

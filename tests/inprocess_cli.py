@@ -28,13 +28,14 @@ executable: each file using this module keeps at least one such test.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import subprocess
 import sys
 import traceback
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -126,3 +127,35 @@ def run_executable(args: Sequence[str], env: Mapping[str, str], cwd: Path) -> su
     """``casreg ARGS`` as the real executable, in a new process."""
     return subprocess.run([str(EXECUTABLE), *args], env=dict(env), cwd=cwd, capture_output=True, text=True,
                           timeout=120)
+
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def fails(p: subprocess.CompletedProcess[str], code: int, *fragments: str, stdout: bool = False,
+          as_json: bool = False) -> str:
+    """One ``casreg: error:`` line with exit ``code`` and no traceback, holding every one of
+    ``fragments``; nothing on stdout unless ``stdout`` (output printed before the error is
+    allowed); ``as_json`` (the command had --json): the line is ``{"error": ..., "exit_code":
+    code}`` instead. Returns the error line."""
+    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in p.stdout + p.stderr
+    lines = p.stderr.splitlines()
+    if as_json:
+        assert len(lines) == 1, p.stderr
+        doc = json.loads(lines[0])
+        assert set(doc) == {"error", "exit_code"} and doc["exit_code"] == code, doc
+        lines = ["casreg: error: " + doc["error"]]
+    assert len(lines) == 1 and lines[0].startswith("casreg: error: "), p.stderr
+    if not stdout:
+        assert p.stdout == "", p.stdout
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    return lines[0]
+
+
+def ok(p: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """``p`` after checking that it succeeded without a traceback."""
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr
+    return p

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from inprocess_cli import run_cli, run_executable
+from inprocess_cli import Run, fails, ok
 
 from casreg import IntegrityError, Registry
 from casreg.errors import AliasNotMovedError, PolicyError
@@ -26,49 +25,9 @@ from casreg.testing.counting import CountingStore
 
 KEY = "pointers/m/production.json"
 
-Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
-@pytest.fixture
-def cli(shared_url: str, tmp_path: Path, executable: bool) -> Run:
-    """``casreg ARGS`` against the shared registry (its environment carries the S3
-    endpoint and credentials when the backend is S3)."""
-    home = tmp_path / "home"
-    home.mkdir()
-    env = dict(os.environ, CASREG_REGISTRY=shared_url, CASREG_USER="tester@example.test", HOME=str(home),
-               GIT_CEILING_DIRECTORIES=str(tmp_path), NO_COLOR="1", COLUMNS="200")
-    runner = run_executable if executable else run_cli
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return runner(args, env, tmp_path)
-
-    return run
-
-
-def fails(p: subprocess.CompletedProcess[str], code: int, *fragments: str, stdout: bool = False,
-          as_json: bool = False) -> str:
-    """One ``casreg: error:`` line with exit ``code``, no traceback; ``stdout``: output before it is allowed;
-    ``as_json`` (the command had --json): the line is ``{"error": ..., "exit_code": code}`` instead."""
-    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
-    assert "Traceback" not in p.stdout + p.stderr
-    lines = p.stderr.splitlines()
-    if as_json:
-        assert len(lines) == 1, p.stderr
-        doc = json.loads(lines[0])
-        assert set(doc) == {"error", "exit_code"} and doc["exit_code"] == code, doc
-        lines = ["casreg: error: " + doc["error"]]
-    assert len(lines) == 1 and lines[0].startswith("casreg: error: "), p.stderr
-    if not stdout:
-        assert p.stdout == "", p.stdout
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
-
-
-def ok(p: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
-    assert "Traceback" not in p.stderr
-    return p
 
 
 @pytest.fixture

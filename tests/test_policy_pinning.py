@@ -9,14 +9,12 @@ fail closed in one line naming the key (exit 6), ``policy show`` says it is dama
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from inprocess_cli import run_cli, run_executable
+from inprocess_cli import Run, fails, ok
 
 from casreg import IntegrityError, Registry
 from casreg.digest import Digest
@@ -29,43 +27,9 @@ KEY = policy_key(1)  # policy/versions/000001.toml
 POLICY = ('[gates.production]\napprovals = 2\n\n[permissions]\npolicy = ["admin"]\n\n'
           '[roles]\nadmin = ["tester@example.test"]\n')
 
-Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
-@pytest.fixture
-def cli(shared_url: str, tmp_path: Path, executable: bool) -> Run:
-    home = tmp_path / "home"
-    home.mkdir()
-    env = dict(os.environ, CASREG_REGISTRY=shared_url, CASREG_USER="tester@example.test", HOME=str(home),
-               GIT_CEILING_DIRECTORIES=str(tmp_path), NO_COLOR="1", COLUMNS="200")
-    runner = run_executable if executable else run_cli
 
-    def run(*args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
-        return runner(args, dict(env, **overrides), tmp_path)
-
-    return run
-
-
-def fails(p: subprocess.CompletedProcess[str], code: int, *fragments: str, as_json: bool = False) -> str:
-    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
-    assert "Traceback" not in p.stdout + p.stderr
-    lines = p.stderr.splitlines()
-    if as_json:  # the command had --json: the one line is {"error": ..., "exit_code": code}
-        assert len(lines) == 1, p.stderr
-        doc = json.loads(lines[0])
-        assert set(doc) == {"error", "exit_code"} and doc["exit_code"] == code, doc
-        lines = ["casreg: error: " + doc["error"]]
-    assert len(lines) == 1 and lines[0].startswith("casreg: error: "), p.stderr
-    assert p.stdout == "", p.stdout
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
-
-
-def ok(p: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
-    assert "Traceback" not in p.stderr
-    return p
 
 
 @pytest.fixture

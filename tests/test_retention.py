@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from inprocess_cli import run_cli
+from inprocess_cli import Run, fails, ok, run_cli
 
 from casreg import Registry
 from casreg.content.chunking import ChunkParams
@@ -33,7 +33,6 @@ SMALL = ChunkParams(avg_size=64 << 10, min_size=16 << 10, max_size=256 << 10)
 BASE_SIZE = 512 << 10
 REGION = 48 << 10  # version i rewrites 16 KiB at i * REGION: its own chunks, the rest shared
 
-Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def object_bytes(store: ObjectStore) -> dict[str, int]:
@@ -92,20 +91,6 @@ def cli(reg: Registry, tmp_path: Path) -> Run:
     return run
 
 
-def fails(p: subprocess.CompletedProcess[str], code: int, *fragments: str) -> str:
-    """One ``casreg: error:`` line, exit ``code``, no traceback, nothing on stdout."""
-    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
-    lines = p.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("casreg: error: "), p.stderr
-    assert p.stdout == ""
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
-
-
-def ok(p: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
-    return p
 
 
 # -- delete ---------------------------------------------------------------------------------------

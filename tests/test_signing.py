@@ -15,35 +15,18 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from inprocess_cli import run_cli, run_executable
+from inprocess_cli import Run, fails, ok, run_cli, run_executable
 
 from casreg import IntegrityError, Registry
 from casreg.errors import PolicyError
 from casreg.keys import parse_pointer_key, parse_signature_key, signature_key, signatures_prefix
 
-Run = Callable[..., subprocess.CompletedProcess[str]]
 HEX_A, HEX_B = "ab" * 32, "cd" * 32
 
 
-def fails(p: subprocess.CompletedProcess[str], code: int, *fragments: str) -> str:
-    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
-    assert "Traceback" not in p.stdout + p.stderr
-    lines = p.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("casreg: error: "), p.stderr
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
-    return lines[0]
-
-
-def ok(p: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
-    assert "Traceback" not in p.stderr
-    return p
 
 
 def model_signing_verifies(path: Path, bundle: Path, public_key: Path) -> None:
@@ -53,19 +36,6 @@ def model_signing_verifies(path: Path, bundle: Path, public_key: Path) -> None:
 
     model_signing.verifying.Config().use_elliptic_key_verifier(public_key=public_key).verify(path, bundle)
 
-
-@pytest.fixture
-def cli(shared_url: str, tmp_path: Path, executable: bool) -> Run:
-    home = tmp_path / "home"
-    home.mkdir()
-    env = dict(os.environ, CASREG_REGISTRY=shared_url, CASREG_USER="tester@example.test", HOME=str(home),
-               GIT_CEILING_DIRECTORIES=str(tmp_path), NO_COLOR="1", COLUMNS="200")
-    runner = run_executable if executable else run_cli
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return runner(args, env, tmp_path)
-
-    return run
 
 
 @pytest.fixture

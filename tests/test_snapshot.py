@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from inprocess_cli import run_cli
 
 import casreg
 from casreg import NotFoundError, Registry
@@ -19,7 +20,6 @@ from casreg.content.select import normalize_patterns
 from casreg.errors import InvalidInputError
 from casreg.storage import ObjectStore
 from casreg.testing.counting import CountingStore
-from tests.inprocess_cli import run_cli
 
 
 def make_model(root: Path, *, weights: bytes = b"w" * 300_000, config: str = '{"hidden": 8}') -> Path:
