@@ -19,6 +19,8 @@ import pyarrow as pa
 import pytest
 from blake3 import blake3
 from safetensors.numpy import save_file
+from test_cli_conventions import cli as _cli
+from test_cli_conventions import one_line_error as _one_line_error
 
 import casreg
 from casreg import lineage as lineage_mod
@@ -26,7 +28,6 @@ from casreg.errors import InvalidInputError, PolicyError
 from casreg.keys import version_segment_key
 from casreg.ledger.schema import RECORD_KEY, parquet_bytes, version_row, version_schema
 from casreg.records import CodeInfo, Hardware, Lineage, Version
-from casreg_cli.main import run
 
 NEW_FIELDS = ("hardware", "code", "dependencies", "dependencies_source", "schema", "links")
 
@@ -68,22 +69,6 @@ def _safetensors(path: Path, hidden: int = 4, extra: bool = False) -> Path:
         tensors["head.weight"] = np.zeros((2, hidden), np.float32)
     save_file(tensors, str(path))
     return path
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = run(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _one_line_error(result: tuple[int, str, str], *fragments: str) -> str:
-    code, out, err = result
-    assert code != 0 and out == "", (code, out, err)
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("casreg: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 # -- everything recorded, stored and read back, on every backend ------------------------------------------
