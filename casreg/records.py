@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -16,7 +17,8 @@ from casreg.errors import InvalidInputError
 __all__ = ["Lineage", "Hardware", "CodeInfo", "TensorSpec", "ModelSchema", "lineage_extras", "lineage_field",
            "Version",
            "AliasPointer", "AliasEvent", "Event", "PullResult", "FileInfo", "JsonValue",
-           "clean_labels", "clean_metrics", "check_record_size", "utcnow", "MAX_TEXT", "MAX_RECORD_BYTES"]
+           "clean_labels", "clean_metrics", "check_record_size", "utcnow", "sum_time_units", "MAX_TEXT",
+           "MAX_RECORD_BYTES"]
 
 #: A value as JSON (and ``--json`` output) holds it: what SQL rows and ``to_dict`` give.
 JsonValue: TypeAlias = "None | bool | int | float | str | Sequence[JsonValue] | Mapping[str, JsonValue]"
@@ -68,6 +70,24 @@ def _iso(t: datetime) -> str:
 def parse_time(text: str) -> datetime:
     t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def sum_time_units(text: str, token: re.Pattern[str], units: Mapping[str | None, float]) -> float | None:
+    """The seconds that ``text`` (stripped, lower case: ``2d12h``, ``1h 30m``) spells as
+    a run of ``token`` matches, each a number (group 1) and a unit (group 2, a key of
+    ``units``), spaces allowed between them; ``None`` if it is anything else. The shared
+    scanner of gc's durations and retention's ages, whose grammars (``token``) and
+    bounds differ."""
+    pos, seconds = 0, 0.0
+    while pos < len(text):
+        m = token.match(text, pos)
+        if m is None or m.end() == pos:
+            return None
+        seconds += float(m[1]) * units[m[2]]
+        pos = m.end()
+        while pos < len(text) and text[pos] == " ":
+            pos += 1
+    return seconds
 
 
 def check_record_size(v: Version) -> None:

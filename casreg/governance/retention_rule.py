@@ -25,32 +25,26 @@ from datetime import timedelta
 from typing import Any
 
 from casreg.errors import InvalidInputError, InvalidPolicyError
-from casreg.records import JsonValue
+from casreg.records import JsonValue, sum_time_units
 
 __all__ = ["RetentionRule", "parse_age", "parse_retention", "MAX_KEEP_LAST"]
 
 MAX_KEEP_LAST = 1_000_000
 _AGE = re.compile(r"(\d+)\s*(w|d|h|m|s)")
-_AGE_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_AGE_UNITS: dict[str | None, float] = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 
 
 def parse_age(text: str) -> timedelta:
     """``90d``, ``12w``, ``36h``, ``2d12h``, ``90m``, ``30s``: an age (whole units)."""
     s = str(text).strip().lower()
-    pos, seconds = 0, 0
-    while pos < len(s):
-        m = _AGE.match(s, pos)
-        if m is None:
-            raise InvalidInputError(f"invalid age {text!r}: use e.g. 90d, 12w, 36h or 2d12h")
-        seconds += int(m[1]) * _AGE_UNITS[m[2]]
-        pos = m.end()
-        while pos < len(s) and s[pos] == " ":
-            pos += 1
     if not s:
         raise InvalidInputError("invalid age '': use e.g. 90d, 12w, 36h or 2d12h")
+    seconds = sum_time_units(s, _AGE, _AGE_UNITS)
+    if seconds is None:
+        raise InvalidInputError(f"invalid age {text!r}: use e.g. 90d, 12w, 36h or 2d12h")
     if seconds > 100 * 365 * 86400:
         raise InvalidInputError(f"invalid age {text!r}: at most 100 years")
-    return timedelta(seconds=seconds)
+    return timedelta(seconds=int(seconds))
 
 
 def _age_text(age: timedelta) -> str:

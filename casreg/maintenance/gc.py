@@ -62,7 +62,7 @@ from casreg.maintenance.condemned import (
     write_rescue,
 )
 from casreg.maintenance.reachable import Reachability, scan
-from casreg.records import JsonValue, utcnow
+from casreg.records import JsonValue, sum_time_units, utcnow
 from casreg.storage import ObjectStore
 
 __all__ = [
@@ -85,7 +85,7 @@ DEFAULT_DELAY = timedelta(hours=1)
 STALE_SWEEP = timedelta(days=7)
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|w)?")
-_UNITS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_UNITS: dict[str | None, float] = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class GcConflictError(ConflictError):
@@ -102,17 +102,12 @@ def parse_duration(text: str | float | int | timedelta) -> timedelta:
         seconds = float(text)
     else:
         s = str(text).strip().lower()
-        pos, seconds = 0, 0.0
-        while pos < len(s):
-            m = _DURATION.match(s, pos)
-            if not m or m.end() == pos:
-                raise InvalidInputError(f"invalid duration {text!r}: use e.g. 24h, 90m, 1h30m, 2d, 30s or 0")
-            seconds += float(m[1]) * _UNITS[m[2]]
-            pos = m.end()
-            while pos < len(s) and s[pos] == " ":
-                pos += 1
         if not s:
             raise InvalidInputError("invalid duration '': use e.g. 24h, 90m, 1h30m, 2d, 30s or 0")
+        spelled = sum_time_units(s, _DURATION, _UNITS)
+        if spelled is None:
+            raise InvalidInputError(f"invalid duration {text!r}: use e.g. 24h, 90m, 1h30m, 2d, 30s or 0")
+        seconds = spelled
     if not seconds >= 0 or seconds == float("inf"):
         raise InvalidInputError(f"invalid duration {text!r}: it must be a finite, non-negative time")
     return timedelta(seconds=seconds)
