@@ -25,7 +25,6 @@ _MAX_DEPTH = 32
 
 # Thrift compact protocol type ids
 _STOP, _TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = range(13)
-_INTS = (_I16, _I32, _I64)
 _IN_STRUCT, _IN_LIST = -2, -1  # frame kinds of :func:`_skip` (a map frame holds its value type)
 
 
@@ -88,7 +87,32 @@ def _skip(d: bytes, pos: int, ftype: int) -> int:
     """The position after one value of type ``ftype`` (a struct field's value) at
     ``d[pos:]``. Iterative: containers are frames on an explicit stack of at most
     :data:`_MAX_DEPTH`, so no input can exhaust Python's stack; every position is
-    checked against the end, so none can read past it."""
+    checked against the end, so none can read past it.
+
+    This is the hot path of reading a version (a segment's schema and row groups come
+    before its key-value metadata), so the scalar fields of a struct, nearly all of a
+    footer, are skipped in one tight loop; a read past the end surfaces as the
+    ``IndexError`` of indexing ``d`` and becomes the ``ValueError`` every caller expects.
+    """
+    try:
+        return _skip_value(d, pos, ftype)
+    except IndexError:
+        raise ValueError("footer ends early") from None
+
+
+def _skip_varint(d: bytes, pos: int) -> int:
+    """The position after the varint at ``d[pos:]`` (at most 10 bytes)."""
+    first = pos
+    while d[pos] >= 0x80:
+        pos += 1
+        if pos - first >= 9:
+            if d[pos] >= 0x80:
+                raise ValueError("footer varint too long")
+            break
+    return pos + 1
+
+
+def _skip_value(d: bytes, pos: int, ftype: int) -> int:
     end = len(d)
     stack: list[list[int]] = []  # [values left, element (or map key) type, frame kind / map value type]
     t, in_collection = ftype, False
@@ -96,8 +120,8 @@ def _skip(d: bytes, pos: int, ftype: int) -> int:
         if t == _BINARY:
             n, pos = _varint(d, pos)
             pos += n
-        elif t in _INTS:
-            _, pos = _varint(d, pos)
+        elif t == _I32 or t == _I64 or t == _I16:
+            pos = _skip_varint(d, pos)
         elif t == _TRUE or t == _FALSE:
             if in_collection:  # a struct field's boolean lives in its header; in a list it is a byte
                 pos += 1
@@ -130,7 +154,26 @@ def _skip(d: bytes, pos: int, ftype: int) -> int:
             top = stack[-1]
             kind = top[2]
             if kind == _IN_STRUCT:
-                _, t, pos = _field(d, pos, 0)
+                # the struct's fields up to the first that is not a scalar, in one loop
+                while True:
+                    head = d[pos]
+                    pos += 1
+                    t = head & 0x0F
+                    if not head & 0xF0 and t != _STOP:
+                        pos = _skip_varint(d, pos)  # a long-form field id (zigzag varint)
+                    if t == _I32 or t == _I64 or t == _I16:
+                        pos = _skip_varint(d, pos)
+                    elif t == _BINARY:
+                        b = d[pos]
+                        if b < 0x80:
+                            pos += 1 + b
+                        else:
+                            n, pos = _varint(d, pos)
+                            pos += n
+                        if pos > end:
+                            raise ValueError("footer field runs past its end")
+                    elif t != _TRUE and t != _FALSE:
+                        break
                 if t == _STOP:
                     stack.pop()
                     continue
