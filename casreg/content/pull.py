@@ -47,6 +47,7 @@ from pathlib import Path
 
 from blake3 import blake3
 
+from casreg.content import fetch
 from casreg.content.cache import AUTO, CacheArg, ChunkCache, resolve_cache
 from casreg.content.fetch import SPAN_RAW_BYTES, SpanRead, read_span_stats, spans
 from casreg.content.manifest import ChunkRef, Entry, Manifest
@@ -62,6 +63,8 @@ _READ_BLOCK = 8 << 20
 #: runs of up to ``SPAN_RAW_BYTES`` (more for one chunk of a registry with a large maximum
 #: chunk size) a count of runs alone would not bound a pull's memory.
 INFLIGHT_RAW_BYTES = 128 << 20
+#: Files whose runs one read may hold at most (each is open until its run is written).
+BATCH_FILES = 64
 #: Room asked for beyond the bytes still to write: this, plus one filesystem block per
 #: entry (each file's last block is partly empty; directories take blocks too).
 SPACE_MARGIN = 1 << 20
@@ -387,7 +390,10 @@ class _Writer:
         self.source = source  # the manifest's key, named when a file does not match it
         self.max_inflight = max_inflight
         self.cache = cache
-        self.inflight: deque[tuple[Future[SpanRead], _OpenFile, list[ChunkRef], _RunBuffer]] = deque()
+        # each read in flight: its future, the (file, run) parts it holds in order, its buffer
+        self.inflight: deque[tuple[Future[SpanRead], list[tuple[_OpenFile, list[ChunkRef]]], _RunBuffer]] = deque()
+        self.batch: list[tuple[_OpenFile, list[ChunkRef]]] = []  # runs of files read with one request, not sent
+        self.batch_stored = self.batch_raw = 0
         self.inflight_raw = 0  # decoded bytes of the runs in ``inflight``
         self.buffers = _BufferPool()
         self.open: list[_OpenFile] = []
@@ -414,25 +420,65 @@ class _Writer:
         self.stats.files += 1
 
     def _drain_one(self) -> None:
-        """Consume the oldest span: one thread writes every file sequentially, in order,
-        while the workers fetch, decode and verify the spans ahead of it."""
-        fut, f, refs, buf = self.inflight.popleft()
-        raw_size = sum(r.raw_size for r in refs)
+        """Consume the oldest read: one thread writes every file sequentially, in order,
+        while the workers fetch, decode and verify the reads ahead of it."""
+        fut, parts, buf = self.inflight.popleft()
+        raw_size = sum(r.raw_size for _, run in parts for r in run)
         self.inflight_raw -= raw_size
         try:
             got = fut.result()
-            with buf.view[:raw_size] as run:  # the run's chunks, back to back: one write, one hash update
-                self._write(f.fd, run)
-                f.hasher.update(run)
+            pos = 0
+            for f, run in parts:  # each file's run, back to back: one write, one hash update
+                n = sum(r.raw_size for r in run)
+                with buf.view[pos:pos + n] as piece:
+                    self._write(f.fd, piece)
+                    f.hasher.update(piece)
+                pos += n
+                f.remaining -= len(run)
+                if f.remaining == 0:
+                    self._complete(f)
         finally:
             self.buffers.give_back(buf)
         self.progress.advance(raw_size)
         self.stats.fetched_bytes += got.fetched_bytes
         self.stats.requests += got.requests
         self.stats.cached_bytes += got.cached_bytes
-        f.remaining -= len(refs)
-        if f.remaining == 0:
-            self._complete(f)
+
+    def _add_run(self, f: _OpenFile, run: list[ChunkRef]) -> None:
+        """Queue ``run`` of ``f`` for reading. Runs of successive files that lie back to back
+        in one pack (a push stores a directory's small files so) are read with one request,
+        up to the bounds of one span and :data:`BATCH_FILES` files; a pull of thousands of
+        small files otherwise paid a request, a task and a buffer per file."""
+        stored = sum(r.stored_size for r in run)
+        raw = sum(r.raw_size for r in run)
+        if self.batch:
+            last = self.batch[-1][1][-1]
+            if (run[0].pack != last.pack or run[0].offset != last.offset + last.stored_size
+                    or self.batch_stored + stored > fetch.SPAN_BYTES or self.batch_raw + raw > SPAN_RAW_BYTES
+                    or len(self.batch) >= BATCH_FILES):
+                self._send()
+        self.batch.append((f, run))
+        self.batch_stored += stored
+        self.batch_raw += raw
+
+    def _send(self) -> None:
+        """Start reading the queued runs (one ranged request), and drain the oldest reads
+        while too many are in flight."""
+        if not self.batch:
+            return
+        parts, raw_size = self.batch, self.batch_raw
+        self.batch, self.batch_stored, self.batch_raw = [], 0, 0
+        refs = [r for _, run in parts for r in run]
+        buf = self.buffers.take(raw_size)
+        try:
+            fut = self.workers.submit(read_span_stats, self.store, refs, self.cache, buf.view[:raw_size])
+        except BaseException:
+            self.buffers.give_back(buf)
+            raise
+        self.inflight.append((fut, parts, buf))
+        self.inflight_raw += raw_size
+        while self.inflight and (len(self.inflight) >= self.max_inflight or self.inflight_raw > INFLIGHT_RAW_BYTES):
+            self._drain_one()
 
     def _resume(self, dir_fd: int, name: str, e: Entry) -> tuple[int, int, blake3]:
         """Open ``name`` (in ``dir_fd``) for writing after the longest prefix of whole
@@ -496,26 +542,17 @@ class _Writer:
                 self._complete(f)
                 continue
             for run in spans(todo):
-                raw_size = sum(r.raw_size for r in run)
-                buf = self.buffers.take(raw_size)
-                try:
-                    fut = self.workers.submit(read_span_stats, self.store, run, self.cache, buf.view[:raw_size])
-                except BaseException:
-                    self.buffers.give_back(buf)
-                    raise
-                self.inflight.append((fut, f, run, buf))
-                self.inflight_raw += raw_size
-                while self.inflight and (len(self.inflight) >= self.max_inflight
-                                         or self.inflight_raw > INFLIGHT_RAW_BYTES):
-                    self._drain_one()
+                self._add_run(f, run)
+        self._send()
         while self.inflight:
             self._drain_one()
         self.buffers.close()
 
     def abort(self) -> None:
-        for fut, _, _, _ in self.inflight:
+        self.batch.clear()
+        for fut, _, _ in self.inflight:
             fut.cancel()
-        for fut, _, _, buf in self.inflight:
+        for fut, _, buf in self.inflight:
             try:
                 fut.result()
             except BaseException:
