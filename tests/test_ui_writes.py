@@ -469,3 +469,10 @@ def test_cli_warns_when_writes_listen_beyond_loopback(reg: Registry) -> None:
         proc.terminate()
         proc.wait(timeout=10)
 
+
+
+def test_other_methods_on_action_urls(client: TestClient) -> None:
+    r = client.get("/models/fraud/versions/3/promote")
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and "only POST" in message(r.text)
+    r = client.post("/models/fraud/versions/3", headers=ORIGIN)
+    assert r.status_code == 405 and "POST" not in r.headers["allow"] and "GET" in r.headers["allow"]

@@ -293,8 +293,9 @@ class Pages:
         a model whose every version is deleted is left out, as ``casreg ls`` leaves it
         out (docs/retention.md). Their byte totals stay those of every version recorded:
         a deleted version's chunks stay stored until gc reclaims them."""
+        tombstones = self.reg.deleted_versions()  # one listing of the tombstones
         dead: dict[str, int] = {}
-        for name, _ in self.reg.deleted_versions():  # one listing of the tombstones
+        for name, _ in tombstones:
             dead[name] = dead.get(name, 0) + 1
         out = []
         for s in summaries:
@@ -302,7 +303,9 @@ class Pages:
             if not gone:
                 out.append(s)
             elif gone < s.versions:
-                out.append(replace(s, latest=self.reg.show(s.name), versions=s.versions - gone))
+                # a read only where the latest itself is deleted: NAME resolves to the newest live one
+                latest = self.reg.show(s.name) if (s.name, s.latest.version) in tombstones else s.latest
+                out.append(replace(s, latest=latest, versions=s.versions - gone))
         return out
 
     def models(self, request: Request) -> Response:
@@ -622,12 +625,13 @@ class Pages:
 
     async def on_http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        read_only = "this registry page is read-only: only GET is allowed" if self.guard is None else \
-            "only GET is allowed here (the write actions post to their own URLs)"
-        text = {404: "no such page", 405: read_only}.get(exc.status_code, str(exc.detail))
+        allow = (exc.headers or {}).get("Allow") or "GET, HEAD"  # a write action's route allows POST only
+        not_allowed = "this registry page is read-only: only GET is allowed" if self.guard is None else \
+            f"{request.method} is not allowed here (only {allow})"
+        text = {404: "no such page", 405: not_allowed}.get(exc.status_code, str(exc.detail))
         response = self.error_page(request, exc.status_code, text)
         if exc.status_code == 405:
-            response.headers["allow"] = "GET, HEAD"
+            response.headers["allow"] = allow
         return response
 
     async def on_crash(self, request: Request, exc: Exception) -> Response:
