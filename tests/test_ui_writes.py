@@ -25,6 +25,8 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from casreg import Registry  # noqa: E402
 from casreg.lineage import acting_as, current_author  # noqa: E402
+from casreg.storage.base import ObjectStore  # noqa: E402
+from casreg.testing.wrapper import StoreWrapper  # noqa: E402
 from casreg.web import create_app  # noqa: E402
 from casreg.web.actions import MAX_FORM_BYTES, Guard  # noqa: E402
 from casreg.web.app import safe_link  # noqa: E402
@@ -275,19 +277,32 @@ def test_pusher_cannot_approve_own_version(reg: Registry) -> None:
     assert "does not let a pusher approve their own version" in message(r.text)  # type: ignore[attr-defined]
 
 
-def test_a_lost_race_is_a_409(client: TestClient, reg: Registry) -> None:
-    page = "/models/fraud/versions/3"
-    tok = token(client, page, page + "/promote")
+class RollbackFirst(StoreWrapper):
+    """The real store, where another user rolls ``fraud@production`` back just before this
+    process's first swap of that pointer: the swap then expects a state that is gone."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        super().__init__(inner)
+        self.raced = False
+
+    def swap(self, key: str, data: bytes, expected: str | None) -> str:
+        if not self.raced and "production" in key:
+            self.raced = True
+            with acting_as("dave@example.com"):
+                Registry.from_store(self.inner).rollback("fraud", "production", reason="dave was faster")
+        return super().swap(key, data, expected)
+
+
+def test_a_lost_race_is_a_409(reg: Registry) -> None:
     with acting_as(ME):
         reg.approve("fraud", 3, stage="production")
-    from casreg.errors import ConflictError
-
-    def lose(*args: object, **kwargs: object) -> object:
-        raise ConflictError("fraud@production moved to fraud:1 by dave at 2026-12-06T10:00:00Z; nothing was changed")
-
-    reg.promote = lose  # type: ignore[method-assign]  # the race itself is tests/test_promote_race.py's
-    r = client.post(page + "/promote", data={"token": tok, "stage": "production"}, headers=ORIGIN)
-    assert r.status_code == 409 and "moved to fraud:1 by dave" in message(r.text)
+    racing = Registry.from_store(RollbackFirst(reg.store))
+    client = client_for(racing)
+    r = post(client, "/models/fraud/versions/3/promote", "/models/fraud/versions/3", stage="production")
+    assert r.status_code == 409, r.text[-400:]  # type: ignore[attr-defined]
+    assert "dave@example.com" in message(r.text)  # type: ignore[attr-defined]  # the winner is named
+    production = next(p for p in reg.aliases("fraud") if p.alias == "production")
+    assert production.version == 1 and production.event.author == "dave@example.com"
 
 
 # -- the guards --------------------------------------------------------------------------------
