@@ -8,6 +8,7 @@ much faster than pushing again), so tests that write do not see each other's wri
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -51,6 +52,9 @@ promote = { production = ["release"], "*" = ["release"] }
 approve = ["release"]
 archive = ["release"]
 """
+COMMIT = "3f2a9c1e"
+_HEADER = json.dumps({"encoder.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}).encode()
+SAFETENSORS = len(_HEADER).to_bytes(8, "little") + _HEADER + bytes(16)  # one tensor: the version's schema
 ACTION_URLS = ["/models/fraud/versions/2/promote", "/models/fraud/versions/2/decide",
                "/models/fraud/versions/2/archive", "/models/fraud/versions/2/alias",
                "/models/fraud/aliases/production/rollback"]
@@ -73,11 +77,11 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (src / "signature.json").write_text('{"inputs": [{"name": "x"}], "outputs": [{"name": "score"}]}')
         with acting_as(PUSHER):
             for n in (1, 2, 3):
-                f = src / f"m{n}.bin"
-                f.write_bytes(os.urandom(2048) + bytes([n]))
+                f = src / (f"m{n}.bin" if n < 3 else "model.safetensors")
+                f.write_bytes(os.urandom(2048) + bytes([n]) if n < 3 else SAFETENSORS)
                 extra: dict[str, object] = {}
                 if n == 3:
-                    extra = {"hardware": HARDWARE, "requirements": src / "requirements.txt",
+                    extra = {"hardware": HARDWARE, "requirements": src / "requirements.txt", "git_commit": COMMIT,
                              "signature": src / "signature.json",
                              "links": {"dashboard": "https://grafana.example.com/d/fraud"}}
                 reg.push("fraud", f, metrics={"auc": 0.9 + n / 100}, tags={"team": "fraud"},
@@ -429,6 +433,8 @@ def test_version_page_shows_the_lineage(client: TestClient) -> None:
     page = client.get("/models/fraud/versions/3").text
     block = page.split('id="lineage-more"', 1)[1].split("</table>", 1)[0]
     assert "hardware" in block and "8x H100" in block and "[given]" in block
+    assert f"{COMMIT}  [from --git-commit]" in block
+    assert "1 tensors in 1 safetensors file(s), blake3:" in block and "encoder.weight  F32[2, 2]" in block
     assert "dependencies" in block and "2 from requirements:requirements.txt" in block
     assert "torch==2.1.0" in block and "numpy&gt;=1.26" in block
     assert "signature" in block and "score" in block
@@ -452,8 +458,6 @@ def test_deleted_versions_are_not_counted(client: TestClient, reg: Registry,
     assert [v["deleted"] for v in data["versions"]] == [True, False, False]
     capsys.readouterr()
     assert run(["ls", "fraud", "--deleted", "--json", "-r", reg.url]) == 0
-    import json
-
     listed = json.loads(capsys.readouterr().out)
     assert data["versions"] == list(reversed(listed))  # the records `ls --deleted --json` prints
     models = {m["name"]: m for m in client.get("/api/models").json()}
