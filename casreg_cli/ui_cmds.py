@@ -74,7 +74,7 @@ def ui(
     author = None if author_header is not None or not allow_writes else current_author()
     # on loopback, only loopback names may be posted to (no DNS rebinding); behind a proxy (--author-header,
     # or a public address) the proxy's name is not known here
-    hosts = loopback_hosts() if allow_writes and loopback and author_header is None else None
+    hosts = loopback_hosts(host) if allow_writes and loopback and author_header is None else None
     web = create_app(reg, allow_writes=True, author=author, author_header=author_header, allowed_hosts=hosts) \
         if allow_writes else create_app(reg)
     sock = _listen(host, port)

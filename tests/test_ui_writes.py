@@ -29,7 +29,7 @@ from casreg.lineage import acting_as, current_author  # noqa: E402
 from casreg.storage.base import ObjectStore  # noqa: E402
 from casreg.testing.wrapper import StoreWrapper  # noqa: E402
 from casreg.web import create_app  # noqa: E402
-from casreg.web.actions import MAX_FORM_BYTES, Guard  # noqa: E402
+from casreg.web.actions import MAX_FORM_BYTES, Guard, loopback_hosts  # noqa: E402
 from casreg.web.app import safe_link  # noqa: E402
 from casreg_cli.main import run  # noqa: E402
 
@@ -394,6 +394,11 @@ def test_forms_are_bounded(client: TestClient) -> None:
     long_reason = client.post(action, data={"token": tok, "stage": "production", "decision": "approve",
                                             "reason": "y" * 5000}, headers=ORIGIN)
     assert long_reason.status_code == 400 and "longer than 4096" in message(long_reason.text)
+
+
+def test_loopback_hosts() -> None:
+    assert {"127.0.0.1", "localhost", "[::1]"} <= loopback_hosts()
+    assert "127.0.0.2" in loopback_hosts("127.0.0.2") and "[::1]" in loopback_hosts("::1")
 
 
 def test_guard_tokens_are_bound_to_the_path() -> None:

@@ -49,7 +49,7 @@ from casreg.lineage import acting_as
 from casreg.refs import validate_alias, validate_name
 from casreg.registry import Registry
 
-__all__ = ["Guard", "routes", "ACTIONS", "MAX_FORM_BYTES", "MAX_REASON", "MAX_AUTHOR"]
+__all__ = ["Guard", "routes", "loopback_hosts", "read_form", "ACTIONS", "MAX_FORM_BYTES", "MAX_REASON", "MAX_AUTHOR"]
 
 #: The version actions, each a POST to ``/models/NAME/versions/N/<action>``; rollback is a
 #: POST to ``/models/NAME/aliases/ALIAS/rollback``.
@@ -61,9 +61,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u206
 _LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
-def loopback_hosts() -> frozenset[str]:
-    """The host names (without port) a server on a loopback address is reached by."""
-    return frozenset(_LOOPBACK_NAMES)
+def loopback_hosts(host: str = "127.0.0.1") -> frozenset[str]:
+    """The host names (without port) a server listening on the loopback address ``host``
+    is reached by: the usual loopback names and ``host`` itself (``[...]`` for IPv6)."""
+    host = host.strip().lower()
+    return frozenset((*_LOOPBACK_NAMES, f"[{host}]" if ":" in host and not host.startswith("[") else host))
 
 
 @dataclass(frozen=True)
