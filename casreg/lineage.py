@@ -12,7 +12,9 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -20,7 +22,7 @@ from casreg.errors import InvalidInputError
 from casreg.records import MAX_TEXT, CodeInfo, Hardware, clean_labels
 from casreg.redact import redact_url
 
-__all__ = ["current_author", "hostname", "git_state", "GitState", "detect_hardware", "given_hardware",
+__all__ = ["current_author", "acting_as", "hostname", "git_state", "GitState", "detect_hardware", "given_hardware",
            "strip_credentials", "code_state", "check_commit", "capture_environment", "read_requirements",
            "read_signature", "clean_signature", "clean_links", "normalize_distribution"]
 
@@ -33,9 +35,29 @@ def _git(args: list[str], cwd: str | None = None) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+_ACTING: ContextVar[str | None] = ContextVar("casreg_acting_as", default=None)
+
+
+@contextmanager
+def acting_as(author: str) -> Iterator[None]:
+    """Within the block, in this thread or task only, :func:`current_author` is
+    ``author`` (for a server acting for the user its request names: ``casreg ui
+    --author-header``); the caller has checked ``author``. Nested blocks restore the
+    outer author on exit."""
+    token = _ACTING.set(author)
+    try:
+        yield
+    finally:
+        _ACTING.reset(token)
+
+
 def current_author() -> str:
-    """``CASREG_USER``, else git's ``user.email``, else the OS user (read on every call,
-    so a process that changes ``CASREG_USER`` acts as the new user)."""
+    """The author :func:`acting_as` sets in this thread or task, else ``CASREG_USER``,
+    else git's ``user.email``, else the OS user (read on every call, so a process that
+    changes ``CASREG_USER`` acts as the new user)."""
+    acting = _ACTING.get()
+    if acting is not None:
+        return acting
     user = os.environ.get("CASREG_USER", "").strip()
     if user:
         return user

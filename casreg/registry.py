@@ -745,6 +745,16 @@ class Registry:
             validate_name(name)
         return read_tombstones(self.store, name)
 
+    def deleted_versions(self, name: str | None = None) -> set[tuple[str, int]]:
+        """``(name, version)`` of every deleted version of ``name`` (of every model,
+        without a name): one listing of the tombstones and no read, for a listing that
+        marks them or leaves them out of its counts (:meth:`deleted` has their events)."""
+        from casreg.ledger.tombstones import tombstoned
+
+        if name is not None:
+            validate_name(name)
+        return tombstoned(self.store, name)
+
     # -- signatures (docs/signing.md) ---------------------------------------------------------
     def sign(self, ref: str | Ref, key_path: str | os.PathLike[str]) -> SignatureCheck:
         """Sign version ``ref`` with the ECDSA private key in PEM file ``key_path`` and store

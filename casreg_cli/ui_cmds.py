@@ -1,14 +1,15 @@
-"""``casreg ui``: serve the read-only web page of a registry (docs/ui.md)."""
+"""``casreg ui``: serve the web page of a registry, read-only unless ``--allow-writes`` (docs/ui.md)."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from casreg.errors import CasregError, InvalidInputError
+from casreg.lineage import current_author
 from casreg.redact import redact_url
 from casreg_cli.common import Cli, app, command
 
@@ -47,29 +48,52 @@ def ui(
     host: Annotated[str, typer.Option("--host", help="Address to listen on (default: this machine only).")]
     = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")] = 8000,
+    allow_writes: Annotated[bool, typer.Option(
+        "--allow-writes", help="Offer promote, approve/reject, archive, alias and rollback forms (CSRF-protected; "
+                               "the policy applies).")] = False,
+    author_header: Annotated[Optional[str], typer.Option(
+        "--author-header", metavar="NAME", help="With --allow-writes: take each action's author from this request "
+                                                "header, set by an authenticating reverse proxy (only safe behind "
+                                                "one); default: the user who starts the server.")] = None,
 ) -> None:
-    """Serve a read-only web page of the registry: models, versions, stages, history, diffs, policy (docs/ui.md)."""
+    """Serve a web page of the registry: models, versions, stages, history, diffs, policy (read-only unless
+    --allow-writes; docs/ui.md)."""
     try:
         import uvicorn
 
         from casreg.web import create_app
+        from casreg.web.actions import loopback_hosts
     except ImportError as err:
         raise CasregError(f"casreg ui needs the ui extra ({err.name} is missing): "
                                 "pip install 'casreg[ui]'") from None
     out = cli.out
+    if author_header is not None and not allow_writes:
+        raise InvalidInputError("--author-header names the author of write actions: it needs --allow-writes")
     reg = cli.registry()
-    web = create_app(reg)
+    loopback = _is_loopback(host)
+    author = None if author_header is not None or not allow_writes else current_author()
+    # on loopback, only loopback names may be posted to (no DNS rebinding); behind a proxy (--author-header,
+    # or a public address) the proxy's name is not known here
+    hosts = loopback_hosts(host) if allow_writes and loopback and author_header is None else None
+    web = create_app(reg, allow_writes=True, author=author, author_header=author_header, allowed_hosts=hosts) \
+        if allow_writes else create_app(reg)
     sock = _listen(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound}/"
+    who = f"the {author_header} header" if author_header is not None else author
     if out.as_json:
-        out.json_line({"url": url, "registry": redact_url(reg.url), "read_only": True})
+        out.json_line({"url": url, "registry": redact_url(reg.url), "read_only": not allow_writes}
+                      | ({"author": author, "author_header": author_header} if allow_writes else {}))
     else:
-        out.line(f"casreg ui: {redact_url(reg.url)} at {url} (read-only; Ctrl-C stops it)")
-        if not _is_loopback(host):
+        mode = f"writes allowed, as {who}" if allow_writes else "read-only"
+        out.line(f"casreg ui: {redact_url(reg.url)} at {url} ({mode}; Ctrl-C stops it)")
+        if not loopback:
             out.warn(f"listening on {host}: anyone who can reach this port can read the registry; there is no "
                      "login (docs/ui.md: put it behind a proxy with authentication)")
+    if allow_writes and not loopback:
+        out.warn(f"--allow-writes on {host}: anyone who can reach this port can promote, approve and archive "
+                 f"as {who} (docs/ui.md: only behind an authenticating proxy)")
     out.flush()
     config = uvicorn.Config(web, log_level="warning", access_log=False, server_header=False, lifespan="off")
     try:

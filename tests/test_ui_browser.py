@@ -174,3 +174,61 @@ def test_policy_and_errors(server: str, browser: object, tmp_path: Path) -> None
     # shown as text, not run (a script that ran alert() would fail the next command with an alert open)
     assert d.find_elements(By.CSS_SELECTOR, "main script, main img") == []  # type: ignore[attr-defined]
     assert "onerror=alert(2)>" in text(d, "main")
+
+
+@pytest.fixture(scope="module")
+def write_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``casreg ui --allow-writes`` over a registry of its own (the other tests' stays as
+    built), run by carol@example.com."""
+    saved = {k: os.environ.get(k) for k in ("CASREG_USER", "GIT_CEILING_DIRECTORIES")}
+    try:
+        built = build(tmp_path_factory.mktemp("ui-browser-writes"))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    env = {**os.environ, "CASREG_USER": "carol@example.com"}
+    proc = subprocess.Popen([sys.executable, "-m", "casreg_cli.main", "ui", "-r", built.url, "--port", "0",
+                             "--allow-writes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "writes allowed, as carol@example.com" in line, (line, proc.stderr.read() if proc.poll() else "")
+        yield line.split(" at ", 1)[1].split()[0]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_approve_then_promote_in_the_browser(write_server: str, browser: object, tmp_path: Path) -> None:
+    """Click approve, then promote, on the version page: the new stage's badge shows."""
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    d = browser
+    wait = WebDriverWait(d, 15)  # type: ignore[arg-type]
+    problems(d)  # drain what earlier tests left in the console log (their 404 pages)
+    d.get(write_server + "models/fraud/versions/4")  # type: ignore[attr-defined]
+    assert "production" not in text(d, "h1") and "0 of 1 required" in text(d, "#approvals")
+    form = d.find_element(By.ID, "form-decide")  # type: ignore[attr-defined]
+    Select(form.find_element(By.NAME, "stage")).select_by_visible_text("production")
+    form.find_element(By.NAME, "reason").send_keys("reviewed the eval report")
+    d.find_element(By.ID, "approve").click()  # type: ignore[attr-defined]
+    wait.until(lambda drv: drv.find_elements(By.ID, "flash"))
+    assert "approve production fraud:4 by carol@example.com" in text(d, "#flash")
+    assert "1 of 1 required" in text(d, "#approvals")
+    form = d.find_element(By.ID, "form-promote")  # type: ignore[attr-defined]
+    Select(form.find_element(By.NAME, "stage")).select_by_visible_text("production")
+    form.find_element(By.NAME, "reason").send_keys("v4 beats v3 on auc")
+    d.find_element(By.ID, "promote").click()  # type: ignore[attr-defined]
+    wait.until(lambda drv: "promote" in drv.find_element(By.ID, "flash").text)
+    assert "production" in text(d, "h1") and "staging" in text(d, "h1")
+    assert d.find_elements(By.CSS_SELECTOR, "h1 .badge-production")  # type: ignore[attr-defined]
+    assert "v4 beats v3 on auc" in text(d, "#deployments")
+    shoot(d, tmp_path, "version-actions")
+    assert problems(d) == []

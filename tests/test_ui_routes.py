@@ -86,10 +86,10 @@ def test_the_api_gives_the_records_the_cli_prints(client: TestClient, built: Bui
                                                                            capsys=capsys)
     policy = client.get("/api/policy").json()
     assert {k: v for k, v in policy.items() if k != "versions"} == cli_json(built, "policy", "show", capsys=capsys)
-    listed = cli_json(built, "ls", "fraud", capsys=capsys)
+    listed = cli_json(built, "ls", "fraud", "--deleted", capsys=capsys)
     assert isinstance(listed, list)
     page = client.get("/api/models/fraud").json()["versions"]
-    assert page == list(reversed(listed))  # archived included: ls --json gives it too
+    assert page == list(reversed(listed))  # archived and deleted marked, as ls --deleted --json marks them
     models = {m["name"]: m for m in client.get("/api/models").json()}
     every = cli_json(built, "ls", capsys=capsys)
     assert isinstance(every, list)
@@ -225,9 +225,14 @@ def test_no_write_method_is_accepted(client: TestClient, method: str, path: str)
     assert r.status_code == 405
 
 
-def test_writes_are_not_offered(built: Built) -> None:
-    with pytest.raises(Exception, match="read-only"):
-        create_app(built.reg, allow_writes=True)
+def test_writes_are_not_offered_by_default(built: Built, client: TestClient) -> None:
+    """Only ``allow_writes`` adds write routes (tests/test_ui_writes.py tests them)."""
+    from starlette.routing import Route
+
+    assert {m for r in create_app(built.reg).routes if isinstance(r, Route) for m in r.methods or ()} <= {"GET",
+                                                                                                           "HEAD"}
+    page = client.get("/models/fraud/versions/3").text
+    assert "<form" in page and 'method="post"' not in page and "read-only" in page
 
 
 def test_pages_of_versions(client: TestClient) -> None:

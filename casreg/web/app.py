@@ -3,7 +3,9 @@
 Every page calls the façade's public methods only (no store, ledger or key is touched
 here) and renders with Jinja2, autoescaping everything; each page's data is also served
 as JSON under ``/api/...``, the records ``casreg ... --json`` prints. The app has GET
-routes only: any other method gets 405.
+routes only (any other method gets 405), unless it is made with ``allow_writes``: then
+:mod:`casreg.web.actions` adds the POST routes of the write actions and their forms show
+on the version and model pages.
 
 Security (docs/ui.md): every response carries a strict Content-Security-Policy (scripts
 and styles from this server only, no inline script), ``X-Content-Type-Options: nosniff``,
@@ -21,7 +23,7 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,16 +41,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from casreg._version import __version__
 from casreg.errors import (
+    AliasNotMovedError,
+    AlreadyExistsError,
     AmbiguousReferenceError,
     CasregError,
+    ConflictError,
     InvalidInputError,
     NotFoundError,
     PolicyError,
 )
+from casreg.lineage import current_author
 from casreg.records import AliasPointer, Version
 from casreg.redact import redact_url
 from casreg.refs import parse_ref, validate_alias, validate_name
 from casreg.registry import Registry
+from casreg.web.actions import Guard
+from casreg.web.actions import routes as write_routes
 from casreg.web.charts import line_chart, timeline
 
 __all__ = ["create_app", "visible", "CSP", "PER_PAGE", "MAX_PER_PAGE"]
@@ -65,6 +73,9 @@ MAX_FILES_SHOWN = 1000
 POINTER_KINDS = ("alias.set", "alias.remove", "promote", "rollback")
 EVENT_KINDS = ("push", "alias.set", "alias.remove", "promote", "rollback", "archive", "approve", "reject",
                "policy.set", "hooks.set", "hook.failed", "delete")
+#: The kinds of event the write actions record (docs/ui.md).
+ACTION_KINDS = ("promote", "approve", "reject", "archive", "alias.set", "rollback")
+_EVENT_ID = re.compile(r"[0-9a-f]{16,64}")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS = [
@@ -131,10 +142,12 @@ def json_response(value: object, status: int = 200) -> Response:
 
 class SecurityHeaders:
     """ASGI middleware: the security headers on every response (pages, JSON, static
-    files, errors)."""
+    files, errors). ``referrer``: the ``Referrer-Policy`` (``same-origin`` when the pages
+    post forms, so the browser sends their ``Origin``; ``no-referrer`` otherwise)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, referrer: str = "no-referrer") -> None:
         self.app = app
+        self.headers = [(k, referrer.encode() if k == b"referrer-policy" else v) for k, v in SECURITY_HEADERS]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -145,19 +158,25 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 names = {k.lower() for k, _ in message.get("headers", [])}
                 message["headers"] = list(message.get("headers", [])) + [
-                    (k, v) for k, v in SECURITY_HEADERS if k not in names]
+                    (k, v) for k, v in self.headers if k not in names]
             await send(message)
 
         await self.app(scope, receive, with_headers)
 
 
 def status_of(err: CasregError) -> int:
+    """The HTTP status of a library error: 404 nothing there, 400 bad input, 403 refused
+    by the policy, 409 a conflict (a race lost, already there), 500 anything else (damage)."""
+    if isinstance(err, AliasNotMovedError):
+        return status_of(err.cause)
     if isinstance(err, NotFoundError):
         return 404
     if isinstance(err, (InvalidInputError, AmbiguousReferenceError)):
         return 400
     if isinstance(err, PolicyError):
         return 403
+    if isinstance(err, (ConflictError, AlreadyExistsError)):
+        return 409
     return 500
 
 
@@ -209,15 +228,20 @@ class Interval:
 
 
 class Pages:
-    """The routes, over one registry."""
+    """The routes, over one registry. ``guard``: the write mode's checks and tokens
+    (``None``: read-only; no form is shown)."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, guard: Guard | None = None) -> None:
         self.reg = registry
+        self.guard = guard
         self.env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True,
                                undefined=StrictUndefined, finalize=visible, trim_blocks=True, lstrip_blocks=True)
         self.env.filters.update(bytes=human_bytes, when=_when, num=_num, short=lambda d: str(d)[:19],
-                                url=lambda s: quote(str(s), safe=""))
-        self.env.globals.update(version=__version__, registry_url=redact_url(registry.url), qs=self._qs)
+                                url=lambda s: quote(str(s), safe=""), safe_link=safe_link)
+        self.env.globals.update(version=__version__, registry_url=redact_url(registry.url), qs=self._qs,
+                                writes=guard is not None, csrf=guard.token if guard is not None else None,
+                                header_author=guard is not None and guard.author_header is not None,
+                                server_author=guard.author if guard is not None else None)
 
     @staticmethod
     def _qs(base: Mapping[str, object], **changes: object) -> str:
@@ -245,7 +269,7 @@ class Pages:
             if not sep or not key:
                 raise InvalidInputError(f"tag filter must be KEY=VALUE, got {tag[:60]!r}")
             want = (key, value)
-        summaries = self.reg.models()
+        summaries = self._live(self.reg.models())
         by_model: dict[str, dict[str, int]] = {}
         for p in self.reg.aliases():
             by_model.setdefault(p.name, {})[p.alias] = p.version
@@ -262,6 +286,27 @@ class Pages:
         per = _int(request, "per", PER_PAGE, 1, MAX_PER_PAGE)
         return {"rows": rows[(page - 1) * per: page * per], "total": len(rows), "page": page, "per": per,
                 "pages": max(1, -(-len(rows) // per)), "q": q, "tag": tag or "", "models": len(summaries)}
+
+    def _live(self, summaries: list[Any]) -> list[Any]:
+        """The model summaries with deleted versions left out of their counts, and as
+        their latest the newest version that is not deleted (what ``NAME`` resolves to);
+        a model whose every version is deleted is left out, as ``casreg ls`` leaves it
+        out (docs/retention.md). Their byte totals stay those of every version recorded:
+        a deleted version's chunks stay stored until gc reclaims them."""
+        tombstones = self.reg.deleted_versions()  # one listing of the tombstones
+        dead: dict[str, int] = {}
+        for name, _ in tombstones:
+            dead[name] = dead.get(name, 0) + 1
+        out = []
+        for s in summaries:
+            gone = dead.get(s.name, 0)
+            if not gone:
+                out.append(s)
+            elif gone < s.versions:
+                # a read only where the latest itself is deleted: NAME resolves to the newest live one
+                latest = self.reg.show(s.name) if (s.name, s.latest.version) in tombstones else s.latest
+                out.append(replace(s, latest=latest, versions=s.versions - gone))
+        return out
 
     def models(self, request: Request) -> Response:
         return self.render("models.html", **self._models(request), args=dict(request.query_params))
@@ -286,6 +331,13 @@ class Pages:
         page = _int(request, "page", 1)
         per = _int(request, "per", PER_PAGE, 1, MAX_PER_PAGE)
         newest = self.reg.ls(name, newest=1)[0]  # raises for an unknown model
+        dead = {n for _, n in self.reg.deleted_versions(name)}  # one listing (docs/retention.md)
+        live_latest: Version | None = newest
+        if newest.version in dead:
+            try:
+                live_latest = self.reg.show(name)  # the newest version that is not deleted
+            except NotFoundError:
+                live_latest = None
         filtered = where is not None or stage is not None
         if not filtered and sort in (None, "version"):
             # in version order: the page's numbers are known (they are gap-free), read only those
@@ -307,11 +359,12 @@ class Pages:
         total = None if filtered else newest.version
         metric_names = sorted({k for v in versions for k in v.metrics})
         rows = [{"version": v, "aliases": sorted(by_version.get((v.name, v.version), [])),
-                 "archived": v.version in archived} for v in versions]
+                 "archived": v.version in archived, "deleted": v.version in dead} for v in versions]
         return {"name": name, "latest": newest, "rows": rows, "page": page, "per": per, "has_next": has_next,
                 "total": total, "pages": -(-total // per) if total else None, "where": where or "",
                 "sort": sort or "", "desc": desc, "stage": stage or "", "pointers": pointers,
-                "metric_names": metric_names[:6], "filtered": filtered}
+                "metric_names": metric_names[:6], "filtered": filtered, "live_latest": live_latest,
+                "live": newest.version - len(dead), "deleted": len(dead)}
 
     def model(self, request: Request) -> Response:
         data = self._model(request)
@@ -337,16 +390,18 @@ class Pages:
                    "fraction": (1 - stored / logical) if logical else 0.0}
         all_metrics = sorted(latest.metrics)
         return self.render("model.html", **data, charts=charts, metric=metric or "", all_metrics=all_metrics,
-                           savings=savings, args=dict(request.query_params))
+                           savings=savings, args=dict(request.query_params), flash=self._flash(request, name),
+                           actor=self.guard.author_of(request) if self.guard else None)
 
     def api_model(self, request: Request) -> Response:
         data = self._model(request)
         return json_response({
-            "name": data["name"], "latest_version": data["latest"].version, "total": data["total"],
+            "name": data["name"], "latest_version": data["live_latest"].version if data["live_latest"] else None,
+            "total": data["total"], "live": data["live"], "deleted": data["deleted"],
             "page": data["page"], "per": data["per"], "has_next": data["has_next"],
             "aliases": [p.to_dict() for p in data["pointers"]],
-            "versions": [r["version"].to_dict() | {"aliases": r["aliases"], "archived": r["archived"]}
-                         for r in data["rows"]],
+            "versions": [r["version"].to_dict() | {"aliases": r["aliases"], "archived": r["archived"],
+                                                   "deleted": r["deleted"]} for r in data["rows"]],
         })
 
     def api_series(self, request: Request) -> Response:
@@ -355,6 +410,20 @@ class Pages:
         points = _int(request, "points", 500, 2, 2000)
         return json_response(self.reg.series(name, fields, points=points,
                                              cumulative=_flag(request, "cumulative", False)))
+
+    def _flash(self, request: Request, name: str) -> dict[str, Any] | None:
+        """What a write action just did, for the page it redirected to (``?event=ID``):
+        the recorded event, looked up in the model's log (so the page shows only what the
+        ledger says), or that nothing changed (``?event=unchanged``)."""
+        ident = request.query_params.get("event")
+        if self.guard is None or ident is None:
+            return None
+        if ident == "unchanged":
+            return {"unchanged": True, "event": None}
+        if not _EVENT_ID.fullmatch(ident):
+            return None
+        found = next((e for e in reversed(self.reg.log(name, kinds=ACTION_KINDS)) if e.event_id == ident), None)
+        return {"unchanged": False, "event": found} if found is not None else None
 
     # -- version -------------------------------------------------------------------------
     def _intervals(self, name: str) -> list[Interval]:
@@ -384,14 +453,16 @@ class Pages:
         state = self.reg.state(v)
         deployed = [i for i in self._intervals(name) if i.version == v.version]
         gates: dict[str, int] = {}
+        stages = {"staging", "production"}
         policy = self.reg.policy()
         if policy is not None:
             effective = policy.for_model(name)
             gates = {stage: g.approvals for stage, g in effective.gates.items() if g.approvals}
+            stages |= set(effective.gates)
         chain = self.reg.ancestors(v, limit=10)
         signatures = self.reg.signatures(v.digest)  # checked against the policy's [keys] (docs/signing.md)
         return {"v": v, "files": files, "aliases": aliases, "state": state, "deployed": deployed, "gates": gates,
-                "chain": chain, "pointers": pointers, "signatures": signatures}
+                "chain": chain, "pointers": pointers, "signatures": signatures, "stages": sorted(stages)}
 
     def version(self, request: Request) -> Response:
         d = self._version(request)
@@ -407,7 +478,9 @@ class Pages:
         compare = sorted({p.version for p in d["pointers"] if p.version != v.version}
                          | ({v.version - 1} if v.version > 1 else set()))
         return self.render("version.html", **d, snippets=snippets, compare=compare,
-                           files_shown=d["files"][:MAX_FILES_SHOWN])
+                           files_shown=d["files"][:MAX_FILES_SHOWN], flash=self._flash(request, v.name),
+                           actor=self.guard.author_of(request) if self.guard else None,
+                           lineage_rows=lineage_rows(v))
 
     def api_version(self, request: Request) -> Response:
         d = self._version(request)
@@ -543,7 +616,8 @@ class Pages:
         message = redact_url(message)
         if request.url.path.startswith("/api/"):
             return json_response({"error": message, "status": status}, status)
-        return self.render("error.html", status, status=status, message=message)
+        back = getattr(request.state, "back", None)  # a write action's form page
+        return self.render("error.html", status, status=status, message=message, back=back)
 
     async def on_casreg_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, CasregError)
@@ -551,16 +625,82 @@ class Pages:
 
     async def on_http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        text = {404: "no such page", 405: "this registry page is read-only: only GET is allowed"}.get(
-            exc.status_code, str(exc.detail))
+        allow = (exc.headers or {}).get("Allow") or "GET, HEAD"  # a write action's route allows POST only
+        not_allowed = "this registry page is read-only: only GET is allowed" if self.guard is None else \
+            f"{request.method} is not allowed here (only {allow})"
+        text = {404: "no such page", 405: not_allowed}.get(exc.status_code, str(exc.detail))
         response = self.error_page(request, exc.status_code, text)
         if exc.status_code == 405:
-            response.headers["allow"] = "GET, HEAD"
+            response.headers["allow"] = allow
         return response
 
     async def on_crash(self, request: Request, exc: Exception) -> Response:
         log.error("casreg ui: %s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
         return self.error_page(request, 500, "internal error (the server's log has the details)")
+
+
+def lineage_rows(v: Version) -> list[tuple[str, str]]:
+    """The version page's compact lines for the lineage of docs/lineage.md (code,
+    hardware, dependencies, schema and its tensors, the input/output signature), each
+    (label, text), as ``casreg show`` prints them; ``links`` are shown apart, as links.
+    Plain text: the template escapes it."""
+    ln, rows = v.lineage, []
+    if ln.code is not None:
+        c = ln.code
+        state = "" if c.dirty is None else ("dirty" if c.dirty else "clean")
+        where = {"code": "from --code", "given": "from --git-commit",
+                 "model-path": "from the pushed path's repository"}.get(c.source or "", c.source or "")
+        bits = ", ".join(b for b in (c.branch, state) if b)
+        rows.append(("code", f"{c.commit or '?'}" + (f" ({bits})" if bits else "")
+                     + (f" {c.remote}" if c.remote else "") + (f"  [{where}]" if where else "")))
+    if ln.hardware is not None:
+        h = ln.hardware
+        parts = []
+        if h.text:
+            parts.append(h.text)
+        elif h.gpu_count:
+            parts.append(f"{h.gpu_count}x {h.gpu_type or 'GPU'}")
+        elif h.gpu_count == 0:
+            parts.append("no GPU")
+        if h.cpu_model or h.cpu_count:
+            parts.append(f"CPU {h.cpu_model or '?'}" + (f" x{h.cpu_count}" if h.cpu_count else ""))
+        if h.memory_bytes:
+            parts.append(f"{human_bytes(h.memory_bytes)} memory")
+        if h.cuda_visible_devices is not None:
+            parts.append(f"CUDA_VISIBLE_DEVICES={h.cuda_visible_devices}")
+        rows.append(("hardware", ", ".join(parts or ["?"]) + (f"  [{h.source}]" if h.source else "")))
+    if ln.dependencies_source is not None or ln.dependencies:
+        shown = ", ".join(f"{k}=={val}" if val and val[0].isalnum() else f"{k}{val}"
+                          for k, val in list(ln.dependencies.items())[:8])
+        more = f", ... ({len(ln.dependencies) - 8} more: the JSON lists them all)" if len(ln.dependencies) > 8 else ""
+        rows.append(("dependencies", f"{len(ln.dependencies)} from {ln.dependencies_source or '?'}"
+                     + (f": {shown}{more}" if shown else "")))
+    if ln.schema is not None:
+        sc = ln.schema
+        if sc.tensor_count is not None:
+            files = len({t.file for t in sc.tensors})
+            cut = f" ({len(sc.tensors)} listed)" if sc.truncated else ""
+            rows.append(("schema", f"{sc.tensor_count} tensors in {files} safetensors file(s){cut}, "
+                                   f"{sc.digest or '?'}"))
+            rows += [("", f"{t.name}  {t.dtype}[{', '.join(str(d) for d in t.shape)}]") for t in sc.tensors[:10]]
+            if len(sc.tensors) > 10:
+                rows.append(("", f"... {len(sc.tensors) - 10} more (the JSON lists them all)"))
+        if sc.signature is not None:
+            sig = sc.signature
+            rows.append(("signature", sig if len(sig) <= 200 else sig[:197] + "..."))
+    return rows
+
+
+def safe_link(url: str) -> str | None:
+    """``url`` if it is an ``http``/``https`` URL with a host (what ``--link`` accepts),
+    else ``None``: a record from a hostile store never makes a ``javascript:`` link."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    return url if parts.scheme in ("http", "https") and parts.netloc and not _CONTROL.search(url) else None
 
 
 def _float(v: object) -> float | None:
@@ -592,13 +732,24 @@ def _sync(fn: Callable[[Request], Response], registry: Registry) -> Callable[[Re
     return endpoint
 
 
-def create_app(registry: Registry, *, allow_writes: bool = False) -> Starlette:
-    """The read-only web app over ``registry`` (an ASGI app: serve it with uvicorn, as
-    ``casreg ui`` does). Write actions are not implemented: ``allow_writes=True`` is
-    refused rather than silently ignored."""
-    if allow_writes:
-        raise InvalidInputError("casreg ui has no write actions yet; it serves read-only pages")
-    pages = Pages(registry)
+def create_app(registry: Registry, *, allow_writes: bool = False, author: str | None = None,
+               author_header: str | None = None, allowed_hosts: Iterable[str] | None = None) -> Starlette:
+    """The web app over ``registry`` (an ASGI app: serve it with uvicorn, as ``casreg ui``
+    does). Read-only unless ``allow_writes``: only then are the POST routes of the write
+    actions (:mod:`casreg.web.actions`) added, and their forms shown. Their author is
+    ``author`` (default: :func:`casreg.lineage.current_author` now, the user who starts
+    the server) or, with ``author_header``, each request's value of that header (set by
+    an authenticating reverse proxy; a request without it gets 401). ``allowed_hosts``:
+    the host names (no port) write requests may be addressed to (``None``: any)."""
+    if not allow_writes and (author is not None or author_header is not None or allowed_hosts is not None):
+        raise InvalidInputError("an author, an author header or allowed hosts only apply with allow_writes")
+    if author_header is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}", author_header):
+        raise InvalidInputError(f"--author-header {author_header[:70]!r} is not an HTTP header name "
+                                "(letters, digits and '-')")
+    guard = Guard(author if author is not None else current_author(), author_header,
+                  frozenset(h.lower() for h in allowed_hosts) if allowed_hosts is not None else None) \
+        if allow_writes else None
+    pages = Pages(registry, guard)
     get = ["GET"]
     routes = [
         Route("/", _sync(pages.models, registry), methods=get),
@@ -619,7 +770,9 @@ def create_app(registry: Registry, *, allow_writes: bool = False) -> Starlette:
         Route("/api/policy", _sync(pages.api_policy, registry), methods=get),
         Mount("/static", StaticFiles(directory=HERE / "static", html=False), name="static"),
     ]
+    if guard is not None:
+        routes += write_routes(registry, guard)
     app = Starlette(routes=routes, exception_handlers={
         CasregError: pages.on_casreg_error, HTTPException: pages.on_http_error, Exception: pages.on_crash})
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(SecurityHeaders, referrer="same-origin" if guard is not None else "no-referrer")
     return app
