@@ -54,7 +54,6 @@ from casreg.governance.state import (
     check_promotable,
     check_stage_name,
     decisions,
-    policy_for,
     was_in,
 )
 from casreg.keys import REGISTRY_EVENTS
@@ -381,7 +380,8 @@ def archive(store: ObjectStore, name: str, ref: str | int, *, notify: EventSink,
     (default ``$CASREG_SIGNING_KEY``)."""
     validate_name(name)
     version = version_of(store, name, ref)
-    policy_for(store, name).require_permission(current_author(), "archive", None, what=f"archiving {version.ref}")
+    rules_and_keys(store, name)[0].require_permission(current_author(), "archive", None,
+                                                      what=f"archiving {version.ref}")
     moves = read_pointer_events(store, name)  # each alias's last move: read once, used twice
     holding = held_by(store, name, version.version, moves=moves)
     if holding:
