@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from inprocess_cli import fails, ok, run_cli
+from inprocess_cli import fails, ok, run_cli, run_executable
 
 from casreg import Registry
 from casreg.errors import IntegrityError, PolicyError
@@ -148,7 +148,8 @@ def test_signed_approvals_open_the_gate_and_everything_verifies(world: World) ->
     logged = json.loads(ok(w.cli("log", "m", "--json")).stdout)
     marks = {e["event_id"]: e["signature"]["status"] for e in logged if "signature" in e}
     assert marks == w.log_marks()
-    assert sorted(marks.values()).count("verified") == 3  # two approvals and the promotion
+    # two approvals, the promotion and the admin's policy.set (checked with the pinned key)
+    assert sorted(marks.values()) == ["unsigned", "verified", "verified", "verified", "verified"]  # +m:1's move
     resolved = json.loads(ok(w.cli("resolve", "m@production", "--json")).stdout)
     assert resolved["signed"] is True and resolved["trusted"] is True
     assert resolved["last_move"]["signature"]["signer"] == EMAIL["alice"]
@@ -379,3 +380,20 @@ def test_event_signature_keys_parse_back() -> None:
     for bad in (("../" + eid[3:], fp), (eid, fp[:63])):
         with pytest.raises(ValueError):
             event_signature_key(*bad)
+
+
+def test_the_executable_refuses_an_untrusted_policy_in_one_line(tmp_path: Path, keys: dict[str, Path],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real entry point (its exit, its stderr), once; the other tests run in process."""
+    monkeypatch.delenv("CASREG_TRUSTED_KEYS", raising=False)
+    monkeypatch.delenv("CASREG_SIGNING_KEY", raising=False)
+    monkeypatch.setenv("CASREG_USER", EMAIL["alice"])
+    monkeypatch.setenv("HOME", str(tmp_path))
+    reg = Registry(str(tmp_path / "reg"))
+    reg.push("m", str(_weights(tmp_path, 4)))
+    reg.set_policy(policy_text(keys, approvals=0), key=keys["alice"])  # signed, but not by the admin
+    env = dict(os.environ, CASREG_REGISTRY=str(tmp_path / "reg"), NO_COLOR="1",
+               CASREG_TRUSTED_KEYS=f"{keys['admin']}.pub")
+    fails(run_executable(["promote", "m", "1", "production", "--key", str(keys["alice"])], env, tmp_path), 6,
+          "policy version 1", "is signed by no pinned key: it is not trusted; refused")
+    assert reg.resolve("m:1").version == 1 and not list(reg.aliases("m"))

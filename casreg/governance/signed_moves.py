@@ -24,7 +24,7 @@ from casreg.governance.event_signing import (
 )
 from casreg.governance.policy import Policy, read_policy
 from casreg.governance.signatures import PublicKey
-from casreg.governance.trust import PolicyTrust, policy_trust
+from casreg.governance.trust import PolicyTrust, pinned_keys, policy_trust
 from casreg.keys import event_key, parse_event_signature_key, pointer_key
 from casreg.ledger.events import POINTER_KINDS
 from casreg.ledger.history import read_all_events, read_events
@@ -47,6 +47,7 @@ class SigningState:
     keys: dict[str, PublicKey]
     trust: PolicyTrust
     policy_version: int | None
+    root: dict[str, PublicKey] = field(default_factory=dict)  # the pinned admin keys
 
     @property
     def configured(self) -> bool:
@@ -61,10 +62,12 @@ class SigningState:
 
 def signing_state(store: ObjectStore) -> SigningState:
     """The policy's keys and trust, never failing on an untrusted policy (it is reported)."""
-    trust = policy_trust(store)
+    root = pinned_keys()
+    trust = policy_trust(store, root)
     current = read_policy(store)
     keys = person_keys(current.doc) if current is not None and "keys" in current.doc else {}
-    return SigningState(keys, trust, current.version if current is not None else None)
+    return SigningState(keys, trust, current.version if current is not None else None,
+                        {k.fingerprint: k for k in root})
 
 
 @dataclass(frozen=True)
@@ -95,8 +98,11 @@ def check_entries(store: ObjectStore, entries: Iterable[_Event],
     the event signatures, then a read of each signature object found)."""
     state = state if state is not None else signing_state(store)
     listed = list_event_signatures(store)
-    return {e.event_id: check_event(store, e, state.keys, listed=listed.get(e.event_id, []))
-            for e in entries if e.kind in SIGNED_KINDS and e.event_id is not None}
+    admin = state.root | state.keys  # a policy change is an admin's: the pinned keys check it too
+    return {e.event_id: check_event(store, e, admin if e.kind == "policy.set" else state.keys,
+                                    listed=listed.get(e.event_id, []))
+            for e in entries if e.kind in SIGNED_KINDS and e.event_id is not None
+            and not (e.details or {}).get("cause")}  # an implied archive: its cause's signature covers it
 
 
 @dataclass
