@@ -201,7 +201,8 @@ def evaluate(store: ObjectStore, policy: Policy, version: Version, stage: str,
     """Every check of ``stage``'s gate on ``version``, passed or not (the model's events
     are read only if the gate needs them). ``keys`` (the policy's ``[keys]``, when it has
     them): approvals count only when signed by a key of a person allowed to approve,
-    one per person, and the pusher is judged by key (:func:`_approvers`)."""
+    one per person, and the pusher is judged by key
+    (:func:`~casreg.governance.event_signing.signed_approvers`)."""
     gate = policy.gate(stage)
     if gate is None:
         return []
@@ -232,7 +233,8 @@ def evaluate(store: ObjectStore, policy: Policy, version: Version, stage: str,
         approvers = sorted(a for a, e in decided.items() if e.kind == "approve"
                            and (gate.self_approval or a != version.author))
         if keys:
-            approvers = _approvers(store, policy, events, version, stage, keys, gate.self_approval)
+            approvers = signed_approvers(store, policy, events, version, stage, keys,
+                                         self_approval=gate.self_approval)
         label = f"approvals >= {gate.approvals}"
         if rejected:
             r = rejected[-1]
@@ -248,11 +250,6 @@ def evaluate(store: ObjectStore, policy: Policy, version: Version, stage: str,
                 own += " (only approvals signed by a key of the policy's [keys] count)"
             results.append(GateResult(label, ok, f"{len(approvers)} approval(s){who} of {gate.approvals}{own}{more}"))
     return results
-
-
-def _approvers(store: ObjectStore, policy: Policy, events: list[AliasEvent], version: Version, stage: str,
-               keys: Mapping[str, PublicKey], self_approval: bool) -> list[str]:
-    return signed_approvers(store, policy, events, version, stage, keys, self_approval=self_approval)
 
 
 def gate_refusal(version: Version, stage: str, checks: list[GateResult], policy: Policy) -> PolicyError:
@@ -357,7 +354,8 @@ def rollback(store: ObjectStore, name: str, alias: str, *, notify: EventSink, re
         require_signer(signer, keys, policy, "promote", alias, f"rolling back {name}@{alias}")
         if gate.approvals:
             target = read_version(store, name, last.from_version)
-            approvers = _approvers(store, policy, read_events(store, name), target, alias, keys, gate.self_approval)
+            approvers = signed_approvers(store, policy, read_events(store, name), target, alias, keys,
+                                         self_approval=gate.self_approval)
             if len(approvers) < gate.approvals:
                 raise PolicyError(f"rolling {name}@{alias} back to {target.ref} refused by policy version "
                                   f"{policy.version}: {target.ref} has {len(approvers)} signed approval(s) for "
