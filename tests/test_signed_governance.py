@@ -317,12 +317,13 @@ def test_a_rollback_to_a_version_that_predates_the_policy_is_refused(world: Worl
     with pytest.raises(PolicyError, match=r"back to m:1 refused .* 0 signed approval\(s\)"):
         w.reg.rollback("m", "production", key=w.key("alice"))
     fails(w.cli("rollback", "m@production", CASREG_USER=EMAIL["alice"]), 8, "needs a signed event")
-    # approved by two keys, the rollback goes through, signed
+    # approved by two keys, the rollback goes through, signed with the key CASREG_SIGNING_KEY names
     w.approve("alice", 1)
     w.approve("bob", 1)
-    w.act_as(EMAIL["alice"])
-    w.reg.rollback("m", "production", key=w.key("alice"))
+    rolled = json.loads(ok(w.cli("rollback", "m@production", "--json", CASREG_USER=EMAIL["alice"],
+                                 CASREG_SIGNING_KEY=w.key("alice"))).stdout)
     assert w.reg.resolve("m@production").version == 1 and w.verify_problems() == []
+    assert w.log_marks()[rolled["event_id"]] == "verified"
 
 
 def test_one_changed_byte_of_an_event_signature_is_detected(world: World) -> None:
