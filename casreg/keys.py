@@ -24,6 +24,7 @@ keys through here; none spells a path itself.
 ``gc/sweeping/<record>/<run>.json``             :func:`sweeping_key`
 ``tombstones/<name>/<N:010d>.json``             :func:`tombstone_key`
 ``signatures/<version>/<key>.sig.json``         :func:`signature_key`
+``signatures/events/<event>/<key>.json``        :func:`event_signature_key`
 =============================================  =====================================
 
 Names in keys follow the grammar of :mod:`casreg.refs`; ``_registry``
@@ -53,6 +54,7 @@ __all__ = [
     "parse_sweeping_key", "TOMBSTONES", "tombstone_key", "parse_tombstone_key",
     "parse_sweeping_key",
     "SIGNATURES", "signature_key", "parse_signature_key", "signatures_prefix",
+    "EVENT_SIGNATURES", "event_signature_key", "parse_event_signature_key", "event_signatures_prefix",
 ]
 
 # -- top-level names (also the prefixes that list each kind) --------------------------------------
@@ -73,6 +75,8 @@ GC_RESCUED: Final = "gc/rescued"
 GC_SWEEPING: Final = "gc/sweeping"
 TOMBSTONES: Final = "tombstones"
 SIGNATURES: Final = "signatures"
+#: Signatures of governance events (docs/signing.md): never a version's hex, so never a version's prefix.
+EVENT_SIGNATURES: Final = f"{SIGNATURES}/events"
 #: The name registry-wide events are filed under (policy and hooks changes).
 REGISTRY_EVENTS: Final = "_registry"
 
@@ -373,3 +377,28 @@ def parse_signature_key(key: str) -> tuple[str, str] | None:
     """``(version hex, key fingerprint)`` of a signature object's key, else ``None``."""
     m = _RE.signature.fullmatch(key)
     return (m[1], m[2]) if m is not None else None
+
+
+# -- signatures of governance events (docs/signing.md) ------------------------------------------------------
+_RE.define('event_signature', rf"signatures/events/({_ID32})/([0-9a-f]{{64}})\.json")
+
+
+def event_signatures_prefix(event_id: str) -> str:
+    """``signatures/events/<event id>/``: the prefix listing every signature of one event."""
+    if re.fullmatch(_ID32, event_id) is None:
+        raise ValueError(f"invalid event id {event_id[:40]!r}: expected 32 lowercase hex digits")
+    return f"{EVENT_SIGNATURES}/{event_id}/"
+
+
+def event_signature_key(event_id: str, fingerprint: str) -> str:
+    """The signature of ledger event ``event_id`` by the key whose fingerprint (SHA-256
+    hex of its public key PEM) is ``fingerprint``: written create-if-absent, never changed."""
+    if re.fullmatch(HEX64, fingerprint) is None:
+        raise ValueError(f"invalid key fingerprint {fingerprint[:80]!r}: expected 64 lowercase hex digits")
+    return f"{event_signatures_prefix(event_id)}{fingerprint}.json"
+
+
+def parse_event_signature_key(key: str) -> tuple[str, str] | None:
+    """``(event id, key fingerprint)`` of an event signature object's key, else ``None``."""
+    m = _RE.event_signature.fullmatch(key)
+    return (m.group(1), m.group(2)) if m else None

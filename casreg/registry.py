@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from casreg._version import package_version
 from casreg.content.manifest import Manifest, read_manifest
 from casreg.digest import Digest
-from casreg.errors import AliasNotMovedError, CasregError, InvalidInputError
+from casreg.errors import AliasNotMovedError, CasregError, IntegrityError, InvalidInputError, PolicyError
 from casreg.keys import manifest_key
 from casreg.ledger.pointers import list_pointers, move_alias, read_pointer, require_not_deleted, restore_pointer
 from casreg.ledger.resolve import Resolved, resolve, unknown, version_record
@@ -42,7 +42,7 @@ from casreg.records import (
     utcnow,
 )
 from casreg.redact import redact_url
-from casreg.refs import Ref, split_ref_path, validate_alias, validate_name
+from casreg.refs import Ref, parse_ref, split_ref_path, validate_alias, validate_name
 from casreg.storage import ObjectStore, open_store
 
 if TYPE_CHECKING:
@@ -50,12 +50,14 @@ if TYPE_CHECKING:
     from casreg.content.source import Source
     from casreg.governance.catalog import ModelSummary
     from casreg.governance.diff import VersionDiff
+    from casreg.governance.event_signing import EventCheck
     from casreg.governance.history import LogEntry, LogPage
     from casreg.governance.imports import ImportedMove
     from casreg.governance.lifecycle import Promotion
     from casreg.governance.policy import PolicyFile
     from casreg.governance.retention import Deletion, RetentionPlan
     from casreg.governance.signatures import PublicKey
+    from casreg.governance.signed_moves import MoveCheck, SigningAudit
     from casreg.governance.signing import SignatureCheck
     from casreg.governance.state import ListingState, VersionState
     from casreg.ledger.compact import CompactResult
@@ -427,6 +429,9 @@ class Registry:
             from casreg.governance.signing import require_signed
 
             require_signed(self.store, manifest, self.trusted_keys(require_signed_by), resolved.label)
+            alias = parse_ref(ref).alias if isinstance(ref, str) else ref.alias
+            if alias is not None and resolved.name is not None:
+                self._require_signed_move(resolved.name, alias)
         part = select(manifest, path=inner, include=include, where=f"casreg://{ref}")
         if dest is None or _names_directory(dest):
             if part.kind == "file":
@@ -531,7 +536,8 @@ class Registry:
 
     # -- aliases ------------------------------------------------------------------------------
     def set_alias(self, name: str, alias: str, ref: str | int, *, reason: str | None = None,
-                  annotations: Mapping[str, object] | None = None) -> AliasEvent:
+                  annotations: Mapping[str, object] | None = None,
+                  key: str | os.PathLike[str] | None = None) -> AliasEvent:
         """Point ``name@alias`` at a version of ``name`` (a number, a reference or a
         digest), by compare-and-swap; the move is recorded with its author and reason.
         The policy's permissions and the alias's gates apply (a stage moved this way
@@ -542,7 +548,7 @@ class Registry:
         if alias == "archived":
             raise InvalidInputError("archived is a state of versions, not an alias: archive the version instead")
         event = promote(self.store, name, ref, alias, notify=self._notify, reason=reason, annotations=annotations,
-                        kind="alias.set").event
+                        kind="alias.set", key=key).event
         assert event is not None  # an alias.set always moves (or fails)
         return event
 
@@ -620,41 +626,52 @@ class Registry:
     # -- lifecycle: stages, approvals, history, policy (casreg/governance/) ------------------
     def promote(self, name: str, ref: str | int, stage: str, *, reason: str | None = None,
                 keep_previous: bool = False, dry_run: bool = False,
-                annotations: Mapping[str, object] | None = None, if_current: str | int | None = None) -> Promotion:
+                annotations: Mapping[str, object] | None = None, if_current: str | int | None = None,
+                key: str | os.PathLike[str] | None = None) -> Promotion:
         """Move ``name@stage`` to a version once the policy's gates pass; promoting to
         production archives the version it replaces unless ``keep_previous``. ``dry_run``
         evaluates the gates and changes nothing; ``if_current`` makes the move conditional
-        on the stage still pointing at that version."""
+        on the stage still pointing at that version. ``key``: a private key file the move
+        is signed with (default ``$CASREG_SIGNING_KEY``; docs/signing.md)."""
         from casreg.governance.lifecycle import promote
 
         return promote(self.store, name, ref, stage, notify=self._notify, reason=reason,
                        keep_previous=keep_previous, dry_run=dry_run, annotations=annotations,
-                       if_current=if_current)
+                       if_current=if_current, key=key)
 
-    def archive(self, name: str, ref: str | int, *, reason: str | None = None) -> AliasEvent:
-        """Archive a version (kept and pullable); refused while an alias points at it."""
+    def archive(self, name: str, ref: str | int, *, reason: str | None = None,
+                key: str | os.PathLike[str] | None = None) -> AliasEvent:
+        """Archive a version (kept and pullable); refused while an alias points at it.
+        ``key``: sign the event (default ``$CASREG_SIGNING_KEY``)."""
         from casreg.governance.lifecycle import archive
 
-        return archive(self.store, name, ref, notify=self._notify, reason=reason)
+        return archive(self.store, name, ref, notify=self._notify, reason=reason, key=key)
 
-    def rollback(self, name: str, alias: str, *, reason: str | None = None, keep_previous: bool = False) -> AliasEvent:
-        """Move ``name@alias`` back to its previous target, as a new recorded event."""
+    def rollback(self, name: str, alias: str, *, reason: str | None = None, keep_previous: bool = False,
+                 key: str | os.PathLike[str] | None = None) -> AliasEvent:
+        """Move ``name@alias`` back to its previous target, as a new recorded event
+        (``key``: signed with it, default ``$CASREG_SIGNING_KEY``)."""
         from casreg.governance.lifecycle import rollback
 
-        return rollback(self.store, name, alias, notify=self._notify, reason=reason, keep_previous=keep_previous)
+        return rollback(self.store, name, alias, notify=self._notify, reason=reason, keep_previous=keep_previous,
+                        key=key)
 
-    def approve(self, name: str, ref: str | int, *, stage: str, comment: str | None = None) -> AliasEvent:
-        """Record the current author's approval of a version for ``stage``."""
+    def approve(self, name: str, ref: str | int, *, stage: str, comment: str | None = None,
+                key: str | os.PathLike[str] | None = None) -> AliasEvent:
+        """Record the current author's approval of a version for ``stage`` (``key``:
+        signed with it, default ``$CASREG_SIGNING_KEY``; required when the policy has
+        ``[keys]``)."""
         from casreg.governance.lifecycle import decide
 
-        return decide(self.store, name, ref, stage, notify=self._notify, approve=True, comment=comment)
+        return decide(self.store, name, ref, stage, notify=self._notify, approve=True, comment=comment, key=key)
 
-    def reject(self, name: str, ref: str | int, *, stage: str, comment: str | None = None) -> AliasEvent:
+    def reject(self, name: str, ref: str | int, *, stage: str, comment: str | None = None,
+               key: str | os.PathLike[str] | None = None) -> AliasEvent:
         """Record the current author's rejection of a version for ``stage`` (a standing
-        rejection fails the stage's approval gate)."""
+        rejection fails the stage's approval gate; ``key`` as for :meth:`approve`)."""
         from casreg.governance.lifecycle import decide
 
-        return decide(self.store, name, ref, stage, notify=self._notify, approve=False, comment=comment)
+        return decide(self.store, name, ref, stage, notify=self._notify, approve=False, comment=comment, key=key)
 
     def log(self, name: str, *, alias: str | None = None, kinds: Iterable[str] | None = None,
             since: datetime | str | None = None, until: datetime | str | None = None) -> list[LogEntry]:
@@ -697,12 +714,33 @@ class Registry:
         v = ref if isinstance(ref, Version) else self.show(ref)
         return version_state(self.store, v.name, v.version)
 
-    def set_policy(self, text: str, *, reason: str | None = None) -> int:
+    def set_policy(self, text: str, *, reason: str | None = None, key: str | os.PathLike[str] | None = None) -> int:
         """Store a new version of the registry's policy (TOML; docs/lifecycle.md) and
-        return its number."""
+        return its number; ``key``: an admin key the ``policy.set`` event is signed with
+        (default ``$CASREG_SIGNING_KEY``), what readers who pin it check (docs/signing.md)."""
         from casreg.governance.lifecycle import set_policy
 
-        return set_policy(self.store, text, notify=self._notify, reason=reason)[0]
+        return set_policy(self.store, text, notify=self._notify, reason=reason, key=key)[0]
+
+    def event_signatures(self, entries: Iterable[LogEntry | AliasEvent]) -> dict[str, EventCheck]:
+        """The signature check of each signable event among ``entries`` (a :meth:`log`),
+        by event id, against the keys of the policy in force (docs/signing.md)."""
+        from casreg.governance.signed_moves import check_entries
+
+        return check_entries(self.store, entries)
+
+    def move_signature(self, name: str, alias: str) -> MoveCheck | None:
+        """The signature check of ``name@alias``'s last move, with whether the policy
+        whose keys checked it is signed by a pinned root (``None``: never set)."""
+        from casreg.governance.signed_moves import check_move
+
+        return check_move(self.store, name, alias)
+
+    def signing_audit(self) -> SigningAudit:
+        """What no valid signed event explains (:func:`~casreg.governance.signed_moves.audit_signed_events`)."""
+        from casreg.governance.signed_moves import audit_signed_events
+
+        return audit_signed_events(self.store)
 
     def policy(self, version: int | None = None) -> PolicyFile | None:
         """The policy in force (or version ``version``), or ``None`` if there is none."""
@@ -772,7 +810,11 @@ class Registry:
         """The public keys ``signed_by`` names (public key files, names in the policy's
         ``[keys]``, or roles matching key names); ``None``: every key of the policy."""
         from casreg.governance.signing import policy_keys, trusted_keys
+        from casreg.governance.trust import require_trusted_policy
 
+        if signed_by is None or any(not os.path.isfile(w) for w in ([signed_by] if isinstance(signed_by, str)
+                                                                   else signed_by)):
+            require_trusted_policy(self.store)  # the policy's keys count only if a pinned root signed it
         policy = self.policy()
         keys = policy_keys(policy.doc) if policy is not None else {}
         if signed_by is None:
@@ -786,8 +828,14 @@ class Registry:
         names (:meth:`trusted_keys`; ``None``: the policy's keys): ``verified``,
         ``invalid`` (forged, damaged or made for other contents) or ``unknown key``."""
         from casreg.governance.signing import check_signatures
+        from casreg.governance.trust import UntrustedPolicyError
 
-        keys = self.trusted_keys(signed_by)
+        try:
+            keys = self.trusted_keys(signed_by)
+        except UntrustedPolicyError:
+            if signed_by is not None:
+                raise
+            keys = []  # an untrusted policy's keys check nothing: every signature is by an unknown key
         return check_signatures(self.store, self.manifest(ref), keys)
 
     def require_signed(self, ref: str | Ref | Resolved, signed_by: str | Sequence[str]) -> SignatureCheck:
@@ -810,6 +858,21 @@ class Registry:
         check = require_signed(self.store, manifest, keys, resolved.label)
         return signature_bundle(self.store, manifest, next(k for k in keys if k.fingerprint == check.fingerprint))
 
+    def _require_signed_move(self, name: str, alias: str) -> None:
+        """For a keyed policy: ``name@alias``'s last move must be explained by a valid
+        signed event (PolicyError if unsigned, IntegrityError if badly signed)."""
+        from casreg.governance.signed_moves import check_move, signing_state
+
+        state = signing_state(self.store)
+        if not state.configured:
+            return
+        move = check_move(self.store, name, alias, state)
+        if move is None or move.check.signed:
+            return
+        what = (f"{name}@{alias} was last moved by {move.event.kind} {move.event.event_id} "
+                f"({move.event.author}), which is {move.check.line()}: no valid signed event explains it; refused")
+        raise (IntegrityError(what) if move.check.status == "invalid" else PolicyError(what))
+
     # -- maintenance: verify and gc (casreg/maintenance/, docs/gc.md) ------------------------
     def verify(self, ref: str | Ref | None = None, progress: Progress | None = None, *,
                read_data: bool = False) -> VerifyReport:
@@ -819,7 +882,18 @@ class Registry:
         from casreg.maintenance.verify import verify_registry, verify_version
 
         if ref is None:
-            return verify_registry(self.store, progress=progress, threads=self.threads, read_data=read_data)
+            report = verify_registry(self.store, progress=progress, threads=self.threads, read_data=read_data)
+            from casreg.governance.signed_moves import audit_signed_events
+            from casreg.maintenance.verify import Problem
+
+            try:
+                audit = audit_signed_events(self.store)
+            except CasregError as err:  # a damaged policy or ledger: verify's own checks name it
+                report.warnings.append(f"signed events were not checked: {err}")
+            else:
+                report.warnings.extend(audit.notes)
+                report.problems.extend(Problem(key, "unsigned", why) for key, why in audit.problems)
+            return report
         resolved = self.resolve(ref)
         named = (resolved.name, resolved.version) if resolved.name is not None and resolved.version is not None \
             else None

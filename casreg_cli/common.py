@@ -86,6 +86,9 @@ RefArg = Annotated[str, typer.Argument(help="NAME, NAME:N, NAME@ALIAS or a diges
 ReasonOpt = Annotated[Optional[str], typer.Option("--reason", help="Why (recorded in the log).")]
 AnnotateOpt = Annotated[Optional[list[str]], typer.Option("--annotate", help="KEY=VALUE kept on the alias "
                                                           "(repeatable), e.g. weight=0.1 for a canary.")]
+SignKeyOpt = Annotated[Optional[str], typer.Option(
+    "--key", metavar="PRIVATE_KEY", help="Sign the event with this private key file (default: $CASREG_SIGNING_KEY; "
+                                         "required when the policy has [keys]; docs/signing.md).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors "
                                                              "(and the JSON --json asks for).")]
 

@@ -14,6 +14,7 @@ from casreg_cli.common import (
     Cli,
     ReasonOpt,
     RefArg,
+    SignKeyOpt,
     app,
     command,
     complete_model,
@@ -24,7 +25,10 @@ from casreg_cli.common import (
 from casreg_cli.output import Output, human_bytes
 
 if TYPE_CHECKING:
+    from casreg import Registry
     from casreg.governance.diff import VersionDiff
+    from casreg.governance.event_signing import EventCheck
+    from casreg.governance.history import LogEntry
 
 policy_app = typer.Typer(help="The registry's policy: required metadata, gates, approvals, roles.",
                          no_args_is_help=True)
@@ -55,12 +59,13 @@ def promote(
     annotate: AnnotateOpt = None,
     if_current: Annotated[Optional[str], typer.Option("--if-current", metavar="REF", help="Only if STAGE still "
                                                       "points at this version (else a conflict error).")] = None,
+    key: SignKeyOpt = None,
 ) -> None:
     """Move NAME@STAGE to a version once the policy's gates pass (production archives the previous one)."""
     out = cli.out
     result = cli.registry().promote(name, ref, stage, reason=reason, keep_previous=keep_previous,
                                         dry_run=dry_run, annotations=pairs("annotate", annotate),
-                                        if_current=if_current)
+                                        if_current=if_current, key=key)
     if out.as_json:
         out.json(result.to_dict())
     else:
@@ -86,10 +91,11 @@ def archive(
     name: NameArg,
     ref: VersionArg,
     reason: ReasonOpt = None,
+    key: SignKeyOpt = None,
 ) -> None:
     """Archive a version (kept and pullable; listed by ls --stage archived)."""
     out = cli.out
-    ev = cli.registry().archive(name, ref, reason=reason)
+    ev = cli.registry().archive(name, ref, reason=reason, key=key)
     if out.as_json:
         out.json(ev.to_dict())
     else:
@@ -103,11 +109,12 @@ def rollback(
     reason: ReasonOpt = None,
     keep_previous: Annotated[bool, typer.Option("--keep-previous", help="Rolling back production: do not "
                                                 "archive the version it leaves.")] = False,
+    key: SignKeyOpt = None,
 ) -> None:
     """Move NAME@ALIAS back to its previous target (a new recorded event)."""
     out = cli.out
     name, alias = name_alias(target)
-    ev = cli.registry().rollback(name, alias, reason=reason, keep_previous=keep_previous)
+    ev = cli.registry().rollback(name, alias, reason=reason, keep_previous=keep_previous, key=key)
     if out.as_json:
         out.json(ev.to_dict())
     else:
@@ -115,11 +122,12 @@ def rollback(
                  f"(rolled back from {name}:{ev.from_version})")
 
 
-def _decide(cli: Cli, approve: bool, name: str, ref: str, stage: str, comment: str | None) -> None:
+def _decide(cli: Cli, approve: bool, name: str, ref: str, stage: str, comment: str | None,
+            key: str | None = None) -> None:
     out = cli.out
     reg = cli.registry()
-    ev = reg.approve(name, ref, stage=stage, comment=comment) if approve else reg.reject(
-        name, ref, stage=stage, comment=comment)
+    ev = reg.approve(name, ref, stage=stage, comment=comment, key=key) if approve else reg.reject(
+        name, ref, stage=stage, comment=comment, key=key)
     if out.as_json:
         out.json(ev.to_dict())
     else:
@@ -132,16 +140,16 @@ CommentOpt = Annotated[Optional[str], typer.Option("--comment", help="Recorded w
 
 @command(app, example='casreg approve fraud-detector 2 --stage production --comment reviewed')
 def approve(cli: Cli, name: NameArg, ref: VersionArg, stage: StageOpt = "production",
-            comment: CommentOpt = None) -> None:
+            comment: CommentOpt = None, key: SignKeyOpt = None) -> None:
     """Approve a version for a stage (as the current author: CASREG_USER, git email or OS user)."""
-    _decide(cli, True, name, ref, stage, comment)
+    _decide(cli, True, name, ref, stage, comment, key)
 
 
 @command(app, example='casreg reject fraud-detector 2 --stage production --comment "fails the bias review"')
 def reject(cli: Cli, name: NameArg, ref: VersionArg, stage: StageOpt = "production",
-           comment: CommentOpt = None) -> None:
+           comment: CommentOpt = None, key: SignKeyOpt = None) -> None:
     """Reject a version for a stage; a standing rejection fails the stage's approval gate."""
-    _decide(cli, False, name, ref, stage, comment)
+    _decide(cli, False, name, ref, stage, comment, key)
 
 
 def _ver(n: int | None, name: str) -> str:
@@ -160,16 +168,39 @@ def log_(
 ) -> None:
     """Every event of NAME: pushes, alias moves, promotions, archives, approvals, policy changes."""
     out = cli.out
-    entries = cli.registry().log(name, alias=alias, kinds=kind, since=since, until=until)
+    reg = cli.registry()
+    entries = reg.log(name, alias=alias, kinds=kind, since=since, until=until)
+    checks = _signature_marks(reg, entries)
     if out.as_json:
-        out.json([e.to_dict() for e in entries])
+        out.json([e.to_dict() | ({"signature": checks[e.event_id].to_dict()} if e.event_id in checks else {})
+                  for e in entries])
         return
-    out.table([{
+    marks = {eid: _mark(c) for eid, c in checks.items()} if checks else None
+    out.table([({"signed": marks.get(e.event_id or "", "")} if marks is not None else {}) | {
         "time": _when(e.time), "kind": e.kind, "alias": e.alias or "",
         "from": _ver(e.from_version, e.name), "to": _ver(e.to_version, e.name),
         "author": e.author, "reason": (e.reason or "") + (
             f" [policy v{e.details['policy_version']}]" if e.kind == "policy.set" and e.details else ""),
     } for e in entries])
+
+
+def _signature_marks(reg: Registry, entries: list[LogEntry]) -> dict[str, EventCheck]:
+    """Each signable entry's signature check, when the policy has [keys] or any event is
+    signed (else nothing: the log looks as it did before signing existed)."""
+    checks = reg.event_signatures(entries)
+    return checks if any(c.status != "unsigned" for c in checks.values()) or _keyed(reg) else {}
+
+
+def _keyed(reg: Registry) -> bool:
+    policy = reg.policy()
+    return policy is not None and "keys" in policy.doc
+
+
+def _mark(check: EventCheck) -> str:
+    """The log's signature column: ``yes`` (by whom), ``NO`` (unsigned), ``BAD``, ``?``."""
+    if check.status == "verified":
+        return f"yes ({check.signer})"
+    return {"unsigned": "NO", "invalid": "BAD", "unknown key": "?"}.get(check.status, check.status)
 
 
 @command(app, example='casreg diff fraud-detector:1 fraud-detector:2')
@@ -231,6 +262,7 @@ def policy_set(
     cli: Cli,
     file: Annotated[Path, typer.Argument(help="Policy TOML file (docs/lifecycle.md).")],
     reason: ReasonOpt = None,
+    key: SignKeyOpt = None,
 ) -> None:
     """Store a new version of the registry's policy (each change is a recorded event)."""
     out = cli.out
@@ -240,7 +272,7 @@ def policy_set(
         raise NotFoundError(f"no such file: {file}") from None
     except UnicodeDecodeError:
         raise InvalidInputError(f"{file} is not UTF-8 text") from None
-    number = cli.registry().set_policy(text, reason=reason)
+    number = cli.registry().set_policy(text, reason=reason, key=key)
     if out.as_json:
         out.json({"policy_version": number})
     else:

@@ -23,6 +23,7 @@ from casreg_cli.common import (
     Cli,
     ReasonOpt,
     RefArg,
+    SignKeyOpt,
     alias_app,
     app,
     command,
@@ -180,8 +181,13 @@ def resolve(
         out.json({"digest": resolved.digest, "kind": m.kind, "size": m.size, "file_count": len(m.files)})
         return
     extra: dict[str, object] = {"ref": ref}
-    if parse_ref(ref).alias is not None and at is None:
+    alias = parse_ref(ref).alias
+    if alias is not None and at is None:
         extra["annotations"] = dict(resolved.annotations)
+        move = reg.move_signature(resolved.name, alias)  # the pointer's last move: signed? by a trusted policy's key?
+        if move is not None:
+            extra |= {"signed": move.check.signed, "trusted": move.trusted and move.check.signed,
+                      "last_move": move.to_dict()}
     out.json(reg.show(f"{resolved.name}:{resolved.version}").to_dict() | extra)
 
 
@@ -354,11 +360,12 @@ def alias_set(
     ref: Annotated[str, typer.Argument(help="A version of NAME: N, NAME:N, NAME@ALIAS or a digest.")],
     reason: ReasonOpt = None,
     annotate: AnnotateOpt = None,
+    key: SignKeyOpt = None,
 ) -> None:
     """Point NAME@ALIAS at a version (compare-and-swap; the move is logged)."""
     out = cli.out
     name, alias = name_alias(target)
-    ev = cli.registry().set_alias(name, alias, ref, reason=reason, annotations=pairs("annotate", annotate))
+    ev = cli.registry().set_alias(name, alias, ref, reason=reason, annotations=pairs("annotate", annotate), key=key)
     if out.as_json:
         out.json(ev.to_dict())
         return

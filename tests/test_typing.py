@@ -33,6 +33,8 @@ RETURNED = {
     "casreg.governance.imports": ["ImportedMove"],
     "casreg.governance.signing": ["SignatureCheck"],
     "casreg.governance.signatures": ["PublicKey"],
+    "casreg.governance.event_signing": ["EventCheck"],
+    "casreg.governance.signed_moves": ["MoveCheck", "SigningAudit"],
     "casreg.maintenance.verify": ["VerifyReport", "Problem"],
     "casreg.maintenance.gc": ["GcReport", "GcObject", "GcRecordInfo"],
     "casreg.ledger.compact": ["CompactResult"],

@@ -23,12 +23,22 @@ handed to ``notify`` (the registry's hooks) after it is written.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from casreg.digest import Digest
 from casreg.errors import ConflictError, InvalidInputError, PolicyError, UnknownReferenceError
+from casreg.governance.event_signing import (
+    EventSigner,
+    load_signer,
+    person_keys,
+    pusher_persons,
+    require_signer,
+    sign_event,
+    signed_approvers,
+)
 from casreg.governance.policy import (
     DamagedPolicyError,
     GateResult,
@@ -38,12 +48,12 @@ from casreg.governance.policy import (
     restore_policy,
     write_policy,
 )
+from casreg.governance.signatures import PublicKey
 from casreg.governance.state import (
     archived_versions,
     check_promotable,
     check_stage_name,
     decisions,
-    policy_for,
     was_in,
 )
 from casreg.keys import REGISTRY_EVENTS
@@ -64,6 +74,9 @@ from casreg.lineage import current_author
 from casreg.records import AliasEvent, JsonValue, Version, _iso
 from casreg.refs import validate_alias, validate_name
 from casreg.storage import ObjectStore
+
+#: A private key file to sign an event with (``None``: ``$CASREG_SIGNING_KEY``, if set).
+KeyPath = str | os.PathLike[str] | None
 
 __all__ = [
     "Promotion",
@@ -131,6 +144,45 @@ def clean_annotations(annotations: Mapping[str, Any] | None) -> dict[str, str]:
     return out
 
 
+def rules_and_keys(store: ObjectStore, name: str | None) -> tuple[Policy, dict[str, PublicKey]]:
+    """The policy in force for ``name`` and its ``[keys]`` (fingerprint -> key named for
+    its person; empty: signing is not required). With a trust root pinned
+    (:mod:`casreg.governance.trust`), a policy not signed by a pinned key is refused
+    first (fail closed)."""
+    from casreg.governance.trust import require_trusted_policy
+
+    require_trusted_policy(store)
+    current = read_policy(store)
+    if current is None:
+        return Policy(), {}
+    return current.for_model(name), (person_keys(current.doc) if "keys" in current.doc else {})
+
+
+def _signing_move(store: ObjectStore,
+                  signer: EventSigner | None) -> Callable[[AliasEvent, AliasEvent | None], None] | None:
+    """What signs a move before its pointer is swapped (``None``: nothing to sign with)."""
+    if signer is None:
+        return None
+    chosen = signer
+
+    def sign(event: AliasEvent, previous: AliasEvent | None) -> None:
+        sign_event(store, event, chosen, previous.event_id if previous is not None else None)
+
+    return sign
+
+
+def _signing(store: ObjectStore, signer: EventSigner | None) -> Callable[[AliasEvent], None] | None:
+    """What signs an event before it is appended (``None``: nothing to sign with)."""
+    if signer is None:
+        return None
+    chosen = signer
+
+    def sign(event: AliasEvent) -> None:
+        sign_event(store, event, chosen)
+
+    return sign
+
+
 def held_by(store: ObjectStore, name: str, version: int, *, besides: str | None = None,
             moves: list[AliasEvent] | None = None) -> list[str]:
     """The aliases of ``name`` (but ``besides``) that point at ``version``; "is it
@@ -144,9 +196,13 @@ def held_by(store: ObjectStore, name: str, version: int, *, besides: str | None 
 
 
 def evaluate(store: ObjectStore, policy: Policy, version: Version, stage: str,
-             load_events: Callable[[], list[AliasEvent]]) -> list[GateResult]:
+             load_events: Callable[[], list[AliasEvent]], *,
+             keys: Mapping[str, PublicKey] | None = None) -> list[GateResult]:
     """Every check of ``stage``'s gate on ``version``, passed or not (the model's events
-    are read only if the gate needs them)."""
+    are read only if the gate needs them). ``keys`` (the policy's ``[keys]``, when it has
+    them): approvals count only when signed by a key of a person allowed to approve,
+    one per person, and the pusher is judged by key
+    (:func:`~casreg.governance.event_signing.signed_approvers`)."""
     gate = policy.gate(stage)
     if gate is None:
         return []
@@ -176,6 +232,9 @@ def evaluate(store: ObjectStore, policy: Policy, version: Version, stage: str,
         rejected = [e for e in decided.values() if e.kind == "reject"]
         approvers = sorted(a for a, e in decided.items() if e.kind == "approve"
                            and (gate.self_approval or a != version.author))
+        if keys:
+            approvers = signed_approvers(store, policy, events, version, stage, keys,
+                                         self_approval=gate.self_approval)
         label = f"approvals >= {gate.approvals}"
         if rejected:
             r = rejected[-1]
@@ -187,6 +246,8 @@ def evaluate(store: ObjectStore, policy: Policy, version: Version, stage: str,
             more = "" if ok else (f"; needs {gate.approvals - len(approvers)} more: casreg approve "
                                   f"{version.name} {version.version} --stage {stage}")
             own = "" if gate.self_approval else " (the pusher's own approval does not count)"
+            if keys:
+                own += " (only approvals signed by a key of the policy's [keys] count)"
             results.append(GateResult(label, ok, f"{len(approvers)} approval(s){who} of {gate.approvals}{own}{more}"))
     return results
 
@@ -201,8 +262,11 @@ def gate_refusal(version: Version, stage: str, checks: list[GateResult], policy:
 # -- moving ----------------------------------------------------------------------------------
 def promote(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify: EventSink, reason: str | None = None,
             keep_previous: bool = False, dry_run: bool = False, annotations: Mapping[str, Any] | None = None,
-            if_current: str | int | None = None, kind: str = "promote") -> Promotion:
-    """Move ``name@stage`` to a version after checking the policy; see the module doc."""
+            if_current: str | int | None = None, kind: str = "promote", key: KeyPath = None) -> Promotion:
+    """Move ``name@stage`` to a version after checking the policy; see the module doc.
+    ``key``: the private key file the move is signed with (default
+    ``$CASREG_SIGNING_KEY``); required, as a key of a person allowed to promote, when the
+    policy has ``[keys]`` and gates ``stage``."""
     validate_name(name)
     validate_alias(stage)  # the grammar now; typos and the policy's alias list once the policy is read
     if stage == "archived":
@@ -214,11 +278,13 @@ def promote(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify
     notes = clean_annotations(annotations)
     version = version_of(store, name, ref)
     user = current_author()
-    policy = policy_for(store, name)
+    policy, keys = rules_and_keys(store, name)
+    signer = load_signer(key)
     if kind == "promote":
         check_promotable(stage, policy)  # first: a typo is named with the stage it resembles
     check_stage_name(stage, policy)
-    policy.require_permission(user, "promote", stage, what=f"moving {name}@{stage}")
+    if not (keys and policy.gate(stage) is not None):  # else the signing key is who moves it (below)
+        policy.require_permission(user, "promote", stage, what=f"moving {name}@{stage}")
     seen = read_pointer_event(store, name, stage)  # the state the checks are made against
     if seen is not None:
         confirm_event(store, seen)  # a pointer that lies about its target is refused, never replaced blindly
@@ -229,7 +295,7 @@ def promote(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify
             by = f" (moved by {seen.author} at {_iso(seen.time)})" if seen is not None else ""
             where = f"{name}:{current_version}" if current_version else "unset"
             raise ConflictError(f"{name}@{stage} is at {where}{by}, not {name}:{expected}; nothing was changed")
-    checks = evaluate(store, policy, version, stage, lambda: read_events(store, name))
+    checks = evaluate(store, policy, version, stage, lambda: read_events(store, name), keys=keys)
     archive_previous = (stage == "production" and kind == "promote" and not keep_previous
                         and current_version is not None and current_version != version.version
                         and not held_by(store, name, current_version, besides=stage))
@@ -239,6 +305,8 @@ def promote(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify
                          archived, dry_run=True)
     if not all(c.passed for c in checks):
         raise gate_refusal(version, stage, checks, policy)
+    if keys and policy.gate(stage) is not None:
+        require_signer(signer, keys, policy, "promote", stage, f"moving {name}@{stage}")
     if kind == "promote" and current_version == version.version and seen is not None and not notes:
         return Promotion(name, stage, version.version, version.digest, tuple(checks), None, current_version,
                          None, changed=False)
@@ -252,16 +320,19 @@ def promote(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify
         assert seen is not None and seen.to_digest is not None
         details["archived"] = {"version": current_version, "digest": seen.to_digest}
     event = move_alias(store, name, stage, (version.digest, version.version), reason=reason,
-                       kind=kind, details=details or None, seen=seen)
+                       kind=kind, details=details or None, seen=seen, before_swap=_signing_move(store, signer))
     notify(event.to_dict())
     return Promotion(name, stage, version.version, version.digest, tuple(checks), event, current_version, archived)
 
 
 def rollback(store: ObjectStore, name: str, alias: str, *, notify: EventSink, reason: str | None = None,
-             keep_previous: bool = False) -> AliasEvent:
+             keep_previous: bool = False, key: KeyPath = None) -> AliasEvent:
     """Move ``name@alias`` back to the target it had before its last move (also undoing a
     removal); a new recorded event, gated by permissions but not by gates: rolling back
-    is the emergency exit."""
+    is the emergency exit. When the policy has ``[keys]`` and gates ``alias``, the
+    rollback must be signed (``key``, default ``$CASREG_SIGNING_KEY``) by a person allowed
+    to promote there, and the version it returns to must have the gate's signed approvals
+    (a version that predates the policy has none)."""
     validate_name(name)
     check_stage_name(alias)
     last = read_pointer_event(store, name, alias)
@@ -274,26 +345,41 @@ def rollback(store: ObjectStore, name: str, alias: str, *, notify: EventSink, re
     gone = read_tombstone(store, name, last.from_version)
     if gone is not None:  # a deleted version is never deployed again (docs/retention.md)
         raise deleted_error(gone, prefix=f"cannot roll {name}@{alias} back: ")
-    policy = policy_for(store, name)
-    policy.require_permission(current_author(), "promote", alias, what=f"rolling back {name}@{alias}")
+    policy, keys = rules_and_keys(store, name)
+    signer = load_signer(key)
+    gate = policy.gate(alias)
+    if not (keys and gate is not None):  # else the signing key is who moves it (below)
+        policy.require_permission(current_author(), "promote", alias, what=f"rolling back {name}@{alias}")
+    if keys and gate is not None:
+        require_signer(signer, keys, policy, "promote", alias, f"rolling back {name}@{alias}")
+        if gate.approvals:
+            target = read_version(store, name, last.from_version)
+            approvers = signed_approvers(store, policy, read_events(store, name), target, alias, keys,
+                                         self_approval=gate.self_approval)
+            if len(approvers) < gate.approvals:
+                raise PolicyError(f"rolling {name}@{alias} back to {target.ref} refused by policy version "
+                                  f"{policy.version}: {target.ref} has {len(approvers)} signed approval(s) for "
+                                  f"{alias} of {gate.approvals} (approve it with a key of the policy first)")
     details: dict[str, Any] = {"undoes": last.event_id}
     leaving = last.to_version if last.to_digest is not None else None
     if (alias == "production" and not keep_previous and leaving is not None and leaving != last.from_version
             and not held_by(store, name, leaving, besides=alias)):
         details["archived"] = {"version": leaving, "digest": last.to_digest}
     event = move_alias(store, name, alias, (last.from_digest, last.from_version), reason=reason,
-                       kind="rollback", details=details, seen=last)
+                       kind="rollback", details=details, seen=last, before_swap=_signing_move(store, signer))
     notify(event.to_dict())
     return event
 
 
 def archive(store: ObjectStore, name: str, ref: str | int, *, notify: EventSink,
-            reason: str | None = None) -> AliasEvent:
+            reason: str | None = None, key: KeyPath = None) -> AliasEvent:
     """Mark a version archived (kept, listed under ``--stage archived``); refused while an
-    alias points at it, so nothing serving it loses its model."""
+    alias points at it, so nothing serving it loses its model. ``key``: sign the event
+    (default ``$CASREG_SIGNING_KEY``)."""
     validate_name(name)
     version = version_of(store, name, ref)
-    policy_for(store, name).require_permission(current_author(), "archive", None, what=f"archiving {version.ref}")
+    rules_and_keys(store, name)[0].require_permission(current_author(), "archive", None,
+                                                      what=f"archiving {version.ref}")
     moves = read_pointer_events(store, name)  # each alias's last move: read once, used twice
     holding = held_by(store, name, version.version, moves=moves)
     if holding:
@@ -303,25 +389,38 @@ def archive(store: ObjectStore, name: str, ref: str | int, *, notify: EventSink,
     already = archived_versions(events).get(version.version)
     if already is not None:
         raise InvalidInputError(f"{version.ref} is already archived (by {already.author} at {_iso(already.time)})")
-    event = record_event(store, name=name, kind="archive", to=(version.digest, version.version), reason=reason)
+    signer = load_signer(key)
+    event = record_event(store, name=name, kind="archive", to=(version.digest, version.version), reason=reason,
+                         before=_signing(store, signer))
     notify(event.to_dict())
     return event
 
 
 def decide(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify: EventSink, approve: bool,
-           comment: str | None = None) -> AliasEvent:
-    """Record the current author's approval (or rejection) of a version for ``stage``."""
+           comment: str | None = None, key: KeyPath = None) -> AliasEvent:
+    """Record the current author's approval (or rejection) of a version for ``stage``,
+    signed with ``key`` (default ``$CASREG_SIGNING_KEY``). When the policy has ``[keys]``
+    the decision must be signed by a key of a person allowed to approve, and a pusher
+    (judged by key: :func:`~casreg.governance.event_signing.pusher_persons`) may not
+    approve their own version unless the gate allows it."""
     validate_name(name)
     validate_alias(stage)  # the grammar now; typos and the policy's alias list once the policy is read
     if stage == "archived":
         raise InvalidInputError("archiving takes no approvals; approve for staging, production or an alias")
     version = version_of(store, name, ref)
     user = current_author()
-    policy = policy_for(store, name)
+    policy, keys = rules_and_keys(store, name)
+    signer = load_signer(key)
     check_stage_name(stage, policy)
     word = "approve" if approve else "reject"
-    policy.require_permission(user, "approve", stage, what=f"{word} {version.ref} for {stage}")
+    if not keys:  # with [keys] the signing key is who decides (below), not CASREG_USER
+        policy.require_permission(user, "approve", stage, what=f"{word} {version.ref} for {stage}")
     gate = policy.gate(stage)
+    if keys:
+        person = require_signer(signer, keys, policy, "approve", stage, f"{word} {version.ref} for {stage}")
+        if approve and gate is not None and not gate.self_approval and person in pusher_persons(store, version, keys):
+            raise PolicyError(f"{person} pushed or signed {version.ref}; policy version {policy.version} does not "
+                              f"let a pusher approve their own version for {stage} (judged by key)")
     if approve and gate is not None and not gate.self_approval and user == version.author:
         raise PolicyError(f"{user} pushed {version.ref}; policy version {policy.version} does not let a pusher "
                           f"approve their own version for {stage}")
@@ -330,13 +429,13 @@ def decide(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify:
         past = "approved" if approve else "rejected"
         raise InvalidInputError(f"{user} already {past} {version.ref} for {stage} at {_iso(mine.time)}")
     event = record_event(store, name=name, kind=word, alias=stage, to=(version.digest, version.version),
-                         reason=comment)
+                         reason=comment, before=_signing(store, signer))
     notify(event.to_dict())
     return event
 
 
 def set_policy(store: ObjectStore, text: str, *, notify: EventSink,
-               reason: str | None = None) -> tuple[int, AliasEvent]:
+               reason: str | None = None, key: KeyPath = None) -> tuple[int, AliasEvent]:
     """Store a new policy version (whoever the policy in force allows) and record it.
 
     If the policy in force is damaged (:class:`~casreg.governance.policy.DamagedPolicyError`:
@@ -347,6 +446,11 @@ def set_policy(store: ObjectStore, text: str, *, notify: EventSink,
     with the damage named. If a stored policy version is newer than the latest pinned one
     (:class:`~casreg.governance.policy.UnpinnedPolicyError`), setting the policy again is
     what repairs it, allowed by the latest pinned policy (or by nobody's, if none is).
+
+    ``key`` (default ``$CASREG_SIGNING_KEY``) signs the ``policy.set`` event, whose claims
+    include the policy's version and digest: signed by an admin key that readers pin
+    (:mod:`casreg.governance.trust`), this is what makes the policy trusted. Where a trust
+    root is pinned, a policy not signed by a pinned key is refused here too.
     """
     try:
         current = read_policy(store)
@@ -364,9 +468,25 @@ def set_policy(store: ObjectStore, text: str, *, notify: EventSink,
         current = err.pinned
     if current is not None:
         current.for_model(None).require_permission(current_author(), "policy", None, what="changing the policy")
+    signer = load_signer(key)
+    _check_root(signer)
     stored = write_policy(store, text, after=current.version if current else 0)
     event = record_event(store, name=REGISTRY_EVENTS, kind="policy.set", reason=reason,
                          details={"policy_version": stored.version, "digest": stored.digest,
-                                  "previous_version": current.version if current else None})
+                                  "previous_version": current.version if current else None},
+                         before=_signing(store, signer))
     notify(event.to_dict())
     return stored.version, event
+
+
+def _check_root(signer: EventSigner | None) -> None:
+    """Where a trust root is pinned, a policy must be signed by a pinned key: anything
+    else would be refused by every reader who pinned it."""
+    from casreg.governance.trust import TRUSTED_KEYS_ENV, pinned_keys
+
+    root = pinned_keys()
+    if root and (signer is None or signer.public.fingerprint not in {k.fingerprint for k in root}):
+        who = f"key {signer.public.short}" if signer is not None else "an unsigned policy"
+        raise PolicyError(f"a trust root is pinned here ({TRUSTED_KEYS_ENV} or the trust file) and {who} is not "
+                          "one of its keys: readers who pin it would refuse this policy; sign it with a pinned "
+                          "admin key (--key ADMIN_KEY)")

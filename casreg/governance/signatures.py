@@ -53,7 +53,7 @@ __all__ = [
     "BUNDLE_MEDIA_TYPE", "PAYLOAD_TYPE", "STATEMENT_TYPE", "PREDICATE_TYPE", "IGNORED_PATHS",
     "MAX_SIGNATURE_BYTES", "PublicKey", "Bundle",
     "load_public_key", "read_public_key", "read_private_key", "generate_keypair",
-    "statement", "sign_statement", "parse_bundle", "check_bundle",
+    "statement", "sign_statement", "parse_bundle", "check_bundle", "dsse_sign", "dsse_verifies",
 ]
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -235,9 +235,31 @@ def statement(manifest: Manifest, *, name: str, ref: str | None) -> dict[str, An
     }
 
 
-def _pae(payload: bytes) -> bytes:
+def _pae(payload: bytes, payload_type: str = PAYLOAD_TYPE) -> bytes:
     """DSSE's pre-authentication encoding (DSSE v1.0), what the signature covers."""
-    return b"DSSEv1 %d %s %d %s" % (len(PAYLOAD_TYPE), PAYLOAD_TYPE.encode(), len(payload), payload)
+    kind = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
+
+
+def dsse_sign(payload: bytes, payload_type: str, private: EllipticCurvePrivateKey, public: PublicKey) -> bytes:
+    """The raw ECDSA signature by ``private`` over DSSE's PAE of ``payload`` with
+    ``payload_type`` (what any DSSE envelope carries, base64-encoded)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return private.sign(_pae(payload, payload_type), ec.ECDSA(_hash_for(public.key)))
+
+
+def dsse_verifies(signature: bytes, payload: bytes, payload_type: str, key: PublicKey) -> bool:
+    """Whether ``signature`` is ``key``'s signature over DSSE's PAE of ``payload`` with
+    ``payload_type``."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        key.key.verify(signature, _pae(payload, payload_type), ec.ECDSA(_hash_for(key.key)))
+    except InvalidSignature:
+        return False
+    return True
 
 
 def _hash_for(key: EllipticCurvePublicKey) -> HashAlgorithm:

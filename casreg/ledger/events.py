@@ -27,7 +27,7 @@ Event kinds (``kind`` column; docs/lifecycle.md):
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -113,10 +113,14 @@ def record_event(
     reason: str | None = None,
     details: Mapping[str, Any] | None = None,
     time: datetime | None = None,
+    before: Callable[[AliasEvent], None] | None = None,
 ) -> AliasEvent:
     """Append an event that moves no pointer (approval, archive, policy change, failed
-    hook) and return it; ``time``: the event's time if not now (an import)."""
+    hook) and return it; ``time``: the event's time if not now (an import); ``before``
+    is called with the event before it is appended (a signer stores its signature)."""
     event = new_event(kind, name, alias=alias, to=to, source=source, reason=reason, details=details, time=time)
+    if before is not None:
+        before(event)
     append_event(store, event)
     return event
 

@@ -20,7 +20,7 @@ check is an :class:`IntegrityError` naming its key, never a target.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -303,6 +303,7 @@ def move_alias(
     details: Mapping[str, Any] | None = None,
     seen: AliasEvent | None | bool = False,
     time: datetime | None = None,
+    before_swap: Callable[[AliasEvent, AliasEvent | None], None] | None = None,
 ) -> AliasEvent:
     """Point ``name@alias`` at ``target`` = (digest, version), or remove it (``None``).
 
@@ -313,7 +314,10 @@ def move_alias(
     exactly that last move, removals included. ``kind`` defaults to ``alias.set`` /
     ``alias.remove``; ``details`` go into the event (annotations, the archived version).
     ``time``: the event's time if not now (an import recording when the move happened in
-    the system it came from; :mod:`casreg.governance.imports`).
+    the system it came from; :mod:`casreg.governance.imports`). ``before_swap(event,
+    previous)`` is called with the new event and the move it replaces (``None``: the
+    alias was never set) before the pointer changes: a signer stores the event's
+    signature there, so no signed move is ever visible before its signature.
     """
     key = pointer_key(name, alias)
     current = store.read_versioned(key)
@@ -337,6 +341,8 @@ def move_alias(
     source = (current_pointer.digest, current_pointer.version) if current_pointer else None
     event = new_event(kind or ("alias.set" if target else "alias.remove"), name, alias=alias, to=target,
                       source=source, reason=reason, details=details, time=time)
+    if before_swap is not None:
+        before_swap(event, current_event)
     try:
         store.swap(key, json.dumps(event.to_dict()).encode(), current.token if current else None)
     except ConflictError:
