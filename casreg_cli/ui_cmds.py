@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from typing import Annotated, Optional
 
@@ -69,6 +70,12 @@ def ui(
     out = cli.out
     if author_header is not None and not allow_writes:
         raise InvalidInputError("--author-header names the author of write actions: it needs --allow-writes")
+    from casreg.governance.event_signing import SIGNING_KEY_ENV
+
+    if allow_writes and os.environ.pop(SIGNING_KEY_ENV, ""):
+        # the library signs every event with this key when none is given: the server must never sign what
+        # whoever reaches its port asks for with the key of the user who started it (docs/ui.md, "Not signed")
+        out.warn(f"{SIGNING_KEY_ENV} is ignored by casreg ui: actions taken through the UI are never signed")
     reg = cli.registry()
     loopback = _is_loopback(host)
     author = None if author_header is not None or not allow_writes else current_author()

@@ -494,6 +494,20 @@ def test_cli_warns_when_writes_listen_beyond_loopback(reg: Registry) -> None:
         proc.wait(timeout=10)
 
 
+def test_the_server_never_signs_with_the_starting_users_key(reg: Registry, tmp_path: Path) -> None:
+    """The library signs every event with ``$CASREG_SIGNING_KEY`` when no key is given:
+    a write-mode server drops it, so nobody reaching its port signs as its owner."""
+    env = {**os.environ, "CASREG_SIGNING_KEY": str(tmp_path / "owner.pem")}
+    proc = subprocess.Popen([sys.executable, "-m", "casreg_cli.main", "ui", "-r", reg.url, "--port", "0",
+                             "--allow-writes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stderr is not None
+        warning = proc.stderr.readline()
+        assert "CASREG_SIGNING_KEY is ignored by casreg ui" in warning and "never signed" in warning, warning
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
 
 def test_other_methods_on_action_urls(client: TestClient) -> None:
     r = client.get("/models/fraud/versions/3/promote")
