@@ -891,7 +891,7 @@ class Registry:
             except CasregError as err:  # a damaged policy or ledger: verify's own checks name it
                 report.warnings.append(f"signed events were not checked: {err}")
             else:
-                report.warnings.extend(audit.notes)
+                report.notes.extend(audit.notes)
                 report.problems.extend(Problem(key, "unsigned", why) for key, why in audit.problems)
             return report
         resolved = self.resolve(ref)

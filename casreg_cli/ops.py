@@ -59,6 +59,8 @@ def verify(
                          "no version references (casreg gc reclaims them)")
             deleted = f" ({report.deleted_versions} deleted)" if report.deleted_versions else ""
             out.line(f"verified {what}: {_plural(report.versions, 'version')}{deleted}, {scope}: all good{extra}")
+        for n in report.notes:  # what was not checked, and why: part of the result, not a warning
+            out.line(f"note: {n}")
     if not report.ok:  # the CLI prints it as the last line, "casreg: error: ...", and exits 6
         raise IntegrityError(f"verify found {_plural(len(report.problems), 'bad or missing object')} in "
                              f"{ref or report.url}")

@@ -134,6 +134,9 @@ class VerifyReport:
     files_reused: int = 0  # files whose digest and layout were already checked in this run
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: What was not checked, and why, when nothing is wrong with that (signing not
+    #: configured, no trust root pinned): said once, neither a problem nor a warning.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -149,7 +152,7 @@ class VerifyReport:
             "records": self.records, "read_data": self.read_data, "files_hashed": self.files_hashed,
             "bytes_hashed": self.bytes_hashed, "files_reused": self.files_reused,
             "problem_count": len(self.problems), "problems": [p.to_dict() for p in self.problems],
-            "warnings": list(self.warnings),
+            "warnings": list(self.warnings), "notes": list(self.notes),
         }
 
 
