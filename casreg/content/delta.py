@@ -52,7 +52,8 @@ if TYPE_CHECKING:  # numpy is imported when a chunk is coded
     import numpy as np
 
 __all__ = ["OP_XOR", "OP_SUB", "MAX_PIECES", "MIN_SAVING", "Piece", "BaseSource", "DeltaHeader", "parse_header",
-           "apply_into", "encode_delta", "decode_delta_into", "worth_it"]
+           "apply_into", "encode_delta", "decode_delta_into", "decode_delta", "decode_inner_into",
+           "worth_it", "DELTA_CODEC"]
 
 OP_XOR = 0
 OP_SUB = 1
@@ -249,3 +250,29 @@ def decode_delta_into(stored: bytes | memoryview, out: memoryview, digest: bytes
     if blake3(out).digest() != digest:
         raise IntegrityError("its bytes do not match the digest")
     return header
+
+
+#: The codec id of delta payloads in pack indexes and manifests (docs/FORMAT.md §4).
+#: Reserved: no registry format writes it yet, and readers refuse it as an unknown codec
+#: until bases are recorded where gc, verify and pull find them (docs/FORMAT.md §4.2).
+DELTA_CODEC = 3
+
+
+def decode_inner_into(codec: int, payload: memoryview, out: memoryview) -> None:
+    """Decode a residual coded with plain codec ``codec`` into ``out`` (exactly its size)."""
+    from casreg.content.codec import decode
+
+    if codec not in INNER_CODECS:
+        raise IntegrityError(f"delta payload's residual has codec {codec}, not 0, 1 or 2")
+    got = decode(codec, payload, len(out))
+    if len(got) != len(out):
+        raise IntegrityError(f"delta payload's residual decodes to {len(got)} bytes, not {len(out)}")
+    out[:] = got
+
+
+def decode_delta(stored: bytes | memoryview, raw_size: int, digest: bytes, bases: BaseSource) -> bytearray:
+    """:func:`decode_delta_into` a fresh buffer of ``raw_size`` bytes (checked against
+    ``digest``), with the plain codecs for the residual."""
+    out = bytearray(raw_size)
+    decode_delta_into(stored, memoryview(out), digest, bases, decode_inner_into)
+    return out

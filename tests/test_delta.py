@@ -1,0 +1,327 @@
+"""The DELTA codec (codec 3, casreg/content/delta.py, docs/FORMAT.md §4.2): golden vectors,
+an independent decoder written from the spec, round trips of any bytes against any base,
+damaged and hostile payloads, what it saves on a fine-tune, and that no registry format
+writes it yet (its bases are not recorded where gc, verify and pull would find them)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zstandard
+from blake3 import blake3
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from test_planes import reference_decode  # the PLANES spec decoder (docs/FORMAT.md §4.1)
+
+from casreg import Registry
+from casreg.content.chunking import DEFAULT_CHUNK_PARAMS
+from casreg.content.codec import Codec, encode
+from casreg.content.config import REGISTRY_FORMATS, init_config
+from casreg.content.delta import (
+    DELTA_CODEC,
+    MAX_PIECES,
+    OP_SUB,
+    OP_XOR,
+    Piece,
+    decode_delta,
+    encode_delta,
+    parse_header,
+    worth_it,
+)
+from casreg.content.packs import _Slot, decode_index, pack_layout
+from casreg.errors import IntegrityError
+from casreg.keys import INDEXES
+
+
+def spec_decode(payload: bytes, raw_size: int, chunks: dict[bytes, bytes]) -> bytes:
+    """docs/FORMAT.md §4.2, written from the text alone (no numpy, no casreg code):
+    ``chunks`` maps a base chunk's digest to its raw bytes."""
+    op, width, head, inner, count = payload[:5]
+    pos = 5
+    base = b""
+    for _ in range(count):
+        digest, offset, length = struct.unpack_from("<32sII", payload, pos)
+        pos += 40
+        assert length >= 1 and offset + length <= len(chunks[digest])
+        base += chunks[digest][offset:offset + length]
+    assert len(base) <= raw_size
+    base += bytes(raw_size - len(base))
+    body = payload[pos:]
+    if inner == 0:
+        residual = body
+    elif inner == 1:
+        residual = zstandard.ZstdDecompressor().decompress(body)
+    else:
+        assert inner == 2
+        residual = reference_decode(body, raw_size)
+    assert len(residual) == raw_size
+    out = bytearray(r ^ b for r, b in zip(residual, base))  # op 0, and the edges of op 1
+    if op == 1:
+        assert width in (2, 4) and head < width
+        bits, half = 8 * width, 1 << (8 * width - 1)
+        for k in range((raw_size - head) // width):
+            at = head + k * width
+            r = int.from_bytes(residual[at:at + width], "little")
+            d = r if r < half else -(r - half) - 1
+            v = (int.from_bytes(base[at:at + width], "little") + d) % (1 << bits)
+            out[at:at + width] = v.to_bytes(width, "little")
+    else:
+        assert op == 0 and width == 0 and head == 0
+    return bytes(out)
+
+
+def source_of(*chunks: bytes, deltas: frozenset[bytes] = frozenset()):  # noqa: ANN201
+    """A BaseSource over ``chunks``, checking each against its digest as readers do."""
+    table = {blake3(c).digest(): c for c in chunks}
+
+    def source(digest: bytes) -> tuple[bytes, bool]:
+        raw = table.get(digest)
+        if raw is None or blake3(raw).digest() != digest:
+            raise IntegrityError(f"base blake3:{digest.hex()} is missing")
+        return raw, digest in deltas
+
+    return source
+
+
+def raw_inner(residual: memoryview) -> tuple[int, bytes]:
+    return 0, bytes(residual)
+
+
+def bf16(x: np.ndarray) -> np.ndarray:
+    return (x.astype("<f4").view("<u4") >> 16).astype("<u2")
+
+
+# -- golden vectors --------------------------------------------------------------------------------
+GOLDEN_BASE = bytes(range(7, 47))  # one 40-byte base chunk
+GOLDEN_RAW = bytes((i * 37 + 5) % 256 for i in range(24))
+
+
+def test_golden_xor_payload_is_pinned() -> None:
+    piece = Piece(blake3(GOLDEN_BASE).digest(), 3, 20)
+    payload = encode_delta(GOLDEN_RAW, [piece], [GOLDEN_BASE[3:23]], raw_inner)
+    assert payload.hex() == GOLDEN_XOR_HEX
+    chunks = {piece.digest: GOLDEN_BASE}
+    assert spec_decode(payload, len(GOLDEN_RAW), chunks) == GOLDEN_RAW
+    assert bytes(decode_delta(payload, len(GOLDEN_RAW), blake3(GOLDEN_RAW).digest(), source_of(GOLDEN_BASE))) \
+        == GOLDEN_RAW
+
+
+def test_golden_sub_payload_is_pinned() -> None:
+    """op 1, width 2, head 1: the residual's elements are sign-magnitude differences."""
+    base = bytes([0x11]) + b"".join((0x3C00 + 3 * k).to_bytes(2, "little") for k in range(11))
+    raw = bytes([0x22]) + b"".join((0x3C00 + 3 * k + (k % 3) - 1).to_bytes(2, "little") for k in range(11))
+    piece = Piece(blake3(base).digest(), 0, len(base))
+    payload = encode_delta(raw, [piece], [base], raw_inner, (2, 1))
+    assert payload.hex() == GOLDEN_SUB_HEX
+    assert payload[5 + 40:] == bytes([0x33]) + b"".join(
+        {0: (1 << 15).to_bytes(2, "little"), 1: bytes(2), 2: (1).to_bytes(2, "little")}[k % 3] for k in range(11))
+    assert spec_decode(payload, len(raw), {piece.digest: base}) == raw
+    assert bytes(decode_delta(payload, len(raw), blake3(raw).digest(), source_of(base))) == raw
+
+
+def test_golden_planes_residual_decodes() -> None:
+    """A pinned payload whose residual is PLANES-coded (zstd frames inside): any decoder,
+    with any zstd version, must give the chunk from it."""
+    rng = np.random.default_rng(7)
+    w = rng.normal(0, 0.02, 600).astype("<f4")
+    base = bf16(w).tobytes()
+    raw = bf16(w + rng.normal(0, 0.0004, 600).astype("<f4")).tobytes()
+    pinned = bytes.fromhex(GOLDEN_PLANES_HEX)
+    assert pinned[:5] == bytes([OP_SUB, 2, 0, Codec.PLANES, 1])
+    assert spec_decode(pinned, len(raw), {blake3(base).digest(): base}) == raw
+    assert bytes(decode_delta(pinned, len(raw), blake3(raw).digest(), source_of(base))) == raw
+    fresh = encode_delta(raw, [Piece(blake3(base).digest(), 0, len(base))], [base],
+                         lambda r: encode(r, 3, (2, 0)), (2, 0))
+    assert len(fresh) < 0.8 * len(encode(raw, 3, (2, 0))[1])  # what delta coding is for
+
+
+# -- round trips -------------------------------------------------------------------------------------
+@settings(max_examples=120, deadline=None)
+@given(raw=st.binary(min_size=1, max_size=3000), base=st.binary(min_size=1, max_size=3000),
+       cuts=st.lists(st.integers(0, 3000), max_size=4), element=st.sampled_from([None, (2, 0), (2, 1), (4, 0), (4, 3)]),
+       inner=st.sampled_from(["raw", "auto"]))
+def test_any_bytes_round_trip_against_any_base(raw: bytes, base: bytes, cuts: list[int],
+                                               element: tuple[int, int] | None, inner: str) -> None:
+    base = base[:len(raw)]
+    assume(base != raw)  # a writer never codes a chunk against itself (it is deduplicated)
+    digest = blake3(base).digest()
+    bounds = sorted({0, len(base), *(c % len(base) for c in cuts)})  # split the base into pieces
+    pieces = [Piece(digest, a, b - a) for a, b in zip(bounds, bounds[1:]) if b > a]
+    parts = [base[p.offset:p.offset + p.length] for p in pieces]
+    code = raw_inner if inner == "raw" else (lambda r: encode(r, 3, element))
+    payload = encode_delta(raw, pieces, parts, code, element)
+    assert bytes(decode_delta(payload, len(raw), blake3(raw).digest(), source_of(base))) == raw
+    assert spec_decode(payload, len(raw), {digest: base}) == raw
+
+
+def test_fine_tune_of_float_weights_round_trips_and_saves() -> None:
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 0.02, 1 << 16).astype("<f4")
+    base, raw = w.tobytes(), (w + rng.normal(0, 0.0002, 1 << 16).astype("<f4")).tobytes()
+    piece = Piece(blake3(base).digest(), 0, len(base))
+    payload = encode_delta(raw, [piece], [base], lambda r: encode(r, 3, (4, 0)), (4, 0))
+    plain = encode(raw, 3, (4, 0))[1]
+    assert worth_it(len(payload), len(plain)) and len(payload) < 0.8 * len(plain)
+    assert bytes(decode_delta(payload, len(raw), blake3(raw).digest(), source_of(base))) == raw
+
+
+def test_worth_it_wants_a_margin() -> None:
+    assert worth_it(500_000, 1_000_000)
+    assert not worth_it(950_000, 1_000_000)  # 5 %: not worth fetching the base
+    assert worth_it(7_000, 12_000) and not worth_it(9_000, 12_000)  # 4 KiB at least
+    assert not worth_it(1, 4000)  # under the absolute minimum
+
+
+# -- damage and hostile payloads ----------------------------------------------------------------------
+def _payload(element: tuple[int, int] | None = (2, 0)) -> tuple[bytes, bytes, bytes]:
+    rng = np.random.default_rng(11)
+    w = rng.normal(0, 0.02, 3000).astype("<f4")
+    base = bf16(w).tobytes()
+    raw = bf16(w + rng.normal(0, 0.001, 3000).astype("<f4")).tobytes()
+    payload = encode_delta(raw, [Piece(blake3(base).digest(), 0, len(base))], [base],
+                           lambda r: encode(r, 3, element), element)
+    return raw, base, payload
+
+
+@settings(max_examples=150, deadline=None)
+@given(how=st.sampled_from(["flip", "truncate", "trailing", "header"]), at=st.integers(0, 1 << 20),
+       value=st.integers(0, 255), junk=st.binary(min_size=1, max_size=9))
+def test_a_damaged_payload_is_an_integrity_error_never_a_crash(how: str, at: int, value: int, junk: bytes) -> None:
+    raw, base, good = _payload()
+    payload = bytearray(good)
+    if how == "flip":
+        payload[at % len(payload)] ^= 1 << (value % 8)
+    elif how == "truncate":
+        payload = payload[:at % len(payload)]
+    elif how == "trailing":
+        payload += junk
+    else:
+        payload[at % (5 + 40)] = value
+    try:
+        got = decode_delta(bytes(payload), len(raw), blake3(raw).digest(), source_of(base))
+    except IntegrityError:
+        return
+    assert bytes(got) == raw  # never wrong bytes: only a change that decodes to the same chunk passes
+
+
+def test_a_damaged_base_is_an_integrity_error_naming_it() -> None:
+    raw, base, payload = _payload()
+    damaged = bytearray(base)
+    damaged[100] ^= 4
+    digest = blake3(base).digest()
+
+    def source(d: bytes) -> tuple[bytes, bool]:  # what a reader does: check the base against its digest
+        if blake3(bytes(damaged)).digest() != d:
+            raise IntegrityError(f"chunk blake3:{d.hex()}: its bytes do not match the digest")
+        return bytes(damaged), False
+
+    with pytest.raises(IntegrityError, match=digest.hex()):
+        decode_delta(payload, len(raw), blake3(raw).digest(), source)
+
+    def lying(d: bytes) -> tuple[bytes, bool]:  # even a source that fails to check: the result is checked
+        return bytes(damaged), False
+
+    with pytest.raises(IntegrityError, match="do not match the digest"):
+        decode_delta(payload, len(raw), blake3(raw).digest(), lying)
+
+
+def _forge(raw_size: int, pieces: list[tuple[bytes, int, int]], *, op: int = OP_XOR, width: int = 0, head: int = 0,
+           inner: int = 0, count: int | None = None, body: bytes | None = None) -> bytes:
+    out = struct.pack("<BBBBB", op, width, head, inner, len(pieces) if count is None else count)
+    out += b"".join(struct.pack("<32sII", *p) for p in pieces)
+    return out + (bytes(raw_size) if body is None else body)
+
+
+def test_hostile_payloads_fail_cleanly() -> None:
+    a, b = b"A" * 64, b"B" * 64
+    da, db = blake3(a).digest(), blake3(b).digest()
+    target = b"C" * 64
+    dt = blake3(target).digest()
+    cycle = source_of(a, b, deltas=frozenset({db}))
+    cases = {
+        "names the chunk itself": (_forge(64, [(dt, 0, 64)]), source_of(a, target)),
+        "a missing base": (_forge(64, [(blake3(b"nope").digest(), 0, 64)]), source_of(a)),
+        "a base that is a delta (a cycle A->B->A)": (_forge(64, [(db, 0, 64)]), cycle),
+        "a range beyond its base": (_forge(64, [(da, 10, 60)]), source_of(a)),
+        "pieces larger than the chunk": (_forge(64, [(da, 0, 40), (da, 0, 40)]), source_of(a)),
+        "an empty piece": (_forge(64, [(da, 0, 0)]), source_of(a)),
+        "no pieces": (_forge(64, []), source_of(a)),
+        "too many pieces": (_forge(64, [(da, 0, 1)] * (MAX_PIECES + 1)), source_of(a)),
+        "a count beyond the payload": (_forge(64, [(da, 0, 1)], count=9), source_of(a)),
+        "an unknown op": (_forge(64, [(da, 0, 64)], op=7), source_of(a)),
+        "op 0 with a width": (_forge(64, [(da, 0, 64)], width=2), source_of(a)),
+        "op 1 with width 3": (_forge(64, [(da, 0, 64)], op=OP_SUB, width=3), source_of(a)),
+        "a delta inside a delta": (_forge(64, [(da, 0, 64)], inner=DELTA_CODEC), source_of(a)),
+        "a residual of the wrong size": (_forge(64, [(da, 0, 64)], body=bytes(63)), source_of(a)),
+        "a residual claiming 4 GiB": (_forge(64, [(da, 0, 64)], inner=1,
+                                             body=zstandard.ZstdCompressor().compress(bytes(1 << 20))), source_of(a)),
+        "a truncated header": (b"\x00\x00", source_of(a)),
+    }
+    for why, (payload, source) in cases.items():
+        with pytest.raises(IntegrityError):
+            decode_delta(payload, 64, dt, source)
+            pytest.fail(why)
+    with pytest.raises(IntegrityError, match="itself a delta"):
+        decode_delta(cases["a base that is a delta (a cycle A->B->A)"][0], 64, dt, cycle)
+    with pytest.raises(IntegrityError, match="the chunk itself"):
+        decode_delta(cases["names the chunk itself"][0], 64, dt, source_of(target))
+
+
+def test_header_lists_each_base_once() -> None:
+    a, b = b"a" * 30, b"b" * 30
+    da, db = blake3(a).digest(), blake3(b).digest()
+    header = parse_header(_forge(80, [(da, 0, 10), (db, 0, 30), (da, 10, 20)]), 80)
+    assert header.bases == [da, db] and header.body == 5 + 3 * 40
+
+
+# -- registries ---------------------------------------------------------------------------------------
+def test_the_delta_id_is_reserved_and_refused_by_readers() -> None:
+    assert DELTA_CODEC == 3 and DELTA_CODEC not in {int(c) for c in Codec}
+    slot = _Slot(bytes(32), 16, 10, 10, DELTA_CODEC)
+    with pytest.raises(IntegrityError, match="codec 3"):
+        pack_layout([slot], 68, 1 << 20, "index/x")
+
+
+@pytest.mark.parametrize("fmt", sorted(REGISTRY_FORMATS))
+def test_no_registry_format_writes_codec_3(tmp_path: Path, fmt: str) -> None:
+    """Until gc, verify and pull know delta bases, a push with a parent codes as before."""
+    from safetensors.numpy import save_file
+
+    reg = Registry(tmp_path / "reg")
+    init_config(reg.store, DEFAULT_CHUNK_PARAMS, registry_format=fmt)
+    rng = np.random.default_rng(1)
+    w = rng.normal(0, 0.02, (512, 512)).astype("<f4")
+    save_file({"w": w}, tmp_path / "m.safetensors")
+    reg.push("m", tmp_path / "m.safetensors")
+    save_file({"w": w + rng.normal(0, 0.0002, w.shape).astype("<f4")}, tmp_path / "m.safetensors")
+    reg.push("m", tmp_path / "m.safetensors", parent="m:1")
+    codecs = {s.codec for key in reg.store.list(INDEXES) for s in decode_index(reg.store.read(key), key)}
+    assert codecs and DELTA_CODEC not in codecs
+
+
+GOLDEN_XOR_HEX = (
+    "0000000001d034a7386057f71e69174bab901198e811ae0bc570c36abd1e2964220457335503000000140000000f2143"
+    "7997b1f3193f416389d7f113294f6183d9e90e3358"
+)
+GOLDEN_SUB_HEX = (
+    "0102010001e90abd7efc63d469ad6fee6df2f01e9a0e8ef5f9300d9d8096c25a447b0de40a0000000017000000330080"
+    "0000010000800000010000800000010000800000"
+)
+GOLDEN_PLANES_HEX = (
+    "0102000201be6ac7e6c835660bf9dda9b7d4749ce54cf941048757ec5922c358d72a972a2a00000000b0040000020000"
+    "01e901000028b52ffd605801fd0e0086e5763f308f920ea0dcd6c2c0c088cd135b9616e8129678c910410dff882cbf51"
+    "57ec87c58d6e54a3bd7078a047a8ed1b6aade48bbe214208219b6cb2f796526e29536900650063001d980714312ac2a5"
+    "52caf134dae6de9e39c95af640c539a21902dc693036320634d3136d4ec69d9426e24898afa2a14fe49aeea5aa1e003e"
+    "fcd3b3681a86d3d8430d9459092d3d5ecb5c88ed30a0125be4fc5e3dad8ba926235fc2e47bbc8f40d17238816aa4520f"
+    "0225d88682b1cfca562758db1a90ba2ecd8a4f37a304b169354296e7c402c6e5fbd05caa260bf6b998f822a160c0ffc6"
+    "a5af9ee05f49fbae462cec84e77a106cb35ddfc9d16d83cf4142c9a62a4d90c4b66fc5475bdd0a172d512268c2ee9554"
+    "9d3a8d54f60f95663c9899e86f04e32b61fc9a58ad43386a9b969485a8d49b544dc6184212d4973edb70aeea341b7997"
+    "cd122259c9e68d4d84ad53cd283d603ad3b96030a13a9e9e747f0afb29a1281da77ba72d0e96b40526a63a18371e842d"
+    "e6963f36fc6f49705cccd67254440076f4a046fab3c7b9794ec039fbc7ef4681ac6196189d5fca928975a467ba5ead34"
+    "d8295ec16ab88856ba4c9596bbb067beb441569ef28130a9ba3c4f0da2627b539d6f97da4fc1021a04bbef374152eb30"
+    "c71273588d584bf7828f4bd1e100014700000028b52ffd605801ed01000402fb000100ff0001000100fe00ff00010001"
+    "000100010001000200fe00030001000f100094484e98a558c132fee080055ce30ecf5807637850cc6101"
+)
