@@ -1,6 +1,7 @@
 """What the DELTA codec (docs/FORMAT.md §4.2) would save on a sequence of model versions.
 
-    python -m benchmarks.delta WORKLOAD [--parents lineage|previous] [--out FILE.json]
+    python -m benchmarks.delta WORKLOAD [--parents lineage|previous] [--chain bases|plain|unbounded]
+                                        [--out FILE.json]
 
 WORKLOAD is the peers workload (``../shared/bench/peers/make_workload.py``): versions
 ``01_base`` … ``10_real``, pushed in name order as versions of one model. Every file is
@@ -17,6 +18,12 @@ bytes and checked against its chunk digest.
 ft-full, ckpt-1 and shifted from base; ckpt-N from ckpt-N-1; real none), as
 ``push --parent`` would name it. ``previous``: the previous version of the model (what a
 push with no ``--parent`` would imply).
+
+``--chain``: where a parent chunk is itself a delta, ``bases`` (the default, K = 1) codes
+against that delta's own bases (the grandparent's bytes at the same offsets), ``plain``
+stores the new chunk plain, ``unbounded`` codes against the parent's bytes anyway (chains
+grow with every version: not allowed by the format, measured for comparison; the
+deepest chain is reported).
 
 This is a payload-level measurement (what packs would hold; indexes add 52 bytes per new
 chunk, manifests about 100 per chunk reference): the registry does not write codec 3 yet.
@@ -54,6 +61,7 @@ class Seg:
     length: int
     digest: bytes
     off: int
+    via_delta: bool = False  # the parent's chunk here is a delta: these are its bases
 
 
 @dataclass(slots=True)
@@ -74,6 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workload", type=Path)
     ap.add_argument("--parents", choices=("lineage", "previous"), default="lineage")
+    ap.add_argument("--chain", choices=("bases", "plain", "unbounded"), default="bases")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     params = DEFAULT_CHUNK_PARAMS
@@ -95,7 +104,7 @@ def main() -> None:
         raw = raw_of(digest)
         if blake3(raw).digest() != digest:
             raise IntegrityError(f"base blake3:{digest.hex()} is damaged")
-        return raw, digest in delta_bases
+        return raw, digest in delta_bases and args.chain != "unbounded"
 
     def decode_inner(codec: int, payload: memoryview, out: memoryview) -> None:
         got = decode(codec, payload, len(out))
@@ -103,6 +112,7 @@ def main() -> None:
             raise IntegrityError("residual has the wrong size")
         out[:] = got
 
+    depth: dict[bytes, int] = {}  # chain depth of each delta chunk (--chain unbounded)
     previous: str | None = None
     for name in versions:
         parent = LINEAGE.get(name) if args.parents == "lineage" else previous
@@ -135,7 +145,7 @@ def main() -> None:
                     codec, plain = encode(raw, 3, hint)
                     st.plain += len(plain)
                     best = len(plain)
-                    pieces = _pieces(pmap, pstarts, off, length, delta_bases)
+                    pieces = _pieces(pmap, pstarts, off, length, args.chain == "plain")
                     chosen = False
                     if pieces:
                         base = [raw_of(p.digest)[p.offset:p.offset + p.length] for p in pieces]
@@ -155,23 +165,27 @@ def main() -> None:
                                     bases_seen.add(p.digest)
                                     st.base_bytes += where[p.digest][2]
                             delta_bases[digest] = segs
+                            depth[digest] = 1 + max(depth.get(p.digest, 0) for p in pieces)
                     st.stored += best
                     where[digest] = (str(f), off, length)
                     if not chosen:
                         mine.append(Seg(off, length, digest, 0))
                         continue
-                if digest in delta_bases:  # the file's bytes here are covered by its bases (same offsets)
+                if digest in delta_bases and args.chain != "unbounded":  # covered by its bases (same offsets)
                     first = delta_bases[digest][0].start
                     for s in delta_bases[digest]:
-                        mine.append(Seg(off + s.start - first, s.length, s.digest, s.off))
+                        mine.append(Seg(off + s.start - first, s.length, s.digest, s.off, True))
                 else:
                     mine.append(Seg(off, length, digest, 0))
             plain_maps[(name, rel)] = mine
         st.seconds = time.perf_counter() - t0
-        results[name] = {"parent": parent, **{k: getattr(st, k) for k in Stats.__slots__ if k != "extra"}}
+        results[name] = {"parent": parent, **{k: getattr(st, k) for k in Stats.__slots__ if k != "extra"},
+                         "max_depth": max(depth.values(), default=0)}
         print(f"{name:18} parent={str(parent):18} raw={st.raw / 1e6:8.1f} new={st.new_raw / 1e6:7.1f} "
               f"plain={st.plain / 1e6:7.2f} delta={st.stored / 1e6:7.2f} MB  deltas={st.deltas} "
-              f"({st.delta_raw / 1e6:.1f} MB raw) bases={st.base_bytes / 1e6:.1f} MB  {st.seconds:.1f}s", flush=True)
+              f"({st.delta_raw / 1e6:.1f} MB raw) bases={st.base_bytes / 1e6:.1f} MB "
+              f"depth<={max(depth.values(), default=0)} "
+              f"{st.seconds:.1f}s", flush=True)
         previous = name
     tot_plain = sum(int(r["plain"]) for r in results.values())  # type: ignore[call-overload]
     tot = sum(int(r["stored"]) for r in results.values())  # type: ignore[call-overload]
@@ -190,11 +204,11 @@ def _cuts(path: Path, params: ChunkParams) -> list[tuple[int, int]]:
     return out
 
 
-def _pieces(pmap: list[Seg], starts: list[int], off: int, length: int,
-            delta_bases: dict[bytes, list[Seg]]) -> list[Piece]:
+def _pieces(pmap: list[Seg], starts: list[int], off: int, length: int, plain_only: bool) -> list[Piece]:
     """The pieces of plain parent chunks covering file bytes ``[off, off + length)``
     contiguously from ``off`` (the rest of the base is zeros), merged where one chunk's
-    bytes continue; none if the parent has nothing at ``off``."""
+    bytes continue; none if the parent has nothing at ``off`` (or, ``plain_only``, if a
+    parent chunk there is a delta)."""
     import bisect
 
     i = bisect.bisect_right(starts, off) - 1
@@ -206,6 +220,8 @@ def _pieces(pmap: list[Seg], starts: list[int], off: int, length: int,
         s = pmap[i]
         if not s.start <= pos < s.start + s.length:
             break  # a gap: the rest of the base is zeros
+        if plain_only and s.via_delta:
+            return []
         skip = pos - s.start
         n = min(s.start + s.length - pos, end - pos)
         if out and out[-1].digest == s.digest and out[-1].offset + out[-1].length == s.off + skip:
