@@ -300,7 +300,7 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
         entry = file_entry(t.manifest, t.inner, f"casreg://{info['name']}")
         return PinnedFile(self.registry.store, entry, where=f"casreg://{info['name']}",
                           cache_chunks=self.chunk_cache, threads=self.registry.threads,
-                          source=manifest_key(t.manifest.hexdigest)), info
+                          source=manifest_key(t.manifest.hexdigest), bases=t.manifest.base_map), info
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: object) -> bytes:
         """Bytes ``[start, end)`` of a file (negative values count from its end), reading

@@ -852,9 +852,10 @@ class Registry:
             ref, path = str(head), "/".join(p for p in (inner, path.strip("/")) if p)
         resolved = self.resolve(ref)
         where = f"casreg://{ref}" + (f"/{path}" if path else "")
-        entry = file_entry(self.manifest(resolved), path.strip("/"), where)
+        manifest = self.manifest(resolved)
+        entry = file_entry(manifest, path.strip("/"), where)
         return SafetensorsFile(PinnedFile(self.store, entry, where=where, threads=self.threads,
-                                          source=manifest_key(resolved.digest)), bf16=bf16,
+                                          source=manifest_key(resolved.digest), bases=manifest.base_map), bf16=bf16,
                                framework=framework)
 
 

@@ -41,9 +41,12 @@ MAX_CONFIG_BYTES = 1 << 20
 #: The format of new registries; every format here is read.
 REGISTRY_FORMAT = "casreg/3"
 #: Registry format -> the tree format of the manifests its pushes write.
-REGISTRY_FORMATS = {"casreg/1": 1, "casreg/2": 2, "casreg/3": 2}
+REGISTRY_FORMATS = {"casreg/1": 1, "casreg/2": 2, "casreg/3": 2, "casreg/4": 2}
 #: Registry formats whose pushes may use the PLANES codec (casreg.content.planes).
-FLOAT_CODEC_FORMATS = frozenset({"casreg/3"})
+FLOAT_CODEC_FORMATS = frozenset({"casreg/3", "casreg/4"})
+#: Registry formats whose pushes may code chunks as deltas against the parent version
+#: (codec 3, casreg.content.delta), recording each delta's bases in its manifest.
+DELTA_CODEC_FORMATS = frozenset({"casreg/4"})
 #: ``casreg.json`` is a few hundred bytes; it is read at most this large.
 MAX_CONFIG_BYTES = 64 << 10
 
@@ -67,6 +70,12 @@ class RegistryConfig:
         """Whether pushes may store tensor data with the PLANES codec (format ``casreg/3``;
         older formats keep to codecs that older casreg readers know)."""
         return self.format in FLOAT_CODEC_FORMATS
+
+    @property
+    def delta_codec(self) -> bool:
+        """Whether pushes may store chunks as deltas against the parent version (codec 3,
+        format ``casreg/4``; older formats never do, so older readers read them)."""
+        return self.format in DELTA_CODEC_FORMATS
 
     @property
     def max_chunk(self) -> int:

@@ -490,6 +490,7 @@ class _Writer:
                 dir_fd = dirs.top
             fd, kept, hasher = self._resume(dir_fd, name, e)
             todo = e.chunks[kept:]
+            bases = manifest.base_map if manifest.bases else None
             f = _OpenFile(fd, e, len(todo), hasher)
             self.open.append(f)
             if not todo:
@@ -499,7 +500,8 @@ class _Writer:
                 raw_size = sum(r.raw_size for r in run)
                 buf = self.buffers.take(raw_size)
                 try:
-                    fut = self.workers.submit(read_span_stats, self.store, run, self.cache, buf.view[:raw_size])
+                    fut = self.workers.submit(read_span_stats, self.store, run, self.cache, buf.view[:raw_size],
+                                              bases)
                 except BaseException:
                     self.buffers.give_back(buf)
                     raise

@@ -543,11 +543,12 @@ def _stored_manifest_readable(store: ObjectStore, key: str, ours: Manifest, max_
         stored = Manifest.from_bytes(data, expected=ours.digest, where=key, max_chunk=max_chunk)
     except IntegrityError:
         return False
-    mine = {c for e in ours.entries for c in e.chunks}
-    other = sorted({c for e in stored.entries for c in e.chunks if c not in mine}, key=lambda c: (c.pack, c.offset))
+    mine = {c for e in ours.entries for c in e.chunks} | set(ours.bases)
+    other = sorted({c for e in stored.entries for c in e.chunks if c not in mine} | set(stored.bases) - mine,
+                   key=lambda c: (c.pack, c.offset))
     try:
         for run in spans(other):
-            read_span(store, run, cache=None)
+            read_span(store, run, cache=None, bases=stored.base_map)
     except IntegrityError:
         return False
     return True
