@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from casreg._version import package_version
 from casreg.content.manifest import Manifest, read_manifest
 from casreg.digest import Digest
-from casreg.errors import AliasNotMovedError, CasregError, InvalidInputError
+from casreg.errors import AliasNotMovedError, CasregError, InvalidInputError, UnknownReferenceError
 from casreg.keys import manifest_key
 from casreg.ledger.pointers import list_pointers, move_alias, read_pointer, require_not_deleted, restore_pointer
 from casreg.ledger.resolve import Resolved, resolve, unknown, version_record
@@ -299,7 +299,8 @@ class Registry:
         manifest, stats = store_source(self.store, source, params=config.chunk_params(), level=level,
                                        index=ChunkIndex.load(self.store), progress=progress, threads=self.threads,
                                        check_writes=self.check_writes, tree=config.tree,
-                                       float_codec=config.float_codec)
+                                       float_codec=config.float_codec,
+                                       parent=self._delta_parent(name, parent) if config.delta_codec else None)
         record = Version(
             name=name, version=0, digest=manifest.version_digest, kind=manifest.kind,
             size=stats.size, stored_bytes=stats.stored_bytes, new_bytes=stats.new_raw_bytes,
@@ -323,6 +324,16 @@ class Registry:
         finally:
             self._auto_compact(version)  # the version is committed either way
         return version
+
+    def _delta_parent(self, name: str, parent: str | None) -> Manifest | None:
+        """The version a push to a ``casreg/4`` registry codes deltas against: ``parent``
+        if given, else the newest version of ``name`` (none for a first version)."""
+        try:
+            return self.manifest(self.resolve(parent or name))
+        except UnknownReferenceError:
+            if parent:
+                raise
+            return None
 
     def _auto_compact(self, version: Version) -> None:
         """Best effort: the version is committed, so nothing here may fail the push."""

@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # numpy is imported when a chunk is coded
 
 __all__ = ["OP_XOR", "OP_SUB", "MAX_PIECES", "MIN_SAVING", "Piece", "BaseSource", "DeltaHeader", "parse_header",
            "apply_into", "encode_delta", "decode_delta_into", "decode_delta", "decode_inner_into",
-           "worth_it", "DELTA_CODEC"]
+           "worth_it", "DELTA_CODEC", "Seg", "base_pieces"]
 
 OP_XOR = 0
 OP_SUB = 1
@@ -275,4 +275,45 @@ def decode_delta(stored: bytes | memoryview, raw_size: int, digest: bytes, bases
     ``digest``), with the plain codecs for the residual."""
     out = bytearray(raw_size)
     decode_delta_into(stored, memoryview(out), digest, bases, decode_inner_into)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Seg:
+    """File bytes ``[start, start + length)`` of a version are bytes ``[off, off + length)``
+    of the plain (non-delta) chunk ``digest``: how a parent version's file is described to
+    find a new chunk's bases (K = 1: a parent delta chunk is described by its own bases)."""
+
+    start: int
+    length: int
+    digest: bytes
+    off: int
+
+
+def base_pieces(segs: Sequence[Seg], starts: Sequence[int], off: int, length: int) -> list[Piece]:
+    """The pieces covering file bytes ``[off, off + length)`` contiguously from ``off``
+    (``segs`` sorted by ``start``, ``starts`` their starts): where the parent's bytes run
+    out or have a hole the rest of the base is zeros. At most :data:`MAX_PIECES`, merged
+    where one chunk's bytes continue; none if nothing covers ``off``."""
+    from bisect import bisect_right
+
+    i = bisect_right(starts, off) - 1
+    if i < 0:
+        return []
+    out: list[Piece] = []
+    pos, end = off, off + length
+    while i < len(segs) and pos < end:
+        s = segs[i]
+        if not s.start <= pos < s.start + s.length:
+            break
+        skip = pos - s.start
+        n = min(s.start + s.length - pos, end - pos)
+        if out and out[-1].digest == s.digest and out[-1].offset + out[-1].length == s.off + skip:
+            out[-1] = Piece(s.digest, out[-1].offset, out[-1].length + n)
+        else:
+            if len(out) == MAX_PIECES:
+                break
+            out.append(Piece(s.digest, s.off + skip, n))
+        pos += n
+        i += 1
     return out
