@@ -1,10 +1,12 @@
 """The DELTA codec (codec 3, casreg/content/delta.py, docs/FORMAT.md §4.2): golden vectors,
 an independent decoder written from the spec, round trips of any bytes against any base,
-damaged and hostile payloads, what it saves on a fine-tune, and that no registry format
-writes it yet (its bases are not recorded where gc, verify and pull would find them)."""
+damaged and hostile payloads, what it saves on a fine-tune; and in registries: casreg/4
+pushes code against the parent and pull, lazy and casreg:// reads, verify and gc handle
+the bases, older formats never write it, damage to a delta or a base is exit 6."""
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -18,8 +20,8 @@ from test_planes import reference_decode  # the PLANES spec decoder (docs/FORMAT
 
 from casreg import Registry
 from casreg.content.chunking import DEFAULT_CHUNK_PARAMS
-from casreg.content.codec import Codec, encode
-from casreg.content.config import REGISTRY_FORMATS, init_config
+from casreg.content.codec import Codec, decode, encode
+from casreg.content.config import DELTA_CODEC_FORMATS, REGISTRY_FORMATS, init_config
 from casreg.content.delta import (
     DELTA_CODEC,
     MAX_PIECES,
@@ -31,9 +33,11 @@ from casreg.content.delta import (
     parse_header,
     worth_it,
 )
-from casreg.content.packs import _Slot, decode_index, pack_layout
+from casreg.content.fetch import read_span_stats
+from casreg.content.manifest import ChunkRef, Manifest
+from casreg.content.packs import decode_index
 from casreg.errors import IntegrityError
-from casreg.keys import INDEXES
+from casreg.keys import INDEXES, pack_key
 
 
 def spec_decode(payload: bytes, raw_size: int, chunks: dict[bytes, bytes]) -> bytes:
@@ -278,28 +282,130 @@ def test_header_lists_each_base_once() -> None:
 
 
 # -- registries ---------------------------------------------------------------------------------------
-def test_the_delta_id_is_reserved_and_refused_by_readers() -> None:
-    assert DELTA_CODEC == 3 and DELTA_CODEC not in {int(c) for c in Codec}
-    slot = _Slot(bytes(32), 16, 10, 10, DELTA_CODEC)
-    with pytest.raises(IntegrityError, match="codec 3"):
-        pack_layout([slot], 68, 1 << 20, "index/x")
+def test_a_delta_is_never_decoded_without_its_bases() -> None:
+    assert int(Codec.DELTA) == DELTA_CODEC == 3
+    raw, _, payload = _payload()
+    with pytest.raises(IntegrityError, match="without its bases"):
+        decode(Codec.DELTA, payload, len(raw))
 
 
-@pytest.mark.parametrize("fmt", sorted(REGISTRY_FORMATS))
-def test_no_registry_format_writes_codec_3(tmp_path: Path, fmt: str) -> None:
-    """Until gc, verify and pull know delta bases, a push with a parent codes as before."""
+def _weights(tmp: Path, name: str, seed: int, base: np.ndarray | None = None) -> tuple[Path, np.ndarray]:
+    """A safetensors file of one 1024x1024 bf16-as-f32 tensor and one f32 tensor: fresh, or
+    ``base`` plus a fine-tune-like update."""
     from safetensors.numpy import save_file
 
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 0.02, (1024, 1024)).astype("<f4") if base is None else \
+        base + rng.normal(0, 0.0004, base.shape).astype("<f4")
+    path = tmp / name
+    save_file({"b": bf16(w).view(np.uint16).reshape(w.shape), "f": w[:256]}, path)
+    return path, w
+
+
+def _delta_registry(reg: Registry, tmp: Path) -> tuple[Path, Path]:
+    """Two versions of ``m`` in a casreg/4 registry, the second coded against the first."""
+    init_config(reg.store, DEFAULT_CHUNK_PARAMS, registry_format="casreg/4")
+    first, w = _weights(tmp, "m.safetensors", 1)
+    reg.push("m", first)
+    second, _ = _weights(tmp, "m2.safetensors", 2, w)
+    reg.push("m", second)  # the parent is implied: the newest version of m
+    return first, second
+
+
+def _codecs(reg: Registry, ref: str) -> list[int]:
+    return [c.codec for e in reg.manifest(reg.resolve(ref)).entries for c in e.chunks]
+
+
+def test_casreg4_codes_against_the_parent_and_reads_back_verified(registry: Registry, tmp_path: Path) -> None:
+    first, second = _delta_registry(registry, tmp_path)
+    assert DELTA_CODEC in _codecs(registry, "m:2") and DELTA_CODEC not in _codecs(registry, "m:1")
+    m2 = registry.manifest(registry.resolve("m:2"))
+    assert m2.bases and {b.digest for b in m2.bases} <= {c.digest for e in
+                                                         registry.manifest(registry.resolve("m:1")).entries
+                                                         for c in e.chunks}
+    assert registry.show("m:2").stored_bytes < 0.85 * registry.show("m:1").stored_bytes
+    registry.pull("m:2", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == second.read_bytes()
+    with registry.open_safetensors("m:2") as f:  # lazy reads decode deltas too
+        from safetensors.numpy import load_file
+
+        want = load_file(second)
+        assert np.array_equal(f.get_tensor("f"), want["f"]) and np.array_equal(f.get_tensor("b"), want["b"])
+    from casreg.fs import CasregFileSystem
+
+    fs = CasregFileSystem(registry=registry)
+    assert fs.cat_file("casreg://m:2", 1000, 300_000) == second.read_bytes()[1000:300_000]
+    assert registry.verify().problems == []
+
+
+def test_old_formats_never_write_codec_3(tmp_path: Path) -> None:
+    """casreg/1-3 registries keep to the codecs their readers know, with or without a parent."""
+    for fmt in sorted(set(REGISTRY_FORMATS) - DELTA_CODEC_FORMATS):
+        reg = Registry(tmp_path / fmt.replace("/", "-"))
+        init_config(reg.store, DEFAULT_CHUNK_PARAMS, registry_format=fmt)
+        first, w = _weights(tmp_path, "m.safetensors", 1)
+        reg.push("m", first)
+        second, _ = _weights(tmp_path, "m2.safetensors", 2, w)
+        reg.push("m", second, parent="m:1")
+        codecs = {s.codec for key in reg.store.list(INDEXES) for s in decode_index(reg.store.read(key), key)}
+        assert codecs and DELTA_CODEC not in codecs, fmt
+        assert not reg.manifest(reg.resolve("m:2")).bases
+
+
+def test_gc_keeps_the_bases_of_a_live_delta(tmp_path: Path) -> None:
     reg = Registry(tmp_path / "reg")
-    init_config(reg.store, DEFAULT_CHUNK_PARAMS, registry_format=fmt)
-    rng = np.random.default_rng(1)
-    w = rng.normal(0, 0.02, (512, 512)).astype("<f4")
-    save_file({"w": w}, tmp_path / "m.safetensors")
-    reg.push("m", tmp_path / "m.safetensors")
-    save_file({"w": w + rng.normal(0, 0.0002, w.shape).astype("<f4")}, tmp_path / "m.safetensors")
-    reg.push("m", tmp_path / "m.safetensors", parent="m:1")
-    codecs = {s.codec for key in reg.store.list(INDEXES) for s in decode_index(reg.store.read(key), key)}
-    assert codecs and DELTA_CODEC not in codecs
+    _, second = _delta_registry(reg, tmp_path)
+    m2 = reg.manifest(reg.resolve("m:2"))
+    only_bases = {b.pack for b in m2.bases} - {c.pack for e in m2.entries for c in e.chunks}
+    assert only_bases  # packs no chunk of m:2 is in: only its deltas' bases keep them
+    reg.delete("m", 1, reason="test")
+    reg.gc(grace=0, delay=0)
+    reg.gc(grace=0, delay=0)  # condemned, then swept
+    assert all(reg.store.exists(pack_key(p)) for p in only_bases)
+    reg.pull("m:2", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == second.read_bytes()
+    assert reg.verify().problems == []
+
+
+def _flip(reg: Registry, ref: ChunkRef) -> None:
+    path = Path(reg.store.url.removeprefix("file://")) / pack_key(ref.pack)
+    data = bytearray(path.read_bytes())
+    data[ref.offset + ref.stored_size - 2] ^= 0x40
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("what", ["base", "delta"])
+def test_damage_to_a_base_or_a_delta_is_an_integrity_error(tmp_path: Path, what: str) -> None:
+    from inprocess_cli import fails, run_cli
+
+    reg = Registry(tmp_path / "reg")
+    _delta_registry(reg, tmp_path)
+    m2 = reg.manifest(reg.resolve("m:2"))
+    delta = next(c for e in m2.entries for c in e.chunks if c.codec == DELTA_CODEC)
+    target = m2.bases[0] if what == "base" else delta
+    _flip(reg, target)
+    with pytest.raises(IntegrityError, match=target.digest.hex()):
+        reg.pull("m:2", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    env = dict(os.environ, CASREG_REGISTRY=str(tmp_path / "reg"), CASREG_CACHE="off", HOME=str(tmp_path))
+    fails(run_cli(["pull", "m:2", str(tmp_path / "out2")], env, tmp_path), 6, target.digest.hex()[:16])
+    assert reg.verify("m:2").problems
+
+
+def test_a_manifest_naming_a_delta_as_a_base_is_refused(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "reg")
+    _delta_registry(reg, tmp_path)
+    m2 = reg.manifest(reg.resolve("m:2"))
+    delta = next(c for e in m2.entries for c in e.chunks if c.codec == DELTA_CODEC)
+    forged = Manifest(m2.kind, m2.entries, m2.chunking, tree=m2.tree, bases=[*m2.bases, delta])
+    with pytest.raises(IntegrityError, match="itself a delta"):
+        Manifest.from_bytes(forged.to_bytes(), expected=m2.digest, where="x")
+    # a delta whose bases the manifest does not record cannot be read (never wrong bytes)
+    bare = Manifest(m2.kind, m2.entries, m2.chunking, tree=m2.tree)
+    bad = next(c for e in bare.entries for c in e.chunks if c.codec == DELTA_CODEC)
+    with pytest.raises(IntegrityError, match="not recorded"):
+        read_span_stats(reg.store, [bad], cache=None, bases=bare.base_map)
 
 
 GOLDEN_XOR_HEX = (
