@@ -4,9 +4,11 @@ Written once, by the first push, with create-if-absent (docs/FORMAT.md §2): the
 chunking parameters are fixed for the registry's life, since changing them would stop
 new pushes from deduplicating against old data; ``zstd_level`` is only a default.
 
-The format says how versions are written: ``casreg/3`` (every new registry) writes
+The format says how versions are written: ``casreg/4`` (every new registry) writes
 manifests of tree format 2, whose version digests commit to each file's chunk layout,
-and may store chunks of floating-point tensors with the ``PLANES`` codec; a ``casreg/2``
+may store chunks of floating-point tensors with the ``PLANES`` codec and chunks of a
+version with a parent as deltas against it (codec 3, bases listed in the manifest);
+``casreg/3`` registries write the same but never deltas; a ``casreg/2``
 registry writes the same manifests but only the ``RAW`` and ``ZSTD`` codecs, and a
 ``casreg/1`` registry keeps writing format 1, so that older casreg readers can read
 everything in them (format-1 versions have the weaker guarantee docs/FORMAT.md §5 states).
@@ -39,7 +41,7 @@ MAX_CHUNK_BYTES = 64 << 20
 #: ``casreg.json`` is read at most this far (it is a few hundred bytes).
 MAX_CONFIG_BYTES = 1 << 20
 #: The format of new registries; every format here is read.
-REGISTRY_FORMAT = "casreg/3"
+REGISTRY_FORMAT = "casreg/4"
 #: Registry format -> the tree format of the manifests its pushes write.
 REGISTRY_FORMATS = {"casreg/1": 1, "casreg/2": 2, "casreg/3": 2, "casreg/4": 2}
 #: Registry formats whose pushes may use the PLANES codec (casreg.content.planes).

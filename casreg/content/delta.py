@@ -143,6 +143,8 @@ def _base(size: int, pieces: Sequence[bytes | memoryview]) -> np.ndarray:
     """The base: the pieces' bytes, in order, zero-padded to ``size`` bytes."""
     import numpy as np
 
+    if len(pieces) == 1 and len(pieces[0]) == size:
+        return np.frombuffer(pieces[0], np.uint8)
     base = np.zeros(size, np.uint8)
     pos = 0
     for piece in pieces:
@@ -152,9 +154,16 @@ def _base(size: int, pieces: Sequence[bytes | memoryview]) -> np.ndarray:
     return base
 
 
-def _elements(buf: np.ndarray, width: int, head: int) -> np.ndarray:
-    n = (len(buf) - head) // width
-    return buf[head:head + n * width].view("<u2" if width == 2 else "<u4")
+def _sign_magnitude(x: np.ndarray) -> None:
+    """Between two's complement and the sign-magnitude form of op 1, in place (the map is
+    its own inverse): an element with its top bit set has every other bit flipped."""
+    import numpy as np
+
+    bits = 8 * x.dtype.itemsize
+    flip = x >> x.dtype.type(bits - 1)
+    np.negative(flip, out=flip)  # 0, or all ones
+    flip &= x.dtype.type((1 << (bits - 1)) - 1)
+    x ^= flip
 
 
 def apply_into(out: memoryview, op: int, width: int, head: int, pieces: Sequence[bytes | memoryview],
@@ -169,18 +178,19 @@ def apply_into(out: memoryview, op: int, width: int, head: int, pieces: Sequence
     if op == OP_XOR:
         dst ^= base
         return
-    x = _elements(dst, width, head)
-    b = _elements(base, width, head)
-    half = x.dtype.type(1 << (8 * width - 1))
-    edge = np.ones(len(dst), bool)  # bytes outside whole elements are XORed
-    edge[head:head + x.nbytes] = False
+    lo = min(head, len(dst))
+    hi = lo + max(0, len(dst) - head) // width * width
+    dst[:lo] ^= base[:lo]  # bytes outside whole elements are XORed
+    dst[hi:] ^= base[hi:]
+    dt = "<u2" if width == 2 else "<u4"
+    x = dst[lo:hi].view(dt)
+    b = base[lo:hi].view(dt)
     if inverse:
-        d = np.where(x < half, x, ~(x ^ half))
-        np.add(b, d, out=x)
+        _sign_magnitude(x)
+        x += b
     else:
-        np.subtract(x, b, out=x)
-        np.copyto(x, x ^ (~half), where=x >= half)  # d < 0: (~d) | half, i.e. half + (-d - 1)
-    dst[edge] ^= base[edge]
+        x -= b
+        _sign_magnitude(x)
 
 
 def encode_delta(raw: bytes | memoryview, pieces: Sequence[Piece], base: Sequence[bytes | memoryview],

@@ -375,24 +375,30 @@ class _Pusher:
             bases = self._known_delta(known)
             if bases is not None:
                 return digest, 0, None, bases
-        codec, stored = self._encode(raw, digest, hint)
+        codec, stored = self._encode(raw, digest, hint, check=parent is None)
         if parent is not None:
-            delta = self._delta(raw, digest, hint, len(stored), offset, parent)
+            delta = self._delta(raw, digest, hint, len(stored), offset, parent)  # checked if kept
             if delta is not None:
                 return digest, int(Codec.DELTA), delta[0], delta[1]
+            self._check_plain(raw, digest, codec, stored)
         return digest, int(codec), stored, None
 
-    def _encode(self, raw: memoryview | bytes, digest: bytes, hint: FloatHint | None = None) -> tuple[Codec, bytes]:
+    def _encode(self, raw: memoryview | bytes, digest: bytes, hint: FloatHint | None = None,
+                check: bool = True) -> tuple[Codec, bytes]:
         codec, stored = encode(raw, self.level, hint)
         if not isinstance(stored, bytes):  # kept raw: a view of a read buffer that will be reused
             stored = bytes(stored)
+        if check:
+            self._check_plain(raw, digest, codec, stored)
+        return codec, stored
+
+    def _check_plain(self, raw: memoryview | bytes, digest: bytes, codec: Codec, stored: bytes) -> None:
         if self.check_writes:  # what is stored must decode to the bytes the digest was taken of
             try:
                 decode_verified(codec, stored, len(raw), digest)
             except IntegrityError as err:
                 raise IntegrityError(f"check before write: chunk blake3:{digest.hex()} as encoded ({codec.name}) "
                                      f"is wrong ({err}); nothing was stored for it (push again)") from None
-        return codec, stored
 
     def _verify(self, pack_id: str, confirmed: bool) -> str | None:
         """On a verifier thread: the reason a registry pack this push dedups against cannot
