@@ -391,6 +391,7 @@ def test_damage_to_a_base_or_a_delta_is_an_integrity_error(tmp_path: Path, what:
     env = dict(os.environ, CASREG_REGISTRY=str(tmp_path / "reg"), CASREG_CACHE="off", HOME=str(tmp_path))
     fails(run_cli(["pull", "m:2", str(tmp_path / "out2")], env, tmp_path), 6, target.digest.hex()[:16])
     assert reg.verify("m:2").problems
+    assert any(target.digest.hex() in p.reason or pack_key(target.pack) == p.key for p in reg.verify().problems)
 
 
 def test_a_manifest_naming_a_delta_as_a_base_is_refused(tmp_path: Path) -> None:
