@@ -99,6 +99,24 @@ def _digest_of(ref: object) -> bytes:
     return typing.cast(ChunkRef, ref).digest
 
 
+class _ParentFile:
+    """The parent version's file at a path, as delta coding sees it: plain-chunk segments
+    (:class:`~casreg.content.delta.Seg`), their starts, the refs of their chunks; and how
+    many deltas were tried and kept (a file whose first deltas all fail, such as one with
+    another tensor layout, is not tried further)."""
+
+    __slots__ = ("segs", "starts", "refs", "tried", "kept")
+    GIVE_UP = 16  # deltas tried without one kept, at most
+
+    def __init__(self, segs: list[Seg], refs: dict[bytes, ChunkRef]) -> None:
+        self.segs, self.starts, self.refs = segs, [s.start for s in segs], refs
+        self.tried = self.kept = 0
+
+    @property
+    def hopeless(self) -> bool:
+        return self.kept == 0 and self.tried >= self.GIVE_UP
+
+
 class _Pending:
     """A chunk placed in a pack whose id is known only once the pack is sealed."""
 
@@ -274,7 +292,7 @@ class _Pusher:
         except (IntegrityError, NotFoundError):
             return None
 
-    def parent_segments(self, path: str) -> tuple[list[Seg], list[int], dict[bytes, ChunkRef]] | None:
+    def parent_segments(self, path: str) -> _ParentFile | None:
         """The parent version's file at ``path`` as plain-chunk segments (a delta chunk of
         the parent is described by its own bases: the grandparent's bytes at the same
         offsets, so chains stay one level deep), with the refs of those chunks."""
@@ -300,7 +318,7 @@ class _Pusher:
                     refs[p.digest] = base
                     at += p.length
             pos += ref.raw_size
-        return segs, [s.start for s in segs], refs
+        return _ParentFile(segs, refs)
 
     def _base(self, ref: ChunkRef) -> bytes:
         """A base chunk's raw bytes, verified (through the chunk cache, and a few kept here)."""
@@ -317,13 +335,16 @@ class _Pusher:
         return raw
 
     def _delta(self, raw: memoryview, digest: bytes, hint: FloatHint | None, plain: int, offset: int,
-               parent: tuple[list[Seg], list[int], dict[bytes, ChunkRef]]) -> tuple[bytes, list[ChunkRef]] | None:
+               parent: _ParentFile) -> tuple[bytes, list[ChunkRef]] | None:
         """``raw`` as a delta against the parent's bytes at ``offset``, if that is
         :func:`~casreg.content.delta.worth_it` against ``plain`` stored bytes."""
-        segs, starts, refs = parent
-        pieces = base_pieces(segs, starts, offset, len(raw))
+        if parent.hopeless:
+            return None
+        refs = parent.refs
+        pieces = base_pieces(parent.segs, parent.starts, offset, len(raw))
         if not pieces or any(p.digest == digest for p in pieces):
             return None
+        parent.tried += 1  # threads may race here: a count off by one only moves when it gives up
         try:
             chunks = {p.digest: self._base(refs[p.digest]) for p in pieces}
         except IntegrityError as err:  # a damaged base: no delta against it (verify reports it)
@@ -335,6 +356,7 @@ class _Pusher:
         payload = encode_delta(raw, pieces, views, lambda r: encode(r, self.level, hint), hint)
         if not worth_it(len(payload), plain):
             return None
+        parent.kept += 1
         if self.check_writes:
             try:
                 decode_delta(payload, len(raw), digest, lambda d: (chunks[d], False))
@@ -364,7 +386,7 @@ class _Pusher:
 
     # -- worker side -------------------------------------------------------------------
     def _process(self, raw: memoryview, hint: FloatHint | None, offset: int = 0,
-                 parent: tuple[list[Seg], list[int], dict[bytes, ChunkRef]] | None = None) -> _Result:
+                 parent: _ParentFile | None = None) -> _Result:
         digest = blake3(raw).digest()
         if digest in self.claimed:
             return digest, 0, None, None
