@@ -34,14 +34,23 @@ SPAN_RAW_BYTES = 8 << 20
 
 def _base_source(store: ObjectStore, bases: Bases | None, cache: ChunkCache | None) -> BaseSource:
     """Each base a delta names, read (through ``cache``) and verified where the version's
-    manifest records it; :class:`IntegrityError` for one it does not record."""
+    manifest records it; :class:`IntegrityError` for one it does not record. The last two
+    bases read are kept: neighbouring deltas of a run share the parent chunk between them."""
+    kept: dict[bytes, bytes] = {}
+
     def source(digest: bytes) -> tuple[bytes | memoryview, bool]:
         ref = bases.get(digest) if bases is not None else None
         if ref is None:
             raise IntegrityError(f"its base blake3:{digest.hex()} is not recorded in the version's manifest")
         if ref.codec == Codec.DELTA:
             return b"", True  # refused by the decoder: chains are bounded to one level
-        return read_span_stats(store, [ref], cache).chunks[0], False
+        raw = kept.get(digest)
+        if raw is None:
+            raw = read_span_stats(store, [ref], cache).chunks[0]
+            if len(kept) >= 2:
+                del kept[next(iter(kept))]
+            kept[digest] = raw
+        return raw, False
     return source
 
 
