@@ -590,15 +590,18 @@ class _Pusher:
 
         size = 0
         layout = float_layout(f.abspath, f.size) if self.float_codec else None
-        parent = self.parent_segments(f.relpath) if self.parent is not None else None
+        # Deltas are for tensor data updated in place (fine-tunes, checkpoints): only files
+        # with float tensors (a safetensors header says where) are coded against the parent.
+        parent = self.parent_segments(f.relpath) if self.parent is not None and layout is not None else None
         try:
             with open(f.abspath, "rb", buffering=0) as fh:
                 for raw, buf_id in iter_chunk_views(fh, self.params, self.buffers.acquire, size_hint=f.size,
                                                     block_size=self.block, on_read=hash_block):
                     hint = layout.hint(size, len(raw)) if layout is not None else None
                     self.buffers.users[buf_id] += 1
-                    self.inflight.append((chunks, self.workers.submit(self._process, raw, hint, size, parent), len(raw),
-                                          buf_id))
+                    self.inflight.append((chunks, self.workers.submit(self._process, raw, hint, size,
+                                                                      parent if hint is not None else None),
+                                          len(raw), buf_id))
                     size += len(raw)
                     if len(self.inflight) >= MAX_INFLIGHT:
                         self._drain_one()

@@ -287,7 +287,9 @@ def verify_version(store: ObjectStore, digest: Digest, *, label: str, progress: 
                 report.problems.append(problem)
     finally:
         progress.finish()
-    deltas = {c.digest: c for refs in by_pack.values() for c in refs.values() if c.codec == Codec.DELTA}
+    bad = {p.key for p in report.problems}  # a delta in or based on a bad pack is already reported with it
+    deltas = {c.digest: c for refs in by_pack.values() for c in refs.values() if c.codec == Codec.DELTA
+              and pack_key(c.pack) not in bad and not ({pack_key(b.pack) for b in manifest.bases} & bad)}
     for why in bounded_map(lambda c: _check_delta(store, c, manifest), list(deltas.values()), _threads(threads)):
         if why:
             report.problems.append(Problem(key, "corrupt", f"a delta chunk does not decode: {why}", [label]))
@@ -835,7 +837,9 @@ def _check_references(store: ObjectStore, m: Manifest, refs: list[str], packs: _
             except CasregError as err:
                 wrong.append(str(err))
             continue
-        if c.codec == Codec.DELTA and (why := _check_delta(store, c, m)):  # whole-pack checks read headers only
+        if c.codec == Codec.DELTA and c.pack not in packs.problems \
+                and not any(b.pack in packs.problems for b in m.bases) \
+                and (why := _check_delta(store, c, m)):  # whole-pack checks read headers only
             wrong.append(why)
     return wrong
 
