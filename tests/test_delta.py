@@ -340,6 +340,19 @@ def test_casreg4_codes_against_the_parent_and_reads_back_verified(registry: Regi
     assert registry.verify().problems == []
 
 
+def test_only_float_tensor_data_is_delta_coded(tmp_path: Path) -> None:
+    """Other files with a parent (here a text file edited in place) are coded as before."""
+    reg = Registry(tmp_path / "reg")
+    init_config(reg.store, DEFAULT_CHUNK_PARAMS, registry_format="casreg/4")
+    (tmp_path / "v").mkdir()
+    text = tmp_path / "v" / "a.txt"
+    text.write_bytes(b"".join(b"v1 line %d\n" % i for i in range(40_000)))
+    reg.push("m", tmp_path / "v")
+    text.write_bytes(b"".join(b"v2 line %d\n" % i for i in range(40_000)))
+    reg.push("m", tmp_path / "v")
+    assert DELTA_CODEC not in _codecs(reg, "m:2") and not reg.manifest(reg.resolve("m:2")).bases
+
+
 def test_old_formats_never_write_codec_3(tmp_path: Path) -> None:
     """casreg/1-3 registries keep to the codecs their readers know, with or without a parent."""
     for fmt in sorted(set(REGISTRY_FORMATS) - DELTA_CODEC_FORMATS):
