@@ -340,6 +340,35 @@ def test_casreg4_codes_against_the_parent_and_reads_back_verified(registry: Regi
     assert registry.verify().problems == []
 
 
+def test_parts_of_a_delta_coded_version_read_back(tmp_path: Path) -> None:
+    """pull of a path or --include, snapshot and fsspec get build a part of the manifest:
+    its delta chunks still find their bases."""
+    from casreg.fs import CasregFileSystem
+
+    reg = Registry(tmp_path / "reg")
+    init_config(reg.store, DEFAULT_CHUNK_PARAMS, registry_format="casreg/4")
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    _, w = _weights(tmp_path / "v1", "model.safetensors", 1)
+    (tmp_path / "v1" / "config.json").write_text("{}")
+    reg.push("m", tmp_path / "v1")
+    want = _weights(tmp_path / "v2", "model.safetensors", 2, w)[0].read_bytes()
+    (tmp_path / "v2" / "config.json").write_text("{}")
+    reg.push("m", tmp_path / "v2")
+    assert DELTA_CODEC in _codecs(reg, "m:2")
+    reg.pull("m:2", tmp_path / "inc", include="*.safetensors")
+    assert (tmp_path / "inc" / "model.safetensors").read_bytes() == want
+    reg.pull("m:2/model.safetensors", tmp_path / "one.safetensors")
+    assert (tmp_path / "one.safetensors").read_bytes() == want
+    snap = reg.snapshot("m:2", cache_dir=tmp_path / "snaps")
+    assert (snap / "model.safetensors").read_bytes() == want
+    fs = CasregFileSystem(registry=reg)
+    fs.get("casreg://m:2/model.safetensors", str(tmp_path / "got.safetensors"))
+    assert (tmp_path / "got.safetensors").read_bytes() == want
+    fs.get("casreg://m:2", str(tmp_path / "tree"), recursive=True)
+    assert (tmp_path / "tree" / "model.safetensors").read_bytes() == want
+
+
 def test_only_float_tensor_data_is_delta_coded(tmp_path: Path) -> None:
     """Other files with a parent (here a text file edited in place) are coded as before."""
     reg = Registry(tmp_path / "reg")
