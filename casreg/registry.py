@@ -327,12 +327,17 @@ class Registry:
 
     def _delta_parent(self, name: str, parent: str | None) -> Manifest | None:
         """The version a push to a ``casreg/4`` registry codes deltas against: ``parent``
-        if given, else the newest version of ``name`` (none for a first version)."""
+        if given, else the newest version of ``name`` (none for a first version, and none,
+        with a warning, if its manifest cannot be read: deltas only save bytes, they are
+        no reason to refuse a push)."""
         try:
             return self.manifest(self.resolve(parent or name))
         except UnknownReferenceError:
             if parent:
                 raise
+            return None
+        except CasregError as err:
+            log.warning("casreg: pushing without delta coding: the parent version cannot be read (%s)", err)
             return None
 
     def _auto_compact(self, version: Version) -> None:

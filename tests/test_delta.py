@@ -37,7 +37,7 @@ from casreg.content.fetch import read_span_stats
 from casreg.content.manifest import ChunkRef, Manifest
 from casreg.content.packs import decode_index
 from casreg.errors import IntegrityError
-from casreg.keys import INDEXES, pack_key
+from casreg.keys import INDEXES, manifest_key, pack_key
 
 
 def spec_decode(payload: bytes, raw_size: int, chunks: dict[bytes, bytes]) -> bytes:
@@ -367,6 +367,19 @@ def test_parts_of_a_delta_coded_version_read_back(tmp_path: Path) -> None:
     assert (tmp_path / "got.safetensors").read_bytes() == want
     fs.get("casreg://m:2", str(tmp_path / "tree"), recursive=True)
     assert (tmp_path / "tree" / "model.safetensors").read_bytes() == want
+
+
+def test_an_unreadable_parent_only_costs_the_deltas(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    reg = Registry(tmp_path / "reg")
+    init_config(reg.store, DEFAULT_CHUNK_PARAMS, registry_format="casreg/4")
+    first, w = _weights(tmp_path, "m.safetensors", 1)
+    reg.push("m", first)
+    reg.store.delete(manifest_key(reg.resolve("m:1").digest))  # damaged: verify reports it
+    second, _ = _weights(tmp_path, "m2.safetensors", 2, w)
+    reg.push("m", second)
+    assert DELTA_CODEC not in _codecs(reg, "m:2") and "without delta coding" in caplog.text
+    reg.pull("m:2", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == second.read_bytes()
 
 
 def test_only_float_tensor_data_is_delta_coded(tmp_path: Path) -> None:
