@@ -288,7 +288,7 @@ class _Pusher:
         try:
             data = self.store.read(pack_key(ref.pack), ByteRange(ref.offset, ref.offset + min(ref.stored_size,
                                                                                                _DELTA_HEADER)))
-            return list(parse_header(data + bytes(max(0, 5 - len(data))), ref.raw_size).pieces)
+            return list(parse_header(data, ref.raw_size).pieces)
         except (IntegrityError, NotFoundError):
             return None
 
