@@ -300,7 +300,7 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
         entry = file_entry(t.manifest, t.inner, f"casreg://{info['name']}")
         return PinnedFile(self.registry.store, entry, where=f"casreg://{info['name']}",
                           cache_chunks=self.chunk_cache, threads=self.registry.threads,
-                          source=manifest_key(t.manifest.hexdigest)), info
+                          source=manifest_key(t.manifest.hexdigest), bases=t.manifest.base_map), info
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: object) -> bytes:
         """Bytes ``[start, end)`` of a file (negative values count from its end), reading
@@ -354,7 +354,7 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
             if local.endswith(("/", os.sep)) or dest.is_dir():
                 dest = dest / e.path.rsplit("/", 1)[-1]
             sub = Manifest("file", [Entry(e.path.rsplit("/", 1)[-1], e.type, e.size, e.digest, e.chunks)],
-                           t.manifest.chunking, tree=t.manifest.tree)
+                           t.manifest.chunking, tree=t.manifest.tree, bases=t.manifest.bases)
             materialize(self.registry.store, sub, dest, force=True, threads=self.registry.threads,
                         source=manifest_key(t.manifest.hexdigest))
             return
@@ -363,7 +363,8 @@ class CasregFileSystem(AbstractFileSystem, metaclass=_RegistryKeyedCache):
         prefix = t.inner + "/" if t.inner else ""
         entries = [Entry(e.path[len(prefix):], e.type, e.size, e.digest, e.chunks)
                    for e in t.manifest.entries if e.path.startswith(prefix)]
-        materialize(self.registry.store, Manifest("dir", entries, t.manifest.chunking, tree=t.manifest.tree), local,
+        materialize(self.registry.store, Manifest("dir", entries, t.manifest.chunking, tree=t.manifest.tree,
+                                                  bases=t.manifest.bases), local,
                     force=True, threads=self.registry.threads, source=manifest_key(t.manifest.hexdigest))
 
     # -- read-only ------------------------------------------------------------------------------

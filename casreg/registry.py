@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING
 from casreg._version import package_version
 from casreg.content.manifest import Manifest, read_manifest
 from casreg.digest import Digest
-from casreg.errors import AliasNotMovedError, CasregError, IntegrityError, InvalidInputError, PolicyError
+from casreg.errors import (
+    AliasNotMovedError,
+    CasregError,
+    IntegrityError,
+    InvalidInputError,
+    PolicyError,
+    UnknownReferenceError,
+)
 from casreg.keys import manifest_key
 from casreg.ledger.pointers import list_pointers, move_alias, read_pointer, require_not_deleted, restore_pointer
 from casreg.ledger.resolve import Resolved, resolve, unknown, version_record
@@ -301,7 +308,8 @@ class Registry:
         manifest, stats = store_source(self.store, source, params=config.chunk_params(), level=level,
                                        index=ChunkIndex.load(self.store), progress=progress, threads=self.threads,
                                        check_writes=self.check_writes, tree=config.tree,
-                                       float_codec=config.float_codec)
+                                       float_codec=config.float_codec,
+                                       parent=self._delta_parent(name, parent) if config.delta_codec else None)
         record = Version(
             name=name, version=0, digest=manifest.version_digest, kind=manifest.kind,
             size=stats.size, stored_bytes=stats.stored_bytes, new_bytes=stats.new_raw_bytes,
@@ -325,6 +333,21 @@ class Registry:
         finally:
             self._auto_compact(version)  # the version is committed either way
         return version
+
+    def _delta_parent(self, name: str, parent: str | None) -> Manifest | None:
+        """The version a push to a ``casreg/4`` registry codes deltas against: ``parent``
+        if given, else the newest version of ``name`` (none for a first version, and none,
+        with a warning, if its manifest cannot be read: deltas only save bytes, they are
+        no reason to refuse a push)."""
+        try:
+            return self.manifest(self.resolve(parent or name))
+        except UnknownReferenceError:
+            if parent:
+                raise
+            return None
+        except CasregError as err:
+            log.warning("casreg: pushing without delta coding: the parent version cannot be read (%s)", err)
+            return None
 
     def _auto_compact(self, version: Version) -> None:
         """Best effort: the version is committed, so nothing here may fail the push."""
@@ -936,9 +959,10 @@ class Registry:
             ref, path = str(head), "/".join(p for p in (inner, path.strip("/")) if p)
         resolved = self.resolve(ref)
         where = f"casreg://{ref}" + (f"/{path}" if path else "")
-        entry = file_entry(self.manifest(resolved), path.strip("/"), where)
+        manifest = self.manifest(resolved)
+        entry = file_entry(manifest, path.strip("/"), where)
         return SafetensorsFile(PinnedFile(self.store, entry, where=where, threads=self.threads,
-                                          source=manifest_key(resolved.digest)), bf16=bf16,
+                                          source=manifest_key(resolved.digest), bases=manifest.base_map), bf16=bf16,
                                framework=framework)
 
 

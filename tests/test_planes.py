@@ -180,7 +180,7 @@ def test_new_registries_code_safetensors_floats_with_planes(registry: Registry, 
     src = model_file(tmp_path / "model.safetensors")
     v = registry.push("m", src)
     config = read_config(registry.store)
-    assert config is not None and config.format == REGISTRY_FORMAT == "casreg/3" and config.float_codec
+    assert config is not None and config.format == REGISTRY_FORMAT == "casreg/4" and config.float_codec
     assert Codec.PLANES in codecs_of(registry, "m:1")
     registry.pull("m:1", tmp_path / "back.safetensors")
     assert (tmp_path / "back.safetensors").read_bytes() == src.read_bytes()

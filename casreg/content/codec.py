@@ -28,6 +28,7 @@ class Codec(IntEnum):
     RAW = 0  # stored as is: zstd would not have saved anything
     ZSTD = 1  # one zstd frame holding the whole chunk, content size in the frame header
     PLANES = 2  # floating-point elements split into byte planes, each raw or zstd (casreg.content.planes)
+    DELTA = 3  # coded against other stored chunks (casreg.content.delta); decoded with its bases only
 
 
 #: What a push knows of a chunk of tensor data: (element width in bytes, offset of the first
@@ -95,6 +96,8 @@ def decode(codec: int, stored: bytes | memoryview, raw_size: int) -> bytes | mem
         view = memoryview(out)
         decode_planes_into(stored, view)
         return view
+    if codec == Codec.DELTA:
+        raise IntegrityError("a delta chunk cannot be decoded without its bases")
     raise IntegrityError(f"unknown codec id {codec}")
 
 

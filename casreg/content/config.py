@@ -4,9 +4,11 @@ Written once, by the first push, with create-if-absent (docs/FORMAT.md §2): the
 chunking parameters are fixed for the registry's life, since changing them would stop
 new pushes from deduplicating against old data; ``zstd_level`` is only a default.
 
-The format says how versions are written: ``casreg/3`` (every new registry) writes
+The format says how versions are written: ``casreg/4`` (every new registry) writes
 manifests of tree format 2, whose version digests commit to each file's chunk layout,
-and may store chunks of floating-point tensors with the ``PLANES`` codec; a ``casreg/2``
+may store chunks of floating-point tensors with the ``PLANES`` codec and chunks of a
+version with a parent as deltas against it (codec 3, bases listed in the manifest);
+``casreg/3`` registries write the same but never deltas; a ``casreg/2``
 registry writes the same manifests but only the ``RAW`` and ``ZSTD`` codecs, and a
 ``casreg/1`` registry keeps writing format 1, so that older casreg readers can read
 everything in them (format-1 versions have the weaker guarantee docs/FORMAT.md §5 states).
@@ -39,11 +41,14 @@ MAX_CHUNK_BYTES = 64 << 20
 #: ``casreg.json`` is read at most this far (it is a few hundred bytes).
 MAX_CONFIG_BYTES = 1 << 20
 #: The format of new registries; every format here is read.
-REGISTRY_FORMAT = "casreg/3"
+REGISTRY_FORMAT = "casreg/4"
 #: Registry format -> the tree format of the manifests its pushes write.
-REGISTRY_FORMATS = {"casreg/1": 1, "casreg/2": 2, "casreg/3": 2}
+REGISTRY_FORMATS = {"casreg/1": 1, "casreg/2": 2, "casreg/3": 2, "casreg/4": 2}
 #: Registry formats whose pushes may use the PLANES codec (casreg.content.planes).
-FLOAT_CODEC_FORMATS = frozenset({"casreg/3"})
+FLOAT_CODEC_FORMATS = frozenset({"casreg/3", "casreg/4"})
+#: Registry formats whose pushes may code chunks as deltas against the parent version
+#: (codec 3, casreg.content.delta), recording each delta's bases in its manifest.
+DELTA_CODEC_FORMATS = frozenset({"casreg/4"})
 #: ``casreg.json`` is a few hundred bytes; it is read at most this large.
 MAX_CONFIG_BYTES = 64 << 10
 
@@ -67,6 +72,12 @@ class RegistryConfig:
         """Whether pushes may store tensor data with the PLANES codec (format ``casreg/3``;
         older formats keep to codecs that older casreg readers know)."""
         return self.format in FLOAT_CODEC_FORMATS
+
+    @property
+    def delta_codec(self) -> bool:
+        """Whether pushes may store chunks as deltas against the parent version (codec 3,
+        format ``casreg/4``; older formats never do, so older readers read them)."""
+        return self.format in DELTA_CODEC_FORMATS
 
     @property
     def max_chunk(self) -> int:

@@ -9,17 +9,21 @@ stored into it verified. Nothing here writes to the registry or to a destination
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from casreg.content.cache import AUTO, CacheArg, resolve_cache
-from casreg.content.codec import decode_verified, decode_verified_into
+from casreg.content.cache import AUTO, CacheArg, ChunkCache, resolve_cache
+from casreg.content.codec import Codec, decode_verified, decode_verified_into
+from casreg.content.delta import BaseSource, decode_delta, decode_delta_into, decode_inner_into
 from casreg.content.manifest import ChunkRef
 from casreg.errors import IntegrityError, NotFoundError
 from casreg.keys import pack_key
 from casreg.storage import ByteRange, ObjectStore
 
-__all__ = ["SPAN_BYTES", "SpanRead", "read_chunk", "read_span", "read_span_stats", "spans"]
+__all__ = ["SPAN_BYTES", "SpanRead", "Bases", "read_chunk", "read_span", "read_span_stats", "spans"]
+
+#: Where a version's delta bases are stored (:attr:`casreg.content.manifest.Manifest.base_map`).
+Bases = Mapping[bytes, ChunkRef]
 
 SPAN_BYTES = 4 << 20  # stored bytes fetched by one ranged read at most
 #: Raw (decoded) bytes of one run at most (unless its one chunk is larger): a run of tiny
@@ -28,13 +32,43 @@ SPAN_BYTES = 4 << 20  # stored bytes fetched by one ranged read at most
 SPAN_RAW_BYTES = 8 << 20
 
 
+def _base_source(store: ObjectStore, bases: Bases | None, cache: ChunkCache | None) -> BaseSource:
+    """Each base a delta names, read (through ``cache``) and verified where the version's
+    manifest records it; :class:`IntegrityError` for one it does not record. The last two
+    bases read are kept: neighbouring deltas of a run share the parent chunk between them."""
+    kept: dict[bytes, bytes] = {}
+
+    def source(digest: bytes) -> tuple[bytes | memoryview, bool]:
+        ref = bases.get(digest) if bases is not None else None
+        if ref is None:
+            raise IntegrityError(f"its base blake3:{digest.hex()} is not recorded in the version's manifest")
+        if ref.codec == Codec.DELTA:
+            return b"", True  # refused by the decoder: chains are bounded to one level
+        raw = kept.get(digest)
+        if raw is None:
+            raw = read_span_stats(store, [ref], cache).chunks[0]
+            if len(kept) >= 2:
+                del kept[next(iter(kept))]
+            kept[digest] = raw
+        return raw, False
+    return source
+
+
 def _check_chunk(ref: ChunkRef, stored: bytes | memoryview, key: str, out: memoryview | None = None,
-                 ) -> bytes | memoryview:
-    """The chunk's verified bytes: its own ``bytes``, or ``out`` (its raw size) filled."""
+                 bases: BaseSource | None = None) -> bytes | memoryview:
+    """The chunk's verified bytes: its own ``bytes``, or ``out`` (its raw size) filled.
+    A delta chunk is decoded with ``bases``."""
     where = f"chunk blake3:{ref.digest.hex()} in {key} at offset {ref.offset}"
     if len(stored) != ref.stored_size:
         raise IntegrityError(f"{where} is truncated ({len(stored)} of {ref.stored_size} bytes)")
     try:
+        if ref.codec == Codec.DELTA:
+            if bases is None:
+                raise IntegrityError("a delta chunk cannot be decoded without its bases")
+            if out is not None:
+                decode_delta_into(stored, out, ref.digest, bases, decode_inner_into)
+                return out
+            return bytes(decode_delta(stored, ref.raw_size, ref.digest, bases))
         if out is not None:
             decode_verified_into(ref.codec, stored, out, ref.digest)
             return out
@@ -73,7 +107,7 @@ def _fetch(store: ObjectStore, key: str, runs: list[list[ChunkRef]]) -> list[byt
 
 
 def read_span_stats(store: ObjectStore, refs: list[ChunkRef], cache: CacheArg = AUTO,
-                    into: memoryview | None = None) -> SpanRead:
+                    into: memoryview | None = None, bases: Bases | None = None) -> SpanRead:
     """:func:`read_span`, also saying how many bytes and requests it took. With a cache,
     chunks it holds are taken from it (each re-verified) and only the missing ones are
     fetched, each run of adjacent missing chunks with one ranged read; every fetched chunk
@@ -82,8 +116,13 @@ def read_span_stats(store: ObjectStore, refs: list[ChunkRef], cache: CacheArg = 
     ``into``: a writable buffer of at least the run's raw size; the chunks are decoded
     into it back to back, and ``chunks`` is empty. A pull reuses a few such buffers, so
     its memory is that of its buffers however the allocator would treat a ``bytes`` per
-    chunk allocated in many threads."""
+    chunk allocated in many threads.
+
+    ``bases``: where the version's delta bases are stored (its manifest's
+    :attr:`~casreg.content.manifest.Manifest.base_map`); a delta chunk's bases are read
+    through the cache and verified, and the decoded chunk checked against its digest."""
     cache = resolve_cache(store, cache)
+    source = _base_source(store, bases, cache) if any(r.codec == Codec.DELTA for r in refs) else None
     slots: list[memoryview | None] = [None] * len(refs)
     if into is not None:
         pos = 0
@@ -120,7 +159,7 @@ def read_span_stats(store: ObjectStore, refs: list[ChunkRef], cache: CacheArg = 
             start = run[0].offset
             for r in run:
                 i = next(missing)
-                raw = _check_chunk(r, view[r.offset - start:r.offset - start + r.stored_size], key, slots[i])
+                raw = _check_chunk(r, view[r.offset - start:r.offset - start + r.stored_size], key, slots[i], source)
                 out[i] = raw
                 res.fetched_bytes += r.stored_size
                 if cache is not None:
@@ -130,17 +169,18 @@ def read_span_stats(store: ObjectStore, refs: list[ChunkRef], cache: CacheArg = 
     return res
 
 
-def read_span(store: ObjectStore, refs: list[ChunkRef], cache: CacheArg = AUTO) -> list[bytes]:
+def read_span(store: ObjectStore, refs: list[ChunkRef], cache: CacheArg = AUTO, bases: Bases | None = None,
+              ) -> list[bytes]:
     """Fetch chunks stored back to back in one pack with a single ranged read; decode and
     verify each. Never returns bytes that fail their digest. Reads go through the local
     chunk cache when ``cache`` (default: the one ``CASREG_CACHE`` picks for the store,
     docs/cache.md) is not ``None``."""
-    return read_span_stats(store, refs, cache).chunks
+    return read_span_stats(store, refs, cache, bases=bases).chunks
 
 
-def read_chunk(store: ObjectStore, ref: ChunkRef, cache: CacheArg = AUTO) -> bytes:
+def read_chunk(store: ObjectStore, ref: ChunkRef, cache: CacheArg = AUTO, bases: Bases | None = None) -> bytes:
     """Fetch, decode and verify one chunk (through the cache, as :func:`read_span`)."""
-    return read_span(store, [ref], cache)[0]
+    return read_span(store, [ref], cache, bases)[0]
 
 
 def spans(chunks: list[ChunkRef], limit: int | None = None) -> Iterator[list[ChunkRef]]:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from blake3 import blake3
 
-from casreg.content.fetch import read_span_stats, spans
+from casreg.content.fetch import Bases, read_span_stats, spans
 from casreg.content.manifest import ChunkRef, Entry, Manifest
 from casreg.errors import IntegrityError, InvalidInputError, MissingDependencyError, NotFoundError
 from casreg.storage import ObjectStore
@@ -97,8 +97,9 @@ class PinnedFile:
     """
 
     def __init__(self, store: ObjectStore, entry: Entry, *, where: str = "", cache_chunks: int = DEFAULT_CHUNK_CACHE,
-                 threads: int | None = None, source: str = "") -> None:
+                 threads: int | None = None, source: str = "", bases: Bases | None = None) -> None:
         self.store = store
+        self.bases = bases  # where the version's delta bases are (Manifest.base_map)
         self.source = source  # the key of the manifest ``entry`` comes from, for errors
         self.entry = entry
         self.size = entry.size
@@ -184,10 +185,12 @@ class PinnedFile:
             if len(runs) > 1 and concurrency > 1:
                 workers = min(len(runs), self._threads or 2 * concurrency)
                 with ThreadPoolExecutor(workers, thread_name_prefix="casreg-read") as pool:
-                    results = list(pool.map(lambda run: read_span_stats(self.store, [self._chunks[j] for j in run]),
+                    results = list(pool.map(lambda run: read_span_stats(self.store, [self._chunks[j] for j in run],
+                                                                        bases=self.bases),
                                             runs))
             else:
-                results = [read_span_stats(self.store, [self._chunks[j] for j in run]) for run in runs]
+                results = [read_span_stats(self.store, [self._chunks[j] for j in run], bases=self.bases)
+                           for run in runs]
             with self._lock:
                 for run, res in zip(runs, results):
                     self.requests += res.requests

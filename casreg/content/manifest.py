@@ -125,7 +125,8 @@ def validate_relpath(path: str) -> str:
     return path
 
 
-_KNOWN_CODECS = frozenset({0, 1, 2})  # casreg.content.codec.Codec; kept here to avoid importing zstd twice
+_KNOWN_CODECS = frozenset({0, 1, 2, 3})
+_DELTA = 3  # casreg.content.codec.Codec.DELTA  # casreg.content.codec.Codec; kept here to avoid importing zstd twice
 
 
 def _parse_json(text: bytes) -> Any:
@@ -252,6 +253,10 @@ class Manifest:
     digest: bytes = b""
     #: The tree format: 2 commits each file's chunk layout (new registries), 1 does not.
     tree: int = 1
+    #: Where the base chunks of this version's delta chunks (codec 3) are stored: every
+    #: chunk a delta payload names, each stored with a plain codec (docs/FORMAT.md §4.2).
+    #: Not part of the version digest (like every chunk location); gc keeps their packs.
+    bases: list[ChunkRef] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.tree not in TREE_MAGIC:
@@ -269,6 +274,16 @@ class Manifest:
     @property
     def hexdigest(self) -> str:
         return self.digest.hex()
+
+    @property
+    def base_map(self) -> dict[bytes, ChunkRef]:
+        """The recorded base chunks by digest (what a reader decodes delta chunks with)."""
+        return {c.digest: c for c in self.bases}
+
+    @property
+    def pack_ids(self) -> set[str]:
+        """Every pack this version's bytes need: its chunks' and its delta bases'."""
+        return {c.pack for e in self.entries for c in e.chunks} | {c.pack for c in self.bases}
 
     @property
     def version_digest(self) -> Digest:
@@ -300,7 +315,7 @@ class Manifest:
                     for c in e.chunks
                 ]
             entries.append(item)
-        doc = {
+        doc: dict[str, Any] = {
             "format": MANIFEST_FORMATS[self.tree],
             "digest": str(self.version_digest),
             "kind": self.kind,
@@ -308,6 +323,10 @@ class Manifest:
             "packs": list(packs),
             "entries": entries,
         }
+        if self.bases:  # only versions with delta chunks (casreg/4) have the key
+            doc["bases"] = [[c.digest.hex(), packs.setdefault(c.pack, len(packs)), c.offset, c.stored_size,
+                             c.raw_size, c.codec] for c in self.bases]
+            doc["packs"] = list(packs)
         raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
         return seal_manifest(raw)
 
@@ -352,6 +371,9 @@ class Manifest:
                 if sum(c.raw_size for c in chunks) != size:
                     raise ValueError(f"entry {path!r}: chunk sizes do not add up to {size}")
                 entries.append(Entry(path, etype, size, bytes.fromhex(_hex32(item["digest"], "file digest")), chunks))
+            bases = [_chunk(c, packs, max_chunk) for c in _list(doc.get("bases", []), "bases")]
+            if any(c.codec == _DELTA for c in bases):
+                raise ValueError("a delta base is itself a delta chunk")
         except UnsafePathError as err:
             raise UnsafePathError(f"manifest {where} is hostile: {err}") from None
         except IntegrityError as err:
@@ -369,7 +391,7 @@ class Manifest:
                 if types.get(parent, "d") != "d":
                     raise UnsafePathError(f"manifest {where} is hostile: {parent!r} is both a file and a directory")
                 parent = parent.rpartition("/")[0]
-        manifest = cls(kind, entries, chunking, tree=tree)
+        manifest = cls(kind, entries, chunking, tree=tree, bases=bases)
         if manifest.digest != expected:
             raise IntegrityError(
                 f"manifest {where} is corrupt: its entries hash to blake3:{manifest.hexdigest}, "

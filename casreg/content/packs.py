@@ -21,6 +21,7 @@ from blake3 import blake3
 from casreg.content.cache import AUTO, CacheArg, ChunkCache, resolve_cache
 from casreg.content.codec import Codec, decode_verified
 from casreg.content.config import MAX_CHUNK_BYTES, max_chunk_size
+from casreg.content.delta import parse_header
 from casreg.content.manifest import ChunkRef, stored_bound
 from casreg.errors import IntegrityError, NotFoundError
 from casreg.keys import INDEXES, index_key, pack_key, parse_index_key
@@ -152,8 +153,11 @@ def verify_pack(store: ObjectStore, pack_id: str, index: bytes, slots: Sequence[
                 raise IntegrityError(f"pack {key} does not start with the pack magic")
             for s in slots[i:j + 1]:
                 try:
-                    decode_verified(s.codec, view[s.offset - start:s.offset - start + s.stored_size], s.raw_size,
-                                    s.digest)
+                    payload = view[s.offset - start:s.offset - start + s.stored_size]
+                    if s.codec == Codec.DELTA:  # needs its bases: a push decodes one before relying on it
+                        parse_header(payload, s.raw_size)
+                    else:
+                        decode_verified(s.codec, payload, s.raw_size, s.digest)
                 except IntegrityError as err:
                     raise IntegrityError(f"pack {key}: chunk blake3:{s.digest.hex()} at offset {s.offset} is "
                                          f"not what its index says ({err})") from None

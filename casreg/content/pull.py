@@ -49,7 +49,7 @@ from blake3 import blake3
 
 from casreg.content import fetch
 from casreg.content.cache import AUTO, CacheArg, ChunkCache, resolve_cache
-from casreg.content.fetch import SPAN_RAW_BYTES, SpanRead, read_span_stats, spans
+from casreg.content.fetch import SPAN_RAW_BYTES, Bases, SpanRead, read_span_stats, spans
 from casreg.content.manifest import ChunkRef, Entry, Manifest
 from casreg.errors import AlreadyExistsError, IntegrityError, InvalidInputError, StorageError
 from casreg.keys import manifest_key
@@ -394,6 +394,7 @@ class _Writer:
         self.inflight: deque[tuple[Future[SpanRead], list[tuple[_OpenFile, list[ChunkRef]]], _RunBuffer]] = deque()
         self.batch: list[tuple[_OpenFile, list[ChunkRef]]] = []  # runs of files read with one request, not sent
         self.batch_stored = self.batch_raw = 0
+        self.batch_bases: Bases | None = None  # the delta bases of the batch's manifest
         self.inflight_raw = 0  # decoded bytes of the runs in ``inflight``
         self.buffers = _BufferPool()
         self.open: list[_OpenFile] = []
@@ -444,13 +445,16 @@ class _Writer:
         self.stats.requests += got.requests
         self.stats.cached_bytes += got.cached_bytes
 
-    def _add_run(self, f: _OpenFile, run: list[ChunkRef]) -> None:
+    def _add_run(self, f: _OpenFile, run: list[ChunkRef], bases: Bases | None) -> None:
         """Queue ``run`` of ``f`` for reading. Runs of successive files that lie back to back
         in one pack (a push stores a directory's small files so) are read with one request,
         up to the bounds of one span and :data:`BATCH_FILES` files; a pull of thousands of
         small files otherwise paid a request, a task and a buffer per file."""
         stored = sum(r.stored_size for r in run)
         raw = sum(r.raw_size for r in run)
+        if self.batch and bases is not self.batch_bases:
+            self._send()
+        self.batch_bases = bases
         if self.batch:
             last = self.batch[-1][1][-1]
             if (run[0].pack != last.pack or run[0].offset != last.offset + last.stored_size
@@ -471,7 +475,8 @@ class _Writer:
         refs = [r for _, run in parts for r in run]
         buf = self.buffers.take(raw_size)
         try:
-            fut = self.workers.submit(read_span_stats, self.store, refs, self.cache, buf.view[:raw_size])
+            fut = self.workers.submit(read_span_stats, self.store, refs, self.cache, buf.view[:raw_size],
+                                      self.batch_bases)
         except BaseException:
             self.buffers.give_back(buf)
             raise
@@ -524,6 +529,7 @@ class _Writer:
     def write_tree(self, manifest: Manifest, dirs: _Dirs, file_name: str) -> None:
         """Write every entry below ``dirs``' top; a file version is the one file
         ``file_name`` in it."""
+        bases = manifest.base_map if manifest.bases else None  # once: one object for every batch of the tree
         for e in manifest.entries:
             name = file_name
             if manifest.kind == "dir":
@@ -542,7 +548,7 @@ class _Writer:
                 self._complete(f)
                 continue
             for run in spans(todo):
-                self._add_run(f, run)
+                self._add_run(f, run, bases)
         self._send()
         while self.inflight:
             self._drain_one()

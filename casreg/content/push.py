@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
+import threading
+import typing
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,8 +34,18 @@ from blake3 import blake3
 from casreg.content.chunking import BLOCK_SIZE, ChunkParams, iter_chunk_views
 from casreg.content.codec import Codec, FloatHint, decode_verified, encode
 from casreg.content.config import read_config
-from casreg.content.dtypes import float_layout
-from casreg.content.fetch import read_span, spans
+from casreg.content.delta import (
+    MAX_PIECES,
+    Piece,
+    Seg,
+    base_pieces,
+    decode_delta,
+    encode_delta,
+    parse_header,
+    worth_it,
+)
+from casreg.content.dtypes import SAFETENSORS_SUFFIX, float_layout
+from casreg.content.fetch import read_span, read_span_stats, spans
 from casreg.content.manifest import MAX_STORED_MANIFEST, ChunkRef, Entry, Manifest
 from casreg.content.packs import PACK_TARGET, ChunkIndex, PackBuilder, decode_index, verify_pack
 from casreg.content.source import Source, SourceFile
@@ -52,6 +64,8 @@ __all__ = ["PushStats", "store_source"]
 MAX_INFLIGHT = 12  # chunks queued or being processed
 VERIFIERS = 4  # registry packs read back at once, at most (each reads 4 MiB at a time)
 READ_BUFFERS = 3  # one being cut, the others' chunks still being hashed and compressed
+BASE_CACHE = 8  # base chunks (raw, up to max_size each) kept in memory for delta coding
+_DELTA_HEADER = 5 + 40 * MAX_PIECES  # a delta payload's header is at most this long
 
 
 @dataclass(slots=True)
@@ -66,11 +80,41 @@ class PushStats:
     rejected_packs: int = 0  # of those, packs that failed (their chunks were stored anew)
     restored_chunks: int = 0  # chunks stored anew because the pack their index named failed
     replaced_manifest: bool = False  # a stale manifest under this version's digest was replaced
+    delta_chunks: int = 0  # new chunks stored as deltas against the parent version (codec 3)
+    delta_raw_bytes: int = 0  # their raw bytes
 
     @property
     def dedup_ratio(self) -> float:
         """Share of the version's bytes that were already stored."""
         return 1.0 - self.new_raw_bytes / self.size if self.size else 1.0
+
+
+#: A worker's result: the chunk's digest, and for a chunk to store its codec and stored
+#: bytes (``None``: the registry or this push has it); the bases of a delta chunk.
+_Result = tuple[bytes, int, bytes | None, list[ChunkRef] | None]
+
+
+def _digest_of(ref: object) -> bytes:
+    """The digest of a chunk reference (a :class:`ChunkRef` or a :class:`_Pending`)."""
+    return typing.cast(ChunkRef, ref).digest
+
+
+class _ParentFile:
+    """The parent version's file at a path, as delta coding sees it: plain-chunk segments
+    (:class:`~casreg.content.delta.Seg`), their starts, the refs of their chunks; and how
+    many deltas were tried and kept (a file whose first deltas all fail, such as one with
+    another tensor layout, is not tried further)."""
+
+    __slots__ = ("segs", "starts", "refs", "tried", "kept")
+    GIVE_UP = 16  # deltas tried without one kept, at most
+
+    def __init__(self, segs: list[Seg], refs: dict[bytes, ChunkRef]) -> None:
+        self.segs, self.starts, self.refs = segs, [s.start for s in segs], refs
+        self.tried = self.kept = 0
+
+    @property
+    def hopeless(self) -> bool:
+        return self.kept == 0 and self.tried >= self.GIVE_UP
 
 
 class _Pending:
@@ -212,7 +256,7 @@ class _Pusher:
     def __init__(self, store: ObjectStore, index: ChunkIndex, params: ChunkParams, level: int, progress: Progress,
                  workers: ThreadPoolExecutor, uploader: ThreadPoolExecutor, ordered: ThreadPoolExecutor,
                  verifier: ThreadPoolExecutor, trust: VerifiedPacks, check_writes: bool,
-                 float_codec: bool = False) -> None:
+                 float_codec: bool = False, parent: Manifest | None = None) -> None:
         self.store, self.index, self.params, self.level, self.progress = store, index, params, level, progress
         self.check_writes, self.float_codec = check_writes, float_codec
         self.workers, self.uploader, self.ordered, self.verifier = workers, uploader, ordered, verifier
@@ -220,7 +264,7 @@ class _Pusher:
         self.claimed: dict[bytes, _Pending] = {}
         self.pack: PackBuilder | None = None  # opened on the first new chunk
         self.uploads: deque[Future[int]] = deque()
-        self.inflight: deque[tuple[_FileChunks, Future[tuple[bytes, int, bytes | None]], int, int]] = deque()
+        self.inflight: deque[tuple[_FileChunks, Future[_Result], int, int]] = deque()
         # Packs of the registry this push dedups against, each checked in the background
         # (the error, or None); the chunk references that rely on one are kept (file,
         # position, offset and size in the file) in case it fails.
@@ -230,26 +274,158 @@ class _Pusher:
         self.block = max(BLOCK_SIZE, 2 * params.max_size)  # read per block, beside up to max_size carried
         self.buffers = _ReadBuffers(READ_BUFFERS, params.max_size + self.block, self._drain_one)
         self.stats = PushStats()
+        # Delta coding (casreg/4): the parent version's files, where its bytes are, and
+        # the bases of every delta chunk this version names (digest -> base refs).
+        self.parent = parent
+        self.parent_files = {e.path: e for e in parent.files} if parent is not None else {}
+        self.parent_bases = parent.base_map if parent is not None else {}
+        self.delta_bases: dict[bytes, list[ChunkRef]] = {}
+        self.delta_refs: list[tuple[_FileChunks, int, int, int]] = []  # delta refs, as self.deduped
+        self.base_cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self.base_lock = threading.Lock()
+        self.file_version = False  # the version pushed is one file (set by store_source)
+
+    # -- delta coding ------------------------------------------------------------------
+    def _header_pieces(self, ref: ChunkRef) -> list[Piece] | None:
+        """The pieces a stored delta chunk names, from its payload's header (one small
+        ranged read); ``None`` if it cannot be read. Untrusted: it only steers the choice
+        of bases, and everything coded against them is checked before it is stored."""
+        try:
+            data = self.store.read(pack_key(ref.pack), ByteRange(ref.offset, ref.offset + min(ref.stored_size,
+                                                                                               _DELTA_HEADER)))
+            return list(parse_header(data, ref.raw_size).pieces)
+        except (IntegrityError, NotFoundError):
+            return None
+
+    def parent_segments(self, path: str) -> _ParentFile | None:
+        """The parent version's file at ``path`` as plain-chunk segments (a delta chunk of
+        the parent is described by its own bases: the grandparent's bytes at the same
+        offsets, so chains stay one level deep), with the refs of those chunks."""
+        entry = self.parent_files.get(path)
+        if entry is None and self.parent is not None and self.parent.kind == "file" and self.file_version:
+            entry = self.parent.files[0]  # a file version's one file, whatever it is called now
+        if entry is None:
+            return None
+        segs: list[Seg] = []
+        refs: dict[bytes, ChunkRef] = {}
+        pos = 0
+        for ref in entry.chunks:
+            if ref.codec != Codec.DELTA:
+                segs.append(Seg(pos, ref.raw_size, ref.digest, 0))
+                refs[ref.digest] = ref
+            elif (pieces := self._header_pieces(ref)) is not None:
+                at = pos
+                for p in pieces:
+                    base = self.parent_bases.get(p.digest)
+                    if base is None or base.codec == Codec.DELTA:
+                        break
+                    segs.append(Seg(at, p.length, p.digest, p.offset))
+                    refs[p.digest] = base
+                    at += p.length
+            pos += ref.raw_size
+        return _ParentFile(segs, refs)
+
+    def _base(self, ref: ChunkRef) -> bytes:
+        """A base chunk's raw bytes, verified (through the chunk cache, and a few kept here)."""
+        with self.base_lock:
+            raw = self.base_cache.get(ref.digest)
+            if raw is not None:
+                self.base_cache.move_to_end(ref.digest)
+                return raw
+        raw = read_span_stats(self.store, [ref]).chunks[0]
+        with self.base_lock:
+            self.base_cache[ref.digest] = raw
+            while len(self.base_cache) > BASE_CACHE:
+                self.base_cache.popitem(last=False)
+        return raw
+
+    def _delta(self, raw: memoryview, digest: bytes, hint: FloatHint | None, plain: int, offset: int,
+               parent: _ParentFile) -> tuple[bytes, list[ChunkRef]] | None:
+        """``raw`` as a delta against the parent's bytes at ``offset``, if that is
+        :func:`~casreg.content.delta.worth_it` against ``plain`` stored bytes."""
+        if parent.hopeless:
+            return None
+        refs = parent.refs
+        pieces = base_pieces(parent.segs, parent.starts, offset, len(raw))
+        if not pieces or any(p.digest == digest for p in pieces):
+            return None
+        parent.tried += 1  # threads may race here: a count off by one only moves when it gives up
+        try:
+            chunks = {p.digest: self._base(refs[p.digest]) for p in pieces}
+        except IntegrityError as err:  # a damaged base: no delta against it (verify reports it)
+            log.warning("casreg: not delta-coding against a damaged chunk: %s", err)
+            return None
+        views = [memoryview(chunks[p.digest])[p.offset:p.offset + p.length] for p in pieces]
+        if any(len(v) != p.length for v, p in zip(views, pieces)):
+            return None
+        payload = encode_delta(raw, pieces, views, lambda r: encode(r, self.level, hint), hint)
+        if not worth_it(len(payload), plain):
+            return None
+        parent.kept += 1
+        if self.check_writes:
+            try:
+                decode_delta(payload, len(raw), digest, lambda d: (chunks[d], False))
+            except IntegrityError as err:
+                raise IntegrityError(f"check before write: chunk blake3:{digest.hex()} as encoded (DELTA) is wrong "
+                                     f"({err}); nothing was stored for it (push again)") from None
+        return payload, [refs[d] for d in dict.fromkeys(p.digest for p in pieces)]
+
+    def _known_delta(self, known: ChunkRef) -> list[ChunkRef] | None:
+        """The bases of a delta chunk the registry holds, if it decodes from chunks the
+        index knows to its digest (read and checked now: an index is not trusted for a
+        delta's bases); ``None`` and it is stored anew otherwise."""
+        pieces = self._header_pieces(known)
+        if pieces is None:
+            return None
+        bases = {}
+        for p in pieces:
+            ref = self.index.get(p.digest)
+            if ref is None or ref.codec == Codec.DELTA:
+                return None
+            bases[p.digest] = ref
+        try:
+            read_span_stats(self.store, [known], bases=bases)
+        except IntegrityError:
+            return None
+        return list(bases.values())
 
     # -- worker side -------------------------------------------------------------------
-    def _process(self, raw: memoryview, hint: FloatHint | None) -> tuple[bytes, int, bytes | None]:
+    def _process(self, raw: memoryview, hint: FloatHint | None, offset: int = 0,
+                 parent: _ParentFile | None = None) -> _Result:
         digest = blake3(raw).digest()
-        if digest in self.index or digest in self.claimed:
-            return digest, 0, None
-        codec, stored = self._encode(raw, digest, hint)
-        return digest, int(codec), stored
+        if digest in self.claimed:
+            return digest, 0, None, None
+        known = self.index.get(digest)
+        if known is not None:
+            if known.codec != Codec.DELTA:
+                return digest, 0, None, None
+            bases = self._known_delta(known)
+            if bases is not None:
+                return digest, 0, None, bases
+        codec, stored = self._encode(raw, digest, hint, check=parent is None)
+        if parent is not None:
+            delta = self._delta(raw, digest, hint, len(stored), offset, parent)  # checked if kept
+            if delta is not None:
+                return digest, int(Codec.DELTA), delta[0], delta[1]
+            self._check_plain(raw, digest, codec, stored)
+        return digest, int(codec), stored, None
 
-    def _encode(self, raw: memoryview | bytes, digest: bytes, hint: FloatHint | None = None) -> tuple[Codec, bytes]:
+    def _encode(self, raw: memoryview | bytes, digest: bytes, hint: FloatHint | None = None,
+                check: bool = True) -> tuple[Codec, bytes]:
         codec, stored = encode(raw, self.level, hint)
         if not isinstance(stored, bytes):  # kept raw: a view of a read buffer that will be reused
             stored = bytes(stored)
+        if check:
+            self._check_plain(raw, digest, codec, stored)
+        return codec, stored
+
+    def _check_plain(self, raw: memoryview | bytes, digest: bytes, codec: Codec, stored: bytes) -> None:
         if self.check_writes:  # what is stored must decode to the bytes the digest was taken of
             try:
                 decode_verified(codec, stored, len(raw), digest)
             except IntegrityError as err:
                 raise IntegrityError(f"check before write: chunk blake3:{digest.hex()} as encoded ({codec.name}) "
                                      f"is wrong ({err}); nothing was stored for it (push again)") from None
-        return codec, stored
 
     def _verify(self, pack_id: str, confirmed: bool) -> str | None:
         """On a verifier thread: the reason a registry pack this push dedups against cannot
@@ -334,20 +510,29 @@ class _Pusher:
 
     def _drain_one(self) -> None:
         chunks, fut, raw_size, buf_id = self.inflight.popleft()
-        digest, codec, stored = fut.result()
+        digest, codec, stored, bases = fut.result()
         if buf_id >= 0:  # a small file's chunk was read by its worker, into no shared buffer
             self.buffers.users[buf_id] -= 1
         self.stats.chunks += 1
         ref: object
         if digest in self.claimed:
             ref = self.claimed[digest]
-        elif (known := self.index.get(digest)) is not None:
+        elif stored is None and (known := self.index.get(digest)) is not None:
             ref = known
             self._check(known.pack)
             self.deduped.append((chunks, len(chunks.refs), chunks.offset, raw_size))
         else:
             assert stored is not None
             ref = self._store_new(digest, codec, stored, raw_size)
+            if codec == Codec.DELTA:
+                self.stats.delta_chunks += 1
+                self.stats.delta_raw_bytes += raw_size
+        if bases is not None and digest not in self.delta_bases:
+            self.delta_bases[digest] = bases
+            for b in bases:
+                self._check(b.pack)  # a delta relies on its bases' packs as on its own
+        if getattr(ref, "codec", None) == Codec.DELTA:
+            self.delta_refs.append((chunks, len(chunks.refs), chunks.offset, raw_size))
         chunks.refs.append(ref)
         chunks.offset += raw_size
         self.progress.advance(raw_size)
@@ -366,35 +551,43 @@ class _Pusher:
         for why in bad.values():
             log.warning("casreg: not deduplicating against %s: %s; storing its chunks anew (run casreg verify)",
                         redact_url(self.store.url), why)
+        # Chunks found in a bad pack, and delta chunks (new or found) whose bases are in one.
+        redo = [d for d in self.deduped if typing.cast(ChunkRef, d[0].refs[d[1]]).pack in bad]
+        redo += [d for d in self.delta_refs
+                 if any(b.pack in bad for b in self.delta_bases.get(_digest_of(d[0].refs[d[1]]), []))]
+        restored: dict[bytes, _Pending] = {}
         files: dict[str, int] = {}
         try:
-            for chunks, pos, offset, raw_size in self.deduped:
-                old = chunks.refs[pos]
-                assert isinstance(old, ChunkRef)
-                if old.pack not in bad:
-                    continue
-                claimed = self.claimed.get(old.digest)
-                if claimed is None:
-                    path = chunks.source.abspath
-                    fd = files.get(path)
-                    if fd is None:
-                        try:
-                            fd = files[path] = os.open(path, os.O_RDONLY)
-                        except OSError:
-                            raise InvalidInputError(f"cannot push {path}: it disappeared while being pushed") from None
-                    raw = os.pread(fd, raw_size, offset)  # the chunk's own size, not what an index claims
-                    if len(raw) != raw_size or blake3(raw).digest() != old.digest:
-                        raise InvalidInputError(f"{path} changed while it was being pushed; push again when it is "
-                                                "stable")
-                    codec, stored = self._encode(raw, old.digest)
-                    claimed = self._store_new(old.digest, int(codec), stored, raw_size)
-                    self.stats.restored_chunks += 1
-                chunks.refs[pos] = claimed
+            for chunks, pos, offset, raw_size in redo:
+                digest = _digest_of(chunks.refs[pos])
+                new = restored.get(digest)
+                if new is None:
+                    claimed = self.claimed.get(digest)
+                    if claimed is not None and claimed.codec != Codec.DELTA:
+                        new = claimed  # this push stored it plain already
+                    else:
+                        path = chunks.source.abspath
+                        fd = files.get(path)
+                        if fd is None:
+                            try:
+                                fd = files[path] = os.open(path, os.O_RDONLY)
+                            except OSError:
+                                raise InvalidInputError(f"cannot push {path}: it disappeared while being pushed") \
+                                    from None
+                        raw = os.pread(fd, raw_size, offset)  # the chunk's own size, not what an index claims
+                        if len(raw) != raw_size or blake3(raw).digest() != digest:
+                            raise InvalidInputError(f"{path} changed while it was being pushed; push again when it "
+                                                    "is stable")
+                        codec, stored = self._encode(raw, digest)
+                        new = self._store_new(digest, int(codec), stored, raw_size)
+                        self.stats.restored_chunks += 1
+                    restored[digest] = new
+                chunks.refs[pos] = new
         finally:
             for fd in files.values():
                 os.close(fd)
 
-    def _read_small(self, f: SourceFile) -> tuple[bytes, int, bytes | None]:
+    def _read_small(self, f: SourceFile) -> _Result:
         """On a worker: the one chunk of the small file ``f`` (read, checked to be the
         file the source listed, hashed, and encoded unless the registry has it). Its
         digest is the file's digest too."""
@@ -414,7 +607,9 @@ class _Pusher:
         return self._process(memoryview(raw), layout.hint(0, len(raw)) if layout is not None else None)
 
     def add_file(self, f: SourceFile) -> Entry:
-        if 0 < f.size <= self.params.min_size:
+        # (a small safetensors file with a parent takes the path below, which codes deltas)
+        if 0 < f.size <= self.params.min_size and (
+                self.parent is None or not f.abspath.lower().endswith(SAFETENSORS_SUFFIX)):
             return self._add_small_file(f)
         chunks = _FileChunks(f)
         hasher = blake3()  # one thread: ~4.6 GB/s here; AUTO threading of 8 MiB blocks cost 3x the CPU on 2 busy cores
@@ -424,14 +619,19 @@ class _Pusher:
 
         size = 0
         layout = float_layout(f.abspath, f.size) if self.float_codec else None
+        # Deltas are for tensor data updated in place (fine-tunes, checkpoints): only files
+        # with float tensors (a safetensors header says where) are coded against the parent.
+        parent = self.parent_segments(f.relpath) if self.parent is not None and layout is not None else None
         try:
             with open(f.abspath, "rb", buffering=0) as fh:
                 for raw, buf_id in iter_chunk_views(fh, self.params, self.buffers.acquire, size_hint=f.size,
                                                     block_size=self.block, on_read=hash_block):
                     hint = layout.hint(size, len(raw)) if layout is not None else None
-                    size += len(raw)
                     self.buffers.users[buf_id] += 1
-                    self.inflight.append((chunks, self.workers.submit(self._process, raw, hint), len(raw), buf_id))
+                    self.inflight.append((chunks, self.workers.submit(self._process, raw, hint, size,
+                                                                      parent if hint is not None else None),
+                                          len(raw), buf_id))
+                    size += len(raw)
                     if len(self.inflight) >= MAX_INFLIGHT:
                         self._drain_one()
                 st = os.fstat(fh.fileno())
@@ -479,6 +679,17 @@ class _Pusher:
             pending: list[object] = list(e.chunks)  # ChunkRefs, and _Pending ones until now
             e.chunks = [c.resolve() if isinstance(c, _Pending) else c for c in pending]  # type: ignore[misc]
 
+    def bases(self, entries: list[Entry]) -> list[ChunkRef]:
+        """Every base the delta chunks of ``entries`` name, once each (the manifest's
+        ``bases``: what gc keeps and readers decode them with)."""
+        out: dict[bytes, ChunkRef] = {}
+        for e in entries:
+            for c in e.chunks:
+                if c.codec == Codec.DELTA:
+                    for b in self.delta_bases[c.digest]:
+                        out.setdefault(b.digest, b)
+        return list(out.values())
+
     def abort(self) -> None:
         for _, fut, _, _ in self.inflight:
             fut.cancel()
@@ -506,13 +717,18 @@ def store_source(
     tree: int = 2,
     trust: VerifiedPacks | None = None,
     float_codec: bool = False,
+    parent: Manifest | None = None,
 ) -> tuple[Manifest, PushStats]:
     """Store every chunk of ``source`` the registry lacks, then its manifest; return the
     manifest (whose digest is the version digest, of tree format ``tree``: the
     registry's, :attr:`casreg.content.config.RegistryConfig.tree`) and what it cost.
     ``float_codec``: code the float tensor data of safetensors files with the PLANES
     codec (:mod:`casreg.content.dtypes`; the registry's
-    :attr:`~casreg.content.config.RegistryConfig.float_codec`).
+    :attr:`~casreg.content.config.RegistryConfig.float_codec`). ``parent``: the version
+    this one derives from, in a registry that allows delta coding
+    (:attr:`~casreg.content.config.RegistryConfig.delta_codec`): a new chunk of a file the
+    parent has at the same path is stored as a delta against the parent's bytes at the
+    same offsets when that saves enough (:mod:`casreg.content.delta`; docs/FORMAT.md §4.2).
 
     ``check_writes`` (the default): before anything is stored, every new chunk's encoded
     form is decoded and hashed again and must give its digest, and the manifest's bytes
@@ -541,7 +757,8 @@ def store_source(
          ThreadPoolExecutor(1, thread_name_prefix="casreg-ordered") as ordered, \
          ThreadPoolExecutor(min(store.io_concurrency, VERIFIERS), thread_name_prefix="casreg-verify") as verifier:
         pusher = _Pusher(store, index, params, level, progress, workers, uploader, ordered, verifier, trust,
-                         check_writes, float_codec)
+                         check_writes, float_codec, parent)
+        pusher.file_version = source.kind == "file"
         progress.start("push", source.size)
         try:
             entries = [pusher.add_file(f) for f in source.files]
@@ -552,7 +769,7 @@ def store_source(
             raise
         finally:
             progress.finish()
-    manifest = Manifest(source.kind, entries, params.to_dict(), tree=tree)
+    manifest = Manifest(source.kind, entries, params.to_dict(), tree=tree, bases=pusher.bases(entries))
     data = manifest.to_bytes()
     key = manifest_key(manifest.hexdigest)
     if check_writes:
@@ -588,11 +805,12 @@ def _stored_manifest_readable(store: ObjectStore, key: str, ours: Manifest, max_
         stored = Manifest.from_bytes(data, expected=ours.digest, where=key, max_chunk=max_chunk)
     except IntegrityError:
         return False
-    mine = {c for e in ours.entries for c in e.chunks}
-    other = sorted({c for e in stored.entries for c in e.chunks if c not in mine}, key=lambda c: (c.pack, c.offset))
+    mine = {c for e in ours.entries for c in e.chunks} | set(ours.bases)
+    other = sorted({c for e in stored.entries for c in e.chunks if c not in mine} | set(stored.bases) - mine,
+                   key=lambda c: (c.pack, c.offset))
     try:
         for run in spans(other):
-            read_span(store, run, cache=None)
+            read_span(store, run, cache=None, bases=stored.base_map)
     except IntegrityError:
         return False
     return True

@@ -108,7 +108,7 @@ def _renamed(e: Entry, path: str) -> Entry:
 
 def _cut(kind: str, entries: list[Entry], manifest: Manifest) -> Manifest:
     return Manifest(kind="file" if kind == "file" else "dir", entries=list(entries), chunking=manifest.chunking,
-                    tree=manifest.tree)
+                    tree=manifest.tree, bases=manifest.bases)  # the part's delta chunks need their bases
 
 
 def _said(patterns: Sequence[str]) -> str:

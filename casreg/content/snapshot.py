@@ -119,7 +119,7 @@ def _fetch_blobs(store: ObjectStore, manifest: Manifest, root: Path, missing: di
     rename each to its blob path, read-only."""
     blobs = root / "blobs"
     keys = {blob: blob.relative_to(blobs).as_posix() for blob in missing}
-    part = Manifest(kind="dir", chunking=manifest.chunking, tree=manifest.tree,
+    part = Manifest(kind="dir", chunking=manifest.chunking, tree=manifest.tree, bases=manifest.bases,
                     entries=[Entry(path=keys[b], type=e.type, size=e.size, digest=e.digest, chunks=e.chunks)
                              for b, e in missing.items()])
     tmp_root = root / "tmp"

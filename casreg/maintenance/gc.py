@@ -158,7 +158,7 @@ def check_before_commit(store: ObjectStore, manifest: Manifest, *, threads: int 
     # the bytes this push wrote (compression is deterministic) need no second parse
     stored = manifest if data == manifest.to_bytes() else Manifest.from_bytes(data, expected=manifest.digest,
                                                                                 where=mkey)
-    packs = sorted({c.pack for e in stored.entries for c in e.chunks})
+    packs = sorted(stored.pack_ids)  # its delta bases' packs too
     used = {mkey} | {pack_key(p) for p in packs} | {index_key(p) for p in packs}
 
     rescued: set[str] = set()

@@ -212,17 +212,15 @@ def scan(store: ObjectStore, *, threads: int | None = None, repack: bool = True)
         if isinstance(m, CasregError):
             raise IntegrityError(f"cannot compute what is reachable: {m} (needed by {by_version[hexd]}); "
                                  "run casreg verify") from None
-        for e in m.entries:
-            for c in e.chunks:
-                s.reachable_packs.add(c.pack)
-                t = tables.get(c.pack)
-                if t is not None:
-                    t.mark(c.offset)
+        for c in [c for e in m.entries for c in e.chunks] + m.bases:  # a delta's bases are as live as it
+            s.reachable_packs.add(c.pack)
+            t = tables.get(c.pack)
+            if t is not None:
+                t.mark(c.offset)
     order = sorted(set(s.manifests) - s.reachable)
     for hexd, m in zip(order, bounded_map(lambda h: _read_manifest(store, h), order, nthreads)):
         # an unreadable leftover cannot be used by any push (they verify it): it protects nothing
-        s.leftovers[hexd] = frozenset() if isinstance(m, CasregError) else frozenset(
-            c.pack for e in m.entries for c in e.chunks)
+        s.leftovers[hexd] = frozenset() if isinstance(m, CasregError) else frozenset(m.pack_ids)
     for pid in s.reachable_packs:
         t = tables.get(pid)
         if t is not None and t.used is not None:

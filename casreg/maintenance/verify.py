@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 from blake3 import blake3
 
 from casreg.concurrency import bounded_map
-from casreg.content.codec import decode_verified
+from casreg.content.codec import Codec, decode_verified
 from casreg.content.config import RegistryConfig, max_chunk_size
+from casreg.content.delta import parse_header
 from casreg.content.fetch import read_chunk, read_span_stats, spans
 from casreg.content.manifest import MAX_STORED_MANIFEST, ChunkRef, Entry, Manifest, layout_digest
 from casreg.content.packs import _ENTRY, _TAIL, INDEX_MAGIC, MAX_INDEX_BYTES, PACK_MAGIC, decode_index
@@ -159,10 +160,26 @@ class VerifyReport:
 # -- checking chunks -------------------------------------------------------------------------------
 def _check_chunk(payload: memoryview, codec: int, raw_size: int, digest: bytes) -> str | None:
     """``None`` if the stored payload decodes to ``raw_size`` bytes hashing to ``digest``,
-    else why not (as :func:`casreg.content.fetch.read_chunk` would refuse it)."""
+    else why not (as :func:`casreg.content.fetch.read_chunk` would refuse it). A delta
+    chunk (codec 3) needs its bases, which only a version's manifest records: here its
+    header is checked, and each version that uses it decodes it whole
+    (:func:`_check_delta`)."""
     try:
+        if codec == Codec.DELTA:
+            parse_header(payload, raw_size)
+            return None
         decode_verified(codec, payload, raw_size, digest)
     except IntegrityError as err:
+        return str(err)
+    return None
+
+
+def _check_delta(store: ObjectStore, ref: ChunkRef, m: Manifest) -> str | None:
+    """``None`` if the delta chunk ``ref`` of version ``m`` decodes, with the bases its
+    manifest records (read from the registry, not a cache), to its digest; else why not."""
+    try:
+        read_chunk(store, ref, cache=None, bases=m.base_map)
+    except CasregError as err:
         return str(err)
     return None
 
@@ -256,9 +273,8 @@ def verify_version(store: ObjectStore, digest: Digest, *, label: str, progress: 
         return report
     report.manifests = 1
     by_pack: dict[str, dict[tuple[int, int], ChunkRef]] = {}
-    for e in manifest.entries:
-        for c in e.chunks:
-            by_pack.setdefault(c.pack, {})[(c.offset, c.stored_size)] = c
+    for c in [c for e in manifest.entries for c in e.chunks] + manifest.bases:  # a delta's bases too
+        by_pack.setdefault(c.pack, {})[(c.offset, c.stored_size)] = c
     report.packs = len(by_pack)
     total = sum(c.stored_size for refs in by_pack.values() for c in refs.values())
     jobs = [(p, sorted(refs.values(), key=lambda c: c.offset)) for p, refs in sorted(by_pack.items())]
@@ -274,6 +290,12 @@ def verify_version(store: ObjectStore, digest: Digest, *, label: str, progress: 
                 report.problems.append(problem)
     finally:
         progress.finish()
+    bad = {p.key for p in report.problems}  # a delta in or based on a bad pack is already reported with it
+    deltas = {c.digest: c for refs in by_pack.values() for c in refs.values() if c.codec == Codec.DELTA
+              and pack_key(c.pack) not in bad and not ({pack_key(b.pack) for b in manifest.bases} & bad)}
+    for why in bounded_map(lambda c: _check_delta(store, c, manifest), list(deltas.values()), _threads(threads)):
+        if why:
+            report.problems.append(Problem(key, "corrupt", f"a delta chunk does not decode: {why}", [label]))
     _version_contents(store, manifest, label, version, report, progress, _threads(threads), read_data=read_data)
     return report
 
@@ -796,27 +818,32 @@ def _check_references(store: ObjectStore, m: Manifest, refs: list[str], packs: _
                       report: VerifyReport) -> list[str]:
     """Check every chunk reference of one manifest; return why each wrong one is wrong."""
     wrong: list[str] = []
-    for e in m.entries:
-        for c in e.chunks:
-            referenced.add(c.pack)
-            table = packs.tables.get(c.pack)
-            if table is None:
-                p = packs.problems.get(c.pack)
-                if p is None:
-                    p = packs.problems[c.pack] = Problem(pack_key(c.pack), "missing", "the pack is missing")
-                    report.problems.append(p)
+    for c in [c for e in m.entries for c in e.chunks] + m.bases:  # a delta's bases are references too
+        referenced.add(c.pack)
+        table = packs.tables.get(c.pack)
+        if table is None:
+            p = packs.problems.get(c.pack)
+            if p is None:
+                p = packs.problems[c.pack] = Problem(pack_key(c.pack), "missing", "the pack is missing")
+                report.problems.append(p)
+            for r in refs:
+                p.affect(r)
+            continue
+        if table.find(c):
+            if c.pack in packs.problems:  # a good chunk of a damaged pack, or a bad one
                 for r in refs:
-                    p.affect(r)
-            elif table.find(c):
-                if c.pack in packs.problems:  # a good chunk of a damaged pack, or a bad one
-                    for r in refs:
-                        packs.problems[c.pack].affect(r)
-            else:  # not one of the pack's chunks: check the bytes themselves, as a pull would
-                try:
-                    read_chunk(store, c, cache=None)  # the registry's bytes, not a cached copy
-                    report.chunks += 1
-                except CasregError as err:
-                    wrong.append(str(err))
+                    packs.problems[c.pack].affect(r)
+        else:  # not one of the pack's chunks: check the bytes themselves, as a pull would
+            try:
+                read_chunk(store, c, cache=None, bases=m.base_map)  # the registry's bytes, not a cached copy
+                report.chunks += 1
+            except CasregError as err:
+                wrong.append(str(err))
+            continue
+        if c.codec == Codec.DELTA and c.pack not in packs.problems \
+                and not any(b.pack in packs.problems for b in m.bases) \
+                and (why := _check_delta(store, c, m)):  # whole-pack checks read headers only
+            wrong.append(why)
     return wrong
 
 
@@ -943,7 +970,8 @@ def _file_digests(store: ObjectStore, m: Manifest, refs: list[str], checks: _Fil
             progress.advance(e.size)
         else:
             todo[k] = e
-    for k, why in zip(todo, _hash_files(store, list(todo.values()), checks, report, progress, threads)):
+    for k, why in zip(todo, _hash_files(store, list(todo.values()), checks, report, progress, threads,
+                                        m.base_map)):
         checks.results[k] = why
     bad = [why for e in m.files if (why := checks.results.get(_file_key(e)))]
     if bad:
@@ -954,7 +982,7 @@ def _file_digests(store: ObjectStore, m: Manifest, refs: list[str], checks: _Fil
 
 
 def _hash_files(store: ObjectStore, files: list[Entry], checks: _FileChecks, report: VerifyReport,
-                progress: Progress, threads: int) -> list[str | None]:
+                progress: Progress, threads: int, bases: dict[bytes, ChunkRef] | None = None) -> list[str | None]:
     """For each file: ``None`` if its bytes hash to its digest, else why not. Runs of
     chunks are fetched and verified on ``threads`` workers through the fetch path (the
     local chunk cache serves those it holds), in order; this thread hashes them."""
@@ -972,7 +1000,7 @@ def _hash_files(store: ObjectStore, files: list[Entry], checks: _FileChecks, rep
         if not run:
             return i, [], 0
         try:
-            got = read_span_stats(store, run)
+            got = read_span_stats(store, run, bases=bases)
         except CasregError as err:
             return i, err, 0
         return i, got.chunks, got.fetched_bytes
