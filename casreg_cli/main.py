@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from casreg.governance.state import VersionState
 
 from casreg import AliasEvent, AliasPointer, CasregError, FileInfo, IntegrityError, PullResult, Version
-from casreg.errors import MissingMetadataError, UnknownStageError
+from casreg.errors import MissingDependencyError, MissingMetadataError, UnknownStageError
 from casreg.ledger.pointers import lying_pointers, missing_pointer_message
 from casreg.refs import parse_ref
 from casreg_cli.common import (
@@ -534,6 +534,10 @@ def run(argv: list[str] | None = None) -> int:
         return _fail("interrupted", 130)
     except BrokenPipeError:
         return 0
+    except ModuleNotFoundError as err:  # a broken install (a declared dependency missing): say which, in one line
+        return _fail(f"casreg needs the Python package {err.name!r}, which is not installed in this environment "
+                     "(reinstall casreg with its dependencies: pip install --force-reinstall casreg)",
+                     MissingDependencyError.exit_code)
     except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as err:
         return _fail(f"{err.strerror or err}: {err.filename}" if err.filename else str(err), 1)
     except OSError as err:

@@ -64,3 +64,23 @@ def test_the_gate_refuses_numpy_to_others_and_pandas_to_all() -> None:
         pass
     else:
         raise AssertionError("pandas was let through")
+
+
+def test_a_missing_dependency_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """An environment without numpy (a broken install: it is a declared dependency) fails a
+    push of float tensors with one line naming the package, exit 2, and stores nothing."""
+    weights = (np.random.default_rng(0).normal(0, 0.02, 50_000).astype("<f4").view("<u4") >> 16).astype("<u2")
+    header = json.dumps({"w": {"dtype": "BF16", "shape": [50_000], "data_offsets": [0, weights.nbytes]}}).encode()
+    header += b" " * (-len(header) % 8)
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(struct.pack("<Q", len(header)) + header + weights.tobytes())
+    env = {**os.environ, "CASREG_REGISTRY": str(tmp_path / "reg"), "CASREG_USER": "ci@example.test"}
+    blocked = "import sys; sys.modules['numpy'] = None; from casreg_cli.main import main; main()"
+    proc = subprocess.run([sys.executable, "-c", blocked, "push", "m", str(model)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "casreg needs the Python package 'numpy'" in proc.stderr
+    listed = subprocess.run([sys.executable, "-m", "casreg_cli.main", "ls", "--json"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
