@@ -35,8 +35,9 @@ SPAN_RAW_BYTES = 8 << 20
 
 
 #: Decoded bytes of base chunks one :class:`DecodedBases` keeps, at most (and at least one
-#: chunk): eight 4 MiB chunks, so a pull or push of any size holds at most this beside its buffers.
-BASES_BYTES = 32 << 20
+#: chunk): four 4 MiB chunks, sixteen of the 1 MiB average; a pull or push of any size
+#: holds at most this beside its buffers.
+BASES_BYTES = 16 << 20
 
 
 class DecodedBases:
