@@ -10,15 +10,17 @@ Ids are part of the on-disk format (docs/FORMAT.md §4) and are never reused.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from enum import IntEnum
 
 import zstandard
 from blake3 import blake3
 
-from casreg.content.planes import decode_planes_into, encode_planes
+from casreg.content.planes import decode_planes_into, encode_planes_until
 from casreg.errors import IntegrityError
 
-__all__ = ["Codec", "FloatHint", "encode", "decode", "decode_verified", "decode_verified_into", "zstd_decode",
+__all__ = ["Codec", "FloatHint", "encode", "encode_unless", "decode", "decode_verified", "decode_verified_into",
+           "zstd_decode",
            "DEFAULT_ZSTD_LEVEL"]
 
 DEFAULT_ZSTD_LEVEL = 3
@@ -58,8 +60,22 @@ def encode(raw: bytes | memoryview, level: int = DEFAULT_ZSTD_LEVEL,
     """Compress with zstd, or with ``PLANES`` when ``hint`` says the chunk holds
     floating-point elements; keep the raw bytes (``raw`` itself) when compression saves
     under 1%."""
+    out = encode_unless(raw, level, hint, None)
+    assert out is not None
+    return out
+
+
+def encode_unless(raw: bytes | memoryview, level: int, hint: FloatHint | None,
+                  enough: Callable[[int], bool] | None) -> tuple[Codec, bytes | memoryview] | None:
+    """:func:`encode`, or ``None`` as soon as ``enough(n)`` is true for an ``n`` that the
+    payload's size is known to be at least (asked while a PLANES payload is coded, plane
+    by plane: :func:`~casreg.content.planes.encode_planes_until`). ``None`` never when
+    ``enough`` is ``None``."""
     if hint is not None:
-        planes = encode_planes(raw, *hint)
+        until = None if enough is None else (lambda n: enough(min(n, len(raw))))  # RAW stores len(raw) bytes
+        planes = encode_planes_until(raw, *hint, until)
+        if isinstance(planes, int):
+            return None
         if planes is not None:
             if len(planes) >= len(raw) - len(raw) // 100:
                 return Codec.RAW, raw

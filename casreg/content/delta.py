@@ -157,13 +157,11 @@ def _base(size: int, pieces: Sequence[bytes | memoryview]) -> np.ndarray:
 def _sign_magnitude(x: np.ndarray) -> None:
     """Between two's complement and the sign-magnitude form of op 1, in place (the map is
     its own inverse): an element with its top bit set has every other bit flipped."""
-    import numpy as np
-
     bits = 8 * x.dtype.itemsize
-    flip = x >> x.dtype.type(bits - 1)
-    np.negative(flip, out=flip)  # 0, or all ones
-    flip &= x.dtype.type((1 << (bits - 1)) - 1)
-    x ^= flip
+    s = x.view(x.dtype.str.replace("u", "i"))  # the same bytes as signed: >> copies the top bit
+    flip = s >> (bits - 1)  # 0, or all ones
+    flip &= (1 << (bits - 1)) - 1
+    s ^= flip
 
 
 def apply_into(out: memoryview, op: int, width: int, head: int, pieces: Sequence[bytes | memoryview],
@@ -269,11 +267,16 @@ DELTA_CODEC = 3
 
 
 def decode_inner_into(codec: int, payload: memoryview, out: memoryview) -> None:
-    """Decode a residual coded with plain codec ``codec`` into ``out`` (exactly its size)."""
-    from casreg.content.codec import decode
+    """Decode a residual coded with plain codec ``codec`` into ``out`` (exactly its size);
+    a PLANES residual straight into it, without a buffer of its own."""
+    from casreg.content.codec import Codec, decode
+    from casreg.content.planes import decode_planes_into
 
     if codec not in INNER_CODECS:
         raise IntegrityError(f"delta payload's residual has codec {codec}, not 0, 1 or 2")
+    if codec == Codec.PLANES:
+        decode_planes_into(payload, out)
+        return
     got = decode(codec, payload, len(out))
     if len(got) != len(out):
         raise IntegrityError(f"delta payload's residual decodes to {len(got)} bytes, not {len(out)}")

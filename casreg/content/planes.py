@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import zstandard
@@ -39,7 +40,7 @@ from casreg.errors import IntegrityError
 if TYPE_CHECKING:  # numpy is imported when a chunk is coded: commands that code none never load it
     import numpy as np
 
-__all__ = ["WIDTHS", "MIN_ELEMENTS", "encode_planes", "decode_planes_into"]
+__all__ = ["WIDTHS", "MIN_ELEMENTS", "encode_planes", "encode_planes_until", "decode_planes_into"]
 
 #: Element widths in bytes the codec takes (bf16/fp16, fp32).
 WIDTHS = (2, 4)
@@ -98,6 +99,19 @@ def encode_planes(raw: bytes | memoryview, width: int, head: int) -> bytes | Non
     """``raw`` in the PLANES format with elements of ``width`` bytes starting ``head``
     bytes in (``0 <= head < width``), or ``None`` when it does not apply (too few
     elements). The caller compares the size with other codecs'."""
+    out = encode_planes_until(raw, width, head, None)
+    assert not isinstance(out, int)
+    return out
+
+
+def encode_planes_until(raw: bytes | memoryview, width: int, head: int,
+                        enough: Callable[[int], bool] | None) -> bytes | int | None:
+    """:func:`encode_planes`, stopping early: ``enough(n)`` is asked after the header and
+    after each plane is coded (mantissa planes first, the costly exponent plane last),
+    ``n`` being the payload's size so far, a lower bound on its final size; the first
+    ``True`` stops the coding and that ``n`` is returned instead of the payload. A delta
+    coder that only needs to know the plain payload is at least some size skips coding
+    the exponent plane so."""
     if width not in WIDTHS or not 0 <= head < width:
         raise ValueError(f"planes: width {width}, head {head}")
     n = (len(raw) - head) // width
@@ -113,10 +127,14 @@ def encode_planes(raw: bytes | memoryview, width: int, head: int) -> bytes | Non
     out = bytearray(_HEADER.pack(width, head, tail))
     out += view[:head]
     out += view[len(view) - tail:]
+    if enough is not None and enough(len(out)):
+        return len(out)
     for i in range(width):
         mode, data = _code_plane(np.ascontiguousarray(planes[:, i]), exponent=i == width - 1)
         out += _PLANE.pack(mode, len(data))
         out += data
+        if enough is not None and i < width - 1 and enough(len(out)):
+            return len(out)
     return bytes(out)
 
 

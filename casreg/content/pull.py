@@ -49,7 +49,7 @@ from blake3 import blake3
 
 from casreg.content import fetch
 from casreg.content.cache import AUTO, CacheArg, ChunkCache, resolve_cache
-from casreg.content.fetch import SPAN_RAW_BYTES, Bases, SpanRead, read_span_stats, spans
+from casreg.content.fetch import SPAN_RAW_BYTES, Bases, DecodedBases, SpanRead, read_span_stats, spans
 from casreg.content.manifest import ChunkRef, Entry, Manifest
 from casreg.errors import AlreadyExistsError, IntegrityError, InvalidInputError, StorageError
 from casreg.keys import manifest_key
@@ -395,6 +395,7 @@ class _Writer:
         self.batch: list[tuple[_OpenFile, list[ChunkRef]]] = []  # runs of files read with one request, not sent
         self.batch_stored = self.batch_raw = 0
         self.batch_bases: Bases | None = None  # the delta bases of the batch's manifest
+        self.decoded = DecodedBases(store)  # delta bases, each read and decoded once while kept (bounded)
         self.inflight_raw = 0  # decoded bytes of the runs in ``inflight``
         self.buffers = _BufferPool()
         self.open: list[_OpenFile] = []
@@ -476,7 +477,7 @@ class _Writer:
         buf = self.buffers.take(raw_size)
         try:
             fut = self.workers.submit(read_span_stats, self.store, refs, self.cache, buf.view[:raw_size],
-                                      self.batch_bases)
+                                      self.batch_bases, self.decoded)
         except BaseException:
             self.buffers.give_back(buf)
             raise

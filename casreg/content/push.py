@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import typing
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from blake3 import blake3
 
 from casreg.content.chunking import BLOCK_SIZE, ChunkParams, iter_chunk_views
-from casreg.content.codec import Codec, FloatHint, decode_verified, encode
+from casreg.content.codec import Codec, FloatHint, decode_verified, encode, encode_unless
 from casreg.content.config import read_config
 from casreg.content.delta import (
     MAX_PIECES,
@@ -45,7 +44,7 @@ from casreg.content.delta import (
     worth_it,
 )
 from casreg.content.dtypes import SAFETENSORS_SUFFIX, float_layout
-from casreg.content.fetch import read_span, read_span_stats, spans
+from casreg.content.fetch import DecodedBases, read_span, read_span_stats, spans
 from casreg.content.manifest import MAX_STORED_MANIFEST, ChunkRef, Entry, Manifest
 from casreg.content.packs import PACK_TARGET, ChunkIndex, PackBuilder, decode_index, verify_pack
 from casreg.content.source import Source, SourceFile
@@ -64,7 +63,6 @@ __all__ = ["PushStats", "store_source"]
 MAX_INFLIGHT = 12  # chunks queued or being processed
 VERIFIERS = 4  # registry packs read back at once, at most (each reads 4 MiB at a time)
 READ_BUFFERS = 3  # one being cut, the others' chunks still being hashed and compressed
-BASE_CACHE = 8  # base chunks (raw, up to max_size each) kept in memory for delta coding
 _DELTA_HEADER = 5 + 40 * MAX_PIECES  # a delta payload's header is at most this long
 
 
@@ -281,8 +279,7 @@ class _Pusher:
         self.parent_bases = parent.base_map if parent is not None else {}
         self.delta_bases: dict[bytes, list[ChunkRef]] = {}
         self.delta_refs: list[tuple[_FileChunks, int, int, int]] = []  # delta refs, as self.deduped
-        self.base_cache: OrderedDict[bytes, bytes] = OrderedDict()
-        self.base_lock = threading.Lock()
+        self.decoded = DecodedBases(store)  # base chunks, each read and decoded once while kept (bounded)
         self.file_version = False  # the version pushed is one file (set by store_source)
 
     # -- delta coding ------------------------------------------------------------------
@@ -325,24 +322,10 @@ class _Pusher:
             pos += ref.raw_size
         return _ParentFile(segs, refs)
 
-    def _base(self, ref: ChunkRef) -> bytes:
-        """A base chunk's raw bytes, verified (through the chunk cache, and a few kept here)."""
-        with self.base_lock:
-            raw = self.base_cache.get(ref.digest)
-            if raw is not None:
-                self.base_cache.move_to_end(ref.digest)
-                return raw
-        raw = read_span_stats(self.store, [ref]).chunks[0]
-        with self.base_lock:
-            self.base_cache[ref.digest] = raw
-            while len(self.base_cache) > BASE_CACHE:
-                self.base_cache.popitem(last=False)
-        return raw
-
-    def _delta(self, raw: memoryview, digest: bytes, hint: FloatHint | None, plain: int, offset: int,
-               parent: _ParentFile) -> tuple[bytes, list[ChunkRef]] | None:
-        """``raw`` as a delta against the parent's bytes at ``offset``, if that is
-        :func:`~casreg.content.delta.worth_it` against ``plain`` stored bytes."""
+    def _delta(self, raw: memoryview, digest: bytes, hint: FloatHint | None, offset: int,
+               parent: _ParentFile) -> tuple[bytes, list[ChunkRef], dict[bytes, bytes]] | None:
+        """``raw`` as a delta against the parent's bytes at ``offset`` (not checked yet),
+        its bases' refs and their raw bytes by digest; ``None`` if there are none."""
         if parent.hopeless:
             return None
         refs = parent.refs
@@ -351,7 +334,7 @@ class _Pusher:
             return None
         parent.tried += 1  # threads may race here: a count off by one only moves when it gives up
         try:
-            chunks = {p.digest: self._base(refs[p.digest]) for p in pieces}
+            chunks = {p.digest: self.decoded.get(refs[p.digest]) for p in pieces}
         except IntegrityError as err:  # a damaged base: no delta against it (verify reports it)
             log.warning("casreg: not delta-coding against a damaged chunk: %s", err)
             return None
@@ -359,16 +342,17 @@ class _Pusher:
         if any(len(v) != p.length for v, p in zip(views, pieces)):
             return None
         payload = encode_delta(raw, pieces, views, lambda r: encode(r, self.level, hint), hint)
-        if not worth_it(len(payload), plain):
-            return None
-        parent.kept += 1
+        return payload, [refs[d] for d in chunks], chunks
+
+    def _check_delta(self, payload: bytes, raw: memoryview, digest: bytes, chunks: dict[bytes, bytes]) -> None:
+        """The check before write of a delta payload: decoded against its bases' bytes, it
+        must give ``digest``."""
         if self.check_writes:
             try:
                 decode_delta(payload, len(raw), digest, lambda d: (chunks[d], False))
             except IntegrityError as err:
                 raise IntegrityError(f"check before write: chunk blake3:{digest.hex()} as encoded (DELTA) is wrong "
                                      f"({err}); nothing was stored for it (push again)") from None
-        return payload, [refs[d] for d in dict.fromkeys(p.digest for p in pieces)]
 
     def _known_delta(self, known: ChunkRef) -> list[ChunkRef] | None:
         """The bases of a delta chunk the registry holds, if it decodes from chunks the
@@ -384,7 +368,7 @@ class _Pusher:
                 return None
             bases[p.digest] = ref
         try:
-            read_span_stats(self.store, [known], bases=bases)
+            read_span_stats(self.store, [known], bases=bases, shared=self.decoded)
         except IntegrityError:
             return None
         return list(bases.values())
@@ -402,12 +386,23 @@ class _Pusher:
             bases = self._known_delta(known)
             if bases is not None:
                 return digest, 0, None, bases
-        codec, stored = self._encode(raw, digest, hint, check=parent is None)
-        if parent is not None:
-            delta = self._delta(raw, digest, hint, len(stored), offset, parent)  # checked if kept
-            if delta is not None:
-                return digest, int(Codec.DELTA), delta[0], delta[1]
-            self._check_plain(raw, digest, codec, stored)
+        if parent is None:
+            codec, stored = self._encode(raw, digest, hint)
+            return digest, int(codec), stored, None
+        # The delta first: the plain payload is coded only as far as needed to know the
+        # delta saves enough against it (usually its mantissa planes, not the exponent).
+        delta = self._delta(raw, digest, hint, offset, parent)
+        if delta is None:
+            codec, stored = self._encode(raw, digest, hint)
+            return digest, int(codec), stored, None
+        payload, refs, chunks = delta
+        plain = encode_unless(raw, self.level, hint, lambda n: worth_it(len(payload), n))
+        if plain is None or worth_it(len(payload), len(plain[1])):
+            parent.kept += 1
+            self._check_delta(payload, raw, digest, chunks)
+            return digest, int(Codec.DELTA), payload, refs
+        codec, stored = plain[0], plain[1] if isinstance(plain[1], bytes) else bytes(plain[1])
+        self._check_plain(raw, digest, codec, stored)
         return digest, int(codec), stored, None
 
     def _encode(self, raw: memoryview | bytes, digest: bytes, hint: FloatHint | None = None,
