@@ -1,0 +1,143 @@
+"""The signed kinds added after the first signed-governance change (docs/signing.md):
+``alias rm``, ``hooks set``, ``delete``/``retain`` and the policy restore are signed,
+refused unsigned where the policy (or a pinned root) asks for a key, and reported by
+``verify`` when a bucket writer makes them unsigned; imported moves are unsigned history
+(flagged only while a pointer still stands on one). Local and S3, with the world of
+``test_signed_governance`` (a policy signed by a pinned admin key)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import test_signed_governance as base
+from inprocess_cli import fails, ok
+from test_signed_governance import EMAIL, World, _promote_signed, _weights
+
+from casreg.errors import PolicyError
+from casreg.keys import HOOKS_KEY, policy_key
+
+keys = base.keys
+backend = base.backend
+world = base.world
+
+
+def _new_problems(w: World) -> list[str]:
+    """``verify``'s signing problems but the one every world starts with: m@production,
+    set before the policy had [keys], by an unsigned move (test_signed_governance)."""
+    return [p for p in w.verify_problems() if not p.startswith("unsigned pointers/m/production.json:")]
+
+
+def _registry_marks(w: World) -> dict[str, str]:
+    """What ``log _registry`` says of each signable registry-wide event, by kind."""
+    checks = w.reg.event_signatures(w.reg.log("_registry"))
+    return {e.kind: checks[e.event_id].status for e in w.reg.log("_registry") if e.event_id in checks}
+
+
+def test_alias_rm_of_a_gated_stage_is_signed(world: World) -> None:
+    w = world
+    _promote_signed(w)
+    # unsigned: refused in one line (exit 8); a key no [keys] entry names: refused
+    fails(w.cli("alias", "rm", "m@production", CASREG_USER=EMAIL["alice"]), 8, "needs a signed event")
+    fails(w.cli("alias", "rm", "m@production", "--key", w.key("mallory")), 8, "is not in the [keys]")
+    assert w.reg.resolve("m@production").version == 2
+    ok(w.cli("alias", "rm", "m@production", "--key", w.key("alice"), "--reason", "incident",
+             CASREG_USER=EMAIL["alice"]))
+    assert w.verify_problems() == []
+    removal = next(e for e in w.reg.log("m") if e.kind == "alias.remove")
+    assert w.log_marks()[removal.event_id] == "verified"
+    # put back (signed), then taken down through the library internals, unsigned: reported
+    w.act_as(EMAIL["alice"])
+    w.reg.promote("m", 2, "production", key=w.key("alice"))
+    from casreg.ledger.pointers import move_alias
+
+    move_alias(w.store, "m", "production", None)
+    problems = w.verify_problems()
+    assert len(problems) == 1 and "m@production" in problems[0] and "alias.remove" in problems[0]
+
+
+def test_hooks_set_needs_a_pinned_admin_key(world: World) -> None:
+    w = world
+    cfg = w.tmp / "hooks.toml"
+    cfg.write_text("# no hooks yet\n")
+    admin = {"CASREG_USER": EMAIL["admin"]}
+    fails(w.cli("hooks", "set", str(cfg), **admin), 8, "pinned admin key")
+    fails(w.cli("hooks", "set", str(cfg), "--key", w.key("alice"), **admin), 8, "not one of its keys")
+    assert w.store.read_versioned(HOOKS_KEY) is None  # nothing written when refused
+    ok(w.cli("hooks", "set", str(cfg), "--key", w.key("admin"), **admin))
+    assert _new_problems(w) == []
+    assert _registry_marks(w)["hooks.set"] == "verified"
+    # a raw write of the config (no event): reported
+    now = w.store.read_versioned(HOOKS_KEY)
+    assert now is not None
+    w.store.swap(HOOKS_KEY, b"# replaced by a bucket writer\n", now.token)
+    assert any("written without a hooks.set event" in p for p in _new_problems(w))
+    # an unsigned hooks.set through the internals, naming the new config: reported too
+    from casreg.digest import Digest
+    from casreg.ledger.events import record_event
+
+    record_event(w.store, name="_registry", kind="hooks.set",
+                 details={"digest": Digest.of(b"# replaced by a bucket writer\n"), "previous": None, "hooks": []})
+    problems = _new_problems(w)
+    assert any("hooks config in force" in p and "unsigned" in p for p in problems), problems
+
+
+def test_delete_and_retain_are_signed(world: World, tmp_path: Path) -> None:
+    w = world
+    for seed in (3, 4, 5):
+        w.act_as(EMAIL["carol"])
+        w.reg.push("m", str(_weights(tmp_path, seed)))
+    fails(w.cli("delete", "m:3", "--reason", "pii", CASREG_USER=EMAIL["carol"]), 8, "needs a signed event")
+    ok(w.cli("delete", "m:3", "--reason", "pii", "--key", w.key("carol"), CASREG_USER=EMAIL["carol"]))
+    deletion = next(e for e in w.reg.log("m") if e.kind == "delete")
+    assert w.log_marks()[deletion.event_id] == "verified"
+    assert _new_problems(w) == []
+    # retain signs each deletion with one key, checked before anything is deleted
+    w.act_as(EMAIL["carol"])
+    with pytest.raises(PolicyError, match="needs a signed event"):
+        w.reg.retain("m", keep_last=2)
+    plan = w.reg.retain("m", keep_last=2, key=w.key("carol"))
+    assert [d.version.version for d in plan.deleted] == [2]
+    assert _new_problems(w) == []
+    # a tombstone written through the internals, unsigned: reported
+    from casreg.ledger.tombstones import deletion_event, record_deletion
+
+    v5 = w.reg.show("m:5")
+    record_deletion(w.store, deletion_event("m", 5, v5.digest, "forged"))
+    problems = _new_problems(w)
+    assert len(problems) == 1 and "deletion of m:5" in problems[0] and "unsigned" in problems[0]
+
+
+def test_policy_restore_needs_a_pinned_admin_key(world: World) -> None:
+    w = world
+    text = base.policy_text(w.keys)
+    w.store.delete(policy_key(1))  # the policy file is damaged: only the restore is accepted
+    (w.tmp / "p.toml").write_text(text)
+    admin = {"CASREG_USER": EMAIL["admin"]}
+    fails(w.cli("policy", "set", str(w.tmp / "p.toml"), **admin), 8, "pinned admin key")
+    ok(w.cli("policy", "set", str(w.tmp / "p.toml"), "--key", w.key("admin"), **admin))
+    assert w.reg.policy() is not None
+    assert _registry_marks(w)["policy.restore"] == "verified"
+    assert _new_problems(w) == []
+
+
+def test_imported_moves_are_unsigned_history(world: World, tmp_path: Path) -> None:
+    from casreg.governance.imports import import_move
+
+    w = world
+    w.act_as(EMAIL["carol"])
+    w.reg.push("n", str(_weights(tmp_path, 7)))
+    w.act_as(EMAIL["alice"])
+    when = datetime.now(UTC) - timedelta(seconds=1)
+    import_move(w.store, "n", "production", 1, notify=lambda _e: None, time=when,
+                origin={"system": "mlflow", "stage": "Production"}, bypass_gates=True)
+    problems = _new_problems(w)
+    assert len(problems) == 1 and "n@production" in problems[0] and "imported move" in problems[0]
+    # superseded by a signed promotion (with its signed approvals): the import is history, not reported
+    for who in ("alice", "bob"):
+        w.act_as(EMAIL[who])
+        w.reg.approve("n", 1, stage="production", key=w.key(who))
+    w.act_as(EMAIL["alice"])
+    w.reg.set_alias("n", "production", 1, key=w.key("alice"))
+    assert _new_problems(w) == []
