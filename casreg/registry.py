@@ -921,8 +921,20 @@ class Registry:
         resolved = self.resolve(ref)
         named = (resolved.name, resolved.version) if resolved.name is not None and resolved.version is not None \
             else None
-        return verify_version(self.store, resolved.digest, label=resolved.label, progress=progress,
-                              threads=self.threads, version=named, read_data=read_data)
+        report = verify_version(self.store, resolved.digest, label=resolved.label, progress=progress,
+                                threads=self.threads, version=named, read_data=read_data)
+        if named is not None:  # the signing checks that concern this version (docs/signing.md)
+            from casreg.governance.signed_moves import audit_version
+            from casreg.maintenance.verify import Problem
+
+            try:
+                one = audit_version(self.store, *named)
+            except CasregError as err:
+                report.warnings.append(f"signed events were not checked: {err}")
+            else:
+                report.notes.extend(one.notes)
+                report.problems.extend(Problem(key, "unsigned", why) for key, why in one.problems)
+        return report
 
     def gc(self, *, dry_run: bool = False, grace: Duration | None = None, delay: Duration | None = None,
            retain: bool = False) -> GcReport:

@@ -141,3 +141,32 @@ def test_imported_moves_are_unsigned_history(world: World, tmp_path: Path) -> No
     w.act_as(EMAIL["alice"])
     w.reg.set_alias("n", "production", 1, key=w.key("alice"))
     assert _new_problems(w) == []
+
+
+def _unsigned(report: object) -> list[str]:
+    return [f"{p.key}: {p.reason}" for p in report.problems if p.kind == "unsigned"]  # type: ignore[attr-defined]
+
+
+def test_verify_ref_runs_the_signing_checks_of_that_version(world: World) -> None:
+    w = world
+    _promote_signed(w)
+    assert _unsigned(w.reg.verify("m:2")) == []
+    # one of m:2's approval signatures damaged: verify m:2 names it, verify m:1 does not
+    approval = next(e for e in w.reg.log("m") if e.kind == "approve")
+    key = next(k for k in w.store.list(f"signatures/events/{approval.event_id}/"))
+    doc = w.store.read(key)
+    w.store.delete(key)
+    w.store.create(key, doc.replace(b'"payload": "', b'"payload": "e30', 1))
+    problems = _unsigned(w.reg.verify("m:2"))
+    assert any(approval.event_id in p and "Incorrect padding" in p for p in problems), problems
+    assert any("points at m:2, which has 1 signed approval(s)" in p for p in problems), problems
+    assert _unsigned(w.reg.verify("m:1")) == []
+    # the pointer moved back to m:1 through the internals, unsigned: verify m:1 reports the move
+    from casreg.ledger.pointers import move_alias
+
+    v1 = w.reg.show("m:1")
+    move_alias(w.store, "m", "production", (v1.digest, 1))
+    moved = _unsigned(w.reg.verify("m:1"))
+    assert any("no valid signed event explains m@production" in p for p in moved), moved
+    out = w.cli("verify", "m:1")
+    assert out.returncode != 0 and "m@production" in out.stdout + out.stderr

@@ -37,7 +37,7 @@ from casreg.records import AliasEvent, JsonValue
 from casreg.storage import ObjectStore
 
 __all__ = ["SigningState", "signing_state", "MoveCheck", "check_move", "check_entries", "SigningAudit",
-           "audit_signed_events", "NOT_CONFIGURED"]
+           "audit_signed_events", "audit_version", "keyed_since", "NOT_CONFIGURED"]
 
 NOT_CONFIGURED = ("signing is not configured (opt-in): the policy has no [keys], so moves and approvals are not "
                   "checked against signatures (docs/signing.md)")
@@ -280,3 +280,43 @@ def _created(store: ObjectStore, e: AliasEvent) -> datetime | None:
         return read_version(store, e.name, e.to_version or 0).created_at
     except CasregError:
         return None
+
+
+def audit_version(store: ObjectStore, name: str, number: int) -> SigningAudit:
+    """The signing checks of :func:`audit_signed_events` that concern version ``number``
+    of ``name`` (``verify REF``): the trust of the policy; the version's own signatures
+    (one by a key of the policy's ``[keys]`` that does not verify is a problem); the last
+    move of every alias of ``name`` that points at it (signed, by a key allowed to move
+    it, naming the ledger's previous move, with the gate's signed approvals); and every
+    signed event about it (approvals, rejections, archive) whose signature by a known key
+    does not verify."""
+    from casreg.content.manifest import read_manifest
+    from casreg.governance.signing import check_signatures
+
+    state = signing_state(store)
+    audit = SigningAudit(state.configured)
+    if state.trust.pinned and not state.trust.trusted:
+        audit.problems.append(("policy", state.trust.detail))
+    elif not state.trust.pinned and state.configured:
+        audit.notes.append(state.trust.detail)
+    if not state.configured:
+        audit.notes.append(NOT_CONFIGURED)
+        return audit
+    version = read_version(store, name, number)
+    manifest = read_manifest(store, version.digest)
+    for c in check_signatures(store, manifest, state.keys.values()):
+        if c.status == "invalid":
+            audit.problems.append((c.key, f"the signature of {version.ref} by {c.signer} does not verify: {c.detail}"))
+    current = read_policy(store)
+    policy = current.for_model(name) if current is not None else Policy()
+    listed = list_event_signatures(store)
+    for move in read_pointer_events(store, name):
+        if move.to_digest is not None and move.to_version == number:
+            _audit_pointer(store, state, policy, move, listed, audit)
+    for e in read_events(store, name, pointers=False):
+        if e.to_version != number or e.kind not in SIGNED_KINDS or e.kind in POINTER_KINDS:
+            continue
+        check = check_event(store, e, state.keys, listed=listed.get(e.event_id, []))
+        if check.status == "invalid":
+            audit.problems.append((check.key or event_key(e), f"{check.detail} (event {event_key(e)})"))
+    return audit
