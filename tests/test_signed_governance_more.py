@@ -170,3 +170,27 @@ def test_verify_ref_runs_the_signing_checks_of_that_version(world: World) -> Non
     assert any("no valid signed event explains m@production" in p for p in moved), moved
     out = w.cli("verify", "m:1")
     assert out.returncode != 0 and "m@production" in out.stdout + out.stderr
+
+
+MOVES_WITHOUT_SIGNATURE = """
+SELECT e.time, e.name, e.alias, e.kind, e.to_version, e.author, e.event_id
+FROM events e
+WHERE e.kind IN ('promote', 'alias.set', 'alias.remove', 'rollback')
+  AND e.event_id NOT IN (SELECT event_id FROM event_signatures)
+ORDER BY e.time
+"""
+
+
+def test_sql_event_signatures_and_moves_without_a_signature(world: World) -> None:
+    from casreg.governance.event_signing import list_event_signatures
+
+    w = world
+    _promote_signed(w)
+    rows = w.reg.sql("SELECT event_id, fingerprint, key FROM event_signatures ORDER BY key")
+    listed = sorted(k for ks in list_event_signatures(w.store).values() for k in ks)
+    assert [r["key"] for r in rows] == listed and len(rows) == 4  # 2 approvals, the promotion, the policy
+    assert all(r["key"] == f"signatures/events/{r['event_id']}/{r['fingerprint']}.json" for r in rows)
+    unsigned = w.reg.sql(MOVES_WITHOUT_SIGNATURE)
+    assert [(r["kind"], r["to_version"]) for r in unsigned] == [("promote", 1)]  # m:1's, before the policy
+    out = ok(w.cli("sql", "--json", MOVES_WITHOUT_SIGNATURE)).stdout
+    assert unsigned[0]["event_id"] in out
