@@ -17,6 +17,7 @@ from test_signed_governance import EMAIL, World, _promote_signed, _weights
 
 from casreg.errors import PolicyError
 from casreg.keys import HOOKS_KEY, policy_key
+from casreg.storage import ObjectStore
 
 keys = base.keys
 backend = base.backend
@@ -194,3 +195,35 @@ def test_sql_event_signatures_and_moves_without_a_signature(world: World) -> Non
     assert [(r["kind"], r["to_version"]) for r in unsigned] == [("promote", 1)]  # m:1's, before the policy
     out = ok(w.cli("sql", "--json", MOVES_WITHOUT_SIGNATURE)).stdout
     assert unsigned[0]["event_id"] in out
+
+
+def test_gc_collects_the_signatures_of_deleted_versions(store: ObjectStore, keys: dict[str, Path], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from casreg import Registry
+    from casreg.keys import signatures_prefix
+
+    monkeypatch.delenv("CASREG_SIGNING_KEY", raising=False)
+    monkeypatch.delenv("CASREG_TRUSTED_KEYS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    reg = Registry(store.url)
+    gone = reg.push("m", str(_weights(tmp_path, 11)))
+    kept = reg.push("m", str(_weights(tmp_path, 12)))
+    shared = reg.push("twin", str(tmp_path / "w12.bin"))  # the same bytes as m:2: the same digest
+    assert shared.digest == kept.digest
+    for v in (gone, kept):
+        reg.sign(v.ref, keys["carol"])
+    reg.set_alias("m", "champion", 1, key=keys["alice"])  # an event signature (no policy: opt-in)
+    reg.remove_alias("m", "champion", key=keys["alice"])
+    events_before = sorted(store.list("signatures/events/"))
+    assert len(events_before) == 2
+    reg.delete("m", 1, reason="leak")
+    reg.delete("m", 2, reason="dup")  # its digest stays live as twin:1
+    mark = reg.gc(grace=0, delay=0)
+    assert any(o.key.startswith(signatures_prefix(gone.digest)) for o in mark.condemned)
+    assert not any(o.key.startswith(signatures_prefix(kept.digest)) for o in mark.condemned)
+    assert list(store.list(signatures_prefix(gone.digest)))  # condemned, not deleted: the sweep is later
+    reg.gc(grace=0, delay=0)
+    assert list(store.list(signatures_prefix(gone.digest))) == []
+    assert len(list(store.list(signatures_prefix(kept.digest)))) == 1
+    assert sorted(store.list("signatures/events/")) == events_before  # events are never deleted, nor their signatures
+    assert [c.status for c in reg.signatures("twin:1", str(keys["carol"]) + ".pub")] == ["verified"]  # still signed
