@@ -182,6 +182,17 @@ ORDER BY e.time
 """
 
 
+LAST_MOVES = """
+SELECT a.name, a.alias, a.version, h.kind, h.author, h.event_id,
+       count(s.key) AS signatures
+FROM aliases a
+JOIN alias_history h ON h.name = a.name AND h.alias = a.alias AND h.to_time IS NULL
+LEFT JOIN event_signatures s ON s.event_id = h.event_id
+GROUP BY ALL
+ORDER BY a.name, a.alias
+"""
+
+
 def test_sql_event_signatures_and_moves_without_a_signature(world: World) -> None:
     from casreg.governance.event_signing import list_event_signatures
 
@@ -195,6 +206,8 @@ def test_sql_event_signatures_and_moves_without_a_signature(world: World) -> Non
     assert [(r["kind"], r["to_version"]) for r in unsigned] == [("promote", 1)]  # m:1's, before the policy
     out = ok(w.cli("sql", "--json", MOVES_WITHOUT_SIGNATURE)).stdout
     assert unsigned[0]["event_id"] in out
+    last = w.reg.sql(LAST_MOVES)
+    assert [(r["alias"], r["version"], r["kind"], r["signatures"]) for r in last] == [("production", 2, "promote", 1)]
 
 
 def test_gc_collects_the_signatures_of_deleted_versions(store: ObjectStore, keys: dict[str, Path], tmp_path: Path,
