@@ -121,6 +121,26 @@ def test_policy_restore_needs_a_pinned_admin_key(world: World) -> None:
     assert w.reg.policy() is not None
     assert _registry_marks(w)["policy.restore"] == "verified"
     assert _new_problems(w) == []
+    # an unsigned restore written past the client: reported
+    from casreg.ledger.events import record_event
+
+    pin = w.reg.policy()
+    assert pin is not None
+    forged = record_event(w.store, name="_registry", kind="policy.restore",
+                          details={"policy_version": pin.version, "digest": pin.digest, "pinned_by": "x"})
+    problems = _new_problems(w)
+    assert len(problems) == 1 and "policy restore" in problems[0] and forged.event_id in problems[0], problems
+
+
+def test_hooks_set_without_a_root_needs_a_key_allowed_to_change_the_policy(world: World) -> None:
+    w = world
+    w.monkeypatch.delenv("CASREG_TRUSTED_KEYS")
+    cfg = w.tmp / "hooks.toml"
+    cfg.write_text("# no hooks yet\n")
+    # alice is in [keys] but holds no role allowed to change the policy (only admin does)
+    fails(w.cli("hooks", "set", str(cfg), "--key", w.key("alice"), CASREG_USER=EMAIL["admin"]), 8,
+          "holds none of the roles")
+    fails(w.cli("hooks", "set", str(cfg), CASREG_USER=EMAIL["admin"]), 8, "needs a signed event")
 
 
 def test_imported_moves_are_unsigned_history(world: World, tmp_path: Path) -> None:
