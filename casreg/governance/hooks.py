@@ -52,7 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
 from casreg._version import package_version
@@ -64,6 +64,12 @@ from casreg.ledger.events import record_event
 from casreg.lineage import current_author
 from casreg.redact import REDACTED, is_secret_name, redact_url, url_credentials
 from casreg.storage import ByteRange, ObjectStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from casreg.governance.event_signing import EventSigner
+    from casreg.records import AliasEvent
 
 __all__ = [
     "Hook",
@@ -414,7 +420,7 @@ def read_hooks(store: ObjectStore) -> HooksConfig | None:
     return HooksConfig(hooks, text, Digest.of(data), current.token)
 
 
-def _hooks_signer(store: ObjectStore, key: str | os.PathLike[str] | None) -> Any:
+def _hooks_signer(store: ObjectStore, key: str | os.PathLike[str] | None) -> EventSigner | None:
     """The key a ``hooks.set`` is signed with (``key``, else ``$CASREG_SIGNING_KEY``, else
     ``None``), checked as an admin change: with a trust root pinned it must be a pinned
     admin key (and the policy in force signed by one); else, when the policy has
@@ -432,15 +438,17 @@ def _hooks_signer(store: ObjectStore, key: str | os.PathLike[str] | None) -> Any
     return signer
 
 
-def _sign_with(store: ObjectStore, signer: Any) -> Any:
+def _sign_with(store: ObjectStore, signer: EventSigner | None) -> Callable[[AliasEvent], None] | None:
     """What signs the ``hooks.set`` event before it is appended (``None``: no signer)."""
     from casreg.governance.event_signing import sign_event
 
     if signer is None:
         return None
 
-    def sign(event: Any) -> None:
-        sign_event(store, event, signer)
+    chosen = signer
+
+    def sign(event: AliasEvent) -> None:
+        sign_event(store, event, chosen)
 
     return sign
 
