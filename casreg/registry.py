@@ -30,7 +30,7 @@ from casreg.errors import (
     UnknownReferenceError,
 )
 from casreg.keys import manifest_key
-from casreg.ledger.pointers import list_pointers, move_alias, read_pointer, require_not_deleted, restore_pointer
+from casreg.ledger.pointers import list_pointers, read_pointer, require_not_deleted, restore_pointer
 from casreg.ledger.resolve import Resolved, resolve, unknown, version_record
 from casreg.ledger.segments import commit_version, list_versions, read_version
 from casreg.lineage import current_author, git_state, hostname
@@ -575,20 +575,19 @@ class Registry:
         assert event is not None  # an alias.set always moves (or fails)
         return event
 
-    def remove_alias(self, name: str, alias: str, *, reason: str | None = None) -> AliasEvent:
-        """Remove ``name@alias`` (recorded; the versions are untouched)."""
-        from casreg.governance.state import policy_for
+    def remove_alias(self, name: str, alias: str, *, reason: str | None = None,
+                     key: str | os.PathLike[str] | None = None) -> AliasEvent:
+        """Remove ``name@alias`` (recorded; the versions are untouched); ``key``: sign the
+        removal (default ``$CASREG_SIGNING_KEY``; required for a gated alias when the
+        policy has ``[keys]``)."""
+        from casreg.governance.lifecycle import remove_alias
 
         validate_name(name)
         validate_alias(alias)
         if read_pointer(self.store, name, alias) is None:
             require_not_deleted(self.store, name, alias)
             raise unknown(self.store, f"{name}@{alias} is not set")
-        policy_for(self.store, name).require_permission(current_author(), "promote", alias,
-                                                        what=f"removing {name}@{alias}")
-        event = move_alias(self.store, name, alias, None, reason=reason)
-        self._notify(event.to_dict())
-        return event
+        return remove_alias(self.store, name, alias, notify=self._notify, reason=reason, key=key)
 
     def restore_alias(self, name: str, alias: str) -> AliasEvent:
         """Rewrite the pointer of ``name@alias`` that was deleted from the store or damaged
@@ -772,19 +771,21 @@ class Registry:
         return read_policy(self.store, version)
 
     # -- deletion and retention (casreg/governance/retention.py, docs/retention.md) ---------
-    def delete(self, name: str, ref: str | int, *, reason: str) -> Deletion:
+    def delete(self, name: str, ref: str | int, *, reason: str, key: str | os.PathLike[str] | None = None) -> Deletion:
         """Delete a version of ``name`` (a number, reference or digest): record its
         tombstone and a ``delete`` event (the ledger stays append-only); from then on it
         no longer resolves or pulls (:class:`~casreg.errors.DeletedVersionError`), and
         :meth:`gc` reclaims what no live version uses. Refused while an alias points at
         it, without the policy's ``delete`` permission, when ``[protect]`` protects it,
-        and when it is already deleted; ``reason`` is required."""
+        and when it is already deleted; ``reason`` is required. ``key``: sign the ``delete``
+        event (default ``$CASREG_SIGNING_KEY``; required when the policy has ``[keys]``)."""
         from casreg.governance.retention import delete_version
 
-        return delete_version(self.store, name, ref, notify=self._notify, reason=reason)
+        return delete_version(self.store, name, ref, notify=self._notify, reason=reason, key=key)
 
     def retain(self, name: str, *, keep_last: int | None = None, keep_since: str | timedelta | None = None,
-               keep_stages: bool = False, dry_run: bool = False, reason: str | None = None) -> RetentionPlan:
+               keep_stages: bool = False, dry_run: bool = False, reason: str | None = None,
+               key: str | os.PathLike[str] | None = None) -> RetentionPlan:
         """Apply a retention rule to ``name``: keep its newest ``keep_last`` versions,
         those younger than ``keep_since`` (``"90d"``), with ``keep_stages`` those at an
         alias or ever in staging or production, and whatever an alias holds or the
@@ -795,7 +796,7 @@ class Registry:
 
         since = parse_age(keep_since) if isinstance(keep_since, str) else keep_since
         rule = RetentionRule(keep_last, since, keep_stages)
-        return retain(self.store, name, rule, notify=self._notify, dry_run=dry_run, reason=reason)
+        return retain(self.store, name, rule, notify=self._notify, dry_run=dry_run, reason=reason, key=key)
 
     def deleted(self, name: str | None = None) -> dict[tuple[str, int], AliasEvent]:
         """The deleted versions of ``name`` (of every model, without a name), each with
@@ -920,8 +921,20 @@ class Registry:
         resolved = self.resolve(ref)
         named = (resolved.name, resolved.version) if resolved.name is not None and resolved.version is not None \
             else None
-        return verify_version(self.store, resolved.digest, label=resolved.label, progress=progress,
-                              threads=self.threads, version=named, read_data=read_data)
+        report = verify_version(self.store, resolved.digest, label=resolved.label, progress=progress,
+                                threads=self.threads, version=named, read_data=read_data)
+        if named is not None:  # the signing checks that concern this version (docs/signing.md)
+            from casreg.governance.signed_moves import audit_version
+            from casreg.maintenance.verify import Problem
+
+            try:
+                one = audit_version(self.store, *named)
+            except CasregError as err:
+                report.warnings.append(f"signed events were not checked: {err}")
+            else:
+                report.notes.extend(one.notes)
+                report.problems.extend(Problem(key, "unsigned", why) for key, why in one.problems)
+        return report
 
     def gc(self, *, dry_run: bool = False, grace: Duration | None = None, delay: Duration | None = None,
            retain: bool = False) -> GcReport:

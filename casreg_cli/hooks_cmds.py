@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from casreg.errors import InvalidInputError, NotFoundError
-from casreg_cli.common import Cli, app, command
+from casreg_cli.common import Cli, SignKeyOpt, app, command
 
 hooks_app = typer.Typer(help="Hooks: webhooks and commands run on push, alias moves and promotions.",
                         no_args_is_help=True)
@@ -23,9 +23,10 @@ def set_(
     if_digest: Annotated[Optional[str], typer.Option(
         "--if-digest", help="Replace the config only if it is still this digest (from hooks show); "
                             "'none': only if there is no config yet.")] = None,
+    key: SignKeyOpt = None,
 ) -> None:
     """Validate FILE and make it the registry's hooks config (compare-and-swap; needs the
-    policy's 'policy' permission)."""
+    policy's 'policy' permission; signed by an admin key under a pinned root or [keys])."""
     from casreg.governance.hooks import write_hooks
 
     out = cli.out
@@ -44,7 +45,7 @@ def set_(
     expected: str | None | bool = True
     if if_digest is not None:
         expected = None if if_digest.lower() == "none" else if_digest
-    cfg = write_hooks(cli.registry().store, text, expected_digest=expected)
+    cfg = write_hooks(cli.registry().store, text, expected_digest=expected, key=key)
     if out.as_json:
         out.json(cfg.to_dict())
         return

@@ -378,11 +378,12 @@ def alias_rm(
     cli: Cli,
     target: Annotated[str, typer.Argument(metavar="NAME@ALIAS", autocompletion=complete_ref)],
     reason: ReasonOpt = None,
+    key: SignKeyOpt = None,
 ) -> None:
     """Remove NAME@ALIAS (the removal is logged; versions are untouched)."""
     out = cli.out
     name, alias = name_alias(target)
-    ev = cli.registry().remove_alias(name, alias, reason=reason)
+    ev = cli.registry().remove_alias(name, alias, reason=reason, key=key)
     if out.as_json:
         out.json(ev.to_dict())
     else:

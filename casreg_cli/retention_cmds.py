@@ -10,7 +10,7 @@ import typer
 from casreg.errors import InvalidInputError
 from casreg.governance.retention import RetentionPlan
 from casreg.refs import RefKind, parse_ref
-from casreg_cli.common import Cli, app, command, complete_model, complete_ref
+from casreg_cli.common import Cli, SignKeyOpt, app, command, complete_model, complete_ref
 from casreg_cli.output import Output, human_bytes, plural
 
 #: Versions listed one per line before "... and N more" (--json lists them all).
@@ -23,6 +23,7 @@ def delete(
     ref: Annotated[str, typer.Argument(metavar="NAME:N", help="The version to delete: NAME:N (or NAME@blake3:HEX).",
                                        autocompletion=complete_ref)],
     reason: Annotated[str, typer.Option("--reason", help="Why (required; recorded in the ledger).")],
+    key: SignKeyOpt = None,
 ) -> None:
     """Delete a version: record a tombstone (the ledger keeps its record); it no longer
     resolves or pulls, and gc reclaims what no other version uses. Refused while an alias
@@ -32,7 +33,7 @@ def delete(
         raise InvalidInputError(f"{ref!r} does not name one version: give NAME:N (aliases are never deleted: "
                                 "a version an alias points at cannot be)")
     target: str | int = r.number if r.kind is RefKind.NUMBER and r.number is not None else ref
-    d = cli.registry().delete(r.name, target, reason=reason)
+    d = cli.registry().delete(r.name, target, reason=reason, key=key)
     for w in d.warnings:
         cli.out.warn(w)
     cli.emit(d.to_dict(), lambda out: out.line(f"deleted {d.ref}  {d.version.digest} (gc reclaims its storage)"))
@@ -53,12 +54,13 @@ def retain(
     = False,
     reason: Annotated[Optional[str], typer.Option("--reason", help="Why (recorded with each deletion; default: "
                                                   "the rule).")] = None,
+    key: SignKeyOpt = None,
 ) -> None:
     """Apply a retention rule to NAME: list what it does not keep and the bytes gc then
     reclaims, and delete those versions (tombstones) unless --dry-run. Versions at an alias
     and versions the policy protects are always kept."""
     plan = cli.registry().retain(name, keep_last=keep_last, keep_since=keep_since, keep_stages=keep_stages,
-                                 dry_run=dry_run, reason=reason)
+                                 dry_run=dry_run, reason=reason, key=key)
     for d in plan.deleted:
         for w in d.warnings:
             cli.out.warn(w)

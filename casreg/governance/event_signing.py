@@ -15,7 +15,10 @@ after it was signed, does not verify.
 The claims: kind, event id, model, alias (the stage), the version number and digest it
 moves to or decides on, the version and digest it moves from, time (UTC, microseconds),
 actor, reason, the previous move of the alias (its event id, or ``"none"``), and for a
-``policy.set`` the policy version and digest it pins.
+``policy.set`` (or ``policy.restore``) the policy version and digest it pins (a restore:
+also the ``policy.set`` event it restores), for a ``hooks.set`` the digests of the hooks
+config it installs and of the one it replaces. A ``delete`` (a version's tombstone) is
+covered by the version, digest and reason; an ``alias.remove`` by the version it removes.
 
 Who a key is comes from the policy's ``[keys]`` (:func:`person_keys`): a key counts only
 as the person the policy names it for, so ``BOB@`` and ``Bob@`` are one person if they are
@@ -45,14 +48,16 @@ if TYPE_CHECKING:
 
     from casreg.governance.policy import Policy
 
-__all__ = ["EVENT_PAYLOAD_TYPE", "SIGNED_KINDS", "SIGNING_KEY_ENV", "EventSigner", "EventCheck", "load_signer",
-           "claims", "sign_event", "check_event", "list_event_signatures", "person_keys", "signed_decisions",
-           "pusher_persons", "require_signer", "signed_approvers"]
+__all__ = ["EVENT_PAYLOAD_TYPE", "SIGNED_KINDS", "ADMIN_KINDS", "SIGNING_KEY_ENV", "EventSigner", "EventCheck",
+           "load_signer", "claims", "sign_event", "check_event", "list_event_signatures", "person_keys",
+           "signed_decisions", "pusher_persons", "require_signer", "signed_approvers"]
 
 EVENT_PAYLOAD_TYPE = "application/vnd.casreg.event.v1+json"
 #: The event kinds casreg signs when a key is given.
 SIGNED_KINDS = frozenset({"approve", "reject", "promote", "alias.set", "alias.remove", "rollback", "archive",
-                          "policy.set"})
+                          "policy.set", "policy.restore", "hooks.set", "delete"})
+#: The kinds only an admin signs: checked with the pinned root's keys as well as the policy's.
+ADMIN_KINDS = frozenset({"policy.set", "policy.restore", "hooks.set"})
 #: The environment variable naming the private key events are signed with by default.
 SIGNING_KEY_ENV = "CASREG_SIGNING_KEY"
 #: An event signature object read from a store, at most (claims are well under 4 KiB).
@@ -112,6 +117,11 @@ def claims(event: _Event, previous: str | None) -> dict[str, JsonValue]:
     if event.kind in ("policy.set", "policy.restore"):
         out["policy_version"] = details.get("policy_version")
         out["policy_digest"] = str(details.get("digest"))
+    if event.kind == "policy.restore":
+        out["pinned_by"] = str(details.get("pinned_by"))
+    if event.kind == "hooks.set":  # the config it installs and the one it replaces
+        out["hooks_digest"] = str(details.get("digest"))
+        out["previous_hooks_digest"] = str(details.get("previous"))
     archived = details.get("archived")
     if isinstance(archived, Mapping):
         out["archived"] = {"version": archived.get("version"), "digest": str(archived.get("digest"))}

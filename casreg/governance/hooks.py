@@ -52,7 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
 from casreg._version import package_version
@@ -64,6 +64,12 @@ from casreg.ledger.events import record_event
 from casreg.lineage import current_author
 from casreg.redact import REDACTED, is_secret_name, redact_url, url_credentials
 from casreg.storage import ByteRange, ObjectStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from casreg.governance.event_signing import EventSigner
+    from casreg.records import AliasEvent
 
 __all__ = [
     "Hook",
@@ -414,7 +420,41 @@ def read_hooks(store: ObjectStore) -> HooksConfig | None:
     return HooksConfig(hooks, text, Digest.of(data), current.token)
 
 
-def write_hooks(store: ObjectStore, text: str, *, expected_digest: str | None | bool = True) -> HooksConfig:
+def _hooks_signer(store: ObjectStore, key: str | os.PathLike[str] | None) -> EventSigner | None:
+    """The key a ``hooks.set`` is signed with (``key``, else ``$CASREG_SIGNING_KEY``, else
+    ``None``), checked as an admin change: with a trust root pinned it must be a pinned
+    admin key (and the policy in force signed by one); else, when the policy has
+    ``[keys]``, a key of a person holding the ``policy`` permission (docs/signing.md)."""
+    from casreg.governance.event_signing import load_signer, require_signer
+    from casreg.governance.lifecycle import rules_and_keys
+    from casreg.governance.trust import pinned_keys, require_root_signer
+
+    signer = load_signer(key)
+    policy, keys = rules_and_keys(store, None)
+    if pinned_keys():
+        require_root_signer(signer, "changing the hooks")
+    elif keys:
+        require_signer(signer, keys, policy, "policy", None, "changing the hooks")
+    return signer
+
+
+def _sign_with(store: ObjectStore, signer: EventSigner | None) -> Callable[[AliasEvent], None] | None:
+    """What signs the ``hooks.set`` event before it is appended (``None``: no signer)."""
+    from casreg.governance.event_signing import sign_event
+
+    if signer is None:
+        return None
+
+    chosen = signer
+
+    def sign(event: AliasEvent) -> None:
+        sign_event(store, event, chosen)
+
+    return sign
+
+
+def write_hooks(store: ObjectStore, text: str, *, expected_digest: str | None | bool = True,
+                key: str | os.PathLike[str] | None = None) -> HooksConfig:
     """Validate ``text`` and make it the registry's hooks configuration, by compare-and-swap.
 
     Who may: the same as who may change the policy. If a policy is in force, the current
@@ -427,10 +467,13 @@ def write_hooks(store: ObjectStore, text: str, *, expected_digest: str | None | 
     change by someone else in between is still a conflict, never silently overwritten);
     a digest string (``casreg hooks show``'s) or ``None`` (no config yet): replace only
     that. ``text`` may hold no credential (:func:`parse_hooks`). The change is recorded
-    as a ``hooks.set`` event of the registry."""
+    as a ``hooks.set`` event of the registry, signed with ``key`` (default
+    ``$CASREG_SIGNING_KEY``; required as an admin's under a pinned root or a policy
+    with ``[keys]``: :func:`_hooks_signer`)."""
     policy = read_policy(store)
     if policy is not None:
         policy.for_model(None).require_permission(current_author(), "policy", None, what="changing the hooks")
+    signer = _hooks_signer(store, key)
     data = text.encode()
     if len(data) > MAX_CONFIG_BYTES:
         raise InvalidHooksError(f"hooks config is {len(data):,} bytes; at most {MAX_CONFIG_BYTES:,}")
@@ -448,7 +491,8 @@ def write_hooks(store: ObjectStore, text: str, *, expected_digest: str | None | 
     digest = Digest.of(data)
     try:
         record_event(store, name=REGISTRY_EVENTS, kind="hooks.set", reason=f"{len(hooks)} hook(s)",
-                     details={"digest": digest, "previous": current_digest, "hooks": [h.name for h in hooks]})
+                     details={"digest": digest, "previous": current_digest, "hooks": [h.name for h in hooks]},
+                     before=_sign_with(store, signer))
     except Exception as err:  # the change is made; a missing audit row must not undo it
         log.warning("hooks config written but its hooks.set event was not recorded: %s", _one_line(err))
     return HooksConfig(hooks, text, digest, token)

@@ -89,6 +89,7 @@ __all__ = [
     "decide",
     "evaluate",
     "set_policy",
+    "remove_alias",
     "clean_annotations",
 ]
 
@@ -447,7 +448,8 @@ def set_policy(store: ObjectStore, text: str, *, notify: EventSink,
     (:class:`~casreg.governance.policy.UnpinnedPolicyError`), setting the policy again is
     what repairs it, allowed by the latest pinned policy (or by nobody's, if none is).
 
-    ``key`` (default ``$CASREG_SIGNING_KEY``) signs the ``policy.set`` event, whose claims
+    ``key`` (default ``$CASREG_SIGNING_KEY``) signs the ``policy.set`` (or ``policy.restore``)
+    event, whose claims
     include the policy's version and digest: signed by an admin key that readers pin
     (:mod:`casreg.governance.trust`), this is what makes the policy trusted. Where a trust
     root is pinned, a policy not signed by a pinned key is refused here too.
@@ -458,10 +460,14 @@ def set_policy(store: ObjectStore, text: str, *, notify: EventSink,
         data = text.encode("utf-8")
         if Digest.of(data) != err.pin.digest:
             raise DamagedPolicyError(f"{err} (the policy given has digest {Digest.of(data)})", err.pin) from None
+        from casreg.governance.trust import require_root_signer
+
+        restorer = load_signer(key)
+        require_root_signer(restorer, "restoring the policy")
         restore_policy(store, err.pin, data)
         event = record_event(store, name=REGISTRY_EVENTS, kind="policy.restore", reason=reason,
                              details={"policy_version": err.pin.version, "digest": err.pin.digest,
-                                      "pinned_by": err.pin.event.event_id})
+                                      "pinned_by": err.pin.event.event_id}, before=_signing(store, restorer))
         notify(event.to_dict())
         return err.pin.version, event
     except UnpinnedPolicyError as err:  # set it again, as the latest pinned policy allows
@@ -490,3 +496,21 @@ def _check_root(signer: EventSigner | None) -> None:
         raise PolicyError(f"a trust root is pinned here ({TRUSTED_KEYS_ENV} or the trust file) and {who} is not "
                           "one of its keys: readers who pin it would refuse this policy; sign it with a pinned "
                           "admin key (--key ADMIN_KEY)")
+
+
+def remove_alias(store: ObjectStore, name: str, alias: str, *, notify: EventSink, reason: str | None = None,
+                 key: KeyPath = None) -> AliasEvent:
+    """Remove ``name@alias`` (an ``alias.remove`` move; the versions are untouched),
+    signed with ``key`` (default ``$CASREG_SIGNING_KEY``). When the policy has ``[keys]``
+    and gates ``alias``, the removal must be signed by a person allowed to promote there
+    (taking a stage down is a move like any other); else the current author needs the
+    permission to move it."""
+    policy, keys = rules_and_keys(store, name)
+    signer = load_signer(key)
+    if keys and policy.gate(alias) is not None:
+        require_signer(signer, keys, policy, "promote", alias, f"removing {name}@{alias}")
+    else:
+        policy.require_permission(current_author(), "promote", alias, what=f"removing {name}@{alias}")
+    event = move_alias(store, name, alias, None, reason=reason, before_swap=_signing_move(store, signer))
+    notify(event.to_dict())
+    return event

@@ -25,6 +25,7 @@ gc's job (:mod:`casreg.maintenance.gc`), which the façade runs after it for
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +34,7 @@ from casreg.concurrency import map_concurrently
 from casreg.content.manifest import Manifest, read_manifest
 from casreg.digest import Digest
 from casreg.errors import DeletedVersionError, InvalidInputError, PolicyError
+from casreg.governance.event_signing import EventSigner, load_signer, require_signer, sign_event
 from casreg.governance.policy import Policy
 from casreg.governance.retention_rule import RetentionRule
 from casreg.governance.state import policy_for, was_in
@@ -131,13 +133,32 @@ def _check_deletable(store: ObjectStore, version: Version, policy: Policy, user:
             raise PolicyError(f"deleting {version.ref} refused by policy version {policy.version}: {why}")
 
 
+def _deletion_signer(store: ObjectStore, name: str, key: str | os.PathLike[str] | None,
+                     what: str) -> EventSigner | None:
+    """The key a deletion is signed with (``key``, else ``$CASREG_SIGNING_KEY``, else
+    none); when the policy has ``[keys]`` it is required, as a key of a person the policy
+    allows to delete (with a trust root pinned, an untrusted policy is refused first)."""
+    from casreg.governance.lifecycle import rules_and_keys
+
+    signer = load_signer(key)
+    policy, keys = rules_and_keys(store, name)
+    if keys:
+        require_signer(signer, keys, policy, "delete", None, what)
+    return signer
+
+
 def delete_version(store: ObjectStore, name: str, ref: str | int, *, notify: EventSink, reason: str | None,
-                   policy: Policy | None = None, events: Sequence[AliasEvent] | None = None) -> Deletion:
+                   policy: Policy | None = None, events: Sequence[AliasEvent] | None = None,
+                   key: str | os.PathLike[str] | None = None, signer: EventSigner | None | bool = False
+                   ) -> Deletion:
     """Delete version ``ref`` of ``name`` (a number, reference or digest): check it may
     be deleted, write its tombstone (create-if-absent: of two concurrent deletions one
     wins, the other is told it is already deleted), append the ``delete`` event and hand
     it to ``notify``. ``reason`` is required (the deletion is audited). ``policy`` and
-    ``events``: already read by a caller deleting several versions of ``name``."""
+    ``events``: already read by a caller deleting several versions of ``name``.
+    ``key`` (default ``$CASREG_SIGNING_KEY``) signs the ``delete`` event before its
+    tombstone is written; required when the policy has ``[keys]`` (docs/signing.md).
+    ``signer``: already loaded and checked by a caller deleting several versions."""
     validate_name(name)
     if reason is None or not reason.strip():
         raise InvalidInputError("a deletion needs a reason (--reason TEXT): it is recorded in the ledger")
@@ -151,7 +172,10 @@ def delete_version(store: ObjectStore, name: str, ref: str | int, *, notify: Eve
     version = read_version(store, name, target.version)
     policy = policy if policy is not None else policy_for(store, name)
     _check_deletable(store, version, policy, current_author(), events)
+    chosen = _deletion_signer(store, name, key, f"deleting {version.ref}") if signer is False else signer
     event = deletion_event(name, version.version, version.digest, reason)
+    if isinstance(chosen, EventSigner):
+        sign_event(store, event, chosen)  # before the tombstone: a deletion is never unsigned for a moment
     if not record_deletion(store, event):
         gone = read_tombstone(store, name, version.version)
         raise InvalidInputError(f"{version.ref} was deleted meanwhile" + (
@@ -316,21 +340,24 @@ def plan_retention(store: ObjectStore, name: str, rule: RetentionRule, *, now: d
 
 
 def retain(store: ObjectStore, name: str, rule: RetentionRule, *, notify: EventSink, dry_run: bool = False,
-           reason: str | None = None, now: datetime | None = None) -> RetentionPlan:
+           reason: str | None = None, now: datetime | None = None,
+           key: str | os.PathLike[str] | None = None) -> RetentionPlan:
     """Plan ``rule`` for ``name`` and, unless ``dry_run``, delete what it does not keep
     (oldest first; each deletion checked as :func:`delete_version` checks one, so a
     version an alias moved to meanwhile is refused, not deleted). The ``delete``
-    permission is checked before anything is deleted."""
+    permission (and, with ``[keys]``, the signing ``key``) is checked before anything is
+    deleted; each ``delete`` event is signed."""
     plan = plan_retention(store, name, rule, now=now, dry_run=dry_run)
     if dry_run or not plan.delete:
         return plan
     policy = policy_for(store, name)
     policy.require_permission(current_author(), "delete", None, what=f"deleting versions of {name}")
+    signer = _deletion_signer(store, name, key, f"deleting versions of {name}")
     events = read_events(store, name)
     why = reason or f"retention: {rule.describe()}"
     for v in plan.delete:
         plan.deleted.append(delete_version(store, name, v.version, notify=notify, reason=why, policy=policy,
-                                           events=events))
+                                           events=events, signer=signer))
     return plan
 
 

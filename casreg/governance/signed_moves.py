@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from casreg.errors import NotFoundError
+from casreg.digest import Digest
+from casreg.errors import CasregError, NotFoundError
 from casreg.governance.event_signing import (
+    ADMIN_KINDS,
     SIGNED_KINDS,
     EventCheck,
     _Event,
@@ -22,10 +25,10 @@ from casreg.governance.event_signing import (
     person_keys,
     signed_approvers,
 )
-from casreg.governance.policy import Policy, read_policy
+from casreg.governance.policy import Policy, PolicyFile, read_policy
 from casreg.governance.signatures import PublicKey
 from casreg.governance.trust import PolicyTrust, pinned_keys, policy_trust
-from casreg.keys import event_key, parse_event_signature_key, pointer_key
+from casreg.keys import HOOKS_KEY, event_key, parse_event_signature_key, pointer_key, tombstone_key
 from casreg.ledger.events import POINTER_KINDS
 from casreg.ledger.history import read_all_events, read_events
 from casreg.ledger.pointers import read_pointer_event, read_pointer_events
@@ -34,7 +37,7 @@ from casreg.records import AliasEvent, JsonValue
 from casreg.storage import ObjectStore
 
 __all__ = ["SigningState", "signing_state", "MoveCheck", "check_move", "check_entries", "SigningAudit",
-           "audit_signed_events", "NOT_CONFIGURED"]
+           "audit_signed_events", "audit_version", "keyed_since", "NOT_CONFIGURED"]
 
 NOT_CONFIGURED = ("signing is not configured (opt-in): the policy has no [keys], so moves and approvals are not "
                   "checked against signatures (docs/signing.md)")
@@ -99,7 +102,7 @@ def check_entries(store: ObjectStore, entries: Iterable[_Event],
     state = state if state is not None else signing_state(store)
     listed = list_event_signatures(store)
     admin = state.root | state.keys  # a policy change is an admin's: the pinned keys check it too
-    return {e.event_id: check_event(store, e, admin if e.kind == "policy.set" else state.keys,
+    return {e.event_id: check_event(store, e, admin if e.kind in ADMIN_KINDS else state.keys,
                                     listed=listed.get(e.event_id, []))
             for e in entries if e.kind in SIGNED_KINDS and e.event_id is not None
             and not (e.details or {}).get("cause")}  # an implied archive: its cause's signature covers it
@@ -137,8 +140,10 @@ def _audit_pointer(store: ObjectStore, state: SigningState, policy: Policy, move
     check = check_event(store, move, state.keys, listed=listed.get(move.event_id, []))
     where = f"{move.name}@{move.alias}"
     if not check.signed:
-        audit.problems.append((key, f"no valid signed event explains {where}: its last move ({_who(move)}) is "
-                                    f"{check.line()}"))
+        imported = " (an imported move: unsigned history from another registry, docs/signing.md)" if (
+            (move.details or {}).get("import")) else ""
+        audit.problems.append((key, f"no valid signed event explains {where}: its last move ({_who(move)}){imported}"
+                                    f" is {check.line()}"))
         return
     events = read_events(store, move.name)
     previous = _previous_moves(events).get(move.event_id)
@@ -182,14 +187,16 @@ def audit_signed_events(store: ObjectStore) -> SigningAudit:
     for move in read_pointer_events(store, None):
         policy = current.for_model(move.name) if current is not None else Policy()
         _audit_pointer(store, state, policy, move, listed, audit)
-    events = {e.event_id: e for e in read_all_events(store, SIGNED_KINDS | {"policy.restore"})}
+    events = {e.event_id: e for e in read_all_events(store, SIGNED_KINDS)}
+    admin = state.root if state.root else state.root | state.keys
+    _audit_admin_and_deletes(store, state, current, list(events.values()), listed, audit)
     for eid, keys in sorted(listed.items()):
         event = events.get(eid)
         if event is None:
             audit.notes.append(f"event signature(s) {keys[0]} sign an event the ledger does not hold (a move that "
                                "failed after signing, or a deleted event)")
             continue
-        check = check_event(store, event, state.keys, listed=keys)
+        check = check_event(store, event, admin if event.kind in ADMIN_KINDS else state.keys, listed=keys)
         if check.status == "invalid":
             audit.problems.append((check.key or keys[0], f"{check.detail} (event {event_key(event)})"))
         elif check.status == "verified" and len(keys) > 1:
@@ -199,4 +206,117 @@ def audit_signed_events(store: ObjectStore) -> SigningAudit:
                     again = check_event(store, event, state.keys, listed=[other])
                     if again.status == "invalid":
                         audit.problems.append((other, f"{again.detail} (event {event_key(event)})"))
+    return audit
+
+
+def keyed_since(store: ObjectStore, events: Iterable[AliasEvent]) -> datetime | None:
+    """When the registry's policy first had ``[keys]``: the time of the earliest
+    ``policy.set`` whose policy version has them (``None``: none ever did). Events older
+    than that were made before signing was asked for, and are not reported unsigned."""
+    for e in sorted((e for e in events if e.kind == "policy.set"), key=lambda e: e.time):
+        number = (e.details or {}).get("policy_version")
+        if not isinstance(number, int):
+            continue
+        try:
+            stored = read_policy(store, number)
+        except CasregError:  # a damaged policy version: verify's policy checks name it
+            continue
+        if stored is not None and "keys" in stored.doc:
+            return e.time
+    return None
+
+
+def _audit_admin_and_deletes(store: ObjectStore, state: SigningState, current: PolicyFile | None,
+                             events: list[AliasEvent], listed: dict[str, list[str]], audit: SigningAudit) -> None:
+    """The registry-wide signed kinds: the hooks config in force must be explained by a
+    ``hooks.set`` signed by an admin (a pinned root key, else a key of the policy's
+    ``[keys]`` allowed to change the policy), whatever its age; every ``delete`` and
+    ``policy.restore`` since the policy got ``[keys]`` must be signed (a delete by a key
+    allowed to delete)."""
+    admin = state.root if state.root else state.keys
+    policy = current.for_model(None) if current is not None else Policy()
+    since = keyed_since(store, events)
+    hooks = store.read_versioned(HOOKS_KEY)
+    if hooks is not None:
+        sets = [e for e in events if e.kind == "hooks.set"]
+        last = max(sets, key=lambda e: e.time) if sets else None
+        digest = Digest.of(hooks.data)
+        if last is None or str((last.details or {}).get("digest")) != str(digest):
+            audit.problems.append((HOOKS_KEY, f"the hooks config ({digest}) was written without a hooks.set event "
+                                              "that names it (a raw write to the store)"))
+        else:
+            check = check_event(store, last, admin, listed=listed.get(last.event_id, []))
+            who = "a pinned admin key" if state.root else "a key allowed to change the policy"
+            if not check.signed or (not state.root and not policy.allowed(check.signer or "", "policy")[0]):
+                audit.problems.append((HOOKS_KEY, f"the hooks config in force ({_who(last)}) is not signed by {who}: "
+                                                  f"{check.line()} (set it again: casreg hooks set FILE --key KEY)"))
+    for e in events:
+        if since is None or e.kind not in ("delete", "policy.restore"):
+            continue
+        if e.kind == "delete":
+            assert e.to_version is not None
+            where = tombstone_key(e.name, e.to_version)
+            created = _created(store, e)
+            if e.time < since and (created is None or created < since):
+                continue  # deleted before signing was asked for
+            check = check_event(store, e, state.keys, listed=listed.get(e.event_id, []))
+            rules = current.for_model(e.name) if current is not None else Policy()
+            if not check.signed:
+                audit.problems.append((where, f"the deletion of {e.name}:{e.to_version} ({_who(e)}) is "
+                                              f"{check.line()}; the policy has [keys], so deletions are signed"))
+            elif not rules.allowed(check.signer or "", "delete")[0]:
+                audit.problems.append((where, f"{e.name}:{e.to_version} was deleted by {check.signer}, whose key "
+                                              "holds no role allowed to delete"))
+        elif e.time >= since:
+            check = check_event(store, e, state.root | state.keys, listed=listed.get(e.event_id, []))
+            if not check.signed or (state.root and check.fingerprint not in state.root):
+                audit.problems.append((event_key(e), f"the policy restore {_who(e)} is {check.line()}"
+                                                     + (" (not by a pinned admin key)" if check.signed else "")))
+
+
+def _created(store: ObjectStore, e: AliasEvent) -> datetime | None:
+    """When the version a ``delete`` deletes was pushed (``None``: unreadable)."""
+    try:
+        return read_version(store, e.name, e.to_version or 0).created_at
+    except CasregError:
+        return None
+
+
+def audit_version(store: ObjectStore, name: str, number: int) -> SigningAudit:
+    """The signing checks of :func:`audit_signed_events` that concern version ``number``
+    of ``name`` (``verify REF``): the trust of the policy; the version's own signatures
+    (one by a key of the policy's ``[keys]`` that does not verify is a problem); the last
+    move of every alias of ``name`` that points at it (signed, by a key allowed to move
+    it, naming the ledger's previous move, with the gate's signed approvals); and every
+    signed event about it (approvals, rejections, archive) whose signature by a known key
+    does not verify."""
+    from casreg.content.manifest import read_manifest
+    from casreg.governance.signing import check_signatures
+
+    state = signing_state(store)
+    audit = SigningAudit(state.configured)
+    if state.trust.pinned and not state.trust.trusted:
+        audit.problems.append(("policy", state.trust.detail))
+    elif not state.trust.pinned and state.configured:
+        audit.notes.append(state.trust.detail)
+    if not state.configured:
+        audit.notes.append(NOT_CONFIGURED)
+        return audit
+    version = read_version(store, name, number)
+    manifest = read_manifest(store, version.digest)
+    for c in check_signatures(store, manifest, state.keys.values()):
+        if c.status == "invalid":
+            audit.problems.append((c.key, f"the signature of {version.ref} by {c.signer} does not verify: {c.detail}"))
+    current = read_policy(store)
+    policy = current.for_model(name) if current is not None else Policy()
+    listed = list_event_signatures(store)
+    for move in read_pointer_events(store, name):
+        if move.to_digest is not None and move.to_version == number:
+            _audit_pointer(store, state, policy, move, listed, audit)
+    for e in read_events(store, name, pointers=False):
+        if e.to_version != number or e.kind not in SIGNED_KINDS or e.kind in POINTER_KINDS:
+            continue
+        check = check_event(store, e, state.keys, listed=listed.get(e.event_id, []))
+        if check.status == "invalid":
+            audit.problems.append((check.key or event_key(e), f"{check.detail} (event {event_key(e)})"))
     return audit

@@ -22,15 +22,15 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from casreg.errors import IntegrityError, InvalidInputError
-from casreg.governance.event_signing import check_event
+from casreg.errors import IntegrityError, InvalidInputError, PolicyError
+from casreg.governance.event_signing import EventSigner, check_event
 from casreg.governance.signatures import PublicKey, read_public_key
 from casreg.ledger.pins import latest_pin
 from casreg.records import JsonValue
 from casreg.storage import ObjectStore
 
 __all__ = ["TRUSTED_KEYS_ENV", "TRUST_FILE_ENV", "UntrustedPolicyError", "PolicyTrust", "pinned_keys",
-           "trust_file", "policy_trust", "require_trusted_policy"]
+           "trust_file", "policy_trust", "require_trusted_policy", "require_root_signer"]
 
 TRUSTED_KEYS_ENV = "CASREG_TRUSTED_KEYS"
 TRUST_FILE_ENV = "CASREG_TRUST_FILE"
@@ -119,3 +119,15 @@ def require_trusted_policy(store: ObjectStore) -> PolicyTrust:
         raise UntrustedPolicyError(f"{trust.detail}; refused (the trust root is pinned by {TRUSTED_KEYS_ENV} or "
                                    f"{trust_file()})")
     return trust
+
+
+def require_root_signer(signer: EventSigner | None, what: str) -> None:
+    """Where a trust root is pinned, an admin change (``policy.set``, ``policy.restore``,
+    ``hooks.set``) must be signed by a pinned key: anything else would be refused, or
+    reported by ``verify``, for every reader who pinned it. A :class:`PolicyError` naming
+    what to give; nothing where no root is pinned."""
+    root = pinned_keys()
+    if root and (signer is None or signer.public.fingerprint not in {k.fingerprint for k in root}):
+        who = f"key {signer.public.short}" if signer is not None else "an unsigned change"
+        raise PolicyError(f"{what} refused: a trust root is pinned here ({TRUSTED_KEYS_ENV} or the trust file) and "
+                          f"{who} is not one of its keys; sign it with a pinned admin key (--key ADMIN_KEY)")

@@ -139,6 +139,7 @@ CREATE VIEW lineage AS
              FROM _versions) p
     ON p.digest = c.lineage.parent AND p.rn = 1
   WHERE c.lineage.parent IS NOT NULL;
+CREATE VIEW event_signatures AS SELECT event_id, fingerprint, key FROM _event_signatures;
 """
 
 
@@ -147,6 +148,7 @@ _SOURCES = {
     "_versions": ("versions", "files", "events", "lineage", "version_state", "dependencies", "links", "tensors"),
     "_events": ("events", "approvals", "alias_history", "version_state"),
     "_aliases": ("aliases", "version_state"),
+    "_event_signatures": ("event_signatures",),
 }
 _WORD = re.compile(r"[a-z_][a-z0-9_]*")
 
@@ -167,6 +169,23 @@ def _aliases_schema() -> Any:
         ("updated_at", pa.timestamp("us", tz="UTC")), ("author", pa.string()), ("reason", pa.string()),
         ("annotations", pa.map_(pa.string(), pa.string())),
     ])
+
+
+def _event_signatures_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema([("event_id", pa.string()), ("fingerprint", pa.string()), ("key", pa.string())])
+
+
+def _event_signatures_table(store: ObjectStore) -> Any:
+    """Every event signature object, named by its key (one listing; no object is read)."""
+    import pyarrow as pa
+
+    from casreg.keys import EVENT_SIGNATURES, parse_event_signature_key
+
+    rows = [{"event_id": parsed[0], "fingerprint": parsed[1], "key": key}
+            for key in store.list(f"{EVENT_SIGNATURES}/") if (parsed := parse_event_signature_key(key)) is not None]
+    return pa.Table.from_pylist(rows, schema=_event_signatures_schema())
 
 
 def _aliases_table(store: ObjectStore) -> Any:
@@ -253,6 +272,8 @@ def _connect(store: ObjectStore, tables: Collection[str] | None, *, lazy: bool) 
                 con.execute("CREATE VIEW _versions AS SELECT * FROM _versions_rest")
         con.register("_events", events_table(store) if "_events" in wanted else event_schema().empty_table())
         con.register("_aliases", _aliases_table(store) if "_aliases" in wanted else _aliases_schema().empty_table())
+        con.register("_event_signatures", _event_signatures_table(store) if "_event_signatures" in wanted
+                     else _event_signatures_schema().empty_table())
         con.execute(_VIEWS)
         con.execute("SET lock_configuration = true")
     except BaseException:
@@ -392,6 +413,7 @@ class Snapshot:
             con.register("_versions", version_schema().empty_table())
             con.register("_events", event_schema().empty_table())
             con.register("_aliases", _aliases_schema().empty_table())
+            con.register("_event_signatures", _event_signatures_schema().empty_table())
             con.execute(_VIEWS)
             con.execute("SET lock_configuration = true")
         except BaseException:
@@ -405,6 +427,9 @@ class Snapshot:
             data = versions_table(self.store, sort=False)
         elif table == "_events":
             data = events_table(self.store, sort=False)
+        elif table == "_event_signatures":  # not in the fingerprint: listed again for every query
+            self.con.register(table, _event_signatures_table(self.store))
+            return
         else:
             data = _aliases_table(self.store)
         self.con.register(table, data)

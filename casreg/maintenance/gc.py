@@ -46,6 +46,7 @@ from casreg.keys import (
     parse_condemned_key,
     parse_object_key,
     parse_rescue_key,
+    parse_signature_key,
     parse_sweeping_key,
 )
 from casreg.maintenance.condemned import (
@@ -272,6 +273,8 @@ def _delete_order(key: str) -> int:
     """Manifests first (they lead to packs), then indexes (they advertise chunks to
     pushers), then packs: an interrupted sweep never leaves a path to a missing object."""
     kind = parse_object_key(key)
+    if kind is None and parse_signature_key(key) is not None:
+        return -1  # a deleted version's signature: before its manifest, so none is left naming nothing
     return {MANIFESTS: 0, INDEXES: 1, PACKS: 2}.get(kind[0] if kind else "", 3)
 
 
@@ -386,6 +389,15 @@ def _sweep(run: _Run, s: Reachability, sweeping: list[tuple[Record, set[str]]]) 
     temps: list[Condemned] = []
     for r, spare in sweeping:
         for o in r.objects:
+            signed = parse_signature_key(o.key)
+            if signed is not None:  # a deleted version's signature goes with its manifest, never before
+                hexd = signed[0]
+                alive = hexd in s.reachable or (hexd in s.manifests and hexd not in doomed_manifests)
+                if alive or o.key in spare or manifest_key(hexd) in spare:
+                    run.report.spared.append(GcObject(o.key, o.size))
+                else:
+                    to_delete.append(o)
+                continue
             kind = parse_object_key(o.key)
             if kind is None:
                 run.report.warnings.append(f"record {r.key} names {o.key[:80]!r}, which is not an object key; ignored")
@@ -452,6 +464,7 @@ def _mark(run: _Run, s: Reachability, pending: list[Record]) -> None:
         if not stats or any(st[1] is not None and start - st[1] < g for _, st in stats):
             continue
         candidates += [GcObject(k, st[0]) for k, st in stats]
+    candidates += _condemned_signatures(run, s, {o.key for o in candidates}, pending_keys)
     temporaries = [GcObject(t.name, t.size) for t in store.leftovers()
                    if start - t.modified >= g and t.name not in pending_temps]
     run.report.condemned = candidates + temporaries
@@ -462,6 +475,29 @@ def _mark(run: _Run, s: Reachability, pending: list[Record]) -> None:
         run.report.record = key
         run.report.pending.append(GcRecordInfo(key, created, created + run.delay, len(run.report.condemned),
                                                run.report.condemned_bytes))
+
+
+def _condemned_signatures(run: _Run, s: Reachability, condemned: set[str], pending: set[str]) -> list[GcObject]:
+    """The signature objects (``signatures/<hex>/...``) of versions that are deleted and
+    whose manifest is gone or condemned now, older than the grace period: they go in the
+    same record as the manifest, and the sweep deletes them only with it (a version that
+    reuses the digest meanwhile keeps them: the sweep recomputes what is reachable, and a
+    rescue of the manifest spares them too). A signature of a digest no version of the
+    ledger has is left alone (signing writes it only for an existing version)."""
+    deleted = {v.hexdigest for v in s.versions if (v.name, v.version) in s.deleted} - s.reachable
+    out: list[GcObject] = []
+    for hexd in sorted(deleted & set(s.signatures)):
+        manifest = s.manifests.get(hexd)
+        if manifest is not None and manifest not in condemned and manifest not in pending:
+            continue  # the manifest waits (grace period): so does its signature
+        for key in sorted(s.signatures[hexd]):
+            if key in run.deleted_keys or key in pending:
+                continue
+            st = object_stat(run.store, key)
+            if st is None or (st[1] is not None and run.start - st[1] < run.grace):
+                continue
+            out.append(GcObject(key, st[0]))
+    return out
 
 
 def _record_id_of(key: str) -> str | None:

@@ -25,7 +25,18 @@ from casreg.content.manifest import Manifest
 from casreg.content.packs import decode_index
 from casreg.digest import Digest
 from casreg.errors import CasregError, IntegrityError, NotFoundError
-from casreg.keys import INDEXES, MANIFESTS, PACKS, VERSIONS, manifest_key, parse_object_key, parse_version_segment_key
+from casreg.keys import (
+    EVENT_SIGNATURES,
+    INDEXES,
+    MANIFESTS,
+    PACKS,
+    SIGNATURES,
+    VERSIONS,
+    manifest_key,
+    parse_object_key,
+    parse_signature_key,
+    parse_version_segment_key,
+)
 from casreg.storage import ObjectStore
 
 __all__ = ["Reachability", "VersionRef", "deleted_versions", "ledger_versions", "scan"]
@@ -154,6 +165,7 @@ class Reachability:
     reachable: set[str] = field(default_factory=set)  # manifest hexes the ledger reaches
     reachable_packs: set[str] = field(default_factory=set)
     leftovers: dict[str, frozenset[str]] = field(default_factory=dict)  # unreachable manifest -> its packs
+    signatures: dict[str, list[str]] = field(default_factory=dict)  # version hex -> its signature objects
     repack_packs: int = 0
     repack_bytes: int = 0
 
@@ -191,6 +203,10 @@ def scan(store: ObjectStore, *, threads: int | None = None, repack: bool = True)
             parsed = parse_object_key(key)
             if parsed is not None and parsed[0] == prefix:
                 target[parsed[1]] = key
+    for key in store.list(f"{SIGNATURES}/"):  # version signatures; governance events' are never collected
+        sig = None if key.startswith(f"{EVENT_SIGNATURES}/") else parse_signature_key(key)
+        if sig is not None:
+            s.signatures.setdefault(sig[0], []).append(key)
     s.versions = ledger_versions(store)
     s.deleted, s.warnings = deleted_versions(store, s.versions)
     s.reachable = {v.hexdigest for v in s.versions if (v.name, v.version) not in s.deleted}
