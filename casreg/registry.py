@@ -929,6 +929,8 @@ class Registry:
 
             try:
                 one = audit_version(self.store, *named)
+            except IntegrityError as err:  # a damaged policy, event or pointer: nothing else names it here
+                report.problems.append(Problem("signing checks", "corrupt", f"signed events were not checked: {err}"))
             except CasregError as err:
                 report.warnings.append(f"signed events were not checked: {err}")
             else:
