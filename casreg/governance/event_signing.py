@@ -32,7 +32,7 @@ import binascii
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -163,6 +163,34 @@ def sign_event(store: ObjectStore, event: AliasEvent, signer: EventSigner, previ
     key = event_signature_key(event.event_id, signer.public.fingerprint)
     store.create(key, json.dumps(envelope, indent=2).encode() + b"\n")
     return key
+
+
+def signs_event(store: ObjectStore, signer: EventSigner | None) -> Callable[[AliasEvent], None] | None:
+    """What signs an event before it is appended (``record_event``'s ``before``);
+    ``None`` when there is nothing to sign with."""
+    if signer is None:
+        return None
+    chosen = signer
+
+    def sign(event: AliasEvent) -> None:
+        sign_event(store, event, chosen)
+
+    return sign
+
+
+def signs_move(store: ObjectStore,
+               signer: EventSigner | None) -> Callable[[AliasEvent, AliasEvent | None], None] | None:
+    """What signs a move before its pointer is swapped (``move_alias``'s ``before_swap``,
+    given the move and the pointer's previous event); ``None`` when there is nothing to
+    sign with."""
+    if signer is None:
+        return None
+    chosen = signer
+
+    def sign(event: AliasEvent, previous: AliasEvent | None) -> None:
+        sign_event(store, event, chosen, previous.event_id if previous is not None else None)
+
+    return sign
 
 
 # -- checking ------------------------------------------------------------------------------------------

@@ -66,10 +66,8 @@ from casreg.redact import REDACTED, is_secret_name, redact_url, url_credentials
 from casreg.storage import ByteRange, ObjectStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
 
     from casreg.governance.event_signing import EventSigner
-    from casreg.records import AliasEvent
 
 __all__ = [
     "Hook",
@@ -438,21 +436,6 @@ def _hooks_signer(store: ObjectStore, key: str | os.PathLike[str] | None) -> Eve
     return signer
 
 
-def _sign_with(store: ObjectStore, signer: EventSigner | None) -> Callable[[AliasEvent], None] | None:
-    """What signs the ``hooks.set`` event before it is appended (``None``: no signer)."""
-    from casreg.governance.event_signing import sign_event
-
-    if signer is None:
-        return None
-
-    chosen = signer
-
-    def sign(event: AliasEvent) -> None:
-        sign_event(store, event, chosen)
-
-    return sign
-
-
 def write_hooks(store: ObjectStore, text: str, *, expected_digest: str | None | bool = True,
                 key: str | os.PathLike[str] | None = None) -> HooksConfig:
     """Validate ``text`` and make it the registry's hooks configuration, by compare-and-swap.
@@ -489,10 +472,12 @@ def write_hooks(store: ObjectStore, text: str, *, expected_digest: str | None | 
         raise ConflictError("the hooks config was changed by someone else meanwhile; nothing was changed "
                             "(run casreg hooks show and try again)") from None
     digest = Digest.of(data)
+    from casreg.governance.event_signing import signs_event
+
     try:
         record_event(store, name=REGISTRY_EVENTS, kind="hooks.set", reason=f"{len(hooks)} hook(s)",
                      details={"digest": digest, "previous": current_digest, "hooks": [h.name for h in hooks]},
-                     before=_sign_with(store, signer))
+                     before=signs_event(store, signer))
     except Exception as err:  # the change is made; a missing audit row must not undo it
         log.warning("hooks config written but its hooks.set event was not recorded: %s", _one_line(err))
     return HooksConfig(hooks, text, digest, token)

@@ -36,8 +36,9 @@ from casreg.governance.event_signing import (
     person_keys,
     pusher_persons,
     require_signer,
-    sign_event,
     signed_approvers,
+    signs_event,
+    signs_move,
 )
 from casreg.governance.policy import (
     DamagedPolicyError,
@@ -157,31 +158,6 @@ def rules_and_keys(store: ObjectStore, name: str | None) -> tuple[Policy, dict[s
     if current is None:
         return Policy(), {}
     return current.for_model(name), (person_keys(current.doc) if "keys" in current.doc else {})
-
-
-def _signing_move(store: ObjectStore,
-                  signer: EventSigner | None) -> Callable[[AliasEvent, AliasEvent | None], None] | None:
-    """What signs a move before its pointer is swapped (``None``: nothing to sign with)."""
-    if signer is None:
-        return None
-    chosen = signer
-
-    def sign(event: AliasEvent, previous: AliasEvent | None) -> None:
-        sign_event(store, event, chosen, previous.event_id if previous is not None else None)
-
-    return sign
-
-
-def _signing(store: ObjectStore, signer: EventSigner | None) -> Callable[[AliasEvent], None] | None:
-    """What signs an event before it is appended (``None``: nothing to sign with)."""
-    if signer is None:
-        return None
-    chosen = signer
-
-    def sign(event: AliasEvent) -> None:
-        sign_event(store, event, chosen)
-
-    return sign
 
 
 def held_by(store: ObjectStore, name: str, version: int, *, besides: str | None = None,
@@ -321,7 +297,7 @@ def promote(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify
         assert seen is not None and seen.to_digest is not None
         details["archived"] = {"version": current_version, "digest": seen.to_digest}
     event = move_alias(store, name, stage, (version.digest, version.version), reason=reason,
-                       kind=kind, details=details or None, seen=seen, before_swap=_signing_move(store, signer))
+                       kind=kind, details=details or None, seen=seen, before_swap=signs_move(store, signer))
     notify(event.to_dict())
     return Promotion(name, stage, version.version, version.digest, tuple(checks), event, current_version, archived)
 
@@ -367,7 +343,7 @@ def rollback(store: ObjectStore, name: str, alias: str, *, notify: EventSink, re
             and not held_by(store, name, leaving, besides=alias)):
         details["archived"] = {"version": leaving, "digest": last.to_digest}
     event = move_alias(store, name, alias, (last.from_digest, last.from_version), reason=reason,
-                       kind="rollback", details=details, seen=last, before_swap=_signing_move(store, signer))
+                       kind="rollback", details=details, seen=last, before_swap=signs_move(store, signer))
     notify(event.to_dict())
     return event
 
@@ -392,7 +368,7 @@ def archive(store: ObjectStore, name: str, ref: str | int, *, notify: EventSink,
         raise InvalidInputError(f"{version.ref} is already archived (by {already.author} at {_iso(already.time)})")
     signer = load_signer(key)
     event = record_event(store, name=name, kind="archive", to=(version.digest, version.version), reason=reason,
-                         before=_signing(store, signer))
+                         before=signs_event(store, signer))
     notify(event.to_dict())
     return event
 
@@ -430,7 +406,7 @@ def decide(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify:
         past = "approved" if approve else "rejected"
         raise InvalidInputError(f"{user} already {past} {version.ref} for {stage} at {_iso(mine.time)}")
     event = record_event(store, name=name, kind=word, alias=stage, to=(version.digest, version.version),
-                         reason=comment, before=_signing(store, signer))
+                         reason=comment, before=signs_event(store, signer))
     notify(event.to_dict())
     return event
 
@@ -467,7 +443,7 @@ def set_policy(store: ObjectStore, text: str, *, notify: EventSink,
         restore_policy(store, err.pin, data)
         event = record_event(store, name=REGISTRY_EVENTS, kind="policy.restore", reason=reason,
                              details={"policy_version": err.pin.version, "digest": err.pin.digest,
-                                      "pinned_by": err.pin.event.event_id}, before=_signing(store, restorer))
+                                      "pinned_by": err.pin.event.event_id}, before=signs_event(store, restorer))
         notify(event.to_dict())
         return err.pin.version, event
     except UnpinnedPolicyError as err:  # set it again, as the latest pinned policy allows
@@ -480,7 +456,7 @@ def set_policy(store: ObjectStore, text: str, *, notify: EventSink,
     event = record_event(store, name=REGISTRY_EVENTS, kind="policy.set", reason=reason,
                          details={"policy_version": stored.version, "digest": stored.digest,
                                   "previous_version": current.version if current else None},
-                         before=_signing(store, signer))
+                         before=signs_event(store, signer))
     notify(event.to_dict())
     return stored.version, event
 
@@ -511,6 +487,6 @@ def remove_alias(store: ObjectStore, name: str, alias: str, *, notify: EventSink
         require_signer(signer, keys, policy, "promote", alias, f"removing {name}@{alias}")
     else:
         policy.require_permission(current_author(), "promote", alias, what=f"removing {name}@{alias}")
-    event = move_alias(store, name, alias, None, reason=reason, before_swap=_signing_move(store, signer))
+    event = move_alias(store, name, alias, None, reason=reason, before_swap=signs_move(store, signer))
     notify(event.to_dict())
     return event

@@ -168,11 +168,10 @@ def _audit_pointer(store: ObjectStore, state: SigningState, policy: Policy, move
                                         f"{policy.version} requires"))
 
 
-def audit_signed_events(store: ObjectStore) -> SigningAudit:
-    """Every pointer whose current state no valid signed event explains (unsigned, badly
-    signed, signed for another previous state, moved by a key not allowed to, or at a
-    version without the gate's signed approvals), every event signature object by a
-    known key that does not verify against its event, and an untrusted policy."""
+def _begin_audit(store: ObjectStore) -> tuple[SigningState, SigningAudit]:
+    """The signing state, and an audit holding what the policy's trust says (an untrusted
+    policy under a pinned root is a problem; no root pinned, a note) and, when signing is
+    not configured, the note that says so (nothing else is then checked)."""
     state = signing_state(store)
     audit = SigningAudit(state.configured)
     if state.trust.pinned and not state.trust.trusted:
@@ -181,6 +180,16 @@ def audit_signed_events(store: ObjectStore) -> SigningAudit:
         audit.notes.append(state.trust.detail)
     if not state.configured:
         audit.notes.append(NOT_CONFIGURED)
+    return state, audit
+
+
+def audit_signed_events(store: ObjectStore) -> SigningAudit:
+    """Every pointer whose current state no valid signed event explains (unsigned, badly
+    signed, signed for another previous state, moved by a key not allowed to, or at a
+    version without the gate's signed approvals), every event signature object by a
+    known key that does not verify against its event, and an untrusted policy."""
+    state, audit = _begin_audit(store)
+    if not state.configured:
         return audit
     current = read_policy(store)
     listed = list_event_signatures(store)
@@ -293,14 +302,8 @@ def audit_version(store: ObjectStore, name: str, number: int) -> SigningAudit:
     from casreg.content.manifest import read_manifest
     from casreg.governance.signing import check_signatures
 
-    state = signing_state(store)
-    audit = SigningAudit(state.configured)
-    if state.trust.pinned and not state.trust.trusted:
-        audit.problems.append(("policy", state.trust.detail))
-    elif not state.trust.pinned and state.configured:
-        audit.notes.append(state.trust.detail)
+    state, audit = _begin_audit(store)
     if not state.configured:
-        audit.notes.append(NOT_CONFIGURED)
         return audit
     version = read_version(store, name, number)
     manifest = read_manifest(store, version.digest)
