@@ -298,7 +298,7 @@ class Registry:
                         stored_bytes=0, new_bytes=0, file_count=0, chunk_count=0, created_at=created_at or utcnow(),
                         author=author, framework=framework, description=description,
                         metrics=clean_metrics(metrics), params=clean_labels("param", params),
-                        tags=clean_labels("tag", tags), lineage=lineage)
+                        tags=clean_labels("tag", tags), lineage=lineage)  # the record, before its content
         check_record_size(probe)  # before any byte is stored
         check_push(self.store, probe, pusher)
 
@@ -310,29 +310,33 @@ class Registry:
                                        check_writes=self.check_writes, tree=config.tree,
                                        float_codec=config.float_codec,
                                        parent=self._delta_parent(name, parent) if config.delta_codec else None)
-        record = Version(
-            name=name, version=0, digest=manifest.version_digest, kind=manifest.kind,
-            size=stats.size, stored_bytes=stats.stored_bytes, new_bytes=stats.new_raw_bytes,
-            file_count=len(source.files), chunk_count=stats.chunks, created_at=created_at or utcnow(), author=author,
-            framework=framework, description=description, metrics=probe.metrics, params=probe.params,
-            tags=probe.tags, lineage=lineage,
-        )
+        record = replace(
+            probe, digest=manifest.version_digest, kind=manifest.kind, size=stats.size,
+            stored_bytes=stats.stored_bytes, new_bytes=stats.new_raw_bytes, file_count=len(source.files),
+            chunk_count=stats.chunks, created_at=created_at or utcnow())
         files = [{"path": e.path, "type": e.type, "size": e.size, "digest": e.digest.hex() if e.digest else None}
                  for e in manifest.entries]
         check_before_commit(self.store, manifest, threads=self.threads)  # gc protocol (docs/gc.md): right before
         version = commit_version(self.store, record, files, tree=config.tree)
         # "kind" is the event's (push); the version's own kind (file/dir) goes under version_kind
         self._notify({**version.to_dict(), "kind": "push", "version_kind": version.kind})
+        self._after_push(version, alias)
+        return version
+
+    def _after_push(self, version: Version, alias: str | None) -> None:
+        """The steps after a push's commit: move ``alias`` (a refusal raises
+        :class:`AliasNotMovedError`, which says the version was committed) and compact the
+        ledger when due, either way."""
         try:
             if alias is not None:
-                self.set_alias(name, alias, version.version, reason=f"push {version.ref} --alias")
+                self.set_alias(version.name, alias, version.version, reason=f"push {version.ref} --alias")
         except CasregError as err:
             raise AliasNotMovedError(
-                f"{version.ref} was committed ({version.digest}), but moving {name}@{alias} was refused: {err}",
-                name=name, version=version.version, digest=str(version.digest), cause=err) from err
+                f"{version.ref} was committed ({version.digest}), but moving {version.name}@{alias} was refused: "
+                f"{err}", name=version.name, version=version.version, digest=str(version.digest),
+                cause=err) from err
         finally:
             self._auto_compact(version)  # the version is committed either way
-        return version
 
     def _delta_parent(self, name: str, parent: str | None) -> Manifest | None:
         """The version a push to a ``casreg/4`` registry codes deltas against: ``parent``

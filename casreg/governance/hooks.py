@@ -297,73 +297,87 @@ def parse_hooks(text: str, *, source: str = HOOKS_KEY, stored: bool = False) -> 
     out: list[Hook] = []
     seen: set[str] = set()
     for i, h in enumerate(raw_hooks):
-        where = f"hooks[{i}]"
-        name = h.get("name")
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise InvalidHooksError(f"hooks: {where}: 'name' must be 1-64 letters, digits, '_', '.' or '-' "
-                                    f"(got {name!r})")
-        where = f"hook {name!r}"
-        if name in seen:
-            raise InvalidHooksError(f"hooks: two hooks are named {name!r}")
-        seen.add(name)
-        bad = sorted(set(h) - _HOOK_KEYS)
-        if bad:
-            secretish = next((k for k in bad if is_secret_name(k) or any(w in k.lower() for w in _SECRET_WORDS)), None)
-            if secretish:
-                raise InvalidHooksError(
-                    f"hooks: {where}: {secretish!r}{_line_of(text, secretish)}: secrets are never stored in the "
-                    "registry; put it in an environment variable and name that with secret_env = \"VAR\"")
-            raise InvalidHooksError(f"hooks: {where}: unknown key {bad[0]!r}{_line_of(text, bad[0])} "
-                                    f"(known: {', '.join(sorted(_HOOK_KEYS))})")
-        url, command = h.get("url"), h.get("command")
-        if (url is None) == (command is None):
-            raise InvalidHooksError(f"hooks: {where}: give exactly one of url = \"https://...\" or command = ...")
-        if url is not None:
-            parts = urlsplit(url) if isinstance(url, str) else None
-            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or _port(parts) is False:
-                raise InvalidHooksError(f"hooks: {where}: url{_line_of(text, str(url))} must be an http:// or "
-                                        f"https:// URL, got {redact_url(repr(url))}")
-            found = url_credentials(url)
-            if found and not stored:
-                raise InvalidHooksError(
-                    f"hooks: {where}: url{_line_of(text, url)} carries a credential ({found[0]}); secrets are never "
-                    "stored in the registry: put the secret in an environment variable and send it in a header, "
-                    "e.g. headers = { Authorization = \"Bearer ${VAR}\" }, or sign with secret_env = \"VAR\"")
-        if command is not None:
-            if isinstance(command, list) and command and all(isinstance(c, str) and c for c in command):
-                command = tuple(command)
-            elif not (isinstance(command, str) and command.strip()):
-                raise InvalidHooksError(f"hooks: {where}: command must be a string (run by /bin/sh) or a "
-                                        "non-empty list of strings (argv)")
-            found = url_credentials(command if isinstance(command, str) else " ".join(command))
-            if found and not stored:
-                raise InvalidHooksError(
-                    f"hooks: {where}: command carries a URL with a credential ({found[0]}); secrets are never "
-                    "stored in the registry: the command runs with the environment of the process that fires "
-                    "it, so read the secret from an environment variable there")
-        secret_env = h.get("secret_env")
-        if secret_env is not None and not (isinstance(secret_env, str) and _ENV.fullmatch(secret_env)):
-            raise InvalidHooksError(f"hooks: {where}: secret_env must name an environment variable, got {secret_env!r}")
-        headers = h.get("headers", {})
-        if not isinstance(headers, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
-            raise InvalidHooksError(f"hooks: {where}: headers must be a table of strings")
-        if not stored:
-            _check_headers(headers, where, text)
-        enabled = h.get("enabled", True)
-        if not isinstance(enabled, bool):
-            raise InvalidHooksError(f"hooks: {where}: enabled must be true or false")
-        tuning = {k: _check_tuning(f"{where}.{k}", h[k], k, text) if k in h else defaults[k]
-                  for k in ("retries", "backoff", "timeout")}
-        out.append(Hook(
-            name=name, url=url, command=command,
-            events=_patterns(h.get("events", "*"), f"{where}.events", text),
-            models=_patterns(h.get("models", "*"), f"{where}.models", text),
-            aliases=_patterns(h["aliases"], f"{where}.aliases", text) if "aliases" in h else None,
-            secret_env=secret_env, headers=dict(headers), enabled=enabled,
-            retries=int(tuning["retries"]), backoff=float(tuning["backoff"]), timeout=float(tuning["timeout"]),
-        ))
+        out.append(_parse_hook(i, h, defaults, text, stored=stored, seen=seen))
     return tuple(out)
+
+
+def _parse_hook(i: int, h: dict[str, Any], defaults: Mapping[str, float], text: str, *, stored: bool,
+                seen: set[str]) -> Hook:
+    """One ``[[hooks]]`` table (the ``i``-th) as a :class:`Hook`, its name added to ``seen``
+    (the names of the tables before it, which it may not repeat); see :func:`parse_hooks`."""
+    where = f"hooks[{i}]"
+    name = h.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidHooksError(f"hooks: {where}: 'name' must be 1-64 letters, digits, '_', '.' or '-' "
+                                f"(got {name!r})")
+    where = f"hook {name!r}"
+    if name in seen:
+        raise InvalidHooksError(f"hooks: two hooks are named {name!r}")
+    seen.add(name)
+    bad = sorted(set(h) - _HOOK_KEYS)
+    if bad:
+        secretish = next((k for k in bad if is_secret_name(k) or any(w in k.lower() for w in _SECRET_WORDS)), None)
+        if secretish:
+            raise InvalidHooksError(
+                f"hooks: {where}: {secretish!r}{_line_of(text, secretish)}: secrets are never stored in the "
+                "registry; put it in an environment variable and name that with secret_env = \"VAR\"")
+        raise InvalidHooksError(f"hooks: {where}: unknown key {bad[0]!r}{_line_of(text, bad[0])} "
+                                f"(known: {', '.join(sorted(_HOOK_KEYS))})")
+    url, command = _check_target(h.get("url"), h.get("command"), where, text, stored=stored)
+    secret_env = h.get("secret_env")
+    if secret_env is not None and not (isinstance(secret_env, str) and _ENV.fullmatch(secret_env)):
+        raise InvalidHooksError(f"hooks: {where}: secret_env must name an environment variable, got {secret_env!r}")
+    headers = h.get("headers", {})
+    if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        raise InvalidHooksError(f"hooks: {where}: headers must be a table of strings")
+    if not stored:
+        _check_headers(headers, where, text)
+    enabled = h.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise InvalidHooksError(f"hooks: {where}: enabled must be true or false")
+    tuning = {k: _check_tuning(f"{where}.{k}", h[k], k, text) if k in h else defaults[k]
+              for k in ("retries", "backoff", "timeout")}
+    return Hook(
+        name=name, url=url, command=command,
+        events=_patterns(h.get("events", "*"), f"{where}.events", text),
+        models=_patterns(h.get("models", "*"), f"{where}.models", text),
+        aliases=_patterns(h["aliases"], f"{where}.aliases", text) if "aliases" in h else None,
+        secret_env=secret_env, headers=dict(headers), enabled=enabled,
+        retries=int(tuning["retries"]), backoff=float(tuning["backoff"]), timeout=float(tuning["timeout"]),
+    )
+
+
+def _check_target(url: Any, command: Any, where: str, text: str, *,
+                  stored: bool) -> tuple[str | None, str | tuple[str, ...] | None]:
+    """A hook's ``url`` or ``command`` (exactly one), checked: an http(s) URL, or a shell
+    string or argv list; neither may carry a credential unless ``stored``."""
+    if (url is None) == (command is None):
+        raise InvalidHooksError(f"hooks: {where}: give exactly one of url = \"https://...\" or command = ...")
+    if url is not None:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or _port(parts) is False:
+            raise InvalidHooksError(f"hooks: {where}: url{_line_of(text, str(url))} must be an http:// or "
+                                    f"https:// URL, got {redact_url(repr(url))}")
+        found = url_credentials(url)
+        if found and not stored:
+            raise InvalidHooksError(
+                f"hooks: {where}: url{_line_of(text, url)} carries a credential ({found[0]}); secrets are never "
+                "stored in the registry: put the secret in an environment variable and send it in a header, "
+                "e.g. headers = { Authorization = \"Bearer ${VAR}\" }, or sign with secret_env = \"VAR\"")
+    if command is not None:
+        if isinstance(command, list) and command and all(isinstance(c, str) and c for c in command):
+            command = tuple(command)
+        elif not (isinstance(command, str) and command.strip()):
+            raise InvalidHooksError(f"hooks: {where}: command must be a string (run by /bin/sh) or a "
+                                    "non-empty list of strings (argv)")
+        found = url_credentials(command if isinstance(command, str) else " ".join(command))
+        if found and not stored:
+            raise InvalidHooksError(
+                f"hooks: {where}: command carries a URL with a credential ({found[0]}); secrets are never "
+                "stored in the registry: the command runs with the environment of the process that fires "
+                "it, so read the secret from an environment variable there")
+    return url, command
 
 
 def _check_headers(headers: Mapping[str, str], where: str, text: str) -> None:

@@ -75,7 +75,7 @@ from casreg.ledger.schema import (
 )
 from casreg.ledger.segments import is_event_key, read_many
 from casreg.records import JsonValue
-from casreg.storage import ObjectStore
+from casreg.storage import ObjectStore, Versioned
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -223,127 +223,183 @@ def compact(
     per table (re-reading, and so checking, every compacted file). A listed file found
     missing or damaged while HEAD stays the same makes it rebuild from the segments.
     ``until(head)`` returning True for the HEAD in force stops early without
-    work (used by the automatic trigger: someone else compacted meanwhile)."""
-    import pyarrow as pa
+    work (used by the automatic trigger: someone else compacted meanwhile).
 
+    Each attempt runs four phases: read the HEAD in force, list what it does not cover,
+    merge and write the new files, swap HEAD. A lost race or a HEAD whose files proved
+    unavailable starts the next attempt."""
     started = time.monotonic()
-    vschema, eschema = version_schema(), compacted_event_schema()
 
     def elapsed() -> float:
         return time.monotonic() - started
 
     distrusted: str | None = None  # token of a HEAD one of whose files proved missing or damaged
     for attempt in range(1, max_attempts + 1):
-        current = store.read_versioned(HEAD_KEY)
-        head: LedgerHead | None = None
-        if current is not None:
-            try:
-                head = LedgerHead.from_json(current.data)
-            except ValueError as err:
-                log.warning("casreg: %s is unreadable (%s); rebuilding it from the segments", HEAD_KEY, err)
-            if head is not None and current.token == distrusted:
-                # the same HEAD as when its file failed: not superseded, so missing or damaged
-                log.warning("casreg: a file %s lists is missing or damaged; rebuilding the compacted ledger "
-                            "from the segments", HEAD_KEY)
-                head = None
+        current, head = _head_in_force(store, distrusted)
         if head is not None and until is not None and until(head):
             return CompactResult(False, head.generation, versions_total=_rows(head.versions),
                                  events_total=_rows(head.events), attempts=attempt, seconds=elapsed())
-
-        # What HEAD covers: versions from its numbers, events from the segment column.
-        base_events = eschema.empty_table()
-        if head is not None:
-            try:
-                _check_present(store, head.versions, read=full)  # (else their bytes are checked when merged)
-                base_events = _load(store, head.events, eschema)
-            except CompactedUnavailable:
-                # superseded meanwhile (start from the newer HEAD), or, if HEAD is unchanged
-                # on the next attempt, missing or damaged (rebuild)
-                distrusted = current.token if current is not None else None
-                continue
-        covered = dict(head.covered) if head else {}
-        covered_events = set(base_events.column(SEGMENT_COLUMN).to_pylist())
-
-        # Versions: per model, the contiguous run of numbers right after the covered one
-        # (a listing may miss a number created while it runs; coverage never skips one).
-        numbers: dict[str, set[int]] = defaultdict(set)
-        for key in store.list(VERSIONS):
-            parsed = parse_version_segment_key(key)
-            if parsed is not None:
-                numbers[parsed[0]].add(parsed[1])
-        version_keys: list[str] = []
-        new_covered = dict(covered)
-        for name in sorted(numbers):
-            n = covered.get(name, 0)
-            while n + 1 in numbers[name]:
-                n += 1
-                version_keys.append(version_segment_key(name, n))
-            if n:
-                new_covered[name] = n
-        # Events: every segment whose key is not in the compacted events' segment column.
-        event_keys = sorted(k for k in store.list(EVENTS) if is_event_key(k) and k not in covered_events)
-
-        now = clock()
-        old_v = head.versions if head else ()
-        old_e = head.events if head else ()
-        # full: one file per table in the end (nothing to do for a table already in one file)
-        merge_v = _plan(old_v, len(version_keys), full=full and (len(old_v) > 1 or bool(version_keys)),
-                        max_files=max_files)
-        merge_e = _plan(old_e, len(event_keys), full=full and (len(old_e) > 1 or bool(event_keys)),
-                        max_files=max_files)
-        if head is not None and not version_keys and not event_keys and not merge_v and not merge_e:
-            return CompactResult(False, head.generation, versions_total=_rows(old_v), events_total=_rows(old_e),
-                                 removed=_garbage(store, head, grace, now), attempts=attempt, seconds=elapsed())
-        if head is None and current is None and not version_keys and not event_keys:
-            return CompactResult(False, 0, attempts=attempt, seconds=elapsed())
-
-        new_versions = segments_table(version_keys, read_many(store, version_keys), vschema)
-        new_events = segments_table(event_keys, read_many(store, event_keys), event_schema(), with_key=True)
         try:
-            merged_v = [_load(store, old_v[len(old_v) - merge_v:], vschema)] if merge_v else []
-            merged_e = [_load(store, old_e[len(old_e) - merge_e:], eschema)] if merge_e else []
+            work = _uncovered(store, head, full=full, max_files=max_files)
+            if work.is_empty(head):
+                if head is not None:
+                    return CompactResult(False, head.generation, versions_total=_rows(head.versions),
+                                         events_total=_rows(head.events),
+                                         removed=_garbage(store, head, grace, clock()), attempts=attempt,
+                                         seconds=elapsed())
+                if current is None:
+                    return CompactResult(False, 0, attempts=attempt, seconds=elapsed())
+            now = clock()
+            new_versions, new_events, written, versions_files, events_files = _merge_and_write(store, work, now)
         except CompactedUnavailable:
-            distrusted = current.token if current is not None else None  # as above
+            # superseded meanwhile (start from the newer HEAD), or, if HEAD is unchanged
+            # on the next attempt, missing or damaged (rebuild)
+            distrusted = current.token if current is not None else None
             continue
-        written: list[CompactedFile] = []
-        versions_files, events_files = old_v, old_e
-        if merge_v or new_versions.num_rows:
-            table = sort_versions(pa.concat_tables([*merged_v, new_versions]).combine_chunks())
-            f = _write(store, "versions", table, now)
-            written.append(f)
-            versions_files = old_v[:len(old_v) - merge_v] + (f,)
-        if merge_e or new_events.num_rows:
-            table = sort_events(pa.concat_tables([*merged_e, new_events]).combine_chunks())
-            f = _write(store, "events", table, now)
-            written.append(f)
-            events_files = old_e[:len(old_e) - merge_e] + (f,)
         new_head = LedgerHead(
             id=uuid.uuid4().hex,
             generation=(head.generation if head else 0) + 1,
             created_at=now.isoformat().replace("+00:00", "Z"),
-            covered=new_covered,
+            covered=work.new_covered,
             versions=versions_files,
             events=events_files,
         )
-        try:
-            store.swap(HEAD_KEY, new_head.to_json(), current.token if current else None)
-        except ConflictError:
-            # A lost race, or (on a remote store) a swap that went through but reported a
-            # conflict when retried: HEAD tells which.
-            in_force = read_head(store)
-            if in_force is None or in_force.id != new_head.id:
-                for f in written:  # unreferenced: nobody else knows these names
-                    store.delete(f.key)
-                log.info("casreg: compaction lost a race for %s (attempt %d); retrying", HEAD_KEY, attempt)
-                continue
+        if not _swap_head(store, current, new_head, written, attempt):
+            continue
         return CompactResult(
-            True, new_head.generation, versions_added=new_versions.num_rows, events_added=new_events.num_rows,
+            True, new_head.generation, versions_added=new_versions, events_added=new_events,
             versions_total=_rows(versions_files), events_total=_rows(events_files),
             written=[f.key for f in written], removed=_garbage(store, new_head, grace, now), attempts=attempt,
             seconds=elapsed(),
         )
     raise ConflictError(f"ledger compaction lost {max_attempts} races for {HEAD_KEY} in a row "
                         "(others keep compacting); nothing is lost, try again later")
+
+
+def _head_in_force(store: ObjectStore, distrusted: str | None) -> tuple[Versioned | None, LedgerHead | None]:
+    """The stored HEAD and its parsed form; the parsed form is None when there is none, when it
+    is unreadable, or when its token is ``distrusted`` (the same HEAD as when one of its files
+    failed: not superseded, so missing or damaged): compaction then rebuilds from the segments."""
+    current = store.read_versioned(HEAD_KEY)
+    if current is None:
+        return None, None
+    try:
+        head = LedgerHead.from_json(current.data)
+    except ValueError as err:
+        log.warning("casreg: %s is unreadable (%s); rebuilding it from the segments", HEAD_KEY, err)
+        return current, None
+    if current.token == distrusted:
+        log.warning("casreg: a file %s lists is missing or damaged; rebuilding the compacted ledger "
+                    "from the segments", HEAD_KEY)
+        return current, None
+    return current, head
+
+
+@dataclass(frozen=True)
+class _Work:
+    """What one attempt compacts: the segments HEAD does not cover, and how many of the newest
+    compacted files of each table are merged with them (``merge_*`` of ``old_*``)."""
+
+    version_keys: list[str]
+    event_keys: list[str]
+    new_covered: dict[str, int]
+    old_versions: tuple[CompactedFile, ...]
+    old_events: tuple[CompactedFile, ...]
+    merge_versions: int
+    merge_events: int
+
+    def is_empty(self, head: LedgerHead | None) -> bool:
+        """Nothing to write: no new segment and no file to merge."""
+        if head is None:
+            return not self.version_keys and not self.event_keys
+        return not (self.version_keys or self.event_keys or self.merge_versions or self.merge_events)
+
+
+def _uncovered(store: ObjectStore, head: LedgerHead | None, *, full: bool, max_files: int) -> _Work:
+    """List the segments ``head`` does not cover and plan the merge. Raises
+    :class:`CompactedUnavailable` when a file ``head`` lists is missing or damaged."""
+    base_events = compacted_event_schema().empty_table()
+    if head is not None:
+        _check_present(store, head.versions, read=full)  # (else their bytes are checked when merged)
+        base_events = _load(store, head.events, compacted_event_schema())
+    covered = dict(head.covered) if head else {}
+    covered_events = set(base_events.column(SEGMENT_COLUMN).to_pylist())
+
+    # Versions: per model, the contiguous run of numbers right after the covered one
+    # (a listing may miss a number created while it runs; coverage never skips one).
+    numbers: dict[str, set[int]] = defaultdict(set)
+    for key in store.list(VERSIONS):
+        parsed = parse_version_segment_key(key)
+        if parsed is not None:
+            numbers[parsed[0]].add(parsed[1])
+    version_keys: list[str] = []
+    new_covered = dict(covered)
+    for name in sorted(numbers):
+        n = covered.get(name, 0)
+        while n + 1 in numbers[name]:
+            n += 1
+            version_keys.append(version_segment_key(name, n))
+        if n:
+            new_covered[name] = n
+    # Events: every segment whose key is not in the compacted events' segment column.
+    event_keys = sorted(k for k in store.list(EVENTS) if is_event_key(k) and k not in covered_events)
+
+    old_v = head.versions if head else ()
+    old_e = head.events if head else ()
+    # full: one file per table in the end (nothing to do for a table already in one file)
+    merge_v = _plan(old_v, len(version_keys), full=full and (len(old_v) > 1 or bool(version_keys)),
+                    max_files=max_files)
+    merge_e = _plan(old_e, len(event_keys), full=full and (len(old_e) > 1 or bool(event_keys)),
+                    max_files=max_files)
+    return _Work(version_keys, event_keys, new_covered, old_v, old_e, merge_v, merge_e)
+
+
+def _merge_and_write(
+    store: ObjectStore, work: _Work, now: datetime,
+) -> tuple[int, int, list[CompactedFile], tuple[CompactedFile, ...], tuple[CompactedFile, ...]]:
+    """Read the new segments and the files to merge, then write one new file per table that
+    changed. Returns (new version rows, new event rows, files written, the versions files and
+    the events files of the next HEAD). Every read happens before the first write, so a
+    :class:`CompactedUnavailable` leaves nothing behind."""
+    import pyarrow as pa
+
+    vschema, eschema = version_schema(), compacted_event_schema()
+    new_versions = segments_table(work.version_keys, read_many(store, work.version_keys), vschema)
+    new_events = segments_table(work.event_keys, read_many(store, work.event_keys), event_schema(), with_key=True)
+    old_v, old_e, merge_v, merge_e = work.old_versions, work.old_events, work.merge_versions, work.merge_events
+    merged_v = [_load(store, old_v[len(old_v) - merge_v:], vschema)] if merge_v else []
+    merged_e = [_load(store, old_e[len(old_e) - merge_e:], eschema)] if merge_e else []
+    written: list[CompactedFile] = []
+    versions_files, events_files = old_v, old_e
+    if merge_v or new_versions.num_rows:
+        table = sort_versions(pa.concat_tables([*merged_v, new_versions]).combine_chunks())
+        f = _write(store, "versions", table, now)
+        written.append(f)
+        versions_files = old_v[:len(old_v) - merge_v] + (f,)
+    if merge_e or new_events.num_rows:
+        table = sort_events(pa.concat_tables([*merged_e, new_events]).combine_chunks())
+        f = _write(store, "events", table, now)
+        written.append(f)
+        events_files = old_e[:len(old_e) - merge_e] + (f,)
+    return new_versions.num_rows, new_events.num_rows, written, versions_files, events_files
+
+
+def _swap_head(store: ObjectStore, current: Versioned | None, new_head: LedgerHead,
+               written: list[CompactedFile], attempt: int) -> bool:
+    """Swap HEAD to ``new_head``; False (after deleting ``written``, which nobody else knows)
+    when another compaction won the race."""
+    try:
+        store.swap(HEAD_KEY, new_head.to_json(), current.token if current else None)
+    except ConflictError:
+        # A lost race, or (on a remote store) a swap that went through but reported a
+        # conflict when retried: HEAD tells which.
+        in_force = read_head(store)
+        if in_force is None or in_force.id != new_head.id:
+            for f in written:
+                store.delete(f.key)
+            log.info("casreg: compaction lost a race for %s (attempt %d); retrying", HEAD_KEY, attempt)
+            return False
+    return True
 
 
 def _rows(files: tuple[CompactedFile, ...]) -> int:
