@@ -13,9 +13,10 @@ import typer
 if TYPE_CHECKING:
     from casreg.governance.signing import SignatureCheck
     from casreg.governance.state import VersionState
+    from casreg.registry import Registry
 
 from casreg import AliasEvent, AliasPointer, CasregError, FileInfo, IntegrityError, PullResult, Version
-from casreg.errors import MissingDependencyError, MissingMetadataError, UnknownStageError
+from casreg.errors import MissingDependencyError, MissingMetadataError, NotFoundError, UnknownStageError
 from casreg.ledger.pointers import lying_pointers, missing_pointer_message
 from casreg.refs import parse_ref
 from casreg_cli.common import (
@@ -282,6 +283,8 @@ def ls_(
 
     dead = tombstoned(reg.store, name) if versions else set()  # one listing (docs/retention.md)
     if not show_deleted:
+        if name is None:  # a model whose latest version is deleted is listed with its newest live one
+            versions = [_newest_live(reg, v) if (v.name, v.version) in dead else v for v in versions]
         versions = [v for v in versions if (v.name, v.version) not in dead]
     pointers = reg.aliases(name)
     lies = lying_pointers(pointers, versions)  # checked against the rows in hand: no extra read
@@ -313,6 +316,15 @@ def ls_(
     out.table(rows, ["ref", "digest", "size", "created", "author", "aliases", "stage"] if rows else None,
               optional=["framework", "description"], cut=["description"])  # nothing listed: "(no rows)"
     _fail_on_lies(lies, deleted)
+
+
+def _newest_live(reg: Registry, latest: Version) -> Version:
+    """The newest version of ``latest``'s model that is not deleted (``latest`` itself when
+    every version is: the caller then leaves the model out)."""
+    try:
+        return reg.show(latest.name)  # NAME resolves to the newest version that is not deleted
+    except NotFoundError:
+        return latest
 
 
 def _stage(badges: list[str], archived: bool) -> str:

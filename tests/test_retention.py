@@ -127,9 +127,14 @@ def test_a_deleted_version_no_longer_resolves_or_pulls(reg: Registry, cli: Run, 
     # NAME is the newest version not deleted
     reg.delete("m", 3, reason="superseded")
     assert reg.resolve("m").version == 1
+    # the listing of every model shows m with its newest live version, not nothing
+    assert [(v["name"], v["version"]) for v in json.loads(ok(cli("ls", "--json")).stdout)] == [("m", 1)]
+    assert [(v["version"], v["deleted"]) for v in json.loads(ok(cli("ls", "--deleted", "--json")).stdout)] == [
+        (3, True)]
     reg.delete("m", 1, reason="gone")
     with pytest.raises(DeletedVersionError, match="every version of m was deleted"):
         reg.resolve("m")
+    assert json.loads(ok(cli("ls", "--json")).stdout) == []
 
 
 def test_an_alias_blocks_the_deletion(reg: Registry, cli: Run, tmp_path: Path) -> None:
