@@ -521,6 +521,8 @@ class PullResult:
     requests: int = 0  # ranged reads made
     resumed_bytes: int = 0  # bytes kept from an interrupted earlier pull of this version
     cached_bytes: int = 0  # chunk bytes taken from the local chunk cache instead of the registry
+    #: files in the whole version when only part of it was pulled (``include``, ``REF/PATH``); else None
+    version_files: int | None = None
 
     def to_dict(self) -> dict[str, JsonValue]:
         return asdict(self)

@@ -468,9 +468,11 @@ class Registry:
             dest = Path(dest or ".") / own
         stats = materialize(self.store, part, dest, force=force, progress=progress, threads=self.threads,
                             source=manifest_key(manifest.hexdigest))
+        whole = len(manifest.files)
         return PullResult(resolved.name, resolved.version, resolved.digest, str(Path(dest).absolute()),
                           stats.size, stats.files, stats.fetched_bytes, stats.up_to_date,
-                          stats.requests, stats.resumed_bytes, stats.cached_bytes)
+                          stats.requests, stats.resumed_bytes, stats.cached_bytes,
+                          version_files=whole if len(part.files) != whole else None)
 
     def snapshot(self, ref: str | Ref, *, include: str | Iterable[str] | None = None,
                  cache_dir: str | os.PathLike[str] | None = None, verify: bool = False,

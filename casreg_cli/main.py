@@ -159,8 +159,9 @@ def _pulled(out: Output, res: PullResult) -> None:
     if res.up_to_date:
         out.line(f"{res.dest} already holds {label}; nothing rewritten")
     else:
-        out.line(f"pulled {label} to {res.dest} ({human_bytes(res.size)}, "
-                 f"{plural(res.files, 'file')}, verified)")
+        files = (plural(res.files, "file") if res.version_files is None
+                 else f"{res.files:,} of {plural(res.version_files, 'file')}")
+        out.line(f"pulled {label} to {res.dest} ({human_bytes(res.size)}, {files}, verified)")
 
 
 @command(app, example='casreg resolve fraud-detector@production --at 2026-10-01T12:00:00Z')

@@ -105,9 +105,14 @@ def test_cli_pull_path_and_include(tmp_path: Path) -> None:
     work.mkdir()
     p = run_cli(["pull", "minilm@production/config.json", "--json"], env, work)
     assert p.returncode == 0, p.stderr
+    whole = len(reg.manifest("minilm:1").files)
     assert json.loads(p.stdout)["files"] == 1 and (work / "config.json").exists()
+    assert json.loads(p.stdout)["version_files"] == whole > 4
     p = run_cli(["pull", "minilm@production", "out/", "-i", "*.json", "--include", "vocab.txt"], env, work)
     assert p.returncode == 0, p.stderr
+    assert f"4 of {whole} files, verified" in p.stdout  # what part of the version was pulled
+    p = run_cli(["pull", "minilm@production", "all/", "--json"], env, work)
+    assert json.loads(p.stdout)["files"] == whole and json.loads(p.stdout)["version_files"] is None
     assert set(tree(work / "out" / "minilm")) == {"config.json", "tokenizer.json", "1_Pooling/config.json",
                                                   "vocab.txt"}
     p = run_cli(["pull", "minilm@production/missing.json"], env, work)
