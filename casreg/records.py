@@ -17,8 +17,8 @@ from casreg.errors import InvalidInputError
 __all__ = ["Lineage", "Hardware", "CodeInfo", "TensorSpec", "ModelSchema", "lineage_extras", "lineage_field",
            "Version",
            "AliasPointer", "AliasEvent", "Event", "PullResult", "FileInfo", "JsonValue",
-           "clean_labels", "clean_metrics", "check_record_size", "utcnow", "sum_time_units", "MAX_TEXT",
-           "MAX_RECORD_BYTES"]
+           "clean_labels", "clean_metrics", "check_record_size", "utcnow", "iso_utc", "parse_time", "sum_time_units",
+           "MAX_TEXT", "MAX_RECORD_BYTES"]
 
 #: A value as JSON (and ``--json`` output) holds it: what SQL rows and ``to_dict`` give.
 JsonValue: TypeAlias = "None | bool | int | float | str | Sequence[JsonValue] | Mapping[str, JsonValue]"
@@ -63,7 +63,8 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _iso(t: datetime) -> str:
+def iso_utc(t: datetime) -> str:
+    """``t`` in UTC as ISO 8601 with a ``Z`` suffix, the form every record and message uses."""
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -356,7 +357,7 @@ class Version:
 
     def to_dict(self) -> dict[str, JsonValue]:
         d = asdict(self)
-        d["created_at"] = _iso(self.created_at)
+        d["created_at"] = iso_utc(self.created_at)
         return d
 
     @classmethod
@@ -435,7 +436,7 @@ class AliasEvent:
 
     def to_dict(self) -> dict[str, JsonValue]:
         d = asdict(self)
-        d["time"] = _iso(self.time)
+        d["time"] = iso_utc(self.time)
         return d
 
     @classmethod
@@ -496,7 +497,7 @@ class AliasPointer:
 
     def to_dict(self) -> dict[str, JsonValue]:
         return {"name": self.name, "alias": self.alias, "digest": self.digest, "version": self.version,
-                "updated_at": _iso(self.event.time), "author": self.event.author, "reason": self.event.reason,
+                "updated_at": iso_utc(self.event.time), "author": self.event.author, "reason": self.event.reason,
                 "annotations": self.annotations}
 
 

@@ -18,7 +18,7 @@ from casreg.keys import POINTERS, VERSIONS, parse_pointer_key, parse_version_seg
 from casreg.ledger.segments import read_version
 from casreg.ledger.sql import snapshot_cached
 from casreg.ledger.sql import snapshot_query as query
-from casreg.records import JsonValue, Version, _iso, parse_time
+from casreg.records import JsonValue, Version, iso_utc, parse_time
 from casreg.refs import validate_name
 from casreg.storage import ObjectStore
 
@@ -48,7 +48,7 @@ class ModelSummary:
         """The totals (the latest version's own record is :attr:`latest`; these keys do not
         collide with its fields, so the two merge into one JSON object)."""
         return {"versions": self.versions, "total_size": self.logical_bytes, "total_stored_bytes": self.stored_bytes,
-                "last_activity": _iso(self.last_activity)}
+                "last_activity": iso_utc(self.last_activity)}
 
 
 def _utc(t: object) -> datetime:

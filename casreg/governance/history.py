@@ -15,7 +15,7 @@ from casreg.ledger.events import POINTER_KINDS
 from casreg.ledger.history import read_events
 from casreg.ledger.resolve import Resolved, resolve
 from casreg.ledger.segments import latest_number, list_versions, read_version
-from casreg.records import AliasEvent, JsonValue, Version, _iso, utcnow
+from casreg.records import AliasEvent, JsonValue, Version, iso_utc, utcnow
 from casreg.refs import RefKind, parse_ref, validate_name
 from casreg.storage import ObjectStore
 
@@ -41,7 +41,7 @@ class LogEntry:
     event_id: str | None = None
 
     def to_dict(self) -> dict[str, JsonValue]:
-        return {"time": _iso(self.time), "kind": self.kind, "name": self.name, "alias": self.alias,
+        return {"time": iso_utc(self.time), "kind": self.kind, "name": self.name, "alias": self.alias,
                 "from_version": self.from_version, "to_version": self.to_version, "author": self.author,
                 "host": self.host, "reason": self.reason, "from_digest": self.from_digest,
                 "to_digest": self.to_digest, "details": dict(self.details), "event_id": self.event_id}
@@ -110,7 +110,7 @@ def resolve_at(store: ObjectStore, ref: str, at: datetime) -> Resolved:
     """What ``ref`` meant at time ``at``: an alias's target then, a model's latest version
     then; a number or digest must have existed by then."""
     r = parse_ref(ref)
-    when = _iso(at)
+    when = iso_utc(at)
     if r.name is None:
         raise InvalidInputError("resolving at a past time needs a model name (NAME, NAME@ALIAS, NAME:N); "
                                 "a bare digest never changes")
@@ -132,7 +132,7 @@ def resolve_at(store: ObjectStore, ref: str, at: datetime) -> Resolved:
     assert resolved.version is not None and resolved.name is not None
     v = read_version(store, resolved.name, resolved.version)
     if v.created_at > at:
-        raise UnknownReferenceError(f"{r} did not exist yet at {when} (pushed {_iso(v.created_at)})")
+        raise UnknownReferenceError(f"{r} did not exist yet at {when} (pushed {iso_utc(v.created_at)})")
     return resolved
 
 
@@ -183,9 +183,9 @@ def history_page(store: ObjectStore, name: str, *, alias: str | None = None, kin
     if registry_only or (wanted is not None and "push" not in wanted):
         clauses.append("kind <> 'push'")
     if since is not None:
-        clauses.append(f"time >= {_quote(_iso(since))}::TIMESTAMPTZ")
+        clauses.append(f"time >= {_quote(iso_utc(since))}::TIMESTAMPTZ")
     if until is not None:
-        clauses.append(f"time <= {_quote(_iso(until))}::TIMESTAMPTZ")
+        clauses.append(f"time <= {_quote(iso_utc(until))}::TIMESTAMPTZ")
     sql = f"""SELECT * FROM events WHERE {' AND '.join(clauses)}
               ORDER BY time DESC, coalesce(event_id, '') DESC"""
     snap = snapshot(store)

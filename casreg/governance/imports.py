@@ -33,7 +33,7 @@ from casreg.ledger.events import EventSink, record_event
 from casreg.ledger.history import read_events
 from casreg.ledger.pointers import confirm_event, move_alias, read_pointer_event, read_pointer_events
 from casreg.lineage import current_author
-from casreg.records import AliasEvent, JsonValue, _iso, utcnow
+from casreg.records import AliasEvent, JsonValue, iso_utc, utcnow
 from casreg.refs import validate_alias, validate_name
 from casreg.storage import ObjectStore
 
@@ -111,7 +111,7 @@ def import_move(store: ObjectStore, name: str, alias: str, ref: str | int | None
     if seen is not None and not is_imported(seen):
         return ImportedMove(name, alias, number, "kept",
                             f"{name}@{alias} was last moved in casreg ({seen.kind} by {seen.author} at "
-                            f"{_iso(seen.time)}), not by an import; left as it is")
+                            f"{iso_utc(seen.time)}), not by an import; left as it is")
     floors = [seen.time] if seen is not None else []
     if target is not None:
         checks = evaluate(store, policy, target, alias, lambda: read_events(store, name))

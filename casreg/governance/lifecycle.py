@@ -72,7 +72,7 @@ from casreg.ledger.resolve import resolve_in_model
 from casreg.ledger.segments import read_version
 from casreg.ledger.tombstones import deleted_error, read_tombstone
 from casreg.lineage import current_author
-from casreg.records import AliasEvent, JsonValue, Version, _iso
+from casreg.records import AliasEvent, JsonValue, Version, iso_utc
 from casreg.refs import validate_alias, validate_name
 from casreg.storage import ObjectStore
 
@@ -216,7 +216,7 @@ def evaluate(store: ObjectStore, policy: Policy, version: Version, stage: str,
         if rejected:
             r = rejected[-1]
             results.append(GateResult(label, False, f"{version.ref} was rejected for {stage} by {r.author} at "
-                                                   f"{_iso(r.time)}" + (f": {r.reason}" if r.reason else "")))
+                                                   f"{iso_utc(r.time)}" + (f": {r.reason}" if r.reason else "")))
         else:
             ok = len(approvers) >= gate.approvals
             who = f" ({', '.join(approvers)})" if approvers else ""
@@ -269,7 +269,7 @@ def promote(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify
     if if_current is not None:
         expected = resolve_in_model(store, name, if_current).version
         if current_version != expected:
-            by = f" (moved by {seen.author} at {_iso(seen.time)})" if seen is not None else ""
+            by = f" (moved by {seen.author} at {iso_utc(seen.time)})" if seen is not None else ""
             where = f"{name}:{current_version}" if current_version else "unset"
             raise ConflictError(f"{name}@{stage} is at {where}{by}, not {name}:{expected}; nothing was changed")
     checks = evaluate(store, policy, version, stage, lambda: read_events(store, name), keys=keys)
@@ -365,7 +365,7 @@ def archive(store: ObjectStore, name: str, ref: str | int, *, notify: EventSink,
     events = read_events(store, name, pointers=moves)
     already = archived_versions(events).get(version.version)
     if already is not None:
-        raise InvalidInputError(f"{version.ref} is already archived (by {already.author} at {_iso(already.time)})")
+        raise InvalidInputError(f"{version.ref} is already archived (by {already.author} at {iso_utc(already.time)})")
     signer = load_signer(key)
     event = record_event(store, name=name, kind="archive", to=(version.digest, version.version), reason=reason,
                          before=signs_event(store, signer))
@@ -404,7 +404,7 @@ def decide(store: ObjectStore, name: str, ref: str | int, stage: str, *, notify:
     mine = decisions(read_events(store, name, pointers=False), version.version, stage).get(user)
     if mine is not None and mine.kind == word:
         past = "approved" if approve else "rejected"
-        raise InvalidInputError(f"{user} already {past} {version.ref} for {stage} at {_iso(mine.time)}")
+        raise InvalidInputError(f"{user} already {past} {version.ref} for {stage} at {iso_utc(mine.time)}")
     event = record_event(store, name=name, kind=word, alias=stage, to=(version.digest, version.version),
                          reason=comment, before=signs_event(store, signer))
     notify(event.to_dict())

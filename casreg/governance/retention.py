@@ -46,7 +46,7 @@ from casreg.ledger.resolve import resolve_in_model
 from casreg.ledger.segments import list_versions, read_version, versions_table
 from casreg.ledger.tombstones import deletion_event, read_tombstone, record_deletion, repair_event, tombstoned
 from casreg.lineage import current_author
-from casreg.records import AliasEvent, JsonValue, Version, _iso, utcnow
+from casreg.records import AliasEvent, JsonValue, Version, iso_utc, utcnow
 from casreg.refs import validate_name
 from casreg.storage import ObjectStore
 
@@ -81,7 +81,7 @@ class Deletion:
 
     def to_dict(self) -> dict[str, JsonValue]:
         return {"name": self.version.name, "version": self.version.version, "digest": self.version.digest,
-                "deleted_by": self.event.author, "deleted_at": _iso(self.event.time), "reason": self.event.reason,
+                "deleted_by": self.event.author, "deleted_at": iso_utc(self.event.time), "reason": self.event.reason,
                 "event_id": self.event.event_id, "warnings": list(self.warnings)}
 
 
@@ -179,7 +179,7 @@ def delete_version(store: ObjectStore, name: str, ref: str | int, *, notify: Eve
     if not record_deletion(store, event):
         gone = read_tombstone(store, name, version.version)
         raise InvalidInputError(f"{version.ref} was deleted meanwhile" + (
-            f" (by {gone.author} at {_iso(gone.time)})" if gone is not None else "") + "; nothing was changed")
+            f" (by {gone.author} at {iso_utc(gone.time)})" if gone is not None else "") + "; nothing was changed")
     warnings: tuple[str, ...] = ()
     late = _holding(store, name, version.version)  # an alias moved to it between the check and the tombstone
     if late:
@@ -228,7 +228,7 @@ class RetentionPlan:
         return {
             "name": self.name, "rule": self.rule.to_dict(), "description": self.rule.describe(),
             "dry_run": self.dry_run,
-            "delete": [{"version": v.version, "digest": v.digest, "created_at": _iso(v.created_at),
+            "delete": [{"version": v.version, "digest": v.digest, "created_at": iso_utc(v.created_at),
                         "size": v.size} for v in self.delete],
             "keep": [{"version": k.version, "why": k.why} for k in self.keep],
             "already_deleted": list(self.already_deleted),
@@ -251,7 +251,7 @@ def _kept_reasons(rule: RetentionRule, live: list[Version], holding: dict[int, l
         elif v.version in newest:
             why[v.version] = f"one of the last {rule.keep_last}"
         elif rule.keep_since is not None and v.created_at >= now - rule.keep_since:
-            why[v.version] = f"created {_iso(v.created_at)}, within keep-since"
+            why[v.version] = f"created {iso_utc(v.created_at)}, within keep-since"
         elif rule.keep_stages and (stage := next((s for s in _KEPT_STAGES if was_in(events, v.version, s)), None)):
             why[v.version] = f"was in {stage} (keep-stages)"
         elif (protected := protection(policy, v, events)) is not None:

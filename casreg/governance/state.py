@@ -18,7 +18,7 @@ from casreg.keys import pointer_key
 from casreg.ledger.events import POINTER_KINDS
 from casreg.ledger.history import read_all_events, read_events
 from casreg.ledger.pointers import confirm_pointer, read_pointer
-from casreg.records import AliasEvent, AliasPointer, JsonValue, _iso
+from casreg.records import AliasEvent, AliasPointer, JsonValue, iso_utc
 from casreg.refs import validate_alias
 from casreg.storage import ObjectStore
 
@@ -150,7 +150,7 @@ class VersionState:
 
     def to_dict(self) -> dict[str, JsonValue]:
         return {"archived": self.archived is not None,
-                "archived_at": _iso(self.archived.time) if self.archived else None,
+                "archived_at": iso_utc(self.archived.time) if self.archived else None,
                 "archived_by": self.archived.author if self.archived else None,
                 "approvals": self.approvals, "rejections": self.rejections}
 

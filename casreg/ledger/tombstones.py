@@ -24,7 +24,7 @@ from casreg.errors import DeletedVersionError, IntegrityError, InvalidInputError
 from casreg.keys import TOMBSTONES, parse_tombstone_key, tombstone_key
 from casreg.ledger.events import new_event
 from casreg.ledger.segments import append_event
-from casreg.records import AliasEvent, _iso
+from casreg.records import AliasEvent, iso_utc
 from casreg.storage import ObjectStore
 
 __all__ = [
@@ -93,7 +93,7 @@ def deleted_error(event: AliasEvent, *, prefix: str = "") -> DeletedVersionError
     ``NAME:N was deleted by X at T: reason``."""
     assert event.to_version is not None
     ref = f"{event.name}:{event.to_version}"
-    when = _iso(event.time)
+    when = iso_utc(event.time)
     why = f": {event.reason}" if event.reason else " (no reason given)"
     return DeletedVersionError(f"{prefix}{ref} was deleted by {event.author} at {when}{why}",
                                name=event.name, version=event.to_version, deleted_by=event.author,
