@@ -945,13 +945,14 @@ class Registry:
         return report
 
     def gc(self, *, dry_run: bool = False, grace: Duration | None = None, delay: Duration | None = None,
-           retain: bool = False) -> GcReport:
+           retain: bool = False, key: str | os.PathLike[str] | None = None) -> GcReport:
         """Reclaim objects no live version references (two phases, safe against concurrent
         pushes: docs/gc.md). ``grace`` (default 24 h) and ``delay`` (default 1 h) take
         seconds, a ``timedelta`` or text such as ``"24h"``. ``retain``: first apply the
         policy's retention rules (``[retention]``, docs/retention.md), deleting what they
         do not keep (with ``dry_run``, only planning it); the plans are in the report's
-        ``retention``."""
+        ``retention``, and each ``delete`` event is signed with ``key`` (default
+        ``$CASREG_SIGNING_KEY``; required when the policy has ``[keys]``)."""
         from casreg.maintenance.gc import DEFAULT_DELAY, DEFAULT_GRACE, collect
 
         plans: list[RetentionPlan] = []
@@ -959,7 +960,7 @@ class Registry:
             from casreg.governance.retention import policy_retention
             from casreg.governance.retention import retain as apply_rule
 
-            plans = [apply_rule(self.store, name, rule, notify=self._notify, dry_run=dry_run)
+            plans = [apply_rule(self.store, name, rule, notify=self._notify, dry_run=dry_run, key=key)
                      for name, rule in policy_retention(self.store)]
         report = collect(self.store, dry_run=dry_run, grace=DEFAULT_GRACE if grace is None else grace,
                          delay=DEFAULT_DELAY if delay is None else delay, threads=self.threads)

@@ -6,9 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from casreg.errors import IntegrityError
+from casreg.errors import IntegrityError, InvalidInputError
 from casreg.records import JsonValue
-from casreg_cli.common import Cli, app, command
+from casreg_cli.common import Cli, SignKeyOpt, app, command
 from casreg_cli.output import Output, human_bytes
 
 LIST_LIMIT = 20
@@ -79,6 +79,7 @@ def gc(
     retain: Annotated[bool, typer.Option(
         "--retain", help="First apply the policy's retention rules ([retention]): delete the versions they do "
                          "not keep (docs/retention.md).")] = False,
+    key: SignKeyOpt = None,
 ) -> None:
     """Reclaim objects no version references: condemn unreachable objects older than
     --grace, and delete those condemned at least --delay ago that are still unreachable
@@ -93,7 +94,9 @@ def gc(
         except ValueError as err:
             raise typer.BadParameter(str(err).removeprefix("invalid duration "), param_hint=flag) from None
     g, d = durations
-    report = cli.registry().gc(dry_run=dry_run, grace=g, delay=d, retain=retain)
+    if key is not None and not retain:
+        raise InvalidInputError("--key signs the delete events of --retain: it needs --retain")
+    report = cli.registry().gc(dry_run=dry_run, grace=g, delay=d, retain=retain, key=key)
     if out.as_json:
         out.json(report.to_dict())
         return

@@ -110,6 +110,25 @@ def test_delete_and_retain_are_signed(world: World, tmp_path: Path) -> None:
     assert len(problems) == 1 and "deletion of m:5" in problems[0] and "unsigned" in problems[0]
 
 
+def test_gc_retain_signs_its_deletions_with_key(world: World, tmp_path: Path) -> None:
+    w = world
+    (w.tmp / "p.toml").write_text(base.policy_text(w.keys) + "\n[retention]\nkeep_last = 2\n")
+    w.act_as(EMAIL["admin"])
+    w.reg.set_policy((w.tmp / "p.toml").read_text(), key=w.key("admin"))
+    for seed in (3, 4):
+        w.act_as(EMAIL["carol"])
+        w.reg.push("m", str(_weights(tmp_path, seed)))
+    carol = {"CASREG_USER": EMAIL["carol"]}
+    fails(w.cli("gc", "--key", w.key("carol"), **carol), 2, "--retain")
+    fails(w.cli("gc", "--retain", **carol), 8, "needs a signed event")
+    assert not list(w.store.list("tombstones"))  # refused before anything is deleted
+    ok(w.cli("gc", "--retain", "--key", w.key("carol"), **carol))
+    deletions = [e for e in w.reg.log("m") if e.kind == "delete"]
+    assert [e.to_version for e in deletions] == [2]  # m:1 is at production, m:3 and m:4 are the last 2
+    assert all(w.log_marks()[e.event_id] == "verified" for e in deletions)
+    assert _new_problems(w) == []
+
+
 def test_policy_restore_needs_a_pinned_admin_key(world: World) -> None:
     w = world
     text = base.policy_text(w.keys)
