@@ -38,6 +38,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from casreg.describe import human_bytes
 from casreg.redact import redact_url
 
 __all__ = ["Output", "human_bytes", "plural", "bytes_done", "bytes_per_second", "BarProgress", "clean", "print_error",
@@ -108,16 +109,6 @@ def install_log_escaping(fmt: str = "%(message)s", level: int = logging.WARNING)
     handler.setFormatter(_CleanFormatter(fmt))
     logging.lastResort = handler
     return handler
-
-
-def human_bytes(n: float) -> str:
-    """``n`` bytes in binary units, the only ones human output uses (``500.0 MiB``, never
-    ``524.3 MB``); ``--json`` gives exact byte counts."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def plural(count: int, noun: str) -> str:

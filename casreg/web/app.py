@@ -39,6 +39,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from casreg import describe
 from casreg._version import __version__
 from casreg.errors import (
     AliasNotMovedError,
@@ -102,13 +103,12 @@ def visible(value: object) -> object:
 
 
 def human_bytes(n: float | None) -> str:
-    if n is None:
-        return ""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"
+    """:func:`casreg.describe.human_bytes`, and ``""`` for a missing value."""
+    return "" if n is None else describe.human_bytes(n)
+
+
+#: Labels the page spells out where the terminal abbreviates to keep its column.
+_WEB_LABELS = {"deps": "dependencies"}
 
 
 def _when(t: datetime | None) -> str:
@@ -640,55 +640,10 @@ class Pages:
 
 
 def lineage_rows(v: Version) -> list[tuple[str, str]]:
-    """The version page's compact lines for the lineage of docs/lineage.md (code,
-    hardware, dependencies, schema and its tensors, the input/output signature), each
-    (label, text), as ``casreg show`` prints them; ``links`` are shown apart, as links.
+    """The version page's lines for the lineage of docs/lineage.md, as ``casreg show``
+    prints them (:func:`casreg.describe.lineage_rows`); ``links`` are shown apart, as links.
     Plain text: the template escapes it."""
-    ln, rows = v.lineage, []
-    if ln.code is not None:
-        c = ln.code
-        state = "" if c.dirty is None else ("dirty" if c.dirty else "clean")
-        where = {"code": "from --code", "given": "from --git-commit",
-                 "model-path": "from the pushed path's repository"}.get(c.source or "", c.source or "")
-        bits = ", ".join(b for b in (c.branch, state) if b)
-        rows.append(("code", f"{c.commit or '?'}" + (f" ({bits})" if bits else "")
-                     + (f" {c.remote}" if c.remote else "") + (f"  [{where}]" if where else "")))
-    if ln.hardware is not None:
-        h = ln.hardware
-        parts = []
-        if h.text:
-            parts.append(h.text)
-        elif h.gpu_count:
-            parts.append(f"{h.gpu_count}x {h.gpu_type or 'GPU'}")
-        elif h.gpu_count == 0:
-            parts.append("no GPU")
-        if h.cpu_model or h.cpu_count:
-            parts.append(f"CPU {h.cpu_model or '?'}" + (f" x{h.cpu_count}" if h.cpu_count else ""))
-        if h.memory_bytes:
-            parts.append(f"{human_bytes(h.memory_bytes)} memory")
-        if h.cuda_visible_devices is not None:
-            parts.append(f"CUDA_VISIBLE_DEVICES={h.cuda_visible_devices}")
-        rows.append(("hardware", ", ".join(parts or ["?"]) + (f"  [{h.source}]" if h.source else "")))
-    if ln.dependencies_source is not None or ln.dependencies:
-        shown = ", ".join(f"{k}=={val}" if val and val[0].isalnum() else f"{k}{val}"
-                          for k, val in list(ln.dependencies.items())[:8])
-        more = f", ... ({len(ln.dependencies) - 8} more: the JSON lists them all)" if len(ln.dependencies) > 8 else ""
-        rows.append(("dependencies", f"{len(ln.dependencies)} from {ln.dependencies_source or '?'}"
-                     + (f": {shown}{more}" if shown else "")))
-    if ln.schema is not None:
-        sc = ln.schema
-        if sc.tensor_count is not None:
-            files = len({t.file for t in sc.tensors})
-            cut = f" ({len(sc.tensors)} listed)" if sc.truncated else ""
-            rows.append(("schema", f"{sc.tensor_count} tensors in {files} safetensors file(s){cut}, "
-                                   f"{sc.digest or '?'}"))
-            rows += [("", f"{t.name}  {t.dtype}[{', '.join(str(d) for d in t.shape)}]") for t in sc.tensors[:10]]
-            if len(sc.tensors) > 10:
-                rows.append(("", f"... {len(sc.tensors) - 10} more (the JSON lists them all)"))
-        if sc.signature is not None:
-            sig = sc.signature
-            rows.append(("signature", sig if len(sig) <= 200 else sig[:197] + "..."))
-    return rows
+    return [(_WEB_LABELS.get(label, label), text) for label, text in describe.lineage_rows(v, links=False)]
 
 
 def safe_link(url: str) -> str | None:
