@@ -18,7 +18,7 @@ it resolves while the content is stored (until ``gc`` reclaims a deleted version
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from casreg.digest import Digest
@@ -85,8 +85,12 @@ def resolve(store: ObjectStore, ref: str | Ref) -> Resolved:
             p = read_pointer(store, r.name, r.alias)  # set meanwhile (the ledger saw the move)?
         if p is None:
             raise unknown(store, f"{r} is not set")
-        confirm_pointer(store, p)  # the pointer names its own model (checked on read) and the ledger agrees
-        require_live(store, r.name, p.version, p.digest)  # an alias moved to it as it was deleted (docs/retention.md)
+        pointer, name = p, r.name
+        _both(store,
+              # the pointer names its own model (checked on read) and the ledger agrees
+              lambda: confirm_pointer(store, pointer),
+              # an alias moved to it as it was deleted (docs/retention.md)
+              lambda: require_live(store, name, pointer.version, pointer.digest))
         return Resolved(p.digest, r.name, p.version, p.annotations)
     if r.kind is RefKind.DIGEST:
         prefix = r.digest or ""
@@ -128,6 +132,25 @@ def resolve(store: ObjectStore, ref: str | Ref) -> Resolved:
         latest = left
     v = read_version(store, r.name, latest)
     return Resolved(v.digest, v.name, v.version)
+
+
+def _both(store: ObjectStore, first: Callable[[], object], second: Callable[[], object]) -> None:
+    """Run two independent checks; on a remote store at once (one round trip instead of
+    two). Either failing fails the call, ``first``'s error taking precedence."""
+    if not store.capabilities.remote:
+        first()
+        second()
+        return
+    from concurrent.futures import ThreadPoolExecutor  # only for remote stores: resolving is start-up
+
+    with ThreadPoolExecutor(1, thread_name_prefix="casreg-resolve") as pool:
+        later = pool.submit(second)
+        try:
+            first()
+        finally:
+            error = later.exception()  # waits; if first() raised, its error propagates instead
+        if error is not None:
+            raise error
 
 
 def _find_digest(store: ObjectStore, hexd: str) -> str:

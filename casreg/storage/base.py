@@ -95,11 +95,15 @@ class Capabilities:
     - ``leftovers``: interrupted writes can leave temporary files behind, which
       :meth:`ObjectStore.leftovers` reports and :meth:`ObjectStore.delete_leftover`
       removes (gc reclaims them after its grace period).
+    - ``remote``: every request costs a network round trip, so independent small reads
+      are worth issuing at once (a local disk answers in microseconds: readers then keep
+      to one thread).
     """
 
     list_after: bool = False
     object_times: bool = True
     leftovers: bool = False
+    remote: bool = False
 
 
 @dataclass(frozen=True, slots=True)

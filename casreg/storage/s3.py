@@ -231,7 +231,7 @@ class S3Store(ObjectStore):
     """See the module docstring. ``requests`` counts the S3 requests this store issued,
     by operation (botocore's own retries not included)."""
 
-    capabilities = Capabilities(list_after=True, object_times=True, leftovers=False)
+    capabilities = Capabilities(list_after=True, object_times=True, leftovers=False, remote=True)
     list_page_size = 1000  # keys per ListObjectsV2 request (S3's maximum)
     io_concurrency = 8  # packs uploaded / ranges fetched at once: hides request latency
 

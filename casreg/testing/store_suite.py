@@ -295,6 +295,7 @@ class StoreSuite:
     def test_capabilities_are_declared(self, store: ObjectStore) -> None:
         caps = store.capabilities
         assert isinstance(caps.list_after, bool) and isinstance(caps.leftovers, bool)
+        assert isinstance(caps.remote, bool)
         assert store.create("cap/a", b"x")
         info = store.stat("cap/a")
         assert info is not None and info.size == 1
