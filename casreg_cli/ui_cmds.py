@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from typing import Annotated, Optional
 
@@ -34,6 +35,24 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _host_name(name: str) -> str:
+    """An ``--allowed-host`` value as the Host check compares it: lower case, without a
+    port; an IPv6 address in brackets. A URL, a path or a port is refused in one line."""
+    text = name.strip().lower()
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if ":" in bare and not text.startswith("["):
+        try:
+            ipaddress.IPv6Address(bare)
+        except ValueError:
+            raise InvalidInputError(f"--allowed-host {name!r}: give a host name without scheme or port "
+                                    "(e.g. models.example.com)") from None
+        return f"[{bare}]"
+    if not bare or not re.fullmatch(r"[a-z0-9.\-]+|[0-9a-f:.]+", bare):
+        raise InvalidInputError(f"--allowed-host {name!r}: give a host name without scheme or port "
+                                "(e.g. models.example.com)")
+    return f"[{bare}]" if text.startswith("[") else bare
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -56,6 +75,10 @@ def ui(
         "--author-header", metavar="NAME", help="With --allow-writes: take each action's author from this request "
                                                 "header, set by an authenticating reverse proxy (only safe behind "
                                                 "one); default: the user who starts the server.")] = None,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(
+        "--allowed-host", metavar="NAME", help="With --allow-writes: a host name (no port) write requests may be "
+                                               "addressed to, e.g. the proxy's public name; repeatable. Others get "
+                                               "403 (against DNS rebinding).")] = None,
 ) -> None:
     """Serve a web page of the registry: models, versions, stages, history, diffs, policy (read-only unless
     --allow-writes; docs/ui.md)."""
@@ -70,6 +93,9 @@ def ui(
     out = cli.out
     if author_header is not None and not allow_writes:
         raise InvalidInputError("--author-header names the author of write actions: it needs --allow-writes")
+    if allowed_host and not allow_writes:
+        raise InvalidInputError("--allowed-host names where write actions may be posted: it needs --allow-writes")
+    named = frozenset(_host_name(h) for h in allowed_host or [])
     from casreg.governance.event_signing import SIGNING_KEY_ENV
 
     if allow_writes and os.environ.pop(SIGNING_KEY_ENV, ""):
@@ -80,8 +106,10 @@ def ui(
     loopback = _is_loopback(host)
     author = None if author_header is not None or not allow_writes else current_author()
     # on loopback, only loopback names may be posted to (no DNS rebinding); behind a proxy (--author-header,
-    # or a public address) the proxy's name is not known here
+    # or a public address) the proxy's name is not known here unless --allowed-host names it
     hosts = loopback_hosts(host) if allow_writes and loopback and author_header is None else None
+    if named:
+        hosts = (hosts or frozenset()) | named
     web = create_app(reg, allow_writes=True, author=author, author_header=author_header, allowed_hosts=hosts) \
         if allow_writes else create_app(reg)
     sock = _listen(host, port)
@@ -101,6 +129,9 @@ def ui(
     if allow_writes and not loopback:
         out.warn(f"--allow-writes on {host}: anyone who can reach this port can promote, approve and archive "
                  f"as {who} (docs/ui.md: only behind an authenticating proxy)")
+    if allow_writes and hosts is None:
+        out.warn("write requests are taken for any Host name: name the proxy's with --allowed-host NAME "
+                 "(a DNS-rebinding page could otherwise post)")
     out.flush()
     config = uvicorn.Config(web, log_level="warning", access_log=False, server_header=False, lifespan="off")
     try:

@@ -487,8 +487,43 @@ def test_cli_warns_when_writes_listen_beyond_loopback(reg: Registry) -> None:
         assert proc.stdout is not None and proc.stderr is not None
         line = proc.stdout.readline()
         assert "writes allowed, as the X-Forwarded-User header" in line, line
-        warnings = [proc.stderr.readline(), proc.stderr.readline()]
+        warnings = [proc.stderr.readline(), proc.stderr.readline(), proc.stderr.readline()]
         assert any("--allow-writes on 0.0.0.0" in w and "authenticating proxy" in w for w in warnings), warnings
+        assert any("taken for any Host name" in w and "--allowed-host" in w for w in warnings), warnings
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_cli_allowed_host_is_checked_and_reaches_the_server(reg: Registry,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert run(["ui", "-r", reg.url, "--allowed-host", "models.example.com", "--port", "0"]) == 2
+    assert "--allowed-host names where write actions may be posted: it needs --allow-writes" in capsys.readouterr().err
+    for bad in ("https://models.example.com", "models.example.com:443", "a b"):
+        assert run(["ui", "-r", reg.url, "--allow-writes", "--allowed-host", bad, "--port", "0"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "give a host name without scheme or port" in err, err
+    # behind a proxy (--author-header) any Host was taken; --allowed-host names the proxy's
+    proc = subprocess.Popen([sys.executable, "-m", "casreg_cli.main", "ui", "-r", reg.url, "--port", "0",
+                             "--allow-writes", "--author-header", "X-User", "--allowed-host", "Models.Example.com"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split(" at ", 1)[1].split(" ", 1)[0]
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        import http.client
+
+        for host, refused in (("evil.example", True), ("models.example.com", False)):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("POST", "/models/fraud/versions/3/decide", body="token=x",
+                         headers={"Host": f"{host}:{port}", "Origin": f"http://{host}:{port}", "X-User": "bob",
+                                  "Content-Type": "application/x-www-form-urlencoded"})
+            resp = conn.getresponse()
+            body = resp.read().decode()
+            conn.close()
+            # the Host check comes first: a named host passes it and is refused later, for its token
+            assert resp.status == 403 and ("requests to host" in body) == refused, (host, body[:300])
     finally:
         proc.terminate()
         proc.wait(timeout=10)
