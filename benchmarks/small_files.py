@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+TAR = r"tar -cf - \| zstd -3 -T0"  # row labels ("|" escaped for the markdown table)
+UNTAR = r"zstd -d \| tar -x"
 
 
 @dataclass
@@ -119,12 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     def job_tar(i: int) -> None:
         arc, dest = work / f"x-{i}.tar.zst", work / f"tdest-{i}"
         w, c = _timed(f"tar -C {src.parent} -cf - {src.name} | zstd -3 -T0 -q -o {arc}")
-        row("tar | zstd -3 -T0").walls.append(w)
-        row("tar | zstd -3 -T0").cpus.append(c)
+        row(TAR).walls.append(w)
+        row(TAR).cpus.append(c)
         dest.mkdir()
         w, c = _timed(f"zstd -d -q -c {arc} | tar -C {dest} -xf -")
-        row("zstd -d | tar -x").walls.append(w)
-        row("zstd -d | tar -x").cpus.append(c)
+        row(UNTAR).walls.append(w)
+        row(UNTAR).cpus.append(c)
         arc.unlink()
         shutil.rmtree(dest)
 
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     print("| command | rounds: wall s | median wall s | median CPU s | wall ratio | CPU ratio |")
     print("|---|---|---:|---:|---:|---:|")
-    peer = {"push": rows.get("tar | zstd -3 -T0"), "pull": rows.get("zstd -d | tar -x")}
+    peer = {"push": rows.get(TAR), "pull": rows.get(UNTAR)}
     for r in rows.values():
         w, c = statistics.median(r.walls), statistics.median(r.cpus)
         p = peer.get(r.label.split(" ")[0])
