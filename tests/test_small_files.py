@@ -17,6 +17,7 @@ import pytest
 from casreg import IntegrityError, Registry, StorageError
 from casreg.content import push as push_mod
 from casreg.content.chunking import ChunkParams
+from casreg.content.codec import Codec, FloatHint, encode
 from casreg.content.config import init_config
 from casreg.content.manifest import Entry, Manifest
 from casreg.content.pull import materialize, partial_path
@@ -245,3 +246,26 @@ def test_a_manifest_whose_file_digest_lies_creates_no_file(pushed: tuple[Registr
     with pytest.raises(IntegrityError, match="does not match its digest"):
         materialize(reg.store, forged, dest, threads=3, cache=None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reg", "src"]
+
+
+@pytest.mark.parametrize("codec", [Codec.ZSTD, Codec.RAW])
+def test_the_check_before_write_catches_a_faulty_encoding_of_a_small_file(tmp_path: Path, codec: Codec,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small file's chunk is checked by comparing what decodes with the bytes read
+    (its digest was taken of them): a wrong payload of either codec fails the push."""
+    src = small_tree(tmp_path / "src", n=30)
+    reg = Registry(tmp_path / "reg", threads=2)
+
+    def faulty(raw: bytes | memoryview, level: int = 3, hint: FloatHint | None = None) -> tuple[Codec, bytes]:
+        got, stored = encode(raw, level, hint)
+        if not 1000 <= len(raw) <= 40_000:  # small files only (the big one's chunks take the other path)
+            return got, bytes(stored)
+        damaged = bytearray(stored if got == codec else raw)
+        damaged[len(damaged) // 2] ^= 0x40
+        return codec, bytes(damaged)
+
+    monkeypatch.setattr(push_mod, "encode", faulty)
+    wrong = rf"check before write: chunk blake3:[0-9a-f]{{64}} as encoded \({codec.name}\)"
+    with pytest.raises(IntegrityError, match=wrong):
+        reg.push("m", src)
+    assert list(reg.store.list("manifests")) == []
