@@ -10,7 +10,8 @@ REG --quiet`` into a fresh registry and destination, and ``tar -C PARENT -cf - N
 -3 -T0 -q -o x.tar.zst`` / ``zstd -d -q -c x.tar.zst | tar -C D -xf -``, the order of the
 commands rotating from round to round. Each command runs under ``/usr/bin/time``; the table
 gives every round's wall time and the medians of wall time and CPU time (user + system,
-the steadier number on a shared machine), and each casreg row's ratio to its peer
+the steadier number on a shared machine; user time alone is steadier still, as the
+kernel's share of file creation grows with other writers' load), and each casreg row's ratio to its peer
 (peer / casreg: above 1 means casreg is faster). ``--startup`` adds ``casreg --help`` and
 ``casreg pull`` of a one-byte version, the fixed cost of a process. casreg runs as
 ``python -m casreg_cli.main`` with ``PYTHONPATH`` set to the checkout.
@@ -41,10 +42,16 @@ class Row:
     label: str
     walls: list[float] = field(default_factory=list)
     cpus: list[float] = field(default_factory=list)
+    users: list[float] = field(default_factory=list)
+
+    def add(self, wall: float, user: float, system: float) -> None:
+        self.walls.append(wall)
+        self.cpus.append(user + system)
+        self.users.append(user)
 
 
-def _timed(cmd: list[str] | str, env: dict[str, str] | None = None) -> tuple[float, float]:
-    """Run ``cmd`` (a shell line if a string) under ``/usr/bin/time``; (wall s, CPU s)."""
+def _timed(cmd: list[str] | str, env: dict[str, str] | None = None) -> tuple[float, float, float]:
+    """Run ``cmd`` (a shell line if a string) under ``/usr/bin/time``; (wall, user, system) s."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as out:
         argv = ["/usr/bin/time", "-o", out.name, "-f", "%e %U %S"]
         argv += ["bash", "-c", cmd] if isinstance(cmd, str) else cmd
@@ -52,7 +59,7 @@ def _timed(cmd: list[str] | str, env: dict[str, str] | None = None) -> tuple[flo
         if proc.returncode != 0:
             raise SystemExit(f"failed ({proc.returncode}): {argv}\n{proc.stderr}")
         wall, user, system = (float(x) for x in out.read().split()[-3:])
-    return wall, user + system
+    return wall, user, system
 
 
 def _same_tree(a: Path, b: Path) -> bool:
@@ -95,38 +102,26 @@ def main(argv: list[str] | None = None) -> int:
     def job_casreg(i: int, tree: Path, name: str) -> None:
         reg, dest = work / f"reg-{i}-{name}", work / f"dest-{i}-{name}"
         cmd, env = casreg(tree, "push", src.name, str(src), "--registry", str(reg), "--quiet")
-        w, c = _timed(cmd, env)
-        row(f"push [{name}]").walls.append(w)
-        row(f"push [{name}]").cpus.append(c)
+        row(f"push [{name}]").add(*_timed(cmd, env))
         cmd, env = casreg(tree, "pull", f"{src.name}:1", str(dest), "--registry", str(reg), "--quiet")
-        w, c = _timed(cmd, env)
-        row(f"pull [{name}]").walls.append(w)
-        row(f"pull [{name}]").cpus.append(c)
+        row(f"pull [{name}]").add(*_timed(cmd, env))
         if not args.no_check and not _same_tree(src, dest):
             raise SystemExit(f"pulled tree {dest} differs from {src}")
         if args.startup:
-            w, c = _timed(*casreg(tree, "--help"))
-            row(f"--help [{name}]").walls.append(w)
-            row(f"--help [{name}]").cpus.append(c)
+            row(f"--help [{name}]").add(*_timed(*casreg(tree, "--help")))
             _timed(*casreg(tree, "push", "t", str(tiny / "t"), "--registry", str(reg), "--quiet"))
             cmd, env = casreg(tree, "pull", "t:1", str(work / f"edest-{i}-{name}"), "--registry", str(reg),
                               "--quiet")
-            w, c = _timed(cmd, env)
-            row(f"one-byte pull [{name}]").walls.append(w)
-            row(f"one-byte pull [{name}]").cpus.append(c)
+            row(f"one-byte pull [{name}]").add(*_timed(cmd, env))
         shutil.rmtree(reg)
         shutil.rmtree(dest)
         shutil.rmtree(work / f"edest-{i}-{name}", ignore_errors=True)
 
     def job_tar(i: int) -> None:
         arc, dest = work / f"x-{i}.tar.zst", work / f"tdest-{i}"
-        w, c = _timed(f"tar -C {src.parent} -cf - {src.name} | zstd -3 -T0 -q -o {arc}")
-        row(TAR).walls.append(w)
-        row(TAR).cpus.append(c)
+        row(TAR).add(*_timed(f"tar -C {src.parent} -cf - {src.name} | zstd -3 -T0 -q -o {arc}"))
         dest.mkdir()
-        w, c = _timed(f"zstd -d -q -c {arc} | tar -C {dest} -xf -")
-        row(UNTAR).walls.append(w)
-        row(UNTAR).cpus.append(c)
+        row(UNTAR).add(*_timed(f"zstd -d -q -c {arc} | tar -C {dest} -xf -"))
         arc.unlink()
         shutil.rmtree(dest)
 
@@ -140,14 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{sum(1 for p in src.rglob('*') if p.is_file())} files, "
           f"{sum(p.stat().st_size for p in src.rglob('*') if p.is_file()):,} bytes; {args.rounds} rounds; "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
-    print("| command | rounds: wall s | median wall s | median CPU s | wall ratio | CPU ratio |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| command | rounds: wall s | median wall s | median CPU s | median user s | wall ratio | CPU ratio |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     peer = {"push": rows.get(TAR), "pull": rows.get(UNTAR)}
     for r in rows.values():
         w, c = statistics.median(r.walls), statistics.median(r.cpus)
         p = peer.get(r.label.split(" ")[0])
         ratios = f"{statistics.median(p.walls) / w:.2f} | {statistics.median(p.cpus) / c:.2f}" if p else " | "
-        print(f"| {r.label} | {' / '.join(f'{x:.2f}' for x in r.walls)} | {w:.2f} | {c:.2f} | {ratios} |")
+        print(f"| {r.label} | {' / '.join(f'{x:.2f}' for x in r.walls)} | {w:.2f} | {c:.2f} | "
+              f"{statistics.median(r.users):.2f} | {ratios} |")
     print("\nratio: the peer's median over casreg's (above 1: casreg is faster)")
     shutil.rmtree(work, ignore_errors=True)
     return 0
