@@ -5,7 +5,10 @@ version's digest. Worker threads fetch runs of chunks that sit next to each othe
 pack with one ranged read each, decode them and check every chunk's BLAKE3 against the
 manifest; the main thread writes the chunks in order (one writer per file is measurably
 cheaper than several) and feeds each file's BLAKE3, which must equal the file digest when
-the file is complete. Only then is the result renamed to the destination.
+the file is complete. In a partial tree this pull made (nothing to resume), a file that
+one read fetches whole (a small file) is instead checked, created, written and closed by
+the worker that read it, so that thousands of files are created by several threads.
+Only then is the result renamed to the destination.
 
 If a pull stops half way (a network error, a kill), the partial tree stays beside the
 destination, never at it, and the next pull of the same version resumes: complete files
