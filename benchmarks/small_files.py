@@ -17,7 +17,8 @@ kernel's share of file creation grows with other writers' load), and each casreg
 ``python -m casreg_cli.main`` with ``PYTHONPATH`` set to the checkout.
 
 Figures from different runs are not comparable (a shared machine drifts): compare only the
-rows of one table. Every round is reported, not the best one.
+rows of one table. Every round is reported, not the best one. Each command starts after a
+``sync``, so none pays for the writeback of the one before.
 """
 
 from __future__ import annotations
@@ -50,8 +51,16 @@ class Row:
         self.users.append(user)
 
 
+#: Write back every dirty page before each timed command (``--no-sync`` turns it off): a
+#: command run while the previous one's writes are flushed pays for them in file creation.
+SYNC = True
+
+
 def _timed(cmd: list[str] | str, env: dict[str, str] | None = None) -> tuple[float, float, float]:
-    """Run ``cmd`` (a shell line if a string) under ``/usr/bin/time``; (wall, user, system) s."""
+    """Run ``cmd`` (a shell line if a string) under ``/usr/bin/time``, after a ``sync``
+    (not timed); (wall, user, system) s."""
+    if SYNC:
+        os.sync()
     with tempfile.NamedTemporaryFile("r", suffix=".time") as out:
         argv = ["/usr/bin/time", "-o", out.name, "-f", "%e %U %S"]
         argv += ["bash", "-c", cmd] if isinstance(cmd, str) else cmd
@@ -77,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--python", default=sys.executable, help="the interpreter that runs casreg")
     ap.add_argument("--startup", action="store_true", help="also time `casreg --help` and a one-byte pull")
     ap.add_argument("--no-check", action="store_true", help="do not diff each pulled tree against SRC")
+    ap.add_argument("--no-sync", action="store_true", help="do not sync before each timed command")
     args = ap.parse_args(argv)
+    global SYNC
+    SYNC = not args.no_sync
     src = args.src.resolve()
     trees = [t.resolve() for t in (args.tree or [REPO])]
     names = [f"{t.name}" for t in trees]
