@@ -269,3 +269,16 @@ def test_the_check_before_write_catches_a_faulty_encoding_of_a_small_file(tmp_pa
     with pytest.raises(IntegrityError, match=wrong):
         reg.push("m", src)
     assert list(reg.store.list("manifests")) == []
+
+
+def test_many_small_files_round_trip_on_every_backend(registry: Registry, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batched push and the fresh pull whose workers create the files, over each
+    backend (an object store pulls with many more threads than a local disk)."""
+    monkeypatch.setattr(push_mod, "SMALL_BATCH_FILES", 8)
+    monkeypatch.setattr("casreg.content.pull.BATCH_FILES", 5)
+    src = small_tree(tmp_path / "src", n=60)
+    v = registry.push("m", src)
+    res = registry.pull(v.ref, tmp_path / "out")
+    assert res.files == sum(1 for p in src.rglob("*") if p.is_file())
+    assert snapshot(tmp_path / "out") == snapshot(src)
