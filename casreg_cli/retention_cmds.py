@@ -3,15 +3,17 @@ is an option of ``gc`` (casreg_cli/ops.py)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from casreg.errors import InvalidInputError
-from casreg.governance.retention import RetentionPlan
 from casreg.refs import RefKind, parse_ref
 from casreg_cli.common import Cli, SignKeyOpt, app, command, complete_model, complete_ref
 from casreg_cli.output import Output, human_bytes, plural
+
+if TYPE_CHECKING:  # loaded by the commands that need it: every other command's start-up skipped it
+    from casreg.governance.retention import RetentionPlan
 
 #: Versions listed one per line before "... and N more" (--json lists them all).
 LIST_LIMIT = 50

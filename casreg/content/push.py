@@ -10,7 +10,8 @@ payload's memory is reused at once); it exists because the main thread, doing al
 itself, was the push's critical path (perf, 512 MiB: 47% of the CPU on one thread).
 Sealed packs are published by uploader threads (as many as the store's
 ``io_concurrency``) while the next one fills. At most ``MAX_INFLIGHT`` chunks,
-``READ_BUFFERS`` read buffers, 64 MiB of queued pack writes and, on an object store,
+``READ_BUFFERS`` read buffers, ``MAX_INFLIGHT`` batches of at most ``SMALL_BATCH_BYTES``
+of small files, 64 MiB of queued pack writes and, on an object store,
 ``io_concurrency + 1`` sealed packs are in memory at once, whatever the file size.
 
 Write order gives atomic visibility: packs, then their indexes, then the manifest. The
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from blake3 import blake3
 
 from casreg.content.chunking import BLOCK_SIZE, ChunkParams, iter_chunk_views
-from casreg.content.codec import Codec, FloatHint, decode_verified, encode, encode_unless
+from casreg.content.codec import Codec, FloatHint, decode, decode_verified, encode, encode_unless
 from casreg.content.config import read_config
 from casreg.content.delta import (
     MAX_PIECES,
@@ -60,7 +61,12 @@ log = logging.getLogger(__name__)
 
 __all__ = ["PushStats", "store_source"]
 
-MAX_INFLIGHT = 12  # chunks queued or being processed
+MAX_INFLIGHT = 12  # worker tasks queued or being processed (a chunk, or a batch of small files)
+#: Small files (one chunk each) read, hashed and encoded by one worker task, at most, and
+#: their bytes at most (beyond one file): a task, a future and a result per file cost a
+#: push of 5,000 small files more than their hashing did.
+SMALL_BATCH_FILES = 32
+SMALL_BATCH_BYTES = 1 << 20
 VERIFIERS = 4  # registry packs read back at once, at most (each reads 4 MiB at a time)
 READ_BUFFERS = 3  # one being cut, the others' chunks still being hashed and compressed
 _DELTA_HEADER = 5 + 40 * MAX_PIECES  # a delta payload's header is at most this long
@@ -162,6 +168,32 @@ class _FileChunks:
         self.offset = 0
 
 
+class _Part:
+    """One small file's result in a worker task that reads a batch of them: the
+    ``index``-th result of ``batch``; ``last`` for the batch's last file (the task is
+    done with once that is drained)."""
+
+    __slots__ = ("batch", "index", "last")
+
+    def __init__(self, batch: Future[list[_Result]], index: int, last: bool) -> None:
+        self.batch, self.index, self.last = batch, index, last
+
+    def result(self) -> _Result:
+        return self.batch.result()[self.index]
+
+    def cancel(self) -> bool:
+        return self.batch.cancel()
+
+
+def _immutable(raw: memoryview | bytes) -> bytes | None:
+    """The bytes ``raw`` holds if nothing can change them (a ``bytes`` object, or a view
+    of all of one), else ``None`` (a view into a read buffer that will be reused)."""
+    if isinstance(raw, bytes):
+        return raw
+    obj = raw.obj
+    return obj if isinstance(obj, bytes) and len(obj) == raw.nbytes else None
+
+
 def _chunk_digest(ref: object) -> bytes:
     assert isinstance(ref, (ChunkRef, _Pending))
     return ref.digest
@@ -205,12 +237,17 @@ class _OrderedWriter(ObjectWriter):
     first failed write fails the publish."""
 
     MAX_PENDING = 64 << 20  # bytes submitted and not written yet, at most
+    #: Writes smaller than this are gathered and handed to the ordered thread together
+    #: (joined into one write): a task per small file's payload cost more than its write.
+    GATHER = 1 << 20
 
     def __init__(self, inner: ObjectWriter, ordered: ThreadPoolExecutor) -> None:
         super().__init__(inner.store)
         self.inner, self.ordered = inner, ordered
         self.pending: deque[tuple[Future[None], int]] = deque()
         self.pending_bytes = 0
+        self.gathered: list[Buffer] = []  # small writes not handed over yet, in order
+        self.gathered_bytes = 0
         self.error: BaseException | None = None
 
     def _write(self, data: Buffer) -> None:
@@ -221,11 +258,35 @@ class _OrderedWriter(ObjectWriter):
                 self.error = err
 
     def write(self, data: Buffer) -> None:
-        self.pending.append((self.ordered.submit(self._write, data), len(data)))
-        self.pending_bytes += len(data)
         self.size += len(data)
+        if len(data) < self.GATHER:
+            self.gathered.append(data)
+            self.gathered_bytes += len(data)
+            if self.gathered_bytes >= self.GATHER:
+                self._hand_over()
+            return
+        self._hand_over()
+        self._submit(data)
+
+    def _hand_over(self) -> None:
+        """Submit the gathered small writes as one task (not joined: a copy of every
+        stored byte cost more than the task)."""
+        if self.gathered:
+            parts, n, self.gathered, self.gathered_bytes = self.gathered, self.gathered_bytes, [], 0
+            self._queue(self.ordered.submit(self._write_all, parts), n)
+
+    def _submit(self, data: Buffer) -> None:
+        self._queue(self.ordered.submit(self._write, data), len(data))
+
+    def _queue(self, fut: Future[None], n: int) -> None:
+        self.pending.append((fut, n))
+        self.pending_bytes += n
         while self.pending_bytes > self.MAX_PENDING:
             self._land_one()
+
+    def _write_all(self, parts: list[Buffer]) -> None:
+        for data in parts:
+            self._write(data)
 
     def _land_one(self) -> None:
         fut, n = self.pending.popleft()
@@ -233,6 +294,7 @@ class _OrderedWriter(ObjectWriter):
         self.pending_bytes -= n
 
     def wait(self) -> None:
+        self._hand_over()
         while self.pending:
             self._land_one()
         if self.error is not None:
@@ -262,7 +324,10 @@ class _Pusher:
         self.claimed: dict[bytes, _Pending] = {}
         self.pack: PackBuilder | None = None  # opened on the first new chunk
         self.uploads: deque[Future[int]] = deque()
-        self.inflight: deque[tuple[_FileChunks, Future[_Result], int, int]] = deque()
+        self.inflight: deque[tuple[_FileChunks, Future[_Result] | _Part, int, int]] = deque()
+        self.tasks = 0  # worker tasks in ``inflight`` (a batch of small files is one)
+        self.small: list[tuple[SourceFile, _FileChunks]] = []  # small files not handed to a worker yet
+        self.small_bytes = 0
         # Packs of the registry this push dedups against, each checked in the background
         # (the error, or None); the chunk references that rely on one are kept (file,
         # position, offset and size in the file) in case it fails.
@@ -417,7 +482,14 @@ class _Pusher:
     def _check_plain(self, raw: memoryview | bytes, digest: bytes, codec: Codec, stored: bytes) -> None:
         if self.check_writes:  # what is stored must decode to the bytes the digest was taken of
             try:
-                decode_verified(codec, stored, len(raw), digest)
+                whole = _immutable(raw) if codec in (Codec.RAW, Codec.ZSTD) else None
+                if whole is None:
+                    decode_verified(codec, stored, len(raw), digest)
+                elif decode(codec, stored, len(whole)) != whole:
+                    # ``digest`` was taken of these very bytes, which cannot have changed
+                    # since (a small file's, read whole): comparing is the same check as
+                    # hashing the decoded bytes again, at half its cost
+                    raise IntegrityError("its bytes do not match the digest")
             except IntegrityError as err:
                 raise IntegrityError(f"check before write: chunk blake3:{digest.hex()} as encoded ({codec.name}) "
                                      f"is wrong ({err}); nothing was stored for it (push again)") from None
@@ -505,6 +577,8 @@ class _Pusher:
 
     def _drain_one(self) -> None:
         chunks, fut, raw_size, buf_id = self.inflight.popleft()
+        if not isinstance(fut, _Part) or fut.last:
+            self.tasks -= 1
         digest, codec, stored, bases = fut.result()
         if buf_id >= 0:  # a small file's chunk was read by its worker, into no shared buffer
             self.buffers.users[buf_id] -= 1
@@ -582,6 +656,10 @@ class _Pusher:
             for fd in files.values():
                 os.close(fd)
 
+    def _read_small_batch(self, files: list[SourceFile]) -> list[_Result]:
+        """On a worker: :meth:`_read_small` of each file, in order."""
+        return [self._read_small(f) for f in files]
+
     def _read_small(self, f: SourceFile) -> _Result:
         """On a worker: the one chunk of the small file ``f`` (read, checked to be the
         file the source listed, hashed, and encoded unless the registry has it). Its
@@ -606,6 +684,7 @@ class _Pusher:
         if 0 < f.size <= self.params.min_size and (
                 self.parent is None or not f.abspath.lower().endswith(SAFETENSORS_SUFFIX)):
             return self._add_small_file(f)
+        self._send_small()  # the small files before this one go first, as they came
         chunks = _FileChunks(f)
         hasher = blake3()  # one thread: ~4.6 GB/s here; AUTO threading of 8 MiB blocks cost 3x the CPU on 2 busy cores
 
@@ -626,8 +705,9 @@ class _Pusher:
                     self.inflight.append((chunks, self.workers.submit(self._process, raw, hint, size,
                                                                       parent if hint is not None else None),
                                           len(raw), buf_id))
+                    self.tasks += 1
                     size += len(raw)
-                    if len(self.inflight) >= MAX_INFLIGHT:
+                    if self.tasks >= MAX_INFLIGHT:
                         self._drain_one()
                 st = os.fstat(fh.fileno())
         except PermissionError:
@@ -645,15 +725,17 @@ class _Pusher:
 
     def _add_small_file(self, f: SourceFile) -> Entry:
         """A file of at most ``min_size`` bytes is one chunk whatever its content (the
-        chunker cuts nothing shorter), so a worker reads, hashes and encodes it whole:
-        one task per file, its open and read off the main thread, no read buffer and no
-        separate whole-file hash. Pushes of thousands of small files spent most of their
-        time in those (profiled: per-file opens on the main thread, four tasks per file)."""
+        chunker cuts nothing shorter), so a worker reads, hashes and encodes it whole,
+        with the next few small files (one task per batch: :data:`SMALL_BATCH_FILES`),
+        its open and read off the main thread, no read buffer and no separate whole-file
+        hash. Pushes of thousands of small files spent most of their time in those
+        (profiled: per-file opens on the main thread, four tasks per file, then the
+        futures of one task per file)."""
         chunks = _FileChunks(f)
-        fut = self.workers.submit(self._read_small, f)
-        self.inflight.append((chunks, fut, f.size, -1))
-        if len(self.inflight) >= MAX_INFLIGHT:
-            self._drain_one()
+        self.small.append((f, chunks))
+        self.small_bytes += f.size
+        if len(self.small) >= SMALL_BATCH_FILES or self.small_bytes >= SMALL_BATCH_BYTES:
+            self._send_small()
         self.stats.size += f.size
         entry = Entry(f.relpath, "x" if f.executable else "f", f.size, b"", chunks.refs)  # type: ignore[arg-type]
         # the file's digest is its chunk's, read from the reference once drained (holding
@@ -661,7 +743,20 @@ class _Pusher:
         self.file_digests.append((entry, lambda: _chunk_digest(chunks.refs[0])))
         return entry
 
+    def _send_small(self) -> None:
+        """Hand the small files gathered so far to a worker, as one task."""
+        if not self.small:
+            return
+        batch, self.small, self.small_bytes = self.small, [], 0
+        fut = self.workers.submit(self._read_small_batch, [f for f, _ in batch])
+        self.tasks += 1
+        for i, (f, chunks) in enumerate(batch):
+            self.inflight.append((chunks, _Part(fut, i, i == len(batch) - 1), f.size, -1))
+        while self.tasks >= MAX_INFLIGHT:
+            self._drain_one()
+
     def finish(self, entries: list[Entry]) -> None:
+        self._send_small()
         while self.inflight:
             self._drain_one()
         self._restore()
@@ -726,7 +821,9 @@ def store_source(
     same offsets when that saves enough (:mod:`casreg.content.delta`; docs/FORMAT.md §4.2).
 
     ``check_writes`` (the default): before anything is stored, every new chunk's encoded
-    form is decoded and hashed again and must give its digest, and the manifest's bytes
+    form is decoded and hashed again and must give its digest (a small file's, read whole
+    into bytes nothing can change, is compared with those bytes instead: the same check at
+    half the cost), and the manifest's bytes
     are parsed back and must give the version digest (restic's check, ``NoExtraVerify``
     turns it off there): a codec bug, or a read buffer changed between hashing and
     compressing, fails the push instead of storing a chunk nobody can read back. Its cost

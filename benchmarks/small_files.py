@@ -1,0 +1,165 @@
+"""Push and pull of many small files: casreg against ``tar | zstd`` and ``zstd -d | tar -x``.
+
+    python -m benchmarks.small_files SRC [--tree DIR ...] [--rounds N] [--work DIR] [--startup]
+
+``SRC`` is a directory of small files (issue 14's workload: 5,000 files of 1-100 KB, 60%
+BF16 ``.bin`` and 40% JSON). Every round runs, in turn, for each casreg checkout given
+with ``--tree`` (default: this one; give an older worktree too for "now vs before"):
+``casreg push NAME SRC --registry FRESH --quiet`` and ``casreg pull NAME:1 DEST --registry
+REG --quiet`` into a fresh registry and destination, and ``tar -C PARENT -cf - NAME | zstd
+-3 -T0 -q -o x.tar.zst`` / ``zstd -d -q -c x.tar.zst | tar -C D -xf -``, the order of the
+commands rotating from round to round. Each command runs under ``/usr/bin/time``; the table
+gives every round's wall time and the medians of wall time and CPU time (user + system,
+the steadier number on a shared machine; user time alone is steadier still, as the
+kernel's share of file creation grows with other writers' load), and each casreg row's ratio to its peer
+(peer / casreg: above 1 means casreg is faster). ``--startup`` adds ``casreg --help`` and
+``casreg pull`` of a one-byte version, the fixed cost of a process. casreg runs as
+``python -m casreg_cli.main`` with ``PYTHONPATH`` set to the checkout.
+
+Figures from different runs are not comparable (a shared machine drifts): compare only the
+rows of one table. Every round is reported, not the best one. Each command starts after a
+``sync``, so none pays for the writeback of the one before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TAR = r"tar -cf - \| zstd -3 -T0"  # row labels ("|" escaped for the markdown table)
+UNTAR = r"zstd -d \| tar -x"
+
+
+@dataclass
+class Row:
+    label: str
+    walls: list[float] = field(default_factory=list)
+    cpus: list[float] = field(default_factory=list)
+    users: list[float] = field(default_factory=list)
+
+    def add(self, wall: float, user: float, system: float) -> None:
+        self.walls.append(wall)
+        self.cpus.append(user + system)
+        self.users.append(user)
+
+
+#: Write back every dirty page before each timed command (``--no-sync`` turns it off): a
+#: command run while the previous one's writes are flushed pays for them in file creation.
+SYNC = True
+
+
+def _timed(cmd: list[str] | str, env: dict[str, str] | None = None) -> tuple[float, float, float]:
+    """Run ``cmd`` (a shell line if a string) under ``/usr/bin/time``, after a ``sync``
+    (not timed); (wall, user, system) s."""
+    if SYNC:
+        os.sync()
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as out:
+        argv = ["/usr/bin/time", "-o", out.name, "-f", "%e %U %S"]
+        argv += ["bash", "-c", cmd] if isinstance(cmd, str) else cmd
+        proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"failed ({proc.returncode}): {argv}\n{proc.stderr}")
+        wall, user, system = (float(x) for x in out.read().split()[-3:])
+    return wall, user, system
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    return subprocess.run(["diff", "-r", "-q", str(a), str(b)], capture_output=True).returncode == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.small_files", description=__doc__.split("\n\n")[0])
+    ap.add_argument("src", type=Path, help="the directory of small files to push")
+    ap.add_argument("--tree", type=Path, action="append", help="a casreg checkout to measure (repeatable; "
+                    "default: this one)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "casreg-small-bench",
+                    help="scratch directory (emptied)")
+    ap.add_argument("--python", default=sys.executable, help="the interpreter that runs casreg")
+    ap.add_argument("--startup", action="store_true", help="also time `casreg --help` and a one-byte pull")
+    ap.add_argument("--no-check", action="store_true", help="do not diff each pulled tree against SRC")
+    ap.add_argument("--no-sync", action="store_true", help="do not sync before each timed command")
+    args = ap.parse_args(argv)
+    global SYNC
+    SYNC = not args.no_sync
+    src = args.src.resolve()
+    trees = [t.resolve() for t in (args.tree or [REPO])]
+    names = [f"{t.name}" for t in trees]
+    if len(set(names)) != len(names):
+        names = [str(t) for t in trees]
+    work = args.work
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    tiny = work / "tiny-src"
+    tiny.mkdir()
+    (tiny / "t").write_bytes(b"t")
+
+    rows: dict[str, Row] = {}
+
+    def row(key: str) -> Row:
+        return rows.setdefault(key, Row(key))
+
+    def casreg(tree: Path, *cli: str) -> tuple[list[str], dict[str, str]]:
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        return [args.python, "-m", "casreg_cli.main", *cli], env
+
+    def job_casreg(i: int, tree: Path, name: str) -> None:
+        reg, dest = work / f"reg-{i}-{name}", work / f"dest-{i}-{name}"
+        cmd, env = casreg(tree, "push", src.name, str(src), "--registry", str(reg), "--quiet")
+        row(f"push [{name}]").add(*_timed(cmd, env))
+        cmd, env = casreg(tree, "pull", f"{src.name}:1", str(dest), "--registry", str(reg), "--quiet")
+        row(f"pull [{name}]").add(*_timed(cmd, env))
+        if not args.no_check and not _same_tree(src, dest):
+            raise SystemExit(f"pulled tree {dest} differs from {src}")
+        if args.startup:
+            row(f"--help [{name}]").add(*_timed(*casreg(tree, "--help")))
+            _timed(*casreg(tree, "push", "t", str(tiny / "t"), "--registry", str(reg), "--quiet"))
+            cmd, env = casreg(tree, "pull", "t:1", str(work / f"edest-{i}-{name}"), "--registry", str(reg),
+                              "--quiet")
+            row(f"one-byte pull [{name}]").add(*_timed(cmd, env))
+        shutil.rmtree(reg)
+        shutil.rmtree(dest)
+        shutil.rmtree(work / f"edest-{i}-{name}", ignore_errors=True)
+
+    def job_tar(i: int) -> None:
+        arc, dest = work / f"x-{i}.tar.zst", work / f"tdest-{i}"
+        row(TAR).add(*_timed(f"tar -C {src.parent} -cf - {src.name} | zstd -3 -T0 -q -o {arc}"))
+        dest.mkdir()
+        row(UNTAR).add(*_timed(f"zstd -d -q -c {arc} | tar -C {dest} -xf -"))
+        arc.unlink()
+        shutil.rmtree(dest)
+
+    jobs = [lambda i, t=t, n=n: job_casreg(i, t, n) for t, n in zip(trees, names)] + [job_tar]
+    for i in range(args.rounds):
+        k = i % len(jobs)
+        for job in jobs[k:] + jobs[:k]:  # rotate the order from round to round
+            job(i)
+        print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
+
+    print(f"{sum(1 for p in src.rglob('*') if p.is_file())} files, "
+          f"{sum(p.stat().st_size for p in src.rglob('*') if p.is_file()):,} bytes; {args.rounds} rounds; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+    print("| command | rounds: wall s | median wall s | median CPU s | median user s | wall ratio | CPU ratio |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    peer = {"push": rows.get(TAR), "pull": rows.get(UNTAR)}
+    for r in rows.values():
+        w, c = statistics.median(r.walls), statistics.median(r.cpus)
+        p = peer.get(r.label.split(" ")[0])
+        ratios = f"{statistics.median(p.walls) / w:.2f} | {statistics.median(p.cpus) / c:.2f}" if p else " | "
+        print(f"| {r.label} | {' / '.join(f'{x:.2f}' for x in r.walls)} | {w:.2f} | {c:.2f} | "
+              f"{statistics.median(r.users):.2f} | {ratios} |")
+    print("\nratio: the peer's median over casreg's (above 1: casreg is faster)")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
