@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from blake3 import blake3
 
 from casreg.content.chunking import BLOCK_SIZE, ChunkParams, iter_chunk_views
-from casreg.content.codec import Codec, FloatHint, decode_verified, encode, encode_unless
+from casreg.content.codec import Codec, FloatHint, check_decodes, encode, encode_unless
 from casreg.content.config import read_config
 from casreg.content.delta import (
     MAX_PIECES,
@@ -417,7 +417,7 @@ class _Pusher:
     def _check_plain(self, raw: memoryview | bytes, digest: bytes, codec: Codec, stored: bytes) -> None:
         if self.check_writes:  # what is stored must decode to the bytes the digest was taken of
             try:
-                decode_verified(codec, stored, len(raw), digest)
+                check_decodes(codec, stored, len(raw), digest)
             except IntegrityError as err:
                 raise IntegrityError(f"check before write: chunk blake3:{digest.hex()} as encoded ({codec.name}) "
                                      f"is wrong ({err}); nothing was stored for it (push again)") from None
