@@ -40,7 +40,8 @@ from casreg.errors import IntegrityError
 if TYPE_CHECKING:  # numpy is imported when a chunk is coded: commands that code none never load it
     import numpy as np
 
-__all__ = ["WIDTHS", "MIN_ELEMENTS", "encode_planes", "encode_planes_until", "decode_planes_into"]
+__all__ = ["WIDTHS", "MIN_ELEMENTS", "encode_planes", "encode_planes_until", "decode_planes_into",
+           "decode_planes_parts"]
 
 #: Element widths in bytes the codec takes (bf16/fp16, fp32).
 WIDTHS = (2, 4)
@@ -190,8 +191,31 @@ def _split_plane(x: np.ndarray, i: int) -> np.ndarray:
 def decode_planes_into(stored: bytes | memoryview, out: memoryview) -> None:
     """Decode a PLANES payload into ``out`` (exactly the chunk's raw size).
     :class:`IntegrityError` for anything malformed; ``out`` then holds garbage."""
-    payload = memoryview(stored).cast("B")
+    head, middle, tail = _decode_parts(stored, len(out), out)
     size = len(out)
+    out[:len(head)] = head
+    out[size - len(tail):] = tail
+    if middle is not None:  # elements not joined in place (``out`` is not aligned for them)
+        out[len(head):size - len(tail)] = middle.data.cast("B")
+
+
+def decode_planes_parts(stored: bytes | memoryview, size: int) -> tuple[memoryview, memoryview, memoryview]:
+    """The ``size``-byte chunk a PLANES payload decodes to, as three consecutive pieces
+    (head bytes, the elements, tail bytes; the elements in a per-thread scratch array
+    valid until this thread's next decode), for a caller that only hashes the chunk:
+    push's check before write skips copying it whole. Refuses what
+    :func:`decode_planes_into` refuses."""
+    head, middle, tail = _decode_parts(stored, size, None)
+    assert middle is not None
+    return head, middle.data.cast("B"), tail
+
+
+def _decode_parts(stored: bytes | memoryview, size: int,
+                  out: memoryview | None) -> tuple[memoryview, np.ndarray | None, memoryview]:
+    """Parse and decode a PLANES payload of a ``size``-byte chunk: its head and tail
+    bytes (views of the payload) and its elements, joined straight into ``out`` when
+    ``out`` is given and aligned for them (then ``None``), otherwise into scratch."""
+    payload = memoryview(stored).cast("B")
     if len(payload) < _HEADER.size:
         raise IntegrityError("planes payload is shorter than its header")
     width, head, tail = _HEADER.unpack_from(payload)
@@ -205,9 +229,9 @@ def decode_planes_into(stored: bytes | memoryview, out: memoryview) -> None:
     pos = _HEADER.size
     if len(payload) < pos + head + tail:
         raise IntegrityError("planes payload is truncated")
-    out[:head] = payload[pos:pos + head]
+    head_bytes = payload[pos:pos + head]
     pos += head
-    out[size - tail:] = payload[pos:pos + tail]
+    tail_bytes = payload[pos:pos + tail]
     pos += tail
     planes: list[np.ndarray] = []
     for i in range(width):
@@ -229,12 +253,18 @@ def decode_planes_into(stored: bytes | memoryview, out: memoryview) -> None:
             raise IntegrityError(f"planes payload: plane {i} has unknown mode {mode}")
     if pos != len(payload):
         raise IntegrityError(f"planes payload has {len(payload) - pos} bytes after its last plane")
-    out[head:head + n * width] = _join_planes(planes, width).data.cast("B")
+    dst = None
+    if out is not None:
+        dst = np.frombuffer(out, _uint(width), n, head)
+        if not dst.flags.aligned or not dst.flags.writeable:
+            dst = None
+    joined = _join_planes(planes, width, dst)
+    return head_bytes, None if dst is not None else joined, tail_bytes
 
 
-def _join_planes(planes: list[np.ndarray], width: int) -> np.ndarray:
-    """The elements whose rotated bytes are ``planes`` (each ``n`` bytes), in a
-    per-thread scratch array (valid until this thread's next call). The element is the
+def _join_planes(planes: list[np.ndarray], width: int, dst: np.ndarray | None = None) -> np.ndarray:
+    """The elements whose rotated bytes are ``planes`` (each ``n`` bytes), in ``dst``
+    (aligned) or else a per-thread scratch array (valid until this thread's next call). The element is the
     rotated one turned right by a bit, so plane ``i >= 1`` lands shifted left by
     ``8 * i - 1`` and plane 0 in two pieces, its top seven bits at the bottom and its
     lowest bit at the top: disjoint bits, OR-ed together in whole-array operations on
@@ -244,7 +274,7 @@ def _join_planes(planes: list[np.ndarray], width: int) -> np.ndarray:
 
     n = len(planes[0])
     uint = np.dtype(_uint(width))
-    x = _scratch("joined", n, _uint(width))
+    x = _scratch("joined", n, _uint(width)) if dst is None else dst
     part = _scratch("part", n, _uint(width))
     np.left_shift(planes[width - 1], 8 * width - 9, out=x, dtype=uint)
     for i in range(1, width - 1):

@@ -38,7 +38,7 @@ from casreg.content.delta import (
     Piece,
     Seg,
     base_pieces,
-    decode_delta,
+    check_delta,
     encode_delta,
     parse_header,
     worth_it,
@@ -349,7 +349,7 @@ class _Pusher:
         must give ``digest``."""
         if self.check_writes:
             try:
-                decode_delta(payload, len(raw), digest, lambda d: (chunks[d], False))
+                check_delta(payload, len(raw), digest, lambda d: (chunks[d], False))
             except IntegrityError as err:
                 raise IntegrityError(f"check before write: chunk blake3:{digest.hex()} as encoded (DELTA) is wrong "
                                      f"({err}); nothing was stored for it (push again)") from None
