@@ -124,7 +124,7 @@ def test_check_delta_gives_the_verdict_of_decode_delta(flip: int, pieces: int, s
     parts = [base[cut[k]:cut[k + 1]] for k in range(pieces)]
     digests = [blake3(p).digest() for p in parts]
     refs = [Piece(d, 0, len(p)) for d, p in zip(digests, parts)]
-    payload = bytearray(encode_delta(new, refs, parts, lambda r: encode(r, 3, (2, 0)), (2, 0)))
+    payload = bytearray(encode_delta(new, refs, parts, lambda r: encode(r, 3, (2, 0), residual=True), (2, 0)))
     if flip >= 0:
         payload[flip % len(payload)] ^= 1 << (flip % 8)
     stored = bytes(payload)
@@ -146,7 +146,46 @@ def test_check_delta_refuses_a_base_that_is_not_the_one_coded_against() -> None:
     base, other = bf16_weights(3000, seed=1), bf16_weights(3000, seed=2)
     new = (np.frombuffer(base, "<u2") + np.uint16(1)).astype("<u2").tobytes()
     d = blake3(base).digest()
-    payload = encode_delta(new, [Piece(d, 0, len(base))], [base], lambda r: encode(r, 3, (2, 0)), (2, 0))
+    payload = encode_delta(new, [Piece(d, 0, len(base))], [base], lambda r: encode(r, 3, (2, 0), residual=True), (2, 0))
     check_delta(payload, len(new), blake3(new).digest(), lambda _: (base, False))
     with pytest.raises(IntegrityError):
         check_delta(payload, len(new), blake3(new).digest(), lambda _: (other, False))
+
+
+def test_exponent_planes_are_coded_without_the_match_finder_and_decode_anywhere() -> None:
+    """The exponent plane of weights is coded with zstd's advanced parameters (literals
+    only, in effect) when zstandard's cffi backend is there: its frame decodes with any
+    zstd decoder, the payload with the spec's decoder, and it is no larger than the plain
+    PLANE_PARAMS frame; a delta's residual keeps the match finder (runs of zeros)."""
+    import threading
+
+    import zstandard
+
+    from casreg.content import planes
+
+    raw = bf16_weights(1 << 18, seed=3)
+    x = planes._elements(memoryview(raw), 2, 0, len(raw) // 2)
+    exponents = bytes(planes._split_plane(x, 1))
+    coder = planes._exponent_coder()
+    if coder is None:
+        pytest.skip("zstandard's cffi backend is not available here: PLANE_PARAMS code every plane")
+    fast = coder.compress(memoryview(exponents))
+    assert fast is not None
+    assert zstandard.ZstdDecompressor().decompress(fast) == exponents
+    assert len(fast) <= len(planes._compressor().compress(exponents)) * 1.01
+    fast_payload = encode_planes(raw, 2, 0)
+    residual_payload = encode_planes(raw, 2, 0, residual=True)
+    assert fast_payload is not None and residual_payload is not None
+    assert fast_payload != residual_payload  # the exponent frames differ ...
+    assert reference_decode(fast_payload, len(raw)) == reference_decode(residual_payload, len(raw)) == raw
+
+    got: list[bytes | None] = []  # ... and a thread without the cffi coder writes what the residual path writes
+
+    def without_coder() -> None:
+        planes._local.e = None
+        got.append(encode_planes(raw, 2, 0))
+
+    t = threading.Thread(target=without_coder)
+    t.start()
+    t.join()
+    assert got == [residual_payload]

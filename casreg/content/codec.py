@@ -56,24 +56,26 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 
 def encode(raw: bytes | memoryview, level: int = DEFAULT_ZSTD_LEVEL,
-           hint: FloatHint | None = None) -> tuple[Codec, bytes | memoryview]:
+           hint: FloatHint | None = None, *, residual: bool = False) -> tuple[Codec, bytes | memoryview]:
     """Compress with zstd, or with ``PLANES`` when ``hint`` says the chunk holds
     floating-point elements; keep the raw bytes (``raw`` itself) when compression saves
-    under 1%."""
-    out = encode_unless(raw, level, hint, None)
+    under 1%. ``residual``: ``raw`` is a delta's residual (see
+    :func:`~casreg.content.planes.encode_planes`)."""
+    out = encode_unless(raw, level, hint, None, residual=residual)
     assert out is not None
     return out
 
 
 def encode_unless(raw: bytes | memoryview, level: int, hint: FloatHint | None,
-                  enough: Callable[[int], bool] | None) -> tuple[Codec, bytes | memoryview] | None:
+                  enough: Callable[[int], bool] | None, *,
+                  residual: bool = False) -> tuple[Codec, bytes | memoryview] | None:
     """:func:`encode`, or ``None`` as soon as ``enough(n)`` is true for an ``n`` that the
     payload's size is known to be at least (asked while a PLANES payload is coded, plane
     by plane: :func:`~casreg.content.planes.encode_planes_until`). ``None`` never when
     ``enough`` is ``None``."""
     if hint is not None:
         until = None if enough is None else (lambda n: enough(min(n, len(raw))))  # RAW stores len(raw) bytes
-        planes = encode_planes_until(raw, *hint, until)
+        planes = encode_planes_until(raw, *hint, until, residual=residual)
         if isinstance(planes, int):
             return None
         if planes is not None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import zstandard
 
@@ -80,33 +80,95 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
+#: The exponent plane's zstd frame, as zstd's C API allows it but python-zstandard's
+#: compressor does not: the same fast strategy with its match finder accelerated until it
+#: all but stops (``targetLength``), and Huffman coding of the literals kept on
+#: (``literalCompressionMode``; zstd turns it off by default when the fast strategy is
+#: accelerated). An exponent plane is all literals, so the match finder only cost time:
+#: measured on the bf16 exponent planes of a llama-like model, 0.60 s/GiB instead of 0.94
+#: to code, the frames 0.3 % smaller, decoding unchanged. Set through zstandard's own
+#: cffi backend (``ZSTD_c_literalCompressionMode`` is in zstd's advanced API); where that
+#: is not available, :data:`PLANE_PARAMS` code the plane. Either way any zstd decoder
+#: reads the frame: nothing about the format depends on it.
+_EXPONENT_PARAMS = (("ZSTD_c_strategy", 1), ("ZSTD_c_windowLog", 17), ("ZSTD_c_hashLog", 6),
+                    ("ZSTD_c_chainLog", 6), ("ZSTD_c_searchLog", 1), ("ZSTD_c_minMatch", 7),
+                    ("ZSTD_c_targetLength", 1024), ("ZSTD_c_literalCompressionMode", 1),
+                    ("ZSTD_c_contentSizeFlag", 1))
+
+
+class _ExponentCoder:
+    """One thread's zstd context with :data:`_EXPONENT_PARAMS` and its output buffer."""
+
+    def __init__(self) -> None:
+        import importlib
+
+        cffi_zstd = importlib.import_module("zstandard.backend_cffi")  # part of the zstandard package (untyped)
+        self.lib: Any = cffi_zstd.lib
+        self.ffi: Any = cffi_zstd.ffi
+        self.cctx = self.ffi.gc(self.lib.ZSTD_createCCtx(), self.lib.ZSTD_freeCCtx)
+        for name, value in _EXPONENT_PARAMS:
+            if self.lib.ZSTD_isError(self.lib.ZSTD_CCtx_setParameter(self.cctx, getattr(self.lib, name), value)):
+                raise RuntimeError(f"zstd refuses {name}={value}")
+        self.out = self.ffi.new("char[]", 1)
+
+    def compress(self, data: memoryview) -> bytes | None:
+        """One zstd frame of ``data`` (content size recorded), or ``None`` on an error."""
+        bound = self.lib.ZSTD_compressBound(len(data))
+        if len(self.out) < bound:
+            self.out = self.ffi.new("char[]", bound)
+        n = self.lib.ZSTD_compress2(self.cctx, self.out, len(self.out), self.ffi.from_buffer(data), len(data))
+        if self.lib.ZSTD_isError(n):
+            return None
+        return bytes(self.ffi.buffer(self.out, n))
+
+
+def _exponent_coder() -> _ExponentCoder | None:
+    """This thread's :class:`_ExponentCoder`, or ``None`` where it cannot be made."""
+    if "e" not in _local.__dict__:
+        try:
+            _local.e = _ExponentCoder()
+        except (ImportError, AttributeError, RuntimeError):
+            _local.e = None
+    coder: _ExponentCoder | None = _local.e
+    return coder
+
+
+def _compress_exponents(data: memoryview) -> bytes:
+    coder = _exponent_coder()
+    packed = coder.compress(data) if coder is not None else None
+    return packed if packed is not None else _compressor().compress(data)
+
+
 def _uint(width: int) -> str:
     return "<u2" if width == 2 else "<u4"
 
 
-def _code_plane(plane: np.ndarray, exponent: bool) -> tuple[int, bytes | memoryview]:
+def _code_plane(plane: np.ndarray, exponent: bool, residual: bool = False) -> tuple[int, bytes | memoryview]:
     data = memoryview(plane.data).cast("B")
     if not exponent and len(data) > _SAMPLE:
         probe = _compressor().compress(data[:_SAMPLE])
         if len(probe) > _SAMPLE - _SAMPLE * 3 // 100:
             return MODE_RAW, data
-    packed = _compressor().compress(data)
+    packed = _compress_exponents(data) if exponent and not residual else _compressor().compress(data)
     if len(packed) >= len(data) - len(data) // 100:
         return MODE_RAW, data
     return MODE_ZSTD, packed
 
 
-def encode_planes(raw: bytes | memoryview, width: int, head: int) -> bytes | None:
+def encode_planes(raw: bytes | memoryview, width: int, head: int, *, residual: bool = False) -> bytes | None:
     """``raw`` in the PLANES format with elements of ``width`` bytes starting ``head``
     bytes in (``0 <= head < width``), or ``None`` when it does not apply (too few
-    elements). The caller compares the size with other codecs'."""
-    out = encode_planes_until(raw, width, head, None)
+    elements). The caller compares the size with other codecs'. ``residual``: ``raw`` is
+    a delta's residual (casreg.content.delta), whose top plane is mostly runs of zeros
+    that the match finder of :data:`PLANE_PARAMS` finds, not weights' exponents
+    (:data:`_EXPONENT_PARAMS` lost 1.6 % of a fine-tune's stored bytes there)."""
+    out = encode_planes_until(raw, width, head, None, residual=residual)
     assert not isinstance(out, int)
     return out
 
 
 def encode_planes_until(raw: bytes | memoryview, width: int, head: int,
-                        enough: Callable[[int], bool] | None) -> bytes | int | None:
+                        enough: Callable[[int], bool] | None, *, residual: bool = False) -> bytes | int | None:
     """:func:`encode_planes`, stopping early: ``enough(n)`` is asked after the header and
     after each plane is coded (mantissa planes first, the costly exponent plane last),
     ``n`` being the payload's size so far, a lower bound on its final size; the first
@@ -129,7 +191,7 @@ def encode_planes_until(raw: bytes | memoryview, width: int, head: int,
         return size
     elements = _elements(view, width, head, n)
     for i in range(width):
-        mode, data = _code_plane(_split_plane(elements, i), exponent=i == width - 1)
+        mode, data = _code_plane(_split_plane(elements, i), exponent=i == width - 1, residual=residual)
         parts += (_PLANE.pack(mode, len(data)), data)
         size += _PLANE.size + len(data)
         if enough is not None and i < width - 1 and enough(size):

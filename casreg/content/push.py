@@ -341,7 +341,7 @@ class _Pusher:
         views = [memoryview(chunks[p.digest])[p.offset:p.offset + p.length] for p in pieces]
         if any(len(v) != p.length for v, p in zip(views, pieces)):
             return None
-        payload = encode_delta(raw, pieces, views, lambda r: encode(r, self.level, hint), hint)
+        payload = encode_delta(raw, pieces, views, lambda r: encode(r, self.level, hint, residual=True), hint)
         return payload, [refs[d] for d in chunks], chunks
 
     def _check_delta(self, payload: bytes, raw: memoryview, digest: bytes, chunks: dict[bytes, bytes]) -> None:
