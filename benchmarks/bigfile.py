@@ -37,10 +37,11 @@ class Timed:
     rss_mb: float
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> Timed:
-    """Run ``cmd`` under GNU time; fail loudly if it fails."""
+def timed(cmd: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> Timed:
+    """Run ``cmd`` under GNU time (in ``cwd``); fail loudly if it fails."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
-        proc = subprocess.run(["/usr/bin/time", "-v", "-o", tf.name, *cmd], env=env, capture_output=True, text=True)
+        proc = subprocess.run(["/usr/bin/time", "-v", "-o", tf.name, *cmd], env=env, cwd=cwd, capture_output=True,
+                              text=True)
         if proc.returncode:
             raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
         text = tf.read()
@@ -85,19 +86,22 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(1, args.rounds + 1):
             print(f"round {r} (load {os.getloadavg()[0]:.2f})", flush=True)
             for label, tree in trees:
-                env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()))
+                # ``python -m`` puts the working directory first on sys.path, before
+                # PYTHONPATH: each tree's commands run in that tree, or all would run this one.
+                tree = str(Path(tree).resolve())
+                env = dict(os.environ, PYTHONPATH=tree)
                 reg, dest = work / f"reg-{label}", work / f"out-{label}"
                 shutil.rmtree(reg, ignore_errors=True)
                 dest.unlink(missing_ok=True)
                 warm(args.file)
                 subprocess.run(["sync"], check=True)
                 record(f"{label} push", timed([args.python, "-m", "casreg_cli.main", "push", "big", str(args.file),
-                                               "--registry", str(reg), "--quiet"], env))
+                                               "--registry", str(reg), "--quiet"], env, tree))
                 subprocess.run(["sync"], check=True)
                 stored[label] = sum(p.stat().st_size for p in reg.rglob("*") if p.is_file())
                 warm(reg)
                 record(f"{label} pull", timed([args.python, "-m", "casreg_cli.main", "pull", "big:1", str(dest),
-                                               "--registry", str(reg), "--quiet"], env))
+                                               "--registry", str(reg), "--quiet"], env, tree))
                 subprocess.run(["sync"], check=True)
                 if subprocess.run(["cmp", "-s", str(args.file), str(dest)]).returncode:
                     raise SystemExit(f"{label}: the pulled file differs from {args.file}")
