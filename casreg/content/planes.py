@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import zstandard
@@ -253,30 +253,40 @@ def _split_plane(x: np.ndarray, i: int) -> np.ndarray:
 def decode_planes_into(stored: bytes | memoryview, out: memoryview) -> None:
     """Decode a PLANES payload into ``out`` (exactly the chunk's raw size).
     :class:`IntegrityError` for anything malformed; ``out`` then holds garbage."""
-    head, middle, tail = _decode_parts(stored, len(out), out)
+    import numpy as np
+
     size = len(out)
+    head, planes, tail = _decode_planes(stored, size)
+    width, n = len(planes), (size - len(head) - len(tail)) // max(len(planes), 1)
     out[:len(head)] = head
     out[size - len(tail):] = tail
-    if middle is not None:  # elements not joined in place (``out`` is not aligned for them)
-        out[len(head):size - len(tail)] = middle.data.cast("B")
+    dst = np.frombuffer(out, _uint(width), n, len(head))
+    if dst.flags.aligned and dst.flags.writeable:  # joined where it belongs
+        for _ in _join_planes(planes, width, dst):
+            pass
+        return
+    pos = len(head)
+    for block in _join_planes(planes, width):  # (elements unaligned in ``out``: joined aside, copied)
+        out[pos:pos + block.nbytes] = block.data.cast("B")
+        pos += block.nbytes
 
 
-def decode_planes_parts(stored: bytes | memoryview, size: int) -> tuple[memoryview, memoryview, memoryview]:
-    """The ``size``-byte chunk a PLANES payload decodes to, as three consecutive pieces
-    (head bytes, the elements, tail bytes; the elements in a per-thread scratch array
-    valid until this thread's next decode), for a caller that only hashes the chunk:
-    push's check before write skips copying it whole. Refuses what
-    :func:`decode_planes_into` refuses."""
-    head, middle, tail = _decode_parts(stored, size, None)
-    assert middle is not None
-    return head, middle.data.cast("B"), tail
+def decode_planes_parts(stored: bytes | memoryview, size: int) -> Iterator[memoryview]:
+    """The ``size``-byte chunk a PLANES payload decodes to, as consecutive pieces (its
+    head bytes, its elements a block at a time in a per-thread buffer valid until the
+    next piece is asked for, its tail bytes), for a caller that only hashes the chunk:
+    push's check before write never holds it whole. Raises (when iterated) what
+    :func:`decode_planes_into` raises."""
+    head, planes, tail = _decode_planes(stored, size)
+    yield head
+    for block in _join_planes(planes, len(planes)):
+        yield block.data.cast("B")
+    yield tail
 
 
-def _decode_parts(stored: bytes | memoryview, size: int,
-                  out: memoryview | None) -> tuple[memoryview, np.ndarray | None, memoryview]:
-    """Parse and decode a PLANES payload of a ``size``-byte chunk: its head and tail
-    bytes (views of the payload) and its elements, joined straight into ``out`` when
-    ``out`` is given and aligned for them (then ``None``), otherwise into scratch."""
+def _decode_planes(stored: bytes | memoryview, size: int) -> tuple[memoryview, list[np.ndarray], memoryview]:
+    """Parse a PLANES payload of a ``size``-byte chunk, checking every length: its head
+    and tail bytes (views of the payload) and its planes, zstd ones decoded."""
     payload = memoryview(stored).cast("B")
     if len(payload) < _HEADER.size:
         raise IntegrityError("planes payload is shorter than its header")
@@ -315,39 +325,43 @@ def _decode_parts(stored: bytes | memoryview, size: int,
             raise IntegrityError(f"planes payload: plane {i} has unknown mode {mode}")
     if pos != len(payload):
         raise IntegrityError(f"planes payload has {len(payload) - pos} bytes after its last plane")
-    dst = None
-    if out is not None:
-        dst = np.frombuffer(out, _uint(width), n, head)
-        if not dst.flags.aligned or not dst.flags.writeable:
-            dst = None
-    joined = _join_planes(planes, width, dst)
-    return head_bytes, None if dst is not None else joined, tail_bytes
+    return head_bytes, planes, tail_bytes
 
 
-def _join_planes(planes: list[np.ndarray], width: int, dst: np.ndarray | None = None) -> np.ndarray:
-    """The elements whose rotated bytes are ``planes`` (each ``n`` bytes), in ``dst``
-    (aligned) or else a per-thread scratch array (valid until this thread's next call). The element is the
-    rotated one turned right by a bit, so plane ``i >= 1`` lands shifted left by
-    ``8 * i - 1`` and plane 0 in two pieces, its top seven bits at the bottom and its
-    lowest bit at the top: disjoint bits, OR-ed together in whole-array operations on
-    aligned arrays (writing each plane into every ``width``-th byte of the chunk, then
-    rotating it where it lies, cost twice as much)."""
+#: Elements joined per step: the scratch arrays stay small (a pull's threads each held
+#: 10 MiB of them for 4 MiB chunks when whole chunks were joined at once).
+_BLOCK = 1 << 16
+
+
+def _join_planes(planes: list[np.ndarray], width: int, dst: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """The elements whose rotated bytes are ``planes`` (each ``n`` bytes), :data:`_BLOCK`
+    at a time: each block joined into its slice of ``dst`` (aligned) when given, else into
+    a per-thread scratch array valid until the next block. The element is the rotated one
+    turned right by a bit, so plane ``i >= 1`` lands shifted left by ``8 * i - 1`` and
+    plane 0 in two pieces, its top seven bits at the bottom and its lowest bit at the top:
+    disjoint bits, OR-ed together in whole-array operations on aligned arrays (writing each
+    plane into every ``width``-th byte of the chunk, then rotating it where it lies, cost
+    twice as much)."""
     import numpy as np
 
     n = len(planes[0])
     uint = np.dtype(_uint(width))
-    x = _scratch("joined", n, _uint(width)) if dst is None else dst
-    part = _scratch("part", n, _uint(width))
-    np.left_shift(planes[width - 1], 8 * width - 9, out=x, dtype=uint)
-    for i in range(1, width - 1):
-        np.left_shift(planes[i], 8 * i - 1, out=part, dtype=uint)
-        np.bitwise_or(x, part, out=x)
-    np.left_shift(planes[0], 8 * width - 1, out=part, dtype=uint)
-    np.bitwise_or(x, part, out=x)
-    half = _scratch("half", n, "u1")
-    np.right_shift(planes[0], 1, out=half)
-    np.bitwise_or(x, half, out=x)
-    return x
+    step = min(n, _BLOCK)
+    part, half = _scratch("part", step, _uint(width)), _scratch("half", step, "u1")
+    for start in range(0, n, _BLOCK):
+        stop = min(n, start + _BLOCK)
+        m = stop - start
+        x = _scratch("joined", m, _uint(width)) if dst is None else dst[start:stop]
+        p = [plane[start:stop] for plane in planes]
+        np.left_shift(p[width - 1], 8 * width - 9, out=x, dtype=uint)
+        for i in range(1, width - 1):
+            np.left_shift(p[i], 8 * i - 1, out=part[:m], dtype=uint)
+            np.bitwise_or(x, part[:m], out=x)
+        np.left_shift(p[0], 8 * width - 1, out=part[:m], dtype=uint)
+        np.bitwise_or(x, part[:m], out=x)
+        np.right_shift(p[0], 1, out=half[:m])
+        np.bitwise_or(x, half[:m], out=x)
+        yield x
 
 
 def _unzstd(data: memoryview, n: int, i: int) -> bytes:
