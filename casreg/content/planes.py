@@ -243,10 +243,10 @@ def _split_plane(x: np.ndarray, i: int) -> np.ndarray:
     elif width == 2:  # the two bytes read big-endian, shifted right by 7: one operation
         np.right_shift(x.view(">u2"), 7, out=plane, casting="unsafe")
     else:
-        low, top = _scratch("low", len(x), _uint(width)), _scratch("top", len(x), _uint(width))
-        np.left_shift(x, 1, out=low)
-        np.right_shift(x, 8 * width - 1, out=top)
-        np.bitwise_or(low, top, out=plane, casting="unsafe")
+        top = _scratch("top", len(x), "u1")  # the element's top bit, which rotates in at the bottom
+        np.left_shift(x, 1, out=plane, casting="unsafe")
+        np.right_shift(x, 8 * width - 1, out=top, casting="unsafe")
+        np.bitwise_or(plane, top, out=plane)
     return plane
 
 
