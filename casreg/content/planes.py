@@ -47,7 +47,8 @@ __all__ = ["WIDTHS", "MIN_ELEMENTS", "encode_planes", "encode_planes_until", "de
 WIDTHS = (2, 4)
 #: Chunks with fewer whole elements than this are left to zstd (the headers would cost more).
 MIN_ELEMENTS = 256
-#: How planes are coded: zstd's fastest strategy with matches all but switched off (7-byte
+#: How planes are coded (the exponent plane of a plain chunk by :data:`_EXPONENT_PARAMS`
+#: where they can be set): zstd's fastest strategy with matches all but switched off (7-byte
 #: minimum match, one probe in a 64-entry table), so that what remains is zstd's entropy
 #: coding of literals (Huffman), which is what an exponent plane needs. Measured on the
 #: bf16 exponent plane of a llama-like model (docs/benchmarks-peers.md): 0.332 of its
