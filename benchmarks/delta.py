@@ -149,7 +149,8 @@ def main() -> None:
                     chosen = False
                     if pieces:
                         base = [raw_of(p.digest)[p.offset:p.offset + p.length] for p in pieces]
-                        payload = encode_delta(raw, pieces, base, lambda r, h=hint: encode(r, 3, h), hint)  # type: ignore[misc]
+                        code = lambda r, h=hint: encode(r, 3, h, residual=True)  # noqa: E731
+                        payload = encode_delta(raw, pieces, base, code, hint)
                         if worth_it(len(payload), len(plain)):
                             out = memoryview(bytearray(length))
                             decode_delta_into(payload, out, digest, source, decode_inner)

@@ -166,7 +166,7 @@ def test_fine_tune_of_float_weights_round_trips_and_saves() -> None:
     w = rng.normal(0, 0.02, 1 << 16).astype("<f4")
     base, raw = w.tobytes(), (w + rng.normal(0, 0.0002, 1 << 16).astype("<f4")).tobytes()
     piece = Piece(blake3(base).digest(), 0, len(base))
-    payload = encode_delta(raw, [piece], [base], lambda r: encode(r, 3, (4, 0)), (4, 0))
+    payload = encode_delta(raw, [piece], [base], lambda r: encode(r, 3, (4, 0), residual=True), (4, 0))
     plain = encode(raw, 3, (4, 0))[1]
     assert worth_it(len(payload), len(plain)) and len(payload) < 0.8 * len(plain)
     assert bytes(decode_delta(payload, len(raw), blake3(raw).digest(), source_of(base))) == raw

@@ -40,6 +40,7 @@ is an :class:`~casreg.errors.IntegrityError` naming what is wrong, never wrong b
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -53,7 +54,7 @@ if TYPE_CHECKING:  # numpy is imported when a chunk is coded
 
 __all__ = ["OP_XOR", "OP_SUB", "MAX_PIECES", "MIN_SAVING", "Piece", "BaseSource", "DeltaHeader", "parse_header",
            "apply_into", "encode_delta", "decode_delta_into", "decode_delta", "decode_inner_into",
-           "worth_it", "DELTA_CODEC", "Seg", "base_pieces"]
+           "check_delta", "worth_it", "DELTA_CODEC", "Seg", "base_pieces"]
 
 OP_XOR = 0
 OP_SUB = 1
@@ -69,6 +70,23 @@ _HEAD = struct.Struct("<BBBBB")
 _PIECE = struct.Struct("<32sII")
 #: Inner codecs a delta's residual may use: raw, zstd, planes (casreg.content.codec.Codec).
 INNER_CODECS = frozenset({0, 1, 2})
+#: Per-thread buffers larger than this are not kept (a chunk is at most 4 MiB by default).
+_SCRATCH_KEPT = 16 << 20
+
+_local = threading.local()
+
+
+def _scratch(name: str, size: int) -> memoryview:
+    """A per-thread buffer of ``size`` bytes (garbage), reused from chunk to chunk: a
+    push codes every chunk of a fine-tune as a delta, and fresh chunk-sized buffers for
+    its residual, its base and its check cost their pages' faults every time."""
+    if size > _SCRATCH_KEPT:
+        return memoryview(bytearray(size))
+    buf: bytearray | None = _local.__dict__.get(name)
+    if buf is None or len(buf) < size:
+        buf = bytearray(max(size, 1 << 20))
+        setattr(_local, name, buf)
+    return memoryview(buf)[:size]
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,17 +158,20 @@ def parse_header(stored: bytes | memoryview, raw_size: int) -> DeltaHeader:
 
 
 def _base(size: int, pieces: Sequence[bytes | memoryview]) -> np.ndarray:
-    """The base: the pieces' bytes, in order, zero-padded to ``size`` bytes."""
+    """The base: the pieces' bytes, in order, zero-padded to ``size`` bytes (the one
+    piece itself if it is the whole base, else in a per-thread buffer valid until this
+    thread's next call)."""
     import numpy as np
 
     if len(pieces) == 1 and len(pieces[0]) == size:
         return np.frombuffer(pieces[0], np.uint8)
-    base = np.zeros(size, np.uint8)
+    base = np.frombuffer(_scratch("base", size), np.uint8)
     pos = 0
     for piece in pieces:
         src = np.frombuffer(piece, np.uint8)
         base[pos:pos + len(src)] = src
         pos += len(src)
+    base[pos:] = 0
     return base
 
 
@@ -208,16 +229,14 @@ def encode_delta(raw: bytes | memoryview, pieces: Sequence[Piece], base: Sequenc
     op, width, head = (OP_XOR, 0, 0) if element is None else (OP_SUB, *element)
     if op == OP_SUB and (width not in (2, 4) or not 0 <= head < width):
         raise ValueError(f"delta: width {width}, head {head}")
-    residual = memoryview(bytearray(raw))
+    residual = _scratch("residual", len(raw))
+    residual[:] = memoryview(raw).cast("B")
     apply_into(residual, op, width, head, base, inverse=False)
-    inner, body = code(residual)
+    inner, body = code(residual)  # (a raw residual is this thread's buffer: joined below, before reuse)
     if inner not in INNER_CODECS:
         raise ValueError(f"delta: residual coded with codec {inner}")
-    out = bytearray(_HEAD.pack(op, width, head, int(inner), len(pieces)))
-    for p in pieces:
-        out += _PIECE.pack(p.digest, p.offset, p.length)
-    out += body
-    return bytes(out)
+    return b"".join([_HEAD.pack(op, width, head, int(inner), len(pieces)),
+                     *(_PIECE.pack(p.digest, p.offset, p.length) for p in pieces), body])
 
 
 def worth_it(delta_size: int, plain_size: int) -> bool:
@@ -281,6 +300,12 @@ def decode_inner_into(codec: int, payload: memoryview, out: memoryview) -> None:
     if len(got) != len(out):
         raise IntegrityError(f"delta payload's residual decodes to {len(got)} bytes, not {len(out)}")
     out[:] = got
+
+
+def check_delta(stored: bytes | memoryview, raw_size: int, digest: bytes, bases: BaseSource) -> None:
+    """:func:`decode_delta` when only the verdict is wanted (push's check before write):
+    the same payloads pass and fail, decoded into a per-thread buffer."""
+    decode_delta_into(stored, _scratch("check", raw_size), digest, bases, decode_inner_into)
 
 
 def decode_delta(stored: bytes | memoryview, raw_size: int, digest: bytes, bases: BaseSource) -> bytearray:

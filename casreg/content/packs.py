@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from blake3 import blake3
 
 from casreg.content.cache import AUTO, CacheArg, ChunkCache, resolve_cache
-from casreg.content.codec import Codec, decode_verified
+from casreg.content.codec import Codec, check_decodes
 from casreg.content.config import MAX_CHUNK_BYTES, max_chunk_size
 from casreg.content.delta import parse_header
 from casreg.content.manifest import ChunkRef, stored_bound
@@ -157,7 +157,7 @@ def verify_pack(store: ObjectStore, pack_id: str, index: bytes, slots: Sequence[
                     if s.codec == Codec.DELTA:  # needs its bases: a push decodes one before relying on it
                         parse_header(payload, s.raw_size)
                     else:
-                        decode_verified(s.codec, payload, s.raw_size, s.digest)
+                        check_decodes(s.codec, payload, s.raw_size, s.digest)
                 except IntegrityError as err:
                     raise IntegrityError(f"pack {key}: chunk blake3:{s.digest.hex()} at offset {s.offset} is "
                                          f"not what its index says ({err})") from None

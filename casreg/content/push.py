@@ -32,14 +32,14 @@ from dataclasses import dataclass
 from blake3 import blake3
 
 from casreg.content.chunking import BLOCK_SIZE, ChunkParams, iter_chunk_views
-from casreg.content.codec import Codec, FloatHint, decode, decode_verified, encode, encode_unless
+from casreg.content.codec import Codec, FloatHint, check_decodes, decode, encode, encode_unless
 from casreg.content.config import read_config
 from casreg.content.delta import (
     MAX_PIECES,
     Piece,
     Seg,
     base_pieces,
-    decode_delta,
+    check_delta,
     encode_delta,
     parse_header,
     worth_it,
@@ -406,7 +406,7 @@ class _Pusher:
         views = [memoryview(chunks[p.digest])[p.offset:p.offset + p.length] for p in pieces]
         if any(len(v) != p.length for v, p in zip(views, pieces)):
             return None
-        payload = encode_delta(raw, pieces, views, lambda r: encode(r, self.level, hint), hint)
+        payload = encode_delta(raw, pieces, views, lambda r: encode(r, self.level, hint, residual=True), hint)
         return payload, [refs[d] for d in chunks], chunks
 
     def _check_delta(self, payload: bytes, raw: memoryview, digest: bytes, chunks: dict[bytes, bytes]) -> None:
@@ -414,7 +414,7 @@ class _Pusher:
         must give ``digest``."""
         if self.check_writes:
             try:
-                decode_delta(payload, len(raw), digest, lambda d: (chunks[d], False))
+                check_delta(payload, len(raw), digest, lambda d: (chunks[d], False))
             except IntegrityError as err:
                 raise IntegrityError(f"check before write: chunk blake3:{digest.hex()} as encoded (DELTA) is wrong "
                                      f"({err}); nothing was stored for it (push again)") from None
@@ -484,7 +484,7 @@ class _Pusher:
             try:
                 whole = _immutable(raw) if codec in (Codec.RAW, Codec.ZSTD) else None
                 if whole is None:
-                    decode_verified(codec, stored, len(raw), digest)
+                    check_decodes(codec, stored, len(raw), digest)
                 elif decode(codec, stored, len(whole)) != whole:
                     # ``digest`` was taken of these very bytes, which cannot have changed
                     # since (a small file's, read whole): comparing is the same check as

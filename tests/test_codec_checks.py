@@ -1,0 +1,191 @@
+"""The fast paths of the per-chunk codecs (casreg/content/planes.py, codec.py, delta.py):
+the whole-array plane split and join at every alignment of source and destination, and the
+checks that only want a verdict (``check_decodes``, ``decode_planes_parts``,
+``check_delta``: per-thread buffers, no copy of the chunk) accept and refuse exactly what
+the decoders that return the bytes accept and refuse."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from blake3 import blake3
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_planes import bf16_weights, reference_decode  # the PLANES spec decoder (docs/FORMAT.md §4.1)
+
+from casreg.content.codec import Codec, check_decodes, decode_verified, encode
+from casreg.content.delta import Piece, check_delta, decode_delta, encode_delta
+from casreg.content.planes import MIN_ELEMENTS, decode_planes_into, decode_planes_parts, encode_planes
+from casreg.errors import IntegrityError
+
+
+def _at(data: bytes, offset: int) -> memoryview:
+    """``data`` at ``offset`` bytes into a buffer of its own (elements unaligned when odd)."""
+    buf = memoryview(bytearray(len(data) + 8))
+    buf[offset:offset + len(data)] = data
+    return buf[offset:offset + len(data)]
+
+
+def _verdict(fn: object) -> str:
+    try:
+        fn()  # type: ignore[operator]
+    except IntegrityError:
+        return "refused"
+    return "accepted"
+
+
+@settings(max_examples=150, deadline=None)
+@given(raw=st.binary(min_size=4 * MIN_ELEMENTS + 3, max_size=6000), width=st.sampled_from([2, 4]),
+       head=st.integers(0, 3), src=st.integers(0, 7), dst=st.integers(0, 7), floats=st.booleans())
+def test_planes_round_trip_at_every_alignment(raw: bytes, width: int, head: int, src: int, dst: int,
+                                              floats: bool) -> None:
+    head %= width
+    if floats:
+        raw = raw[:5] + bf16_weights(len(raw) // 2, seed=len(raw))
+    payload = encode_planes(_at(raw, src), width, head)
+    assert payload is not None
+    assert payload == encode_planes(raw, width, head)  # the same bytes wherever the chunk lies
+    assert reference_decode(payload, len(raw)) == raw  # decoded from the spec alone
+    out = _at(b"\xa5" * len(raw), dst)
+    decode_planes_into(payload, out)
+    assert bytes(out) == raw
+    assert b"".join(bytes(p) for p in decode_planes_parts(payload, len(raw))) == raw
+
+
+def test_planes_fp32_and_bf16_split_into_the_rotated_bytes() -> None:
+    """Plane i holds byte i of each element rotated left by one bit, computed here the
+    slow way: the exponent fills the top plane, the sign lands in plane 0's low bit."""
+    for width, dtype in ((2, "<u2"), (4, "<u4")):
+        x = np.random.default_rng(width).integers(0, 1 << (8 * width), 1000, dtype=np.uint64).astype(dtype)
+        payload = encode_planes(x.tobytes(), width, 0)
+        assert payload is not None
+        rotated = [((int(v) << 1) | (int(v) >> (8 * width - 1))) & ((1 << (8 * width)) - 1) for v in x]
+        pos = 3
+        for i in range(width):
+            mode, size = struct.unpack_from("<BI", payload, pos)
+            pos += 5
+            if mode == 0:
+                assert payload[pos:pos + size] == bytes((r >> (8 * i)) & 0xFF for r in rotated)
+            pos += size
+
+
+@settings(max_examples=200, deadline=None)
+@given(how=st.sampled_from(["flip", "truncate", "trailing", "header", "size", "mode", "digest"]),
+       at=st.integers(0, 1 << 20), value=st.integers(0, 255), junk=st.binary(min_size=1, max_size=9),
+       codec=st.sampled_from([Codec.PLANES, Codec.ZSTD, Codec.RAW]))
+def test_check_decodes_gives_the_verdict_of_decode_verified(how: str, at: int, value: int, junk: bytes,
+                                                             codec: Codec) -> None:
+    raw = bf16_weights(3000, seed=7)[:5999]
+    payload = bytearray(encode_planes(raw, 2, 1) or b"") if codec == Codec.PLANES else bytearray(
+        encode(raw, 3)[1] if codec == Codec.ZSTD else raw)
+    digest = blake3(raw).digest()
+    if how == "flip":
+        payload[at % len(payload)] ^= 1 << (value % 8)
+    elif how == "truncate":
+        payload = payload[:at % len(payload)]
+    elif how == "trailing":
+        payload += junk
+    elif how == "header":
+        payload[at % 3] = value
+    elif how == "size" and codec == Codec.PLANES:
+        struct.pack_into("<I", payload, 3 + 2 + 1, at)
+    elif how == "mode" and codec == Codec.PLANES:
+        payload[3 + 2] = value
+    elif how == "digest":
+        digest = bytes(32)
+    stored = bytes(payload)
+    expected = _verdict(lambda: decode_verified(codec, stored, len(raw), digest))
+    assert _verdict(lambda: check_decodes(codec, stored, len(raw), digest)) == expected
+    if how == "digest":
+        assert expected == "refused"
+
+
+def test_check_decodes_reuses_its_buffer_across_sizes() -> None:
+    """A large chunk after a small one, then a small one again: each is checked against
+    its own bytes, never against what an earlier chunk left in the buffer."""
+    for n in (600, 5000, 700, 5000):
+        raw = bf16_weights(n, seed=n)
+        codec, stored = encode(raw, 3, (2, 0))
+        assert codec == Codec.PLANES
+        check_decodes(codec, stored, len(raw), blake3(raw).digest())
+        with pytest.raises(IntegrityError):
+            check_decodes(codec, stored, len(raw), blake3(raw[:-1] + b"\0").digest())
+
+
+@settings(max_examples=60, deadline=None)
+@given(flip=st.integers(-1, 1 << 16), pieces=st.integers(1, 3), seed=st.integers(0, 1 << 16))
+def test_check_delta_gives_the_verdict_of_decode_delta(flip: int, pieces: int, seed: int) -> None:
+    base = bf16_weights(4000, seed=seed)
+    rng = np.random.default_rng(seed)
+    new = (np.frombuffer(base, "<u2") + rng.integers(0, 3, 4000).astype("<u2")).astype("<u2").tobytes()
+    cut = [len(base) * k // pieces for k in range(pieces + 1)]
+    parts = [base[cut[k]:cut[k + 1]] for k in range(pieces)]
+    digests = [blake3(p).digest() for p in parts]
+    refs = [Piece(d, 0, len(p)) for d, p in zip(digests, parts)]
+    payload = bytearray(encode_delta(new, refs, parts, lambda r: encode(r, 3, (2, 0), residual=True), (2, 0)))
+    if flip >= 0:
+        payload[flip % len(payload)] ^= 1 << (flip % 8)
+    stored = bytes(payload)
+    chunks = dict(zip(digests, parts))
+
+    def bases(d: bytes) -> tuple[bytes, bool]:  # as a real base source: a chunk it lacks is an IntegrityError
+        if d not in chunks:
+            raise IntegrityError(f"no chunk blake3:{d.hex()}")
+        return chunks[d], False
+    digest = blake3(new).digest()
+    expected = _verdict(lambda: decode_delta(stored, len(new), digest, bases))
+    assert _verdict(lambda: check_delta(stored, len(new), digest, bases)) == expected
+    if flip < 0:
+        assert expected == "accepted"
+        assert bytes(decode_delta(stored, len(new), digest, bases)) == new
+
+
+def test_check_delta_refuses_a_base_that_is_not_the_one_coded_against() -> None:
+    base, other = bf16_weights(3000, seed=1), bf16_weights(3000, seed=2)
+    new = (np.frombuffer(base, "<u2") + np.uint16(1)).astype("<u2").tobytes()
+    d = blake3(base).digest()
+    payload = encode_delta(new, [Piece(d, 0, len(base))], [base], lambda r: encode(r, 3, (2, 0), residual=True), (2, 0))
+    check_delta(payload, len(new), blake3(new).digest(), lambda _: (base, False))
+    with pytest.raises(IntegrityError):
+        check_delta(payload, len(new), blake3(new).digest(), lambda _: (other, False))
+
+
+def test_exponent_planes_are_coded_without_the_match_finder_and_decode_anywhere() -> None:
+    """The exponent plane of weights is coded with zstd's advanced parameters (literals
+    only, in effect) when zstandard's cffi backend is there: its frame decodes with any
+    zstd decoder, the payload with the spec's decoder, and it is no larger than the plain
+    PLANE_PARAMS frame; a delta's residual keeps the match finder (runs of zeros)."""
+    import threading
+
+    import zstandard
+
+    from casreg.content import planes
+
+    raw = bf16_weights(1 << 18, seed=3)
+    x = planes._elements(memoryview(raw), 2, 0, len(raw) // 2)
+    exponents = bytes(planes._split_plane(x, 1))
+    coder = planes._exponent_coder()
+    if coder is None:
+        pytest.skip("zstandard's cffi backend is not available here: PLANE_PARAMS code every plane")
+    fast = coder.compress(memoryview(exponents))
+    assert fast is not None
+    assert zstandard.ZstdDecompressor().decompress(fast) == exponents
+    assert len(fast) <= len(planes._compressor().compress(exponents)) * 1.01
+    fast_payload = encode_planes(raw, 2, 0)
+    residual_payload = encode_planes(raw, 2, 0, residual=True)
+    assert fast_payload is not None and residual_payload is not None
+    assert fast_payload != residual_payload  # the exponent frames differ ...
+    assert reference_decode(fast_payload, len(raw)) == reference_decode(residual_payload, len(raw)) == raw
+
+    got: list[bytes | None] = []  # ... and a thread without the cffi coder writes what the residual path writes
+
+    def without_coder() -> None:
+        planes._local.e = None
+        got.append(encode_planes(raw, 2, 0))
+
+    t = threading.Thread(target=without_coder)
+    t.start()
+    t.join()
+    assert got == [residual_payload]
