@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -80,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet_load:
         env["QUIET_LOAD"] = args.quiet_load
     args.root.mkdir(parents=True, exist_ok=True)
+    # the harness installs casreg only where no venv is left from an earlier run: remove it, so
+    # that what is measured is always HEAD (a stale venv measured an older commit, silently)
+    for stale in ("casreg-venv", "casreg-src"):
+        shutil.rmtree(args.root / stale, ignore_errors=True)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     t0 = time.monotonic()
     code = _run(run_peers, env, args.root / "peers.log")
