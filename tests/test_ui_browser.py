@@ -208,10 +208,13 @@ def write_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_approve_then_promote_in_the_browser(write_server: str, browser: object, tmp_path: Path) -> None:
     """Click approve, then promote, on the version page: the new stage's badge shows."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     d = browser
-    wait = WebDriverWait(d, 15)  # type: ignore[arg-type]
+    # a click navigates: an element of the page before can go stale between finding it and
+    # reading it, which only means the next page is not there yet (wait on)
+    wait = WebDriverWait(d, 15, ignored_exceptions=(StaleElementReferenceException,))  # type: ignore[arg-type]
     problems(d)  # drain what earlier tests left in the console log (their 404 pages)
     d.get(write_server + "models/fraud/versions/4")  # type: ignore[attr-defined]
     assert "production" not in text(d, "h1") and "0 of 1 required" in text(d, "#approvals")
