@@ -17,6 +17,7 @@ import zstandard
 from blake3 import blake3
 
 from casreg.content.planes import decode_planes_into, decode_planes_parts, encode_planes_until
+from casreg.content.scratch import thread_buffer
 from casreg.errors import IntegrityError
 
 __all__ = ["Codec", "FloatHint", "encode", "encode_unless", "decode", "decode_verified", "decode_verified_into",
@@ -166,10 +167,6 @@ def decode_verified_into(codec: int, stored: bytes | memoryview, out: memoryview
     out[:] = raw
 
 
-#: Per-thread scratch buffers of :func:`check_decodes` larger than this are not kept.
-_SCRATCH_KEPT = 16 << 20
-
-
 def check_decodes(codec: int, stored: bytes | memoryview, raw_size: int, digest: bytes) -> None:
     """:func:`decode_verified` when only the verdict is wanted (push's check before
     write, a pack read back whole): the same payloads pass and fail, but the chunk is
@@ -184,10 +181,7 @@ def check_decodes(codec: int, stored: bytes | memoryview, raw_size: int, digest:
         if hasher.digest() != digest:
             raise IntegrityError("its bytes do not match the digest")
         return
-    if codec == Codec.RAW or codec == Codec.DELTA or raw_size > _SCRATCH_KEPT:
+    if codec == Codec.RAW or codec == Codec.DELTA:
         decode_verified(codec, stored, raw_size, digest)
         return
-    buf: bytearray | None = getattr(_local, "scratch", None)
-    if buf is None or len(buf) < raw_size:
-        buf = _local.scratch = bytearray(max(raw_size, 1 << 20))
-    decode_verified_into(codec, stored, memoryview(buf)[:raw_size], digest)
+    decode_verified_into(codec, stored, thread_buffer("codec.check", raw_size), digest)

@@ -40,13 +40,13 @@ is an :class:`~casreg.errors.IntegrityError` naming what is wrong, never wrong b
 from __future__ import annotations
 
 import struct
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from blake3 import blake3
 
+from casreg.content.scratch import thread_buffer
 from casreg.errors import IntegrityError
 
 if TYPE_CHECKING:  # numpy is imported when a chunk is coded
@@ -70,23 +70,6 @@ _HEAD = struct.Struct("<BBBBB")
 _PIECE = struct.Struct("<32sII")
 #: Inner codecs a delta's residual may use: raw, zstd, planes (casreg.content.codec.Codec).
 INNER_CODECS = frozenset({0, 1, 2})
-#: Per-thread buffers larger than this are not kept (a chunk is at most 4 MiB by default).
-_SCRATCH_KEPT = 16 << 20
-
-_local = threading.local()
-
-
-def _scratch(name: str, size: int) -> memoryview:
-    """A per-thread buffer of ``size`` bytes (garbage), reused from chunk to chunk: a
-    push codes every chunk of a fine-tune as a delta, and fresh chunk-sized buffers for
-    its residual, its base and its check cost their pages' faults every time."""
-    if size > _SCRATCH_KEPT:
-        return memoryview(bytearray(size))
-    buf: bytearray | None = _local.__dict__.get(name)
-    if buf is None or len(buf) < size:
-        buf = bytearray(max(size, 1 << 20))
-        setattr(_local, name, buf)
-    return memoryview(buf)[:size]
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +148,7 @@ def _base(size: int, pieces: Sequence[bytes | memoryview]) -> np.ndarray:
 
     if len(pieces) == 1 and len(pieces[0]) == size:
         return np.frombuffer(pieces[0], np.uint8)
-    base = np.frombuffer(_scratch("base", size), np.uint8)
+    base = np.frombuffer(thread_buffer("delta.base", size), np.uint8)
     pos = 0
     for piece in pieces:
         src = np.frombuffer(piece, np.uint8)
@@ -229,7 +212,7 @@ def encode_delta(raw: bytes | memoryview, pieces: Sequence[Piece], base: Sequenc
     op, width, head = (OP_XOR, 0, 0) if element is None else (OP_SUB, *element)
     if op == OP_SUB and (width not in (2, 4) or not 0 <= head < width):
         raise ValueError(f"delta: width {width}, head {head}")
-    residual = _scratch("residual", len(raw))
+    residual = thread_buffer("delta.residual", len(raw))
     residual[:] = memoryview(raw).cast("B")
     apply_into(residual, op, width, head, base, inverse=False)
     inner, body = code(residual)  # (a raw residual is this thread's buffer: joined below, before reuse)
@@ -305,7 +288,7 @@ def decode_inner_into(codec: int, payload: memoryview, out: memoryview) -> None:
 def check_delta(stored: bytes | memoryview, raw_size: int, digest: bytes, bases: BaseSource) -> None:
     """:func:`decode_delta` when only the verdict is wanted (push's check before write):
     the same payloads pass and fail, decoded into a per-thread buffer."""
-    decode_delta_into(stored, _scratch("check", raw_size), digest, bases, decode_inner_into)
+    decode_delta_into(stored, thread_buffer("delta.check", raw_size), digest, bases, decode_inner_into)
 
 
 def decode_delta(stored: bytes | memoryview, raw_size: int, digest: bytes, bases: BaseSource) -> bytearray:
