@@ -461,14 +461,16 @@ class _Writer:
         the descriptor: never through a name), close it."""
         assert f.hasher is not None  # (a file created by a worker never comes here)
         if f.hasher.digest() != f.entry.digest:
-            raise IntegrityError(
-                f"manifest {self.source} is corrupt: file {f.entry.path!r} does not match its digest "
-                f"blake3:{f.entry.digest.hex()} (its chunks verify, so the manifest lies)"
-            )
-        os.fchmod(f.fd, (0o777 if f.entry.type == "x" else 0o666) & ~self.mask)
+            raise self._lying_digest(f.entry)
+        os.fchmod(f.fd, _file_mode(f.entry) & ~self.mask)
         os.close(f.fd)
         f.fd = -1
         self.stats.files += 1
+
+    def _lying_digest(self, e: Entry) -> IntegrityError:
+        """The error for a file whose verified chunks do not give its digest."""
+        return IntegrityError(f"manifest {self.source} is corrupt: file {e.path!r} does not match its digest "
+                              f"blake3:{e.digest.hex()} (its chunks verify, so the manifest lies)")
 
     def _create_whole(self, f: _OpenFile, data: memoryview) -> None:
         """On a worker: ``data`` is the whole of ``f``, its chunks verified. Check the file
@@ -479,11 +481,8 @@ class _Writer:
         other files does: one metadata update less per file), write it, close it."""
         e = f.entry
         if not (len(e.chunks) == 1 and e.chunks[0].digest == e.digest) and blake3(data).digest() != e.digest:
-            raise IntegrityError(
-                f"manifest {self.source} is corrupt: file {e.path!r} does not match its digest "
-                f"blake3:{e.digest.hex()} (its chunks verify, so the manifest lies)"
-            )
-        mode = 0o777 if e.type == "x" else 0o666
+            raise self._lying_digest(e)
+        mode = _file_mode(e)
         try:
             fd = os.open(f.name, _NEW_FILE, mode, dir_fd=f.dir_fd)
         except FileExistsError:  # planted meanwhile (the tree was new): never followed, never kept
@@ -683,6 +682,11 @@ class _Writer:
                 except OSError:
                     pass
                 f.fd = -1
+
+
+def _file_mode(e: Entry) -> int:
+    """The mode a pulled file gets before the umask: executable or not, as pushed."""
+    return 0o777 if e.type == "x" else 0o666
 
 
 def _one_run(chunks: list[ChunkRef]) -> list[ChunkRef] | None:
