@@ -13,6 +13,7 @@ import pytest
 from blake3 import blake3
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from payload_damage import damage
 from test_planes import bf16_weights, reference_decode  # the PLANES spec decoder (docs/FORMAT.md §4.1)
 
 from casreg.content.codec import Codec, check_decodes, decode_verified, encode
@@ -81,15 +82,8 @@ def test_check_decodes_gives_the_verdict_of_decode_verified(how: str, at: int, v
     payload = bytearray(encode_planes(raw, 2, 1) or b"") if codec == Codec.PLANES else bytearray(
         encode(raw, 3)[1] if codec == Codec.ZSTD else raw)
     digest = blake3(raw).digest()
-    if how == "flip":
-        payload[at % len(payload)] ^= 1 << (value % 8)
-    elif how == "truncate":
-        payload = payload[:at % len(payload)]
-    elif how == "trailing":
-        payload += junk
-    elif how == "header":
-        payload[at % 3] = value
-    elif how == "size" and codec == Codec.PLANES:
+    payload = damage(payload, how, at, value, junk, header=3)
+    if how == "size" and codec == Codec.PLANES:
         struct.pack_into("<I", payload, 3 + 2 + 1, at)
     elif how == "mode" and codec == Codec.PLANES:
         payload[3 + 2] = value

@@ -16,6 +16,7 @@ import zstandard
 from blake3 import blake3
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from payload_damage import damage
 from test_planes import reference_decode  # the PLANES spec decoder (docs/FORMAT.md §4.1)
 
 from casreg import Registry
@@ -195,15 +196,7 @@ def _payload(element: tuple[int, int] | None = (2, 0)) -> tuple[bytes, bytes, by
        value=st.integers(0, 255), junk=st.binary(min_size=1, max_size=9))
 def test_a_damaged_payload_is_an_integrity_error_never_a_crash(how: str, at: int, value: int, junk: bytes) -> None:
     raw, base, good = _payload()
-    payload = bytearray(good)
-    if how == "flip":
-        payload[at % len(payload)] ^= 1 << (value % 8)
-    elif how == "truncate":
-        payload = payload[:at % len(payload)]
-    elif how == "trailing":
-        payload += junk
-    else:
-        payload[at % (5 + 40)] = value
+    payload = damage(bytearray(good), how, at, value, junk, header=5 + 40)
     try:
         got = decode_delta(bytes(payload), len(raw), blake3(raw).digest(), source_of(base))
     except IntegrityError:

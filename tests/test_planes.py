@@ -14,6 +14,7 @@ import zstandard
 from blake3 import blake3
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from payload_damage import damage
 
 import casreg
 from casreg import Registry
@@ -108,18 +109,10 @@ def test_any_bytes_round_trip(raw: bytes, width: int, head: int, floats: bool) -
        at=st.integers(0, 1 << 20), value=st.integers(0, 255), junk=st.binary(min_size=1, max_size=9))
 def test_a_damaged_payload_is_an_integrity_error_never_a_crash(how: str, at: int, value: int, junk: bytes) -> None:
     raw = bf16_weights(3000, seed=5)[:5999]
-    payload = bytearray(encode_planes(raw, 2, 1) or b"")
-    if how == "flip":
-        payload[at % len(payload)] ^= 1 << (value % 8)
-    elif how == "truncate":
-        payload = payload[:at % len(payload)]
-    elif how == "trailing":
-        payload += junk
-    elif how == "header":
-        payload[at % 3] = value
-    elif how == "size":
+    payload = damage(bytearray(encode_planes(raw, 2, 1) or b""), how, at, value, junk, header=3)
+    if how == "size":
         struct.pack_into("<I", payload, 3 + 2 + 1, at)  # plane 0's size field
-    else:
+    elif how == "mode":
         payload[3 + 2] = value  # plane 0's mode
     digest = blake3(raw).digest()
     for decoder in ("verified", "into"):
