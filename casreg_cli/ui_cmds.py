@@ -37,20 +37,20 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def _host_name(name: str) -> str:
     """An ``--allowed-host`` value as the Host check compares it: lower case, without a
-    port; an IPv6 address in brackets. A URL, a path or a port is refused in one line."""
+    port; an IPv6 address in brackets. A URL, a path, a port or brackets around anything
+    but an IPv6 address are refused in one line."""
     text = name.strip().lower()
-    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
-    if ":" in bare and not text.startswith("["):
-        try:
-            ipaddress.IPv6Address(bare)
-        except ValueError:
-            raise InvalidInputError(f"--allowed-host {name!r}: give a host name without scheme or port "
-                                    "(e.g. models.example.com)") from None
-        return f"[{bare}]"
-    if not bare or not re.fullmatch(r"[a-z0-9.\-]+|[0-9a-f:.]+", bare):
-        raise InvalidInputError(f"--allowed-host {name!r}: give a host name without scheme or port "
-                                "(e.g. models.example.com)")
-    return f"[{bare}]" if text.startswith("[") else bare
+    bracketed = text.startswith("[") and text.endswith("]")
+    bare = text[1:-1] if bracketed else text
+    try:
+        if ":" in bare:
+            return f"[{ipaddress.IPv6Address(bare).compressed}]"
+        if not bracketed and re.fullmatch(r"[a-z0-9.\-]+", bare):
+            return bare
+    except ValueError:
+        pass
+    raise InvalidInputError(f"--allowed-host {name!r}: give a host name without scheme or port "
+                            "(e.g. models.example.com)")
 
 
 def _is_loopback(host: str) -> bool:
