@@ -2,10 +2,10 @@
 
 A push stores chunks of bf16/fp16/fp32 tensor data with the ``PLANES`` codec
 (:mod:`casreg.content.planes`) when it knows that a chunk holds such data and where its
-elements start. For safetensors files the header says it exactly (no guessing); other
-files are coded with zstd. The header is read from the local file being pushed and
-treated as untrusted input: a file whose header does not parse simply gets no hints
-(its bytes are pushed as they are, with zstd), never an error.
+elements start. For safetensors files the header says it exactly (no guessing); chunks
+of other files get a guess from their own bytes (:mod:`casreg.content.float_probe`).
+The header is read from the local file being pushed and treated as untrusted input: a
+file whose header does not parse simply gets no hints from it, never an error.
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ from casreg.content.delta import (
 )
 from casreg.content.dtypes import SAFETENSORS_SUFFIX, float_layout
 from casreg.content.fetch import DecodedBases, read_span, read_span_stats, spans
+from casreg.content.float_probe import probe_floats
 from casreg.content.manifest import MAX_STORED_MANIFEST, ChunkRef, Entry, Manifest
 from casreg.content.packs import PACK_TARGET, ChunkIndex, PackBuilder, decode_index, verify_pack
 from casreg.content.source import Source, SourceFile
@@ -440,7 +441,10 @@ class _Pusher:
 
     # -- worker side -------------------------------------------------------------------
     def _process(self, raw: memoryview, hint: FloatHint | None, offset: int = 0,
-                 parent: _ParentFile | None = None) -> _Result:
+                 parent: _ParentFile | None = None, probe: bool = False) -> _Result:
+        """Hash ``raw``; unless the registry (or this push) has it, encode it (with the
+        PLANES ``hint``, or the hint :func:`probe_floats` guesses when ``probe``; against
+        ``parent`` when given) and check the payload before it is stored."""
         digest = blake3(raw).digest()
         if digest in self.claimed:
             return digest, 0, None, None
@@ -452,7 +456,7 @@ class _Pusher:
             if bases is not None:
                 return digest, 0, None, bases
         if parent is None:
-            codec, stored = self._encode(raw, digest, hint)
+            codec, stored = self._encode(raw, digest, probe_floats(raw) if probe and hint is None else hint)
             return digest, int(codec), stored, None
         # The delta first: the plain payload is coded only as far as needed to know the
         # delta saves enough against it (usually its mantissa planes, not the exponent).
@@ -677,7 +681,8 @@ class _Pusher:
         if len(raw) != f.size or st.st_size != f.size or st.st_mtime_ns != f.mtime_ns:
             raise InvalidInputError(f"{f.abspath} changed while it was being pushed; push again when it is stable")
         layout = float_layout(f.abspath, f.size) if self.float_codec else None
-        return self._process(memoryview(raw), layout.hint(0, len(raw)) if layout is not None else None)
+        return self._process(memoryview(raw), layout.hint(0, len(raw)) if layout is not None else None,
+                             probe=self.float_codec and layout is None)
 
     def add_file(self, f: SourceFile) -> Entry:
         # (a small safetensors file with a parent takes the path below, which codes deltas)
@@ -696,6 +701,7 @@ class _Pusher:
         # Deltas are for tensor data updated in place (fine-tunes, checkpoints): only files
         # with float tensors (a safetensors header says where) are coded against the parent.
         parent = self.parent_segments(f.relpath) if self.parent is not None and layout is not None else None
+        probe = self.float_codec and layout is None  # no header says where floats are: guess per chunk
         try:
             with open(f.abspath, "rb", buffering=0) as fh:
                 for raw, buf_id in iter_chunk_views(fh, self.params, self.buffers.acquire, size_hint=f.size,
@@ -703,7 +709,8 @@ class _Pusher:
                     hint = layout.hint(size, len(raw)) if layout is not None else None
                     self.buffers.users[buf_id] += 1
                     self.inflight.append((chunks, self.workers.submit(self._process, raw, hint, size,
-                                                                      parent if hint is not None else None),
+                                                                      parent if hint is not None else None,
+                                                                      probe),
                                           len(raw), buf_id))
                     self.tasks += 1
                     size += len(raw)
