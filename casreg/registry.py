@@ -316,7 +316,8 @@ class Registry:
             chunk_count=stats.chunks, created_at=created_at or utcnow())
         files = [{"path": e.path, "type": e.type, "size": e.size, "digest": e.digest.hex() if e.digest else None}
                  for e in manifest.entries]
-        check_before_commit(self.store, manifest, threads=self.threads)  # gc protocol (docs/gc.md): right before
+        check_before_commit(self.store, manifest, threads=self.threads,  # gc protocol (docs/gc.md): right before
+                            data=stats.manifest_data or None)
         version = commit_version(self.store, record, files, tree=config.tree)
         # "kind" is the event's (push); the version's own kind (file/dir) goes under version_kind
         self._notify({**version.to_dict(), "kind": "push", "version_kind": version.kind})

@@ -27,7 +27,7 @@ import typing
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from blake3 import blake3
 
@@ -87,6 +87,9 @@ class PushStats:
     replaced_manifest: bool = False  # a stale manifest under this version's digest was replaced
     delta_chunks: int = 0  # new chunks stored as deltas against the parent version (codec 3)
     delta_raw_bytes: int = 0  # their raw bytes
+    #: The manifest's bytes as this push wrote them (a commit check compares the stored
+    #: ones with these instead of serialising the manifest again).
+    manifest_data: bytes = field(default=b"", repr=False)
 
     @property
     def dedup_ratio(self) -> float:
@@ -869,7 +872,7 @@ def store_source(
         finally:
             progress.finish()
     manifest = Manifest(source.kind, entries, params.to_dict(), tree=tree, bases=pusher.bases(entries))
-    data = manifest.to_bytes()
+    data = pusher.stats.manifest_data = manifest.to_bytes()
     key = manifest_key(manifest.hexdigest)
     if check_writes:
         Manifest.from_bytes(data, expected=manifest.digest, where=f"{key} (check before write)")

@@ -132,7 +132,8 @@ class CommitCheck:
     manifest_written: bool  # the manifest had been swept since the push wrote it, and was rewritten
 
 
-def check_before_commit(store: ObjectStore, manifest: Manifest, *, threads: int | None = None) -> CommitCheck:
+def check_before_commit(store: ObjectStore, manifest: Manifest, *, threads: int | None = None,
+                        data: bytes | None = None) -> CommitCheck:
     """Run by a push after its manifest is stored and right before its ledger commit.
 
     1. Read the live condemnation records.
@@ -144,21 +145,23 @@ def check_before_commit(store: ObjectStore, manifest: Manifest, *, threads: int 
     4. Check that every pack it relies on still exists (a sweep that finished while this
        push ran may have deleted one it learned about from an index).
 
-    The commit must follow within much less than the gc delay D (docs/gc.md)."""
+    The commit must follow within much less than the gc delay D (docs/gc.md). ``data``:
+    the manifest's bytes as the push wrote them, if it has them (``manifest.to_bytes()``
+    otherwise: what they are, as compression is deterministic)."""
     mkey = manifest_key(manifest.hexdigest)
     records = list_records(store)  # (1) before anything else is checked
 
     written = False
+    ours = data if data is not None else manifest.to_bytes()
     try:  # (2)
-        data = store.read(mkey)
+        found = store.read(mkey)
     except NotFoundError:
-        data = manifest.to_bytes()
-        written = store.create(mkey, data)
+        found = ours
+        written = store.create(mkey, found)
         if not written:
-            data = store.read(mkey)
-    # the bytes this push wrote (compression is deterministic) need no second parse
-    stored = manifest if data == manifest.to_bytes() else Manifest.from_bytes(data, expected=manifest.digest,
-                                                                                where=mkey)
+            found = store.read(mkey)
+    # the bytes this push wrote need no second parse
+    stored = manifest if found == ours else Manifest.from_bytes(found, expected=manifest.digest, where=mkey)
     packs = sorted(stored.pack_ids)  # its delta bases' packs too
     used = {mkey} | {pack_key(p) for p in packs} | {index_key(p) for p in packs}
 
