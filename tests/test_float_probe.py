@@ -133,3 +133,25 @@ def test_whatever_the_probe_guesses_pulls_back_byte_for_byte(tmp_path_factory: p
     reg.push("b", tmp / "blob.bin")
     reg.pull("b:1", tmp / "out.bin")
     assert (tmp / "out.bin").read_bytes() == blob
+
+
+def test_a_checkpoint_without_a_header_is_delta_coded_against_its_parent(tmp_path: Path) -> None:
+    """The probe's hints let a plain file (here a raw dump of bf16 and f32 weights) be
+    coded against the previous version, as a safetensors file is: a fine-tune that moves
+    every weight a little stores a fraction of its size."""
+    base = weights("bf16", 3 << 19, 4) + weights("f32", 1 << 18, 5)
+    x = np.frombuffer(base[:3 << 20], "<u2").copy()
+    x[::3] ^= 1  # the lowest mantissa bit of a third of the bf16 weights
+    tuned = x.tobytes() + (f32(1 << 18, 5) * np.float32(1.001)).tobytes()
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    v1.mkdir(), v2.mkdir()
+    (v1 / "model.bin").write_bytes(base)
+    (v2 / "model.bin").write_bytes(tuned)
+    reg = Registry(tmp_path / "reg")
+    first = reg.push("m", v1)
+    second = reg.push("m", v2)
+    assert Codec.DELTA in codecs_of(reg, "m:2")["model.bin"]
+    assert second.stored_bytes < 0.5 * first.stored_bytes  # measured: 0.22
+    for ref, want in (("m:1", base), ("m:2", tuned)):
+        reg.pull(ref, tmp_path / ref.replace(":", "-"))
+        assert (tmp_path / ref.replace(":", "-") / "model.bin").read_bytes() == want

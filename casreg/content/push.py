@@ -447,7 +447,8 @@ class _Pusher:
                  parent: _ParentFile | None = None, probe: bool = False) -> _Result:
         """Hash ``raw``; unless the registry (or this push) has it, encode it (with the
         PLANES ``hint``, or the hint :func:`probe_floats` guesses when ``probe``; against
-        ``parent`` when given) and check the payload before it is stored."""
+        ``parent`` when given and the chunk has a hint) and check the payload before it is
+        stored."""
         digest = blake3(raw).digest()
         if digest in self.claimed:
             return digest, 0, None, None
@@ -458,8 +459,10 @@ class _Pusher:
             bases = self._known_delta(known)
             if bases is not None:
                 return digest, 0, None, bases
-        if parent is None:
-            codec, stored = self._encode(raw, digest, probe_floats(raw) if probe and hint is None else hint)
+        if probe and hint is None:
+            hint = probe_floats(raw)
+        if parent is None or hint is None:
+            codec, stored = self._encode(raw, digest, hint)
             return digest, int(codec), stored, None
         # The delta first: the plain payload is coded only as far as needed to know the
         # delta saves enough against it (usually its mantissa planes, not the exponent).
@@ -701,10 +704,11 @@ class _Pusher:
 
         size = 0
         layout = float_layout(f.abspath, f.size) if self.float_codec else None
-        # Deltas are for tensor data updated in place (fine-tunes, checkpoints): only files
-        # with float tensors (a safetensors header says where) are coded against the parent.
-        parent = self.parent_segments(f.relpath) if self.parent is not None and layout is not None else None
         probe = self.float_codec and layout is None  # no header says where floats are: guess per chunk
+        # Deltas are for tensor data updated in place (fine-tunes, checkpoints): chunks of
+        # float elements (where a safetensors header says, or where the probe finds them)
+        # are coded against the parent's bytes at the same offsets of the same file.
+        parent = self.parent_segments(f.relpath) if self.parent is not None and (layout or probe) else None
         try:
             with open(f.abspath, "rb", buffering=0) as fh:
                 for raw, buf_id in iter_chunk_views(fh, self.params, self.buffers.acquire, size_hint=f.size,
@@ -712,8 +716,7 @@ class _Pusher:
                     hint = layout.hint(size, len(raw)) if layout is not None else None
                     self.buffers.users[buf_id] += 1
                     self.inflight.append((chunks, self.workers.submit(self._process, raw, hint, size,
-                                                                      parent if hint is not None else None,
-                                                                      probe),
+                                                                      parent if hint or probe else None, probe),
                                           len(raw), buf_id))
                     self.tasks += 1
                     size += len(raw)
