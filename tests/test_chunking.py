@@ -144,3 +144,42 @@ def test_chunk_views_lend_each_buffer_only_after_its_chunks() -> None:
         overwritten += sum(bytes(v) != want for v, when, want in held if when < lending - 1)
         held = [h for h in held if h[1] >= lending - 1]
     assert offset == len(data) and overwritten > 0
+
+
+# -- two threads cutting one block (chunking.cut_in_two) --------------------------------------------
+RUNS = st.lists(st.tuples(st.sampled_from(["random", "zeros", "ramp"]), st.integers(1, 20_000)), min_size=1,
+                max_size=6)
+
+
+def runs_data(runs: list[tuple[str, int]], seed: int) -> bytes:
+    rnd = __import__("random").Random(seed)
+    return b"".join({"random": lambda n: rnd.randbytes(n), "zeros": lambda n: bytes(n),
+                     "ramp": lambda n: bytes(i % 251 for i in range(n))}[kind](n) for kind, n in runs)
+
+
+@settings(max_examples=150, deadline=None)
+@given(runs=RUNS, seed=st.integers(0, 2**32))
+def test_two_threads_cut_exactly_where_one_does(runs: list[tuple[str, int]], seed: int) -> None:
+    """Random bytes (the scans meet after a chunk or two), runs of zeros (cut at max_size
+    from wherever a scan starts: they may never meet) and mixtures of both."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from casreg.content.chunking import cut_in_two
+
+    data = memoryview(runs_data(runs, seed))
+    with ThreadPoolExecutor(1) as helper:
+        assert cut_in_two(SMALL, data, helper) == chunk_bytes(bytes(data), SMALL)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=STREAMS, block=BLOCKS, step=READS, count=st.integers(2, 4))
+def test_chunk_views_with_a_helper_thread_equal_chunks(data: bytes, block: int, step: int, count: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool, pieces = LendingPool(count), []
+    with ThreadPoolExecutor(1) as helper:
+        for view, _ in iter_chunk_views(TrickleReader(data, step), SMALL, pool.acquire, size_hint=len(data),
+                                        block_size=block, helper=helper):
+            pieces.append(bytes(view))
+    assert _cuts(pieces) == chunk_bytes(data, SMALL)
+    assert b"".join(pieces) == data
