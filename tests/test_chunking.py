@@ -176,10 +176,45 @@ def test_two_threads_cut_exactly_where_one_does(runs: list[tuple[str, int]], see
 def test_chunk_views_with_a_helper_thread_equal_chunks(data: bytes, block: int, step: int, count: int) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    pool, pieces = LendingPool(count), []
+    """With a helper the next block is read ahead, into the next buffer lent, while this
+    block's chunks go out: same cuts and bytes, every byte to on_read once, in order."""
+    pool, pieces, seen = LendingPool(count), [], []
     with ThreadPoolExecutor(1) as helper:
-        for view, _ in iter_chunk_views(TrickleReader(data, step), SMALL, pool.acquire, size_hint=len(data),
-                                        block_size=block, helper=helper):
+        for view, buf_id in iter_chunk_views(TrickleReader(data, step), SMALL, pool.acquire, size_hint=len(data),
+                                             block_size=block, helper=helper,
+                                             on_read=lambda v, i: seen.append(bytes(v))):
+            assert view.obj is pool.bufs[buf_id]
             pieces.append(bytes(view))
     assert _cuts(pieces) == chunk_bytes(data, SMALL)
-    assert b"".join(pieces) == data
+    assert b"".join(pieces) == data == b"".join(seen)
+
+
+class SlowReader(TrickleReader):
+    def readinto(self, b) -> int:  # type: ignore[override]
+        __import__("time").sleep(0.002)
+        return super().readinto(b)
+
+
+def test_a_consumer_that_stops_early_gets_no_write_after_it() -> None:
+    """Closing the generator waits for the block being read ahead: once ``close`` returns,
+    nothing writes into a lent buffer any more."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = __import__("random").Random(7).randbytes(200_000)
+    reader, pool = SlowReader(data, 1000), LendingPool(3)
+    with ThreadPoolExecutor(1) as helper:
+        views = iter_chunk_views(reader, SMALL, pool.acquire, size_hint=len(data), block_size=20_000, helper=helper)
+        first = [bytes(next(views)[0]) for _ in range(3)]
+        views.close()
+        where = reader._pos
+        __import__("time").sleep(0.1)
+        assert reader._pos == where  # the read ahead had finished
+    assert b"".join(first) == data[:sum(len(p) for p in first)]
+
+
+def test_a_helper_needs_two_buffers() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as helper, pytest.raises(RuntimeError, match="two buffers"):
+        list(iter_chunk_views(io.BytesIO(bytes(100_000)), SMALL, LendingPool(1).acquire, size_hint=100_000,
+                              block_size=20_000, helper=helper))

@@ -8,7 +8,7 @@ start of a file moves only the chunks around it. The parameters are fixed per re
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, wait
+from concurrent.futures import Executor, Future, wait
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
@@ -116,7 +116,10 @@ def iter_chunk_views(
     ``size_hint`` (the file's size) keeps the first buffer of a small file small.
     ``on_read(view, buffer id)`` sees every byte once, in order, as in :func:`iter_chunks`;
     the same lending rule covers the views it is given. ``helper``: an executor whose
-    thread cuts the second part of each block meanwhile (:func:`cut_in_two`; same cuts).
+    thread cuts the second part of each block meanwhile (:func:`cut_in_two`; same cuts)
+    and reads the next block while this one's chunks are yielded; ``acquire`` is then
+    asked for the next buffer before the chunks of the current one are yielded, and must
+    lend another (at least two buffers, else :class:`RuntimeError`).
     """
     if block_size <= params.max_size:
         raise ValueError(f"block_size {block_size} must exceed max_size {params.max_size}")
@@ -128,8 +131,8 @@ def iter_chunk_views(
     first = min(block_size, size_hint + 1)  # one byte more than expected, to see the end
     buf_id, whole = acquire(first)
     want, carried = first, 0
+    n = _fill(stream, whole[:want])
     while True:
-        n = _fill(stream, whole[carried:carried + want])
         if on_read is not None and n:
             on_read(whole[carried:carried + n], buf_id)
         filled, at_end = carried + n, n < want
@@ -138,13 +141,28 @@ def iter_chunk_views(
         if not at_end and cuts:  # the block's last chunk may have been cut short: cut it again with the next
             last_offset, _ = cuts.pop()
             carried = filled - last_offset
-        for offset, length in cuts:
-            yield whole[offset:offset + length], buf_id
+        want = block_size
+        reading: Future[int] | None = None
+        if not at_end and helper is not None:  # read the next block on the helper while these chunks go out
+            next_id, nxt = acquire(carried + want)
+            if next_id == buf_id:
+                raise RuntimeError("iter_chunk_views with a helper needs at least two buffers to lend")
+            nxt[:carried] = whole[filled - carried:filled]
+            reading = helper.submit(_fill, stream, nxt[carried:carried + want])
+        try:
+            for offset, length in cuts:
+                yield whole[offset:offset + length], buf_id
+        finally:
+            if reading is not None:
+                wait([reading])  # a consumer that stops early gets its buffer back only once it is written
         if at_end:
             return
-        want = block_size
-        next_id, nxt = acquire(carried + want)
-        nxt[:carried] = whole[filled - carried:filled]  # may be the same buffer: memoryview copies overlaps right
+        if reading is None:
+            next_id, nxt = acquire(carried + want)
+            nxt[:carried] = whole[filled - carried:filled]  # may be the same buffer: memoryview copies overlaps right
+            n = _fill(stream, nxt[carried:carried + want])
+        else:
+            n = reading.result()
         buf_id, whole = next_id, nxt
 
 
