@@ -338,20 +338,19 @@ _BLOCK_BYTES = 256 << 10
 
 def _join_planes(planes: list[np.ndarray], width: int, dst: np.ndarray | None = None) -> Iterator[np.ndarray]:
     """The elements whose rotated bytes are ``planes`` (each ``n`` bytes),
-    :data:`_BLOCK_BYTES` of them at a time: each block joined into its slice of ``dst`` (aligned) when given, else into
-    a per-thread scratch array valid until the next block. The element is the rotated one
-    turned right by a bit. Only whole-array operations on aligned arrays of the element's
-    own type are fast (x86 has no vector shift of bytes: numpy shifts ``uint8`` arrays a
-    byte at a time; writing each plane into every ``width``-th byte of the chunk costs
-    twice as much):
+    :data:`_BLOCK_BYTES` of them at a time: each block joined into its slice of ``dst``
+    (aligned) when given, else into a per-thread scratch array valid until the next block.
+    The element is the rotated one turned right by a bit: plane ``i >= 1`` lands shifted
+    left by ``8 * i - 1`` and plane 0 in two pieces, its top seven bits at the bottom and
+    its lowest bit at the top, disjoint bits OR-ed together.
 
-    * width 2: the rotated element is built as ``p1 << 8 | p0`` (each plane widened once,
-      on the way into a shift or an OR), then turned right in place: five passes, none on
-      bytes (:func:`_join2`);
-    * width 4: plane ``i >= 1`` lands shifted left by ``8 * i - 1`` and plane 0 in two
-      pieces, its top seven bits at the bottom and its lowest bit at the top, OR-ed
-      together (:func:`_join4`; building the rotated element first and turning it
-      measured no faster there)."""
+    Only some whole-array operations are fast, measured on numpy 2.4 here: each plane is
+    widened once to the element's type by a plain copy (a shift or OR that widens its
+    operand on the way costs twice as much), shifted left by multiplying by a power of two
+    (numpy's left shift of ``uint16`` costs twice its multiply), and no byte array is
+    shifted (x86 has no vector shift of bytes: numpy shifts ``uint8`` a byte at a time).
+    Writing each plane into every ``width``-th byte of the chunk, then rotating it where it
+    lies, cost twice as much too."""
     n, block = len(planes[0]), _BLOCK_BYTES // width
     step = min(n, block)
     join = _join2 if width == 2 else _join4
@@ -363,14 +362,17 @@ def _join_planes(planes: list[np.ndarray], width: int, dst: np.ndarray | None = 
 
 
 def _join2(p: list[np.ndarray], x: np.ndarray, step: int) -> None:
-    """Join the two planes ``p`` of ``len(x)`` elements into ``x`` (aligned ``<u2``)."""
+    """Join the two planes ``p`` of ``len(x)`` elements into ``x`` (aligned ``<u2``): build
+    the rotated element ``p1 << 8 | p0``, then turn it right in place."""
     import numpy as np
 
     part = _scratch("part", step, "<u2")[:len(x)]
-    np.left_shift(p[1], 8, out=x, dtype=x.dtype)
-    np.bitwise_or(x, p[0], out=x)  # x is the rotated element now
-    np.left_shift(x, 15, out=part)
-    np.right_shift(x, 1, out=x)
+    np.copyto(x, p[1], casting="unsafe")
+    np.multiply(x, np.uint16(1 << 8), out=x)
+    np.copyto(part, p[0], casting="unsafe")
+    np.bitwise_or(x, part, out=x)  # x is the rotated element now
+    np.multiply(x, np.uint16(1 << 15), out=part)  # its lowest bit, at the top
+    np.right_shift(x, np.uint16(1), out=x)
     np.bitwise_or(x, part, out=x)
 
 
@@ -378,16 +380,19 @@ def _join4(p: list[np.ndarray], x: np.ndarray, step: int) -> None:
     """Join the four planes ``p`` of ``len(x)`` elements into ``x`` (aligned ``<u4``)."""
     import numpy as np
 
-    m = len(x)
-    part, half = _scratch("part4", step, "<u4")[:m], _scratch("half", step, "u1")[:m]
-    np.left_shift(p[3], 23, out=x, dtype=x.dtype)
-    for i in (1, 2):
-        np.left_shift(p[i], 8 * i - 1, out=part, dtype=x.dtype)
+    part = _scratch("part4", step, "<u4")[:len(x)]
+    np.copyto(x, p[3], casting="unsafe")
+    np.multiply(x, np.uint32(1 << 23), out=x)
+    for i in (2, 1):
+        np.copyto(part, p[i], casting="unsafe")
+        np.multiply(part, np.uint32(1 << (8 * i - 1)), out=part)
         np.bitwise_or(x, part, out=x)
-    np.left_shift(p[0], 31, out=part, dtype=x.dtype)
+    np.copyto(part, p[0], casting="unsafe")
+    np.multiply(part, np.uint32(1 << 31), out=part)  # plane 0's lowest bit, at the top
     np.bitwise_or(x, part, out=x)
-    np.right_shift(p[0], 1, out=half)
-    np.bitwise_or(x, half, out=x)
+    np.copyto(part, p[0], casting="unsafe")
+    np.right_shift(part, np.uint32(1), out=part)  # its top seven bits, at the bottom
+    np.bitwise_or(x, part, out=x)
 
 
 def _unzstd(data: memoryview, n: int, i: int) -> bytes:
