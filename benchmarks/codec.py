@@ -11,12 +11,24 @@ order, then pulls each back to a fresh directory. Reports stored bytes (raw/stor
 and pull MB/s (wall time, in-process, MB = 10^6 bytes) as medians over the rounds, and
 the ratios casreg/3 : casreg/2 of the same rounds. Every round is printed, not only the
 medians.
+
+    python -m benchmarks.codec --decode FILE [--width 2] [--tree LABEL=DIR ...] [--repeat 9]
+
+The CPU of decoding PLANES chunks, in-process and stage by stage (issue 14: a pull's
+workers spend it): ``--mib`` MiB from the middle of ``FILE`` (e.g. a bf16 safetensors
+file) cut into 4 MiB chunks, each coded with ``width``, then decoded with
+``decode_planes_into`` of each ``--tree``'s ``casreg/content/planes.py`` (default: this
+one) into a buffer at an aligned and at an odd offset, the trees alternating round by
+round; also this tree's stages alone (planes parsed and zstd-decoded; joined; BLAKE3 of the
+chunks). Prints s/GiB of decoded bytes per round, and the minimum and median.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
+import mmap
 import os
 import platform
 import shutil
@@ -24,7 +36,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 from casreg import Registry
 from casreg.content.chunking import DEFAULT_CHUNK_PARAMS
@@ -76,12 +90,94 @@ def one_round(fmt: str, src: Path, work: Path) -> tuple[int, int, float, float]:
     return v.size, v.stored_bytes, push, pull
 
 
+def _planes_module(label: str, tree: str) -> ModuleType:
+    """``casreg/content/planes.py`` of the source tree ``tree``, loaded on its own."""
+    spec = importlib.util.spec_from_file_location(f"planes_{label}", Path(tree) / "casreg/content/planes.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def decode_stages(path: Path, width: int, mib: int, trees: list[tuple[str, str]], repeat: int) -> None:
+    """See the module's docstring (``--decode``)."""
+    import numpy as np
+    from blake3 import blake3
+
+    from casreg.content import planes
+
+    chunk = 4 << 20
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size // 2 - (mib << 19)))
+        data = f.read(mib << 20)
+    gib = len(data) / (1 << 30)
+    chunks = [(data[i:i + chunk], planes.encode_planes(data[i:i + chunk], width, 0))
+              for i in range(0, len(data) - chunk + 1, chunk)]
+    mods = [(label, _planes_module(label, tree)) for label, tree in trees] or [("this", planes)]
+    buf = mmap.mmap(-1, chunk + 8)
+
+    def decode_into(mod: ModuleType, offset: int) -> Callable[[], None]:
+        out = memoryview(buf)[offset:offset + chunk]
+
+        def run() -> None:
+            for raw, stored in chunks:
+                mod.decode_planes_into(stored, out[:len(raw)])
+        return run
+
+    parsed = [planes._decode_planes(stored, len(raw)) for raw, stored in chunks]
+    dst = np.frombuffer(buf, planes._uint(width), chunk // width)
+
+    def parse() -> None:
+        for raw, stored in chunks:
+            planes._decode_planes(stored, len(raw))
+
+    def join() -> None:
+        for _, ps, _ in parsed:
+            for _ in planes._join_planes(ps, width, dst[:len(ps[0])]):
+                pass
+
+    def hash_chunks() -> None:
+        for raw, _ in chunks:
+            blake3(raw).digest()
+
+    jobs: list[tuple[str, Callable[[], None]]] = []
+    for label, mod in mods:
+        for raw, stored in chunks:  # every tree decodes every chunk right before it is timed
+            out = memoryview(buf)[1:1 + len(raw)]
+            mod.decode_planes_into(stored, out)
+            assert out == raw, label
+        jobs += [(f"{label} decode_planes_into aligned", decode_into(mod, 0)),
+                 (f"{label} decode_planes_into odd", decode_into(mod, 1))]
+    jobs += [("this: parse + zstd", parse), ("this: join", join), ("this: BLAKE3", hash_chunks)]
+    print(f"{len(chunks)} chunks of 4 MiB from {path} as width {width}; load {os.getloadavg()[0]:.2f}")
+    times: dict[str, list[float]] = {name: [] for name, _ in jobs}
+    for r in range(repeat):
+        for name, fn in jobs if r % 2 == 0 else jobs[::-1]:
+            t = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t) / gib)
+        print(f"round {r + 1}: " + ", ".join(f"{name} {v[-1]:.3f}" for name, v in times.items()), flush=True)
+    print("s/GiB of decoded bytes (min / median):")
+    for name, v in times.items():
+        print(f"  {name:40s} {min(v):.3f} / {statistics.median(v):.3f}")
+    print(f"load at the end {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("inputs", nargs="*", help="LABEL=PATH (a safetensors file or a directory)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", help="also write the report here (markdown)")
+    ap.add_argument("--decode", type=Path, metavar="FILE", help="time decoding PLANES chunks of FILE instead")
+    ap.add_argument("--width", type=int, default=2, choices=(2, 4))
+    ap.add_argument("--mib", type=int, default=64, help="MiB of FILE to code and decode (--decode)")
+    ap.add_argument("--tree", action="append", default=[], metavar="LABEL=DIR",
+                    help="a casreg source tree whose planes.py to time (--decode; repeatable)")
     args = ap.parse_args()
+    if args.decode is not None:
+        decode_stages(args.decode, args.width, args.mib, [tuple(t.split("=", 1)) for t in args.tree],
+                      args.repeat)
+        return
     os.environ["CASREG_CACHE"] = "off"  # local registries: no chunk cache either way
     with tempfile.TemporaryDirectory(prefix="casreg-codec-") as tmpdir:
         tmp = Path(tmpdir)
