@@ -8,7 +8,6 @@ start of a file moves only the chunks around it. The parameters are fixed per re
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, wait
 from dataclasses import asdict, dataclass
 from typing import BinaryIO
 
@@ -104,7 +103,6 @@ def iter_chunk_views(
     size_hint: int,
     block_size: int = BLOCK_SIZE,
     on_read: Callable[[memoryview, int], object] | None = None,
-    helper: Executor | None = None,
 ) -> Iterator[tuple[memoryview, int]]:
     """The chunks of :func:`iter_chunks` (same cuts), as views into read buffers instead
     of copies, each with the id of the buffer it lies in.
@@ -115,95 +113,32 @@ def iter_chunk_views(
     buffer instead cost 0.1 s of CPU and 15 MB of fresh pages per 512 MiB push here.
     ``size_hint`` (the file's size) keeps the first buffer of a small file small.
     ``on_read(view, buffer id)`` sees every byte once, in order, as in :func:`iter_chunks`;
-    the same lending rule covers the views it is given. ``helper``: an executor whose
-    thread cuts the second part of each block meanwhile (:func:`cut_in_two`; same cuts)
-    and reads the next block while this one's chunks are yielded; ``acquire`` is then
-    asked for the next buffer before the chunks of the current one are yielded, and must
-    lend another (at least two buffers, else :class:`RuntimeError`).
+    the same lending rule covers the views it is given.
     """
     if block_size <= params.max_size:
         raise ValueError(f"block_size {block_size} must exceed max_size {params.max_size}")
     chunker = params.chunker()
-
-    def cut(buf: memoryview) -> list[tuple[int, int]]:
-        return _cuts(chunker, buf) if helper is None else cut_in_two(params, buf, helper)
-
     first = min(block_size, size_hint + 1)  # one byte more than expected, to see the end
     buf_id, whole = acquire(first)
     want, carried = first, 0
-    n = _fill(stream, whole[:want])
     while True:
+        n = _fill(stream, whole[carried:carried + want])
         if on_read is not None and n:
             on_read(whole[carried:carried + n], buf_id)
         filled, at_end = carried + n, n < want
-        cuts = cut(whole[:filled])
+        cuts = [(c.offset, c.length) for c in chunker.cut_buf(whole[:filled])]
         carried = 0
         if not at_end and cuts:  # the block's last chunk may have been cut short: cut it again with the next
             last_offset, _ = cuts.pop()
             carried = filled - last_offset
-        want = block_size
-        reading: Future[int] | None = None
-        if not at_end and helper is not None:  # read the next block on the helper while these chunks go out
-            next_id, nxt = acquire(carried + want)
-            if next_id == buf_id:
-                raise RuntimeError("iter_chunk_views with a helper needs at least two buffers to lend")
-            nxt[:carried] = whole[filled - carried:filled]
-            reading = helper.submit(_fill, stream, nxt[carried:carried + want])
-        try:
-            for offset, length in cuts:
-                yield whole[offset:offset + length], buf_id
-        finally:
-            if reading is not None:
-                wait([reading])  # a consumer that stops early gets its buffer back only once it is written
+        for offset, length in cuts:
+            yield whole[offset:offset + length], buf_id
         if at_end:
             return
-        if reading is None:
-            next_id, nxt = acquire(carried + want)
-            nxt[:carried] = whole[filled - carried:filled]  # may be the same buffer: memoryview copies overlaps right
-            n = _fill(stream, nxt[carried:carried + want])
-        else:
-            n = reading.result()
+        want = block_size
+        next_id, nxt = acquire(carried + want)
+        nxt[:carried] = whole[filled - carried:filled]  # may be the same buffer: memoryview copies overlaps right
         buf_id, whole = next_id, nxt
-
-
-def _cuts(chunker: FastCDC, buf: memoryview) -> list[tuple[int, int]]:
-    return [(c.offset, c.length) for c in chunker.cut_buf(buf)]
-
-
-def cut_in_two(params: ChunkParams, buf: memoryview, helper: Executor) -> list[tuple[int, int]]:
-    """The cuts of ``buf`` (exactly ``_cuts(params.chunker(), buf)``), found on two threads.
-
-    FastCDC finds each cut by scanning from the previous one, so the cuts of a buffer are
-    found one after the other. But where two scans meet at a cut they agree from there on:
-    a cut depends only on the chunk's start and the bytes after it. So a ``helper`` thread
-    cuts from a point ``split`` near the middle as if a chunk started there, while this
-    thread cuts from the start; once this thread's cuts pass ``split``, the first chunk of
-    ours that starts where one of the helper's does joins the two lists. If none does (the
-    scans never meet: a run of identical bytes cut at ``max_size`` every time), this thread
-    simply goes on to the end. pyfastcdc scans without the GIL, so the two run at once: a
-    push that stores few new bytes spends most of its main thread cutting."""
-    chunker = params.chunker()
-    if len(buf) < 4 * params.avg_size:
-        return _cuts(chunker, buf)
-    # this thread also cuts a chunk or two past the split before the scans meet
-    split = (len(buf) - params.avg_size) // 2
-    theirs = helper.submit(_cuts, params.chunker(), buf[split:])
-    try:
-        ours: list[tuple[int, int]] = []
-        later: list[tuple[int, int]] = []
-        starts: dict[int, int] | None = None
-        for c in chunker.cut_buf(buf):
-            if c.offset >= split:
-                if starts is None:
-                    later = theirs.result()
-                    starts = {split + off: i for i, (off, _) in enumerate(later)}
-                i = starts.get(c.offset)
-                if i is not None:
-                    return ours + [(split + off, n) for off, n in later[i:]]
-            ours.append((c.offset, c.length))
-        return ours
-    finally:
-        wait([theirs])  # never leave the helper reading a buffer the caller may lend again
 
 
 def chunk_bytes(data: bytes, params: ChunkParams = DEFAULT_CHUNK_PARAMS) -> list[tuple[int, int]]:

@@ -320,12 +320,10 @@ class _Pusher:
     def __init__(self, store: ObjectStore, index: ChunkIndex, params: ChunkParams, level: int, progress: Progress,
                  workers: ThreadPoolExecutor, uploader: ThreadPoolExecutor, ordered: ThreadPoolExecutor,
                  verifier: ThreadPoolExecutor, trust: VerifiedPacks, check_writes: bool,
-                 float_codec: bool = False, parent: Manifest | None = None,
-                 cutter: ThreadPoolExecutor | None = None) -> None:
+                 float_codec: bool = False, parent: Manifest | None = None) -> None:
         self.store, self.index, self.params, self.level, self.progress = store, index, params, level, progress
         self.check_writes, self.float_codec = check_writes, float_codec
         self.workers, self.uploader, self.ordered, self.verifier = workers, uploader, ordered, verifier
-        self.cutter = cutter  # cuts half of each block of a large file (chunking.cut_in_two)
         self.trust = trust
         self.claimed: dict[bytes, _Pending] = {}
         self.pack: PackBuilder | None = None  # opened on the first new chunk
@@ -714,7 +712,7 @@ class _Pusher:
         try:
             with open(f.abspath, "rb", buffering=0) as fh:
                 for raw, buf_id in iter_chunk_views(fh, self.params, self.buffers.acquire, size_hint=f.size,
-                                                    block_size=self.block, on_read=hash_block, helper=self.cutter):
+                                                    block_size=self.block, on_read=hash_block):
                     hint = layout.hint(size, len(raw)) if layout is not None else None
                     self.buffers.users[buf_id] += 1
                     self.inflight.append((chunks, self.workers.submit(self._process, raw, hint, size,
@@ -862,10 +860,9 @@ def store_source(
     with ThreadPoolExecutor(nthreads, thread_name_prefix="casreg-chunk") as workers, \
          ThreadPoolExecutor(store.io_concurrency, thread_name_prefix="casreg-upload") as uploader, \
          ThreadPoolExecutor(1, thread_name_prefix="casreg-ordered") as ordered, \
-         ThreadPoolExecutor(min(store.io_concurrency, VERIFIERS), thread_name_prefix="casreg-verify") as verifier, \
-         ThreadPoolExecutor(1, thread_name_prefix="casreg-cut") as cutter:
+         ThreadPoolExecutor(min(store.io_concurrency, VERIFIERS), thread_name_prefix="casreg-verify") as verifier:
         pusher = _Pusher(store, index, params, level, progress, workers, uploader, ordered, verifier, trust,
-                         check_writes, float_codec, parent, cutter if nthreads > 1 else None)
+                         check_writes, float_codec, parent)
         pusher.file_version = source.kind == "file"
         progress.start("push", source.size)
         try:
