@@ -1,6 +1,7 @@
 """The PLANES codec (codec 2, casreg/content/planes.py, docs/FORMAT.md §4.1): golden vectors,
 an independent decoder written from the spec, round trips of any bytes, damaged payloads,
-where a push uses it (safetensors float data of casreg/3 registries only) and what it saves."""
+where a push uses it (float data of casreg/3 and later registries: where a safetensors header
+says, or the probe of tests/test_float_probe.py finds it) and what it saves."""
 
 from __future__ import annotations
 
