@@ -289,14 +289,9 @@ def _segments(store: ObjectStore, keys: list[str], report: VerifyReport, threads
             return Problem(key, "corrupt", reason, [f"{named[0]}:{named[1]}"])
         return key, versions_from_table(table)[0], row_fingerprint(table.to_pylist()[0])
 
-    for got in bounded_map(check, keys, threads):
-        if isinstance(got, Problem):
-            report.problems.append(got)
-            scan.damaged.add(got.key)
-        elif got is not None:
-            key, rec, fp = got
-            scan.records[rec.name, rec.version] = rec
-            scan.rows[key] = fp
+    for key, rec, fp in scan.good(bounded_map(check, keys, threads), report):
+        scan.records[rec.name, rec.version] = rec
+        scan.rows[key] = fp
 
 
 def _copy_agrees(doc: object, canon: object) -> bool:

@@ -4,8 +4,9 @@ compacted files and HEAD, gap-free numbering, ``casreg.json`` and the hooks conf
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from blake3 import blake3
 
@@ -49,6 +50,8 @@ MAX_HOOKS_BYTES = 1 << 20
 #: Problems of one kind reported per model at most (a ledger with thousands of holes says so once).
 MAX_PER_MODEL = 20
 
+_T = TypeVar("_T")
+
 
 @dataclass(slots=True)
 class LedgerScan:
@@ -58,6 +61,17 @@ class LedgerScan:
     rows: dict[str, str] = field(default_factory=dict)  # segment key -> fingerprint of its row
     events: dict[str, AliasEvent] = field(default_factory=dict)  # good event segments by key
     damaged: set[str] = field(default_factory=set)  # segments already reported
+
+    def good(self, results: Iterable[Problem | _T | None], report: VerifyReport) -> Iterator[_T]:
+        """The good rows among the results of checking segments, in order: a
+        :class:`Problem` goes to ``report`` and its key among the damaged ones, ``None``
+        (a segment gone meanwhile, or not one to check) is skipped."""
+        for got in results:
+            if isinstance(got, Problem):
+                report.problems.append(got)
+                self.damaged.add(got.key)
+            elif got is not None:
+                yield got
 
 
 def row_fingerprint(row: dict[str, object]) -> str:
@@ -164,14 +178,9 @@ def _verify_events(store: ObjectStore, report: VerifyReport, scan: LedgerScan, k
         except (IntegrityError, ValueError) as err:
             return Problem(key, "corrupt", f"the event segment does not read: {bare_reason(str(err), key)[:200]}")
 
-    for got in bounded_map(check, keys, threads):
-        if isinstance(got, Problem):
-            report.problems.append(got)
-            scan.damaged.add(got.key)
-        elif got is not None:
-            key, event, fp = got
-            scan.events[key] = event
-            scan.rows[key] = fp
+    for key, event, fp in scan.good(bounded_map(check, keys, threads), report):
+        scan.events[key] = event
+        scan.rows[key] = fp
 
 
 def _verify_compacted(store: ObjectStore, report: VerifyReport, scan: LedgerScan, numbers: dict[str, int]) -> None:
