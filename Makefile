@@ -54,9 +54,11 @@ demo: $(STAMP)
 	@echo "== casreg is installed in $(VENV) only: . $(BIN)/activate puts it on PATH (README.md, Set up)"
 
 ## Lint and type checks (configured in pyproject.toml), then the whole suite, slow
-## (GB-sized) cases included, as CI runs it.
+## (GB-sized) cases included, as CI runs it: on TEST_WORKERS processes (pytest-xdist; each
+## starts its own S3 server), so that waiting on a server in one overlaps work in the other.
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --numprocesses=$(TEST_WORKERS)
 
 ## ruff over the library, the CLI, the tests and the benchmarks; mypy --strict over the library and the CLI.
 lint: $(STAMP)

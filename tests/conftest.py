@@ -292,10 +292,35 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     return s3_server
 
 
-def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+def _s3_summary() -> str | None:
+    """The summary line about this process's S3 server, if S3 tests ran or were skipped."""
     server = _S3_STARTED
     if server is not None:
-        terminalreporter.write_line(
-            f"SeaweedFS (weed mini) for the S3 tests: ready in {server.started_in:.2f}s at {server.endpoint}")
-    elif _S3_UNAVAILABLE:
-        terminalreporter.write_line(f"SeaweedFS for the S3 tests: unavailable: {_S3_UNAVAILABLE}")
+        return f"SeaweedFS (weed mini) for the S3 tests: ready in {server.started_in:.2f}s at {server.endpoint}"
+    if _S3_UNAVAILABLE:
+        return f"SeaweedFS for the S3 tests: unavailable: {_S3_UNAVAILABLE}"
+    return None
+
+
+# Under pytest-xdist (``make test`` runs two workers) each worker starts its own server; the
+# workers hand their lines to the controller, which prints them with its summary.
+_WORKER_S3_SUMMARIES: list[str] = []
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    output = getattr(session.config, "workeroutput", None)  # set on an xdist worker only
+    if output is not None and (line := _s3_summary()) is not None:
+        output["casreg_s3_summary"] = line
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:  # type: ignore[no-untyped-def]
+    line = getattr(node, "workeroutput", {}).get("casreg_s3_summary")
+    if line is not None:
+        _WORKER_S3_SUMMARIES.append(f"[{node.gateway.id}] {line}")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    for line in [_s3_summary(), *sorted(_WORKER_S3_SUMMARIES)]:
+        if line is not None:
+            terminalreporter.write_line(line)

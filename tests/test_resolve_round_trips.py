@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,12 +53,16 @@ class OverlapWatch(StoreWrapper):
 
 
 @pytest.fixture
-def pushed(tmp_path: Path) -> MemoryStore:
-    store = MemoryStore(f"memory://round-trips-{id(tmp_path)}")
+def pushed(tmp_path: Path) -> Iterator[MemoryStore]:
+    # a name no other test can have had (memory stores live as long as the process; an
+    # ``id()`` is reused once its object is freed, and then a test met another's versions)
+    url = f"memory://round-trips-{uuid.uuid4().hex}"
+    store = MemoryStore(url)
     reg = Registry.from_store(store)
     (tmp_path / "w.bin").write_bytes(b"weights" * 1000)
     reg.push("m", str(tmp_path / "w.bin"), alias="production")
-    return store
+    yield store
+    MemoryStore.wipe(url)
 
 
 @pytest.mark.parametrize("remote", [True, False])
