@@ -19,7 +19,8 @@ workers spend it): ``--mib`` MiB from the middle of ``FILE`` (e.g. a bf16 safete
 file) cut into 4 MiB chunks, each coded with ``width``, then decoded with
 ``decode_planes_into`` of each ``--tree``'s ``casreg/content/planes.py`` (default: this
 one) into a buffer at an aligned and at an odd offset, the trees alternating round by
-round; also this tree's stages alone (planes parsed and zstd-decoded; joined; BLAKE3 of the
+round (a tree whose C loops are built, casreg/content/_planes_c.c, also without them:
+``(numpy)``); also this tree's stages alone (planes parsed and zstd-decoded; joined; BLAKE3 of the
 chunks). Prints s/GiB of decoded bytes per round, and the minimum and median.
 """
 
@@ -114,6 +115,11 @@ def decode_stages(path: Path, width: int, mib: int, trees: list[tuple[str, str]]
     chunks = [(data[i:i + chunk], planes.encode_planes(data[i:i + chunk], width, 0))
               for i in range(0, len(data) - chunk + 1, chunk)]
     mods = [(label, _planes_module(label, tree)) for label, tree in trees] or [("this", planes)]
+    for label, mod in list(mods):  # a tree with the C loops built: its numpy path too
+        if getattr(mod, "_loops", None) is not None:
+            numpy_only = _planes_module(f"{label}_numpy", str(Path(mod.__file__).parents[2]))
+            numpy_only._loops = None
+            mods.append((f"{label} (numpy)", numpy_only))
     buf = mmap.mmap(-1, chunk + 8)
 
     def decode_into(mod: ModuleType, offset: int) -> Callable[[], None]:

@@ -17,6 +17,7 @@ from blake3 import blake3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from payload_damage import damage
+from planes_loops import planes_loops  # noqa: F401 (every test runs with the C loops and numpy's)
 
 from casreg import Registry
 from casreg.content import codec as codec_module

@@ -31,6 +31,7 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import zstandard
@@ -39,6 +40,21 @@ from casreg.errors import IntegrityError
 
 if TYPE_CHECKING:  # numpy is imported when a chunk is coded: commands that code none never load it
     import numpy as np
+
+
+def _load_loops() -> ModuleType | None:
+    """The split and the join as C loops (casreg/content/_planes_c.c), an optional
+    extension: an install without a C compiler has none, and numpy's whole-array operations
+    below do the same, slower (tests/test_planes_loops.py and test_planes_join.py check
+    both; docs/benchmarks-codec.md measures both)."""
+    try:
+        from casreg.content import _planes_c
+    except ImportError:  # not built
+        return None
+    return _planes_c
+
+
+_loops = _load_loops()
 
 __all__ = ["WIDTHS", "MIN_ELEMENTS", "encode_planes", "encode_planes_until", "decode_planes_into",
            "decode_planes_parts"]
@@ -190,9 +206,8 @@ def encode_planes_until(raw: bytes | memoryview, width: int, head: int,
     size = _HEADER.size + head + tail
     if enough is not None and enough(size):
         return size
-    elements = _elements(view, width, head, n)
-    for i in range(width):
-        mode, data = _code_plane(_split_plane(elements, i), exponent=i == width - 1, residual=residual)
+    for i, plane in enumerate(_split_planes(view, width, head, n)):
+        mode, data = _code_plane(plane, exponent=i == width - 1, residual=residual)
         parts += (_PLANE.pack(mode, len(data)), data)
         size += _PLANE.size + len(data)
         if enough is not None and i < width - 1 and enough(size):
@@ -211,6 +226,20 @@ def _scratch(name: str, n: int, dtype: str) -> np.ndarray:
         arr = np.empty(max(n, 1 << 19), dtype)
         setattr(_local, name, arr)
     return arr[:n]
+
+
+def _split_planes(view: memoryview, width: int, head: int, n: int) -> Iterator[np.ndarray]:
+    """The ``width`` planes of the ``n`` elements starting ``head`` bytes into ``view``, in
+    order, each in a per-thread scratch array of its own: all at once by the C loop, or
+    one by one with numpy (so a coder that stops early never splits the last)."""
+    if _loops is not None:
+        split = [_scratch(f"plane{i}", n, "u1") for i in range(width)]
+        _loops.split(view[head:head + n * width], split)
+        yield from split
+        return
+    elements = _elements(view, width, head, n)
+    for i in range(width):
+        yield _split_plane(elements, i)
 
 
 def _elements(view: memoryview, width: int, head: int, n: int) -> np.ndarray:
@@ -262,7 +291,8 @@ def decode_planes_into(stored: bytes | memoryview, out: memoryview) -> None:
     out[:len(head)] = head
     out[size - len(tail):] = tail
     dst = np.frombuffer(out, _uint(width), n, len(head))
-    if dst.flags.aligned and dst.flags.writeable:  # joined where it belongs
+    # joined where it belongs (the C loop writes bytes: any address will do)
+    if (dst.flags.aligned or _loops is not None) and dst.flags.writeable:
         for _ in _join_planes(planes, width, dst):
             pass
         return
@@ -339,10 +369,12 @@ _BLOCK_BYTES = 256 << 10
 def _join_planes(planes: list[np.ndarray], width: int, dst: np.ndarray | None = None) -> Iterator[np.ndarray]:
     """The elements whose rotated bytes are ``planes`` (each ``n`` bytes),
     :data:`_BLOCK_BYTES` of them at a time: each block joined into its slice of ``dst``
-    (aligned) when given, else into a per-thread scratch array valid until the next block.
-    The element is the rotated one turned right by a bit: plane ``i >= 1`` lands shifted
-    left by ``8 * i - 1`` and plane 0 in two pieces, its top seven bits at the bottom and
-    its lowest bit at the top, disjoint bits OR-ed together.
+    (aligned, unless the C loops join: they write bytes) when given, else into a per-thread
+    scratch array valid until the next block. The C loop does it in one pass where it was
+    built; numpy's operations below otherwise. The element is the rotated one turned right
+    by a bit: plane ``i >= 1`` lands shifted left by ``8 * i - 1`` and plane 0 in two
+    pieces, its top seven bits at the bottom and its lowest bit at the top, disjoint bits
+    OR-ed together.
 
     Only some whole-array operations are fast, measured on numpy 2.4 here: each plane is
     widened once to the element's type by a plain copy (a shift or OR that widens its
@@ -357,7 +389,10 @@ def _join_planes(planes: list[np.ndarray], width: int, dst: np.ndarray | None = 
     for start in range(0, n, block):
         stop = min(n, start + block)
         x = _scratch("joined", stop - start, _uint(width)) if dst is None else dst[start:stop]
-        join([plane[start:stop] for plane in planes], x, step)
+        if _loops is not None:
+            _loops.join([plane[start:stop] for plane in planes], x)
+        else:
+            join([plane[start:stop] for plane in planes], x, step)
         yield x
 
 

@@ -1,0 +1,97 @@
+"""The PLANES codec's C loops (casreg/content/_planes_c.c): the same planes and elements as
+numpy's operations in casreg/content/planes.py for any bytes, any length and any address;
+every misuse a Python exception, never a crash; and built wherever the install could build
+them (a C compiler and Python's headers), so a C file that stopped compiling cannot hide
+behind the numpy path."""
+
+from __future__ import annotations
+
+import shutil
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from casreg.content import planes
+
+loops = planes._loops
+needs_loops = pytest.mark.skipif(loops is None, reason="the PLANES codec's C loops are not built here")
+
+
+def numpy_planes(raw: bytes, width: int) -> list[bytes]:
+    """Plane i: byte i of each element rotated left by one bit (docs/FORMAT.md §4.1), on
+    64-bit integers (nothing shared with either implementation)."""
+    n = len(raw) // width
+    acc = np.zeros(n, np.uint64)
+    for i in range(width):
+        acc |= np.frombuffer(raw, np.uint8)[i::width][:n].astype(np.uint64) << np.uint64(8 * i)
+    bits = np.uint64(8 * width)
+    mask = (np.uint64(1) << bits) - np.uint64(1)
+    rotated = ((acc << np.uint64(1)) | (acc >> (bits - np.uint64(1)))) & mask
+    return [((rotated >> np.uint64(8 * i)) & np.uint64(0xFF)).astype(np.uint8).tobytes() for i in range(width)]
+
+
+@needs_loops
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=4099), width=st.sampled_from(planes.WIDTHS), offset=st.integers(0, 7))
+def test_split_and_join_agree_with_the_spec_at_any_address(data: bytes, width: int, offset: int) -> None:
+    assert loops is not None
+    n = len(data) // width
+    raw = data[:n * width]
+    src = memoryview(bytearray(offset + len(raw)))[offset:]  # elements at any address
+    src[:] = raw
+    split = [bytearray(n) for _ in range(width)]
+    loops.split(src, split)
+    assert [bytes(p) for p in split] == numpy_planes(raw, width)
+    dst = memoryview(bytearray(offset + len(raw)))[offset:]
+    loops.join(split, dst)
+    assert bytes(dst) == raw
+
+
+@needs_loops
+@pytest.mark.parametrize("width", planes.WIDTHS)
+def test_the_loops_and_numpys_give_the_same_payload(width: int) -> None:
+    rng = np.random.default_rng(width)
+    raw = b"\x05" + rng.normal(0, 0.02, 70_001).astype(f"<f{width}").tobytes() + b"\x06"
+    with_c = planes.encode_planes(raw, width, 1)
+    try:
+        planes._loops = None
+        with_numpy = planes.encode_planes(raw, width, 1)
+    finally:
+        planes._loops = loops
+    assert with_c == with_numpy and with_c is not None
+
+
+@needs_loops
+@pytest.mark.parametrize("call, error", [
+    (lambda: loops.join([b"ab", b"cd", b"ef"], bytearray(6)), ValueError),  # three planes
+    (lambda: loops.join([b"ab"], bytearray(2)), ValueError),
+    (lambda: loops.join([b"ab", b"c"], bytearray(4)), ValueError),  # planes of two lengths
+    (lambda: loops.join([b"ab", b"cd"], bytearray(5)), ValueError),  # a destination of another size
+    (lambda: loops.join([b"ab", b"cd"], bytearray(3)), ValueError),
+    (lambda: loops.join([b"ab", b"cd"], b"xxxx"), TypeError),  # read-only destination
+    (lambda: loops.join([b"ab", 7], bytearray(4)), TypeError),  # not a buffer
+    (lambda: loops.join(7, bytearray(4)), TypeError),  # not a sequence
+    (lambda: loops.join([b"ab", b"cd"]), TypeError),
+    (lambda: loops.split(b"abcd", [bytearray(2), b"xy"]), BufferError),  # a read-only plane
+    (lambda: loops.split(b"abcde", [bytearray(2), bytearray(2)]), ValueError),  # a partial element
+    (lambda: loops.split(b"abcd", [bytearray(1), bytearray(1)]), ValueError),
+    (lambda: loops.split(b"abcd", [bytearray(1)] * 4 + [bytearray(1)]), ValueError),  # five planes
+    (lambda: loops.split("text", [bytearray(2), bytearray(2)]), TypeError),
+])
+def test_every_misuse_is_an_exception(call, error) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(error):
+        call()
+
+
+def test_the_loops_are_built_wherever_they_can_be() -> None:
+    """With a C compiler and Python's headers at install (as on CI), the extension is
+    built; a C file that stopped compiling would otherwise pass unnoticed on numpy."""
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if not headers.exists() or shutil.which(compiler) is None:
+        pytest.skip(f"no C compiler ({compiler}) or no Python headers ({headers}): the numpy path is the one used")
+    assert loops is not None, "casreg/content/_planes_c.c was not built although it could be: reinstall (make venv)"
