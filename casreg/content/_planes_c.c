@@ -90,71 +90,50 @@ static Py_ssize_t take_planes(PyObject *seq, Py_buffer *planes, int flags, Py_ss
     return width;
 }
 
-static PyObject *loops_split(PyObject *self, PyObject *args) {
-    Py_buffer src, planes[4];
+/* split(src, planes) when splitting, else join(planes, dst): the arguments taken and
+ * checked, the loop run without the GIL, every buffer released on every path. */
+static PyObject *run(PyObject *args, int splitting) {
+    Py_buffer data, planes[4];
     PyObject *arg, *seq;
     Py_ssize_t taken = 0, width;
     PyObject *result = NULL;
-    if (!PyArg_ParseTuple(args, "y*O:split", &src, &arg))
+    if (splitting ? !PyArg_ParseTuple(args, "y*O:split", &data, &arg)
+                  : !PyArg_ParseTuple(args, "Ow*:join", &arg, &data))
         return NULL;
-    if ((seq = PySequence_Fast(arg, "split: planes must be a sequence")) == NULL) {
-        PyBuffer_Release(&src);
+    if ((seq = PySequence_Fast(arg, "planes must be a sequence")) == NULL) {
+        PyBuffer_Release(&data);
         return NULL;
     }
-    if ((width = take_planes(seq, planes, PyBUF_WRITABLE, &taken)) < 0)
+    if ((width = take_planes(seq, planes, splitting ? PyBUF_WRITABLE : PyBUF_SIMPLE, &taken)) < 0)
         goto done;
     Py_ssize_t n = planes[0].len;
-    if (src.len / width != n || src.len % width != 0) {
-        PyErr_SetString(PyExc_ValueError, "split: the source is not one element per plane byte");
+    if (data.len / width != n || data.len % width != 0) {
+        PyErr_SetString(PyExc_ValueError, splitting ? "split: the source is not one element per plane byte"
+                                                    : "join: the destination is not one element per plane byte");
         goto done;
     }
     Py_BEGIN_ALLOW_THREADS
-    if (width == 2)
-        split2(src.buf, planes[0].buf, planes[1].buf, n);
+    if (splitting && width == 2)
+        split2(data.buf, planes[0].buf, planes[1].buf, n);
+    else if (splitting)
+        split4(data.buf, planes[0].buf, planes[1].buf, planes[2].buf, planes[3].buf, n);
+    else if (width == 2)
+        join2(planes[0].buf, planes[1].buf, data.buf, n);
     else
-        split4(src.buf, planes[0].buf, planes[1].buf, planes[2].buf, planes[3].buf, n);
+        join4(planes[0].buf, planes[1].buf, planes[2].buf, planes[3].buf, data.buf, n);
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
     for (Py_ssize_t i = 0; i < taken; i++)
         PyBuffer_Release(&planes[i]);
     Py_DECREF(seq);
-    PyBuffer_Release(&src);
+    PyBuffer_Release(&data);
     return result;
 }
 
-static PyObject *loops_join(PyObject *self, PyObject *args) {
-    Py_buffer dst, planes[4];
-    PyObject *arg, *seq;
-    Py_ssize_t taken = 0, width;
-    PyObject *result = NULL;
-    if (!PyArg_ParseTuple(args, "Ow*:join", &arg, &dst))
-        return NULL;
-    if ((seq = PySequence_Fast(arg, "join: planes must be a sequence")) == NULL) {
-        PyBuffer_Release(&dst);
-        return NULL;
-    }
-    if ((width = take_planes(seq, planes, PyBUF_SIMPLE, &taken)) < 0)
-        goto done;
-    Py_ssize_t n = planes[0].len;
-    if (dst.len / width != n || dst.len % width != 0) {
-        PyErr_SetString(PyExc_ValueError, "join: the destination is not one element per plane byte");
-        goto done;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    if (width == 2)
-        join2(planes[0].buf, planes[1].buf, dst.buf, n);
-    else
-        join4(planes[0].buf, planes[1].buf, planes[2].buf, planes[3].buf, dst.buf, n);
-    Py_END_ALLOW_THREADS
-    result = Py_NewRef(Py_None);
-done:
-    for (Py_ssize_t i = 0; i < taken; i++)
-        PyBuffer_Release(&planes[i]);
-    Py_DECREF(seq);
-    PyBuffer_Release(&dst);
-    return result;
-}
+static PyObject *loops_split(PyObject *Py_UNUSED(self), PyObject *args) { return run(args, 1); }
+
+static PyObject *loops_join(PyObject *Py_UNUSED(self), PyObject *args) { return run(args, 0); }
 
 static PyMethodDef loops_methods[] = {
     {"split", loops_split, METH_VARARGS, "split(src, planes): the rotated bytes of src's elements into planes."},
@@ -164,7 +143,7 @@ static PyMethodDef loops_methods[] = {
 
 static struct PyModuleDef loops_module = {
     PyModuleDef_HEAD_INIT, "_planes_c", "The PLANES codec's split and join loops (optional, see planes.py).", -1,
-    loops_methods,
+    loops_methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__planes_c(void) { return PyModule_Create(&loops_module); }
