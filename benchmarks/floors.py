@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 
 from blake3 import blake3
 
+from benchmarks import bigfile
 from casreg.content.chunking import DEFAULT_CHUNK_PARAMS
 from casreg.content.codec import check_decodes, decode_verified_into, encode
 from casreg.content.dtypes import float_layout
@@ -57,17 +57,13 @@ def cpu(stage: Callable[[], object], rounds: int) -> float:
 
 
 def timed(cmd: str, rounds: int) -> tuple[float, float]:
-    """(least wall, least CPU) seconds of a shell command over ``rounds`` runs, after a sync."""
-    walls, cpus = [], []
+    """(least wall, least CPU) seconds of a shell command over ``rounds`` runs, after a sync
+    (each run under GNU time, as :func:`benchmarks.bigfile.timed` runs it)."""
+    runs = []
     for _ in range(rounds):
         os.sync()
-        with tempfile.NamedTemporaryFile("r", suffix=".time") as out:
-            subprocess.run(["/usr/bin/time", "-o", out.name, "-f", "%e %U %S", "bash", "-c", cmd], check=True,
-                           stdout=subprocess.DEVNULL)
-            wall, user, system = (float(x) for x in out.read().split()[-3:])
-        walls.append(wall)
-        cpus.append(user + system)
-    return min(walls), min(cpus)
+        runs.append(bigfile.timed(["bash", "-c", cmd]))
+    return min(r.wall for r in runs), min(r.cpu for r in runs)
 
 
 def table(title: str, rows: Iterable[tuple[str, float]], peer: tuple[str, float, float], serial: float = 0.0) -> None:
