@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import json
 import re
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -152,10 +153,29 @@ def _hex32(value: object, what: str) -> str:
     return value
 
 
-def _count(value: object, what: str, limit: int = 1 << 62) -> int:
+_MAX_COUNT = 1 << 62
+_U64 = struct.Struct("<Q").pack
+#: Records hashed with one update, at most: one update per record cost a third of reading
+#: a 5,000-file manifest, and one for all of them would hold a copy of them all.
+_HASHED_AT_ONCE = 4096
+
+
+def _count(value: object, what: str, limit: int = _MAX_COUNT) -> int:
     if type(value) is not int or not 0 <= value <= limit:
         raise ValueError(f"{what} {str(value)[:40]!r} is not a non-negative integer")
     return value
+
+
+def _digest32(value: object, what: str) -> bytes:
+    """The 32 bytes that ``value``, 64 lowercase hex digits, spells (else ``ValueError``)."""
+    if type(value) is str and len(value) == 64:
+        try:
+            raw = bytes.fromhex(value)
+        except ValueError:
+            raw = b""
+        if raw.hex() == value:  # nothing but 64 lowercase hex digits gives back the same text
+            return raw
+    return bytes.fromhex(_hex32(value, what))
 
 
 def _list(value: object, what: str) -> list[Any]:
@@ -172,6 +192,20 @@ def stored_bound(raw_size: int) -> int:
 
 
 def _chunk(c: object, packs: list[str], max_chunk: int) -> ChunkRef:
+    """One chunk reference ``[digest, pack, offset, stored, raw, codec]``, checked: the
+    common, valid case in one test (a manifest holds a million of them), anything else
+    by :func:`_chunk_checked`, which names what is wrong."""
+    if type(c) is list and len(c) == 6:
+        d, pack, offset, stored, raw, codec = c
+        if (type(pack) is int and type(offset) is int
+                and type(stored) is int and type(raw) is int and type(codec) is int
+                and 0 <= pack < len(packs) and 0 <= offset <= _MAX_COUNT and 0 <= raw <= max_chunk
+                and 0 <= stored <= stored_bound(raw) and codec in _KNOWN_CODECS):
+            return ChunkRef(_digest32(d, "chunk digest"), packs[pack], offset, stored, raw, codec)
+    return _chunk_checked(c, packs, max_chunk)
+
+
+def _chunk_checked(c: object, packs: list[str], max_chunk: int) -> ChunkRef:
     if not isinstance(c, list) or len(c) != 6:
         raise ValueError("a chunk is not a list of 6 fields")
     pack = _count(c[1], "pack number")
@@ -226,8 +260,8 @@ def layout_digest(chunks: list[ChunkRef]) -> bytes:
     32-byte digest and its raw size as 8 bytes little-endian: which bytes sit where in the
     file (nothing about where they are stored)."""
     h = blake3(LAYOUT_MAGIC)
-    for c in chunks:
-        h.update(c.digest + c.raw_size.to_bytes(8, "little"))
+    for i in range(0, len(chunks), _HASHED_AT_ONCE):  # a few big updates, in bounded memory
+        h.update(b"".join([c.digest + _U64(c.raw_size) for c in chunks[i:i + _HASHED_AT_ONCE]]))
     return h.digest()
 
 
@@ -238,10 +272,14 @@ def _sort_key(e: Entry) -> bytes:
 def tree_digest(kind: VersionKind, entries: list[Entry], tree: int = 1) -> bytes:
     """BLAKE3 of ``"casreg-tree-vN\\0" kind "\\0"`` followed by every entry's canonical
     record (format ``tree``), entries sorted by the UTF-8 bytes of their paths."""
-    h = blake3(TREE_MAGIC[tree])
-    h.update(kind.encode() + b"\x00")
-    for e in sorted(entries, key=_sort_key):
-        h.update(e.canonical(tree))
+    return _sorted_tree_digest(kind, sorted(entries, key=_sort_key), tree)
+
+
+def _sorted_tree_digest(kind: VersionKind, entries: list[Entry], tree: int) -> bytes:
+    """:func:`tree_digest` of ``entries`` already in its order."""
+    h = blake3(TREE_MAGIC[tree] + kind.encode() + b"\x00")
+    for i in range(0, len(entries), _HASHED_AT_ONCE):
+        h.update(b"".join([e.canonical(tree) for e in entries[i:i + _HASHED_AT_ONCE]]))
     return h.digest()
 
 
@@ -263,7 +301,7 @@ class Manifest:
             raise ValueError(f"unknown tree format {self.tree}")
         self.entries.sort(key=_sort_key)
         if not self.digest:
-            self.digest = tree_digest(self.kind, self.entries, self.tree)
+            self.digest = _sorted_tree_digest(self.kind, self.entries, self.tree)
 
     @property
     def commits_layout(self) -> bool:
@@ -368,9 +406,9 @@ class Manifest:
                     raise ValueError(f"entry {path!r} has unsupported type {etype!r}")
                 chunks = [_chunk(c, packs, max_chunk) for c in _list(item["chunks"], "chunks")]
                 size = _count(item["size"], "size")
-                if sum(c.raw_size for c in chunks) != size:
+                if sum([c.raw_size for c in chunks]) != size:
                     raise ValueError(f"entry {path!r}: chunk sizes do not add up to {size}")
-                entries.append(Entry(path, etype, size, bytes.fromhex(_hex32(item["digest"], "file digest")), chunks))
+                entries.append(Entry(path, etype, size, _digest32(item["digest"], "file digest"), chunks))
             bases = [_chunk(c, packs, max_chunk) for c in _list(doc.get("bases", []), "bases")]
             if any(c.codec == _DELTA for c in bases):
                 raise ValueError("a delta base is itself a delta chunk")
@@ -385,11 +423,13 @@ class Manifest:
         types = {e.path: e.type for e in entries}
         if len(types) != len(entries):
             raise IntegrityError(f"manifest {where} is corrupt: duplicate paths")
+        dirs: set[str] = set()  # parents found to be directories, with all of theirs
         for e in entries:  # a file may not also be the parent directory of another entry
             parent = e.path.rpartition("/")[0]
-            while parent:
+            while parent and parent not in dirs:
                 if types.get(parent, "d") != "d":
                     raise UnsafePathError(f"manifest {where} is hostile: {parent!r} is both a file and a directory")
+                dirs.add(parent)
                 parent = parent.rpartition("/")[0]
         manifest = cls(kind, entries, chunking, tree=tree, bases=bases)
         if manifest.digest != expected:
