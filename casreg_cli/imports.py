@@ -9,7 +9,8 @@ spinning while casreg's own threads need both cores; under load, importing numpy
 
 - an import of numpy (or any of its modules) asked for by casreg's own code is let
   through: the ``planes`` codec (casreg/content/planes.py) codes and decodes tensor data
-  with numpy, so a push or pull of a model's weights loads it, and nothing else does;
+  with numpy where its C loops were not built, the delta codec and the float probe always,
+  so a push or pull of a model's weights may load it, and nothing else does;
 - the modules numpy imports while it loads are let through too;
 - an import of numpy by anyone else (pyarrow), and of pandas by anyone, fails as if it
   were not installed.

@@ -1,6 +1,7 @@
 """The CLI process loads numpy only where casreg's own code needs it (the planes codec of a
-push or pull of tensor data) and pandas never (casreg_cli/imports.py): each costs start-up
-time that pyarrow would otherwise make every command pay."""
+push or pull of tensor data, where its C loops were not built) and pandas never
+(casreg_cli/imports.py): each costs start-up time that pyarrow would otherwise make every
+command pay."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from casreg.content import planes
+
+#: Whether this install built the planes codec's C loops: then nothing needs numpy.
+LOOPS = planes._loops is not None
 
 
 def run_traced(args: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], set[str]]:
@@ -33,14 +39,15 @@ def test_numpy_only_for_tensor_data_and_pandas_never(tmp_path: Path) -> None:
     env = {**os.environ, "CASREG_REGISTRY": str(tmp_path / "reg"), "CASREG_USER": "ci@example.test"}
     proc, modules = run_traced(["push", "m", str(model)], env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "numpy" in modules and "pandas" not in modules  # the planes codec coded the weights
+    assert "pandas" not in modules
+    assert ("numpy" in modules) == (not LOOPS)  # the planes codec coded the weights, with numpy only without C loops
     proc, modules = run_traced(["ls", "m", "--json"], env)
     assert proc.returncode == 0 and json.loads(proc.stdout)[0]["version"] == 1
     assert "numpy" not in modules and "pandas" not in modules  # pyarrow read the ledger without them
     out = tmp_path / "back.safetensors"
     proc, modules = run_traced(["pull", "m", str(out)], env)
     assert proc.returncode == 0 and out.read_bytes() == model.read_bytes()
-    assert "numpy" in modules and "pandas" not in modules
+    assert ("numpy" in modules) == (not LOOPS) and "pandas" not in modules
 
 
 def test_the_gate_refuses_numpy_to_others_and_pandas_to_all() -> None:
@@ -68,14 +75,16 @@ def test_the_gate_refuses_numpy_to_others_and_pandas_to_all() -> None:
 
 def test_a_missing_dependency_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     """An environment without numpy (a broken install: it is a declared dependency) fails a
-    push of float tensors with one line naming the package, exit 2, and stores nothing."""
+    push of float tensors with one line naming the package, exit 2, and stores nothing
+    (the planes codec's C loops are blocked too: with them, nothing needs numpy)."""
     weights = (np.random.default_rng(0).normal(0, 0.02, 50_000).astype("<f4").view("<u4") >> 16).astype("<u2")
     header = json.dumps({"w": {"dtype": "BF16", "shape": [50_000], "data_offsets": [0, weights.nbytes]}}).encode()
     header += b" " * (-len(header) % 8)
     model = tmp_path / "model.safetensors"
     model.write_bytes(struct.pack("<Q", len(header)) + header + weights.tobytes())
     env = {**os.environ, "CASREG_REGISTRY": str(tmp_path / "reg"), "CASREG_USER": "ci@example.test"}
-    blocked = "import sys; sys.modules['numpy'] = None; from casreg_cli.main import main; main()"
+    blocked = ("import sys; sys.modules['numpy'] = sys.modules['casreg.content._planes_c'] = None; "
+               "from casreg_cli.main import main; main()")
     proc = subprocess.run([sys.executable, "-c", blocked, "push", "m", str(model)], env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -31,15 +31,19 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import zstandard
 
 from casreg.errors import IntegrityError
 
-if TYPE_CHECKING:  # numpy is imported when a chunk is coded: commands that code none never load it
+if TYPE_CHECKING:  # numpy is imported only where the C loops were not built, when a chunk is coded
     import numpy as np
+
+#: A plane: bytes for the C loops (a view of any buffer), a numpy array of ``uint8`` for numpy's.
+Plane: TypeAlias = "memoryview | np.ndarray"
 
 
 def _load_loops() -> ModuleType | None:
@@ -160,8 +164,13 @@ def _uint(width: int) -> str:
     return "<u2" if width == 2 else "<u4"
 
 
-def _code_plane(plane: np.ndarray, exponent: bool, residual: bool = False) -> tuple[int, bytes | memoryview]:
-    data = memoryview(plane.data).cast("B")
+def _bytes_of(plane: Plane) -> memoryview:
+    """The bytes of a plane (or of a block of joined elements), as a flat view."""
+    return (plane if isinstance(plane, memoryview) else plane.data).cast("B")
+
+
+def _code_plane(plane: Plane, exponent: bool, residual: bool = False) -> tuple[int, bytes | memoryview]:
+    data = _bytes_of(plane)
     if not exponent and len(data) > _SAMPLE:
         probe = _compressor().compress(data[:_SAMPLE])
         if len(probe) > _SAMPLE - _SAMPLE * 3 // 100:
@@ -228,12 +237,23 @@ def _scratch(name: str, n: int, dtype: str) -> np.ndarray:
     return arr[:n]
 
 
-def _split_planes(view: memoryview, width: int, head: int, n: int) -> Iterator[np.ndarray]:
+def _scratch_bytes(name: str, n: int) -> memoryview:
+    """:func:`_scratch` for the C loops, which take any buffer: ``n`` bytes of a per-thread
+    ``bytearray`` (so a codec with the loops built never imports numpy: 0.07-0.1 s of a
+    process's start-up, and the CPU its BLAS threads spin)."""
+    buf: bytearray | None = _local.__dict__.get(name)
+    if buf is None or len(buf) < n:
+        buf = bytearray(max(n, 1 << 19))
+        setattr(_local, name, buf)
+    return memoryview(buf)[:n]
+
+
+def _split_planes(view: memoryview, width: int, head: int, n: int) -> Iterator[Plane]:
     """The ``width`` planes of the ``n`` elements starting ``head`` bytes into ``view``, in
-    order, each in a per-thread scratch array of its own: all at once by the C loop, or
+    order, each in a per-thread scratch buffer of its own: all at once by the C loop, or
     one by one with numpy (so a coder that stops early never splits the last)."""
     if _loops is not None:
-        split = [_scratch(f"plane{i}", n, "u1") for i in range(width)]
+        split = [_scratch_bytes(f"loop-plane{i}", n) for i in range(width)]
         _loops.split(view[head:head + n * width], split)
         yield from split
         return
@@ -283,22 +303,24 @@ def _split_plane(x: np.ndarray, i: int) -> np.ndarray:
 def decode_planes_into(stored: bytes | memoryview, out: memoryview) -> None:
     """Decode a PLANES payload into ``out`` (exactly the chunk's raw size).
     :class:`IntegrityError` for anything malformed; ``out`` then holds garbage."""
-    import numpy as np
-
     size = len(out)
     head, planes, tail = _decode_planes(stored, size)
     width, n = len(planes), (size - len(head) - len(tail)) // max(len(planes), 1)
     out[:len(head)] = head
     out[size - len(tail):] = tail
+    if _loops is not None:  # joined where it belongs, in one pass (the C loop writes bytes: any address will do)
+        _loops.join(planes, out[len(head):size - len(tail)])
+        return
+    import numpy as np
+
     dst = np.frombuffer(out, _uint(width), n, len(head))
-    # joined where it belongs (the C loop writes bytes: any address will do)
-    if (dst.flags.aligned or _loops is not None) and dst.flags.writeable:
+    if dst.flags.aligned and dst.flags.writeable:  # joined where it belongs
         for _ in _join_planes(planes, width, dst):
             pass
         return
     pos = len(head)
     for block in _join_planes(planes, width):  # (elements unaligned in ``out``: joined aside, copied)
-        out[pos:pos + block.nbytes] = block.data.cast("B")
+        out[pos:pos + block.nbytes] = _bytes_of(block)
         pos += block.nbytes
 
 
@@ -311,13 +333,14 @@ def decode_planes_parts(stored: bytes | memoryview, size: int) -> Iterator[memor
     head, planes, tail = _decode_planes(stored, size)
     yield head
     for block in _join_planes(planes, len(planes)):
-        yield block.data.cast("B")
+        yield _bytes_of(block)
     yield tail
 
 
-def _decode_planes(stored: bytes | memoryview, size: int) -> tuple[memoryview, list[np.ndarray], memoryview]:
+def _decode_planes(stored: bytes | memoryview, size: int) -> tuple[memoryview, list[Plane], memoryview]:
     """Parse a PLANES payload of a ``size``-byte chunk, checking every length: its head
-    and tail bytes (views of the payload) and its planes, zstd ones decoded."""
+    and tail bytes (views of the payload) and its planes, zstd ones decoded (``bytes``
+    and views of the payload for the C loops, numpy arrays of them for numpy's)."""
     payload = memoryview(stored).cast("B")
     if len(payload) < _HEADER.size:
         raise IntegrityError("planes payload is shorter than its header")
@@ -327,8 +350,11 @@ def _decode_planes(stored: bytes | memoryview, size: int) -> tuple[memoryview, l
         raise IntegrityError(f"planes payload header (width {width}, head {head}, tail {tail}) does not fit a "
                              f"{size}-byte chunk")
     n = (size - head - tail) // width
-    import numpy as np
+    as_plane: Callable[[bytes | memoryview], Plane] = memoryview
+    if _loops is None:
+        import numpy as np
 
+        as_plane = partial(np.frombuffer, dtype=np.uint8)
     pos = _HEADER.size
     if len(payload) < pos + head + tail:
         raise IntegrityError("planes payload is truncated")
@@ -336,7 +362,7 @@ def _decode_planes(stored: bytes | memoryview, size: int) -> tuple[memoryview, l
     pos += head
     tail_bytes = payload[pos:pos + tail]
     pos += tail
-    planes: list[np.ndarray] = []
+    planes: list[Plane] = []
     for i in range(width):
         if len(payload) < pos + _PLANE.size:
             raise IntegrityError("planes payload is truncated")
@@ -349,9 +375,9 @@ def _decode_planes(stored: bytes | memoryview, size: int) -> tuple[memoryview, l
         if mode == MODE_RAW:
             if length != n:
                 raise IntegrityError(f"planes payload: raw plane {i} holds {length} bytes, not {n}")
-            planes.append(np.frombuffer(data, np.uint8))
+            planes.append(as_plane(data))
         elif mode == MODE_ZSTD:
-            planes.append(np.frombuffer(_unzstd(data, n, i), np.uint8))
+            planes.append(as_plane(_unzstd(data, n, i)))
         else:
             raise IntegrityError(f"planes payload: plane {i} has unknown mode {mode}")
     if pos != len(payload):
@@ -366,7 +392,7 @@ def _decode_planes(stored: bytes | memoryview, size: int) -> tuple[memoryview, l
 _BLOCK_BYTES = 256 << 10
 
 
-def _join_planes(planes: list[np.ndarray], width: int, dst: np.ndarray | None = None) -> Iterator[np.ndarray]:
+def _join_planes(planes: list[Plane], width: int, dst: np.ndarray | None = None) -> Iterator[Plane]:
     """The elements whose rotated bytes are ``planes`` (each ``n`` bytes),
     :data:`_BLOCK_BYTES` of them at a time: each block joined into its slice of ``dst``
     (aligned, unless the C loops join: they write bytes) when given, else into a per-thread
@@ -388,11 +414,13 @@ def _join_planes(planes: list[np.ndarray], width: int, dst: np.ndarray | None = 
     join = _join2 if width == 2 else _join4
     for start in range(0, n, block):
         stop = min(n, start + block)
+        if _loops is not None and dst is None:
+            joined = _scratch_bytes("loop-joined", (stop - start) * width)
+            _loops.join([plane[start:stop] for plane in planes], joined)
+            yield joined
+            continue
         x = _scratch("joined", stop - start, _uint(width)) if dst is None else dst[start:stop]
-        if _loops is not None:
-            _loops.join([plane[start:stop] for plane in planes], x)
-        else:
-            join([plane[start:stop] for plane in planes], x, step)
+        join(cast("list[np.ndarray]", [plane[start:stop] for plane in planes]), x, step)
         yield x
 
 
