@@ -294,6 +294,45 @@ def test_to_bytes_from_bytes_round_trip(tree: tuple[str, list[Entry]], chunking:
     assert back.tree == fmt and (fmt == 1 or m.digest == tree_digest(kind, list(entries), 2))
 
 
+def reference_json(m: Manifest) -> bytes:
+    """A manifest's JSON as ``json.dumps`` writes its document (how ``to_bytes`` wrote it
+    before it wrote entry by entry)."""
+    packs: dict[str, int] = {}
+    entries = []
+    for e in m.entries:
+        item: dict[str, Any] = {"path": e.path, "type": e.type}
+        if e.type != "d":
+            item["size"] = e.size
+            item["digest"] = e.digest.hex()
+            item["chunks"] = [[c.digest.hex(), packs.setdefault(c.pack, len(packs)), c.offset, c.stored_size,
+                               c.raw_size, c.codec] for c in e.chunks]
+        entries.append(item)
+    doc: dict[str, Any] = {"format": MANIFEST_FORMATS[m.tree], "digest": str(m.version_digest), "kind": m.kind,
+                           "chunking": m.chunking, "packs": list(packs), "entries": entries}
+    if m.bases:
+        doc["bases"] = [[c.digest.hex(), packs.setdefault(c.pack, len(packs)), c.offset, c.stored_size, c.raw_size,
+                         c.codec] for c in m.bases]
+        doc["packs"] = list(packs)
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@settings(max_examples=150, deadline=None)
+@given(trees(with_chunks=True), st.dictionaries(st.text(max_size=4), st.integers() | st.text(max_size=4), max_size=3),
+       st.sampled_from([1, 2]), st.lists(st.tuples(digests32, st.text("0123456789abcdef", min_size=64, max_size=64),
+                                                   st.integers(0, 2**40), st.integers(1, 2**22)), max_size=3),
+       st.sampled_from(["", '"', "\\", "\u00e9", "\u2028", "\U0001f600", "\x7f"]))
+def test_to_json_writes_what_json_dumps_writes(tree: tuple[str, list[Entry]], chunking: dict[str, Any], fmt: int,
+                                               bases: list[tuple[bytes, str, int, int]], odd: str) -> None:
+    """Byte for byte, for any entries, chunking values, delta bases (packs of their own
+    too) and characters JSON escapes or passes through in a path."""
+    kind, entries = tree
+    entries = [dataclasses.replace(e, path=e.path + odd) if _safe(e.path + odd) and "/" not in odd else e
+               for e in entries]
+    base_refs = [ChunkRef(d, pack, offset, raw, raw, 1) for d, pack, offset, raw in bases]
+    m = Manifest(kind, entries, chunking, tree=fmt, bases=base_refs)  # type: ignore[arg-type]
+    assert m.to_json() == reference_json(m)
+
+
 # -- hostile and corrupt manifests (hand-written JSON) --------------------------------------------------
 def blob(doc: Any) -> bytes:
     """A hand-written manifest stored as a writer would (sealed with a valid checksum), so

@@ -25,6 +25,7 @@ import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _json_string  # json.dumps' own, ensure_ascii=False
 from typing import Any, Literal
 
 import zstandard
@@ -283,6 +284,23 @@ def _sorted_tree_digest(kind: VersionKind, entries: list[Entry], tree: int) -> b
     return h.digest()
 
 
+def _chunk_json(c: ChunkRef, packs: dict[str, int]) -> str:
+    """A chunk reference as a manifest lists it, in JSON (its pack numbered in ``packs``
+    if new)."""
+    pack = packs.setdefault(c.pack, len(packs))
+    return f'["{c.digest.hex()}",{pack},{c.offset},{c.stored_size},{c.raw_size},{c.codec}]'
+
+
+def _entry_json(e: Entry, packs: dict[str, int]) -> str:
+    """An entry as a manifest lists it, in JSON (``json.dumps`` writes a string with the
+    same ``encode_basestring``, an int as ``str`` does)."""
+    if e.type == "d":
+        return f'{{"path":{_json_string(e.path)},"type":"d"}}'
+    chunks = ",".join([_chunk_json(c, packs) for c in e.chunks])
+    return (f'{{"path":{_json_string(e.path)},"type":{_json_string(e.type)},"size":{e.size},'
+            f'"digest":"{e.digest.hex()}","chunks":[{chunks}]}}')
+
+
 @dataclass(slots=True)
 class Manifest:
     kind: VersionKind
@@ -338,35 +356,23 @@ class Manifest:
 
     # -- serialisation ---------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        """zstd-compressed JSON. Packs are listed once and chunks refer to them by
-        position, which keeps a 100 GB file's manifest near 100 bytes per chunk."""
+        """zstd-compressed JSON (:meth:`to_json`), sealed (:func:`seal_manifest`)."""
+        return seal_manifest(self.to_json())
+
+    def to_json(self) -> bytes:
+        """The manifest's JSON (docs/FORMAT.md §5), UTF-8: the bytes ``json.dumps(doc,
+        separators=(",", ":"), ensure_ascii=False)`` gives for its document, written entry
+        by entry with the same string encoder (tests/test_manifest.py compares them), which
+        is over twice as fast. Packs are listed once and chunks refer to them by position,
+        which keeps a 100 GB file's manifest near 100 bytes per chunk."""
         packs: dict[str, int] = {}
-        entries = []
-        for e in self.entries:
-            item: dict[str, Any] = {"path": e.path, "type": e.type}
-            if e.type != "d":
-                item["size"] = e.size
-                item["digest"] = e.digest.hex()
-                item["chunks"] = [
-                    [c.digest.hex(), packs.setdefault(c.pack, len(packs)), c.offset,
-                     c.stored_size, c.raw_size, c.codec]
-                    for c in e.chunks
-                ]
-            entries.append(item)
-        doc: dict[str, Any] = {
-            "format": MANIFEST_FORMATS[self.tree],
-            "digest": str(self.version_digest),
-            "kind": self.kind,
-            "chunking": self.chunking,
-            "packs": list(packs),
-            "entries": entries,
-        }
-        if self.bases:  # only versions with delta chunks (casreg/4) have the key
-            doc["bases"] = [[c.digest.hex(), packs.setdefault(c.pack, len(packs)), c.offset, c.stored_size,
-                             c.raw_size, c.codec] for c in self.bases]
-            doc["packs"] = list(packs)
-        raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-        return seal_manifest(raw)
+        entries = [_entry_json(e, packs) for e in self.entries]
+        bases = ",".join([_chunk_json(c, packs) for c in self.bases])
+        head = json.dumps({"format": MANIFEST_FORMATS[self.tree], "digest": str(self.version_digest),
+                           "kind": self.kind, "chunking": self.chunking, "packs": list(packs)},
+                          separators=(",", ":"), ensure_ascii=False)
+        tail = f',"bases":[{bases}]' if self.bases else ""
+        return (head[:-1] + ',"entries":[' + ",".join(entries) + "]" + tail + "}").encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, *, expected: bytes, where: str, max_chunk: int = MAX_CHUNK_BYTES) -> Manifest:
