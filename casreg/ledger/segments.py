@@ -319,7 +319,7 @@ def segment_disagreement(data: bytes, name: str, number: int) -> str | None:
     footer = record_from_metadata(key_value_metadata(data))
     try:
         rows = versions_from_table(read_segment(data, version_schema()))
-    except (KeyError, TypeError, IndexError, OSError, pa.ArrowException) as err:  # (pyarrow 26: OSError for a bad footer)
+    except (KeyError, TypeError, IndexError, OSError, pa.ArrowException) as err:  # pyarrow 26: OSError, bad footer
         raise ValueError(_first_line(err)) from None
     if len(rows) != 1:
         return f"the segment holds {len(rows)} rows, not one"
