@@ -9,7 +9,7 @@ SIZE   ?= 64M
 
 .PHONY: demo test test-fast lint bench venv clean
 
-$(STAMP): pyproject.toml setup.py casreg/content/_planes_c.c  # (the C loops are built at install)
+$(STAMP): pyproject.toml setup.py casreg/content/_planes_c.c casreg/content/_delta_c.c  # (the C loops are built at install)
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "casreg needs Python 3.11+ (set PYTHON=...)"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zstandard
 from blake3 import blake3
+from codec_loops import delta_loops  # noqa: F401 (every test runs with the C loop and numpy's)
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from payload_damage import damage

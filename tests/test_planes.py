@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import zstandard
 from blake3 import blake3
+from codec_loops import planes_loops  # noqa: F401 (every test runs with the C loops and numpy's)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from payload_damage import damage
-from planes_loops import planes_loops  # noqa: F401 (every test runs with the C loops and numpy's)
 
 import casreg
 from casreg import Registry

@@ -42,6 +42,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from blake3 import blake3
@@ -49,8 +50,23 @@ from blake3 import blake3
 from casreg.content.scratch import thread_buffer
 from casreg.errors import IntegrityError
 
-if TYPE_CHECKING:  # numpy is imported when a chunk is coded
+if TYPE_CHECKING:  # numpy is imported only where the C loop was not built, when a chunk is coded
     import numpy as np
+
+
+def _load_loops() -> ModuleType | None:
+    """:func:`apply_into`'s loop in C (casreg/content/_delta_c.c), an optional extension: an
+    install without a C compiler has none, and numpy's whole-array operations below do the
+    same (tests/test_delta_loops.py compares them). With it, coding and decoding deltas
+    never imports numpy."""
+    try:
+        from casreg.content import _delta_c
+    except ImportError:  # not built
+        return None
+    return _delta_c
+
+
+_loops = _load_loops()
 
 __all__ = ["OP_XOR", "OP_SUB", "MAX_PIECES", "MIN_SAVING", "Piece", "BaseSource", "DeltaHeader", "parse_header",
            "apply_into", "encode_delta", "decode_delta_into", "decode_delta", "decode_inner_into",
@@ -140,6 +156,22 @@ def parse_header(stored: bytes | memoryview, raw_size: int) -> DeltaHeader:
     return DeltaHeader(op, width, head, inner, pieces, body)
 
 
+def _joined(size: int, pieces: Sequence[bytes | memoryview]) -> bytes | memoryview:
+    """The base: the pieces' bytes, in order, zero-padded to ``size`` bytes (the one piece
+    itself if it is the whole base, else in a per-thread buffer valid until this thread's
+    next call). ``ValueError`` if they hold more than ``size`` bytes."""
+    if len(pieces) == 1 and memoryview(pieces[0]).nbytes == size:
+        return pieces[0]
+    base = thread_buffer("delta.base", size)
+    pos = 0
+    for piece in pieces:
+        src = memoryview(piece).cast("B")
+        base[pos:pos + len(src)] = src
+        pos += len(src)
+    base[pos:] = bytes(size - pos)
+    return base
+
+
 def _base(size: int, pieces: Sequence[bytes | memoryview]) -> np.ndarray:
     """The base: the pieces' bytes, in order, zero-padded to ``size`` bytes (the one
     piece itself if it is the whole base, else in a per-thread buffer valid until this
@@ -173,6 +205,9 @@ def apply_into(out: memoryview, op: int, width: int, head: int, pieces: Sequence
     """Turn ``out`` (in place) from the chunk into the residual (``inverse=False``: the
     encoder) or from the residual into the chunk (``inverse=True``), against the base
     made of ``pieces`` (op :data:`OP_XOR` or :data:`OP_SUB`, docs/FORMAT.md §4.2)."""
+    if _loops is not None:
+        _loops.apply(out, _joined(len(out), pieces), op, width, head, inverse)
+        return
     import numpy as np
 
     dst = np.frombuffer(out, np.uint8)
