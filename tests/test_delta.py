@@ -40,6 +40,7 @@ from casreg.content.manifest import ChunkRef, Manifest
 from casreg.content.packs import decode_index
 from casreg.errors import IntegrityError
 from casreg.keys import INDEXES, manifest_key, pack_key
+from casreg.storage import ByteRange
 
 
 def spec_decode(payload: bytes, raw_size: int, chunks: dict[bytes, bytes]) -> bytes:
@@ -374,6 +375,53 @@ def test_an_unreadable_parent_only_costs_the_deltas(tmp_path: Path, caplog: pyte
     assert DELTA_CODEC not in _codecs(reg, "m:2") and "without delta coding" in caplog.text
     reg.pull("m:2", tmp_path / "out")
     assert (tmp_path / "out").read_bytes() == second.read_bytes()
+
+
+def test_a_reused_delta_chunk_is_decoded_again_only_from_an_unconfirmed_pack(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pushing a delta-coded version's bytes again (here under another name) reuses its
+    delta chunks. From packs this machine confirmed, only their headers are read (which
+    bases they need); from a pack it never confirmed (another machine's, or a state
+    directory lost), each is read and decoded again, and a damaged one is stored anew."""
+    from casreg.content import trust
+    from casreg.storage.local import LocalStore
+
+    reg = Registry(tmp_path / "reg")
+    _, second = _delta_registry(reg, tmp_path)
+    deltas = [c for e in reg.manifest(reg.resolve("m:2")).entries for c in e.chunks if c.codec == DELTA_CODEC]
+    assert deltas
+    reads: list[tuple[str, int, int]] = []
+    read = LocalStore.read
+
+    def counted(self: LocalStore, key: str, byte_range: ByteRange | None = None) -> bytes:
+        data = read(self, key, byte_range)
+        reads.append((key, byte_range.start if byte_range else 0, len(data)))
+        return data
+
+    monkeypatch.setattr(LocalStore, "read", counted)
+
+    def bodies_read() -> int:  # reads of a delta chunk's payload beyond its header
+        return sum(1 for key, start, n in reads for c in deltas
+                   if key == pack_key(c.pack) and start <= c.offset and start + n > c.offset + 5 + 40 * 32)
+
+    reg.push("again", second)
+    assert bodies_read() == 0 and reg.show("again:1").new_bytes == 0  # all reused, headers read only
+
+    c = deltas[0]  # damage the end of one delta payload, then forget every confirmation
+    pack = tmp_path / "reg" / pack_key(c.pack)
+    with open(pack, "r+b") as f:
+        f.seek(c.offset + c.stored_size - 1)
+        last = f.read(1)
+        f.seek(c.offset + c.stored_size - 1)
+        f.write(bytes([last[0] ^ 0xFF]))
+    monkeypatch.setattr(trust, "_SEEN", {})
+    monkeypatch.setenv("CASREG_STATE_DIR", str(tmp_path / "another-state"))
+    reads.clear()
+    reg.push("third", second)
+    assert bodies_read() > 0
+    assert reg.show("third:1").new_bytes > 0  # the damaged chunk, stored anew
+    reg.pull("third:1", tmp_path / "third.safetensors")
+    assert (tmp_path / "third.safetensors").read_bytes() == second.read_bytes()
 
 
 def test_only_float_tensor_data_is_delta_coded(tmp_path: Path) -> None:
