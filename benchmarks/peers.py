@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     tables = _read(res / "tables.md")
     if tables:
         parts += ["## Ten versions, every tool in one run (`run_peers.sh`)\n", tables]
-    small = _read(res / "ss" / "tables.md")
+    # (only this run's: without --small, what an earlier run left under the same --root is not ours)
+    small = _read(res / "ss" / "tables.md") if args.small else ""
     if small:
         parts += ["## One new 2 GiB file and 5,000 small files (`single_small.sh`)\n", small]
     failures = _read(res / "failures.txt")
