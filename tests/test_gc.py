@@ -16,6 +16,7 @@ import random
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -181,6 +182,59 @@ def test_condemn_then_sweep_after_the_delay(registry: Registry, tmp_path: Path) 
     report = registry.verify()
     assert report.ok and report.unreferenced_packs == 0 and report.unreferenced_manifests == 0
     pulls_back(registry, "m", keep, tmp_path / "out")
+
+
+class IndexBeforePackDelete(StoreWrapper):
+    """The registry's store, where a push in another process re-creates each of ``indexes``
+    (pack id -> index bytes) just before its pack is deleted: it uploaded a pack of the same
+    chunks (same name) while a sweep was between the index's deletion and the pack's."""
+
+    def __init__(self, inner: ObjectStore, indexes: dict[str, bytes]) -> None:
+        super().__init__(inner)
+        self.indexes = indexes
+
+    def delete(self, key: str) -> None:
+        for pid, data in self.indexes.items():
+            if key == pack_key(pid) and not self.inner.exists(index_key(pid)):
+                self.inner.create(index_key(pid), data)
+        self.inner.delete(key)
+
+
+def test_a_sweep_leaves_no_index_a_racing_push_recreated(registry: Registry, tmp_path: Path) -> None:
+    """Seen once in test_pushes_in_another_process_while_gc_runs[s3]: an index left without
+    its pack, which verify reports and every push dedups against. The sweep checks the
+    indexes of the packs it deleted once it is done, and removes any that came back."""
+    registry.push("m", tree(tmp_path / "keep", 1))
+    left = interrupted_push(registry.store, tree(tmp_path / "left", 2))
+    packs = sorted({c.pack for e in left.entries for c in e.chunks})
+    indexes = {p: registry.store.read(index_key(p)) for p in packs}
+    assert registry.gc(grace=0, delay=HOUR).record is not None  # condemned
+    racing = Registry.from_store(IndexBeforePackDelete(registry.store, indexes))
+    swept = racing.gc(grace=0, delay=0)
+    assert {pack_key(p) for p in packs} <= {o.key for o in swept.deleted}
+    assert not any(registry.store.exists(index_key(p)) for p in packs)
+    assert registry.verify().ok
+
+
+def test_a_push_that_meets_a_sweep_leaves_no_index_without_its_pack(registry: Registry, tmp_path: Path) -> None:
+    """The push's side of the same race: its commit check meets the sweep's announcement
+    after the pack it relies on is gone but the index it created is there. It fails (push
+    again), and takes that index with it."""
+    from casreg.maintenance.condemned import announce_sweep, list_records
+    from casreg.maintenance.gc import check_before_commit
+
+    registry.push("m", tree(tmp_path / "keep", 1))
+    left = interrupted_push(registry.store, tree(tmp_path / "left", 2))
+    packs = sorted({c.pack for e in left.entries for c in e.chunks})
+    assert registry.gc(grace=0, delay=HOUR).record is not None
+    [record] = list_records(registry.store)
+    announce_sweep(registry.store, record.id, uuid.uuid4().hex, casreg.records.utcnow())  # a racing gc run
+    for p in packs:  # the sweep deleted the packs; the push had created their indexes again
+        registry.store.delete(pack_key(p))
+    assert all(registry.store.exists(index_key(p)) for p in packs)
+    with pytest.raises(GcConflictError):
+        check_before_commit(registry.store, left)
+    assert not any(registry.store.exists(index_key(p)) for p in packs)
 
 
 def test_dry_run_changes_nothing(registry: Registry, tmp_path: Path) -> None:

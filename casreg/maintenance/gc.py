@@ -173,6 +173,9 @@ def check_before_commit(store: ObjectStore, manifest: Manifest, *, threads: int 
         rescued.update(keys)
     for rec, keys in hits:  # ...then look for a sweep that could have missed the announcement
         if sweep_announced(store, rec.id):
+            # (an index this push created after the sweep deleted it, of a pack it is deleting)
+            _drop_orphan_indexes(store, sorted({kind[1] for k in keys if (kind := parse_object_key(k)) is not None
+                                                and kind[0] in (PACKS, INDEXES)}))
             raise GcConflictError(
                 f"a concurrent gc is sweeping {keys[0]}, which this version relies on; nothing was committed: "
                 "push again (it stores what is missing)")
@@ -181,17 +184,26 @@ def check_before_commit(store: ObjectStore, manifest: Manifest, *, threads: int 
     needed = [mkey] + [pack_key(p) for p in packs]
     gone = [k for k, ok in zip(needed, bounded_map(store.exists, needed, io_threads(threads))) if not ok]
     if gone:
-        for key in gone:
-            kind = parse_object_key(key)
-            if kind and kind[0] == PACKS and store.exists(index_key(kind[1])):
-                # An index whose pack is gone advertises chunks that are not stored: every
-                # later push would dedup against it and fail here. Indexes can always be
-                # rebuilt from their pack's trailer, so removing it loses nothing.
-                store.delete(index_key(kind[1]))
+        _drop_orphan_indexes(store, [kind[1] for key in gone if (kind := parse_object_key(key)) and kind[0] == PACKS],
+                             checked=True)
         raise GcConflictError(
             f"{gone[0]} was deleted by a concurrent gc while this push ran ({len(gone)} object(s) gone); "
             "nothing was committed: push again (it stores what is missing)")
     return CommitCheck(len(records), tuple(sorted(rescued)), written)
+
+
+def _drop_orphan_indexes(store: ObjectStore, packs: list[str], *, checked: bool = False) -> None:
+    """Delete the index of each of ``packs`` that is gone (``checked``: they are known to be
+    gone). An index whose pack is gone advertises chunks that are not stored: every later
+    push would dedup against it and fail its commit check. Indexes can always be rebuilt
+    from their pack's trailer, so removing one loses nothing, even if the pack is written
+    again meanwhile. Such an index is left by a push that uploaded a pack a sweep was
+    deleting (the same chunks make the same pack name): its ``publish`` found the pack still
+    there, its index was created after the sweep deleted the old one, then the sweep
+    deleted the pack."""
+    for pid in packs:
+        if store.exists(index_key(pid)) and (checked or not store.exists(pack_key(pid))):
+            store.delete(index_key(pid))
 
 
 # -- gc report --------------------------------------------------------------------------------
@@ -423,6 +435,9 @@ def _sweep(run: _Run, s: Reachability, sweeping: list[tuple[Record, set[str]]]) 
                 store.delete(o.key)
             report.deleted.append(GcObject(o.key, o.size))
         run.deleted_keys.add(o.key)
+    if not run.dry_run:  # an index a racing push created between its deletion and its pack's
+        _drop_orphan_indexes(store, [kind[1] for o in to_delete
+                                     if (kind := parse_object_key(o.key)) is not None and kind[0] == PACKS])
     for t in temps:
         if store.delete_leftover(t.key, dry_run=run.dry_run):
             report.deleted.append(GcObject(t.key, t.size))
