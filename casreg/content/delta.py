@@ -159,7 +159,8 @@ def parse_header(stored: bytes | memoryview, raw_size: int) -> DeltaHeader:
 def _joined(size: int, pieces: Sequence[bytes | memoryview]) -> bytes | memoryview:
     """The base: the pieces' bytes, in order, zero-padded to ``size`` bytes (the one piece
     itself if it is the whole base, else in a per-thread buffer valid until this thread's
-    next call). ``ValueError`` if they hold more than ``size`` bytes."""
+    next call), for the C loop and numpy's alike. ``ValueError`` if they hold more than
+    ``size`` bytes."""
     if len(pieces) == 1 and memoryview(pieces[0]).nbytes == size:
         return pieces[0]
     base = thread_buffer("delta.base", size)
@@ -169,24 +170,6 @@ def _joined(size: int, pieces: Sequence[bytes | memoryview]) -> bytes | memoryvi
         base[pos:pos + len(src)] = src
         pos += len(src)
     base[pos:] = bytes(size - pos)
-    return base
-
-
-def _base(size: int, pieces: Sequence[bytes | memoryview]) -> np.ndarray:
-    """The base: the pieces' bytes, in order, zero-padded to ``size`` bytes (the one
-    piece itself if it is the whole base, else in a per-thread buffer valid until this
-    thread's next call)."""
-    import numpy as np
-
-    if len(pieces) == 1 and len(pieces[0]) == size:
-        return np.frombuffer(pieces[0], np.uint8)
-    base = np.frombuffer(thread_buffer("delta.base", size), np.uint8)
-    pos = 0
-    for piece in pieces:
-        src = np.frombuffer(piece, np.uint8)
-        base[pos:pos + len(src)] = src
-        pos += len(src)
-    base[pos:] = 0
     return base
 
 
@@ -211,7 +194,7 @@ def apply_into(out: memoryview, op: int, width: int, head: int, pieces: Sequence
     import numpy as np
 
     dst = np.frombuffer(out, np.uint8)
-    base = _base(len(dst), pieces)
+    base = np.frombuffer(_joined(len(dst), pieces), np.uint8)
     if op == OP_XOR:
         dst ^= base
         return

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import zstandard
 
+from casreg.content.scratch import thread_buffer
 from casreg.errors import IntegrityError
 
 if TYPE_CHECKING:  # numpy is imported only where the C loops were not built, when a chunk is coded
@@ -237,23 +238,12 @@ def _scratch(name: str, n: int, dtype: str) -> np.ndarray:
     return arr[:n]
 
 
-def _scratch_bytes(name: str, n: int) -> memoryview:
-    """:func:`_scratch` for the C loops, which take any buffer: ``n`` bytes of a per-thread
-    ``bytearray`` (so a codec with the loops built never imports numpy: 0.07-0.1 s of a
-    process's start-up, and the CPU its BLAS threads spin)."""
-    buf: bytearray | None = _local.__dict__.get(name)
-    if buf is None or len(buf) < n:
-        buf = bytearray(max(n, 1 << 19))
-        setattr(_local, name, buf)
-    return memoryview(buf)[:n]
-
-
 def _split_planes(view: memoryview, width: int, head: int, n: int) -> Iterator[Plane]:
     """The ``width`` planes of the ``n`` elements starting ``head`` bytes into ``view``, in
     order, each in a per-thread scratch buffer of its own: all at once by the C loop, or
     one by one with numpy (so a coder that stops early never splits the last)."""
     if _loops is not None:
-        split = [_scratch_bytes(f"loop-plane{i}", n) for i in range(width)]
+        split = [thread_buffer(f"planes.plane{i}", n) for i in range(width)]  # (no numpy: plain bytes)
         _loops.split(view[head:head + n * width], split)
         yield from split
         return
@@ -415,7 +405,7 @@ def _join_planes(planes: list[Plane], width: int, dst: np.ndarray | None = None)
     for start in range(0, n, block):
         stop = min(n, start + block)
         if _loops is not None and dst is None:
-            joined = _scratch_bytes("loop-joined", (stop - start) * width)
+            joined = thread_buffer("planes.joined", (stop - start) * width)
             _loops.join([plane[start:stop] for plane in planes], joined)
             yield joined
             continue
