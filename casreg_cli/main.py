@@ -64,8 +64,8 @@ def push(
     level: Annotated[Optional[int], typer.Option(min=1, max=22, help="zstd level (default 3).")] = None,
     check_writes: Annotated[bool, typer.Option(
         "--check-writes/--no-check-writes",
-        help="Decode and re-hash every new chunk before it is stored (the default; costs CPU, see "
-             "docs/benchmarks.md).")] = True,
+        help="Decode every new chunk and check it against the bytes it was cut from before it is "
+             "stored (the default; costs CPU, see docs/benchmarks.md).")] = True,
     sign: Annotated[Optional[str], typer.Option(
         "--sign", help="Sign the new version with this private key PEM file (docs/signing.md).")] = None,
     hardware: Annotated[Optional[str], typer.Option(

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from payload_damage import damage
 from test_planes import bf16_weights, reference_decode  # the PLANES spec decoder (docs/FORMAT.md §4.1)
 
-from casreg.content.codec import Codec, check_decodes, decode_verified, encode
+import casreg.content.codec as codec_module
+from casreg.content.codec import Codec, check_decodes, check_decodes_to, decode, decode_verified, encode
 from casreg.content.delta import Piece, check_delta, decode_delta, encode_delta
 from casreg.content.planes import MIN_ELEMENTS, decode_planes_into, decode_planes_parts, encode_planes
 from casreg.errors import IntegrityError
@@ -96,6 +97,48 @@ def test_check_decodes_gives_the_verdict_of_decode_verified(how: str, at: int, v
         assert expected == "refused"
 
 
+@settings(max_examples=200, deadline=None)
+@given(how=st.sampled_from(["flip", "truncate", "trailing", "header", "size", "mode", "other bytes"]),
+       at=st.integers(0, 1 << 20), value=st.integers(0, 255), junk=st.binary(min_size=1, max_size=9),
+       codec=st.sampled_from([Codec.PLANES, Codec.ZSTD, Codec.RAW]), offset=st.integers(0, 7),
+       compare=st.sampled_from(["memcmp", "hash"]), as_bytes=st.booleans())
+def test_check_decodes_to_accepts_exactly_what_decodes_to_the_chunk(
+        how: str, at: int, value: int, junk: bytes, codec: Codec, offset: int, compare: str, as_bytes: bool) -> None:
+    """The check before write by comparison (``check_decodes_to``, the digest taken of the
+    chunk by the caller): a payload passes if and only if it decodes to exactly the chunk's
+    bytes, whether they are compared (memcmp, where the C loops are built; ``bytes`` ==)
+    or hashed, and wherever the chunk lies."""
+    raw = bf16_weights(3000, seed=7)[:5999]
+    payload = bytearray(encode_planes(raw, 2, 1) or b"") if codec == Codec.PLANES else bytearray(
+        encode(raw, 3)[1] if codec == Codec.ZSTD else raw)
+    digest = blake3(raw).digest()
+    chunk: bytes | memoryview = raw if as_bytes else _at(raw, offset).toreadonly()
+    if how == "other bytes":  # a right payload of other bytes: the chunk differs in one bit
+        other = bytearray(raw)
+        other[at % len(other)] ^= 1 << (value % 8)
+        chunk, digest = bytes(other), blake3(bytes(other)).digest()
+    else:
+        payload = damage(payload, how, at, value, junk, header=3)
+        if how == "size" and codec == Codec.PLANES:
+            struct.pack_into("<I", payload, 3 + 2 + 1, at)
+        elif how == "mode" and codec == Codec.PLANES:
+            payload[3 + 2] = value
+    stored = bytes(payload)
+    try:
+        expected = "accepted" if bytes(decode(codec, stored, len(raw))) == bytes(chunk) else "refused"
+    except IntegrityError:
+        expected = "refused"
+    same = codec_module.same_bytes
+    if compare == "hash":
+        codec_module.same_bytes = None
+    try:
+        assert _verdict(lambda: check_decodes_to(codec, stored, chunk, digest)) == expected
+    finally:
+        codec_module.same_bytes = same
+    if how == "other bytes":
+        assert expected == "refused"
+
+
 def test_check_decodes_reuses_its_buffer_across_sizes() -> None:
     """A large chunk after a small one, then a small one again: each is checked against
     its own bytes, never against what an earlier chunk left in the buffer."""
@@ -131,6 +174,10 @@ def test_check_delta_gives_the_verdict_of_decode_delta(flip: int, pieces: int, s
     digest = blake3(new).digest()
     expected = _verdict(lambda: decode_delta(stored, len(new), digest, bases))
     assert _verdict(lambda: check_delta(stored, len(new), digest, bases)) == expected
+    assert _verdict(lambda: check_delta(stored, len(new), digest, bases, _at(new, seed % 8))) == expected
+    wrong = bytearray(new)
+    wrong[seed % len(wrong)] ^= 0x10  # the bytes compared with are not what it decodes to
+    assert _verdict(lambda: check_delta(stored, len(new), blake3(wrong).digest(), bases, bytes(wrong))) == "refused"
     if flip < 0:
         assert expected == "accepted"
         assert bytes(decode_delta(stored, len(new), digest, bases)) == new

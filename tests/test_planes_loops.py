@@ -78,10 +78,36 @@ def test_the_loops_and_numpys_give_the_same_payload(width: int) -> None:
     (lambda: loops.split(b"abcd", [bytearray(1), bytearray(1)]), ValueError),
     (lambda: loops.split(b"abcd", [bytearray(1)] * 4 + [bytearray(1)]), ValueError),  # five planes
     (lambda: loops.split("text", [bytearray(2), bytearray(2)]), TypeError),
+    (lambda: loops.same(b"ab", "ab"), TypeError),  # not a buffer
+    (lambda: loops.same(b"ab"), TypeError),
 ])
 def test_every_misuse_is_an_exception(call, error) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(error):
         call()
+
+
+@needs_loops
+@settings(max_examples=300, deadline=None)
+@given(a=st.binary(max_size=3000), flip=st.integers(-1, 3000), cut=st.integers(-1, 3000),
+       offsets=st.tuples(st.integers(0, 7), st.integers(0, 7)))
+def test_same_is_byte_equality_at_any_address(a: bytes, flip: int, cut: int, offsets: tuple[int, int]) -> None:
+    """``same(a, b)``, the check before write's comparison: equal lengths and bytes, for
+    views at any address, whatever differs (one bit anywhere, one byte fewer)."""
+    assert loops is not None
+    b = bytearray(a)
+    if 0 <= flip < len(b):
+        b[flip] ^= 1 << (flip % 8)
+    if 0 <= cut < len(b):
+        del b[cut:]
+
+    def at(data: bytes | bytearray, offset: int) -> memoryview:
+        buf = memoryview(bytearray(len(data) + 8))
+        buf[offset:offset + len(data)] = data
+        return buf[offset:offset + len(data)].toreadonly()
+
+    assert loops.same(at(a, offsets[0]), at(b, offsets[1])) == (a == bytes(b))
+    assert loops.same(a, b) == (a == bytes(b))
+    assert loops.same(a, at(a, offsets[1]))
 
 
 def test_the_loops_are_built_wherever_they_can_be() -> None:

@@ -11,3 +11,6 @@ def split(src: object, planes: Sequence[object], /) -> None:
 def join(planes: Sequence[object], dst: object, /) -> None:
     """The inverse of :func:`split`: the elements whose rotated bytes ``planes`` hold, into
     ``dst`` (``len(planes) * n`` writable bytes)."""
+
+def same(a: object, b: object, /) -> bool:
+    """Whether ``a`` and ``b`` hold the same bytes (``memcmp``, without the GIL)."""

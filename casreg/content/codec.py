@@ -16,12 +16,12 @@ from enum import IntEnum
 import zstandard
 from blake3 import blake3
 
-from casreg.content.planes import decode_planes_into, decode_planes_parts, encode_planes_until
+from casreg.content.planes import decode_planes_into, decode_planes_parts, encode_planes_until, same_bytes
 from casreg.content.scratch import thread_buffer
 from casreg.errors import IntegrityError
 
 __all__ = ["Codec", "FloatHint", "encode", "encode_unless", "decode", "decode_verified", "decode_verified_into",
-           "check_decodes", "zstd_decode",
+           "check_decodes", "check_decodes_to", "zstd_decode",
            "DEFAULT_ZSTD_LEVEL"]
 
 DEFAULT_ZSTD_LEVEL = 3
@@ -185,3 +185,45 @@ def check_decodes(codec: int, stored: bytes | memoryview, raw_size: int, digest:
         decode_verified(codec, stored, raw_size, digest)
         return
     decode_verified_into(codec, stored, thread_buffer("codec.check", raw_size), digest)
+
+
+def _bytes_equal(a: object, b: object) -> bool:
+    """Whether ``a`` and ``b`` are equal ``bytes`` objects (compared with ``memcmp``)."""
+    return type(a) is bytes and type(b) is bytes and a == b
+
+
+def check_decodes_to(codec: int, stored: bytes | memoryview, raw: bytes | memoryview, digest: bytes) -> None:
+    """Push's check before write of a chunk whose ``digest`` the caller took of ``raw``,
+    bytes that nothing changes until this returns: the payload must decode to exactly
+    ``raw``. That is the same check as hashing what it decodes to (``digest`` was taken of
+    these very bytes), with ``memcmp`` instead of a third BLAKE3 pass over every new byte
+    of a push (1 MiB: about 20 us against 160 us here). Where no fast comparison is at
+    hand (no C loops, and ``raw`` a view: a memoryview compares item by item, slower than
+    hashing), it hashes as :func:`check_decodes`. The same payloads pass and fail either
+    way: :class:`IntegrityError` says why not."""
+    same = same_bytes
+    if same is None:
+        if not isinstance(raw, bytes) or codec not in (Codec.RAW, Codec.ZSTD):
+            check_decodes(codec, stored, len(raw), digest)
+            return
+        same = _bytes_equal
+    if codec == Codec.PLANES:
+        pos = 0
+        for piece in decode_planes_parts(stored, len(raw)):
+            if not same(piece, raw[pos:pos + len(piece)]):
+                raise IntegrityError("its bytes do not match the digest")
+            pos += len(piece)
+        if pos != len(raw):
+            raise IntegrityError("its bytes do not match the digest")
+        return
+    if codec == Codec.ZSTD:
+        out = thread_buffer("codec.check", len(raw)) if same_bytes is not None else None
+        decoded: bytes | memoryview = out if out is not None and _zstd_decode_into(stored, out) \
+            else zstd_decode(stored, len(raw))
+    elif codec == Codec.RAW:
+        decoded = bytes(stored) if same is _bytes_equal else stored
+    else:
+        check_decodes(codec, stored, len(raw), digest)  # a delta needs its bases (push checks those itself)
+        return
+    if not same(decoded, raw):
+        raise IntegrityError("its bytes do not match the digest")

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING
 
 from blake3 import blake3
 
+from casreg.content.planes import same_bytes
 from casreg.content.scratch import thread_buffer
 from casreg.errors import IntegrityError
 
@@ -247,14 +248,18 @@ def worth_it(delta_size: int, plain_size: int) -> bool:
 
 
 def decode_delta_into(stored: bytes | memoryview, out: memoryview, digest: bytes, bases: BaseSource,
-                      decode_inner: Callable[[int, memoryview, memoryview], None]) -> DeltaHeader:
+                      decode_inner: Callable[[int, memoryview, memoryview], None],
+                      expected: bytes | memoryview | None = None) -> DeltaHeader:
     """Decode the delta payload ``stored`` of chunk ``digest`` into ``out`` (exactly its
     raw size) and check the result's BLAKE3 against ``digest``. ``bases`` gives each base
     chunk's verified raw bytes; ``decode_inner(codec, payload, out)`` decodes the residual
     with a plain codec into ``out`` (raising :class:`IntegrityError` if it does not fit).
     Refuses (:class:`IntegrityError`) a malformed header, a base that is the chunk itself
     or stored as a delta (chains are bounded to one level), a piece beyond its base's
-    bytes, and a result that does not hash to ``digest``. ``out`` holds garbage then."""
+    bytes, and a result that does not hash to ``digest``. ``out`` holds garbage then.
+    ``expected``: the bytes ``digest`` was taken of, which nothing changes until this
+    returns (push's check before write): the result is compared with them instead
+    (``memcmp``, where the C loops are built; :func:`casreg.content.codec.check_decodes_to`)."""
     header = parse_header(stored, len(out))
     payload = memoryview(stored).cast("B")
     chunks: dict[bytes, bytes | memoryview] = {}
@@ -275,7 +280,10 @@ def decode_delta_into(stored: bytes | memoryview, out: memoryview, digest: bytes
         views.append(memoryview(raw)[p.offset:p.offset + p.length])
     decode_inner(header.inner, payload[header.body:], out)
     apply_into(out, header.op, header.width, header.head, views, inverse=True)
-    if blake3(out).digest() != digest:
+    if expected is not None and same_bytes is not None:
+        if not same_bytes(out, expected):
+            raise IntegrityError("its bytes do not match the digest")
+    elif blake3(out).digest() != digest:
         raise IntegrityError("its bytes do not match the digest")
     return header
 
@@ -303,10 +311,12 @@ def decode_inner_into(codec: int, payload: memoryview, out: memoryview) -> None:
     out[:] = got
 
 
-def check_delta(stored: bytes | memoryview, raw_size: int, digest: bytes, bases: BaseSource) -> None:
+def check_delta(stored: bytes | memoryview, raw_size: int, digest: bytes, bases: BaseSource,
+                expected: bytes | memoryview | None = None) -> None:
     """:func:`decode_delta` when only the verdict is wanted (push's check before write):
-    the same payloads pass and fail, decoded into a per-thread buffer."""
-    decode_delta_into(stored, thread_buffer("delta.check", raw_size), digest, bases, decode_inner_into)
+    the same payloads pass and fail, decoded into a per-thread buffer (and compared with
+    ``expected``, as :func:`decode_delta_into` says)."""
+    decode_delta_into(stored, thread_buffer("delta.check", raw_size), digest, bases, decode_inner_into, expected)
 
 
 def decode_delta(stored: bytes | memoryview, raw_size: int, digest: bytes, bases: BaseSource) -> bytearray:

@@ -60,9 +60,12 @@ def _load_loops() -> ModuleType | None:
 
 
 _loops = _load_loops()
+#: ``same_bytes(a, b)``: whether two buffers hold the same bytes (``memcmp``, without the
+#: GIL), from the C loops; ``None`` where they are not built (or were built before it).
+same_bytes: Callable[[object, object], bool] | None = getattr(_loops, "same", None)
 
 __all__ = ["WIDTHS", "MIN_ELEMENTS", "encode_planes", "encode_planes_until", "decode_planes_into",
-           "decode_planes_parts"]
+           "decode_planes_parts", "same_bytes"]
 
 #: Element widths in bytes the codec takes (bf16/fp16, fp32).
 WIDTHS = (2, 4)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from blake3 import blake3
 
 from casreg.content.chunking import BLOCK_SIZE, ChunkParams, iter_chunk_views
-from casreg.content.codec import Codec, FloatHint, check_decodes, decode, encode, encode_unless
+from casreg.content.codec import Codec, FloatHint, check_decodes, check_decodes_to, encode, encode_unless
 from casreg.content.config import read_config
 from casreg.content.delta import (
     MAX_PIECES,
@@ -215,6 +215,7 @@ class _ReadBuffers:
     def __init__(self, count: int, full: int, drain: Callable[[], None]) -> None:
         self.bufs: list[memoryview | None] = [None] * count
         self.users = [0] * count  # chunks cut from each buffer and not consumed yet
+        self.lent = [0] * count  # times each buffer was lent (a buffer is written only after it is)
         self.hashing: list[Future[object] | None] = [None] * count  # the last hash update given a view of it
         self.next = 0
         self.full = full  # a whole block plus the largest carried chunk
@@ -228,6 +229,7 @@ class _ReadBuffers:
         if (hashing := self.hashing[i]) is not None:
             hashing.result()
             self.hashing[i] = None
+        self.lent[i] += 1
         buf = self.bufs[i]
         if buf is None or len(buf) < need:
             buf = self.bufs[i] = memoryview(bytearray(need if need <= self.SMALL else max(need, self.full)))
@@ -413,12 +415,14 @@ class _Pusher:
         payload = encode_delta(raw, pieces, views, lambda r: encode(r, self.level, hint, residual=True), hint)
         return payload, [refs[d] for d in chunks], chunks
 
-    def _check_delta(self, payload: bytes, raw: memoryview, digest: bytes, chunks: dict[bytes, bytes]) -> None:
+    def _check_delta(self, payload: bytes, raw: memoryview, digest: bytes, chunks: dict[bytes, bytes],
+                     held: bool) -> None:
         """The check before write of a delta payload: decoded against its bases' bytes, it
-        must give ``digest``."""
+        must give ``digest`` (compared with ``raw`` where ``held``, as in :meth:`_check_plain`)."""
         if self.check_writes:
             try:
-                check_delta(payload, len(raw), digest, lambda d: (chunks[d], False))
+                expected = _immutable(raw) or (raw if held else None)
+                check_delta(payload, len(raw), digest, lambda d: (chunks[d], False), expected)
             except IntegrityError as err:
                 raise IntegrityError(f"check before write: chunk blake3:{digest.hex()} as encoded (DELTA) is wrong "
                                      f"({err}); nothing was stored for it (push again)") from None
@@ -450,11 +454,26 @@ class _Pusher:
 
     # -- worker side -------------------------------------------------------------------
     def _process(self, raw: memoryview, hint: FloatHint | None, offset: int = 0,
-                 parent: _ParentFile | None = None, probe: bool = False) -> _Result:
+                 parent: _ParentFile | None = None, probe: bool = False,
+                 lent: tuple[int, int] | None = None) -> _Result:
         """Hash ``raw``; unless the registry (or this push) has it, encode it (with the
         PLANES ``hint``, or the hint :func:`probe_floats` guesses when ``probe``; against
         ``parent`` when given and the chunk has a hint) and check the payload before it is
-        stored."""
+        stored. ``lent``: the read buffer ``raw`` lies in and how many times it had been
+        lent when ``raw`` was cut from it (:meth:`_ReadBuffers.acquire`). A buffer is
+        written only after it is lent, so if that count has not moved once the payload is
+        checked, ``raw`` held the bytes its digest was taken of throughout, and the check
+        compares what the payload decodes to with them rather than hashing it again. The
+        codecs are given a read-only view, so that none can change the bytes either."""
+        result = self._code(raw.toreadonly(), hint, offset, parent, probe, lent is not None)
+        if lent is not None and result[2] is not None and self.buffers.lent[lent[0]] != lent[1]:
+            raise IntegrityError(f"push: the read buffer of chunk blake3:{result[0].hex()} was lent again while it "
+                                 "was being coded (a bug); nothing was stored for it (push again)")
+        return result
+
+    def _code(self, raw: memoryview, hint: FloatHint | None, offset: int, parent: _ParentFile | None, probe: bool,
+              held: bool) -> _Result:
+        """:meth:`_process`'s work; ``held``: nothing changes ``raw`` until it returns."""
         digest = blake3(raw).digest()
         if digest in self.claimed:
             return digest, 0, None, None
@@ -468,44 +487,47 @@ class _Pusher:
         if probe and hint is None:
             hint = probe_floats(raw)
         if parent is None or hint is None:
-            codec, stored = self._encode(raw, digest, hint)
+            codec, stored = self._encode(raw, digest, hint, held=held)
             return digest, int(codec), stored, None
         # The delta first: the plain payload is coded only as far as needed to know the
         # delta saves enough against it (usually its mantissa planes, not the exponent).
         delta = self._delta(raw, digest, hint, offset, parent)
         if delta is None:
-            codec, stored = self._encode(raw, digest, hint)
+            codec, stored = self._encode(raw, digest, hint, held=held)
             return digest, int(codec), stored, None
         payload, refs, chunks = delta
         plain = encode_unless(raw, self.level, hint, lambda n: worth_it(len(payload), n))
         if plain is None or worth_it(len(payload), len(plain[1])):
             parent.kept += 1
-            self._check_delta(payload, raw, digest, chunks)
+            self._check_delta(payload, raw, digest, chunks, held)
             return digest, int(Codec.DELTA), payload, refs
         codec, stored = plain[0], plain[1] if isinstance(plain[1], bytes) else bytes(plain[1])
-        self._check_plain(raw, digest, codec, stored)
+        self._check_plain(raw, digest, codec, stored, held)
         return digest, int(codec), stored, None
 
     def _encode(self, raw: memoryview | bytes, digest: bytes, hint: FloatHint | None = None,
-                check: bool = True) -> tuple[Codec, bytes]:
+                held: bool = False) -> tuple[Codec, bytes]:
         codec, stored = encode(raw, self.level, hint)
         if not isinstance(stored, bytes):  # kept raw: a view of a read buffer that will be reused
             stored = bytes(stored)
-        if check:
-            self._check_plain(raw, digest, codec, stored)
+        self._check_plain(raw, digest, codec, stored, held)
         return codec, stored
 
-    def _check_plain(self, raw: memoryview | bytes, digest: bytes, codec: Codec, stored: bytes) -> None:
-        if self.check_writes:  # what is stored must decode to the bytes the digest was taken of
+    def _check_plain(self, raw: memoryview | bytes, digest: bytes, codec: Codec, stored: bytes,
+                     held: bool = False) -> None:
+        """The check before write: what is stored must decode to the bytes ``digest`` was
+        taken of. Where those bytes cannot have changed since (``held``, or a small file's
+        ``bytes``, read whole), what it decodes to is compared with them, the same check
+        as hashing it again, at a fraction of the cost."""
+        if self.check_writes:
             try:
-                whole = _immutable(raw) if codec in (Codec.RAW, Codec.ZSTD) else None
-                if whole is None:
+                whole = _immutable(raw)
+                if whole is not None:
+                    check_decodes_to(codec, stored, whole, digest)
+                elif held:
+                    check_decodes_to(codec, stored, raw, digest)
+                else:
                     check_decodes(codec, stored, len(raw), digest)
-                elif decode(codec, stored, len(whole)) != whole:
-                    # ``digest`` was taken of these very bytes, which cannot have changed
-                    # since (a small file's, read whole): comparing is the same check as
-                    # hashing the decoded bytes again, at half its cost
-                    raise IntegrityError("its bytes do not match the digest")
             except IntegrityError as err:
                 raise IntegrityError(f"check before write: chunk blake3:{digest.hex()} as encoded ({codec.name}) "
                                      f"is wrong ({err}); nothing was stored for it (push again)") from None
@@ -722,7 +744,8 @@ class _Pusher:
                     hint = layout.hint(size, len(raw)) if layout is not None else None
                     self.buffers.users[buf_id] += 1
                     self.inflight.append((chunks, self.workers.submit(self._process, raw, hint, size,
-                                                                      parent if hint or probe else None, probe),
+                                                                      parent if hint or probe else None, probe,
+                                                                      (buf_id, self.buffers.lent[buf_id])),
                                           len(raw), buf_id))
                     self.tasks += 1
                     size += len(raw)
