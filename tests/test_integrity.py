@@ -146,6 +146,31 @@ def test_flipped_byte_in_pack_payload(reg: Registry, pushed: Manifest, work: Pat
     assert c.digest.hex() in msg
 
 
+@pytest.mark.parametrize("cache", ["off", "on"])
+def test_a_pull_hashes_chunks_only_where_the_file_digest_does_not_cover_them(
+        reg: Registry, pushed: Manifest, work: Path, monkeypatch: pytest.MonkeyPatch, cache: str) -> None:
+    """Every byte a pull writes is checked against its file's digest, so without a cache
+    the chunks are decoded but not hashed as well; through a cache (which keeps only
+    verified chunks) each is. A damaged chunk is named either way (the flips above)."""
+    import casreg.content.codec as codec_module
+
+    monkeypatch.setenv("CASREG_CACHE", cache)
+    monkeypatch.setenv("CASREG_CACHE_DIR", str(work.parent / "cache"))
+    calls = {"n": 0}
+    real = codec_module.blake3
+
+    def counting(*args: object) -> object:
+        calls["n"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(codec_module, "blake3", counting)
+    reg.pull("m", work / "dest")
+    assert (work / "dest" / "random.bin").read_bytes() == random.Random(1234).randbytes(3_000_000)
+    chunks = sum(len(e.chunks) for e in pushed.entries)
+    assert chunks > 2
+    assert calls["n"] == (0 if cache == "off" else chunks)
+
+
 def test_truncated_pack(reg: Registry, pushed: Manifest, work: Path) -> None:
     last = max((c for e in pushed.entries for c in e.chunks), key=lambda c: c.offset)
     key = pack_key(last.pack)

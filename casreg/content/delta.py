@@ -249,7 +249,7 @@ def worth_it(delta_size: int, plain_size: int) -> bool:
 
 def decode_delta_into(stored: bytes | memoryview, out: memoryview, digest: bytes, bases: BaseSource,
                       decode_inner: Callable[[int, memoryview, memoryview], None],
-                      expected: bytes | memoryview | None = None) -> DeltaHeader:
+                      expected: bytes | memoryview | None = None, verify: bool = True) -> DeltaHeader:
     """Decode the delta payload ``stored`` of chunk ``digest`` into ``out`` (exactly its
     raw size) and check the result's BLAKE3 against ``digest``. ``bases`` gives each base
     chunk's verified raw bytes; ``decode_inner(codec, payload, out)`` decodes the residual
@@ -259,7 +259,10 @@ def decode_delta_into(stored: bytes | memoryview, out: memoryview, digest: bytes
     bytes, and a result that does not hash to ``digest``. ``out`` holds garbage then.
     ``expected``: the bytes ``digest`` was taken of, which nothing changes until this
     returns (push's check before write): the result is compared with them instead
-    (``memcmp``, where the C loops are built; :func:`casreg.content.codec.check_decodes_to`)."""
+    (``memcmp``, where the C loops are built; :func:`casreg.content.codec.check_decodes_to`).
+    ``verify=False``: the result is not checked at all, for a caller that checks every byte
+    of ``out`` another way (:func:`casreg.content.codec.decode_into`); the bases still are
+    (``bases`` gives verified bytes)."""
     header = parse_header(stored, len(out))
     payload = memoryview(stored).cast("B")
     chunks: dict[bytes, bytes | memoryview] = {}
@@ -280,6 +283,8 @@ def decode_delta_into(stored: bytes | memoryview, out: memoryview, digest: bytes
         views.append(memoryview(raw)[p.offset:p.offset + p.length])
     decode_inner(header.inner, payload[header.body:], out)
     apply_into(out, header.op, header.width, header.head, views, inverse=True)
+    if not verify:
+        return header
     if expected is not None and same_bytes is not None:
         if not same_bytes(out, expected):
             raise IntegrityError("its bytes do not match the digest")

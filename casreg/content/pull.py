@@ -460,6 +460,12 @@ class _Writer:
         #: files are created by several threads (one thread spent ~240 us per small file).
         self.fresh = fresh
         self.lent = _DirRefs()
+        #: Whether each chunk is hashed as it is decoded. Every byte a pull writes is checked
+        #: against its file's digest before the file is kept, so without a cache (which keeps
+        #: only verified chunks) the chunks are not hashed too (a third of a large pull's CPU);
+        #: a file that fails its digest is read again verified, to name the damaged chunk.
+        self.verify_chunks = cache is not None
+        self.bases: Bases | None = None  # the delta bases of the manifest being written
 
     @staticmethod
     def _write(fd: int, raw: bytes | memoryview) -> None:
@@ -472,27 +478,33 @@ class _Writer:
         the descriptor: never through a name), close it."""
         assert f.hasher is not None  # (a file created by a worker never comes here)
         if f.hasher.digest() != f.entry.digest:
-            raise self._lying_digest(f.entry)
+            raise self._mismatch(f.entry)
         os.fchmod(f.fd, _file_mode(f.entry) & ~self.mask)
         os.close(f.fd)
         f.fd = -1
         self.stats.files += 1
 
-    def _lying_digest(self, e: Entry) -> IntegrityError:
-        """The error for a file whose verified chunks do not give its digest."""
+    def _mismatch(self, e: Entry) -> IntegrityError:
+        """The error for a file whose bytes do not give its digest: the damaged chunk's
+        (read again, verified, when chunks were not hashed as they came), else the
+        manifest's, which lies."""
+        if not self.verify_chunks:
+            for run in spans(e.chunks):
+                read_span_stats(self.store, run, None, bases=self.bases, shared=self.decoded)  # raises, naming it
         return IntegrityError(f"manifest {self.source} is corrupt: file {e.path!r} does not match its digest "
                               f"blake3:{e.digest.hex()} (its chunks verify, so the manifest lies)")
 
     def _create_whole(self, f: _OpenFile, data: memoryview) -> None:
-        """On a worker: ``data`` is the whole of ``f``, its chunks verified. Check the file
-        digest (a one-chunk file's digest is its chunk's: nothing to hash again), then
+        """On a worker: ``data`` is the whole of ``f``. Check the file digest (a one-chunk
+        file's digest is its chunk's: nothing to hash again if the chunk was), then
         create the file (exclusively, never through a link; whatever is in the way is
         removed unfollowed) with its final mode (bytes that are verified already need no
         private mode while written; the kernel applies the umask, as the ``fchmod`` of
         other files does: one metadata update less per file), write it, close it."""
         e = f.entry
-        if not (len(e.chunks) == 1 and e.chunks[0].digest == e.digest) and blake3(data).digest() != e.digest:
-            raise self._lying_digest(e)
+        if not (self.verify_chunks and len(e.chunks) == 1 and e.chunks[0].digest == e.digest) \
+                and blake3(data).digest() != e.digest:
+            raise self._mismatch(e)
         mode = _file_mode(e)
         try:
             fd = os.open(f.name, _NEW_FILE, mode, dir_fd=f.dir_fd)
@@ -509,7 +521,8 @@ class _Writer:
         """On a worker: read and verify one batch of runs into ``buf`` from ``shift`` on,
         then create the files of it that are whole in it and created here
         (:meth:`_create_whole`)."""
-        got = read_span_stats(self.store, refs, self.cache, buf.view[shift:shift + raw_size], bases, self.decoded)
+        got = read_span_stats(self.store, refs, self.cache, buf.view[shift:shift + raw_size], bases, self.decoded,
+                              verify=self.verify_chunks)
         pos = shift
         for f, run in parts:
             n = sum(r.raw_size for r in run)
@@ -644,7 +657,7 @@ class _Writer:
     def write_tree(self, manifest: Manifest, dirs: _Dirs, file_name: str) -> None:
         """Write every entry below ``dirs``' top; a file version is the one file
         ``file_name`` in it."""
-        bases = manifest.base_map if manifest.bases else None  # once: one object for every batch of the tree
+        bases = self.bases = manifest.base_map if manifest.bases else None  # once: one object for every batch
         for e in manifest.entries:
             name = file_name
             if manifest.kind == "dir":
