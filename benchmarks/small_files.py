@@ -1,6 +1,6 @@
 """Push and pull of many small files: casreg against ``tar | zstd`` and ``zstd -d | tar -x``.
 
-    python -m benchmarks.small_files SRC [--tree DIR ...] [--rounds N] [--work DIR] [--startup]
+    python -m benchmarks.small_files SRC [--tree DIR ...] [--rounds N] [--work DIR] [--startup] [--fresh-fs]
 
 ``SRC`` is a directory of small files (issue 14's workload: 5,000 files of 1-100 KB, 60%
 BF16 ``.bin`` and 40% JSON). Every round runs, in turn, for each casreg checkout given
@@ -19,6 +19,14 @@ kernel's share of file creation grows with other writers' load), and each casreg
 Figures from different runs are not comparable (a shared machine drifts): compare only the
 rows of one table. Every round is reported, not the best one. Each command starts after a
 ``sync``, so none pays for the writeback of the one before.
+
+``--fresh-fs`` (root, ``mkfs.ext4``, loop devices): each tool, in each round, writes its
+outputs (registry and pulled tree, or archive and extracted tree) on an ext4 filesystem made
+for it, with its inode tables written at ``mkfs`` and no journal, as this machine's root
+filesystem has none. Without it every round creates files where the rounds before deleted
+5,000, and ext4 without a journal skips inodes freed in the last minutes one by one, so each
+round is slower than the last, for every tool (docs/benchmarks-peers.md, "Reading this
+machine's numbers").
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +81,25 @@ def _timed(cmd: list[str] | str, env: dict[str, str] | None = None) -> tuple[flo
     return wall, user, system
 
 
+@contextmanager
+def _fresh_fs(image: Path, mount: Path, size: str = "2G") -> Iterator[Path]:
+    """A new ext4 filesystem in the file ``image``, mounted on ``mount`` (made), for as long
+    as the block runs; unmounted and deleted after. Inode tables are written by ``mkfs``
+    (a lazily initialised filesystem zeroes them in the background while the timed command
+    runs) and there is no journal (like this machine's root filesystem)."""
+    image.unlink(missing_ok=True)
+    mount.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["fallocate", "-l", size, str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+                    str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+        image.unlink()
+
+
 def _same_tree(a: Path, b: Path) -> bool:
     return subprocess.run(["diff", "-r", "-q", str(a), str(b)], capture_output=True).returncode == 0
 
@@ -87,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--startup", action="store_true", help="also time `casreg --help` and a one-byte pull")
     ap.add_argument("--no-check", action="store_true", help="do not diff each pulled tree against SRC")
     ap.add_argument("--no-sync", action="store_true", help="do not sync before each timed command")
+    ap.add_argument("--fresh-fs", action="store_true", help="each tool's outputs, each round, on a new ext4 "
+                    "(needs root, mkfs.ext4 and loop devices)")
     args = ap.parse_args(argv)
     global SYNC
     SYNC = not args.no_sync
@@ -111,8 +142,22 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "PYTHONPATH": str(tree)}
         return [args.python, "-m", "casreg_cli.main", *cli], env
 
+    @contextmanager
+    def outputs() -> Iterator[Path]:
+        """Where a job writes: ``work``, or a filesystem of its own (``--fresh-fs``)."""
+        if not args.fresh_fs:
+            yield work
+            return
+        with _fresh_fs(work / "fresh.img", work / "fresh") as mounted:
+            os.sync()  # mkfs's writes, not the timed command's
+            yield mounted
+
     def job_casreg(i: int, tree: Path, name: str) -> None:
-        reg, dest = work / f"reg-{i}-{name}", work / f"dest-{i}-{name}"
+        with outputs() as out:
+            run_casreg(i, tree, name, out)
+
+    def run_casreg(i: int, tree: Path, name: str, out: Path) -> None:
+        reg, dest = out / f"reg-{i}-{name}", out / f"dest-{i}-{name}"
         cmd, env = casreg(tree, "push", src.name, str(src), "--registry", str(reg), "--quiet")
         row(f"push [{name}]").add(*_timed(cmd, env))
         cmd, env = casreg(tree, "pull", f"{src.name}:1", str(dest), "--registry", str(reg), "--quiet")
@@ -122,15 +167,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.startup:
             row(f"--help [{name}]").add(*_timed(*casreg(tree, "--help")))
             _timed(*casreg(tree, "push", "t", str(tiny / "t"), "--registry", str(reg), "--quiet"))
-            cmd, env = casreg(tree, "pull", "t:1", str(work / f"edest-{i}-{name}"), "--registry", str(reg),
+            cmd, env = casreg(tree, "pull", "t:1", str(out / f"edest-{i}-{name}"), "--registry", str(reg),
                               "--quiet")
             row(f"one-byte pull [{name}]").add(*_timed(cmd, env))
         shutil.rmtree(reg)
         shutil.rmtree(dest)
-        shutil.rmtree(work / f"edest-{i}-{name}", ignore_errors=True)
+        shutil.rmtree(out / f"edest-{i}-{name}", ignore_errors=True)
 
     def job_tar(i: int) -> None:
-        arc, dest = work / f"x-{i}.tar.zst", work / f"tdest-{i}"
+        with outputs() as out:
+            run_tar(i, out)
+
+    def run_tar(i: int, out: Path) -> None:
+        arc, dest = out / f"x-{i}.tar.zst", out / f"tdest-{i}"
         row(TAR).add(*_timed(f"tar -C {src.parent} -cf - {src.name} | zstd -3 -T0 -q -o {arc}"))
         dest.mkdir()
         row(UNTAR).add(*_timed(f"zstd -d -q -c {arc} | tar -C {dest} -xf -"))
@@ -146,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{sum(1 for p in src.rglob('*') if p.is_file())} files, "
           f"{sum(p.stat().st_size for p in src.rglob('*') if p.is_file()):,} bytes; {args.rounds} rounds; "
+          f"{'each tool on a new ext4 each round; ' if args.fresh_fs else ''}"
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
     print("| command | rounds: wall s | median wall s | median CPU s | median user s | wall ratio | CPU ratio |")
     print("|---|---|---:|---:|---:|---:|---:|")
