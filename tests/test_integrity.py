@@ -16,6 +16,7 @@ import pytest
 import zstandard
 
 from casreg import IntegrityError, Registry, UnsafePathError
+from casreg.content.codec import Codec
 from casreg.content.manifest import Entry, Manifest, seal_manifest
 from casreg.keys import manifest_key, pack_key
 from casreg.storage.local import LocalStore
@@ -169,6 +170,25 @@ def test_a_pull_hashes_chunks_only_where_the_file_digest_does_not_cover_them(
     chunks = sum(len(e.chunks) for e in pushed.entries)
     assert chunks > 2
     assert calls["n"] == (0 if cache == "off" else chunks)
+
+
+@pytest.mark.parametrize("where", [0.3, 0.5, 0.9])
+def test_a_planes_chunk_that_decodes_to_other_bytes_is_named(tmp_path: Path, work: Path, where: float) -> None:
+    """A flip inside a PLANES payload's raw mantissa plane still decodes, to other bytes:
+    the pull (which checks those chunks through the file digest) finds the file wrong,
+    reads it again chunk by chunk, and names the damaged chunk; nothing is written."""
+    from test_planes import model_file
+
+    reg = Registry(tmp_path / "reg")
+    reg.push("w", model_file(tmp_path / "model.safetensors"))
+    m = reg.manifest("w")
+    c = next(c for e in m.entries for c in e.chunks if c.codec == Codec.PLANES)
+    key = pack_key(c.pack)
+    data = bytearray(reg.store.read(key))
+    data[c.offset + int(c.stored_size * where)] ^= 0x04
+    overwrite(reg, key, bytes(data))
+    msg = refused(reg, "w", work)
+    assert c.digest.hex() in msg and key in msg
 
 
 def test_truncated_pack(reg: Registry, pushed: Manifest, work: Path) -> None:
