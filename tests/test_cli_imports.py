@@ -93,3 +93,24 @@ def test_a_missing_dependency_is_one_line_not_a_traceback(tmp_path: Path) -> Non
     listed = subprocess.run([sys.executable, "-m", "casreg_cli.main", "ls", "--json"], env=env, capture_output=True,
                             text=True, timeout=120)
     assert listed.returncode == 0 and json.loads(listed.stdout) == []
+
+
+def test_probed_files_need_no_numpy(tmp_path: Path) -> None:
+    """Files without a safetensors header are probed chunk by chunk for floats (a model
+    directory's ``tokenizer.json``, a raw ``.bin`` of weights): the probe needs no numpy,
+    and the weights it finds are coded with the C loops, so the push loads none either."""
+    from casreg import Registry
+    from casreg.content.codec import Codec
+
+    src = tmp_path / "model"
+    src.mkdir()
+    weights = (np.random.default_rng(1).normal(0, 0.02, 400_000).astype("<f4").view("<u4") >> 16).astype("<u2")
+    (src / "weights.bin").write_bytes(weights.tobytes())
+    (src / "tokenizer.json").write_text(json.dumps({f"token{i}": i for i in range(40_000)}))
+    assert (src / "tokenizer.json").stat().st_size > 256 << 10  # probed (PROBE_MIN_BYTES)
+    env = {**os.environ, "CASREG_REGISTRY": str(tmp_path / "reg"), "CASREG_USER": "ci@example.test"}
+    proc, modules = run_traced(["push", "m", str(src)], env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ("numpy" in modules) == (not LOOPS)
+    codecs = {e.path: {c.codec for c in e.chunks} for e in Registry(tmp_path / "reg").manifest("m").entries}
+    assert codecs["weights.bin"] == {Codec.PLANES} and Codec.PLANES not in codecs["tokenizer.json"]
