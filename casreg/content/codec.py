@@ -230,7 +230,9 @@ def check_decodes_to(codec: int, stored: bytes | memoryview, raw: bytes | memory
             raise IntegrityError("its bytes do not match the digest")
         return
     if codec == Codec.ZSTD:
-        out = thread_buffer("codec.check", len(raw)) if same_bytes is not None else None
+        # a small file's bytes: decoded in one call, compared as bytes (streaming into the
+        # thread's buffer cost 2 us more a file: 5,000 files of 1-100 KB, 0.240 s against 0.230)
+        out = thread_buffer("codec.check", len(raw)) if not isinstance(raw, bytes) else None
         decoded: bytes | memoryview = out if out is not None and _zstd_decode_into(stored, out) \
             else zstd_decode(stored, len(raw))
     elif codec == Codec.RAW:
