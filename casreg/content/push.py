@@ -189,13 +189,17 @@ class _Part:
         return self.batch.cancel()
 
 
-def _immutable(raw: memoryview | bytes) -> bytes | None:
-    """The bytes ``raw`` holds if nothing can change them (a ``bytes`` object, or a view
-    of all of one), else ``None`` (a view into a read buffer that will be reused)."""
+def _unchanged(raw: memoryview | bytes, held: bool) -> bytes | memoryview | None:
+    """What the check before write compares a decoded payload with: the bytes ``raw``
+    holds if nothing can change them (a ``bytes`` object or a view of all of one, as a
+    small file's, read whole; any view when ``held``: see :meth:`_Pusher._process`), else
+    ``None`` (a view into a read buffer that may be reused: the check hashes instead)."""
     if isinstance(raw, bytes):
         return raw
     obj = raw.obj
-    return obj if isinstance(obj, bytes) and len(obj) == raw.nbytes else None
+    if isinstance(obj, bytes) and len(obj) == raw.nbytes:
+        return obj
+    return raw if held else None
 
 
 def _chunk_digest(ref: object) -> bytes:
@@ -421,8 +425,7 @@ class _Pusher:
         must give ``digest`` (compared with ``raw`` where ``held``, as in :meth:`_check_plain`)."""
         if self.check_writes:
             try:
-                expected = _immutable(raw) or (raw if held else None)
-                check_delta(payload, len(raw), digest, lambda d: (chunks[d], False), expected)
+                check_delta(payload, len(raw), digest, lambda d: (chunks[d], False), _unchanged(raw, held))
             except IntegrityError as err:
                 raise IntegrityError(f"check before write: chunk blake3:{digest.hex()} as encoded (DELTA) is wrong "
                                      f"({err}); nothing was stored for it (push again)") from None
@@ -521,11 +524,9 @@ class _Pusher:
         as hashing it again, at a fraction of the cost."""
         if self.check_writes:
             try:
-                whole = _immutable(raw)
-                if whole is not None:
-                    check_decodes_to(codec, stored, whole, digest)
-                elif held:
-                    check_decodes_to(codec, stored, raw, digest)
+                unchanged = _unchanged(raw, held)
+                if unchanged is not None:
+                    check_decodes_to(codec, stored, unchanged, digest)
                 else:
                     check_decodes(codec, stored, len(raw), digest)
             except IntegrityError as err:
