@@ -10,6 +10,7 @@ import struct
 
 import numpy as np
 import pytest
+import zstandard
 from blake3 import blake3
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,7 +18,16 @@ from payload_damage import damage
 from test_planes import bf16_weights, reference_decode  # the PLANES spec decoder (docs/FORMAT.md §4.1)
 
 import casreg.content.codec as codec_module
-from casreg.content.codec import Codec, check_decodes, check_decodes_to, decode, decode_verified, encode
+from casreg.content.codec import (
+    Codec,
+    check_decodes,
+    check_decodes_to,
+    decode,
+    decode_into,
+    decode_verified,
+    decode_verified_into,
+    encode,
+)
 from casreg.content.delta import Piece, check_delta, decode_delta, encode_delta
 from casreg.content.planes import MIN_ELEMENTS, decode_planes_into, decode_planes_parts, encode_planes
 from casreg.errors import IntegrityError
@@ -230,3 +240,25 @@ def test_exponent_planes_are_coded_without_the_match_finder_and_decode_anywhere(
     t.start()
     t.join()
     assert got == [residual_payload]
+
+
+def test_a_zstd_frame_whose_last_block_is_not_marked_is_refused_by_every_path() -> None:
+    """Clearing the last block's Last_Block bit leaves every byte of the chunk in the frame:
+    a stream reader filled a buffer from it without complaint, where the one-shot decoder
+    refuses it (hypothesis found it: a flip at byte 7). Every path refuses it now."""
+    raw = bf16_weights(3000, seed=7)[:5999]
+    codec, stored = encode(raw, 3)
+    assert codec == Codec.ZSTD
+    header = zstandard.frame_header_size(stored)
+    assert stored[header] & 1  # one block, marked last
+    broken = bytearray(stored)
+    broken[header] &= 0xFE
+    payload, digest = bytes(broken), blake3(raw).digest()
+    out = memoryview(bytearray(len(raw)))
+    for check in (lambda: decode_verified(codec, payload, len(raw), digest),
+                  lambda: decode_verified_into(codec, payload, out, digest),
+                  lambda: decode_into(codec, payload, out),
+                  lambda: check_decodes(codec, payload, len(raw), digest),
+                  lambda: check_decodes_to(codec, payload, _at(raw, 1).toreadonly(), digest),
+                  lambda: check_decodes_to(codec, payload, raw, digest)):
+        assert _verdict(check) == "refused"

@@ -132,13 +132,36 @@ def decode_verified(codec: int, stored: bytes | memoryview, raw_size: int, diges
     return raw
 
 
+def _whole_frame(stored: bytes | memoryview) -> bool:
+    """Whether the zstd frame ``stored`` starts with is whole and ends exactly where
+    ``stored`` does: its blocks up to the one marked last, then the checksum if the frame
+    header announces one (RFC 8878 §3.1.1). A stream reader fills a buffer from a frame
+    whose last block is not marked so (its bytes all there) without a word, where
+    :func:`zstd_decode` refuses it ("did not decompress full frame")."""
+    view = memoryview(stored).cast("B")
+    try:
+        pos = zstandard.frame_header_size(view)
+    except zstandard.ZstdError:
+        return False
+    checksum = 4 if view[4] & 0x04 else 0  # Content_Checksum_flag of the Frame_Header_Descriptor
+    while pos + 3 <= len(view):
+        header = view[pos] | view[pos + 1] << 8 | view[pos + 2] << 16
+        kind = header >> 1 & 3
+        if kind == 3:  # reserved block type
+            return False
+        pos += 3 + (1 if kind == 1 else header >> 3)  # an RLE block holds one byte
+        if header & 1:
+            return pos + checksum == len(view)
+    return False
+
+
 def _zstd_decode_into(stored: bytes | memoryview, out: memoryview) -> bool:
     """Decode one zstd frame straight into ``out``; ``True`` only if the frame says it
-    holds exactly ``len(out)`` bytes, fills ``out`` and ends there. Anything else
-    (``False``) is left to :func:`zstd_decode`, so both paths accept and refuse the same
-    payloads."""
+    holds exactly ``len(out)`` bytes, is whole (:func:`_whole_frame`), fills ``out`` and
+    ends there. Anything else (``False``) is left to :func:`zstd_decode`, so both paths
+    accept and refuse the same payloads."""
     try:
-        if zstandard.frame_content_size(stored) != len(out):
+        if zstandard.frame_content_size(stored) != len(out) or not _whole_frame(stored):
             return False
         reader = _decompressor().stream_reader(stored, read_size=max(len(stored), 1), read_across_frames=False)
         got = 0
