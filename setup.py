@@ -8,4 +8,5 @@ casreg/content/planes.py and delta.py do the same work with numpy, slower
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension(f"casreg.content.{name}", [f"casreg/content/{name}.c"], optional=True,
+                             depends=["casreg/content/_loops.h"],  # (shipped in the sdist too)
                              extra_compile_args=["-O3"]) for name in ("_planes_c", "_delta_c")])

@@ -15,15 +15,7 @@
  * and bases come from a registry, which is hostile, and wrong bytes here are refused by the
  * chunk's BLAKE3 later. The loop runs without the GIL. Elements are read and written a byte
  * at a time, so the result depends neither on the host's byte order nor on alignment. */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
-
-#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
-#define LOOP __attribute__((target_clones("avx2", "default")))
-#else
-#define LOOP
-#endif
+#include "_loops.h"
 
 LOOP static void xor_bytes(uint8_t *restrict out, const uint8_t *restrict base, Py_ssize_t n) {
     for (Py_ssize_t k = 0; k < n; k++)

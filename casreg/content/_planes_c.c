@@ -20,16 +20,7 @@
  * does not depend on the host's byte order or alignment; gcc and clang vectorise the
  * loops at -O3. On x86-64 Linux each loop is also compiled for AVX2 and the processor picks
  * (target_clones): twice as fast as the SSE2 baseline here (docs/benchmarks-codec.md). */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
-#include <string.h>
-
-#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
-#define LOOP __attribute__((target_clones("avx2", "default")))
-#else
-#define LOOP
-#endif
+#include "_loops.h"
 
 LOOP static void split2(const uint8_t *restrict src, uint8_t *restrict p0, uint8_t *restrict p1, Py_ssize_t n) {
     for (Py_ssize_t k = 0; k < n; k++) {
