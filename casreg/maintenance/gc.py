@@ -184,25 +184,23 @@ def check_before_commit(store: ObjectStore, manifest: Manifest, *, threads: int 
     needed = [mkey] + [pack_key(p) for p in packs]
     gone = [k for k, ok in zip(needed, bounded_map(store.exists, needed, io_threads(threads))) if not ok]
     if gone:
-        _drop_orphan_indexes(store, [kind[1] for key in gone if (kind := parse_object_key(key)) and kind[0] == PACKS],
-                             checked=True)
+        _drop_orphan_indexes(store, [kind[1] for key in gone if (kind := parse_object_key(key)) and kind[0] == PACKS])
         raise GcConflictError(
             f"{gone[0]} was deleted by a concurrent gc while this push ran ({len(gone)} object(s) gone); "
             "nothing was committed: push again (it stores what is missing)")
     return CommitCheck(len(records), tuple(sorted(rescued)), written)
 
 
-def _drop_orphan_indexes(store: ObjectStore, packs: list[str], *, checked: bool = False) -> None:
-    """Delete the index of each of ``packs`` that is gone (``checked``: they are known to be
-    gone). An index whose pack is gone advertises chunks that are not stored: every later
-    push would dedup against it and fail its commit check. Indexes can always be rebuilt
-    from their pack's trailer, so removing one loses nothing, even if the pack is written
-    again meanwhile. Such an index is left by a push that uploaded a pack a sweep was
-    deleting (the same chunks make the same pack name): its ``publish`` found the pack still
-    there, its index was created after the sweep deleted the old one, then the sweep
-    deleted the pack."""
+def _drop_orphan_indexes(store: ObjectStore, packs: list[str]) -> None:
+    """Delete the index of each of ``packs`` that is gone. An index whose pack is gone
+    advertises chunks that are not stored: every later push would dedup against it and fail
+    its commit check. Indexes can always be rebuilt from their pack's trailer, so removing
+    one loses nothing, even if the pack is written again meanwhile. Such an index is left
+    by a push that uploaded a pack a sweep was deleting (the same chunks make the same pack
+    name): its ``publish`` found the pack still there, its index was created after the
+    sweep deleted the old one, then the sweep deleted the pack."""
     for pid in packs:
-        if store.exists(index_key(pid)) and (checked or not store.exists(pack_key(pid))):
+        if store.exists(index_key(pid)) and not store.exists(pack_key(pid)):
             store.delete(index_key(pid))
 
 
