@@ -160,11 +160,19 @@ def test_a_checkpoint_without_a_header_is_delta_coded_against_its_parent(tmp_pat
 @settings(max_examples=200, deadline=None)
 @given(raw=st.binary(max_size=6000), pad=st.integers(0, 3))
 def test_distinct_per_offset_counts_as_numpy_does(raw: bytes, pad: int) -> None:
-    """The probe's counts (plain Python) against a numpy count of the same sample: distinct
-    byte values at each offset modulo 4 of the 2 KiB in the middle, at any length."""
-    from casreg.content.float_probe import distinct_per_offset
+    """The probe's counts (the C loop's where built, and plain Python's) against a numpy
+    count of the same sample: distinct byte values at each offset modulo 4 of the 2 KiB
+    in the middle, at any length."""
+    from casreg.content import float_probe
 
     data = bytes(pad) + raw
     start = max(0, len(data) // 2 - 1024) & ~3
     sample = np.frombuffer(data, np.uint8)[start:start + (min(2048, len(data) - start) & ~3)]
-    assert distinct_per_offset(data) == [len(np.unique(sample[i::4])) for i in range(4)]
+    want = [len(np.unique(sample[i::4])) for i in range(4)]
+    assert float_probe.distinct_per_offset(data) == want
+    built = float_probe.distinct_bytes
+    try:
+        float_probe.distinct_bytes = None  # (the plain Python count, as without the C loops)
+        assert float_probe.distinct_per_offset(data) == want
+    finally:
+        float_probe.distinct_bytes = built

@@ -80,6 +80,8 @@ def test_the_loops_and_numpys_give_the_same_payload(width: int) -> None:
     (lambda: loops.split("text", [bytearray(2), bytearray(2)]), TypeError),
     (lambda: loops.same(b"ab", "ab"), TypeError),  # not a buffer
     (lambda: loops.same(b"ab"), TypeError),
+    (lambda: loops.distinct("text"), TypeError),  # not a buffer
+    (lambda: loops.distinct(), TypeError),
 ])
 def test_every_misuse_is_an_exception(call, error) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(error):
@@ -108,6 +110,20 @@ def test_same_is_byte_equality_at_any_address(a: bytes, flip: int, cut: int, off
     assert loops.same(at(a, offsets[0]), at(b, offsets[1])) == (a == bytes(b))
     assert loops.same(a, b) == (a == bytes(b))
     assert loops.same(a, at(a, offsets[1]))
+
+
+@needs_loops
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=3000), offset=st.integers(0, 7))
+def test_distinct_counts_each_offset_modulo_4_at_any_address(data: bytes, offset: int) -> None:
+    """``distinct(buf)``, the float probe's count: the distinct byte values at offsets 0, 1,
+    2 and 3 modulo 4 of ``buf`` (counted from its start, not from an aligned address)."""
+    assert loops is not None
+    buf = memoryview(bytearray(len(data) + 8))
+    buf[offset:offset + len(data)] = data
+    want = tuple(len(set(data[i::4])) for i in range(4))
+    assert loops.distinct(buf[offset:offset + len(data)].toreadonly()) == want
+    assert loops.distinct(data) == want
 
 
 def test_the_loops_are_built_wherever_they_can_be() -> None:

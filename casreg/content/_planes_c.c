@@ -5,6 +5,9 @@
  *     planes[i][k] for element k. Every plane is a writable buffer of n bytes.
  * join(planes, dst): the inverse: dst (width * n writable bytes, any address) receives the
  *     elements whose rotated bytes the planes hold.
+ * distinct(buf): the number of distinct byte values at each offset modulo 4 of buf (a
+ *     4-tuple), for the float probe (float_probe.py), which asks it of a 2 KiB sample of
+ *     every chunk a push cannot place by a header: 1-2 us where sets of bytes took 30 us.
  * same(a, b): whether two buffers hold the same bytes (memcmp without the GIL), for push's
  *     check before write, which compares what a payload decodes to with the chunk's bytes
  *     (bytes and bytearray compare with memcmp, but a memoryview compares item by item,
@@ -143,6 +146,23 @@ static PyObject *loops_same(PyObject *Py_UNUSED(self), PyObject *args) {
     return PyBool_FromLong(same);
 }
 
+static PyObject *loops_distinct(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer a;
+    uint8_t seen[4][256];
+    Py_ssize_t count[4] = {0, 0, 0, 0};
+    if (!PyArg_ParseTuple(args, "y*:distinct", &a))
+        return NULL;
+    memset(seen, 0, sizeof seen);
+    const uint8_t *p = a.buf;
+    for (Py_ssize_t k = 0; k < a.len; k++) {
+        uint8_t *s = &seen[k & 3][p[k]];
+        count[k & 3] += !*s;
+        *s = 1;
+    }
+    PyBuffer_Release(&a);
+    return Py_BuildValue("(nnnn)", count[0], count[1], count[2], count[3]);
+}
+
 static PyObject *loops_split(PyObject *Py_UNUSED(self), PyObject *args) { return run(args, 1); }
 
 static PyObject *loops_join(PyObject *Py_UNUSED(self), PyObject *args) { return run(args, 0); }
@@ -151,6 +171,7 @@ static PyMethodDef loops_methods[] = {
     {"split", loops_split, METH_VARARGS, "split(src, planes): the rotated bytes of src's elements into planes."},
     {"join", loops_join, METH_VARARGS, "join(planes, dst): the elements whose rotated bytes planes hold into dst."},
     {"same", loops_same, METH_VARARGS, "same(a, b): whether the two buffers hold the same bytes."},
+    {"distinct", loops_distinct, METH_VARARGS, "distinct(buf): distinct byte values at each offset modulo 4."},
     {NULL, NULL, 0, NULL},
 };
 

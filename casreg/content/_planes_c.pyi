@@ -14,3 +14,6 @@ def join(planes: Sequence[object], dst: object, /) -> None:
 
 def same(a: object, b: object, /) -> bool:
     """Whether ``a`` and ``b`` hold the same bytes (``memcmp``, without the GIL)."""
+
+def distinct(buf: object, /) -> tuple[int, int, int, int]:
+    """The number of distinct byte values at each offset modulo 4 of ``buf``."""

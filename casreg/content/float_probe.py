@@ -16,14 +16,16 @@ A guess only chooses a codec: the PLANES payload is decoded and checked against 
 chunk's digest before it is stored like any other (a wrong guess costs bytes, never
 correctness), and a payload that saves under 1% is stored raw as before. On bf16
 weights in 1 MiB chunks: 1.51x with PLANES against 1.28x with zstd -3, in 0.63x of its
-CPU. The probe itself costs about 25 us per chunk, in plain Python: it used numpy (10-20
-us), whose import cost every push of a model directory 40-70 ms of CPU holding the GIL (a
+CPU. The probe counts in C where the codecs' C loops are built (about 2 us a chunk;
+``distinct`` in ``_planes_c.c``), else in plain Python (about 30 us): it used numpy,
+whose import cost every push of a model directory 40-70 ms of CPU holding the GIL (a
 `tokenizer.json` is probed), where the C loops otherwise spare pushes numpy altogether.
 """
 
 from __future__ import annotations
 
 from casreg.content.codec import FloatHint
+from casreg.content.planes import distinct_bytes
 
 __all__ = ["probe_floats", "PROBE_MIN_BYTES"]
 
@@ -34,7 +36,11 @@ __all__ = ["probe_floats", "PROBE_MIN_BYTES"]
 #: 2.87 s of CPU probed from 4 KiB on and 2.29 s from 64 KiB on, against 1.99 s unprobed
 #: (medians of 3 on a loaded machine).
 #: 256 KiB is the chunker's default minimum: a small file (one chunk under it) is never
-#: probed, and every chunk of a large file but its last is.
+#: probed, and every chunk of a large file but its last is. With the C loops, PLANES
+#: costs less CPU than zstd -3 from 12 KiB on and stores 15% less at every size (bf16
+#: small files, one core), but a push of many small files coded so took longer on two
+#: workers (1.17-1.22 s against 1.04-1.07 s): each chunk's PLANES coding passes the GIL
+#: back and forth a dozen times (docs/benchmarks-codec.md).
 PROBE_MIN_BYTES = 256 << 10
 #: Bytes sampled from the middle of a chunk: 512 per offset modulo 4.
 _SAMPLE = 2048
@@ -52,6 +58,8 @@ def distinct_per_offset(raw: bytes | memoryview) -> list[int]:
     view = memoryview(raw).cast("B")
     start = max(0, len(view) // 2 - _SAMPLE // 2) & ~3  # a multiple of 4: offsets keep their phase
     m = min(_SAMPLE, len(view) - start) & ~3
+    if distinct_bytes is not None:
+        return list(distinct_bytes(view[start:start + m]))
     sample = view[start:start + m].tobytes()
     return [len(set(sample[i::4])) for i in range(4)]
 

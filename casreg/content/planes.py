@@ -63,9 +63,12 @@ _loops = _load_loops()
 #: ``same_bytes(a, b)``: whether two buffers hold the same bytes (``memcmp``, without the
 #: GIL), from the C loops; ``None`` where they are not built (or were built before it).
 same_bytes: Callable[[object, object], bool] | None = getattr(_loops, "same", None)
+#: ``distinct_bytes(buf)``: the number of distinct byte values at each offset modulo 4 of
+#: ``buf`` (the float probe's count), from the C loops; ``None`` where they are not built.
+distinct_bytes: Callable[[object], tuple[int, int, int, int]] | None = getattr(_loops, "distinct", None)
 
 __all__ = ["WIDTHS", "MIN_ELEMENTS", "encode_planes", "encode_planes_until", "decode_planes_into",
-           "decode_planes_parts", "same_bytes"]
+           "decode_planes_parts", "same_bytes", "distinct_bytes"]
 
 #: Element widths in bytes the codec takes (bf16/fp16, fp32).
 WIDTHS = (2, 4)
