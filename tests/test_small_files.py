@@ -17,7 +17,7 @@ import pytest
 from casreg import IntegrityError, Registry, StorageError
 from casreg.content import push as push_mod
 from casreg.content.chunking import ChunkParams
-from casreg.content.codec import Codec, FloatHint, encode
+from casreg.content.codec import Codec, FloatHint, encode, encode_many
 from casreg.content.config import init_config
 from casreg.content.manifest import Entry, Manifest
 from casreg.content.pull import materialize, partial_path
@@ -256,15 +256,21 @@ def test_the_check_before_write_catches_a_faulty_encoding_of_a_small_file(tmp_pa
     src = small_tree(tmp_path / "src", n=30)
     reg = Registry(tmp_path / "reg", threads=2)
 
-    def faulty(raw: bytes | memoryview, level: int = 3, hint: FloatHint | None = None) -> tuple[Codec, bytes]:
-        got, stored = encode(raw, level, hint)
+    def damaged(raw: bytes, got: Codec, stored: bytes) -> tuple[Codec, bytes]:
         if not 1000 <= len(raw) <= 40_000:  # small files only (the big one's chunks take the other path)
             return got, bytes(stored)
-        damaged = bytearray(stored if got == codec else raw)
-        damaged[len(damaged) // 2] ^= 0x40
-        return codec, bytes(damaged)
+        wrong = bytearray(stored if got == codec else raw)
+        wrong[len(wrong) // 2] ^= 0x40
+        return codec, bytes(wrong)
 
-    monkeypatch.setattr(push_mod, "encode", faulty)
+    def faulty(raw: bytes | memoryview, level: int = 3, hint: FloatHint | None = None) -> tuple[Codec, bytes]:
+        return damaged(bytes(raw), *encode(raw, level, hint))
+
+    def faulty_many(raws: list[bytes], level: int = 3) -> list[tuple[Codec, bytes]]:
+        return [damaged(raw, *payload) for raw, payload in zip(raws, encode_many(raws, level))]
+
+    monkeypatch.setattr(push_mod, "encode", faulty)  # (one file at a time, and the small files coded together)
+    monkeypatch.setattr(push_mod, "encode_many", faulty_many)
     wrong = rf"check before write: chunk blake3:[0-9a-f]{{64}} as encoded \({codec.name}\)"
     with pytest.raises(IntegrityError, match=wrong):
         reg.push("m", src)

@@ -32,7 +32,16 @@ from dataclasses import dataclass, field
 from blake3 import blake3
 
 from casreg.content.chunking import BLOCK_SIZE, ChunkParams, iter_chunk_views
-from casreg.content.codec import Codec, FloatHint, check_decodes, check_decodes_to, encode, encode_unless
+from casreg.content.codec import (
+    Codec,
+    FloatHint,
+    check_decodes,
+    check_decodes_to,
+    encode,
+    encode_many,
+    encode_unless,
+    first_not_decoding_to,
+)
 from casreg.content.config import read_config
 from casreg.content.delta import (
     MAX_PIECES,
@@ -295,8 +304,11 @@ class _OrderedWriter(ObjectWriter):
             self._land_one()
 
     def _write_all(self, parts: list[Buffer]) -> None:
-        for data in parts:
-            self._write(data)
+        if self.error is None:
+            try:
+                self.inner.write_many(parts)
+            except BaseException as err:
+                self.error = err
 
     def _land_one(self) -> None:
         fut, n = self.pending.popleft()
@@ -475,9 +487,11 @@ class _Pusher:
         return result
 
     def _code(self, raw: memoryview, hint: FloatHint | None, offset: int, parent: _ParentFile | None, probe: bool,
-              held: bool) -> _Result:
-        """:meth:`_process`'s work; ``held``: nothing changes ``raw`` until it returns."""
-        digest = blake3(raw).digest()
+              held: bool, digest: bytes | None = None) -> _Result:
+        """:meth:`_process`'s work; ``held``: nothing changes ``raw`` until it returns;
+        ``digest``: ``raw``'s, if the caller took it."""
+        if digest is None:
+            digest = blake3(raw).digest()
         if digest in self.claimed:
             return digest, 0, None, None
         known = self.index.get(digest)
@@ -696,28 +710,58 @@ class _Pusher:
                 os.close(fd)
 
     def _read_small_batch(self, files: list[SourceFile]) -> list[_Result]:
-        """On a worker: :meth:`_read_small` of each file, in order."""
-        return [self._read_small(f) for f in files]
+        """On a worker: the one chunk of each small file of ``files``, in order (read,
+        checked to be the file the source listed, hashed, and encoded unless the registry
+        has it; a chunk's digest is its file's digest too). The new chunks zstd codes are
+        coded and checked together (:func:`encode_many`), the others (float data, a
+        known delta) one at a time as any chunk."""
+        out: list[_Result | None] = []
+        plain: list[tuple[int, bytes, bytes]] = []  # (position, bytes, digest) of new chunks zstd codes
+        for f in files:
+            raw = self._read_whole(f)
+            digest = blake3(raw).digest()
+            view = memoryview(raw).toreadonly()
+            if digest in self.claimed or self.index.get(digest) is not None:
+                out.append(self._code(view, None, 0, None, False, False, digest))  # known: no coding
+                continue
+            layout = float_layout(f.abspath, f.size) if self.float_codec else None
+            hint = layout.hint(0, len(raw)) if layout is not None else \
+                probe_floats(view) if self.float_codec else None
+            if hint is not None:
+                out.append(self._code(view, hint, 0, None, False, False, digest))
+                continue
+            plain.append((len(out), raw, digest))
+            out.append(None)
+        if plain:
+            raws = [raw for _, raw, _ in plain]
+            payloads = encode_many(raws, self.level)
+            if self.check_writes and (bad := first_not_decoding_to(payloads, raws)) is not None:
+                raise IntegrityError(f"check before write: chunk blake3:{plain[bad][2].hex()} as encoded "
+                                     f"({payloads[bad][0].name}) is wrong (its bytes do not match the digest); "
+                                     "nothing was stored for it (push again)")
+            for (pos, _, digest), (codec, stored) in zip(plain, payloads):
+                out[pos] = (digest, int(codec), stored, None)
+        return typing.cast(list[_Result], out)
 
-    def _read_small(self, f: SourceFile) -> _Result:
-        """On a worker: the one chunk of the small file ``f`` (read, checked to be the
-        file the source listed, hashed, and encoded unless the registry has it). Its
-        digest is the file's digest too."""
+    def _read_whole(self, f: SourceFile) -> bytes:
+        """On a worker: the bytes of the small file ``f``, which must be the file the
+        source listed (its size and modification time)."""
         try:
-            with open(f.abspath, "rb", buffering=0) as fh:
-                raw = fh.read(f.size + 1)  # one byte more than expected, to see a file that grew
-                while 0 < len(raw) <= f.size and (more := fh.read(f.size + 1 - len(raw))):
+            fd = os.open(f.abspath, os.O_RDONLY)  # (os calls: a file object cost two system calls more)
+            try:
+                raw = os.read(fd, f.size + 1)  # one byte more than expected, to see a file that grew
+                while 0 < len(raw) < f.size and (more := os.read(fd, f.size + 1 - len(raw))):
                     raw += more  # a short read (a signal, a network file system)
-                st = os.fstat(fh.fileno())
+                st = os.fstat(fd)  # (a file that grew after the read: its size)
+            finally:
+                os.close(fd)
         except PermissionError:
             raise InvalidInputError(f"cannot push {f.abspath}: permission denied") from None
         except FileNotFoundError:
             raise InvalidInputError(f"cannot push {f.abspath}: it disappeared while being pushed") from None
         if len(raw) != f.size or st.st_size != f.size or st.st_mtime_ns != f.mtime_ns:
             raise InvalidInputError(f"{f.abspath} changed while it was being pushed; push again when it is stable")
-        layout = float_layout(f.abspath, f.size) if self.float_codec else None
-        return self._process(memoryview(raw), layout.hint(0, len(raw)) if layout is not None else None,
-                             probe=self.float_codec and layout is None)
+        return raw
 
     def add_file(self, f: SourceFile) -> Entry:
         # (a small safetensors file with a parent takes the path below, which codes deltas)

@@ -134,6 +134,11 @@ class ObjectWriter:
         self.parts.append(data if isinstance(data, bytes) else bytes(data))
         self.size += len(data)
 
+    def write_many(self, parts: Sequence[Buffer]) -> None:
+        """:meth:`write` of each of ``parts``, in order (a backend may write them at once)."""
+        for data in parts:
+            self.write(data)
+
     def publish(self, key: str, *, size: int) -> bool:
         """Create ``key`` with the bytes written so far unless it exists; return whether
         this call created it. ``size`` is what the caller wrote: if the writer holds any

@@ -526,20 +526,25 @@ class StoreSuite:
 
     # -- writers: an object written piece by piece, published under a key chosen at the end ----
     @settings(max_examples=25, deadline=None, suppress_health_check=SHARED)
-    @given(pieces=st.lists(st.binary(max_size=3000), max_size=8))
-    def test_writer_publishes_its_pieces_once(self, store: ObjectStore, pieces: list[bytes]) -> None:
+    @given(pieces=st.lists(st.binary(max_size=3000), max_size=8), split=st.integers(0, 8))
+    def test_writer_publishes_its_pieces_once(self, store: ObjectStore, pieces: list[bytes], split: int) -> None:
         """Nothing is visible before ``publish``; publishing creates the key with the pieces
-        back to back (buffers may be reused once ``write`` returns); a second publish, or one
-        onto an existing key, changes nothing; ``close`` leaves only published objects."""
+        back to back, whether written one by one or several at once (``write_many``), buffers
+        reused once either returns; a second publish, or one onto an existing key, changes
+        nothing; ``close`` leaves only published objects."""
         prefix, key, taken = fresh_key("w"), fresh_key("w"), fresh_key("w")
         assert store.create(taken, b"first")
         before = sorted(store.list("w"))
         with store.open_writer(prefix) as writer:
             scratch = bytearray()
-            for p in pieces:
+            for p in pieces[:split]:
                 scratch[:] = p
                 writer.write(memoryview(scratch))
                 scratch[:] = b"\xff" * len(p)  # the caller reuses its buffer
+            rest = [bytearray(p) for p in pieces[split:]]
+            writer.write_many([memoryview(b) for b in rest])
+            for b in rest:
+                b[:] = b"\xff" * len(b)
             assert writer.size == sum(map(len, pieces))
             assert sorted(store.list("w")) == before
             n = sum(map(len, pieces))
