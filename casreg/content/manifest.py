@@ -260,6 +260,8 @@ def layout_digest(chunks: list[ChunkRef]) -> bytes:
     """BLAKE3 of ``"casreg-layout-v1\\0"`` followed by, for each chunk in file order, its
     32-byte digest and its raw size as 8 bytes little-endian: which bytes sit where in the
     file (nothing about where they are stored)."""
+    if len(chunks) == 1:  # (most files: one update of 57 bytes, half the time of the loop below)
+        return blake3(LAYOUT_MAGIC + chunks[0].digest + _U64(chunks[0].raw_size)).digest()
     h = blake3(LAYOUT_MAGIC)
     for i in range(0, len(chunks), _HASHED_AT_ONCE):  # a few big updates, in bounded memory
         h.update(b"".join([c.digest + _U64(c.raw_size) for c in chunks[i:i + _HASHED_AT_ONCE]]))
