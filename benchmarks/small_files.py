@@ -14,7 +14,9 @@ the steadier number on a shared machine; user time alone is steadier still, as t
 kernel's share of file creation grows with other writers' load), and each casreg row's ratio to its peer
 (peer / casreg: above 1 means casreg is faster). ``--startup`` adds ``casreg --help`` and
 ``casreg pull`` of a one-byte version, the fixed cost of a process. casreg runs as
-``python -m casreg_cli.main`` with ``PYTHONPATH`` set to the checkout.
+``python -P -m casreg_cli.main`` with ``PYTHONPATH`` set to the checkout (checked before the
+first round: without ``-P``, ``-m`` put the working directory first on ``sys.path``, and
+runs started from a checkout measured that checkout for every ``--tree``).
 
 Figures from different runs are not comparable (a shared machine drifts): compare only the
 rows of one table. Every round is reported, not the best one. Each command starts after a
@@ -139,8 +141,17 @@ def main(argv: list[str] | None = None) -> int:
         return rows.setdefault(key, Row(key))
 
     def casreg(tree: Path, *cli: str) -> tuple[list[str], dict[str, str]]:
+        # -P: ``python -m`` would put the working directory first on sys.path, ahead of
+        # PYTHONPATH, so that run from a checkout every tree ran that checkout's code.
         env = {**os.environ, "PYTHONPATH": str(tree)}
-        return [args.python, "-m", "casreg_cli.main", *cli], env
+        return [args.python, "-P", "-m", "casreg_cli.main", *cli], env
+
+    for tree in trees:  # each tree's commands must run that tree's code (checked, not assumed)
+        cmd, env = casreg(tree)
+        cmd[cmd.index("-m"):] = ["-c", "import casreg, casreg_cli; print(casreg.__file__, casreg_cli.__file__)"]
+        loaded = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.split()
+        if any(Path(f).resolve().parent.parent != tree for f in loaded):
+            raise SystemExit(f"--tree {tree}: its commands would run {' and '.join(loaded)}")
 
     @contextmanager
     def outputs() -> Iterator[Path]:
