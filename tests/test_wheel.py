@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -25,10 +26,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: What ``pip wheel`` needs of the checkout: built from a copy, so that test processes that
+#: build at once (pytest-xdist may give this module's tests to two) do not share the
+#: checkout's ``build/`` directory (they did: a half-written ``build/bdist.*`` then broke later
+#: builds), and the checkout gets no ``build/`` or ``*.egg-info`` from a test.
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "casreg", "casreg_cli")
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)],
+    out, src = tmp_path_factory.mktemp("wheel"), tmp_path_factory.mktemp("wheel-src")
+    for name in SOURCES:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyc", "*.egg-info"))
+        else:
+            shutil.copy2(ROOT / name, src / name)
+    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(src)],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     (found,) = out.glob("casreg-*.whl")
