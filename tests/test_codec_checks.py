@@ -264,6 +264,15 @@ def test_a_zstd_frame_whose_last_block_is_not_marked_is_refused_by_every_path() 
                   lambda: check_decodes_to(codec, payload, _at(raw, 1).toreadonly(), digest),
                   lambda: check_decodes_to(codec, payload, raw, digest)):
         assert _verdict(check) == "refused"
+    good = encode(raw[::-1], 3)  # the small files' batch check, in one call and one at a time
+    for batched in (True, False):
+        decompressor = codec_module._decompressor
+        if not batched:
+            codec_module._decompressor = _OneAtATime  # type: ignore[assignment]
+        try:
+            assert first_not_decoding_to([(good[0], bytes(good[1])), (codec, payload)], [raw[::-1], raw]) == 1
+        finally:
+            codec_module._decompressor = decompressor
 
 
 
