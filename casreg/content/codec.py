@@ -98,7 +98,7 @@ def encode_many(raws: Sequence[bytes], level: int = DEFAULT_ZSTD_LEVEL) -> list[
     for the GIL a third of the time (each worker busy 0.74 s for 0.50 s of CPU, switched
     out about once a file); coded together, with their check
     (:func:`first_not_decoding_to`), the push took 0.77-0.79 s in-process against
-    0.87-0.89 s (docs/benchmarks.md)."""
+    0.87-0.89 s (docs/benchmarks-codec.md, "Small files coded together")."""
     compressor = _compressor(level)
     many = getattr(compressor, "multi_compress_to_buffer", None)
     if many is None or len(raws) < 2:

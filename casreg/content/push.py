@@ -3,7 +3,10 @@
 The main thread reads each file into a few recycled buffers and cuts it (FastCDC
 releases the GIL); a small pool of worker threads hashes each chunk (a view into the
 buffer, never a copy) and, only if the registry lacks it, compresses it (BLAKE3 and zstd
-release the GIL too, so both cores work). Results are consumed in order. One *ordered*
+release the GIL too, so both cores work); small files (one chunk each) go to a worker in
+batches, read whole, and the new ones among them are compressed and checked with one zstd
+call each way (each call releases the GIL once, where a call per file passed it between
+the threads a dozen times a file). Results are consumed in order. One *ordered*
 thread does the work that must follow the file's order: the whole-file BLAKE3, and
 appending new payloads to the open pack's writer (on a local disk a temporary file, so a
 payload's memory is reused at once); it exists because the main thread, doing all of that
