@@ -79,3 +79,57 @@ def test_file_changed_mid_push_is_refused(store: ObjectStore, change: Callable[[
     out = tmp_path / "out.bin"
     reg.pull(v.ref, out)
     assert out.read_bytes() == src.read_bytes()
+
+
+@pytest.mark.parametrize("name", ["a.bin", "a.safetensors"])
+@pytest.mark.parametrize("size", [4096, 3 << 20], ids=["small", "large"])
+@pytest.mark.parametrize("swap", ["fifo", "device"])
+def test_a_file_swapped_for_a_fifo_or_a_device_after_the_scan_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, swap: str, name: str) -> None:
+    """A file replaced, between the scan and its read, by a FIFO (whose open would block
+    until someone writes to it) or by a link to a device (``/dev/zero``: endless bytes) is
+    refused at once, with the one-line error of any file that changed while pushed. (A
+    ``.safetensors`` name is read twice more first: for the schema and the float layout.)"""
+    import threading
+
+    import casreg.content.source as source_mod
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / name).write_bytes(os.urandom(size))
+    (src / "b.json").write_bytes(b"{}" * 100)
+    victim = src / name
+    scan = source_mod.scan_source
+
+    def scan_then_swap(path: str | os.PathLike[str]) -> source_mod.Source:
+        listed = scan(path)
+        victim.unlink()
+        if swap == "fifo":
+            os.mkfifo(victim)
+        else:
+            victim.symlink_to("/dev/zero")
+        return listed
+
+    monkeypatch.setattr(source_mod, "scan_source", scan_then_swap)
+    reg = Registry(tmp_path / "reg")
+    errors: list[BaseException] = []
+
+    def push() -> None:
+        try:
+            reg.push("m", src)
+        except BaseException as err:  # noqa: BLE001 (handed to the test's thread)
+            errors.append(err)
+
+    pusher = threading.Thread(target=push, daemon=True)
+    pusher.start()
+    pusher.join(60)
+    if pusher.is_alive() and swap == "fifo":  # unblock a reader stuck in open() before failing
+        try:
+            os.close(os.open(victim, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    assert not pusher.is_alive(), "the push hung on the swapped file"
+    assert len(errors) == 1 and isinstance(errors[0], InvalidInputError), errors
+    assert f"{name} changed while it was being pushed" in str(errors[0])
+    with pytest.raises(NotFoundError):
+        reg.resolve("m")

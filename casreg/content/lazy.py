@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import stat
 import struct
 import threading
 from bisect import bisect_left, bisect_right
@@ -273,8 +274,13 @@ def read_local_header(path: str | os.PathLike[str], size: int,
     """The tensors of the local safetensors file at ``path`` (``size`` bytes), their
     ``start``/``end`` offsets in the file. Reads the header only, at most ``limit`` bytes
     of it, with the checks of :func:`parse_header`: anything that is not a valid header
-    raises :class:`ValueError` (:class:`OSError` for the file itself)."""
-    with open(path, "rb") as f:
+    raises :class:`ValueError` (:class:`OSError` for the file itself). A FIFO or device
+    where a regular file was (put there after a push's scan) is refused without blocking
+    (``O_NONBLOCK``) or reading it."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
         head = f.read(8)
         if len(head) != 8:
             raise ValueError("shorter than the 8-byte header length")

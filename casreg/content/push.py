@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import typing
 from collections import deque
 from collections.abc import Callable
@@ -83,6 +84,10 @@ SMALL_BATCH_BYTES = 1 << 20
 VERIFIERS = 4  # registry packs read back at once, at most (each reads 4 MiB at a time)
 READ_BUFFERS = 3  # one being cut, the others' chunks still being hashed and compressed
 _DELTA_HEADER = 5 + 40 * MAX_PIECES  # a delta payload's header is at most this long
+#: How push opens a source file: symbolic links followed, as the scan follows them. A FIFO
+#: put in a file's place after the scan opens at once (``O_NONBLOCK``: without it the open
+#: blocks until someone writes to it) and is refused, as a device is, before it is read.
+_SOURCE_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 @dataclass(slots=True)
@@ -695,10 +700,13 @@ class _Pusher:
                         fd = files.get(path)
                         if fd is None:
                             try:
-                                fd = files[path] = os.open(path, os.O_RDONLY)
+                                fd = files[path] = os.open(path, _SOURCE_FLAGS)
                             except OSError:
                                 raise InvalidInputError(f"cannot push {path}: it disappeared while being pushed") \
                                     from None
+                            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                                raise InvalidInputError(f"{path} changed while it was being pushed; push again when "
+                                                        "it is stable")
                         raw = os.pread(fd, raw_size, offset)  # the chunk's own size, not what an index claims
                         if len(raw) != raw_size or blake3(raw).digest() != digest:
                             raise InvalidInputError(f"{path} changed while it was being pushed; push again when it "
@@ -750,19 +758,22 @@ class _Pusher:
         """On a worker: the bytes of the small file ``f``, which must be the file the
         source listed (its size and modification time)."""
         try:
-            fd = os.open(f.abspath, os.O_RDONLY)  # (os calls: a file object cost two system calls more)
+            fd = os.open(f.abspath, _SOURCE_FLAGS)  # (os calls: a file object cost two system calls more)
             try:
                 raw = os.read(fd, f.size + 1)  # one byte more than expected, to see a file that grew
                 while 0 < len(raw) < f.size and (more := os.read(fd, f.size + 1 - len(raw))):
                     raw += more  # a short read (a signal, a network file system)
-                st = os.fstat(fd)  # (a file that grew after the read: its size)
+                st = os.fstat(fd)  # (a file that grew after the read: its size; a FIFO or device: its type)
             finally:
                 os.close(fd)
         except PermissionError:
             raise InvalidInputError(f"cannot push {f.abspath}: permission denied") from None
         except FileNotFoundError:
             raise InvalidInputError(f"cannot push {f.abspath}: it disappeared while being pushed") from None
-        if len(raw) != f.size or st.st_size != f.size or st.st_mtime_ns != f.mtime_ns:
+        except BlockingIOError:  # a FIFO in its place, with a writer and nothing written yet
+            raw, st = b"", None
+        if st is None or not stat.S_ISREG(st.st_mode) or len(raw) != f.size or st.st_size != f.size \
+                or st.st_mtime_ns != f.mtime_ns:
             raise InvalidInputError(f"{f.abspath} changed while it was being pushed; push again when it is stable")
         return raw
 
@@ -786,7 +797,12 @@ class _Pusher:
         # are coded against the parent's bytes at the same offsets of the same file.
         parent = self.parent_segments(f.relpath) if self.parent is not None and (layout or probe) else None
         try:
-            with open(f.abspath, "rb", buffering=0) as fh:
+            fd = os.open(f.abspath, _SOURCE_FLAGS)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise InvalidInputError(f"{f.abspath} changed while it was being pushed (it is no longer a regular "
+                                        "file); push again when it is stable")
+            with open(fd, "rb", buffering=0) as fh:
                 for raw, buf_id in iter_chunk_views(fh, self.params, self.buffers.acquire, size_hint=f.size,
                                                     block_size=self.block, on_read=hash_block):
                     hint = layout.hint(size, len(raw)) if layout is not None else None
