@@ -6,7 +6,9 @@ the decoders that return the bytes accept and refuse."""
 
 from __future__ import annotations
 
+import contextlib
 import struct
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -264,15 +266,11 @@ def test_a_zstd_frame_whose_last_block_is_not_marked_is_refused_by_every_path() 
                   lambda: check_decodes_to(codec, payload, _at(raw, 1).toreadonly(), digest),
                   lambda: check_decodes_to(codec, payload, raw, digest)):
         assert _verdict(check) == "refused"
-    good = encode(raw[::-1], 3)  # the small files' batch check, in one call and one at a time
-    for batched in (True, False):
-        decompressor = codec_module._decompressor
-        if not batched:
-            codec_module._decompressor = _OneAtATime  # type: ignore[assignment]
-        try:
-            assert first_not_decoding_to([(good[0], bytes(good[1])), (codec, payload)], [raw[::-1], raw]) == 1
-        finally:
-            codec_module._decompressor = decompressor
+    good = encode(raw[::-1], 3)  # the small files' batch check, whichever way it decodes
+    for way in DECODED:
+        with _decoded(way):
+            assert first_not_decoding_to([(good[0], bytes(good[1])), (codec, payload)], [raw[::-1], raw],
+                                         [blake3(raw[::-1]).digest(), digest]) == 1
 
 
 
@@ -291,6 +289,25 @@ class _OneAtATime:
             self.compress = zstandard.ZstdCompressor(level=level, write_content_size=True).compress
 
 
+#: How ``first_not_decoding_to`` decodes its frames: together (``multi_decompress_to_buffer``,
+#: compared with the C loops' ``same``), one at a time (a backend without the call), or one
+#: at a time and compared as ``bytes`` (no C loops).
+DECODED = ("together", "one at a time", "without the C loops")
+
+
+@contextlib.contextmanager
+def _decoded(way: str) -> Iterator[None]:
+    decompressor, same = codec_module._decompressor, codec_module.same_bytes
+    if way != "together":
+        codec_module._decompressor = _OneAtATime  # type: ignore[assignment]
+    if way == "without the C loops":
+        codec_module.same_bytes = None
+    try:
+        yield
+    finally:
+        codec_module._decompressor, codec_module.same_bytes = decompressor, same
+
+
 @settings(max_examples=200, deadline=None)
 @given(raws=chunks, batched=st.booleans())
 def test_encode_many_gives_encodes_payloads(raws: list[bytes], batched: bool) -> None:
@@ -305,21 +322,22 @@ def test_encode_many_gives_encodes_payloads(raws: list[bytes], batched: bool) ->
     finally:
         codec_module._compressor = compressor
     assert payloads == [(c, bytes(p)) for c, p in (encode(r, 3) for r in raws)]
-    assert first_not_decoding_to(payloads, raws) is None
+    for way in DECODED:
+        with _decoded(way):
+            assert first_not_decoding_to(payloads, raws, [blake3(r).digest() for r in raws]) is None
 
 
 @settings(max_examples=300, deadline=None)
 @given(raws=chunks.filter(bool), pick=st.integers(0, 100),
        how=st.sampled_from(["flip", "truncate", "trailing", "header", "other frame", "codec"]),
        at=st.integers(0, 1 << 20), value=st.integers(0, 255), junk=st.binary(min_size=1, max_size=9),
-       batched=st.booleans())
+       way=st.sampled_from(DECODED))
 def test_the_batch_check_names_the_first_payload_that_does_not_decode_to_its_chunk(
-        raws: list[bytes], pick: int, how: str, at: int, value: int, junk: bytes, batched: bool) -> None:
+        raws: list[bytes], pick: int, how: str, at: int, value: int, junk: bytes, way: str) -> None:
     """``first_not_decoding_to``, the check before write of the small files' batch: with
     one payload damaged anyhow (or another chunk's frame, or another codec's id in its
     place), it names that payload unless the damage left it decoding to exactly its
-    chunk, whichever way the frames are decoded (together, or one at a time when the
-    backend cannot)."""
+    chunk, whichever way the frames are decoded (:data:`DECODED`)."""
     payloads = encode_many(raws, 3)
     i = pick % len(raws)
     codec, stored = payloads[i]
@@ -334,10 +352,5 @@ def test_the_batch_check_names_the_first_payload_that_does_not_decode_to_its_chu
         ok = codec in (Codec.RAW, Codec.ZSTD) and bytes(decode(codec, stored, len(raws[i]))) == raws[i]
     except IntegrityError:
         ok = False
-    decompressor = codec_module._decompressor
-    if not batched:
-        codec_module._decompressor = _OneAtATime  # type: ignore[assignment]
-    try:
-        assert first_not_decoding_to(payloads, raws) == (None if ok else i)
-    finally:
-        codec_module._decompressor = decompressor
+    with _decoded(way):
+        assert first_not_decoding_to(payloads, raws, [blake3(r).digest() for r in raws]) == (None if ok else i)

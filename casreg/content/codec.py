@@ -114,17 +114,19 @@ def encode_many(raws: Sequence[bytes], level: int = DEFAULT_ZSTD_LEVEL) -> list[
     return out
 
 
-def first_not_decoding_to(payloads: Sequence[tuple[Codec, bytes]], raws: Sequence[bytes]) -> int | None:
+def first_not_decoding_to(payloads: Sequence[tuple[Codec, bytes]], raws: Sequence[bytes],
+                          digests: Sequence[bytes]) -> int | None:
     """Push's check before write of :func:`encode_many`'s ``payloads`` (RAW or ZSTD): the
-    position of the first that does not decode to exactly its chunk (``raws``, the same
-    position), or ``None`` when every one does. What each decodes to is compared with the
-    chunk's bytes, as :func:`check_decodes_to` compares one payload; the zstd frames are
-    decoded in one call (``multi_decompress_to_buffer``) where the backend has it, else,
-    or if that call fails, one at a time as :func:`zstd_decode` decodes them."""
+    position of the first that does not decode to exactly its chunk (``raws``, whose BLAKE3 ``digests``
+    are, at the same positions), or ``None`` when every one does. Each is checked as
+    :func:`check_decodes_to` checks one payload, except that where the C loops compare
+    (``same_bytes``) and the backend decodes many frames in one call
+    (``multi_decompress_to_buffer``), the zstd frames are decoded together first; a frame
+    that claims another size, or a failed call, leaves them to be checked one by one."""
     zstd = [i for i, (codec, _) in enumerate(payloads) if codec == Codec.ZSTD]
-    decoded: dict[int, bytes | memoryview] = {}
+    decoded: dict[int, memoryview] = {}
     many = getattr(_decompressor(), "multi_decompress_to_buffer", None)
-    if many is not None and len(zstd) >= 2:
+    if many is not None and same_bytes is not None and len(zstd) >= 2:
         try:
             # (a frame claiming another size is left to zstd_decode, before anything is allocated for it)
             sized = all(zstandard.frame_content_size(payloads[i][1]) == len(raws[i]) for i in zstd)
@@ -132,28 +134,20 @@ def first_not_decoding_to(payloads: Sequence[tuple[Codec, bytes]], raws: Sequenc
             if len(frames) == len(zstd):
                 decoded = {i: memoryview(frames[k]) for k, i in enumerate(zstd)}
         except zstandard.ZstdError:
-            pass  # decided one frame at a time below
-    same = same_bytes or _equal_buffers
-    for i, ((codec, stored), raw) in enumerate(zip(payloads, raws, strict=True)):
-        if codec == Codec.RAW:
-            out: bytes | memoryview = stored
-        elif codec == Codec.ZSTD:
-            if i not in decoded:
-                try:
-                    decoded[i] = zstd_decode(stored, len(raw))
-                except IntegrityError:
-                    return i
-            out = decoded[i]
-        else:
+            pass  # checked one by one below
+    for i, ((codec, stored), raw, digest) in enumerate(zip(payloads, raws, digests, strict=True)):
+        if codec not in (Codec.RAW, Codec.ZSTD):
             return i  # not a payload encode_many gives
-        if not same(out, raw):
+        if i in decoded:
+            assert same_bytes is not None
+            if not same_bytes(decoded[i], raw):
+                return i
+            continue
+        try:
+            check_decodes_to(codec, stored, raw, digest)
+        except IntegrityError:
             return i
     return None
-
-
-def _equal_buffers(a: bytes | memoryview, b: bytes | memoryview) -> bool:
-    """Whether two buffers hold the same bytes (where the C loops' ``same`` is not built)."""
-    return bytes(a) == bytes(b)
 
 
 def zstd_decode(stored: bytes | memoryview, limit: int) -> bytes:

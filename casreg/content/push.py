@@ -746,7 +746,8 @@ class _Pusher:
         if plain:
             raws = [raw for _, raw, _ in plain]
             payloads = encode_many(raws, self.level)
-            if self.check_writes and (bad := first_not_decoding_to(payloads, raws)) is not None:
+            if self.check_writes and (bad := first_not_decoding_to(payloads, raws,
+                                                                   [d for _, _, d in plain])) is not None:
                 raise IntegrityError(f"check before write: chunk blake3:{plain[bad][2].hex()} as encoded "
                                      f"({payloads[bad][0].name}) is wrong (its bytes do not match the digest); "
                                      "nothing was stored for it (push again)")
