@@ -90,6 +90,30 @@ _DELTA_HEADER = 5 + 40 * MAX_PIECES  # a delta payload's header is at most this 
 _SOURCE_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
+def _open_source(path: str) -> int:
+    """A descriptor of the source file ``path`` (:data:`_SOURCE_FLAGS`), refused
+    (:class:`InvalidInputError`) if it is no longer a regular file; what ``os.open``
+    raises is the caller's to word. (A small file's read checks the type after reading
+    instead, with the ``fstat`` it makes anyway: :meth:`_Pusher._read_whole`.)"""
+    fd = os.open(path, _SOURCE_FLAGS)
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise InvalidInputError(f"{path} changed while it was being pushed (it is no longer a regular file); "
+                                "push again when it is stable")
+    return fd
+
+
+def _check_failed(digest: bytes, codec: str, why: object) -> IntegrityError:
+    """The error of a payload that failed the check before write."""
+    return IntegrityError(f"check before write: chunk blake3:{digest.hex()} as encoded ({codec}) is wrong "
+                          f"({why}); nothing was stored for it (push again)")
+
+
 @dataclass(slots=True)
 class PushStats:
     size: int = 0  # logical bytes of the version
@@ -277,12 +301,6 @@ class _OrderedWriter(ObjectWriter):
         self.gathered_bytes = 0
         self.error: BaseException | None = None
 
-    def _write(self, data: Buffer) -> None:
-        if self.error is None:
-            try:
-                self.inner.write(data)
-            except BaseException as err:
-                self.error = err
 
     def write(self, data: Buffer) -> None:
         self.size += len(data)
@@ -303,7 +321,7 @@ class _OrderedWriter(ObjectWriter):
             self._queue(self.ordered.submit(self._write_all, parts), n)
 
     def _submit(self, data: Buffer) -> None:
-        self._queue(self.ordered.submit(self._write, data), len(data))
+        self._queue(self.ordered.submit(self._write_all, [data]), len(data))
 
     def _queue(self, fut: Future[None], n: int) -> None:
         self.pending.append((fut, n))
@@ -312,6 +330,8 @@ class _OrderedWriter(ObjectWriter):
             self._land_one()
 
     def _write_all(self, parts: list[Buffer]) -> None:
+        """On the ordered thread: write ``parts``, unless a write failed before (the
+        first failure is kept, and fails the publish)."""
         if self.error is None:
             try:
                 self.inner.write_many(parts)
@@ -447,8 +467,7 @@ class _Pusher:
             try:
                 check_delta(payload, len(raw), digest, lambda d: (chunks[d], False), _unchanged(raw, held))
             except IntegrityError as err:
-                raise IntegrityError(f"check before write: chunk blake3:{digest.hex()} as encoded (DELTA) is wrong "
-                                     f"({err}); nothing was stored for it (push again)") from None
+                raise _check_failed(digest, "DELTA", err) from None
 
     def _known_delta(self, known: ChunkRef) -> list[ChunkRef] | None:
         """The bases of a delta chunk the registry holds, if it decodes from chunks the
@@ -552,8 +571,7 @@ class _Pusher:
                 else:
                     check_decodes(codec, stored, len(raw), digest)
             except IntegrityError as err:
-                raise IntegrityError(f"check before write: chunk blake3:{digest.hex()} as encoded ({codec.name}) "
-                                     f"is wrong ({err}); nothing was stored for it (push again)") from None
+                raise _check_failed(digest, codec.name, err) from None
 
     def _verify(self, pack_id: str, confirmed: bool) -> str | None:
         """On a verifier thread: the reason a registry pack this push dedups against cannot
@@ -700,13 +718,10 @@ class _Pusher:
                         fd = files.get(path)
                         if fd is None:
                             try:
-                                fd = files[path] = os.open(path, _SOURCE_FLAGS)
+                                fd = files[path] = _open_source(path)
                             except OSError:
                                 raise InvalidInputError(f"cannot push {path}: it disappeared while being pushed") \
                                     from None
-                            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                                raise InvalidInputError(f"{path} changed while it was being pushed; push again when "
-                                                        "it is stable")
                         raw = os.pread(fd, raw_size, offset)  # the chunk's own size, not what an index claims
                         if len(raw) != raw_size or blake3(raw).digest() != digest:
                             raise InvalidInputError(f"{path} changed while it was being pushed; push again when it "
@@ -748,9 +763,7 @@ class _Pusher:
             payloads = encode_many(raws, self.level)
             if self.check_writes and (bad := first_not_decoding_to(payloads, raws,
                                                                    [d for _, _, d in plain])) is not None:
-                raise IntegrityError(f"check before write: chunk blake3:{plain[bad][2].hex()} as encoded "
-                                     f"({payloads[bad][0].name}) is wrong (its bytes do not match the digest); "
-                                     "nothing was stored for it (push again)")
+                raise _check_failed(plain[bad][2], payloads[bad][0].name, "its bytes do not match the digest")
             for (pos, _, digest), (codec, stored) in zip(plain, payloads):
                 out[pos] = (digest, int(codec), stored, None)
         return typing.cast(list[_Result], out)
@@ -798,12 +811,7 @@ class _Pusher:
         # are coded against the parent's bytes at the same offsets of the same file.
         parent = self.parent_segments(f.relpath) if self.parent is not None and (layout or probe) else None
         try:
-            fd = os.open(f.abspath, _SOURCE_FLAGS)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise InvalidInputError(f"{f.abspath} changed while it was being pushed (it is no longer a regular "
-                                        "file); push again when it is stable")
-            with open(fd, "rb", buffering=0) as fh:
+            with open(_open_source(f.abspath), "rb", buffering=0) as fh:
                 for raw, buf_id in iter_chunk_views(fh, self.params, self.buffers.acquire, size_hint=f.size,
                                                     block_size=self.block, on_read=hash_block):
                     hint = layout.hint(size, len(raw)) if layout is not None else None
