@@ -850,6 +850,42 @@ def test_both_sql_paths_and_both_record_paths_agree(store: ObjectStore) -> None:
     model.check(store)
 
 
+def test_every_ledger_read_hands_arrow_memory_it_owns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI once saw ``casreg compact`` abort at exit (-6, "terminate called without an
+    active exception"): an Arrow worker thread dropped the last reference to a reader over
+    a Python ``bytes`` after the interpreter began to exit, and releasing it needs the GIL
+    (apache/arrow#34314; the core dump showed ``PyBuffer::~PyBuffer``). So no Parquet read
+    of the ledger may give Arrow a reader over Python memory: compacted files (threaded
+    reads), segments, the SQL dataset and verify's segment-by-segment fallback."""
+    import pyarrow as pa
+
+    from casreg.maintenance.verify import verify_registry
+
+    real = pa.BufferReader
+    given: list[tuple[str, bool]] = []
+
+    def recording(obj: object) -> Any:
+        given.append((type(obj).__name__, isinstance(obj, pa.Buffer) and obj.is_mutable))
+        return real(obj)
+
+    store = LocalStore(str(tmp_path / "reg"))
+    model = Model()
+    populate(store, model, n=3)
+    monkeypatch.setattr(pa, "BufferReader", recording)
+    compact(store)
+    commit(store, "beta", 0.9)
+    views(store)
+    assert len(query(store, "SELECT name, version FROM versions")) == 7
+    assert len(list_versions(store, "alpha")) == 3
+    key = segment_key("alpha", 2)
+    store.delete(key)
+    store.create(key, b"PAR1 not a segment PAR1")  # the ledger no longer reads: verify reads segment by segment
+    report = verify_registry(store)
+    assert any(p.key == key for p in report.problems)
+    assert len(given) >= 10
+    assert all(owned for _, owned in given), [t for t, owned in given if not owned]
+
+
 class ListsAfter(Hooked):
     """A store that can list from a key on (what S3's ``StartAfter`` offers); counts the
     keys every listing returns."""

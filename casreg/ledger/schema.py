@@ -25,7 +25,7 @@ __all__ = ["LINEAGE_JSON", "RECORD_KEY", "EVENT_KEY", "record_metadata", "record
            "event_from_metadata", "check_segment", "segment_error",
            "SEGMENT_COLUMN", "RECORD_COLUMNS", "version_schema", "event_schema", "compacted_event_schema",
            "parquet_bytes", "version_row", "project", "conform", "read_segment", "segments_table",
-           "sort_versions", "sort_events", "versions_from_table", "load_compacted"]
+           "sort_versions", "sort_events", "versions_from_table", "load_compacted", "arrow_reader"]
 
 #: The extra column of compacted events files: the key of the segment each row came from.
 SEGMENT_COLUMN = "segment"
@@ -137,14 +137,30 @@ def present(pf: Any, schema: pa.Schema) -> list[str]:
     return [n for n in schema.names if n in have]
 
 
+def arrow_reader(data: bytes) -> pa.BufferReader:
+    """A reader over a copy of ``data`` in memory Arrow owns; every Parquet read of the
+    ledger goes through one.
+
+    A reader straight over ``data`` keeps the Python object alive from Arrow's side, and
+    whichever thread drops the last reference must take the GIL to release it. When that
+    is one of Arrow's worker threads and the interpreter has begun to exit, Python ends the
+    thread from inside C++ code that must not be unwound and the process aborts ("terminate
+    called without an active exception", exit -6, after all output was written;
+    apache/arrow#34314). Memory Arrow owns is freed without the GIL. The copy costs about
+    a millisecond for 8 MiB."""
+    import pyarrow as pa
+
+    buf = pa.allocate_buffer(len(data))
+    memoryview(buf).cast("B")[:] = data
+    return pa.BufferReader(buf)
+
+
 def read_segment(data: bytes, schema: pa.Schema) -> pa.Table:
     """One segment's rows, with exactly ``schema``'s columns and types."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(pa.BufferReader(data))
-    # one small segment: no Arrow threads (reads from several Python threads at once can
-    # abort the interpreter at exit when Arrow's pool is used: apache/arrow#34314)
+    pf = pq.ParquetFile(arrow_reader(data))
+    # one small segment: not worth Arrow's threads (several Python threads read at once)
     return conform(pf.read(columns=present(pf, schema), use_threads=False), schema)
 
 
@@ -226,11 +242,10 @@ def versions_from_table(table: pa.Table) -> list[Version]:
 def load_compacted(data: bytes, schema: pa.Schema, name: str | None = None) -> pa.Table:
     """A compacted file's rows with ``schema``'s columns; only the rows of model ``name``
     if given (row groups whose statistics exclude it are not decoded)."""
-    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(pa.BufferReader(data))
+    pf = pq.ParquetFile(arrow_reader(data))
     names = present(pf, schema)
     if name is None:
         table = pf.read(columns=names)
@@ -355,7 +370,7 @@ def check_segment(key: str, data: bytes, schema: pa.Schema) -> pa.Table:
     try:
         if len(data) < 12 or data[:4] != b"PAR1" or data[-4:] != b"PAR1":
             raise ValueError("not a Parquet file")
-        pf = pq.ParquetFile(pa.BufferReader(data))
+        pf = pq.ParquetFile(arrow_reader(data))
         have = set(pf.schema_arrow.names)
         required = _REQUIRED_EVENT if is_event else _REQUIRED_VERSION
         missing = [c for c in required if c not in have]

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from casreg.errors import InvalidInputError, NotFoundError
 from casreg.ledger.pointers import list_pointers
-from casreg.ledger.schema import event_schema, version_schema
+from casreg.ledger.schema import arrow_reader, event_schema, version_schema
 from casreg.ledger.segments import events_table, versions_parts, versions_table
 from casreg.records import JsonValue
 from casreg.storage import ObjectStore
@@ -238,11 +238,10 @@ def _compacted_dataset(blobs: list[bytes]) -> Any:
     groups a query needs are decoded. DuckDB's own Parquet reader is not used: it reads
     file-like objects through a file system of the connection, which external access off
     refuses, and allowing those paths would let a query overwrite them."""
-    import pyarrow as pa
     import pyarrow.dataset as ds
 
     fmt = ds.ParquetFileFormat()
-    fragments = [fmt.make_fragment(pa.BufferReader(b)) for b in blobs]
+    fragments = [fmt.make_fragment(arrow_reader(b)) for b in blobs]
     return ds.FileSystemDataset(fragments, schema=version_schema(), format=fmt)
 
 

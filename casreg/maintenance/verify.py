@@ -62,6 +62,7 @@ from casreg.keys import (
     parse_version_segment_key,
 )
 from casreg.ledger.schema import (
+    arrow_reader,
     check_segment,
     version_schema,
     versions_from_table,
@@ -149,7 +150,6 @@ def _ledger(store: ObjectStore, report: VerifyReport) -> list[VersionRef]:
         return ledger_versions(store)
     except IntegrityError as err:
         first = str(err)
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     out: list[VersionRef] = []
@@ -158,7 +158,7 @@ def _ledger(store: ObjectStore, report: VerifyReport) -> list[VersionRef]:
         if parse_version_segment_key(key) is None:
             continue
         try:
-            pf = pq.ParquetFile(pa.BufferReader(store.read(key)))  # not read_table: apache/arrow#34314
+            pf = pq.ParquetFile(arrow_reader(store.read(key)))
             rows = pf.read(columns=["name", "version", "digest"], use_threads=False).to_pylist()
             for row in rows:
                 out.append(VersionRef(row["name"], int(row["version"]), Digest.parse(str(row["digest"]))))
