@@ -3,11 +3,13 @@
 Everything is written into a *partial* tree beside the destination, named after the
 version's digest. Worker threads fetch runs of chunks that sit next to each other in a
 pack with one ranged read each, decode them and check every chunk's BLAKE3 against the
-manifest; the main thread writes the chunks in order (one writer per file is measurably
-cheaper than several) and feeds each file's BLAKE3, which must equal the file digest when
-the file is complete. In a partial tree this pull made (nothing to resume), a file that
-one read fetches whole (a small file) is instead checked, created, written and closed by
-the worker that read it, so that thousands of files are created by several threads.
+manifest; the main thread writes the chunks in order and feeds each file's BLAKE3,
+which must equal the file digest when the file is complete (one writer per file: workers
+writing at their offsets, or a writer thread of its own, took 1.5x the time, most of it
+in the kernel; docs/benchmarks.md, "Tried on 2026-12-07"). In a partial tree this pull
+made (nothing to resume), a file that one read fetches whole (a small file) is instead
+checked, created, written and closed by the worker that read it, so that thousands of
+files are created by several threads.
 Only then is the result renamed to the destination.
 
 If a pull stops half way (a network error, a kill), the partial tree stays beside the
