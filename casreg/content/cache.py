@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from blake3 import blake3
 
 from casreg.errors import InvalidInputError
+from casreg.storage.fileio import write_all
 
 if TYPE_CHECKING:
     from casreg.storage import ObjectStore
@@ -258,8 +259,8 @@ class ChunkCache:
             try:
                 self._setup()
                 path.parent.mkdir(exist_ok=True)
-                with open(tmp, "xb") as f:
-                    f.write(data)
+                with open(tmp, "xb", buffering=0) as f:
+                    write_all(f.fileno(), [data])
                 os.replace(tmp, path)
                 break
             except FileNotFoundError as err:

@@ -60,6 +60,7 @@ from casreg.errors import AlreadyExistsError, IntegrityError, InvalidInputError,
 from casreg.keys import manifest_key
 from casreg.progress import NullProgress, Progress
 from casreg.storage import ObjectStore
+from casreg.storage.fileio import write_all
 
 __all__ = ["PullStats", "SPACE_MARGIN", "check_space", "materialize", "matches", "file_digest", "partial_path"]
 
@@ -469,12 +470,6 @@ class _Writer:
         self.verify_chunks = cache is not None
         self.bases: Bases | None = None  # the delta bases of the manifest being written
 
-    @staticmethod
-    def _write(fd: int, raw: bytes | memoryview) -> None:
-        view = memoryview(raw)
-        while view:
-            view = view[os.write(fd, view):]
-
     def _complete(self, f: _OpenFile) -> None:
         """The last chunk of a file landed: check the whole-file digest, set the mode (on
         the descriptor: never through a name), close it."""
@@ -514,7 +509,7 @@ class _Writer:
             _discard(f.dir_fd, f.name)
             fd = os.open(f.name, _NEW_FILE, mode, dir_fd=f.dir_fd)
         try:
-            self._write(fd, data)
+            write_all(fd, [data])
         finally:
             os.close(fd)
 
@@ -550,7 +545,7 @@ class _Writer:
                     continue
                 assert f.hasher is not None
                 with buf.view[pos:pos + n] as piece:
-                    self._write(f.fd, piece)
+                    write_all(f.fd, [piece])
                     f.hasher.update(piece)
                 pos += n
                 f.remaining -= len(run)

@@ -51,6 +51,7 @@ from casreg.storage.base import (
     check_key,
     utc,
 )
+from casreg.storage.fileio import write_all
 
 __all__ = ["LocalStore"]
 
@@ -69,19 +70,6 @@ _KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_
 
 def _kind(mode: int) -> str:
     return next((what for test, what in _KINDS if test(mode)), "of an unknown type")
-
-
-def _write_all(fd: int, parts: Sequence[bytes | bytearray | memoryview]) -> None:
-    """``writev`` every part, resuming after short writes, at most IOV_MAX at a time."""
-    views = [memoryview(p).cast("B") for p in parts if len(p)]
-    limit = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
-    while views:
-        n = os.writev(fd, views[:limit])
-        while n and views:
-            if n >= len(views[0]):
-                n -= len(views.pop(0))
-            else:
-                views[0], n = views[0][n:], 0
 
 
 def _read_all(fd: int) -> bytes:
@@ -126,7 +114,7 @@ class _StagedFile(ObjectWriter):
         """One ``writev`` for all of ``parts`` (a push's gathered small payloads: a system
         call each cost more than their copying)."""
         try:
-            _write_all(self.fd, parts)
+            write_all(self.fd, parts)
         except OSError as err:
             raise self.local._fail(err, "write", f"{self.prefix}/{self.name}") from err
         self.size += sum(len(data) for data in parts)
@@ -371,7 +359,7 @@ class LocalStore(ObjectStore):
         parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
         fd = os.open(name, _NEW_FLAGS, 0o666, dir_fd=dir_fd)
         try:
-            _write_all(fd, parts)
+            write_all(fd, parts)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
