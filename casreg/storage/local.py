@@ -111,8 +111,9 @@ class _StagedFile(ObjectWriter):
         self.write_many([data])
 
     def write_many(self, parts: Sequence[Buffer]) -> None:
-        """One ``writev`` for all of ``parts`` (a push's gathered small payloads: a system
-        call each cost more than their copying)."""
+        """``parts`` written together, with ``writev`` calls of up to 256 KiB each rather than
+        a call per part (a push's gathered small payloads: a system call each cost more than
+        their copying; why no larger: casreg/storage/fileio.py)."""
         try:
             write_all(self.fd, parts)
         except OSError as err:
