@@ -5,9 +5,12 @@
 Issue 14's goals for one new 2 GiB bf16 safetensors file: ``casreg push`` at least 1.5x
 the speed of ``zstd -3 -T0 -q -f FILE -o x.zst``, ``casreg pull`` at least 1.5x
 ``zstd -d -q -f x.zst -o DEST``. The machine is shared (2 cores), so every round runs
-every command once, alternating: each ``--tree`` (a casreg source tree, e.g. a worktree of
-main as the baseline and this one; default: this one) pushes ``FILE`` into a fresh local
-registry and pulls it back to a fresh path, then zstd compresses and decompresses it.
+every command once: each ``--tree`` (a casreg source tree, e.g. a worktree of main as the
+baseline and this one; default: this one) pushes ``FILE`` into a fresh local registry and
+pulls it back to a fresh path, and zstd compresses and decompresses it. The order of
+these arms (each tree, zstd) is reversed every other round: on this VM a command's
+kernel time depends on what the one before it freed, and with a fixed order the first
+tree's pull was the slowest whatever its code (docs/benchmarks.md, "Write size").
 Each command runs under ``/usr/bin/time -v`` (wall, CPU = user + sys, peak RSS), with the
 input read into the page cache before and a ``sync`` after (not timed). Every round is
 printed, then the medians and the ratios against zstd of the same rounds; CPU seconds are
@@ -84,8 +87,23 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         for r in range(1, args.rounds + 1):
-            print(f"round {r} (load {os.getloadavg()[0]:.2f})", flush=True)
-            for label, tree in trees:
+            order = "as given" if r % 2 else "reversed"
+            print(f"round {r} (load {os.getloadavg()[0]:.2f}, arms {order})", flush=True)
+            arms: list[tuple[str, str] | None] = [*trees, None]  # None: zstd
+            for arm in arms if r % 2 else arms[::-1]:
+                if arm is None:
+                    zst, zout = work / "x.zst", work / "z.out"
+                    warm(args.file)
+                    subprocess.run(["sync"], check=True)
+                    record("zstd -3 -T0", timed(["zstd", "-3", "-T0", "-q", "-f", str(args.file), "-o", str(zst)]))
+                    subprocess.run(["sync"], check=True)
+                    stored["zstd -3"] = zst.stat().st_size
+                    warm(zst)
+                    record("zstd -d", timed(["zstd", "-d", "-q", "-f", str(zst), "-o", str(zout)]))
+                    subprocess.run(["sync"], check=True)
+                    zout.unlink()
+                    continue
+                label, tree = arm
                 # ``python -m`` puts the working directory first on sys.path, before
                 # PYTHONPATH: each tree's commands run in that tree, or all would run this one.
                 tree = str(Path(tree).resolve())
@@ -107,16 +125,6 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"{label}: the pulled file differs from {args.file}")
                 dest.unlink()
                 shutil.rmtree(reg)
-            zst, zout = work / "x.zst", work / "z.out"
-            warm(args.file)
-            subprocess.run(["sync"], check=True)
-            record("zstd -3 -T0", timed(["zstd", "-3", "-T0", "-q", "-f", str(args.file), "-o", str(zst)]))
-            subprocess.run(["sync"], check=True)
-            stored["zstd -3"] = zst.stat().st_size
-            warm(zst)
-            record("zstd -d", timed(["zstd", "-d", "-q", "-f", str(zst), "-o", str(zout)]))
-            subprocess.run(["sync"], check=True)
-            zout.unlink()
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
