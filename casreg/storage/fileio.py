@@ -2,16 +2,16 @@
 
 Every write casreg makes to a local file (pack and object files, pulled files, the chunk
 cache) goes through :func:`write_all`, which hands the kernel at most
-:data:`WRITE_PIECE` bytes per call. One large write is no fewer bytes copied, and on
-Linux 6.16+ ext4 it is worse where memory is handed back to a hypervisor: a write of 1 MiB
-or more gets page-cache folios of that size, taken from the large free blocks a
-virtio-balloon with free-page reporting has given back to the host, so each of their
-pages costs a host fault. Measured here (2 GiB written from the same eight 4 MiB buffers,
-4 rounds each, 3 s apart; docs/benchmarks.md, "Write size"): 0.42-0.68 s in calls of
-64-512 KiB, 1.7-2.8 s in calls of 1 MiB, 1.8-5.1 s in calls of 4 MiB; with the
-``fsync`` after it, 1.2-1.4 s against 2.7-6.2 s. ``cp`` and ``zstd`` write 128 KiB at a
-time, which is why they were not slowed. Elsewhere 256 KiB calls cost nothing measurable
-against larger ones: a few thousand system calls per GiB.
+:data:`WRITE_PIECE` bytes per call. One large write is no fewer bytes copied, and on the
+VM casreg is developed on it is much slower. Measured there (2 GiB written from the same
+eight 4 MiB buffers, 4 rounds each, 3 s apart; docs/benchmarks.md, "Write size"):
+0.42-0.68 s in calls of 64-512 KiB, 1.7-2.8 s in calls of 1 MiB, 1.8-5.1 s in calls of
+4 MiB; with the ``fsync`` after it, 1.2-1.4 s against 2.7-6.2 s. ``cp`` and ``zstd``
+write 128 KiB at a time and were not slowed. Why, as read rather than measured: on Linux
+6.16+ ext4 a write of 1 MiB or more gets page-cache folios of that size, taken from the
+large free blocks a virtio-balloon with free-page reporting has given back to the host,
+so each of their pages costs a host fault. Elsewhere 256 KiB calls should cost little
+against larger ones (a few thousand system calls per GiB); that is not measured.
 """
 
 from __future__ import annotations
