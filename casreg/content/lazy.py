@@ -22,7 +22,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import stat
 import struct
 import threading
 from bisect import bisect_left, bisect_right
@@ -37,6 +36,7 @@ from blake3 import blake3
 
 from casreg.content.fetch import Bases, read_span_stats, spans
 from casreg.content.manifest import ChunkRef, Entry, Manifest
+from casreg.content.source import open_regular
 from casreg.errors import IntegrityError, InvalidInputError, MissingDependencyError, NotFoundError
 from casreg.storage import ObjectStore
 
@@ -277,10 +277,10 @@ def read_local_header(path: str | os.PathLike[str], size: int,
     raises :class:`ValueError` (:class:`OSError` for the file itself). A FIFO or device
     where a regular file was (put there after a push's scan) is refused without blocking
     (``O_NONBLOCK``) or reading it."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    fd = open_regular(path)
+    if fd is None:
+        raise ValueError("not a regular file")
     with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError("not a regular file")
         head = f.read(8)
         if len(head) != 8:
             raise ValueError("shorter than the 8-byte header length")

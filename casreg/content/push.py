@@ -62,7 +62,7 @@ from casreg.content.fetch import DecodedBases, read_span, read_span_stats, spans
 from casreg.content.float_probe import probe_floats
 from casreg.content.manifest import MAX_STORED_MANIFEST, ChunkRef, Entry, Manifest
 from casreg.content.packs import PACK_TARGET, ChunkIndex, PackBuilder, decode_index, verify_pack
-from casreg.content.source import Source, SourceFile
+from casreg.content.source import SOURCE_FLAGS, Source, SourceFile, open_regular
 from casreg.content.trust import VerifiedPacks
 from casreg.errors import IntegrityError, InvalidInputError, NotFoundError
 from casreg.keys import PACKS, index_key, manifest_key, pack_key
@@ -84,25 +84,13 @@ SMALL_BATCH_BYTES = 1 << 20
 VERIFIERS = 4  # registry packs read back at once, at most (each reads 4 MiB at a time)
 READ_BUFFERS = 3  # one being cut, the others' chunks still being hashed and compressed
 _DELTA_HEADER = 5 + 40 * MAX_PIECES  # a delta payload's header is at most this long
-#: How push opens a source file: symbolic links followed, as the scan follows them. A FIFO
-#: put in a file's place after the scan opens at once (``O_NONBLOCK``: without it the open
-#: blocks until someone writes to it) and is refused, as a device is, before it is read.
-_SOURCE_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
-
-
 def _open_source(path: str) -> int:
-    """A descriptor of the source file ``path`` (:data:`_SOURCE_FLAGS`), refused
+    """A descriptor of the source file ``path`` (:func:`open_regular`), refused
     (:class:`InvalidInputError`) if it is no longer a regular file; what ``os.open``
     raises is the caller's to word. (A small file's read checks the type after reading
     instead, with the ``fstat`` it makes anyway: :meth:`_Pusher._read_whole`.)"""
-    fd = os.open(path, _SOURCE_FLAGS)
-    try:
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
-    except BaseException:
-        os.close(fd)
-        raise
-    if not regular:
-        os.close(fd)
+    fd = open_regular(path)
+    if fd is None:
         raise InvalidInputError(f"{path} changed while it was being pushed (it is no longer a regular file); "
                                 "push again when it is stable")
     return fd
@@ -300,7 +288,6 @@ class _OrderedWriter(ObjectWriter):
         self.gathered: list[Buffer] = []  # small writes not handed over yet, in order
         self.gathered_bytes = 0
         self.error: BaseException | None = None
-
 
     def write(self, data: Buffer) -> None:
         self.size += len(data)
@@ -772,7 +759,7 @@ class _Pusher:
         """On a worker: the bytes of the small file ``f``, which must be the file the
         source listed (its size and modification time)."""
         try:
-            fd = os.open(f.abspath, _SOURCE_FLAGS)  # (os calls: a file object cost two system calls more)
+            fd = os.open(f.abspath, SOURCE_FLAGS)  # (os calls: a file object cost two system calls more)
             try:
                 raw = os.read(fd, f.size + 1)  # one byte more than expected, to see a file that grew
                 while 0 < len(raw) < f.size and (more := os.read(fd, f.size + 1 - len(raw))):

@@ -15,7 +15,28 @@ from pathlib import Path
 from casreg.content.manifest import VersionKind, validate_relpath
 from casreg.errors import InvalidInputError, NotFoundError, UnsafePathError
 
-__all__ = ["SourceFile", "Source", "scan_source"]
+__all__ = ["SourceFile", "Source", "scan_source", "SOURCE_FLAGS", "open_regular"]
+
+#: How a source file is opened to be read: symbolic links followed, as the scan follows
+#: them. A FIFO put in a file's place after the scan opens at once (``O_NONBLOCK``: without
+#: it the open blocks until someone writes to it), to be refused before it is read.
+SOURCE_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_regular(path: str | os.PathLike[str]) -> int | None:
+    """A descriptor of ``path`` (:data:`SOURCE_FLAGS`) if it is a regular file; ``None``,
+    nothing left open, if it is anything else (a FIFO or a device put in the place of a
+    scanned file). What ``os.open`` raises is the caller's to word."""
+    fd = os.open(path, SOURCE_FLAGS)
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        return None
+    return fd
 
 
 @dataclass(frozen=True, slots=True)
