@@ -17,7 +17,8 @@ from casreg import Registry
 from casreg.content.chunking import DEFAULT_CHUNK_PARAMS
 from casreg.content.codec import Codec
 from casreg.content.config import init_config
-from casreg.content.float_probe import PROBE_MIN_BYTES, probe_floats
+from casreg.content.float_probe import PROBE_MIN_BYTES, SMALL_PROBE_MIN_BYTES, probe_floats
+from casreg.content.planes import CODES_BATCHES
 
 N = PROBE_MIN_BYTES  # elements: every width gives a chunk over the probe's minimum
 
@@ -69,6 +70,22 @@ def test_anything_else_gets_no_hint(what: str) -> None:
     assert probe_floats(data) is None
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "f16", "f32"])
+def test_a_small_file_is_probed_from_the_small_minimum_on(dtype: str) -> None:
+    """A small file's probe (``min_bytes=SMALL_PROBE_MIN_BYTES``) finds float elements in a
+    file of exactly that size at every phase, none in one a byte shorter, and none in small
+    files of anything else."""
+    width, small = WIDTH[dtype], SMALL_PROBE_MIN_BYTES
+    body = weights(dtype, small)
+    for shift in range(width):
+        chunk = (os.urandom(shift) + body)[:small]
+        assert probe_floats(chunk, small) == (width, shift % width), (dtype, shift)
+        assert probe_floats(chunk[:-1], small) is None
+    for other in (json.dumps([{"id": i, "score": i / 7} for i in range(3_000)]).encode()[:small],
+                  (Path(__file__).read_bytes() * 2)[:small], os.urandom(small), bytes(small)):
+        assert len(other) == small and probe_floats(other, small) is None
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(min_size=0, max_size=3 * PROBE_MIN_BYTES), st.integers(0, 255))
 def test_any_bytes_give_a_valid_hint_or_none(data: bytes, fill: int) -> None:
@@ -86,7 +103,8 @@ def model_dir(root: Path) -> Path:
     root.mkdir()
     (root / "pytorch_model.bin").write_bytes(b"PK\x03\x04" + os.urandom(60) + weights("bf16", 3 << 19, 1)
                                              + weights("f32", 1 << 18, 2) + b"PK\x05\x06" + bytes(18))
-    (root / "small.bin").write_bytes(weights("bf16", 50_000, 3))  # under the minimum: not probed
+    (root / "small.bin").write_bytes(weights("bf16", 50_000, 3))  # a small file (one chunk), probed
+    (root / "tiny.bin").write_bytes(weights("bf16", 4_000, 4))  # under SMALL_PROBE_MIN_BYTES: not probed
     (root / "tokenizer.json").write_bytes(json.dumps({f"tok{i}": i for i in range(60_000)}).encode())
     (root / "noise.dat").write_bytes(blake3(b"noise").digest(length=1 << 18))
     return root
@@ -97,7 +115,9 @@ def test_files_without_a_header_get_planes_where_the_probe_finds_floats(tmp_path
     reg = Registry(tmp_path / "reg")
     v = reg.push("m", src)
     codecs = codecs_of(reg, "m:1")
-    assert Codec.PLANES in codecs["pytorch_model.bin"] and codecs["small.bin"] == {Codec.ZSTD}
+    assert Codec.PLANES in codecs["pytorch_model.bin"] and codecs["tiny.bin"] == {Codec.ZSTD}
+    # a small file is probed from SMALL_PROBE_MIN_BYTES on where its batch is coded with few calls
+    assert codecs["small.bin"] == {Codec.PLANES if CODES_BATCHES else Codec.ZSTD}
     assert codecs["tokenizer.json"] == {Codec.ZSTD} and codecs["noise.dat"] == {Codec.RAW}
     reg.pull("m:1", tmp_path / "back")
     for f in src.iterdir():

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from test_planes import bf16_weights
 
 from casreg import IntegrityError, Registry, StorageError
 from casreg.content import push as push_mod
@@ -32,15 +33,18 @@ PARAMS = ChunkParams(avg_size=128 << 10, min_size=64 << 10, max_size=256 << 10)
 
 
 def small_tree(root: Path, n: int = 150, seed: int = 3) -> Path:
-    """``n`` files of 1-40 KB in a few directories (some JSON-like, some random, a few
-    identical, one executable, one empty), plus one file larger than a chunk's minimum
-    in the middle (the path that cuts chunks), and an empty directory."""
+    """``n`` files of 1-40 KB in a few directories (some JSON-like, some bf16 weights
+    starting at either phase, some random, a few identical, one executable, one empty),
+    plus one file larger than a chunk's minimum in the middle (the path that cuts chunks),
+    and an empty directory."""
     rnd = random.Random(seed)
     for i in range(n):
         d = root / f"d{i % 4}" / ("deep" if i % 7 == 0 else "")
         d.mkdir(parents=True, exist_ok=True)
         if i % 3 == 0:
             data = (b'{"k": %d, "v": "%s"}\n' % (i, b"x" * rnd.randrange(100, 400))) * rnd.randrange(3, 60)
+        elif i % 5 == 1:  # bf16 weights: PLANES from SMALL_PROBE_MIN_BYTES on, zstd below
+            data = bf16_weights(rnd.randrange(2_000, 20_000), seed=i)[rnd.randrange(2):]
         else:
             data = rnd.randbytes(rnd.randrange(1, 40_000))
         (d / f"f{i:03}.bin").write_bytes(data)
@@ -248,11 +252,11 @@ def test_a_manifest_whose_file_digest_lies_creates_no_file(pushed: tuple[Registr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reg", "src"]
 
 
-@pytest.mark.parametrize("codec", [Codec.ZSTD, Codec.RAW])
+@pytest.mark.parametrize("codec", [Codec.ZSTD, Codec.RAW, Codec.PLANES])
 def test_the_check_before_write_catches_a_faulty_encoding_of_a_small_file(tmp_path: Path, codec: Codec,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A small file's chunk is checked by comparing what decodes with the bytes read
-    (its digest was taken of them): a wrong payload of either codec fails the push."""
+    (its digest was taken of them): a wrong payload of any codec fails the push."""
     src = small_tree(tmp_path / "src", n=30)
     reg = Registry(tmp_path / "reg", threads=2)
 
@@ -266,8 +270,9 @@ def test_the_check_before_write_catches_a_faulty_encoding_of_a_small_file(tmp_pa
     def faulty(raw: bytes | memoryview, level: int = 3, hint: FloatHint | None = None) -> tuple[Codec, bytes]:
         return damaged(bytes(raw), *encode(raw, level, hint))
 
-    def faulty_many(raws: list[bytes], level: int = 3) -> list[tuple[Codec, bytes]]:
-        return [damaged(raw, *payload) for raw, payload in zip(raws, encode_many(raws, level))]
+    def faulty_many(raws: list[bytes], level: int = 3,
+                    hints: list[FloatHint | None] | None = None) -> list[tuple[Codec, bytes]]:
+        return [damaged(raw, *payload) for raw, payload in zip(raws, encode_many(raws, level, hints))]
 
     monkeypatch.setattr(push_mod, "encode", faulty)  # (one file at a time, and the small files coded together)
     monkeypatch.setattr(push_mod, "encode_many", faulty_many)

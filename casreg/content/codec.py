@@ -10,13 +10,23 @@ Ids are part of the on-disk format (docs/FORMAT.md §4) and are never reused.
 from __future__ import annotations
 
 import threading
+import typing
 from collections.abc import Callable, Sequence
 from enum import IntEnum
 
 import zstandard
 from blake3 import blake3
 
-from casreg.content.planes import decode_planes_into, decode_planes_parts, encode_planes_until, same_bytes
+from casreg.content.planes import (
+    MODE_ZSTD,
+    decode_planes_into,
+    decode_planes_parts,
+    encode_planes_many,
+    encode_planes_until,
+    join_planes_into,
+    parse_planes,
+    same_bytes,
+)
 from casreg.content.scratch import thread_buffer
 from casreg.errors import IntegrityError
 
@@ -90,57 +100,96 @@ def encode_unless(raw: bytes | memoryview, level: int, hint: FloatHint | None,
     return Codec.ZSTD, packed
 
 
-def encode_many(raws: Sequence[bytes], level: int = DEFAULT_ZSTD_LEVEL) -> list[tuple[Codec, bytes]]:
-    """:func:`encode` of each of ``raws`` with no hint (the same payloads, byte for byte:
-    ZSTD, or RAW where zstd saves under 1%), zstd's work done in one call for them all
-    (python-zstandard's ``multi_compress_to_buffer``, where its C backend has it). A push
+def encode_many(raws: Sequence[bytes], level: int = DEFAULT_ZSTD_LEVEL,
+                hints: Sequence[FloatHint | None] | None = None) -> list[tuple[Codec, bytes]]:
+    """:func:`encode` of each of ``raws`` with its hint in ``hints`` (none by default) and
+    ``residual=True``: the same payloads, byte for byte (ZSTD, PLANES, or RAW where coding
+    saves under 1%), zstd's work done in a few calls for them all (python-zstandard's
+    ``multi_compress_to_buffer``, where its C backend has it: the zstd chunks' frames in
+    one, the PLANES chunks' planes in at most two more, :func:`encode_planes_many`). A push
     of 5,000 small files whose two workers coded each file with calls of its own waited
     for the GIL a third of the time (each worker busy 0.74 s for 0.50 s of CPU, switched
     out about once a file); coded together, with their check
     (:func:`first_not_decoding_to`), the push took 0.77-0.79 s in-process against
-    0.87-0.89 s (docs/benchmarks-codec.md, "Small files coded together")."""
+    0.87-0.89 s (docs/benchmarks-codec.md, "Small files coded together"). ``residual``
+    codes a PLANES chunk's exponent plane like its other planes, which one zstd context
+    can do for the whole batch."""
+    if hints is None:
+        hints = [None] * len(raws)
+    out: list[tuple[Codec, bytes] | None] = [None] * len(raws)
+    floats = [k for k, hint in enumerate(hints) if hint is not None]
+    planes = encode_planes_many([(raws[k], *typing.cast(FloatHint, hints[k])) for k in floats]) if floats else []
+    for k, payload in zip(floats, planes, strict=True):
+        if payload is not None:
+            raw = raws[k]
+            out[k] = (Codec.RAW, raw) if len(payload) >= len(raw) - len(raw) // 100 else (Codec.PLANES, payload)
+    zstd = [k for k, coded in enumerate(out) if coded is None]  # no hint, or too few elements for PLANES
     compressor = _compressor(level)
     many = getattr(compressor, "multi_compress_to_buffer", None)
-    if many is None or len(raws) < 2:
-        return [(c, p if isinstance(p, bytes) else bytes(p)) for c, p in (encode(r, level) for r in raws)]
-    packed = many(list(raws), threads=1)
-    out: list[tuple[Codec, bytes]] = []
-    for i, raw in enumerate(raws):
-        frame = packed[i]
-        if len(frame) >= len(raw) - len(raw) // 100:
-            out.append((Codec.RAW, raw))
-        else:
-            out.append((Codec.ZSTD, frame.tobytes()))
-    return out
+    if many is None or len(zstd) < 2:
+        for k in zstd:
+            codec, coded = encode(raws[k], level)
+            out[k] = (codec, coded if isinstance(coded, bytes) else bytes(coded))
+        return typing.cast("list[tuple[Codec, bytes]]", out)
+    packed = many([raws[k] for k in zstd], threads=1)
+    for i, k in enumerate(zstd):
+        frame, raw = packed[i], raws[k]
+        out[k] = (Codec.RAW, raw) if len(frame) >= len(raw) - len(raw) // 100 else (Codec.ZSTD, frame.tobytes())
+    return typing.cast("list[tuple[Codec, bytes]]", out)
 
 
 def first_not_decoding_to(payloads: Sequence[tuple[Codec, bytes]], raws: Sequence[bytes],
                           digests: Sequence[bytes]) -> int | None:
-    """Push's check before write of :func:`encode_many`'s ``payloads`` (RAW or ZSTD): the
-    position of the first that does not decode to exactly its chunk (``raws``, whose BLAKE3 ``digests``
-    are, at the same positions), or ``None`` when every one does. Each is checked as
-    :func:`check_decodes_to` checks one payload, except that where the C loops compare
-    (``same_bytes``) and the backend decodes many frames in one call
-    (``multi_decompress_to_buffer``), the zstd frames are decoded together first; a frame
-    that claims another size, or a failed call, leaves them to be checked one by one."""
-    zstd = [i for i, (codec, _) in enumerate(payloads) if codec == Codec.ZSTD]
-    decoded: dict[int, memoryview] = {}
+    """Push's check before write of :func:`encode_many`'s ``payloads`` (RAW, ZSTD or
+    PLANES): the position of the first that does not decode to exactly its chunk
+    (``raws``, whose BLAKE3 ``digests`` are, at the same positions), or ``None`` when every
+    one does. Each is checked as :func:`check_decodes_to` checks one payload, except that
+    where the C loops compare (``same_bytes``) and the backend decodes many frames in one
+    call (``multi_decompress_to_buffer``), every zstd frame of the batch (a ZSTD payload,
+    or a coded plane of a PLANES one, whose other parts :func:`parse_planes` checks first)
+    is decoded in that one call, and each chunk joined and compared after it; a frame that
+    claims another size, a payload that does not parse, or a failed call leaves the
+    payloads it concerns to be checked one by one."""
+    frames: list[tuple[int, int, memoryview | bytes, int]] = []  # (position, plane or -1, frame, its size)
+    parsed: dict[int, tuple[memoryview, list[tuple[int, memoryview]], memoryview]] = {}
+    for i, (codec, stored) in enumerate(payloads):
+        if codec == Codec.ZSTD:
+            frames.append((i, -1, stored, len(raws[i])))
+        elif codec == Codec.PLANES and same_bytes is not None:
+            try:
+                head, planes, tail = parsed[i] = parse_planes(stored, len(raws[i]))
+            except IntegrityError:
+                continue  # refused again, and named, below
+            n = (len(raws[i]) - len(head) - len(tail)) // len(planes)
+            frames += [(i, p, data, n) for p, (mode, data) in enumerate(planes) if mode == MODE_ZSTD]
+    decoded: dict[tuple[int, int], memoryview] = {}
     many = getattr(_decompressor(), "multi_decompress_to_buffer", None)
-    if many is not None and same_bytes is not None and len(zstd) >= 2:
+    if many is not None and same_bytes is not None and len(frames) >= 2:
         try:
-            # (a frame claiming another size is left to zstd_decode, before anything is allocated for it)
-            sized = all(zstandard.frame_content_size(payloads[i][1]) == len(raws[i]) for i in zstd)
-            frames = many([payloads[i][1] for i in zstd], threads=1) if sized else []
-            if len(frames) == len(zstd):
-                decoded = {i: memoryview(frames[k]) for k, i in enumerate(zstd)}
+            # (a frame claiming another size is left to be decoded alone, before anything is allocated for it)
+            if all(zstandard.frame_content_size(frame) == size for _, _, frame, size in frames):
+                got = many([frame for _, _, frame, _ in frames], threads=1)
+                if len(got) == len(frames):
+                    decoded = {(i, p): memoryview(got[k]) for k, (i, p, _, _) in enumerate(frames)}
         except zstandard.ZstdError:
             pass  # checked one by one below
     for i, ((codec, stored), raw, digest) in enumerate(zip(payloads, raws, digests, strict=True)):
-        if codec not in (Codec.RAW, Codec.ZSTD):
+        if codec not in (Codec.RAW, Codec.ZSTD, Codec.PLANES):
             return i  # not a payload encode_many gives
-        if i in decoded:
+        if codec == Codec.ZSTD and (i, -1) in decoded:
             assert same_bytes is not None
-            if not same_bytes(decoded[i], raw):
+            if not same_bytes(decoded[i, -1], raw):
+                return i
+            continue
+        if codec == Codec.PLANES and i in parsed and decoded:
+            head, planes, tail = parsed[i]
+            views = [decoded[i, p] if mode == MODE_ZSTD else data for p, (mode, data) in enumerate(planes)]
+            if any(len(view) != len(views[0]) for view in views):
+                return i
+            out = thread_buffer("codec.check", len(raw))
+            join_planes_into(head, views, tail, out)
+            assert same_bytes is not None
+            if not same_bytes(out, raw):
                 return i
             continue
         try:

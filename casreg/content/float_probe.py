@@ -25,9 +25,9 @@ whose import cost every push of a model directory 40-70 ms of CPU holding the GI
 from __future__ import annotations
 
 from casreg.content.codec import FloatHint
-from casreg.content.planes import distinct_bytes
+from casreg.content.planes import CODES_BATCHES, distinct_bytes
 
-__all__ = ["probe_floats", "PROBE_MIN_BYTES"]
+__all__ = ["probe_floats", "PROBE_MIN_BYTES", "SMALL_PROBE_MIN_BYTES"]
 
 #: Chunks shorter than this are not probed: below it the PLANES codec's fixed cost per
 #: chunk (a dozen numpy calls, each holding the GIL) outweighs its saving in CPU. Measured
@@ -42,6 +42,15 @@ __all__ = ["probe_floats", "PROBE_MIN_BYTES"]
 #: workers (1.17-1.22 s against 1.04-1.07 s): each chunk's PLANES coding passes the GIL
 #: back and forth a dozen times (docs/benchmarks-codec.md).
 PROBE_MIN_BYTES = 256 << 10
+#: Small files (one chunk each, read whole and coded in batches by a push's workers:
+#: :func:`casreg.content.codec.encode_many`) are probed from this size on, where a batch's
+#: PLANES chunks are coded with a few calls (:data:`~casreg.content.planes.CODES_BATCHES`):
+#: from 12-16 KiB on PLANES costs less CPU than zstd -3 on bf16 weights and it stores 15%
+#: less at every size (one core, above), and coded in batches it no longer costs the GIL
+#: hand-offs that made the per-chunk coding of small files slower on two workers
+#: (docs/benchmarks-codec.md, "Small float files coded together"). Without batches, small
+#: files are not probed.
+SMALL_PROBE_MIN_BYTES = 16 << 10 if CODES_BATCHES else PROBE_MIN_BYTES
 #: Bytes sampled from the middle of a chunk: 512 per offset modulo 4.
 _SAMPLE = 2048
 #: At most this many distinct values at an exponent offset (bf16 weights: about 12;
@@ -64,12 +73,13 @@ def distinct_per_offset(raw: bytes | memoryview) -> list[int]:
     return [len(set(sample[i::4])) for i in range(4)]
 
 
-def probe_floats(raw: bytes | memoryview) -> FloatHint | None:
+def probe_floats(raw: bytes | memoryview, min_bytes: int = PROBE_MIN_BYTES) -> FloatHint | None:
     """The PLANES hint ``(width, head)`` for ``raw`` if its bytes look like little-endian
     bf16/fp16 (width 2) or fp32 (width 4) elements, the first whole one ``head`` bytes in;
-    ``None`` otherwise, and for chunks under :data:`PROBE_MIN_BYTES`. Pure function of
+    ``None`` otherwise, and for chunks under ``min_bytes`` (:data:`PROBE_MIN_BYTES`; a small
+    file's: :data:`SMALL_PROBE_MIN_BYTES`). Pure function of
     the bytes; any input is safe (it only reads a 2 KiB sample)."""
-    if len(raw) < PROBE_MIN_BYTES:
+    if len(raw) < min_bytes:
         return None
     d = distinct_per_offset(raw)
     few = [i for i in range(4) if d[i] <= _FEW]

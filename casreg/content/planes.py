@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
@@ -67,8 +67,13 @@ same_bytes: Callable[[object, object], bool] | None = getattr(_loops, "same", No
 #: ``buf`` (the float probe's count), from the C loops; ``None`` where they are not built.
 distinct_bytes: Callable[[object], tuple[int, int, int, int]] | None = getattr(_loops, "distinct", None)
 
-__all__ = ["WIDTHS", "MIN_ELEMENTS", "encode_planes", "encode_planes_until", "decode_planes_into",
-           "decode_planes_parts", "same_bytes", "distinct_bytes"]
+#: Whether :func:`encode_planes_many` codes a batch with a few calls (the C loops split, and
+#: the zstd backend codes many frames in one call), rather than one chunk at a time.
+CODES_BATCHES: bool = _loops is not None and hasattr(zstandard.ZstdCompressor, "multi_compress_to_buffer")
+
+__all__ = ["WIDTHS", "CODES_BATCHES", "MIN_ELEMENTS", "encode_planes", "encode_planes_until", "encode_planes_many",
+           "parse_planes", "join_planes_into", "decode_planes_into", "decode_planes_parts", "same_bytes",
+           "distinct_bytes"]
 
 #: Element widths in bytes the codec takes (bf16/fp16, fp32).
 WIDTHS = (2, 4)
@@ -231,6 +236,54 @@ def encode_planes_until(raw: bytes | memoryview, width: int, head: int,
     return b"".join(parts)
 
 
+def encode_planes_many(items: Sequence[tuple[bytes | memoryview, int, int]]) -> list[bytes | None]:
+    """:func:`encode_planes` of each ``(raw, width, head)`` with ``residual=True`` (every
+    plane coded with :data:`PLANE_PARAMS`, the exponent plane too), byte for byte those
+    payloads (a property test says so), for a batch of small float files: zstd's work for
+    the whole batch is done in at most three calls (python-zstandard's
+    ``multi_compress_to_buffer``: the mantissa planes' samples, then every plane to code
+    whole) and each chunk is split by one call of the C loops, so a worker passes the GIL
+    on a few times a batch rather than a dozen times a file (docs/benchmarks-codec.md,
+    "Small float files coded together"). Where the C loops or those calls are missing,
+    each is coded by :func:`encode_planes`."""
+    compressor = _compressor()
+    many = getattr(compressor, "multi_compress_to_buffer", None)
+    if _loops is None or many is None:
+        return [encode_planes(raw, width, head, residual=True) for raw, width, head in items]
+    out: list[bytes | None] = [None] * len(items)
+    jobs: list[tuple[int, list[bytes | bytearray | memoryview], list[bytearray]]] = []  # (position, parts, planes)
+    for k, (raw, width, head) in enumerate(items):
+        if width not in WIDTHS or not 0 <= head < width:
+            raise ValueError(f"planes: width {width}, head {head}")
+        n = (len(raw) - head) // width
+        if n < MIN_ELEMENTS:
+            continue
+        tail = len(raw) - head - n * width
+        view = memoryview(raw).cast("B")
+        planes = [bytearray(n) for _ in range(width)]
+        _loops.split(view[head:head + n * width], planes)
+        jobs.append((k, [_HEADER.pack(width, head, tail), view[:head], view[len(view) - tail:]], planes))
+    # A mantissa plane longer than the sample is coded only if its sample saves over 3%
+    # (as _code_plane decides); every other plane is coded whole, and kept raw unless that saves 1%.
+    sampled = [(j, i) for j, (_, _, planes) in enumerate(jobs) for i in range(len(planes) - 1)
+               if len(planes[i]) > _SAMPLE]
+    probes = many([memoryview(jobs[j][2][i])[:_SAMPLE] for j, i in sampled], threads=1) if sampled else []
+    raw_planes = {(j, i) for s, (j, i) in enumerate(sampled) if len(probes[s]) > _SAMPLE - _SAMPLE * 3 // 100}
+    whole = [(j, i) for j, (_, _, planes) in enumerate(jobs) for i in range(len(planes)) if (j, i) not in raw_planes]
+    packed = many([jobs[j][2][i] for j, i in whole], threads=1) if whole else []
+    coded = {(j, i): packed[s] for s, (j, i) in enumerate(whole)}
+    for j, (k, parts, planes) in enumerate(jobs):
+        for i, plane in enumerate(planes):
+            frame = coded.get((j, i))
+            if frame is None or len(frame) >= len(plane) - len(plane) // 100:
+                parts += (_PLANE.pack(MODE_RAW, len(plane)), plane)
+            else:
+                data = frame.tobytes()
+                parts += (_PLANE.pack(MODE_ZSTD, len(data)), data)
+        out[k] = b"".join(parts)
+    return out
+
+
 def _scratch(name: str, n: int, dtype: str) -> np.ndarray:
     """A per-thread array of ``n`` elements of ``dtype``, reused from call to call (its
     contents are garbage): fresh arrays for every plane of every chunk cost more in page
@@ -299,8 +352,15 @@ def _split_plane(x: np.ndarray, i: int) -> np.ndarray:
 def decode_planes_into(stored: bytes | memoryview, out: memoryview) -> None:
     """Decode a PLANES payload into ``out`` (exactly the chunk's raw size).
     :class:`IntegrityError` for anything malformed; ``out`` then holds garbage."""
+    head, planes, tail = _decode_planes(stored, len(out))
+    join_planes_into(head, planes, tail, out)
+
+
+def join_planes_into(head: memoryview, planes: Sequence[Plane], tail: memoryview, out: memoryview) -> None:
+    """The chunk whose head bytes, decoded planes (as :func:`parse_planes` found them and
+    their frames decode to: ``memoryview``s for the C loops, numpy arrays for numpy's)
+    and tail bytes these are, into ``out`` (exactly its size, checked by the caller)."""
     size = len(out)
-    head, planes, tail = _decode_planes(stored, size)
     width, n = len(planes), (size - len(head) - len(tail)) // max(len(planes), 1)
     out[:len(head)] = head
     out[size - len(tail):] = tail
@@ -333,10 +393,12 @@ def decode_planes_parts(stored: bytes | memoryview, size: int) -> Iterator[memor
     yield tail
 
 
-def _decode_planes(stored: bytes | memoryview, size: int) -> tuple[memoryview, list[Plane], memoryview]:
-    """Parse a PLANES payload of a ``size``-byte chunk, checking every length: its head
-    and tail bytes (views of the payload) and its planes, zstd ones decoded (``bytes``
-    and views of the payload for the C loops, numpy arrays of them for numpy's)."""
+def parse_planes(stored: bytes | memoryview, size: int) -> tuple[memoryview, list[tuple[int, memoryview]], memoryview]:
+    """Parse a PLANES payload of a ``size``-byte chunk without decoding it, checking every
+    length the payload states: its head and tail bytes and each plane's ``(mode, data)``
+    (views of the payload; a raw plane's data is checked to be ``n`` bytes, a zstd one's
+    is its frame, still to be decoded to ``n`` bytes, ``n = len(planes[0])`` of the
+    decoded planes). :class:`IntegrityError` for anything malformed."""
     payload = memoryview(stored).cast("B")
     if len(payload) < _HEADER.size:
         raise IntegrityError("planes payload is shorter than its header")
@@ -346,11 +408,6 @@ def _decode_planes(stored: bytes | memoryview, size: int) -> tuple[memoryview, l
         raise IntegrityError(f"planes payload header (width {width}, head {head}, tail {tail}) does not fit a "
                              f"{size}-byte chunk")
     n = (size - head - tail) // width
-    as_plane: Callable[[bytes | memoryview], Plane] = memoryview
-    if _loops is None:
-        import numpy as np
-
-        as_plane = partial(np.frombuffer, dtype=np.uint8)
     pos = _HEADER.size
     if len(payload) < pos + head + tail:
         raise IntegrityError("planes payload is truncated")
@@ -358,7 +415,7 @@ def _decode_planes(stored: bytes | memoryview, size: int) -> tuple[memoryview, l
     pos += head
     tail_bytes = payload[pos:pos + tail]
     pos += tail
-    planes: list[Plane] = []
+    planes: list[tuple[int, memoryview]] = []
     for i in range(width):
         if len(payload) < pos + _PLANE.size:
             raise IntegrityError("planes payload is truncated")
@@ -368,16 +425,28 @@ def _decode_planes(stored: bytes | memoryview, size: int) -> tuple[memoryview, l
         pos += length
         if len(data) != length:
             raise IntegrityError("planes payload is truncated")
-        if mode == MODE_RAW:
-            if length != n:
-                raise IntegrityError(f"planes payload: raw plane {i} holds {length} bytes, not {n}")
-            planes.append(as_plane(data))
-        elif mode == MODE_ZSTD:
-            planes.append(as_plane(_unzstd(data, n, i)))
-        else:
+        if mode == MODE_RAW and length != n:
+            raise IntegrityError(f"planes payload: raw plane {i} holds {length} bytes, not {n}")
+        if mode not in (MODE_RAW, MODE_ZSTD):
             raise IntegrityError(f"planes payload: plane {i} has unknown mode {mode}")
+        planes.append((mode, data))
     if pos != len(payload):
         raise IntegrityError(f"planes payload has {len(payload) - pos} bytes after its last plane")
+    return head_bytes, planes, tail_bytes
+
+
+def _decode_planes(stored: bytes | memoryview, size: int) -> tuple[memoryview, list[Plane], memoryview]:
+    """Parse a PLANES payload of a ``size``-byte chunk (:func:`parse_planes`): its head
+    and tail bytes (views of the payload) and its planes, zstd ones decoded (``bytes``
+    and views of the payload for the C loops, numpy arrays of them for numpy's)."""
+    head_bytes, parsed, tail_bytes = parse_planes(stored, size)
+    n = (size - len(head_bytes) - len(tail_bytes)) // len(parsed)
+    as_plane: Callable[[bytes | memoryview], Plane] = memoryview
+    if _loops is None:
+        import numpy as np
+
+        as_plane = partial(np.frombuffer, dtype=np.uint8)
+    planes = [as_plane(data if mode == MODE_RAW else _unzstd(data, n, i)) for i, (mode, data) in enumerate(parsed)]
     return head_bytes, planes, tail_bytes
 
 
@@ -388,7 +457,7 @@ def _decode_planes(stored: bytes | memoryview, size: int) -> tuple[memoryview, l
 _BLOCK_BYTES = 256 << 10
 
 
-def _join_planes(planes: list[Plane], width: int, dst: np.ndarray | None = None) -> Iterator[Plane]:
+def _join_planes(planes: Sequence[Plane], width: int, dst: np.ndarray | None = None) -> Iterator[Plane]:
     """The elements whose rotated bytes are ``planes`` (each ``n`` bytes),
     :data:`_BLOCK_BYTES` of them at a time: each block joined into its slice of ``dst``
     (aligned, unless the C loops join: they write bytes) when given, else into a per-thread

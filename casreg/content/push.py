@@ -59,7 +59,7 @@ from casreg.content.delta import (
 )
 from casreg.content.dtypes import SAFETENSORS_SUFFIX, float_layout
 from casreg.content.fetch import DecodedBases, read_span, read_span_stats, spans
-from casreg.content.float_probe import probe_floats
+from casreg.content.float_probe import SMALL_PROBE_MIN_BYTES, probe_floats
 from casreg.content.manifest import MAX_STORED_MANIFEST, ChunkRef, Entry, Manifest
 from casreg.content.packs import PACK_TARGET, ChunkIndex, PackBuilder, decode_index, verify_pack
 from casreg.content.source import SOURCE_FLAGS, Source, SourceFile, open_regular
@@ -725,11 +725,13 @@ class _Pusher:
     def _read_small_batch(self, files: list[SourceFile]) -> list[_Result]:
         """On a worker: the one chunk of each small file of ``files``, in order (read,
         checked to be the file the source listed, hashed, and encoded unless the registry
-        has it; a chunk's digest is its file's digest too). The new chunks zstd codes are
-        coded and checked together (:func:`encode_many`), the others (float data, a
-        known delta) one at a time as any chunk."""
+        has it; a chunk's digest is its file's digest too). The new chunks are coded and
+        checked together (:func:`encode_many`, :func:`first_not_decoding_to`): with zstd,
+        or with PLANES where a safetensors header says the file holds float elements or
+        the probe finds them in a file of :data:`SMALL_PROBE_MIN_BYTES` or more; a known
+        delta chunk one at a time as any chunk."""
         out: list[_Result | None] = []
-        plain: list[tuple[int, bytes, bytes]] = []  # (position, bytes, digest) of new chunks zstd codes
+        new: list[tuple[int, bytes, bytes, FloatHint | None]] = []  # (position, bytes, digest, hint) of new chunks
         for f in files:
             raw = self._read_whole(f)
             digest = blake3(raw).digest()
@@ -739,19 +741,16 @@ class _Pusher:
                 continue
             layout = float_layout(f.abspath, f.size) if self.float_codec else None
             hint = layout.hint(0, len(raw)) if layout is not None else \
-                probe_floats(view) if self.float_codec else None
-            if hint is not None:
-                out.append(self._code(view, hint, 0, None, False, False, digest))
-                continue
-            plain.append((len(out), raw, digest))
+                probe_floats(view, SMALL_PROBE_MIN_BYTES) if self.float_codec else None
+            new.append((len(out), raw, digest, hint))
             out.append(None)
-        if plain:
-            raws = [raw for _, raw, _ in plain]
-            payloads = encode_many(raws, self.level)
+        if new:
+            raws = [raw for _, raw, _, _ in new]
+            payloads = encode_many(raws, self.level, [hint for _, _, _, hint in new])
             if self.check_writes and (bad := first_not_decoding_to(payloads, raws,
-                                                                   [d for _, _, d in plain])) is not None:
-                raise _check_failed(plain[bad][2], payloads[bad][0].name, "its bytes do not match the digest")
-            for (pos, _, digest), (codec, stored) in zip(plain, payloads):
+                                                                   [d for _, _, d, _ in new])) is not None:
+                raise _check_failed(new[bad][2], payloads[bad][0].name, "its bytes do not match the digest")
+            for (pos, _, digest, _), (codec, stored) in zip(new, payloads):
                 out[pos] = (digest, int(codec), stored, None)
         return typing.cast(list[_Result], out)
 
