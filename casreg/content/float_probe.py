@@ -29,18 +29,18 @@ from casreg.content.planes import CODES_BATCHES, distinct_bytes
 
 __all__ = ["probe_floats", "PROBE_MIN_BYTES", "SMALL_PROBE_MIN_BYTES"]
 
-#: Chunks shorter than this are not probed: below it the PLANES codec's fixed cost per
-#: chunk (a dozen numpy calls, each holding the GIL) outweighs its saving in CPU. Measured
-#: (one core, bf16 weights, code and check): 16 KiB chunks 1.31x zstd -3's CPU, 64 KiB
-#: 0.82x, 256 KiB 0.50x, 1 MiB 0.63x; pushes of issue 14's 5,000 files of 1-100 KB took
-#: 2.87 s of CPU probed from 4 KiB on and 2.29 s from 64 KiB on, against 1.99 s unprobed
-#: (medians of 3 on a loaded machine).
-#: 256 KiB is the chunker's default minimum: a small file (one chunk under it) is never
-#: probed, and every chunk of a large file but its last is. With the C loops, PLANES
-#: costs less CPU than zstd -3 from 12 KiB on and stores 15% less at every size (bf16
-#: small files, one core), but a push of many small files coded so took longer on two
-#: workers (1.17-1.22 s against 1.04-1.07 s): each chunk's PLANES coding passes the GIL
-#: back and forth a dozen times (docs/benchmarks-codec.md).
+#: Chunks of a large file shorter than this are not probed: below it the PLANES codec's
+#: fixed cost per chunk coded on its own (a dozen numpy calls, each holding the GIL)
+#: outweighed its saving in CPU. Measured (one core, bf16 weights, code and check): 16 KiB
+#: chunks 1.31x zstd -3's CPU, 64 KiB 0.82x, 256 KiB 0.50x, 1 MiB 0.63x; pushes of issue
+#: 14's 5,000 files of 1-100 KB took 2.87 s of CPU probed from 4 KiB on and 2.29 s from
+#: 64 KiB on, against 1.99 s unprobed (medians of 3 on a loaded machine).
+#: 256 KiB is the chunker's default minimum: every chunk of a large file but its last is
+#: probed. With the C loops, PLANES costs less CPU than zstd -3 from 12 KiB on and stores
+#: 15% less at every size (bf16 small files, one core), but a push of many small files
+#: coded one at a time took longer on two workers (1.17-1.22 s against 1.04-1.07 s): each
+#: chunk's PLANES coding passes the GIL back and forth a dozen times
+#: (docs/benchmarks-codec.md). Small files, coded in batches, have their own minimum.
 PROBE_MIN_BYTES = 256 << 10
 #: Small files (one chunk each, read whole and coded in batches by a push's workers:
 #: :func:`casreg.content.codec.encode_many`) are probed from this size on, where a batch's
