@@ -32,7 +32,7 @@ from casreg.content.manifest import Manifest
 from casreg.content.packs import ChunkIndex
 from casreg.content.push import store_source
 from casreg.content.source import scan_source
-from casreg.keys import index_key, manifest_key, pack_key
+from casreg.keys import index_key, manifest_key, pack_key, parse_object_key
 from casreg.maintenance.gc import GcConflictError, parse_duration
 from casreg.storage import ObjectStore
 from casreg.storage.base import Payload
@@ -551,11 +551,30 @@ def test_pushes_in_another_process_while_gc_runs(registry: Registry, tmp_path: P
         assert res.digest == digest
         pulls_back(registry, f"live:{num}", srcs[i], tmp_path / "again" / str(num))
     time.sleep(0.25)
-    gc.gc(grace=0.2, delay=0)
-    gc.gc(grace=0.2, delay=0)
+    runs += [gc.gc(grace=0.2, delay=0), gc.gc(grace=0.2, delay=0)]
     report = registry.verify()
     assert report.ok, [p.line() for p in report.problems]
-    assert (report.unreferenced_packs, report.unreferenced_manifests) == (0, 0)
+    assert (report.unreferenced_packs, report.unreferenced_manifests) == (0, 0), \
+        _leftovers_story(registry, runs, result)
+
+
+def _leftovers_story(registry: Registry, runs: list[Any], pusher: dict[str, Any]) -> str:
+    """What the gc runs did with each pack no live version references, and its index (for
+    a failure message: CI once saw two such packs left after the final runs, 2026-12-07)."""
+    live = {c.pack for v in registry.ls("live") for e in registry.manifest(v.ref).entries for c in e.chunks}
+    lines = [f"pusher: {pusher.get('retries')} retries; {len(runs)} gc runs (the last two with delay 0)"]
+    for key in sorted(registry.store.list("packs")):
+        kind = parse_object_key(key)
+        if kind is None or kind[1] in live:
+            continue
+        unit = (key, index_key(kind[1]))
+        story = [f"run {i}: {what} {o.key.split('/')[0]}" for i, r in enumerate(runs)
+                 for what, objs in (("condemned", r.condemned), ("deleted", r.deleted), ("spared", r.spared))
+                 for o in objs if o.key in unit]
+        info = registry.store.stat(key)
+        lines.append(f"{key} modified {info.modified if info else '?'}, index there: "
+                     f"{registry.store.exists(unit[1])}: {story}")
+    return "\n".join(lines)
 
 
 # -- CLI --------------------------------------------------------------------------------------------
