@@ -237,6 +237,31 @@ def test_a_push_that_meets_a_sweep_leaves_no_index_without_its_pack(registry: Re
     assert not any(registry.store.exists(index_key(p)) for p in packs)
 
 
+def test_a_pack_whose_index_was_swept_alone_is_condemned_by_the_same_run(registry: Registry,
+                                                                         tmp_path: Path) -> None:
+    """A record can name a pack's index without the pack: when it was marked the pack was
+    gone (swept), and a racing push of the same chunks has uploaded it again since. The
+    sweep deletes the index; the pack, garbage too, is condemned by that same run rather
+    than left for the next one. (Two such packs may be what
+    test_pushes_in_another_process_while_gc_runs[s3] found left after its final two runs,
+    once, on 2026-12-07.)"""
+    from casreg.maintenance.condemned import Condemned, write_record
+
+    registry.push("m", tree(tmp_path / "keep", 1))
+    left = interrupted_push(registry.store, tree(tmp_path / "left", 2))
+    registry.store.delete(manifest_key(left.hexdigest))  # only its packs and their indexes are garbage
+    packs = sorted({c.pack for e in left.entries for c in e.chunks})
+    write_record(registry.store, casreg.records.utcnow() - timedelta(seconds=2), 0,
+                 [Condemned(index_key(p), registry.store.size(index_key(p))) for p in packs], [])
+    first = registry.gc(grace=0, delay=0)
+    assert {index_key(p) for p in packs} <= {o.key for o in first.deleted}
+    assert {pack_key(p) for p in packs} <= {o.key for o in first.condemned}
+    second = registry.gc(grace=0, delay=0)
+    assert {pack_key(p) for p in packs} <= {o.key for o in second.deleted}
+    report = registry.verify()
+    assert report.ok and (report.unreferenced_packs, report.unreferenced_manifests) == (0, 0)
+
+
 def test_dry_run_changes_nothing(registry: Registry, tmp_path: Path) -> None:
     registry.push("m", tree(tmp_path / "keep", 1))
     garbage = object_keys(interrupted_push(registry.store, tree(tmp_path / "left", 2)))

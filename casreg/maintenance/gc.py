@@ -473,8 +473,11 @@ def _mark(run: _Run, s: Reachability, pending: list[Record]) -> None:
             continue
         candidates.append(GcObject(key, st[0]))
     for pid in sorted((set(s.packs) | set(s.indexes)) - leftover_protected):
-        unit = [k for k in (s.packs.get(pid), s.indexes.get(pid)) if k is not None]
-        if any(k in run.deleted_keys or k in pending_keys for k in unit):
+        # A pack with its index, one unit; what this run's sweep deleted of it is no longer
+        # part of it (a record can name an index alone, when its pack was gone at marking
+        # and a racing push has uploaded it since: the pack is condemned now, not next run).
+        unit = [k for k in (s.packs.get(pid), s.indexes.get(pid)) if k is not None and k not in run.deleted_keys]
+        if not unit or any(k in pending_keys for k in unit):
             continue
         stats = [(k, st) for k in unit if (st := object_stat(store, k)) is not None]
         if not stats or any(st[1] is not None and start - st[1] < g for _, st in stats):
