@@ -395,10 +395,11 @@ def decode_planes_parts(stored: bytes | memoryview, size: int) -> Iterator[memor
 
 def parse_planes(stored: bytes | memoryview, size: int) -> tuple[memoryview, list[tuple[int, memoryview]], memoryview]:
     """Parse a PLANES payload of a ``size``-byte chunk without decoding it, checking every
-    length the payload states: its head and tail bytes and each plane's ``(mode, data)``
-    (views of the payload; a raw plane's data is checked to be ``n`` bytes, a zstd one's
-    is its frame, still to be decoded to ``n`` bytes, ``n = len(planes[0])`` of the
-    decoded planes). :class:`IntegrityError` for anything malformed."""
+    length the payload states: its head bytes, each plane's ``(mode, data)`` and its tail
+    bytes, all views of the payload. A raw plane's data is checked to be the ``n =
+    (size - head - tail) / width`` bytes of a plane; a zstd plane's data is its frame,
+    which the caller must decode to exactly ``n`` bytes. :class:`IntegrityError` for
+    anything malformed."""
     payload = memoryview(stored).cast("B")
     if len(payload) < _HEADER.size:
         raise IntegrityError("planes payload is shorter than its header")
