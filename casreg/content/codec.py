@@ -26,6 +26,7 @@ from casreg.content.planes import (
     join_planes_into,
     parse_planes,
     same_bytes,
+    saves_enough,
 )
 from casreg.content.scratch import thread_buffer
 from casreg.errors import IntegrityError
@@ -91,11 +92,11 @@ def encode_unless(raw: bytes | memoryview, level: int, hint: FloatHint | None,
         if isinstance(planes, int):
             return None
         if planes is not None:
-            if len(planes) >= len(raw) - len(raw) // 100:
+            if not saves_enough(len(planes), len(raw)):
                 return Codec.RAW, raw
             return Codec.PLANES, planes
     packed = _compressor(level).compress(raw)
-    if len(packed) >= len(raw) - len(raw) // 100:
+    if not saves_enough(len(packed), len(raw)):
         return Codec.RAW, raw
     return Codec.ZSTD, packed
 
@@ -122,7 +123,7 @@ def encode_many(raws: Sequence[bytes], level: int = DEFAULT_ZSTD_LEVEL,
     for k, payload in zip(floats, planes, strict=True):
         if payload is not None:
             raw = raws[k]
-            out[k] = (Codec.RAW, raw) if len(payload) >= len(raw) - len(raw) // 100 else (Codec.PLANES, payload)
+            out[k] = (Codec.PLANES, payload) if saves_enough(len(payload), len(raw)) else (Codec.RAW, raw)
     zstd = [k for k, coded in enumerate(out) if coded is None]  # no hint, or too few elements for PLANES
     compressor = _compressor(level)
     many = getattr(compressor, "multi_compress_to_buffer", None)
@@ -134,7 +135,7 @@ def encode_many(raws: Sequence[bytes], level: int = DEFAULT_ZSTD_LEVEL,
     packed = many([raws[k] for k in zstd], threads=1)
     for i, k in enumerate(zstd):
         frame, raw = packed[i], raws[k]
-        out[k] = (Codec.RAW, raw) if len(frame) >= len(raw) - len(raw) // 100 else (Codec.ZSTD, frame.tobytes())
+        out[k] = (Codec.ZSTD, frame.tobytes()) if saves_enough(len(frame), len(raw)) else (Codec.RAW, raw)
     return typing.cast("list[tuple[Codec, bytes]]", out)
 
 

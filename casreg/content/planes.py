@@ -72,8 +72,8 @@ distinct_bytes: Callable[[object], tuple[int, int, int, int]] | None = getattr(_
 CODES_BATCHES: bool = _loops is not None and hasattr(zstandard.ZstdCompressor, "multi_compress_to_buffer")
 
 __all__ = ["WIDTHS", "CODES_BATCHES", "MIN_ELEMENTS", "encode_planes", "encode_planes_until", "encode_planes_many",
-           "parse_planes", "join_planes_into", "decode_planes_into", "decode_planes_parts", "same_bytes",
-           "distinct_bytes"]
+           "saves_enough", "parse_planes", "join_planes_into", "decode_planes_into", "decode_planes_parts",
+           "same_bytes", "distinct_bytes"]
 
 #: Element widths in bytes the codec takes (bf16/fp16, fp32).
 WIDTHS = (2, 4)
@@ -181,14 +181,25 @@ def _bytes_of(plane: Plane) -> memoryview:
     return (plane if isinstance(plane, memoryview) else plane.data).cast("B")
 
 
+def saves_enough(coded: int, size: int) -> bool:
+    """Whether ``coded`` bytes save at least 1% of ``size``: below that, a chunk (any
+    codec's payload) or a plane is stored raw."""
+    return coded < size - size // 100
+
+
+def _sample_saves(probe: int) -> bool:
+    """Whether a mantissa plane's sample, coded into ``probe`` bytes, saved over 3%: only
+    then is the plane coded whole."""
+    return probe <= _SAMPLE - _SAMPLE * 3 // 100
+
+
 def _code_plane(plane: Plane, exponent: bool, residual: bool = False) -> tuple[int, bytes | memoryview]:
     data = _bytes_of(plane)
     if not exponent and len(data) > _SAMPLE:
-        probe = _compressor().compress(data[:_SAMPLE])
-        if len(probe) > _SAMPLE - _SAMPLE * 3 // 100:
+        if not _sample_saves(len(_compressor().compress(data[:_SAMPLE]))):
             return MODE_RAW, data
     packed = _compress_exponents(data) if exponent and not residual else _compressor().compress(data)
-    if len(packed) >= len(data) - len(data) // 100:
+    if not saves_enough(len(packed), len(data)):
         return MODE_RAW, data
     return MODE_ZSTD, packed
 
@@ -268,14 +279,14 @@ def encode_planes_many(items: Sequence[tuple[bytes | memoryview, int, int]]) -> 
     sampled = [(j, i) for j, (_, _, planes) in enumerate(jobs) for i in range(len(planes) - 1)
                if len(planes[i]) > _SAMPLE]
     probes = many([memoryview(jobs[j][2][i])[:_SAMPLE] for j, i in sampled], threads=1) if sampled else []
-    raw_planes = {(j, i) for s, (j, i) in enumerate(sampled) if len(probes[s]) > _SAMPLE - _SAMPLE * 3 // 100}
+    raw_planes = {(j, i) for s, (j, i) in enumerate(sampled) if not _sample_saves(len(probes[s]))}
     whole = [(j, i) for j, (_, _, planes) in enumerate(jobs) for i in range(len(planes)) if (j, i) not in raw_planes]
     packed = many([jobs[j][2][i] for j, i in whole], threads=1) if whole else []
     coded = {(j, i): packed[s] for s, (j, i) in enumerate(whole)}
     for j, (k, parts, planes) in enumerate(jobs):
         for i, plane in enumerate(planes):
             frame = coded.get((j, i))
-            if frame is None or len(frame) >= len(plane) - len(plane) // 100:
+            if frame is None or not saves_enough(len(frame), len(plane)):
                 parts += (_PLANE.pack(MODE_RAW, len(plane)), plane)
             else:
                 data = frame.tobytes()

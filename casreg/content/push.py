@@ -84,6 +84,8 @@ SMALL_BATCH_BYTES = 1 << 20
 VERIFIERS = 4  # registry packs read back at once, at most (each reads 4 MiB at a time)
 READ_BUFFERS = 3  # one being cut, the others' chunks still being hashed and compressed
 _DELTA_HEADER = 5 + 40 * MAX_PIECES  # a delta payload's header is at most this long
+
+
 def _open_source(path: str) -> int:
     """A descriptor of the source file ``path`` (:func:`open_regular`), refused
     (:class:`InvalidInputError`) if it is no longer a regular file; what ``os.open``
