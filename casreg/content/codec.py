@@ -19,6 +19,7 @@ from blake3 import blake3
 
 from casreg.content.planes import (
     MODE_ZSTD,
+    ParsedPlanes,
     decode_planes_into,
     decode_planes_parts,
     encode_planes_many,
@@ -152,17 +153,17 @@ def first_not_decoding_to(payloads: Sequence[tuple[Codec, bytes]], raws: Sequenc
     claims another size, a payload that does not parse, or a failed call leaves the
     payloads it concerns to be checked one by one."""
     frames: list[tuple[int, int, memoryview | bytes, int]] = []  # (position, plane or -1, frame, its size)
-    parsed: dict[int, tuple[memoryview, list[tuple[int, memoryview]], memoryview]] = {}
+    parsed: dict[int, ParsedPlanes] = {}
     for i, (codec, stored) in enumerate(payloads):
         if codec == Codec.ZSTD:
             frames.append((i, -1, stored, len(raws[i])))
         elif codec == Codec.PLANES and same_bytes is not None:
             try:
-                head, planes, tail = parsed[i] = parse_planes(stored, len(raws[i]))
+                parsed[i] = parse_planes(stored, len(raws[i]))
             except IntegrityError:
                 continue  # refused again, and named, below
-            n = (len(raws[i]) - len(head) - len(tail)) // len(planes)
-            frames += [(i, p, data, n) for p, (mode, data) in enumerate(planes) if mode == MODE_ZSTD]
+            n = parsed[i].plane_size
+            frames += [(i, p, data, n) for p, (mode, data) in enumerate(parsed[i].planes) if mode == MODE_ZSTD]
     decoded: dict[tuple[int, int], memoryview] = {}
     many = getattr(_decompressor(), "multi_decompress_to_buffer", None)
     if many is not None and same_bytes is not None and len(frames) >= 2:
@@ -183,7 +184,7 @@ def first_not_decoding_to(payloads: Sequence[tuple[Codec, bytes]], raws: Sequenc
                 return i
             continue
         if codec == Codec.PLANES and i in parsed and decoded:
-            head, planes, tail = parsed[i]
+            head, planes, tail, _ = parsed[i]
             views = [decoded[i, p] if mode == MODE_ZSTD else data for p, (mode, data) in enumerate(planes)]
             if any(len(view) != len(views[0]) for view in views):
                 return i

@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias, cast
 
 import zstandard
 
@@ -72,8 +72,8 @@ distinct_bytes: Callable[[object], tuple[int, int, int, int]] | None = getattr(_
 CODES_BATCHES: bool = _loops is not None and hasattr(zstandard.ZstdCompressor, "multi_compress_to_buffer")
 
 __all__ = ["WIDTHS", "CODES_BATCHES", "MIN_ELEMENTS", "encode_planes", "encode_planes_until", "encode_planes_many",
-           "saves_enough", "parse_planes", "join_planes_into", "decode_planes_into", "decode_planes_parts",
-           "same_bytes", "distinct_bytes"]
+           "saves_enough", "ParsedPlanes", "parse_planes", "join_planes_into", "decode_planes_into",
+           "decode_planes_parts", "same_bytes", "distinct_bytes"]
 
 #: Element widths in bytes the codec takes (bf16/fp16, fp32).
 WIDTHS = (2, 4)
@@ -404,13 +404,22 @@ def decode_planes_parts(stored: bytes | memoryview, size: int) -> Iterator[memor
     yield tail
 
 
-def parse_planes(stored: bytes | memoryview, size: int) -> tuple[memoryview, list[tuple[int, memoryview]], memoryview]:
+class ParsedPlanes(NamedTuple):
+    """A PLANES payload as :func:`parse_planes` found it: views of the payload."""
+
+    head: memoryview
+    planes: list[tuple[int, memoryview]]  # each plane's (mode, data)
+    tail: memoryview
+    plane_size: int  # n: the bytes each plane holds once decoded
+
+
+def parse_planes(stored: bytes | memoryview, size: int) -> ParsedPlanes:
     """Parse a PLANES payload of a ``size``-byte chunk without decoding it, checking every
     length the payload states: its head bytes, each plane's ``(mode, data)`` and its tail
-    bytes, all views of the payload. A raw plane's data is checked to be the ``n =
-    (size - head - tail) / width`` bytes of a plane; a zstd plane's data is its frame,
-    which the caller must decode to exactly ``n`` bytes. :class:`IntegrityError` for
-    anything malformed."""
+    bytes, all views of the payload, and ``n = (size - head - tail) / width``, the size of
+    a plane. A raw plane's data is checked to be ``n`` bytes; a zstd plane's data is its
+    frame, which the caller must decode to exactly ``n`` bytes. :class:`IntegrityError`
+    for anything malformed."""
     payload = memoryview(stored).cast("B")
     if len(payload) < _HEADER.size:
         raise IntegrityError("planes payload is shorter than its header")
@@ -444,15 +453,14 @@ def parse_planes(stored: bytes | memoryview, size: int) -> tuple[memoryview, lis
         planes.append((mode, data))
     if pos != len(payload):
         raise IntegrityError(f"planes payload has {len(payload) - pos} bytes after its last plane")
-    return head_bytes, planes, tail_bytes
+    return ParsedPlanes(head_bytes, planes, tail_bytes, n)
 
 
 def _decode_planes(stored: bytes | memoryview, size: int) -> tuple[memoryview, list[Plane], memoryview]:
     """Parse a PLANES payload of a ``size``-byte chunk (:func:`parse_planes`): its head
     and tail bytes (views of the payload) and its planes, zstd ones decoded (``bytes``
     and views of the payload for the C loops, numpy arrays of them for numpy's)."""
-    head_bytes, parsed, tail_bytes = parse_planes(stored, size)
-    n = (size - len(head_bytes) - len(tail_bytes)) // len(parsed)
+    head_bytes, parsed, tail_bytes, n = parse_planes(stored, size)
     as_plane: Callable[[bytes | memoryview], Plane] = memoryview
     if _loops is None:
         import numpy as np
