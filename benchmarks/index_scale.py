@@ -1,0 +1,104 @@
+"""The chunk index a push loads, at scale: the dict of ChunkRefs against the compact table.
+
+Why: every push reads every pack index of the registry (``ChunkIndex.load``) before it
+stores a byte, and holds what it read for the whole push. DESIGN.md plans for a 10 TB
+store, millions of chunks; docs/FORMAT.md §10 lists the cost. This measures, for a
+registry of N chunks, what loading the index takes and holds, both ways
+(``compact_above`` forces one or the other), and what a lookup costs.
+
+How: N synthetic index entries (random digests; sizes as a pack lays them out) in packs
+of ``--per-pack`` entries (45 is about a 32 MiB pack of 1 MiB chunks coded to 0.7 MiB;
+600 a pack of small files), written as index objects into a ``memory://`` store, so the
+numbers are the index's own, not a disk's. Each (N, way) runs in a fresh process: the
+load's wall time; then a second load under ``tracemalloc``, for what the index holds once
+loaded and what the load allocated at its peak (index objects read included); then 20,000
+lookups, half of digests present and half absent.
+
+Usage::
+
+    python -m benchmarks.index_scale [--chunks 100000 1000000] [--per-pack 45] [--ways dict compact]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import tracemalloc
+import uuid
+
+
+def _one(chunks: int, per_pack: int, way: str) -> dict[str, float]:
+    """In this process: build the store, load its index one way, measure."""
+    from blake3 import blake3
+
+    from casreg.content.packs import PACK_MAGIC, ChunkIndex, _Slot, encode_index
+    from casreg.keys import index_key
+    from casreg.storage.memory import MemoryStore
+
+    store = MemoryStore(f"memory://index-scale-{uuid.uuid4().hex}")
+    digests = os.urandom(32 * chunks)
+    for start in range(0, chunks, per_pack):
+        slots, offset = [], len(PACK_MAGIC)
+        for i in range(start, min(chunks, start + per_pack)):
+            slots.append(_Slot(digests[32 * i:32 * i + 32], offset, 700_000, 1 << 20, 2))
+            offset += 700_000
+        index = encode_index(slots)
+        store.create(index_key(blake3(index).hexdigest()), index)
+    if way == "compact":
+        import numpy  # noqa: F401  (imported before the clock: its import is timed apart, below)
+    compact_above = -1 if way == "compact" else 1 << 62
+    t = time.perf_counter()
+    index = ChunkIndex.load(store, cache=None, compact_above=compact_above)
+    load = time.perf_counter() - t
+    assert index.compact == (way == "compact") and len(index) == chunks
+    del index
+    tracemalloc.start()  # a second load, traced: what it allocates and keeps (tracing slows it)
+    index = ChunkIndex.load(store, cache=None, compact_above=compact_above)
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    probes = [digests[32 * i:32 * i + 32] for i in range(0, chunks, max(1, chunks // 10_000))][:10_000]
+    probes += [os.urandom(32) for _ in range(len(probes))]
+    t = time.perf_counter()
+    found = sum(index.get(d) is not None for d in probes)
+    lookup = (time.perf_counter() - t) / len(probes)
+    assert found == len(probes) // 2
+    return {"load_s": load, "held_bytes": held, "peak_bytes": peak, "lookup_us": lookup * 1e6}
+
+
+def _numpy_import() -> float:
+    out = subprocess.run([sys.executable, "-c", "import time; t = time.perf_counter(); import numpy; "
+                          "print(time.perf_counter() - t)"], capture_output=True, text=True, check=True)
+    return float(out.stdout)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--chunks", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--per-pack", type=int, default=45)
+    ap.add_argument("--ways", nargs="+", default=["dict", "compact"], choices=["dict", "compact"])
+    ap.add_argument("--one", nargs=3, metavar=("CHUNKS", "PER_PACK", "WAY"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        print(json.dumps(_one(int(args.one[0]), int(args.one[1]), args.one[2])))
+        return
+    print(f"Python {platform.python_version()}, {os.cpu_count()} cores; {args.per_pack} entries a pack; "
+          f"numpy's import alone: {_numpy_import() * 1000:.0f} ms\n")
+    print("| chunks | way | load s | us a chunk | held MB | bytes a chunk | peak MB | lookup us |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for chunks in args.chunks:
+        for way in args.ways:
+            out = subprocess.run([sys.executable, "-m", "benchmarks.index_scale", "--one", str(chunks),
+                                  str(args.per_pack), way], capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout)
+            print(f"| {chunks:,} | {way} | {r['load_s']:.2f} | {r['load_s'] / chunks * 1e6:.2f} | "
+                  f"{r['held_bytes'] / 1e6:.0f} | {r['held_bytes'] / chunks:.0f} | {r['peak_bytes'] / 1e6:.0f} | "
+                  f"{r['lookup_us']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

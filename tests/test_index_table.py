@@ -1,0 +1,168 @@
+"""The compact chunk index (casreg/content/index_table.py) answers what the dict answers.
+
+Above ``COMPACT_ABOVE`` entries a push keeps the registry's index entries in numpy arrays
+instead of a dict of ChunkRefs. The two must accept the same indexes (a bad entry leaves
+its whole index out), find the same chunk for every digest (the first pack listed that
+has it, the first entry of that pack), and agree on every pack's size. Each property
+builds both from the same index objects in a ``memory://`` store and compares them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from blake3 import blake3
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import casreg.content.packs as packs
+from casreg import Registry
+from casreg.content.config import MAX_CHUNK_BYTES
+from casreg.content.manifest import stored_bound
+from casreg.content.packs import _TAIL, INDEX_MAGIC, PACK_MAGIC, ChunkIndex, _Slot, encode_index
+from casreg.keys import index_key
+from casreg.storage.memory import MemoryStore
+
+MAGIC = len(PACK_MAGIC)
+
+
+def _store() -> MemoryStore:
+    return MemoryStore(f"memory://index-table-{uuid.uuid4().hex}")
+
+
+def _plant(store: MemoryStore, index: bytes) -> str:
+    """An index object under its own name, as a push writes one (no pack: load reads none)."""
+    pack_id = blake3(index).hexdigest()
+    store.create(index_key(pack_id), index)
+    return pack_id
+
+
+def _laid_out(entries: list[tuple[bytes, int, int, int]]) -> list[_Slot]:
+    """Slots as a pack lays them out: each payload right after the previous one."""
+    slots, offset = [], MAGIC
+    for digest, stored, raw, codec in entries:
+        slots.append(_Slot(digest, offset, stored, raw, codec))
+        offset += stored
+    return slots
+
+
+def _both(store: MemoryStore) -> tuple[ChunkIndex, ChunkIndex]:
+    small = ChunkIndex.load(store, cache=None, compact_above=1 << 40)
+    table = ChunkIndex.load(store, cache=None, compact_above=-1)
+    assert not small.compact and table.compact
+    return small, table
+
+
+def _assert_same(small: ChunkIndex, table: ChunkIndex, digests: set[bytes]) -> None:
+    for d in digests:
+        assert table.get(d) == small.get(d), d.hex()
+        assert (d in table) == (d in small)
+    assert table.pack_sizes == small.pack_sizes
+    assert len(table) == len(small)
+    assert list(table) == list(small)
+
+
+# A few digests, some sharing their first 8 bytes (what the table sorts by) with another.
+_POOL = [os.urandom(32) for _ in range(6)]
+_POOL += [d[:8] + os.urandom(24) for d in _POOL[:3]]
+
+_entry = st.tuples(st.sampled_from(_POOL), st.integers(1, 5000), st.integers(0, 4000), st.sampled_from([0, 1, 2, 3]))
+# What may be wrong with one index: nothing (most), an entry's offset, its codec, its raw
+# size, its stored size, or the index's tail.
+_damage = st.sampled_from(["none"] * 6 + ["offset", "codec", "raw", "stored", "tail", "magic"])
+
+
+def _index(entries: list[tuple[bytes, int, int, int]], damage: str, at: int) -> bytes:
+    slots = _laid_out(entries)
+    if slots and damage != "none":
+        s = slots[at % len(slots)]
+        if damage == "offset":
+            slots[at % len(slots)] = _Slot(s.digest, s.offset + 1, s.stored_size, s.raw_size, s.codec)
+        elif damage == "codec":
+            slots[at % len(slots)] = _Slot(s.digest, s.offset, s.stored_size, s.raw_size, 9)
+        elif damage == "raw":
+            slots[at % len(slots)] = _Slot(s.digest, s.offset, s.stored_size, MAX_CHUNK_BYTES + 1, s.codec)
+        elif damage == "stored":
+            # (the next payloads move with it, so only the bound is broken)
+            slots = _laid_out([(d, stored_bound(r) + 1 if i == at % len(slots) else st_, r, c)
+                               for i, (d, st_, r, c) in enumerate(entries)])
+    index = encode_index(slots)
+    if damage == "tail":
+        index = index[:-1]
+    elif damage == "magic":
+        index = index[:-len(INDEX_MAGIC)] + b"CASRIDX\x02"
+    return index
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.lists(_entry, max_size=8), _damage, st.integers(0, 7)), max_size=8),
+       st.lists(st.binary(min_size=32, max_size=32), max_size=3))
+def test_the_table_answers_what_the_dict_answers(indexes, strangers) -> None:
+    store = _store()
+    for entries, damage, at in indexes:
+        _plant(store, _index(entries, damage, at))
+    small, table = _both(store)
+    _assert_same(small, table, set(_POOL) | set(strangers))
+
+
+def test_the_first_pack_listed_wins_and_prefix_twins_are_told_apart() -> None:
+    store = _store()
+    a = os.urandom(32)
+    twin = a[:8] + os.urandom(24)  # the same first 8 bytes, another chunk
+    ids = [_plant(store, encode_index(_laid_out([(a, 10, 20, 1), (twin, 30, 40, 1), (a, 50, 60, 1)])))]
+    ids.append(_plant(store, encode_index(_laid_out([(twin, 70, 80, 2), (a, 90, 100, 0)]))))
+    small, table = _both(store)
+    _assert_same(small, table, {a, twin, os.urandom(32)})
+    listed = [key.rsplit("/", 1)[-1].split(".")[0] for key in store.list("index")]
+    first = next(pack_id for pack_id in listed if pack_id in ids)
+    assert table.get(a).pack == first and table.get(twin).pack == first
+    assert table.get(a).offset == MAGIC  # the first entry of that pack, not the third
+    assert len(table) == 2
+
+
+def test_an_index_with_one_bad_entry_is_left_out_whole() -> None:
+    store = _store()
+    good, bad = os.urandom(32), os.urandom(32)
+    _plant(store, encode_index(_laid_out([(good, 10, 20, 1)])))
+    slots = _laid_out([(bad, 10, 20, 1), (os.urandom(32), 10, 20, 1)])
+    slots[1] = _Slot(slots[1].digest, slots[1].offset, slots[1].stored_size, slots[1].raw_size, 77)
+    bad_id = _plant(store, encode_index(slots))
+    small, table = _both(store)
+    assert table.get(good) is not None and table.get(bad) is None
+    assert bad_id not in table.pack_sizes
+    _assert_same(small, table, {good, bad})
+
+
+def test_an_empty_index_and_no_index() -> None:
+    store = _store()
+    small, table = _both(store)
+    assert len(table) == 0 and table.get(os.urandom(32)) is None
+    pack_id = _plant(store, encode_index([]))
+    small, table = _both(store)
+    assert table.pack_sizes == {pack_id: MAGIC + _TAIL.size} == small.pack_sizes
+
+
+def test_a_push_dedups_against_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry whose index is kept in the table: a second push of the same model stores
+    no chunk, a changed one only its changed chunks, and both pull back whole."""
+    monkeypatch.setattr(packs, "COMPACT_ABOVE", 0)
+    model = tmp_path / "model.bin"
+    data = bytearray(os.urandom(6 << 20))
+    model.write_bytes(data)
+    original = bytes(data)
+    reg = Registry(tmp_path / "reg")
+    first = reg.push("m", model)
+    assert ChunkIndex.load(reg.store).compact
+    again = reg.push("m", model)
+    assert again.new_bytes == 0 and again.digest == first.digest
+    data[3 << 20:(3 << 20) + 100] = os.urandom(100)
+    model.write_bytes(data)
+    changed = reg.push("m", model)
+    assert 0 < changed.new_bytes < len(data) // 2
+    for version, want in ((first, original), (changed, bytes(data))):
+        out = tmp_path / f"out-{version.version}"
+        reg.pull(version.ref, out)
+        assert out.read_bytes() == want
