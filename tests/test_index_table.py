@@ -166,3 +166,29 @@ def test_a_push_dedups_against_the_table(tmp_path: Path, monkeypatch: pytest.Mon
         out = tmp_path / f"out-{version.version}"
         reg.pull(version.ref, out)
         assert out.read_bytes() == want
+
+
+def test_the_table_builds_behind_the_clis_numpy_gate() -> None:
+    """The CLI blocks numpy for everyone but casreg's own modules (casreg_cli/imports.py):
+    the table, which imports it, must still build there."""
+    import subprocess
+    import sys
+
+    code = """
+import os, sys
+from casreg_cli.imports import install
+install()
+assert "numpy" not in sys.modules
+from blake3 import blake3
+from casreg.content.packs import PACK_MAGIC, ChunkIndex, _Slot, encode_index
+from casreg.keys import index_key
+from casreg.storage.memory import MemoryStore
+store = MemoryStore("memory://gate")
+index = encode_index([_Slot(os.urandom(32), len(PACK_MAGIC), 10, 20, 1)])
+store.create(index_key(blake3(index).hexdigest()), index)
+loaded = ChunkIndex.load(store, cache=None, compact_above=-1)
+print(loaded.compact, len(loaded))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "1"]
