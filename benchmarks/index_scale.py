@@ -9,7 +9,8 @@ registry of N chunks, what loading the index takes and holds, both ways
 How: N synthetic index entries (random digests; sizes as a pack lays them out) in packs
 of ``--per-pack`` entries (45 is about a 32 MiB pack of 1 MiB chunks coded to 0.7 MiB;
 600 a pack of small files), written as index objects into a ``memory://`` store, so the
-numbers are the index's own, not a disk's. Each (N, way) runs in a fresh process: the
+numbers are the index's own, not a disk's (``--local DIR``: in a local registry, written
+without fsyncs, read through the page cache). Each (N, way) runs in a fresh process: the
 load's wall time; then a second load under ``tracemalloc``, for what the index holds once
 loaded and what the load allocated at its peak (index objects read included); then 20,000
 lookups, half of digests present and half absent.
@@ -17,6 +18,7 @@ lookups, half of digests present and half absent.
 Usage::
 
     python -m benchmarks.index_scale [--chunks 100000 1000000] [--per-pack 45] [--ways dict compact]
+                                     [--local DIR]
 """
 
 from __future__ import annotations
@@ -25,30 +27,41 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 import uuid
+from pathlib import Path
 
 
-def _one(chunks: int, per_pack: int, way: str) -> dict[str, float]:
+def _one(chunks: int, per_pack: int, way: str, local: str | None) -> dict[str, float]:
     """In this process: build the store, load its index one way, measure."""
     from blake3 import blake3
 
     from casreg.content.packs import PACK_MAGIC, ChunkIndex, _Slot, encode_index
     from casreg.keys import index_key
+    from casreg.storage import ObjectStore
+    from casreg.storage.local import LocalStore
     from casreg.storage.memory import MemoryStore
 
-    store = MemoryStore(f"memory://index-scale-{uuid.uuid4().hex}")
+    root = Path(tempfile.mkdtemp(prefix="index-scale-", dir=local)) if local else None
+    store: ObjectStore = LocalStore(root) if root else MemoryStore(f"memory://index-scale-{uuid.uuid4().hex}")
     digests = os.urandom(32 * chunks)
     for start in range(0, chunks, per_pack):
         slots, offset = [], len(PACK_MAGIC)
         for i in range(start, min(chunks, start + per_pack)):
             slots.append(_Slot(digests[32 * i:32 * i + 32], offset, 700_000, 1 << 20, 2))
             offset += 700_000
-        index = encode_index(slots)
-        store.create(index_key(blake3(index).hexdigest()), index)
+        blob = encode_index(slots)
+        key = index_key(blake3(blob).hexdigest())
+        if root is not None:  # written as a push lays it out, without a push's fsync per object
+            (root / key).parent.mkdir(parents=True, exist_ok=True)
+            (root / key).write_bytes(blob)
+        else:
+            store.create(key, blob)
     if way == "compact":
         import numpy  # noqa: F401  (imported before the clock: its import is timed apart, below)
     compact_above = -1 if way == "compact" else 1 << 62
@@ -56,7 +69,7 @@ def _one(chunks: int, per_pack: int, way: str) -> dict[str, float]:
     index = ChunkIndex.load(store, cache=None, compact_above=compact_above)
     load = time.perf_counter() - t
     assert index.compact == (way == "compact") and len(index) == chunks
-    del index
+    index = ChunkIndex()  # (the first one freed before the traced load)
     tracemalloc.start()  # a second load, traced: what it allocates and keeps (tracing slows it)
     index = ChunkIndex.load(store, cache=None, compact_above=compact_above)
     held, peak = tracemalloc.get_traced_memory()
@@ -67,6 +80,8 @@ def _one(chunks: int, per_pack: int, way: str) -> dict[str, float]:
     found = sum(index.get(d) is not None for d in probes)
     lookup = (time.perf_counter() - t) / len(probes)
     assert found == len(probes) // 2
+    if root is not None:
+        shutil.rmtree(root)
     return {"load_s": load, "held_bytes": held, "peak_bytes": peak, "lookup_us": lookup * 1e6}
 
 
@@ -81,19 +96,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunks", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--per-pack", type=int, default=45)
     ap.add_argument("--ways", nargs="+", default=["dict", "compact"], choices=["dict", "compact"])
+    ap.add_argument("--local", metavar="DIR", help="index objects in a local registry under DIR, not memory://")
     ap.add_argument("--one", nargs=3, metavar=("CHUNKS", "PER_PACK", "WAY"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
-        print(json.dumps(_one(int(args.one[0]), int(args.one[1]), args.one[2])))
+        print(json.dumps(_one(int(args.one[0]), int(args.one[1]), args.one[2], args.local)))
         return
-    print(f"Python {platform.python_version()}, {os.cpu_count()} cores; {args.per_pack} entries a pack; "
+    where = f"a local registry under {args.local}" if args.local else "memory://"
+    print(f"Python {platform.python_version()}, {os.cpu_count()} cores; {args.per_pack} entries a pack in {where}; "
           f"numpy's import alone: {_numpy_import() * 1000:.0f} ms\n")
     print("| chunks | way | load s | us a chunk | held MB | bytes a chunk | peak MB | lookup us |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for chunks in args.chunks:
         for way in args.ways:
+            local = ["--local", args.local] if args.local else []
             out = subprocess.run([sys.executable, "-m", "benchmarks.index_scale", "--one", str(chunks),
-                                  str(args.per_pack), way], capture_output=True, text=True, check=True)
+                                  str(args.per_pack), way, *local], capture_output=True, text=True, check=True)
             r = json.loads(out.stdout)
             print(f"| {chunks:,} | {way} | {r['load_s']:.2f} | {r['load_s'] / chunks * 1e6:.2f} | "
                   f"{r['held_bytes'] / 1e6:.0f} | {r['held_bytes'] / chunks:.0f} | {r['peak_bytes'] / 1e6:.0f} | "

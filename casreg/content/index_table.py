@@ -11,8 +11,8 @@ instead, with numpy's whole-array operations and no Python object per chunk:
 - the first 8 bytes of every digest as an integer, sorted (8 bytes an entry), with the
   entry each came from (4 bytes) and each entry's pack (4 bytes).
 
-That is 68 bytes a chunk (72 measured; 0.4 s and 73 MB at a million chunks, 3.1 s and
-580 MB at 8 million; the load allocates about 120 bytes a chunk at its peak, the index
+That is 68 bytes a chunk (72 measured; 0.4-0.7 s and 73 MB at a million chunks, 3-7 s
+and 580 MB at 8 million; the load allocates 120-175 bytes a chunk at its peak, the index
 objects it read included). A lookup binary-searches the sorted prefixes and compares the whole
 digest with each entry whose prefix matches, in listing order, so it answers what the dict
 answers: the first entry in listing order (pack by pack, entry by entry) with that digest.
