@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from blake3 import blake3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import casreg.content.index_table as index_table
 import casreg.content.packs as packs
 from casreg import Registry
 from casreg.content.config import MAX_CHUNK_BYTES
@@ -97,14 +99,17 @@ def _index(entries: list[tuple[bytes, int, int, int]], damage: str, at: int) -> 
     return index
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.lists(_entry, max_size=8), _damage, st.integers(0, 7)), max_size=8),
-       st.lists(st.binary(min_size=32, max_size=32), max_size=3))
-def test_the_table_answers_what_the_dict_answers(indexes, strangers) -> None:
+       st.lists(st.binary(min_size=32, max_size=32), max_size=3), st.integers(1, 12))
+def test_the_table_answers_what_the_dict_answers(indexes, strangers, batch) -> None:
+    """(``batch``: how many entries the table checks at once, so that indexes fall into
+    several batches, left-out ones among them.)"""
     store = _store()
     for entries, damage, at in indexes:
         _plant(store, _index(entries, damage, at))
-    small, table = _both(store)
+    with mock.patch.object(index_table, "CHECK_BATCH", batch):
+        small, table = _both(store)
     _assert_same(small, table, set(_POOL) | set(strangers))
 
 

@@ -49,7 +49,7 @@ VERIFY_SPAN = 4 << 20  # stored bytes read at once while verifying a pack (bound
 _CODECS = frozenset(int(c) for c in Codec)
 assert _ENTRY.size == ENTRY_SIZE
 #: A push's index of more entries than this is kept in an :class:`~casreg.content.index_table.IndexTable`
-#: (about 72 bytes and 0.3-0.4 us of building a chunk, 2-3 us a lookup) rather than a dict of
+#: (about 73 bytes and 0.3-0.7 us of building a chunk, 2-3 us a lookup) rather than a dict of
 #: :class:`ChunkRef` (about 275 bytes and 1.7-3 us a chunk, under 0.6 us a lookup, and no numpy
 #: to import). At 50,000 chunks the dict costs about 0.09 s and 14 MB; the table 0.05 s for
 #: importing numpy, 0.02 s of building and, for a push of 5,000 small files, 0.02 s more of
@@ -231,8 +231,8 @@ class ChunkIndex:
 
     Built by reading every ``index/`` object. Up to :data:`COMPACT_ABOVE` entries they
     are kept as a dict of :class:`ChunkRef`, about 275 bytes a chunk; above, in an
-    :class:`~casreg.content.index_table.IndexTable`, 68 bytes a chunk: a million chunks
-    cost ~68 MB here, the 8 million of a 10 TB store ~550 MB. Consolidating indexes is
+    :class:`~casreg.content.index_table.IndexTable`, about 73 bytes a chunk: a million
+    chunks cost ~73 MB here, the 8 million of a 10 TB store ~600 MB. Consolidating indexes is
     future work (see docs/FORMAT.md, "Limits").
     """
 
@@ -299,11 +299,6 @@ class ChunkIndex:
             pack_id = parse_index_key(key)
             if pack_id is not None:
                 wanted.append((key, pack_id))
-        found: dict[str, bytes | None] = {}
-        if chosen is not None:
-            for _, pack_id in wanted:
-                found[pack_id] = chosen.get(bytes.fromhex(pack_id), index=True)
-        missing = [(key, pack_id) for key, pack_id in wanted if found.get(pack_id) is None]
         max_chunk = max_chunk_size(store)
         limit = _index_limit(max_chunk)
 
@@ -319,38 +314,49 @@ class ChunkIndex:
                 chosen.put_verified(bytes.fromhex(pack_id), data, index=True)
             return data
 
+        # The indexes the cache lacks are read from the store first, io_concurrency at a time,
+        # and held; the cached ones one at a time below, each dropped once its entries are
+        # copied, so that the load holds the entries it keeps rather than every index object
+        # besides (half the peak of a load of millions of entries: docs/benchmarks.md).
+        missing = [(key, pack_id) for key, pack_id in wanted
+                   if chosen is None or not chosen.has_index(bytes.fromhex(pack_id))]
         if store.io_concurrency > 1 and len(missing) > 1:
             with ThreadPoolExecutor(min(store.io_concurrency, len(missing)), thread_name_prefix="casreg-index") as pool:
-                fetched = list(pool.map(fetch, missing))
+                fetched = dict(zip((pack_id for _, pack_id in missing), pool.map(fetch, missing), strict=True))
         else:
-            fetched = [fetch(item) for item in missing]
-        found.update((pack_id, data) for (_, pack_id), data in zip(missing, fetched))
-        index = cls(max_chunk)
-        index.cache = chosen
-        counted: list[tuple[str, str, bytes, int]] = []  # (key, pack id, index, entries) of every index read
+            fetched = {pack_id: fetch((key, pack_id)) for key, pack_id in missing}
+        entries = bytearray()  # every index's entries, joined in listing order
+        packs: list[tuple[str, str, int, int]] = []  # (key, pack id, entries, index size) of each, in that order
         for key, pack_id in wanted:  # listing order, as before: the first pack holding a chunk wins
-            data = found.get(pack_id)
+            if pack_id in fetched:
+                data = fetched.pop(pack_id)
+            else:  # cached, unless the entry was damaged (then dropped) or removed meanwhile
+                assert chosen is not None
+                data = chosen.get(bytes.fromhex(pack_id), index=True) or fetch((key, pack_id))
             if data is None:
                 continue
             try:
-                counted.append((key, pack_id, data, _entry_count(data, key)))
+                packs.append((key, pack_id, _entry_count(data, key), len(data)))
             except IntegrityError:
                 continue  # a bad index only costs dedup; verify reports it
-        limit_entries = COMPACT_ABOVE if compact_above is None else compact_above
-        if sum(n for _, _, _, n in counted) > limit_entries:
-            index._table, sizes = build_table([(pack_id, memoryview(data)[:len(data) - _TAIL.size], len(data))
-                                               for _, pack_id, data, _ in counted],
+            entries += memoryview(data)[:len(data) - _TAIL.size]
+        index = cls(max_chunk)
+        index.cache = chosen
+        if len(entries) // _ENTRY.size > (COMPACT_ABOVE if compact_above is None else compact_above):
+            index._table, sizes = build_table(entries, [(pack_id, n, size) for _, pack_id, n, size in packs],
                                               first_offset=len(PACK_MAGIC), codecs=_CODECS, max_chunk=max_chunk)
             index.pack_sizes.update(sizes)
             return index
-        for key, pack_id, data, _ in counted:
-            slots = decode_index(data, key)
+        first = 0
+        for key, pack_id, n, size in packs:
+            slots = [_Slot(*_ENTRY.unpack_from(entries, (first + i) * _ENTRY.size)) for i in range(n)]
+            first += n
             try:
-                size = pack_layout(slots, len(data), index.max_chunk, key)  # no writer lays a pack out otherwise
+                pack_size = pack_layout(slots, size, index.max_chunk, key)  # no writer lays a pack out otherwise
             except IntegrityError:
                 continue  # a bad index only costs dedup; verify reports it
             index.add_pack(pack_id, slots)
-            index.pack_sizes[pack_id] = size
+            index.pack_sizes[pack_id] = pack_size
         return index
 
     def __iter__(self) -> Iterator[ChunkRef]:
