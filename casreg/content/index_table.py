@@ -12,8 +12,8 @@ instead, with numpy's whole-array operations and no Python object per chunk:
 - the first 8 bytes of every digest as an integer, sorted (8 bytes an entry), with the
   entry each came from (4 bytes) and each entry's pack (4 bytes).
 
-That is 68 bytes a chunk (73-75 measured: 0.4-0.7 s and 73 MB at a million chunks,
-2.6-5.6 s and 600 MB at 8 million; the load allocates about 110 bytes a chunk at its peak).
+That is 68 bytes a chunk (73-75 measured: 0.3-0.7 s and 73 MB at a million chunks,
+2.5-6.3 s and 600 MB at 8 million; the load allocates about 90 bytes a chunk at its peak).
 A lookup binary-searches the sorted prefixes and compares the whole digest with each entry
 whose prefix matches, in listing order, so it answers what the dict answers: the first
 entry in listing order (pack by pack, entry by entry) with that digest.
@@ -102,8 +102,8 @@ class IndexTable:
                 yield self._ref(pos, digest)
 
 
-#: Entries checked at once: bounds the temporary arrays of the checks (about 50 bytes an entry).
-CHECK_BATCH = 1 << 20
+#: Entries checked at once: bounds the temporary arrays of the checks (about 45 bytes an entry, 12 MB).
+CHECK_BATCH = 1 << 18
 
 
 def build_table(entries: bytearray, packs: Sequence[tuple[str, int, int]], *, first_offset: int,

@@ -314,32 +314,36 @@ class ChunkIndex:
                 chosen.put_verified(bytes.fromhex(pack_id), data, index=True)
             return data
 
-        # The indexes the cache lacks are read from the store first, io_concurrency at a time,
-        # and held; the cached ones one at a time below, each dropped once its entries are
-        # copied, so that the load holds the entries it keeps rather than every index object
-        # besides (half the peak of a load of millions of entries: docs/benchmarks.md).
-        missing = [(key, pack_id) for key, pack_id in wanted
-                   if chosen is None or not chosen.has_index(bytes.fromhex(pack_id))]
-        if store.io_concurrency > 1 and len(missing) > 1:
-            with ThreadPoolExecutor(min(store.io_concurrency, len(missing)), thread_name_prefix="casreg-index") as pool:
-                fetched = dict(zip((pack_id for _, pack_id in missing), pool.map(fetch, missing), strict=True))
-        else:
-            fetched = {pack_id: fetch((key, pack_id)) for key, pack_id in missing}
+        # Each index's entries are copied into one buffer as it is read, in listing order,
+        # and the index object dropped: the load holds the entries it keeps, not every index
+        # object besides (a table's load peaked at 175 bytes a chunk that way, now at about
+        # 90: docs/benchmarks.md, "The chunk index at scale"). The ones the cache lacks are
+        # read from the store in that order, one at a time, or io_concurrency at a time
+        # where the store takes that many.
+        uncached = [chosen is None or not chosen.has_index(bytes.fromhex(pack_id)) for _, pack_id in wanted]
+        missing = [item for item, lacked in zip(wanted, uncached, strict=True) if lacked]
+        pool = ThreadPoolExecutor(min(store.io_concurrency, len(missing)), thread_name_prefix="casreg-index") \
+            if store.io_concurrency > 1 and len(missing) > 1 else None
+        fetched: Iterator[bytes | None] = pool.map(fetch, missing) if pool is not None else map(fetch, missing)
         entries = bytearray()  # every index's entries, joined in listing order
         packs: list[tuple[str, str, int, int]] = []  # (key, pack id, entries, index size) of each, in that order
-        for key, pack_id in wanted:  # listing order, as before: the first pack holding a chunk wins
-            if pack_id in fetched:
-                data = fetched.pop(pack_id)
-            else:  # cached, unless the entry was damaged (then dropped) or removed meanwhile
-                assert chosen is not None
-                data = chosen.get(bytes.fromhex(pack_id), index=True) or fetch((key, pack_id))
-            if data is None:
-                continue
-            try:
-                packs.append((key, pack_id, _entry_count(data, key), len(data)))
-            except IntegrityError:
-                continue  # a bad index only costs dedup; verify reports it
-            entries += memoryview(data)[:len(data) - _TAIL.size]
+        try:
+            for (key, pack_id), lacked in zip(wanted, uncached, strict=True):  # listing order: the first pack
+                if lacked:                                                      # holding a chunk wins
+                    data = next(fetched)
+                else:  # cached, unless the entry was damaged (then dropped) or removed meanwhile
+                    assert chosen is not None
+                    data = chosen.get(bytes.fromhex(pack_id), index=True) or fetch((key, pack_id))
+                if data is None:
+                    continue
+                try:
+                    packs.append((key, pack_id, _entry_count(data, key), len(data)))
+                except IntegrityError:
+                    continue  # a bad index only costs dedup; verify reports it
+                entries += memoryview(data)[:len(data) - _TAIL.size]
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
         index = cls(max_chunk)
         index.cache = chosen
         if len(entries) // _ENTRY.size > (COMPACT_ABOVE if compact_above is None else compact_above):
