@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import casreg.content.index_table as index_table
 import casreg.content.packs as packs
 from casreg import Registry
+from casreg.content.chunking import DEFAULT_CHUNK_PARAMS
 from casreg.content.config import MAX_CHUNK_BYTES
 from casreg.content.manifest import stored_bound
 from casreg.content.packs import _TAIL, INDEX_MAGIC, PACK_MAGIC, ChunkIndex, _Slot, encode_index
@@ -155,7 +156,7 @@ def test_a_push_dedups_against_the_table(tmp_path: Path, monkeypatch: pytest.Mon
     no chunk, a changed one only its changed chunks, and both pull back whole."""
     monkeypatch.setattr(packs, "COMPACT_ABOVE", 0)
     model = tmp_path / "model.bin"
-    data = bytearray(os.urandom(6 << 20))
+    data = bytearray(os.urandom(12 << 20))
     model.write_bytes(data)
     original = bytes(data)
     reg = Registry(tmp_path / "reg")
@@ -163,10 +164,10 @@ def test_a_push_dedups_against_the_table(tmp_path: Path, monkeypatch: pytest.Mon
     assert ChunkIndex.load(reg.store).compact
     again = reg.push("m", model)
     assert again.new_bytes == 0 and again.digest == first.digest
-    data[3 << 20:(3 << 20) + 100] = os.urandom(100)
+    data[6 << 20:(6 << 20) + 100] = os.urandom(100)
     model.write_bytes(data)
     changed = reg.push("m", model)
-    assert 0 < changed.new_bytes < len(data) // 2
+    assert 0 < changed.new_bytes <= 2 * DEFAULT_CHUNK_PARAMS.max_size < len(data)  # the chunk or two around the change
     for version, want in ((first, original), (changed, bytes(data))):
         out = tmp_path / f"out-{version.version}"
         reg.pull(version.ref, out)
@@ -197,3 +198,49 @@ print(loaded.compact, len(loaded))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "1"]
+
+
+def test_cli_pushes_into_a_registry_past_the_threshold(tmp_path: Path) -> None:
+    """End to end, as a user runs it: the ``casreg`` command (its numpy gate installed)
+    pushes into a local registry whose indexes list more than ``COMPACT_ABOVE`` chunks, so
+    the table is built; a second push of the same file stores nothing, a changed one only
+    its changed chunks, and both pull back byte for byte."""
+    import json
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("casreg")
+    reg = tmp_path / "reg"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run([str(script), *args, "--registry", str(reg)], capture_output=True, text=True,
+                             timeout=300, env={**os.environ, "CASREG_USER": "test@example.test"})
+        assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+        return out
+
+    model = tmp_path / "model.bin"
+    data = bytearray(os.urandom(12 << 20))
+    model.write_bytes(data)
+    original = bytes(data)
+    first = json.loads(cli("push", "m", str(model), "--json").stdout)
+    # Other chunks' entries, as a large registry's indexes list them (their packs are never
+    # read: none of them is a chunk of this model).
+    per_pack, total = 600, packs.COMPACT_ABOVE + 1
+    for start in range(0, total, per_pack):
+        index = encode_index(_laid_out([(os.urandom(32), 1000, 2000, 1) for _ in range(min(per_pack, total - start))]))
+        path = reg / index_key(blake3(index).hexdigest())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(index)
+    from casreg.storage.local import LocalStore
+
+    assert ChunkIndex.load(LocalStore(reg), cache=None).compact
+    again = json.loads(cli("push", "m", str(model), "--json").stdout)
+    assert again["new_bytes"] == 0 and again["digest"] == first["digest"]
+    data[6 << 20:(6 << 20) + 10] = os.urandom(10)
+    model.write_bytes(data)
+    changed = json.loads(cli("push", "m", str(model), "--json").stdout)
+    assert 0 < changed["new_bytes"] <= 2 * DEFAULT_CHUNK_PARAMS.max_size < len(data)  # the chunk(s) changed
+    for number, want in ((first["version"], original), (changed["version"], bytes(data))):
+        out = tmp_path / f"out-{number}"
+        cli("pull", f"m:{number}", str(out), "--quiet")
+        assert out.read_bytes() == want
