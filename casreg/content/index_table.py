@@ -26,6 +26,7 @@ it out.
 
 from __future__ import annotations
 
+import struct
 import typing
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -41,6 +42,7 @@ __all__ = ["IndexTable", "build_table", "ENTRY_SIZE"]
 #: codec (u8) and 3 bytes of padding, little-endian (``casreg.content.packs._ENTRY``).
 ENTRY_SIZE = 52
 _FIELDS = [("digest", "V32"), ("offset", "<u8"), ("stored", "<u4"), ("raw", "<u4"), ("codec", "u1"), ("pad", "V3")]
+_WHERE = struct.Struct("<QIIB")  # an entry after its digest: offset, stored size, raw size, codec
 
 
 class IndexTable:
@@ -55,32 +57,21 @@ class IndexTable:
         self.prefixes = prefixes  # the digests' first 8 bytes, big-endian, sorted (uint64)
         self.order = order  # the entry each sorted prefix belongs to; equal prefixes in entry order
         self.distinct = distinct  # how many different digests the entries hold
+        # (a key is searched as a uint64: numpy compares a Python int of 2**63 or more by
+        # converting the whole array first)
+        self._key = prefixes.dtype.type
 
     def __len__(self) -> int:
         return self.distinct
 
-    @staticmethod
-    def _uint64(key: int) -> np.uint64:
-        import numpy as np
-
-        return np.uint64(key)
-
-    @property
-    def nbytes(self) -> int:
-        """The memory the table holds (the entries and the three arrays)."""
-        return len(self.entries) + self.pack_of.nbytes + self.prefixes.nbytes + self.order.nbytes
-
     def _ref(self, pos: int, digest: bytes) -> ChunkRef:
-        import struct
-
-        offset, stored, raw, codec = struct.unpack_from("<QIIB", self.entries, pos * ENTRY_SIZE + 32)
+        offset, stored, raw, codec = _WHERE.unpack_from(self.entries, pos * ENTRY_SIZE + 32)
         return ChunkRef(digest, self.packs[int(self.pack_of[pos])], offset, stored, raw, codec)
 
     def _find(self, digest: bytes) -> int | None:
         """The position of the first entry in listing order whose digest is ``digest``."""
         key = int.from_bytes(digest[:8], "big")
-        # (as a uint64: numpy compares a Python int of 2**63 or more by converting the whole array)
-        i = int(self.prefixes.searchsorted(self._uint64(key)))
+        i = int(self.prefixes.searchsorted(self._key(key)))
         while i < len(self.prefixes) and int(self.prefixes[i]) == key:
             pos = int(self.order[i])
             if self.entries[pos * ENTRY_SIZE:pos * ENTRY_SIZE + 32] == digest:
