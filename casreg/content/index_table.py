@@ -50,19 +50,23 @@ class IndexTable:
     built, so any number of threads may look up at once."""
 
     def __init__(self, packs: list[str], entries: bytearray, pack_of: np.ndarray, prefixes: np.ndarray,
-                 order: np.ndarray, distinct: int) -> None:
+                 order: np.ndarray) -> None:
         self.packs = packs  # pack ids, in listing order
         self.entries = entries  # every entry, 52 bytes each, pack by pack in listing order (never changed)
         self.pack_of = pack_of  # the pack number of each entry (uint32)
         self.prefixes = prefixes  # the digests' first 8 bytes, big-endian, sorted (uint64)
         self.order = order  # the entry each sorted prefix belongs to; equal prefixes in entry order
-        self.distinct = distinct  # how many different digests the entries hold
         # (a key is searched as a uint64: numpy compares a Python int of 2**63 or more by
         # converting the whole array first)
         self._key = prefixes.dtype.type
+        self._distinct: int | None = None
 
     def __len__(self) -> int:
-        return self.distinct
+        """How many different digests the entries hold (counted when first asked: a push
+        never asks)."""
+        if self._distinct is None:
+            self._distinct = _distinct(self.entries, self.prefixes, self.order)
+        return self._distinct
 
     def _ref(self, pos: int, digest: bytes) -> ChunkRef:
         offset, stored, raw, codec = _WHERE.unpack_from(self.entries, pos * ENTRY_SIZE + 32)
@@ -147,9 +151,7 @@ def build_table(entries: bytearray, packs: Sequence[tuple[str, int, int]], *, fi
     order = wide.astype(np.uint32) if n < 1 << 32 else wide
     del wide
     prefixes = prefixes[order]
-    table = IndexTable([pack_id for pack_id, _, _ in kept], entries, pack_of, prefixes, order,
-                       _distinct(entries, prefixes, order))
-    return table, sizes
+    return IndexTable([pack_id for pack_id, _, _ in kept], entries, pack_of, prefixes, order), sizes
 
 
 def _check(view: np.ndarray, counts: np.ndarray, first_offset: int, codecs: frozenset[int],

@@ -83,8 +83,13 @@ def _entry_count(data: bytes, where: str) -> int:
     return int(count)
 
 
+def _slots(data: bytes | bytearray, first: int, count: int) -> list[_Slot]:
+    """The ``count`` entries of ``data`` from entry number ``first`` on."""
+    return [_Slot(*_ENTRY.unpack_from(data, (first + i) * _ENTRY.size)) for i in range(count)]
+
+
 def decode_index(data: bytes, where: str) -> list[_Slot]:
-    return [_Slot(*_ENTRY.unpack_from(data, i * _ENTRY.size)) for i in range(_entry_count(data, where))]
+    return _slots(data, 0, _entry_count(data, where))
 
 
 def pack_layout(slots: Sequence[_Slot], index_size: int, max_chunk: int, where: str) -> int:
@@ -353,7 +358,7 @@ class ChunkIndex:
             return index
         first = 0
         for key, pack_id, n, size in packs:
-            slots = [_Slot(*_ENTRY.unpack_from(entries, (first + i) * _ENTRY.size)) for i in range(n)]
+            slots = _slots(entries, first, n)
             first += n
             try:
                 pack_size = pack_layout(slots, size, index.max_chunk, key)  # no writer lays a pack out otherwise
