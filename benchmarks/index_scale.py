@@ -4,7 +4,8 @@ Why: every push reads every pack index of the registry (``ChunkIndex.load``) bef
 stores a byte, and holds what it read for the whole push. DESIGN.md plans for a 10 TB
 store, millions of chunks; docs/FORMAT.md §10 lists the cost. This measures, for a
 registry of N chunks, what loading the index takes and holds, both ways
-(``compact_above`` forces one or the other), and what a lookup costs.
+(``compact_above`` forces one or the other), and what a lookup costs; ``+bundle`` ways
+first write an index bundle, as ``casreg compact`` does, and load through it.
 
 How: N synthetic index entries (random digests; sizes as a pack lays them out) in packs
 of ``--per-pack`` entries (45 is about a 32 MiB pack of 1 MiB chunks coded to 0.7 MiB;
@@ -13,12 +14,12 @@ numbers are the index's own, not a disk's (``--local DIR``: in a local registry,
 without fsyncs, read through the page cache). Each (N, way) runs in a fresh process: the
 load's wall time; then a second load under ``tracemalloc``, for what the index holds once
 loaded and what the load allocated at its peak (index objects read included); then 20,000
-lookups, half of digests present and half absent.
+lookups, half of digests present and half absent. ``reads``: the store reads of a load.
 
 Usage::
 
-    python -m benchmarks.index_scale [--chunks 100000 1000000] [--per-pack 45] [--ways dict compact]
-                                     [--local DIR]
+    python -m benchmarks.index_scale [--chunks 100000 1000000] [--per-pack 45] [--local DIR]
+                                     [--ways dict compact dict+bundle compact+bundle]
 """
 
 from __future__ import annotations
@@ -41,11 +42,13 @@ def _one(chunks: int, per_pack: int, way: str, local: str | None) -> dict[str, f
     """In this process: build the store, load its index one way, measure."""
     from blake3 import blake3
 
-    from casreg.content.packs import PACK_MAGIC, ChunkIndex, _Slot, encode_index
+    from casreg.content.bundles import write_bundle
+    from casreg.content.packs import PACK_MAGIC, ChunkIndex, _Slot, encode_index, index_limit
     from casreg.keys import index_key
     from casreg.storage import ObjectStore
     from casreg.storage.local import LocalStore
     from casreg.storage.memory import MemoryStore
+    from casreg.testing.counting import CountingStore
 
     root = Path(tempfile.mkdtemp(prefix="index-scale-", dir=local)) if local else None
     store: ObjectStore = LocalStore(root) if root else MemoryStore(f"memory://index-scale-{uuid.uuid4().hex}")
@@ -62,18 +65,26 @@ def _one(chunks: int, per_pack: int, way: str, local: str | None) -> dict[str, f
             (root / key).write_bytes(blob)
         else:
             store.create(key, blob)
-    if way == "compact":
+    base, _, bundled = way.partition("+")
+    bundle_s = 0.0
+    if bundled:  # what `casreg compact` does: every index copied into one bundle
+        t = time.perf_counter()
+        assert write_bundle(store, max_index=index_limit(store), at_least=1).key is not None
+        bundle_s = time.perf_counter() - t
+    if base == "compact":
         import numpy  # noqa: F401  (imported before the clock: its import is timed apart, below)
-    compact_above = -1 if way == "compact" else 1 << 62
+    compact_above = -1 if base == "compact" else 1 << 62
     t = time.perf_counter()
     index = ChunkIndex.load(store, cache=None, compact_above=compact_above)
     load = time.perf_counter() - t
-    assert index.compact == (way == "compact") and len(index) == chunks
+    assert index.compact == (base == "compact") and len(index) == chunks
     index = ChunkIndex()  # (the first one freed before the traced load)
+    counting = CountingStore(store)
     tracemalloc.start()  # a second load, traced: what it allocates and keeps (tracing slows it)
-    index = ChunkIndex.load(store, cache=None, compact_above=compact_above)
+    index = ChunkIndex.load(counting, cache=None, compact_above=compact_above)
     held, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    reads = sum(counting.reads.values())
     probes = [digests[32 * i:32 * i + 32] for i in range(0, chunks, max(1, chunks // 10_000))][:10_000]
     probes += [os.urandom(32) for _ in range(len(probes))]
     t = time.perf_counter()
@@ -82,7 +93,8 @@ def _one(chunks: int, per_pack: int, way: str, local: str | None) -> dict[str, f
     assert found == len(probes) // 2
     if root is not None:
         shutil.rmtree(root)
-    return {"load_s": load, "held_bytes": held, "peak_bytes": peak, "lookup_us": lookup * 1e6}
+    return {"load_s": load, "held_bytes": held, "peak_bytes": peak, "lookup_us": lookup * 1e6, "reads": reads,
+            "bundle_s": bundle_s}
 
 
 def _numpy_import() -> float:
@@ -95,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chunks", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--per-pack", type=int, default=45)
-    ap.add_argument("--ways", nargs="+", default=["dict", "compact"], choices=["dict", "compact"])
+    ap.add_argument("--ways", nargs="+", default=["dict", "compact"],
+                    choices=["dict", "compact", "dict+bundle", "compact+bundle"])
     ap.add_argument("--local", metavar="DIR", help="index objects in a local registry under DIR, not memory://")
     ap.add_argument("--one", nargs=3, metavar=("CHUNKS", "PER_PACK", "WAY"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -105,8 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     where = f"a local registry under {args.local}" if args.local else "memory://"
     print(f"Python {platform.python_version()}, {os.cpu_count()} cores; {args.per_pack} entries a pack in {where}; "
           f"numpy's import alone: {_numpy_import() * 1000:.0f} ms\n")
-    print("| chunks | way | load s | us a chunk | held MB | bytes a chunk | peak MB | lookup us |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("| chunks | way | load s | us a chunk | held MB | bytes a chunk | peak MB | lookup us | reads "
+          "| bundle written in s |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for chunks in args.chunks:
         for way in args.ways:
             local = ["--local", args.local] if args.local else []
@@ -115,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             r = json.loads(out.stdout)
             print(f"| {chunks:,} | {way} | {r['load_s']:.2f} | {r['load_s'] / chunks * 1e6:.2f} | "
                   f"{r['held_bytes'] / 1e6:.0f} | {r['held_bytes'] / chunks:.0f} | {r['peak_bytes'] / 1e6:.0f} | "
-                  f"{r['lookup_us']:.2f} |", flush=True)
+                  f"{r['lookup_us']:.2f} | {r['reads']:,} | {r['bundle_s']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

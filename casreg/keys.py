@@ -10,6 +10,7 @@ keys through here; none spells a path itself.
 ``casreg.json``                                 :data:`CONFIG_KEY`
 ``packs/<aa>/<id>.pack``                        :func:`pack_key`
 ``index/<aa>/<id>.idx``                         :func:`index_key`
+``bundles/<aa>/<id>.bundle``                    :func:`bundle_key`
 ``manifests/<aa>/<hex>.manifest``               :func:`manifest_key`
 ``ledger/versions/<name>/<N:010d>.parquet``     :func:`version_segment_key`
 ``refs/<name>/<N:010d>.json``                   :func:`version_copy_key`
@@ -46,7 +47,7 @@ __all__ = [
     "GC_CONDEMNED", "GC_RESCUED", "GC_SWEEPING",
     "ObjectKind", "EventKey",
     "pack_key", "parse_pack_key", "index_key", "parse_index_key", "manifest_key", "parse_manifest_key",
-    "parse_object_key", "object_key",
+    "parse_object_key", "object_key", "BUNDLES", "bundle_key", "parse_bundle_key",
     "version_segment_key", "parse_version_segment_key", "version_copy_key", "parse_version_copy_key",
     "event_segment_key", "event_key", "parse_event_segment_key", "compacted_key", "parse_compacted_key",
     "pointer_key", "parse_pointer_key", "policy_key", "parse_policy_key",
@@ -61,6 +62,8 @@ __all__ = [
 CONFIG_KEY: Final = "casreg.json"
 PACKS: Final = "packs"
 INDEXES: Final = "index"
+#: Many pack indexes in one object, so a push into a large registry reads one (docs/FORMAT.md §4.3).
+BUNDLES: Final = "bundles"
 MANIFESTS: Final = "manifests"
 VERSIONS: Final = "ledger/versions"
 EVENTS: Final = "ledger/events"
@@ -182,6 +185,21 @@ def parse_index_key(key: str) -> str | None:
 
 def parse_manifest_key(key: str) -> str | None:
     return _parse_kind(key, MANIFESTS)
+
+
+_RE.define('bundle', r"bundles/([0-9a-f]{2})/([0-9a-f]{64})\.bundle")
+
+
+def bundle_key(bundle_id: str) -> str:
+    """An index bundle, named by the BLAKE3 of its directory and tail (docs/FORMAT.md §4.3).
+    Not a content object: nothing references it, and gc leaves it to ``casreg compact``."""
+    h = _hex(bundle_id)
+    return f"{BUNDLES}/{h[:2]}/{h}.bundle"
+
+
+def parse_bundle_key(key: str) -> str | None:
+    m = _RE.bundle.fullmatch(key)
+    return m[2] if m is not None and m[1] == m[2][:2] else None
 
 
 # -- the ledger --------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from casreg.refs import Ref, parse_ref, split_ref_path, validate_alias, validate
 from casreg.storage import ObjectStore, open_store
 
 if TYPE_CHECKING:
+    from casreg.content.bundles import BundleResult
     from casreg.content.lazy import BF16Mode, Framework, SafetensorsFile
     from casreg.content.source import Source
     from casreg.governance.catalog import ModelSummary
@@ -395,6 +396,16 @@ class Registry:
         from casreg.ledger.compact import DEFAULT_GRACE, compact
 
         return compact(self.store, full=full, grace=DEFAULT_GRACE if grace is None else grace)
+
+    def bundle_indexes(self, *, at_least: int = 1000) -> BundleResult:
+        """Copy every pack index into one index bundle, when at least ``at_least`` are not
+        in one yet, and remove the older bundles (:func:`casreg.content.bundles.write_bundle`):
+        a push then reads a few large ranges instead of one object per pack. Safe while
+        others push, gc or load."""
+        from casreg.content.bundles import write_bundle
+        from casreg.content.packs import index_limit
+
+        return write_bundle(self.store, max_index=index_limit(self.store), at_least=at_least)
 
     # -- reading ------------------------------------------------------------------------------
     def show(self, ref: str | Ref) -> Version:

@@ -2,7 +2,7 @@
 
 Above ``COMPACT_ABOVE`` entries a push keeps the registry's index entries in numpy arrays
 instead of a dict of ChunkRefs. The two must accept the same indexes (a bad entry leaves
-its whole index out), find the same chunk for every digest (the first pack listed that
+its whole index out), find the same chunk for every digest (the first pack, by pack id, that
 has it, the first entry of that pack), and agree on every pack's size. Each property
 builds both from the same index objects in a ``memory://`` store and compares them.
 """

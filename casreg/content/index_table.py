@@ -15,8 +15,8 @@ instead, with numpy's whole-array operations and no Python object per chunk:
 That is 68 bytes a chunk (73-75 measured: 0.3-0.7 s and 73 MB at a million chunks,
 2.5-6.3 s and 600 MB at 8 million; the load allocates about 90 bytes a chunk at its peak).
 A lookup binary-searches the sorted prefixes and compares the whole digest with each entry
-whose prefix matches, in listing order, so it answers what the dict answers: the first
-entry in listing order (pack by pack, entry by entry) with that digest.
+whose prefix matches, in the load's order (by pack id), so it answers what the dict answers: the first
+entry in that order (pack by pack, entry by entry) with that digest.
 The entries are checked as :func:`casreg.content.packs.pack_layout` checks one index (each
 payload right after the previous one, from the pack magic on; a known codec; no raw size
 above the registry's maximum; no stored size above what a codec can produce), a whole
@@ -51,8 +51,8 @@ class IndexTable:
 
     def __init__(self, packs: list[str], entries: bytearray, pack_of: np.ndarray, prefixes: np.ndarray,
                  order: np.ndarray) -> None:
-        self.packs = packs  # pack ids, in listing order
-        self.entries = entries  # every entry, 52 bytes each, pack by pack in listing order (never changed)
+        self.packs = packs  # pack ids, in the load's order (by pack id)
+        self.entries = entries  # every entry, 52 bytes each, pack by pack in that order (never changed)
         self.pack_of = pack_of  # the pack number of each entry (uint32)
         self.prefixes = prefixes  # the digests' first 8 bytes, big-endian, sorted (uint64)
         self.order = order  # the entry each sorted prefix belongs to; equal prefixes in entry order

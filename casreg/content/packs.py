@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from blake3 import blake3
 
+from casreg.content.bundles import USE_AT_LEAST, open_best_bundle, read_bundled
 from casreg.content.cache import AUTO, CacheArg, ChunkCache, resolve_cache
 from casreg.content.codec import Codec, check_decodes
 from casreg.content.config import MAX_CHUNK_BYTES, max_chunk_size
@@ -37,6 +38,7 @@ __all__ = [
     "decode_index",
     "pack_layout",
     "read_index",
+    "index_limit",
     "verify_pack",
 ]
 
@@ -123,6 +125,12 @@ def _index_limit(max_chunk: int) -> int:
     at least one byte each; and never more than :data:`MAX_INDEX_BYTES`, so reading a
     planted index costs bounded memory."""
     return min((PACK_TARGET + stored_bound(max_chunk) + 1) * _ENTRY.size + _TAIL.size, MAX_INDEX_BYTES)
+
+
+def index_limit(store: ObjectStore) -> int:
+    """The largest index object a reader of ``store`` accepts (:func:`_index_limit` of its
+    chunk bound)."""
+    return _index_limit(max_chunk_size(store))
 
 
 def read_index(store: ObjectStore, pack_id: str, cache: ChunkCache | None, limit: int) -> bytes:
@@ -268,7 +276,7 @@ class ChunkIndex:
         return len(self._refs) + (len(self._table) if self._table is not None else 0)
 
     def get(self, digest: bytes) -> ChunkRef | None:
-        """Where the registry holds the chunk ``digest`` (the first pack listed that has
+        """Where the registry holds the chunk ``digest`` (the first pack, by pack id, that has
         it), or ``None``."""
         if self._table is not None and (ref := self._table.get(digest)) is not None:
             return ref
@@ -304,6 +312,7 @@ class ChunkIndex:
             pack_id = parse_index_key(key)
             if pack_id is not None:
                 wanted.append((key, pack_id))
+        wanted.sort(key=lambda item: item[1])  # pack id order: the same answers from every backend, and a bundle's
         max_chunk = max_chunk_size(store)
         limit = _index_limit(max_chunk)
 
@@ -319,7 +328,7 @@ class ChunkIndex:
                 chosen.put_verified(bytes.fromhex(pack_id), data, index=True)
             return data
 
-        # Each index's entries are copied into one buffer as it is read, in listing order,
+        # Each index's entries are copied into one buffer as it is read, in pack id order,
         # and the index object dropped: the load holds the entries it keeps, not every index
         # object besides (a table's load peaked at 175 bytes a chunk that way, now at about
         # 90: docs/benchmarks.md, "The chunk index at scale"). The ones the cache lacks are
@@ -327,14 +336,27 @@ class ChunkIndex:
         # where the store takes that many.
         uncached = [chosen is None or not chosen.has_index(bytes.fromhex(pack_id)) for _, pack_id in wanted]
         missing = [item for item, lacked in zip(wanted, uncached, strict=True) if lacked]
+        # Many to read one by one: those an index bundle holds are read from it instead, a few
+        # large ranges at a time, each checked as if read on its own (casreg/content/bundles.py).
+        bundle = open_best_bundle(store, [pid for _, pid in missing], limit) if len(missing) >= USE_AT_LEAST else None
+        bundled = set() if bundle is None else {pid for _, pid in missing if pid in bundle}
+        singles = [item for item in missing if item[1] not in bundled]
         pool = ThreadPoolExecutor(min(store.io_concurrency, len(missing)), thread_name_prefix="casreg-index") \
             if store.io_concurrency > 1 and len(missing) > 1 else None
-        fetched: Iterator[bytes | None] = pool.map(fetch, missing) if pool is not None else map(fetch, missing)
-        entries = bytearray()  # every index's entries, joined in listing order
+        fetched: Iterator[bytes | None] = pool.map(fetch, singles) if pool is not None else map(fetch, singles)
+        from_bundle: Iterator[bytes | None] = iter(()) if bundle is None else \
+            read_bundled(store, bundle, [pid for _, pid in missing if pid in bundled], pool)
+        entries = bytearray()  # every index's entries, joined in pack id order
         packs: list[tuple[str, str, int, int]] = []  # (key, pack id, entries, index size) of each, in that order
         try:
-            for (key, pack_id), lacked in zip(wanted, uncached, strict=True):  # listing order: the first pack
-                if lacked:                                                      # holding a chunk wins
+            for (key, pack_id), lacked in zip(wanted, uncached, strict=True):  # pack id order: the first pack
+                if lacked and pack_id in bundled:                               # holding a chunk wins
+                    data = next(from_bundle)
+                    if data is None:  # not as its pack id says, or the bundle is gone: read it on its own
+                        data = fetch((key, pack_id))
+                    elif chosen is not None:
+                        chosen.put_verified(bytes.fromhex(pack_id), data, index=True)
+                elif lacked:
                     data = next(fetched)
                 else:  # cached, unless the entry was damaged (then dropped) or removed meanwhile
                     assert chosen is not None

@@ -1,0 +1,254 @@
+"""Index bundles (casreg/content/bundles.py): a load that reads them answers what a load of
+the index objects answers, whatever is wrong with the bundle, in far fewer reads.
+
+A bundle is a copy of many pack indexes in one object, written by ``casreg compact``. It is
+trusted no more than the index objects: its directory must hash to its name, every index
+taken from it must hash to its pack id, and only packs whose index is listed are looked up
+in it. So each property builds a registry of index objects, bundles some, damages the
+bundle or the registry, and compares the load against one that ignores bundles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from blake3 import blake3
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import casreg.content.packs as packs
+from casreg import Registry
+from casreg.content.bundles import BUNDLE_MAGIC, open_best_bundle, write_bundle
+from casreg.content.packs import PACK_MAGIC, ChunkIndex, _Slot, encode_index, index_limit
+from casreg.keys import BUNDLES, bundle_key, index_key, parse_bundle_key
+from casreg.storage import ByteRange
+from casreg.storage.local import LocalStore
+from casreg.storage.memory import MemoryStore
+from casreg.testing.counting import CountingStore
+
+
+def _store() -> MemoryStore:
+    return MemoryStore(f"memory://bundles-{uuid.uuid4().hex}")
+
+
+def _index(digests: list[bytes], stored: int = 700) -> bytes:
+    slots, offset = [], len(PACK_MAGIC)
+    for d in digests:
+        slots.append(_Slot(d, offset, stored, 1000, 2))
+        offset += stored
+    return encode_index(slots)
+
+
+def _plant(store: MemoryStore, index: bytes) -> str:
+    pack_id = blake3(index).hexdigest()
+    store.create(index_key(pack_id), index)
+    return pack_id
+
+
+def _bundles(store: MemoryStore) -> list[str]:
+    return sorted(k for k in store.list(BUNDLES))
+
+
+def _load(store: MemoryStore, *, bundles: bool, compact_above: int | None = None) -> ChunkIndex:
+    """The load as a push does it, reading bundles from the first missing index on (or never)."""
+    with mock.patch.object(packs, "USE_AT_LEAST", 1 if bundles else 1 << 40):
+        return ChunkIndex.load(store, cache=None, compact_above=compact_above)
+
+
+def _assert_same(got: ChunkIndex, want: ChunkIndex, digests: set[bytes]) -> None:
+    for d in digests:
+        assert got.get(d) == want.get(d), d.hex()
+    assert got.pack_sizes == want.pack_sizes
+    assert list(got) == list(want)
+
+
+_POOL = [os.urandom(32) for _ in range(12)]
+_damage = st.sampled_from(["none", "none", "data", "directory", "tail", "truncate", "gone", "renamed", "swapped",
+                           "huge-count"])
+
+
+def _damage_bundle(store: MemoryStore, key: str, how: str) -> None:
+    data = store.read(key)
+    bundle_id = str(parse_bundle_key(key))
+    count = struct.unpack_from("<Q", data, len(data) - 16)[0]
+    dir_start = len(data) - 16 - 40 * count
+    if how == "data":  # one index's bytes changed: that index is read on its own
+        data = data[:5] + bytes([data[5] ^ 1]) + data[6:]
+    elif how == "directory":  # no longer what the name says
+        data = data[:dir_start + 33] + bytes([data[dir_start + 33] ^ 1]) + data[dir_start + 34:]
+    elif how == "tail":
+        data = data[:-1] + b"\x00"
+    elif how == "truncate":
+        data = data[:len(data) // 2]
+    elif how == "huge-count":  # a count no store could hold, its name made to match
+        tail = struct.pack("<Q8s", 1 << 60, BUNDLE_MAGIC)
+        store.delete(key)
+        store.create(bundle_key(blake3(tail).hexdigest()), tail)
+        return
+    elif how == "swapped":  # two indexes' bytes exchanged, the directory unchanged
+        first = struct.unpack_from("<Q", data, dir_start + 32)[0]
+        second = struct.unpack_from("<Q", data, dir_start + 72)[0] if count > 1 else 0
+        if count > 1 and first == second:
+            data = data[first:2 * first] + data[:first] + data[2 * first:]
+    if how == "renamed":  # the same bytes under another bundle's name
+        store.delete(key)
+        store.create(bundle_key(blake3(b"other" + bundle_id.encode()).hexdigest()), data)
+        return
+    store.delete(key)
+    if how != "gone":
+        store.create(key, data)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(before=st.lists(st.lists(st.sampled_from(_POOL), min_size=0, max_size=5), min_size=1, max_size=8),
+       after=st.lists(st.lists(st.sampled_from(_POOL), min_size=1, max_size=4), max_size=3),
+       removed=st.sets(st.integers(0, 7), max_size=3), damage=_damage, compact=st.booleans())
+def test_a_load_through_a_bundle_answers_what_the_indexes_answer(
+        before: list[list[bytes]], after: list[list[bytes]], removed: set[int], damage: str, compact: bool) -> None:
+    store = _store()
+    ids = [_plant(store, _index(ds)) for ds in before]
+    store.create(index_key("ab" * 32), b"not an index at all, under a pack id it does not hash to")
+    result = write_bundle(store, max_index=index_limit(store), at_least=1)
+    assert result.key is not None and _bundles(store) == [result.key]
+    assert result.packs == len(set(ids))  # the planted non-index is left out
+    for ds in after:  # pushed since the bundle was written
+        _plant(store, _index(ds))
+    for i in removed:  # gc removed these packs since (their indexes go with them)
+        if i < len(ids):
+            store.delete(index_key(ids[i]))
+    _damage_bundle(store, result.key, damage)
+    threshold = -1 if compact else None
+    want = _load(store, bundles=False, compact_above=threshold)
+    got = _load(store, bundles=True, compact_above=threshold)
+    _assert_same(got, want, set(_POOL) | {os.urandom(32)})
+
+
+@pytest.mark.parametrize("damage", ["data", "directory", "tail", "truncate", "gone", "renamed", "swapped",
+                                    "huge-count"])
+def test_each_kind_of_damaged_bundle_costs_reads_not_answers(damage: str) -> None:
+    """Every kind of damage, on a registry where it hits an index a lookup needs (the
+    indexes have the same size, so "swapped" exchanges the first two)."""
+    store = _store()
+    digests = [os.urandom(32) for _ in range(6)]
+    for group in (digests[:2], digests[2:4], digests[4:]):
+        _plant(store, _index(group))
+    result = write_bundle(store, max_index=index_limit(store), at_least=1)
+    assert result.key is not None
+    _damage_bundle(store, result.key, damage)
+    counting = CountingStore(store)
+    with mock.patch.object(packs, "USE_AT_LEAST", 1):
+        got = ChunkIndex.load(counting, cache=None)
+    assert counting.reads["index"] >= 1  # what the bundle could not give was read on its own
+    _assert_same(got, _load(store, bundles=False), set(digests))
+    assert all(d in got for d in digests)
+
+
+def test_a_bundle_saves_reads_and_a_second_one_replaces_the_first() -> None:
+    inner = _store()
+    for _ in range(300):
+        _plant(inner, _index([os.urandom(32), os.urandom(32), os.urandom(32)]))
+    store = CountingStore(inner)
+    plain = _load(inner, bundles=False)
+    store.reset()
+    ChunkIndex.load(store, cache=None)
+    assert store.reads["index"] == 300
+    assert write_bundle(inner, max_index=index_limit(inner), at_least=1000).key is None  # 300 < 1000
+    first = write_bundle(inner, max_index=index_limit(inner), at_least=300)
+    assert first.key is not None and first.packs == 300 and first.unbundled == 300
+    store.reset()
+    got = ChunkIndex.load(store, cache=None)
+    assert store.reads["index"] == 0 and 1 <= store.reads["bundles"] <= 6  # tail, directory, a few spans
+    _assert_same(got, plain, {ref.digest for ref in plain})
+    for _ in range(5):
+        _plant(inner, _index([os.urandom(32)]))
+    assert write_bundle(inner, max_index=index_limit(inner), at_least=6).key is None  # 5 unbundled
+    second = write_bundle(inner, max_index=index_limit(inner), at_least=5)
+    assert second.key != first.key and second.packs == 305 and second.removed == [first.key]
+    assert _bundles(inner) == [second.key]
+    store.reset()
+    got = ChunkIndex.load(store, cache=None)
+    assert store.reads["index"] == 0 and len(list(got)) == 300 * 3 + 5
+
+
+def test_the_bundle_holding_most_of_what_is_wanted_is_chosen() -> None:
+    store = _store()
+    ids = [_plant(store, _index([os.urandom(32)])) for _ in range(4)]
+    small = write_bundle(store, max_index=index_limit(store), at_least=1)
+    assert small.key is not None
+    saved = store.read(small.key)
+    more = [_plant(store, _index([os.urandom(32)])) for _ in range(3)]
+    big = write_bundle(store, max_index=index_limit(store), at_least=1)
+    store.create(str(small.key), saved)  # as if the older one were still there
+    chosen = open_best_bundle(store, ids + more, index_limit(store))
+    assert chosen is not None and chosen.key == big.key
+    chosen = open_best_bundle(store, ids[:1], index_limit(store))
+    assert chosen is not None  # both hold it: either will do
+    assert open_best_bundle(store, ["cd" * 32], index_limit(store)) is None
+
+
+def test_bundle_format_golden_vector() -> None:
+    """Two fixed indexes give this bundle, byte for byte (docs/FORMAT.md §4.3)."""
+    store = _store()
+    one = _index([bytes(range(32))], stored=10)
+    two = _index([bytes(range(1, 33)), bytes(range(2, 34))], stored=20)
+    ids = sorted([_plant(store, one), _plant(store, two)])
+    result = write_bundle(store, max_index=index_limit(store), at_least=1)
+    assert result.key is not None
+    data = store.read(result.key)
+    by_id = {blake3(one).hexdigest(): one, blake3(two).hexdigest(): two}
+    body = by_id[ids[0]] + by_id[ids[1]]
+    directory = b"".join(bytes.fromhex(i) + struct.pack("<Q", len(by_id[i])) for i in ids)
+    tail = struct.pack("<Q", 2) + b"CASRBDL\x01"
+    assert data == body + directory + tail
+    assert ids == ["058a78ed98cb509b7d7bf510776741fcc1e7883f5f6bb980b5f639da5cbd6fb1",
+                   "5750757d8c1154ae2838881ab14ae06127055c98da70fdfd2ea2b8ae4e7967c6"]
+    assert result.key == "bundles/0c/0cc52619f4f602c5e79b9493239104433b37c95239a3630513d72e4c49760bae.bundle"
+    assert result.key == bundle_key(blake3(directory + tail).hexdigest())
+
+
+def _cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).with_name("casreg")
+    env = {**os.environ, "CASREG_REGISTRY": str(root / "reg"), "CASREG_CACHE": "off"}
+    return subprocess.run([str(script), *args], env=env, cwd=root, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_compact_bundles_and_pushes_dedup_through_it(tmp_path: Path) -> None:
+    """End to end on a local registry: compact writes the bundle, a push after it reads the
+    bundle instead of the index objects, still stores only what is new, and gc, verify and
+    pull are unaffected."""
+    reg = Registry(tmp_path / "reg")
+    files = []
+    for i in range(70):  # 70 versions of 3 small chunks each: 70+ packs to read
+        f = tmp_path / f"m{i}.bin"
+        f.write_bytes(os.urandom(3000) + bytes([i]) * 5)
+        reg.push(f"m{i % 3}", f)
+        files.append(f)
+    p = _cli(tmp_path, "compact", "--bundle-at", "1", "--json")
+    assert p.returncode == 0, p.stderr
+    bundle = json.loads(p.stdout)["index_bundle"]
+    store = LocalStore(tmp_path / "reg")
+    n_indexes = sum(1 for _ in store.list("index"))
+    assert bundle["indexes"] == n_indexes >= 70 and bundle["key"] in set(store.list(BUNDLES))
+    p = _cli(tmp_path, "compact", "--bundle-at", "1")
+    assert p.returncode == 0 and "bundled" not in p.stdout  # nothing new to bundle
+    counting = CountingStore(store)
+    with mock.patch.object(packs, "USE_AT_LEAST", 1):
+        index = ChunkIndex.load(counting, cache=None)
+    assert counting.reads["index"] == 0 and counting.reads["bundles"] >= 3
+    assert len(list(index)) >= 70 * 1
+    again = reg.push("again", files[5])  # every chunk known: nothing stored
+    assert again.new_bytes == 0 and again.stored_bytes == 0
+    assert _cli(tmp_path, "verify", "--json").returncode == 0
+    assert _cli(tmp_path, "gc", "--grace", "0", "-q").returncode == 0
+    out = tmp_path / "out.bin"
+    assert _cli(tmp_path, "pull", "again", str(out), "-q").returncode == 0
+    assert out.read_bytes() == files[5].read_bytes()
+    assert store.read(bundle["key"], ByteRange(0, 1))  # gc leaves bundles to compact
