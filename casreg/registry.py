@@ -176,6 +176,9 @@ class Registry:
     #: Compact the ledger after a push once the model has more uncompacted versions than
     #: this; ``None``: ``$CASREG_COMPACT_THRESHOLD``, else the default; 0: never.
     compact_threshold: int | None = None
+    #: Bundle the pack indexes after a push that read at least this many of them one by one
+    #: (docs/FORMAT.md §4.3); ``None``: ``$CASREG_BUNDLE_AT``, else 1,000; 0: never.
+    bundle_at: int | None = None
 
     def __init__(self, url: str | os.PathLike[str] | None = None, *, zstd_level: int | None = None,
                  threads: int | None = None, check_writes: bool = True) -> None:
@@ -306,8 +309,9 @@ class Registry:
         _preload("pyarrow.parquet")  # needed at commit; importing it now overlaps the chunking
         config = init_config(self.store, DEFAULT_CHUNK_PARAMS)
         level = self.zstd_level if self.zstd_level is not None else config.zstd_level
+        index = ChunkIndex.load(self.store)
         manifest, stats = store_source(self.store, source, params=config.chunk_params(), level=level,
-                                       index=ChunkIndex.load(self.store), progress=progress, threads=self.threads,
+                                       index=index, progress=progress, threads=self.threads,
                                        check_writes=self.check_writes, tree=config.tree,
                                        float_codec=config.float_codec,
                                        parent=self._delta_parent(name, parent) if config.delta_codec else None)
@@ -322,13 +326,14 @@ class Registry:
         version = commit_version(self.store, record, files, tree=config.tree)
         # "kind" is the event's (push); the version's own kind (file/dir) goes under version_kind
         self._notify({**version.to_dict(), "kind": "push", "version_kind": version.kind})
-        self._after_push(version, alias)
+        self._after_push(version, alias, index.read_alone)
         return version
 
-    def _after_push(self, version: Version, alias: str | None) -> None:
+    def _after_push(self, version: Version, alias: str | None, read_alone: int = 0) -> None:
         """The steps after a push's commit: move ``alias`` (a refusal raises
-        :class:`AliasNotMovedError`, which says the version was committed) and compact the
-        ledger when due, either way."""
+        :class:`AliasNotMovedError`, which says the version was committed), then compact the
+        ledger and bundle the pack indexes (if the push read ``read_alone`` of them one by
+        one, :attr:`bundle_at` or more) when due, either way."""
         try:
             if alias is not None:
                 self.set_alias(version.name, alias, version.version, reason=f"push {version.ref} --alias")
@@ -339,6 +344,7 @@ class Registry:
                 cause=err) from err
         finally:
             self._auto_compact(version)  # the version is committed either way
+            self._auto_bundle(version, read_alone)
 
     def _delta_parent(self, name: str, parent: str | None) -> Manifest | None:
         """The version a push to a ``casreg/4`` registry codes deltas against: ``parent``
@@ -354,6 +360,18 @@ class Registry:
         except CasregError as err:
             log.warning("casreg: pushing without delta coding: the parent version cannot be read (%s)", err)
             return None
+
+    def _auto_bundle(self, version: Version, read_alone: int) -> None:
+        """Best effort, as :meth:`_auto_compact`: the next push reads one bundle instead."""
+        try:
+            from casreg.content.bundles import bundle_at_from_env
+
+            at = self.bundle_at if self.bundle_at is not None else bundle_at_from_env()
+            if at and read_alone >= at:
+                self.bundle_indexes(at_least=at)
+        except Exception as err:  # noqa: BLE001
+            log.warning("casreg: bundling the pack indexes failed (%s); %s is committed, run casreg compact later",
+                        err, version.ref)
 
     def _auto_compact(self, version: Version) -> None:
         """Best effort: the version is committed, so nothing here may fail the push."""

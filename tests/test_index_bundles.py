@@ -110,9 +110,11 @@ def _damage_bundle(store: MemoryStore, key: str, how: str) -> None:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(before=st.lists(st.lists(st.sampled_from(_POOL), min_size=0, max_size=5), min_size=1, max_size=8),
        after=st.lists(st.lists(st.sampled_from(_POOL), min_size=1, max_size=4), max_size=3),
-       removed=st.sets(st.integers(0, 7), max_size=3), damage=_damage, compact=st.booleans())
+       removed=st.sets(st.integers(0, 7), max_size=3), damage=_damage, compact=st.booleans(),
+       rebundle=st.booleans())
 def test_a_load_through_a_bundle_answers_what_the_indexes_answer(
-        before: list[list[bytes]], after: list[list[bytes]], removed: set[int], damage: str, compact: bool) -> None:
+        before: list[list[bytes]], after: list[list[bytes]], removed: set[int], damage: str, compact: bool,
+        rebundle: bool) -> None:
     store = _store()
     ids = [_plant(store, _index(ds)) for ds in before]
     store.create(index_key("ab" * 32), b"not an index at all, under a pack id it does not hash to")
@@ -125,6 +127,9 @@ def test_a_load_through_a_bundle_answers_what_the_indexes_answer(
         if i < len(ids):
             store.delete(index_key(ids[i]))
     _damage_bundle(store, result.key, damage)
+    if rebundle:  # a second bundle, copied from the damaged one where that one still serves
+        again = write_bundle(store, max_index=index_limit(store), at_least=1)
+        assert again.key is None or _bundles(store) == [again.key]
     threshold = -1 if compact else None
     want = _load(store, bundles=False, compact_above=threshold)
     got = _load(store, bundles=True, compact_above=threshold)
@@ -170,8 +175,10 @@ def test_a_bundle_saves_reads_and_a_second_one_replaces_the_first() -> None:
     for _ in range(5):
         _plant(inner, _index([os.urandom(32)]))
     assert write_bundle(inner, max_index=index_limit(inner), at_least=6).key is None  # 5 unbundled
-    second = write_bundle(inner, max_index=index_limit(inner), at_least=5)
+    store.reset()
+    second = write_bundle(store, max_index=index_limit(inner), at_least=5)
     assert second.key != first.key and second.packs == 305 and second.removed == [first.key]
+    assert store.reads["index"] == 5  # the 300 bundled before were copied from the first bundle
     assert _bundles(inner) == [second.key]
     store.reset()
     got = ChunkIndex.load(store, cache=None)
@@ -187,10 +194,10 @@ def test_the_bundle_holding_most_of_what_is_wanted_is_chosen() -> None:
     more = [_plant(store, _index([os.urandom(32)])) for _ in range(3)]
     big = write_bundle(store, max_index=index_limit(store), at_least=1)
     store.create(str(small.key), saved)  # as if the older one were still there
-    chosen = open_best_bundle(store, ids + more, index_limit(store))
-    assert chosen is not None and chosen.key == big.key
-    chosen = open_best_bundle(store, ids[:1], index_limit(store))
-    assert chosen is not None  # both hold it: either will do
+    chosen = open_best_bundle(store, sorted(ids + more), index_limit(store))
+    assert chosen is not None and chosen[0].key == big.key and len(chosen[0]) == 7 and min(chosen[1]) >= 0
+    chosen = open_best_bundle(store, sorted(ids[:2] + ["cd" * 32]), index_limit(store))
+    assert chosen is not None and sorted(chosen[1])[0] == -1  # both hold the two: either will do
     assert open_best_bundle(store, ["cd" * 32], index_limit(store)) is None
 
 
@@ -252,3 +259,46 @@ def test_cli_compact_bundles_and_pushes_dedup_through_it(tmp_path: Path) -> None
     assert _cli(tmp_path, "pull", "again", str(out), "-q").returncode == 0
     assert out.read_bytes() == files[5].read_bytes()
     assert store.read(bundle["key"], ByteRange(0, 1))  # gc leaves bundles to compact
+
+
+def test_a_push_that_read_many_indexes_one_by_one_bundles_them(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    """After a push that read ``bundle_at`` or more indexes on their own, the registry bundles
+    them, so the next push reads the bundle; not again until as many are unbundled."""
+    monkeypatch.setattr(packs, "USE_AT_LEAST", 1)
+    reg = Registry(f"memory://auto-bundle-{uuid.uuid4().hex}")
+    reg.bundle_at = 6
+    store = reg.store
+    assert isinstance(store, MemoryStore)
+    seen = []
+    for i in range(14):
+        path = tmp_path / f"v{i}"
+        path.write_bytes(os.urandom(2000) + bytes([i]))
+        reg.push("m", path)
+        seen.append(_bundles(store))
+    assert sum(1 for _ in store.list("index")) == 14
+    # pushes 1-6 read 0-5 indexes alone; push 7 read 6 and bundled the 7 listed after it
+    assert [len(b) for b in seen[:6]] == [0] * 6 and len(seen[6]) == 1
+    assert seen[7:13] == [seen[6]] * 6  # pushes 8-13 read 0-5 alone: no new bundle
+    assert len(seen[13]) == 1 and seen[13] != seen[6]  # push 14 read 6 alone and bundled again
+    reg.bundle_at = 0
+    monkeypatch.setenv("CASREG_BUNDLE_AT", "1")
+    for i in range(7):
+        path = tmp_path / f"w{i}"
+        path.write_bytes(os.urandom(2000))
+        reg.push("m", path)
+    assert _bundles(store) == seen[13]  # 0: never
+
+
+def test_bundle_at_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from casreg.content.bundles import bundle_at_from_env
+    from casreg.errors import InvalidInputError
+
+    monkeypatch.delenv("CASREG_BUNDLE_AT", raising=False)
+    assert bundle_at_from_env() == 1000
+    monkeypatch.setenv("CASREG_BUNDLE_AT", "0")
+    assert bundle_at_from_env() == 0
+    for bad in ("x", "-1"):
+        monkeypatch.setenv("CASREG_BUNDLE_AT", bad)
+        with pytest.raises(InvalidInputError, match="CASREG_BUNDLE_AT"):
+            bundle_at_from_env()

@@ -26,7 +26,9 @@ of ``<32-byte pack id><u64 index size>`` with pack ids strictly ascending; the t
 from __future__ import annotations
 
 import itertools
+import os
 import struct
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,12 +37,12 @@ from typing import TypeVar
 
 from blake3 import blake3
 
-from casreg.errors import CasregError, NotFoundError
+from casreg.errors import CasregError, InvalidInputError, NotFoundError
 from casreg.keys import BUNDLES, INDEXES, bundle_key, parse_bundle_key, parse_index_key
 from casreg.storage import ByteRange, ObjectStore
 
 __all__ = ["BUNDLE_MAGIC", "Bundle", "BundleResult", "open_best_bundle", "read_bundled", "write_bundle",
-           "USE_AT_LEAST", "SPAN_BYTES"]
+           "USE_AT_LEAST", "SPAN_BYTES", "DEFAULT_BUNDLE_AT", "BUNDLE_AT_ENV", "bundle_at_from_env"]
 
 _S = TypeVar("_S")
 _R = TypeVar("_R")
@@ -48,6 +50,10 @@ _R = TypeVar("_R")
 BUNDLE_MAGIC = b"CASRBDL\x01"
 _DIR = struct.Struct("<32sQ")  # pack id, index size
 _TAIL = struct.Struct("<Q8s")  # count, BUNDLE_MAGIC
+#: A new bundle is written (by ``casreg compact``, or after a push that read this many
+#: indexes one by one) when at least this many listed indexes are in none.
+DEFAULT_BUNDLE_AT = 1000
+BUNDLE_AT_ENV = "CASREG_BUNDLE_AT"
 #: A load reads a bundle only when it would otherwise read at least this many indexes one by one.
 USE_AT_LEAST = 64
 #: Bytes of a bundle read at once (bounds what a load holds besides the entries it keeps).
@@ -60,13 +66,25 @@ _MIN_INDEX = 16
 
 @dataclass(frozen=True, slots=True)
 class Bundle:
-    """An opened bundle: its key and where each pack's index lies in it."""
+    """An opened bundle: its key, its pack ids and where each one's index lies in it."""
 
     key: str
-    places: dict[bytes, tuple[int, int]]  # pack id (raw) -> (offset, size)
+    ids: bytes  # the directory's pack ids, 32 bytes each, ascending
+    offsets: array[int]  # where each index starts in the object, then where the directory starts
 
-    def __contains__(self, pack_id: str) -> bool:
-        return bytes.fromhex(pack_id) in self.places
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def positions(self, packs: Sequence[str]) -> list[int]:
+        """Where each of ``packs`` (hex pack ids, ascending) is in the bundle, ``-1`` where
+        it is not: one walk along both."""
+        found, i, n = [], 0, len(self)
+        for pack in packs:
+            raw = bytes.fromhex(pack)
+            while i < n and self.ids[32 * i:32 * i + 32] < raw:
+                i += 1
+            found.append(i if i < n and self.ids[32 * i:32 * i + 32] == raw else -1)
+        return found
 
 
 def _open(store: ObjectStore, key: str, bundle_id: str, max_packs: int, max_index: int) -> Bundle | None:
@@ -87,77 +105,85 @@ def _open(store: ObjectStore, key: str, bundle_id: str, max_packs: int, max_inde
         return None  # removed since the listing, or not a regular file: read the indexes one by one
     if len(directory) != count * _DIR.size or blake3(directory + tail).hexdigest() != bundle_id:
         return None
-    places: dict[bytes, tuple[int, int]] = {}
-    offset, previous = 0, b""
+    ids = bytearray()
+    offsets = array("Q", [0])
+    previous = b""
     for pack, length in _DIR.iter_unpack(directory):
         if pack <= previous or not _MIN_INDEX <= length <= max_index:
             return None
-        places[pack] = (offset, length)
-        offset, previous = offset + length, pack
-    return Bundle(key, places) if offset == start else None
+        ids += pack
+        offsets.append(offsets[-1] + length)
+        previous = pack
+    return Bundle(key, bytes(ids), offsets) if offsets[-1] == start else None
 
 
-def open_best_bundle(store: ObjectStore, wanted: Sequence[str], max_index: int) -> Bundle | None:
-    """Of the bundles listed, the one holding the most of the pack ids ``wanted`` (hex),
-    ``None`` if none holds any. A bundle of more than twice as many packs as ``wanted``
-    (plus 1,024) is not opened: it is mostly packs removed since, or not a bundle
-    casreg wrote, and reading its directory would cost more than it saves."""
+def open_best_bundle(store: ObjectStore, wanted: Sequence[str], max_index: int) -> tuple[Bundle, list[int]] | None:
+    """Of the bundles listed, the one holding the most of the pack ids ``wanted`` (hex,
+    ascending), with where each is in it (:meth:`Bundle.positions`); ``None`` if none
+    holds any. A bundle of more than twice as many packs as ``wanted`` (plus 1,024) is
+    not opened: it is mostly packs removed since, or not a bundle casreg wrote, and
+    reading its directory would cost more than it saves."""
     try:
         keys = sorted(k for k in store.list(BUNDLES) if parse_bundle_key(k) is not None)[:_MAX_OPENED]
     except CasregError:
         return None  # a link planted at bundles/, say: the indexes are read one by one, verify reports damage
-    best, best_count = None, 0
-    wanted_raw = [bytes.fromhex(p) for p in wanted]
+    best: tuple[Bundle, list[int]] | None = None
+    best_count = 0
     for key in keys:
         bundle = _open(store, key, str(parse_bundle_key(key)), 2 * len(wanted) + 1024, max_index)
         if bundle is None:
             continue
-        count = sum(1 for p in wanted_raw if p in bundle.places)
+        where = bundle.positions(wanted)
+        count = sum(1 for p in where if p >= 0)
         if count > best_count:
-            best, best_count = bundle, count
+            best, best_count = (bundle, where), count
     return best
 
 
-def _spans(bundle: Bundle, packs: Sequence[str]) -> list[tuple[int, int, list[tuple[str, int, int]]]]:
-    """``packs`` (all in ``bundle``, in order) grouped into ranges of the bundle to read:
-    consecutive packs whose indexes follow one another closely, up to :data:`SPAN_BYTES`."""
-    spans: list[tuple[int, int, list[tuple[str, int, int]]]] = []
-    for pack in packs:
-        offset, size = bundle.places[bytes.fromhex(pack)]
+_Span = tuple[int, int, list[int]]  # start, end, the positions of the indexes it holds
+
+
+def _spans(bundle: Bundle, positions: Sequence[int]) -> list[_Span]:
+    """``positions`` (ascending) grouped into ranges of the bundle to read: consecutive
+    indexes with at most 64 KiB between them, up to :data:`SPAN_BYTES` a range."""
+    spans: list[_Span] = []
+    offsets = bundle.offsets
+    for p in positions:
+        begin, end = offsets[p], offsets[p + 1]
         if spans:
-            start, end, members = spans[-1]
-            if end <= offset <= end + (64 << 10) and offset + size - start <= SPAN_BYTES:
-                members.append((pack, offset, size))
-                spans[-1] = (start, offset + size, members)
+            first, last, members = spans[-1]
+            if last <= begin <= last + (64 << 10) and end - first <= SPAN_BYTES:
+                members.append(p)
+                spans[-1] = (first, end, members)
                 continue
-        spans.append((offset, offset + size, [(pack, offset, size)]))
+        spans.append((begin, end, [p]))
     return spans
 
 
-def read_bundled(store: ObjectStore, bundle: Bundle, packs: Sequence[str],
+def read_bundled(store: ObjectStore, bundle: Bundle, positions: Sequence[int],
                  pool: ThreadPoolExecutor | None = None) -> Iterator[bytes | None]:
-    """The index of each of ``packs`` (hex ids the bundle holds), in that order, read from
-    the bundle a span at a time (``pool``: spans read ahead on it, in order); ``None`` for
-    one that does not hash to its pack id or could not be read (the bundle removed
-    meanwhile, say): the caller reads that index on its own."""
+    """The index at each of ``positions`` (ascending) of the bundle, in that order, read a
+    span at a time (``pool``: spans read ahead on it, in order); ``None`` for one that
+    does not hash to its pack id or could not be read (the bundle removed meanwhile, say):
+    the caller reads that index on its own."""
 
-    def read(span: tuple[int, int, list[tuple[str, int, int]]]) -> bytes | None:
+    def read(span: _Span) -> bytes | None:
         try:
             data = store.read(bundle.key, ByteRange(span[0], span[1]))
         except CasregError:
             return None
         return data if len(data) == span[1] - span[0] else None
 
-    spans = _spans(bundle, packs)
+    spans = _spans(bundle, positions)
     datas = _ahead(pool, read, spans, store.io_concurrency) if pool is not None else map(read, spans)
     for (start, _end, members), data in zip(spans, datas, strict=True):
         view = memoryview(data) if data is not None else None
-        for pack, offset, size in members:
+        for p in members:
             if view is None:
                 yield None
                 continue
-            index = bytes(view[offset - start:offset - start + size])
-            yield index if blake3(index).hexdigest() == pack else None
+            index = bytes(view[bundle.offsets[p] - start:bundle.offsets[p + 1] - start])
+            yield index if blake3(index).digest() == bundle.ids[32 * p:32 * p + 32] else None
 
 
 def _ahead(pool: ThreadPoolExecutor, fn: Callable[[_S], _R], items: Sequence[_S], ahead: int) -> Iterator[_R]:
@@ -189,16 +215,18 @@ class BundleResult:
 
 def write_bundle(store: ObjectStore, *, max_index: int, at_least: int = 1000,
                  read_index: Callable[[str, str], bytes | None] | None = None) -> BundleResult:
-    """Bundle every pack index listed (each read whole and checked to hash to its pack id;
-    one that does not is left out) into one object, when at least ``at_least`` of them are
-    not in the bundle a load would choose now; then remove the other bundles. Safe while
-    others push, gc or load: a bundle is only a copy, and a load that finds one gone reads
-    the indexes one by one. ``read_index(key, pack id)``: how an index is read (default: a
-    bounded read of the store)."""
+    """Bundle every pack index listed into one object, when at least ``at_least`` of them
+    are not in the bundle a load would choose now; then remove the other bundles. The
+    indexes that bundle holds are copied from it, the others read one by one (each
+    checked to hash to its pack id either way; one that does not, or is gone, is left out).
+    Safe while others push, gc or load: a bundle is only a copy, and a load that finds
+    one gone reads the indexes one by one. ``read_index(key, pack id)``: how an index is
+    read on its own (default: a bounded read of the store)."""
     listed = sorted((pid, key) for key in store.list(INDEXES) if (pid := parse_index_key(key)) is not None)
     older = sorted(k for k in store.list(BUNDLES) if parse_bundle_key(k) is not None)
-    current = open_best_bundle(store, [pid for pid, _ in listed], max_index) if older else None
-    unbundled = sum(1 for pid, _ in listed if current is None or pid not in current)
+    chosen = open_best_bundle(store, [pid for pid, _ in listed], max_index) if older else None
+    where = chosen[1] if chosen is not None else [-1] * len(listed)
+    unbundled = sum(1 for p in where if p < 0)
     if unbundled < max(at_least, 1):
         return BundleResult(None, unbundled=unbundled)
 
@@ -210,15 +238,19 @@ def write_bundle(store: ObjectStore, *, max_index: int, at_least: int = 1000,
         return data if len(data) <= max_index and blake3(data).hexdigest() == pack_id else None
 
     reader = read_index or default_read
+    singles = [(pid, key) for (pid, key), p in zip(listed, where, strict=True) if p < 0]
     pool = ThreadPoolExecutor(store.io_concurrency, thread_name_prefix="casreg-bundle") \
         if store.io_concurrency > 1 else None
     directory = bytearray()
     size = 0
     try:
-        datas = pool.map(lambda item: reader(item[1], item[0]), listed) if pool is not None \
-            else (reader(key, pid) for pid, key in listed)
+        read_alone = _ahead(pool, lambda item: reader(item[1], item[0]), singles, store.io_concurrency) \
+            if pool is not None else (reader(key, pid) for pid, key in singles)
+        copied: Iterator[bytes | None] = iter(()) if chosen is None else \
+            read_bundled(store, chosen[0], [p for p in where if p >= 0], pool)
         with store.open_writer(BUNDLES) as writer:
-            for (pid, _key), data in zip(listed, datas, strict=True):
+            for (pid, key), p in zip(listed, where, strict=True):
+                data = next(read_alone) if p < 0 else (next(copied) or reader(key, pid))
                 if data is None or len(data) < _MIN_INDEX:
                     continue  # gone since the listing, or damaged: loads read it on its own (verify reports it)
                 writer.write(data)
@@ -238,3 +270,18 @@ def write_bundle(store: ObjectStore, *, max_index: int, at_least: int = 1000,
     for old in removed:
         store.delete(old)
     return BundleResult(key, count, size, removed, unbundled)
+
+
+def bundle_at_from_env(default: int = DEFAULT_BUNDLE_AT) -> int:
+    """``$CASREG_BUNDLE_AT`` (0: never bundle after a push), else ``default``."""
+    text = os.environ.get(BUNDLE_AT_ENV)
+    if text is None or not text.strip():
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidInputError(f"{BUNDLE_AT_ENV}={text!r} is not an integer (0 turns automatic bundling off)") \
+            from None
+    if value < 0:
+        raise InvalidInputError(f"{BUNDLE_AT_ENV}={text!r} is negative (0 turns automatic bundling off)")
+    return value

@@ -255,6 +255,7 @@ class ChunkIndex:
         self.cache: ChunkCache | None = None  # where load() found and kept index objects
         self.max_chunk = max_chunk  # the registry's bound on a chunk's raw size
         self.pack_sizes: dict[str, int] = {}  # pack id -> the size its index fixes (pack_layout)
+        self.read_alone = 0  # how many indexes load() read from the store one by one (not cached, not bundled)
 
     @property
     def compact(self) -> bool:
@@ -338,22 +339,25 @@ class ChunkIndex:
         missing = [item for item, lacked in zip(wanted, uncached, strict=True) if lacked]
         # Many to read one by one: those an index bundle holds are read from it instead, a few
         # large ranges at a time, each checked as if read on its own (casreg/content/bundles.py).
-        bundle = open_best_bundle(store, [pid for _, pid in missing], limit) if len(missing) >= USE_AT_LEAST else None
-        bundled = set() if bundle is None else {pid for _, pid in missing if pid in bundle}
-        singles = [item for item in missing if item[1] not in bundled]
+        opened = open_best_bundle(store, [pid for _, pid in missing], limit) if len(missing) >= USE_AT_LEAST else None
+        where = opened[1] if opened is not None else [-1] * len(missing)  # each missing index's place in it
+        singles = [item for item, p in zip(missing, where, strict=True) if p < 0]
         pool = ThreadPoolExecutor(min(store.io_concurrency, len(missing)), thread_name_prefix="casreg-index") \
             if store.io_concurrency > 1 and len(missing) > 1 else None
         fetched: Iterator[bytes | None] = pool.map(fetch, singles) if pool is not None else map(fetch, singles)
-        from_bundle: Iterator[bytes | None] = iter(()) if bundle is None else \
-            read_bundled(store, bundle, [pid for _, pid in missing if pid in bundled], pool)
+        from_bundle: Iterator[bytes | None] = iter(()) if opened is None else \
+            read_bundled(store, opened[0], [p for p in where if p >= 0], pool)
+        places = iter(where)
+        fallbacks = 0
         entries = bytearray()  # every index's entries, joined in pack id order
         packs: list[tuple[str, str, int, int]] = []  # (key, pack id, entries, index size) of each, in that order
         try:
             for (key, pack_id), lacked in zip(wanted, uncached, strict=True):  # pack id order: the first pack
-                if lacked and pack_id in bundled:                               # holding a chunk wins
+                if lacked and next(places) >= 0:                                # holding a chunk wins
                     data = next(from_bundle)
                     if data is None:  # not as its pack id says, or the bundle is gone: read it on its own
                         data = fetch((key, pack_id))
+                        fallbacks += 1
                     elif chosen is not None:
                         chosen.put_verified(bytes.fromhex(pack_id), data, index=True)
                 elif lacked:
@@ -373,6 +377,7 @@ class ChunkIndex:
                 pool.shutdown(cancel_futures=True)
         index = cls(max_chunk)
         index.cache = chosen
+        index.read_alone = len(singles) + fallbacks
         if len(entries) // _ENTRY.size > (COMPACT_ABOVE if compact_above is None else compact_above):
             index._table, sizes = build_table(entries, [(pack_id, n, size) for _, pack_id, n, size in packs],
                                               first_offset=len(PACK_MAGIC), codecs=_CODECS, max_chunk=max_chunk)
