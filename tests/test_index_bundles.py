@@ -28,7 +28,7 @@ import casreg.content.packs as packs
 from casreg import Registry
 from casreg.content.bundles import BUNDLE_MAGIC, open_best_bundle, write_bundle
 from casreg.content.packs import PACK_MAGIC, ChunkIndex, _Slot, encode_index, index_limit
-from casreg.keys import BUNDLES, bundle_key, index_key, parse_bundle_key
+from casreg.keys import BUNDLES, bundle_key, index_key, parse_bundle_key, parse_index_key
 from casreg.storage import ByteRange
 from casreg.storage.local import LocalStore
 from casreg.storage.memory import MemoryStore
@@ -302,3 +302,53 @@ def test_bundle_at_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
         monkeypatch.setenv("CASREG_BUNDLE_AT", bad)
         with pytest.raises(InvalidInputError, match="CASREG_BUNDLE_AT"):
             bundle_at_from_env()
+
+
+def test_a_writer_that_may_not_delete_leaves_the_older_bundle(tmp_path: Path) -> None:
+    """A pusher's IAM role has no DeleteObject (docs/security.md): its bundle is written
+    all the same, the older one stays, and a load chooses the one holding more."""
+    from casreg.errors import StorageError
+    from casreg.testing.wrapper import StoreWrapper
+
+    class NoDeletes(StoreWrapper):
+        def delete(self, key: str) -> None:
+            raise StorageError(f"AccessDenied: cannot delete {key}")
+
+    inner = LocalStore(tmp_path / "reg")
+    for _ in range(3):
+        inner.create(index_key(blake3(ix := _index([os.urandom(32)])).hexdigest()), ix)
+    first = write_bundle(inner, max_index=index_limit(inner), at_least=1)
+    inner.create(index_key(blake3(ix := _index([os.urandom(32)])).hexdigest()), ix)
+    second = write_bundle(NoDeletes(inner), max_index=index_limit(inner), at_least=1)
+    assert second.key is not None and second.removed == [] and second.packs == 4
+    assert sorted(inner.list(BUNDLES)) == sorted([str(first.key), second.key])
+    listed = sorted(str(parse_index_key(k)) for k in inner.list("index"))
+    chosen = open_best_bundle(inner, listed, index_limit(inner))
+    assert chosen is not None and chosen[0].key == second.key
+
+
+def test_of_many_bundles_the_newest_are_opened(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "reg")
+    ids = []
+    for i in range(10):  # ten bundles of one index each, written a minute apart
+        ix = _index([os.urandom(32)])
+        ids.append(blake3(ix).hexdigest())
+        store.create(index_key(ids[-1]), ix)
+        one = write_bundle(store, max_index=index_limit(store), at_least=1)
+        assert one.key is not None
+        os.utime(tmp_path / "reg" / one.key, (1_000_000 + 60 * i, 1_000_000 + 60 * i))
+    assert len(list(store.list(BUNDLES))) == 1  # each new one removed the one before
+    keys = []
+    for i in range(10):  # now ten that each hold only index i, the first written last
+        directory = bytes.fromhex(ids[i]) + struct.pack("<Q", len(store.read(index_key(ids[i]))))
+        tail = struct.pack("<Q8s", 1, BUNDLE_MAGIC)
+        key = bundle_key(blake3(directory + tail).hexdigest())
+        store.create(key, store.read(index_key(ids[i])) + directory + tail)
+        os.utime(tmp_path / "reg" / key, (2_000_000 - 60 * i, 2_000_000 - 60 * i))
+        keys.append(key)
+    for k in set(store.list(BUNDLES)) - set(keys):
+        store.delete(k)
+    wanted = sorted(ids)
+    chosen = open_best_bundle(store, wanted, index_limit(store))
+    assert chosen is not None and chosen[0].key in keys[:8]  # the two oldest were not opened
+    assert open_best_bundle(store, sorted(ids[8:]), index_limit(store)) is None

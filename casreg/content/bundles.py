@@ -26,6 +26,7 @@ of ``<32-byte pack id><u64 index size>`` with pack ids strictly ascending; the t
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import struct
 from array import array
@@ -44,6 +45,8 @@ from casreg.storage import ByteRange, ObjectStore
 __all__ = ["BUNDLE_MAGIC", "Bundle", "BundleResult", "open_best_bundle", "read_bundled", "write_bundle",
            "USE_AT_LEAST", "SPAN_BYTES", "DEFAULT_BUNDLE_AT", "BUNDLE_AT_ENV", "bundle_at_from_env"]
 
+log = logging.getLogger(__name__)
+
 _S = TypeVar("_S")
 _R = TypeVar("_R")
 
@@ -58,7 +61,7 @@ BUNDLE_AT_ENV = "CASREG_BUNDLE_AT"
 USE_AT_LEAST = 64
 #: Bytes of a bundle read at once (bounds what a load holds besides the entries it keeps).
 SPAN_BYTES = 8 << 20
-#: The most bundles a load opens to choose one (``casreg compact`` leaves one, two meanwhile).
+#: The most bundles a load opens to choose one, the newest (``casreg compact`` leaves one).
 _MAX_OPENED = 8
 #: The smallest index object: an empty one is its 16-byte tail (docs/FORMAT.md §4).
 _MIN_INDEX = 16
@@ -124,7 +127,7 @@ def open_best_bundle(store: ObjectStore, wanted: Sequence[str], max_index: int) 
     not opened: it is mostly packs removed since, or not a bundle casreg wrote, and
     reading its directory would cost more than it saves."""
     try:
-        keys = sorted(k for k in store.list(BUNDLES) if parse_bundle_key(k) is not None)[:_MAX_OPENED]
+        keys = _newest(store, sorted(k for k in store.list(BUNDLES) if parse_bundle_key(k) is not None))
     except CasregError:
         return None  # a link planted at bundles/, say: the indexes are read one by one, verify reports damage
     best: tuple[Bundle, list[int]] | None = None
@@ -138,6 +141,19 @@ def open_best_bundle(store: ObjectStore, wanted: Sequence[str], max_index: int) 
         if count > best_count:
             best, best_count = (bundle, where), count
     return best
+
+
+def _newest(store: ObjectStore, keys: list[str]) -> list[str]:
+    """``keys``, or the :data:`_MAX_OPENED` newest of them if there are more (a pusher
+    that may not delete leaves the bundles it replaced to ``casreg compact``)."""
+    if len(keys) <= _MAX_OPENED:
+        return keys
+    times = {}
+    for key in keys:
+        info = store.stat(key)
+        if info is not None:
+            times[key] = info.modified.timestamp() if info.modified is not None else 0.0
+    return sorted(times, key=lambda k: (-times[k], k))[:_MAX_OPENED]
 
 
 _Span = tuple[int, int, list[int]]  # start, end, the positions of the indexes it holds
@@ -266,9 +282,16 @@ def write_bundle(store: ObjectStore, *, max_index: int, at_least: int = 1000,
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    removed = [old for old in older if old != key]
-    for old in removed:
-        store.delete(old)
+    removed = []
+    for old in older:
+        if old == key:
+            continue
+        try:  # best effort: a pusher may not be allowed to delete (docs/security.md); compact removes them
+            store.delete(old)
+        except CasregError as err:
+            log.info("casreg: could not remove the older index bundle %s (%s)", old, err)
+            continue
+        removed.append(old)
     return BundleResult(key, count, size, removed, unbundled)
 
 
