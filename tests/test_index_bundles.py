@@ -29,7 +29,7 @@ from casreg import Registry
 from casreg.content.bundles import BUNDLE_MAGIC, open_best_bundle, write_bundle
 from casreg.content.packs import PACK_MAGIC, ChunkIndex, _Slot, encode_index, index_limit
 from casreg.keys import BUNDLES, bundle_key, index_key, parse_bundle_key, parse_index_key
-from casreg.storage import ByteRange
+from casreg.storage import ByteRange, ObjectStore
 from casreg.storage.local import LocalStore
 from casreg.storage.memory import MemoryStore
 from casreg.testing.counting import CountingStore
@@ -75,7 +75,7 @@ _damage = st.sampled_from(["none", "none", "data", "directory", "tail", "truncat
                            "huge-count"])
 
 
-def _damage_bundle(store: MemoryStore, key: str, how: str) -> None:
+def _damage_bundle(store: ObjectStore, key: str, how: str) -> None:
     data = store.read(key)
     bundle_id = str(parse_bundle_key(key))
     count = struct.unpack_from("<Q", data, len(data) - 16)[0]
@@ -352,3 +352,24 @@ def test_of_many_bundles_the_newest_are_opened(tmp_path: Path) -> None:
     chosen = open_best_bundle(store, wanted, index_limit(store))
     assert chosen is not None and chosen[0].key in keys[:8]  # the two oldest were not opened
     assert open_best_bundle(store, sorted(ids[8:]), index_limit(store)) is None
+
+
+@pytest.mark.parametrize("damage", ["none", "data", "directory", "tail", "truncate", "renamed", "huge-count"])
+def test_verify_names_a_damaged_bundle(tmp_path: Path, damage: str) -> None:
+    """A damaged bundle costs pushes only reads, but verify names every damaged object."""
+    reg = Registry(tmp_path / "reg")
+    for i in range(4):
+        (tmp_path / f"f{i}").write_bytes(os.urandom(3000))
+        reg.push("m", tmp_path / f"f{i}")
+    store = reg.store
+    result = write_bundle(store, max_index=index_limit(store), at_least=1)
+    assert result.key is not None
+    _damage_bundle(store, result.key, damage)
+    report = reg.verify()
+    bad = [p for p in report.problems if p.key.startswith("bundles/")]
+    assert [p for p in report.problems if p not in bad] == []
+    if damage == "none":
+        assert report.ok and bad == []
+    else:
+        assert len(bad) == 1 and bad[0].kind == "corrupt" and not report.ok, report.problems
+        assert bad[0].key in set(store.list(BUNDLES))

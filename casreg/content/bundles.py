@@ -42,7 +42,7 @@ from casreg.errors import CasregError, InvalidInputError, NotFoundError
 from casreg.keys import BUNDLES, INDEXES, bundle_key, parse_bundle_key, parse_index_key
 from casreg.storage import ByteRange, ObjectStore
 
-__all__ = ["BUNDLE_MAGIC", "Bundle", "BundleResult", "open_best_bundle", "read_bundled", "write_bundle",
+__all__ = ["BUNDLE_MAGIC", "Bundle", "BundleResult", "open_best_bundle", "read_bundled", "write_bundle", "check_bundle",
            "USE_AT_LEAST", "SPAN_BYTES", "DEFAULT_BUNDLE_AT", "BUNDLE_AT_ENV", "bundle_at_from_env"]
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,28 @@ def _open(store: ObjectStore, key: str, bundle_id: str, max_packs: int, max_inde
         offsets.append(offsets[-1] + length)
         previous = pack
     return Bundle(key, bytes(ids), offsets) if offsets[-1] == start else None
+
+
+def check_bundle(store: ObjectStore, key: str, max_index: int, max_packs: int) -> str | None:
+    """What is wrong with the bundle at ``key`` (for ``casreg verify``), ``None`` if its
+    tail and directory are what its name says and lay the object out exactly, and every
+    index in it hashes to its pack id; also ``None`` if it is gone (compact at work).
+    A bundle of more than ``max_packs`` indexes is reported unread."""
+    bundle_id = parse_bundle_key(key)
+    if bundle_id is None:
+        return "not an index bundle's key"
+    bundle = _open(store, key, bundle_id, max_packs, max_index)
+    if bundle is None:
+        if not store.exists(key):
+            return None
+        return (f"its tail and directory are not what its name says, do not lay the object out, or list more than "
+                f"{max_packs:,} indexes")
+    for p, index in enumerate(read_bundled(store, bundle, range(len(bundle)))):
+        if index is None:
+            if not store.exists(key):
+                return None
+            return f"the index of pack {bundle.ids[32 * p:32 * p + 32].hex()} in it does not hash to that pack id"
+    return None
 
 
 def open_best_bundle(store: ObjectStore, wanted: Sequence[str], max_index: int) -> tuple[Bundle, list[int]] | None:

@@ -36,14 +36,16 @@ from typing import TYPE_CHECKING
 from blake3 import blake3
 
 from casreg.concurrency import bounded_map
+from casreg.content.bundles import check_bundle
 from casreg.content.codec import Codec
 from casreg.content.config import max_chunk_size
 from casreg.content.fetch import read_chunk
 from casreg.content.manifest import MAX_STORED_MANIFEST, ChunkRef, Manifest
-from casreg.content.packs import MAX_INDEX_BYTES, decode_index
+from casreg.content.packs import MAX_INDEX_BYTES, decode_index, index_limit
 from casreg.digest import Digest
 from casreg.errors import CasregError, IntegrityError, NotFoundError
 from casreg.keys import (
+    BUNDLES,
     EVENTS,
     INDEXES,
     MANIFESTS,
@@ -55,6 +57,7 @@ from casreg.keys import (
     index_key,
     manifest_key,
     pack_key,
+    parse_bundle_key,
     parse_event_segment_key,
     parse_object_key,
     parse_pointer_key,
@@ -411,6 +414,20 @@ def _verify_indexes(store: ObjectStore, objects: _Objects, report: VerifyReport,
     return good
 
 
+def _verify_bundles(store: ObjectStore, report: VerifyReport, indexes: int) -> None:
+    """Every index bundle must be what its name says, every index in it hash to its pack
+    id (docs/FORMAT.md §4.3). A damaged bundle only costs pushes reads (they check it as
+    they read it), but verify names every damaged object."""
+    limit = index_limit(store)
+    for key in sorted(store.list(BUNDLES)):
+        if parse_bundle_key(key) is None:
+            report.warnings.append(f"unexpected object {key} (not written by casreg; ignored)")
+            continue
+        reason = check_bundle(store, key, limit, 2 * indexes + 1024)
+        if reason is not None:
+            report.problems.append(Problem(key, "corrupt", reason))
+
+
 @dataclass(slots=True)
 class _Packs:
     """What reading every pack whole found."""
@@ -556,6 +573,7 @@ def verify_registry(store: ObjectStore, *, progress: Progress | None = None,
     _sidecars(store, sidecars, all_versions, report, 2 * nthreads, scan.records)
     verify_ledger(store, report, scan, segment_keys, event_keys, 2 * nthreads)
     good_index = _verify_indexes(store, objects, report, 2 * nthreads)
+    _verify_bundles(store, report, len(objects.indexes))
     packs = _verify_packs(store, objects, good_index, report, progress, nthreads)
     referenced = _verify_manifests(store, versions, packs, report, 2 * nthreads)
     report.read_data = read_data
