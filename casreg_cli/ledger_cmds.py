@@ -32,9 +32,7 @@ def compact(
     res = registry.compact(full=full, grace=timedelta(minutes=grace))
     bundle = registry.bundle_indexes(at_least=bundle_at) if bundle_at else None
     if out.as_json:
-        out.json({**res.to_dict(), "index_bundle": None if bundle is None else {
-            "key": bundle.key, "indexes": bundle.packs, "bytes": bundle.size, "removed": bundle.removed,
-            "unbundled_before": bundle.unbundled}})
+        out.json({**res.to_dict(), "index_bundle": None if bundle is None else bundle.to_dict()})
         return
     if res.changed:
         out.line(f"compacted {_n(res.versions_added, 'new version record')} and {_n(res.events_added, 'new event')}; "

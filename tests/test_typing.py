@@ -38,6 +38,7 @@ RETURNED = {
     "casreg.maintenance.verify": ["VerifyReport", "Problem"],
     "casreg.maintenance.gc": ["GcReport", "GcObject", "GcRecordInfo"],
     "casreg.ledger.compact": ["CompactResult"],
+    "casreg.content.bundles": ["BundleResult"],
     "casreg.content.lazy": ["SafetensorsFile", "TensorInfo", "PinnedFile"],
     "casreg.content.manifest": ["Manifest", "Entry", "ChunkRef"],
     "casreg.fs": ["CasregFile", "PathInfo"],

@@ -250,6 +250,11 @@ class BundleResult:
     removed: list[str] = field(default_factory=list)
     unbundled: int = 0  # indexes listed that the newest bundle before this did not hold
 
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form ``casreg compact --json`` prints under ``index_bundle``."""
+        return {"key": self.key, "indexes": self.packs, "bytes": self.size, "removed": list(self.removed),
+                "unbundled_before": self.unbundled}
+
 
 def write_bundle(store: ObjectStore, *, max_index: int, at_least: int = 1000,
                  read_index: Callable[[str, str], bytes | None] | None = None) -> BundleResult:
