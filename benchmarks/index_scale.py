@@ -5,7 +5,9 @@ stores a byte, and holds what it read for the whole push. DESIGN.md plans for a 
 store, millions of chunks; docs/FORMAT.md §10 lists the cost. This measures, for a
 registry of N chunks, what loading the index takes and holds, both ways
 (``compact_above`` forces one or the other), and what a lookup costs; ``+bundle`` ways
-first write an index bundle, as ``casreg compact`` does, and load through it.
+first write an index bundle, as ``casreg compact`` does, and load through it; ``+cache``
+ways load with an empty local cache (a remote registry's default) and time the next load
+too, its cache filled by the first.
 
 How: N synthetic index entries (random digests; sizes as a pack lays them out) in packs
 of ``--per-pack`` entries (45 is about a 32 MiB pack of 1 MiB chunks coded to 0.7 MiB;
@@ -14,7 +16,8 @@ numbers are the index's own, not a disk's (``--local DIR``: in a local registry,
 without fsyncs, read through the page cache). Each (N, way) runs in a fresh process: the
 load's wall time; then a second load under ``tracemalloc``, for what the index holds once
 loaded and what the load allocated at its peak (index objects read included); then 20,000
-lookups, half of digests present and half absent. ``reads``: the store reads of a load.
+lookups, half of digests present and half absent. ``reads``: the store reads of a load
+(for ``+cache`` ways, of a load with the cache filled).
 
 Usage::
 
@@ -47,6 +50,7 @@ def _one(chunks: int, per_pack: int, way: str, local: str | None, s3: str | None
     from blake3 import blake3
 
     from casreg.content.bundles import write_bundle
+    from casreg.content.cache import ChunkCache
     from casreg.content.packs import PACK_MAGIC, ChunkIndex, _Slot, encode_index, index_limit
     from casreg.keys import index_key
     from casreg.storage import ObjectStore
@@ -81,7 +85,10 @@ def _one(chunks: int, per_pack: int, way: str, local: str | None, s3: str | None
             store.create(key, blob)
     if uploads is not None:
         uploads.shutdown(wait=True)
-    base, _, bundled = way.partition("+")
+    base, _, rest = way.partition("+")
+    bundled = "bundle" in rest
+    cache = ChunkCache(tempfile.mkdtemp(prefix="index-scale-cache-", dir=local), max_size="100GiB") \
+        if "cache" in rest else None
     bundle_s = 0.0
     if bundled:  # what `casreg compact` does: every index copied into one bundle
         t = time.perf_counter()
@@ -91,21 +98,28 @@ def _one(chunks: int, per_pack: int, way: str, local: str | None, s3: str | None
         import numpy  # noqa: F401  (imported before the clock: its import is timed apart, below)
     compact_above = -1 if base == "compact" else 1 << 62
     t = time.perf_counter()
-    index = ChunkIndex.load(store, cache=None, compact_above=compact_above)
+    index = ChunkIndex.load(store, cache=cache, compact_above=compact_above)
     load = time.perf_counter() - t
     assert index.compact == (base == "compact") and len(index) == chunks
+    warm = 0.0
+    if cache is not None:  # the same machine's next load, its cache filled by the first
+        index = ChunkIndex()
+        t = time.perf_counter()
+        index = ChunkIndex.load(store, cache=cache, compact_above=compact_above)
+        warm = time.perf_counter() - t
     index = ChunkIndex()  # (the first one freed before the traced load)
     counting = CountingStore(store)
     tracemalloc.start()  # a second load, traced: what it allocates and keeps (tracing slows it)
-    index = ChunkIndex.load(counting, cache=None, compact_above=compact_above)
+    index = ChunkIndex.load(counting, cache=cache, compact_above=compact_above)
     held, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     reads = sum(counting.reads.values())
     if s3:  # every request of a third load, S3's own count (listings and HEADs too)
         before = sum(store.requests.values())  # type: ignore[attr-defined]
         t = time.perf_counter()
-        ChunkIndex.load(store, cache=None, compact_above=compact_above)
-        load = min(load, time.perf_counter() - t)
+        ChunkIndex.load(store, cache=cache, compact_above=compact_above)
+        if cache is None:
+            load = min(load, time.perf_counter() - t)
         reads = sum(store.requests.values()) - before  # type: ignore[attr-defined]
     probes = [digests[32 * i:32 * i + 32] for i in range(0, chunks, max(1, chunks // 10_000))][:10_000]
     probes += [os.urandom(32) for _ in range(len(probes))]
@@ -115,8 +129,10 @@ def _one(chunks: int, per_pack: int, way: str, local: str | None, s3: str | None
     assert found == len(probes) // 2
     if root is not None:
         shutil.rmtree(root)
-    return {"load_s": load, "held_bytes": held, "peak_bytes": peak, "lookup_us": lookup * 1e6, "reads": reads,
-            "bundle_s": bundle_s}
+    if cache is not None:
+        shutil.rmtree(cache.root)
+    return {"warm_s": warm, "load_s": load, "held_bytes": held, "peak_bytes": peak, "lookup_us": lookup * 1e6,
+            "reads": reads, "bundle_s": bundle_s}
 
 
 def _numpy_import() -> float:
@@ -130,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunks", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--per-pack", type=int, default=45)
     ap.add_argument("--ways", nargs="+", default=["dict", "compact"],
-                    choices=["dict", "compact", "dict+bundle", "compact+bundle"])
+                    choices=["dict", "compact", "dict+bundle", "compact+bundle", "compact+cache",
+                             "compact+bundle+cache"])
     ap.add_argument("--local", metavar="DIR", help="index objects in a local registry under DIR, not memory://")
     ap.add_argument("--s3", action="store_true", help="index objects in S3 (a throwaway SeaweedFS on 127.0.0.1)")
     ap.add_argument("--one", nargs=3, metavar=("CHUNKS", "PER_PACK", "WAY"), help=argparse.SUPPRESS)
@@ -171,8 +188,8 @@ def _table(args: argparse.Namespace, s3_flag: list[str], server: S3Server | None
     print(f"Python {platform.python_version()}, {os.cpu_count()} cores; {args.per_pack} entries a pack in {where}; "
           f"numpy's import alone: {_numpy_import() * 1000:.0f} ms\n")
     print("| chunks | way | load s | us a chunk | held MB | bytes a chunk | peak MB | lookup us | reads "
-          "| bundle written in s |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| bundle written in s | next load s |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for chunks in args.chunks:
         for way in args.ways:
             extra = ["--local", args.local] if args.local else []
@@ -184,9 +201,10 @@ def _table(args: argparse.Namespace, s3_flag: list[str], server: S3Server | None
                                   str(args.per_pack), way, *extra], capture_output=True, text=True, check=True,
                                  env=env)
             r = json.loads(out.stdout)
+            warm = f"{r['warm_s']:.2f}" if r["warm_s"] else ""
             print(f"| {chunks:,} | {way} | {r['load_s']:.2f} | {r['load_s'] / chunks * 1e6:.2f} | "
                   f"{r['held_bytes'] / 1e6:.0f} | {r['held_bytes'] / chunks:.0f} | {r['peak_bytes'] / 1e6:.0f} | "
-                  f"{r['lookup_us']:.2f} | {r['reads']:,} | {r['bundle_s']:.2f} |", flush=True)
+                  f"{r['lookup_us']:.2f} | {r['reads']:,} | {r['bundle_s']:.2f} | {warm} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ def info(cli: Cli, directory: DirOpt = None) -> None:
     out.line(f"cache     {res.path}")
     out.line(f"entries   {res.entries:,} chunks, {human_bytes(res.bytes)}")
     out.line(f"indexes   {_n(res.indexes, 'pack index')} of the registries pushed to, {human_bytes(res.index_bytes)}")
+    if res.bundles:
+        out.line(f"bundles   {_n(res.bundles, 'index bundle')}, {human_bytes(res.bundle_bytes)}")
     out.line(f"max size  {human_bytes(res.max_size)} (CASREG_CACHE_MAX_SIZE)")
     used = {"auto": "remote registries (s3://)", "on": "every registry", "off": "no registry"}[res.mode]
     out.line(f"used by   {used} (CASREG_CACHE={res.mode})")
@@ -57,7 +59,7 @@ def prune(
         help="Keep at most this much, e.g. 10GB or 500MiB (default: CASREG_CACHE_MAX_SIZE or 20GiB).")] = None,
     directory: DirOpt = None,
 ) -> None:
-    """Delete least recently used entries (chunks, pack indexes) until the cache fits in --max-size."""
+    """Delete least recently used entries (chunks, pack indexes, index bundles) until the cache fits in --max-size."""
     out = cli.out
     res = _cache(directory).prune(max_size)
     if out.as_json:
@@ -69,7 +71,7 @@ def prune(
 
 @command(cache_app, "clear", registry=False, example='casreg cache clear')
 def clear(cli: Cli, directory: DirOpt = None) -> None:
-    """Delete every cached chunk and pack index (they are fetched again when next needed)."""
+    """Delete every cached chunk, pack index and index bundle (they are fetched again when next needed)."""
     out = cli.out
     res = _cache(directory).clear()
     if out.as_json:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 from unittest import mock
@@ -27,6 +29,7 @@ from hypothesis import strategies as st
 import casreg.content.packs as packs
 from casreg import Registry
 from casreg.content.bundles import BUNDLE_MAGIC, open_best_bundle, write_bundle
+from casreg.content.cache import ChunkCache
 from casreg.content.packs import PACK_MAGIC, ChunkIndex, _Slot, encode_index, index_limit
 from casreg.keys import BUNDLES, bundle_key, index_key, parse_bundle_key, parse_index_key
 from casreg.storage import ByteRange, ObjectStore
@@ -57,10 +60,11 @@ def _bundles(store: MemoryStore) -> list[str]:
     return sorted(k for k in store.list(BUNDLES))
 
 
-def _load(store: MemoryStore, *, bundles: bool, compact_above: int | None = None) -> ChunkIndex:
+def _load(store: ObjectStore, *, bundles: bool, compact_above: int | None = None,
+          cache: ChunkCache | None = None) -> ChunkIndex:
     """The load as a push does it, reading bundles from the first missing index on (or never)."""
     with mock.patch.object(packs, "USE_AT_LEAST", 1 if bundles else 1 << 40):
-        return ChunkIndex.load(store, cache=None, compact_above=compact_above)
+        return ChunkIndex.load(store, cache=cache, compact_above=compact_above)
 
 
 def _assert_same(got: ChunkIndex, want: ChunkIndex, digests: set[bytes]) -> None:
@@ -111,10 +115,10 @@ def _damage_bundle(store: ObjectStore, key: str, how: str) -> None:
 @given(before=st.lists(st.lists(st.sampled_from(_POOL), min_size=0, max_size=5), min_size=1, max_size=8),
        after=st.lists(st.lists(st.sampled_from(_POOL), min_size=1, max_size=4), max_size=3),
        removed=st.sets(st.integers(0, 7), max_size=3), damage=_damage, compact=st.booleans(),
-       rebundle=st.booleans())
+       rebundle=st.booleans(), cached=st.booleans())
 def test_a_load_through_a_bundle_answers_what_the_indexes_answer(
         before: list[list[bytes]], after: list[list[bytes]], removed: set[int], damage: str, compact: bool,
-        rebundle: bool) -> None:
+        rebundle: bool, cached: bool) -> None:
     store = _store()
     ids = [_plant(store, _index(ds)) for ds in before]
     store.create(index_key("ab" * 32), b"not an index at all, under a pack id it does not hash to")
@@ -132,8 +136,17 @@ def test_a_load_through_a_bundle_answers_what_the_indexes_answer(
         assert again.key is None or _bundles(store) == [again.key]
     threshold = -1 if compact else None
     want = _load(store, bundles=False, compact_above=threshold)
-    got = _load(store, bundles=True, compact_above=threshold)
-    _assert_same(got, want, set(_POOL) | {os.urandom(32)})
+    if not cached:
+        got = _load(store, bundles=True, compact_above=threshold)
+        _assert_same(got, want, set(_POOL) | {os.urandom(32)})
+        return
+    root = tempfile.mkdtemp(prefix="bundle-cache-")
+    try:  # a machine's first load (the bundle copied into its cache), then its next two
+        for _ in range(3):
+            got = _load(store, bundles=True, compact_above=threshold, cache=ChunkCache(root))
+            _assert_same(got, want, set(_POOL) | {os.urandom(32)})
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.parametrize("damage", ["data", "directory", "tail", "truncate", "gone", "renamed", "swapped",
@@ -373,3 +386,75 @@ def test_verify_names_a_damaged_bundle(tmp_path: Path, damage: str) -> None:
     else:
         assert len(bad) == 1 and bad[0].kind == "corrupt" and not report.ok, report.problems
         assert bad[0].key in set(store.list(BUNDLES))
+
+
+def _registry_of(indexes: int) -> MemoryStore:
+    store = _store()
+    for _ in range(indexes):
+        _plant(store, _index([os.urandom(32), os.urandom(32)]))
+    assert write_bundle(store, max_index=index_limit(store), at_least=1).key is not None
+    return store
+
+
+def test_with_a_cache_the_bundle_is_copied_once_and_then_read_locally(tmp_path: Path) -> None:
+    """A machine with a cache (every remote registry's default) copies the bundle into it
+    whole on its first load and reads every index the bundle holds from that copy: no
+    index entry per pack in the cache, no store reads of indexes or the bundle after."""
+    inner = _registry_of(100)
+    store = CountingStore(inner)
+    want = _load(inner, bundles=False)
+    digests = {ref.digest for ref in want}
+    cache = ChunkCache(tmp_path / "cache", max_size="1GiB")
+    got = ChunkIndex.load(store, cache=cache)
+    _assert_same(got, want, digests)
+    info = cache.info()
+    assert info.bundles == 1 and info.indexes == 0 and store.reads["index"] == 0 and store.reads["bundles"] >= 3
+    for _ in range(2):
+        store.reset()
+        got = ChunkIndex.load(store, cache=ChunkCache(tmp_path / "cache", max_size="1GiB"))
+        _assert_same(got, want, digests)
+        assert store.reads["index"] == 0 and store.reads["bundles"] == 0  # only the listings
+    _plant(inner, _index([os.urandom(32)]))  # pushed since: read on its own, and cached as an index
+    store.reset()
+    got = ChunkIndex.load(store, cache=ChunkCache(tmp_path / "cache", max_size="1GiB"))
+    assert store.reads["index"] == 1 and store.reads["bundles"] == 0 and cache.info().indexes == 1
+    assert got.read_alone == 1
+    assert cache.prune(0).removed_entries == 2 and cache.info().bundles == 0
+
+
+def test_a_damaged_cached_bundle_is_dropped_and_costs_only_reads(tmp_path: Path) -> None:
+    inner = _registry_of(80)
+    want = _load(inner, bundles=False)
+    digests = {ref.digest for ref in want}
+    cache = ChunkCache(tmp_path / "cache", max_size="1GiB")
+    ChunkIndex.load(inner, cache=cache)
+    (copy,) = [p for p in (tmp_path / "cache" / "bundles").rglob("*") if p.is_file()]
+    data = bytearray(copy.read_bytes())
+    data[40] ^= 1  # inside the first index: its hash no longer matches its pack id
+    copy.write_bytes(bytes(data))
+    store = CountingStore(inner)
+    got = ChunkIndex.load(store, cache=ChunkCache(tmp_path / "cache", max_size="1GiB"))
+    _assert_same(got, want, digests)
+    assert store.reads["index"] == 1 and not copy.exists()  # that index read alone; the copy dropped
+    store.reset()
+    got = ChunkIndex.load(store, cache=ChunkCache(tmp_path / "cache", max_size="1GiB"))
+    _assert_same(got, want, digests)
+    assert copy.exists() and store.reads["index"] == 0  # copied again
+    copy.unlink()
+    copy.symlink_to(tmp_path / "elsewhere")  # a planted link is not followed, and is replaced
+    (tmp_path / "elsewhere").write_bytes(b"x" * 100)
+    got = ChunkIndex.load(CountingStore(inner), cache=ChunkCache(tmp_path / "cache", max_size="1GiB"))
+    _assert_same(got, want, digests)
+    assert not copy.is_symlink() and (tmp_path / "elsewhere").read_bytes() == b"x" * 100
+
+
+def test_a_bundle_too_big_for_the_cache_is_read_from_the_store(tmp_path: Path) -> None:
+    """More than half of the cache's bound is not copied (it would push out everything
+    else): the missing indexes are read from the store's bundle and cached one by one."""
+    inner = _registry_of(100)
+    want = _load(inner, bundles=False)
+    store = CountingStore(inner)
+    cache = ChunkCache(tmp_path / "cache", max_size=10_000)  # the bundle is about 12 KB
+    got = ChunkIndex.load(store, cache=cache)
+    _assert_same(got, want, {ref.digest for ref in want})
+    assert cache.info().bundles == 0 and store.reads["index"] == 0 and store.reads["bundles"] >= 3

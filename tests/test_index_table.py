@@ -114,7 +114,10 @@ def test_the_table_answers_what_the_dict_answers(indexes, strangers, batch) -> N
     _assert_same(small, table, set(_POOL) | set(strangers))
 
 
-def test_the_first_pack_listed_wins_and_prefix_twins_are_told_apart() -> None:
+def test_the_first_pack_by_id_wins_and_prefix_twins_are_told_apart() -> None:
+    """Of two packs holding a chunk, the one with the lower pack id answers, whatever order
+    the store lists them in (it was the first listed until the load sorted by pack id, and
+    memory:// lists in the order written: this test then passed for half the pack ids)."""
     store = _store()
     a = os.urandom(32)
     twin = a[:8] + os.urandom(24)  # the same first 8 bytes, another chunk
@@ -122,10 +125,12 @@ def test_the_first_pack_listed_wins_and_prefix_twins_are_told_apart() -> None:
     ids.append(_plant(store, encode_index(_laid_out([(twin, 70, 80, 2), (a, 90, 100, 0)]))))
     small, table = _both(store)
     _assert_same(small, table, {a, twin, os.urandom(32)})
-    listed = [key.rsplit("/", 1)[-1].split(".")[0] for key in store.list("index")]
-    first = next(pack_id for pack_id in listed if pack_id in ids)
+    first = min(ids)
     assert table.get(a).pack == first and table.get(twin).pack == first
-    assert table.get(a).offset == MAGIC  # the first entry of that pack, not the third
+    if first == ids[0]:
+        assert table.get(a).offset == MAGIC  # the first entry of that pack, not the third
+    else:
+        assert (table.get(twin).offset, table.get(a).offset) == (MAGIC, MAGIC + 70)
     assert len(table) == 2
 
 

@@ -38,12 +38,13 @@ from typing import TypeVar
 
 from blake3 import blake3
 
+from casreg.content.cache import ChunkCache
 from casreg.errors import CasregError, InvalidInputError, NotFoundError
 from casreg.keys import BUNDLES, INDEXES, bundle_key, parse_bundle_key, parse_index_key
 from casreg.storage import ByteRange, ObjectStore
 
 __all__ = ["BUNDLE_MAGIC", "Bundle", "BundleResult", "open_best_bundle", "read_bundled", "write_bundle", "check_bundle",
-           "USE_AT_LEAST", "SPAN_BYTES", "DEFAULT_BUNDLE_AT", "BUNDLE_AT_ENV", "bundle_at_from_env"]
+           "USE_AT_LEAST", "SPAN_BYTES", "cache_bundle", "DEFAULT_BUNDLE_AT", "BUNDLE_AT_ENV", "bundle_at_from_env"]
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +68,28 @@ _MAX_OPENED = 8
 _MIN_INDEX = 16
 
 
+_Read = Callable[[int, int], "bytes | None"]  # bytes [start, end) of a bundle, None if they cannot all be read
+
+
 @dataclass(frozen=True, slots=True)
 class Bundle:
-    """An opened bundle: its key, its pack ids and where each one's index lies in it."""
+    """An opened bundle: its key, its pack ids and where each one's index lies in it, and
+    how to read it (from the store, or from the local cache when ``cached``)."""
 
     key: str
     ids: bytes  # the directory's pack ids, 32 bytes each, ascending
     offsets: array[int]  # where each index starts in the object, then where the directory starts
+    read: _Read
+    size: int
+    cached: bool = False
+    close: Callable[[], None] = lambda: None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
+
+    @property
+    def bundle_id(self) -> str:
+        return str(parse_bundle_key(self.key))
 
     def positions(self, packs: Sequence[str]) -> list[int]:
         """Where each of ``packs`` (hex pack ids, ascending) is in the bundle, ``-1`` where
@@ -90,23 +103,33 @@ class Bundle:
         return found
 
 
-def _open(store: ObjectStore, key: str, bundle_id: str, max_packs: int, max_index: int) -> Bundle | None:
-    """The bundle at ``key`` if its tail and directory are what its name says and lay out
-    the object exactly; ``None`` otherwise (gone, damaged, or holding more than
-    ``max_packs`` indexes or one of more than ``max_index`` bytes)."""
-    try:
-        size = store.size(key)
-        if size < _TAIL.size:
-            return None
-        tail = store.read(key, ByteRange(size - _TAIL.size, size))
-        count, magic = _TAIL.unpack(tail) if len(tail) == _TAIL.size else (0, b"")
-        if magic != BUNDLE_MAGIC or count > max_packs or count * _DIR.size + _TAIL.size > size:
-            return None
-        start = size - _TAIL.size - count * _DIR.size
-        directory = store.read(key, ByteRange(start, size - _TAIL.size))
-    except CasregError:
-        return None  # removed since the listing, or not a regular file: read the indexes one by one
-    if len(directory) != count * _DIR.size or blake3(directory + tail).hexdigest() != bundle_id:
+def _store_read(store: ObjectStore, key: str) -> _Read:
+    def read(start: int, end: int) -> bytes | None:
+        try:
+            data = store.read(key, ByteRange(start, end))
+        except CasregError:
+            return None  # removed since the listing, or not a regular file: read the indexes one by one
+        return data if len(data) == end - start else None
+    return read
+
+
+def _open(key: str, read: _Read, size: int, max_packs: int, max_index: int, *, cached: bool = False,
+          close: Callable[[], None] = lambda: None) -> Bundle | None:
+    """The bundle at ``key`` (``size`` bytes, read through ``read``) if its tail and
+    directory are what its name says and lay out the object exactly; ``None`` otherwise
+    (gone, damaged, or holding more than ``max_packs`` indexes or one of more than
+    ``max_index`` bytes)."""
+    bundle_id = parse_bundle_key(key)
+    if bundle_id is None or size < _TAIL.size:
+        return None
+    tail = read(size - _TAIL.size, size)
+    count, magic = _TAIL.unpack(tail) if tail is not None else (0, b"")
+    if magic != BUNDLE_MAGIC or count > max_packs or count * _DIR.size + _TAIL.size > size:
+        return None
+    assert tail is not None
+    start = size - _TAIL.size - count * _DIR.size
+    directory = read(start, size - _TAIL.size)
+    if directory is None or blake3(directory + tail).hexdigest() != bundle_id:
         return None
     ids = bytearray()
     offsets = array("Q", [0])
@@ -117,7 +140,41 @@ def _open(store: ObjectStore, key: str, bundle_id: str, max_packs: int, max_inde
         ids += pack
         offsets.append(offsets[-1] + length)
         previous = pack
-    return Bundle(key, bytes(ids), offsets) if offsets[-1] == start else None
+    if offsets[-1] != start:
+        return None
+    return Bundle(key, bytes(ids), offsets, read, size, cached, close)
+
+
+def _open_stored(store: ObjectStore, key: str, max_packs: int, max_index: int) -> Bundle | None:
+    try:
+        size = store.size(key)
+    except CasregError:
+        return None
+    return _open(key, _store_read(store, key), size, max_packs, max_index)
+
+
+def _open_cached(cache: ChunkCache, key: str, max_packs: int, max_index: int) -> Bundle | None:
+    """The cached copy of the bundle at ``key``, if there is one and it is what its name
+    says (a damaged copy is dropped)."""
+    handle = cache.open_bundle(str(parse_bundle_key(key)))
+    if handle is None:
+        return None
+    bundle = _open(key, handle.read, handle.size, max_packs, max_index, cached=True, close=handle.close)
+    if bundle is None:
+        handle.close()
+        cache.drop_bundle(str(parse_bundle_key(key)))
+    return bundle
+
+
+def cache_bundle(store: ObjectStore, bundle: Bundle, cache: ChunkCache, max_packs: int,
+                 max_index: int) -> Bundle | None:
+    """Copy ``bundle`` (read from ``store``) whole into ``cache``, :data:`SPAN_BYTES` at a
+    time, and open the copy; ``None`` if it could not be stored (see
+    :meth:`~casreg.content.cache.ChunkCache.put_bundle`) or does not open as the bundle."""
+    parts = (bundle.read(start, min(start + SPAN_BYTES, bundle.size)) for start in range(0, bundle.size, SPAN_BYTES))
+    if not cache.put_bundle(bundle.bundle_id, parts, bundle.size):
+        return None
+    return _open_cached(cache, bundle.key, max_packs, max_index)
 
 
 def check_bundle(store: ObjectStore, key: str, max_index: int, max_packs: int) -> str | None:
@@ -125,16 +182,15 @@ def check_bundle(store: ObjectStore, key: str, max_index: int, max_packs: int) -
     tail and directory are what its name says and lay the object out exactly, and every
     index in it hashes to its pack id; also ``None`` if it is gone (compact at work).
     A bundle of more than ``max_packs`` indexes is reported unread."""
-    bundle_id = parse_bundle_key(key)
-    if bundle_id is None:
+    if parse_bundle_key(key) is None:
         return "not an index bundle's key"
-    bundle = _open(store, key, bundle_id, max_packs, max_index)
+    bundle = _open_stored(store, key, max_packs, max_index)
     if bundle is None:
         if not store.exists(key):
             return None
         return (f"its tail and directory are not what its name says, do not lay the object out, or list more than "
                 f"{max_packs:,} indexes")
-    for p, index in enumerate(read_bundled(store, bundle, range(len(bundle)))):
+    for p, index in enumerate(read_bundled(bundle, range(len(bundle)))):
         if index is None:
             if not store.exists(key):
                 return None
@@ -142,26 +198,34 @@ def check_bundle(store: ObjectStore, key: str, max_index: int, max_packs: int) -
     return None
 
 
-def open_best_bundle(store: ObjectStore, wanted: Sequence[str], max_index: int) -> tuple[Bundle, list[int]] | None:
+def open_best_bundle(store: ObjectStore, wanted: Sequence[str], max_index: int,
+                     cache: ChunkCache | None = None) -> tuple[Bundle, list[int]] | None:
     """Of the bundles listed, the one holding the most of the pack ids ``wanted`` (hex,
     ascending), with where each is in it (:meth:`Bundle.positions`); ``None`` if none
-    holds any. A bundle of more than twice as many packs as ``wanted`` (plus 1,024) is
-    not opened: it is mostly packs removed since, or not a bundle casreg wrote, and
-    reading its directory would cost more than it saves."""
+    holds any. With a ``cache``, a bundle's cached copy is read instead of the store's.
+    A bundle of more than twice as many packs as ``wanted`` (plus 1,024) is not opened:
+    it is mostly packs removed since, or not a bundle casreg wrote, and reading its
+    directory would cost more than it saves. The caller closes the bundle returned."""
     try:
         keys = _newest(store, sorted(k for k in store.list(BUNDLES) if parse_bundle_key(k) is not None))
     except CasregError:
         return None  # a link planted at bundles/, say: the indexes are read one by one, verify reports damage
     best: tuple[Bundle, list[int]] | None = None
     best_count = 0
+    max_packs = 2 * len(wanted) + 1024
     for key in keys:
-        bundle = _open(store, key, str(parse_bundle_key(key)), 2 * len(wanted) + 1024, max_index)
+        bundle = (_open_cached(cache, key, max_packs, max_index) if cache is not None else None) \
+            or _open_stored(store, key, max_packs, max_index)
         if bundle is None:
             continue
         where = bundle.positions(wanted)
         count = sum(1 for p in where if p >= 0)
         if count > best_count:
+            if best is not None:
+                best[0].close()
             best, best_count = (bundle, where), count
+        else:
+            bundle.close()
     return best
 
 
@@ -198,22 +262,18 @@ def _spans(bundle: Bundle, positions: Sequence[int]) -> list[_Span]:
     return spans
 
 
-def read_bundled(store: ObjectStore, bundle: Bundle, positions: Sequence[int],
-                 pool: ThreadPoolExecutor | None = None) -> Iterator[bytes | None]:
+def read_bundled(bundle: Bundle, positions: Sequence[int], pool: ThreadPoolExecutor | None = None,
+                 ahead: int = 1) -> Iterator[bytes | None]:
     """The index at each of ``positions`` (ascending) of the bundle, in that order, read a
-    span at a time (``pool``: spans read ahead on it, in order); ``None`` for one that
-    does not hash to its pack id or could not be read (the bundle removed meanwhile, say):
-    the caller reads that index on its own."""
+    span at a time (``pool``: up to ``ahead`` spans read ahead on it, in order); ``None``
+    for one that does not hash to its pack id or could not be read (the bundle removed
+    meanwhile, say): the caller reads that index on its own."""
 
     def read(span: _Span) -> bytes | None:
-        try:
-            data = store.read(bundle.key, ByteRange(span[0], span[1]))
-        except CasregError:
-            return None
-        return data if len(data) == span[1] - span[0] else None
+        return bundle.read(span[0], span[1])
 
     spans = _spans(bundle, positions)
-    datas = _ahead(pool, read, spans, store.io_concurrency) if pool is not None else map(read, spans)
+    datas = _ahead(pool, read, spans, ahead) if pool is not None and not bundle.cached else map(read, spans)
     for (start, _end, members), data in zip(spans, datas, strict=True):
         view = memoryview(data) if data is not None else None
         for p in members:
@@ -290,7 +350,7 @@ def write_bundle(store: ObjectStore, *, max_index: int, at_least: int = 1000,
         read_alone = _ahead(pool, lambda item: reader(item[1], item[0]), singles, store.io_concurrency) \
             if pool is not None else (reader(key, pid) for pid, key in singles)
         copied: Iterator[bytes | None] = iter(()) if chosen is None else \
-            read_bundled(store, chosen[0], [p for p in where if p >= 0], pool)
+            read_bundled(chosen[0], [p for p in where if p >= 0], pool, store.io_concurrency)
         with store.open_writer(BUNDLES) as writer:
             for (pid, key), p in zip(listed, where, strict=True):
                 data = next(read_alone) if p < 0 else (next(copied) or reader(key, pid))
@@ -309,6 +369,8 @@ def write_bundle(store: ObjectStore, *, max_index: int, at_least: int = 1000,
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+        if chosen is not None:
+            chosen[0].close()
     removed = []
     for old in older:
         if old == key:

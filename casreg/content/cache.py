@@ -46,6 +46,7 @@ import stat
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,6 +150,8 @@ class CacheInfo:
     temporary: int  # entries being written (or left by a crashed writer)
     indexes: int = 0  # pack indexes (a push's list of what a registry holds)
     index_bytes: int = 0
+    bundles: int = 0  # index bundles (many pack indexes in one entry, docs/FORMAT.md §4.3)
+    bundle_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,6 +177,7 @@ class ChunkCache:
         self.max_size = parse_size(max_size) if max_size is not None else default_max_size()
         self._chunks = self.root / "chunks"
         self._indexes = self.root / "indexes"  # pack indexes, named by their BLAKE3 like chunks
+        self._bundles = self.root / "bundles"  # index bundles, named by their id (checked as they are read)
         self._tmp = self.root / "tmp"
         self._lock = threading.Lock()
         self._ready = False  # directories made
@@ -238,6 +242,72 @@ class ChunkCache:
     def has_index(self, digest: bytes) -> bool:
         return self.path(digest, index=True).is_file()
 
+    def bundle_path(self, bundle_id: str) -> Path:
+        return self._bundles / bundle_id[:2] / bundle_id
+
+    def open_bundle(self, bundle_id: str) -> CachedBundle | None:
+        """The cached copy of the index bundle ``bundle_id``, to read ranges of, or ``None``
+        (absent, or not a regular file: a planted link or FIFO is not followed). Unlike a
+        chunk, a bundle is not hashed on every hit: its reader checks its directory against
+        its id and every index it takes from it against its pack id
+        (casreg.content.bundles), and calls :meth:`drop_bundle` when one fails."""
+        if _HEX64.fullmatch(bundle_id) is None:
+            return None
+        path = self.bundle_path(bundle_id)
+        try:
+            fd = os.open(path, _ENTRY_FLAGS)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                return None
+            os.utime(fd)  # least recently *used*
+        except OSError:
+            os.close(fd)
+            return None
+        self.hits += 1
+        return CachedBundle(fd, st.st_size)
+
+    def drop_bundle(self, bundle_id: str) -> None:
+        """Delete a cached bundle found damaged (the next load fetches it again)."""
+        self.dropped += 1
+        self._warn_once("damaged", f"casreg cache {self.root}: dropped damaged entry {bundle_id} "
+                                   "(it will be fetched again from the registry)")
+        try:
+            self.bundle_path(bundle_id).unlink()
+        except OSError:
+            pass
+
+    def put_bundle(self, bundle_id: str, parts: Iterable[bytes | None], size: int) -> bool:
+        """Store the bundle ``bundle_id`` from ``parts``, its bytes in order; nothing is
+        stored if a part is ``None`` (a failed read) or they do not add up to ``size``.
+        Whether it was stored (``False`` as well when the cache is unusable, or when the
+        bundle is more than half of the cache's bound: it would push out everything else)."""
+        if not self._writable or size > self.max_size // 2 or _HEX64.fullmatch(bundle_id) is None:
+            return False
+        path = self.bundle_path(bundle_id)
+        tmp = self._tmp / f"bundle-{bundle_id[:16]}-{uuid.uuid4().hex}"
+        written = 0
+        try:
+            self._setup()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "xb", buffering=0) as f:
+                for part in parts:
+                    if part is None:
+                        break
+                    write_all(f.fileno(), [part])
+                    written += len(part)
+            if written != size:
+                tmp.unlink(missing_ok=True)
+                return False
+            os.replace(tmp, path)
+        except OSError as err:
+            return self._give_up(tmp, err)
+        self._account(size)
+        return True
+
     # -- writes -------------------------------------------------------------------------------
     def put(self, digest: bytes, data: bytes | memoryview) -> bool:
         """Store ``data`` as the chunk ``digest`` after checking that it is; raises
@@ -270,13 +340,21 @@ class ChunkCache:
                 self._disable(err)
                 return False
             except OSError as err:
-                try:
-                    tmp.unlink(missing_ok=True)
-                except OSError:
-                    pass
-                self._disable(err)
-                return False
-        size = len(data)
+                return self._give_up(tmp, err)
+        self._account(len(data))
+        return True
+
+    def _give_up(self, tmp: Path, err: OSError) -> bool:
+        """A write failed: remove its temporary, stop writing (:meth:`_disable`), ``False``."""
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        self._disable(err)
+        return False
+
+    def _account(self, size: int) -> None:
+        """Count ``size`` bytes added; prune once a tenth of the bound was added since."""
         with self._lock:
             self._added += size
             check = self._added >= max(self.max_size // 10, 1)
@@ -287,13 +365,13 @@ class ChunkCache:
                 self.prune()
             except OSError as err:
                 self._warn_once("prune", f"casreg cache {self.root}: cannot prune ({err.strerror or err})")
-        return True
 
     def _setup(self) -> None:
         if self._ready:
             return
         self._chunks.mkdir(parents=True, exist_ok=True)
         self._indexes.mkdir(exist_ok=True)
+        self._bundles.mkdir(exist_ok=True)
         self._tmp.mkdir(exist_ok=True)
         tag = self.root / "CACHEDIR.TAG"
         if not tag.exists():
@@ -314,11 +392,12 @@ class ChunkCache:
                                  f"without caching (set {DIR_ENV} to another directory, or {MODE_ENV}=off)")
 
     # -- maintenance --------------------------------------------------------------------------
-    def _entries(self, *, index: bool = False) -> list[tuple[float, int, Path]]:
-        """(mtime, size, path) of every chunk entry (``index=True``: every index entry)."""
+    def _entries(self, *, index: bool = False, bundles: bool = False) -> list[tuple[float, int, Path]]:
+        """(mtime, size, path) of every chunk entry (``index=True``: every index entry;
+        ``bundles=True``: every bundle)."""
         out: list[tuple[float, int, Path]] = []
         try:
-            subdirs = list(os.scandir(self._indexes if index else self._chunks))
+            subdirs = list(os.scandir(self._bundles if bundles else self._indexes if index else self._chunks))
         except (FileNotFoundError, NotADirectoryError):
             return out
         for sub in subdirs:
@@ -344,9 +423,10 @@ class ChunkCache:
 
     def info(self) -> CacheInfo:
         """Location, entry count and bytes (a scan of the directory; no locking needed)."""
-        entries, indexes = self._entries(), self._entries(index=True)
+        entries, indexes, bundles = self._entries(), self._entries(index=True), self._entries(bundles=True)
         return CacheInfo(str(self.root), len(entries), sum(s for _, s, _ in entries), self.max_size,
-                         cache_mode(), len(self._temporaries()), len(indexes), sum(s for _, s, _ in indexes))
+                         cache_mode(), len(self._temporaries()), len(indexes), sum(s for _, s, _ in indexes),
+                         len(bundles), sum(s for _, s, _ in bundles))
 
     def prune(self, max_size: int | str | None = None) -> PruneResult:
         """Delete least recently used entries until at most ``max_size`` bytes remain
@@ -360,7 +440,8 @@ class ChunkCache:
                     tmp.unlink()
             except OSError:
                 pass
-        entries = sorted(self._entries() + self._entries(index=True), key=lambda e: e[0])
+        entries = sorted(self._entries() + self._entries(index=True) + self._entries(bundles=True),
+                         key=lambda e: e[0])
         total = sum(s for _, s, _ in entries)
         removed = removed_bytes = 0
         for _, size, path in entries:
@@ -387,6 +468,7 @@ class ChunkCache:
                 pass
         shutil.rmtree(self._chunks, ignore_errors=True)
         shutil.rmtree(self._indexes, ignore_errors=True)
+        shutil.rmtree(self._bundles, ignore_errors=True)
         shutil.rmtree(self.root / "verified-packs", ignore_errors=True)
         self._ready = False
         return result
@@ -413,9 +495,39 @@ def _read_entry(path: Path, limit: int) -> bytes | None:
         if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
             return None
         with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read(limit + 1)
+            # what fstat saw and one byte more (a file grown since reads as too long): asking
+            # for ``limit + 1`` made every index hit allocate 64 MiB, to shrink it again
+            return f.read(st.st_size + 1)
     finally:
         os.close(fd)
+
+
+class CachedBundle:
+    """An open cached bundle (:meth:`ChunkCache.open_bundle`): its size and ranges of its
+    bytes. Close it when done (or use it as a context manager)."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self.size = size
+
+    def read(self, start: int, end: int) -> bytes | None:
+        """Bytes ``[start, end)``, or ``None`` if they cannot all be read (truncated since)."""
+        try:
+            data = os.pread(self._fd, end - start, start)
+        except OSError:
+            return None
+        return data if len(data) == end - start else None
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> CachedBundle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 _CACHES: dict[tuple[Path, int], ChunkCache] = {}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from blake3 import blake3
 
-from casreg.content.bundles import USE_AT_LEAST, open_best_bundle, read_bundled
+from casreg.content.bundles import USE_AT_LEAST, Bundle, cache_bundle, open_best_bundle, read_bundled
 from casreg.content.cache import AUTO, CacheArg, ChunkCache, resolve_cache
 from casreg.content.codec import Codec, check_decodes
 from casreg.content.config import MAX_CHUNK_BYTES, max_chunk_size
@@ -239,6 +239,40 @@ class PackBuilder:
         return self.pack_id, index
 
 
+def _choose_bundle(store: ObjectStore, wanted: list[tuple[str, str]], uncached: list[bool],
+                   missing: list[tuple[str, str]], cache: ChunkCache | None,
+                   limit: int) -> tuple[Bundle, list[int]] | None:
+    """The index bundle a load reads, with each of ``wanted``'s place in it (``-1``: read
+    that index as before), or ``None``. Without a cache: the bundle holding most of the
+    ``missing`` indexes, if they are :data:`~casreg.content.bundles.USE_AT_LEAST` or more.
+    With one: the bundle holding most of ``wanted``, copied into the cache whole if it is
+    not there yet, for every index it holds; if it cannot be copied, for the missing ones
+    only, as without a cache."""
+    if cache is None:
+        if len(missing) < USE_AT_LEAST:
+            return None
+        return open_best_bundle(store, [pid for _, pid in missing], limit)  # missing is wanted: nothing is cached
+    if len(wanted) < USE_AT_LEAST:
+        return None
+    found = open_best_bundle(store, [pid for _, pid in wanted], limit, cache)
+    if found is None:
+        return None
+    bundle, where = found
+    if sum(1 for p in where if p >= 0) < USE_AT_LEAST:
+        bundle.close()
+        return None
+    if not bundle.cached:
+        copy = cache_bundle(store, bundle, cache, 2 * len(wanted) + 1024, limit)
+        if copy is not None:  # the same directory, so the same places
+            bundle.close()
+            return copy, where
+        where = [p if lacked else -1 for p, lacked in zip(where, uncached, strict=True)]
+        if sum(1 for p in where if p >= 0) < USE_AT_LEAST:
+            bundle.close()
+            return None
+    return bundle, where
+
+
 class ChunkIndex:
     """Which chunks the registry already holds, and where (digest → :class:`ChunkRef`).
 
@@ -339,26 +373,31 @@ class ChunkIndex:
         missing = [item for item, lacked in zip(wanted, uncached, strict=True) if lacked]
         # Many to read one by one: those an index bundle holds are read from it instead, a few
         # large ranges at a time, each checked as if read on its own (casreg/content/bundles.py).
-        opened = open_best_bundle(store, [pid for _, pid in missing], limit) if len(missing) >= USE_AT_LEAST else None
-        where = opened[1] if opened is not None else [-1] * len(missing)  # each missing index's place in it
-        singles = [item for item, p in zip(missing, where, strict=True) if p < 0]
+        # With a cache, the bundle is copied into it whole and serves every index it holds
+        # from then on: one local file instead of an entry per index.
+        opened = _choose_bundle(store, wanted, uncached, missing, chosen, limit)
+        where = opened[1] if opened is not None else [-1] * len(wanted)  # each index's place in the bundle
+        singles = [item for item, lacked, p in zip(wanted, uncached, where, strict=True) if lacked and p < 0]
         pool = ThreadPoolExecutor(min(store.io_concurrency, len(missing)), thread_name_prefix="casreg-index") \
             if store.io_concurrency > 1 and len(missing) > 1 else None
         fetched: Iterator[bytes | None] = pool.map(fetch, singles) if pool is not None else map(fetch, singles)
         from_bundle: Iterator[bytes | None] = iter(()) if opened is None else \
-            read_bundled(store, opened[0], [p for p in where if p >= 0], pool)
-        places = iter(where)
+            read_bundled(opened[0], [p for p in where if p >= 0], pool, store.io_concurrency)
         fallbacks = 0
+        damaged_copy = False
         entries = bytearray()  # every index's entries, joined in pack id order
         packs: list[tuple[str, str, int, int]] = []  # (key, pack id, entries, index size) of each, in that order
         try:
-            for (key, pack_id), lacked in zip(wanted, uncached, strict=True):  # pack id order: the first pack
-                if lacked and next(places) >= 0:                                # holding a chunk wins
+            for (key, pack_id), lacked, place in zip(wanted, uncached, where, strict=True):  # pack id order: the
+                if place >= 0:                                                            # first pack holding a
+                    assert opened is not None                                             # chunk wins
                     data = next(from_bundle)
                     if data is None:  # not as its pack id says, or the bundle is gone: read it on its own
-                        data = fetch((key, pack_id))
+                        damaged_copy = damaged_copy or opened[0].cached
                         fallbacks += 1
-                    elif chosen is not None:
+                        data = (None if lacked or chosen is None else chosen.get(bytes.fromhex(pack_id), index=True)) \
+                            or fetch((key, pack_id))
+                    elif chosen is not None and not opened[0].cached:
                         chosen.put_verified(bytes.fromhex(pack_id), data, index=True)
                 elif lacked:
                     data = next(fetched)
@@ -375,6 +414,10 @@ class ChunkIndex:
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
+            if opened is not None:
+                opened[0].close()
+                if damaged_copy and chosen is not None:
+                    chosen.drop_bundle(opened[0].bundle_id)
         index = cls(max_chunk)
         index.cache = chosen
         index.read_alone = len(singles) + fallbacks
