@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -458,3 +459,50 @@ def test_a_bundle_too_big_for_the_cache_is_read_from_the_store(tmp_path: Path) -
     got = ChunkIndex.load(store, cache=cache)
     _assert_same(got, want, {ref.digest for ref in want})
     assert cache.info().bundles == 0 and store.reads["index"] == 0 and store.reads["bundles"] >= 3
+
+
+def test_a_remote_listing_of_many_indexes_lists_the_prefixes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 lists a thousand keys a request, in key order; past a few pages, the prefixes
+    still to come are listed at once. The keys found are the same, with fewer rounds."""
+    import dataclasses
+
+    import casreg.content.listing as listing
+    from casreg.testing.wrapper import StoreWrapper
+
+    class Remote(StoreWrapper):
+        """memory://, listing in key order as S3 does, counting listings."""
+
+        def __init__(self, inner: MemoryStore) -> None:
+            super().__init__(inner)
+            self.capabilities = dataclasses.replace(inner.capabilities, remote=True, list_after=True)
+            self.calls: list[str] = []
+
+        def list(self, prefix: str) -> Iterator[str]:
+            self.calls.append(prefix)
+            return iter(sorted(self.inner.list(prefix)))
+
+        def list_after(self, prefix: str, start_after: str) -> Iterator[str]:
+            self.calls.append(f"{prefix} after")
+            return self.inner.list_after(prefix, start_after)
+
+    monkeypatch.setattr(listing, "_PAGE", 100)
+    monkeypatch.setattr(listing, "LIST_THREADS", 64)
+    inner = _store()
+    for _ in range(5000):
+        inner.create(index_key(os.urandom(32).hex()), b"")
+    inner.create("index/zz-not-an-index", b"")
+    store = Remote(inner)
+    got = listing.list_indexes(store)
+    want = sorted(k for k in inner.list("index") if parse_index_key(k) is not None)
+    assert sorted(k for k in got if parse_index_key(k) is not None) == want
+    assert store.calls[0] == "index" and len([c for c in store.calls if c.endswith(" after")]) == 1
+    assert 200 <= len(store.calls) <= 257  # the prefixes after the first pages, each once
+    store.calls.clear()
+    few = Remote(_store())
+    for _ in range(150):
+        few.inner.create(index_key(os.urandom(32).hex()), b"")
+    assert len(listing.list_indexes(few)) == 150 and few.calls == ["index"]  # too few to be worth it
+    unordered = Remote(inner)
+    unordered.list = lambda prefix: (unordered.calls.append(prefix), iter(list(inner.list(prefix))))[1]  # type: ignore[method-assign]
+    assert sorted(listing.list_indexes(unordered)) == sorted(inner.list("index"))
+    assert unordered.calls == ["index"]  # not in key order: page by page, to the end

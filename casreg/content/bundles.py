@@ -39,8 +39,9 @@ from typing import TypeVar
 from blake3 import blake3
 
 from casreg.content.cache import ChunkCache
+from casreg.content.listing import list_indexes
 from casreg.errors import CasregError, InvalidInputError, NotFoundError
-from casreg.keys import BUNDLES, INDEXES, bundle_key, parse_bundle_key, parse_index_key
+from casreg.keys import BUNDLES, bundle_key, parse_bundle_key, parse_index_key
 from casreg.storage import ByteRange, ObjectStore
 
 __all__ = ["BUNDLE_MAGIC", "Bundle", "BundleResult", "open_best_bundle", "read_bundled", "write_bundle", "check_bundle",
@@ -325,7 +326,7 @@ def write_bundle(store: ObjectStore, *, max_index: int, at_least: int = 1000,
     Safe while others push, gc or load: a bundle is only a copy, and a load that finds
     one gone reads the indexes one by one. ``read_index(key, pack id)``: how an index is
     read on its own (default: a bounded read of the store)."""
-    listed = sorted((pid, key) for key in store.list(INDEXES) if (pid := parse_index_key(key)) is not None)
+    listed = sorted((pid, key) for key in list_indexes(store) if (pid := parse_index_key(key)) is not None)
     older = sorted(k for k in store.list(BUNDLES) if parse_bundle_key(k) is not None)
     chosen = open_best_bundle(store, [pid for pid, _ in listed], max_index) if older else None
     where = chosen[1] if chosen is not None else [-1] * len(listed)

@@ -24,9 +24,10 @@ from casreg.content.codec import Codec, check_decodes
 from casreg.content.config import MAX_CHUNK_BYTES, max_chunk_size
 from casreg.content.delta import parse_header
 from casreg.content.index_table import ENTRY_SIZE, IndexTable, build_table
+from casreg.content.listing import list_indexes
 from casreg.content.manifest import ChunkRef, stored_bound
 from casreg.errors import IntegrityError, NotFoundError
-from casreg.keys import INDEXES, index_key, pack_key, parse_index_key
+from casreg.keys import index_key, pack_key, parse_index_key
 from casreg.storage import ByteRange, ObjectStore, ObjectWriter
 
 __all__ = [
@@ -343,7 +344,7 @@ class ChunkIndex:
         indexes are accepted and the same lookups answered either way."""
         chosen = resolve_cache(store, cache)
         wanted: list[tuple[str, str]] = []
-        for key in store.list(INDEXES):
+        for key in list_indexes(store):
             pack_id = parse_index_key(key)
             if pack_id is not None:
                 wanted.append((key, pack_id))
