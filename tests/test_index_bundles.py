@@ -506,3 +506,22 @@ def test_a_remote_listing_of_many_indexes_lists_the_prefixes_at_once(monkeypatch
     unordered.list = lambda prefix: (unordered.calls.append(prefix), iter(list(inner.list(prefix))))[1]  # type: ignore[method-assign]
     assert sorted(listing.list_indexes(unordered)) == sorted(inner.list("index"))
     assert unordered.calls == ["index"]  # not in key order: page by page, to the end
+
+
+def test_a_planted_link_among_the_indexes_is_left_out_of_a_bundle(tmp_path: Path) -> None:
+    """An index that is not a regular file (a hostile store, docs/security.md) is left
+    out, and the rest bundled; with nothing readable, no bundle is written."""
+    store = LocalStore(tmp_path / "reg")
+    good = [_index([os.urandom(32)]) for _ in range(2)]
+    for ix in good:
+        store.create(index_key(blake3(ix).hexdigest()), ix)
+    planted = tmp_path / "reg" / index_key("ef" * 32)
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.symlink_to(tmp_path / "reg" / index_key(blake3(good[0]).hexdigest()))
+    result = write_bundle(store, max_index=index_limit(store), at_least=1)
+    assert result.key is not None and result.packs == 2
+    only_link = LocalStore(tmp_path / "other")
+    (tmp_path / "other" / "index" / "ef").mkdir(parents=True)
+    (tmp_path / "other" / index_key("ef" * 32)).symlink_to(planted)
+    assert write_bundle(only_link, max_index=index_limit(only_link), at_least=1).key is None
+    assert list(only_link.list(BUNDLES)) == []

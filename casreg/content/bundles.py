@@ -40,7 +40,7 @@ from blake3 import blake3
 
 from casreg.content.cache import ChunkCache
 from casreg.content.listing import list_indexes
-from casreg.errors import CasregError, InvalidInputError, NotFoundError
+from casreg.errors import CasregError, InvalidInputError
 from casreg.keys import BUNDLES, bundle_key, parse_bundle_key, parse_index_key
 from casreg.storage import ByteRange, ObjectStore
 
@@ -337,8 +337,8 @@ def write_bundle(store: ObjectStore, *, max_index: int, at_least: int = 1000,
     def default_read(key: str, pack_id: str) -> bytes | None:
         try:
             data = store.read(key, ByteRange(0, max_index + 1))
-        except NotFoundError:
-            return None
+        except CasregError:
+            return None  # gone since the listing, or not a regular file: left out (verify names it)
         return data if len(data) <= max_index and blake3(data).hexdigest() == pack_id else None
 
     reader = read_index or default_read
@@ -353,14 +353,16 @@ def write_bundle(store: ObjectStore, *, max_index: int, at_least: int = 1000,
         copied: Iterator[bytes | None] = iter(()) if chosen is None else \
             read_bundled(chosen[0], [p for p in where if p >= 0], pool, store.io_concurrency)
         with store.open_writer(BUNDLES) as writer:
-            for (pid, key), p in zip(listed, where, strict=True):
-                data = next(read_alone) if p < 0 else (next(copied) or reader(key, pid))
+            for (pid, listed_key), p in zip(listed, where, strict=True):
+                data = next(read_alone) if p < 0 else (next(copied) or reader(listed_key, pid))
                 if data is None or len(data) < _MIN_INDEX:
                     continue  # gone since the listing, or damaged: loads read it on its own (verify reports it)
                 writer.write(data)
                 directory += _DIR.pack(bytes.fromhex(pid), len(data))
                 size += len(data)
             count = len(directory) // _DIR.size
+            if count == 0:
+                return BundleResult(None, unbundled=unbundled)  # not one index could be read
             tail = _TAIL.pack(count, BUNDLE_MAGIC)
             writer.write(bytes(directory))
             writer.write(tail)
