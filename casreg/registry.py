@@ -421,9 +421,11 @@ class Registry:
         a push then reads a few large ranges instead of one object per pack. Safe while
         others push, gc or load."""
         from casreg.content.bundles import write_bundle
+        from casreg.content.cache import resolve_cache
         from casreg.content.packs import index_limit
 
-        return write_bundle(self.store, max_index=index_limit(self.store), at_least=at_least)
+        return write_bundle(self.store, max_index=index_limit(self.store), at_least=at_least,
+                            cache=resolve_cache(self.store))
 
     # -- reading ------------------------------------------------------------------------------
     def show(self, ref: str | Ref) -> Version:

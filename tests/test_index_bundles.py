@@ -525,3 +525,21 @@ def test_a_planted_link_among_the_indexes_is_left_out_of_a_bundle(tmp_path: Path
     (tmp_path / "other" / index_key("ef" * 32)).symlink_to(planted)
     assert write_bundle(only_link, max_index=index_limit(only_link), at_least=1).key is None
     assert list(only_link.list(BUNDLES)) == []
+
+
+def test_writing_a_bundle_reads_the_indexes_a_cache_holds_from_it(tmp_path: Path) -> None:
+    """A push that read every index one by one has cached them: the bundle it writes
+    after its commit reads none of them from the store again."""
+    inner = _store()
+    for _ in range(30):
+        _plant(inner, _index([os.urandom(32)]))
+    cache = ChunkCache(tmp_path / "cache", max_size="1GiB")
+    ChunkIndex.load(inner, cache=cache)  # fewer than 64: each read alone, and cached
+    assert cache.info().indexes == 30
+    store = CountingStore(inner)
+    result = write_bundle(store, max_index=index_limit(inner), at_least=1, cache=cache)
+    assert result.packs == 30 and store.reads["index"] == 0
+    _plant(inner, _index([os.urandom(32)]))
+    store.reset()
+    assert write_bundle(store, max_index=index_limit(inner), at_least=1, cache=None).packs == 31
+    assert store.reads["index"] == 1  # the next copies the 30 from the bundle, reads the new one

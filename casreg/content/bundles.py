@@ -318,14 +318,17 @@ class BundleResult:
 
 
 def write_bundle(store: ObjectStore, *, max_index: int, at_least: int = 1000,
-                 read_index: Callable[[str, str], bytes | None] | None = None) -> BundleResult:
+                 read_index: Callable[[str, str], bytes | None] | None = None,
+                 cache: ChunkCache | None = None) -> BundleResult:
     """Bundle every pack index listed into one object, when at least ``at_least`` of them
     are not in the bundle a load would choose now; then remove the other bundles. The
     indexes that bundle holds are copied from it, the others read one by one (each
     checked to hash to its pack id either way; one that does not, or is gone, is left out).
     Safe while others push, gc or load: a bundle is only a copy, and a load that finds
     one gone reads the indexes one by one. ``read_index(key, pack id)``: how an index is
-    read on its own (default: a bounded read of the store)."""
+    read on its own (default: from ``cache`` if it holds it, checked there, else a
+    bounded read of the store; a push that read the indexes one by one has just cached
+    them, and writing its bundle then reads none of them again)."""
     listed = sorted((pid, key) for key in list_indexes(store) if (pid := parse_index_key(key)) is not None)
     older = sorted(k for k in store.list(BUNDLES) if parse_bundle_key(k) is not None)
     chosen = open_best_bundle(store, [pid for pid, _ in listed], max_index) if older else None
@@ -335,6 +338,8 @@ def write_bundle(store: ObjectStore, *, max_index: int, at_least: int = 1000,
         return BundleResult(None, unbundled=unbundled)
 
     def default_read(key: str, pack_id: str) -> bytes | None:
+        if cache is not None and (data := cache.get(bytes.fromhex(pack_id), index=True)) is not None:
+            return data
         try:
             data = store.read(key, ByteRange(0, max_index + 1))
         except CasregError:
