@@ -117,6 +117,9 @@ def gc(
                  f"({human_bytes(report.condemned_bytes)}){when}")
     else:
         out.line(f"nothing new to condemn (no unreferenced object is older than {_duration(report.grace_seconds)})")
+    if report.superseded_bundles:
+        out.line(f"{'would remove' if dry_run else 'removed'} "
+                 f"{_plural(len(report.superseded_bundles), 'superseded index bundle')}")
     waiting = [p for p in report.pending if p.key != report.record]
     if waiting:
         out.line(f"{_plural(len(waiting), 'earlier condemnation')} not yet due "

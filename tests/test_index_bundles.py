@@ -543,3 +543,30 @@ def test_writing_a_bundle_reads_the_indexes_a_cache_holds_from_it(tmp_path: Path
     store.reset()
     assert write_bundle(store, max_index=index_limit(inner), at_least=1, cache=None).packs == 31
     assert store.reads["index"] == 1  # the next copies the 30 from the bundle, reads the new one
+
+
+def test_gc_removes_superseded_bundles_past_the_grace(tmp_path: Path) -> None:
+    """Bundles a pusher could not remove are removed by gc, the one a push would read
+    kept, and none younger than --grace (a compact may have just written it)."""
+    reg = Registry(tmp_path / "reg")
+    for i in range(3):
+        (tmp_path / f"f{i}").write_bytes(os.urandom(3000))
+        reg.push("m", tmp_path / f"f{i}")
+    store = reg.store
+    first = write_bundle(store, max_index=index_limit(store), at_least=1)
+    saved = store.read(str(first.key))
+    (tmp_path / "f3").write_bytes(os.urandom(3000))
+    reg.push("m", tmp_path / "f3")
+    second = write_bundle(store, max_index=index_limit(store), at_least=1)
+    store.create(str(first.key), saved)  # as a pusher that may not delete leaves it
+    assert sorted(store.list(BUNDLES)) == sorted([str(first.key), str(second.key)])
+    assert reg.gc(grace="1h").superseded_bundles == []  # both just written
+    old = 1_000_000
+    for key in (first.key, second.key):
+        os.utime(tmp_path / "reg" / str(key), (old, old))
+    assert reg.gc(grace="1h", dry_run=True).superseded_bundles == [first.key]
+    assert len(list(store.list(BUNDLES))) == 2
+    p = _cli(tmp_path, "gc", "--grace", "1h")
+    assert p.returncode == 0 and "removed 1 superseded index bundle" in p.stdout, p.stdout + p.stderr
+    assert list(store.list(BUNDLES)) == [second.key]
+    assert reg.verify().ok

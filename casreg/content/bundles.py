@@ -232,7 +232,7 @@ def open_best_bundle(store: ObjectStore, wanted: Sequence[str], max_index: int,
 
 def _newest(store: ObjectStore, keys: list[str]) -> list[str]:
     """``keys``, or the :data:`_MAX_OPENED` newest of them if there are more (a pusher
-    that may not delete leaves the bundles it replaced to ``casreg compact``)."""
+    that may not delete leaves the bundles it replaced to gc and ``casreg compact``)."""
     if len(keys) <= _MAX_OPENED:
         return keys
     times = {}
@@ -383,7 +383,7 @@ def write_bundle(store: ObjectStore, *, max_index: int, at_least: int = 1000,
     for old in older:
         if old == key:
             continue
-        try:  # best effort: a pusher may not be allowed to delete (docs/security.md); compact removes them
+        try:  # best effort: a pusher may not be allowed to delete (docs/security.md); gc removes them
             store.delete(old)
         except CasregError as err:
             log.info("casreg: could not remove the older index bundle %s (%s)", old, err)

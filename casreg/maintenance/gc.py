@@ -34,6 +34,7 @@ from casreg.concurrency import bounded_map, io_threads
 from casreg.content.manifest import Manifest
 from casreg.errors import CasregError, ConflictError, IntegrityError, InvalidInputError, NotFoundError
 from casreg.keys import (
+    BUNDLES,
     GC_CONDEMNED,
     GC_RESCUED,
     GC_SWEEPING,
@@ -43,6 +44,7 @@ from casreg.keys import (
     index_key,
     manifest_key,
     pack_key,
+    parse_bundle_key,
     parse_condemned_key,
     parse_object_key,
     parse_rescue_key,
@@ -255,6 +257,9 @@ class GcReport:
     #: what ``gc --retain`` deleted before collecting, one plan per model (filled in by
     #: the façade from :mod:`casreg.governance.retention`; empty otherwise)
     retention: list[dict[str, JsonValue]] = field(default_factory=list)
+    #: index bundles a newer one replaced, older than the grace period: removed (listed
+    #: only, with ``dry_run``). The bundle a push would read is always kept.
+    superseded_bundles: list[str] = field(default_factory=list)
 
     @property
     def deleted_bytes(self) -> int:
@@ -278,6 +283,7 @@ class GcReport:
             "pending": [p.to_dict() for p in self.pending],
             "reclaimable_by_repacking": {"packs": self.repack_packs, "bytes": self.repack_bytes},
             "warnings": list(self.warnings), "retention": list(self.retention),
+            "superseded_bundles": list(self.superseded_bundles),
         }
 
 
@@ -348,6 +354,7 @@ def collect(
         run.report.repack_packs, run.report.repack_bytes = s.repack_packs, s.repack_bytes
         _sweep(run, s, sweeping)
         _mark(run, s, pending)
+        _superseded_bundles(run, sorted(s.indexes))
         if not dry_run:
             _tidy(run, records, old_rescues, old_sweeps)
         return run.report
@@ -526,6 +533,32 @@ def _record_id_of(key: str) -> str | None:
     if parsed is not None:
         return parsed[0]
     return key.split("/")[2] if key.count("/") >= 3 else None
+
+
+def _superseded_bundles(run: _Run, indexes: list[str]) -> None:
+    """Remove the index bundles other than the one a push would read now (the one holding
+    the most of ``indexes``), once older than the grace period: a push whose role may not
+    delete leaves the bundle it replaced (docs/security.md). A load that finds its bundle
+    gone reads the indexes one by one, so this needs no protocol of its own."""
+    from casreg.content.bundles import open_best_bundle
+    from casreg.content.packs import index_limit
+
+    keys = sorted(k for k in run.store.list(BUNDLES) if parse_bundle_key(k) is not None)
+    if len(keys) < 2:
+        return
+    best = open_best_bundle(run.store, indexes, index_limit(run.store))
+    keep = best[0].key if best is not None else None
+    if best is not None:
+        best[0].close()
+    for key in keys:
+        if key == keep:
+            continue
+        st = object_stat(run.store, key)
+        if st is None or (st[1] is not None and run.start - st[1] < run.grace):
+            continue  # gone, or young: a concurrent compact or push may have just written it
+        if not run.dry_run:
+            run.store.delete(key)
+        run.report.superseded_bundles.append(key)
 
 
 def _tidy(run: _Run, records: list[Record], old_rescues: list[str], old_sweeps: list[str]) -> None:
