@@ -368,13 +368,19 @@ def test_of_many_bundles_the_newest_are_opened(tmp_path: Path) -> None:
     assert open_best_bundle(store, sorted(ids[8:]), index_limit(store)) is None
 
 
+def _pushed(tmp_path: Path, versions: int) -> Registry:
+    """A local registry under ``tmp_path/reg`` holding ``versions`` small versions of m."""
+    reg = Registry(tmp_path / "reg")
+    for i in range(versions):
+        (tmp_path / f"f{i}").write_bytes(os.urandom(3000))
+        reg.push("m", tmp_path / f"f{i}")
+    return reg
+
+
 @pytest.mark.parametrize("damage", ["none", "data", "directory", "tail", "truncate", "renamed", "huge-count"])
 def test_verify_names_a_damaged_bundle(tmp_path: Path, damage: str) -> None:
     """A damaged bundle costs pushes only reads, but verify names every damaged object."""
-    reg = Registry(tmp_path / "reg")
-    for i in range(4):
-        (tmp_path / f"f{i}").write_bytes(os.urandom(3000))
-        reg.push("m", tmp_path / f"f{i}")
+    reg = _pushed(tmp_path, 4)
     store = reg.store
     result = write_bundle(store, max_index=index_limit(store), at_least=1)
     assert result.key is not None
@@ -548,10 +554,7 @@ def test_writing_a_bundle_reads_the_indexes_a_cache_holds_from_it(tmp_path: Path
 def test_gc_removes_superseded_bundles_past_the_grace(tmp_path: Path) -> None:
     """Bundles a pusher could not remove are removed by gc, the one a push would read
     kept, and none younger than --grace (a compact may have just written it)."""
-    reg = Registry(tmp_path / "reg")
-    for i in range(3):
-        (tmp_path / f"f{i}").write_bytes(os.urandom(3000))
-        reg.push("m", tmp_path / f"f{i}")
+    reg = _pushed(tmp_path, 3)
     store = reg.store
     first = write_bundle(store, max_index=index_limit(store), at_least=1)
     saved = store.read(str(first.key))
