@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import struct
 from array import array
 from collections import deque
@@ -40,7 +39,8 @@ from blake3 import blake3
 
 from casreg.content.cache import ChunkCache
 from casreg.content.listing import list_indexes
-from casreg.errors import CasregError, InvalidInputError
+from casreg.env import count_from_env
+from casreg.errors import CasregError
 from casreg.keys import BUNDLES, bundle_key, parse_bundle_key, parse_index_key
 from casreg.storage import ByteRange, ObjectStore
 
@@ -394,14 +394,4 @@ def write_bundle(store: ObjectStore, *, max_index: int, at_least: int = 1000,
 
 def bundle_at_from_env(default: int = DEFAULT_BUNDLE_AT) -> int:
     """``$CASREG_BUNDLE_AT`` (0: never bundle after a push), else ``default``."""
-    text = os.environ.get(BUNDLE_AT_ENV)
-    if text is None or not text.strip():
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise InvalidInputError(f"{BUNDLE_AT_ENV}={text!r} is not an integer (0 turns automatic bundling off)") \
-            from None
-    if value < 0:
-        raise InvalidInputError(f"{BUNDLE_AT_ENV}={text!r} is negative (0 turns automatic bundling off)")
-    return value
+    return count_from_env(BUNDLE_AT_ENV, default, "automatic bundling")

@@ -41,7 +41,6 @@ finds a listed file missing or damaged reads the segments instead.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections import defaultdict
@@ -50,7 +49,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from casreg.errors import ConflictError, InvalidInputError, NotFoundError
+from casreg.env import count_from_env
+from casreg.errors import ConflictError, NotFoundError
 from casreg.keys import (
     COMPACTED,
     EVENTS,
@@ -119,17 +119,8 @@ class CompactResult:
 
 
 def threshold_from_env(default: int = DEFAULT_THRESHOLD) -> int:
-    text = os.environ.get(THRESHOLD_ENV)
-    if text is None or not text.strip():
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise InvalidInputError(
-            f"{THRESHOLD_ENV}={text!r} is not an integer (0 turns automatic compaction off)") from None
-    if value < 0:
-        raise InvalidInputError(f"{THRESHOLD_ENV}={text!r} is negative (0 turns automatic compaction off)")
-    return value
+    """``$CASREG_COMPACT_THRESHOLD`` (0: no automatic compaction), else ``default``."""
+    return count_from_env(THRESHOLD_ENV, default, "automatic compaction")
 
 
 def _file_key(kind: Literal["versions", "events"], now: datetime) -> str:
