@@ -45,6 +45,7 @@ from casreg.keys import BUNDLES, bundle_key, parse_bundle_key, parse_index_key
 from casreg.storage import ByteRange, ObjectStore
 
 __all__ = ["BUNDLE_MAGIC", "Bundle", "BundleResult", "open_best_bundle", "read_bundled", "write_bundle", "check_bundle",
+           "list_bundles", "most_packs",
            "USE_AT_LEAST", "SPAN_BYTES", "cache_bundle", "DEFAULT_BUNDLE_AT", "BUNDLE_AT_ENV", "bundle_at_from_env"]
 
 log = logging.getLogger(__name__)
@@ -167,15 +168,15 @@ def _open_cached(cache: ChunkCache, key: str, max_packs: int, max_index: int) ->
     return bundle
 
 
-def cache_bundle(store: ObjectStore, bundle: Bundle, cache: ChunkCache, max_packs: int,
-                 max_index: int) -> Bundle | None:
-    """Copy ``bundle`` (read from ``store``) whole into ``cache``, :data:`SPAN_BYTES` at a
+def cache_bundle(bundle: Bundle, cache: ChunkCache, max_index: int) -> Bundle | None:
+    """Copy ``bundle`` (read from the store) whole into ``cache``, :data:`SPAN_BYTES` at a
     time, and open the copy; ``None`` if it could not be stored (see
-    :meth:`~casreg.content.cache.ChunkCache.put_bundle`) or does not open as the bundle."""
+    :meth:`~casreg.content.cache.ChunkCache.put_bundle`) or does not open as the bundle
+    (its name fixes its directory, so a good copy holds exactly ``len(bundle)`` indexes)."""
     parts = (bundle.read(start, min(start + SPAN_BYTES, bundle.size)) for start in range(0, bundle.size, SPAN_BYTES))
     if not cache.put_bundle(bundle.bundle_id, parts, bundle.size):
         return None
-    return _open_cached(cache, bundle.key, max_packs, max_index)
+    return _open_cached(cache, bundle.key, len(bundle), max_index)
 
 
 def check_bundle(store: ObjectStore, key: str, max_index: int, max_packs: int) -> str | None:
@@ -199,21 +200,34 @@ def check_bundle(store: ObjectStore, key: str, max_index: int, max_packs: int) -
     return None
 
 
+def most_packs(indexes: int) -> int:
+    """The most indexes a bundle is opened with, when ``indexes`` are listed: a bundle of
+    more is mostly packs removed since, or not one casreg wrote, and reading its directory
+    would cost more than it saves."""
+    return 2 * indexes + 1024
+
+
+def list_bundles(store: ObjectStore) -> list[str]:
+    """The keys of the index bundles listed, sorted (anything else under ``bundles/`` left out)."""
+    return sorted(k for k in store.list(BUNDLES) if parse_bundle_key(k) is not None)
+
+
 def open_best_bundle(store: ObjectStore, wanted: Sequence[str], max_index: int,
-                     cache: ChunkCache | None = None) -> tuple[Bundle, list[int]] | None:
-    """Of the bundles listed, the one holding the most of the pack ids ``wanted`` (hex,
+                     cache: ChunkCache | None = None,
+                     listed: list[str] | None = None) -> tuple[Bundle, list[int]] | None:
+    """Of the bundles listed (``listed``, if the caller has just listed them:
+    :func:`list_bundles`), the one holding the most of the pack ids ``wanted`` (hex,
     ascending), with where each is in it (:meth:`Bundle.positions`); ``None`` if none
     holds any. With a ``cache``, a bundle's cached copy is read instead of the store's.
-    A bundle of more than twice as many packs as ``wanted`` (plus 1,024) is not opened:
-    it is mostly packs removed since, or not a bundle casreg wrote, and reading its
-    directory would cost more than it saves. The caller closes the bundle returned."""
+    A bundle of more than :func:`most_packs` indexes is not opened. The caller closes the
+    bundle returned."""
     try:
-        keys = _newest(store, sorted(k for k in store.list(BUNDLES) if parse_bundle_key(k) is not None))
+        keys = _newest(store, listed if listed is not None else list_bundles(store))
     except CasregError:
         return None  # a link planted at bundles/, say: the indexes are read one by one, verify reports damage
     best: tuple[Bundle, list[int]] | None = None
     best_count = 0
-    max_packs = 2 * len(wanted) + 1024
+    max_packs = most_packs(len(wanted))
     for key in keys:
         bundle = (_open_cached(cache, key, max_packs, max_index) if cache is not None else None) \
             or _open_stored(store, key, max_packs, max_index)
@@ -330,8 +344,8 @@ def write_bundle(store: ObjectStore, *, max_index: int, at_least: int = 1000,
     bounded read of the store; a push that read the indexes one by one has just cached
     them, and writing its bundle then reads none of them again)."""
     listed = sorted((pid, key) for key in list_indexes(store) if (pid := parse_index_key(key)) is not None)
-    older = sorted(k for k in store.list(BUNDLES) if parse_bundle_key(k) is not None)
-    chosen = open_best_bundle(store, [pid for pid, _ in listed], max_index) if older else None
+    older = list_bundles(store)
+    chosen = open_best_bundle(store, [pid for pid, _ in listed], max_index, listed=older) if older else None
     where = chosen[1] if chosen is not None else [-1] * len(listed)
     unbundled = sum(1 for p in where if p < 0)
     if unbundled < max(at_least, 1):

@@ -263,7 +263,7 @@ def _choose_bundle(store: ObjectStore, wanted: list[tuple[str, str]], uncached: 
         bundle.close()
         return None
     if not bundle.cached:
-        copy = cache_bundle(store, bundle, cache, 2 * len(wanted) + 1024, limit)
+        copy = cache_bundle(bundle, cache, limit)
         if copy is not None:  # the same directory, so the same places
             bundle.close()
             return copy, where

@@ -34,7 +34,6 @@ from casreg.concurrency import bounded_map, io_threads
 from casreg.content.manifest import Manifest
 from casreg.errors import CasregError, ConflictError, IntegrityError, InvalidInputError, NotFoundError
 from casreg.keys import (
-    BUNDLES,
     GC_CONDEMNED,
     GC_RESCUED,
     GC_SWEEPING,
@@ -44,7 +43,6 @@ from casreg.keys import (
     index_key,
     manifest_key,
     pack_key,
-    parse_bundle_key,
     parse_condemned_key,
     parse_object_key,
     parse_rescue_key,
@@ -540,13 +538,13 @@ def _superseded_bundles(run: _Run, indexes: list[str]) -> None:
     the most of ``indexes``), once older than the grace period: a push whose role may not
     delete leaves the bundle it replaced (docs/security.md). A load that finds its bundle
     gone reads the indexes one by one, so this needs no protocol of its own."""
-    from casreg.content.bundles import open_best_bundle
+    from casreg.content.bundles import list_bundles, open_best_bundle
     from casreg.content.packs import index_limit
 
-    keys = sorted(k for k in run.store.list(BUNDLES) if parse_bundle_key(k) is not None)
+    keys = list_bundles(run.store)
     if len(keys) < 2:
         return
-    best = open_best_bundle(run.store, indexes, index_limit(run.store))
+    best = open_best_bundle(run.store, indexes, index_limit(run.store), listed=keys)
     keep = best[0].key if best is not None else None
     if best is not None:
         best[0].close()

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from blake3 import blake3
 
 from casreg.concurrency import bounded_map
-from casreg.content.bundles import check_bundle
+from casreg.content.bundles import check_bundle, most_packs
 from casreg.content.codec import Codec
 from casreg.content.config import max_chunk_size
 from casreg.content.fetch import read_chunk
@@ -423,7 +423,7 @@ def _verify_bundles(store: ObjectStore, report: VerifyReport, indexes: int) -> N
         if parse_bundle_key(key) is None:
             report.warnings.append(f"unexpected object {key} (not written by casreg; ignored)")
             continue
-        reason = check_bundle(store, key, limit, 2 * indexes + 1024)
+        reason = check_bundle(store, key, limit, most_packs(indexes))
         if reason is not None:
             report.problems.append(Problem(key, "corrupt", reason))
 
