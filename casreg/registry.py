@@ -310,11 +310,14 @@ class Registry:
         config = init_config(self.store, DEFAULT_CHUNK_PARAMS)
         level = self.zstd_level if self.zstd_level is not None else config.zstd_level
         index = ChunkIndex.load(self.store)
-        manifest, stats = store_source(self.store, source, params=config.chunk_params(), level=level,
-                                       index=index, progress=progress, threads=self.threads,
-                                       check_writes=self.check_writes, tree=config.tree,
-                                       float_codec=config.float_codec,
-                                       parent=self._delta_parent(name, parent) if config.delta_codec else None)
+        try:
+            manifest, stats = store_source(self.store, source, params=config.chunk_params(), level=level,
+                                           index=index, progress=progress, threads=self.threads,
+                                           check_writes=self.check_writes, tree=config.tree,
+                                           float_codec=config.float_codec,
+                                           parent=self._delta_parent(name, parent) if config.delta_codec else None)
+        finally:
+            index.close()  # the bundle it may read entries back from
         record = replace(
             probe, digest=manifest.version_digest, kind=manifest.kind, size=stats.size,
             stored_bytes=stats.stored_bytes, new_bytes=stats.new_raw_bytes, file_count=len(source.files),

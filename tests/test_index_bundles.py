@@ -27,6 +27,7 @@ from blake3 import blake3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import casreg.content.index_table as index_table
 import casreg.content.packs as packs
 from casreg import Registry
 from casreg.content.bundles import BUNDLE_MAGIC, open_best_bundle, write_bundle
@@ -116,10 +117,19 @@ def _damage_bundle(store: ObjectStore, key: str, how: str) -> None:
 @given(before=st.lists(st.lists(st.sampled_from(_POOL), min_size=0, max_size=5), min_size=1, max_size=8),
        after=st.lists(st.lists(st.sampled_from(_POOL), min_size=1, max_size=4), max_size=3),
        removed=st.sets(st.integers(0, 7), max_size=3), damage=_damage, compact=st.booleans(),
-       rebundle=st.booleans(), cached=st.booleans())
+       rebundle=st.booleans(), cached=st.booleans(), later=st.sampled_from(["nothing", "damaged", "gone"]))
 def test_a_load_through_a_bundle_answers_what_the_indexes_answer(
         before: list[list[bytes]], after: list[list[bytes]], removed: set[int], damage: str, compact: bool,
-        rebundle: bool, cached: bool) -> None:
+        rebundle: bool, cached: bool, later: str) -> None:
+    """(``later``: what happens to the bundles after the load, while a table reads entries
+    back from them: nothing, every copy damaged in place, or every copy removed. The table
+    keeps no index read back here, so each lookup reads again.)"""
+    with mock.patch.object(index_table, "RECENT", 0):
+        _load_through_a_bundle(before, after, removed, damage, compact, rebundle, cached, later)
+
+
+def _load_through_a_bundle(before: list[list[bytes]], after: list[list[bytes]], removed: set[int], damage: str,
+                           compact: bool, rebundle: bool, cached: bool, later: str) -> None:
     store = _store()
     ids = [_plant(store, _index(ds)) for ds in before]
     store.create(index_key("ab" * 32), b"not an index at all, under a pack id it does not hash to")
@@ -140,14 +150,45 @@ def test_a_load_through_a_bundle_answers_what_the_indexes_answer(
     if not cached:
         got = _load(store, bundles=True, compact_above=threshold)
         _assert_same(got, want, set(_POOL) | {os.urandom(32)})
+        _disturb(store, None, later)
+        _assert_same(got, want, set(_POOL) | {os.urandom(32)})
         return
     root = tempfile.mkdtemp(prefix="bundle-cache-")
     try:  # a machine's first load (the bundle copied into its cache), then its next two
         for _ in range(3):
             got = _load(store, bundles=True, compact_above=threshold, cache=ChunkCache(root))
             _assert_same(got, want, set(_POOL) | {os.urandom(32)})
+        _disturb(store, Path(root), later)
+        _assert_same(got, want, set(_POOL) | {os.urandom(32)})
+        got.close()
+        _assert_same(got, want, set(_POOL) | {os.urandom(32)})
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _disturb(store: MemoryStore, cache_root: Path | None, how: str) -> None:
+    """Damage (one byte of each index, in place) or remove every bundle in ``store`` and,
+    given ``cache_root``, every cached copy."""
+    if how == "nothing":
+        return
+    for key in _bundles(store):
+        if how == "gone":
+            store.delete(key)
+        else:
+            data = bytearray(store.read(key))
+            data[:-16:53] = bytes(b ^ 1 for b in data[:-16:53])  # (every index has at least 16 bytes)
+            store.delete(key)
+            store.create(key, bytes(data))
+    copies = ChunkCache(cache_root).bundle_path("00" * 32).parent.parent if cache_root is not None else None
+    for path in (p for p in copies.rglob("*") if p.is_file()) if copies is not None else ():
+        if how == "gone":
+            path.unlink()
+        else:
+            with open(path, "r+b") as f:  # in place: the open copy sees it
+                data = bytearray(f.read())
+                data[:-16:53] = bytes(b ^ 1 for b in data[:-16:53])
+                f.seek(0)
+                f.write(data)
 
 
 @pytest.mark.parametrize("damage", ["data", "directory", "tail", "truncate", "gone", "renamed", "swapped",
@@ -573,3 +614,106 @@ def test_gc_removes_superseded_bundles_past_the_grace(tmp_path: Path) -> None:
     assert p.returncode == 0 and "removed 1 superseded index bundle" in p.stdout, p.stdout + p.stderr
     assert list(store.list(BUNDLES)) == [second.key]
     assert reg.verify().ok
+
+
+def test_a_table_reads_entries_back_from_a_local_bundle_instead_of_keeping_them(tmp_path: Path) -> None:
+    """Through a bundle on a local disk (here memory://, then a cached copy), a table keeps
+    no entry of the indexes it read from it: a lookup reads the pack's index back, checked
+    against its pack id, and the last few read back serve the next lookups."""
+    inner = _registry_of(100)
+    want = _load(inner, bundles=False)
+    digests = [ref.digest for ref in want]
+    store = CountingStore(inner)
+    got = ChunkIndex.load(store, cache=None, compact_above=0)
+    assert got.compact and got._table is not None and got._table.kept_bytes == 0 and got.read_alone == 0
+    store.reset()
+    first = [got.get(d) for d in digests]
+    assert first == [want.get(d) for d in digests]
+    assert store.reads["bundles"] == 100 and store.reads["index"] == 0  # one per pack, its two chunks one read
+    store.reset()
+    assert [got.get(d) for d in digests[-10:]] == first[-10:] and store.reads["bundles"] == 0  # recently read back
+    assert got.get(os.urandom(32)) is None and store.reads["bundles"] == 0  # a miss reads nothing
+    # Through a cache, from the cached copy: no store reads at all.
+    cache = ChunkCache(tmp_path / "cache", max_size="1GiB")
+    ChunkIndex.load(store, cache=cache, compact_above=0).close()
+    again = ChunkIndex.load(store, cache=ChunkCache(tmp_path / "cache", max_size="1GiB"), compact_above=0)
+    assert again._table is not None and again._table.kept_bytes == 0
+    store.reset()
+    assert [again.get(d) for d in digests] == first and sum(store.reads.values()) == 0
+    # Closed (as a push closes it when done), it still answers, from the index objects.
+    again.close()
+    with mock.patch.object(index_table, "RECENT", 0):
+        closed = ChunkIndex.load(store, cache=ChunkCache(tmp_path / "cache", max_size="1GiB"), compact_above=0)
+        closed.close()
+        store.reset()
+        assert [closed.get(d) for d in digests] == first and store.reads["index"] == 200  # one a lookup
+
+
+def test_a_table_keeps_the_entries_of_a_remote_bundle_without_a_cache() -> None:
+    """Without a cache, a bundle on a store that wants many requests in flight (S3) would cost
+    a request per lookup: the table keeps those entries, as before."""
+    inner = _registry_of(100)
+    store = CountingStore(inner)
+    store.io_concurrency = 8
+    got = ChunkIndex.load(store, cache=None, compact_above=0)
+    assert got._table is not None and got._table.kept_bytes == 200 * 52
+    want = _load(inner, bundles=False)
+    store.reset()
+    _assert_same(got, want, {ref.digest for ref in want})
+    assert sum(store.reads.values()) == 0
+
+
+def test_a_load_that_fails_closes_the_bundle_it_would_read_back_from(tmp_path: Path) -> None:
+    """An error in the middle of a load (here a failing check) leaves no cached bundle open."""
+    inner = _registry_of(100)
+    ChunkIndex.load(inner, cache=ChunkCache(tmp_path / "cache", max_size="1GiB"), compact_above=0).close()
+    fds = len(os.listdir("/proc/self/fd"))
+    calls = 0
+    real = packs._entry_count
+
+    def failing(data: bytes, where: str) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 50:
+            raise RuntimeError("planted")
+        return real(data, where)
+
+    with mock.patch.object(packs, "_entry_count", failing), pytest.raises(RuntimeError, match="planted"):
+        ChunkIndex.load(inner, cache=ChunkCache(tmp_path / "cache", max_size="1GiB"), compact_above=0)
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_push_dedups_through_entries_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 cached: bool) -> None:
+    """A local registry with a bundle and its index in a table, read from the registry or
+    from a cache: a second push of the same model stores nothing, a changed one only the
+    chunks around the change, and both pull back whole; the push closes the bundle it read
+    entries back from (a cached copy is an open file)."""
+    if cached:
+        monkeypatch.setenv("CASREG_CACHE", "on")
+        monkeypatch.setenv("CASREG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(packs, "COMPACT_ABOVE", 0)
+    monkeypatch.setattr(packs, "USE_AT_LEAST", 1)
+    model = tmp_path / "model.bin"
+    data = bytearray(os.urandom(12 << 20))
+    model.write_bytes(data)
+    original = bytes(data)
+    reg = Registry(tmp_path / "reg")
+    first = reg.push("m", model)
+    assert reg.bundle_indexes(at_least=1).key is not None
+    loaded = ChunkIndex.load(reg.store)
+    assert loaded._table is not None and loaded._table.kept_bytes == 0
+    loaded.close()
+    fds = len(os.listdir("/proc/self/fd"))
+    again = reg.push("m", model)
+    assert again.new_bytes == 0 and again.digest == first.digest
+    assert len(os.listdir("/proc/self/fd")) == fds
+    data[6 << 20:(6 << 20) + 100] = os.urandom(100)
+    model.write_bytes(data)
+    changed = reg.push("m", model)
+    assert 0 < changed.new_bytes < len(data) // 2
+    for version, want in ((first, original), (changed, bytes(data))):
+        out = tmp_path / f"out-{version.version}"
+        reg.pull(version.ref, out)
+        assert out.read_bytes() == want

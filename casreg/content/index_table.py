@@ -5,18 +5,27 @@ about 275 bytes each, built at about 2.7 us a chunk (``python -m benchmarks.inde
 a million chunks, a terabyte of models, cost a push 2.7 s and 275 MB before its first byte,
 and the 8 million of DESIGN.md's 10 TB store 24 s and 2.2 GB.
 Above :data:`casreg.content.packs.COMPACT_ABOVE` entries it builds an :class:`IndexTable`
-instead, with numpy's whole-array operations and no Python object per chunk:
+instead (:class:`TableBuilder`), with numpy's whole-array operations and no Python object
+per chunk:
 
-- the entries themselves, 52 bytes each as the index objects store them (docs/FORMAT.md §4),
-  in the one buffer the load copied them into;
 - the first 8 bytes of every digest as an integer, sorted (8 bytes an entry), with the
-  entry each came from (4 bytes) and each entry's pack (4 bytes).
+  entry each came from (4 bytes);
+- the entries themselves, 52 bytes each as the index objects store them (docs/FORMAT.md §4),
+  for the indexes that must be kept in memory; an index the load read from an index bundle
+  on a local disk (a cached copy, or a local registry's own) is **read back** from there
+  when a lookup needs one of its entries, and checked against its pack id again each time
+  (a few recently read are kept), so it costs the table nothing per entry;
+- per pack, 24 bytes: its id, where its entries begin, where they are kept or read back.
 
-That is 68 bytes a chunk (73-75 measured: 0.3-0.7 s and 73 MB at a million chunks,
-2.5-6.3 s and 600 MB at 8 million; the load allocates about 90 bytes a chunk at its peak).
+That is 12 bytes a chunk whose index is read back and 64 for one kept, and 24 a pack
+(measured with what the load keeps besides, the sizes of the packs: 18-19 and 70-72 bytes
+a chunk; 147 MB at 8 million chunks read back, 574 MB kept, where every chunk took 73-75
+bytes and 600 MB before; docs/benchmarks.md, "The chunk index at scale").
 A lookup binary-searches the sorted prefixes and compares the whole digest with each entry
-whose prefix matches, in the load's order (by pack id), so it answers what the dict answers: the first
-entry in that order (pack by pack, entry by entry) with that digest.
+whose prefix matches, in the load's order (by pack id), so it answers what the dict answers:
+the first entry in that order (pack by pack, entry by entry) with that digest. An index
+that can no longer be read back as its pack id says (its bundle removed or damaged since,
+and its own index object too) answers nothing: the push stores the chunk again.
 The entries are checked as :func:`casreg.content.packs.pack_layout` checks one index (each
 payload right after the previous one, from the pack magic on; a known codec; no raw size
 above the registry's maximum; no stored size above what a codec can produce), a whole
@@ -27,8 +36,10 @@ it out.
 from __future__ import annotations
 
 import struct
+import threading
 import typing
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from casreg.content.manifest import ChunkRef, stored_bound
@@ -36,122 +47,235 @@ from casreg.content.manifest import ChunkRef, stored_bound
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["IndexTable", "build_table", "ENTRY_SIZE"]
+__all__ = ["IndexTable", "TableBuilder", "ENTRY_SIZE", "Reread"]
 
 #: The size of one index entry: digest (32), offset (u64), stored size (u32), raw size (u32),
 #: codec (u8) and 3 bytes of padding, little-endian (``casreg.content.packs._ENTRY``).
 ENTRY_SIZE = 52
 _FIELDS = [("digest", "V32"), ("offset", "<u8"), ("stored", "<u4"), ("raw", "<u4"), ("codec", "u1"), ("pad", "V3")]
+_PREFIX = [("p", ">u8"), ("rest", f"V{ENTRY_SIZE - 8}")]  # an entry's first 8 bytes, big-endian
 _WHERE = struct.Struct("<QIIB")  # an entry after its digest: offset, stored size, raw size, codec
+#: Entries checked at once: bounds the temporary arrays of the checks (about 45 bytes an entry, 12 MB).
+CHECK_BATCH = 1 << 18
+#: Indexes read back that a table keeps for the next lookups (a known file's chunks come
+#: from a few packs in turn): at most this many, about 2.4 KB each for 1 MiB chunks.
+RECENT = 64
+
+#: How a table reads back the index of a pack it did not keep: ``(pack id, place)``, the
+#: place the load gave :meth:`TableBuilder.add`, to the index's bytes checked against the
+#: pack id, or ``None`` if they cannot be read so.
+Reread = Callable[[str, int], "bytes | None"]
 
 
 class IndexTable:
-    """The entries of many indexes, looked up by digest (module docstring). Immutable once
-    built, so any number of threads may look up at once."""
+    """The entries of many indexes, looked up by digest (module docstring). Its answers
+    never change once built, so any number of threads may look up at once."""
 
-    def __init__(self, packs: list[str], entries: bytearray, pack_of: np.ndarray, prefixes: np.ndarray,
-                 order: np.ndarray) -> None:
-        self.packs = packs  # pack ids, in the load's order (by pack id)
-        self.entries = entries  # every entry, 52 bytes each, pack by pack in that order (never changed)
-        self.pack_of = pack_of  # the pack number of each entry (uint32)
+    def __init__(self, ids: bytes, starts: np.ndarray, entries: bytearray, kept: np.ndarray, places: np.ndarray,
+                 prefixes: np.ndarray, order: np.ndarray, reread: Reread | None) -> None:
+        self._ids = ids  # the pack ids, 32 bytes each, in the load's order (by pack id)
+        self._starts = starts  # the number of each pack's first entry, then the entry count (int64)
+        self._entries = entries  # the kept packs' entries, 52 bytes each (never changed)
+        self._kept = kept  # where each pack's entries begin in _entries (bytes), -1 if read back (int64)
+        self._places = places  # what reread is given for each pack read back (int64)
         self.prefixes = prefixes  # the digests' first 8 bytes, big-endian, sorted (uint64)
         self.order = order  # the entry each sorted prefix belongs to; equal prefixes in entry order
+        self._reread = reread
         # (a key is searched as a uint64: numpy compares a Python int of 2**63 or more by
         # converting the whole array first)
         self._key = prefixes.dtype.type
         self._distinct: int | None = None
+        self._recent: OrderedDict[int, bytes | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def packs(self) -> int:
+        """How many indexes the table holds."""
+        return len(self._ids) // 32
+
+    @property
+    def kept_bytes(self) -> int:
+        """The bytes of entries kept in memory (the rest are read back)."""
+        return len(self._entries)
 
     def __len__(self) -> int:
         """How many different digests the entries hold (counted when first asked: a push
-        never asks)."""
+        never asks; an entry that can no longer be read back counts as different)."""
         if self._distinct is None:
-            self._distinct = _distinct(self.entries, self.prefixes, self.order)
+            self._distinct = self._count_distinct()
         return self._distinct
 
-    def _ref(self, pos: int, digest: bytes) -> ChunkRef:
-        offset, stored, raw, codec = _WHERE.unpack_from(self.entries, pos * ENTRY_SIZE + 32)
-        return ChunkRef(digest, self.packs[int(self.pack_of[pos])], offset, stored, raw, codec)
+    def _pack_of(self, pos: int) -> int:
+        return int(self._starts.searchsorted(pos, side="right")) - 1
 
-    def _find(self, digest: bytes) -> int | None:
-        """The position of the first entry in listing order whose digest is ``digest``."""
+    def _index(self, pack: int) -> bytes | None:
+        """The entries of a pack read back (not kept), checked against its pack id."""
+        with self._lock:
+            if pack in self._recent:
+                self._recent.move_to_end(pack)
+                return self._recent[pack]
+        assert self._reread is not None
+        data = self._reread(self._ids[32 * pack:32 * pack + 32].hex(), int(self._places[pack]))
+        entries = None if data is None else data[:(int(self._starts[pack + 1]) - int(self._starts[pack])) * ENTRY_SIZE]
+        with self._lock:
+            self._recent[pack] = entries
+            while len(self._recent) > RECENT:
+                self._recent.popitem(last=False)
+        return entries
+
+    def _entries_of(self, pack: int) -> bytes | bytearray | memoryview | None:
+        at = int(self._kept[pack])
+        if at < 0:
+            return self._index(pack)
+        return memoryview(self._entries)[at:at + (int(self._starts[pack + 1]) - int(self._starts[pack])) * ENTRY_SIZE]
+
+    def _entry(self, pos: int) -> tuple[int, bytes] | None:
+        """The pack of entry ``pos`` and its 52 bytes, or ``None`` if it cannot be read back."""
+        pack = self._pack_of(pos)
+        entries = self._entries_of(pack)
+        if entries is None:
+            return None
+        at = (pos - int(self._starts[pack])) * ENTRY_SIZE
+        return pack, bytes(entries[at:at + ENTRY_SIZE])
+
+    def _find(self, digest: bytes) -> tuple[int, int, bytes] | None:
+        """The position, pack and bytes of the first entry in the load's order whose digest
+        is ``digest``."""
         key = int.from_bytes(digest[:8], "big")
         i = int(self.prefixes.searchsorted(self._key(key)))
         while i < len(self.prefixes) and int(self.prefixes[i]) == key:
             pos = int(self.order[i])
-            if self.entries[pos * ENTRY_SIZE:pos * ENTRY_SIZE + 32] == digest:
-                return pos
+            found = self._entry(pos)
+            if found is not None and found[1][:32] == digest:
+                return pos, found[0], found[1]
             i += 1
         return None
 
+    def _ref(self, pack: int, entry: bytes) -> ChunkRef:
+        offset, stored, raw, codec = _WHERE.unpack_from(entry, 32)
+        return ChunkRef(entry[:32], self._ids[32 * pack:32 * pack + 32].hex(), offset, stored, raw, codec)
+
     def get(self, digest: bytes) -> ChunkRef | None:
-        """Where the first entry in listing order with ``digest`` says its chunk is."""
-        pos = self._find(digest)
-        return None if pos is None else self._ref(pos, bytes(digest))
+        """Where the first entry in the load's order with ``digest`` says its chunk is."""
+        found = self._find(bytes(digest))
+        return None if found is None else self._ref(found[1], found[2])
 
     def __iter__(self) -> Iterator[ChunkRef]:
-        """The entry each digest resolves to, once each, in listing order (as a dict's
+        """The entry each digest resolves to, once each, in the load's order (as a dict's
         values iterate)."""
-        for pos in range(len(self.entries) // ENTRY_SIZE):
-            digest = bytes(self.entries[pos * ENTRY_SIZE:pos * ENTRY_SIZE + 32])
-            if self._find(digest) == pos:
-                yield self._ref(pos, digest)
+        for pack in range(self.packs):
+            entries = self._entries_of(pack)
+            if entries is None:
+                continue
+            first = int(self._starts[pack])
+            for j in range(len(entries) // ENTRY_SIZE):
+                entry = bytes(entries[j * ENTRY_SIZE:(j + 1) * ENTRY_SIZE])
+                found = self._find(entry[:32])
+                if found is not None and found[0] == first + j:
+                    yield self._ref(pack, entry)
+
+    def _count_distinct(self) -> int:
+        """All entries, less the repeats found among entries with equal prefixes (a chunk
+        stored twice; rarely anything else)."""
+        import numpy as np
+
+        n = len(self.prefixes)
+        if n < 2:
+            return n
+        same = np.flatnonzero(self.prefixes[1:] == self.prefixes[:-1])  # sorted position i equals i + 1
+        repeats = 0
+        run: set[bytes] = set()
+        last = -2
+        for i in same.tolist():
+            if i != last + 1:  # a new run of equal prefixes starts at sorted position i
+                found = self._entry(int(self.order[i]))
+                run = {found[1][:32]} if found is not None else set()
+            found = self._entry(int(self.order[i + 1]))
+            if found is not None:
+                repeats += found[1][:32] in run
+                run.add(found[1][:32])
+            last = i
+        return n - repeats
 
 
-#: Entries checked at once: bounds the temporary arrays of the checks (about 45 bytes an entry, 12 MB).
-CHECK_BATCH = 1 << 18
+class TableBuilder:
+    """Builds an :class:`IndexTable` from indexes given in the load's order, checking them
+    :data:`CHECK_BATCH` entries at a time, so that a load never holds more than one batch
+    of the entries it does not keep."""
 
+    def __init__(self, *, first_offset: int, codecs: frozenset[int], max_chunk: int) -> None:
+        self._first_offset = first_offset
+        self._codecs = codecs
+        self._max_chunk = max_chunk
+        self._pending = bytearray()  # the entries of the indexes added since the last check
+        self._batch: list[tuple[str, int, int, int]] = []  # (pack id, entries, index size, place) of each
+        self._ids = bytearray()
+        self._counts: list[int] = []
+        self._kept: list[int] = []
+        self._places: list[int] = []
+        self._entries = bytearray()
+        self._prefixes: list[np.ndarray] = []
+        #: The size each accepted index fixes for its pack: the pack magic, its payloads, the index.
+        self.sizes: dict[str, int] = {}
 
-def build_table(entries: bytearray, packs: Sequence[tuple[str, int, int]], *, first_offset: int,
-                codecs: frozenset[int], max_chunk: int) -> tuple[IndexTable, dict[str, int]]:
-    """The table of ``entries``, every index's entries joined in listing order, whose
-    indexes ``packs`` lists in the same order as ``(pack id, entry count, index size)``
-    (the caller checked each index's tail). Also the size each accepted index fixes for
-    its pack: ``first_offset`` (the pack magic), its payloads, the index. An index whose
-    entries are not a pack's layout (module docstring) is left out of both, its entries
-    cut out of ``entries``, which becomes the table's (no copy of it is made)."""
-    import numpy as np
+    def add(self, pack_id: str, entries: bytes | bytearray | memoryview, index_size: int, place: int = -1) -> None:
+        """The index of ``pack_id`` (``index_size`` bytes, its tail checked by the caller),
+        whose ``entries`` are the index but its tail. With ``place`` -1 the table keeps
+        them; otherwise it reads them back with its ``reread(pack_id, place)``."""
+        self._pending += entries
+        self._batch.append((pack_id, len(entries) // ENTRY_SIZE, index_size, place))
+        if len(self._pending) >= CHECK_BATCH * ENTRY_SIZE:
+            self._check_batch()
 
-    dtype = np.dtype(_FIELDS)
-    assert dtype.itemsize == ENTRY_SIZE
-    counts = np.array([n for _, n, _ in packs], dtype=np.int64)
-    ends = np.cumsum(counts)
-    starts = ends - counts
-    assert len(entries) == (int(ends[-1]) if len(packs) else 0) * ENTRY_SIZE
-    valid = np.ones(len(packs), dtype=bool)
-    payloads = np.zeros(len(packs), dtype=np.uint64)
-    view = np.frombuffer(entries, dtype=dtype)
-    p = 0
-    while p < len(packs):  # whole indexes at a time, about CHECK_BATCH entries
-        q = max(p + 1, int(np.searchsorted(ends, starts[p] + CHECK_BATCH, side="right")))
-        valid[p:q], payloads[p:q] = _check(view[starts[p]:ends[q - 1]], counts[p:q], first_offset, codecs,
-                                           max_chunk)
-        p = q
-    del view
+    def _check_batch(self) -> None:
+        import numpy as np
 
-    kept = [(pack_id, int(n), size) for (pack_id, n, size), ok in zip(packs, valid.tolist(), strict=True) if ok]
-    sizes = {pack_id: first_offset + int(payload) + size for (pack_id, _, size), payload, ok
-             in zip(packs, payloads.tolist(), valid.tolist(), strict=True) if ok}
-    if len(kept) < len(packs):  # cut the left-out indexes' entries out, moving the others down
-        at = 0
-        for (_, n, _), start, ok in zip(packs, starts.tolist(), valid.tolist(), strict=True):
-            if ok and n:
-                if at != start:
-                    src = start * ENTRY_SIZE
-                    entries[at * ENTRY_SIZE:at * ENTRY_SIZE + n * ENTRY_SIZE] = entries[src:src + n * ENTRY_SIZE]
-                at += n
-        del entries[at * ENTRY_SIZE:]
-    n = len(entries) // ENTRY_SIZE
-    pack_of = np.repeat(np.arange(len(kept), dtype=np.uint32), np.array([c for _, c, _ in kept], dtype=np.int64))
+        if not self._batch:
+            return
+        counts = np.array([n for _, n, _, _ in self._batch], dtype=np.int64)
+        valid, payloads = _check(np.frombuffer(self._pending, dtype=np.dtype(_FIELDS)), counts, self._first_offset,
+                                 self._codecs, self._max_chunk)
+        prefixes = np.frombuffer(self._pending, dtype=np.dtype(_PREFIX))["p"]
+        self._prefixes.append(prefixes[np.repeat(valid, counts)].astype(np.uint64))
+        del prefixes
+        pending = memoryview(self._pending)
+        start = 0
+        for (pack_id, n, size, place), ok, payload in zip(self._batch, valid.tolist(), payloads.tolist(), strict=True):
+            if ok:
+                self.sizes[pack_id] = self._first_offset + int(payload) + size
+                self._ids += bytes.fromhex(pack_id)
+                self._counts.append(n)
+                self._places.append(place)
+                if place < 0:
+                    self._kept.append(len(self._entries))
+                    self._entries += pending[start * ENTRY_SIZE:(start + n) * ENTRY_SIZE]
+                else:
+                    self._kept.append(-1)
+            start += n
+        pending.release()
+        self._pending = bytearray()
+        self._batch = []
 
-    # The digests' first 8 bytes, read big-endian where they lie, sorted (a stable sort:
-    # equal prefixes stay in listing order).
-    prefixes = np.frombuffer(entries, dtype=np.dtype([("p", ">u8"), ("rest", f"V{ENTRY_SIZE - 8}")]))["p"]
-    prefixes = prefixes.astype(np.uint64)
-    wide = np.argsort(prefixes, kind="stable")
-    order = wide.astype(np.uint32) if n < 1 << 32 else wide
-    del wide
-    prefixes = prefixes[order]
-    return IndexTable([pack_id for pack_id, _, _ in kept], entries, pack_of, prefixes, order), sizes
+    def finish(self, reread: Reread | None = None) -> IndexTable:
+        """The table of every index added (``reread``: how it reads back those added with a
+        place; needed if any was)."""
+        import numpy as np
+
+        self._check_batch()
+        prefixes = np.concatenate(self._prefixes) if self._prefixes else np.zeros(0, dtype=np.uint64)
+        self._prefixes = []
+        # Sorted with a stable sort: equal prefixes stay in the load's order.
+        wide = np.argsort(prefixes, kind="stable")
+        order = wide.astype(np.uint32) if len(prefixes) < 1 << 32 else wide
+        del wide
+        prefixes = prefixes[order]
+        starts = np.zeros(len(self._counts) + 1, dtype=np.int64)
+        np.cumsum(np.array(self._counts, dtype=np.int64), out=starts[1:])
+        places = np.array(self._places, dtype=np.int64)
+        if reread is None and bool((places >= 0).any()):
+            raise ValueError("indexes to read back, and no way to read them")
+        return IndexTable(bytes(self._ids), starts, self._entries, np.array(self._kept, dtype=np.int64), places,
+                          prefixes, order, reread)
 
 
 def _check(view: np.ndarray, counts: np.ndarray, first_offset: int, codecs: frozenset[int],
@@ -172,28 +296,3 @@ def _check(view: np.ndarray, counts: np.ndarray, first_offset: int, codecs: froz
     good &= stored <= typing.cast("np.ndarray", stored_bound(typing.cast(int, raw)))  # (its arithmetic, on arrays)
     bad = np.concatenate(([0], np.cumsum(~good, dtype=np.int64)))
     return (bad[ends] - bad[starts]) == 0, total[ends] - total[starts]
-
-
-def _distinct(body: bytearray, prefixes: np.ndarray, order: np.ndarray) -> int:
-    """How many different digests the entries hold: all of them, less the repeats found
-    among entries with equal prefixes (a chunk stored twice; rarely anything else)."""
-    import numpy as np
-
-    n = len(prefixes)
-    if n < 2:
-        return n
-    same = np.flatnonzero(prefixes[1:] == prefixes[:-1])  # sorted position i equals i + 1
-    if not len(same):
-        return n
-    repeats = 0
-    run: set[bytes] = set()
-    last = -2
-    for i in same.tolist():
-        if i != last + 1:  # a new run of equal prefixes starts at sorted position i
-            run = {bytes(body[int(order[i]) * ENTRY_SIZE:int(order[i]) * ENTRY_SIZE + 32])}
-        pos = int(order[i + 1]) * ENTRY_SIZE
-        digest = bytes(body[pos:pos + 32])
-        repeats += digest in run
-        run.add(digest)
-        last = i
-    return n - repeats

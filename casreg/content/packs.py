@@ -12,7 +12,8 @@ Layout (docs/FORMAT.md): ``packs/<aa>/<id>.pack`` and ``index/<aa>/<id>.idx``.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -23,10 +24,10 @@ from casreg.content.cache import AUTO, CacheArg, ChunkCache, resolve_cache
 from casreg.content.codec import Codec, check_decodes
 from casreg.content.config import MAX_CHUNK_BYTES, max_chunk_size
 from casreg.content.delta import parse_header
-from casreg.content.index_table import ENTRY_SIZE, IndexTable, build_table
+from casreg.content.index_table import ENTRY_SIZE, IndexTable, TableBuilder
 from casreg.content.listing import list_indexes
 from casreg.content.manifest import ChunkRef, stored_bound
-from casreg.errors import IntegrityError, NotFoundError
+from casreg.errors import CasregError, IntegrityError, NotFoundError
 from casreg.keys import index_key, pack_key, parse_index_key
 from casreg.storage import ByteRange, ObjectStore, ObjectWriter
 
@@ -52,7 +53,8 @@ VERIFY_SPAN = 4 << 20  # stored bytes read at once while verifying a pack (bound
 _CODECS = frozenset(int(c) for c in Codec)
 assert _ENTRY.size == ENTRY_SIZE
 #: A push's index of more entries than this is kept in an :class:`~casreg.content.index_table.IndexTable`
-#: (about 73 bytes and 0.3-0.7 us of building a chunk, 2-3 us a lookup) rather than a dict of
+#: (about 72 bytes and 0.3-0.7 us of building a chunk, 3-4 us a lookup; 18 bytes and 6-14 us
+#: for the entries of indexes read from a local bundle, which it reads back) rather than a dict of
 #: :class:`ChunkRef` (about 275 bytes and 1.7-3 us a chunk, under 0.6 us a lookup, and no numpy
 #: to import). At 50,000 chunks the dict costs about 0.09 s and 14 MB; the table 0.05 s for
 #: importing numpy, 0.02 s of building and, for a push of 5,000 small files, 0.02 s more of
@@ -274,14 +276,56 @@ def _choose_bundle(store: ObjectStore, wanted: list[tuple[str, str]], uncached: 
     return bundle, where
 
 
+def _bundled_entries(bundle: Bundle, where: Sequence[int]) -> int:
+    """How many entries the indexes a load takes from ``bundle`` hold, as its directory says."""
+    offsets = bundle.offsets
+    return sum((offsets[p + 1] - offsets[p] - _TAIL.size) // _ENTRY.size for p in where if p >= 0)
+
+
+def _table_builder(max_chunk: int) -> TableBuilder:
+    return TableBuilder(first_offset=len(PACK_MAGIC), codecs=_CODECS, max_chunk=max_chunk)
+
+
+def _builder_of(entries: bytearray, packs: Sequence[tuple[str, int, int]], max_chunk: int) -> TableBuilder:
+    """A table builder given the indexes a load has kept so far (``entries``, joined; ``packs``:
+    (pack id, entries, index size) of each, in order)."""
+    builder = _table_builder(max_chunk)
+    view = memoryview(entries)
+    first = 0
+    for pack_id, n, size in packs:
+        builder.add(pack_id, view[first * _ENTRY.size:(first + n) * _ENTRY.size], size)
+        first += n
+    view.release()
+    return builder
+
+
+def _reread(store: ObjectStore, bundle: Bundle, cache: ChunkCache | None,
+            limit: int) -> Callable[[str, int], bytes | None]:
+    """How a table reads back an index it took from ``bundle`` at a place: from the bundle
+    again, else (the bundle removed or changed since) from the cache or the index object;
+    each time checked against the pack id, ``None`` if no copy is as it says."""
+    def reread(pack_id: str, place: int) -> bytes | None:
+        data = bundle.read(bundle.offsets[place], bundle.offsets[place + 1])
+        if data is not None and blake3(data).hexdigest() == pack_id:
+            return data
+        try:
+            data = read_index(store, pack_id, cache, limit)
+        except CasregError:
+            return None  # gone (gc removed the pack) or damaged: the chunk is stored again
+        return data if len(data) <= limit else None
+    return reread
+
+
 class ChunkIndex:
     """Which chunks the registry already holds, and where (digest → :class:`ChunkRef`).
 
     Built by reading every ``index/`` object. Up to :data:`COMPACT_ABOVE` entries they
     are kept as a dict of :class:`ChunkRef`, about 275 bytes a chunk; above, in an
-    :class:`~casreg.content.index_table.IndexTable`, about 73 bytes a chunk: a million
-    chunks cost ~73 MB here, the 8 million of a 10 TB store ~600 MB. Consolidating indexes is
-    future work (see docs/FORMAT.md, "Limits").
+    :class:`~casreg.content.index_table.IndexTable`, about 72 bytes a chunk, or about 18
+    for the chunks of indexes it read from an index bundle on a local disk, whose entries
+    it reads back from there: the 8 million chunks of a 10 TB store ~600 MB, or ~150 MB
+    through a bundle (docs/benchmarks.md, "The chunk index at scale"). :meth:`close` it
+    when done (a push does).
     """
 
     def __init__(self, max_chunk: int = MAX_CHUNK_BYTES) -> None:
@@ -291,6 +335,14 @@ class ChunkIndex:
         self.max_chunk = max_chunk  # the registry's bound on a chunk's raw size
         self.pack_sizes: dict[str, int] = {}  # pack id -> the size its index fixes (pack_layout)
         self.read_alone = 0  # how many indexes load() read from the store one by one (not cached, not bundled)
+        self._close: weakref.finalize[[], ChunkIndex] | None = None  # closes the bundle a table reads entries back from
+
+    def close(self) -> None:
+        """Close the index bundle the table reads entries back from, if it does (also done
+        when the index is garbage collected). Lookups after it still answer, from the
+        index objects."""
+        if self._close is not None:
+            self._close()
 
     @property
     def compact(self) -> bool:
@@ -384,15 +436,24 @@ class ChunkIndex:
         fetched: Iterator[bytes | None] = pool.map(fetch, singles) if pool is not None else map(fetch, singles)
         from_bundle: Iterator[bytes | None] = iter(()) if opened is None else \
             read_bundled(opened[0], [p for p in where if p >= 0], pool, store.io_concurrency)
+        threshold = COMPACT_ABOVE if compact_above is None else compact_above
+        # Through a bundle on a local disk (a cached copy, or a local registry's own), a table
+        # does not keep the entries of the indexes read from it: it reads them back when a
+        # lookup needs them (casreg/content/index_table.py), 52 bytes a chunk fewer.
+        read_back = opened is not None and (opened[0].cached or store.io_concurrency == 1) \
+            and _bundled_entries(opened[0], where) > threshold
+        builder = _table_builder(max_chunk) if read_back else None
         fallbacks = 0
         damaged_copy = False
-        entries = bytearray()  # every index's entries, joined in pack id order
-        packs: list[tuple[str, str, int, int]] = []  # (key, pack id, entries, index size) of each, in that order
+        entries = bytearray()  # the entries of the indexes not given to a builder yet, in pack id order
+        packs: list[tuple[str, int, int]] = []  # (pack id, entries, index size) of each, in that order
         try:
             for (key, pack_id), lacked, place in zip(wanted, uncached, where, strict=True):  # pack id order: the
-                if place >= 0:                                                            # first pack holding a
-                    assert opened is not None                                             # chunk wins
+                bundled = False                                                           # first pack holding a
+                if place >= 0:                                                            # chunk wins
+                    assert opened is not None
                     data = next(from_bundle)
+                    bundled = data is not None
                     if data is None:  # not as its pack id says, or the bundle is gone: read it on its own
                         damaged_copy = damaged_copy or opened[0].cached
                         fallbacks += 1
@@ -408,31 +469,49 @@ class ChunkIndex:
                 if data is None:
                     continue
                 try:
-                    packs.append((key, pack_id, _entry_count(data, key), len(data)))
+                    count = _entry_count(data, key)
                 except IntegrityError:
                     continue  # a bad index only costs dedup; verify reports it
-                entries += memoryview(data)[:len(data) - _TAIL.size]
+                body = memoryview(data)[:len(data) - _TAIL.size]
+                if builder is None and (len(entries) + len(body)) // _ENTRY.size > threshold:
+                    builder = _builder_of(entries, packs, max_chunk)  # bounded from here on
+                    entries, packs = bytearray(), []
+                if builder is not None:
+                    builder.add(pack_id, body, len(data), place if read_back and bundled else -1)
+                else:
+                    packs.append((pack_id, count, len(data)))
+                    entries += body
+        except BaseException:
+            if read_back and opened is not None:
+                opened[0].close()
+            raise
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
-            if opened is not None:
+            if opened is not None and not read_back:
                 opened[0].close()
-                if damaged_copy and chosen is not None:
-                    chosen.drop_bundle(opened[0].bundle_id)
+            if damaged_copy and chosen is not None and opened is not None:
+                chosen.drop_bundle(opened[0].bundle_id)
         index = cls(max_chunk)
         index.cache = chosen
         index.read_alone = len(singles) + fallbacks
-        if len(entries) // _ENTRY.size > (COMPACT_ABOVE if compact_above is None else compact_above):
-            index._table, sizes = build_table(entries, [(pack_id, n, size) for _, pack_id, n, size in packs],
-                                              first_offset=len(PACK_MAGIC), codecs=_CODECS, max_chunk=max_chunk)
-            index.pack_sizes.update(sizes)
+        if builder is None and len(entries) // _ENTRY.size > threshold:
+            builder = _builder_of(entries, packs, max_chunk)
+        if builder is not None:
+            reread = None
+            if read_back and opened is not None:  # the table reads from the bundle until the index is closed
+                reread = _reread(store, opened[0], chosen, limit)
+                index._close = weakref.finalize(index, opened[0].close)
+            index._table = builder.finish(reread)
+            index.pack_sizes.update(builder.sizes)
             return index
         first = 0
-        for key, pack_id, n, size in packs:
+        for pack_id, n, size in packs:
             slots = _slots(entries, first, n)
             first += n
             try:
-                pack_size = pack_layout(slots, size, index.max_chunk, key)  # no writer lays a pack out otherwise
+                # no writer lays a pack out otherwise:
+                pack_size = pack_layout(slots, size, index.max_chunk, index_key(pack_id))
             except IntegrityError:
                 continue  # a bad index only costs dedup; verify reports it
             index.add_pack(pack_id, slots)
