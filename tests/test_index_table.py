@@ -22,10 +22,11 @@ from hypothesis import strategies as st
 import casreg.content.index_table as index_table
 import casreg.content.packs as packs
 from casreg import Registry
+from casreg.content.bundles import write_bundle
 from casreg.content.chunking import DEFAULT_CHUNK_PARAMS
 from casreg.content.config import MAX_CHUNK_BYTES
 from casreg.content.manifest import stored_bound
-from casreg.content.packs import _TAIL, INDEX_MAGIC, PACK_MAGIC, ChunkIndex, _Slot, encode_index
+from casreg.content.packs import _TAIL, INDEX_MAGIC, PACK_MAGIC, ChunkIndex, _Slot, encode_index, index_limit
 from casreg.keys import index_key
 from casreg.storage.memory import MemoryStore
 
@@ -102,14 +103,18 @@ def _index(entries: list[tuple[bytes, int, int, int]], damage: str, at: int) -> 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.lists(_entry, max_size=8), _damage, st.integers(0, 7)), max_size=8),
-       st.lists(st.binary(min_size=32, max_size=32), max_size=3), st.integers(1, 12))
-def test_the_table_answers_what_the_dict_answers(indexes, strangers, batch) -> None:
+       st.lists(st.binary(min_size=32, max_size=32), max_size=3), st.integers(1, 12), st.integers(0, 8))
+def test_the_table_answers_what_the_dict_answers(indexes, strangers, batch, bundled) -> None:
     """(``batch``: how many entries the table checks at once, so that indexes fall into
-    several batches, left-out ones among them.)"""
+    several batches, left-out ones among them. ``bundled``: how many of the indexes are
+    copied into an index bundle before the others are written, so that the table reads
+    their entries back from it, between entries it keeps, in the same batches.)"""
     store = _store()
-    for entries, damage, at in indexes:
+    for i, (entries, damage, at) in enumerate(indexes):
+        if i == bundled:
+            write_bundle(store, max_index=index_limit(store), at_least=1)
         _plant(store, _index(entries, damage, at))
-    with mock.patch.object(index_table, "CHECK_BATCH", batch):
+    with mock.patch.object(index_table, "CHECK_BATCH", batch), mock.patch.object(packs, "USE_AT_LEAST", 1):
         small, table = _both(store)
     _assert_same(small, table, set(_POOL) | set(strangers))
 
