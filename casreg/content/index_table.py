@@ -39,7 +39,7 @@ import struct
 import threading
 import typing
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from casreg.content.manifest import ChunkRef, stored_bound
@@ -47,7 +47,7 @@ from casreg.content.manifest import ChunkRef, stored_bound
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["IndexTable", "TableBuilder", "ENTRY_SIZE", "Reread"]
+__all__ = ["IndexTable", "TableBuilder", "PackSizes", "ENTRY_SIZE", "Reread"]
 
 #: The size of one index entry: digest (32), offset (u64), stored size (u32), raw size (u32),
 #: codec (u8) and 3 bytes of padding, little-endian (``casreg.content.packs._ENTRY``).
@@ -67,12 +67,47 @@ RECENT = 64
 Reread = Callable[[str, int], "bytes | None"]
 
 
+class PackSizes(Mapping[str, int]):
+    """The size each of a table's packs must have (what its index fixes: the pack magic, its
+    payloads, the index), by hex pack id: a binary search of the ids, ascending, rather
+    than a dict of their hex strings (33 MB for the 177,778 packs of 8 million chunks)."""
+
+    def __init__(self, ids: bytes, sizes: np.ndarray) -> None:
+        self._ids = ids
+        self._sizes = sizes
+
+    def __getitem__(self, pack_id: str) -> int:
+        try:
+            raw = bytes.fromhex(pack_id)
+        except (ValueError, TypeError):
+            raise KeyError(pack_id) from None
+        ids, lo, hi = self._ids, 0, len(self)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ids[32 * mid:32 * mid + 32] < raw:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < len(self) and ids[32 * lo:32 * lo + 32] == raw:
+            return int(self._sizes[lo])
+        raise KeyError(pack_id)
+
+    def __iter__(self) -> Iterator[str]:
+        for i in range(len(self)):
+            yield self._ids[32 * i:32 * i + 32].hex()
+
+    def __len__(self) -> int:
+        return len(self._ids) // 32
+
+
 class IndexTable:
     """The entries of many indexes, looked up by digest (module docstring). Its answers
     never change once built, so any number of threads may look up at once."""
 
     def __init__(self, ids: bytes, starts: np.ndarray, entries: bytearray, kept: np.ndarray, places: np.ndarray,
-                 prefixes: np.ndarray, order: np.ndarray, reread: Reread | None) -> None:
+                 prefixes: np.ndarray, order: np.ndarray, reread: Reread | None, sizes: np.ndarray) -> None:
+        #: The size each pack must have, by pack id.
+        self.pack_sizes = PackSizes(ids, sizes)
         self._ids = ids  # the pack ids, 32 bytes each, in the load's order (by pack id)
         self._starts = starts  # the number of each pack's first entry, then the entry count (int64)
         self._entries = entries  # the kept packs' entries, 52 bytes each (never changed)
@@ -209,19 +244,27 @@ class TableBuilder:
         self._max_chunk = max_chunk
         self._pending = bytearray()  # the entries of the indexes added since the last check
         self._batch: list[tuple[str, int, int, int]] = []  # (pack id, entries, index size, place) of each
-        self._ids = bytearray()
+        self._ids = bytearray()  # of the indexes accepted, ascending
+        self._sizes: list[int] = []  # the size each fixes for its pack
+        self._last = b""  # the last pack id added
         self._counts: list[int] = []
         self._kept: list[int] = []
         self._places: list[int] = []
         self._entries = bytearray()
         self._prefixes: list[np.ndarray] = []
-        #: The size each accepted index fixes for its pack: the pack magic, its payloads, the index.
-        self.sizes: dict[str, int] = {}
 
     def add(self, pack_id: str, entries: bytes | bytearray | memoryview, index_size: int, place: int = -1) -> None:
         """The index of ``pack_id`` (``index_size`` bytes, its tail checked by the caller),
         whose ``entries`` are the index but its tail. With ``place`` -1 the table keeps
-        them; otherwise it reads them back with its ``reread(pack_id, place)``."""
+        them; otherwise it reads them back with its ``reread(pack_id, place)``. Pack ids must
+        ascend (the load's order); a pack added again is left out (the first one counts, as
+        in the dict)."""
+        raw = bytes.fromhex(pack_id)
+        if raw == self._last:
+            return
+        if raw < self._last:
+            raise ValueError(f"pack {pack_id} added after {self._last.hex()}: pack ids must ascend")
+        self._last = raw
         self._pending += entries
         self._batch.append((pack_id, len(entries) // ENTRY_SIZE, index_size, place))
         if len(self._pending) >= CHECK_BATCH * ENTRY_SIZE:
@@ -242,7 +285,7 @@ class TableBuilder:
         start = 0
         for (pack_id, n, size, place), ok, payload in zip(self._batch, valid.tolist(), payloads.tolist(), strict=True):
             if ok:
-                self.sizes[pack_id] = self._first_offset + int(payload) + size
+                self._sizes.append(self._first_offset + int(payload) + size)
                 self._ids += bytes.fromhex(pack_id)
                 self._counts.append(n)
                 self._places.append(place)
@@ -275,7 +318,7 @@ class TableBuilder:
         if reread is None and bool((places >= 0).any()):
             raise ValueError("indexes to read back, and no way to read them")
         return IndexTable(bytes(self._ids), starts, self._entries, np.array(self._kept, dtype=np.int64), places,
-                          prefixes, order, reread)
+                          prefixes, order, reread, np.array(self._sizes, dtype=np.int64))
 
 
 def _check(view: np.ndarray, counts: np.ndarray, first_offset: int, codecs: frozenset[int],

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import struct
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -333,7 +333,7 @@ class ChunkIndex:
         self._table: IndexTable | None = None  # the entries load() found, above COMPACT_ABOVE of them
         self.cache: ChunkCache | None = None  # where load() found and kept index objects
         self.max_chunk = max_chunk  # the registry's bound on a chunk's raw size
-        self.pack_sizes: dict[str, int] = {}  # pack id -> the size its index fixes (pack_layout)
+        self.pack_sizes: Mapping[str, int] = {}  # pack id -> the size its index fixes (pack_layout)
         self.read_alone = 0  # how many indexes load() read from the store one by one (not cached, not bundled)
         self._close: weakref.finalize[[], ChunkIndex] | None = None  # closes the bundle a table reads entries back from
 
@@ -503,8 +503,9 @@ class ChunkIndex:
                 reread = _reread(store, opened[0], chosen, limit)
                 index._close = weakref.finalize(index, opened[0].close)
             index._table = builder.finish(reread)
-            index.pack_sizes.update(builder.sizes)
+            index.pack_sizes = index._table.pack_sizes
             return index
+        sizes: dict[str, int] = {}
         first = 0
         for pack_id, n, size in packs:
             slots = _slots(entries, first, n)
@@ -515,7 +516,8 @@ class ChunkIndex:
             except IntegrityError:
                 continue  # a bad index only costs dedup; verify reports it
             index.add_pack(pack_id, slots)
-            index.pack_sizes[pack_id] = pack_size
+            sizes[pack_id] = pack_size
+        index.pack_sizes = sizes
         return index
 
     def __iter__(self) -> Iterator[ChunkRef]:
