@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from blake3 import blake3
 
-from casreg.content.fetch import Bases, read_span_stats, spans
+from casreg.content.fetch import Bases, DecodedBases, read_span_stats, spans
 from casreg.content.manifest import ChunkRef, Entry, Manifest
 from casreg.content.source import open_regular
 from casreg.errors import IntegrityError, InvalidInputError, MissingDependencyError, NotFoundError
@@ -65,7 +65,8 @@ DEFAULT_CHUNK_CACHE = 8
 #: registry whose ``casreg.json`` allows 64 MiB chunks must not make 8 of them stay.
 CHUNK_CACHE_BYTES = 32 << 20
 #: Raw bytes fetched per step of a long read (spans in a step are fetched in parallel on
-#: object stores); bounds a read's memory beyond its own output.
+#: object stores); bounds a read's memory beyond its own output (and, for a delta-coded
+#: file, the base chunks kept for its deltas).
 WINDOW_BYTES = 64 << 20
 
 
@@ -101,6 +102,11 @@ class PinnedFile:
                  threads: int | None = None, source: str = "", bases: Bases | None = None) -> None:
         self.store = store
         self.bases = bases  # where the version's delta bases are (Manifest.base_map)
+        # The bases read for this file's deltas, kept across its reads and threads, so each is
+        # read once while kept rather than once per ranged read that needs it: up to a window's
+        # worth, since the ranged reads of a window run at once and in any order (16 MiB, a
+        # pull's bound, read a 44 MB tensor's bases 15% over again on S3: docs/benchmarks-lazy.md).
+        self._decoded_bases = DecodedBases(store, limit=WINDOW_BYTES) if bases else None
         self.source = source  # the key of the manifest ``entry`` comes from, for errors
         self.entry = entry
         self.size = entry.size
@@ -187,10 +193,11 @@ class PinnedFile:
                 workers = min(len(runs), self._threads or 2 * concurrency)
                 with ThreadPoolExecutor(workers, thread_name_prefix="casreg-read") as pool:
                     results = list(pool.map(lambda run: read_span_stats(self.store, [self._chunks[j] for j in run],
-                                                                        bases=self.bases),
+                                                                        bases=self.bases, shared=self._decoded_bases),
                                             runs))
             else:
-                results = [read_span_stats(self.store, [self._chunks[j] for j in run], bases=self.bases)
+                results = [read_span_stats(self.store, [self._chunks[j] for j in run], bases=self.bases,
+                                           shared=self._decoded_bases)
                            for run in runs]
             with self._lock:
                 for run, res in zip(runs, results):
