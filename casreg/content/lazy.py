@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from blake3 import blake3
 
-from casreg.content.fetch import Bases, DecodedBases, read_span_stats, spans
+from casreg.content.fetch import Bases, DecodedBases, concurrent_bases_bytes, read_span_stats, spans
 from casreg.content.manifest import ChunkRef, Entry, Manifest
 from casreg.content.source import open_regular
 from casreg.errors import IntegrityError, InvalidInputError, MissingDependencyError, NotFoundError
@@ -66,7 +66,7 @@ DEFAULT_CHUNK_CACHE = 8
 CHUNK_CACHE_BYTES = 32 << 20
 #: Raw bytes fetched per step of a long read (spans in a step are fetched in parallel on
 #: object stores); bounds a read's memory beyond its own output (and, for a delta-coded
-#: file, the base chunks kept for its deltas).
+#: file, the base chunks kept for its deltas: casreg.content.fetch.concurrent_bases_bytes).
 WINDOW_BYTES = 64 << 20
 
 
@@ -103,10 +103,10 @@ class PinnedFile:
         self.store = store
         self.bases = bases  # where the version's delta bases are (Manifest.base_map)
         # The bases read for this file's deltas, kept across its reads and threads, so each is
-        # read once while kept rather than once per ranged read that needs it: up to a window's
-        # worth, since the ranged reads of a window run at once and in any order (16 MiB, a
-        # pull's bound, read a 44 MB tensor's bases 15% over again on S3: docs/benchmarks-lazy.md).
-        self._decoded_bases = DecodedBases(store, limit=WINDOW_BYTES) if bases else None
+        # read once while kept rather than once per ranged read that needs it; as many as the
+        # ranged reads that run at once need (a push's 16 MiB read a 44 MB tensor's bases 15%
+        # over again on S3, eight reads at a time: docs/benchmarks-lazy.md).
+        self._decoded_bases = DecodedBases(store, concurrent_bases_bytes(store)) if bases else None
         self.source = source  # the key of the manifest ``entry`` comes from, for errors
         self.entry = entry
         self.size = entry.size

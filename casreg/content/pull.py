@@ -54,7 +54,15 @@ from blake3 import blake3
 
 from casreg.content import fetch
 from casreg.content.cache import AUTO, CacheArg, ChunkCache, resolve_cache
-from casreg.content.fetch import SPAN_RAW_BYTES, Bases, DecodedBases, SpanRead, read_span_stats, spans
+from casreg.content.fetch import (
+    SPAN_RAW_BYTES,
+    Bases,
+    DecodedBases,
+    SpanRead,
+    concurrent_bases_bytes,
+    read_span_stats,
+    spans,
+)
 from casreg.content.manifest import ChunkRef, Entry, Manifest
 from casreg.errors import AlreadyExistsError, IntegrityError, InvalidInputError, StorageError
 from casreg.keys import manifest_key
@@ -452,7 +460,8 @@ class _Writer:
         self.batch_stored = self.batch_raw = 0
         self.batch_shift = 0  # where in its buffer the batch is decoded: its first run's file offset % _ALIGN
         self.batch_bases: Bases | None = None  # the delta bases of the batch's manifest
-        self.decoded = DecodedBases(store)  # delta bases, each read and decoded once while kept (bounded)
+        # delta bases, each read and decoded once while kept (bounded)
+        self.decoded = DecodedBases(store, concurrent_bases_bytes(store))
         self.inflight_raw = 0  # decoded bytes of the runs in ``inflight``
         self.buffers = _BufferPool()
         self.open: list[_OpenFile] = []
