@@ -8,21 +8,24 @@ Above :data:`casreg.content.packs.COMPACT_ABOVE` entries it builds an :class:`In
 instead (:class:`TableBuilder`), with numpy's whole-array operations and no Python object
 per chunk:
 
-- the first 8 bytes of every digest as an integer, sorted (8 bytes an entry), with the
-  entry each came from (4 bytes);
+- a sorted key per entry, 8 bytes: the top bits of its digest's first 8 bytes, then the
+  entry's number in as many low bits as the count of entries needs (23 at 8 million, which
+  leaves 41 bits of digest: there, a lookup meets another chunk with the same bits about
+  once in 275,000, and compares one more digest when it does);
 - the entries themselves, 52 bytes each as the index objects store them (docs/FORMAT.md §4),
   for the indexes that must be kept in memory; an index the load read from an index bundle
   on a local disk (a cached copy, or a local registry's own) is **read back** from there
   when a lookup needs one of its entries, and checked against its pack id again each time
   (a few recently read are kept), so it costs the table nothing per entry;
-- per pack, 24 bytes: its id, where its entries begin, where they are kept or read back.
+- per pack, 64 bytes: its id, where its entries begin, where they are kept or read back,
+  and the size its index fixes for it (:class:`PackSizes`).
 
-That is 12 bytes a chunk whose index is read back and 64 for one kept, and 24 a pack
-(measured with what the load keeps besides, the sizes of the packs: 18-19 and 70-72 bytes
-a chunk; 147 MB at 8 million chunks read back, 574 MB kept, where every chunk took 73-75
-bytes and 600 MB before; docs/benchmarks.md, "The chunk index at scale").
-A lookup binary-searches the sorted prefixes and compares the whole digest with each entry
-whose prefix matches, in the load's order (by pack id), so it answers what the dict answers:
+That is 8 bytes a chunk whose index is read back and 60 for one kept (measured with the
+packs' share: 10 and 62-64 bytes a chunk; 83 MB at 8 million chunks read back, 510 MB
+kept, where every chunk took 73-75 bytes and 600 MB before; docs/benchmarks.md, "The chunk
+index at scale"). The keys are sorted in place, so building them holds little more.
+A lookup binary-searches the keys and compares the whole digest with each entry whose key
+has the digest's top bits, in the load's order (by pack id), so it answers what the dict answers:
 the first entry in that order (pack by pack, entry by entry) with that digest. An index
 that can no longer be read back as its pack id says (its bundle removed or damaged since,
 and its own index object too) answers nothing: the push stores the chunk again.
@@ -105,7 +108,7 @@ class IndexTable:
     never change once built, so any number of threads may look up at once."""
 
     def __init__(self, ids: bytes, starts: np.ndarray, entries: bytearray, kept: np.ndarray, places: np.ndarray,
-                 prefixes: np.ndarray, order: np.ndarray, reread: Reread | None, sizes: np.ndarray) -> None:
+                 keys: np.ndarray, shift: int, reread: Reread | None, sizes: np.ndarray) -> None:
         #: The size each pack must have, by pack id.
         self.pack_sizes = PackSizes(ids, sizes)
         self._ids = ids  # the pack ids, 32 bytes each, in the load's order (by pack id)
@@ -113,12 +116,15 @@ class IndexTable:
         self._entries = entries  # the kept packs' entries, 52 bytes each (never changed)
         self._kept = kept  # where each pack's entries begin in _entries (bytes), -1 if read back (int64)
         self._places = places  # what reread is given for each pack read back (int64)
-        self.prefixes = prefixes  # the digests' first 8 bytes, big-endian, sorted (uint64)
-        self.order = order  # the entry each sorted prefix belongs to; equal prefixes in entry order
+        # Each entry's key: the top 64 - shift bits of its digest's first 8 bytes (big-endian),
+        # then its number in the low shift bits; sorted, so equal prefixes are in entry order.
+        self.keys = keys
+        self._shift = shift
+        self._mask = (1 << shift) - 1
         self._reread = reread
         # (a key is searched as a uint64: numpy compares a Python int of 2**63 or more by
         # converting the whole array first)
-        self._key = prefixes.dtype.type
+        self._key = keys.dtype.type
         self._distinct: int | None = None
         self._recent: OrderedDict[int, bytes | None] = OrderedDict()
         self._lock = threading.Lock()
@@ -176,10 +182,11 @@ class IndexTable:
     def _find(self, digest: bytes) -> tuple[int, int, bytes] | None:
         """The position, pack and bytes of the first entry in the load's order whose digest
         is ``digest``."""
-        key = int.from_bytes(digest[:8], "big")
-        i = int(self.prefixes.searchsorted(self._key(key)))
-        while i < len(self.prefixes) and int(self.prefixes[i]) == key:
-            pos = int(self.order[i])
+        top = int.from_bytes(digest[:8], "big") >> self._shift
+        keys, n = self.keys, len(self.keys)
+        i = int(keys.searchsorted(self._key(top << self._shift)))
+        while i < n and int(keys[i]) >> self._shift == top:
+            pos = int(keys[i]) & self._mask
             found = self._entry(pos)
             if found is not None and found[1][:32] == digest:
                 return pos, found[0], found[1]
@@ -214,18 +221,20 @@ class IndexTable:
         stored twice; rarely anything else)."""
         import numpy as np
 
-        n = len(self.prefixes)
+        n = len(self.keys)
         if n < 2:
             return n
-        same = np.flatnonzero(self.prefixes[1:] == self.prefixes[:-1])  # sorted position i equals i + 1
+        tops = self.keys >> np.uint64(self._shift)
+        same = np.flatnonzero(tops[1:] == tops[:-1])  # sorted position i has the prefix of i + 1
+        del tops
         repeats = 0
         run: set[bytes] = set()
         last = -2
         for i in same.tolist():
             if i != last + 1:  # a new run of equal prefixes starts at sorted position i
-                found = self._entry(int(self.order[i]))
+                found = self._entry(int(self.keys[i]) & self._mask)
                 run = {found[1][:32]} if found is not None else set()
-            found = self._entry(int(self.order[i + 1]))
+            found = self._entry(int(self.keys[i + 1]) & self._mask)
             if found is not None:
                 repeats += found[1][:32] in run
                 run.add(found[1][:32])
@@ -305,20 +314,28 @@ class TableBuilder:
         import numpy as np
 
         self._check_batch()
-        prefixes = np.concatenate(self._prefixes) if self._prefixes else np.zeros(0, dtype=np.uint64)
-        self._prefixes = []
-        # Sorted with a stable sort: equal prefixes stay in the load's order.
-        wide = np.argsort(prefixes, kind="stable")
-        order = wide.astype(np.uint32) if len(prefixes) < 1 << 32 else wide
-        del wide
-        prefixes = prefixes[order]
+        n = sum(len(part) for part in self._prefixes)
+        shift = max(1, n.bit_length())  # the low bits of a key: its entry's number
+        keys = np.empty(n, dtype=np.uint64)
+        at = 0
+        self._prefixes.reverse()
+        while self._prefixes:  # each part freed once copied: the keys are all this holds
+            part = self._prefixes.pop()
+            keys[at:at + len(part)] = part
+            at += len(part)
+            del part
+        keys >>= np.uint64(shift)
+        keys <<= np.uint64(shift)
+        for first in range(0, n, CHECK_BATCH):
+            keys[first:first + CHECK_BATCH] |= np.arange(first, min(first + CHECK_BATCH, n), dtype=np.uint64)
+        keys.sort()  # in place; keys are distinct, so equal prefixes stay in the load's order
         starts = np.zeros(len(self._counts) + 1, dtype=np.int64)
         np.cumsum(np.array(self._counts, dtype=np.int64), out=starts[1:])
         places = np.array(self._places, dtype=np.int64)
         if reread is None and bool((places >= 0).any()):
             raise ValueError("indexes to read back, and no way to read them")
         return IndexTable(bytes(self._ids), starts, self._entries, np.array(self._kept, dtype=np.int64), places,
-                          prefixes, order, reread, np.array(self._sizes, dtype=np.int64))
+                          keys, shift, reread, np.array(self._sizes, dtype=np.int64))
 
 
 def _check(view: np.ndarray, counts: np.ndarray, first_offset: int, codecs: frozenset[int],

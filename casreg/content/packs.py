@@ -53,7 +53,7 @@ VERIFY_SPAN = 4 << 20  # stored bytes read at once while verifying a pack (bound
 _CODECS = frozenset(int(c) for c in Codec)
 assert _ENTRY.size == ENTRY_SIZE
 #: A push's index of more entries than this is kept in an :class:`~casreg.content.index_table.IndexTable`
-#: (about 72 bytes and 0.3-0.7 us of building a chunk, 3-4 us a lookup; 18 bytes and 6-14 us
+#: (about 64 bytes and 0.3-0.7 us of building a chunk, 3-5 us a lookup; 10 bytes and 6-14 us
 #: for the entries of indexes read from a local bundle, which it reads back) rather than a dict of
 #: :class:`ChunkRef` (about 275 bytes and 1.7-3 us a chunk, under 0.6 us a lookup, and no numpy
 #: to import). At 50,000 chunks the dict costs about 0.09 s and 14 MB; the table 0.05 s for
@@ -321,9 +321,9 @@ class ChunkIndex:
 
     Built by reading every ``index/`` object. Up to :data:`COMPACT_ABOVE` entries they
     are kept as a dict of :class:`ChunkRef`, about 275 bytes a chunk; above, in an
-    :class:`~casreg.content.index_table.IndexTable`, about 72 bytes a chunk, or about 18
+    :class:`~casreg.content.index_table.IndexTable`, about 64 bytes a chunk, or about 10
     for the chunks of indexes it read from an index bundle on a local disk, whose entries
-    it reads back from there: the 8 million chunks of a 10 TB store ~600 MB, or ~150 MB
+    it reads back from there: the 8 million chunks of a 10 TB store ~510 MB, or ~83 MB
     through a bundle (docs/benchmarks.md, "The chunk index at scale"). :meth:`close` it
     when done (a push does).
     """
@@ -495,6 +495,9 @@ class ChunkIndex:
         index = cls(max_chunk)
         index.cache = chosen
         index.read_alone = len(singles) + fallbacks
+        # what the load knew of each pack (about 350 bytes a pack, 60 MB at 177,778) is not
+        # needed by the table, whose sort comes next
+        del wanted, uncached, missing, singles, where, fetched, from_bundle
         if builder is None and len(entries) // _ENTRY.size > threshold:
             builder = _builder_of(entries, packs, max_chunk)
         if builder is not None:
