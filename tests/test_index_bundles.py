@@ -681,39 +681,3 @@ def test_a_load_that_fails_closes_the_bundle_it_would_read_back_from(tmp_path: P
     with mock.patch.object(packs, "_entry_count", failing), pytest.raises(RuntimeError, match="planted"):
         ChunkIndex.load(inner, cache=ChunkCache(tmp_path / "cache", max_size="1GiB"), compact_above=0)
     assert len(os.listdir("/proc/self/fd")) == fds
-
-
-@pytest.mark.parametrize("cached", [False, True])
-def test_a_push_dedups_through_entries_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                 cached: bool) -> None:
-    """A local registry with a bundle and its index in a table, read from the registry or
-    from a cache: a second push of the same model stores nothing, a changed one only the
-    chunks around the change, and both pull back whole; the push closes the bundle it read
-    entries back from (a cached copy is an open file)."""
-    if cached:
-        monkeypatch.setenv("CASREG_CACHE", "on")
-        monkeypatch.setenv("CASREG_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(packs, "COMPACT_ABOVE", 0)
-    monkeypatch.setattr(packs, "USE_AT_LEAST", 1)
-    model = tmp_path / "model.bin"
-    data = bytearray(os.urandom(12 << 20))
-    model.write_bytes(data)
-    original = bytes(data)
-    reg = Registry(tmp_path / "reg")
-    first = reg.push("m", model)
-    assert reg.bundle_indexes(at_least=1).key is not None
-    loaded = ChunkIndex.load(reg.store)
-    assert loaded._table is not None and loaded._table.kept_bytes == 0
-    loaded.close()
-    fds = len(os.listdir("/proc/self/fd"))
-    again = reg.push("m", model)
-    assert again.new_bytes == 0 and again.digest == first.digest
-    assert len(os.listdir("/proc/self/fd")) == fds
-    data[6 << 20:(6 << 20) + 100] = os.urandom(100)
-    model.write_bytes(data)
-    changed = reg.push("m", model)
-    assert 0 < changed.new_bytes < len(data) // 2
-    for version, want in ((first, original), (changed, bytes(data))):
-        out = tmp_path / f"out-{version.version}"
-        reg.pull(version.ref, out)
-        assert out.read_bytes() == want

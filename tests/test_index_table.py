@@ -161,19 +161,34 @@ def test_an_empty_index_and_no_index() -> None:
     assert table.pack_sizes == {pack_id: MAGIC + _TAIL.size} == small.pack_sizes
 
 
-def test_a_push_dedups_against_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("bundle", "cached"), [(False, False), (True, False), (True, True)])
+def test_a_push_dedups_against_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bundle: bool,
+                                         cached: bool) -> None:
     """A registry whose index is kept in the table: a second push of the same model stores
-    no chunk, a changed one only its changed chunks, and both pull back whole."""
+    no chunk, a changed one only its changed chunks, and both pull back whole. With an
+    index bundle, read from the registry or from a cache (``cached``), the table reads the
+    entries back from it, and the push closes the bundle when done (a cached copy is an
+    open file)."""
+    if cached:
+        monkeypatch.setenv("CASREG_CACHE", "on")
+        monkeypatch.setenv("CASREG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(packs, "COMPACT_ABOVE", 0)
+    monkeypatch.setattr(packs, "USE_AT_LEAST", 1)
     model = tmp_path / "model.bin"
     data = bytearray(os.urandom(12 << 20))
     model.write_bytes(data)
     original = bytes(data)
     reg = Registry(tmp_path / "reg")
     first = reg.push("m", model)
-    assert ChunkIndex.load(reg.store).compact
+    if bundle:
+        assert reg.bundle_indexes(at_least=1).key is not None
+    loaded = ChunkIndex.load(reg.store)
+    assert loaded._table is not None and loaded._table.kept_bytes == (0 if bundle else 52 * first.chunk_count)
+    loaded.close()
+    fds = len(os.listdir("/proc/self/fd"))
     again = reg.push("m", model)
     assert again.new_bytes == 0 and again.digest == first.digest
+    assert len(os.listdir("/proc/self/fd")) == fds
     data[6 << 20:(6 << 20) + 100] = os.urandom(100)
     model.write_bytes(data)
     changed = reg.push("m", model)
