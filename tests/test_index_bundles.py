@@ -667,7 +667,6 @@ def test_a_load_that_fails_closes_the_bundle_it_would_read_back_from(tmp_path: P
     """An error in the middle of a load (here a failing check) leaves no cached bundle open."""
     inner = _registry_of(100)
     ChunkIndex.load(inner, cache=ChunkCache(tmp_path / "cache", max_size="1GiB"), compact_above=0).close()
-    fds = len(os.listdir("/proc/self/fd"))
     calls = 0
     real = packs._entry_count
 
@@ -680,4 +679,18 @@ def test_a_load_that_fails_closes_the_bundle_it_would_read_back_from(tmp_path: P
 
     with mock.patch.object(packs, "_entry_count", failing), pytest.raises(RuntimeError, match="planted"):
         ChunkIndex.load(inner, cache=ChunkCache(tmp_path / "cache", max_size="1GiB"), compact_above=0)
-    assert len(os.listdir("/proc/self/fd")) == fds
+    assert _open_bundles(tmp_path / "cache") == []
+
+
+def _open_bundles(cache_root: Path) -> list[str]:
+    """The files under ``cache_root``'s bundle directory that this process has open."""
+    copies = str(ChunkCache(cache_root).bundle_path("00" * 32).parent.parent)
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith(copies + os.sep):
+            found.append(target)
+    return found

@@ -18,6 +18,7 @@ import pytest
 from blake3 import blake3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_index_bundles import _open_bundles
 
 import casreg.content.index_table as index_table
 import casreg.content.packs as packs
@@ -184,11 +185,11 @@ def test_a_push_dedups_against_the_table(tmp_path: Path, monkeypatch: pytest.Mon
         assert reg.bundle_indexes(at_least=1).key is not None
     loaded = ChunkIndex.load(reg.store)
     assert loaded._table is not None and loaded._table.kept_bytes == (0 if bundle else 52 * first.chunk_count)
+    assert (_open_bundles(tmp_path / "cache") != []) == cached  # (what the check below would see)
     loaded.close()
-    fds = len(os.listdir("/proc/self/fd"))
     again = reg.push("m", model)
     assert again.new_bytes == 0 and again.digest == first.digest
-    assert len(os.listdir("/proc/self/fd")) == fds
+    assert _open_bundles(tmp_path / "cache") == []
     data[6 << 20:(6 << 20) + 100] = os.urandom(100)
     model.write_bytes(data)
     changed = reg.push("m", model)
