@@ -697,29 +697,3 @@ def _open_bundles(cache_root: Path) -> list[str]:
             found.append(target)
     return found
 
-
-def test_every_backend_dedups_through_a_table_read_back(registry: Registry,
-                                                         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """On each backend (S3 through its default cache, local and memory:// from the bundle
-    itself), a push into a registry whose index is a table read back from a bundle stores
-    nothing it holds, a changed file only the chunks around the change, and pulls return
-    every byte."""
-    monkeypatch.setattr(packs, "COMPACT_ABOVE", 0)
-    monkeypatch.setattr(packs, "USE_AT_LEAST", 1)
-    model = tmp_path / "model.bin"
-    data = bytearray(os.urandom(5 << 20))
-    model.write_bytes(data)
-    original = bytes(data)
-    first = registry.push("m", model)
-    assert registry.bundle_indexes(at_least=1).key is not None
-    loaded = ChunkIndex.load(registry.store)
-    assert loaded._table is not None and loaded._table.kept_bytes == 0
-    loaded.close()
-    assert registry.push("m", model).new_bytes == 0
-    data[2 << 20:(2 << 20) + 10] = b"x" * 10
-    model.write_bytes(data)
-    changed = registry.push("m", model)
-    assert 0 < changed.new_bytes < len(data)
-    for version, want in ((first, original), (changed, bytes(data))):
-        registry.pull(version.ref, tmp_path / f"out-{version.version}")
-        assert (tmp_path / f"out-{version.version}").read_bytes() == want

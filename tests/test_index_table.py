@@ -24,6 +24,7 @@ import casreg.content.index_table as index_table
 import casreg.content.packs as packs
 from casreg import Registry
 from casreg.content.bundles import write_bundle
+from casreg.content.cache import resolve_cache
 from casreg.content.chunking import DEFAULT_CHUNK_PARAMS
 from casreg.content.config import MAX_CHUNK_BYTES
 from casreg.content.manifest import stored_bound
@@ -165,31 +166,46 @@ def test_an_empty_index_and_no_index() -> None:
 @pytest.mark.parametrize(("bundle", "cached"), [(False, False), (True, False), (True, True)])
 def test_a_push_dedups_against_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bundle: bool,
                                          cached: bool) -> None:
-    """A registry whose index is kept in the table: a second push of the same model stores
-    no chunk, a changed one only its changed chunks, and both pull back whole. With an
-    index bundle, read from the registry or from a cache (``cached``), the table reads the
-    entries back from it, and the push closes the bundle when done (a cached copy is an
+    """A local registry whose index is kept in the table: a second push of the same model
+    stores no chunk, a changed one only its changed chunks, and both pull back whole. With
+    an index bundle, read from the registry or from a cache (``cached``), the table reads
+    the entries back from it, and the push closes the bundle when done (a cached copy is an
     open file)."""
     if cached:
         monkeypatch.setenv("CASREG_CACHE", "on")
         monkeypatch.setenv("CASREG_CACHE_DIR", str(tmp_path / "cache"))
+    _dedups_through_the_table(Registry(tmp_path / "reg"), tmp_path, monkeypatch, bundle=bundle)
+
+
+def test_every_backend_dedups_through_a_table_read_back(registry: Registry, monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    """The same on each backend, its index read back from a bundle: S3 through its default
+    cache, local and memory:// from the bundle itself."""
+    _dedups_through_the_table(registry, tmp_path, monkeypatch, bundle=True)
+
+
+def _dedups_through_the_table(reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
+                              bundle: bool) -> None:
+    """Push a model into ``reg`` with its index in a table (read back from a bundle with
+    ``bundle``), push it again, push it changed, and pull both versions back."""
     monkeypatch.setattr(packs, "COMPACT_ABOVE", 0)
     monkeypatch.setattr(packs, "USE_AT_LEAST", 1)
     model = tmp_path / "model.bin"
     data = bytearray(os.urandom(12 << 20))
     model.write_bytes(data)
     original = bytes(data)
-    reg = Registry(tmp_path / "reg")
     first = reg.push("m", model)
     if bundle:
         assert reg.bundle_indexes(at_least=1).key is not None
+    cache = resolve_cache(reg.store)
+    cache_root = cache.root if cache is not None else tmp_path / "no-cache"
     loaded = ChunkIndex.load(reg.store)
     assert loaded._table is not None and loaded._table.kept_bytes == (0 if bundle else 52 * first.chunk_count)
-    assert (_open_bundles(tmp_path / "cache") != []) == cached  # (what the check below would see)
+    assert (_open_bundles(cache_root) != []) == (bundle and cache is not None)  # (what the check below would see)
     loaded.close()
     again = reg.push("m", model)
     assert again.new_bytes == 0 and again.digest == first.digest
-    assert _open_bundles(tmp_path / "cache") == []
+    assert _open_bundles(cache_root) == []
     data[6 << 20:(6 << 20) + 100] = os.urandom(100)
     model.write_bytes(data)
     changed = reg.push("m", model)
