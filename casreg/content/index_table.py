@@ -149,6 +149,10 @@ class IndexTable:
     def _pack_of(self, pos: int) -> int:
         return int(self._starts.searchsorted(pos, side="right")) - 1
 
+    def _entries_size(self, pack: int) -> int:
+        """The bytes of a pack's entries."""
+        return (int(self._starts[pack + 1]) - int(self._starts[pack])) * ENTRY_SIZE
+
     def _index(self, pack: int) -> bytes | None:
         """The entries of a pack read back (not kept), checked against its pack id."""
         with self._lock:
@@ -157,7 +161,7 @@ class IndexTable:
                 return self._recent[pack]
         assert self._reread is not None
         data = self._reread(self._ids[32 * pack:32 * pack + 32].hex(), int(self._places[pack]))
-        entries = None if data is None else data[:(int(self._starts[pack + 1]) - int(self._starts[pack])) * ENTRY_SIZE]
+        entries = None if data is None else data[:self._entries_size(pack)]
         with self._lock:
             self._recent[pack] = entries
             while len(self._recent) > RECENT:
@@ -168,7 +172,7 @@ class IndexTable:
         at = int(self._kept[pack])
         if at < 0:
             return self._index(pack)
-        return memoryview(self._entries)[at:at + (int(self._starts[pack + 1]) - int(self._starts[pack])) * ENTRY_SIZE]
+        return memoryview(self._entries)[at:at + self._entries_size(pack)]
 
     def _entry(self, pos: int) -> tuple[int, bytes] | None:
         """The pack of entry ``pos`` and its 52 bytes, or ``None`` if it cannot be read back."""
@@ -252,7 +256,7 @@ class TableBuilder:
         self._codecs = codecs
         self._max_chunk = max_chunk
         self._pending = bytearray()  # the entries of the indexes added since the last check
-        self._batch: list[tuple[str, int, int, int]] = []  # (pack id, entries, index size, place) of each
+        self._batch: list[tuple[bytes, int, int, int]] = []  # (pack id, entries, index size, place) of each
         self._ids = bytearray()  # of the indexes accepted, ascending
         self._sizes: list[int] = []  # the size each fixes for its pack
         self._last = b""  # the last pack id added
@@ -275,7 +279,7 @@ class TableBuilder:
             raise ValueError(f"pack {pack_id} added after {self._last.hex()}: pack ids must ascend")
         self._last = raw
         self._pending += entries
-        self._batch.append((pack_id, len(entries) // ENTRY_SIZE, index_size, place))
+        self._batch.append((raw, len(entries) // ENTRY_SIZE, index_size, place))
         if len(self._pending) >= CHECK_BATCH * ENTRY_SIZE:
             self._check_batch()
 
@@ -295,7 +299,7 @@ class TableBuilder:
         for (pack_id, n, size, place), ok, payload in zip(self._batch, valid.tolist(), payloads.tolist(), strict=True):
             if ok:
                 self._sizes.append(self._first_offset + int(payload) + size)
-                self._ids += bytes.fromhex(pack_id)
+                self._ids += pack_id
                 self._counts.append(n)
                 self._places.append(place)
                 if place < 0:

@@ -104,8 +104,8 @@ class PinnedFile:
         self.bases = bases  # where the version's delta bases are (Manifest.base_map)
         # The bases read for this file's deltas, kept across its reads and threads, so each is
         # read once while kept rather than once per ranged read that needs it; as many as the
-        # ranged reads that run at once need (a push's 16 MiB read a 44 MB tensor's bases 15%
-        # over again on S3, eight reads at a time: docs/benchmarks-lazy.md).
+        # ranged reads that run at once need (the 16 MiB a pull kept read a 44 MB tensor's
+        # bases 15% over again on S3, eight reads at a time: docs/benchmarks-lazy.md).
         self._decoded_bases = DecodedBases(store, concurrent_bases_bytes(store)) if bases else None
         self.source = source  # the key of the manifest ``entry`` comes from, for errors
         self.entry = entry

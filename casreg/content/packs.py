@@ -309,10 +309,9 @@ def _reread(store: ObjectStore, bundle: Bundle, cache: ChunkCache | None,
         if data is not None and blake3(data).hexdigest() == pack_id:
             return data
         try:
-            data = read_index(store, pack_id, cache, limit)
+            return read_index(store, pack_id, cache, limit)  # (checked against the pack id there)
         except CasregError:
             return None  # gone (gc removed the pack) or damaged: the chunk is stored again
-        return data if len(data) <= limit else None
     return reread
 
 
