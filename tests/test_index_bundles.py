@@ -20,6 +20,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -649,14 +650,62 @@ def test_a_table_reads_entries_back_from_a_local_bundle_instead_of_keeping_them(
         assert [closed.get(d) for d in digests] == first and store.reads["index"] == 200  # one a lookup
 
 
-def test_a_table_keeps_the_entries_of_a_remote_bundle_without_a_cache() -> None:
-    """Without a cache, a bundle on a store that wants many requests in flight (S3) would cost
-    a request per lookup: the table keeps those entries, as before."""
+def test_without_a_cache_a_remote_bundle_is_read_back_from_a_private_copy() -> None:
+    """Without a cache, reading entries back from a bundle on a store that wants many
+    requests in flight (S3) would cost a request a lookup: the load copies the bundle into
+    a temporary file of its own, unlinked, and the table reads back from that. The copy is
+    read once, whole; lookups read nothing from the store; closing the index closes it."""
     inner = _registry_of(100)
     store = CountingStore(inner)
     store.io_concurrency = 8
+    before = _private_copies()
+    got = ChunkIndex.load(store, cache=None, compact_above=0)
+    assert got._table is not None and got._table.kept_bytes == 0 and got.read_alone == 0
+    bundle = _bundles(inner)[0]
+    assert store.bytes_read["bundles"] == inner.size(bundle) + 16 + 40 * 100  # the copy, then the tail and directory
+    assert store.reads["index"] == 0
+    copies = [c for c in _private_copies() if c not in before]
+    assert len(copies) == 1 and os.path.basename(copies[0]).startswith("casreg-bundle-")
+    want = _load(inner, bundles=False)
+    store.reset()
+    _assert_same(got, want, {ref.digest for ref in want})
+    assert sum(store.reads.values()) == 0
+    got.close()
+    assert [c for c in _private_copies() if c not in before] == []
+
+
+def test_a_damaged_private_copy_costs_reads_not_answers() -> None:
+    """The private copy is checked as any copy is: an index read back from it that does not
+    hash to its pack id is read on its own, from the store."""
+    inner = _registry_of(100)
+    store = CountingStore(inner)
+    store.io_concurrency = 8
+    before = _private_copies()
+    with mock.patch.object(index_table, "RECENT", 0):
+        got = ChunkIndex.load(store, cache=None, compact_above=0)
+        (fd,) = [fd for fd, target in _private_copies(fds=True) if target not in before]
+        size = os.fstat(fd).st_size
+        os.pwrite(fd, bytes(size - 16 - 40 * 100), 0)  # every index zeroed, the directory left as it was
+        want = _load(inner, bundles=False)
+        store.reset()
+        _assert_same(got, want, {ref.digest for ref in want})
+        assert store.reads["index"] > 0 and store.reads["bundles"] == 0
+    got.close()
+
+
+def test_where_no_private_copy_can_be_made_the_table_keeps_the_entries(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    """With no room for a private copy (here, a temporary directory that does not exist),
+    the table keeps the entries of a remote bundle, as it did before private copies: the
+    same answers, no store reads for lookups, nothing left open."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "absent"))
+    inner = _registry_of(100)
+    store = CountingStore(inner)
+    store.io_concurrency = 8
+    before = _private_copies()
     got = ChunkIndex.load(store, cache=None, compact_above=0)
     assert got._table is not None and got._table.kept_bytes == 200 * 52
+    assert set(_private_copies()) <= set(before)  # none opened (one may have closed meanwhile)
     want = _load(inner, bundles=False)
     store.reset()
     _assert_same(got, want, {ref.digest for ref in want})
@@ -682,18 +731,28 @@ def test_a_load_that_fails_closes_the_bundle_it_would_read_back_from(tmp_path: P
     assert _open_bundles(tmp_path / "cache") == []
 
 
-def _open_bundles(cache_root: Path) -> list[str]:
-    """The files under ``cache_root``'s bundle directory that this process has open."""
+def _open_files() -> list[tuple[int, str]]:
+    """The descriptors this process has open, with what each points to."""
     if not os.path.isdir("/proc/self/fd"):
         pytest.skip("lists open files through /proc/self/fd (Linux)")
-    copies = str(ChunkCache(cache_root).bundle_path("00" * 32).parent.parent)
     found = []
     for fd in os.listdir("/proc/self/fd"):
         try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
+            found.append((int(fd), os.readlink(f"/proc/self/fd/{fd}")))
         except OSError:
             continue  # closed meanwhile
-        if target.startswith(copies + os.sep):
-            found.append(target)
     return found
+
+
+def _private_copies(*, fds: bool = False) -> Any:
+    """The private bundle copies (:func:`casreg.content.bundles.private_copy`: unlinked
+    files) this process has open, as paths (with ``fds``: as (descriptor, path) pairs)."""
+    return [(fd, target) if fds else target for fd, target in _open_files()
+            if os.path.basename(target).startswith("casreg-bundle-") and target.endswith(" (deleted)")]
+
+
+def _open_bundles(cache_root: Path) -> list[str]:
+    """The files under ``cache_root``'s bundle directory that this process has open."""
+    copies = str(ChunkCache(cache_root).bundle_path("00" * 32).parent.parent)
+    return [target for _, target in _open_files() if target.startswith(copies + os.sep)]
 

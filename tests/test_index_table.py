@@ -18,7 +18,7 @@ import pytest
 from blake3 import blake3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_index_bundles import _open_bundles
+from test_index_bundles import _open_bundles, _private_copies
 
 import casreg.content.index_table as index_table
 import casreg.content.packs as packs
@@ -177,10 +177,13 @@ def test_a_push_dedups_against_the_table(tmp_path: Path, monkeypatch: pytest.Mon
     _dedups_through_the_table(Registry(tmp_path / "reg"), tmp_path, monkeypatch, bundle=bundle)
 
 
+@pytest.mark.parametrize("cache", ["auto", "off"])
 def test_every_backend_dedups_through_a_table_read_back(registry: Registry, monkeypatch: pytest.MonkeyPatch,
-                                                         tmp_path: Path) -> None:
+                                                         tmp_path: Path, cache: str) -> None:
     """The same on each backend, its index read back from a bundle: S3 through its default
-    cache, local and memory:// from the bundle itself."""
+    cache, or with none from a private copy of the bundle; local and memory:// from the
+    bundle itself."""
+    monkeypatch.setenv("CASREG_CACHE", cache)
     _dedups_through_the_table(registry, tmp_path, monkeypatch, bundle=True)
 
 
@@ -199,13 +202,16 @@ def _dedups_through_the_table(reg: Registry, tmp_path: Path, monkeypatch: pytest
         assert reg.bundle_indexes(at_least=1).key is not None
     cache = resolve_cache(reg.store)
     cache_root = cache.root if cache is not None else tmp_path / "no-cache"
+    copies = set(_private_copies())  # (others may be open: earlier tests' indexes not collected yet)
     loaded = ChunkIndex.load(reg.store)
     assert loaded._table is not None and loaded._table.kept_bytes == (0 if bundle else 52 * first.chunk_count)
-    assert (_open_bundles(cache_root) != []) == (bundle and cache is not None)  # (what the check below would see)
+    assert (_open_bundles(cache_root) != []) == (bundle and cache is not None)  # (what the checks below would see)
+    private = bundle and cache is None and reg.store.io_concurrency > 1
+    assert len(set(_private_copies()) - copies) == private
     loaded.close()
     again = reg.push("m", model)
     assert again.new_bytes == 0 and again.digest == first.digest
-    assert _open_bundles(cache_root) == []
+    assert _open_bundles(cache_root) == [] and set(_private_copies()) <= copies
     data[6 << 20:(6 << 20) + 100] = os.urandom(100)
     model.write_bytes(data)
     changed = reg.push("m", model)

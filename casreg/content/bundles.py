@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import struct
+import tempfile
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -37,16 +39,17 @@ from typing import TypeVar
 
 from blake3 import blake3
 
-from casreg.content.cache import ChunkCache
+from casreg.content.cache import CachedBundle, ChunkCache
 from casreg.content.listing import list_indexes
 from casreg.env import count_from_env
 from casreg.errors import CasregError
 from casreg.keys import BUNDLES, bundle_key, parse_bundle_key, parse_index_key
 from casreg.storage import ByteRange, ObjectStore
+from casreg.storage.fileio import write_all
 
 __all__ = ["BUNDLE_MAGIC", "Bundle", "BundleResult", "open_best_bundle", "read_bundled", "write_bundle", "check_bundle",
-           "list_bundles", "most_packs",
-           "USE_AT_LEAST", "SPAN_BYTES", "cache_bundle", "DEFAULT_BUNDLE_AT", "BUNDLE_AT_ENV", "bundle_at_from_env"]
+           "list_bundles", "most_packs", "USE_AT_LEAST", "SPAN_BYTES", "cache_bundle", "private_copy",
+           "DEFAULT_BUNDLE_AT", "BUNDLE_AT_ENV", "bundle_at_from_env"]
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +79,8 @@ _Read = Callable[[int, int], "bytes | None"]  # bytes [start, end) of a bundle, 
 @dataclass(frozen=True, slots=True)
 class Bundle:
     """An opened bundle: its key, its pack ids and where each one's index lies in it, and
-    how to read it (from the store, or from the local cache when ``cached``)."""
+    how to read it (from the store, or from a copy on this machine's disk when ``cached``:
+    the local cache's, or a load's private one, :func:`private_copy`)."""
 
     key: str
     ids: bytes  # the directory's pack ids, 32 bytes each, ascending
@@ -168,15 +172,60 @@ def _open_cached(cache: ChunkCache, key: str, max_packs: int, max_index: int) ->
     return bundle
 
 
+def _parts(bundle: Bundle, pool: ThreadPoolExecutor | None = None, ahead: int = 1) -> Iterator[bytes | None]:
+    """The bytes of ``bundle``, :data:`SPAN_BYTES` at a time, in order (``None`` for a part
+    that could not be read); with ``pool``, up to ``ahead`` parts read ahead on it."""
+    ranges = [(start, min(start + SPAN_BYTES, bundle.size)) for start in range(0, bundle.size, SPAN_BYTES)]
+    if pool is not None:
+        return _ahead(pool, lambda r: bundle.read(*r), ranges, ahead)
+    return (bundle.read(*r) for r in ranges)
+
+
 def cache_bundle(bundle: Bundle, cache: ChunkCache, max_index: int) -> Bundle | None:
     """Copy ``bundle`` (read from the store) whole into ``cache``, :data:`SPAN_BYTES` at a
     time, and open the copy; ``None`` if it could not be stored (see
     :meth:`~casreg.content.cache.ChunkCache.put_bundle`) or does not open as the bundle
     (its name fixes its directory, so a good copy holds exactly ``len(bundle)`` indexes)."""
-    parts = (bundle.read(start, min(start + SPAN_BYTES, bundle.size)) for start in range(0, bundle.size, SPAN_BYTES))
-    if not cache.put_bundle(bundle.bundle_id, parts, bundle.size):
+    if not cache.put_bundle(bundle.bundle_id, _parts(bundle), bundle.size):
         return None
     return _open_cached(cache, bundle.key, len(bundle), max_index)
+
+
+def private_copy(bundle: Bundle, max_index: int, pool: ThreadPoolExecutor | None = None,
+                 ahead: int = 1) -> Bundle | None:
+    """Copy ``bundle`` (read from the store; with ``pool``, up to ``ahead`` parts at a time)
+    whole into a temporary file of this process's own, unlinked as soon as it is created
+    (so nothing is left behind, even by a crash), and open the copy. Where there is no
+    cache, a table reads entries back from it instead of keeping them
+    (:meth:`casreg.content.packs.ChunkIndex.load`). The file is in Python's temporary
+    directory (``$TMPDIR``) and closed by the copy's ``close``. ``None`` if it could not be
+    written (no space, say) or does not open as the bundle; then nothing is left open.
+    Every index a reader takes from the copy is still checked against its pack id."""
+    try:
+        fd, path = tempfile.mkstemp(prefix="casreg-bundle-")
+    except OSError as err:
+        log.debug("casreg: no private copy of %s: %s", bundle.key, err)
+        return None
+    handle = CachedBundle(fd, bundle.size)
+    try:
+        os.unlink(path)
+        written = 0
+        for part in _parts(bundle, pool, ahead):
+            if part is None:
+                break
+            write_all(fd, [part])
+            written += len(part)
+    except OSError as err:
+        log.debug("casreg: no private copy of %s: %s", bundle.key, err)
+        written = -1
+    except BaseException:
+        handle.close()
+        raise
+    copy = _open(bundle.key, handle.read, bundle.size, len(bundle), max_index, cached=True, close=handle.close) \
+        if written == bundle.size else None
+    if copy is None:
+        handle.close()
+    return copy
 
 
 def check_bundle(store: ObjectStore, key: str, max_index: int, max_packs: int) -> str | None:

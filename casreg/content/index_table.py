@@ -14,7 +14,8 @@ per chunk:
   once in 275,000, and compares one more digest when it does);
 - the entries themselves, 52 bytes each as the index objects store them (docs/FORMAT.md §4),
   for the indexes that must be kept in memory; an index the load read from an index bundle
-  on a local disk (a cached copy, or a local registry's own) is **read back** from there
+  on a local disk (a cached copy, a local registry's own, or a private copy of a remote
+  one: :func:`casreg.content.bundles.private_copy`) is **read back** from there
   when a lookup needs one of its entries, and checked against its pack id again each time
   (a few recently read are kept), so it costs the table nothing per entry;
 - per pack, 64 bytes: its id, where its entries begin, where they are kept or read back,

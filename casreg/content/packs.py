@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from blake3 import blake3
 
-from casreg.content.bundles import USE_AT_LEAST, Bundle, cache_bundle, open_best_bundle, read_bundled
+from casreg.content.bundles import USE_AT_LEAST, Bundle, cache_bundle, open_best_bundle, private_copy, read_bundled
 from casreg.content.cache import AUTO, CacheArg, ChunkCache, resolve_cache
 from casreg.content.codec import Codec, check_decodes
 from casreg.content.config import MAX_CHUNK_BYTES, max_chunk_size
@@ -432,15 +432,27 @@ class ChunkIndex:
         singles = [item for item, lacked, p in zip(wanted, uncached, where, strict=True) if lacked and p < 0]
         pool = ThreadPoolExecutor(min(store.io_concurrency, len(missing)), thread_name_prefix="casreg-index") \
             if store.io_concurrency > 1 and len(missing) > 1 else None
-        fetched: Iterator[bytes | None] = pool.map(fetch, singles) if pool is not None else map(fetch, singles)
-        from_bundle: Iterator[bytes | None] = iter(()) if opened is None else \
-            read_bundled(opened[0], [p for p in where if p >= 0], pool, store.io_concurrency)
         threshold = COMPACT_ABOVE if compact_above is None else compact_above
         # Through a bundle on a local disk (a cached copy, or a local registry's own), a table
         # does not keep the entries of the indexes read from it: it reads them back when a
-        # lookup needs them (casreg/content/index_table.py), 52 bytes a chunk fewer.
-        read_back = opened is not None and (opened[0].cached or store.io_concurrency == 1) \
-            and _bundled_entries(opened[0], where) > threshold
+        # lookup needs them (casreg/content/index_table.py), 52 bytes a chunk fewer. A remote
+        # bundle with no cache to copy it into is copied into a private temporary file for
+        # that, unless it cannot be (then the table keeps those entries).
+        large = opened is not None and _bundled_entries(opened[0], where) > threshold
+        if large and opened is not None and not opened[0].cached and store.io_concurrency > 1:
+            try:
+                copy = private_copy(opened[0], limit, pool, store.io_concurrency)
+            except BaseException:
+                if pool is not None:
+                    pool.shutdown(cancel_futures=True)
+                raise
+            if copy is not None:  # the same object, so the same places
+                opened[0].close()
+                opened = copy, where
+        read_back = large and opened is not None and (opened[0].cached or store.io_concurrency == 1)
+        fetched: Iterator[bytes | None] = pool.map(fetch, singles) if pool is not None else map(fetch, singles)
+        from_bundle: Iterator[bytes | None] = iter(()) if opened is None else \
+            read_bundled(opened[0], [p for p in where if p >= 0], pool, store.io_concurrency)
         builder = _table_builder(max_chunk) if read_back else None
         fallbacks = 0
         damaged_copy = False
