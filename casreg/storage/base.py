@@ -119,7 +119,8 @@ class ObjectWriter:
     pack is named by the hash of its index, known only once it is full).
 
     This default keeps the pieces in memory and publishes them with one
-    :meth:`ObjectStore.create`, which is what an object store needs for a single PUT. A
+    :meth:`ObjectStore.create`, which is what an object store needs for a single PUT (the
+    pieces joined into one buffer first, which replaces them). A
     backend that can stage bytes more cheaply (a local disk: straight into a temporary
     file, so a push holds a few chunks in memory instead of whole packs) overrides
     :meth:`ObjectStore.open_writer`."""
@@ -146,6 +147,8 @@ class ObjectWriter:
         again (after the caller deleted a damaged object under that key, say) until
         :meth:`close`."""
         self.check_size(key, size)
+        if len(self.parts) > 1:  # one buffer from here on: the pieces go (a retried publish holds it once)
+            self.parts = [b"".join(self.parts)]
         return self.store.create(key, self.parts)
 
     def check_size(self, key: str, size: int) -> None:

@@ -38,8 +38,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import io
+import logging
 import os
 import re
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -66,19 +69,23 @@ from fsspec.asyn import sync
 from casreg.errors import CasregError, ConflictError, InvalidInputError, NotFoundError, StorageError
 from casreg.redact import redact_url
 from casreg.storage.base import (
+    Buffer,
     ByteRange,
     Capabilities,
     ObjectInfo,
     ObjectStore,
+    ObjectWriter,
     Payload,
     Versioned,
     check_key,
     join_payload,
 )
+from casreg.storage.fileio import write_all
 
 __all__ = ["S3Store", "ENDPOINT_ENV", "resolve_endpoint"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: casreg's own endpoint setting; wins over AWS_ENDPOINT_URL_S3 and AWS_ENDPOINT_URL.
 ENDPOINT_ENV = "CASREG_S3_ENDPOINT_URL"
@@ -185,6 +192,166 @@ def _no_expect_continue(client: Any) -> None:
     from botocore.handlers import add_expect_header
 
     client.meta.events.unregister("before-call.s3", add_expect_header)
+
+
+class _RangeReader(io.RawIOBase):
+    """A request body read a piece at a time from where its bytes lie (a buffer, or a range
+    of a file), seekable, as botocore treats a file: it seeks to the end to learn the
+    length and back to the start for a retry. Given ``bytes``, botocore wraps them in a
+    ``BytesIO`` and aiohttp copies that whole to send it (``getbuffer`` unshares it); given
+    a ``bytearray``, asyncio's transport copies what the socket did not take at once.
+    Either way every pack in flight cost twice its size (docs/benchmarks.md, "A push to
+    S3"); a reader costs one piece (aiohttp reads 64 KiB at a time)."""
+
+    def __init__(self, length: int) -> None:
+        super().__init__()
+        self._length = length
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET and offset < 0:
+            raise ValueError(f"negative seek value {offset}")
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._pos = max(0, base + offset)  # (as BytesIO does)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = max(0, min(len(buffer), self._length - self._pos))
+        if n:
+            self._fill(memoryview(buffer).cast("B")[:n], self._pos)
+            self._pos += n
+        return n
+
+    def _fill(self, into: memoryview, at: int) -> None:
+        raise NotImplementedError
+
+
+class _BufferReader(_RangeReader):
+    """A body read from a buffer."""
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self._view = memoryview(data).cast("B")
+        super().__init__(len(self._view))
+
+    def _fill(self, into: memoryview, at: int) -> None:
+        into[:] = self._view[at:at + len(into)]
+
+
+class _FileRangeReader(_RangeReader):
+    """A body read from ``[start, end)`` of the file ``fd`` (positional reads: any thread)."""
+
+    def __init__(self, fd: int, start: int, end: int) -> None:
+        self._fd, self._start = fd, start
+        super().__init__(end - start)
+
+    def _fill(self, into: memoryview, at: int) -> None:
+        done = 0
+        while done < len(into):
+            got = os.preadv(self._fd, [into[done:]], self._start + at + done)
+            if got <= 0:
+                raise OSError(f"a staged pack ended {len(into) - done} bytes early")
+            done += got
+
+
+class _Spool:
+    """Bytes staged in a temporary file of this process's own (``$TMPDIR``), unlinked as
+    soon as it is created, so nothing is left behind, even by a crash. ``OSError`` if it
+    cannot be made."""
+
+    def __init__(self) -> None:
+        fd, path = tempfile.mkstemp(prefix="casreg-pack-")
+        try:
+            os.unlink(path)
+        except OSError:
+            os.close(fd)
+            raise
+        self.fd = fd
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def append(self, parts: Sequence[Buffer]) -> None:
+        """Write ``parts`` after what is staged; ``OSError`` (no space) leaves ``size`` as
+        it was (bytes written past it are ignored)."""
+        os.lseek(self.fd, self.size, os.SEEK_SET)
+        write_all(self.fd, parts)
+        self.size += sum(len(p) for p in parts)
+
+    def read_all(self) -> bytes:
+        data = bytearray(self.size)
+        _FileRangeReader(self.fd, 0, self.size).readinto(data)
+        return bytes(data)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+_Body = bytes | _Spool
+
+
+def _reader(body: _Body, start: int = 0, end: int | None = None) -> _RangeReader:
+    """A request body of ``body[start:end]``."""
+    end = len(body) if end is None else min(end, len(body))
+    if isinstance(body, _Spool):
+        return _FileRangeReader(body.fd, start, end)
+    return _BufferReader(memoryview(body)[start:end])
+
+
+class _SpooledWriter(ObjectWriter):
+    """A pack staged in a :class:`_Spool`, not in memory, until it is published: on S3 a
+    sealed pack waits for its PUT, and a push keeps ``io_concurrency + 1`` of them (one
+    per request slot), 10 packs of 32 MiB with the one filling. Where the temporary file
+    cannot be made or written (no space), the writer keeps the bytes in memory instead,
+    as the default writer does."""
+
+    def __init__(self, store: S3Store) -> None:
+        super().__init__(store)
+        self._s3 = store
+        try:
+            self._spool: _Spool | None = _Spool()
+        except OSError as err:
+            log.debug("casreg: staging a pack in memory: %s", err)
+            self._spool = None
+
+    def write(self, data: Buffer) -> None:
+        self.write_many([data])
+
+    def write_many(self, parts: Sequence[Buffer]) -> None:
+        if self._spool is not None:
+            try:
+                self._spool.append(parts)
+                self.size = self._spool.size
+                return
+            except OSError as err:
+                log.debug("casreg: staging a pack in memory from here on: %s", err)
+                self.parts = [self._spool.read_all()]
+                self._spool.close()
+                self._spool = None
+        for data in parts:
+            super().write(data)
+
+    def publish(self, key: str, *, size: int) -> bool:
+        if self._spool is None:
+            return super().publish(key, size=size)
+        self.check_size(key, size)
+        return self._s3._create_staged(key, self._spool)
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+        super().close()
 
 
 def _meta(err: ClientError) -> dict[str, Any]:
@@ -397,20 +564,20 @@ class S3Store(ObjectStore):
         await _gather([fetch(*span) for span in spans])
         return out
 
-    async def _holds(self, key: str, data: bytes) -> bool:
+    async def _holds(self, key: str, data: _Body) -> bool:
         """Whether ``key`` now holds exactly ``data`` (a conditional write that failed after a
         retry may have succeeded on its first attempt)."""
         try:
-            return (await self._get(key))[0] == data
+            return (await self._get(key))[0] == (data.read_all() if isinstance(data, _Spool) else data)
         except NotFoundError:
             return False
 
-    async def _create(self, key: str, body: bytes) -> bool:
+    async def _create(self, key: str, body: _Body) -> bool:
         if len(body) >= self.multipart_threshold:
             return await self._create_multipart(key, body)
         for attempt in range(_CONFLICT_RETRIES):
             try:
-                await self._call("put_object", Key=self._k(key), Body=body, IfNoneMatch="*")
+                await self._call("put_object", Key=self._k(key), Body=_reader(body), IfNoneMatch="*")
                 return True
             except ClientError as err:
                 if _in_flight_conflict(err) and attempt < _CONFLICT_RETRIES - 1:
@@ -421,18 +588,17 @@ class S3Store(ObjectStore):
                 return await self._holds(key, body) if _retried(err) else False
         raise AssertionError("unreachable")
 
-    async def _create_multipart(self, key: str, body: bytes) -> bool:
+    async def _create_multipart(self, key: str, body: _Body) -> bool:
         k = self._k(key)
         upload = (await self._call("create_multipart_upload", Key=k))["UploadId"]
         done = False
         try:
             limit = asyncio.Semaphore(MAX_CONCURRENCY)
-            view = memoryview(body)
 
             async def part(number: int, start: int) -> dict[str, Any]:
                 async with limit:
                     resp = await self._call("upload_part", Key=k, UploadId=upload, PartNumber=number,
-                                            Body=view[start:start + self.part_size].tobytes())
+                                            Body=_reader(body, start, start + self.part_size))
                 return {"PartNumber": number, "ETag": resp["ETag"]}
 
             parts = await _gather([part(n + 1, start) for n, start in enumerate(range(0, len(body), self.part_size))])
@@ -527,6 +693,15 @@ class S3Store(ObjectStore):
     def create(self, key: str, data: Payload) -> bool:
         check_key(key)
         return self._run("write", key, self._create, key, join_payload(data))
+
+    def _create_staged(self, key: str, spool: _Spool) -> bool:
+        """:meth:`create` of the bytes ``spool`` holds (:class:`_SpooledWriter`)."""
+        check_key(key)
+        return self._run("write", key, self._create, key, spool)
+
+    def open_writer(self, prefix: str) -> ObjectWriter:
+        """A writer that stages the object in a temporary file (:class:`_SpooledWriter`)."""
+        return _SpooledWriter(self)
 
     def exists(self, key: str) -> bool:
         return self._run("check", key, self._head, key) is not None
