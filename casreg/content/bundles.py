@@ -67,6 +67,9 @@ BUNDLE_AT_ENV = "CASREG_BUNDLE_AT"
 USE_AT_LEAST = 64
 #: Bytes of a bundle read at once (bounds what a load holds besides the entries it keeps).
 SPAN_BYTES = 8 << 20
+#: Bytes of a bundle one read of :func:`private_copy` takes: with eight reads ahead (S3),
+#: 16 MiB in flight rather than 64 (docs/benchmarks.md, "A push to S3").
+_COPY_PART = 2 << 20
 #: The most bundles a load opens to choose one, the newest (``casreg compact`` leaves one).
 _MAX_OPENED = 8
 #: The smallest index object: an empty one is its 16-byte tail (docs/FORMAT.md §4).
@@ -172,10 +175,11 @@ def _open_cached(cache: ChunkCache, key: str, max_packs: int, max_index: int) ->
     return bundle
 
 
-def _parts(bundle: Bundle, pool: ThreadPoolExecutor | None = None, ahead: int = 1) -> Iterator[bytes | None]:
-    """The bytes of ``bundle``, :data:`SPAN_BYTES` at a time, in order (``None`` for a part
-    that could not be read); with ``pool``, up to ``ahead`` parts read ahead on it."""
-    ranges = [(start, min(start + SPAN_BYTES, bundle.size)) for start in range(0, bundle.size, SPAN_BYTES)]
+def _parts(bundle: Bundle, pool: ThreadPoolExecutor | None = None, ahead: int = 1,
+           part: int = SPAN_BYTES) -> Iterator[bytes | None]:
+    """The bytes of ``bundle``, ``part`` bytes at a time, in order (``None`` for a part that
+    could not be read); with ``pool``, up to ``ahead`` parts read ahead on it."""
+    ranges = [(start, min(start + part, bundle.size)) for start in range(0, bundle.size, part)]
     if pool is not None:
         return _ahead(pool, lambda r: bundle.read(*r), ranges, ahead)
     return (bundle.read(*r) for r in ranges)
@@ -210,7 +214,7 @@ def private_copy(bundle: Bundle, max_index: int, pool: ThreadPoolExecutor | None
     try:
         os.unlink(path)
         written = 0
-        for part in _parts(bundle, pool, ahead):
+        for part in _parts(bundle, pool, ahead, _COPY_PART):
             if part is None:
                 break
             write_all(fd, [part])

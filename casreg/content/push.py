@@ -14,8 +14,11 @@ itself, was the push's critical path (perf, 512 MiB: 47% of the CPU on one threa
 Sealed packs are published by uploader threads (as many as the store's
 ``io_concurrency``) while the next one fills. At most ``MAX_INFLIGHT`` chunks,
 ``READ_BUFFERS`` read buffers, ``MAX_INFLIGHT`` batches of at most ``SMALL_BATCH_BYTES``
-of small files, 64 MiB of queued pack writes and, on an object store,
-``io_concurrency + 1`` sealed packs are in memory at once, whatever the file size.
+of small files and 64 MiB of queued pack writes are in memory at once, whatever the file
+size. Up to ``io_concurrency + 1`` sealed packs wait for their upload besides the one
+filling: staged on disk by the store's writer (a local registry's temporary files, S3's
+unlinked temporary files), in memory only where the store has no place to stage them
+(``memory://``, or no room in ``$TMPDIR``).
 
 Write order gives atomic visibility: packs, then their indexes, then the manifest. The
 caller commits the version by writing its ledger record last; a crash before that
