@@ -28,6 +28,7 @@ from blake3 import blake3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import casreg.content.bundles as bundles
 import casreg.content.index_table as index_table
 import casreg.content.packs as packs
 from casreg import Registry
@@ -710,6 +711,30 @@ def test_where_no_private_copy_can_be_made_the_table_keeps_the_entries(monkeypat
     store.reset()
     _assert_same(got, want, {ref.digest for ref in want})
     assert sum(store.reads.values()) == 0
+
+
+@pytest.mark.parametrize("guard", ["mostly-unwanted", "no-room"])
+def test_a_bundle_is_not_copied_where_it_would_cost_more_than_it_saves(monkeypatch: pytest.MonkeyPatch,
+                                                                       guard: str) -> None:
+    """A remote bundle mostly of indexes the load does not want (a store may hold anything;
+    here the index objects of 300 of its 400 packs are gone), or one that would leave too
+    little free in the temporary directory, is not copied: the table keeps the entries it
+    takes from it, and answers the same."""
+    inner = _registry_of(400)
+    if guard == "mostly-unwanted":
+        monkeypatch.setattr(bundles, "_COPY_SLACK", 0)
+        for key in sorted(inner.list("index/"))[:300]:
+            inner.delete(key)
+    else:
+        monkeypatch.setattr(bundles, "_COPY_FREE", 1 << 62)
+    store = CountingStore(inner)
+    store.io_concurrency = 8
+    before = _private_copies()
+    got = ChunkIndex.load(store, cache=None, compact_above=0)
+    assert got._table is not None and got._table.kept_bytes == 2 * 52 * (100 if guard == "mostly-unwanted" else 400)
+    assert set(_private_copies()) <= set(before)
+    want = _load(inner, bundles=False)
+    _assert_same(got, want, {ref.digest for ref in want})
 
 
 def test_a_load_that_fails_closes_the_bundle_it_would_read_back_from(tmp_path: Path) -> None:

@@ -70,6 +70,12 @@ SPAN_BYTES = 8 << 20
 #: Bytes of a bundle one read of :func:`private_copy` takes: with eight reads ahead (S3),
 #: 16 MiB in flight rather than 64 (docs/benchmarks.md, "A push to S3").
 _COPY_PART = 2 << 20
+#: A bundle is copied (:func:`private_copy`) only if at most twice the bytes the load reads
+#: from it, plus this: an honest one holds little a load does not want (indexes of packs
+#: gc removed since), and a store may hold anything.
+_COPY_SLACK = 64 << 20
+#: ... and only if this much stays free in the temporary directory after the copy.
+_COPY_FREE = 512 << 20
 #: The most bundles a load opens to choose one, the newest (``casreg compact`` leaves one).
 _MAX_OPENED = 8
 #: The smallest index object: an empty one is its 16-byte tail (docs/FORMAT.md §4).
@@ -195,7 +201,7 @@ def cache_bundle(bundle: Bundle, cache: ChunkCache, max_index: int) -> Bundle | 
     return _open_cached(cache, bundle.key, len(bundle), max_index)
 
 
-def private_copy(bundle: Bundle, max_index: int, pool: ThreadPoolExecutor | None = None,
+def private_copy(bundle: Bundle, max_index: int, useful: int, pool: ThreadPoolExecutor | None = None,
                  ahead: int = 1) -> Bundle | None:
     """Copy ``bundle`` (read from the store; with ``pool``, up to ``ahead`` parts at a time)
     whole into a temporary file of this process's own, unlinked as soon as it is created
@@ -204,8 +210,19 @@ def private_copy(bundle: Bundle, max_index: int, pool: ThreadPoolExecutor | None
     (:meth:`casreg.content.packs.ChunkIndex.load`). The file is in Python's temporary
     directory (``$TMPDIR``) and closed by the copy's ``close``. ``None`` if it could not be
     written (no space, say) or does not open as the bundle; then nothing is left open.
-    Every index a reader takes from the copy is still checked against its pack id."""
+    Every index a reader takes from the copy is still checked against its pack id.
+
+    Not copied (``None``), since a store may hold anything: a bundle more than twice the
+    ``useful`` bytes the load will read from it (plus :data:`_COPY_SLACK`), or one that
+    would leave less than :data:`_COPY_FREE` free in the temporary directory."""
+    if bundle.size > 2 * useful + _COPY_SLACK:
+        log.debug("casreg: no private copy of %s: %d bytes, %d of them wanted", bundle.key, bundle.size, useful)
+        return None
     try:
+        fs = os.statvfs(tempfile.gettempdir())
+        if fs.f_bavail * fs.f_frsize < bundle.size + _COPY_FREE:
+            log.debug("casreg: no private copy of %s: too little free space", bundle.key)
+            return None
         fd, path = tempfile.mkstemp(prefix="casreg-bundle-")
     except OSError as err:
         log.debug("casreg: no private copy of %s: %s", bundle.key, err)

@@ -276,6 +276,12 @@ def _choose_bundle(store: ObjectStore, wanted: list[tuple[str, str]], uncached: 
     return bundle, where
 
 
+def _bundled_bytes(bundle: Bundle, where: Sequence[int]) -> int:
+    """The bytes of the indexes a load takes from ``bundle``, as its directory says."""
+    offsets = bundle.offsets
+    return sum(offsets[p + 1] - offsets[p] for p in where if p >= 0)
+
+
 def _bundled_entries(bundle: Bundle, where: Sequence[int]) -> int:
     """How many entries the indexes a load takes from ``bundle`` hold, as its directory says."""
     offsets = bundle.offsets
@@ -441,7 +447,7 @@ class ChunkIndex:
         large = opened is not None and _bundled_entries(opened[0], where) > threshold
         if large and opened is not None and not opened[0].cached and store.io_concurrency > 1:
             try:
-                copy = private_copy(opened[0], limit, pool, store.io_concurrency)
+                copy = private_copy(opened[0], limit, _bundled_bytes(opened[0], where), pool, store.io_concurrency)
             except BaseException:
                 if pool is not None:
                     pool.shutdown(cancel_futures=True)
