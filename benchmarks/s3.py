@@ -6,8 +6,10 @@ Starts a throwaway ``weed mini`` (casreg.testing.seaweedfs), generates the base 
 and a 2-of-24-tensors fine-tune (benchmarks.workloads), and for each of ``--repeat``
 rounds, in a fresh registry prefix: pushes the base, pulls it back (compared byte for
 byte), pushes the fine-tune, and resolves an alias. Request counts are S3 API calls made
-by casreg's S3Store (botocore retries not included). Everything runs on this machine, so
-the numbers show request counts and CPU cost, not a network's latency or bandwidth.
+by casreg's S3Store (botocore retries not included). Each round also runs ``casreg push``
+and ``casreg pull`` of the base as the CLI, in processes of their own, for their peak RSS
+(issue 14's goal: a push under 400 MB). Everything runs on this machine, so the numbers
+show request counts, CPU cost and memory, not a network's latency or bandwidth.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ import platform
 import secrets
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from benchmarks.workloads import base_model, change_tensors, parse_size
 from casreg import Registry, __version__
@@ -46,6 +51,24 @@ def _kind(counts: Counter[str]) -> tuple[int, int, int]:
                                                         "complete_multipart_upload"))
     reads = sum(n for op, n in counts.items() if op in ("get_object", "head_object"))
     return writes, reads, sum(counts.values()) - writes - reads
+
+
+def _each(rows: list[dict[str, Any]], key: str, field: int, unit: float, fmt: str) -> str:
+    """``rows``' ``key[field]`` over ``unit``, formatted, comma separated."""
+    return ", ".join(format(x[key][field] / unit, fmt) for x in rows)
+
+
+def _cli_peak_rss(*args: str) -> tuple[float, int]:
+    """Run ``casreg ARGS`` under ``/usr/bin/time``: its wall time and peak RSS in bytes. (Not
+    ``wait4`` on a child of this process: Linux counts the pages a child shared with its
+    parent before ``exec`` in the child's peak, and this process holds the pushes above.)
+    A failure is fatal."""
+    out = subprocess.run(["/usr/bin/time", "-f", "%e %M", str(Path(sys.executable).with_name("casreg")), *args],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"casreg {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()[-300:]}")
+    wall, kib = out.stderr.strip().splitlines()[-1].split()
+    return float(wall), int(kib) * 1024
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,13 +124,20 @@ def main(argv: list[str] | None = None) -> int:
             c = Counter(store.requests)
             reg.resolve("bench@production")
             resolve_req = _requests(store, c)
+            url = server.url()  # the CLI, into a registry of its own: peak RSS
+            cli_push = _cli_peak_rss("push", "bench", str(base.path), "--registry", url, "--quiet")
+            cli_pull = _cli_peak_rss("pull", "bench:1", str(dest), "--registry", url, "--quiet")
+            identical = identical and filecmp.cmp(base.path, dest, shallow=False)
+            shutil.rmtree(dest.parent)
             rows.append(dict(push_s=push_s, pull_s=pull_s, push=push_req, pull=pull_req, fine=fine_req,
                              fine_stored=v2.stored_bytes, resolve=resolve_req, identical=identical,
-                             pull_requests=res.requests, warm_s=warm_s, warm=warm_req))
+                             pull_requests=res.requests, warm_s=warm_s, warm=warm_req,
+                             cli_push=cli_push, cli_pull=cli_pull))
             print(f"round {r + 1}: push {base.size / push_s / MB:.0f} MB/s ({sum(push_req.values())} requests), "
                   f"pull {base.size / pull_s / MB:.0f} MB/s ({sum(pull_req.values())} requests), "
                   f"cached pull {base.size / warm_s / MB:.0f} MB/s ({sum(warm_req.values())} requests), "
-                  f"identical={identical}",
+                  f"identical={identical}; CLI push {cli_push[0]:.2f} s, peak RSS {cli_push[1] / MB:.0f} MB, "
+                  f"CLI pull {cli_pull[0]:.2f} s, peak RSS {cli_pull[1] / MB:.0f} MB",
                   flush=True)
         push_med = statistics.median(x["push_s"] for x in rows)
         pull_med = statistics.median(x["pull_s"] for x in rows)
@@ -118,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         lw, lr, lo = _kind(last["pull"])
         ww, wr, wo = _kind(last["warm"])
         fw, fr, fo = _kind(last["fine"])
+        verdict = "PASS" if max(x["cli_push"][1] for x in rows) < 400 * MB else "FAIL"
         lines = [
             "# Benchmarks against S3 (SeaweedFS)", "",
             f"- Command: `python -m benchmarks.s3 --size {a.size >> 20}M --repeat {a.repeat}`",
@@ -136,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             f"| push change2 (dedup) | – | {fw} | {fr} | {fo} | stored {last['fine_stored']:,} B |",
             f"| resolve NAME@ALIAS | – | {_kind(last['resolve'])[0]} | {_kind(last['resolve'])[1]} | "
             f"{_kind(last['resolve'])[2]} | |", "",
+            f"- Peak RSS of `casreg push` of the base into a fresh registry, a process of its own, every round: "
+            f"{_each(rows, 'cli_push', 1, MB, '.0f')} MB ({verdict}: issue 14's goal is under 400 MB); "
+            f"`casreg pull` of it: {_each(rows, 'cli_pull', 1, MB, '.0f')} MB; wall s: push "
+            f"{_each(rows, 'cli_push', 0, 1, '.2f')}, pull {_each(rows, 'cli_pull', 0, 1, '.2f')}",
             f"- Pulled copies byte-identical: {sum(x['identical'] for x in rows)} of {len(rows)}",
             f"- Push operations (last round): {dict(sorted(last['push'].items()))}",
             f"- Pull operations (last round): {dict(sorted(last['pull'].items()))}; the same pull again, "
