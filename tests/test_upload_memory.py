@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given
@@ -147,26 +148,40 @@ def test_a_writer_publishes_its_pieces_as_one_buffer() -> None:
     assert store.read("packs/a") == b"".join(pieces)
 
 
-def _from_buffer(data: bytes) -> io.RawIOBase:
-    return _BufferReader(data)
+_Maker = Callable[[bytes], tuple[io.RawIOBase, Callable[[], None]]]  # a body of the bytes, and what closes it
 
 
-def _from_file(data: bytes) -> io.RawIOBase:
+def _from_buffer(data: bytes) -> tuple[io.RawIOBase, Callable[[], None]]:
+    return _BufferReader(data), lambda: None
+
+
+def _from_file(data: bytes) -> tuple[io.RawIOBase, Callable[[], None]]:
     spool = _Spool()
     spool.append([b"before", data, b"after"])  # a range in the middle of the file
-    return _FileRangeReader(spool.fd, len(b"before"), len(b"before") + len(data))
+    return _FileRangeReader(spool.fd, len(b"before"), len(b"before") + len(data)), spool.close
 
 
-@pytest.mark.parametrize("make", [_from_buffer, _from_file], ids=["buffer", "file-range"])
+@pytest.mark.parametrize(("make", "preadv"), [(_from_buffer, True), (_from_file, True), (_from_file, False)],
+                         ids=["buffer", "file-range", "file-range-without-preadv"])
 @given(data=st.binary(max_size=5000),
        ops=st.lists(st.tuples(st.sampled_from(["read", "readinto", "seek"]), st.integers(-10, 6000),
                               st.sampled_from([0, 1, 2])), max_size=12))
-def test_a_request_body_reads_and_seeks_as_a_file_of_its_bytes(make: Callable[[bytes], io.RawIOBase], data: bytes,
+def test_a_request_body_reads_and_seeks_as_a_file_of_its_bytes(make: _Maker, preadv: bool, data: bytes,
                                                                ops: list[tuple[str, int, int]]) -> None:
     """A request body reads, seeks and tells as ``BytesIO`` of the same bytes does:
     botocore seeks it to learn its length and back to its start for a retry, aiohttp reads
-    it in pieces."""
-    body, model = make(data), io.BytesIO(data)
+    it in pieces (a staged file's range through ``os.preadv``, or ``os.pread`` where the
+    platform lacks it)."""
+    body, done = make(data)
+    try:
+        with mock.patch.object(s3mod, "_PREADV", s3mod._PREADV if preadv else None):
+            _reads_as_bytesio(body, data, ops)
+    finally:
+        done()
+
+
+def _reads_as_bytesio(body: io.RawIOBase, data: bytes, ops: list[tuple[str, int, int]]) -> None:
+    model = io.BytesIO(data)
     for op, n, whence in ops:
         if op == "read":
             assert body.read(n) == model.read(n)

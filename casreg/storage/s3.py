@@ -256,10 +256,20 @@ class _FileRangeReader(_RangeReader):
     def _fill(self, into: memoryview, at: int) -> None:
         done = 0
         while done < len(into):
-            got = os.preadv(self._fd, [into[done:]], self._start + at + done)
+            where = self._start + at + done
+            if _PREADV is not None:
+                got = _PREADV(self._fd, [into[done:]], where)
+            else:  # (no preadv: read, then copy)
+                data = os.pread(self._fd, len(into) - done, where)
+                got = len(data)
+                into[done:done + got] = data
             if got <= 0:
                 raise OSError(f"a staged pack ended {len(into) - done} bytes early")
             done += got
+
+
+#: ``os.preadv`` (reads straight into the caller's buffer) where the platform has it.
+_PREADV = getattr(os, "preadv", None)
 
 
 class _Spool:
