@@ -76,6 +76,24 @@ def test_an_s3_writer_stages_the_pack_in_a_file_not_in_memory(store: S3Store) ->
     assert _staged() <= before
 
 
+def test_a_staged_object_over_the_multipart_threshold_goes_up_in_parts(s3_env: Any) -> None:
+    """An object staged larger than the multipart threshold (an index bundle of millions of
+    chunks: ``casreg compact`` writes it through the same writer) is uploaded in parts read
+    from the staged file, and created only if absent, as any multipart object is."""
+    store = S3Store(s3_env.url(), multipart_threshold=5 << 20, part_size=5 << 20)
+    data = os.urandom(12 << 20)
+    writer = store.open_writer("bundles")
+    for start in range(0, len(data), 1 << 20):
+        writer.write(data[start:start + (1 << 20)])
+    assert writer.parts == []
+    assert writer.publish("bundles/ab/big.bundle", size=len(data)) is True
+    assert store.requests["create_multipart_upload"] == 1 and store.requests["upload_part"] == 3
+    assert store.read("bundles/ab/big.bundle") == data
+    assert writer.publish("bundles/ab/big.bundle", size=len(data)) is False  # If-None-Match on completion
+    assert store.requests["abort_multipart_upload"] == 1
+    writer.close()
+
+
 def test_without_room_to_stage_the_writer_keeps_the_pack_in_memory(store: S3Store, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """No temporary file (a temporary directory that does not exist): the pack is kept in
