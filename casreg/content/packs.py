@@ -242,8 +242,8 @@ class PackBuilder:
         return self.pack_id, index
 
 
-def _choose_bundle(store: ObjectStore, wanted: list[tuple[str, str]], uncached: list[bool],
-                   missing: list[tuple[str, str]], cache: ChunkCache | None,
+def _choose_bundle(store: ObjectStore, wanted: list[str], uncached: list[bool],
+                   missing: list[str], cache: ChunkCache | None,
                    limit: int) -> tuple[Bundle, list[int]] | None:
     """The index bundle a load reads, with each of ``wanted``'s place in it (``-1``: read
     that index as before), or ``None``. Without a cache: the bundle holding most of the
@@ -254,10 +254,10 @@ def _choose_bundle(store: ObjectStore, wanted: list[tuple[str, str]], uncached: 
     if cache is None:
         if len(missing) < USE_AT_LEAST:
             return None
-        return open_best_bundle(store, [pid for _, pid in missing], limit)  # missing is wanted: nothing is cached
+        return open_best_bundle(store, missing, limit)  # missing is wanted: nothing is cached
     if len(wanted) < USE_AT_LEAST:
         return None
-    found = open_best_bundle(store, [pid for _, pid in wanted], limit, cache)
+    found = open_best_bundle(store, wanted, limit, cache)
     if found is None:
         return None
     bundle, where = found
@@ -400,17 +400,16 @@ class ChunkIndex:
         (default :data:`COMPACT_ABOVE`) are kept in a table rather than a dict: the same
         indexes are accepted and the same lookups answered either way."""
         chosen = resolve_cache(store, cache)
-        wanted: list[tuple[str, str]] = []
-        for key in list_indexes(store):
-            pack_id = parse_index_key(key)
-            if pack_id is not None:
-                wanted.append((key, pack_id))
-        wanted.sort(key=lambda item: item[1])  # pack id order: the same answers from every backend, and a bundle's
+        # The pack ids listed, in pack id order (the same answers from every backend, and a
+        # bundle's order); an index's key is made again from its id where it is read, rather
+        # than kept from the listing (at 8 million chunks the keys and their pairs with the
+        # ids held 34 MB more for the whole load).
+        wanted = sorted(pack_id for key in list_indexes(store) if (pack_id := parse_index_key(key)) is not None)
         max_chunk = max_chunk_size(store)
         limit = _index_limit(max_chunk)
 
-        def fetch(item: tuple[str, str]) -> bytes | None:
-            key, pack_id = item
+        def fetch(pack_id: str) -> bytes | None:
+            key = index_key(pack_id)
             try:
                 data = store.read(key, ByteRange(0, limit + 1))  # bounded: no writer makes a larger index
             except NotFoundError:
@@ -427,15 +426,15 @@ class ChunkIndex:
         # 90: docs/benchmarks.md, "The chunk index at scale"). The ones the cache lacks are
         # read from the store in that order, one at a time, or io_concurrency at a time
         # where the store takes that many.
-        uncached = [chosen is None or not chosen.has_index(bytes.fromhex(pack_id)) for _, pack_id in wanted]
-        missing = [item for item, lacked in zip(wanted, uncached, strict=True) if lacked]
+        uncached = [chosen is None or not chosen.has_index(bytes.fromhex(pack_id)) for pack_id in wanted]
+        missing = [pack_id for pack_id, lacked in zip(wanted, uncached, strict=True) if lacked]
         # Many to read one by one: those an index bundle holds are read from it instead, a few
         # large ranges at a time, each checked as if read on its own (casreg/content/bundles.py).
         # With a cache, the bundle is copied into it whole and serves every index it holds
         # from then on: one local file instead of an entry per index.
         opened = _choose_bundle(store, wanted, uncached, missing, chosen, limit)
         where = opened[1] if opened is not None else [-1] * len(wanted)  # each index's place in the bundle
-        singles = [item for item, lacked, p in zip(wanted, uncached, where, strict=True) if lacked and p < 0]
+        singles = [pack_id for pack_id, lacked, p in zip(wanted, uncached, where, strict=True) if lacked and p < 0]
         pool = ThreadPoolExecutor(min(store.io_concurrency, len(missing)), thread_name_prefix="casreg-index") \
             if store.io_concurrency > 1 and len(missing) > 1 else None
         threshold = COMPACT_ABOVE if compact_above is None else compact_above
@@ -465,9 +464,9 @@ class ChunkIndex:
         entries = bytearray()  # the entries of the indexes not given to a builder yet, in pack id order
         packs: list[tuple[str, int, int]] = []  # (pack id, entries, index size) of each, in that order
         try:
-            for (key, pack_id), lacked, place in zip(wanted, uncached, where, strict=True):  # pack id order: the
-                bundled = False                                                           # first pack holding a
-                if place >= 0:                                                            # chunk wins
+            for pack_id, lacked, place in zip(wanted, uncached, where, strict=True):  # pack id order: the first
+                bundled = False                                                   # pack holding a chunk wins
+                if place >= 0:
                     assert opened is not None
                     data = next(from_bundle)
                     bundled = data is not None
@@ -475,18 +474,18 @@ class ChunkIndex:
                         damaged_copy = damaged_copy or opened[0].cached
                         fallbacks += 1
                         data = (None if lacked or chosen is None else chosen.get(bytes.fromhex(pack_id), index=True)) \
-                            or fetch((key, pack_id))
+                            or fetch(pack_id)
                     elif chosen is not None and not opened[0].cached:
                         chosen.put_verified(bytes.fromhex(pack_id), data, index=True)
                 elif lacked:
                     data = next(fetched)
                 else:  # cached, unless the entry was damaged (then dropped) or removed meanwhile
                     assert chosen is not None
-                    data = chosen.get(bytes.fromhex(pack_id), index=True) or fetch((key, pack_id))
+                    data = chosen.get(bytes.fromhex(pack_id), index=True) or fetch(pack_id)
                 if data is None:
                     continue
                 try:
-                    count = _entry_count(data, key)
+                    count = _entry_count(data, pack_id)  # (the message is not shown)
                 except IntegrityError:
                     continue  # a bad index only costs dedup; verify reports it
                 body = memoryview(data)[:len(data) - _TAIL.size]
