@@ -22,7 +22,6 @@ import platform
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bigfile import timed
 from benchmarks.workloads import base_model, change_tensors, parse_size
 from casreg import Registry, __version__
 from casreg.storage.s3 import S3Store
@@ -59,16 +59,12 @@ def _each(rows: list[dict[str, Any]], key: str, field: int, unit: float, fmt: st
 
 
 def _cli_peak_rss(*args: str) -> tuple[float, int]:
-    """Run ``casreg ARGS`` under ``/usr/bin/time``: its wall time and peak RSS in bytes. (Not
-    ``wait4`` on a child of this process: Linux counts the pages a child shared with its
-    parent before ``exec`` in the child's peak, and this process holds the pushes above.)
-    A failure is fatal."""
-    out = subprocess.run(["/usr/bin/time", "-f", "%e %M", str(Path(sys.executable).with_name("casreg")), *args],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"casreg {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()[-300:]}")
-    wall, kib = out.stderr.strip().splitlines()[-1].split()
-    return float(wall), int(kib) * 1024
+    """Run ``casreg ARGS`` under GNU time (:func:`benchmarks.bigfile.timed`, which fails
+    loudly): its wall time and peak RSS in bytes. (Not ``wait4`` on a child of this
+    process: Linux counts the pages a child shared with its parent before ``exec`` in the
+    child's peak, and this process holds the pushes above.)"""
+    run = timed([str(Path(sys.executable).with_name("casreg")), *args])
+    return run.wall, round(run.rss_mb * 1024) * 1024  # (timed gives MiB of GNU time's KiB)
 
 
 def main(argv: list[str] | None = None) -> int:
