@@ -326,9 +326,10 @@ class _SpooledWriter(ObjectWriter):
     cannot be made or written (no space), the writer keeps the bytes in memory instead,
     as the default writer does."""
 
+    store: S3Store
+
     def __init__(self, store: S3Store) -> None:
         super().__init__(store)
-        self._s3 = store
         try:
             self._spool: _Spool | None = _Spool()
         except OSError as err:
@@ -356,7 +357,7 @@ class _SpooledWriter(ObjectWriter):
         if self._spool is None:
             return super().publish(key, size=size)
         self.check_size(key, size)
-        return self._s3._create_staged(key, self._spool)
+        return self.store._create_staged(key, self._spool)
 
     def close(self) -> None:
         if self._spool is not None:
