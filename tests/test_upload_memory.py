@@ -22,6 +22,7 @@ from unittest import mock
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_index_bundles import _open_files
 
 import casreg.storage.s3 as s3mod
 from casreg import Registry
@@ -37,17 +38,8 @@ def store(s3_env: Any) -> S3Store:
 
 def _staged() -> set[str]:
     """The staged packs (unlinked ``casreg-pack-*`` files) this process has open."""
-    if not os.path.isdir("/proc/self/fd"):
-        pytest.skip("lists open files through /proc/self/fd (Linux)")
-    found = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if os.path.basename(target).startswith("casreg-pack-") and target.endswith(" (deleted)"):
-            found.add(target)
-    return found
+    return {target for _, target in _open_files()
+            if os.path.basename(target).startswith("casreg-pack-") and target.endswith(" (deleted)")}
 
 
 def _pieces() -> list[bytes]:
